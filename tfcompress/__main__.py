@@ -1,0 +1,3 @@
+from tfcompress.cli import main
+
+raise SystemExit(main())

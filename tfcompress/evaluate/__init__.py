@@ -1,0 +1,30 @@
+"""Measurement: size (raw and gzip), latency, perplexity/accuracy, comparison tables, plots."""
+
+from tfcompress.evaluate.latency import keras_forward, keras_latency, time_callable
+from tfcompress.evaluate.quality import lm_quality, token_stats
+from tfcompress.evaluate.report import (
+    Report,
+    compare,
+    evaluate,
+    plot_quality_vs_size,
+    ratios,
+    write_report,
+)
+from tfcompress.evaluate.size import file_sizes, keras_file_sizes, param_counts
+
+__all__ = [
+    "Report",
+    "compare",
+    "evaluate",
+    "file_sizes",
+    "keras_file_sizes",
+    "keras_forward",
+    "keras_latency",
+    "lm_quality",
+    "param_counts",
+    "plot_quality_vs_size",
+    "ratios",
+    "time_callable",
+    "token_stats",
+    "write_report",
+]

@@ -1,0 +1,52 @@
+"""Small serializable layers used by the GPT builder."""
+
+from __future__ import annotations
+
+import keras
+from keras import ops
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class PositionEmbedding(keras.layers.Layer):
+    """Adds a learned embedding of each position to a ``(batch, seq, d)`` input.
+
+    Example:
+        >>> PositionEmbedding(max_length=8)(keras.ops.zeros((2, 4, 3))).shape
+        (2, 4, 3)
+    """
+
+    def __init__(self, max_length: int, **kwargs):
+        super().__init__(**kwargs)
+        self.max_length = max_length
+
+    def build(self, input_shape):
+        self.position_embeddings = self.add_weight(
+            name="embeddings",
+            shape=(self.max_length, input_shape[-1]),
+            initializer=keras.initializers.RandomNormal(stddev=0.02),
+        )
+
+    def call(self, x):
+        length = ops.shape(x)[1]
+        return x + ops.expand_dims(self.position_embeddings[:length], 0)
+
+    def get_config(self):
+        return {**super().get_config(), "max_length": self.max_length}
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class TiedEmbedding(keras.layers.Embedding):
+    """An embedding that also projects hidden states back to vocabulary logits.
+
+    ``layer(ids)`` embeds; ``layer(h, reverse=True)`` returns ``h @ embeddings.T``.
+    """
+
+    def call(self, inputs, reverse: bool = False):
+        if reverse:
+            return ops.matmul(inputs, ops.transpose(ops.convert_to_tensor(self.embeddings)))
+        return super().call(inputs)
+
+    def compute_output_spec(self, inputs, reverse: bool = False):
+        if reverse:
+            return keras.KerasTensor((*inputs.shape[:-1], self.input_dim), dtype=self.compute_dtype)
+        return super().compute_output_spec(inputs)
