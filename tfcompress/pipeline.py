@@ -30,7 +30,7 @@ class DemoSettings:
     student_preset: str = "student"
     seq_len: int = 128
     batch_size: int = 32
-    teacher_steps: int = 600
+    teacher_steps: int = 500
     student_steps: int = 300
     finetune_steps: int = 100
     eval_windows: int = 256
