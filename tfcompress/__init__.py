@@ -10,8 +10,13 @@ Example:
     >>> report = tfcompress.evaluate(model, corpus.dataset("test", 128, 32))
 """
 
-from tfcompress import _backend  # noqa: F401  (sets KERAS_BACKEND before keras loads)
-from tfcompress import data, evaluate as evaluation, export, models
+from tfcompress import (
+    _backend,  # noqa: F401  (sets KERAS_BACKEND before keras loads)
+    data,
+    export,
+    models,
+)
+from tfcompress import evaluate as evaluation
 from tfcompress.errors import TfcompressError, VerificationError
 from tfcompress.evaluate import Report, compare, evaluate
 from tfcompress.export import export_tflite

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfcompress.core.layers import is_keras3_model, is_tf_keras_model
 from tfcompress.errors import TfcompressError, VerificationError
 from tfcompress.evaluate.latency import keras_forward
 from tfcompress.evaluate.size import file_sizes
@@ -54,13 +55,7 @@ class ExportResult:
 
 
 def _is_keras_model(model) -> bool:
-    import keras
-
-    if isinstance(model, keras.Model):
-        return True
-    return type(model).__module__.startswith("tf_keras") or any(
-        c.__module__.startswith("tf_keras") and c.__name__ == "Model" for c in type(model).__mro__
-    )
+    return is_keras3_model(model) or is_tf_keras_model(model)
 
 
 def model_seq_len(model, seq_len: int | None) -> int:
@@ -135,7 +130,8 @@ def export_tflite(
         raise TfcompressError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
     if not _is_keras_model(model):
         raise TfcompressError(
-            f"model must be a Keras model (keras.Model or tf_keras.Model), got {type(model).__name__}"
+            "model must be a Keras model (keras.Model or tf_keras.Model), "
+            f"got {type(model).__name__}"
         )
     seq_len = model_seq_len(model, seq_len)
     path = Path(path)

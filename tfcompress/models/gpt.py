@@ -36,7 +36,8 @@ class GPTConfig:
     def __post_init__(self):
         for name in ("vocab_size", "seq_len", "d_model", "n_layers", "n_heads"):
             if getattr(self, name) < 1:
-                raise TfcompressError(f"{name} must be a positive integer, got {getattr(self, name)}")
+                value = getattr(self, name)
+                raise TfcompressError(f"{name} must be a positive integer, got {value}")
         if self.d_model % self.n_heads:
             raise TfcompressError(
                 f"d_model ({self.d_model}) must be divisible by n_heads ({self.n_heads})"
