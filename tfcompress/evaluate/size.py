@@ -31,14 +31,23 @@ def file_sizes(path: str | Path) -> dict:
 
 
 def keras_file_sizes(model, path: str | Path | None = None) -> dict:
-    """Save ``model`` as ``.keras`` (to ``path`` or a temporary file) and measure it."""
-    if path is not None:
+    """Save ``model`` as ``.keras`` (to ``path`` or a temporary file) and measure it.
+
+    The optimizer's state is left out while saving: it is training state, not model size
+    (AdamW would triple the file).
+    """
+    if path is None:
+        with tempfile.TemporaryDirectory() as tmp:
+            return keras_file_sizes(model, Path(tmp) / "model.keras")
+    optimizer = getattr(model, "optimizer", None)
+    if optimizer is not None:
+        model.optimizer = None
+    try:
         model.save(path)
-        return file_sizes(path)
-    with tempfile.TemporaryDirectory() as tmp:
-        target = Path(tmp) / "model.keras"
-        model.save(target)
-        return file_sizes(target)
+    finally:
+        if optimizer is not None:
+            model.optimizer = optimizer
+    return file_sizes(path)
 
 
 def bits_per_weight(size_bytes: int, n_params: int) -> float:

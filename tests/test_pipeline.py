@@ -1,0 +1,31 @@
+"""The demo pipeline and command line at toy size."""
+
+import json
+
+import pytest
+
+from tfcompress.cli import main
+from tfcompress.errors import TfcompressError
+from tfcompress.pipeline import DemoSettings, run_demo
+
+
+def test_quick_demo_writes_a_report_and_reuses_the_teacher(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("TFCOMPRESS_CACHE", str(tmp_path / "cache"))
+    ctx = run_demo(DemoSettings.quick(), run_dir=tmp_path / "run")
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| teacher | keras |" in report and "| teacher (tflite) | tflite |" in report
+    assert (tmp_path / "run" / "quality_vs_size.png").stat().st_size > 1000
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+    keras_ppl, tflite_ppl = (r["quality"]["perplexity"] for r in saved)
+    assert abs(keras_ppl - tflite_ppl) / keras_ppl < 1e-3
+    assert list((tmp_path / "cache").glob("teacher-*.keras"))
+    capsys.readouterr()
+    assert main(["demo", "--quick", "--run-dir", str(tmp_path / "again"),
+                 "--stages", "teacher", "evaluate"]) == 0
+    assert "loaded from cache" in capsys.readouterr().out
+    assert ctx.timings["teacher"] > 0
+
+
+def test_unknown_stage_raises_before_work(tmp_path):
+    with pytest.raises(TfcompressError, match="stages \\['bake'\\] are unknown"):
+        run_demo(DemoSettings.quick(), run_dir=tmp_path, stages=("teacher", "bake"))
