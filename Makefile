@@ -19,8 +19,7 @@ demo: install
 	$(PY) -m tfcompress demo
 
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadgroup tests
-	$(PY) -m pytest -q --nbmake notebooks
+	$(PY) -m pytest -q -n 2 --dist loadgroup --nbmake tests notebooks
 
 lint: install
 	$(VENV)/bin/ruff check tfcompress tests benchmarks

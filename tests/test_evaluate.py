@@ -150,3 +150,15 @@ def test_time_callable_statistics():
     assert stats["min_ms"] <= stats["median_ms"] <= stats["max_ms"]
     with pytest.raises(ValueError, match="repeats must be >= 1"):
         time_callable(lambda: None, repeats=0)
+
+
+def test_classifier_accuracy_from_evaluate():
+    x = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [0.0, 0.0]])
+    y = np.array([0, 1, 1, 0])
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Dense(2, use_bias=False)(inputs))
+    model.layers[-1].kernel.assign(np.array([[0.0, 0.0], [0.0, 1.0]]))  # class 1 iff x[1] > 0
+    report = evaluate(model, (x, y), task="classifier", batch_sizes=())
+    assert report.quality == {"accuracy": 1.0}
+    model.layers[-1].kernel.assign(np.array([[0.0, 1.0], [0.0, 0.0]]))  # class 1 iff x[0] > 0
+    assert evaluate(model, (x, y), task="classifier", batch_sizes=()).quality["accuracy"] == 0.5

@@ -29,3 +29,14 @@ def test_quick_demo_writes_a_report_and_reuses_the_teacher(tmp_path, monkeypatch
 def test_unknown_stage_raises_before_work(tmp_path):
     with pytest.raises(TfcompressError, match="stages \\['bake'\\] are unknown"):
         run_demo(DemoSettings.quick(), run_dir=tmp_path, stages=("teacher", "bake"))
+
+
+def test_cli_evaluates_a_saved_model(tmp_path, capsys):
+    from tfcompress.models import build_gpt
+
+    path = tmp_path / "m.keras"
+    build_gpt("test-tiny").save(path)
+    assert main(["evaluate", str(path), "--seq-len", "32", "--windows", "8"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["quality"]["tokens"] == 8 * 32
+    assert out["params"] == 43136
