@@ -122,9 +122,11 @@ def densify_top_k(values, indices, vocab_size: int):
     rows = tf.reduce_prod(lead)
     flat = tf.reshape(tf.cast(indices, tf.int64), [rows, k])
     flat += tf.range(tf.cast(rows, tf.int64), dtype=tf.int64)[:, None] * vocab_size
-    shift = tf.reshape(values, [-1]) - MISSING_LOGIT
-    dense = tf.scatter_nd(tf.reshape(flat, [-1, 1]), shift,
-                          tf.cast([rows * vocab_size], tf.int64)) + MISSING_LOGIT
+    where = tf.reshape(flat, [-1, 1])
+    shape = tf.cast([rows * vocab_size], tf.int64)
+    dense = tf.scatter_nd(where, tf.reshape(values, [-1]), shape)
+    present = tf.scatter_nd(where, tf.ones_like(tf.reshape(values, [-1])), shape)
+    dense = tf.where(present > 0, dense, MISSING_LOGIT)
     return tf.reshape(dense, tf.concat([lead, [vocab_size]], 0))
 
 
