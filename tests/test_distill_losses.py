@@ -24,7 +24,8 @@ def kl(p, q):
 
 def test_forward_kl_by_hand_on_two_tokens():
     # p = softmax([log 3, 0]) = (3/4, 1/4); q = uniform over 2 tokens.
-    t = np.array([[np.log(3.0), 0.0]]); s = np.zeros((1, 2))
+    t = np.array([[np.log(3.0), 0.0]])
+    s = np.zeros((1, 2))
     expected = 0.75 * np.log(0.75 / 0.5) + 0.25 * np.log(0.25 / 0.5)
     np.testing.assert_allclose(np.asarray(L.forward_kl(t, s)), [expected], rtol=1e-6)
 
@@ -79,7 +80,8 @@ def test_masked_positions_change_nothing():
     garbage_s, garbage_t = S_LOGITS.copy(), T_LOGITS.copy()
     garbage_s[mask == 0] = 100.0 * RNG.normal(size=(2, 5))
     garbage_t[mask == 0] = -50.0
-    other_targets = TARGETS.copy(); other_targets[mask == 0] = 0
+    other_targets = TARGETS.copy()
+    other_targets[mask == 0] = 0
     for name in L.DIVERGENCES:
         a = L.kd_loss(TARGETS, S_LOGITS, T_LOGITS, mask, 0.5, 2.0, name)
         b = L.kd_loss(other_targets, garbage_s, garbage_t, mask, 0.5, 2.0, name)
