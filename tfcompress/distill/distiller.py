@@ -18,10 +18,8 @@ from tfcompress.distill.losses import (
     check_divergence,
     check_temperature,
     densify_top_k,
-    divergence,
     feature_mse,
-    hard_cross_entropy,
-    masked_mean,
+    kd_loss,
     uniform_layer_map,
 )
 from tfcompress.errors import TfcompressError
@@ -190,13 +188,9 @@ class Distiller(keras.Model):
         x, y, mask = keras.utils.unpack_x_y_sample_weight(data)
         x, teacher_logits, teacher_feats = self._teacher_outputs(x)
         logits, feats = self._student_outputs(x, training)
-        temperature = self.temperature.value
-        alpha = self.alpha.value
-        hard = masked_mean(hard_cross_entropy(y, logits), mask)
-        soft = masked_mean(divergence(self.divergence, teacher_logits, logits,
-                                      temperature, self.beta), mask)
-        terms = {"hard_loss": hard, "soft_loss": soft,
-                 "loss": alpha * hard + (1.0 - alpha) * soft}
+        total, hard, soft = kd_loss(y, logits, teacher_logits, mask, self.alpha.value,
+                                    self.temperature.value, self.divergence, self.beta)
+        terms = {"hard_loss": hard, "soft_loss": soft, "loss": total}
         if self.feature_pairs:
             matched = [
                 feature_mse(p(f), t, mask)
