@@ -12,6 +12,7 @@ Run: ``TFCOMPRESS_CACHE=/work/cache python benchmarks/distill.py [--steps N] [--
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 import time
@@ -130,6 +131,7 @@ def main() -> None:
     start = time.perf_counter()
     top = cache_teacher(ctx.teacher, stream(), tmp / "top", top_k=TOP_K)
     seconds["cache_top_build"] = time.perf_counter() - start
+    (_, (values, indices)), _, _ = next(iter(load_teacher_cache(top, s.batch_size)))
     cached, seconds["kd_cached_top"] = ours(ctx, None, load_teacher_cache(top, s.batch_size,
                                                                           repeat=True),
                                             steps, "forward_kl")
@@ -138,8 +140,8 @@ def main() -> None:
     keras_kd, seconds["keras_distiller"] = keras_distiller(ctx, ctx.train_data(), steps)
     results["keras_distiller"] = ppl(keras_kd.student)
 
+    shutil.rmtree(tmp)
     x, y, m = next(iter(ctx.train_data()))
-    (_, (values, indices)), _, _ = next(iter(load_teacher_cache(top, s.batch_size)))
     teacher_fn = tf.function(lambda ids: ctx.teacher(ids, training=False))
     times = step_times({
         "teacher_forward": lambda: teacher_fn(x).numpy(),
