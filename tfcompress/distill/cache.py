@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import keras
 import tensorflow as tf
 
 from tfcompress.core.layers import require_keras3
@@ -38,8 +39,6 @@ def cache_teacher(teacher, dataset, path: str | Path, top_k: int = 32,
         raise TfcompressError("dataset is infinite (repeat()): cache a finite one, e.g. "
                               "dataset.take(n_batches)")
     forward = tf.function(lambda x: tf.math.top_k(teacher(x, training=False), k=top_k))
-    import keras
-
     total = int(dataset.cardinality()) if dataset.cardinality() > 0 else None
     bar = keras.utils.Progbar(total, unit_name="batch") if verbose else None
     parts = []

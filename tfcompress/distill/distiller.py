@@ -9,6 +9,8 @@ Example:
 
 from __future__ import annotations
 
+import re
+
 import keras
 import tensorflow as tf
 
@@ -38,8 +40,6 @@ def vocab_size_of(model, arg: str) -> int:
 
 def hidden_layer_names(model, pattern: str = BLOCK_OUTPUTS) -> list[str]:
     """Names of the top-level layers whose name matches ``pattern`` (default: GPT blocks)."""
-    import re
-
     return [layer.name for layer in model.layers if re.search(pattern, layer.name)]
 
 
