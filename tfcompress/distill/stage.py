@@ -7,7 +7,7 @@ from tfcompress.pipeline import DemoContext, stage
 
 @stage("distill")
 def distill_student(ctx: DemoContext) -> None:
-    """Distil a ``student_preset`` student from ``ctx.models[ctx.final]`` (forward KL, T=2)."""
+    """Distil a ``student_preset`` student from ``ctx.models[ctx.final]`` (forward KL, T=1)."""
     import keras
 
     from tfcompress.distill.distiller import Distiller, vocab_size_of
@@ -18,7 +18,7 @@ def distill_student(ctx: DemoContext) -> None:
     keras.utils.set_random_seed(s.seed)
     student = build_gpt(s.student_preset, vocab_size=vocab_size_of(teacher, "teacher"),
                         seq_len=s.seq_len, name="student")
-    distiller = Distiller(teacher, student, alpha=0.5, temperature=2.0)
+    distiller = Distiller(teacher, student, alpha=0.5, temperature=1.0)
     schedule = keras.optimizers.schedules.CosineDecay(
         0.0, s.student_steps, alpha=0.1, warmup_target=1e-3,
         warmup_steps=max(s.student_steps // 20, 1))
@@ -34,6 +34,6 @@ def distill_student(ctx: DemoContext) -> None:
     ppl = next(r for r in ctx.reports if r.name == "student").quality["perplexity"]
     ctx.notes.append(
         f"Distilled `student` ({student.count_params():,} params) from `{source}` in "
-        f"{s.student_steps} steps (forward KL, T=2, alpha=0.5): held-out perplexity {ppl:.2f}, "
+        f"{s.student_steps} steps (forward KL, T=1, alpha=0.5): held-out perplexity {ppl:.2f}, "
         f"final soft loss {history['soft_loss'][-1]:.3f}."
     )
