@@ -8,6 +8,7 @@ Example:
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass
 
 from tfcompress.core.layers import COMPRESSIBLE_TYPES
@@ -124,6 +125,16 @@ class PruneConfig:
         if self.types is not None:
             return self.types
         return ACTIVATION_TYPES if self.method in ("wanda", "sparsegpt") else COMPRESSIBLE_TYPES
+
+    def selects(self, name: str) -> bool:
+        """Whether ``include``/``exclude`` (regex searched, or exact names) keep ``name``."""
+
+        def hit(spec):
+            return bool(re.search(spec, name)) if isinstance(spec, str) else name in set(spec)
+
+        return (self.include is None or hit(self.include)) and not (
+            self.exclude is not None and hit(self.exclude)
+        )
 
     def build_schedule(self):
         return None if self.schedule is None else schedule_from_config(self.schedule)

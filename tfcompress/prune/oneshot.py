@@ -116,7 +116,7 @@ def taylor_gradients(model, layers: list[tuple[str, object]], data, loss) -> dic
         for (path, _), g in zip(layers, tape.gradient(value, kernels), strict=True):
             if g is None:
                 raise TfcompressError(f"the loss does not depend on layer {path!r}'s kernel")
-            g = np.asarray(g)
+            g = np.asarray(tf.convert_to_tensor(g))  # embeddings give IndexedSlices
             grads[path].append(g.reshape(kernel_matrix(dict(layers)[path]).shape))
         bar.add(1)
     return grads

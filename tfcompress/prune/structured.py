@@ -17,7 +17,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tfcompress.core.layers import capture_inputs, kernel_matrix, layer_path, select_layers
+from tfcompress.core.layers import capture_inputs, kernel_matrix, layer_path
 from tfcompress.errors import TfcompressError
 from tfcompress.prune.config import PruneConfig
 from tfcompress.prune.masks import units_to_keep
@@ -79,14 +79,12 @@ def prune_structured(model, config: PruneConfig, data=None):
             f"structured pruning rebuilds functional models; {model.name!r} is a "
             f"{type(model).__name__}: use an unstructured or N:M pattern instead"
         )
-    allowed = {id(la) for _, la in select_layers(model, types=None, include=config.include,
-                                                  exclude=config.exclude, require=False)}
     if config.pattern == "neurons":
         # unit owner -> (layer whose inputs are the units, the consumer that is narrowed too)
-        units = {a: (b, b) for a, b in mlp_pairs(model) if id(a) in allowed}
+        units = {a: (b, b) for a, b in mlp_pairs(model) if config.selects(a.name)}
     else:
         units = {la: (la._output_dense, None) for la in attention_layers(model)
-                 if id(la) in allowed}
+                 if config.selects(la.name)}
     if not units:
         kind = "Dense->Dense MLP pairs" if config.pattern == "neurons" else "MultiHeadAttention"
         raise TfcompressError(

@@ -12,23 +12,11 @@ Example:
 
 from __future__ import annotations
 
-import re
 from dataclasses import replace
 
 from tfcompress.core.layers import require_tf_keras
 from tfcompress.errors import TfcompressError
 from tfcompress.prune.config import PruneConfig
-
-
-def _selected(name: str, config: PruneConfig) -> bool:
-    def hit(spec):
-        if isinstance(spec, str):
-            return bool(re.search(spec, name))
-        return name in set(spec)
-
-    return (config.include is None or hit(config.include)) and not (
-        config.exclude is not None and hit(config.exclude)
-    )
 
 
 def prune_tf_keras(model, config: PruneConfig | None = None, **overrides):
@@ -58,7 +46,7 @@ def prune_tf_keras(model, config: PruneConfig | None = None, **overrides):
 
     def wrap(layer):
         clone = layer.__class__.from_config(layer.get_config())
-        if not layer.weights or not _selected(layer.name, config):
+        if not layer.weights or not config.selects(layer.name):
             return clone
         try:
             out = tfmot_sparsity.prune_low_magnitude(

@@ -146,14 +146,25 @@ class UpdatePruning(keras.callbacks.Callback):
     def _log(self, step: int) -> None:
         if self._writer is None:
             return
-        import tensorflow as tf
-
         summary = sparsity_summary(self.model)
-        with self._writer.as_default(step=step):
-            for path, row in summary["layers"].items():
-                tf.summary.scalar(f"pruning/sparsity/{path}", row["sparsity"])
-            tf.summary.scalar("pruning/sparsity/total", summary["total"]["sparsity"])
-        self._writer.flush()
+        values = {f"pruning/sparsity/{p}": r["sparsity"] for p, r in summary["layers"].items()}
+        values["pruning/sparsity/total"] = summary["total"]["sparsity"]
+        write_scalars(self._writer, values, step)
+
+
+def write_scalars(writer, values: dict[str, float], step: int) -> None:
+    """TensorBoard scalars through ``tf.summary.write``, which (unlike ``tf.summary.scalar``)
+    works without the tensorboard package installed."""
+    import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
+
+    metadata = summary_pb2.SummaryMetadata()
+    metadata.plugin_data.plugin_name = "scalars"
+    with writer.as_default(step=step):
+        for tag, value in values.items():
+            tf.summary.write(tag, tf.constant(value, tf.float32),
+                             metadata=metadata.SerializeToString())
+    writer.flush()
 
 
 def strip_pruning(model):
