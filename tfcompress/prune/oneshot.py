@@ -84,14 +84,24 @@ def prune_sequential(model, layers: list[tuple[str, object]], config: PruneConfi
     remaining = call_order(model, [la for _, la in layers], batches[0])
     masks = {}
     bar = keras.utils.Progbar(len(remaining), unit_name="layer")
+    window = 4
     while remaining:
-        inputs = capture_inputs(model, remaining, batches, max_rows=config.max_rows)
-        first = inputs[paths[id(remaining[0])]]
-        group = [la for la in remaining if np.array_equal(inputs[paths[id(la)]], first)]
-        for layer in group:
+        # the next group: the leading run of layers reading the same tensor (query/key/value);
+        # capture a few layers ahead, more when the whole window turns out to be one group
+        while True:
+            ahead = remaining[:window]
+            inputs = capture_inputs(model, ahead, batches, max_rows=config.max_rows)
+            first = inputs[paths[id(ahead[0])]]
+            size = 1
+            while size < len(ahead) and np.array_equal(inputs[paths[id(ahead[size])]], first):
+                size += 1
+            if size < len(ahead) or len(ahead) == len(remaining):
+                break
+            window *= 2
+        for layer in ahead[:size]:
             masks[paths[id(layer)]] = _prune_layer(layer, inputs[paths[id(layer)]], config)
             bar.add(1)
-        remaining = [la for la in remaining if la not in group]
+        remaining = remaining[size:]
     return masks
 
 

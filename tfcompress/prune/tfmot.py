@@ -22,7 +22,7 @@ from tfcompress.prune.config import PruneConfig
 def prune_tf_keras(model, config: PruneConfig | None = None, **overrides):
     """Wrap a copy of a tf.keras model's prunable layers with TF-MOT's ``PruneLowMagnitude``.
 
-    Uses ``config.schedule`` (default ``ConstantSparsity(config.sparsity, 0)``), an N:M
+    Uses ``config.schedule`` (default ``ConstantSparsity(config.sparsity, 0, frequency=1)``), an N:M
     ``pattern`` as TF-MOT's ``sparsity_m_by_n`` and ``include``/``exclude`` on layer names.
     Returns ``(pruned_model, skipped)`` where ``skipped`` maps layer names TF-MOT could not
     prune to the reason. Train with `tf_keras_callbacks`, finish with `strip_tf_keras`.
@@ -40,7 +40,10 @@ def prune_tf_keras(model, config: PruneConfig | None = None, **overrides):
     import tf_keras
     from tensorflow_model_optimization.sparsity import keras as tfmot_sparsity
 
-    schedule = config.build_schedule() or tfmot_sparsity.ConstantSparsity(config.sparsity, 0)
+    # frequency=1: TF-MOT's default (100) leaves runs shorter than 100 steps unpruned
+    schedule = config.build_schedule() or tfmot_sparsity.ConstantSparsity(
+        config.sparsity, 0, frequency=1
+    )
     skipped: dict[str, str] = {}
     wrapped: list[str] = []
 
@@ -59,11 +62,10 @@ def prune_tf_keras(model, config: PruneConfig | None = None, **overrides):
         return out
 
     pruned = tf_keras.models.clone_model(model, clone_function=wrap)
-    for layer in model.layers:
+    # clone_model keeps the layer order; wrapped layers are renamed prune_low_magnitude_*
+    for layer, target in zip(model.layers, pruned.layers, strict=True):
         if layer.weights:
-            target = pruned.get_layer(layer.name)
-            inner = getattr(target, "layer", target)
-            inner.set_weights(layer.get_weights())
+            getattr(target, "layer", target).set_weights(layer.get_weights())
     for layer in model.layers:
         if not layer.weights and type(layer).__name__ in ("TFOpLambda", "Lambda"):
             skipped.setdefault(layer.name, f"{type(layer).__name__}: no weights, left as is")
@@ -76,8 +78,17 @@ def prune_tf_keras(model, config: PruneConfig | None = None, **overrides):
 
 
 def tf_keras_callbacks(log_dir: str | None = None) -> list:
-    """TF-MOT's ``UpdatePruningStep`` (and ``PruningSummaries`` with ``log_dir``)."""
+    """TF-MOT's ``UpdatePruningStep`` (and ``PruningSummaries`` with ``log_dir``, which
+    needs the tensorboard package)."""
+    import importlib.util
+
     from tensorflow_model_optimization.sparsity import keras as tfmot_sparsity
+
+    if log_dir and importlib.util.find_spec("tensorboard") is None:
+        raise TfcompressError(
+            "log_dir needs the tensorboard package for TF-MOT's PruningSummaries "
+            "(pip install tensorboard), or pass log_dir=None"
+        )
 
     callbacks = [tfmot_sparsity.UpdatePruningStep()]
     if log_dir:
