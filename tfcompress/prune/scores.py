@@ -41,14 +41,19 @@ def taylor_scores(weights: np.ndarray, grads) -> np.ndarray:
     return total
 
 
-def input_norms(inputs: np.ndarray, d_in: int) -> np.ndarray:
-    """``||X_j||_2`` of each input feature over all calibration rows, checking the width."""
-    x = np.asarray(inputs, dtype=np.float64)
+def _rows(inputs: np.ndarray, d_in: int) -> np.ndarray:
+    x = np.asarray(inputs, dtype=np.float32)
     if x.ndim != 2 or x.shape[1] != d_in:
         raise TfcompressError(
             f"calibration inputs must be (rows, {d_in}) for this layer, got shape {x.shape}"
         )
-    return np.sqrt(np.sum(x * x, axis=0))
+    return x
+
+
+def input_norms(inputs: np.ndarray, d_in: int) -> np.ndarray:
+    """``||X_j||_2`` of each input feature over all calibration rows, checking the width."""
+    x = _rows(inputs, d_in)
+    return np.sqrt(np.einsum("ij,ij->j", x, x, dtype=np.float64))
 
 
 def wanda_scores(weights: np.ndarray, inputs: np.ndarray) -> np.ndarray:
@@ -59,9 +64,8 @@ def wanda_scores(weights: np.ndarray, inputs: np.ndarray) -> np.ndarray:
 
 def hessian(inputs: np.ndarray, d_in: int) -> np.ndarray:
     """The layer-wise Hessian ``2 X^T X / rows`` of the reconstruction loss ``||XW - XW'||^2``."""
-    x = np.asarray(inputs, dtype=np.float64)
-    input_norms(x, d_in)  # shape check
-    return 2.0 * x.T @ x / max(len(x), 1)
+    x = _rows(inputs, d_in)
+    return (2.0 / max(len(x), 1)) * (x.T @ x).astype(np.float64)
 
 
 SCORES = {"magnitude": magnitude_scores, "taylor": taylor_scores, "wanda": wanda_scores}

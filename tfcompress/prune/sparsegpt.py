@@ -32,14 +32,15 @@ def inverse_hessian_factor(h: np.ndarray, damping: float) -> tuple[np.ndarray, n
     h[dead, dead] = 1.0
     h[np.diag_indices_from(h)] += damping * np.mean(np.diag(h))
     try:
-        inv = np.linalg.inv(np.linalg.cholesky(h))
+        # upper factor U of H^-1 = U^T U in one Cholesky: with P the order reversal,
+        # U = P chol(P H P)^-1 P
+        rev = np.linalg.cholesky(h[::-1, ::-1])
     except np.linalg.LinAlgError as err:
         raise TfcompressError(
             f"the layer Hessian is not positive definite with damping={damping}: "
             "increase damping (e.g. 0.1) or give more calibration data"
         ) from err
-    # (L L^T)^-1 = L^-T L^-1; its upper Cholesky factor is what SparseGPT's updates need
-    return np.linalg.cholesky(inv.T @ inv).T, dead
+    return np.ascontiguousarray(np.linalg.inv(rev)[::-1, ::-1]), dead
 
 
 def sparsegpt_prune(
