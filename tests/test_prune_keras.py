@@ -198,13 +198,13 @@ def test_prune_stage_quick(tmp_path):
     from tfcompress.pipeline import STAGES, DemoContext, DemoSettings
     from tfcompress.prune import stage  # noqa: F401  (registers the stage)
 
-    settings = replace(DemoSettings.quick(), finetune_steps=2, latency_repeats=1)
+    settings = replace(DemoSettings.quick(), finetune_steps=1)
     ctx = DemoContext(settings, tmp_path, load_corpus(settings.corpus))
     ctx.models["teacher"] = build_gpt("test-tiny", vocab_size=ctx.corpus.vocab_size)
+    measured = []
+    ctx.measure = measured.append  # evaluate() has its own tests; keep this one quick
     STAGES["prune"](ctx)
-    assert ctx.final == "teacher-pruned"
-    assert [r.name for r in ctx.reports] == ["teacher-pruned"]
-    assert ctx.reports[0].nonzero < ctx.teacher.count_params()
+    assert ctx.final == "teacher-pruned" and measured == ["teacher-pruned"]
     assert sparsity_summary(ctx.models["teacher-pruned"])["layers"]["block0_mlp_in"][
         "sparsity"] == 0.5
     assert "SparseGPT" in ctx.notes[-1]
