@@ -21,6 +21,7 @@ from tfcompress.core.layers import capture_inputs, kernel_matrix, layer_path
 from tfcompress.errors import TfcompressError
 from tfcompress.prune.config import PruneConfig
 from tfcompress.prune.masks import units_to_keep
+from tfcompress.prune.oneshot import input_batches
 
 
 def mlp_pairs(model) -> list[tuple[object, object]]:
@@ -72,8 +73,6 @@ def _slice_like(old: np.ndarray, new_shape: tuple, keep: np.ndarray) -> np.ndarr
 
 def prune_structured(model, config: PruneConfig, data=None):
     """A new, narrower model; ``model`` is not changed. See the module docstring."""
-    from tfcompress.prune.oneshot import input_batches
-
     if type(model).__name__ not in ("Functional", "Sequential"):
         raise TfcompressError(
             f"structured pruning rebuilds functional models; {model.name!r} is a "
