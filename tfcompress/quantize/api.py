@@ -160,7 +160,7 @@ def _calibration_batches(calibration) -> list:
         raise TfcompressError("calibration is required for GPTQ: pass token windows or batches")
     batches = ([calibration[i : i + 8] for i in range(0, len(calibration), 8)]
                if isinstance(calibration, np.ndarray) else list(calibration))
-    if not batches or all(np.size(b) == 0 for b in batches if not isinstance(b, dict)):
+    if not batches or all(not isinstance(b, dict) and np.size(b) == 0 for b in batches):
         raise TfcompressError("calibration is empty: give at least one batch of token windows")
     return batches
 

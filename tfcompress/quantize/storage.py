@@ -40,7 +40,9 @@ class _CodeStorage:
     def _tfc_build(self, meta: dict) -> None:
         self._tracker.unlock()
         if hasattr(self, meta["attr"]):
-            delattr(self, meta["attr"])
+            # Layer.__delattr__ would run gc.collect() (over a second per layer)
+            self._untrack_variable(getattr(self, meta["attr"]))
+            object.__delattr__(self, meta["attr"])
         self.tfc_meta = meta
         d_in, d_out = meta["matrix_shape"]
         rows = (d_in + 1) // 2 if meta["packed"] else d_in
