@@ -67,6 +67,6 @@ def block_structure(model) -> dict:
     starts = [model.get_layer(f"block{i}_ln1").input for i in blocks]
     ends = [model.get_layer(f"block{i}_add2").output for i in blocks]
     pre = keras.Model(model.inputs, starts[0])
-    subs = [keras.Model(s, e) for s, e in zip(starts, ends)]
+    subs = [keras.Model(s, e) for s, e in zip(starts, ends, strict=True)]
     subs.append(keras.Model(ends[-1], model.outputs))
     return {"pre_block_layers": [pre], "sequential_blocks": subs}

@@ -193,10 +193,10 @@ class Quantizer:
         if w.ndim != 2:
             raise TfcompressError(f"w must be a (d_in, d_out) matrix, got shape {w.shape}")
         g = self.group_rows(w.shape[0])
-        parts = [self.fit(w[i : i + g]) for i in range(0, w.shape[0], g)]
+        starts = range(0, w.shape[0], g)
+        parts = [self.fit(w[i : i + g]) for i in starts]
         codes = np.concatenate(
-            [self.encode(w[i : i + g], *p) for i, p in zip(range(0, w.shape[0], g), parts)]
-        )
+            [self.encode(w[i : i + g], *p) for i, p in zip(starts, parts, strict=True)])
         return self.pack_params(codes, parts, g)
 
     def pack_params(self, codes: np.ndarray, parts: list, group_rows: int) -> QTensor:
