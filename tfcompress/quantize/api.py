@@ -98,6 +98,9 @@ def quantize(model, config: QuantizeConfig | None = None, calibration=None,
              inplace: bool = False, verbose: int = 1, **overrides):
     """Weight-quantize a Keras 3 model; returns a copy unless ``inplace``.
 
+    The result is not compiled (the float model's optimizer state does not apply to codes):
+    compile it again to train or evaluate with ``fit``/``evaluate``.
+
     ``calibration``: token windows (array) or a list of input batches (arrays or dicts),
     needed by ``gptq`` and ``keras_gptq``. Keyword ``overrides`` replace config fields, e.g.
     ``quantize(model, bits=4, granularity="group", group_size=32)``.
@@ -115,7 +118,7 @@ def quantize(model, config: QuantizeConfig | None = None, calibration=None,
     if not config.method.startswith("keras_"):
         for path, layer in layers:  # group sizes are checked before any work
             config.quantizer(path).group_rows(kernel_matrix(layer).shape[0])
-    target = model if inplace else copy_model(model)
+    target = drop_training_state(model if inplace else copy_model(model))
     paths = [p for p, _ in layers]
     if config.method.startswith("keras_"):
         from tfcompress.quantize.keras_modes import keras_quantize
@@ -144,6 +147,14 @@ def quantize(model, config: QuantizeConfig | None = None, calibration=None,
             progress.update(i + 1)
     layout = {path: attach(by_path[path], qt) for path, qt in results.items()}
     return mark_quantized(target, layout)
+
+
+def drop_training_state(model):
+    """Forget ``model``'s optimizer and compile state, in place: its slots belong to the
+    float weights that quantization replaces, and would otherwise be saved with the model."""
+    model.optimizer = None
+    model.compiled = False
+    return model
 
 
 def _gptq_able(layer) -> bool:
