@@ -18,14 +18,18 @@ def quantize_stage(ctx: DemoContext) -> None:
     from tfcompress.export import export_tflite
 
     source = ctx.final
-    config = QuantizeConfig(method="gptq", bits=4, granularity="group", group_size=32)
+    # one calibration pass (sequential=False): ~4x faster on the teacher, keeps the stage
+    # near its 60 s budget; the benchmark measures the sequential variant
+    config = QuantizeConfig(method="gptq", bits=4, granularity="group", group_size=32,
+                            sequential=False)
     start = time.perf_counter()
     try:
         model = quantize(ctx.models[source], config, calibration=ctx.calibration())
     except TfcompressError as err:  # e.g. a pruned width that 32 does not divide
         if "group_size" not in str(err):
             raise
-        config = QuantizeConfig(method="gptq", bits=4, granularity="channel")
+        config = QuantizeConfig(method="gptq", bits=4, granularity="channel",
+                                sequential=False)
         model = quantize(ctx.models[source], config, calibration=ctx.calibration())
     seconds = time.perf_counter() - start
     name = f"{source}-int4"
