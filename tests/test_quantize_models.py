@@ -69,8 +69,11 @@ def test_gptq_model_runs_and_beats_rtn_on_calibration_loss(model, ids):
                             types=("Dense", "EinsumDense"))
     gq = quantize(model, config, calibration=ids, verbose=0)
     rq = quantize(model, config, method="rtn", verbose=0)
+    one_pass = quantize(model, config, calibration=ids, sequential=False, verbose=0)
     ref = model(ids).numpy()
-    assert np.mean((gq(ids).numpy() - ref) ** 2) < np.mean((rq(ids).numpy() - ref) ** 2)
+    rtn_error = np.mean((rq(ids).numpy() - ref) ** 2)
+    assert np.mean((gq(ids).numpy() - ref) ** 2) < rtn_error
+    assert np.mean((one_pass(ids).numpy() - ref) ** 2) < rtn_error
     assert np.isfinite(float(lm_loss()(ids[:, 1:], gq(ids)[:, :-1])))
 
 
