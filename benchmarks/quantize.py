@@ -1,0 +1,103 @@
+"""Quantization of the demo teacher: perplexity ratio to float and stored size for RTN, GPTQ
+(ours and Keras's, same group size, calibration windows, damping and layers), k-means, NF4
+and QAT; plus quantization times (measured in the same process, one after the other).
+
+Usage: TFCOMPRESS_CACHE=/work/cache PYTHONPATH=. python benchmarks/quantize.py [--qat-steps N]
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+from _common import demo_context, write_results
+
+from tfcompress.core.layers import copy_model
+from tfcompress.evaluate import keras_file_sizes, keras_forward, lm_quality
+from tfcompress.models.training import train_lm
+from tfcompress.quantize import QuantizeConfig, qat, quantize, strip_qat
+from tfcompress.quantize.api import drop_training_state
+
+DENSE = ("Dense", "EinsumDense")
+GROUP = 128
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--qat-steps", type=int, default=100)
+    args = parser.parse_args()
+    ctx = demo_context()
+    teacher = ctx.teacher
+    batches = ctx.eval_data()
+    calib = ctx.calibration()
+
+    def ppl(model) -> float:
+        return lm_quality(keras_forward(model), batches)["perplexity"]
+
+    float_ppl = ppl(teacher)
+    # the cached teacher carries its AdamW slots: compare weights-only files
+    float_bytes = keras_file_sizes(drop_training_state(copy_model(teacher)))["bytes"]
+    group4 = dict(bits=4, granularity="group", group_size=GROUP)
+    runs = {
+        "int8_rtn": dict(method="rtn", bits=8),
+        "int4_rtn": dict(method="rtn", types=DENSE, **group4),
+        "int4_gptq": dict(method="gptq", types=DENSE, **group4),
+        "int4_gptq_keras": dict(method="keras_gptq", types=DENSE, **group4),
+        "int4_gptq_all": dict(method="gptq", **group4),
+        "int3_rtn": dict(method="rtn", types=DENSE, bits=3, granularity="group",
+                         group_size=GROUP),
+        "int3_gptq": dict(method="gptq", types=DENSE, bits=3, granularity="group",
+                          group_size=GROUP),
+        "kmeans4": dict(method="rtn", scheme="kmeans", bits=4, granularity="channel"),
+        "nf4": dict(method="rtn", scheme="nf4", **group4),
+        "keras_int8": dict(method="keras_int8"),
+    }
+    rows, data, times = [], {}, {}
+    for name, overrides in runs.items():
+        print(f"== {name}")
+        start = time.perf_counter()
+        model = quantize(teacher, calibration=calib, verbose=0, **overrides)
+        times[name] = time.perf_counter() - start
+        data[name] = ppl(model) / float_ppl
+        # Keras's GPTQ config holds the block sub-models and cannot be serialized
+        size = (None if name == "int4_gptq_keras"
+                else keras_file_sizes(drop_training_state(model))["bytes"] / float_bytes)
+        if name == "int4_gptq_all":
+            data["int4_stored_size_ratio"] = size
+        rows.append((name, overrides, data[name], size, times[name]))
+    print("== float_ft (float fine-tuned like QAT, the fair reference for qat_int4)")
+    tuned = copy_model(teacher)
+    train_lm(tuned, ctx.train_data(), args.qat_steps, learning_rate=1e-4, verbose=2)
+    data["float_ft"] = ppl(tuned) / float_ppl
+    rows.append(("float_ft", {"steps": args.qat_steps}, data["float_ft"], 1.0, 0.0))
+    print("== qat_int4")
+    config = QuantizeConfig(**group4)
+    start = time.perf_counter()
+    student = qat(teacher, config)
+    train_lm(student, ctx.train_data(), args.qat_steps, learning_rate=1e-4, verbose=2)
+    model = quantize(strip_qat(student), config, verbose=0)
+    times["qat_int4"] = time.perf_counter() - start
+    data["qat_int4"] = ppl(model) / float_ppl
+    rows.append(("qat_int4", {"qat_steps": args.qat_steps, **group4}, data["qat_int4"],
+                 keras_file_sizes(model)["bytes"] / float_bytes, times["qat_int4"]))
+    data["gptq_time_vs_keras"] = times["int4_gptq"] / times["int4_gptq_keras"]
+    data["qat_int4_vs_float_ft"] = data["qat_int4"] / data["float_ft"]
+    data.update(float_perplexity=float_ppl, float_bytes=float_bytes, seconds=times,
+                eval_windows=ctx.settings.eval_windows, calibration_windows=len(calib))
+    table = ["| run | settings | ppl ratio | stored size ratio | seconds |",
+             "|---|---|---|---|---|"]
+    for name, overrides, ratio, size, secs in rows:
+        settings = ", ".join(f"{k}={v}" for k, v in overrides.items() if k != "types")
+        if overrides.get("types") == DENSE:
+            settings += ", Dense/EinsumDense only"
+        size_text = "–" if size is None else f"{size:.3f}"
+        table.append(f"| {name} | {settings} | {ratio:.4f} | {size_text} | {secs:.1f} |")
+    table.append(f"\nfloat perplexity {float_ppl:.4f} on {ctx.settings.eval_windows} test windows; "
+                 f"float .keras {float_bytes:,} bytes (weights only); our GPTQ / Keras GPTQ "
+                 f"time {data['gptq_time_vs_keras']:.2f}x")
+    write_results("quantize", "\n".join(table), data,
+                  f"python benchmarks/quantize.py --qat-steps {args.qat_steps}")
+
+
+if __name__ == "__main__":
+    main()
