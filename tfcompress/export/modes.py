@@ -88,7 +88,7 @@ MODES: dict[str, ExportMode] = {
         ExportMode(
             "int16x8",
             "int16 activations, int8 weights (LiteRT quantizer, calibrated)",
-            _float32, 0.25, 0.85, 1.10, needs_representative=True,
+            _float32, 0.4, 0.85, 1.10, needs_representative=True,
             litert_recipe="static_wi8_ai16",
         ),
         ExportMode(

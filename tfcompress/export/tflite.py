@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfcompress.core.layers import is_keras3_model, is_tf_keras_model
+from tfcompress.core.layers import is_keras3_model, is_tf_keras_model, iter_layers
 from tfcompress.errors import TfcompressError, VerificationError
 from tfcompress.evaluate.latency import keras_forward
 from tfcompress.evaluate.quality import lm_quality
@@ -149,7 +149,7 @@ def convert(model, spec: InputSpec, mode: str = "float32", samples: list | None 
     with tempfile.TemporaryDirectory() as tmp:
         to_saved_model(model, tmp, spec)
         qat = has_fake_quant(tmp)
-        if spec_mode.needs_representative and samples is None and not (qat and mode == "int8"):
+        if samples is None and mode == "int8" and not qat:
             raise TfcompressError(
                 f"mode {mode!r} needs representative_data (calibration inputs: "
                 f"{spec.describe()}); only a quantization-aware (fake-quant) model can skip it"
@@ -168,7 +168,8 @@ def agreement_stats(expected: np.ndarray, got: np.ndarray) -> dict:
     expected, got = np.asarray(expected, np.float64), np.asarray(got, np.float64)
     if expected.shape != got.shape:
         raise VerificationError(f"output shape {got.shape} differs from Keras {expected.shape}")
-    err = float(np.abs(expected - got).max())
+    # NaN or inf (e.g. float16 overflow) must fail every tolerance, not compare as False.
+    err = float(np.abs(expected - got).max()) if np.isfinite(got).all() else float("inf")
     agreement = None if expected.shape[-1] < 2 else float(
         (expected.argmax(-1) == got.argmax(-1)).mean())
     return {"max_abs_error": err, "relative_error": err / max(float(np.abs(expected).max()),
@@ -261,6 +262,15 @@ def export_tflite(
             "model must be a Keras model (keras.Model or tf_keras.Model), "
             f"got {type(model).__name__}"
         )
+    keras_quantized = [p for p, la in iter_layers(model) if getattr(la, "quantization_mode", None)]
+    if keras_quantized:
+        # The converter lowers Keras's raw int8 matmuls to FULLY_CONNECTED ops that reject
+        # int8 activations, so conversion fails deep inside MLIR.
+        raise TfcompressError(
+            f"model holds Keras-native quantized layers ({', '.join(keras_quantized[:4])}"
+            f"{', ...' if len(keras_quantized) > 4 else ''}), which the TFLite converter cannot "
+            "lower; export the float model with mode='dynamic_int8', 'int8' or 'int4' instead"
+        )
     spec = input_spec(model, seq_len, batch_size)
     if int8_io and mode != "int8":
         raise TfcompressError(f"int8_io is only for mode 'int8', got mode {mode!r}")
@@ -271,6 +281,9 @@ def export_tflite(
             f"representative_data is only used by modes "
             f"{sorted(k for k, m in MODES.items() if m.needs_representative)}, not {mode!r}"
         )
+    if representative_data is None and spec_mode.needs_representative and mode != "int8":
+        raise TfcompressError(f"mode {mode!r} needs representative_data (calibration inputs: "
+                              f"{spec.describe()})")
     _check_litert(spec_mode)
     samples = None if representative_data is None else representative_samples(
         representative_data, spec, max_samples)
