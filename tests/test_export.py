@@ -199,7 +199,8 @@ def test_float16_overflow_fails_verification_with_figures(lm, tmp_path):
     norm, head = model.get_layer("final_norm"), model.get_layer("lm_head")
     norm.set_weights([w * 1e5 for w in norm.get_weights()])
     set_kernel_matrix(head, kernel_matrix(head) * 1e-5)
-    with pytest.raises(VerificationError, match=r"float16 export disagrees.*max \|error\| (inf|[\d.]+)"):
+    figures = r"float16 export disagrees.*max \|error\| (inf|[\d.]+)"
+    with pytest.raises(VerificationError, match=figures):
         export_tflite(model, tmp_path / "bad.tflite", "float16", seq_len=SEQ, verbose=False)
 
 
