@@ -100,6 +100,9 @@ def test_size_ordering_and_tensor_types(exported):
     assert exported["int8"].tensor_dtypes.get("int8", 0) > exported["dynamic_int8"].tensor_dtypes[
         "int8"]
     assert "int16" in exported["int16x8"].tensor_dtypes
+    mixed = exported["int8_mixed"]
+    assert mixed.tensor_dtypes["int8"] > 0 and mixed.tensor_dtypes["float32"] > exported[
+        "int8"].tensor_dtypes["float32"]  # residual stream, norms and softmax stay float
     assert exported["int4"].quantizer == "ai-edge-quantizer"
 
 

@@ -157,7 +157,14 @@ def convert(model, spec: InputSpec, mode: str = "float32", samples: list | None 
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
         representative = None if samples is None else (lambda: ([s] for s in samples))
         spec_mode.configure(converter, representative, int8_io)
-        flatbuffer = converter.convert()
+        if spec_mode.float_ops:
+            options = tf.lite.experimental.QuantizationDebugOptions(
+                denylisted_ops=list(spec_mode.float_ops))
+            flatbuffer = tf.lite.experimental.QuantizationDebugger(
+                converter=converter, debug_dataset=representative, debug_options=options,
+            ).get_nondebug_quantized_model()
+        else:
+            flatbuffer = converter.convert()
     if spec_mode.litert_recipe:
         flatbuffer = _litert_quantize(flatbuffer, spec_mode.litert_recipe, samples)
     return flatbuffer, qat
