@@ -112,6 +112,9 @@ def _evaluate_keras(model, data, name, task, seq_len, batch_sizes, repeats, max_
 
 
 def _evaluate_tflite(path, data, name, task, batch_sizes, repeats, max_batches, params):
+    """Phone-style figures from `tfcompress.export.measure`: latency per batch size (default
+    threads) and at batch 1 per threads setting, peak interpreter memory, operators."""
+    from tfcompress.export.measure import measure_tflite
     from tfcompress.export.runner import TFLiteRunner
 
     runner = TFLiteRunner(path)
@@ -122,6 +125,11 @@ def _evaluate_tflite(path, data, name, task, batch_sizes, repeats, max_batches, 
         report.gzip_bits_per_weight = bits_per_weight(sizes["gzip_bytes"], params)
     if task == "lm":
         report.latency = {str(b): runner.latency(b, repeats=repeats) for b in batch_sizes}
+    if batch_sizes:
+        measured = measure_tflite(path, threads=(1, 2), repeats=repeats)
+        report.extra.update({k: measured[k] for k in (
+            "latency_ms_by_threads", "peak_memory", "ops", "tensor_dtypes",
+            "xnnpack_partitions", "not_delegated")})
     report.quality = _quality(runner.predict, data, task, max_batches)
     return report
 

@@ -1,6 +1,36 @@
-"""TFLite/LiteRT conversion, built-in verification and an interpreter runner."""
+"""TFLite/LiteRT export: conversion in several modes, built-in verification, an interpreter
+runner, text generation from the ``.tflite`` file, and phone-style measurement."""
 
+from tfcompress.export.generate import generate, generate_text, next_token
+from tfcompress.export.measure import interleaved_latency, measure_tflite, peak_memory
+from tfcompress.export.modes import MODES, ExportMode
+from tfcompress.export.ops import inspect_tflite
+from tfcompress.export.representative import InputSpec, representative_samples
 from tfcompress.export.runner import TFLiteRunner
-from tfcompress.export.tflite import MODES, ExportResult, convert, export_tflite
+from tfcompress.export.tflite import (
+    ExportResult,
+    XNNPACKFallbackWarning,
+    convert,
+    export_tflite,
+    verify,
+)
 
-__all__ = ["MODES", "ExportResult", "TFLiteRunner", "convert", "export_tflite"]
+__all__ = [
+    "MODES",
+    "ExportMode",
+    "ExportResult",
+    "InputSpec",
+    "TFLiteRunner",
+    "XNNPACKFallbackWarning",
+    "convert",
+    "export_tflite",
+    "generate",
+    "generate_text",
+    "inspect_tflite",
+    "interleaved_latency",
+    "measure_tflite",
+    "next_token",
+    "peak_memory",
+    "representative_samples",
+    "verify",
+]

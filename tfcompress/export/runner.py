@@ -13,51 +13,82 @@ import numpy as np
 
 from tfcompress.evaluate.latency import time_callable
 
+_QUANTIZED = (np.int8, np.uint8, np.int16)
+
 
 class TFLiteRunner:
-    """A LiteRT interpreter that accepts any batch size and (de)quantizes int8 I/O."""
+    """A LiteRT interpreter that accepts any batch size and (de)quantizes int8/int16 I/O.
+
+    A model exported with a fixed batch (the default, batch 1) runs a larger batch one row
+    at a time; one exported with a dynamic batch is resized instead.
+    """
 
     def __init__(self, model: str | Path | bytes, num_threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
         content = model if isinstance(model, bytes) else Path(model).read_bytes()
         self.model_content = content
+        self.num_threads = num_threads
         self.interpreter = Interpreter(model_content=content, num_threads=num_threads)
+        self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
-        self._batch = None
+        signature = self.input.get("shape_signature", self.input["shape"])
+        self.fixed_batch = int(signature[0]) if int(signature[0]) > 0 else None
+        self._batch = int(self.input["shape"][0])
 
     @property
     def seq_len(self) -> int:
         return int(self.input["shape"][1])
 
+    @property
+    def vocab_size(self) -> int:
+        return int(self.output["shape"][-1])
+
     def _resize(self, batch: int) -> None:
         if self._batch != batch:
-            self.interpreter.resize_tensor_input(self.input["index"], [batch, self.seq_len])
+            self.interpreter.resize_tensor_input(self.input["index"], [batch, *self.input[
+                "shape"][1:]])
             self.interpreter.allocate_tensors()
             self.input = self.interpreter.get_input_details()[0]
             self.output = self.interpreter.get_output_details()[0]
             self._batch = batch
 
-    def predict(self, x: np.ndarray) -> np.ndarray:
-        """Float outputs for inputs ``x`` of shape ``(batch, seq_len)``."""
-        x = np.asarray(x)
+    def _invoke(self, x: np.ndarray) -> np.ndarray:
         self._resize(x.shape[0])
         scale, zero = self.input["quantization"]
-        if self.input["dtype"] in (np.int8, np.uint8) and scale:
-            x = np.round(x / scale + zero)
+        if self.input["dtype"] in _QUANTIZED and scale:
+            info = np.iinfo(self.input["dtype"])
+            x = np.clip(np.round(x / scale + zero), info.min, info.max)
         self.interpreter.set_tensor(self.input["index"], x.astype(self.input["dtype"]))
         self.interpreter.invoke()
         out = self.interpreter.get_tensor(self.output["index"])
         scale, zero = self.output["quantization"]
-        if self.output["dtype"] in (np.int8, np.int16, np.uint8) and scale:
+        if self.output["dtype"] in _QUANTIZED and scale:
             out = (out.astype(np.float32) - zero) * scale
         return np.asarray(out, dtype=np.float32)
 
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """Float outputs for inputs ``x`` of shape ``(batch, seq_len, ...)``."""
+        x = np.asarray(x)
+        step = self.fixed_batch
+        if step is None or len(x) == step:
+            return self._invoke(x)
+        if len(x) % step:
+            raise ValueError(f"batch {len(x)} is not a multiple of the exported batch {step}")
+        return np.concatenate([self._invoke(x[i : i + step]) for i in range(0, len(x), step)])
+
+    def sample_input(self, batch_size: int = 1, seed: int = 0) -> np.ndarray:
+        """Random inputs: token ids below the output width for integer inputs, else normal."""
+        rng = np.random.default_rng(seed)
+        shape = (batch_size, *self.input["shape"][1:])
+        if np.issubdtype(self.input["dtype"], np.integer) and not self.input["quantization"][0]:
+            return rng.integers(0, self.vocab_size, shape).astype(np.int32)
+        return rng.standard_normal(shape).astype(np.float32)
+
     def latency(self, batch_size: int = 1, warmup: int = 3, repeats: int = 10, seed: int = 0):
-        """Milliseconds per invoke on random token ids (vocabulary from the output width)."""
-        vocab = int(self.output["shape"][-1])
-        x = np.random.default_rng(seed).integers(0, vocab, (batch_size, self.seq_len))
+        """Milliseconds per forward pass on random inputs, plus tokens per second."""
+        x = self.sample_input(batch_size, seed)
         stats = time_callable(lambda: self.predict(x), warmup, repeats)
         stats["tokens_per_s"] = batch_size * self.seq_len / (stats["median_ms"] / 1e3)
         return stats

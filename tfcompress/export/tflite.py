@@ -1,54 +1,58 @@
-"""Keras (3 or tf.keras) model -> verified ``.tflite`` file.
+"""Keras (3 or tf.keras) model -> verified, inspected ``.tflite`` file.
 
 Example:
-    >>> result = export_tflite(model, "runs/model.tflite", mode="float16", seq_len=128)
-    >>> result.max_abs_error, result.agreement
+    >>> result = export_tflite(model, "runs/model.tflite", mode="int8", seq_len=128,
+    ...                        representative_data=corpus_windows, eval_data=test_batches)
+    >>> result.agreement, result.perplexity, result.not_delegated
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Callable
-from dataclasses import asdict, dataclass
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from tfcompress.core.layers import is_keras3_model, is_tf_keras_model
+from tfcompress.core.layers import is_keras3_model, is_tf_keras_model, iter_layers
 from tfcompress.errors import TfcompressError, VerificationError
 from tfcompress.evaluate.latency import keras_forward
+from tfcompress.evaluate.quality import lm_quality
 from tfcompress.evaluate.size import file_sizes
+from tfcompress.export.modes import MODES, ExportMode
+from tfcompress.export.ops import describe_ops, inspect_tflite
+from tfcompress.export.representative import InputSpec, representative_samples
 from tfcompress.export.runner import TFLiteRunner
 
 
-def _float32(converter) -> None:
-    del converter  # the converter's default is float32
-
-
-def _float16(converter) -> None:
-    import tensorflow as tf
-
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.target_spec.supported_types = [tf.float16]
-
-
-# mode -> (converter set-up, max |logit error| allowed, next-token agreement required)
-MODES: dict[str, tuple[Callable, float, float]] = {
-    "float32": (_float32, 1e-3, 0.99),
-    "float16": (_float16, 5e-2, 0.95),
-}
+class XNNPACKFallbackWarning(UserWarning):
+    """Some operators of an exported model run outside the XNNPACK delegate."""
 
 
 @dataclass
 class ExportResult:
-    """Where the file went, its size and how well it agrees with the Keras model."""
+    """Where the file went, its size, what is inside and how well it agrees with Keras."""
 
     path: str
     mode: str
     bytes: int
     gzip_bytes: int
-    max_abs_error: float | None
-    agreement: float | None
+    max_abs_error: float | None = None
+    agreement: float | None = None
+    relative_error: float | None = None
+    perplexity: float | None = None
+    keras_perplexity: float | None = None
+    input_dtype: str = ""
+    output_dtype: str = ""
+    qat: bool = False
+    quantizer: str = "tflite-converter"
+    ops: dict = field(default_factory=dict)
+    tensor_dtypes: dict = field(default_factory=dict)
+    xnnpack_partitions: int = 0
+    not_delegated: dict = field(default_factory=dict)
+    seconds: float = 0.0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -72,41 +76,155 @@ def model_seq_len(model, seq_len: int | None) -> int:
     return int(shape[1])
 
 
-def to_saved_model(model, directory: str | Path, seq_len: int) -> None:
-    """Write an inference SavedModel with signature ``token_ids[None, seq_len] -> logits``."""
+def input_spec(model, seq_len: int | None, batch_size: int | None = 1) -> InputSpec:
+    """The exported input of a one-input model: ``(batch_size, seq_len, ...)`` and its dtype."""
+    if batch_size is not None and batch_size < 1:
+        raise TfcompressError(f"batch_size must be a positive integer or None, got {batch_size}")
+    if len(getattr(model, "inputs", None) or ()) != 1:
+        raise TfcompressError("model must have exactly one input (token ids or features)")
+    tensor = model.inputs[0]
+    rest = tuple(tensor.shape[2:])
+    if any(d is None for d in rest):
+        raise TfcompressError(f"model input dimensions after the sequence must be fixed: "
+                              f"{tuple(tensor.shape)}")
+    dtype = np.dtype(getattr(tensor.dtype, "name", tensor.dtype)).name
+    vocab = int(model.outputs[0].shape[-1]) if np.issubdtype(np.dtype(dtype), np.integer) else None
+    return InputSpec((batch_size, model_seq_len(model, seq_len), *rest), dtype, vocab)
+
+
+def to_saved_model(model, directory: str | Path, spec: InputSpec) -> None:
+    """Write an inference SavedModel with one signature ``token_ids -> logits``."""
     import keras
     import tensorflow as tf
 
-    spec = tf.TensorSpec([None, seq_len], tf.int32, name="token_ids")
+    tf_spec = tf.TensorSpec(spec.shape, tf.as_dtype(spec.dtype), name="token_ids")
     if isinstance(model, keras.Model):
         # Keras 3 variables are only tracked by Keras's own export archive.
-        model.export(str(directory), format="tf_saved_model", input_signature=[spec],
+        model.export(str(directory), format="tf_saved_model", input_signature=[tf_spec],
                      verbose=False)
         return
-    fn = tf.function(lambda token_ids: model(token_ids, training=False), input_signature=[spec])
+    fn = tf.function(lambda token_ids: model(token_ids, training=False),
+                     input_signature=[tf_spec])
     tf.saved_model.save(model, str(directory), signatures={"serving_default": fn})
 
 
-def convert(model, seq_len: int, mode: str = "float32", configure: Callable | None = None):
-    """Flatbuffer bytes of ``model`` converted in ``mode``; ``configure`` may adjust more."""
+def has_fake_quant(directory: str | Path) -> bool:
+    """Whether a SavedModel holds fake-quantization ops (a quantization-aware-trained model)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((Path(directory) / "saved_model.pb").read_bytes())
+    for graph in saved.meta_graphs:
+        nodes = [*graph.graph_def.node,
+                 *(n for f in graph.graph_def.library.function for n in f.node_def)]
+        if any(n.op.startswith("FakeQuant") for n in nodes):
+            return True
+    return False
+
+
+def _litert_quantize(flatbuffer: bytes, recipe_name: str, samples: list | None) -> bytes:
+    """Apply an ``ai_edge_quantizer`` recipe to a float flatbuffer, calibrating if needed."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    qt = quantizer.Quantizer(flatbuffer)
+    qt.load_quantization_recipe(getattr(recipe, recipe_name)())
+    calibration = None
+    if qt.need_calibration:
+        signature = TFLiteRunner(flatbuffer).interpreter.get_signature_list()
+        key, io = next(iter(signature.items()))
+        name = io["inputs"][0]
+        calibration = qt.calibrate({key: [{name: s} for s in samples]})
+    return bytes(qt.quantize(calibration).quantized_model)
+
+
+def convert(model, spec: InputSpec, mode: str = "float32", samples: list | None = None,
+            int8_io: bool = False) -> tuple[bytes, bool]:
+    """Flatbuffer bytes of ``model`` in ``mode`` and whether it was a QAT (fake-quant) model.
+
+    ``samples`` are validated representative inputs (see `representative_samples`).
+    """
     import tensorflow as tf
 
+    spec_mode: ExportMode = MODES[mode]
     with tempfile.TemporaryDirectory() as tmp:
-        to_saved_model(model, tmp, seq_len)
+        to_saved_model(model, tmp, spec)
+        qat = has_fake_quant(tmp)
+        if samples is None and mode == "int8" and not qat:
+            raise TfcompressError(
+                f"mode {mode!r} needs representative_data (calibration inputs: "
+                f"{spec.describe()}); only a quantization-aware (fake-quant) model can skip it"
+            )
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
-        MODES[mode][0](converter)
-        if configure is not None:
-            configure(converter)
-        return converter.convert()
+        representative = None if samples is None else (lambda: ([s] for s in samples))
+        spec_mode.configure(converter, representative, int8_io)
+        if spec_mode.float_ops:
+            options = tf.lite.experimental.QuantizationDebugOptions(
+                denylisted_ops=list(spec_mode.float_ops))
+            flatbuffer = tf.lite.experimental.QuantizationDebugger(
+                converter=converter, debug_dataset=representative, debug_options=options,
+            ).get_nondebug_quantized_model()
+        else:
+            flatbuffer = converter.convert()
+    if spec_mode.litert_recipe:
+        flatbuffer = _litert_quantize(flatbuffer, spec_mode.litert_recipe, samples)
+    return flatbuffer, qat
 
 
-def verify(model, runner: TFLiteRunner, sample: np.ndarray) -> tuple[float, float]:
-    """Max absolute output difference and argmax agreement of TFLite vs Keras on ``sample``."""
-    expected = keras_forward(model)(sample)
-    got = runner.predict(sample)
-    return float(np.abs(expected - got).max()), float(
-        (expected.argmax(-1) == got.argmax(-1)).mean()
-    )
+def agreement_stats(expected: np.ndarray, got: np.ndarray) -> dict:
+    """Max |difference|, that relative to max |expected|, and argmax agreement (last axis)."""
+    expected, got = np.asarray(expected, np.float64), np.asarray(got, np.float64)
+    if expected.shape != got.shape:
+        raise VerificationError(f"output shape {got.shape} differs from Keras {expected.shape}")
+    # NaN or inf (e.g. float16 overflow) must fail every tolerance, not compare as False.
+    err = float(np.abs(expected - got).max()) if np.isfinite(got).all() else float("inf")
+    agreement = None if expected.shape[-1] < 2 else float(
+        (expected.argmax(-1) == got.argmax(-1)).mean())
+    return {"max_abs_error": err, "relative_error": err / max(float(np.abs(expected).max()),
+                                                                1e-12), "agreement": agreement}
+
+
+def verify(model, runner: TFLiteRunner, sample: np.ndarray, eval_data=None,
+           max_batches: int | None = None) -> dict:
+    """TFLite vs Keras on ``sample``; with ``eval_data`` also both perplexities."""
+    forward = keras_forward(model)
+    stats = agreement_stats(forward(sample), runner.predict(sample))
+    if eval_data is not None:
+        stats["keras_perplexity"] = lm_quality(forward, eval_data, max_batches)["perplexity"]
+        stats["perplexity"] = lm_quality(runner.predict, eval_data, max_batches)["perplexity"]
+    return stats
+
+
+def _check(stats: dict, mode: ExportMode, max_abs_error, min_agreement, max_ppl_ratio) -> None:
+    problems = []
+    if max_abs_error is not None and stats["max_abs_error"] > max_abs_error:
+        problems.append(f"max |error| {stats['max_abs_error']:.4g} > allowed {max_abs_error:.4g}")
+    if max_abs_error is None and stats["relative_error"] > mode.max_rel_error:
+        problems.append(f"max |error| {stats['max_abs_error']:.4g} is "
+                        f"{stats['relative_error']:.3g} of the largest logit "
+                        f"(allowed {mode.max_rel_error:.3g})")
+    need = mode.min_agreement if min_agreement is None else min_agreement
+    if stats["agreement"] is not None and stats["agreement"] < need:
+        problems.append(f"next-token agreement {stats['agreement']:.2%} < needed {need:.0%}")
+    if "perplexity" in stats:
+        ratio = stats["perplexity"] / stats["keras_perplexity"]
+        limit = mode.max_ppl_ratio if max_ppl_ratio is None else max_ppl_ratio
+        if ratio > limit:
+            problems.append(f"perplexity {stats['perplexity']:.4g} vs Keras "
+                            f"{stats['keras_perplexity']:.4g} (ratio {ratio:.3f} > {limit:.3f})")
+    if problems:
+        raise VerificationError(
+            f"{mode.name} export disagrees with the Keras model: " + "; ".join(problems))
+
+
+def _check_litert(mode: ExportMode) -> None:
+    if mode.litert_recipe is None:
+        return
+    try:
+        import ai_edge_quantizer  # noqa: F401
+    except ImportError:
+        raise TfcompressError(
+            f"mode {mode.name!r} needs the LiteRT quantizer: pip install ai-edge-quantizer"
+        ) from None
 
 
 def export_tflite(
@@ -114,42 +232,107 @@ def export_tflite(
     path: str | Path,
     mode: str = "float32",
     seq_len: int | None = None,
+    *,
+    representative_data=None,
+    int8_io: bool = False,
+    batch_size: int | None = 1,
     sample: np.ndarray | None = None,
+    eval_data=None,
     verify_output: bool = True,
     max_abs_error: float | None = None,
     min_agreement: float | None = None,
+    max_ppl_ratio: float | None = None,
+    max_samples: int = 100,
+    verbose: bool = True,
 ) -> ExportResult:
-    """Convert ``model`` to ``.tflite`` at ``path`` and check it against Keras.
+    """Convert ``model`` to ``.tflite`` at ``path`` in ``mode`` (see `MODES`) and verify it.
 
-    Verification runs the interpreter on ``sample`` token ids (default: 4 random sequences)
-    and raises `VerificationError` with the figures when the largest output difference
-    exceeds ``max_abs_error`` or next-token agreement falls below ``min_agreement``
-    (defaults depend on ``mode``).
+    ``representative_data`` (int8, int16x8): samples of the model input, as an array or a
+    ``tf.data`` dataset (of inputs or ``(inputs, targets, ...)``); at most ``max_samples``
+    are used. ``int8_io`` (int8 only) makes float inputs and the outputs int8 tensors; token-id
+    inputs stay int32. ``batch_size`` fixes the exported batch (None: dynamic).
+    Verification runs the interpreter on ``sample`` (default: 4 representative or random
+    inputs) and on ``eval_data`` batches ``(inputs, targets[, mask])`` if given, and raises
+    `VerificationError` with the figures beyond the mode's tolerances (or ``max_abs_error``,
+    ``min_agreement``, ``max_ppl_ratio``). Operators that XNNPACK does not take are reported
+    in ``not_delegated`` and warned about (`XNNPACKFallbackWarning`).
+
+    Example:
+        >>> export_tflite(model, "m.tflite", mode="float16", seq_len=128).agreement
+        1.0
     """
     if mode not in MODES:
         raise TfcompressError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
+    spec_mode = MODES[mode]
     if not _is_keras_model(model):
         raise TfcompressError(
             "model must be a Keras model (keras.Model or tf_keras.Model), "
             f"got {type(model).__name__}"
         )
-    seq_len = model_seq_len(model, seq_len)
+    keras_quantized = [p for p, la in iter_layers(model) if getattr(la, "quantization_mode", None)]
+    if keras_quantized:
+        # The converter lowers Keras's raw int8 matmuls to FULLY_CONNECTED ops that reject
+        # int8 activations, so conversion fails deep inside MLIR.
+        raise TfcompressError(
+            f"model holds Keras-native quantized layers ({', '.join(keras_quantized[:4])}"
+            f"{', ...' if len(keras_quantized) > 4 else ''}), which the TFLite converter cannot "
+            "lower; export the float model with mode='dynamic_int8', 'int8' or 'int4' instead"
+        )
+    spec = input_spec(model, seq_len, batch_size)
+    if int8_io and mode != "int8":
+        raise TfcompressError(f"int8_io is only for mode 'int8', got mode {mode!r}")
+    if int8_io and representative_data is None:
+        raise TfcompressError("int8_io needs representative_data to set the I/O ranges")
+    if representative_data is not None and not spec_mode.needs_representative:
+        raise TfcompressError(
+            f"representative_data is only used by modes "
+            f"{sorted(k for k, m in MODES.items() if m.needs_representative)}, not {mode!r}"
+        )
+    if representative_data is None and spec_mode.needs_representative and mode != "int8":
+        raise TfcompressError(f"mode {mode!r} needs representative_data (calibration inputs: "
+                              f"{spec.describe()})")
+    _check_litert(spec_mode)
+    samples = None if representative_data is None else representative_samples(
+        representative_data, spec, max_samples)
+    if sample is not None:
+        sample = np.asarray(sample)
+        if tuple(sample.shape[1:]) != tuple(spec.shape[1:]):
+            raise TfcompressError(
+                f"sample must have shape (n, {', '.join(map(str, spec.shape[1:]))}), "
+                f"got {sample.shape}")
+
+    start = time.perf_counter()
+    if verbose:
+        print(f"export: converting to {mode} ({spec_mode.description})")
+    flatbuffer, qat = convert(model, spec, mode, samples, int8_io)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(convert(model, seq_len, mode))
-    sizes = file_sizes(path)
-    err = agreement = None
+    path.write_bytes(flatbuffer)
+    runner = TFLiteRunner(path)
+    info = inspect_tflite(flatbuffer)
+    result = ExportResult(
+        str(path), mode, **file_sizes(path), qat=qat,
+        input_dtype=np.dtype(runner.input["dtype"]).name,
+        output_dtype=np.dtype(runner.output["dtype"]).name,
+        quantizer="ai-edge-quantizer" if spec_mode.litert_recipe else "tflite-converter",
+        **info,
+    )
     if verify_output:
+        if verbose:
+            print(f"export: verifying {path.name} against Keras")
         if sample is None:
-            vocab = int(model.outputs[0].shape[-1])
-            sample = np.random.default_rng(0).integers(0, vocab, (4, seq_len)).astype(np.int32)
-        err, agreement = verify(model, TFLiteRunner(path), np.asarray(sample, dtype=np.int32))
-        tol, need = MODES[mode][1:]
-        tol = tol if max_abs_error is None else max_abs_error
-        need = need if min_agreement is None else min_agreement
-        if err > tol or agreement < need:
-            raise VerificationError(
-                f"{mode} export disagrees with the Keras model: max |error| {err:.4g} "
-                f"(allowed {tol:.4g}), next-token agreement {agreement:.2%} (needed {need:.0%})"
-            )
-    return ExportResult(str(path), mode, sizes["bytes"], sizes["gzip_bytes"], err, agreement)
+            sample = (np.concatenate(samples[:4]) if samples
+                      else runner.sample_input(4 * (spec.shape[0] or 1)))
+        stats = verify(model, runner, sample.astype(spec.dtype), eval_data)
+        for key, value in stats.items():
+            setattr(result, key, value)
+        _check(stats, spec_mode, max_abs_error, min_agreement, max_ppl_ratio)
+    if result.not_delegated:
+        warnings.warn(f"{path.name}: operators outside XNNPACK (run on reference CPU kernels): "
+                      f"{describe_ops(result.not_delegated)}", XNNPACKFallbackWarning,
+                      stacklevel=2)
+    result.seconds = time.perf_counter() - start
+    if verbose:
+        print(f"export: {path} {result.bytes:,} bytes (gzip {result.gzip_bytes:,}), "
+              f"agreement {result.agreement}, max |error| {result.max_abs_error}")
+    return result

@@ -1,0 +1,195 @@
+"""TFLite export benchmark: every mode on the demo teacher and on a compressed student.
+
+For each model and mode: file size (raw, gzip), batch-1 latency at 1 and 2 threads (all
+files and the Keras model timed in interleaved rounds in one process, so machine contention
+hits them alike), peak memory of a fresh interpreter process, held-out perplexity and
+next-token agreement with the Keras model on every held-out position, and whether the
+export's built-in verification passes with the mode's default tolerances.
+
+The "compressed student" is built from what exists on this branch: the student preset
+trained directly on the corpus for ``student_steps`` (no distillation) with 50 % of each
+Dense/EinsumDense kernel zeroed by magnitude (no fine-tuning); its quantization is the
+export mode itself. The lead reruns it on the real distill -> prune -> quantize pipeline.
+
+Usage: ``TFCOMPRESS_CACHE=/work/cache python benchmarks/export.py [--quick]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from _common import demo_context, write_results  # noqa: E402
+
+from tfcompress.core.layers import copy_model, kernel_matrix, select_layers, set_kernel_matrix
+from tfcompress.errors import VerificationError
+from tfcompress.evaluate import keras_file_sizes, lm_quality, token_stats
+from tfcompress.evaluate.latency import keras_forward
+from tfcompress.export import MODES, TFLiteRunner, export_tflite, interleaved_latency
+from tfcompress.export.measure import peak_memory
+from tfcompress.export.tflite import _check, agreement_stats
+from tfcompress.pipeline import DemoSettings
+
+THREADS = (1, 2)
+
+
+def compressed_student(ctx):
+    """Student preset trained on the corpus, then 50 % magnitude-zeroed kernels."""
+    import keras
+
+    from tfcompress.models import build_gpt
+    from tfcompress.models.training import train_lm
+
+    s = ctx.settings
+    keras.utils.set_random_seed(s.seed)
+    student = build_gpt(s.student_preset, vocab_size=ctx.corpus.vocab_size, seq_len=s.seq_len,
+                        name="student")
+    print(f"student: training {student.count_params():,} parameters for {s.student_steps} steps")
+    train_lm(student, ctx.train_data(), s.student_steps)
+    pruned = copy_model(student)
+    for _, layer in select_layers(pruned, types=("Dense", "EinsumDense")):
+        w = kernel_matrix(layer)
+        set_kernel_matrix(layer, np.where(np.abs(w) < np.median(np.abs(w)), 0.0, w))
+    return pruned
+
+
+def held_out_stats(model, runner, batches) -> dict:
+    """Perplexity, accuracy, worst logit error and agreement with Keras over every held-out
+    position (one interpreter pass per window)."""
+    forward = keras_forward(model)
+    nll = hits = count = same = positions = worst = worst_abs = 0.0
+    for x, y, m in batches:
+        got = runner.predict(x)
+        stats = agreement_stats(forward(x), got)
+        worst = max(worst, stats["relative_error"])
+        worst_abs = max(worst_abs, stats["max_abs_error"])
+        same += stats["agreement"] * m.size
+        positions += m.size
+        a, b, c = token_stats(got, y, m)
+        nll, hits, count = nll + a, hits + b, count + c
+    return {"perplexity": float(np.exp(nll / count)), "accuracy": hits / count,
+            "agreement": same / positions,
+            "relative_error": worst, "max_abs_error": worst_abs}
+
+
+def bench_model(name, model, ctx, out: Path) -> list[dict]:
+    s = ctx.settings
+    batches = ctx.eval_data()
+    keras_q = lm_quality(keras_forward(model), batches)
+    rows = [{"model": name, "format": "keras", **keras_file_sizes(model),
+             "perplexity": keras_q["perplexity"], "accuracy": keras_q["accuracy"],
+             "agreement": 1.0, "verified": "-"}]
+    runners = {}
+    for mode in MODES:
+        path = out / f"{name}.{mode}.tflite"
+        rep = ctx.calibration() if MODES[mode].needs_representative else None
+        result = export_tflite(model, path, mode, seq_len=s.seq_len, representative_data=rep,
+                               verify_output=False, verbose=False)
+        runner = TFLiteRunner(path, num_threads=1)
+        stats = held_out_stats(model, runner, batches)
+        try:
+            _check({**stats, "keras_perplexity": keras_q["perplexity"]},
+                   MODES[mode], None, None, None)
+            verified = "pass"
+        except VerificationError as err:
+            verified = "FAIL: " + str(err).split(": ", 1)[1]
+        runners[mode] = path
+        rows.append({"model": name, "format": mode, "bytes": result.bytes,
+                     "gzip_bytes": result.gzip_bytes, **stats, "verified": verified,
+                     "peak_memory_mb": peak_memory(path)["interpreter_mb"],
+                     "not_delegated": result.not_delegated,
+                     "xnnpack_partitions": result.xnnpack_partitions})
+        print(f"{name} {mode}: {result.bytes:,} bytes, ppl {stats['perplexity']:.3f}, "
+              f"agreement {stats['agreement']:.4f}, {verified}")
+    x = np.asarray(batches[0][0][:1])
+    forward = keras_forward(model)
+    fns = {"keras": lambda: forward(x)}
+    for mode, path in runners.items():
+        for t in THREADS:
+            r = TFLiteRunner(path, num_threads=t)
+            fns[f"{mode}@{t}"] = lambda r=r: r.predict(x)
+    latency = interleaved_latency(fns, rounds=5, repeats=s.latency_repeats)
+    for row in rows:
+        key = row["format"]
+        if key == "keras":
+            row["latency_ms"] = {"tf": latency["keras"]["median_ms"]}
+        else:
+            row["latency_ms"] = {str(t): latency[f"{key}@{t}"]["median_ms"] for t in THREADS}
+    base = rows[1]  # float32 .tflite
+    for row in rows:
+        row["size_ratio"] = row["bytes"] / base["bytes"]
+        row["ppl_ratio"] = row["perplexity"] / keras_q["perplexity"]
+        if row["format"] != "keras":
+            row["latency_ratio"] = row["latency_ms"]["1"] / base["latency_ms"]["1"]
+    return rows
+
+
+def _verdict(text: str) -> str:
+    """``pass`` or which tolerances failed (the full message is in the JSON)."""
+    if not text.startswith("FAIL"):
+        return text
+    missed = [name for key, name in (("max |error|", "logit error"), ("agreement", "agreement"),
+                                     ("perplexity", "perplexity")) if key in text]
+    return "FAIL: " + ", ".join(missed)
+
+
+def table(rows: list[dict]) -> str:
+    out = ["| model | format | bytes | gzip bytes | size vs f32 | ms b1 1 thr | ms b1 2 thr "
+           "| ms ratio vs f32 (1 thr) | peak MB | perplexity | ppl vs Keras | agreement "
+           "| verification |", "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lat = r["latency_ms"]
+        one, two = (f"{lat['tf']:.2f} (TF)", "–") if "tf" in lat else (
+            f"{lat['1']:.2f}", f"{lat['2']:.2f}")
+        out.append(
+            f"| {r['model']} | {r['format']} | {r['bytes']:,} | {r['gzip_bytes']:,} "
+            f"| {r['size_ratio']:.3f} | {one} | {two} | {r.get('latency_ratio', 0) or '–':.3} "
+            f"| {r.get('peak_memory_mb', 0):.1f} | {r['perplexity']:.3f} | {r['ppl_ratio']:.4f} "
+            f"| {r['agreement']:.4f} | {_verdict(r['verified'])} |".replace("| 0.0 |", "| – |"))
+    return "\n".join(out)
+
+
+def summary(rows: list[dict], model: str) -> dict:
+    """The issue's keys (``int8_*`` is full-integer int8) plus the same for the other modes."""
+    by = {r["format"]: r for r in rows if r["model"] == model}
+    out = {"float_agreement": by["float32"]["agreement"]}
+    for mode in MODES:
+        if mode != "float32":
+            out[f"{mode}_size_ratio"] = by[mode]["size_ratio"]
+            out[f"{mode}_latency_ratio"] = by[mode]["latency_ratio"]
+            out[f"{mode}_agreement"] = by[mode]["agreement"]
+            out[f"{mode}_ppl_ratio"] = by[mode]["ppl_ratio"]
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="tiny settings (a smoke run)")
+    args = parser.parse_args()
+    ctx = demo_context(DemoSettings.quick() if args.quick else None)
+    with tempfile.TemporaryDirectory() as tmp:
+        rows = bench_model("teacher", ctx.teacher, ctx, Path(tmp))
+        rows += bench_model("student-pruned", compressed_student(ctx), ctx, Path(tmp))
+    s = ctx.settings
+    notes = (f"\n\nHeld-out: {s.eval_windows} test windows of {s.seq_len} tokens; calibration: "
+             f"{s.calibration_windows} training windows. Latency: batch 1, median of 5 "
+             "interleaved rounds; Keras runs through TF with its default threads. Peak MB: peak "
+             "RSS of a fresh interpreter process above a bare ai_edge_litert process. Student: "
+             "trained directly (no distillation), 50 % magnitude-zeroed, no fine-tuning.")
+    data = {**summary(rows, "teacher"),
+            "student": summary(rows, "student-pruned"), "rows": rows,
+            "settings": {"eval_windows": s.eval_windows, "seq_len": s.seq_len,
+                         "calibration_windows": s.calibration_windows}}
+    command = "TFCOMPRESS_CACHE=/work/cache python benchmarks/export.py" + (
+        " --quick" if args.quick else "")
+    write_results("export" + ("-quick" if args.quick else ""), table(rows) + notes, data,
+                  command)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,99 @@
+"""Text generation with any next-token-logits function: a ``.tflite`` runner or Keras.
+
+The exported signature maps a fixed-length window ``(1, seq_len)`` of token ids to logits
+``(1, seq_len, vocab)``, where position ``t`` holds the next-token logits after token ``t``.
+Decoding puts the context at the start of the window (right-padded); a causal model never
+looks at the padding, so the logits at the last real position are exact. Past ``seq_len``
+tokens the window slides.
+
+Example:
+    >>> runner = TFLiteRunner("student.tflite")
+    >>> generate_text(runner, tokenizer, "It is a truth", max_new_tokens=40)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from tfcompress.errors import TfcompressError
+
+
+def next_token(logits: np.ndarray, top_k: int = 1, temperature: float = 1.0,
+               rng: np.random.Generator | None = None) -> int:
+    """Greedy (``top_k=1``) or top-k sampling at ``temperature`` from one logits vector."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if top_k == 1:
+        return int(np.argmax(logits))
+    k = min(top_k, logits.shape[-1])
+    top = np.argpartition(-logits, k - 1)[:k]
+    scaled = logits[top] / temperature
+    probs = np.exp(scaled - scaled.max())
+    rng = rng or np.random.default_rng()
+    return int(top[rng.choice(k, p=probs / probs.sum())])
+
+
+def generate(
+    predict: Callable[[np.ndarray], np.ndarray],
+    prompt_ids: Sequence[int],
+    max_new_tokens: int,
+    seq_len: int,
+    top_k: int = 1,
+    temperature: float = 1.0,
+    seed: int = 0,
+    vocab_size: int | None = None,
+) -> np.ndarray:
+    """Token ids of ``prompt_ids`` followed by ``max_new_tokens`` decoded ones.
+
+    ``predict`` maps ``(1, seq_len)`` int32 ids to ``(1, seq_len, vocab)`` logits.
+    """
+    prompt = np.asarray(prompt_ids).reshape(-1)
+    if prompt.size == 0:
+        raise TfcompressError("prompt_ids is empty: give at least one token")
+    if not np.issubdtype(prompt.dtype, np.integer) or prompt.min() < 0 or (
+        vocab_size is not None and prompt.max() >= vocab_size
+    ):
+        raise TfcompressError(f"prompt_ids must be token ids in [0, {vocab_size}), got {prompt}")
+    if max_new_tokens < 0 or seq_len < 1 or top_k < 1 or temperature <= 0:
+        raise TfcompressError(
+            "max_new_tokens must be >= 0, seq_len >= 1, top_k >= 1 and temperature > 0; got "
+            f"{max_new_tokens}, {seq_len}, {top_k}, {temperature}"
+        )
+    rng = np.random.default_rng(seed)
+    tokens = [int(t) for t in prompt]
+    window = np.zeros((1, seq_len), dtype=np.int32)
+    for _ in range(max_new_tokens):
+        context = tokens[-seq_len:]
+        window[:] = 0
+        window[0, : len(context)] = context
+        logits = np.asarray(predict(window))[0, len(context) - 1]
+        tokens.append(next_token(logits, top_k, temperature, rng))
+    return np.asarray(tokens, dtype=np.int32)
+
+
+def _predictor(model, seq_len: int | None) -> tuple[Callable, int, int]:
+    """``(predict, seq_len, vocab)`` for a runner, a ``.tflite`` path or a Keras model."""
+    from tfcompress.export.runner import TFLiteRunner
+
+    if isinstance(model, str | Path):
+        model = TFLiteRunner(model)
+    if isinstance(model, TFLiteRunner):
+        return model.predict, model.seq_len, model.vocab_size
+    from tfcompress.evaluate.latency import keras_forward
+    from tfcompress.export.tflite import model_seq_len
+
+    return keras_forward(model), model_seq_len(model, seq_len), int(model.outputs[0].shape[-1])
+
+
+def generate_text(
+    model, tokenizer, prompt: str, max_new_tokens: int = 64, top_k: int = 1,
+    temperature: float = 1.0, seed: int = 0, seq_len: int | None = None,
+) -> str:
+    """Decode ``prompt`` + ``max_new_tokens`` with a `TFLiteRunner`, ``.tflite`` path or Keras
+    model (give ``seq_len`` for a Keras model whose input length is not fixed)."""
+    predict, length, vocab = _predictor(model, seq_len)
+    ids = generate(predict, tokenizer.encode(prompt), max_new_tokens, length, top_k,
+                   temperature, seed, vocab)
+    return tokenizer.decode(ids.tolist())

@@ -1,0 +1,85 @@
+"""Measure a ``.tflite`` file the way a phone would run it: size, batch-1 latency at several
+thread counts, peak memory of a fresh interpreter process, and its operators.
+
+Example:
+    >>> m = measure_tflite("model.tflite", threads=(1, 2))
+    >>> m["latency_ms_by_threads"], m["peak_memory"]["interpreter_mb"]
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+
+from tfcompress.errors import TfcompressError
+from tfcompress.evaluate.latency import time_callable
+from tfcompress.evaluate.size import file_sizes
+from tfcompress.export.ops import inspect_tflite
+from tfcompress.export.runner import TFLiteRunner
+
+_PROBE = Path(__file__).with_name("_memprobe.py")
+
+
+def peak_memory(path: str | Path, num_threads: int = 1, invokes: int = 3) -> dict:
+    """Peak RSS (MB) of a new process that loads ``path``, allocates and invokes it.
+
+    ``baseline_mb`` is the process after importing ``ai_edge_litert`` and numpy; the
+    interpreter's own share is ``interpreter_mb = peak_mb - baseline_mb``.
+    """
+    done = subprocess.run(
+        [sys.executable, str(_PROBE), str(path), str(num_threads), str(invokes)],
+        capture_output=True, text=True, check=False, timeout=300,
+    )
+    if done.returncode:
+        raise RuntimeError(f"memory probe failed on {path}: {done.stderr[-2000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def interleaved_latency(
+    fns: dict[str, Callable[[], object]], rounds: int = 5, repeats: int = 5, warmup: int = 2
+) -> dict[str, dict]:
+    """Median milliseconds of each callable, timed in alternating rounds.
+
+    Interleaving spreads machine contention over all of them alike, so their ratios are
+    fairer than timing one after another.
+    """
+    if not fns:
+        raise TfcompressError("fns is empty: give at least one callable to time")
+    for fn in fns.values():
+        time_callable(fn, warmup, 1)
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name].append(time_callable(fn, 0, repeats)["median_ms"])
+    return {name: {"median_ms": float(np.median(v)), "p10_ms": float(np.percentile(v, 10)),
+                   "p90_ms": float(np.percentile(v, 90)), "rounds": rounds}
+            for name, v in samples.items()}
+
+
+def measure_tflite(
+    path: str | Path,
+    threads: tuple[int, ...] = (1, 2),
+    repeats: int = 10,
+    memory: bool = True,
+) -> dict:
+    """Sizes, batch-1 latency per ``threads`` setting, peak memory and operator inventory."""
+    path = Path(path)
+    if not path.is_file():
+        raise TfcompressError(f"path {str(path)!r} is not a file")
+    if any(t < 1 for t in threads):
+        raise TfcompressError(f"threads must be positive integers, got {threads}")
+    runners = {t: TFLiteRunner(path, num_threads=t) for t in threads}
+    x = runners[threads[0]].sample_input(1) if threads else None
+    latency = interleaved_latency(
+        {str(t): (lambda r=r: r.predict(x)) for t, r in runners.items()},
+        rounds=max(repeats // 2, 1), repeats=2) if threads else {}
+    result = {**file_sizes(path), **inspect_tflite(path),
+              "latency_ms_by_threads": {t: v["median_ms"] for t, v in latency.items()}}
+    if memory:
+        result["peak_memory"] = peak_memory(path, threads[0] if threads else 1)
+    return result

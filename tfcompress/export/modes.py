@@ -1,0 +1,127 @@
+"""The export modes: how each one sets up the converter (or the LiteRT quantizer) and the
+tolerances its built-in verification uses.
+
+``MODES`` is a registry: add a mode by adding an `ExportMode`.
+
+Example:
+    >>> MODES["int8"].needs_representative
+    True
+    >>> sorted(MODES)[:3]
+    ['dynamic_int8', 'float16', 'float32']
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class ExportMode:
+    """One way to produce a ``.tflite`` file.
+
+    ``configure(converter, representative, int8_io)`` sets up a ``tf.lite.TFLiteConverter``;
+    ``representative`` is a generator function (or None). A mode with ``float_ops`` keeps
+    those operators float (selective quantization through
+    ``tf.lite.experimental.QuantizationDebugger``). A mode with ``litert_recipe`` converts to
+    float32 first and then applies that ``ai_edge_quantizer`` recipe.
+    Verification fails when the largest logit error exceeds ``max_rel_error`` times the
+    largest |Keras logit|, when next-token agreement is below ``min_agreement``, or when the
+    perplexity ratio (TFLite / Keras, only with ``eval_data``) exceeds ``max_ppl_ratio``.
+    """
+
+    name: str
+    description: str
+    configure: Callable
+    max_rel_error: float
+    min_agreement: float
+    max_ppl_ratio: float
+    needs_representative: bool = False
+    litert_recipe: str | None = None
+    float_ops: tuple[str, ...] = ()
+
+
+def _float32(converter, representative, int8_io: bool) -> None:
+    del converter, representative, int8_io  # the converter's default is float32
+
+
+def _float16(converter, representative, int8_io: bool) -> None:
+    import tensorflow as tf
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.target_spec.supported_types = [tf.float16]
+
+
+def _dynamic_int8(converter, representative, int8_io: bool) -> None:
+    import tensorflow as tf
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+
+def _int8_mixed(converter, representative, int8_io: bool) -> None:
+    import tensorflow as tf
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS,
+                                           tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+
+
+# Per-tensor int8 ranges cannot hold a transformer's residual stream (outlier features) or
+# masked attention scores (-1e9 next to O(1) values), so these elementwise ops stay float.
+TRANSFORMER_FLOAT_OPS = ("ADD", "SUB", "MUL", "MEAN", "SQUARED_DIFFERENCE", "RSQRT", "SOFTMAX",
+                         "SELECT", "SELECT_V2")
+
+
+def _int8(converter, representative, int8_io: bool) -> None:
+    import tensorflow as tf
+
+    converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if representative is None:
+        # A QAT model: the converter takes ranges from its fake-quant ops.
+        return
+    converter.representative_dataset = representative
+    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    if int8_io:
+        # Only float tensors change type: integer token ids stay int32.
+        converter.inference_input_type = tf.int8
+        converter.inference_output_type = tf.int8
+
+
+MODES: dict[str, ExportMode] = {
+    m.name: m
+    for m in (
+        ExportMode("float32", "float32 weights and activations", _float32, 1e-4, 0.99, 1.001),
+        ExportMode("float16", "float16 weights, float32 compute", _float16, 2e-2, 0.97, 1.01),
+        ExportMode(
+            "dynamic_int8",
+            "int8 weights, activations quantized on the fly (converter PTQ); on a QAT model "
+            "the fake-quant ranges give real int8 ops",
+            _dynamic_int8, 0.15, 0.9, 1.05,
+        ),
+        ExportMode(
+            "int8",
+            "full-integer int8 from a representative dataset (or a QAT model's ranges); "
+            "per-tensor activation ranges usually break a trained transformer: see int8_mixed",
+            _int8, 0.25, 0.85, 1.10, needs_representative=True,
+        ),
+        ExportMode(
+            "int8_mixed",
+            "int8 matmuls, embeddings and GELU from a representative dataset; residual adds, "
+            "LayerNorm, masking and softmax stay float",
+            _int8_mixed, 0.25, 0.85, 1.10, needs_representative=True,
+            float_ops=TRANSFORMER_FLOAT_OPS,
+        ),
+        ExportMode(
+            "int16x8",
+            "int16 activations, int8 weights (LiteRT quantizer, calibrated)",
+            _float32, 0.4, 0.85, 1.10, needs_representative=True,
+            litert_recipe="static_wi8_ai16",
+        ),
+        ExportMode(
+            "int4",
+            "blockwise int4 weights (block 32), float activations (LiteRT quantizer)",
+            _float32, 0.3, 0.8, 1.15, litert_recipe="dynamic_wi4b32_afp32",
+        ),
+    )
+}
