@@ -10,6 +10,7 @@ INSTALL_REQUIRES = [
     "tensorly==0.10.0",
     "tensorflow-datasets==4.9.10",
     "ai-edge-litert==2.3.0",
+    "ai-edge-quantizer==0.10.0",
     "matplotlib==3.11.2",
     "numpy==2.4.6",
     "tokenizers==0.23.3",

@@ -5,6 +5,7 @@ import pytest
 
 import tfcompress  # noqa: F401
 from tfcompress.errors import TfcompressError
+from tfcompress.export import export_tflite
 
 tfmot_path = pytest.importorskip("tfcompress.quantize.tfmot_path")
 
@@ -39,9 +40,11 @@ def test_transformer_quantizes_its_dense_layers_and_exports_int8(transformer, id
     q.fit(ids, ids, epochs=1, verbose=0)
     for a, b in zip(before, transformer.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)  # the user's model is untouched
-    result = tfmot_path.export_int8(q, tmp_path / "q.tflite", 16, representative=ids, sample=ids)
     # an untrained model has near-flat logits, so int8 flips some argmaxes
-    assert result["agreement"] > 0.6 and np.isfinite(result["max_abs_error"])
+    result = export_tflite(q, tmp_path / "q.tflite", "int8", 16, representative_data=ids,
+                           sample=ids, max_abs_error=1.0, min_agreement=0.6)
+    assert result.qat and result.input_dtype == "int32"
+    assert np.isfinite(result.max_abs_error)
 
 
 def test_clustering_leaves_n_distinct_weights(transformer, ids):

@@ -143,29 +143,26 @@ def evaluate_models(ctx: DemoContext) -> None:
             ctx.measure(name)
 
 
-@stage("export")
-def export_final(ctx: DemoContext) -> None:
-    """Export the final model to .tflite, verify it, measure it and generate a sample."""
-    from tfcompress.export import export_tflite
-
-    s = ctx.settings
-    model = ctx.models[ctx.final]
-    path = ctx.run_dir / f"{ctx.final}.tflite"
-    result = export_tflite(model, path, mode="float32", seq_len=s.seq_len)
-    ctx.files["tflite"] = str(path)
-    from tfcompress.evaluate import evaluate
-
-    params = int(sum(np.prod(w.shape) for w in model.weights))
-    ctx.reports.append(evaluate(str(path), ctx.eval_data(), name=f"{ctx.final} (tflite)",
-                                batch_sizes=(1, s.batch_size), repeats=s.latency_repeats,
-                                params=params))
-    ctx.notes.append(
-        f"Exported `{ctx.final}` to `{path.name}`: max |logit error| "
-        f"{result.max_abs_error:.2e}, next-token agreement {result.agreement:.1%}."
-    )
+DEMO_STAGES: tuple[str, ...] = (
+    "teacher", "distill", "prune", "quantize", "factorize", "evaluate", "export",
+)
+# Each method registers its own stage; imported on first use to keep `import tfcompress` light.
+STAGE_MODULES = (
+    "tfcompress.distill.stage",
+    "tfcompress.prune.stage",
+    "tfcompress.quantize.stage",
+    "tfcompress.lowrank.stage",
+    "tfcompress.export.stage",
+)
 
 
-DEMO_STAGES: tuple[str, ...] = ("teacher", "evaluate", "export")
+def load_stages() -> dict[str, StageFn]:
+    """Import every method's stage module so its stage is registered; returns `STAGES`."""
+    import importlib
+
+    for module in STAGE_MODULES:
+        importlib.import_module(module)
+    return STAGES
 
 
 def run_demo(
@@ -176,6 +173,7 @@ def run_demo(
     """Run ``stages`` (default `DEMO_STAGES`) and write the report; returns the context."""
     settings = settings or DemoSettings()
     stages = DEMO_STAGES if stages is None else tuple(stages)
+    load_stages()
     unknown = [s for s in stages if s not in STAGES]
     if unknown:
         raise TfcompressError(f"stages {unknown} are unknown: choose from {sorted(STAGES)}")
@@ -204,4 +202,6 @@ def _write(ctx: DemoContext) -> None:
     (ctx.run_dir / "settings.json").write_text(json.dumps(asdict(ctx.settings), indent=2))
 
 
-__all__ = ["DEMO_STAGES", "STAGES", "DemoContext", "DemoSettings", "run_demo", "stage"]
+__all__ = [
+    "DEMO_STAGES", "STAGES", "DemoContext", "DemoSettings", "load_stages", "run_demo", "stage",
+]

@@ -1,19 +1,16 @@
 """TF-MOT path for tf.keras (Keras 2) models: quantization-aware training that annotates only
 the layers TF-MOT supports (a transformer's Dense layers quantize, its MultiHeadAttention and
 LayerNormalization stay float instead of crashing ``quantize_model``), int8 TFLite, and
-TF-MOT k-means weight clustering.
+TF-MOT k-means weight clustering. int8 TFLite files come from
+`tfcompress.export.export_tflite`, which takes tf.keras and QAT models too.
 
 Example:
     >>> qat_model = tfmot_quantize(tf_keras_model)      # then compile + fit as usual
-    >>> export_int8(qat_model, "model.tflite", seq_len=64, representative=windows)
+    >>> export_tflite(qat_model, "model.tflite", "int8", 64, representative_data=windows)
     >>> clustered = tfmot_cluster(tf_keras_model, clusters=16)
 """
 
 from __future__ import annotations
-
-from pathlib import Path
-
-import numpy as np
 
 from tfcompress.core.layers import require_tf_keras
 from tfcompress.errors import TfcompressError
@@ -94,36 +91,3 @@ def tfmot_strip_clustering(model):
     import tensorflow_model_optimization as tfmot
 
     return tfmot.clustering.keras.strip_clustering(model)
-
-
-def export_int8(model, path: str | Path, seq_len: int, representative=None,
-                sample: np.ndarray | None = None) -> dict:
-    """Convert a Keras 3 or tf.keras (e.g. TF-MOT QAT) model to an int8 ``.tflite``:
-    dynamic-range weights, or full-integer with ``representative`` token windows. Verifies
-    against the model on ``sample`` (default 4 random windows) and returns path, bytes, max
-    |logit error| and next-token agreement (int8 changes logits: judge by agreement)."""
-    import tensorflow as tf
-
-    from tfcompress.evaluate.latency import keras_forward
-    from tfcompress.export.runner import TFLiteRunner
-    from tfcompress.export.tflite import convert
-
-    windows = None if representative is None else np.asarray(representative, np.int32)
-    if windows is not None and not len(windows):
-        raise TfcompressError("representative is empty: give token windows")
-
-    def configure(converter):
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-        if windows is not None:
-            converter.representative_dataset = lambda: ([w[None]] for w in windows)
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(convert(model, seq_len, "float32", configure))
-    if sample is None:
-        vocab = int(model.outputs[0].shape[-1])
-        sample = np.random.default_rng(0).integers(0, vocab, (4, seq_len)).astype(np.int32)
-    expected, got = keras_forward(model)(sample), TFLiteRunner(path).predict(sample)
-    return {"path": str(path), "bytes": path.stat().st_size,
-            "max_abs_error": float(np.abs(expected - got).max()),
-            "agreement": float((expected.argmax(-1) == got.argmax(-1)).mean())}
