@@ -92,15 +92,17 @@ def factorize(model, config: FactorizeConfig | None = None, calibration=None,
         raise TfcompressError("pass either config or keyword settings, not both")
     if not isinstance(config, FactorizeConfig):
         raise TfcompressError(f"config must be a FactorizeConfig, got {type(config).__name__}")
-    select_layers(model, types=config.types, include=config.include, exclude=config.exclude)
-    if config.aware and calibration is None:
+    chosen = select_layers(model, types=config.types, include=config.include,
+                           exclude=config.exclude)
+    _check_fixed_rank(chosen, config)
+    if calibration is None and config.aware and any(
+            _route(layer, config)[0] == "svd" for _, layer in chosen):
         raise TfcompressError(
             f"method={config.method!r}, allocation={config.allocation!r} need calibration "
             "inputs: pass calibration=<token ids or batches>")
     work = model if inplace else copy_model(model)
     targets = select_layers(work, types=config.types, include=config.include,
                             exclude=config.exclude)
-    _check_fixed_rank(targets, config)
     plans = plan_factorization(work, targets, config, calibration, verbose)
     if verbose:
         print(factorization_table(plans))
