@@ -158,7 +158,8 @@ def test_subclassed_model_in_place():
     model = _Sub()
     x = np.random.default_rng(4).normal(size=(3, 24)).astype("float32")
     model(x)
-    small = factorize(model, rank=3, method="svd", inplace=True, verbose=False)
+    with pytest.warns(UserWarning, match=r"inside \['_Sub'\].*will not load"):
+        small = factorize(model, rank=3, method="svd", inplace=True, verbose=False)
     assert small is model
     assert [type(b).__name__ for b in model.blocks] == ["LowRankDense"] * 2
     assert type(model.head).__name__ == "LowRankDense"
@@ -174,7 +175,9 @@ def test_keras_hub_gpt2_backbone():
                                             max_sequence_length=16)
     batch = {"token_ids": np.random.default_rng(5).integers(0, 64, (2, 16)).astype("int32"),
              "padding_mask": np.ones((2, 16), "int32")}
-    small = factorize(backbone, rank=8, method="svd-llm", calibration=[batch], verbose=False)
+    with pytest.warns(UserWarning, match="TransformerDecoder"):
+        small = factorize(backbone, rank=8, method="svd-llm", calibration=[batch],
+                          verbose=False)
     assert sum(p.factorized for p in small.factorization) == 6  # q, k, v, out, 2 x MLP
     assert small.count_params() < backbone.count_params()
     np.testing.assert_allclose(small(batch), _reconstructed(backbone, small)(batch), atol=1e-4)

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 
 import keras
@@ -385,7 +386,7 @@ def _is_graph_model(model) -> bool:
 
 def _apply(model, targets, plans):
     by_path = {p.path: p for p in plans if p.factorized}
-    graph_swaps = {}
+    graph_swaps, unsaveable = {}, set()
     top_level = {id(la) for la in model.layers} if _is_graph_model(model) else set()
     for path, layer in targets:
         if path not in by_path:
@@ -398,20 +399,30 @@ def _apply(model, targets, plans):
         if parent is None:
             raise TfcompressError(f"cannot find the layer holding {path!r} to replace it")
         _set_sublayer(parent, name, index, layer, new)
-        _mark_attention(parent, name, new)
+        if not _mark_attention(parent, name, new):
+            unsaveable.add(type(parent).__name__)
+    if unsaveable:
+        warnings.warn(
+            f"factorized layers now sit inside {sorted(unsaveable)}, whose config rebuilds "
+            "dense sublayers: a .keras file of this model will not load. fit, predict, "
+            "save_weights into a model factorized the same way and export_tflite work.",
+            stacklevel=3)
     if not graph_swaps:
         return model
     return keras.models.clone_model(
         model, clone_function=lambda la: graph_swaps.get(id(la), la))
 
 
-def _mark_attention(parent, name: str, new) -> None:
+def _mark_attention(parent, name: str, new) -> bool:
     """Turn a plain MultiHeadAttention with swapped projections into the registered
-    `FactorizedMultiHeadAttention`, so ``.keras`` files rebuild the factorized projections."""
+    `FactorizedMultiHeadAttention`, so ``.keras`` files rebuild the factorized projections.
+    False when ``parent`` is another class (its ``.keras`` files cannot be reloaded)."""
     from tfcompress.lowrank.attention import FactorizedMultiHeadAttention
 
     if type(parent) is keras.layers.MultiHeadAttention:
         parent.__class__ = FactorizedMultiHeadAttention
         parent.factorized = {}
-    if isinstance(parent, FactorizedMultiHeadAttention):
-        parent.record(name, new)
+    if not isinstance(parent, FactorizedMultiHeadAttention):
+        return False
+    parent.record(name, new)
+    return True
