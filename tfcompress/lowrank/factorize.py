@@ -41,6 +41,7 @@ from tfcompress.lowrank.layers import (
     tucker_conv,
 )
 from tfcompress.lowrank.svd import (
+    allocate_ranks,
     break_even_rank,
     check_rank,
     factor_matrix,
@@ -169,9 +170,10 @@ def plan_factorization(model, targets, config: FactorizeConfig, calibration=None
     for path, layer in svd_layers:
         transform = input_transform(method, inputs.get(path), config.damping, config.alpha)
         spectra[path] = (transform, transformed_spectrum(kernel_matrix(layer), transform))
+        bar.add(1)
     ranks = {}
     if config.allocation == "sensitivity" and svd_layers:
-        ranks = _sensitivity_ranks(model, svd_layers, spectra, config, calibration)
+        ranks = _sensitivity_ranks(model, svd_layers, spectra, config, calibration, verbose)
     plans = []
     for path, layer in targets:
         route, why = routes[path]
@@ -181,8 +183,8 @@ def plan_factorization(model, targets, config: FactorizeConfig, calibration=None
             plan = _kept(path, layer, "-", why)
         else:
             plan = _plan_other(path, layer, route, config)
+            bar.add(1)
         plans.append(plan)
-        bar.add(1)
     return plans
 
 
@@ -262,14 +264,14 @@ def _outputs(model, calibration) -> np.ndarray:
     return np.concatenate([np.ravel(np.asarray(t)) for o in outs for t in keras.tree.flatten(o)])
 
 
-def _sensitivity_ranks(model, layers, spectra, config, calibration) -> dict[str, int]:
+def _sensitivity_ranks(model, layers, spectra, config, calibration,
+                       verbose: bool = True) -> dict[str, int]:
     """Ranks for a ``target_ratio`` budget, weighted by how much each layer's truncation
     (at the uniform rank, alone) changes the model's outputs on the calibration data."""
-    from tfcompress.lowrank.svd import allocate_ranks
-
     reference = _outputs(model, calibration)
     norm = float(np.sum(reference**2)) or 1.0
     weights, dims = [], []
+    bar = keras.utils.Progbar(len(layers), verbose=1 if verbose else 0, unit_name="probe")
     for path, layer in layers:
         d_in, d_out = _matrix_shape(layer)
         transform, svd = spectra[path]
@@ -283,6 +285,7 @@ def _sensitivity_ranks(model, layers, spectra, config, calibration) -> dict[str,
             set_kernel_matrix(layer, original)
         weights.append(change / max(tail_error(svd[1], rank), 1e-12))
         dims.append((d_in, d_out))
+        bar.add(1)
     budget = int(config.target_ratio * sum(a * b for a, b in dims))
     ranks = allocate_ranks([spectra[p][1][1] for p, _ in layers], dims, budget, weights)
     return {p: r for (p, _), r in zip(layers, ranks, strict=True)}
