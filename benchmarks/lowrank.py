@@ -56,7 +56,7 @@ def main(argv=None) -> None:
     parser.add_argument("--steps", type=int, default=None, help="fine-tune steps (default: "
                         "the demo's finetune_steps)")
     parser.add_argument("--eval-windows", type=int, default=128)
-    parser.add_argument("--finetune", nargs="*", default=["plain", "aware", "sensitivity"])
+    parser.add_argument("--finetune", nargs="*", default=["aware", "sensitivity", "plain"])
     args = parser.parse_args(argv)
     ctx = demo_context()
     ctx.settings = replace(ctx.settings, eval_windows=args.eval_windows)

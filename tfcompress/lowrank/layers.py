@@ -13,15 +13,9 @@ Example:
 
 from __future__ import annotations
 
-import string
-
 import keras
 import numpy as np
 from keras import ops
-
-
-def _letters(n: int, skip: str = "") -> str:
-    return "".join(c for c in string.ascii_lowercase if c not in skip)[:n]
 
 
 class _FactoredBase(keras.layers.Layer):
@@ -35,11 +29,19 @@ class _FactoredBase(keras.layers.Layer):
         self.input_rank = int(input_rank)
         self.use_bias = bool(use_bias)
         self.activation = keras.activations.get(activation)
-        # Input axes are lower-case letters, output axes upper-case; "r" is the rank axis.
-        self._in_sub = _letters(self.input_rank, skip="r")
-        self._out_sub = _letters(len(self.output_dims), skip="r").upper()
 
-    def _finish(self, y):
+    def _project(self, inputs, u, v):
+        """``act(x @ u @ v + b)`` on the flattened input/output axes.
+
+        Reshape + matmul rather than einsum: TF's einsum gradient with broadcast (``...``)
+        axes materializes the outer product and made training ~30x slower.
+        """
+        d_in = u.shape[0]
+        lead = ops.shape(inputs)[: len(inputs.shape) - self.input_rank]
+        x = inputs if self.input_rank == 1 else ops.reshape(inputs, (*lead, d_in))
+        y = ops.matmul(ops.matmul(x, u), v)
+        if len(self.output_dims) > 1:
+            y = ops.reshape(y, (*lead, *self.output_dims))
         if self.use_bias:
             y = y + self.bias
         return self.activation(y) if self.activation is not None else y
@@ -80,15 +82,8 @@ class LowRankDense(_FactoredBase):
         self._add_bias()
 
     def call(self, inputs):
-        if self.input_rank == 1:
-            h = ops.matmul(inputs, self.u)
-        else:
-            h = ops.einsum(f"...{self._in_sub},{self._in_sub}r->...r", inputs, self.u)
-        if len(self.output_dims) == 1:
-            y = ops.matmul(h, self.v)
-        else:
-            y = ops.einsum(f"...r,r{self._out_sub}->...{self._out_sub}", h, self.v)
-        return self._finish(y)
+        u = ops.reshape(self.u, (-1, self.rank))
+        return self._project(inputs, u, ops.reshape(self.v, (self.rank, -1)))
 
     def set_factors(self, u: np.ndarray, v: np.ndarray, bias: np.ndarray | None = None) -> None:
         """Load ``(d_in, rank)`` / ``(rank, d_out)`` matrices, reshaped to the stored shapes."""
@@ -116,12 +111,9 @@ class CPEinsumDense(_FactoredBase):
 
     def call(self, inputs):
         n = self.input_rank
-        ins, outs = self._in_sub, self._out_sub
-        factors_in = ",".join(f"{c}r" for c in ins)
-        h = ops.einsum(f"...{ins},{factors_in}->...r", inputs, *self.factor_list[:n])
-        factors_out = ",".join(f"{c}r" for c in outs)
-        y = ops.einsum(f"...r,{factors_out}->...{outs}", h, *self.factor_list[n:])
-        return self._finish(y)
+        u = _khatri_rao(self.factor_list[:n], self.rank)
+        return self._project(inputs, u, ops.transpose(_khatri_rao(self.factor_list[n:],
+                                                                  self.rank)))
 
     def set_factors(self, factors: list[np.ndarray], bias: np.ndarray | None = None) -> None:
         """Load one ``(dim, rank)`` factor per kernel axis, input axes first."""
@@ -129,6 +121,14 @@ class CPEinsumDense(_FactoredBase):
             var.assign(value)
         if self.use_bias and bias is not None:
             self.bias.assign(np.reshape(bias, self.bias.shape))
+
+
+def _khatri_rao(factors, rank: int):
+    """Column-wise Kronecker product: ``(prod(dims), rank)`` from ``(dim_i, rank)`` factors."""
+    out = factors[0]
+    for f in factors[1:]:
+        out = ops.reshape(ops.expand_dims(out, 1) * ops.expand_dims(f, 0), (-1, rank))
+    return out
 
 
 def _conv_cls(rank: int, depthwise: bool = False):
