@@ -25,6 +25,7 @@ from tfcompress.distill import Distiller
 from tfcompress.errors import TfcompressError, VerificationError
 from tfcompress.evaluate import Report, compare, evaluate
 from tfcompress.export import TFLiteRunner, export_tflite, generate_text
+from tfcompress.lowrank import FactorizeConfig, factorize
 from tfcompress.prune import PruneConfig, prune
 from tfcompress.quantize import QuantizeConfig, qat, quantize
 
@@ -32,6 +33,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "Distiller",
+    "FactorizeConfig",
     "PruneConfig",
     "QuantizeConfig",
     "Report",
@@ -45,7 +47,9 @@ __all__ = [
     "evaluation",
     "export",
     "export_tflite",
+    "factorize",
     "generate_text",
+    "lowrank",
     "models",
     "prune",
     "pruning",

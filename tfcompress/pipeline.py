@@ -31,8 +31,8 @@ class DemoSettings:
     seq_len: int = 128
     batch_size: int = 32
     teacher_steps: int = 500
-    student_steps: int = 300
-    finetune_steps: int = 100
+    student_steps: int = 200
+    finetune_steps: int = 50
     eval_windows: int = 256
     calibration_windows: int = 32
     latency_repeats: int = 10
