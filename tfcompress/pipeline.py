@@ -122,6 +122,7 @@ def train_teacher(ctx: DemoContext) -> None:
         print(f"teacher: loaded from cache {path}")
         ctx.models["teacher"] = keras.models.load_model(path)
         ctx.notes.append(f"Teacher loaded from cache `{path}`.")
+        ctx.measure("teacher")
         return
     keras.utils.set_random_seed(s.seed)
     model = build_gpt(s.teacher_preset, vocab_size=ctx.corpus.vocab_size, seq_len=s.seq_len,
@@ -132,6 +133,7 @@ def train_teacher(ctx: DemoContext) -> None:
     model.save(path)
     ctx.models["teacher"] = model
     ctx.notes.append(f"Teacher trained for {s.teacher_steps} steps; cached at `{path}`.")
+    ctx.measure("teacher")
 
 
 @stage("evaluate")
