@@ -73,14 +73,6 @@ class LlamaConfig:
         return self.vocab_size * d + self.n_layers * block + d + head
 
 
-def rope_tables(length: int, head_dim: int, base: float) -> tuple[np.ndarray, np.ndarray]:
-    """``cos`` and ``sin`` of shape ``(length, head_dim)`` for half-split RoPE."""
-    inv_freq = base ** (-np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-    angles = np.arange(length, dtype=np.float64)[:, None] * inv_freq[None, :]
-    angles = np.concatenate([angles, angles], axis=-1)
-    return np.cos(angles), np.sin(angles)
-
-
 @keras.saving.register_keras_serializable(package="tfcompress")
 class RMSNorm(keras.layers.Layer):
     """``x / sqrt(mean(x**2) + eps) * scale`` over the last axis (computed in float32)."""
