@@ -1,0 +1,34 @@
+"""Pruning for Keras 3 (and tf.keras through TF-MOT): schedules during fit, one-shot
+magnitude / Taylor / Wanda / SparseGPT, unstructured, N:M and structured patterns.
+
+Example:
+    >>> from tfcompress.prune import PruneConfig, prune, strip_pruning, UpdatePruning
+    >>> pruned = prune(model, PruneConfig(method="wanda", sparsity=0.5), data=calibration_ids)
+    >>> pruned.fit(data, callbacks=[UpdatePruning()])   # optional fine-tune, zeros stay zero
+    >>> plain = strip_pruning(pruned)
+"""
+
+from tfcompress.prune.api import prune
+from tfcompress.prune.config import METHODS, PruneConfig
+from tfcompress.prune.tfmot import prune_tf_keras, strip_tf_keras, tf_keras_callbacks
+from tfcompress.prune.training import (
+    PruningState,
+    UpdatePruning,
+    sparsity_summary,
+    strip_pruning,
+    summary_table,
+)
+
+__all__ = [
+    "METHODS",
+    "PruneConfig",
+    "PruningState",
+    "UpdatePruning",
+    "prune",
+    "prune_tf_keras",
+    "sparsity_summary",
+    "strip_pruning",
+    "strip_tf_keras",
+    "summary_table",
+    "tf_keras_callbacks",
+]

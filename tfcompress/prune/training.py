@@ -1,0 +1,209 @@
+"""Pruning during ``model.fit`` on Keras 3: masks as non-trainable variables, a callback.
+
+`tfcompress.prune.prune` attaches a `PruningState` to its (copied) model; `UpdatePruning`
+re-ranks weights by magnitude on the schedule's steps and multiplies every kernel by its
+mask before the step's forward pass and after its optimizer update, so pruned weights stay
+exactly zero. `strip_pruning` leaves the plain model (zeros in place, nothing attached).
+
+Example:
+    >>> from tensorflow_model_optimization.sparsity.keras import PolynomialDecay
+    >>> pruned = prune(model, PruneConfig(schedule=PolynomialDecay(0.0, 0.5, 0, 200)))
+    >>> pruned.compile(...); pruned.fit(data, steps_per_epoch=200, callbacks=[UpdatePruning()])
+    >>> plain = strip_pruning(pruned); sparsity_summary(plain)["total"]["sparsity"]
+    0.5
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from tfcompress.core.layers import COMPRESSIBLE_TYPES, kernel_matrix, kernel_of, select_layers
+from tfcompress.errors import TfcompressError
+from tfcompress.prune.config import PruneConfig
+from tfcompress.prune.masks import global_masks, pattern_mask
+from tfcompress.prune.scores import magnitude_scores
+
+STATE_ATTR = "_tfcompress_pruning"
+
+
+def magnitude_masks(matrices: dict[str, np.ndarray], sparsity: float, config: PruneConfig) -> dict:
+    """Masks of ``(d_in, d_out)`` matrices by magnitude, per layer or global as configured."""
+    scores = {p: magnitude_scores(w) for p, w in matrices.items()}
+    if config.scope == "global":
+        return global_masks(scores, sparsity)
+    return {p: pattern_mask(s, sparsity, config.nm) for p, s in scores.items()}
+
+
+class PruningState:
+    """The masks of a model's pruned kernels (non-trainable ``keras.Variable``s) and schedule."""
+
+    def __init__(self, layers: list[tuple[str, object]], config: PruneConfig,
+                 masks: dict[str, np.ndarray] | None = None):
+        self.layers = dict(layers)
+        self.config = config
+        self.schedule = config.build_schedule()
+        self.masks = {}
+        for path, layer in layers:
+            kernel = kernel_of(layer)
+            value = np.ones(kernel.shape) if masks is None else masks[path]
+            self.masks[path] = keras.Variable(
+                np.reshape(value, kernel.shape), dtype=kernel.dtype, trainable=False,
+                name=f"{layer.name}_prune_mask",
+            )
+        self._apply_fn = None
+
+    def update(self, sparsity: float) -> None:
+        """Re-rank the current weights by magnitude and set masks for ``sparsity``."""
+        matrices = {p: kernel_matrix(la) for p, la in self.layers.items()}
+        for path, mask in magnitude_masks(matrices, sparsity, self.config).items():
+            self.masks[path].assign(np.reshape(mask, self.masks[path].shape))
+
+    def step(self, step: int) -> bool:
+        """Update masks if the schedule prunes at ``step``; True when it did."""
+        if self.schedule is None:
+            return False
+        should_prune, sparsity = self.schedule(step)
+        if bool(should_prune):
+            self.update(float(sparsity))
+        return bool(should_prune)
+
+    def apply(self) -> None:
+        """``kernel *= mask`` for every pruned kernel, as one compiled TF function."""
+        if self._apply_fn is None:
+            import tensorflow as tf
+
+            pairs = [(kernel_of(la), self.masks[p]) for p, la in self.layers.items()]
+
+            @tf.function(autograph=False)
+            def apply_all():
+                for kernel, mask in pairs:
+                    kernel.assign(kernel.value * mask.value)
+
+            self._apply_fn = apply_all
+        self._apply_fn()
+
+
+def pruning_state(model) -> PruningState:
+    state = getattr(model, STATE_ATTR, None)
+    if state is None:
+        raise TfcompressError(
+            f"model {model.name!r} has no pruning masks: make it with tfcompress.prune.prune(...) "
+            "before fitting with UpdatePruning (or after strip_pruning, which removes them)"
+        )
+    return state
+
+
+def attach_state(model, state: PruningState) -> None:
+    # object.__setattr__ keeps Keras from tracking the masks as model weights, so the
+    # model's weight list and its .keras file stay those of a plain model
+    object.__setattr__(model, STATE_ATTR, state)
+
+
+class UpdatePruning(keras.callbacks.Callback):
+    """Keep a pruned model's zeros during ``fit`` and follow its schedule.
+
+    Runs once per ``fit`` batch, so use ``steps_per_execution=1`` (the default). With
+    ``log_dir`` the per-layer and total sparsity are written as TensorBoard scalars
+    whenever masks change; the epoch logs get ``sparsity``.
+
+    Example:
+        >>> model.fit(data, epochs=1, callbacks=[UpdatePruning(log_dir="runs/tb")])
+    """
+
+    def __init__(self, log_dir: str | None = None):
+        super().__init__()
+        self.log_dir = log_dir
+        self._writer = None
+
+    def on_train_begin(self, logs=None):
+        state = pruning_state(self.model)
+        if getattr(self.model, "steps_per_execution", 1) not in (1, None):
+            raise TfcompressError(
+                "UpdatePruning needs steps_per_execution=1 so masks are applied after every "
+                f"optimizer step; got {self.model.steps_per_execution}"
+            )
+        if self.log_dir:
+            import tensorflow as tf
+
+            self._writer = tf.summary.create_file_writer(str(self.log_dir))
+        state.apply()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        state = pruning_state(self.model)
+        step = int(self.model.optimizer.iterations.numpy())
+        if state.step(step):
+            state.apply()
+            self._log(step)
+
+    def on_train_batch_end(self, batch, logs=None):
+        pruning_state(self.model).apply()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if logs is not None:
+            logs["sparsity"] = sparsity_summary(self.model)["total"]["sparsity"]
+
+    def _log(self, step: int) -> None:
+        if self._writer is None:
+            return
+        summary = sparsity_summary(self.model)
+        values = {f"pruning/sparsity/{p}": r["sparsity"] for p, r in summary["layers"].items()}
+        values["pruning/sparsity/total"] = summary["total"]["sparsity"]
+        write_scalars(self._writer, values, step)
+
+
+def write_scalars(writer, values: dict[str, float], step: int) -> None:
+    """TensorBoard scalars through ``tf.summary.write``, which (unlike ``tf.summary.scalar``)
+    works without the tensorboard package installed."""
+    import tensorflow as tf
+    from tensorflow.core.framework import summary_pb2
+
+    metadata = summary_pb2.SummaryMetadata()
+    metadata.plugin_data.plugin_name = "scalars"
+    with writer.as_default(step=step):
+        for tag, value in values.items():
+            tf.summary.write(tag, tf.constant(value, tf.float32),
+                             metadata=metadata.SerializeToString())
+    writer.flush()
+
+
+def strip_pruning(model):
+    """Apply the masks one last time and detach them, in place; returns the plain model.
+
+    The result is an ordinary Keras model (zeros in its kernels, no wrapper), saveable as
+    ``.keras``. A model without masks is returned as is.
+    """
+    state = getattr(model, STATE_ATTR, None)
+    if state is not None:
+        state.apply()
+        object.__delattr__(model, STATE_ATTR)
+    return model
+
+
+def sparsity_summary(model, types=COMPRESSIBLE_TYPES) -> dict:
+    """Zeros per kernel and in total, counted in the weights themselves.
+
+    With masks attached, only the pruned layers are listed; otherwise every kernel of
+    ``types``. Returns ``{"layers": {path: {"params", "zeros", "sparsity"}}, "total": {...}}``.
+    """
+    state = getattr(model, STATE_ATTR, None)
+    layers = (list(state.layers.items()) if state is not None
+              else select_layers(model, types=types, require=False))
+    rows = {}
+    for path, layer in layers:
+        value = np.asarray(kernel_of(layer).numpy())
+        zeros = int(value.size - np.count_nonzero(value))
+        rows[path] = {"params": int(value.size), "zeros": zeros, "sparsity": zeros / value.size}
+    params = sum(r["params"] for r in rows.values())
+    zeros = sum(r["zeros"] for r in rows.values())
+    return {"layers": rows,
+            "total": {"params": params, "zeros": zeros, "sparsity": zeros / max(params, 1)}}
+
+
+def summary_table(summary: dict) -> str:
+    """`sparsity_summary` as a markdown table."""
+    lines = ["| layer | params | zeros | sparsity |", "|---|---|---|---|"]
+    rows = {**summary["layers"], "**total**": summary["total"]}
+    for path, r in rows.items():
+        lines.append(f"| {path} | {r['params']:,} | {r['zeros']:,} | {r['sparsity']:.1%} |")
+    return "\n".join(lines)
