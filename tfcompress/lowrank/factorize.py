@@ -1,0 +1,415 @@
+"""`factorize`: replace chosen kernels of a Keras 3 model by low-rank products.
+
+Works on functional, Sequential and subclassed models and on layers nested in other layers
+(MultiHeadAttention projections, KerasHub transformer blocks): top-level layers of a
+functional/Sequential model are swapped by cloning the graph, nested ones by replacing the
+attribute on their parent layer.
+
+Example:
+    >>> small = factorize(model, FactorizeConfig(method="svd-llm", target_ratio=0.6),
+    ...                   calibration=token_windows)
+    >>> small.compile(...); small.fit(...)          # fine-tune to recover quality
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import keras
+import numpy as np
+
+from tfcompress.core.layers import (
+    capture_inputs,
+    copy_model,
+    input_axes,
+    kernel_matrix,
+    kernel_of,
+    require_keras3,
+    select_layers,
+    set_kernel_matrix,
+)
+from tfcompress.errors import TfcompressError
+from tfcompress.lowrank import tensor as tens
+from tfcompress.lowrank.config import FactorizeConfig
+from tfcompress.lowrank.layers import (
+    CPEinsumDense,
+    LowRankDense,
+    cp_conv,
+    svd_conv,
+    svd_embedding,
+    tucker_conv,
+)
+from tfcompress.lowrank.svd import (
+    break_even_rank,
+    check_rank,
+    factor_matrix,
+    input_transform,
+    rank_for_energy,
+    rank_for_ratio,
+    tail_error,
+    transformed_spectrum,
+)
+
+
+@dataclass
+class LayerPlan:
+    """What `factorize` decided for one layer (``factors`` is None when it is kept)."""
+
+    path: str
+    kind: str
+    method: str
+    shape: tuple[int, ...]
+    rank: int | tuple[int, ...] | None
+    params_before: int
+    params_after: int
+    error: float | None = None
+    note: str = ""
+    factors: dict = field(default_factory=dict, repr=False)
+
+    @property
+    def factorized(self) -> bool:
+        return bool(self.factors)
+
+
+def factorize(model, config: FactorizeConfig | None = None, calibration=None,
+              inplace: bool = False, verbose: bool = True, **config_kwargs):
+    """A copy of ``model`` whose chosen kernels are low-rank products (see `FactorizeConfig`).
+
+    ``calibration`` holds model inputs (token ids, or batches) for the activation-aware
+    methods and sensitivity allocation. Layers whose rank would not save parameters, or
+    whose form is not supported, stay dense and are listed as kept. A table of the chosen
+    ranks is printed (``verbose``); the decisions are on ``result.factorization``.
+    With ``inplace=True`` nested layers of ``model`` itself are replaced and its top-level
+    layers reused: use the returned model.
+
+    Example:
+        >>> small = factorize(model, target_ratio=0.6, method="svd-llm", calibration=x)
+    """
+    require_keras3(model, legacy_hint="a Keras 3 model (factorize has no tf.keras path)")
+    if config is None:
+        config = FactorizeConfig(**config_kwargs)
+    elif config_kwargs:
+        raise TfcompressError("pass either config or keyword settings, not both")
+    if not isinstance(config, FactorizeConfig):
+        raise TfcompressError(f"config must be a FactorizeConfig, got {type(config).__name__}")
+    select_layers(model, types=config.types, include=config.include, exclude=config.exclude)
+    if config.aware and calibration is None:
+        raise TfcompressError(
+            f"method={config.method!r}, allocation={config.allocation!r} need calibration "
+            "inputs: pass calibration=<token ids or batches>")
+    work = model if inplace else copy_model(model)
+    targets = select_layers(work, types=config.types, include=config.include,
+                            exclude=config.exclude)
+    _check_fixed_rank(targets, config)
+    plans = plan_factorization(work, targets, config, calibration, verbose)
+    if verbose:
+        print(factorization_table(plans))
+    result = _apply(work, targets, plans)
+    result.factorization = plans
+    return result
+
+
+def _check_fixed_rank(targets, config: FactorizeConfig) -> None:
+    if config.rank is None:
+        return
+    for path, layer in targets:
+        if _route(layer, config)[0] in ("svd", "embedding", "conv-svd"):
+            d_in, d_out = _matrix_shape(layer)
+            check_rank(config.rank, d_in, d_out, arg=f"rank (layer {path!r})")
+
+
+def _matrix_shape(layer) -> tuple[int, int]:
+    shape = tuple(kernel_of(layer).shape)
+    n_in = input_axes(layer)
+    return int(np.prod(shape[:n_in])), int(np.prod(shape[n_in:]))
+
+
+def _route(layer, config: FactorizeConfig) -> tuple[str, str]:
+    """(how the layer is decomposed, why it is kept when that is 'keep')."""
+    kind = type(layer).__name__
+    kernel_shape = tuple(kernel_of(layer).shape)
+    if kind == "Embedding":
+        return "embedding", ""
+    if kind.startswith("Conv"):
+        if getattr(layer, "groups", 1) != 1 or layer.data_format != "channels_last":
+            return "keep", "grouped or channels_first conv is not supported"
+        return {"svd": "conv-svd", "tucker": "conv-tucker", "cp": "conv-cp"}[
+            config.conv_method], ""
+    if kind == "EinsumDense" and not _plain_einsum(layer):
+        return "keep", f"einsum {layer.equation!r} is not input-axes x kernel"
+    if config.method == "cp" and len(kernel_shape) >= 3:
+        return "cp", ""
+    return "svd", ""
+
+
+def _plain_einsum(layer) -> bool:
+    """True when the equation contracts the input's last axes with the kernel's first ones
+    and the output is the input's other axes followed by the kernel's other axes."""
+    inputs, out = layer.equation.replace(" ", "").split("->")
+    x_sub, k_sub = inputs.split(",")
+    n = input_axes(layer)
+    return "." not in x_sub and x_sub[-n:] == k_sub[:n] and out == x_sub[:-n] + k_sub[n:]
+
+
+def plan_factorization(model, targets, config: FactorizeConfig, calibration=None,
+                       verbose: bool = True) -> list[LayerPlan]:
+    """Decide and compute the factors of every layer in ``targets`` (nothing is replaced)."""
+    routes = {path: _route(layer, config) for path, layer in targets}
+    svd_layers = [(p, la) for p, la in targets if routes[p][0] == "svd"]
+    inputs = {}
+    if config.method in ("asvd", "svd-llm") and svd_layers:
+        inputs = capture_inputs(model, [la for _, la in svd_layers], calibration,
+                                max_rows=config.max_rows)
+    method = config.method if config.method != "cp" else "svd"
+    spectra = {}
+    bar = keras.utils.Progbar(len(targets), verbose=1 if verbose else 0, unit_name="layer")
+    for path, layer in svd_layers:
+        transform = input_transform(method, inputs.get(path), config.damping, config.alpha)
+        spectra[path] = (transform, transformed_spectrum(kernel_matrix(layer), transform))
+    ranks = {}
+    if config.allocation == "sensitivity" and svd_layers:
+        ranks = _sensitivity_ranks(model, svd_layers, spectra, config, calibration)
+    plans = []
+    for path, layer in targets:
+        route, why = routes[path]
+        if route == "svd":
+            plan = _plan_matrix(path, layer, config, method, *spectra[path], ranks.get(path))
+        elif route == "keep":
+            plan = _kept(path, layer, "-", why)
+        else:
+            plan = _plan_other(path, layer, route, config)
+        plans.append(plan)
+        bar.add(1)
+    return plans
+
+
+def _kept(path, layer, method, note) -> LayerPlan:
+    n = int(np.prod(kernel_of(layer).shape))
+    return LayerPlan(path, type(layer).__name__, method, tuple(kernel_of(layer).shape), None,
+                     n, n, note=note)
+
+
+def _choose_rank(config: FactorizeConfig, d_in: int, d_out: int, s: np.ndarray) -> int:
+    if config.rank is not None:
+        return config.rank
+    if config.energy is not None:
+        return rank_for_energy(s, config.energy)
+    return rank_for_ratio(d_in, d_out, config.target_ratio)
+
+
+def _plan_matrix(path, layer, config, method, transform, svd, rank=None) -> LayerPlan:
+    d_in, d_out = _matrix_shape(layer)
+    s = svd[1]
+    rank = rank or _choose_rank(config, d_in, d_out, s)
+    limit = break_even_rank(d_in, d_out)
+    if rank > limit:
+        return _kept(path, layer, method,
+                     f"kept: rank {rank} does not save parameters (break-even {limit})")
+    u, v, _ = factor_matrix(kernel_matrix(layer), rank, transform, svd=svd)
+    return LayerPlan(path, type(layer).__name__, method, (d_in, d_out), rank, d_in * d_out,
+                     rank * (d_in + d_out), tail_error(s, rank), factors={"u": u, "v": v})
+
+
+def _plan_other(path, layer, route, config: FactorizeConfig) -> LayerPlan:
+    """Embeddings (plain SVD), conv kernels (SVD, Tucker-2, CP) and CP of 3-way kernels."""
+    kernel = np.asarray(kernel_of(layer).numpy())
+    kind, before = type(layer).__name__, int(kernel.size)
+    if route in ("embedding", "conv-svd"):
+        matrix = kernel.reshape(-1, kernel.shape[-1])
+        d_in, d_out = matrix.shape
+        svd = transformed_spectrum(matrix)
+        rank = _choose_rank(config, d_in, d_out, svd[1])
+        if rank > break_even_rank(d_in, d_out):
+            return _kept(path, layer, "svd", f"kept: rank {rank} does not save parameters "
+                                             f"(break-even {break_even_rank(d_in, d_out)})")
+        u, v, s = factor_matrix(matrix, rank, svd=svd)
+        return LayerPlan(path, kind, "svd", (d_in, d_out), rank, before, rank * (d_in + d_out),
+                         tail_error(s, rank), factors={"u": u, "v": v})
+    if route == "conv-tucker":
+        taps, c_in, c_out = int(np.prod(kernel.shape[:-2])), *kernel.shape[-2:]
+        r = config.rank or tens.tucker2_rank_for_ratio(taps, c_in, c_out, config.target_ratio)
+        r_in, r_out = min(r, c_in), min(r, c_out)
+        after = tens.tucker2_param_count(taps, c_in, c_out, r_in, r_out)
+        if after >= before:
+            return _kept(path, layer, "tucker", f"kept: ranks ({r_in}, {r_out}) do not save "
+                                                "parameters")
+        modes = (kernel.ndim - 2, kernel.ndim - 1)
+        core, factors = tens.tucker_decompose(kernel, (r_in, r_out), modes)
+        approx = tens.tucker_to_tensor(core, factors, modes)
+        return LayerPlan(path, kind, "tucker", kernel.shape, (r_in, r_out), before, after,
+                         _rel_error(kernel, approx), factors={"core": core, "factors": factors})
+    # CP: conv kernels as (taps, c_in, c_out), EinsumDense kernels as they are.
+    tensor = kernel.reshape(-1, *kernel.shape[-2:]) if route == "conv-cp" else kernel
+    rank = config.rank or tens.cp_rank_for_ratio(tensor.shape, config.target_ratio)
+    after = tens.cp_param_count(tensor.shape, rank)
+    if after >= before:
+        return _kept(path, layer, "cp", f"kept: CP rank {rank} does not save parameters")
+    factors = tens.cp_decompose(tensor, rank)
+    return LayerPlan(path, kind, "cp", tensor.shape, rank, before, after,
+                     _rel_error(tensor, tens.cp_to_tensor(factors)), factors={"cp": factors})
+
+
+def _rel_error(exact: np.ndarray, approx: np.ndarray) -> float:
+    return float(np.sum((exact - approx) ** 2) / max(np.sum(exact**2), np.finfo(float).tiny))
+
+
+def _outputs(model, calibration) -> np.ndarray:
+    batches = [calibration] if isinstance(calibration, np.ndarray) else list(calibration)
+    outs = [model(b if isinstance(b, dict) else np.asarray(b), training=False) for b in batches]
+    return np.concatenate([np.ravel(np.asarray(t)) for o in outs for t in keras.tree.flatten(o)])
+
+
+def _sensitivity_ranks(model, layers, spectra, config, calibration) -> dict[str, int]:
+    """Ranks for a ``target_ratio`` budget, weighted by how much each layer's truncation
+    (at the uniform rank, alone) changes the model's outputs on the calibration data."""
+    from tfcompress.lowrank.svd import allocate_ranks
+
+    reference = _outputs(model, calibration)
+    norm = float(np.sum(reference**2)) or 1.0
+    weights, dims = [], []
+    for path, layer in layers:
+        d_in, d_out = _matrix_shape(layer)
+        transform, svd = spectra[path]
+        rank = min(rank_for_ratio(d_in, d_out, config.target_ratio), break_even_rank(d_in, d_out))
+        original = kernel_matrix(layer)
+        u, v, _ = factor_matrix(original, rank, transform, svd=svd)
+        set_kernel_matrix(layer, u @ v)
+        try:
+            change = float(np.sum((_outputs(model, calibration) - reference) ** 2)) / norm
+        finally:
+            set_kernel_matrix(layer, original)
+        weights.append(change / max(tail_error(svd[1], rank), 1e-12))
+        dims.append((d_in, d_out))
+    budget = int(config.target_ratio * sum(a * b for a, b in dims))
+    ranks = allocate_ranks([spectra[p][1][1] for p, _ in layers], dims, budget, weights)
+    return {p: r for (p, _), r in zip(layers, ranks, strict=True)}
+
+
+def factorization_table(plans: list[LayerPlan]) -> str:
+    """A markdown table of the per-layer decisions and the totals."""
+    rows = ["| layer | type | method | kernel | rank | params | est. rel. error | note |",
+            "|---|---|---|---|---|---|---|---|"]
+    for p in plans:
+        shape = "x".join(str(d) for d in p.shape)
+        err = f"{p.error:.3f}" if p.error is not None else "-"
+        rank = "-" if p.rank is None else str(p.rank)
+        rows.append(f"| {p.path} | {p.kind} | {p.method} | {shape} | {rank} | "
+                    f"{p.params_before:,} -> {p.params_after:,} | {err} | {p.note} |")
+    before = sum(p.params_before for p in plans)
+    after = sum(p.params_after for p in plans)
+    done = sum(p.factorized for p in plans)
+    rows.append(f"\n{done}/{len(plans)} layers factorized; kernel weights {before:,} -> "
+                f"{after:,} ({after / max(before, 1):.1%})")
+    return "\n".join(rows)
+
+
+# ---------------------------------------------------------------- replacing layers
+
+
+def _new_layer(layer, plan: LayerPlan):
+    """The built stand-in for ``layer`` holding ``plan``'s factors."""
+    kind, f = plan.kind, plan.factors
+    if kind == "Embedding":
+        return svd_embedding(layer, f["u"], f["v"])
+    if kind.startswith("Conv"):
+        shape = layer.input.shape if _has_input(layer) else (None,) * (layer.kernel.ndim - 1) + (
+            layer.kernel.shape[-2],)
+        if plan.method == "tucker":
+            return tucker_conv(layer, f["core"], f["factors"], shape)
+        if plan.method == "cp":
+            return cp_conv(layer, f["cp"], shape)
+        return svd_conv(layer, f["u"], f["v"], shape)
+    kernel_shape = tuple(kernel_of(layer).shape)
+    n_in = input_axes(layer)
+    bias = getattr(layer, "bias", None)
+    out_dims = kernel_shape[n_in:]
+    common = dict(output_dims=out_dims, input_rank=n_in, use_bias=bias is not None,
+                  activation=getattr(layer, "activation", None), name=layer.name,
+                  dtype=layer.dtype_policy)
+    bias_value = None if bias is None else np.broadcast_to(bias.numpy(), out_dims)
+    if plan.method == "cp":
+        new = CPEinsumDense(plan.rank, **common)
+        new.build((None, *kernel_shape[:n_in]))
+        new.set_factors(f["cp"], bias_value)
+        return new
+    new = LowRankDense(plan.rank, **common)
+    new.build((None, *kernel_shape[:n_in]))
+    new.set_factors(f["u"], f["v"], bias_value)
+    return new
+
+
+def _has_input(layer) -> bool:
+    try:
+        return layer.input is not None
+    except (AttributeError, ValueError):
+        return False
+
+
+def _find_parent(model, layer):
+    """``(parent, attribute, index)`` holding ``layer``; index is set for list members."""
+    for parent in [model, *model._flatten_layers(include_self=False, recursive=True)]:
+        for name, value in vars(parent).items():
+            if value is layer:
+                return parent, name, None
+            if isinstance(value, list | tuple) and name != "_layers":
+                for i, item in enumerate(value):
+                    if item is layer:
+                        return parent, name, i
+    return None, None, None
+
+
+def _set_sublayer(parent, name: str, index: int | None, old, new) -> None:
+    """Replace ``old`` by ``new`` as ``parent.<name>[index]``, keeping Keras's tracking right."""
+    tracker = parent._tracker
+    locked = tracker.locked
+    tracker.unlock()  # built layers lock their state; a swapped sublayer must be re-tracked
+    try:
+        tracker.untrack(old)
+        if index is None:
+            setattr(parent, name, new)
+        else:
+            getattr(parent, name)[index] = new
+            tracker.track(new)
+    finally:
+        if locked:
+            tracker.lock()
+
+
+def _is_graph_model(model) -> bool:
+    from keras.src.models.functional import Functional
+
+    return isinstance(model, Functional | keras.Sequential)
+
+
+def _apply(model, targets, plans):
+    by_path = {p.path: p for p in plans if p.factorized}
+    graph_swaps = {}
+    top_level = {id(la) for la in model.layers} if _is_graph_model(model) else set()
+    for path, layer in targets:
+        if path not in by_path:
+            continue
+        new = _new_layer(layer, by_path[path])
+        if id(layer) in top_level:
+            graph_swaps[id(layer)] = new
+            continue
+        parent, name, index = _find_parent(model, layer)
+        if parent is None:
+            raise TfcompressError(f"cannot find the layer holding {path!r} to replace it")
+        _set_sublayer(parent, name, index, layer, new)
+        _mark_attention(parent, name, new)
+    if not graph_swaps:
+        return model
+    return keras.models.clone_model(
+        model, clone_function=lambda la: graph_swaps.get(id(la), la))
+
+
+def _mark_attention(parent, name: str, new) -> None:
+    """Turn a plain MultiHeadAttention with swapped projections into the registered
+    `FactorizedMultiHeadAttention`, so ``.keras`` files rebuild the factorized projections."""
+    from tfcompress.lowrank.attention import FactorizedMultiHeadAttention
+
+    if type(parent) is keras.layers.MultiHeadAttention:
+        parent.__class__ = FactorizedMultiHeadAttention
+        parent.factorized = {}
+    if isinstance(parent, FactorizedMultiHeadAttention):
+        parent.record(name, new)
