@@ -1,0 +1,204 @@
+"""Distillation benchmark: our Distiller vs training from scratch vs keras.distillation.
+
+Same data stream, steps, seed, optimizer and student initialisation for every run. Prints
+held-out perplexity of the teacher and of each student, the fraction of the teacher-scratch
+gap each closes, and train-step times against the physical limit (teacher forward + student
+train step, each measured alone). Step times are measured interleaved in one process, so
+machine contention hits all of them alike.
+
+Run: ``TFCOMPRESS_CACHE=/work/cache python benchmarks/distill.py [--steps N] [--quick]``
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import keras  # noqa: E402
+import numpy as np  # noqa: E402
+import tensorflow as tf  # noqa: E402
+
+from benchmarks._common import demo_context, write_results  # noqa: E402
+from tfcompress.distill import Distiller, cache_teacher, load_teacher_cache  # noqa: E402
+from tfcompress.evaluate import keras_forward, lm_quality  # noqa: E402
+from tfcompress.models import build_gpt  # noqa: E402
+from tfcompress.models.training import lm_loss, train_lm  # noqa: E402
+from tfcompress.pipeline import DemoSettings  # noqa: E402
+
+ALPHA, TEMPERATURE, TOP_K = 0.5, 2.0, 32
+OTHER_DIVERGENCES = ("reverse_kl", "jsd")
+
+
+def optimizer(steps: int):
+    """The optimizer `train_lm` uses, so every run trains alike."""
+    lr = keras.optimizers.schedules.CosineDecay(0.0, steps, alpha=0.1, warmup_target=1e-3,
+                                                warmup_steps=max(steps // 20, 1))
+    return keras.optimizers.AdamW(lr, weight_decay=0.01, clipnorm=1.0)
+
+
+def accuracy():
+    return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+
+
+def fresh_student(ctx):
+    keras.utils.set_random_seed(ctx.settings.seed)
+    return build_gpt(ctx.settings.student_preset, vocab_size=ctx.corpus.vocab_size,
+                     seq_len=ctx.settings.seq_len, name="student")
+
+
+def fit_timed(model, data, steps):
+    start = time.perf_counter()
+    model.fit(data, steps_per_epoch=steps, epochs=1, verbose=2)
+    return time.perf_counter() - start
+
+
+def ours(ctx, teacher, data, steps, divergence):
+    distiller = Distiller(teacher, fresh_student(ctx), alpha=ALPHA, temperature=TEMPERATURE,
+                          divergence=divergence)
+    distiller.compile(optimizer=optimizer(steps), weighted_metrics=accuracy())
+    return distiller, fit_timed(distiller, data, steps)
+
+
+def keras_distiller(ctx, data, steps):
+    from keras.distillation import Distiller as KerasDistiller
+    from keras.distillation import LogitsDistillation
+
+    # A KLDivergence instance: Keras 3.15's default loss="kl_divergence" resolves to the plain
+    # function, misses LogitsDistillation's isinstance check and is applied to raw logits.
+    soft = LogitsDistillation(TEMPERATURE, loss=keras.losses.KLDivergence())
+    kd = KerasDistiller(ctx.teacher, fresh_student(ctx), soft, student_loss_weight=ALPHA)
+    kd.compile(optimizer=optimizer(steps), loss=lm_loss(), weighted_metrics=accuracy())
+    return kd, fit_timed(kd, data, steps)
+
+
+def step_times(fns: dict, repeats: int) -> dict:
+    """Median ms of each callable, measured round-robin so contention is shared."""
+    for fn in fns.values():
+        fn(), fn()
+    samples = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return {name: float(np.median(v)) for name, v in samples.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--repeats", type=int, default=15)
+    parser.add_argument("--quick", action="store_true", help="tiny models, for a dry run")
+    args = parser.parse_args()
+    settings = DemoSettings.quick() if args.quick else DemoSettings()
+    ctx = demo_context(settings)
+    steps, s = args.steps, ctx.settings
+    test = ctx.eval_data()
+
+    def ppl(model):
+        return lm_quality(keras_forward(model), test)["perplexity"]
+
+    def stream():
+        return ctx.train_data().take(steps)
+
+    results, seconds = {"teacher": ppl(ctx.teacher)}, {}
+    scratch = fresh_student(ctx)
+    start = time.perf_counter()
+    train_lm(scratch, ctx.train_data(), steps, verbose=2)
+    seconds["scratch"] = time.perf_counter() - start
+    results["scratch"] = ppl(scratch)
+
+    online, seconds["kd_forward_kl"] = ours(ctx, ctx.teacher, ctx.train_data(), steps,
+                                            "forward_kl")
+    results["kd_forward_kl"] = ppl(online.student)
+
+    tmp = Path(tempfile.mkdtemp(prefix="distill-bench-"))
+    start = time.perf_counter()
+    full = cache_teacher(ctx.teacher, stream(), tmp / "full", top_k=ctx.corpus.vocab_size)
+    seconds["cache_full_build"] = time.perf_counter() - start
+    for name in OTHER_DIVERGENCES:  # the full cache gives these the online teacher's logits
+        model, seconds[f"kd_{name}"] = ours(ctx, None, load_teacher_cache(full, s.batch_size,
+                                                                          repeat=True),
+                                            steps, name)
+        results[f"kd_{name}"] = ppl(model.student)
+
+    start = time.perf_counter()
+    top = cache_teacher(ctx.teacher, stream(), tmp / "top", top_k=TOP_K)
+    seconds["cache_top_build"] = time.perf_counter() - start
+    cached, seconds["kd_cached_top"] = ours(ctx, None, load_teacher_cache(top, s.batch_size,
+                                                                          repeat=True),
+                                            steps, "forward_kl")
+    results["kd_cached_top"] = ppl(cached.student)
+
+    keras_kd, seconds["keras_distiller"] = keras_distiller(ctx, ctx.train_data(), steps)
+    results["keras_distiller"] = ppl(keras_kd.student)
+
+    x, y, m = next(iter(ctx.train_data()))
+    (_, (values, indices)), _, _ = next(iter(load_teacher_cache(top, s.batch_size)))
+    teacher_fn = tf.function(lambda ids: ctx.teacher(ids, training=False))
+    times = step_times({
+        "teacher_forward": lambda: teacher_fn(x).numpy(),
+        "student_step": lambda: scratch.train_on_batch(x, y, sample_weight=m),
+        "ours_step": lambda: online.train_on_batch(x, y, sample_weight=m),
+        "keras_step": lambda: keras_kd.train_on_batch(x, y, sample_weight=m),
+        "cached_step": lambda: cached.train_on_batch((x, (values, indices)), y,
+                                                     sample_weight=m),
+    }, args.repeats)
+
+    teacher_ppl, scratch_ppl = results["teacher"], results["scratch"]
+
+    def gap(p):
+        return (scratch_ppl - p) / (scratch_ppl - teacher_ppl)
+
+    best_other = min(OTHER_DIVERGENCES, key=lambda n: results[f"kd_{n}"])
+    best = min(("forward_kl", best_other), key=lambda n: results[f"kd_{n}"])
+    limit = times["teacher_forward"] + times["student_step"]
+    rows = [("teacher", teacher_ppl, "", "")]
+    for name in ("scratch", "kd_forward_kl", *(f"kd_{n}" for n in OTHER_DIVERGENCES),
+                 "kd_cached_top", "keras_distiller"):
+        rows.append((name, results[name], f"{gap(results[name]):.1%}", f"{seconds[name]:.0f}"))
+    table = ["| model | held-out perplexity | gap closed | fit seconds |", "|---|---|---|---|"]
+    table += [f"| {n} | {p:.3f} | {g} | {t} |" for n, p, g, t in rows]
+    table += ["", "| step | median ms |", "|---|---|"]
+    table += [f"| {n} | {v:.1f} |" for n, v in times.items()]
+    table += [f"| limit (teacher forward + student step) | {limit:.1f} |"]
+    data = {
+        "gap_closed": gap(results[f"kd_{best}"]),
+        "gap_closed_keras": gap(results["keras_distiller"]),
+        "step_time_vs_limit": times["ours_step"] / limit,
+        "keras_step_time_vs_limit": times["keras_step"] / limit,
+        "cached_step_ratio": times["cached_step"] / times["ours_step"],
+        "teacher_ppl": teacher_ppl,
+        "scratch_ppl": scratch_ppl,
+        "kd_ppl": results[f"kd_{best}"],
+        "kd_divergence": best,
+        "keras_kd_ppl": results["keras_distiller"],
+        "cached_top_k_ppl": results["kd_cached_top"],
+        "top_k": TOP_K,
+        "perplexities": results,
+        "fit_seconds": seconds,
+        "step_ms": times,
+        "steps": steps,
+        "batch_size": s.batch_size,
+        "seq_len": s.seq_len,
+        "eval_windows": s.eval_windows,
+        "alpha": ALPHA,
+        "temperature": TEMPERATURE,
+    }
+    summary = (f"\nKD ({best}) closes {data['gap_closed']:.1%} of the gap (Keras's Distiller "
+               f"{data['gap_closed_keras']:.1%}); step {data['step_time_vs_limit']:.2f}x the "
+               f"limit; cached step {data['cached_step_ratio']:.2f}x the online step.")
+    command = "TFCOMPRESS_CACHE=/work/cache python benchmarks/distill.py " + " ".join(sys.argv[1:])
+    if args.quick:
+        print("\n".join(table) + summary)
+        return
+    write_results("distill", "\n".join(table) + summary, data, command.strip())
+
+
+if __name__ == "__main__":
+    main()

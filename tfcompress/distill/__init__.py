@@ -1,0 +1,31 @@
+"""Knowledge distillation for Keras language models, driven from ``fit``.
+
+- `Distiller`: teacher + student as one Keras model (hard/soft/feature losses in the history).
+- Divergences and the rest of the math: `tfcompress.distill.losses` (pure functions).
+- `ParameterSchedule` (T, alpha) and `BestStudentCheckpoint` callbacks.
+- `SoftTargetLoss` + `with_teacher_logits`: distil inside a plain ``student.fit`` (tf.keras too).
+- `cache_teacher` / `load_teacher_cache`: offline top-k teacher logits via ``tf.data``.
+
+Example:
+    >>> from tfcompress.distill import Distiller
+    >>> d = Distiller(teacher, student, alpha=0.5, temperature=2.0, divergence="forward_kl")
+    >>> d.compile(optimizer="adamw"); d.fit(train, steps_per_epoch=300)
+"""
+
+from tfcompress.distill.cache import cache_teacher, load_teacher_cache
+from tfcompress.distill.callbacks import BestStudentCheckpoint, ParameterSchedule
+from tfcompress.distill.distiller import Distiller
+from tfcompress.distill.losses import DIVERGENCES, kd_loss
+from tfcompress.distill.soft_targets import SoftTargetLoss, with_teacher_logits
+
+__all__ = [
+    "DIVERGENCES",
+    "BestStudentCheckpoint",
+    "Distiller",
+    "ParameterSchedule",
+    "SoftTargetLoss",
+    "cache_teacher",
+    "kd_loss",
+    "load_teacher_cache",
+    "with_teacher_logits",
+]

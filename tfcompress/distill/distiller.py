@@ -1,0 +1,260 @@
+"""`Distiller`: train a student from a frozen teacher with plain ``compile``/``fit``.
+
+Example:
+    >>> distiller = Distiller(teacher, student, alpha=0.5, temperature=2.0)
+    >>> distiller.compile(optimizer="adamw", weighted_metrics=["accuracy"])
+    >>> distiller.fit(corpus.dataset("train", 128, 32, repeat=True), steps_per_epoch=300)
+    >>> distiller.student.save("student.keras")      # a plain model, no trace of the teacher
+"""
+
+from __future__ import annotations
+
+import keras
+import tensorflow as tf
+
+from tfcompress.core.layers import require_keras3
+from tfcompress.distill.losses import (
+    check_alpha,
+    check_divergence,
+    check_temperature,
+    densify_top_k,
+    divergence,
+    feature_mse,
+    hard_cross_entropy,
+    masked_mean,
+    uniform_layer_map,
+)
+from tfcompress.errors import TfcompressError
+
+BLOCK_OUTPUTS = r"^block\d+_add2$"
+
+
+def vocab_size_of(model, arg: str) -> int:
+    """Size of the last axis of a model's (first) output."""
+    try:
+        return int(model.outputs[0].shape[-1])
+    except (AttributeError, TypeError, IndexError, ValueError) as err:
+        raise TfcompressError(f"{arg} must be a built Keras model with a logits output "
+                              f"(batch, seq, vocab); {arg}.outputs is unavailable") from err
+
+
+def hidden_layer_names(model, pattern: str = BLOCK_OUTPUTS) -> list[str]:
+    """Names of the top-level layers whose name matches ``pattern`` (default: GPT blocks)."""
+    import re
+
+    return [layer.name for layer in model.layers if re.search(pattern, layer.name)]
+
+
+def feature_extractor(model, names: list[str], arg: str):
+    """A model sharing ``model``'s layers that returns ``[logits, *hidden states]``."""
+    if not hasattr(model, "inputs") or not model.inputs:
+        raise TfcompressError(f"{arg} must be a functional Keras model to match hidden layers")
+    missing = [n for n in names if n not in {la.name for la in model.layers}]
+    if missing:
+        raise TfcompressError(f"{arg} has no layers named {missing}; "
+                              f"its layers: {[la.name for la in model.layers][:20]}")
+    outputs = [model.outputs[0]] + [model.get_layer(n).output for n in names]
+    return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class Distiller(keras.Model):
+    """A frozen teacher and a trainable student trained together by ``fit``.
+
+    loss = ``alpha * hard + (1 - alpha) * soft [+ feature_weight * features]``: ``hard`` is the
+    student's next-token cross-entropy, ``soft`` the ``divergence`` (``"forward_kl"``,
+    ``"reverse_kl"``, ``"jsd"`` with ``beta``, ``"soft_ce"``) between teacher and student at
+    ``temperature``, scaled by ``T**2``; the dataset's mask (``sample_weight``) removes padded
+    positions from every term. The history shows ``loss``, ``hard_loss``, ``soft_loss``
+    (``feature_loss``) and the compiled student metrics.
+
+    ``features=True`` (or a list of ``(student_layer, teacher_layer)`` name pairs) also matches
+    hidden states: GPT block outputs mapped uniformly when depths differ, through learned
+    linear projections when widths differ. Projections and teacher live in the Distiller, not
+    in ``distiller.student``, which stays a plain model.
+
+    The teacher is never updated (its variables are left out of the gradient; its
+    ``trainable`` flag is not touched). The student is trained in place: ``distiller.student``
+    is the model you passed. ``alpha`` and ``temperature`` are variables that the schedule
+    callbacks (`ParameterSchedule`) update during ``fit``.
+
+    ``teacher=None`` distils from a cached teacher (`load_teacher_cache`), whose batches carry
+    the teacher's top-k logits instead.
+
+    Example:
+        >>> d = Distiller(teacher, student, divergence="jsd", beta=0.5, features=True)
+        >>> d.compile(optimizer=keras.optimizers.AdamW(1e-3))
+        >>> history = d.fit(train, steps_per_epoch=100).history   # loss, hard_loss, soft_loss...
+    """
+
+    def __init__(self, teacher, student, alpha: float = 0.5, temperature: float = 2.0,
+                 divergence: str = "forward_kl", beta: float = 0.5,
+                 features: bool | list | None = None, feature_weight: float = 1.0,
+                 name: str = "distiller", **kwargs):
+        require_keras3(student, "student",
+                       legacy_hint="tfcompress.distill.SoftTargetLoss with student.fit")
+        if teacher is not None:
+            require_keras3(teacher, "teacher")
+        alpha, temperature = check_alpha(alpha), check_temperature(temperature)
+        divergence, beta = check_divergence(divergence, beta)
+        self.vocab_size = vocab_size_of(student, "student")
+        if teacher is not None and vocab_size_of(teacher, "teacher") != self.vocab_size:
+            raise TfcompressError(
+                f"teacher and student vocabularies must match: teacher has "
+                f"{vocab_size_of(teacher, 'teacher')} logits, student {self.vocab_size}"
+            )
+        pairs = self._feature_pairs(teacher, student, features)
+        super().__init__(name=name, **kwargs)
+        self.teacher, self.student = teacher, student
+        self.divergence, self.beta = divergence, beta
+        self.feature_weight = float(feature_weight)
+        self.feature_pairs = pairs
+        self.alpha = keras.Variable(alpha, trainable=False, dtype="float32", name="alpha")
+        self.temperature = keras.Variable(temperature, trainable=False, dtype="float32",
+                                          name="temperature")
+        self.hard_tracker = keras.metrics.Mean(name="hard_loss")
+        self.soft_tracker = keras.metrics.Mean(name="soft_loss")
+        self.feature_tracker = keras.metrics.Mean(name="feature_loss") if pairs else None
+        self.projections = []
+        if pairs:
+            self._teacher_features = feature_extractor(teacher, [t for _, t in pairs], "teacher")
+            self._student_features = feature_extractor(student, [s for s, _ in pairs], "student")
+            self.projections = [self._projection(s, t, i) for i, (s, t) in enumerate(pairs)]
+
+    @staticmethod
+    def _feature_pairs(teacher, student, features) -> list[tuple[str, str]]:
+        if not features:
+            return []
+        if teacher is None:
+            raise TfcompressError("features need an online teacher: teacher=None (a cached "
+                                  "teacher) only carries logits")
+        if features is True:
+            s_names, t_names = hidden_layer_names(student), hidden_layer_names(teacher)
+            if not s_names or not t_names:
+                raise TfcompressError(
+                    "features=True matches GPT block outputs (layers named blockN_add2), found "
+                    f"{len(s_names)} in the student and {len(t_names)} in the teacher; pass "
+                    "features=[(student_layer, teacher_layer), ...] instead"
+                )
+            return [(s_names[i], t_names[j])
+                    for i, j in enumerate(uniform_layer_map(len(s_names), len(t_names)))]
+        if not all(isinstance(p, tuple | list) and len(p) == 2 for p in features):
+            raise TfcompressError("features must be True or a list of (student_layer, "
+                                  f"teacher_layer) name pairs, got {features!r}")
+        return [(str(s), str(t)) for s, t in features]
+
+    def _projection(self, s_name, t_name, index):
+        d_s = int(self.student.get_layer(s_name).output.shape[-1])
+        d_t = int(self.teacher.get_layer(t_name).output.shape[-1])
+        if d_s == d_t:
+            return keras.layers.Identity(name=f"projection{index}")
+        layer = keras.layers.Dense(d_t, use_bias=False, name=f"projection{index}")
+        layer.build((None, None, d_s))
+        return layer
+
+    def call(self, inputs, training=None):
+        return self.student(inputs, training=training)
+
+    @property
+    def student_variables(self) -> list:
+        """What the optimizer updates: the student's and the projections' trainable variables."""
+        extra = [w for p in self.projections for w in p.trainable_weights]
+        return list(self.student.trainable_weights) + extra
+
+    def _teacher_outputs(self, x):
+        """Teacher logits (and hidden states), or densified logits from a cached batch."""
+        if isinstance(x, tuple | list):
+            x, (values, indices) = x
+            if self.divergence == "reverse_kl" and values.shape[-1] != self.vocab_size:
+                raise TfcompressError(
+                    f"reverse_kl needs the full teacher distribution: the cache holds top "
+                    f"{values.shape[-1]} of {self.vocab_size} logits; use forward_kl, jsd or "
+                    "soft_ce, or cache with top_k=vocab size"
+                )
+            return x, densify_top_k(values, indices, self.vocab_size), []
+        if self.teacher is None:
+            raise TfcompressError("teacher=None needs batches from load_teacher_cache "
+                                  "((inputs, (top_values, top_indices)), targets, mask)")
+        if self.feature_pairs:
+            logits, *feats = self._teacher_features(x, training=False)
+            return x, tf.stop_gradient(logits), [tf.stop_gradient(f) for f in feats]
+        return x, tf.stop_gradient(self.teacher(x, training=False)), []
+
+    def _student_outputs(self, x, training):
+        if self.feature_pairs:
+            logits, *feats = self._student_features(x, training=training)
+            return logits, feats
+        return self.student(x, training=training), []
+
+    def _loss_terms(self, data, training: bool):
+        x, y, mask = keras.utils.unpack_x_y_sample_weight(data)
+        x, teacher_logits, teacher_feats = self._teacher_outputs(x)
+        logits, feats = self._student_outputs(x, training)
+        temperature = self.temperature.value
+        alpha = self.alpha.value
+        hard = masked_mean(hard_cross_entropy(y, logits), mask)
+        soft = masked_mean(divergence(self.divergence, teacher_logits, logits,
+                                      temperature, self.beta), mask)
+        terms = {"hard_loss": hard, "soft_loss": soft,
+                 "loss": alpha * hard + (1.0 - alpha) * soft}
+        if self.feature_pairs:
+            matched = [
+                feature_mse(p(f), t, mask)
+                for p, f, t in zip(self.projections, feats, teacher_feats, strict=True)
+            ]
+            terms["feature_loss"] = tf.add_n(matched) / len(matched)
+            terms["loss"] += self.feature_weight * terms["feature_loss"]
+        return terms, (x, y, logits, mask)
+
+    def train_step(self, data):
+        variables = self.student_variables
+        with tf.GradientTape() as tape:
+            terms, batch = self._loss_terms(data, training=True)
+            # Gradients are summed over replicas under tf.distribute: average them instead.
+            replicas = tf.distribute.get_strategy().num_replicas_in_sync
+            loss = self.optimizer.scale_loss(terms["loss"] / replicas)
+        gradients = tape.gradient(loss, variables)
+        self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
+        return self._record(terms, batch)
+
+    def test_step(self, data):
+        terms, batch = self._loss_terms(data, training=False)
+        return self._record(terms, batch)
+
+    def _record(self, terms, batch):
+        x, y, logits, mask = batch
+        self._loss_tracker.update_state(terms["loss"])
+        self.hard_tracker.update_state(terms["hard_loss"])
+        self.soft_tracker.update_state(terms["soft_loss"])
+        if self.feature_tracker is not None:
+            self.feature_tracker.update_state(terms["feature_loss"])
+        return self.compute_metrics(x, y, logits, sample_weight=mask)
+
+    def compile(self, optimizer="adam", loss=None, **kwargs):
+        """Keras ``compile``; ``loss`` must stay None (the Distiller computes its own)."""
+        if loss is not None:
+            raise TfcompressError("loss must be None: the Distiller computes its own loss; set "
+                                  "alpha, temperature and divergence instead")
+        super().compile(optimizer=optimizer, **kwargs)
+
+    def get_config(self) -> dict:
+        serialize = keras.saving.serialize_keras_object
+        return {
+            "name": self.name,
+            "teacher": serialize(self.teacher) if self.teacher is not None else None,
+            "student": serialize(self.student),
+            "alpha": float(self.alpha.numpy()),
+            "temperature": float(self.temperature.numpy()),
+            "divergence": self.divergence,
+            "beta": self.beta,
+            "features": [list(p) for p in self.feature_pairs] or None,
+            "feature_weight": self.feature_weight,
+        }
+
+    @classmethod
+    def from_config(cls, config: dict):
+        config = dict(config)
+        for key in ("teacher", "student"):
+            if config[key] is not None:
+                config[key] = keras.saving.deserialize_keras_object(config[key])
+        return cls(**config)
