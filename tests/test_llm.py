@@ -9,7 +9,7 @@ import pytest
 import tfcompress  # noqa: F401
 from tfcompress.errors import TfcompressError
 from tfcompress.models import LlamaConfig, build_llama, causal_lm_perplexity, generate
-from tfcompress.models.llama import lm_windows
+from tfcompress.models.llama import llama_config_of, lm_windows, take_layers
 
 gguf = pytest.importorskip("gguf", reason="gguf is the [llm] extra: pip install .[llm]")
 safetensors_numpy = pytest.importorskip("safetensors.numpy", reason="safetensors missing")
@@ -326,3 +326,21 @@ def test_lm_windows_score_every_token_once_and_generation_ignores_padding():
     assert uniform["perplexity"] == pytest.approx(30.0) and uniform["tokens"] == 8
     with pytest.raises(TfcompressError, match="n_heads .* multiple of n_kv_heads"):
         LlamaConfig(n_heads=4, n_kv_heads=3)
+
+
+def test_take_layers_copies_chosen_blocks_and_reads_config_back():
+    cfg = LlamaConfig(vocab_size=30, d_model=16, n_layers=4, n_heads=2, n_kv_heads=1, d_ff=24,
+                      rope_base=300.0, tie_embeddings=False)
+    model = build_llama(cfg)
+    assert llama_config_of(model) == cfg
+    student = take_layers(model, [1, 3])
+    assert llama_config_of(student).n_layers == 2
+    for layer in ("block1_mlp_up", "block1_attn_q"):
+        np.testing.assert_array_equal(student.get_layer(layer).kernel.numpy(),
+                                      model.get_layer(layer.replace("1", "3")).kernel.numpy())
+    np.testing.assert_array_equal(student.get_layer("lm_head").kernel.numpy(),
+                                  model.get_layer("lm_head").kernel.numpy())
+    with pytest.raises(TfcompressError, match="keep must list block indices in \\[0, 4\\)"):
+        take_layers(model, [0, 4])
+    with pytest.raises(TfcompressError, match="not made by build_llama"):
+        llama_config_of(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))

@@ -304,3 +304,40 @@ def generate(predict: Callable[[np.ndarray], np.ndarray], prompt: Sequence[int],
             break
     return ids[len(prompt):]
 
+
+
+def llama_config_of(model: keras.Model) -> LlamaConfig:
+    """The `LlamaConfig` of a model made by `build_llama` (read back from its layers)."""
+    try:
+        attention = model.get_layer("block0_attention")
+        embedding = model.get_layer("token_embedding")
+        n_layers = sum(1 for la in model.layers if isinstance(la, RotaryAttention))
+        return LlamaConfig(
+            vocab_size=embedding.input_dim, d_model=embedding.output_dim, n_layers=n_layers,
+            n_heads=attention.n_heads, n_kv_heads=attention.n_kv_heads,
+            d_ff=int(model.get_layer("block0_mlp_gate").units), head_dim=attention.head_dim,
+            rms_eps=model.get_layer("final_norm").epsilon, rope_base=attention.rope_base,
+            tie_embeddings=not any(la.name == "lm_head" for la in model.layers))
+    except ValueError as err:
+        raise TfcompressError(f"model {model.name!r} was not made by build_llama: {err}") from err
+
+
+def take_layers(model: keras.Model, keep: Sequence[int], name: str = "llama_student"):
+    """A shallower `build_llama` model holding blocks ``keep`` of ``model`` (weights copied).
+
+    Embeddings, final norm and head are copied too: the usual initialisation of a distilled
+    student (e.g. ``keep=range(0, 30, 2)`` for half the depth). ``model`` is not changed.
+    """
+    cfg = llama_config_of(model)
+    keep = [int(i) for i in keep]
+    if not keep or any(not 0 <= i < cfg.n_layers for i in keep):
+        raise TfcompressError(f"keep must list block indices in [0, {cfg.n_layers}), got {keep}")
+    student = build_llama(LlamaConfig(**{**cfg.get_config(), "n_layers": len(keep)}), name=name)
+    source = {v.path: v for v in model.weights}
+    for v in student.weights:
+        path = v.path
+        if path.startswith("block"):
+            block, rest = path[len("block"):].split("_", 1)
+            path = f"block{keep[int(block)]}_{rest}"
+        v.assign(source[path])
+    return student
