@@ -1,0 +1,49 @@
+"""Quantization: quantizers (linear and non-linear), post-training weight quantization
+(round-to-nearest, GPTQ, Keras's own modes) with compact storage, mixed precision, and
+quantization-aware training for Keras 3.
+
+Example:
+    >>> from tfcompress.quantize import QuantizeConfig, quantize
+    >>> int4 = quantize(model, QuantizeConfig(method="gptq", bits=4, granularity="group",
+    ...                                       group_size=128), calibration=windows)
+"""
+
+from tfcompress.quantize.api import METHODS, QuantizeConfig, quantize
+from tfcompress.quantize.gptq import gptq, hessian, output_error
+from tfcompress.quantize.mixed import allocate_bits, sensitivity
+from tfcompress.quantize.packing import pack_int4, unpack_int4_np
+from tfcompress.quantize.qat import fake_quantize, qat, strip_qat
+from tfcompress.quantize.quantizers import (
+    SCHEMES,
+    QTensor,
+    Quantizer,
+    affine_codes,
+    kmeans_1d,
+    log2_levels,
+    nf4_levels,
+)
+from tfcompress.quantize.storage import is_quantized
+
+__all__ = [
+    "METHODS",
+    "SCHEMES",
+    "QTensor",
+    "QuantizeConfig",
+    "Quantizer",
+    "affine_codes",
+    "allocate_bits",
+    "fake_quantize",
+    "gptq",
+    "hessian",
+    "is_quantized",
+    "kmeans_1d",
+    "log2_levels",
+    "nf4_levels",
+    "output_error",
+    "pack_int4",
+    "qat",
+    "quantize",
+    "sensitivity",
+    "strip_qat",
+    "unpack_int4_np",
+]

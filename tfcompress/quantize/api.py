@@ -1,0 +1,173 @@
+"""`quantize`: post-training weight quantization of a Keras 3 model, on a copy.
+
+Methods: ``rtn`` (round-to-nearest with any `Quantizer`), ``gptq`` (error-compensating, from
+calibration inputs), and Keras's own ``keras_int8`` / ``keras_int4`` / ``keras_gptq``
+(``model.quantize``) for comparison. Ours store codes compactly (see `storage`) so the saved
+``.keras`` shrinks and reloads to the same outputs.
+
+Example:
+    >>> config = QuantizeConfig(method="gptq", bits=4, granularity="group", group_size=128)
+    >>> q = quantize(model, config, calibration=token_windows)
+    >>> q.save("model-int4.keras")
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import numpy as np
+
+from tfcompress.core.layers import (
+    capture_inputs,
+    copy_model,
+    kernel_matrix,
+    require_keras3,
+    select_layers,
+    set_kernel_matrix,
+)
+from tfcompress.errors import TfcompressError
+from tfcompress.quantize.gptq import gptq, hessian
+from tfcompress.quantize.quantizers import Quantizer, validate
+from tfcompress.quantize.storage import attach, mark_quantized
+
+METHODS = ("rtn", "gptq", "keras_int8", "keras_int4", "keras_gptq")
+TYPES = ("Dense", "EinsumDense", "Embedding")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """What `quantize` does; serializable with ``get_config``/``from_config``.
+
+    ``layer_bits`` maps layer paths to bit widths that replace ``bits`` (mixed precision,
+    e.g. from `allocate_bits`). ``include``/``exclude`` select layers as in
+    `tfcompress.core.select_layers` (regex or list of paths/names). GPTQ options:
+    ``damping`` (fraction of the mean Hessian diagonal), ``act_order``, ``sequential``
+    (capture each layer's inputs from the partly quantized model, so later layers
+    compensate earlier errors) and ``max_rows`` (calibration rows per layer).
+    """
+
+    method: str = "rtn"
+    scheme: str = "affine"
+    bits: int = 8
+    granularity: str = "channel"
+    group_size: int | None = None
+    types: tuple[str, ...] = TYPES
+    include: str | tuple[str, ...] | None = None
+    exclude: str | tuple[str, ...] | None = None
+    layer_bits: dict = field(default_factory=dict)
+    damping: float = 0.01
+    act_order: bool = False
+    sequential: bool = True
+    max_rows: int | None = 8192
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise TfcompressError(f"method must be one of {METHODS}, got {self.method!r}")
+        bad = [t for t in self.types if t not in TYPES]
+        if bad:
+            raise TfcompressError(f"types {bad} cannot be quantized: choose from {TYPES}")
+        if self.method.startswith("keras_"):
+            return
+        for bits in {self.bits, *self.layer_bits.values()}:
+            validate(self.scheme, bits, self.granularity, self.group_size)
+        if not 0 <= self.damping <= 1:
+            raise TfcompressError(f"damping must be in [0, 1], got {self.damping}")
+
+    def quantizer(self, path: str = "") -> Quantizer:
+        """The quantizer for the layer at ``path`` (its ``layer_bits`` entry, else ``bits``)."""
+        return Quantizer(self.scheme, int(self.layer_bits.get(path, self.bits)),
+                         self.granularity, self.group_size)
+
+    def get_config(self) -> dict:
+        config = asdict(self)
+        config["types"] = list(self.types)
+        return config
+
+    @classmethod
+    def from_config(cls, config: dict) -> QuantizeConfig:
+        config = dict(config)
+        config["types"] = tuple(config.get("types", TYPES))
+        if isinstance(config.get("include"), list):
+            config["include"] = tuple(config["include"])
+        if isinstance(config.get("exclude"), list):
+            config["exclude"] = tuple(config["exclude"])
+        return cls(**config)
+
+
+def quantize(model, config: QuantizeConfig | None = None, calibration=None,
+             inplace: bool = False, verbose: int = 1, **overrides):
+    """Weight-quantize a Keras 3 model; returns a copy unless ``inplace``.
+
+    ``calibration``: token windows (array) or a list of input batches (arrays or dicts),
+    needed by ``gptq`` and ``keras_gptq``. Keyword ``overrides`` replace config fields, e.g.
+    ``quantize(model, bits=4, granularity="group", group_size=32)``.
+    """
+    require_keras3(model, legacy_hint="tfcompress.quantize.tfmot_quantize")
+    config = QuantizeConfig.from_config({**(config or QuantizeConfig()).get_config(),
+                                         **overrides})
+    layers = select_layers(model, types=config.types, include=_spec(config.include),
+                           exclude=_spec(config.exclude))
+    unknown = set(config.layer_bits) - {p for p, _ in layers}
+    if unknown:
+        raise TfcompressError(f"layer_bits names layers that are not selected: {sorted(unknown)}")
+    if config.method in ("gptq", "keras_gptq"):
+        batches = _calibration_batches(calibration)
+    if not config.method.startswith("keras_"):
+        for path, layer in layers:  # group sizes are checked before any work
+            config.quantizer(path).group_rows(kernel_matrix(layer).shape[0])
+    target = model if inplace else copy_model(model)
+    paths = [p for p, _ in layers]
+    if config.method.startswith("keras_"):
+        from tfcompress.quantize.keras_modes import keras_quantize
+
+        return keras_quantize(target, config, paths,
+                              batches if config.method == "keras_gptq" else None)
+    by_path = dict(select_layers(target, types=config.types, include=paths))
+    progress = _progbar(len(paths), verbose)
+    results = {}
+    if config.method == "gptq" and not config.sequential:
+        inputs = capture_inputs(target, [by_path[p] for p in paths if _gptq_able(by_path[p])],
+                                batches, max_rows=config.max_rows)
+    for i, path in enumerate(paths):
+        layer, quantizer = by_path[path], config.quantizer(path)
+        w = kernel_matrix(layer)
+        if config.method == "gptq" and _gptq_able(layer):
+            x = (capture_inputs(target, [layer], batches, max_rows=config.max_rows)[path]
+                 if config.sequential else inputs[path])
+            qt = gptq(w, hessian(x), quantizer, config.damping, config.act_order)
+        else:
+            qt = quantizer.quantize(w)
+        results[path] = qt
+        if config.method == "gptq" and config.sequential:
+            set_kernel_matrix(layer, qt.dequantize())  # later layers see this layer's error
+        if progress:
+            progress.update(i + 1)
+    layout = {path: attach(by_path[path], qt) for path, qt in results.items()}
+    return mark_quantized(target, layout)
+
+
+def _gptq_able(layer) -> bool:
+    # an embedding's "input" is a token id: output error is row error, so RTN is optimal
+    return not any(c.__name__ == "Embedding" for c in type(layer).__mro__)
+
+
+def _spec(spec):
+    return list(spec) if isinstance(spec, tuple) else spec
+
+
+def _calibration_batches(calibration) -> list:
+    if calibration is None:
+        raise TfcompressError("calibration is required for GPTQ: pass token windows or batches")
+    batches = ([calibration[i : i + 8] for i in range(0, len(calibration), 8)]
+               if isinstance(calibration, np.ndarray) else list(calibration))
+    if not batches or all(np.size(b) == 0 for b in batches if not isinstance(b, dict)):
+        raise TfcompressError("calibration is empty: give at least one batch of token windows")
+    return batches
+
+
+def _progbar(n: int, verbose: int):
+    if not verbose:
+        return None
+    import keras
+
+    return keras.utils.Progbar(n, unit_name="layer")

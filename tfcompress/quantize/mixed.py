@@ -1,0 +1,67 @@
+"""Mixed precision: how much each layer's outputs suffer at each bit width, and the cheapest
+assignment of bit widths that fits a size budget.
+
+Example:
+    >>> sens = sensitivity(model, calibration, bits=(2, 3, 4, 8))
+    >>> layer_bits = allocate_bits(sens, sizes, budget_bits=3.5 * total_weights)
+    >>> quantize(model, QuantizeConfig(layer_bits=layer_bits, ...))
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from tfcompress.core.layers import capture_inputs, kernel_matrix, select_layers
+from tfcompress.errors import TfcompressError
+from tfcompress.quantize.api import QuantizeConfig, _spec
+from tfcompress.quantize.gptq import output_error
+
+
+def sensitivity(model, calibration, config: QuantizeConfig | None = None,
+                bits: tuple[int, ...] = (2, 3, 4, 8)) -> dict[str, dict[int, float]]:
+    """``{path: {bits: error}}``: each layer's mean squared output change when only it is
+    round-to-nearest quantized at ``bits``, on inputs captured from ``calibration``, relative
+    to its mean squared output. Embeddings use their row error."""
+    config = config or QuantizeConfig()
+    layers = select_layers(model, types=config.types, include=_spec(config.include),
+                           exclude=_spec(config.exclude))
+    dense = [layer for _, layer in layers if "Embedding" not in type(layer).__name__]
+    inputs = capture_inputs(model, dense, calibration, max_rows=config.max_rows) if dense else {}
+    out = {}
+    for path, layer in layers:
+        w = kernel_matrix(layer)
+        x = inputs.get(path, np.eye(len(w)))
+        ref = float(np.mean((x @ w) ** 2)) or 1.0
+        out[path] = {b: output_error(x, w, QuantizeConfig.from_config(
+            {**config.get_config(), "bits": b, "layer_bits": {}}).quantizer().roundtrip(w)) / ref
+            for b in bits}
+    return out
+
+
+def allocate_bits(sens: dict[str, dict[int, float]], sizes: dict[str, int],
+                  budget_bits: float) -> dict[str, int]:
+    """Bit width per layer minimising summed weighted error with
+    ``sum(bits * sizes) <= budget_bits``: start everyone at the fewest bits, then greedily
+    buy the upgrade with the best error reduction per extra bit while the budget allows."""
+    if set(sens) != set(sizes):
+        raise TfcompressError("sens and sizes must name the same layers")
+    choice = {p: min(s) for p, s in sens.items()}
+    used = sum(choice[p] * sizes[p] for p in choice)
+    if used > budget_bits:
+        raise TfcompressError(
+            f"budget_bits={budget_bits:.0f} is below the smallest possible size {used:.0f}")
+    while True:
+        best = None
+        for p, table in sens.items():
+            higher = [b for b in table if b > choice[p]]
+            if not higher:
+                continue
+            b = min(higher)
+            cost = (b - choice[p]) * sizes[p]
+            gain = (table[choice[p]] - table[b]) * sizes[p] / cost
+            if used + cost <= budget_bits and (best is None or gain > best[0]):
+                best = (gain, p, b, cost)
+        if best is None:
+            return choice
+        _, p, b, cost = best
+        choice[p], used = b, used + cost

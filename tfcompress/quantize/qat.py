@@ -1,0 +1,126 @@
+"""Quantization-aware training for Keras 3: weights are fake-quantized in the forward pass
+(affine min-max, per channel or group-wise, like `Quantizer`) and gradients pass straight
+through the rounding, for Dense, EinsumDense (so MultiHeadAttention) and Embedding.
+
+The QAT model is an ordinary Keras model: compile and ``fit`` it with any loss, or wrap it
+in a distiller as the student (distillation-aware QAT). `strip_qat` then puts the weights on
+the grid and `quantize` with the same settings stores them as codes, exactly.
+
+Example:
+    >>> config = QuantizeConfig(bits=4, granularity="group", group_size=32)
+    >>> qmodel = qat(model, config)
+    >>> train_lm(qmodel, dataset, steps=100)
+    >>> int4 = quantize(strip_qat(qmodel), config)
+"""
+
+from __future__ import annotations
+
+from keras import ops
+from keras.src.saving import object_registration
+
+from tfcompress.core.layers import copy_model, input_axes, require_keras3, select_layers
+from tfcompress.errors import TfcompressError
+from tfcompress.quantize.api import QuantizeConfig, _spec
+from tfcompress.quantize.storage import _float_attr
+
+
+def fake_quantize(w, bits: int, group_rows: int | None = None):
+    """Affine min-max fake quantization of a ``(d_in, d_out)`` tensor with a
+    straight-through gradient: forward ``dequantize(quantize(w))``, backward identity.
+
+    Ranges are per output channel over ``group_rows`` input rows (all rows when None).
+    """
+    d_in, d_out = w.shape
+    g = group_rows or d_in
+    blocks = ops.reshape(w, (d_in // g, g, d_out))
+    lo = ops.stop_gradient(ops.min(blocks, axis=1, keepdims=True))
+    hi = ops.stop_gradient(ops.max(blocks, axis=1, keepdims=True))
+    span = hi - lo
+    scale = ops.where(span > 0, span, ops.ones_like(span)) / (2**bits - 1)
+    q = ops.clip(ops.round((blocks - lo) / scale), 0, 2**bits - 1) * scale + lo
+    q = ops.reshape(q, (d_in, d_out))
+    return w + ops.stop_gradient(q - w)
+
+
+class _FakeQuant:
+    """Mixin placed before a Keras layer class: its weight is fake-quantized when read."""
+
+    def _qat_weight(self):
+        raw = getattr(self, self.qat_attr)
+        n_in = self.qat_input_axes
+        d_in = 1
+        for s in raw.shape[:n_in]:
+            d_in *= s
+        w = ops.reshape(raw, (d_in, -1))
+        return ops.reshape(fake_quantize(w, self.qat_bits, self.qat_group), raw.shape)
+
+    @property
+    def kernel(self):
+        return self._qat_weight()
+
+    @property
+    def embeddings(self):
+        return self._qat_weight()
+
+
+_QAT_CLASSES: dict[type, type] = {}
+
+
+def _qat_class(cls: type) -> type:
+    if cls not in _QAT_CLASSES:
+        # same name and module: a saved QAT model reloads as its float original
+        sub = type(cls.__name__, (_FakeQuant, cls), {"__module__": cls.__module__})
+        object_registration.GLOBAL_CUSTOM_NAMES[sub] = object_registration.get_registered_name(
+            cls)
+        _QAT_CLASSES[cls] = sub
+    return _QAT_CLASSES[cls]
+
+
+def qat(model, config: QuantizeConfig | None = None, inplace: bool = False, **overrides):
+    """A copy of ``model`` (unless ``inplace``) whose selected weights train fake-quantized.
+
+    Uses ``config.bits`` / ``layer_bits``, ``granularity`` (channel or group) and
+    ``group_size``; the scheme is affine min-max (the seed's formula).
+    """
+    require_keras3(model, legacy_hint="tfcompress.quantize.tfmot_quantize")
+    config = QuantizeConfig.from_config({**(config or QuantizeConfig()).get_config(),
+                                         **overrides})
+    if config.scheme != "affine" or config.granularity == "tensor":
+        raise TfcompressError(
+            "qat supports scheme='affine' with granularity 'channel' or 'group', got "
+            f"scheme={config.scheme!r}, granularity={config.granularity!r}"
+        )
+    layers = select_layers(model, types=config.types, include=_spec(config.include),
+                           exclude=_spec(config.exclude))
+    for path, layer in layers:
+        weight = getattr(layer, _float_attr(layer))
+        rows = 1
+        for s in weight.shape[: input_axes(layer)]:
+            rows *= s
+        config.quantizer(path).group_rows(rows)
+    target = model if inplace else copy_model(model)
+    paths = [p for p, _ in layers]
+    for path, layer in select_layers(target, types=config.types, include=paths):
+        quantizer = config.quantizer(path)
+        n_in = input_axes(layer)
+        layer.qat_attr = _float_attr(layer)
+        layer.qat_input_axes = n_in
+        layer.qat_bits = quantizer.bits
+        layer.qat_group = quantizer.group_size if config.granularity == "group" else None
+        layer.__class__ = _qat_class(type(layer))
+    return target
+
+
+def strip_qat(model):
+    """Write the fake-quantized weights into the float variables and drop fake quantization,
+    in place; returns ``model`` (its weights now lie exactly on the quantization grid)."""
+    stripped = 0
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if isinstance(layer, _FakeQuant):
+            on_grid = ops.convert_to_numpy(layer._qat_weight())
+            getattr(layer, layer.qat_attr).assign(on_grid)
+            layer.__class__ = type(layer).__mro__[2]
+            stripped += 1
+    if not stripped:
+        raise TfcompressError(f"model {model.name!r} has no QAT layers: make it with qat()")
+    return model

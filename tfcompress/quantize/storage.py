@@ -1,0 +1,229 @@
+"""Keras storage for quantized weights: layers keep codes (uint8, or two 4-bit codes per
+byte), scales, offsets and codebooks instead of a float kernel, and decode them in ``call``.
+
+A quantized Dense/EinsumDense/Embedding (nested ones too, e.g. inside MultiHeadAttention)
+keeps its class's behaviour: only its ``kernel``/``embeddings`` becomes a decoded tensor.
+The model records which layers hold codes (``layout``), and is saved under the registered
+name ``tfcompress>QuantizedModel``, whose loader rebuilds the float model, re-attaches the
+code storage, then lets Keras load the saved codes: ``keras.models.load_model`` round-trips.
+
+Example:
+    >>> attach(layer, qtensor)             # layer now stores codes
+    >>> model = mark_quantized(model)      # so .keras files save and reload the codes
+"""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+from keras import ops
+from keras.src.saving import object_registration
+
+from tfcompress.core.layers import iter_layers, kernel_of
+from tfcompress.errors import TfcompressError
+from tfcompress.quantize.packing import pack_int4, unpack_int4
+from tfcompress.quantize.quantizers import QTensor
+
+WEIGHT_ATTRS = {"Embedding": "_embeddings"}  # else "_kernel"
+
+
+def _float_attr(layer) -> str:
+    for cls in type(layer).__mro__:
+        if cls.__name__ in WEIGHT_ATTRS:
+            return WEIGHT_ATTRS[cls.__name__]
+    return "_kernel"
+
+
+class _CodeStorage:
+    """Mixin placed before a Keras layer class: the weight is decoded from stored codes."""
+
+    def _tfc_build(self, meta: dict) -> None:
+        self._tracker.unlock()
+        if hasattr(self, meta["attr"]):
+            delattr(self, meta["attr"])
+        self.tfc_meta = meta
+        d_in, d_out = meta["matrix_shape"]
+        rows = (d_in + 1) // 2 if meta["packed"] else d_in
+        self.tfc_codes = self.add_weight(name="codes", shape=(rows, d_out), dtype="uint8",
+                                         initializer="zeros", trainable=False)
+        self.tfc_scale = self.add_weight(name="scale", shape=meta["scale_shape"],
+                                         initializer="ones", trainable=False)
+        self.tfc_offset = None
+        if meta["offset_shape"]:
+            self.tfc_offset = self.add_weight(name="offset", shape=meta["offset_shape"],
+                                              initializer="zeros", trainable=False)
+        self.tfc_levels = self.add_weight(name="levels", shape=meta["levels_shape"],
+                                          initializer="zeros", trainable=False)
+        self._tracker.lock()
+
+    def _tfc_vars(self) -> list:
+        extra = [v for v in (self.tfc_offset, getattr(self, "bias", None)) if v is not None]
+        return [self.tfc_codes, self.tfc_scale, self.tfc_levels, *extra]
+
+    def _tfc_decode(self):
+        meta = self.tfc_meta
+        d_in, d_out = meta["matrix_shape"]
+        codes = (unpack_int4(self.tfc_codes, d_in) if meta["packed"]
+                 else ops.cast(self.tfc_codes, "int32"))
+        n_levels = meta["levels_shape"][1]
+        if meta["levels_shape"][0] > 1:  # one codebook per output channel
+            codes = codes + n_levels * ops.arange(d_out, dtype="int32")[None, :]
+        w = ops.take(ops.reshape(self.tfc_levels, (-1,)), codes)
+        group = meta["group_rows"]
+        scale = ops.repeat(self.tfc_scale, group, axis=0) if group < d_in else self.tfc_scale
+        w = w * scale
+        if self.tfc_offset is not None:
+            offset = (ops.repeat(self.tfc_offset, group, axis=0) if group < d_in
+                      else self.tfc_offset)
+            w = w + offset
+        return ops.cast(ops.reshape(w, meta["weight_shape"]), self.compute_dtype)
+
+    @property
+    def kernel(self):
+        return self._tfc_decode()
+
+    @property
+    def embeddings(self):
+        return self._tfc_decode()
+
+    def save_own_variables(self, store):
+        for i, v in enumerate(self._tfc_vars()):
+            store[str(i)] = v
+
+    def load_own_variables(self, store):
+        variables = self._tfc_vars()
+        if len(store.keys()) != len(variables):
+            raise TfcompressError(
+                f"layer {self.name!r} holds {len(variables)} quantized variables but the file "
+                f"has {len(store.keys())}"
+            )
+        for i, v in enumerate(variables):
+            v.assign(store[str(i)])
+
+    def quantized_variables(self) -> dict:
+        return {"codes": self.tfc_codes, "scale": self.tfc_scale, "levels": self.tfc_levels}
+
+
+_STORAGE_CLASSES: dict[type, type] = {}
+
+
+def _storage_class(cls: type) -> type:
+    if cls not in _STORAGE_CLASSES:
+        # same name and module as the float class, so the layer's config is unchanged
+        sub = type(cls.__name__, (_CodeStorage, cls), {"__module__": cls.__module__})
+        object_registration.GLOBAL_CUSTOM_NAMES[sub] = object_registration.get_registered_name(
+            cls)
+        _STORAGE_CLASSES[cls] = sub
+    return _STORAGE_CLASSES[cls]
+
+
+def layer_meta(layer, qt_or_meta) -> dict:
+    """The layout entry of ``layer`` holding ``qt`` (shapes only; JSON-serializable)."""
+    if isinstance(qt_or_meta, dict):
+        return qt_or_meta
+    qt: QTensor = qt_or_meta
+    weight = kernel_of(layer)
+    return {
+        "attr": _float_attr(layer),
+        "weight_shape": list(weight.shape),
+        "matrix_shape": list(qt.codes.shape),
+        "packed": qt.bits <= 4,
+        "bits": qt.bits,
+        "group_rows": qt.group_rows,
+        "scale_shape": list(qt.scale.shape),
+        "offset_shape": None if qt.offset is None else list(qt.offset.shape),
+        "levels_shape": list(qt.levels.shape),
+    }
+
+
+def attach(layer, qt: QTensor | dict) -> dict:
+    """Turn ``layer`` (built Dense/EinsumDense/Embedding) into code storage, in place.
+
+    With a `QTensor` the codes are written; with a layout dict only empty variables are made
+    (for loading). Returns the layout entry.
+    """
+    if isinstance(layer, _CodeStorage):
+        raise TfcompressError(f"layer {layer.name!r} is already quantized")
+    meta = layer_meta(layer, qt)
+    layer.__class__ = _storage_class(type(layer))
+    layer._tfc_build(meta)
+    if isinstance(qt, QTensor):
+        codes = pack_int4(qt.codes) if meta["packed"] else qt.codes
+        layer.tfc_codes.assign(codes.astype(np.uint8))
+        layer.tfc_scale.assign(qt.scale)
+        layer.tfc_levels.assign(qt.levels)
+        if qt.offset is not None:
+            layer.tfc_offset.assign(qt.offset)
+    return meta
+
+
+# -- model level: save and reload ------------------------------------------------------------
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class QuantizedModel:
+    """Loader for models holding codes: rebuilds the float model, then re-attaches storage.
+
+    Never instantiated: saved quantized models name it as their class so that loading
+    comes here; ``get_config`` lives on the saved model itself.
+    """
+
+    def get_config(self) -> dict:  # pragma: no cover - required by the registry only
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config: dict):
+        model = keras.saving.deserialize_keras_object(config["model"])
+        if not model.built and config.get("build_config"):
+            model.build_from_config(config["build_config"])
+        return apply_layout(model, config["layout"])
+
+
+_QUANTIZED_MODEL_CLASSES: dict[type, type] = {}
+
+
+def _quantized_model_class(cls: type) -> type:
+    if cls in _QUANTIZED_MODEL_CLASSES:
+        return _QUANTIZED_MODEL_CLASSES[cls]
+
+    def get_config(self):
+        # the original class's own serialization (not serialize_keras_object: its
+        # shared-object cache would answer with a reference to this very model)
+        self.__class__ = cls
+        try:
+            base = {"module": cls.__module__, "class_name": cls.__name__,
+                    "config": self.get_config(),
+                    "registered_name": object_registration.get_registered_name(cls),
+                    "build_config": self.get_build_config()}
+        finally:
+            self.__class__ = sub
+        return {"model": base, "layout": dict(self.tfc_layout)}
+
+    sub = type(cls.__name__, (cls,), {"get_config": get_config, "__module__": cls.__module__})
+    object_registration.GLOBAL_CUSTOM_NAMES[sub] = "tfcompress>QuantizedModel"
+    _QUANTIZED_MODEL_CLASSES[cls] = sub
+    return sub
+
+
+def apply_layout(model, layout: dict):
+    """Attach empty code storage at every path of ``layout`` and mark ``model`` (in place)."""
+    layers = dict(iter_layers(model))
+    missing = [p for p in layout if p not in layers]
+    if missing:
+        raise TfcompressError(f"quantized layers {missing} are not in model {model.name!r}")
+    for path, meta in layout.items():
+        if not isinstance(layers[path], _CodeStorage):
+            attach(layers[path], meta)
+    return mark_quantized(model, layout)
+
+
+def mark_quantized(model, layout: dict):
+    """Record ``layout`` on ``model`` (in place) so ``model.save`` keeps the codes."""
+    if not isinstance(model, tuple(_QUANTIZED_MODEL_CLASSES.values())):
+        model.__class__ = _quantized_model_class(type(model))
+    model.tfc_layout = {**getattr(model, "tfc_layout", {}), **layout}
+    return model
+
+
+def is_quantized(layer) -> bool:
+    return isinstance(layer, _CodeStorage)
