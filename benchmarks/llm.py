@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import gc
 import importlib.util
+import json
 import sys
 import time
 from collections.abc import Callable
@@ -56,6 +57,13 @@ class Bench:
         self.seconds: dict[str, float] = {}
         self.failures: dict[str, str] = {}
         self.best: dict = {}
+        for other in args.merge_from:  # results of runs made in parallel
+            done = json.loads(Path(other).read_text())
+            self.rows |= done["rows"]
+            self.seconds |= done["seconds"]
+            self.failures |= done.get("failures", {})
+        if not args.methods:
+            return
         start = time.perf_counter()
         self.tokenizer = gguf_tokenizer(gguf_path())
         self.float_model = load_gguf(gguf_path())
@@ -107,7 +115,7 @@ class Bench:
                 f"{f'{tfl:.1f}' if tfl else '-'} | {self.seconds.get(name, 0):.0f} | "
                 f"{TARGETS.get(name, '-')} | {row['note']} |")
         self.table = "\n".join(lines)
-        write_results("llm", self.table, data, "python benchmarks/llm.py " +
+        write_results(self.args.name, self.table, data, "python benchmarks/llm.py " +
                       " ".join(sys.argv[1:]))
 
 
@@ -277,6 +285,11 @@ def main():
         "magnitude_50", "wanda_50", "sparsegpt_50", "int8", "int4_g128_rtn", "int4_g128_gptq",
         "export", "students", "int3_g128_gptq", "wanda_24", "lowrank_mlp_60"])
     parser.add_argument("--out", default="runs/llm", help="where the .tflite file goes")
+    parser.add_argument("--name", default="llm", help="results file name")
+    parser.add_argument("--float-ppl", type=float, default=None,
+                        help="skip the float evaluation and use this figure (a parallel run)")
+    parser.add_argument("--merge-from", nargs="*", default=[],
+                        help="results json files of parallel runs to fold into this table")
     parser.add_argument("--calib", type=int, default=16, help="calibration sequences")
     parser.add_argument("--calib-len", type=int, default=128, help="tokens per sequence")
     parser.add_argument("--steps", type=int, default=40, help="student training steps")
@@ -285,7 +298,14 @@ def main():
     parser.add_argument("--lr", type=float, default=1e-4)
     args = parser.parse_args()
     b = Bench(args)
-    run_float(b)
+    if args.float_ppl is not None:
+        params = b.float_model.count_params()
+        b.rows.setdefault("float", {"ppl": args.float_ppl, "params": params,
+                                    "stored_mb": 4 * params / 1e6,
+                                    "note": "measured by a parallel run"})
+    elif args.methods:
+        run_float(b)
+    b.write()
     for name in args.methods:
         try:
             if name in ("students", "export"):
