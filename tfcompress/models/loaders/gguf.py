@@ -1,0 +1,170 @@
+"""Llama-architecture GGUF files (llama.cpp) -> Keras 3 `build_llama` models, and tokenizers.
+
+Quantized tensors (Q4_1, Q8_0, ...) are dequantized to float32 with the PyPI ``gguf`` package,
+one tensor at a time. llama.cpp's converter permutes the rows of ``attn_q`` / ``attn_k`` so
+its interleaved RoPE matches Hugging Face's half-split one; `unpermute_qk` undoes that.
+
+Example:
+    >>> model = load_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")
+    >>> tokenizer = gguf_tokenizer("SmolLM2-135M-Instruct.Q4_1.gguf")
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from tfcompress.errors import TfcompressError
+from tfcompress.models.llama import LlamaConfig, assign_weights, build_llama, hf_llama_names
+
+ARCHITECTURES = ("llama",)
+# token_type values in GGUF metadata (llama.cpp's llama_token_type)
+CONTROL, USER_DEFINED = 3, 4
+
+_BLOCK_NAMES = {
+    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
+    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
+    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
+    "ffn_down": "mlp.down_proj",
+}
+
+
+def unpermute_qk(weight: np.ndarray, n_heads: int) -> np.ndarray:
+    """Undo llama.cpp's q/k row permutation of an ``(out, in)`` projection.
+
+    Per head, llama.cpp stores rows as interleaved pairs ``(0, h/2), (1, h/2+1), ...``; this
+    returns them in the half-split order Hugging Face (and `RotaryAttention`) expects.
+    """
+    rows = weight.shape[0]
+    if rows % (2 * n_heads):
+        raise TfcompressError(f"cannot unpermute a q/k weight of {rows} rows into {n_heads} "
+                              "heads: rows must be a multiple of 2 * n_heads")
+    return (weight.reshape(n_heads, rows // n_heads // 2, 2, *weight.shape[1:])
+            .swapaxes(1, 2).reshape(weight.shape))
+
+
+def hf_to_gguf_name(name: str) -> str:
+    """``model.layers.3.self_attn.q_proj.weight`` -> ``blk.3.attn_q.weight`` (and globals)."""
+    fixed = {"model.embed_tokens.weight": "token_embd.weight",
+             "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
+    if name in fixed:
+        return fixed[name]
+    for short, long in _BLOCK_NAMES.items():
+        prefix, dot, rest = name.partition(f".{long}.")
+        if dot and prefix.startswith("model.layers."):
+            return f"blk.{prefix.rsplit('.', 1)[1]}.{short}.{rest}"
+    raise TfcompressError(f"no GGUF name for tensor {name!r}")
+
+
+def _reader(path: str | Path):
+    import gguf
+
+    path = Path(path)
+    if not path.is_file():
+        raise TfcompressError(f"path {str(path)!r} is not a file: give a .gguf file")
+    try:
+        return gguf.GGUFReader(str(path))
+    except Exception as err:  # noqa: BLE001 - gguf raises ValueError, struct.error, ...
+        raise TfcompressError(f"{str(path)!r} is not a readable GGUF file: {err}") from err
+
+
+def _field(reader, key: str, default=None, required: bool = True):
+    field = reader.fields.get(key)
+    if field is None:
+        if required and default is None:
+            raise TfcompressError(f"GGUF metadata has no {key!r}")
+        return default
+    return field.contents()
+
+
+def gguf_config(path_or_reader) -> LlamaConfig:
+    """The `LlamaConfig` described by a GGUF file's metadata (Llama architecture only)."""
+    reader = path_or_reader if hasattr(path_or_reader, "fields") else _reader(path_or_reader)
+    arch = _field(reader, "general.architecture")
+    if arch not in ARCHITECTURES:
+        raise TfcompressError(f"GGUF general.architecture is {arch!r}; this loader reads "
+                              f"{ARCHITECTURES}")
+    names = {t.name for t in reader.tensors}
+    n_heads = int(_field(reader, f"{arch}.attention.head_count"))
+    d_model = int(_field(reader, f"{arch}.embedding_length"))
+    head_dim = int(_field(reader, f"{arch}.rope.dimension_count", d_model // n_heads))
+    vocab = _field(reader, f"{arch}.vocab_size", required=False)
+    if vocab is None:
+        vocab = len(reader.fields["tokenizer.ggml.tokens"].data)
+    return LlamaConfig(
+        vocab_size=int(vocab),
+        d_model=d_model,
+        n_layers=int(_field(reader, f"{arch}.block_count")),
+        n_heads=n_heads,
+        n_kv_heads=int(_field(reader, f"{arch}.attention.head_count_kv", n_heads)),
+        d_ff=int(_field(reader, f"{arch}.feed_forward_length")),
+        head_dim=head_dim,
+        rms_eps=float(_field(reader, f"{arch}.attention.layer_norm_rms_epsilon")),
+        rope_base=float(_field(reader, f"{arch}.rope.freq_base", 10000.0)),
+        tie_embeddings="output.weight" not in names,
+    )
+
+
+def load_gguf(path: str | Path, name: str = "llama"):
+    """A float32 Keras `build_llama` model with the weights of a Llama GGUF file.
+
+    Raises `TfcompressError` naming the tensor when one is missing or has the wrong shape,
+    or naming the architecture when the file is not a Llama model.
+    """
+    import gguf
+
+    reader = _reader(path)
+    cfg = gguf_config(reader)
+    by_name = {t.name: t for t in reader.tensors}
+
+    def tensor(gguf_name: str):
+        t = by_name.get(gguf_name)
+        if t is None:
+            return None
+        w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
+        w = w.reshape([int(n) for n in reversed(t.shape)])  # ggml lists dims innermost first
+        if gguf_name.endswith("attn_q.weight"):
+            w = unpermute_qk(w, cfg.n_heads)
+        elif gguf_name.endswith("attn_k.weight"):
+            w = unpermute_qk(w, cfg.n_kv_heads)
+        return w
+
+    model = build_llama(cfg, name=name)
+    names = {hf_to_gguf_name(k): v for k, v in hf_llama_names(cfg).items()}
+    assign_weights(model, tensor, names, source=f"GGUF file {Path(path).name!r}")
+    return model
+
+
+def gguf_tokenizer(path: str | Path):
+    """The byte-level BPE tokenizer stored in a GGUF file's metadata, as a `BPETokenizer`.
+
+    Control and user-defined tokens (``<|im_start|>`` ...) become special tokens. The
+    pre-tokenizer follows ``tokenizer.ggml.pre`` (``smollm``: single digits, then GPT-2's
+    byte-level split; ``gpt2`` / ``default``: GPT-2's split).
+    """
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+
+    from tfcompress.data.tokenizers import BPETokenizer
+
+    reader = _reader(path)
+    kind = _field(reader, "tokenizer.ggml.model")
+    if kind != "gpt2":
+        raise TfcompressError(f"GGUF tokenizer.ggml.model is {kind!r}; only byte-level BPE "
+                              "('gpt2') tokenizers are supported")
+    pre = _field(reader, "tokenizer.ggml.pre", "default", required=False)
+    byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    splitters = {"smollm": [pre_tokenizers.Digits(individual_digits=True), byte_level],
+                 "gpt2": [byte_level], "default": [byte_level]}
+    if pre not in splitters:
+        raise TfcompressError(f"GGUF tokenizer.ggml.pre {pre!r} is not supported: "
+                              f"choose one of {sorted(splitters)}")
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges")]
+    types = _field(reader, "tokenizer.ggml.token_type", [1] * len(tokens), required=False)
+    tok = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges))
+    tok.pre_tokenizer = pre_tokenizers.Sequence(splitters[pre])
+    tok.decoder = decoders.ByteLevel()
+    special = [t for t, ty in zip(tokens, types, strict=True) if ty in (CONTROL, USER_DEFINED)]
+    tok.add_special_tokens([AddedToken(t, special=True) for t in special])
+    return BPETokenizer(tok)
