@@ -96,8 +96,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--quick", action="store_true", help="tiny models, for a dry run")
     args = parser.parse_args()
-    settings = DemoSettings.quick() if args.quick else DemoSettings()
-    ctx = demo_context(settings)
+    ctx = demo_context(DemoSettings.quick() if args.quick else None)
     steps, s = args.steps, ctx.settings
     test = ctx.eval_data()
 

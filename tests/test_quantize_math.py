@@ -158,9 +158,30 @@ def test_quantizer_rejects_bad_settings(kwargs, match):
         Quantizer(**kwargs)
 
 
-def test_group_size_must_divide_input_axis(w):
+def test_group_size_must_divide_input_axis_unless_ragged(w):
     with pytest.raises(TfcompressError, match="group_size=24 must divide the input axis"):
         Quantizer("affine", 4, "group", 24).quantize(w)
+
+
+def test_ragged_last_group_gets_its_own_parameters(w):
+    q = Quantizer("affine", 4, "group", 24, ragged=True)  # 64 rows: 24 + 24 + 16
+    qt = q.quantize(w)
+    assert qt.scale.shape == qt.offset.shape == (3, 24)
+    tail = w[48:].astype(np.float64)
+    np.testing.assert_allclose(qt.offset[2], tail.min(0), rtol=1e-6)
+    np.testing.assert_allclose(qt.scale[2], (tail.max(0) - tail.min(0)) / 15, rtol=1e-6)
+    assert np.abs(qt.dequantize()[48:] - tail).max() <= qt.scale[2].max() / 2 + 1e-6
+    assert q.storage_bits(w.shape) == qt.storage_bits() == 64 * 24 * 4 + (2 * 3 * 24 + 16) * 32
+
+
+def test_gptq_with_a_ragged_last_group_beats_rtn():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(1024, 40)) @ rng.normal(size=(40, 40))
+    w = rng.normal(size=(40, 8))
+    q = Quantizer("affine", 3, "group", 16, ragged=True)  # 16 + 16 + 8
+    qt = gptq(w, hessian(x), q)
+    assert qt.scale.shape == (3, 8)
+    assert output_error(x, w, qt.dequantize()) < 0.8 * output_error(x, w, q.roundtrip(w))
 
 
 def test_quantizer_config_roundtrip():

@@ -62,6 +62,21 @@ def test_saved_int4_model_is_smaller_and_reloads_identically(model, ids, tmp_pat
     assert is_quantized(dict(iter_layers(again))["block1_attn/value"])
 
 
+def test_group_size_that_does_not_divide_the_input_saves_and_reloads(model, ids, tmp_path):
+    import keras
+
+    q = quantize(model, verbose=0, bits=4, granularity="group", group_size=24, ragged=True)
+    layer = dict(iter_layers(q))["block0_mlp_out"]
+    w = kernel_matrix(dict(select_layers(model))["block0_mlp_out"])
+    assert w.shape[0] % 24  # the last group is shorter
+    np.testing.assert_allclose(np.asarray(layer.kernel),
+                               Quantizer("affine", 4, "group", 24, ragged=True).roundtrip(w),
+                               atol=1e-6)
+    q.save(tmp_path / "int4-g24.keras")
+    again = keras.models.load_model(tmp_path / "int4-g24.keras")
+    np.testing.assert_array_equal(again(ids).numpy(), q(ids).numpy())
+
+
 def test_gptq_model_runs_and_beats_rtn_on_calibration_loss(model, ids):
     from tfcompress.models.training import lm_loss
 
@@ -140,16 +155,18 @@ def test_tf_keras_model_is_pointed_to_the_tfmot_path():
         quantize("not a model")
 
 
-def test_fake_quantize_has_straight_through_gradient():
+@pytest.mark.parametrize("rows", [8, 10])  # 10 rows: groups of 4, 4 and 2
+def test_fake_quantize_has_straight_through_gradient(rows):
     import tensorflow as tf
 
-    w = tf.Variable(np.random.default_rng(0).normal(size=(8, 3)).astype("float32"))
-    c = tf.constant(np.random.default_rng(1).normal(size=(8, 3)).astype("float32"))
+    w = tf.Variable(np.random.default_rng(0).normal(size=(rows, 3)).astype("float32"))
+    c = tf.constant(np.random.default_rng(1).normal(size=(rows, 3)).astype("float32"))
     with tf.GradientTape() as tape:
         y = tf.reduce_sum(fake_quantize(w, 4, 4) * c)
     np.testing.assert_allclose(tape.gradient(y, w).numpy(), c.numpy(), rtol=1e-6)
     np.testing.assert_allclose(fake_quantize(w, 4, 4).numpy(),
-                               Quantizer("affine", 4, "group", 4).roundtrip(w.numpy()),
+                               Quantizer("affine", 4, "group", 4, ragged=True).roundtrip(
+                                   w.numpy()),
                                atol=1e-6)
 
 

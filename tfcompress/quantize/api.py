@@ -43,7 +43,9 @@ class QuantizeConfig:
     `tfcompress.core.select_layers` (regex or list of paths/names). GPTQ options:
     ``damping`` (fraction of the mean Hessian diagonal), ``act_order``, ``sequential``
     (capture each layer's inputs from the partly quantized model, so later layers
-    compensate earlier errors) and ``max_rows`` (calibration rows per layer).
+    compensate earlier errors) and ``max_rows`` (calibration rows per layer). ``ragged``
+    lets a ``group_size`` that does not divide a layer's input axis end it with a shorter
+    group (otherwise that raises).
     """
 
     method: str = "rtn"
@@ -59,6 +61,7 @@ class QuantizeConfig:
     act_order: bool = False
     sequential: bool = True
     max_rows: int | None = 8192
+    ragged: bool = False
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -76,7 +79,7 @@ class QuantizeConfig:
     def quantizer(self, path: str = "") -> Quantizer:
         """The quantizer for the layer at ``path`` (its ``layer_bits`` entry, else ``bits``)."""
         return Quantizer(self.scheme, int(self.layer_bits.get(path, self.bits)),
-                         self.granularity, self.group_size)
+                         self.granularity, self.group_size, ragged=self.ragged)
 
     def get_config(self) -> dict:
         config = asdict(self)

@@ -16,29 +16,34 @@ Example:
 from __future__ import annotations
 
 from keras import ops
-from keras.src.saving import object_registration
 
 from tfcompress.core.layers import copy_model, input_axes, require_keras3, select_layers
 from tfcompress.errors import TfcompressError
 from tfcompress.quantize.api import QuantizeConfig, _spec
-from tfcompress.quantize.storage import _float_attr
+from tfcompress.quantize.storage import _float_attr, same_name_subclass
 
 
 def fake_quantize(w, bits: int, group_rows: int | None = None):
     """Affine min-max fake quantization of a ``(d_in, d_out)`` tensor with a
     straight-through gradient: forward ``dequantize(quantize(w))``, backward identity.
 
-    Ranges are per output channel over ``group_rows`` input rows (all rows when None).
+    Ranges are per output channel over ``group_rows`` input rows (all rows when None); a
+    shorter last group is padded with copies of its own last row, which leave its range as is.
     """
     d_in, d_out = w.shape
-    g = group_rows or d_in
-    blocks = ops.reshape(w, (d_in // g, g, d_out))
+    g = min(group_rows or d_in, d_in)
+    pad = -d_in % g
+    if pad:
+        w_full = ops.concatenate([w, ops.repeat(w[-1:], pad, axis=0)], axis=0)
+    else:
+        w_full = w
+    blocks = ops.reshape(w_full, ((d_in + pad) // g, g, d_out))
     lo = ops.stop_gradient(ops.min(blocks, axis=1, keepdims=True))
     hi = ops.stop_gradient(ops.max(blocks, axis=1, keepdims=True))
     span = hi - lo
     scale = ops.where(span > 0, span, ops.ones_like(span)) / (2**bits - 1)
     q = ops.clip(ops.round((blocks - lo) / scale), 0, 2**bits - 1) * scale + lo
-    q = ops.reshape(q, (d_in, d_out))
+    q = ops.reshape(q, (d_in + pad, d_out))[:d_in]
     return w + ops.stop_gradient(q - w)
 
 
@@ -61,19 +66,6 @@ class _FakeQuant:
     @property
     def embeddings(self):
         return self._qat_weight()
-
-
-_QAT_CLASSES: dict[type, type] = {}
-
-
-def _qat_class(cls: type) -> type:
-    if cls not in _QAT_CLASSES:
-        # same name and module: a saved QAT model reloads as its float original
-        sub = type(cls.__name__, (_FakeQuant, cls), {"__module__": cls.__module__})
-        object_registration.GLOBAL_CUSTOM_NAMES[sub] = object_registration.get_registered_name(
-            cls)
-        _QAT_CLASSES[cls] = sub
-    return _QAT_CLASSES[cls]
 
 
 def qat(model, config: QuantizeConfig | None = None, inplace: bool = False, **overrides):
@@ -107,7 +99,7 @@ def qat(model, config: QuantizeConfig | None = None, inplace: bool = False, **ov
         layer.qat_input_axes = n_in
         layer.qat_bits = quantizer.bits
         layer.qat_group = quantizer.group_size if config.granularity == "group" else None
-        layer.__class__ = _qat_class(type(layer))
+        layer.__class__ = same_name_subclass(_FakeQuant, type(layer))  # reloads as float
     return target
 
 

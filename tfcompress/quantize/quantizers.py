@@ -124,7 +124,8 @@ class Quantizer:
     ``kmeans`` (a learned codebook per tensor or channel), ``log2`` (powers of two times an
     abs-max scale), ``nf4`` (NormalFloat-4 levels times an abs-max scale; bits must be 4).
     Granularity: one set of parameters per ``tensor``, per output ``channel``, or per
-    ``group`` of ``group_size`` input rows and output channel.
+    ``group`` of ``group_size`` input rows and output channel. ``group_size`` must divide
+    the input axis unless ``ragged=True``, which ends the axis with one shorter group.
     """
 
     scheme: str = "affine"
@@ -132,6 +133,7 @@ class Quantizer:
     granularity: str = "channel"
     group_size: int | None = None
     kmeans_iters: int = 25
+    ragged: bool = False
 
     def __post_init__(self):
         validate(self.scheme, self.bits, self.granularity, self.group_size)
@@ -177,15 +179,17 @@ class Quantizer:
 
     # -- whole matrices ---------------------------------------------------------------
     def group_rows(self, d_in: int) -> int:
-        """Rows sharing one set of parameters."""
+        """Rows sharing one set of parameters. With ``ragged`` the last group may be shorter
+        (576 rows in groups of 128: 4 x 128 + 64)."""
         if self.granularity != "group":
             return d_in
-        if d_in % self.group_size:
+        if d_in % self.group_size and not self.ragged:
             raise TfcompressError(
                 f"group_size={self.group_size} must divide the input axis ({d_in} rows); "
-                f"divisors that work: {[g for g in (16, 32, 64, 128, 256) if d_in % g == 0]}"
+                f"divisors that work: {[g for g in (16, 32, 64, 128, 256) if d_in % g == 0]}, "
+                "or pass ragged=True to end the axis with a shorter group"
             )
-        return self.group_size
+        return min(self.group_size, d_in)
 
     def quantize(self, w: np.ndarray) -> QTensor:
         """Round-to-nearest quantization of a ``(d_in, d_out)`` matrix."""
@@ -219,7 +223,7 @@ class Quantizer:
         (the same count as ``quantize(w).storage_bits()``)."""
         d_in, d_out = shape
         per = 1 if self.granularity == "tensor" else d_out
-        n_params = d_in // self.group_rows(d_in) * per
+        n_params = -(-d_in // self.group_rows(d_in)) * per
         scales = 1 if self.scheme == "kmeans" else n_params
         offsets = n_params if self.scheme == "affine" else 0
         levels = (per if self.scheme == "kmeans" else 1) * 2**self.bits

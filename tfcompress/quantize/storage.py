@@ -72,12 +72,9 @@ class _CodeStorage:
             codes = codes + n_levels * ops.arange(d_out, dtype="int32")[None, :]
         w = ops.take(ops.reshape(self.tfc_levels, (-1,)), codes)
         group = meta["group_rows"]
-        scale = ops.repeat(self.tfc_scale, group, axis=0) if group < d_in else self.tfc_scale
-        w = w * scale
+        w = w * _per_row(self.tfc_scale, group, d_in)
         if self.tfc_offset is not None:
-            offset = (ops.repeat(self.tfc_offset, group, axis=0) if group < d_in
-                      else self.tfc_offset)
-            w = w + offset
+            w = w + _per_row(self.tfc_offset, group, d_in)
         return ops.cast(ops.reshape(w, meta["weight_shape"]), self.compute_dtype)
 
     @property
@@ -106,17 +103,24 @@ class _CodeStorage:
         return {"codes": self.tfc_codes, "scale": self.tfc_scale, "levels": self.tfc_levels}
 
 
-_STORAGE_CLASSES: dict[type, type] = {}
+def _per_row(params, group: int, d_in: int):
+    """Per-group ``params`` (n_groups, d_out) repeated to one row per input row; the last
+    group may be shorter."""
+    return ops.repeat(params, group, axis=0)[:d_in] if group < d_in else params
 
 
-def _storage_class(cls: type) -> type:
-    if cls not in _STORAGE_CLASSES:
-        # same name and module as the float class, so the layer's config is unchanged
-        sub = type(cls.__name__, (_CodeStorage, cls), {"__module__": cls.__module__})
+_MIXED_CLASSES: dict[tuple[type, type], type] = {}
+
+
+def same_name_subclass(mixin: type, cls: type) -> type:
+    """``cls`` with ``mixin`` in front, under ``cls``'s name, module and registered Keras
+    name: the layer's saved config is unchanged, so the file reloads with Keras's own class."""
+    if (mixin, cls) not in _MIXED_CLASSES:
+        sub = type(cls.__name__, (mixin, cls), {"__module__": cls.__module__})
         object_registration.GLOBAL_CUSTOM_NAMES[sub] = object_registration.get_registered_name(
             cls)
-        _STORAGE_CLASSES[cls] = sub
-    return _STORAGE_CLASSES[cls]
+        _MIXED_CLASSES[mixin, cls] = sub
+    return _MIXED_CLASSES[mixin, cls]
 
 
 def layer_meta(layer, qt_or_meta) -> dict:
@@ -147,7 +151,7 @@ def attach(layer, qt: QTensor | dict) -> dict:
     if isinstance(layer, _CodeStorage):
         raise TfcompressError(f"layer {layer.name!r} is already quantized")
     meta = layer_meta(layer, qt)
-    layer.__class__ = _storage_class(type(layer))
+    layer.__class__ = same_name_subclass(_CodeStorage, type(layer))
     layer._tfc_build(meta)
     if isinstance(qt, QTensor):
         codes = pack_int4(qt.codes) if meta["packed"] else qt.codes
