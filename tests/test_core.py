@@ -9,6 +9,7 @@ from tfcompress.core import (
     copy_model,
     input_axes,
     kernel_matrix,
+    matrix_shape,
     require_keras3,
     require_tf_keras,
     select_layers,
@@ -43,6 +44,8 @@ def test_kernel_matrix_views_einsum_kernels(gpt):
     attn = gpt.get_layer("block0_attn")
     assert input_axes(attn._query_dense) == 1 and input_axes(attn._output_dense) == 2
     assert kernel_matrix(attn._query_dense).shape == (32, 32)
+    for layer in (attn._query_dense, attn._output_dense, gpt.get_layer("block0_mlp_in")):
+        assert matrix_shape(layer) == kernel_matrix(layer).shape
     out = attn._output_dense
     before = kernel_matrix(out)
     set_kernel_matrix(out, before * 2)

@@ -166,15 +166,8 @@ def test_subclassed_model_in_place():
     assert model.count_params() == 2 * (3 * 48 + 24) + 3 * 29 + 5
 
 
-def test_keras_hub_gpt2_backbone():
-    import keras_hub
-
-    keras.utils.set_random_seed(2)
-    backbone = keras_hub.models.GPT2Backbone(vocabulary_size=64, num_layers=1, num_heads=2,
-                                            hidden_dim=32, intermediate_dim=64,
-                                            max_sequence_length=16)
-    batch = {"token_ids": np.random.default_rng(5).integers(0, 64, (2, 16)).astype("int32"),
-             "padding_mask": np.ones((2, 16), "int32")}
+def test_keras_hub_gpt2_backbone(tiny_gpt2):
+    backbone, batch = tiny_gpt2(hidden_dim=32, seq_len=16, seed=2)
     with pytest.warns(UserWarning, match="TransformerDecoder"):
         small = factorize(backbone, rank=8, method="svd-llm", calibration=[batch],
                           verbose=False)

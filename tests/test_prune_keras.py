@@ -159,15 +159,8 @@ def test_structured_heads_zero_heads_keep_outputs(gpt, ids):
     assert wanda.get_layer("block1_mlp_in").units == 96
 
 
-def test_kerashub_gpt2_backbone_prunes_and_runs():
-    import keras_hub
-
-    keras.utils.set_random_seed(0)
-    backbone = keras_hub.models.GPT2Backbone(vocabulary_size=50, num_layers=1, num_heads=2,
-                                             hidden_dim=16, intermediate_dim=32,
-                                             max_sequence_length=8)
-    batch = {"token_ids": np.random.default_rng(0).integers(0, 50, (2, 8)).astype("int32"),
-             "padding_mask": np.ones((2, 8), dtype="int32")}
+def test_kerashub_gpt2_backbone_prunes_and_runs(tiny_gpt2):
+    backbone, batch = tiny_gpt2()
     for method in ("magnitude", "wanda"):
         pruned = prune(backbone, method=method, data=batch, exclude="embedding")
         rows = sparsity_summary(pruned)["layers"]

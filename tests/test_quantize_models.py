@@ -190,12 +190,8 @@ def test_qat_trains_with_any_loss_and_strips_onto_the_grid(model, ids):
         strip_qat(stripped)
 
 
-def test_kerashub_gpt2_backbone_quantizes():
-    keras_hub = pytest.importorskip("keras_hub")
-    backbone = keras_hub.models.GPT2Backbone(vocabulary_size=64, num_layers=1, num_heads=2,
-                                             hidden_dim=16, intermediate_dim=32,
-                                             max_sequence_length=16)
-    x = {"token_ids": np.ones((2, 8), "int32"), "padding_mask": np.ones((2, 8), "int32")}
+def test_kerashub_gpt2_backbone_quantizes(tiny_gpt2):
+    backbone, x = tiny_gpt2()
     q = quantize(backbone, method="gptq", calibration=[x], verbose=0, bits=8,
                  types=("Dense", "EinsumDense"))
     quantized = [p for p, layer in iter_layers(q) if is_quantized(layer)]

@@ -160,8 +160,7 @@ def capture_inputs(model, layers: Sequence, data, max_rows: int | None = None) -
     store: dict[str, list[np.ndarray]] = {layer_path(la): [] for la in layers}
     for layer in layers:
         path, original = layer_path(layer), layer.call
-        kernel = kernel_of(layer)
-        width = int(np.prod(kernel.shape[: input_axes(layer)])) if kernel is not None else -1
+        width = matrix_shape(layer)[0] if kernel_of(layer) is not None else -1
 
         def recording(*args, _path=path, _call=original, _width=width, **kwargs):
             store[_path].append(np.asarray(args[0]).reshape(-1, _width))
@@ -201,6 +200,13 @@ def input_axes(layer) -> int:
     while n < len(k_sub) and k_sub[n] in contracted:
         n += 1
     return max(n, 1)
+
+
+def matrix_shape(layer) -> tuple[int, int]:
+    """``(d_in, d_out)`` of the layer's kernel seen as a matrix, without reading its values."""
+    shape = tuple(kernel_of(layer).shape)
+    n_in = input_axes(layer)
+    return int(np.prod(shape[:n_in])), int(np.prod(shape[n_in:]))
 
 
 def kernel_matrix(layer) -> np.ndarray:

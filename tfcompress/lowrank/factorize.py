@@ -25,6 +25,7 @@ from tfcompress.core.layers import (
     input_axes,
     kernel_matrix,
     kernel_of,
+    matrix_shape,
     require_keras3,
     select_layers,
     set_kernel_matrix,
@@ -118,14 +119,8 @@ def _check_fixed_rank(targets, config: FactorizeConfig) -> None:
         return
     for path, layer in targets:
         if _route(layer, config)[0] in ("svd", "embedding", "conv-svd"):
-            d_in, d_out = _matrix_shape(layer)
+            d_in, d_out = matrix_shape(layer)
             check_rank(config.rank, d_in, d_out, arg=f"rank (layer {path!r})")
-
-
-def _matrix_shape(layer) -> tuple[int, int]:
-    shape = tuple(kernel_of(layer).shape)
-    n_in = input_axes(layer)
-    return int(np.prod(shape[:n_in])), int(np.prod(shape[n_in:]))
 
 
 def _route(layer, config: FactorizeConfig) -> tuple[str, str]:
@@ -203,7 +198,7 @@ def _choose_rank(config: FactorizeConfig, d_in: int, d_out: int, s: np.ndarray) 
 
 
 def _plan_matrix(path, layer, config, method, transform, svd, rank=None) -> LayerPlan:
-    d_in, d_out = _matrix_shape(layer)
+    d_in, d_out = matrix_shape(layer)
     s = svd[1]
     rank = rank or _choose_rank(config, d_in, d_out, s)
     limit = break_even_rank(d_in, d_out)
@@ -273,7 +268,7 @@ def _sensitivity_ranks(model, layers, spectra, config, calibration,
     weights, dims = [], []
     bar = keras.utils.Progbar(len(layers), verbose=1 if verbose else 0, unit_name="probe")
     for path, layer in layers:
-        d_in, d_out = _matrix_shape(layer)
+        d_in, d_out = matrix_shape(layer)
         transform, svd = spectra[path]
         rank = min(rank_for_ratio(d_in, d_out, config.target_ratio), break_even_rank(d_in, d_out))
         original = kernel_matrix(layer)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tfcompress.core.layers import copy_model, kernel_matrix, require_keras3, select_layers
+from tfcompress.core.layers import copy_model, matrix_shape, require_keras3, select_layers
 from tfcompress.errors import TfcompressError
 from tfcompress.prune.config import STRUCTURED, PruneConfig
 from tfcompress.prune.oneshot import input_batches, prune_oneshot
@@ -44,7 +44,7 @@ def prune(model, config: PruneConfig | None = None, data=None, *, loss=None,
         return prune_structured(model, config, data)
     layers = select_layers(model, config.layer_types, config.include, config.exclude)
     if config.nm is not None:
-        bad = [p for p, la in layers if kernel_matrix(la).shape[0] % config.nm[1]]
+        bad = [p for p, la in layers if matrix_shape(la)[0] % config.nm[1]]
         if bad:
             raise TfcompressError(
                 f"pattern {config.pattern!r} needs each layer's input size divisible by "

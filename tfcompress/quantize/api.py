@@ -21,6 +21,7 @@ from tfcompress.core.layers import (
     capture_inputs,
     copy_model,
     kernel_matrix,
+    matrix_shape,
     require_keras3,
     select_layers,
     set_kernel_matrix,
@@ -120,7 +121,7 @@ def quantize(model, config: QuantizeConfig | None = None, calibration=None,
         batches = _calibration_batches(calibration)
     if not config.method.startswith("keras_"):
         for path, layer in layers:  # group sizes are checked before any work
-            config.quantizer(path).group_rows(kernel_matrix(layer).shape[0])
+            config.quantizer(path).group_rows(matrix_shape(layer)[0])
     target = drop_training_state(model if inplace else copy_model(model))
     paths = [p for p, _ in layers]
     if config.method.startswith("keras_"):

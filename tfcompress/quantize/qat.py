@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from keras import ops
 
-from tfcompress.core.layers import copy_model, input_axes, require_keras3, select_layers
+from tfcompress.core.layers import copy_model, matrix_shape, require_keras3, select_layers
 from tfcompress.errors import TfcompressError
 from tfcompress.quantize.api import QuantizeConfig, _spec
 from tfcompress.quantize.storage import _float_attr, same_name_subclass
@@ -52,11 +52,7 @@ class _FakeQuant:
 
     def _qat_weight(self):
         raw = getattr(self, self.qat_attr)
-        n_in = self.qat_input_axes
-        d_in = 1
-        for s in raw.shape[:n_in]:
-            d_in *= s
-        w = ops.reshape(raw, (d_in, -1))
+        w = ops.reshape(raw, (self.qat_rows, -1))
         return ops.reshape(fake_quantize(w, self.qat_bits, self.qat_group), raw.shape)
 
     @property
@@ -85,18 +81,13 @@ def qat(model, config: QuantizeConfig | None = None, inplace: bool = False, **ov
     layers = select_layers(model, types=config.types, include=_spec(config.include),
                            exclude=_spec(config.exclude))
     for path, layer in layers:
-        weight = getattr(layer, _float_attr(layer))
-        rows = 1
-        for s in weight.shape[: input_axes(layer)]:
-            rows *= s
-        config.quantizer(path).group_rows(rows)
+        config.quantizer(path).group_rows(matrix_shape(layer)[0])
     target = model if inplace else copy_model(model)
     paths = [p for p, _ in layers]
     for path, layer in select_layers(target, types=config.types, include=paths):
         quantizer = config.quantizer(path)
-        n_in = input_axes(layer)
         layer.qat_attr = _float_attr(layer)
-        layer.qat_input_axes = n_in
+        layer.qat_rows = matrix_shape(layer)[0]
         layer.qat_bits = quantizer.bits
         layer.qat_group = quantizer.group_size if config.granularity == "group" else None
         layer.__class__ = same_name_subclass(_FakeQuant, type(layer))  # reloads as float
