@@ -47,6 +47,7 @@ from tfcompress.lowrank.svd import (
     check_rank,
     factor_matrix,
     input_transform,
+    lowrank_param_count,
     rank_for_energy,
     rank_for_ratio,
     tail_error,
@@ -207,24 +208,17 @@ def _plan_matrix(path, layer, config, method, transform, svd, rank=None) -> Laye
                      f"kept: rank {rank} does not save parameters (break-even {limit})")
     u, v, _ = factor_matrix(kernel_matrix(layer), rank, transform, svd=svd)
     return LayerPlan(path, type(layer).__name__, method, (d_in, d_out), rank, d_in * d_out,
-                     rank * (d_in + d_out), tail_error(s, rank), factors={"u": u, "v": v})
+                     lowrank_param_count(d_in, d_out, rank), tail_error(s, rank),
+                     factors={"u": u, "v": v})
 
 
 def _plan_other(path, layer, route, config: FactorizeConfig) -> LayerPlan:
     """Embeddings (plain SVD), conv kernels (SVD, Tucker-2, CP) and CP of 3-way kernels."""
+    if route in ("embedding", "conv-svd"):  # (vocab | taps x c_in, d_out) views, plain SVD
+        return _plan_matrix(path, layer, config, "svd", None,
+                            transformed_spectrum(kernel_matrix(layer)))
     kernel = np.asarray(kernel_of(layer).numpy())
     kind, before = type(layer).__name__, int(kernel.size)
-    if route in ("embedding", "conv-svd"):
-        matrix = kernel.reshape(-1, kernel.shape[-1])
-        d_in, d_out = matrix.shape
-        svd = transformed_spectrum(matrix)
-        rank = _choose_rank(config, d_in, d_out, svd[1])
-        if rank > break_even_rank(d_in, d_out):
-            return _kept(path, layer, "svd", f"kept: rank {rank} does not save parameters "
-                                             f"(break-even {break_even_rank(d_in, d_out)})")
-        u, v, s = factor_matrix(matrix, rank, svd=svd)
-        return LayerPlan(path, kind, "svd", (d_in, d_out), rank, before, rank * (d_in + d_out),
-                         tail_error(s, rank), factors={"u": u, "v": v})
     if route == "conv-tucker":
         taps, c_in, c_out = int(np.prod(kernel.shape[:-2])), *kernel.shape[-2:]
         r = config.rank or tens.tucker2_rank_for_ratio(taps, c_in, c_out, config.target_ratio)

@@ -112,8 +112,8 @@ def quantize(model, config: QuantizeConfig | None = None, calibration=None,
     require_keras3(model, legacy_hint="tfcompress.quantize.tfmot_quantize")
     config = QuantizeConfig.from_config({**(config or QuantizeConfig()).get_config(),
                                          **overrides})
-    layers = select_layers(model, types=config.types, include=_spec(config.include),
-                           exclude=_spec(config.exclude))
+    layers = select_layers(model, types=config.types, include=config.include,
+                           exclude=config.exclude)
     unknown = set(config.layer_bits) - {p for p, _ in layers}
     if unknown:
         raise TfcompressError(f"layer_bits names layers that are not selected: {sorted(unknown)}")
@@ -164,10 +164,6 @@ def drop_training_state(model):
 def _gptq_able(layer) -> bool:
     # an embedding's "input" is a token id: output error is row error, so RTN is optimal
     return not any(c.__name__ == "Embedding" for c in type(layer).__mro__)
-
-
-def _spec(spec):
-    return list(spec) if isinstance(spec, tuple) else spec
 
 
 def _calibration_batches(calibration) -> list:

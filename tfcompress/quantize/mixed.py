@@ -9,11 +9,13 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import numpy as np
 
 from tfcompress.core.layers import capture_inputs, kernel_matrix, select_layers
 from tfcompress.errors import TfcompressError
-from tfcompress.quantize.api import QuantizeConfig, _spec
+from tfcompress.quantize.api import QuantizeConfig, _gptq_able
 from tfcompress.quantize.gptq import output_error
 
 
@@ -23,18 +25,23 @@ def sensitivity(model, calibration, config: QuantizeConfig | None = None,
     round-to-nearest quantized at ``bits``, on inputs captured from ``calibration``, relative
     to its mean squared output. Embeddings use their row error."""
     config = config or QuantizeConfig()
-    layers = select_layers(model, types=config.types, include=_spec(config.include),
-                           exclude=_spec(config.exclude))
-    dense = [layer for _, layer in layers if "Embedding" not in type(layer).__name__]
+    layers = select_layers(model, types=config.types, include=config.include,
+                           exclude=config.exclude)
+    dense = [layer for _, layer in layers if _gptq_able(layer)]
     inputs = capture_inputs(model, dense, calibration, max_rows=config.max_rows) if dense else {}
+    quantizers = {b: replace(config, bits=b, layer_bits={}).quantizer() for b in bits}
     out = {}
     for path, layer in layers:
         w = kernel_matrix(layer)
-        x = inputs.get(path, np.eye(len(w)))
-        ref = float(np.mean((x @ w) ** 2)) or 1.0
-        out[path] = {b: output_error(x, w, QuantizeConfig.from_config(
-            {**config.get_config(), "bits": b, "layer_bits": {}}).quantizer().roundtrip(w)) / ref
-            for b in bits}
+        x = inputs.get(path)
+        if x is None:  # an embedding: its "input" is one row of w, so output error = row error
+            ref = float(np.mean(w**2)) or 1.0
+            out[path] = {b: float(np.mean((w - q.roundtrip(w)) ** 2)) / ref
+                         for b, q in quantizers.items()}
+        else:
+            ref = float(np.mean((x @ w) ** 2)) or 1.0
+            out[path] = {b: output_error(x, w, q.roundtrip(w)) / ref
+                         for b, q in quantizers.items()}
     return out
 
 

@@ -19,7 +19,7 @@ from keras import ops
 
 from tfcompress.core.layers import copy_model, matrix_shape, require_keras3, select_layers
 from tfcompress.errors import TfcompressError
-from tfcompress.quantize.api import QuantizeConfig, _spec
+from tfcompress.quantize.api import QuantizeConfig
 from tfcompress.quantize.storage import _float_attr, same_name_subclass
 
 
@@ -78,8 +78,8 @@ def qat(model, config: QuantizeConfig | None = None, inplace: bool = False, **ov
             "qat supports scheme='affine' with granularity 'channel' or 'group', got "
             f"scheme={config.scheme!r}, granularity={config.granularity!r}"
         )
-    layers = select_layers(model, types=config.types, include=_spec(config.include),
-                           exclude=_spec(config.exclude))
+    layers = select_layers(model, types=config.types, include=config.include,
+                           exclude=config.exclude)
     for path, layer in layers:
         config.quantizer(path).group_rows(matrix_shape(layer)[0])
     target = model if inplace else copy_model(model)

@@ -99,9 +99,6 @@ class _CodeStorage:
         for i, v in enumerate(variables):
             v.assign(store[str(i)])
 
-    def quantized_variables(self) -> dict:
-        return {"codes": self.tfc_codes, "scale": self.tfc_scale, "levels": self.tfc_levels}
-
 
 def _per_row(params, group: int, d_in: int):
     """Per-group ``params`` (n_groups, d_out) repeated to one row per input row; the last
