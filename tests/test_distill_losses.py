@@ -146,3 +146,16 @@ def test_bad_divergence_and_beta_raise():
         L.check_divergence("kl", 0.5)
     with pytest.raises(TfcompressError, match=r"beta must be a number in \(0, 1\)"):
         L.check_divergence("jsd", 1.0)
+
+
+def test_reverse_kl_refuses_a_partial_top_k_cache_in_both_kd_paths():
+    from tfcompress.distill import SoftTargetLoss
+
+    values, indices = np.sort(T_LOGITS, -1)[..., ::-1], np.argsort(-T_LOGITS, -1)
+    with pytest.raises(TfcompressError, match="top 2 of 5 logits"):
+        L.densify_top_k(values[..., :2].copy(), indices[..., :2], 5, "reverse_kl")
+    assert L.densify_top_k(values.copy(), indices, 5, "reverse_kl").shape == T_LOGITS.shape
+    # y_true of SoftTargetLoss: target id, then top-k values, then their indices
+    y_true = np.concatenate([indices[..., :1], values[..., :2], indices[..., :2]], -1)
+    with pytest.raises(TfcompressError, match="reverse_kl needs the full teacher"):
+        SoftTargetLoss(divergence="reverse_kl", top_k=2)(y_true.astype("float32"), S_LOGITS)

@@ -67,6 +67,13 @@ def test_nm_pattern_along_input_axis(gpt, ids, method):
         assert (counts == 2).all(), path
 
 
+def test_calibration_generator_is_read_once(gpt, ids):
+    from_list = prune(gpt, method="wanda", data=[ids[:2], ids[2:]])
+    from_generator = prune(gpt, method="wanda", data=(b for b in (ids[:2], ids[2:])))
+    for a, b in zip(from_list.get_weights(), from_generator.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_one_shot_layers_see_pruned_inputs(gpt, ids):
     """Wanda on the second MLP layer must use inputs from the already pruned first layer."""
     from tfcompress.core.layers import capture_inputs

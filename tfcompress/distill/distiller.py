@@ -163,13 +163,7 @@ class Distiller(keras.Model):
         """Teacher logits (and hidden states), or densified logits from a cached batch."""
         if isinstance(x, tuple | list):
             x, (values, indices) = x
-            if self.divergence == "reverse_kl" and values.shape[-1] != self.vocab_size:
-                raise TfcompressError(
-                    f"reverse_kl needs the full teacher distribution: the cache holds top "
-                    f"{values.shape[-1]} of {self.vocab_size} logits; use forward_kl, jsd or "
-                    "soft_ce, or cache with top_k=vocab size"
-                )
-            return x, densify_top_k(values, indices, self.vocab_size), []
+            return x, densify_top_k(values, indices, self.vocab_size, self.divergence), []
         if self.teacher is None:
             raise TfcompressError("teacher=None needs batches from load_teacher_cache "
                                   "((inputs, (top_values, top_indices)), targets, mask)")

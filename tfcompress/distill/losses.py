@@ -108,14 +108,22 @@ def feature_mse(student_features, teacher_features, mask=None):
     return masked_mean(ops.mean(ops.square(diff), axis=-1), mask)
 
 
-def densify_top_k(values, indices, vocab_size: int):
+def densify_top_k(values, indices, vocab_size: int, divergence: str | None = None):
     """Full logits from the top-k ``values`` at ``indices``; the rest get `MISSING_LOGIT`.
 
     Softmax of the result is the teacher's distribution renormalised over its top k tokens,
-    which is exactly the teacher's distribution when ``k == vocab_size``.
+    which is exactly the teacher's distribution when ``k == vocab_size``. ``divergence``
+    (the one the logits feed) is checked: reverse KL weighs the student's mass on the missing
+    tokens by their -1e9 logits, so it needs ``k == vocab_size``.
     """
     import tensorflow as tf
 
+    if divergence == "reverse_kl" and values.shape[-1] != vocab_size:
+        raise TfcompressError(
+            f"reverse_kl needs the full teacher distribution: the cache holds top "
+            f"{values.shape[-1]} of {vocab_size} logits; use forward_kl, jsd or soft_ce, or "
+            "cache with top_k=vocab size"
+        )
     values = tf.cast(values, tf.float32)
     k = tf.shape(values)[-1]
     lead = tf.shape(values)[:-1]
@@ -123,10 +131,8 @@ def densify_top_k(values, indices, vocab_size: int):
     flat = tf.reshape(tf.cast(indices, tf.int64), [rows, k])
     flat += tf.range(tf.cast(rows, tf.int64), dtype=tf.int64)[:, None] * vocab_size
     where = tf.reshape(flat, [-1, 1])
-    shape = tf.cast([rows * vocab_size], tf.int64)
-    dense = tf.scatter_nd(where, tf.reshape(values, [-1]), shape)
-    present = tf.scatter_nd(where, tf.ones_like(tf.reshape(values, [-1])), shape)
-    dense = tf.where(present > 0, dense, MISSING_LOGIT)
+    dense = tf.fill(tf.cast([rows * vocab_size], tf.int64), MISSING_LOGIT)
+    dense = tf.tensor_scatter_nd_update(dense, where, tf.reshape(values, [-1]))
     return tf.reshape(dense, tf.concat([lead, [vocab_size]], 0))
 
 

@@ -76,7 +76,8 @@ class SoftTargetLoss:
             teacher = y_true[..., 1:]
         else:
             k = self.top_k
-            teacher = densify_top_k(y_true[..., 1 : 1 + k], y_true[..., 1 + k : 1 + 2 * k], vocab)
+            teacher = densify_top_k(y_true[..., 1 : 1 + k], y_true[..., 1 + k : 1 + 2 * k], vocab,
+                                    self.divergence)
         soft = divergence(self.divergence, teacher, y_pred, self.temperature, self.beta)
         hard = hard_cross_entropy(targets, y_pred)
         return self.alpha * hard + (1.0 - self.alpha) * soft

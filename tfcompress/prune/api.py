@@ -51,7 +51,7 @@ def prune(model, config: PruneConfig | None = None, data=None, *, loss=None,
                 f"{config.nm[1]}; not so for {bad}: exclude them"
             )
     if config.schedule is None and config.method in ("wanda", "sparsegpt"):
-        input_batches(model, data)
+        data = input_batches(model, data)  # read once: a generator cannot be read twice
     if config.schedule is None and config.method == "taylor" and data is None:
         raise TfcompressError(
             "data is required for method='taylor': give (inputs, targets) batches"
