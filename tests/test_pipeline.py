@@ -37,11 +37,11 @@ def test_unknown_stage_raises_before_work(tmp_path):
 
 
 def test_cli_evaluates_a_saved_model(tmp_path, capsys):
-    from tfcompress.models import build_gpt
+    from tfcompress.models import build_gpt, gpt_param_count, preset
 
     path = tmp_path / "m.keras"
     build_gpt("test-tiny").save(path)
     assert main(["evaluate", str(path), "--seq-len", "32", "--windows", "8"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["quality"]["tokens"] == 8 * 32
-    assert out["params"] == 43136
+    assert out["params"] == gpt_param_count(preset("test-tiny"))

@@ -153,6 +153,10 @@ def test_empty_calibration_raises(model):
 def test_tf_keras_model_is_pointed_to_the_tfmot_path():
     with pytest.raises(TfcompressError, match="Keras 3 keras.Model"):
         quantize("not a model")
+    tf_keras = pytest.importorskip("tf_keras")
+    legacy = tf_keras.Sequential([tf_keras.layers.Dense(2, input_shape=(3,))])
+    with pytest.raises(TfcompressError, match="use tfcompress.quantize.tfmot_quantize"):
+        quantize(legacy)
 
 
 @pytest.mark.parametrize("rows", [8, 10])  # 10 rows: groups of 4, 4 and 2
