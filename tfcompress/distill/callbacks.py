@@ -113,13 +113,21 @@ class BestStudentCheckpoint(keras.callbacks.Callback):
         self.history: list[float] = []
         self._best_weights = None
         self._seen = 0
+        self._forward = None
+
+    def on_train_begin(self, logs=None):
+        from tfcompress.evaluate import keras_forward
+
+        self._forward = keras_forward(self.student)  # traced once per fit, not per check
 
     @property
     def student(self):
         return getattr(self.model, "student", self.model)
 
     def _check(self):
-        perplexity = student_perplexity(self.student, self.data)
+        from tfcompress.evaluate import lm_quality
+
+        perplexity = lm_quality(self._forward, self.data)["perplexity"]
         self.history.append(perplexity)
         if perplexity < self.best_perplexity:
             self.best_perplexity = perplexity

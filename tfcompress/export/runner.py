@@ -27,8 +27,6 @@ class TFLiteRunner:
         from ai_edge_litert.interpreter import Interpreter
 
         content = model if isinstance(model, bytes) else Path(model).read_bytes()
-        self.model_content = content
-        self.num_threads = num_threads
         self.interpreter = Interpreter(model_content=content, num_threads=num_threads)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]

@@ -68,4 +68,3 @@ def hessian(inputs: np.ndarray, d_in: int) -> np.ndarray:
     return (2.0 / max(len(x), 1)) * (x.T @ x).astype(np.float64)
 
 
-SCORES = {"magnitude": magnitude_scores, "taylor": taylor_scores, "wanda": wanda_scores}

@@ -58,9 +58,6 @@ class TensorIndex:
                 key = name[len(strip_prefix):] if name.startswith(strip_prefix) else name
                 self._where[key] = (file.name, name)
 
-    def __contains__(self, name: str) -> bool:
-        return name in self._where
-
     def __call__(self, name: str) -> np.ndarray | None:
         if name not in self._where:
             return None
