@@ -1,4 +1,5 @@
-"""Interrupted compression runs resume exactly: pruning masks and schedule, QAT layers.
+"""Interrupted compression runs resume exactly: pruning masks and schedule, QAT layers; and
+every saved compressed model reloads.
 
 Each case trains a tiny model for 4 epochs of 2 steps. Against that uninterrupted run, (a) a
 run that crashes at step 5 and restarts with `keras.callbacks.BackupAndRestore`, and (b) a run
@@ -102,3 +103,19 @@ def test_schedule_reaches_its_sparsity_after_resume(tmp_path):
         fit(compile_(make(base_model())), EPOCHS, [backup, Crash()])
     resumed = fit(compile_(make(base_model())), EPOCHS, [backup])
     assert sparsity_summary(resumed)["total"]["sparsity"] == pytest.approx(0.5, abs=0.01)
+
+
+@pytest.mark.parametrize("method", ["keras_int8", "keras_int4"])
+def test_keras_modes_with_attention_save_and_reload(method, tmp_path):
+    from tfcompress.quantize import quantize
+
+    inputs = keras.Input((SEQ,), dtype="int32")
+    x = keras.layers.Embedding(VOCAB, 8)(inputs)
+    x = keras.layers.MultiHeadAttention(2, 4, name="attn")(x, x)
+    model = keras.Model(inputs, keras.layers.Dense(VOCAB)(x))
+    q = quantize(model, method=method, granularity="group", group_size=4, verbose=0)
+    q.save(tmp_path / "q.keras")
+    again = keras.models.load_model(tmp_path / "q.keras")
+    ids = data()[0]
+    np.testing.assert_array_equal(np.asarray(again(ids)), np.asarray(q(ids)))
+    assert 0 < np.abs(np.asarray(q(ids)) - np.asarray(model(ids))).max() < 0.1

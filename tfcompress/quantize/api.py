@@ -117,6 +117,16 @@ def quantize(model, config: QuantizeConfig | None = None, calibration=None,
     unknown = set(config.layer_bits) - {p for p, _ in layers}
     if unknown:
         raise TfcompressError(f"layer_bits names layers that are not selected: {sorted(unknown)}")
+    if config.method == "keras_gptq":
+        from tfcompress.quantize.keras_modes import attention_paths
+
+        nested = sorted(attention_paths(model) & {p for p, _ in layers})
+        if nested:
+            raise TfcompressError(
+                f"method='keras_gptq' cannot quantize layers inside MultiHeadAttention "
+                f"({', '.join(nested[:4])}): Keras 3.15 saves them in files it cannot reload; "
+                "exclude them (e.g. types=('Dense',)) or use method='gptq'"
+            )
     if config.method in ("gptq", "keras_gptq"):
         batches = _calibration_batches(model, calibration)
     if not config.method.startswith("keras_"):

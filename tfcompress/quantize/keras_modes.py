@@ -2,9 +2,10 @@
 
 Keras stores these itself (dtype policies), so the saved ``.keras`` shrinks. Keras 3.15
 cannot reload int8/int4 layers nested in a ``MultiHeadAttention`` ("Layer 'key' expected 2
-variables, but received 0"), so those get tfcompress's code storage with Keras's own formula
-(abs-max symmetric per output channel, or per block for int4): the file reloads (after
-``import tfcompress``) with the same outputs.
+variables, but received 0"), so for int8/int4 those get tfcompress's code storage with
+Keras's own formula (abs-max symmetric per output channel, or per block for int4): the file
+reloads (after ``import tfcompress``) with the same outputs. Keras's GPTQ refuses them (its
+file would not reload): exclude them, or use ``method="gptq"``.
 
 Keras's GPTQ walks "sequential blocks"; for `build_gpt` models we hand it one sub-model per
 transformer block (plus the head), so it sees the same calibration windows and the same layer
@@ -32,8 +33,8 @@ def keras_quantize(model, config, paths: list[str], batches: list | None):
         return layer_path(layer) in chosen
 
     mode = config.method.removeprefix("keras_")
+    inside = attention_paths(model) & chosen
     if mode in ("int8", "int4"):
-        inside = attention_paths(model) & chosen
         chosen -= inside
     if mode == "int8":
         model.quantize("int8", filters=wanted)
@@ -52,6 +53,11 @@ def keras_quantize(model, config, paths: list[str], batches: list | None):
             quantization_layer_structure=block_structure(model),
         )
         model.quantize("gptq", config=gptq, filters=wanted)
+        for _, layer in iter_layers(model):
+            # the config holds the calibration windows and sub-models of this very model,
+            # which would make saving recurse forever; the dtype policy is what reloads
+            if getattr(layer, "quantization_config", None) is not None:
+                layer.quantization_config = None
     if mode in ("int8", "int4") and inside:
         _store_like_keras(model, inside, 8 if mode == "int8" else 4,
                           config.group_size if config.granularity == "group" else None)
