@@ -119,3 +119,41 @@ def test_keras_modes_with_attention_save_and_reload(method, tmp_path):
     ids = data()[0]
     np.testing.assert_array_equal(np.asarray(again(ids)), np.asarray(q(ids)))
     assert 0 < np.abs(np.asarray(q(ids)) - np.asarray(model(ids))).max() < 0.1
+
+
+@keras.saving.register_keras_serializable(package="tfcompress_tests")
+class TinySubclassed(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.embed = keras.layers.Embedding(VOCAB, 8)
+        self.head = keras.layers.Dense(VOCAB)
+
+    def call(self, x):
+        return self.head(self.embed(x))
+
+
+def sequential():
+    return keras.Sequential([keras.Input((SEQ,), dtype="int32"), keras.layers.Embedding(VOCAB, 8),
+                             keras.layers.Dense(VOCAB)])
+
+
+@pytest.mark.parametrize("kind", ["sequential", "subclassed"])
+@pytest.mark.parametrize("method", ["prune", "qat", "quantize"])
+def test_any_model_reloads_with_its_state(kind, method, tmp_path):
+    """Reloaded subclassed models get new auto-generated layer names: the state finds its
+    layers by their saved order."""
+    from tfcompress.quantize import quantize
+
+    ids = data()[0]
+    model = sequential() if kind == "sequential" else TinySubclassed()
+    model(ids)
+    make = {"prune": lambda m: prune(m, sparsity=0.5, inplace=True),
+            "qat": lambda m: qat(m, inplace=True),
+            "quantize": lambda m: quantize(m, bits=4, verbose=0, inplace=True)}[method]
+    compressed = make(model)
+    compressed.save(tmp_path / "m.keras")
+    again = keras.models.load_model(tmp_path / "m.keras")
+    assert list(compression_state(again)) == [method]
+    np.testing.assert_array_equal(np.asarray(again(ids)), np.asarray(compressed(ids)))
+    if method == "prune":
+        assert_same(again.tfc_prune_masks.weights, compressed.tfc_prune_masks.weights)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import keras
 from keras.src.saving import object_registration
 
+from tfcompress.core.layers import iter_layers
 from tfcompress.errors import TfcompressError
 
 REQUIRES = ("import tfcompress before keras.models.load_model: this model holds tfcompress "
@@ -54,6 +55,26 @@ def unmark_state(model, kind: str) -> None:
         model.__class__ = plain_class(type(model))
 
 
+def layers_at(model, paths) -> dict:
+    """``{path: layer}`` for ``paths`` recorded on a saved model, keyed by the paths in
+    ``model`` now: a reloaded model's auto-generated layer names (``dense_3``) may differ from
+    the saved ones, so those are found by their position in the saved model's layer order."""
+    now = list(iter_layers(model))
+    by_path = dict(now)
+    saved = getattr(model, "_tfc_saved_paths", None) or []
+    position = {p: i for i, p in enumerate(saved)} if len(saved) == len(now) else {}
+    out = {}
+    for path in paths:
+        if path in by_path:
+            out[path] = by_path[path]
+        elif path in position:
+            new_path, layer = now[position[path]]
+            out[new_path] = layer
+        else:
+            raise TfcompressError(f"layer {path!r} is not in model {model.name!r}")
+    return out
+
+
 def plain_class(cls: type) -> type:
     return cls.__mro__[1] if cls in _CLASSES.values() else cls
 
@@ -76,6 +97,7 @@ def restore(config: dict):
     model = keras.saving.deserialize_keras_object(config["model"])
     if not model.built and config["model"].get("build_config"):
         model.build_from_config(config["model"]["build_config"])
+    object.__setattr__(model, "_tfc_saved_paths", config.get("layers", []))
     for kind, payload in config["state"].items():
         if kind not in _RESTORERS:
             raise TfcompressError(f"saved model holds {kind!r} state, which this tfcompress "
@@ -99,7 +121,8 @@ def _state_class(cls: type) -> type:
                     "build_config": self.get_build_config()}
         finally:
             self.__class__ = sub
-        return {"requires": REQUIRES, "model": base, "state": compression_state(self)}
+        return {"requires": REQUIRES, "model": base, "state": compression_state(self),
+                "layers": [path for path, _ in iter_layers(self)]}
 
     def __init__(self, *args):
         # a constructor unlike Functional's makes clone_model build a plain model (the

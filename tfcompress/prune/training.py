@@ -22,13 +22,12 @@ import numpy as np
 
 from tfcompress.core.layers import (
     COMPRESSIBLE_TYPES,
-    iter_layers,
     kernel_matrix,
     kernel_of,
     require_keras3,
     select_layers,
 )
-from tfcompress.core.saving import mark_state, register_restorer, unmark_state
+from tfcompress.core.saving import layers_at, mark_state, register_restorer, unmark_state
 from tfcompress.errors import TfcompressError
 from tfcompress.prune.config import PruneConfig
 from tfcompress.prune.masks import global_masks, pattern_mask
@@ -130,8 +129,8 @@ def attach_state(model, state: PruningState) -> None:
 
 def restore_state(model, payload: dict) -> None:
     """Re-attach masks (all ones until Keras loads the saved ones) to a reloaded model."""
-    layers = dict(iter_layers(model))
-    attach_state(model, PruningState([(p, layers[p]) for p in payload["paths"]],
+    layers = layers_at(model, payload["paths"])
+    attach_state(model, PruningState(list(layers.items()),
                                      PruneConfig.from_config(payload["config"])))
 
 

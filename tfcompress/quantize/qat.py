@@ -19,12 +19,11 @@ from keras import ops
 
 from tfcompress.core.layers import (
     copy_model,
-    iter_layers,
     matrix_shape,
     require_keras3,
     select_layers,
 )
-from tfcompress.core.saving import mark_state, register_restorer, unmark_state
+from tfcompress.core.saving import layers_at, mark_state, register_restorer, unmark_state
 from tfcompress.core.validation import check_model
 from tfcompress.errors import TfcompressError
 from tfcompress.quantize.api import QuantizeConfig
@@ -110,9 +109,10 @@ def qat(model, config: QuantizeConfig | None = None, inplace: bool = False, **ov
 def restore_qat(model, plan: dict) -> None:
     """Make the layers at ``plan``'s paths (``{path: {"bits", "group"}}``) fake-quantize, in
     place, and record the plan so ``.keras`` files reload as QAT models (training goes on)."""
-    layers = dict(iter_layers(model))
-    for path, spec in plan.items():
-        layer = layers[path]
+    layers = layers_at(model, plan)
+    plan = dict(zip(layers, plan.values(), strict=True))
+    for path, layer in layers.items():
+        spec = plan[path]
         layer.qat_attr = _float_attr(layer)
         layer.qat_rows = matrix_shape(layer)[0]
         layer.qat_bits = spec["bits"]

@@ -18,8 +18,8 @@ import numpy as np
 from keras import ops
 from keras.src.saving import object_registration
 
-from tfcompress.core.layers import iter_layers, kernel_of
-from tfcompress.core.saving import compression_state, mark_state, register_restorer
+from tfcompress.core.layers import kernel_of
+from tfcompress.core.saving import compression_state, layers_at, mark_state, register_restorer
 from tfcompress.errors import TfcompressError
 from tfcompress.quantize.packing import pack_int4, unpack_int4
 from tfcompress.quantize.quantizers import QTensor
@@ -165,10 +165,8 @@ def attach(layer, qt: QTensor | dict) -> dict:
 
 def apply_layout(model, layout: dict):
     """Attach empty code storage at every path of ``layout`` and mark ``model`` (in place)."""
-    layers = dict(iter_layers(model))
-    missing = [p for p in layout if p not in layers]
-    if missing:
-        raise TfcompressError(f"quantized layers {missing} are not in model {model.name!r}")
+    layers = layers_at(model, layout)
+    layout = dict(zip(layers, layout.values(), strict=True))
     for path, meta in layout.items():
         if not isinstance(layers[path], _CodeStorage):
             attach(layers[path], meta)
