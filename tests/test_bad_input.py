@@ -183,6 +183,12 @@ def cases():
                          (-3, "seq_len must"), ("8", "seq_len must"), (2.5, "seq_len must"),
                          (True, "seq_len must")]:
             yield f"{verb}_seq_len_{n!r}", lambda c, v=call, n=n: v(c, n), words
+    for folder in ("st_garbage", "st_truncated", "st_huge_header"):
+        yield (folder, lambda c, f=folder: load_safetensors(c.root / f),
+               rf"{folder}/model.safetensors.* as a safetensors file")
+    for folder in ("tok_bad", "tok_garbage"):
+        yield (f"hf_{folder}", lambda c, f=folder: hf_tokenizer(c.root / f),
+               rf"{folder}/tokenizer.json.* Hugging Face tokenizer.json")
     yield from [
         # export paths, checked before converting
         ("export_to_folder", lambda c: export_tflite(c.model, c.root, seq_len=POS),
@@ -251,19 +257,9 @@ def cases():
          "model_type is 'bert'"),
         ("st_bad_activation", lambda c: load_safetensors(c.root / "st_bad_act"),
          "activation_function is 'relu'"),
-        ("st_garbage", lambda c: load_safetensors(c.root / "st_garbage"),
-         r"st_garbage/model.safetensors.* as a safetensors file"),
-        ("st_truncated", lambda c: load_safetensors(c.root / "st_truncated"),
-         r"st_truncated/model.safetensors.* as a safetensors file"),
-        ("st_huge_header", lambda c: load_safetensors(c.root / "st_huge_header"),
-         r"st_huge_header/model.safetensors.* as a safetensors file"),
         ("st_empty_file", lambda c: load_safetensors(c.root / "st_empty"), r"empty \(0 bytes\)"),
         ("st_dir_named_safetensors", lambda c: load_safetensors(c.root / "st_dir_named"),
          r"model.safetensors.* is not a file"),
-        ("hf_tokenizer_bad", lambda c: hf_tokenizer(c.root / "tok_bad"),
-         r"tokenizer.json.* Hugging Face tokenizer.json"),
-        ("hf_tokenizer_garbage", lambda c: hf_tokenizer(c.root / "tok_garbage"),
-         r"tokenizer.json.* Hugging Face tokenizer.json"),
         ("hf_tokenizer_missing", lambda c: hf_tokenizer(c.root / "no_tok"), "no tokenizer.json"),
         ("tokenizer_from_json_garbage", lambda c: tokenizer_from_json("{{"),
          r"tokenizer's JSON: JSONDecodeError"),

@@ -85,6 +85,8 @@ def test_crash_and_backup_and_restore_resume_exactly(case, tmp_path):
         fit(compile_(make(base_model())), EPOCHS, [backup, Crash()])
     resumed = fit(compile_(make(base_model())), EPOCHS, [backup])  # a fresh process would
     assert_same(state(resumed), want)
+    if make is CASES["scheduled_pruning"]:  # the schedule went on past the crash
+        assert sparsity_summary(resumed)["total"]["sparsity"] == pytest.approx(0.5, abs=0.01)
 
 
 def test_save_midway_reload_and_continue_exactly(case, tmp_path):
@@ -94,15 +96,6 @@ def test_save_midway_reload_and_continue_exactly(case, tmp_path):
     again = keras.models.load_model(tmp_path / "mid.keras")
     assert compression_state(again) == compression_state(model)
     assert_same(state(fit(again, EPOCHS, initial_epoch=EPOCHS // 2)), want)
-
-
-def test_schedule_reaches_its_sparsity_after_resume(tmp_path):
-    make = CASES["scheduled_pruning"]
-    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
-    with pytest.raises(RuntimeError):
-        fit(compile_(make(base_model())), EPOCHS, [backup, Crash()])
-    resumed = fit(compile_(make(base_model())), EPOCHS, [backup])
-    assert sparsity_summary(resumed)["total"]["sparsity"] == pytest.approx(0.5, abs=0.01)
 
 
 @pytest.mark.parametrize("method", ["keras_int8", "keras_int4"])
