@@ -14,6 +14,7 @@ import gzip
 from importlib import resources
 from pathlib import Path
 
+from tfcompress.core.validation import reading
 from tfcompress.errors import TfcompressError
 
 SPLITS = ("train", "valid", "test")
@@ -51,17 +52,22 @@ def local_text(path: str | Path, **split_kwargs) -> dict[str, str]:
         raise TfcompressError(f"path {str(path)!r} does not exist: give a .txt file or a folder")
     if path.is_dir():
         if all((path / f"{s}.txt").is_file() for s in SPLITS):
-            splits = {s: (path / f"{s}.txt").read_text(encoding="utf-8") for s in SPLITS}
+            splits = {s: _read_text(path / f"{s}.txt") for s in SPLITS}
             if not splits["train"].strip():
                 raise TfcompressError(f"the corpus is empty: {path / 'train.txt'} has no text")
             return splits
         files = sorted(path.glob("*.txt"))
         if not files:
             raise TfcompressError(f"folder {str(path)!r} holds no *.txt file")
-        text = "\n".join(f.read_text(encoding="utf-8") for f in files)
+        text = "\n".join(_read_text(f) for f in files)
     else:
-        text = path.read_text(encoding="utf-8")
+        text = _read_text(path)
     return split_text(text, **split_kwargs)
+
+
+def _read_text(path: Path) -> str:
+    with reading(path, "UTF-8 text (is it a binary file?)"):
+        return path.read_text(encoding="utf-8")
 
 
 def tfds_text(

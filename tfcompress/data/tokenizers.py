@@ -13,6 +13,9 @@ from collections.abc import Iterable
 
 import numpy as np
 
+from tfcompress.core.validation import reading
+from tfcompress.errors import TfcompressError
+
 
 class ByteTokenizer:
     """UTF-8 bytes as tokens: vocabulary of 256, nothing to train."""
@@ -83,6 +86,10 @@ class BPETokenizer:
 
 def tokenizer_from_json(text: str) -> ByteTokenizer | BPETokenizer:
     """Rebuild a tokenizer saved with `to_json`."""
-    if json.loads(text).get("type") == "byte":
-        return ByteTokenizer()
-    return BPETokenizer.from_json(text)
+    if not isinstance(text, str):
+        raise TfcompressError(f"text must be a tokenizer's JSON string, got {type(text).__name__}")
+    with reading("<text>", "a tokenizer's JSON"):
+        spec = json.loads(text)
+        if isinstance(spec, dict) and spec.get("type") == "byte":
+            return ByteTokenizer()
+        return BPETokenizer.from_json(text)

@@ -17,6 +17,7 @@ import keras
 import tensorflow as tf
 
 from tfcompress.core.layers import require_keras3
+from tfcompress.core.validation import check_output_path, reading
 from tfcompress.distill.distiller import vocab_size_of
 from tfcompress.distill.soft_targets import pack_targets
 from tfcompress.errors import TfcompressError
@@ -35,6 +36,16 @@ def cache_teacher(teacher, dataset, path: str | Path, top_k: int = 32,
     if not isinstance(top_k, int) or not 1 <= top_k <= vocab:
         raise TfcompressError(f"top_k must be an integer in [1, {vocab}] (the teacher's "
                               f"vocabulary), got {top_k!r}")
+    if not isinstance(dataset, tf.data.Dataset):
+        raise TfcompressError(f"dataset must be a tf.data.Dataset of (x, y, mask) batches, got "
+                              f"{type(dataset).__name__}")
+    spec = dataset.element_spec
+    if not isinstance(spec, tuple) or len(spec) != 3:
+        raise TfcompressError(
+            "dataset must yield (x, y, mask) batches (as corpus.dataset(...) does), got "
+            f"elements {spec}; add a mask, e.g. dataset.map(lambda x, y: (x, y, tf.ones_like(y)))"
+        )
+    check_output_path(path, "path", folder=True)
     if dataset.cardinality() == tf.data.INFINITE_CARDINALITY:
         raise TfcompressError("dataset is infinite (repeat()): cache a finite one, e.g. "
                               "dataset.take(n_batches)")
@@ -68,7 +79,12 @@ def load_teacher_cache(path: str | Path, batch_size: int, shuffle: bool = False,
                               "cache_teacher)")
     if not isinstance(batch_size, int) or batch_size < 1:
         raise TfcompressError(f"batch_size must be a positive integer, got {batch_size!r}")
-    ds = tf.data.Dataset.load(str(path))
+    with reading(path, "a teacher cache (a folder written by cache_teacher)"):
+        ds = tf.data.Dataset.load(str(path))
+    if not isinstance(ds.element_spec, tuple) or len(ds.element_spec) != 5:
+        raise TfcompressError(f"path {str(path)!r} is a tf.data snapshot but not a teacher "
+                              f"cache: its elements are {ds.element_spec}, not (x, y, mask, "
+                              "top_values, top_indices)")
     if shuffle:
         ds = ds.shuffle(int(ds.cardinality()), seed=seed, reshuffle_each_iteration=True)
     if repeat:

@@ -13,6 +13,13 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tfcompress.core.validation import (
+    check_input_file,
+    check_seq_len,
+    check_token_ids,
+    model_positions,
+    model_vocab,
+)
 from tfcompress.errors import TfcompressError
 from tfcompress.evaluate.latency import keras_forward, keras_latency
 from tfcompress.evaluate.quality import classifier_accuracy, lm_quality
@@ -71,17 +78,37 @@ def evaluate(
     is_file = isinstance(model, str | Path)
     if is_file and Path(model).suffix != ".tflite":
         raise TfcompressError(f"model path must end in .tflite, got {str(model)!r}")
-    if is_file and not Path(model).is_file():
-        raise TfcompressError(f"model file {str(model)!r} does not exist")
+    if is_file:
+        check_input_file(model, "model", ".tflite")
     if not is_file and not _is_model(model):
         raise TfcompressError(
             "model must be a Keras model or a path to a .tflite file, "
             f"got {type(model).__name__}"
         )
+    if not is_file:
+        check_seq_len(model, seq_len)
+        check_lm_data(model, data, task)
     if is_file:
         return _evaluate_tflite(Path(model), data, name, task, batch_sizes, repeats,
                                 max_batches, params)
     return _evaluate_keras(model, data, name, task, seq_len, batch_sizes, repeats, max_batches)
+
+
+def check_lm_data(model, data, task: str) -> None:
+    """Array batches ``(inputs, targets[, mask])`` hold token ids the model takes (datasets
+    are read later, batch by batch)."""
+    if task != "lm" or not isinstance(data, tuple | list) or not data:
+        return
+    batches = [data] if isinstance(data, tuple) else data
+    vocab, positions = model_vocab(model), model_positions(model)
+    for i, batch in enumerate(batches):
+        name = "data" if isinstance(data, tuple) else f"data[{i}]"
+        if not isinstance(batch, tuple | list) or len(batch) not in (2, 3):
+            raise TfcompressError(f"{name} must be an (inputs, targets[, mask]) batch, got "
+                                  f"{type(batch).__name__}")
+        if vocab is not None:
+            check_token_ids(batch[0], f"{name} inputs", vocab, positions)
+            check_token_ids(batch[1], f"{name} targets", vocab, positions)
 
 
 def _quality(predict, data, task: str, max_batches: int | None) -> dict:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfcompress.core.validation import check_seq_len
 from tfcompress.errors import TfcompressError
 
 
@@ -84,6 +85,7 @@ def _predictor(model, seq_len: int | None) -> tuple[Callable, int, int]:
     from tfcompress.evaluate.latency import keras_forward
     from tfcompress.export.tflite import model_seq_len
 
+    check_seq_len(model, seq_len)
     return keras_forward(model), model_seq_len(model, seq_len), int(model.outputs[0].shape[-1])
 
 
@@ -93,6 +95,8 @@ def generate_text(
 ) -> str:
     """Decode ``prompt`` + ``max_new_tokens`` with a `TFLiteRunner`, ``.tflite`` path or Keras
     model (give ``seq_len`` for a Keras model whose input length is not fixed)."""
+    if not isinstance(prompt, str):
+        raise TfcompressError(f"prompt must be a string, got {type(prompt).__name__}")
     predict, length, vocab = _predictor(model, seq_len)
     ids = generate(predict, tokenizer.encode(prompt), max_new_tokens, length, top_k,
                    temperature, seed, vocab)

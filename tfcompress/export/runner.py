@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfcompress.core.validation import check_input_file, reading
 from tfcompress.evaluate.latency import time_callable
 
 _QUANTIZED = (np.int8, np.uint8, np.int16)
@@ -26,9 +27,14 @@ class TFLiteRunner:
     def __init__(self, model: str | Path | bytes, num_threads: int | None = None):
         from ai_edge_litert.interpreter import Interpreter
 
-        content = model if isinstance(model, bytes) else Path(model).read_bytes()
-        self.interpreter = Interpreter(model_content=content, num_threads=num_threads)
-        self.interpreter.allocate_tensors()
+        if isinstance(model, bytes):
+            content, name = model, "<model bytes>"
+        else:
+            name = check_input_file(model, "model")
+            content = name.read_bytes()
+        with reading(name, "a .tflite model (truncated, or not a TFLite flatbuffer?)"):
+            self.interpreter = Interpreter(model_content=content, num_threads=num_threads)
+            self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
         signature = self.input.get("shape_signature", self.input["shape"])

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tfcompress.core.layers import is_keras3_model, is_tf_keras_model, iter_layers
+from tfcompress.core.validation import check_output_path, check_seq_len
 from tfcompress.errors import TfcompressError, VerificationError
 from tfcompress.evaluate.latency import keras_forward
 from tfcompress.evaluate.quality import lm_quality
@@ -278,6 +279,8 @@ def export_tflite(
             f"{', ...' if len(keras_quantized) > 4 else ''}), which the TFLite converter cannot "
             "lower; export the float model with mode='dynamic_int8', 'int8' or 'int4' instead"
         )
+    check_output_path(path, "path")  # before a conversion that can take minutes
+    check_seq_len(model, seq_len)
     spec = input_spec(model, seq_len, batch_size)
     if int8_io and mode != "int8":
         raise TfcompressError(f"int8_io is only for mode 'int8', got mode {mode!r}")

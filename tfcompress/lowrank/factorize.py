@@ -26,10 +26,10 @@ from tfcompress.core.layers import (
     kernel_matrix,
     kernel_of,
     matrix_shape,
-    require_keras3,
     select_layers,
     set_kernel_matrix,
 )
+from tfcompress.core.validation import check_calibration, check_model
 from tfcompress.errors import TfcompressError
 from tfcompress.lowrank import tensor as tens
 from tfcompress.lowrank.config import FactorizeConfig
@@ -89,7 +89,7 @@ def factorize(model, config: FactorizeConfig | None = None, calibration=None,
     Example:
         >>> small = factorize(model, target_ratio=0.6, method="svd-llm", calibration=x)
     """
-    require_keras3(model, legacy_hint="a Keras 3 model (factorize has no tf.keras path)")
+    check_model(model, "factorize", legacy_hint="a Keras 3 model (factorize has no tf.keras path)")
     if config is None:
         config = FactorizeConfig(**config_kwargs)
     elif config_kwargs:
@@ -104,6 +104,8 @@ def factorize(model, config: FactorizeConfig | None = None, calibration=None,
         raise TfcompressError(
             f"method={config.method!r}, allocation={config.allocation!r} need calibration "
             "inputs: pass calibration=<token ids or batches>")
+    if calibration is not None:
+        calibration = check_calibration(model, calibration, "calibration")
     work = model if inplace else copy_model(model)
     targets = select_layers(work, types=config.types, include=config.include,
                             exclude=config.exclude)

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 from dataclasses import replace
 
-from tfcompress.core.layers import copy_model, matrix_shape, require_keras3, select_layers
+import numpy as np
+
+from tfcompress.core.layers import copy_model, matrix_shape, select_layers
+from tfcompress.core.validation import check_calibration, check_model
 from tfcompress.errors import TfcompressError
 from tfcompress.prune.config import STRUCTURED, PruneConfig
 from tfcompress.prune.oneshot import input_batches, prune_oneshot
@@ -36,10 +39,16 @@ def prune(model, config: PruneConfig | None = None, data=None, *, loss=None,
     Example:
         >>> pruned = prune(model, method="sparsegpt", pattern="2:4", data=calibration_ids)
     """
-    require_keras3(model, legacy_hint="tfcompress.prune.prune_tf_keras")
+    check_model(model, "prune", legacy_hint="tfcompress.prune.prune_tf_keras")
     if config is not None and not isinstance(config, PruneConfig):
         raise TfcompressError(f"config must be a PruneConfig, got {type(config).__name__}")
     config = replace(config or PruneConfig(), **overrides)
+    if config.schedule is None and config.method in ("wanda", "sparsegpt"):
+        # read once (a generator cannot be read twice), checked before any work
+        data = input_batches(model, check_calibration(model, data, "data"))
+    if config.schedule is None and config.method == "taylor" and data is not None:
+        data = data if isinstance(data, tuple | np.ndarray) else list(data)
+        check_calibration(model, [data] if isinstance(data, tuple) else data, "data")
     if config.pattern in STRUCTURED:
         return prune_structured(model, config, data)
     layers = select_layers(model, config.layer_types, config.include, config.exclude)
@@ -50,8 +59,6 @@ def prune(model, config: PruneConfig | None = None, data=None, *, loss=None,
                 f"pattern {config.pattern!r} needs each layer's input size divisible by "
                 f"{config.nm[1]}; not so for {bad}: exclude them"
             )
-    if config.schedule is None and config.method in ("wanda", "sparsegpt"):
-        data = input_batches(model, data)  # read once: a generator cannot be read twice
     if config.schedule is None and config.method == "taylor" and data is None:
         raise TfcompressError(
             "data is required for method='taylor': give (inputs, targets) batches"

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+import numpy as np
+
 from tfcompress.core.layers import require_tf_keras
 from tfcompress.errors import TfcompressError
 from tfcompress.prune.config import PruneConfig
@@ -37,6 +39,15 @@ def prune_tf_keras(model, config: PruneConfig | None = None, **overrides):
             f"method={config.method!r}, scope={config.scope!r}, pattern={config.pattern!r}; "
             "for other criteria convert to Keras 3 and use tfcompress.prune.prune"
         )
+    if config.nm is not None:
+        m = config.nm[1]
+        bad = [layer.name for layer in model.layers if layer.weights and config.selects(
+            layer.name) and int(np.prod(layer.weights[0].shape[:-1])) % m]
+        if bad:  # TF-MOT would accept them and prune an irregular pattern
+            raise TfcompressError(
+                f"pattern {config.pattern!r} needs each layer's input size divisible by {m}; "
+                f"not so for {bad}: exclude them"
+            )
     import tf_keras
     from tensorflow_model_optimization.sparsity import keras as tfmot_sparsity
 

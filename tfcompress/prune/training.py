@@ -4,6 +4,8 @@
 re-ranks weights by magnitude on the schedule's steps and multiplies every kernel by its
 mask before the step's forward pass and after its optimizer update, so pruned weights stay
 exactly zero. `strip_pruning` leaves the plain model (zeros in place, nothing attached).
+The masks save with the model (``save_weights``, so `keras.callbacks.BackupAndRestore`, and
+``.keras``), and the schedule follows the optimizer's step, so interrupted runs resume exactly.
 
 Example:
     >>> from tensorflow_model_optimization.sparsity.keras import PolynomialDecay
@@ -18,13 +20,21 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tfcompress.core.layers import COMPRESSIBLE_TYPES, kernel_matrix, kernel_of, select_layers
+from tfcompress.core.layers import (
+    COMPRESSIBLE_TYPES,
+    kernel_matrix,
+    kernel_of,
+    require_keras3,
+    select_layers,
+)
+from tfcompress.core.saving import layers_at, mark_state, register_restorer, unmark_state
 from tfcompress.errors import TfcompressError
 from tfcompress.prune.config import PruneConfig
 from tfcompress.prune.masks import global_masks, pattern_mask
 from tfcompress.prune.scores import magnitude_scores
 
 STATE_ATTR = "_tfcompress_pruning"
+MASKS_ATTR = "tfc_prune_masks"  # the attribute Keras saves the masks under
 
 
 def magnitude_masks(matrices: dict[str, np.ndarray], sparsity: float, config: PruneConfig) -> dict:
@@ -35,6 +45,23 @@ def magnitude_masks(matrices: dict[str, np.ndarray], sparsity: float, config: Pr
     return {p: pattern_mask(s, sparsity, config.nm) for p, s in scores.items()}
 
 
+class MaskVariables(keras.layers.Layer):
+    """Holds one non-trainable mask per pruned kernel, in a fixed order.
+
+    Set on the model as an untracked attribute: the model's weights stay those of the plain
+    model (so copies and ``get_weights`` are unchanged), while Keras's saving, which walks
+    attributes, writes and reads the masks with ``save_weights`` (so `BackupAndRestore`) and
+    ``.keras`` files.
+    """
+
+    def __init__(self, shapes: dict[str, tuple], dtype: str = "float32", **kwargs):
+        super().__init__(dtype=dtype, **kwargs)
+        self.masks = {path: self.add_weight(shape=shape, initializer="ones", trainable=False,
+                                            name=f"{path.replace('/', '__')}_prune_mask")
+                      for path, shape in shapes.items()}
+        self.built = True
+
+
 class PruningState:
     """The masks of a model's pruned kernels (non-trainable ``keras.Variable``s) and schedule."""
 
@@ -43,14 +70,11 @@ class PruningState:
         self.layers = dict(layers)
         self.config = config
         self.schedule = config.build_schedule()
-        self.masks = {}
-        for path, layer in layers:
-            kernel = kernel_of(layer)
-            value = np.ones(kernel.shape) if masks is None else masks[path]
-            self.masks[path] = keras.Variable(
-                np.reshape(value, kernel.shape), dtype=kernel.dtype, trainable=False,
-                name=f"{layer.name}_prune_mask",
-            )
+        self.holder = MaskVariables({p: tuple(kernel_of(la).shape) for p, la in layers},
+                                    dtype=kernel_of(layers[0][1]).dtype)
+        self.masks = self.holder.masks
+        for path, value in (masks or {}).items():
+            self.masks[path].assign(np.reshape(value, self.masks[path].shape))
         self._apply_fn = None
 
     def update(self, sparsity: float) -> None:
@@ -95,9 +119,22 @@ def pruning_state(model) -> PruningState:
 
 
 def attach_state(model, state: PruningState) -> None:
-    # object.__setattr__ keeps Keras from tracking the masks as model weights, so the
-    # model's weight list and its .keras file stay those of a plain model
+    """Attach ``state`` (in place): its masks save with the model and reload with it."""
+    # object.__setattr__ keeps Keras from tracking the masks as model weights; saving finds
+    # them under the attribute MASKS_ATTR
     object.__setattr__(model, STATE_ATTR, state)
+    object.__setattr__(model, MASKS_ATTR, state.holder)
+    mark_state(model, "prune", {"config": state.config.get_config(), "paths": list(state.layers)})
+
+
+def restore_state(model, payload: dict) -> None:
+    """Re-attach masks (all ones until Keras loads the saved ones) to a reloaded model."""
+    layers = layers_at(model, payload["paths"])
+    attach_state(model, PruningState(list(layers.items()),
+                                     PruneConfig.from_config(payload["config"])))
+
+
+register_restorer("prune", restore_state)
 
 
 class UpdatePruning(keras.callbacks.Callback):
@@ -173,10 +210,13 @@ def strip_pruning(model):
     The result is an ordinary Keras model (zeros in its kernels, no wrapper), saveable as
     ``.keras``. A model without masks is returned as is.
     """
+    require_keras3(model, legacy_hint="tfcompress.prune.strip_tf_keras")
     state = getattr(model, STATE_ATTR, None)
     if state is not None:
         state.apply()
         object.__delattr__(model, STATE_ATTR)
+        object.__delattr__(model, MASKS_ATTR)
+        unmark_state(model, "prune")
     return model
 
 

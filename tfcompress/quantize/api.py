@@ -22,10 +22,10 @@ from tfcompress.core.layers import (
     copy_model,
     kernel_matrix,
     matrix_shape,
-    require_keras3,
     select_layers,
     set_kernel_matrix,
 )
+from tfcompress.core.validation import check_calibration, check_model
 from tfcompress.errors import TfcompressError
 from tfcompress.quantize.gptq import gptq, hessian
 from tfcompress.quantize.quantizers import Quantizer, validate
@@ -109,7 +109,7 @@ def quantize(model, config: QuantizeConfig | None = None, calibration=None,
     needed by ``gptq`` and ``keras_gptq``. Keyword ``overrides`` replace config fields, e.g.
     ``quantize(model, bits=4, granularity="group", group_size=32)``.
     """
-    require_keras3(model, legacy_hint="tfcompress.quantize.tfmot_quantize")
+    check_model(model, "quantize", legacy_hint="tfcompress.quantize.tfmot_quantize")
     config = QuantizeConfig.from_config({**(config or QuantizeConfig()).get_config(),
                                          **overrides})
     layers = select_layers(model, types=config.types, include=config.include,
@@ -117,8 +117,18 @@ def quantize(model, config: QuantizeConfig | None = None, calibration=None,
     unknown = set(config.layer_bits) - {p for p, _ in layers}
     if unknown:
         raise TfcompressError(f"layer_bits names layers that are not selected: {sorted(unknown)}")
+    if config.method == "keras_gptq":
+        from tfcompress.quantize.keras_modes import attention_paths
+
+        nested = sorted(attention_paths(model) & {p for p, _ in layers})
+        if nested:
+            raise TfcompressError(
+                f"method='keras_gptq' cannot quantize layers inside MultiHeadAttention "
+                f"({', '.join(nested[:4])}): Keras 3.15 saves them in files it cannot reload; "
+                "exclude them (e.g. types=('Dense',)) or use method='gptq'"
+            )
     if config.method in ("gptq", "keras_gptq"):
-        batches = _calibration_batches(calibration)
+        batches = _calibration_batches(model, calibration)
     if not config.method.startswith("keras_"):
         for path, layer in layers:  # group sizes are checked before any work
             config.quantizer(path).group_rows(matrix_shape(layer)[0])
@@ -166,13 +176,10 @@ def _gptq_able(layer) -> bool:
     return not any(c.__name__ == "Embedding" for c in type(layer).__mro__)
 
 
-def _calibration_batches(calibration) -> list:
-    if calibration is None:
-        raise TfcompressError("calibration is required for GPTQ: pass token windows or batches")
-    batches = ([calibration[i : i + 8] for i in range(0, len(calibration), 8)]
-               if isinstance(calibration, np.ndarray) else list(calibration))
-    if not batches or all(not isinstance(b, dict) and np.size(b) == 0 for b in batches):
-        raise TfcompressError("calibration is empty: give at least one batch of token windows")
+def _calibration_batches(model, calibration) -> list:
+    batches = check_calibration(model, calibration, "calibration")
+    if isinstance(calibration, np.ndarray):
+        return [calibration[i : i + 8] for i in range(0, len(calibration), 8)]
     return batches
 
 

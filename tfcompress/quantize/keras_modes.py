@@ -1,9 +1,15 @@
 """Keras's own ``model.quantize`` modes (int8, int4, GPTQ) behind `quantize`, for comparison.
 
-Keras stores these itself (dtype policies), so the saved ``.keras`` shrinks and reloads
-without tfcompress. Keras's GPTQ walks "sequential blocks"; for `build_gpt` models we hand
-it one sub-model per transformer block (plus the head), so it sees the same calibration
-windows and the same layer order as our GPTQ.
+Keras stores these itself (dtype policies), so the saved ``.keras`` shrinks. Keras 3.15
+cannot reload int8/int4 layers nested in a ``MultiHeadAttention`` ("Layer 'key' expected 2
+variables, but received 0"), so for int8/int4 those get tfcompress's code storage with
+Keras's own formula (abs-max symmetric per output channel, or per block for int4): the file
+reloads (after ``import tfcompress``) with the same outputs. Keras's GPTQ refuses them (its
+file would not reload): exclude them, or use ``method="gptq"``.
+
+Keras's GPTQ walks "sequential blocks"; for `build_gpt` models we hand it one sub-model per
+transformer block (plus the head), so it sees the same calibration windows and the same layer
+order as our GPTQ.
 """
 
 from __future__ import annotations
@@ -12,7 +18,9 @@ import re
 
 import numpy as np
 
-from tfcompress.core.layers import layer_path
+from tfcompress.core.layers import iter_layers, kernel_matrix, layer_path
+from tfcompress.quantize.quantizers import Quantizer
+from tfcompress.quantize.storage import attach, mark_quantized
 
 
 def keras_quantize(model, config, paths: list[str], batches: list | None):
@@ -25,6 +33,9 @@ def keras_quantize(model, config, paths: list[str], batches: list | None):
         return layer_path(layer) in chosen
 
     mode = config.method.removeprefix("keras_")
+    inside = attention_paths(model) & chosen
+    if mode in ("int8", "int4"):
+        chosen -= inside
     if mode == "int8":
         model.quantize("int8", filters=wanted)
     elif mode == "int4":
@@ -42,7 +53,34 @@ def keras_quantize(model, config, paths: list[str], batches: list | None):
             quantization_layer_structure=block_structure(model),
         )
         model.quantize("gptq", config=gptq, filters=wanted)
+        for _, layer in iter_layers(model):
+            # the config holds the calibration windows and sub-models of this very model,
+            # which would make saving recurse forever; the dtype policy is what reloads
+            if getattr(layer, "quantization_config", None) is not None:
+                layer.quantization_config = None
+    if mode in ("int8", "int4") and inside:
+        _store_like_keras(model, inside, 8 if mode == "int8" else 4,
+                          config.group_size if config.granularity == "group" else None)
     return model
+
+
+def attention_paths(model) -> set[str]:
+    """Paths of the layers nested in a ``MultiHeadAttention`` (KerasHub's subclasses too)."""
+    import keras
+
+    return {layer_path(sub) for layer in model._flatten_layers(include_self=False)
+            if isinstance(layer, keras.layers.MultiHeadAttention)
+            for sub in layer._flatten_layers(include_self=False)}
+
+
+def _store_like_keras(model, paths: set[str], bits: int, block: int | None) -> None:
+    """Keras's int8/int4 weight formula (abs-max symmetric; per channel or per block of
+    ``block`` input rows) into tfcompress code storage, for ``paths``."""
+    quantizer = Quantizer("symmetric", bits, "group" if block else "channel", block,
+                          ragged=True)
+    layers = dict(iter_layers(model))
+    mark_quantized(model, {p: attach(layers[p], quantizer.quantize(kernel_matrix(layers[p])))
+                           for p in sorted(paths)})
 
 
 class _NoTokenizer:

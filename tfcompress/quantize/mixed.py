@@ -14,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 
 from tfcompress.core.layers import capture_inputs, kernel_matrix, select_layers
+from tfcompress.core.validation import check_calibration, check_model
 from tfcompress.errors import TfcompressError
 from tfcompress.quantize.api import QuantizeConfig, _gptq_able
 from tfcompress.quantize.gptq import output_error
@@ -24,6 +25,8 @@ def sensitivity(model, calibration, config: QuantizeConfig | None = None,
     """``{path: {bits: error}}``: each layer's mean squared output change when only it is
     round-to-nearest quantized at ``bits``, on inputs captured from ``calibration``, relative
     to its mean squared output. Embeddings use their row error."""
+    check_model(model, "sensitivity")
+    calibration = check_calibration(model, calibration, "calibration")
     config = config or QuantizeConfig()
     layers = select_layers(model, types=config.types, include=config.include,
                            exclude=config.exclude)

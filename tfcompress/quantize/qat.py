@@ -17,7 +17,14 @@ from __future__ import annotations
 
 from keras import ops
 
-from tfcompress.core.layers import copy_model, matrix_shape, require_keras3, select_layers
+from tfcompress.core.layers import (
+    copy_model,
+    matrix_shape,
+    require_keras3,
+    select_layers,
+)
+from tfcompress.core.saving import layers_at, mark_state, register_restorer, unmark_state
+from tfcompress.core.validation import check_model
 from tfcompress.errors import TfcompressError
 from tfcompress.quantize.api import QuantizeConfig
 from tfcompress.quantize.storage import _float_attr, same_name_subclass
@@ -63,6 +70,13 @@ class _FakeQuant:
     def embeddings(self):
         return self._qat_weight()
 
+    # Keras saves what these return: the latent float weights, so training can go on
+    def _get_kernel_with_merged_lora(self):
+        return getattr(self, self.qat_attr), None, None
+
+    def _get_embeddings_with_merged_lora(self):
+        return getattr(self, self.qat_attr), None, None
+
 
 def qat(model, config: QuantizeConfig | None = None, inplace: bool = False, **overrides):
     """A copy of ``model`` (unless ``inplace``) whose selected weights train fake-quantized.
@@ -70,7 +84,7 @@ def qat(model, config: QuantizeConfig | None = None, inplace: bool = False, **ov
     Uses ``config.bits`` / ``layer_bits``, ``granularity`` (channel or group) and
     ``group_size``; the scheme is affine min-max (the seed's formula).
     """
-    require_keras3(model, legacy_hint="tfcompress.quantize.tfmot_quantize")
+    check_model(model, "qat", legacy_hint="tfcompress.quantize.tfmot_quantize")
     config = QuantizeConfig.from_config({**(config or QuantizeConfig()).get_config(),
                                          **overrides})
     if config.scheme != "affine" or config.granularity == "tensor":
@@ -83,20 +97,38 @@ def qat(model, config: QuantizeConfig | None = None, inplace: bool = False, **ov
     for path, layer in layers:
         config.quantizer(path).group_rows(matrix_shape(layer)[0])
     target = model if inplace else copy_model(model)
-    paths = [p for p, _ in layers]
-    for path, layer in select_layers(target, types=config.types, include=paths):
+    plan = {}
+    for path, _ in layers:  # a copy keeps the paths
         quantizer = config.quantizer(path)
+        plan[path] = {"bits": quantizer.bits,
+                      "group": quantizer.group_size if config.granularity == "group" else None}
+    restore_qat(target, plan)
+    return target
+
+
+def restore_qat(model, plan: dict) -> None:
+    """Make the layers at ``plan``'s paths (``{path: {"bits", "group"}}``) fake-quantize, in
+    place, and record the plan so ``.keras`` files reload as QAT models (training goes on)."""
+    layers = layers_at(model, plan)
+    plan = dict(zip(layers, plan.values(), strict=True))
+    for path, layer in layers.items():
+        spec = plan[path]
         layer.qat_attr = _float_attr(layer)
         layer.qat_rows = matrix_shape(layer)[0]
-        layer.qat_bits = quantizer.bits
-        layer.qat_group = quantizer.group_size if config.granularity == "group" else None
-        layer.__class__ = same_name_subclass(_FakeQuant, type(layer))  # reloads as float
-    return target
+        layer.qat_bits = spec["bits"]
+        layer.qat_group = spec["group"]
+        # same class name and config: the latent float weights save as the layer's own
+        layer.__class__ = same_name_subclass(_FakeQuant, type(layer))
+    mark_state(model, "qat", plan)
+
+
+register_restorer("qat", restore_qat)
 
 
 def strip_qat(model):
     """Write the fake-quantized weights into the float variables and drop fake quantization,
     in place; returns ``model`` (its weights now lie exactly on the quantization grid)."""
+    require_keras3(model)
     stripped = 0
     for layer in model._flatten_layers(include_self=False, recursive=True):
         if isinstance(layer, _FakeQuant):
@@ -106,4 +138,5 @@ def strip_qat(model):
             stripped += 1
     if not stripped:
         raise TfcompressError(f"model {model.name!r} has no QAT layers: make it with qat()")
+    unmark_state(model, "qat")
     return model

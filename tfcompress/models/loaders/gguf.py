@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfcompress.core.validation import check_input_file
 from tfcompress.errors import TfcompressError
 from tfcompress.models.llama import LlamaConfig, assign_weights, build_llama, hf_llama_names
 
@@ -60,9 +61,7 @@ def hf_to_gguf_name(name: str) -> str:
 def _reader(path: str | Path):
     import gguf
 
-    path = Path(path)
-    if not path.is_file():
-        raise TfcompressError(f"path {str(path)!r} is not a file: give a .gguf file")
+    path = check_input_file(path, "path")
     try:
         return gguf.GGUFReader(str(path))
     except Exception as err:  # noqa: BLE001 - gguf raises ValueError, struct.error, ...

@@ -18,6 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from tfcompress.core.validation import check_input_file, reading
 from tfcompress.errors import TfcompressError
 from tfcompress.models.gpt import GPTConfig, build_gpt
 from tfcompress.models.llama import LlamaConfig, assign_weights, build_llama, hf_llama_names
@@ -34,11 +35,16 @@ def gelu_tanh(x):
 
 def read_config(folder: str | Path) -> dict:
     """The ``config.json`` of a Hugging Face-format folder."""
-    folder = Path(folder)
+    folder = check_input_file(folder, "folder", folder=True)
     if not (folder / "config.json").is_file():
         raise TfcompressError(f"folder {str(folder)!r} has no config.json: give a Hugging Face "
                               "model folder (config.json + *.safetensors)")
-    return json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    with reading(folder / "config.json", "a JSON config"):
+        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
+    if not isinstance(config, dict):
+        raise TfcompressError(f"{str(folder / 'config.json')!r} must hold a JSON object, got "
+                              f"{type(config).__name__}")
+    return config
 
 
 class TensorIndex:
@@ -52,7 +58,9 @@ class TensorIndex:
             raise TfcompressError(f"folder {str(folder)!r} holds no *.safetensors file")
         self._files, self._where = {}, {}
         for file in files:
-            handle = safe_open(str(file), framework="numpy")
+            check_input_file(file, "safetensors file")
+            with reading(file, "a safetensors file (truncated or not safetensors?)"):
+                handle = safe_open(str(file), framework="numpy")
             self._files[file.name] = handle
             for name in handle.keys():
                 key = name[len(strip_prefix):] if name.startswith(strip_prefix) else name
@@ -119,23 +127,23 @@ def load_safetensors(folder: str | Path, name: str | None = None) -> keras.Model
     """
     config = read_config(folder)
     kind = config.get("model_type")
+    if kind not in LLAMA_TYPES + GPT2_TYPES:
+        raise TfcompressError(f"config.json model_type is {kind!r}; supported: "
+                              f"{LLAMA_TYPES + GPT2_TYPES}")
+    with reading(Path(folder) / "config.json", f"a {kind} config (missing or bad key)"):
+        cfg = (llama_config_from_hf if kind in LLAMA_TYPES else gpt2_config_from_hf)(config)
     if kind in LLAMA_TYPES:
-        cfg = llama_config_from_hf(config)
+        tensors = TensorIndex(folder)  # opened first: a bad file fails before building
         model = build_llama(cfg, name=name or kind)
-        assign_weights(model, TensorIndex(folder), hf_llama_names(cfg),
-                       source=f"folder {Path(folder).name!r}")
+        assign_weights(model, tensors, hf_llama_names(cfg), source=f"folder {Path(folder).name!r}")
         return model
-    if kind in GPT2_TYPES:
-        cfg = gpt2_config_from_hf(config)
-        model = build_gpt(cfg, name=name or "gpt2")
-        for i in range(cfg.n_layers):
-            model.get_layer(f"block{i}_mlp_in").activation = gelu_tanh
-        tensors = TensorIndex(folder, strip_prefix="transformer.")
-        names, getter = gpt2_mapping(cfg, tensors)
-        assign_weights(model, getter, names, source=f"folder {Path(folder).name!r}")
-        return model
-    raise TfcompressError(f"config.json model_type is {kind!r}; supported: "
-                          f"{LLAMA_TYPES + GPT2_TYPES}")
+    tensors = TensorIndex(folder, strip_prefix="transformer.")
+    model = build_gpt(cfg, name=name or "gpt2")
+    for i in range(cfg.n_layers):
+        model.get_layer(f"block{i}_mlp_in").activation = gelu_tanh
+    names, getter = gpt2_mapping(cfg, tensors)
+    assign_weights(model, getter, names, source=f"folder {Path(folder).name!r}")
+    return model
 
 
 def gpt2_mapping(cfg: GPTConfig, tensors: Callable[[str], np.ndarray | None]):
@@ -195,4 +203,5 @@ def hf_tokenizer(folder: str | Path):
     path = Path(folder) / "tokenizer.json"
     if not path.is_file():
         raise TfcompressError(f"folder {str(folder)!r} has no tokenizer.json")
-    return BPETokenizer.from_json(path.read_text(encoding="utf-8"))
+    with reading(path, "a Hugging Face tokenizer.json"):
+        return BPETokenizer.from_json(path.read_text(encoding="utf-8"))

@@ -1,0 +1,148 @@
+"""Saving models that carry compression state (quantized codes, pruning masks, QAT layers).
+
+A method marks its model with ``mark_state(model, kind, payload)``: the model's class becomes
+a same-named subclass registered as ``tfcompress>CompressedModel``, whose saved config is the
+plain model's plus ``{kind: payload}``. Loading rebuilds the plain model, then calls the
+restorer each method registered for its kind (re-attaching layers and variables), and Keras
+loads the saved variables into them. Without ``import tfcompress`` Keras cannot find the
+class; the saved config then starts with the fix (``"requires": "import tfcompress ..."``).
+
+Example:
+    >>> register_restorer("prune", restore_masks)       # once, where the method is defined
+    >>> mark_state(model, "prune", {"paths": [...]})    # after attaching the state
+    >>> model.save("pruned.keras"); keras.models.load_model("pruned.keras")  # state is back
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import keras
+from keras.src.saving import object_registration
+
+from tfcompress.core.layers import iter_layers
+from tfcompress.errors import TfcompressError
+
+REQUIRES = ("import tfcompress before keras.models.load_model: this model holds tfcompress "
+            "compression state (pruning masks, quantized codes or QAT layers)")
+_RESTORERS: dict[str, Callable] = {}
+_CLASSES: dict[type, type] = {}
+
+
+def register_restorer(kind: str, restore: Callable) -> None:
+    """``restore(model, payload)`` re-attaches ``kind``'s state to a freshly built model."""
+    _RESTORERS[kind] = restore
+
+
+def compression_state(model) -> dict:
+    """``{kind: payload}`` of the compression ``model`` carries (empty for a plain model)."""
+    return dict(getattr(model, "tfc_state", None) or {})
+
+
+def mark_state(model, kind: str, payload) -> None:
+    """Record ``kind``'s ``payload`` on ``model`` (in place) so ``model.save`` keeps it."""
+    base = plain_class(type(model))
+    model.__class__ = _state_class(base)
+    object.__setattr__(model, "tfc_state", {**compression_state(model), kind: payload})
+
+
+def unmark_state(model, kind: str) -> None:
+    """Forget ``kind``; a model left without state gets its plain class back."""
+    state = compression_state(model)
+    state.pop(kind, None)
+    object.__setattr__(model, "tfc_state", state)
+    if not state:
+        model.__class__ = plain_class(type(model))
+
+
+def layers_at(model, paths) -> dict:
+    """``{path: layer}`` for ``paths`` recorded on a saved model, keyed by the paths in
+    ``model`` now: a reloaded model's auto-generated layer names (``dense_3``) may differ from
+    the saved ones, so those are found by their position in the saved model's layer order."""
+    now = list(iter_layers(model))
+    by_path = dict(now)
+    saved = getattr(model, "_tfc_saved_paths", None) or []
+    position = {p: i for i, p in enumerate(saved)} if len(saved) == len(now) else {}
+    out = {}
+    for path in paths:
+        if path in by_path:
+            out[path] = by_path[path]
+        elif path in position:
+            new_path, layer = now[position[path]]
+            out[new_path] = layer
+        else:
+            raise TfcompressError(f"layer {path!r} is not in model {model.name!r}")
+    return out
+
+
+def plain_class(cls: type) -> type:
+    return cls.__mro__[1] if cls in _CLASSES.values() else cls
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class CompressedModel:
+    """Loader of marked models; never instantiated (the saved model names it as its class)."""
+
+    def get_config(self) -> dict:  # pragma: no cover - required by the registry only
+        raise NotImplementedError
+
+    @classmethod
+    def from_config(cls, config: dict):
+        return restore(config)
+
+
+def restore(config: dict):
+    """The model saved with ``config``, its compression state re-attached (variables empty:
+    Keras fills them from the file)."""
+    model = keras.saving.deserialize_keras_object(config["model"])
+    if not model.built and config["model"].get("build_config"):
+        model.build_from_config(config["model"]["build_config"])
+    object.__setattr__(model, "_tfc_saved_paths", config.get("layers", []))
+    for kind, payload in config["state"].items():
+        if kind not in _RESTORERS:
+            raise TfcompressError(f"saved model holds {kind!r} state, which this tfcompress "
+                                  f"cannot restore (it knows {sorted(_RESTORERS)})")
+        _RESTORERS[kind](model, payload)
+    return model
+
+
+def _state_class(cls: type) -> type:
+    if cls in _CLASSES:
+        return _CLASSES[cls]
+
+    def get_config(self):
+        # the plain class's own serialization (serialize_keras_object's shared-object cache
+        # would answer with a reference to this very model)
+        self.__class__ = cls
+        try:
+            base = {"module": cls.__module__, "class_name": cls.__name__,
+                    "config": self.get_config(),
+                    "registered_name": object_registration.get_registered_name(cls),
+                    "build_config": self.get_build_config()}
+        finally:
+            self.__class__ = sub
+        return {"requires": REQUIRES, "model": base, "state": compression_state(self),
+                "layers": [path for path, _ in iter_layers(self)]}
+
+    def __init__(self, *args):
+        # a constructor unlike Functional's makes clone_model build a plain model (the
+        # state belongs to this model's variables, not to its copies)
+        cls.__init__(self, *args)
+
+    sub = type(cls.__name__, (cls,), {
+        "get_config": get_config, "__init__": __init__, "__module__": "tfcompress",
+        "from_config": classmethod(lambda _cls, config, custom_objects=None: restore(config)),
+    })
+    object_registration.GLOBAL_CUSTOM_NAMES[sub] = "tfcompress>CompressedModel"
+    _CLASSES[cls] = sub
+    return sub
+
+
+def load_model(path, arg: str = "model"):
+    """``keras.models.load_model`` for a ``.keras`` file, compressed or not, with errors that
+    name the file (missing, empty, truncated, not a Keras archive)."""
+    from tfcompress.core.validation import check_input_file, reading
+
+    path = check_input_file(path, arg, ".keras")
+    with reading(path, "a .keras model (truncated, or not a Keras archive?)"):
+        return keras.models.load_model(path)
