@@ -31,11 +31,14 @@ from tfcompress.errors import VerificationError
 from tfcompress.evaluate import keras_file_sizes, lm_quality, token_stats
 from tfcompress.evaluate.latency import keras_forward
 from tfcompress.export import MODES, TFLiteRunner, export_tflite, interleaved_latency
+from tfcompress.export.diagnose import diagnose, reference_tflite
 from tfcompress.export.measure import peak_memory
+from tfcompress.export.ops import describe_ops
 from tfcompress.export.tflite import _check, agreement_stats
 from tfcompress.pipeline import DemoSettings
 
 THREADS = (1, 2)
+FULL_INTEGER = ("int8", "int16x8")
 
 
 def compressed_student(ctx):
@@ -84,7 +87,7 @@ def bench_model(name, model, ctx, out: Path) -> list[dict]:
     rows = [{"model": name, "format": "keras", **keras_file_sizes(model),
              "perplexity": keras_q["perplexity"], "accuracy": keras_q["accuracy"],
              "agreement": 1.0, "verified": "-"}]
-    runners = {}
+    runners, reference = {}, None
     for mode in MODES:
         path = out / f"{name}.{mode}.tflite"
         rep = ctx.calibration() if MODES[mode].needs_representative else None
@@ -103,7 +106,13 @@ def bench_model(name, model, ctx, out: Path) -> list[dict]:
                      "gzip_bytes": result.gzip_bytes, **stats, "verified": verified,
                      "peak_memory_mb": peak_memory(path)["interpreter_mb"],
                      "not_delegated": result.not_delegated,
+                     "float_ops": result.float_ops, "outside_npu": result.outside_npu,
                      "xnnpack_partitions": result.xnnpack_partitions})
+        if mode in FULL_INTEGER:
+            reference = reference or reference_tflite(model, s.seq_len)
+            report = diagnose(model, path, batches[0][0][:8], s.seq_len, reference)
+            rows[-1]["diagnosis"] = report.to_dict()
+            rows[-1]["diagnosis_md"] = report.to_markdown(5)
         print(f"{name} {mode}: {result.bytes:,} bytes, ppl {stats['perplexity']:.3f}, "
               f"agreement {stats['agreement']:.4f}, {verified}")
     x = np.asarray(batches[0][0][:1])
@@ -154,6 +163,19 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def inventory(rows: list[dict]) -> str:
+    """Per full-integer file: what is not integer end to end, and what is outside NPU sets."""
+    out = ["| model | format | float ops | outside XNNPACK | outside the NPU set |",
+           "|---|---|---|---|---|"]
+    for r in rows:
+        if r["format"] in FULL_INTEGER:
+            out.append(f"| {r['model']} | {r['format']} | {describe_ops(r['float_ops'])} | "
+                       f"{describe_ops(r['not_delegated'])} | {describe_ops(r['outside_npu'])} |")
+    diagnoses = [f"\n{r['model']} {r['format']}: the 5 tensors whose op adds the most error\n\n"
+                 f"{r['diagnosis_md']}" for r in rows if "diagnosis_md" in r]
+    return "\n".join(out) + "\n" + "\n".join(diagnoses)
+
+
 def summary(rows: list[dict], model: str) -> dict:
     """The issue's keys (``int8_*`` is full-integer int8) plus the same for the other modes."""
     by = {r["format"]: r for r in rows if r["model"] == model}
@@ -187,8 +209,8 @@ def main() -> None:
                          "calibration_windows": s.calibration_windows}}
     command = "TFCOMPRESS_CACHE=/work/cache python benchmarks/export.py" + (
         " --quick" if args.quick else "")
-    write_results("export" + ("-quick" if args.quick else ""), table(rows) + notes, data,
-                  command)
+    write_results("export" + ("-quick" if args.quick else ""),
+                  table(rows) + notes + "\n\n" + inventory(rows), data, command)
 
 
 if __name__ == "__main__":
