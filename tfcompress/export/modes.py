@@ -23,7 +23,9 @@ class ExportMode:
     ``configure(converter, representative, int8_io)`` sets up a ``tf.lite.TFLiteConverter``;
     ``representative`` is a generator function (or None). A mode with ``float_ops`` keeps
     those operators float (selective quantization through
-    ``tf.lite.experimental.QuantizationDebugger``). A mode with ``litert_recipe`` converts to
+    ``tf.lite.experimental.QuantizationDebugger``). A mode with ``static_activations`` gives
+    activations fixed ranges, so the model is traced with bounded attention masks
+    (`tfcompress.models.attention`). A mode with ``litert_recipe`` converts to
     float32 first and then applies that ``ai_edge_quantizer`` recipe.
     Verification fails when the largest logit error exceeds ``max_rel_error`` times the
     largest |Keras logit|, when next-token agreement is below ``min_agreement``, or when the
@@ -39,6 +41,7 @@ class ExportMode:
     needs_representative: bool = False
     litert_recipe: str | None = None
     float_ops: tuple[str, ...] = ()
+    static_activations: bool = False
 
 
 def _float32(converter, representative, int8_io: bool) -> None:
@@ -67,8 +70,8 @@ def _int8_mixed(converter, representative, int8_io: bool) -> None:
                                            tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
 
 
-# Per-tensor int8 ranges cannot hold a transformer's residual stream (outlier features) or
-# masked attention scores (-1e9 next to O(1) values), so these elementwise ops stay float.
+# Kept float by int8_mixed: the residual stream (outlier features), LayerNorm and softmax are
+# where per-tensor int8 ranges lose the most on a transformer.
 TRANSFORMER_FLOAT_OPS = ("ADD", "SUB", "MUL", "MEAN", "SQUARED_DIFFERENCE", "RSQRT", "SOFTMAX",
                          "SELECT", "SELECT_V2")
 
@@ -102,21 +105,21 @@ MODES: dict[str, ExportMode] = {
         ExportMode(
             "int8",
             "full-integer int8 from a representative dataset (or a QAT model's ranges); "
-            "per-tensor activation ranges usually break a trained transformer: see int8_mixed",
-            _int8, 0.25, 0.85, 1.10, needs_representative=True,
+            "attention is traced with bounded masks so every activation range stays finite",
+            _int8, 0.25, 0.85, 1.10, needs_representative=True, static_activations=True,
         ),
         ExportMode(
             "int8_mixed",
             "int8 matmuls, embeddings and GELU from a representative dataset; residual adds, "
             "LayerNorm, masking and softmax stay float",
             _int8_mixed, 0.25, 0.85, 1.10, needs_representative=True,
-            float_ops=TRANSFORMER_FLOAT_OPS,
+            float_ops=TRANSFORMER_FLOAT_OPS, static_activations=True,
         ),
         ExportMode(
             "int16x8",
             "int16 activations, int8 weights (LiteRT quantizer, calibrated)",
             _float32, 0.4, 0.85, 1.10, needs_representative=True,
-            litert_recipe="static_wi8_ai16",
+            litert_recipe="static_wi8_ai16", static_activations=True,
         ),
         ExportMode(
             "int4",

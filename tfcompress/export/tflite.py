@@ -11,6 +11,7 @@ from __future__ import annotations
 import tempfile
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from tfcompress.export.modes import MODES, ExportMode
 from tfcompress.export.ops import describe_ops, inspect_tflite
 from tfcompress.export.representative import InputSpec, representative_samples
 from tfcompress.export.runner import TFLiteRunner
+from tfcompress.models.attention import bounded_attention_masks
 
 
 class XNNPACKFallbackWarning(UserWarning):
@@ -53,6 +55,8 @@ class ExportResult:
     tensor_dtypes: dict = field(default_factory=dict)
     xnnpack_partitions: int = 0
     not_delegated: dict = field(default_factory=dict)
+    float_ops: dict = field(default_factory=dict)
+    outside_npu: dict = field(default_factory=dict)
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -139,16 +143,22 @@ def _litert_quantize(flatbuffer: bytes, recipe_name: str, samples: list | None) 
 
 
 def convert(model, spec: InputSpec, mode: str = "float32", samples: list | None = None,
-            int8_io: bool = False) -> tuple[bytes, bool]:
+            int8_io: bool = False, bounded_masks: bool | None = None) -> tuple[bytes, bool]:
     """Flatbuffer bytes of ``model`` in ``mode`` and whether it was a QAT (fake-quant) model.
 
     ``samples`` are validated representative inputs (see `representative_samples`).
+    ``bounded_masks`` traces attention with `bounded_attention_masks` (default: the modes
+    with fixed activation ranges).
     """
     import tensorflow as tf
 
     spec_mode: ExportMode = MODES[mode]
+    if bounded_masks is None:
+        bounded_masks = spec_mode.static_activations
+    masks = bounded_attention_masks() if bounded_masks else nullcontext()
     with tempfile.TemporaryDirectory() as tmp:
-        to_saved_model(model, tmp, spec)
+        with masks:
+            to_saved_model(model, tmp, spec)
         qat = has_fake_quant(tmp)
         if samples is None and mode == "int8" and not qat:
             raise TfcompressError(

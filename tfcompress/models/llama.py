@@ -23,6 +23,7 @@ import numpy as np
 from keras import ops
 
 from tfcompress.errors import TfcompressError
+from tfcompress.models.attention import bounded_masked_softmax
 from tfcompress.models.layers import TiedEmbedding
 
 
@@ -132,8 +133,8 @@ class RotaryAttention(keras.layers.Layer):
         q, k, v = (ops.transpose(t, (0, 2, 1, 3)) for t in (q, k, v))
         scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) / np.sqrt(self.head_dim)
         causal = ops.tril(ops.ones((length, length), dtype="bool"))
-        scores = ops.where(causal[None, None], ops.cast(scores, "float32"), -1e30)
-        weights = ops.cast(ops.softmax(scores, axis=-1), v.dtype)
+        weights = ops.cast(bounded_masked_softmax(ops.cast(scores, "float32"), causal[None, None]),
+                           v.dtype)
         out = ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3))
         return ops.reshape(out, (batch, length, self.n_heads * self.head_dim))
 
