@@ -24,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import demo_context, write_results  # noqa: E402
+from _common import DemoSettings, demo_context, write_results  # noqa: E402
 
 from tfcompress.core.layers import copy_model, kernel_matrix, select_layers, set_kernel_matrix
 from tfcompress.errors import VerificationError
@@ -33,7 +33,6 @@ from tfcompress.evaluate.latency import keras_forward
 from tfcompress.export import MODES, TFLiteRunner, export_tflite, interleaved_latency
 from tfcompress.export.measure import peak_memory
 from tfcompress.export.tflite import _check, agreement_stats
-from tfcompress.pipeline import DemoSettings
 
 THREADS = (1, 2)
 
