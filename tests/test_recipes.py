@@ -181,3 +181,18 @@ def test_half_depth_students_copy_the_kept_blocks(tiny_gpt2):
         np.testing.assert_array_equal(a, b)
     ids = np.ones((1, 8), "int32")
     assert half(ids).shape == (1, 8, 64)
+
+
+def test_quick_sizes_shrink_the_demo_and_stay_valid():
+    from tfcompress.recipes import quick_sizes
+
+    demo = load_recipe(example("demo"))
+    quick = quick_sizes(demo)
+    assert quick["model"] == {**demo["model"], "preset": "test-tiny", "train_steps": 20}
+    assert quick["data"]["seq_len"] == 32 and quick["output"] == demo["output"] + "-quick"
+    steps = {(s["stage"], s.get("name")): (s.get("steps"), s.get("finetune_steps"))
+             for s in quick["stages"]}
+    assert steps[("distill", "student")] == (10, None)
+    assert steps[("prune", "student-pruned")] == (None, 5)
+    assert validate(quick)["stages"] == quick["stages"]
+    assert demo["data"]["seq_len"] == 128  # the recipe given is not changed

@@ -72,7 +72,9 @@ def import_all() -> None:
 def _is_command_line() -> bool:
     # `python -m tfcompress ...` / the `tfcompress` script: parse arguments before TensorFlow
     # loads (fast --help); the command imports what it needs
-    return sys.orig_argv[1:3] == ["-m", "tfcompress"] or Path(sys.argv[0]).name == "tfcompress"
+    argv = sys.orig_argv
+    module = argv[argv.index("-m") + 1:argv.index("-m") + 2] if "-m" in argv else []
+    return module == ["tfcompress"] or Path(sys.argv[0]).name == "tfcompress"
 
 
 if not _is_command_line():

@@ -157,10 +157,12 @@ def _cell(text: str) -> str:
 
 
 def _plain(recipe: dict) -> dict:
-    """The recipe without a live model object (which cannot be written)."""
+    """The recipe with a live model object replaced by its description (class, name, size:
+    what a re-run compares to resume)."""
     model = {k: v for k, v in recipe["model"].items() if k != "object"}
     if "object" in recipe["model"]:
-        model["object"] = f"<{type(recipe['model']['object']).__name__}>"
+        obj = recipe["model"]["object"]
+        model["object"] = f"<{type(obj).__name__} {obj.name!r}, {obj.count_params()} params>"
     return {**recipe, "model": model}
 
 

@@ -108,7 +108,7 @@ def resolve(base: Path, value: str) -> str:
 def _check_model(model: dict, base: Path, problems: list[str]) -> None:
     _check_keys(model, MODEL_KEYS, "model", problems)
     kind = _one_of(model, (*MODEL_SOURCES, "object"), "model", problems)
-    if kind is None or not isinstance(model.get(kind), str | object):
+    if kind in (None, "object") or not isinstance(model[kind], str):
         return
     value = model[kind]
     if kind == "keras":

@@ -182,6 +182,16 @@ def model_from_path(path: str | Path):
     return load_model(spec_for_path(path))
 
 
+def max_positions(model) -> int | None:
+    """The longest input a model's position embeddings allow (None when none is found)."""
+    from tfcompress.core import iter_layers
+
+    found = [getattr(layer, attr) for _, layer in iter_layers(model)
+             for attr in ("max_length", "max_sequence_length", "sequence_length")
+             if isinstance(getattr(layer, attr, None), int)]
+    return min(found) if found else None
+
+
 def probe_seq_len(model, seq_len: int | None) -> int:
     """The window length to measure ``model`` with: its fixed input length, else ``seq_len``
     (default 128), checked by one forward pass so a too-long window is a clear error."""
@@ -195,7 +205,10 @@ def probe_seq_len(model, seq_len: int | None) -> int:
     if fixed is not None and seq_len not in (None, fixed):
         raise TfcompressError(f"seq_len: the model takes {fixed}-token windows only, got "
                               f"{seq_len}")
-    n = int(seq_len or fixed or 128)
+    limit = None if isinstance(model, str) else max_positions(model)
+    if limit is not None and seq_len is not None and seq_len > limit:
+        raise TfcompressError(f"seq_len: the model has {limit} positions, got {seq_len}")
+    n = int(seq_len or fixed or min(128, limit or 128))
     if not isinstance(model, str):
         try:
             model(np.zeros((1, n), dtype=np.int32))
