@@ -21,10 +21,10 @@ def bundle(tmp_path_factory):
     """A user's own model (not a built-in preset) saved with its tokenizer, and a text file."""
     root = tmp_path_factory.mktemp("user")
     keras.utils.set_random_seed(0)
-    model = keras.Sequential([
-        keras.Input((SEQ,), dtype="int32"), keras.layers.Embedding(256, 32),
-        keras.layers.Dense(64, activation="gelu", name="hidden"),
-        keras.layers.Dense(256, name="head")], name="my_lm")
+    ids = keras.Input((SEQ,), dtype="int32")
+    hidden = keras.layers.Dense(64, activation="gelu", name="hidden")(
+        keras.layers.Embedding(256, 32)(ids))
+    model = keras.Model(ids, keras.layers.Dense(256, name="head")(hidden), name="my_lm")
     model.save(root / "my_lm.keras")
     (root / "tokenizer.json").write_text(ByteTokenizer().to_json())
     (root / "emma.txt").write_text(bundled_corpus("austen")["train"][:40_000])
@@ -154,8 +154,8 @@ def test_shipped_recipes_validate(tmp_path):
         recipe = load_recipe(copy)
         assert recipe["stages"][-1]["stage"] == "export", name
     demo = load_recipe(example("demo"))
-    ship = demo["stages"][1]
-    assert ship["stage"] == "export" and ship["input"] == "teacher-int4"
+    ship = demo["stages"][0]
+    assert ship["stage"] == "export" and ship["input"] == "teacher" and ship["modes"][0] == "int4"
 
 
 def test_half_depth_students_copy_the_kept_blocks(tiny_gpt2):
@@ -196,3 +196,15 @@ def test_quick_sizes_shrink_the_demo_and_stay_valid():
     assert steps[("prune", "student-pruned")] == (None, 5)
     assert validate(quick)["stages"] == quick["stages"]
     assert demo["data"]["seq_len"] == 128  # the recipe given is not changed
+
+
+def test_a_live_model_object_as_the_source(bundle, tmp_path):
+    model = keras.models.load_model(bundle / "my_lm.keras")
+    recipe = recipe_for(bundle, [{"quantize": {"bits": 8}}], output=str(tmp_path / "run"))
+    recipe["model"] = {"object": model, "name": "live"}
+    recipe["data"]["tokenizer"] = "byte"
+    run = run_recipe(recipe)
+    assert [r.name for r in run.reports] == ["live", "live-quantized"]
+    written = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
+    assert written["model"]["object"] == "<Functional 'my_lm', 26944 params>"
+    assert model.get_layer("hidden").kernel.dtype == "float32"  # the user's model untouched

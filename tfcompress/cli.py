@@ -53,7 +53,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo = sub.add_parser(
         "demo", help="the shipped demo recipe (= make demo)",
         description="Train a GPT on the bundled Austen corpus, compress it two ways "
-        "(GPTQ int4 of the teacher; a distilled, pruned, int4 student), export and measure.")
+        "(the teacher exported with int4 weights; a distilled, pruned, GPTQ int4 student), "
+        "and measure both.")
     demo.add_argument("--quick", action="store_true", help="toy sizes (seconds, for checks)")
     demo.add_argument("--run-dir", help="output folder (default runs/demo)")
 
