@@ -67,7 +67,8 @@ def test_yaml_recipe_round_trip_on_a_users_model(bundle, tmp_path):
 
 def test_resume_after_a_stage_killed_midway(bundle, tmp_path, monkeypatch, capsys):
     recipe = recipe_for(bundle, [
-        {"prune": {"method": "magnitude", "sparsity": 0.5}}, {"finetune": {"steps": 1}}],
+        {"prune": {"method": "magnitude", "sparsity": 0.5}}, "evaluate",
+        {"finetune": {"steps": 1}}],
         output=str(tmp_path / "run"))
 
     def killed(run, st):
@@ -79,17 +80,18 @@ def test_resume_after_a_stage_killed_midway(bundle, tmp_path, monkeypatch, capsy
         run_recipe(recipe)
     pruned = tmp_path / "run" / "stages" / "01-prune" / "model.keras"
     first = pruned.stat().st_mtime_ns
-    assert not (tmp_path / "run" / "stages" / "02-finetune").exists()
+    assert not (tmp_path / "run" / "stages" / "03-finetune").exists()
+    assert "| mine-pruned | keras |" in (tmp_path / "run" / "report.md").read_text()  # evaluate
     monkeypatch.setitem(STAGES, "finetune", finetune)
     capsys.readouterr()
     run = run_recipe(recipe)
     out = capsys.readouterr().out
-    assert "[1/2] prune (mine -> mine-pruned): finished before, resumed" in out
+    assert "[1/3] prune (mine -> mine-pruned): finished before, resumed" in out
     assert pruned.stat().st_mtime_ns == first
-    assert [t["resumed"] for t in run.timings] == [True, True, False]
+    assert [t["resumed"] for t in run.timings] == [True, True, True, False]
     recipe["stages"][0]["prune"]["sparsity"] = 0.25  # a changed config runs again
     run = run_recipe(recipe)
-    assert [t["resumed"] for t in run.timings] == [True, False, False]
+    assert [t["resumed"] for t in run.timings] == [True, False, False, False]
 
 
 GOOD = {"model": {"preset": "test-tiny", "train_steps": 2}, "data": {"corpus": "austen",
