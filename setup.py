@@ -15,6 +15,7 @@ INSTALL_REQUIRES = [
     "numpy==2.4.6",
     "tokenizers==0.23.3",
     "tqdm==4.70.1",
+    "pyyaml==6.0.4",
 ]
 
 EXTRAS_REQUIRE = {
@@ -42,7 +43,8 @@ setup(
     long_description_content_type="text/markdown",
     python_requires=">=3.11,<3.12",
     packages=find_packages(include=["tfcompress", "tfcompress.*"]),
-    package_data={"tfcompress.data": ["corpora/*/*.gz", "corpora/*/*.md"]},
+    package_data={"tfcompress.data": ["corpora/*/*.gz", "corpora/*/*.md"],
+                  "tfcompress.recipes": ["examples/*.yaml"]},
     install_requires=INSTALL_REQUIRES,
     extras_require=EXTRAS_REQUIRE,
     entry_points={"console_scripts": ["tfcompress=tfcompress.cli:main"]},

@@ -24,12 +24,11 @@ import keras  # noqa: E402
 import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
-from benchmarks._common import demo_context, write_results  # noqa: E402
+from benchmarks._common import DemoSettings, demo_context, write_results  # noqa: E402
 from tfcompress.distill import Distiller, cache_teacher, load_teacher_cache  # noqa: E402
 from tfcompress.evaluate import keras_forward, lm_quality  # noqa: E402
 from tfcompress.models import build_gpt  # noqa: E402
 from tfcompress.models.training import lm_loss, train_lm  # noqa: E402
-from tfcompress.pipeline import DemoSettings  # noqa: E402
 
 ALPHA, TEMPERATURE, TOP_K = 0.5, 1.0, 32
 OTHER_DIVERGENCES = ("reverse_kl", "jsd")

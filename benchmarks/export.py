@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, demo_context, write_results  # noqa: E402
+from _common import RESULTS, DemoSettings, demo_context, write_results  # noqa: E402
 
 from tfcompress.core.layers import copy_model, kernel_matrix, select_layers, set_kernel_matrix
 from tfcompress.errors import VerificationError
@@ -36,7 +36,6 @@ from tfcompress.export.diagnose import diagnose, reference_tflite
 from tfcompress.export.measure import peak_memory
 from tfcompress.export.ops import describe_ops
 from tfcompress.export.tflite import _check, agreement_stats
-from tfcompress.pipeline import DemoSettings
 
 THREADS = (1, 2)
 FULL_INTEGER = ("int8", "int16x8")

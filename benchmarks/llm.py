@@ -26,9 +26,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import keras  # noqa: E402
 
 from benchmarks._common import write_results  # noqa: E402
+from tfcompress import generate  # noqa: E402
 from tfcompress.data import bundled_corpus  # noqa: E402
 from tfcompress.evaluate import keras_forward  # noqa: E402
-from tfcompress.models import causal_lm_perplexity, generate  # noqa: E402
+from tfcompress.models import causal_lm_perplexity  # noqa: E402
 from tfcompress.models.llama import take_layers  # noqa: E402
 from tfcompress.models.loaders import gguf_tokenizer, load_gguf  # noqa: E402
 
@@ -142,7 +143,7 @@ def run_float(b: Bench):
     b.record("float", b.float_model, b.seconds["load_gguf"], note="GGUF Q4_1 dequantized")
     prompt = b.tokenizer.encode("It is a truth universally acknowledged that")
     start = time.perf_counter()
-    out = generate(lambda x: b.float_model(x).numpy(), prompt, 24)
+    out = generate(lambda x: b.float_model(x).numpy(), prompt, 24)[len(prompt):]
     b.rows["float"]["sample"] = b.tokenizer.decode(out)
     b.seconds["float_generate_24"] = round(time.perf_counter() - start, 1)
     print("sample:", b.rows["float"]["sample"], flush=True)
@@ -292,7 +293,7 @@ def run_export(b: Bench):
     runner = TFLiteRunner(path)
     ppl = causal_lm_perplexity(runner.predict, b.eval_ids, WINDOW)["perplexity"]
     prompt = b.tokenizer.encode("It is a truth universally acknowledged that")
-    sample = b.tokenizer.decode(generate(runner.predict, prompt, 16, seq_len=WINDOW))
+    sample = b.tokenizer.decode(generate(runner.predict, prompt, 16, seq_len=WINDOW)[len(prompt):])
     b.seconds["export_tflite"] = round(time.perf_counter() - start, 1)
     b.rows[name] |= {"tflite_mb": result.bytes / 1e6, "tflite_ppl": ppl, "tflite_sample": sample,
                      "tflite_agreement": result.agreement}

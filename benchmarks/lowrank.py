@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import demo_context, write_results
+from benchmarks._common import BENCH_SETTINGS, demo_context, write_results
 from tfcompress.core.layers import copy_model
 from tfcompress.evaluate import keras_forward, lm_quality
 from tfcompress.export import TFLiteRunner, export_tflite
@@ -58,8 +58,7 @@ def main(argv=None) -> None:
     parser.add_argument("--eval-windows", type=int, default=128)
     parser.add_argument("--finetune", nargs="*", default=["aware", "sensitivity", "plain"])
     args = parser.parse_args(argv)
-    ctx = demo_context()
-    ctx.settings = replace(ctx.settings, eval_windows=args.eval_windows)
+    ctx = demo_context(replace(BENCH_SETTINGS, eval_windows=args.eval_windows))
     steps = args.steps or ctx.settings.finetune_steps
     batches, calib = ctx.eval_data(), ctx.calibration()
     teacher = ctx.teacher

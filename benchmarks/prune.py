@@ -16,14 +16,16 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from benchmarks._common import demo_context, write_results  # noqa: E402
+from benchmarks._common import DemoSettings, demo_context, write_results  # noqa: E402
 from tfcompress.core.layers import copy_model  # noqa: E402
 from tfcompress.evaluate import file_sizes, keras_file_sizes, keras_forward, lm_quality  # noqa: E402
 from tfcompress.export import TFLiteRunner, export_tflite  # noqa: E402
 from tfcompress.models.training import compile_lm, train_lm  # noqa: E402
-from tfcompress.pipeline import DemoSettings  # noqa: E402
 from tfcompress.prune import PruneConfig, UpdatePruning, prune, strip_pruning  # noqa: E402
-from tfcompress.prune.stage import DEMO_CONFIG, finetune_pruned  # noqa: E402
+from tfcompress.recipes.stages import finetune  # noqa: E402
+
+# the demo's prune stage (tfcompress/recipes/examples/demo.yaml)
+DEMO_CONFIG = PruneConfig(method="sparsegpt", sparsity=0.5, include="block")
 
 FIT_STEPS, FIT_ROUNDS, LATENCY_ROUNDS = 8, 3, 5
 
@@ -54,7 +56,7 @@ class BatchClock:
 def fit_overhead(teacher, ctx) -> float:
     """Median step time of pruning-aware fit over plain fit, interleaved in rounds."""
     plain = copy_model(teacher)
-    pruned = prune(teacher, DEMO_CONFIG, data=ctx.calibration())
+    pruned = prune(teacher, DEMO_CONFIG, calibration=ctx.calibration(), verbose=0)
     runs = {"plain": (plain, []), "pruned": (pruned, [UpdatePruning()])}
     steps: dict[str, list] = {"plain": [], "pruned": []}
     for model, _ in runs.values():
@@ -101,7 +103,7 @@ def main() -> None:
         for pattern, tag in (("unstructured", "50"), ("2:4", "24")):
             cfg = replace(DEMO_CONFIG, method=method, pattern=pattern)
             t0 = time.perf_counter()
-            model = prune(teacher, cfg, data=calib)
+            model = prune(teacher, cfg, calibration=calib, verbose=0)
             seconds = time.perf_counter() - t0
             ratio = perplexity(model, data) / dense_ppl
             results[f"{method}_{tag}"] = ratio
@@ -109,7 +111,7 @@ def main() -> None:
             rows.append((f"{method} {'50 %' if tag == '50' else '2:4'} one-shot", ratio,
                          f"{seconds:.1f} s"))
     best = min(("wanda_50", "sparsegpt_50"), key=results.get)
-    tuned = finetune_pruned(models[best], ctx.train_data(), s.finetune_steps, verbose=0)
+    tuned = finetune(models[best], ctx.train_data(), s.finetune_steps, verbose=0)
     results["finetuned_50"] = perplexity(tuned, data) / dense_ppl
     results["finetuned_from"] = best
     rows.append((f"{best.replace('_50', '')} 50 % + {s.finetune_steps}-step masked fine-tune",
@@ -127,7 +129,7 @@ def main() -> None:
     results["gzip_size_ratio_50"] = pruned_size["gzip_bytes"] / dense_size["gzip_bytes"]
 
     structured = prune(teacher, PruneConfig(method="wanda", pattern="neurons", sparsity=0.3),
-                       data=calib)
+                       calibration=calib, verbose=0)
     results["structured_30_perplexity_ratio"] = perplexity(structured, data) / dense_ppl
     rows.append(("structured 30 % MLP neurons (wanda), no fine-tune",
                  results["structured_30_perplexity_ratio"], ""))

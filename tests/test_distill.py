@@ -292,20 +292,3 @@ def test_tf_keras_quantization_aware_student(teacher, arrays):
     data = with_teacher_logits(dataset(arrays, repeat=True), teacher)
     losses = student.fit(data, steps_per_epoch=6, epochs=2, verbose=0).history["loss"]
     assert losses[-1] < losses[0]
-
-
-def test_demo_stage_adds_a_measured_student(tmp_path):
-    from tfcompress.data import load_corpus
-    from tfcompress.distill.stage import distill_student
-    from tfcompress.pipeline import STAGES, DemoContext, DemoSettings
-
-    settings = DemoSettings.quick()
-    ctx = DemoContext(settings, tmp_path, load_corpus(settings.corpus))
-    keras.utils.set_random_seed(0)
-    ctx.models["teacher"] = build_gpt("test-tiny", vocab_size=256, name="teacher")
-    assert STAGES["distill"] is distill_student
-    distill_student(ctx)
-    assert ctx.final == "student" and list(ctx.models) == ["teacher", "student"]
-    assert ctx.models["student"].output_shape[-1] == 256
-    assert [r.name for r in ctx.reports] == ["student"]
-    assert "Distilled `student`" in ctx.notes[-1]

@@ -259,18 +259,6 @@ def test_measure_and_evaluate_use_the_file(exported, heldout):
     assert report.quality["perplexity"] == pytest.approx(exported["dynamic_int8"].perplexity)
 
 
-def test_demo_stage_exports_final_model(lm, corpus, tmp_path, capsys):
-    from tfcompress.export.stage import export_final
-    from tfcompress.pipeline import DemoContext, DemoSettings
-
-    ctx = DemoContext(DemoSettings.quick(), tmp_path, corpus, models={"teacher": lm})
-    export_final(ctx)
-    assert Path(ctx.files["tflite"]).is_file()
-    assert ctx.reports[-1].kind == "tflite" and "peak_memory" in ctx.reports[-1].extra
-    assert "greedy sample" in capsys.readouterr().out
-    assert "next-token agreement" in ctx.notes[-1]
-
-
 # --- every kind of compressed model through the same verb (built here with plain Keras) ---
 
 

@@ -10,6 +10,7 @@ from tfcompress.models import build_gpt
 from tfcompress.prune import (
     PruneConfig,
     UpdatePruning,
+    keep_zeros,
     prune,
     sparsity_summary,
     strip_pruning,
@@ -42,7 +43,7 @@ def compiled(model):
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
 def test_one_shot_exact_per_layer_sparsity_and_user_model_unchanged(gpt, ids, method):
     before = kernels(gpt)
-    pruned = prune(gpt, PruneConfig(method=method, sparsity=0.5), data=ids)
+    pruned = prune(gpt, PruneConfig(method=method, sparsity=0.5), calibration=ids)
     after = kernels(gpt)
     assert all(np.array_equal(before[p], after[p]) for p in before)
     summary = sparsity_summary(pruned)
@@ -60,7 +61,7 @@ def test_global_scope_exact_total(gpt):
 
 @pytest.mark.parametrize("method", ["magnitude", "wanda", "sparsegpt"])
 def test_nm_pattern_along_input_axis(gpt, ids, method):
-    pruned = prune(gpt, method=method, pattern="2:4", data=ids)
+    pruned = prune(gpt, method=method, pattern="2:4", calibration=ids)
     for path, layer in select_layers(pruned, types=("Dense", "EinsumDense")):
         w = kernel_matrix(layer)
         counts = (w != 0).reshape(w.shape[0] // 4, 4, -1).sum(axis=1)
@@ -68,8 +69,8 @@ def test_nm_pattern_along_input_axis(gpt, ids, method):
 
 
 def test_calibration_generator_is_read_once(gpt, ids):
-    from_list = prune(gpt, method="wanda", data=[ids[:2], ids[2:]])
-    from_generator = prune(gpt, method="wanda", data=(b for b in (ids[:2], ids[2:])))
+    from_list = prune(gpt, method="wanda", calibration=[ids[:2], ids[2:]])
+    from_generator = prune(gpt, method="wanda", calibration=(b for b in (ids[:2], ids[2:])))
     for a, b in zip(from_list.get_weights(), from_generator.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
 
@@ -81,7 +82,7 @@ def test_one_shot_layers_see_pruned_inputs(gpt, ids):
     from tfcompress.prune.scores import wanda_scores
 
     cfg = PruneConfig(method="wanda", include=["block0_mlp_in", "block0_mlp_out"])
-    pruned = prune(gpt, cfg, data=ids)
+    pruned = prune(gpt, cfg, calibration=ids)
     layer = pruned.get_layer("block0_mlp_out")
     x = capture_inputs(pruned, [layer], ids)["block0_mlp_out"]
     dense_w = kernel_matrix(gpt.get_layer("block0_mlp_out"))
@@ -91,10 +92,10 @@ def test_one_shot_layers_see_pruned_inputs(gpt, ids):
 
 def test_taylor_one_shot(gpt, ids):
     targets = np.roll(ids, -1, axis=1)
-    pruned = prune(gpt, method="taylor", sparsity=0.4, data=[(ids, targets)])
+    pruned = prune(gpt, method="taylor", sparsity=0.4, calibration=[(ids, targets)])
     assert sparsity_summary(pruned)["total"]["sparsity"] == pytest.approx(0.4, abs=1e-3)
     with pytest.raises(TfcompressError, match="must be \\(inputs, targets"):
-        prune(gpt, method="taylor", data=[ids])
+        prune(gpt, method="taylor", calibration=[ids])
 
 
 def test_schedule_gives_expected_sparsity_and_zeros_stay(gpt, ids, tmp_path):
@@ -113,7 +114,7 @@ def test_schedule_gives_expected_sparsity_and_zeros_stay(gpt, ids, tmp_path):
 
 
 def test_zeros_stay_zero_after_fit(gpt, ids):
-    pruned = compiled(prune(gpt, method="wanda", data=ids))
+    pruned = compiled(prune(gpt, method="wanda", calibration=ids))
     before = kernels(pruned)
     pruned.fit(ids, np.roll(ids, -1, axis=1), batch_size=2, epochs=2, verbose=0,
                callbacks=[UpdatePruning()])
@@ -162,14 +163,14 @@ def test_structured_heads_zero_heads_keep_outputs(gpt, ids):
     assert small.get_layer("block1_attn").num_heads == 1
     assert small.get_layer("block0_attn").num_heads == 2
     np.testing.assert_allclose(small(ids).numpy(), model(ids).numpy(), atol=1e-5)
-    wanda = prune(model, method="wanda", pattern="neurons", sparsity=0.25, data=ids)
+    wanda = prune(model, method="wanda", pattern="neurons", sparsity=0.25, calibration=ids)
     assert wanda.get_layer("block1_mlp_in").units == 96
 
 
 def test_kerashub_gpt2_backbone_prunes_and_runs(tiny_gpt2):
     backbone, batch = tiny_gpt2()
     for method in ("magnitude", "wanda"):
-        pruned = prune(backbone, method=method, data=batch, exclude="embedding")
+        pruned = prune(backbone, method=method, calibration=batch, exclude="embedding")
         rows = sparsity_summary(pruned)["layers"]
         assert len(rows) == 6 and all(r["sparsity"] == 0.5 for r in rows.values())
         assert np.isfinite(pruned(batch).numpy()).all()
@@ -179,9 +180,9 @@ def test_bad_input_is_rejected_before_work(gpt, ids):
     with pytest.raises(TfcompressError, match="no layer matched"):
         prune(gpt, include="nothing_like_this")
     with pytest.raises(TfcompressError, match=(
-            r"data must be token ids of shape \(batch, seq_len\), got shape \(16,\)")):
-        prune(gpt, method="wanda", data=ids[0])
-    with pytest.raises(TfcompressError, match="data is required"):
+            r"calibration must be token ids of shape \(batch, seq_len\), got shape \(16,\)")):
+        prune(gpt, method="wanda", calibration=ids[0])
+    with pytest.raises(TfcompressError, match="calibration is required"):
         prune(gpt, method="sparsegpt")
     with pytest.raises(TfcompressError, match="config must be a PruneConfig"):
         prune(gpt, {"sparsity": 0.5})
@@ -192,20 +193,24 @@ def test_bad_input_is_rejected_before_work(gpt, ids):
         prune(odd, pattern="2:8")
 
 
-def test_prune_stage_quick(tmp_path):
-    from dataclasses import replace
+def test_old_data_name_warns_and_gives_the_same_model(gpt, ids):
+    with pytest.warns(FutureWarning, match="data= is deprecated.*use calibration="):
+        old = prune(gpt, method="wanda", data=ids, verbose=0)
+    new = prune(gpt, method="wanda", calibration=ids, verbose=0)
+    for a, b in zip(old.get_weights(), new.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    with pytest.raises(TfcompressError, match="give calibration only"):
+        prune(gpt, method="wanda", data=ids, calibration=ids)
 
-    from tfcompress.data import load_corpus
-    from tfcompress.pipeline import STAGES, DemoContext, DemoSettings
-    from tfcompress.prune import stage  # noqa: F401  (registers the stage)
 
-    settings = replace(DemoSettings.quick(), finetune_steps=1)
-    ctx = DemoContext(settings, tmp_path, load_corpus(settings.corpus))
-    ctx.models["teacher"] = build_gpt("test-tiny", vocab_size=ctx.corpus.vocab_size)
-    measured = []
-    ctx.measure = measured.append  # evaluate() has its own tests; keep this one quick
-    STAGES["prune"](ctx)
-    assert ctx.final == "teacher-pruned" and measured == ["teacher-pruned"]
-    assert sparsity_summary(ctx.models["teacher-pruned"])["layers"]["block0_mlp_in"][
-        "sparsity"] == 0.5
-    assert "SparseGPT" in ctx.notes[-1]
+def test_keep_zeros_holds_a_reloaded_models_zeros_through_fit(gpt, ids, tmp_path):
+    strip_pruning(prune(gpt, sparsity=0.5, verbose=0)).save(tmp_path / "p.keras")
+    again = compiled(keras.models.load_model(tmp_path / "p.keras"))
+    before = kernels(again)
+    assert keep_zeros(again) and not keep_zeros(build_gpt("test-tiny", vocab_size=64))
+    again.fit(ids, np.roll(ids, -1, axis=1), batch_size=2, epochs=1, verbose=0,
+              callbacks=[UpdatePruning()])
+    after = kernels(strip_pruning(again))
+    for path, w in before.items():
+        assert (after[path][w == 0] == 0).all(), path
+        assert not np.allclose(after[path][w != 0], w[w != 0]), path

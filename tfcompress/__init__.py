@@ -1,8 +1,11 @@
 """tfcompress: make Keras language models smaller and faster, measured honestly.
 
-One verb per method: ``Distiller``, ``prune``, ``quantize``, ``factorize``, ``export_tflite``
-and ``evaluate``. The subpackages of the same name are also reachable as ``distill``,
-``pruning``, ``quantization``, ``lowrank``, ``export`` and ``evaluation``.
+One verb per method, each also the name of its subpackage: ``tfcompress.prune``,
+``tfcompress.quantize``, ``tfcompress.evaluate`` are callable packages
+(``tfcompress.prune(model, ...)`` runs the verb, ``tfcompress.prune.PruneConfig`` is in the
+package); ``factorize`` (package ``lowrank``), ``export_tflite`` (package ``export``) and
+``Distiller`` (package ``distill``) complete the set. `run` runs a recipe (package
+``recipes``).
 
 Example:
     >>> import tfcompress
@@ -11,49 +14,80 @@ Example:
     >>> report = tfcompress.evaluate(model, corpus.dataset("test", 128, 32), seq_len=128)
 """
 
-from tfcompress import (
-    _backend,  # noqa: F401  (sets KERAS_BACKEND before keras loads)
-    data,
-    distill,
-    export,
-    models,
-)
-from tfcompress import evaluate as evaluation
-from tfcompress import prune as pruning
-from tfcompress import quantize as quantization
-from tfcompress.distill import Distiller
+from __future__ import annotations
+
+import importlib
+import sys
+import warnings
+from pathlib import Path
+
+from tfcompress import _backend  # noqa: F401  (sets KERAS_BACKEND before keras loads)
 from tfcompress.errors import TfcompressError, VerificationError
-from tfcompress.evaluate import Report, compare, evaluate
-from tfcompress.export import TFLiteRunner, export_tflite, generate_text
-from tfcompress.lowrank import FactorizeConfig, factorize
-from tfcompress.prune import PruneConfig, prune
-from tfcompress.quantize import QuantizeConfig, qat, quantize
 
 __version__ = "0.1.0"
 
+SUBPACKAGES = ("core", "data", "distill", "evaluate", "export", "lowrank", "models", "prune",
+               "quantize", "recipes")
+# public name -> the module that defines it
+NAMES = {
+    "Distiller": "tfcompress.distill",
+    "FactorizeConfig": "tfcompress.lowrank",
+    "factorize": "tfcompress.lowrank",
+    "PruneConfig": "tfcompress.prune",
+    "QuantizeConfig": "tfcompress.quantize",
+    "qat": "tfcompress.quantize",
+    "Report": "tfcompress.evaluate",
+    "compare": "tfcompress.evaluate",
+    "TFLiteRunner": "tfcompress.export",
+    "export_tflite": "tfcompress.export",
+    "generate": "tfcompress.export",
+    "generate_text": "tfcompress.export",
+}
+# old aliases -> their subpackage (they warn for one release)
+DEPRECATED = {"pruning": "prune", "quantization": "quantize", "evaluation": "evaluate"}
+
+
+def __getattr__(name: str):
+    if name in SUBPACKAGES:
+        return importlib.import_module(f"tfcompress.{name}")
+    if name in NAMES:
+        return getattr(importlib.import_module(NAMES[name]), name)
+    if name == "run":
+        return importlib.import_module("tfcompress.recipes").run_recipe
+    if name in DEPRECATED:
+        new = DEPRECATED[name]
+        warnings.warn(f"tfcompress.{name} is deprecated and will be removed in the next "
+                      f"release: use tfcompress.{new} (the package, also callable as the verb)",
+                      FutureWarning, stacklevel=2)
+        return importlib.import_module(f"tfcompress.{new}")
+    raise AttributeError(f"module 'tfcompress' has no attribute {name!r}")
+
+
+def import_all() -> None:
+    """Import every subpackage, so the Keras layers they register load from ``.keras`` files."""
+    for name in SUBPACKAGES:
+        importlib.import_module(f"tfcompress.{name}")
+
+
+def _is_command_line() -> bool:
+    # `python -m tfcompress ...` / the `tfcompress` script: parse arguments before TensorFlow
+    # loads (fast --help); the command imports what it needs
+    argv = sys.orig_argv
+    module = argv[argv.index("-m") + 1:argv.index("-m") + 2] if "-m" in argv else []
+    return module == ["tfcompress"] or Path(sys.argv[0]).name == "tfcompress"
+
+
+if not _is_command_line():
+    import_all()
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *SUBPACKAGES, *NAMES, "run"})
+
+
 __all__ = [
-    "Distiller",
-    "FactorizeConfig",
-    "PruneConfig",
-    "QuantizeConfig",
-    "Report",
-    "TFLiteRunner",
-    "TfcompressError",
-    "VerificationError",
-    "compare",
-    "data",
-    "distill",
-    "evaluate",
-    "evaluation",
-    "export",
-    "export_tflite",
-    "factorize",
-    "generate_text",
-    "lowrank",
-    "models",
-    "prune",
-    "pruning",
-    "qat",
-    "quantization",
-    "quantize",
+    "Distiller", "FactorizeConfig", "PruneConfig", "QuantizeConfig", "Report", "TFLiteRunner",
+    "TfcompressError", "VerificationError", "compare", "data", "distill", "evaluate",
+    "export", "export_tflite", "factorize", "generate", "generate_text", "import_all",
+    "lowrank", "models", "prune", "qat", "quantize", "recipes", "run",
 ]

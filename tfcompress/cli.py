@@ -1,51 +1,211 @@
-"""Command line: ``python -m tfcompress demo`` and ``python -m tfcompress evaluate FILE``."""
+"""Command line: ``python -m tfcompress {run,demo,evaluate,export,inspect}``.
+
+Arguments are parsed before TensorFlow loads, so ``--help`` is instant. A user error (bad
+recipe, missing file, wrong option) prints one ``tfcompress: error: ...`` message and exits
+with status 2.
+
+Example:
+    $ python -m tfcompress run my_recipe.yaml
+    $ python -m tfcompress evaluate runs/demo/exports/teacher-int4.float32.tflite
+    $ python -m tfcompress inspect my_lm.keras
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
+import sys
+from pathlib import Path
 
 from tfcompress.errors import TfcompressError
+from tfcompress.recipes.schema import STAGE_NAMES
+
+# tfcompress.export.MODES, spelled out so that --help does not import TensorFlow
+# (tests/test_cli.py checks the two agree)
+EXPORT_MODES = ("dynamic_int8", "float16", "float32", "int16x8", "int4", "int8", "int8_mixed")
+MODEL_HELP = ("a .keras file, a .tflite file (evaluate only), a .gguf file, a Hugging Face "
+              "safetensors folder or a KerasHub preset folder")
+DATA_HELP = ("text to measure on: 'austen' (bundled), a .txt file or folder, or tfds:NAME "
+             "(default: austen)")
+TOKENIZER_HELP = ("'model' (default: the tokenizer.json beside the file, or the one inside a "
+                  "GGUF / safetensors / KerasHub bundle), 'byte', 'bpe', or a tokenizer.json "
+                  "path")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tfcompress", description="Compress Keras language models: distil, prune, "
+        "quantize, factorize, export to TFLite, and measure what each step costs.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser(
+        "run", help="run a recipe (YAML/JSON): model, data, stages, output folder",
+        description="Validate a recipe, run its stages in order (resuming finished ones) and "
+        "write report.md, report.json, plots and exported files to its output folder.",
+        epilog=f"stages: {', '.join(STAGE_NAMES)}. Shipped recipes (give the name instead "
+        "of a path): demo, smollm2_int4_phone, smollm2_sparse24, kerashub_half_depth.")
+    run.add_argument("recipe", help="recipe file (.yaml, .yml, .json) or a shipped recipe name")
+    run.add_argument("--quick", action="store_true",
+                     help="toy sizes (tiny preset, 32-token windows, a few steps) to check a "
+                     "recipe end to end in seconds; writes to <output>-quick unless --output")
+    run.add_argument("--output", help="output folder (default: the recipe's output)")
+
+    demo = sub.add_parser(
+        "demo", help="the shipped demo recipe (= make demo)",
+        description="Train a GPT on the bundled Austen corpus, compress it two ways "
+        "(the teacher exported with int4 weights; a distilled, pruned, GPTQ int4 student), "
+        "and measure both.")
+    demo.add_argument("--quick", action="store_true", help="toy sizes (seconds, for checks)")
+    demo.add_argument("--run-dir", help="output folder (default runs/demo)")
+
+    ev = sub.add_parser("evaluate", help="perplexity, accuracy, size and latency of a model",
+                        description="Measure a model on held-out windows of a text.")
+    ev.add_argument("model", help=MODEL_HELP)
+    _data_arguments(ev)
+    ev.add_argument("--windows", type=int, default=256, help="test windows (default 256)")
+    ev.add_argument("--batch-size", type=int, default=32, help="windows per batch (default 32)")
+
+    ex = sub.add_parser("export", help="convert a Keras model to a verified .tflite file",
+                        description="Convert, verify against Keras on held-out text, and "
+                        "write the tokenizer beside the file.")
+    ex.add_argument("model", help="a .keras file, .gguf file, safetensors or KerasHub folder")
+    ex.add_argument("--mode", choices=EXPORT_MODES, default="dynamic_int8",
+                    help="weights/activations format (default dynamic_int8): "
+                    + ", ".join(EXPORT_MODES))
+    ex.add_argument("--output", help="the .tflite path (default: beside the model, "
+                    "<name>.<mode>.tflite)")
+    _data_arguments(ex)
+    ex.add_argument("--windows", type=int, default=32,
+                    help="held-out windows for verification and calibration (default 32)")
+
+    ins = sub.add_parser("inspect", help="layers, parameters, sparsity and bits of a model, "
+                         "and which layers each method would touch")
+    ins.add_argument("model", help="a .keras file, .gguf file, safetensors or KerasHub folder")
+    return parser
+
+
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--data", default="austen", help=DATA_HELP)
+    parser.add_argument("--tokenizer", default="model", help=TOKENIZER_HELP)
+    parser.add_argument("--seq-len", type=int, help="window length in tokens (default: the "
+                        "model's fixed input length, else 128)")
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="tfcompress", description=__doc__)
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="train, compress, measure and export on the bundled corpus")
-    demo.add_argument("--quick", action="store_true", help="tiny settings (seconds, for checks)")
-    demo.add_argument("--run-dir", help="output folder (default runs/demo-<time>)")
-    demo.add_argument("--stages", nargs="+", help="stages to run, in order")
-    ev = sub.add_parser("evaluate", help="measure a .keras or .tflite model on Austen test text")
-    ev.add_argument("model", help="path to a .keras or .tflite file")
-    ev.add_argument("--seq-len", type=int, default=128)
-    ev.add_argument("--windows", type=int, default=256)
-    args = parser.parse_args(argv)
+    args = build_parser().parse_args(argv)
     try:
-        return _run(args)
-    except TfcompressError as err:  # bad input: one line, argparse's exit status
-        parser.exit(2, f"tfcompress {args.command}: error: {err}\n")
+        return COMMANDS[args.command](args)
+    except (TfcompressError, OSError) as err:
+        print(f"tfcompress: error: {err}", file=sys.stderr)
+        return 2
 
 
 def _run(args) -> int:
-    from tfcompress import _backend  # noqa: F401
+    from tfcompress.recipes import examples, load_recipe, quick_sizes, run_recipe
 
-    if args.command == "demo":
-        from tfcompress.pipeline import DemoSettings, run_demo
+    source = args.recipe
+    if not Path(source).exists() and source in examples():
+        from tfcompress.recipes import example
 
-        settings = DemoSettings.quick() if args.quick else DemoSettings()
-        run_demo(settings, args.run_dir, args.stages)
-        return 0
-    from tfcompress.core.saving import load_model
-    from tfcompress.core.validation import check_input_file
-    from tfcompress.data import load_corpus
+        source = example(source)
+    recipe = load_recipe(source)
+    if args.quick:
+        recipe = quick_sizes(recipe)
+    if args.output:
+        recipe["output"] = str(Path(args.output).resolve())
+    _import_all()
+    run = run_recipe(recipe)
+    print(f"done: {run.out / 'report.md'}")
+    return 0
+
+
+def _demo(args) -> int:
+    return _run(argparse.Namespace(recipe="demo", quick=args.quick, output=args.run_dir))
+
+
+def _import_all() -> None:
+    import tfcompress
+
+    tfcompress.import_all()
+
+
+def _bundle(path: str, tokenizer: str):
+    """``(keras model or .tflite path, tokenizer)`` for a model path and a --tokenizer."""
+    from tfcompress.recipes.schema import DEFAULT_DATA
+    from tfcompress.recipes.sources import choose_tokenizer, model_from_path
+
+    _import_all()
+    model, own = model_from_path(path)
+    if tokenizer == "model" and own is None:
+        raise TfcompressError(f"--tokenizer: {path} has no tokenizer.json beside it; give "
+                              "--tokenizer byte, bpe or a tokenizer.json path")
+    if tokenizer.endswith(".json") and not Path(tokenizer).is_file():
+        raise TfcompressError(f"--tokenizer: file {tokenizer!r} does not exist")
+    return model, choose_tokenizer({**DEFAULT_DATA, "tokenizer": tokenizer}, own)
+
+
+def _windows(model, args, tokenizer, split: str = "test"):
+    from tfcompress.recipes.sources import check_vocab, load_text, probe_seq_len
+
+    data = args.data
+    spec = ({"corpus": data} if data == "austen" else
+            {"tfds": data[5:]} if data.startswith("tfds:") else {"text": data})
+    if "text" in spec and not Path(data).exists():
+        raise TfcompressError(f"--data: {data!r} is not 'austen', tfds:NAME or an existing "
+                              "file or folder")
+    corpus = load_text({**spec, "vocab_size": 2048, "text_key": "text"}, tokenizer)
+    seq_len = probe_seq_len(model, args.seq_len)
+    if not isinstance(model, str):
+        check_vocab(model, corpus)
+    x, y, m = corpus.windows(split, seq_len, args.windows)
+    if len(x) == 0:
+        raise TfcompressError(f"--data: the {split} split is shorter than one {seq_len}-token "
+                              "window; give more text or a smaller --seq-len")
+    b = getattr(args, "batch_size", 8)
+    return [(x[i:i + b], y[i:i + b], m[i:i + b]) for i in range(0, len(x), b)], seq_len, corpus
+
+
+def _evaluate(args) -> int:
     from tfcompress.evaluate import evaluate
 
-    tflite = args.model.endswith(".tflite")
-    model = check_input_file(args.model, "model", ".tflite") if tflite else load_model(args.model)
-    x, y, m = load_corpus("austen").windows("test", args.seq_len, args.windows)
-    batches = [(x[i : i + 32], y[i : i + 32], m[i : i + 32]) for i in range(0, len(x), 32)]
-    print(json.dumps(evaluate(model, batches, seq_len=args.seq_len).to_dict(), indent=2))
+    model, tokenizer = _bundle(args.model, args.tokenizer)
+    batches, seq_len, _ = _windows(model, args, tokenizer)
+    report = evaluate(model, batches, seq_len=seq_len)
+    print(json.dumps(report.to_dict(), indent=2))
     return 0
+
+
+def _export(args) -> int:
+    from tfcompress.export import MODES, export_tflite
+
+    model, tokenizer = _bundle(args.model, args.tokenizer)
+    if isinstance(model, str):
+        raise TfcompressError("model: a .tflite file is already exported; give a .keras file")
+    batches, seq_len, corpus = _windows(model, args, tokenizer)
+    out = Path(args.output or Path(args.model).with_suffix(f".{args.mode}.tflite"))
+    calibration = corpus.windows("train", seq_len, args.windows)[0]
+    result = export_tflite(
+        model, out, mode=args.mode, seq_len=seq_len, eval_data=batches,
+        representative_data=calibration if MODES[args.mode].needs_representative else None)
+    if hasattr(tokenizer, "to_json"):
+        (out.parent / "tokenizer.json").write_text(tokenizer.to_json(), encoding="utf-8")
+    print(json.dumps(result.to_dict(), indent=2, default=str))
+    return 0
+
+
+def _inspect(args) -> int:
+    from tfcompress.recipes.inspect import inspect_model
+
+    model, _ = _bundle(args.model, "byte")
+    if isinstance(model, str):
+        raise TfcompressError("model: inspect reads Keras models; for a .tflite file use "
+                              "tfcompress.export.inspect_tflite")
+    print(inspect_model(model))
+    return 0
+
+
+COMMANDS = {"run": _run, "demo": _demo, "evaluate": _evaluate, "export": _export,
+            "inspect": _inspect}
 
 
 if __name__ == "__main__":

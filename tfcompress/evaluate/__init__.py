@@ -1,5 +1,6 @@
 """Measurement: size (raw and gzip), latency, perplexity/accuracy, comparison tables, plots."""
 
+from tfcompress.core.modules import make_callable
 from tfcompress.evaluate.latency import keras_forward, keras_latency, time_callable
 from tfcompress.evaluate.quality import lm_quality, token_stats
 from tfcompress.evaluate.report import (
@@ -11,6 +12,8 @@ from tfcompress.evaluate.report import (
     write_report,
 )
 from tfcompress.evaluate.size import file_sizes, keras_file_sizes, param_counts
+
+make_callable(__name__, evaluate)
 
 __all__ = [
     "Report",

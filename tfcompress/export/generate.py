@@ -39,16 +39,23 @@ def next_token(logits: np.ndarray, top_k: int = 1, temperature: float = 1.0,
 def generate(
     predict: Callable[[np.ndarray], np.ndarray],
     prompt_ids: Sequence[int],
-    max_new_tokens: int,
-    seq_len: int,
+    max_new_tokens: int = 32,
+    seq_len: int | None = None,
     top_k: int = 1,
     temperature: float = 1.0,
     seed: int = 0,
     vocab_size: int | None = None,
+    stop_ids: Sequence[int] = (),
 ) -> np.ndarray:
-    """Token ids of ``prompt_ids`` followed by ``max_new_tokens`` decoded ones.
+    """Token ids of ``prompt_ids`` followed by up to ``max_new_tokens`` decoded ones (decoding
+    stops after a token in ``stop_ids``).
 
-    ``predict`` maps ``(1, seq_len)`` int32 ids to ``(1, seq_len, vocab)`` logits.
+    ``predict`` maps ``(1, n)`` int32 ids to ``(1, n, vocab)`` logits. With ``seq_len`` (a
+    fixed-shape ``.tflite`` model) the context is right-padded to that length and slides past
+    it; without it the model sees the exact context each step.
+
+    Example:
+        >>> new = generate(runner.predict, tokenizer.encode("It is"), 20, seq_len=128)[2:]
     """
     prompt = np.asarray(prompt_ids).reshape(-1)
     if prompt.size == 0:
@@ -57,20 +64,22 @@ def generate(
         vocab_size is not None and prompt.max() >= vocab_size
     ):
         raise TfcompressError(f"prompt_ids must be token ids in [0, {vocab_size}), got {prompt}")
-    if max_new_tokens < 0 or seq_len < 1 or top_k < 1 or temperature <= 0:
+    if max_new_tokens < 0 or (seq_len is not None and seq_len < 1) or top_k < 1 or (
+            temperature <= 0):
         raise TfcompressError(
             "max_new_tokens must be >= 0, seq_len >= 1, top_k >= 1 and temperature > 0; got "
             f"{max_new_tokens}, {seq_len}, {top_k}, {temperature}"
         )
     rng = np.random.default_rng(seed)
     tokens = [int(t) for t in prompt]
-    window = np.zeros((1, seq_len), dtype=np.int32)
     for _ in range(max_new_tokens):
-        context = tokens[-seq_len:]
-        window[:] = 0
+        context = tokens if seq_len is None else tokens[-seq_len:]
+        window = np.zeros((1, seq_len or len(context)), dtype=np.int32)
         window[0, : len(context)] = context
         logits = np.asarray(predict(window))[0, len(context) - 1]
         tokens.append(next_token(logits, top_k, temperature, rng))
+        if tokens[-1] in stop_ids:
+            break
     return np.asarray(tokens, dtype=np.int32)
 
 

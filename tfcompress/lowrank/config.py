@@ -10,6 +10,7 @@ from tfcompress.lowrank.svd import MATRIX_METHODS, check_fraction
 METHODS = (*MATRIX_METHODS, "cp")
 CONV_METHODS = ("tucker", "cp", "svd")
 ALLOCATIONS = ("uniform", "sensitivity")
+BUDGETS = {"rank", "energy", "target_ratio"}
 SUPPORTED_TYPES = ("Dense", "EinsumDense", "Embedding", "Conv1D", "Conv2D")
 
 
@@ -88,6 +89,19 @@ class FactorizeConfig:
     @classmethod
     def from_config(cls, config: dict) -> FactorizeConfig:
         return cls(**config)
+
+    @classmethod
+    def merge(cls, config: FactorizeConfig | None, overrides: dict) -> FactorizeConfig:
+        """``config`` with ``overrides`` replacing its fields; a budget (``rank``, ``energy``
+        or ``target_ratio``) in ``overrides`` replaces the config's budget."""
+        if config is None:
+            return cls(**overrides)
+        if not isinstance(config, cls):
+            raise TfcompressError(f"config must be a FactorizeConfig, got {type(config).__name__}")
+        fields = config.get_config()
+        if BUDGETS & set(overrides):
+            fields.update(dict.fromkeys(BUDGETS))
+        return cls.from_config({**fields, **overrides})
 
 
 def _one_of(value, options, arg: str) -> None:

@@ -76,7 +76,7 @@ class LayerPlan:
 
 
 def factorize(model, config: FactorizeConfig | None = None, calibration=None,
-              inplace: bool = False, verbose: bool = True, **config_kwargs):
+              inplace: bool = False, verbose: int = 1, **overrides):
     """A copy of ``model`` whose chosen kernels are low-rank products (see `FactorizeConfig`).
 
     ``calibration`` holds model inputs (token ids, or batches) for the activation-aware
@@ -84,18 +84,14 @@ def factorize(model, config: FactorizeConfig | None = None, calibration=None,
     whose form is not supported, stay dense and are listed as kept. A table of the chosen
     ranks is printed (``verbose``); the decisions are on ``result.factorization``.
     With ``inplace=True`` nested layers of ``model`` itself are replaced and its top-level
-    layers reused: use the returned model.
+    layers reused: use the returned model. Keyword ``overrides`` replace config fields (one
+    of ``rank`` / ``energy`` / ``target_ratio`` replaces the config's budget).
 
     Example:
         >>> small = factorize(model, target_ratio=0.6, method="svd-llm", calibration=x)
     """
     check_model(model, "factorize", legacy_hint="a Keras 3 model (factorize has no tf.keras path)")
-    if config is None:
-        config = FactorizeConfig(**config_kwargs)
-    elif config_kwargs:
-        raise TfcompressError("pass either config or keyword settings, not both")
-    if not isinstance(config, FactorizeConfig):
-        raise TfcompressError(f"config must be a FactorizeConfig, got {type(config).__name__}")
+    config = FactorizeConfig.merge(config, overrides)
     chosen = select_layers(model, types=config.types, include=config.include,
                            exclude=config.exclude)
     _check_fixed_rank(chosen, config)

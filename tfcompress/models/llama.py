@@ -283,28 +283,20 @@ def causal_lm_perplexity(predict: Callable[[np.ndarray], np.ndarray], ids: np.nd
 def generate(predict: Callable[[np.ndarray], np.ndarray], prompt: Sequence[int],
              max_new_tokens: int = 32, seq_len: int | None = None,
              stop_ids: Sequence[int] = ()) -> list[int]:
-    """Greedy continuation of ``prompt`` token ids with any ``ids -> logits`` function.
+    """Deprecated: use `tfcompress.generate` (it returns the prompt followed by the new ids).
 
-    With ``seq_len`` (e.g. a fixed-shape TFLite model) the context is right-padded to that
-    length and the logits of the last real position are read: causal attention makes the
-    padding invisible. Without it the model sees the exact context each step.
-    """
-    ids = [int(t) for t in prompt]
-    if not ids:
+    The new ids only, as before."""
+    import warnings
+
+    from tfcompress.export.generate import generate as generate_ids
+
+    warnings.warn("tfcompress.models.generate is deprecated and will be removed in the next "
+                  "release: use tfcompress.generate(predict, prompt_ids, ...), which returns "
+                  "the prompt followed by the new ids", FutureWarning, stacklevel=2)
+    if not len(prompt):
         raise TfcompressError("prompt must hold at least one token id")
-    if max_new_tokens < 0:
-        raise TfcompressError(f"max_new_tokens must be >= 0, got {max_new_tokens}")
-    for _ in range(max_new_tokens):
-        context = ids if seq_len is None else ids[-seq_len:]
-        x = np.asarray([context], dtype=np.int32)
-        if seq_len is not None:
-            x = np.pad(x, ((0, 0), (0, seq_len - len(context))))
-        token = int(np.argmax(np.asarray(predict(x))[0, len(context) - 1]))
-        ids.append(token)
-        if token in stop_ids:
-            break
-    return ids[len(prompt):]
-
+    ids = generate_ids(predict, prompt, max_new_tokens, seq_len, stop_ids=stop_ids)
+    return ids[len(prompt):].tolist()
 
 
 def llama_config_of(model: keras.Model) -> LlamaConfig:

@@ -8,22 +8,27 @@ Example:
     >>> plain = strip_pruning(pruned)
 """
 
+from tfcompress.core.modules import make_callable
 from tfcompress.prune.api import prune
 from tfcompress.prune.config import METHODS, PruneConfig
 from tfcompress.prune.tfmot import prune_tf_keras, strip_tf_keras, tf_keras_callbacks
 from tfcompress.prune.training import (
     PruningState,
     UpdatePruning,
+    keep_zeros,
     sparsity_summary,
     strip_pruning,
     summary_table,
 )
+
+make_callable(__name__, prune)
 
 __all__ = [
     "METHODS",
     "PruneConfig",
     "PruningState",
     "UpdatePruning",
+    "keep_zeros",
     "prune",
     "prune_tf_keras",
     "sparsity_summary",

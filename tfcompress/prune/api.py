@@ -1,7 +1,7 @@
 """`prune`: the one verb of `tfcompress.prune` for Keras 3 models.
 
 Example:
-    >>> pruned = prune(model, PruneConfig(method="wanda", sparsity=0.5), data=calibration_ids)
+    >>> pruned = prune(model, PruneConfig(method="wanda", sparsity=0.5), calibration=ids)
     >>> sparsity_summary(pruned)["total"]["sparsity"]
     0.5
 """
@@ -12,45 +12,56 @@ from dataclasses import replace
 
 import numpy as np
 
+from tfcompress.core.deprecation import renamed_argument
 from tfcompress.core.layers import copy_model, matrix_shape, select_layers
 from tfcompress.core.validation import check_calibration, check_model
 from tfcompress.errors import TfcompressError
 from tfcompress.prune.config import STRUCTURED, PruneConfig
 from tfcompress.prune.oneshot import input_batches, prune_oneshot
 from tfcompress.prune.structured import prune_structured
-from tfcompress.prune.training import PruningState, attach_state
+from tfcompress.prune.training import (
+    PruningState,
+    attach_state,
+    sparsity_summary,
+    summary_table,
+)
 
 
-def prune(model, config: PruneConfig | None = None, data=None, *, loss=None,
-          inplace: bool = False, **overrides):
+def prune(model, config: PruneConfig | None = None, calibration=None, *, loss=None,
+          inplace: bool = False, verbose: int = 1, data=None, **overrides):
     """Prune a Keras 3 model's kernels (nested layers included) and return the pruned model.
 
     - With ``config.schedule`` the returned copy gets mask variables (all ones at first):
       train it with ``fit(..., callbacks=[UpdatePruning()])``, then `strip_pruning`.
-    - Without one, ``config.method`` prunes at once from ``data`` (calibration inputs for
+    - Without one, ``config.method`` prunes at once from ``calibration`` (inputs for
       wanda / sparsegpt; ``(inputs, targets[, weights])`` batches for taylor). The masks stay
       attached, so a fine-tune with `UpdatePruning` keeps the pruned weights at zero.
     - ``pattern="neurons"`` / ``"heads"`` return a new, narrower functional model.
 
     ``overrides`` replace config fields (``prune(model, sparsity=0.8)``). The user's model is
     copied unless ``inplace=True`` (structured pruning always builds a new model). ``loss``
-    is taylor's loss (default: sparse categorical cross-entropy on logits).
+    is taylor's loss (default: sparse categorical cross-entropy on logits). ``verbose``
+    prints the sparsity per layer (0: nothing). ``data`` is the deprecated name of
+    ``calibration``.
 
     Example:
-        >>> pruned = prune(model, method="sparsegpt", pattern="2:4", data=calibration_ids)
+        >>> pruned = prune(model, method="sparsegpt", pattern="2:4", calibration=ids)
     """
+    calibration = renamed_argument("data", data, "calibration", calibration)
     check_model(model, "prune", legacy_hint="tfcompress.prune.prune_tf_keras")
     if config is not None and not isinstance(config, PruneConfig):
         raise TfcompressError(f"config must be a PruneConfig, got {type(config).__name__}")
     config = replace(config or PruneConfig(), **overrides)
     if config.schedule is None and config.method in ("wanda", "sparsegpt"):
         # read once (a generator cannot be read twice), checked before any work
-        data = input_batches(model, check_calibration(model, data, "data"))
-    if config.schedule is None and config.method == "taylor" and data is not None:
-        data = data if isinstance(data, tuple | np.ndarray) else list(data)
-        check_calibration(model, [data] if isinstance(data, tuple) else data, "data")
+        calibration = input_batches(model, check_calibration(model, calibration, "calibration"))
+    if config.schedule is None and config.method == "taylor" and calibration is not None:
+        calibration = (calibration if isinstance(calibration, tuple | np.ndarray)
+                       else list(calibration))
+        check_calibration(model, [calibration] if isinstance(calibration, tuple)
+                          else calibration, "calibration")
     if config.pattern in STRUCTURED:
-        return prune_structured(model, config, data)
+        return prune_structured(model, config, calibration)
     layers = select_layers(model, config.layer_types, config.include, config.exclude)
     if config.nm is not None:
         bad = [p for p, la in layers if matrix_shape(la)[0] % config.nm[1]]
@@ -59,9 +70,9 @@ def prune(model, config: PruneConfig | None = None, data=None, *, loss=None,
                 f"pattern {config.pattern!r} needs each layer's input size divisible by "
                 f"{config.nm[1]}; not so for {bad}: exclude them"
             )
-    if config.schedule is None and config.method == "taylor" and data is None:
+    if config.schedule is None and config.method == "taylor" and calibration is None:
         raise TfcompressError(
-            "data is required for method='taylor': give (inputs, targets) batches"
+            "calibration is required for method='taylor': give (inputs, targets) batches"
         )
     target = model if inplace else copy_model(model)
     if target is not model:
@@ -73,6 +84,9 @@ def prune(model, config: PruneConfig | None = None, data=None, *, loss=None,
             from tfcompress.models.training import lm_loss
 
             loss = lm_loss()
-        state = PruningState(layers, config, prune_oneshot(target, layers, config, data, loss))
+        masks = prune_oneshot(target, layers, config, calibration, loss)
+        state = PruningState(layers, config, masks)
     attach_state(target, state)
+    if verbose:
+        print(summary_table(sparsity_summary(target)))
     return target

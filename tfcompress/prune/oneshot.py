@@ -21,7 +21,7 @@ from tfcompress.prune.scores import hessian, magnitude_scores, taylor_scores, wa
 from tfcompress.prune.sparsegpt import sparsegpt_prune
 
 
-def input_batches(model, data, arg: str = "data") -> list:
+def input_batches(model, data, arg: str = "calibration") -> list:
     """Model-input batches from an array, a dict, or an iterable of them (or of
     ``(inputs, targets[, weights])`` tuples, whose inputs are used), shape-checked."""
     if data is None:
@@ -112,7 +112,7 @@ def taylor_gradients(model, layers: list[tuple[str, object]], data, loss) -> dic
     items = [data] if isinstance(data, tuple) else list(data)
     if not items or any(not isinstance(b, tuple | list) or len(b) not in (2, 3) for b in items):
         raise TfcompressError(
-            "data for method='taylor' must be (inputs, targets[, sample_weight]) batches"
+            "calibration for method='taylor' must be (inputs, targets[, sample_weight]) batches"
         )
     input_batches(model, items)
     kernels = [kernel_of(la) for _, la in layers]

@@ -220,6 +220,27 @@ def strip_pruning(model):
     return model
 
 
+def keep_zeros(model, types=COMPRESSIBLE_TYPES) -> bool:
+    """Attach masks that hold ``model``'s zero weights at zero during a ``fit`` with
+    `UpdatePruning`, in place (e.g. to fine-tune a pruned model that was saved and reloaded);
+    True when some kernel has zeros. Masks already attached are kept. `strip_pruning` removes
+    them after training.
+
+    Example:
+        >>> keep_zeros(reloaded); reloaded.fit(data, callbacks=[UpdatePruning()])
+    """
+    if getattr(model, STATE_ATTR, None) is not None:
+        return True
+    kernels = {p: (la, np.asarray(kernel_of(la).numpy()))
+               for p, la in select_layers(model, types=types, require=False)}
+    sparse = {p: v for p, v in kernels.items() if not v[1].all()}
+    if not sparse:
+        return False
+    attach_state(model, PruningState([(p, la) for p, (la, _) in sparse.items()], PruneConfig(),
+                                     {p: (w != 0).astype(w.dtype) for p, (_, w) in sparse.items()}))
+    return True
+
+
 def sparsity_summary(model, types=COMPRESSIBLE_TYPES) -> dict:
     """Zeros per kernel and in total, counted in the weights themselves.
 

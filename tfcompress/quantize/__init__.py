@@ -8,6 +8,7 @@ Example:
     ...                                       group_size=128), calibration=windows)
 """
 
+from tfcompress.core.modules import make_callable
 from tfcompress.quantize.api import METHODS, QuantizeConfig, quantize
 from tfcompress.quantize.gptq import gptq, hessian, output_error
 from tfcompress.quantize.mixed import allocate_bits, sensitivity
@@ -23,6 +24,9 @@ from tfcompress.quantize.quantizers import (
     nf4_levels,
 )
 from tfcompress.quantize.storage import is_quantized
+from tfcompress.quantize.tfmot_path import tfmot_cluster, tfmot_quantize, tfmot_strip_clustering
+
+make_callable(__name__, quantize)
 
 __all__ = [
     "METHODS",
@@ -45,5 +49,8 @@ __all__ = [
     "quantize",
     "sensitivity",
     "strip_qat",
+    "tfmot_cluster",
+    "tfmot_quantize",
+    "tfmot_strip_clustering",
     "unpack_int4_np",
 ]

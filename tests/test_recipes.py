@@ -1,0 +1,212 @@
+"""Recipes: validation before work, a YAML round trip on a user's own model, resume."""
+
+import json
+import shutil
+
+import keras
+import numpy as np
+import pytest
+import yaml
+
+from tfcompress.data import ByteTokenizer, bundled_corpus
+from tfcompress.errors import TfcompressError
+from tfcompress.recipes import example, examples, load_recipe, run_recipe, validate
+from tfcompress.recipes.stages import STAGES
+
+SEQ = 16
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    """A user's own model (not a built-in preset) saved with its tokenizer, and a text file."""
+    root = tmp_path_factory.mktemp("user")
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((SEQ,), dtype="int32")
+    hidden = keras.layers.Dense(64, activation="gelu", name="hidden")(
+        keras.layers.Embedding(256, 32)(ids))
+    model = keras.Model(ids, keras.layers.Dense(256, name="head")(hidden), name="my_lm")
+    model.save(root / "my_lm.keras")
+    (root / "tokenizer.json").write_text(ByteTokenizer().to_json())
+    (root / "emma.txt").write_text(bundled_corpus("austen")["train"][:40_000])
+    return root
+
+
+def recipe_for(root, stages, **extra):
+    return {"model": {"keras": str(root / "my_lm.keras"), "name": "mine"},
+            "data": {"text": str(root / "emma.txt"), "seq_len": SEQ, "batch_size": 4,
+                     "eval_windows": 8, "calibration_windows": 4},
+            "samples": {"tokens": 4}, "stages": stages, "output": str(root / "out"), **extra}
+
+
+def test_yaml_recipe_round_trip_on_a_users_model(bundle, tmp_path):
+    recipe = recipe_for(bundle, [
+        {"prune": {"method": "sparsegpt", "sparsity": 0.5, "include": "hidden",
+                   "finetune_steps": 1}},
+        {"quantize": {"method": "gptq", "bits": 4, "granularity": "group", "group_size": 16}},
+        {"export": {"mode": "float32"}},
+    ], output=str(tmp_path / "run"))
+    path = tmp_path / "recipe.yaml"
+    path.write_text(yaml.safe_dump(recipe))
+    run = run_recipe(path)
+    report = (tmp_path / "run" / "report.md").read_text()
+    for row in ("| mine | keras |", "| mine-pruned | keras |", "| mine-pruned-quantized | keras |",
+                "| mine-pruned-quantized (float32 tflite) | tflite |"):
+        assert row in report
+    assert "## Samples" in report and (tmp_path / "run" / "quality_vs_size.png").is_file()
+    saved = json.loads((tmp_path / "run" / "report.json").read_text())
+    by_name = {r["name"]: r for r in saved["reports"]}
+    keras_ppl = by_name["mine-pruned-quantized"]["quality"]["perplexity"]
+    assert by_name["mine-pruned-quantized (float32 tflite)"]["quality"]["perplexity"] == \
+        pytest.approx(keras_ppl, rel=1e-3)
+    pruned = keras.models.load_model(tmp_path / "run" / "stages" / "01-prune" / "model.keras")
+    hidden = np.asarray(pruned.get_layer("hidden").kernel)
+    assert (hidden == 0).mean() == pytest.approx(0.5)  # the masks held through the fine-tune
+    assert load_recipe(tmp_path / "run" / "recipe.yaml") == run.recipe  # the exact recipe
+    assert (tmp_path / "run" / "exports" / "tokenizer.json").is_file()
+
+
+def test_resume_after_a_stage_killed_midway(bundle, tmp_path, monkeypatch, capsys):
+    recipe = recipe_for(bundle, [
+        {"prune": {"method": "magnitude", "sparsity": 0.5}}, "evaluate",
+        {"finetune": {"steps": 1}}],
+        output=str(tmp_path / "run"))
+
+    def killed(run, st):
+        raise KeyboardInterrupt
+
+    finetune = STAGES["finetune"]
+    monkeypatch.setitem(STAGES, "finetune", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_recipe(recipe)
+    pruned = tmp_path / "run" / "stages" / "01-prune" / "model.keras"
+    first = pruned.stat().st_mtime_ns
+    assert not (tmp_path / "run" / "stages" / "03-finetune").exists()
+    assert "| mine-pruned | keras |" in (tmp_path / "run" / "report.md").read_text()  # evaluate
+    monkeypatch.setitem(STAGES, "finetune", finetune)
+    capsys.readouterr()
+    run = run_recipe(recipe)
+    out = capsys.readouterr().out
+    assert "[1/3] prune (mine -> mine-pruned): finished before, resumed" in out
+    assert pruned.stat().st_mtime_ns == first
+    assert [t["resumed"] for t in run.timings] == [True, True, True, False]
+    recipe["stages"][0]["prune"]["sparsity"] = 0.25  # a changed config runs again
+    run = run_recipe(recipe)
+    assert [t["resumed"] for t in run.timings] == [True, False, False, False]
+
+
+GOOD = {"model": {"preset": "test-tiny", "train_steps": 2}, "data": {"corpus": "austen",
+        "tokenizer": "byte"}, "stages": ["evaluate"], "output": "runs/x"}
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"colour": "red"}, "recipe: unknown key 'colour'"),
+    ({"stages": ["bake"]}, "stages[0]: unknown stage 'bake' (valid: distill, prune"),
+    ({"stages": [{"finetune": {"stepz": 3}}]}, "stages[0].finetune: unknown key 'stepz'"),
+    ({"stages": [{"finetune": {}}]}, "stages[0].finetune.steps: give the number"),
+    ({"data": {"corpus": "austen", "tokenizer": "byte", "seq_len": "128"}},
+     "data.seq_len: expected int, got str '128'"),
+    ({"model": {"keras": "missing.keras"}}, "model.keras: file"),
+    ({"model": {"keras": "model.h5"}}, "expected a path ending in .keras"),
+    ({"model": {"preset": "test-tiny"}}, "model.train_steps: a built-in preset starts untrained"),
+    ({"data": {"corpus": "austen"}}, "a built-in preset has no tokenizer of its own"),
+    ({"data": {"corpus": "wiki", "tokenizer": "byte"}}, "data.corpus: unknown corpus 'wiki'"),
+    ({"data": {"corpus": "austen", "text": "a.txt", "tokenizer": "byte"}},
+     "data: give exactly one of corpus, text, tfds; got corpus, text"),
+    ({"stages": [{"quantize": {"bits": 4}}, {"prune": {}}]},
+     "stages[1].prune: incompatible order: prune after quantize"),
+    ({"stages": [{"prune": {"input": "nobody"}}]}, "stages[0].prune.input: no model named"),
+    ({"stages": [{"prune": {"sparsity": 1.5}}]}, "stages[0].prune: sparsity"),
+    ({"stages": [{"quantize": {"method": "magic"}}]}, "stages[0].quantize: method must be"),
+    ({"stages": [{"factorize": {"rank": 4, "energy": 0.9}}]}, "give exactly one of rank"),
+    ({"stages": [{"prune": {"name": "base"}}]}, "'base' is already taken"),
+    ({"stages": [{"export": {"mode": "int3"}}]}, "unknown mode 'int3'"),
+    ({"stages": [{"export": {}}]}, "give mode (e.g. dynamic_int8) or modes"),
+    ({"stages": [{"distill": {"steps": 5}}]}, "student: give a student spec"),
+    ({"stages": [{"distill": {"steps": 5, "student": {"depth": 2.0}}}]},
+     "student.depth: must be in (0, 1)"),
+    ({"stages": []}, "recipe.stages: empty"),
+])
+def test_every_bad_recipe_gets_its_message(change, message):
+    with pytest.raises(TfcompressError, match="recipe has") as err:
+        validate({**GOOD, **change})
+    assert message in str(err.value)
+
+
+def test_all_problems_in_one_error_before_any_work(tmp_path):
+    bad = {**GOOD, "colour": "red", "stages": ["bake", {"finetune": {"stepz": 1}}],
+           "output": str(tmp_path / "never")}
+    with pytest.raises(TfcompressError, match="recipe has 4 problems") as err:
+        run_recipe(bad)
+    assert "'colour'" in str(err.value) and "'bake'" in str(err.value)
+    assert not (tmp_path / "never").exists()
+    path = tmp_path / "r.yaml"
+    path.write_text("model: [unclosed")
+    with pytest.raises(TfcompressError, match="is not valid YAML/JSON"):
+        load_recipe(path)
+
+
+def test_shipped_recipes_validate(tmp_path):
+    assert set(examples()) == {"demo", "smollm2_int4_phone", "smollm2_sparse24",
+                               "kerashub_half_depth"}
+    (tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(b"")
+    (tmp_path / "gpt2_base_en").mkdir()
+    for name in examples():
+        copy = tmp_path / f"{name}.yaml"
+        shutil.copy(example(name), copy)  # the referenced files sit beside the recipe
+        recipe = load_recipe(copy)
+        assert recipe["stages"][-1]["stage"] == "export", name
+    demo = load_recipe(example("demo"))
+    ship = demo["stages"][0]
+    assert ship["stage"] == "export" and ship["input"] == "teacher" and ship["modes"][0] == "int4"
+
+
+def test_half_depth_students_copy_the_kept_blocks(tiny_gpt2):
+    from tfcompress.models import build_gpt
+    from tfcompress.recipes.sources import ids_to_logits
+    from tfcompress.recipes.students import kept_blocks, make_student
+
+    assert kept_blocks(4, {"depth": 0.5}) == [0, 2] and kept_blocks(3, {"depth": 0.1}) == [0]
+    teacher = build_gpt("test-tiny", n_layers=4, vocab_size=64)
+    student = make_student(teacher, {"depth": 0.5}, seq_len=32)
+    assert sum(la.name.endswith("_attn") for la in student.layers) == 2
+    np.testing.assert_array_equal(student.get_layer("block1_mlp_in").kernel,
+                                  teacher.get_layer("block2_mlp_in").kernel)
+    keras_hub = pytest.importorskip("keras_hub")
+    backbone, _ = tiny_gpt2()
+    two = keras_hub.models.GPT2Backbone.from_config({**backbone.get_config(), "num_layers": 2})
+    lm = ids_to_logits(keras_hub.models.GPT2CausalLM(backbone=two, preprocessor=None))
+    half = make_student(lm, {"layers": [1]}, seq_len=8)
+    small = next(la for la in half.layers if hasattr(la, "backbone")).backbone
+    assert small.num_layers == 1
+    for a, b in zip(small.get_layer("transformer_layer_0").get_weights(),
+                    two.get_layer("transformer_layer_1").get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+    ids = np.ones((1, 8), "int32")
+    assert half(ids).shape == (1, 8, 64)
+
+
+def test_quick_sizes_shrink_the_demo_and_stay_valid():
+    from tfcompress.recipes import quick_sizes
+
+    demo = load_recipe(example("demo"))
+    quick = quick_sizes(demo)
+    assert quick["model"] == {**demo["model"], "preset": "test-tiny", "train_steps": 20}
+    assert quick["data"]["seq_len"] == 32 and quick["output"] == demo["output"] + "-quick"
+    steps = {(s["stage"], s.get("name")): (s.get("steps"), s.get("finetune_steps"))
+             for s in quick["stages"]}
+    assert steps[("distill", "student")] == (10, None)
+    assert steps[("prune", "student-pruned")] == (None, 5)
+    assert validate(quick)["stages"] == quick["stages"]
+    assert demo["data"]["seq_len"] == 128  # the recipe given is not changed
+
+
+def test_a_live_model_object_as_the_source(bundle, tmp_path):
+    model = keras.models.load_model(bundle / "my_lm.keras")
+    recipe = recipe_for(bundle, [{"quantize": {"bits": 8}}], output=str(tmp_path / "run"))
+    recipe["model"] = {"object": model, "name": "live"}
+    recipe["data"]["tokenizer"] = "byte"
+    run = run_recipe(recipe)
+    assert [r.name for r in run.reports] == ["live", "live-quantized"]
+    written = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
+    assert written["model"]["object"] == "<Functional 'my_lm', 26944 params>"
+    assert model.get_layer("hidden").kernel.dtype == "float32"  # the user's model untouched

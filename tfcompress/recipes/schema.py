@@ -1,0 +1,340 @@
+"""What a recipe may hold, and one check of all of it before any work.
+
+A recipe is a dict (from YAML, JSON or Python) with ``model``, ``data``, ``stages`` and
+``output``; `validate` returns it normalised or raises one `TfcompressError` that lists every
+problem. This module imports neither TensorFlow nor Keras (the command line validates fast);
+method configs are checked by building them (``PruneConfig(**...)``), so a recipe accepts
+exactly what the verbs accept.
+
+Example:
+    >>> recipe = validate({"model": {"preset": "test-tiny", "train_steps": 5},
+    ...                    "data": {"corpus": "austen"}, "stages": ["evaluate"],
+    ...                    "output": "runs/tiny"})
+    >>> recipe["stages"][0]["stage"]
+    'evaluate'
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from tfcompress.errors import TfcompressError
+
+MODEL_SOURCES = ("keras", "kerashub", "gguf", "safetensors", "preset")
+DATA_SOURCES = ("corpus", "text", "tfds")
+TOKENIZERS = ("model", "byte", "bpe")
+CORPORA = ("austen",)
+STAGE_NAMES = ("distill", "prune", "finetune", "quantize", "factorize", "evaluate", "export")
+# stages that train or rewrite float kernels: they cannot take a model holding quantized codes
+NEEDS_FLOAT = ("prune", "finetune", "quantize", "factorize")
+# stages whose output is a new model (evaluate and export only measure or write files)
+MAKES_MODEL = ("distill", "prune", "finetune", "quantize", "factorize")
+
+TOP_KEYS = {"name": str, "output": str, "seed": int, "model": dict, "data": dict,
+            "stages": list, "samples": dict}
+MODEL_KEYS = {"keras": str, "kerashub": str, "gguf": str, "safetensors": str, "preset": str,
+              "object": object, "name": str, "train_steps": int, "learning_rate": float}
+DATA_KEYS = {"corpus": str, "text": str, "tfds": str, "tokenizer": str, "vocab_size": int,
+             "seq_len": int, "batch_size": int, "eval_windows": int,
+             "calibration_windows": int, "text_key": str, "data_dir": str}
+SAMPLE_KEYS = {"prompt": str, "tokens": int}
+COMMON_STAGE_KEYS = {"input": str, "name": str}
+STAGE_KEYS = {
+    "distill": {"student": dict, "steps": int, "alpha": float, "temperature": float,
+                "divergence": str, "learning_rate": float},
+    "finetune": {"steps": int, "learning_rate": float},
+    "evaluate": {"models": list},
+    "export": {"mode": str, "modes": list, "prompt": str},
+    "prune": {"finetune_steps": int},
+    "quantize": {},
+    "factorize": {"finetune_steps": int},
+}
+STUDENT_KEYS = {"preset": str, "layers": list, "depth": float, "d_model": int, "n_layers": int,
+                "n_heads": int, "d_ff": int}
+DEFAULT_DATA = {"tokenizer": "model", "vocab_size": 2048, "seq_len": 128, "batch_size": 32,
+                "eval_windows": 128, "calibration_windows": 32, "text_key": "text"}
+DEFAULT_SAMPLES = {"prompt": "It is a truth universally acknowledged", "tokens": 48}
+SUFFIX = {"distill": "student", "prune": "pruned", "finetune": "tuned", "quantize": "quantized",
+          "factorize": "lowrank"}
+
+
+def _type_ok(value, kind) -> bool:
+    if kind is object:
+        return True
+    if kind is float:
+        return isinstance(value, int | float) and not isinstance(value, bool)
+    if kind is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    return isinstance(value, kind)
+
+
+def _check_keys(section: dict, allowed: dict, where: str, problems: list[str]) -> None:
+    for key, value in section.items():
+        if key not in allowed:
+            problems.append(f"{where}: unknown key {key!r} (valid: {', '.join(sorted(allowed))})")
+        elif not _type_ok(value, allowed[key]):
+            problems.append(f"{where}.{key}: expected {allowed[key].__name__}, got "
+                            f"{type(value).__name__} {value!r}")
+
+
+def _one_of(section: dict, keys: tuple, where: str, problems: list[str]) -> str | None:
+    given = [k for k in keys if k in section]
+    if len(given) != 1:
+        problems.append(f"{where}: give exactly one of {', '.join(keys)}; got "
+                        f"{', '.join(given) if given else 'none'}")
+        return None
+    return given[0]
+
+
+def _path_problem(base: Path, value: str, where: str, kind: str) -> str | None:
+    path = Path(value).expanduser()
+    path = path if path.is_absolute() else base / path
+    if kind == "file" and not path.is_file():
+        return f"{where}: file {str(path)!r} does not exist"
+    if kind == "dir" and not path.is_dir():
+        return f"{where}: folder {str(path)!r} does not exist"
+    if kind == "any" and not path.exists():
+        return f"{where}: {str(path)!r} does not exist"
+    return None
+
+
+def resolve(base: Path, value: str) -> str:
+    """``value`` as an absolute path, relative paths taken from the recipe's folder."""
+    path = Path(value).expanduser()
+    return str(path if path.is_absolute() else (base / path).resolve())
+
+
+def _check_model(model: dict, base: Path, problems: list[str]) -> None:
+    _check_keys(model, MODEL_KEYS, "model", problems)
+    kind = _one_of(model, (*MODEL_SOURCES, "object"), "model", problems)
+    if kind in (None, "object") or not isinstance(model[kind], str):
+        return
+    value = model[kind]
+    if kind == "keras":
+        if not str(value).endswith(".keras"):
+            problems.append(f"model.keras: expected a path ending in .keras, got {value!r}")
+        elif (p := _path_problem(base, value, "model.keras", "file")) is not None:
+            problems.append(p)
+    elif kind == "gguf" and (p := _path_problem(base, value, "model.gguf", "file")):
+        problems.append(p)
+    elif kind in ("kerashub", "safetensors") and (
+            p := _path_problem(base, value, f"model.{kind}", "dir")):
+        problems.append(p)
+    elif kind == "preset":
+        from tfcompress.models.gpt import PRESETS
+
+        if value not in PRESETS:
+            problems.append(f"model.preset: unknown preset {value!r} (valid: "
+                            f"{', '.join(sorted(PRESETS))})")
+        if "train_steps" not in model:
+            problems.append("model.train_steps: a built-in preset starts untrained; give the "
+                            "number of training steps")
+    if kind != "preset" and "train_steps" in model:
+        problems.append("model.train_steps: only a built-in preset is trained by the recipe")
+    if "train_steps" in model and _type_ok(model["train_steps"], int) and model[
+            "train_steps"] < 1:
+        problems.append(f"model.train_steps: must be >= 1, got {model['train_steps']}")
+
+
+def _check_data(data: dict, model: dict, base: Path, problems: list[str]) -> None:
+    _check_keys(data, DATA_KEYS, "data", problems)
+    kind = _one_of(data, DATA_SOURCES, "data", problems)
+    if kind == "corpus" and data["corpus"] not in CORPORA:
+        problems.append(f"data.corpus: unknown corpus {data['corpus']!r} (bundled: "
+                        f"{', '.join(CORPORA)}; use data.text for your own file)")
+    if kind == "text" and isinstance(data["text"], str) and (
+            p := _path_problem(base, data["text"], "data.text", "any")):
+        problems.append(p)
+    tok = data.get("tokenizer", "model")
+    if isinstance(tok, str) and tok not in TOKENIZERS and not tok.endswith(".json"):
+        problems.append(f"data.tokenizer: expected one of {', '.join(TOKENIZERS)} or a "
+                        f"tokenizer.json path, got {tok!r}")
+    elif isinstance(tok, str) and tok.endswith(".json") and (
+            p := _path_problem(base, tok, "data.tokenizer", "file")):
+        problems.append(p)
+    if tok == "model" and "preset" in model:
+        problems.append("data.tokenizer: a built-in preset has no tokenizer of its own; "
+                        "choose byte, bpe or a tokenizer.json path")
+    if tok == "model" and isinstance(model.get("keras"), str):
+        beside = Path(resolve(base, model["keras"])).parent / "tokenizer.json"
+        if not beside.is_file():
+            problems.append(f"data.tokenizer: the model file has no tokenizer.json beside it "
+                            f"({beside}); give byte, bpe or a tokenizer.json path")
+    for key in ("seq_len", "batch_size", "eval_windows", "calibration_windows"):
+        if _type_ok(data.get(key), int) and data[key] < 1:
+            problems.append(f"data.{key}: must be >= 1, got {data[key]}")
+
+
+def _config_problem(stage: str, config: dict) -> str | None:
+    """Build the verb's config from ``config`` (method keys only); the error text if it fails."""
+    if stage == "prune":
+        from tfcompress.prune.config import PruneConfig as cls
+    elif stage == "quantize":
+        from tfcompress.quantize.api import QuantizeConfig as cls
+    elif stage == "factorize":
+        from tfcompress.lowrank.config import FactorizeConfig as cls
+    else:
+        return None
+    try:
+        cls.from_config(config)
+    except TypeError as err:
+        return f"{err}".replace("__init__() got an ", "")
+    except TfcompressError as err:
+        return str(err)
+    return None
+
+
+def _normalise_stage(raw, index: int, problems: list[str]) -> dict | None:
+    where = f"stages[{index}]"
+    if isinstance(raw, str):
+        raw = {raw: {}}
+    if isinstance(raw, dict) and isinstance(raw.get("stage"), str):  # the normalised form
+        raw = {raw["stage"]: {k: v for k, v in raw.items() if k != "stage"}}
+    if not isinstance(raw, dict) or len(raw) != 1:
+        problems.append(f"{where}: expected a stage name, a one-key mapping "
+                        f"{{stage: {{settings}}}} or {{stage: name, ...}}, got {raw!r}")
+        return None
+    (stage, settings), = raw.items()
+    settings = {} if settings is None else settings
+    if stage not in STAGE_NAMES:
+        problems.append(f"{where}: unknown stage {stage!r} (valid: {', '.join(STAGE_NAMES)})")
+        return None
+    if not isinstance(settings, dict):
+        problems.append(f"{where}.{stage}: expected a mapping of settings, got {settings!r}")
+        return None
+    where = f"{where}.{stage}"
+    own = {**COMMON_STAGE_KEYS, **STAGE_KEYS[stage]}
+    method_keys = {k: v for k, v in settings.items() if k not in own}
+    if stage in ("prune", "quantize", "factorize"):
+        _check_keys({k: v for k, v in settings.items() if k in own}, own, where, problems)
+        if (p := _config_problem(stage, method_keys)) is not None:
+            problems.append(f"{where}: {p}")
+    else:
+        _check_keys(settings, own, where, problems)
+    if stage == "distill":
+        student = settings.get("student")
+        if not isinstance(student, dict):
+            problems.append(f"{where}.student: give a student spec, e.g. {{preset: student}} "
+                            "or {depth: 0.5} (every other block of the teacher)")
+        else:
+            _check_keys(student, STUDENT_KEYS, f"{where}.student", problems)
+            _one_of(student, ("preset", "layers", "depth"), f"{where}.student", problems)
+            depth = student.get("depth")
+            if _type_ok(depth, float) and not 0 < depth < 1:
+                problems.append(f"{where}.student.depth: must be in (0, 1), got {depth}")
+        if "steps" not in settings:
+            problems.append(f"{where}.steps: give the number of distillation steps")
+    if stage == "finetune" and "steps" not in settings:
+        problems.append(f"{where}.steps: give the number of fine-tuning steps")
+    if stage == "export":
+        from tfcompress.export.modes import MODES
+
+        modes = settings.get("modes", [settings["mode"]] if "mode" in settings else [])
+        if "mode" in settings and "modes" in settings:
+            problems.append(f"{where}: give mode or modes, not both")
+        if not modes:
+            problems.append(f"{where}: give mode (e.g. dynamic_int8) or modes (tried in order "
+                            "until one passes verification)")
+        for mode in modes:
+            if mode not in MODES:
+                problems.append(f"{where}: unknown mode {mode!r} (valid: "
+                                f"{', '.join(sorted(MODES))})")
+    for key in ("steps", "finetune_steps"):
+        if _type_ok(settings.get(key), int) and settings[key] < (1 if key == "steps" else 0):
+            problems.append(f"{where}.{key}: must be >= {1 if key == 'steps' else 0}, "
+                            f"got {settings[key]}")
+    return {"stage": stage, **settings}
+
+
+def _check_order(stages: list[dict], source: str, problems: list[str]) -> None:
+    """Each stage's input exists earlier; nothing trains or re-compresses quantized codes."""
+    quantized: dict[str, bool] = {source: False}
+    current = source
+    for i, st in enumerate(stages):
+        where = f"stages[{i}].{st['stage']}"
+        given = st.get("input", current)
+        if given not in quantized:
+            problems.append(f"{where}.input: no model named {given!r} yet (made so far: "
+                            f"{', '.join(quantized)})")
+            given = current
+        st["input"] = given
+        if st["stage"] in NEEDS_FLOAT and quantized[given]:
+            problems.append(f"{where}: incompatible order: {st['stage']} after quantize "
+                            f"({given!r} holds quantized codes); move {st['stage']} before "
+                            "quantize")
+        if st["stage"] not in MAKES_MODEL:
+            if "name" in st:
+                problems.append(f"{where}.name: {st['stage']} makes no model to name")
+            continue
+        name = st.setdefault("name", f"{given}-{SUFFIX[st['stage']]}")
+        if name in quantized:
+            problems.append(f"{where}.name: {name!r} is already taken; give a new name")
+        is_q = st["stage"] == "quantize"
+        quantized[name] = is_q or (quantized[given] and st["stage"] != "distill")
+        current = name
+
+
+def validate(recipe: dict, base_dir: str | Path = ".") -> dict:
+    """A normalised deep copy of ``recipe`` (defaults filled, paths absolute, stages as
+    ``{"stage": name, ...}``), or one `TfcompressError` listing every problem.
+
+    Relative paths are taken from ``base_dir`` (the recipe file's folder)."""
+    if not isinstance(recipe, dict):
+        raise TfcompressError(f"recipe must be a mapping, got {type(recipe).__name__}")
+    model_obj = recipe.get("model", {}).get("object") if isinstance(
+        recipe.get("model"), dict) else None
+    if model_obj is not None:  # a live model is not deep-copied
+        recipe = {**recipe, "model": {k: v for k, v in recipe["model"].items()
+                                      if k != "object"}}
+    recipe = copy.deepcopy(recipe)
+    if model_obj is not None:
+        recipe["model"]["object"] = model_obj
+    base = Path(base_dir)
+    problems: list[str] = []
+    _check_keys(recipe, TOP_KEYS, "recipe", problems)
+    for key in ("model", "data", "stages", "output"):
+        if key not in recipe:
+            problems.append(f"recipe: missing {key!r}")
+    model = recipe.get("model") if isinstance(recipe.get("model"), dict) else {}
+    data = recipe.get("data") if isinstance(recipe.get("data"), dict) else {}
+    if "model" in recipe and isinstance(recipe["model"], dict):
+        _check_model(model, base, problems)
+    if "data" in recipe and isinstance(recipe["data"], dict):
+        _check_data(data, model, base, problems)
+    _check_keys(recipe.get("samples") or {}, SAMPLE_KEYS, "samples", problems)
+    stages = []
+    raw_stages = recipe.get("stages")
+    if isinstance(raw_stages, list):
+        if not raw_stages:
+            problems.append("recipe.stages: empty; list at least one stage")
+        for i, raw in enumerate(raw_stages):
+            st = _normalise_stage(raw, i, problems)
+            if st is not None:
+                stages.append(st)
+        source = model.get("name", "base") if isinstance(model.get("name", ""), str) else "base"
+        _check_order(stages, source, problems)
+    if problems:
+        raise TfcompressError(f"recipe has {len(problems)} problem"
+                              f"{'s' if len(problems) > 1 else ''}:\n- " + "\n- ".join(problems))
+    for key in ("keras", "kerashub", "gguf", "safetensors"):
+        if key in model:
+            model[key] = resolve(base, model[key])
+    if "text" in data:
+        data["text"] = resolve(base, data["text"])
+    if str(data.get("tokenizer", "")).endswith(".json"):
+        data["tokenizer"] = resolve(base, data["tokenizer"])
+    model.setdefault("name", "base")
+    recipe["data"] = {**DEFAULT_DATA, **data}
+    recipe["samples"] = {**DEFAULT_SAMPLES, **(recipe.get("samples") or {})}
+    recipe["stages"] = stages
+    recipe.setdefault("seed", 0)
+    recipe.setdefault("name", Path(str(recipe["output"])).name)
+    recipe["output"] = resolve(base, str(recipe["output"]))
+    return recipe
+
+
+def stage_config(stage: dict) -> dict:
+    """The method settings of a prune / quantize / factorize stage (its own keys removed)."""
+    own = {"stage", *COMMON_STAGE_KEYS, *STAGE_KEYS[stage["stage"]]}
+    return {k: v for k, v in stage.items() if k not in own}

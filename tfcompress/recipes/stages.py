@@ -1,0 +1,190 @@
+"""The stages a recipe can list, each a few lines on top of the public verbs.
+
+A stage takes the `Run` (data, models made so far) and its settings (validated by
+`tfcompress.recipes.schema`) and returns a `StageResult`: a new model and/or notes and files.
+Measuring the new model, saving it and recording the stage is the runner's job.
+
+Example:
+    >>> STAGES["prune"](run, {"stage": "prune", "input": "base", "name": "base-pruned",
+    ...                       "method": "sparsegpt", "sparsity": 0.5, "include": "block"})
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from tfcompress.errors import TfcompressError, VerificationError
+from tfcompress.recipes.schema import stage_config
+
+
+@dataclass
+class StageResult:
+    """What one stage made: ``model`` (None for evaluate/export), notes, exported files and
+    the `Report`s of those files."""
+
+    model: object = None
+    notes: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)
+    reports: list = field(default_factory=list)
+    samples: dict[str, str] = field(default_factory=dict)
+
+
+StageFn = Callable[..., StageResult]
+STAGES: dict[str, StageFn] = {}
+
+
+def stage(name: str) -> Callable[[StageFn], StageFn]:
+    """Register ``fn`` as the recipe stage ``name``."""
+
+    def register(fn: StageFn) -> StageFn:
+        STAGES[name] = fn
+        return fn
+
+    return register
+
+
+def finetune(model, dataset, steps: int, learning_rate: float = 3e-4, verbose=2):
+    """Train ``model`` for ``steps`` batches keeping its zero weights at zero (masks from the
+    zeros it holds, then stripped); returns the plain model."""
+    from tfcompress.models.training import train_lm
+    from tfcompress.prune import UpdatePruning, keep_zeros, strip_pruning
+
+    if steps < 1:
+        return model
+    sparse = keep_zeros(model)
+    train_lm(model, dataset, steps, learning_rate=learning_rate, verbose=verbose,
+             callbacks=[UpdatePruning()] if sparse else None)
+    return strip_pruning(model)
+
+
+@stage("distill")
+def distill_stage(run, st: dict) -> StageResult:
+    """A student (`make_student`) trained from the input model with `Distiller` (forward KL)."""
+    import keras
+
+    from tfcompress.distill import Distiller
+    from tfcompress.recipes.students import make_student
+
+    teacher = run.model(st["input"])
+    keras.utils.set_random_seed(run.seed)
+    student = make_student(teacher, st["student"], run.data["seq_len"], name=st["name"])
+    steps = st["steps"]
+    distiller = Distiller(teacher, student, alpha=st.get("alpha", 0.5),
+                          temperature=st.get("temperature", 1.0),
+                          divergence=st.get("divergence", "forward_kl"))
+    schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, steps, alpha=0.1, warmup_target=st.get("learning_rate", 1e-3),
+        warmup_steps=max(steps // 20, 1))
+    distiller.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=0.01,
+                                                       clipnorm=1.0))
+    history = distiller.fit(run.train_data(), steps_per_epoch=steps, epochs=1,
+                            verbose=2).history
+    return StageResult(student, [
+        f"Distilled `{st['name']}` ({student.count_params():,} params) from `{st['input']}` "
+        f"in {steps} steps: final soft loss {history['soft_loss'][-1]:.3f}."])
+
+
+@stage("prune")
+def prune_stage(run, st: dict) -> StageResult:
+    """`prune` with the stage's settings from the calibration windows, then an optional
+    masked fine-tune (``finetune_steps``)."""
+    from tfcompress.prune import prune, sparsity_summary, strip_pruning
+
+    pruned = prune(run.model(st["input"]), calibration=run.calibration(), **stage_config(st))
+    pruned = finetune(pruned, run.train_data(), st.get("finetune_steps", 0))
+    strip_pruning(pruned)
+    total = sparsity_summary(pruned)["total"]
+    return StageResult(pruned, [
+        f"Pruned `{st['input']}` ({stage_config(st)}): {total['sparsity']:.0%} of its kernels "
+        f"zero, fine-tuned {st.get('finetune_steps', 0)} steps with the zeros kept."])
+
+
+@stage("finetune")
+def finetune_stage(run, st: dict) -> StageResult:
+    """Next-token training of a copy of the input model; zeros stay zero."""
+    from tfcompress.core import copy_model
+
+    model = finetune(copy_model(run.model(st["input"])), run.train_data(), st["steps"],
+                     st.get("learning_rate", 3e-4))
+    return StageResult(model, [f"Fine-tuned `{st['input']}` for {st['steps']} steps."])
+
+
+@stage("quantize")
+def quantize_stage(run, st: dict) -> StageResult:
+    """`quantize` with the stage's settings (GPTQ calibrated on the calibration windows)."""
+    from tfcompress.quantize import quantize
+
+    model = quantize(run.model(st["input"]), calibration=run.calibration(), **stage_config(st))
+    return StageResult(model, [f"Quantized `{st['input']}` ({stage_config(st)})."])
+
+
+@stage("factorize")
+def factorize_stage(run, st: dict) -> StageResult:
+    """`factorize` with the stage's settings, then an optional fine-tune (``finetune_steps``)."""
+    from tfcompress.lowrank import factorize
+
+    model = factorize(run.model(st["input"]), calibration=run.calibration(),
+                      **stage_config(st))
+    plans = model.factorization
+    before = sum(p.params_before for p in plans)
+    after = sum(p.params_after for p in plans)
+    model = finetune(model, run.train_data(), st.get("finetune_steps", 0))
+    return StageResult(model, [
+        f"Factorized `{st['input']}` ({stage_config(st)}): chosen kernels at "
+        f"{after / max(before, 1):.0%} of their weights, fine-tuned "
+        f"{st.get('finetune_steps', 0)} steps."])
+
+
+@stage("evaluate")
+def evaluate_stage(run, st: dict) -> StageResult:
+    """Measure the listed models (default: the input) again and write the report so far."""
+    names = st.get("models") or [st["input"]]
+    unknown = [n for n in names if n not in run.models]
+    if unknown:
+        raise TfcompressError(f"evaluate.models: {unknown} are not models of this run "
+                              f"(made so far: {list(run.models)})")
+    reports = [run.measure(n) for n in names]
+    run.write_report()
+    return StageResult(reports=reports)
+
+
+@stage("export")
+def export_stage(run, st: dict) -> StageResult:
+    """The input model as a verified ``.tflite``: each of ``modes`` in order until one passes
+    verification on the held-out windows; measured, with a greedy sample from the file."""
+    from tfcompress.evaluate import evaluate
+    from tfcompress.evaluate.size import param_counts
+    from tfcompress.export import MODES, export_tflite, generate_text
+
+    name, model = st["input"], run.model(st["input"])
+    modes = st.get("modes") or [st["mode"]]
+    notes = []
+    for mode in modes:
+        path = run.out / "exports" / f"{name}.{mode}.tflite"
+        rep = run.calibration() if MODES[mode].needs_representative else None
+        try:
+            result = export_tflite(model, path, mode=mode, seq_len=run.data["seq_len"],
+                                   eval_data=run.eval_data(), representative_data=rep)
+            break
+        except VerificationError as err:
+            notes.append(f"{mode} export of `{name}` failed verification ({err}).")
+    else:
+        raise VerificationError(f"no export of {name!r} passed verification: {notes}")
+    label = f"{name} ({mode} tflite)"
+    report = evaluate(str(path), run.eval_data(), name=label, batch_sizes=(1,),
+                      repeats=run.latency_repeats, params=param_counts(model)["params"])
+    samples = run.samples
+    text = generate_text(path, run.tokenizer, st.get("prompt", samples["prompt"]),
+                         samples["tokens"])
+    files = {f"{name}.{mode}.tflite": str(path)}
+    if hasattr(run.tokenizer, "to_json"):
+        tok = path.parent / "tokenizer.json"
+        tok.write_text(run.tokenizer.to_json(), encoding="utf-8")
+        files["tokenizer.json"] = str(tok)
+    notes.append(
+        f"Exported `{name}` to `{Path(path).name}` ({result.bytes:,} bytes): max |logit error| "
+        f"{result.max_abs_error:.3g}, next-token agreement {result.agreement:.1%}, perplexity "
+        f"{result.perplexity:.3f} vs Keras {result.keras_perplexity:.3f}.")
+    return StageResult(notes=notes, files=files, reports=[report], samples={label: text})
