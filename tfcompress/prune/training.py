@@ -18,7 +18,15 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tfcompress.core.layers import COMPRESSIBLE_TYPES, kernel_matrix, kernel_of, select_layers
+from tfcompress.core.layers import (
+    COMPRESSIBLE_TYPES,
+    from_matrix,
+    kernel_axes,
+    kernel_matrix,
+    kernel_of,
+    matrix_shape,
+    select_layers,
+)
 from tfcompress.errors import TfcompressError
 from tfcompress.prune.config import PruneConfig
 from tfcompress.prune.masks import global_masks, pattern_mask
@@ -48,7 +56,8 @@ class PruningState:
             kernel = kernel_of(layer)
             value = np.ones(kernel.shape) if masks is None else masks[path]
             self.masks[path] = keras.Variable(
-                np.reshape(value, kernel.shape), dtype=kernel.dtype, trainable=False,
+                from_matrix(np.reshape(value, matrix_shape(layer)), kernel_axes(layer),
+                            kernel.shape), dtype=kernel.dtype, trainable=False,
                 name=f"{layer.name}_prune_mask",
             )
         self._apply_fn = None
@@ -57,7 +66,8 @@ class PruningState:
         """Re-rank the current weights by magnitude and set masks for ``sparsity``."""
         matrices = {p: kernel_matrix(la) for p, la in self.layers.items()}
         for path, mask in magnitude_masks(matrices, sparsity, self.config).items():
-            self.masks[path].assign(np.reshape(mask, self.masks[path].shape))
+            self.masks[path].assign(from_matrix(mask, kernel_axes(self.layers[path]),
+                                                self.masks[path].shape))
 
     def step(self, step: int) -> bool:
         """Update masks if the schedule prunes at ``step``; True when it did."""

@@ -12,7 +12,7 @@ import re
 
 import numpy as np
 
-from tfcompress.core.layers import layer_path
+from tfcompress.core.layers import layer_paths
 
 
 def keras_quantize(model, config, paths: list[str], batches: list | None):
@@ -20,9 +20,10 @@ def keras_quantize(model, config, paths: list[str], batches: list | None):
     import keras
 
     chosen = set(paths)
+    path_of = layer_paths(model)
 
     def wanted(layer) -> bool:
-        return layer_path(layer) in chosen
+        return path_of.get(id(layer)) in chosen
 
     mode = config.method.removeprefix("keras_")
     if mode == "int8":

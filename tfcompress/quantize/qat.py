@@ -17,7 +17,15 @@ from __future__ import annotations
 
 from keras import ops
 
-from tfcompress.core.layers import copy_model, matrix_shape, require_keras3, select_layers
+from tfcompress.core.layers import (
+    copy_model,
+    from_matrix,
+    kernel_axes,
+    matrix_shape,
+    require_keras3,
+    select_layers,
+    to_matrix,
+)
 from tfcompress.errors import TfcompressError
 from tfcompress.quantize.api import QuantizeConfig
 from tfcompress.quantize.storage import _float_attr, same_name_subclass
@@ -51,9 +59,10 @@ class _FakeQuant:
     """Mixin placed before a Keras layer class: its weight is fake-quantized when read."""
 
     def _qat_weight(self):
+        # the layer's own class reads the kernel; this subclass's `kernel` is the fake one
         raw = getattr(self, self.qat_attr)
-        w = ops.reshape(raw, (self.qat_rows, -1))
-        return ops.reshape(fake_quantize(w, self.qat_bits, self.qat_group), raw.shape)
+        w = fake_quantize(to_matrix(raw, self.qat_axes, ops), self.qat_bits, self.qat_group)
+        return from_matrix(w, self.qat_axes, raw.shape, ops)
 
     @property
     def kernel(self):
@@ -87,7 +96,7 @@ def qat(model, config: QuantizeConfig | None = None, inplace: bool = False, **ov
     for path, layer in select_layers(target, types=config.types, include=paths):
         quantizer = config.quantizer(path)
         layer.qat_attr = _float_attr(layer)
-        layer.qat_rows = matrix_shape(layer)[0]
+        layer.qat_axes = kernel_axes(layer)
         layer.qat_bits = quantizer.bits
         layer.qat_group = quantizer.group_size if config.granularity == "group" else None
         layer.__class__ = same_name_subclass(_FakeQuant, type(layer))  # reloads as float

@@ -3,9 +3,9 @@ byte), scales, offsets and codebooks instead of a float kernel, and decode them 
 
 A quantized Dense/EinsumDense/Embedding (nested ones too, e.g. inside MultiHeadAttention)
 keeps its class's behaviour: only its ``kernel``/``embeddings`` becomes a decoded tensor.
-The model records which layers hold codes (``layout``), and is saved under the registered
-name ``tfcompress>QuantizedModel``, whose loader rebuilds the float model, re-attaches the
-code storage, then lets Keras load the saved codes: ``keras.models.load_model`` round-trips.
+The model records which layers hold codes (a "quantized" layout, see
+`tfcompress.core.saving`): its loader rebuilds the float model, re-attaches the code
+storage, then lets Keras load the saved codes, so ``keras.models.load_model`` round-trips.
 
 Example:
     >>> attach(layer, qtensor)             # layer now stores codes
@@ -14,12 +14,12 @@ Example:
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 from keras import ops
 from keras.src.saving import object_registration
 
-from tfcompress.core.layers import iter_layers, kernel_of
+from tfcompress.core.layers import kernel_axes, kernel_of
+from tfcompress.core.saving import layers_at, mark, register_layout
 from tfcompress.errors import TfcompressError
 from tfcompress.quantize.packing import pack_int4, unpack_int4
 from tfcompress.quantize.quantizers import QTensor
@@ -75,7 +75,11 @@ class _CodeStorage:
         w = w * _per_row(self.tfc_scale, group, d_in)
         if self.tfc_offset is not None:
             w = w + _per_row(self.tfc_offset, group, d_in)
-        return ops.cast(ops.reshape(w, meta["weight_shape"]), self.compute_dtype)
+        order = meta.get("axes") or list(range(len(meta["weight_shape"])))
+        w = ops.reshape(w, [meta["weight_shape"][i] for i in order])
+        if order != sorted(order):  # codes are stored input axes first (see to_matrix)
+            w = ops.transpose(w, [int(i) for i in np.argsort(order)])
+        return ops.cast(w, self.compute_dtype)
 
     @property
     def kernel(self):
@@ -129,6 +133,7 @@ def layer_meta(layer, qt_or_meta) -> dict:
     return {
         "attr": _float_attr(layer),
         "weight_shape": list(weight.shape),
+        "axes": list(kernel_axes(layer)[0]),
         "matrix_shape": list(qt.codes.shape),
         "packed": qt.bits <= 4,
         "bits": qt.bits,
@@ -160,72 +165,23 @@ def attach(layer, qt: QTensor | dict) -> dict:
     return meta
 
 
-# -- model level: save and reload ------------------------------------------------------------
-
-
-@keras.saving.register_keras_serializable(package="tfcompress")
-class QuantizedModel:
-    """Loader for models holding codes: rebuilds the float model, then re-attaches storage.
-
-    Never instantiated: saved quantized models name it as their class so that loading
-    comes here; ``get_config`` lives on the saved model itself.
-    """
-
-    def get_config(self) -> dict:  # pragma: no cover - required by the registry only
-        raise NotImplementedError
-
-    @classmethod
-    def from_config(cls, config: dict):
-        model = keras.saving.deserialize_keras_object(config["model"])
-        if not model.built and config.get("build_config"):
-            model.build_from_config(config["build_config"])
-        return apply_layout(model, config["layout"])
-
-
-_QUANTIZED_MODEL_CLASSES: dict[type, type] = {}
-
-
-def _quantized_model_class(cls: type) -> type:
-    if cls in _QUANTIZED_MODEL_CLASSES:
-        return _QUANTIZED_MODEL_CLASSES[cls]
-
-    def get_config(self):
-        # the original class's own serialization (not serialize_keras_object: its
-        # shared-object cache would answer with a reference to this very model)
-        self.__class__ = cls
-        try:
-            base = {"module": cls.__module__, "class_name": cls.__name__,
-                    "config": self.get_config(),
-                    "registered_name": object_registration.get_registered_name(cls),
-                    "build_config": self.get_build_config()}
-        finally:
-            self.__class__ = sub
-        return {"model": base, "layout": dict(self.tfc_layout)}
-
-    sub = type(cls.__name__, (cls,), {"get_config": get_config, "__module__": cls.__module__})
-    object_registration.GLOBAL_CUSTOM_NAMES[sub] = "tfcompress>QuantizedModel"
-    _QUANTIZED_MODEL_CLASSES[cls] = sub
-    return sub
+# -- model level: save and reload (see tfcompress.core.saving) ---------------------------
 
 
 def apply_layout(model, layout: dict):
     """Attach empty code storage at every path of ``layout`` and mark ``model`` (in place)."""
-    layers = dict(iter_layers(model))
-    missing = [p for p in layout if p not in layers]
-    if missing:
-        raise TfcompressError(f"quantized layers {missing} are not in model {model.name!r}")
-    for path, meta in layout.items():
-        if not isinstance(layers[path], _CodeStorage):
-            attach(layers[path], meta)
+    for path, layer in layers_at(model, layout, "quantized").items():
+        if not isinstance(layer, _CodeStorage):
+            attach(layer, layout[path])
     return mark_quantized(model, layout)
 
 
 def mark_quantized(model, layout: dict):
     """Record ``layout`` on ``model`` (in place) so ``model.save`` keeps the codes."""
-    if not isinstance(model, tuple(_QUANTIZED_MODEL_CLASSES.values())):
-        model.__class__ = _quantized_model_class(type(model))
-    model.tfc_layout = {**getattr(model, "tfc_layout", {}), **layout}
-    return model
+    return mark(model, "quantized", layout)
+
+
+register_layout("quantized", apply_layout)
 
 
 def is_quantized(layer) -> bool:
