@@ -168,14 +168,16 @@ def test_subclassed_model_in_place():
     assert model.count_params() == 2 * (3 * 48 + 24) + 3 * 29 + 5
 
 
-def test_keras_hub_gpt2_backbone(tiny_gpt2):
+def test_keras_hub_gpt2_backbone(tiny_gpt2, tmp_path):
     backbone, batch = tiny_gpt2(hidden_dim=32, seq_len=16, seed=2)
-    with pytest.warns(UserWarning, match="TransformerDecoder"):
-        small = factorize(backbone, rank=8, method="svd-llm", calibration=[batch],
-                          verbose=False)
+    small = factorize(backbone, rank=8, method="svd-llm", calibration=[batch], verbose=False)
     assert sum(p.factorized for p in small.factorization) == 6  # q, k, v, out, 2 x MLP
     assert small.count_params() < backbone.count_params()
     np.testing.assert_allclose(small(batch), _reconstructed(backbone, small)(batch), atol=1e-4)
+    small.save(tmp_path / "small.keras")  # stand-ins inside TransformerDecoder reload
+    again = keras.models.load_model(tmp_path / "small.keras")
+    assert again.count_params() == small.count_params()
+    np.testing.assert_array_equal(again(batch), small(batch))
 
 
 @pytest.mark.parametrize("kwargs, message", [

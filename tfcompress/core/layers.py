@@ -158,7 +158,11 @@ def copy_model(model):
 
     try:
         if type(model) in (Functional, keras.Sequential):
-            clone = keras.models.clone_model(model)
+            compiled, model.compiled = model.compiled, False  # clone_model would compile it
+            try:
+                clone = keras.models.clone_model(model)
+            finally:
+                model.compiled = compiled
         else:  # a live object's own config: safe to rebuild (Lambda layers included)
             config = keras.saving.serialize_keras_object(model)
             config.pop("compile_config", None)  # the copy starts without optimizer state
@@ -167,7 +171,7 @@ def copy_model(model):
         if not clone.built and build:
             clone.build_from_config(build)
         transfer_state(model, clone)
-        drop_training_state(clone)  # clone_model compiles the clone like the original
+        drop_training_state(clone)
     except TfcompressError:
         raise
     except Exception as err:  # noqa: BLE001 - any failure to rebuild means "cannot copy"

@@ -23,6 +23,7 @@ from tfcompress.quantize.quantizers import (
     nf4_levels,
 )
 from tfcompress.quantize.storage import is_quantized
+from tfcompress.quantize.tfmot_path import tfmot_cluster, tfmot_quantize, tfmot_strip_clustering
 
 __all__ = [
     "METHODS",
@@ -45,5 +46,8 @@ __all__ = [
     "quantize",
     "sensitivity",
     "strip_qat",
+    "tfmot_cluster",
+    "tfmot_quantize",
+    "tfmot_strip_clustering",
     "unpack_int4_np",
 ]

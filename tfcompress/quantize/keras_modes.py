@@ -12,7 +12,8 @@ import re
 
 import numpy as np
 
-from tfcompress.core.layers import layer_paths
+from tfcompress.core.layers import iter_layers, layer_paths
+from tfcompress.errors import TfcompressError
 
 
 def keras_quantize(model, config, paths: list[str], batches: list | None):
@@ -43,6 +44,15 @@ def keras_quantize(model, config, paths: list[str], batches: list | None):
             quantization_layer_structure=block_structure(model),
         )
         model.quantize("gptq", config=gptq, filters=wanted)
+    missed = [p for p, la in iter_layers(model)
+              if p in chosen and not getattr(la, "quantization_mode", None)]
+    if missed:
+        # Keras skips layers it cannot take without a word; say which instead
+        raise TfcompressError(
+            f"Keras's {mode} mode left {len(missed)} of {len(chosen)} selected layers of "
+            f"{type(model).__name__} {model.name!r} unquantized ({', '.join(missed[:4])}): "
+            "exclude them, or use method='rtn' / 'gptq', which take any Dense, EinsumDense "
+            "or Embedding")
     return model
 
 
