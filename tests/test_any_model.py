@@ -151,6 +151,13 @@ def test_prune_then_reload(models, ids, kind, tmp_path):
     _reloads_exactly(pruned, x, tmp_path)
 
 
+@pytest.mark.parametrize("kind", ("subclassed", "gpt2"))
+def test_structured_pruning_refuses_non_graph_models_naming_the_alternative(models, kind):
+    with pytest.raises(TfcompressError, match=f"is a {type(models[kind]).__name__}: use an "
+                       "unstructured or N:M pattern"):
+        tfc.prune(models[kind], pattern="heads", sparsity=0.5)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_quantize_int4_then_reload(models, ids, kind, tmp_path):
     model, x = models[kind], _x(kind, ids)
@@ -161,7 +168,7 @@ def test_quantize_int4_then_reload(models, ids, kind, tmp_path):
     assert sorted(p for p, la in iter_layers(again) if is_quantized(la)) == sorted(expected)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ("subclassed", "gpt2"))  # Keras's quantize is slow on CPU
 def test_keras_int8_quantizes_every_selected_layer(models, kind):
     model = models[kind]
     q = tfc.quantize(model, method="keras_int8", types=DENSE, verbose=0)
