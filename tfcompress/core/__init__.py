@@ -1,4 +1,5 @@
-"""Shared model plumbing for every method: finding layers, copying models, capturing inputs."""
+"""Shared model plumbing for every method and any Keras 3 model: finding layers, copying
+models, model signatures, capturing inputs; `tfcompress.core.saving` for changed layers."""
 
 from tfcompress.core.layers import (
     COMPRESSIBLE_TYPES,
