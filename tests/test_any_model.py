@@ -171,8 +171,9 @@ def test_quantize_int4_then_reload(models, ids, kind, tmp_path):
 @pytest.mark.parametrize("kind", ("subclassed", "gpt2"))  # Keras's quantize is slow on CPU
 def test_keras_int8_quantizes_every_selected_layer(models, kind):
     model = models[kind]
-    q = tfc.quantize(model, method="keras_int8", types=DENSE, verbose=0)
-    modes = {p: getattr(la, "quantization_mode", None) for p, la in select_layers(q, types=DENSE)}
+    q = tfc.quantize(model, method="keras_int8", types=("Dense",), verbose=0)
+    modes = {p: getattr(la, "quantization_mode", None)
+             for p, la in select_layers(q, types=("Dense",))}
     assert set(modes.values()) == {"int8"}, modes
     assert not any(getattr(la, "quantization_mode", None) for _, la in iter_layers(model))
 
