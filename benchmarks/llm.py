@@ -165,11 +165,11 @@ def _prune(method: str, pattern: str = "unstructured") -> Callable[[Bench], tupl
         # prune()'s sequential path re-runs the whole model once per layer group (120 here):
         # too slow on 2 shared cores, so every layer sees the dense model's inputs instead.
         model = copy_model(b.float_model)
-        layers = [la for _, la in select_layers(model, config.types, config.include)]
-        inputs = capture_inputs(model, layers, b.calibration)
+        layers = select_layers(model, config.types, config.include)
+        inputs = capture_inputs(model, [la for _, la in layers], b.calibration)
         bar = keras.utils.Progbar(len(layers), unit_name="layer")
-        for layer in layers:
-            _prune_layer(layer, inputs.pop(layer.path), config)
+        for path, layer in layers:
+            _prune_layer(layer, inputs.pop(path), config)
             bar.add(1)
         return model, None, _zeros(model) + "; dense-input calibration; dense float32 storage"
     return run

@@ -1,27 +1,37 @@
-"""Shared model plumbing for every method: finding layers, copying models, capturing inputs."""
+"""Shared model plumbing for every method and any Keras 3 model: finding layers, copying
+models, model signatures, capturing inputs; `tfcompress.core.saving` for changed layers."""
 
 from tfcompress.core.layers import (
     COMPRESSIBLE_TYPES,
     capture_inputs,
     copy_model,
+    drop_training_state,
+    from_matrix,
     input_axes,
     is_keras3_model,
     is_tf_keras_model,
     iter_layers,
+    kernel_axes,
     kernel_matrix,
     kernel_of,
-    layer_path,
+    layer_paths,
     matrix_shape,
     require_keras3,
     require_tf_keras,
     select_layers,
     set_kernel_matrix,
+    to_matrix,
+    transfer_state,
 )
 
 __all__ = [
     "COMPRESSIBLE_TYPES",
+    "to_matrix",
+    "kernel_axes",
+    "from_matrix",
     "capture_inputs",
     "copy_model",
+    "drop_training_state",
     "input_axes",
     "is_keras3_model",
     "is_tf_keras_model",
@@ -29,9 +39,10 @@ __all__ = [
     "kernel_matrix",
     "kernel_of",
     "matrix_shape",
-    "layer_path",
+    "layer_paths",
     "require_keras3",
     "require_tf_keras",
     "select_layers",
     "set_kernel_matrix",
+    "transfer_state",
 ]

@@ -13,6 +13,7 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
+from tfcompress.core.signature import model_inputs
 from tfcompress.errors import TfcompressError
 
 COMPRESSIBLE_TYPES = ("Dense", "EinsumDense", "Embedding", "Conv1D", "Conv2D", "Conv3D")
@@ -56,18 +57,32 @@ def require_tf_keras(model, arg: str = "model", native_hint: str = "") -> None:
     raise TfcompressError(f"{arg} must be a tf_keras.Model, got {type(model).__name__}")
 
 
-def layer_path(layer) -> str:
-    """A readable, nested path such as ``block0_attn/query`` (the name when Keras has none)."""
-    return getattr(layer, "path", None) or layer.name
-
-
 def iter_layers(model) -> Iterator[tuple[str, object]]:
-    """Every layer below ``model``, depth first, nested layers included, each once."""
-    seen = set()
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if id(layer) not in seen:
+    """Every layer below ``model``, depth first, nested layers included, each once.
+
+    A layer's path is the chain of layer names from ``model`` (excluded) down to it, e.g.
+    ``block0_attn/query`` or ``gpt2_backbone/transformer_layer_0/self_attention/query``.
+    Names are part of a model's config, so paths agree between a model, its `copy_model`
+    and its reloaded ``.keras`` file, however the model was built (Keras's own
+    ``layer.path`` depends on the name scope the layer happened to be built in).
+    """
+    seen: set[int] = set()
+
+    def walk(parent, prefix: str):
+        for layer in parent._flatten_layers(include_self=False, recursive=False):
+            if id(layer) in seen:
+                continue
             seen.add(id(layer))
-            yield layer_path(layer), layer
+            path = f"{prefix}{layer.name}"
+            yield path, layer
+            yield from walk(layer, path + "/")
+
+    yield from walk(model, "")
+
+
+def layer_paths(model) -> dict[int, str]:
+    """``{id(layer): path}`` for every layer below ``model`` (see `iter_layers`)."""
+    return {id(layer): path for path, layer in iter_layers(model)}
 
 
 def kernel_of(layer):
@@ -124,27 +139,76 @@ def select_layers(
 
 
 def copy_model(model):
-    """An independent copy with the same weights, so a method never changes the user's model.
+    """An independent, uncompiled copy with the same weights and layer paths.
 
-    Functional and Sequential models are cloned; subclassed ones are rebuilt from their
-    config. Raises when neither works (pass ``inplace=True`` to the method instead).
+    Plain functional and Sequential models are cloned; others are rebuilt from their config
+    (so a KerasHub ``GPT2CausalLM`` stays a ``GPT2CausalLM``, a subclassed model its class,
+    where ``clone_model`` would flatten the first into a plain functional model and miss the
+    weights of tied layers); then every layer's own variables are
+    copied across as Keras saves them. Layers named automatically (``dense_3``) get their
+    original names back, so `iter_layers` paths match. The copy carries no optimizer or
+    compile state: its ``.keras`` file holds weights only. Raises when the model cannot be
+    rebuilt from its config (pass ``inplace=True`` to the method instead).
+
+    Example:
+        >>> clone = copy_model(model)       # clone.weights equal model.weights, not shared
     """
     import keras
+    from keras.src.models.functional import Functional
 
     try:
-        clone = keras.models.clone_model(model)
-    except Exception:  # noqa: BLE001 - subclassed models without clone support
-        try:
-            clone = model.__class__.from_config(model.get_config())
-        except Exception as err:
-            raise TfcompressError(
-                f"cannot copy model {model.name!r} ({type(model).__name__}): it cannot be cloned "
-                "or rebuilt from get_config(); pass inplace=True to modify it in place"
-            ) from err
-    if not clone.built and model.get_build_config():
-        clone.build_from_config(model.get_build_config())
-    clone.set_weights(model.get_weights())
+        if type(model) in (Functional, keras.Sequential):
+            compiled, model.compiled = model.compiled, False  # clone_model would compile it
+            try:
+                clone = keras.models.clone_model(model)
+            finally:
+                model.compiled = compiled
+        else:  # a live object's own config: safe to rebuild (Lambda layers included)
+            config = keras.saving.serialize_keras_object(model)
+            config.pop("compile_config", None)  # the copy starts without optimizer state
+            clone = keras.saving.deserialize_keras_object(config, safe_mode=False)
+        build = model.get_build_config()
+        if not clone.built and build:
+            clone.build_from_config(build)
+        transfer_state(model, clone)
+        drop_training_state(clone)
+    except TfcompressError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any failure to rebuild means "cannot copy"
+        raise TfcompressError(
+            f"cannot copy model {model.name!r} ({type(model).__name__}): it cannot be rebuilt "
+            f"from get_config() ({type(err).__name__}: {err}); register it with "
+            "@keras.saving.register_keras_serializable and give it get_config, or pass "
+            "inplace=True to modify it in place"
+        ) from err
     return clone
+
+
+def drop_training_state(model):
+    """Forget ``model``'s optimizer and compile state, in place: the slots belong to weights
+    a method is about to change, and would otherwise be saved with the model."""
+    model.optimizer = None
+    model.compiled = False
+    return model
+
+
+def transfer_state(source, target) -> None:
+    """Copy every layer's own variables (as Keras saves them) and name from ``source`` to
+    the structurally identical ``target``, in place."""
+    pairs = [(source, target)]
+    a, b = list(iter_layers(source)), list(iter_layers(target))
+    if [type(la) for _, la in a] != [type(la) for _, la in b]:
+        raise TfcompressError(
+            f"the rebuilt {type(source).__name__} does not have the layers of {source.name!r}"
+        )
+    pairs += [(la, lb) for (_, la), (_, lb) in zip(a, b, strict=True)]
+    for src, dst in pairs:
+        if dst is not target and dst.name != src.name:
+            dst.name = src.name  # automatic names are renumbered on rebuild
+        store: dict = {}
+        src.save_own_variables(store)
+        if store:
+            dst.load_own_variables(store)
 
 
 def capture_inputs(model, layers: Sequence, data, max_rows: int | None = None) -> dict:
@@ -152,14 +216,15 @@ def capture_inputs(model, layers: Sequence, data, max_rows: int | None = None) -
 
     ``data`` is an array of model inputs or an iterable of input batches (arrays, or dicts
     for models with named inputs such as KerasHub backbones). Returns
-    ``{layer_path: array (rows, d_in)}``, rows in the order of `kernel_matrix`'s rows.
+    ``{path: array (rows, d_in)}``, rows in the order of `kernel_matrix`'s rows.
     """
     batches = [data] if isinstance(data, np.ndarray) else list(data)
     if not batches or all(np.size(b) == 0 for b in batches):
         raise TfcompressError("calibration data is empty: give at least one batch of inputs")
-    store: dict[str, list[np.ndarray]] = {layer_path(la): [] for la in layers}
+    paths = layer_paths(model)
+    store: dict[str, list[np.ndarray]] = {paths[id(la)]: [] for la in layers}
     for layer in layers:
-        path, original = layer_path(layer), layer.call
+        path, original = paths[id(layer)], layer.call
         width = matrix_shape(layer)[0] if kernel_of(layer) is not None else -1
 
         def recording(*args, _path=path, _call=original, _width=width, **kwargs):
@@ -169,7 +234,8 @@ def capture_inputs(model, layers: Sequence, data, max_rows: int | None = None) -
         layer.call = recording
     try:
         for batch in batches:
-            model(batch if isinstance(batch, dict) else np.asarray(batch), training=False)
+            model(model_inputs(model, batch if isinstance(batch, dict) else np.asarray(batch)),
+                  training=False)
     finally:
         for layer in layers:
             del layer.call
@@ -180,43 +246,72 @@ def capture_inputs(model, layers: Sequence, data, max_rows: int | None = None) -
     return {p: v[:max_rows] if max_rows else v for p, v in out.items()}
 
 
-def input_axes(layer) -> int:
-    """How many leading kernel axes are contracted with the layer's input.
-
-    1 for Dense, Embedding and most EinsumDense layers; 2 for an attention output projection
-    (``abcd,cde->abe``: heads and head size). Conv kernels contract all but the last axis.
+def kernel_axes(layer) -> tuple[tuple[int, ...], int]:
+    """``(order, n_in)``: the kernel's axes with the ``n_in`` axes contracted with the input
+    first. Dense, Embedding and most EinsumDense kernels already lead with them (order is
+    the identity); Gemma's ``btd,ndh->btnh`` query kernel contracts its middle axis.
+    Conv kernels contract all but the last axis.
     """
-    name = type(layer).__name__
     kernel = kernel_of(layer)
-    if name.startswith("Conv"):
-        return len(kernel.shape) - 1
+    ndim = len(kernel.shape)
+    if type(layer).__name__.startswith("Conv"):
+        return tuple(range(ndim)), ndim - 1
     equation = getattr(layer, "equation", None)
     if not equation:
-        return 1
+        return tuple(range(ndim)), 1
     inputs, output = equation.replace(" ", "").split("->")
     x_sub, k_sub = inputs.split(",")
-    contracted = set(x_sub) & set(k_sub) - set(output)
-    n = 0
-    while n < len(k_sub) and k_sub[n] in contracted:
-        n += 1
-    return max(n, 1)
+    contracted = [i for i, c in enumerate(k_sub) if c in set(x_sub) - set(output)]
+    if not contracted:
+        return tuple(range(ndim)), 1
+    return (*contracted, *(i for i in range(ndim) if i not in contracted)), len(contracted)
+
+
+def input_axes(layer) -> int:
+    """How many kernel axes are contracted with the layer's input (see `kernel_axes`).
+
+    1 for Dense, Embedding and most EinsumDense layers; 2 for an attention output projection
+    (``abcd,cde->abe``: heads and head size).
+    """
+    return kernel_axes(layer)[1]
+
+
+def to_matrix(kernel, axes: tuple, xp=np):
+    """``kernel`` (a layer's kernel or an array of its shape) as a ``(d_in, d_out)`` matrix,
+    input axes on rows; ``axes`` is the layer's `kernel_axes`, ``xp`` numpy or keras.ops.
+
+    Example:
+        >>> to_matrix(np.zeros((2, 16, 8)), ((1, 0, 2), 1)).shape     # Gemma's query
+        (16, 16)
+    """
+    order, n_in = axes
+    shape = tuple(kernel.shape)
+    d_in = int(np.prod([shape[i] for i in order[:n_in]]))
+    return xp.reshape(xp.transpose(kernel, order), (d_in, int(np.prod(shape)) // d_in))
+
+
+def from_matrix(matrix, axes: tuple, shape: tuple, xp=np):
+    """Inverse of `to_matrix`: a ``(d_in, d_out)`` matrix back in kernel ``shape``."""
+    order, _ = axes
+    permuted = xp.reshape(matrix, tuple(int(shape[i]) for i in order))
+    return xp.transpose(permuted, tuple(int(i) for i in np.argsort(order)))
 
 
 def matrix_shape(layer) -> tuple[int, int]:
     """``(d_in, d_out)`` of the layer's kernel seen as a matrix, without reading its values."""
     shape = tuple(kernel_of(layer).shape)
-    n_in = input_axes(layer)
-    return int(np.prod(shape[:n_in])), int(np.prod(shape[n_in:]))
+    order, n_in = kernel_axes(layer)
+    d_in = int(np.prod([shape[i] for i in order[:n_in]]))
+    return d_in, int(np.prod(shape)) // d_in
 
 
 def kernel_matrix(layer) -> np.ndarray:
     """The kernel as a ``(d_in, d_out)`` float matrix (inputs on rows)."""
-    kernel = np.asarray(kernel_of(layer).numpy())
-    n_in = input_axes(layer)
-    return kernel.reshape(int(np.prod(kernel.shape[:n_in])), -1)
+    return to_matrix(np.asarray(kernel_of(layer).numpy()), kernel_axes(layer))
 
 
 def set_kernel_matrix(layer, matrix: np.ndarray) -> None:
-    """Write a ``(d_in, d_out)`` matrix back into the layer's kernel, reshaped as stored."""
+    """Write a ``(d_in, d_out)`` matrix back into the layer's kernel, in its stored layout."""
     kernel = kernel_of(layer)
-    kernel.assign(np.asarray(matrix, dtype=kernel.dtype).reshape(kernel.shape))
+    kernel.assign(from_matrix(np.asarray(matrix, dtype=kernel.dtype), kernel_axes(layer),
+                              kernel.shape))

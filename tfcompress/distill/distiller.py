@@ -15,6 +15,7 @@ import keras
 import tensorflow as tf
 
 from tfcompress.core.layers import require_keras3
+from tfcompress.core.signature import model_inputs, output_width
 from tfcompress.distill.losses import (
     check_alpha,
     check_divergence,
@@ -30,12 +31,12 @@ BLOCK_OUTPUTS = r"^block\d+_add2$"
 
 
 def vocab_size_of(model, arg: str) -> int:
-    """Size of the last axis of a model's (first) output."""
+    """Size of the last axis of a model's (first) output (subclassed models are probed)."""
     try:
-        return int(model.outputs[0].shape[-1])
+        return output_width(model)
     except (AttributeError, TypeError, IndexError, ValueError) as err:
         raise TfcompressError(f"{arg} must be a built Keras model with a logits output "
-                              f"(batch, seq, vocab); {arg}.outputs is unavailable") from err
+                              f"(batch, seq, vocab); got {type(model).__name__}: {err}") from err
 
 
 def hidden_layer_names(model, pattern: str = BLOCK_OUTPUTS) -> list[str]:
@@ -151,7 +152,7 @@ class Distiller(keras.Model):
         return layer
 
     def call(self, inputs, training=None):
-        return self.student(inputs, training=training)
+        return self.student(model_inputs(self.student, inputs), training=training)
 
     @property
     def student_variables(self) -> list:
@@ -170,13 +171,14 @@ class Distiller(keras.Model):
         if self.feature_pairs:
             logits, *feats = self._teacher_features(x, training=False)
             return x, tf.stop_gradient(logits), [tf.stop_gradient(f) for f in feats]
-        return x, tf.stop_gradient(self.teacher(x, training=False)), []
+        logits = self.teacher(model_inputs(self.teacher, x), training=False)
+        return x, tf.stop_gradient(logits), []
 
     def _student_outputs(self, x, training):
         if self.feature_pairs:
             logits, *feats = self._student_features(x, training=training)
             return logits, feats
-        return self.student(x, training=training), []
+        return self.student(model_inputs(self.student, x), training=training), []
 
     def _loss_terms(self, data, training: bool):
         x, y, mask = keras.utils.unpack_x_y_sample_weight(data)

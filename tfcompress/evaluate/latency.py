@@ -38,10 +38,19 @@ def time_callable(fn: Callable[[], object], warmup: int = 3, repeats: int = 10) 
 
 
 def keras_forward(model) -> Callable[[np.ndarray], np.ndarray]:
-    """A compiled inference function ``ids -> logits`` for a Keras (3 or tf.keras) model."""
+    """A compiled inference function ``ids -> logits`` for a Keras (3 or tf.keras) model
+    (auxiliary inputs such as ``padding_mask`` are filled, see `model_inputs`)."""
     import tensorflow as tf
 
-    fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    from tfcompress.core.layers import is_keras3_model
+    from tfcompress.core.signature import model_inputs, signature
+
+    if is_keras3_model(model):
+        sig = signature(model)
+        fn = tf.function(lambda x: model(model_inputs(model, x, sig), training=False),
+                         reduce_retracing=True)
+    else:
+        fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
     return lambda x: fn(tf.convert_to_tensor(x)).numpy()
 
 

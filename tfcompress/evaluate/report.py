@@ -127,10 +127,11 @@ def _evaluate_keras(model, data, name, task, seq_len, batch_sizes, repeats, max_
     report.bits_per_weight = bits_per_weight(sizes["bytes"], counts["params"])
     report.gzip_bits_per_weight = bits_per_weight(sizes["gzip_bytes"], counts["params"])
     if batch_sizes and task == "lm":
+        from tfcompress.core.signature import output_width
         from tfcompress.export.tflite import model_seq_len
 
         length = model_seq_len(model, seq_len)
-        vocab = int(model.outputs[0].shape[-1])
+        vocab = output_width(model)
         report.latency = {
             str(b): keras_latency(model, b, length, vocab, repeats=repeats) for b in batch_sizes
         }

@@ -91,11 +91,19 @@ def _predictor(model, seq_len: int | None) -> tuple[Callable, int, int]:
         model = TFLiteRunner(model)
     if isinstance(model, TFLiteRunner):
         return model.predict, model.seq_len, model.vocab_size
+    from tfcompress.core.layers import is_keras3_model
+    from tfcompress.core.signature import output_width, signature
     from tfcompress.evaluate.latency import keras_forward
     from tfcompress.export.tflite import model_seq_len
 
     check_seq_len(model, seq_len)
-    return keras_forward(model), model_seq_len(model, seq_len), int(model.outputs[0].shape[-1])
+    sig = signature(model) if is_keras3_model(model) else None
+    if sig is not None and not np.issubdtype(np.dtype(sig.dtype), np.integer):
+        raise TfcompressError(
+            f"generate_text needs a language model taking token ids; model {model.name!r} "
+            f"({type(model).__name__}) takes {sig.dtype} inputs of shape {sig.shape}: for a "
+            "classifier use evaluate(model, (x, y), task='classifier') or export_tflite")
+    return keras_forward(model), model_seq_len(model, seq_len), output_width(model)
 
 
 def generate_text(

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tfcompress.core.layers import is_keras3_model, is_tf_keras_model, iter_layers
+from tfcompress.core.signature import signature, single_input_model
 from tfcompress.core.validation import check_output_path, check_seq_len
 from tfcompress.errors import TfcompressError, VerificationError
 from tfcompress.evaluate.latency import keras_forward
@@ -73,7 +74,10 @@ def model_seq_len(model, seq_len: int | None) -> int:
         if seq_len < 1:
             raise TfcompressError(f"seq_len must be a positive integer, got {seq_len}")
         return int(seq_len)
-    shape = model.inputs[0].shape if getattr(model, "inputs", None) else None
+    if is_keras3_model(model):
+        shape = signature(model).shape
+    else:
+        shape = model.inputs[0].shape if getattr(model, "inputs", None) else None
     if shape is None or len(shape) < 2 or shape[1] is None:
         raise TfcompressError(
             "seq_len is needed: the model's input length is not fixed; pass seq_len=<int>"
@@ -258,6 +262,8 @@ def export_tflite(
 ) -> ExportResult:
     """Convert ``model`` to ``.tflite`` at ``path`` in ``mode`` (see `MODES`) and verify it.
 
+    Any Keras 3 model is exported with one input (token ids or features): a KerasHub
+    CausalLM's ``padding_mask`` is fixed to ones, a subclassed model is traced at ``seq_len``.
     ``representative_data`` (int8, int16x8): samples of the model input, as an array or a
     ``tf.data`` dataset (of inputs or ``(inputs, targets, ...)``); at most ``max_samples``
     are used. ``int8_io`` (int8 only) makes float inputs and the outputs int8 tensors; token-id
@@ -291,6 +297,8 @@ def export_tflite(
         )
     check_output_path(path, "path")  # before a conversion that can take minutes
     check_seq_len(model, seq_len)
+    if is_keras3_model(model):  # subclassed or dict-input models: export the token-id view
+        model = single_input_model(model)
     spec = input_spec(model, seq_len, batch_size)
     if int8_io and mode != "int8":
         raise TfcompressError(f"int8_io is only for mode 'int8', got mode {mode!r}")

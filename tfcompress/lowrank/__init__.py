@@ -6,7 +6,6 @@ Example:
     ...                   calibration=token_windows)
 """
 
-from tfcompress.lowrank.attention import FactorizedMultiHeadAttention
 from tfcompress.lowrank.config import FactorizeConfig
 from tfcompress.lowrank.factorize import LayerPlan, factorization_table, factorize
 from tfcompress.lowrank.layers import CPEinsumDense, LowRankDense
@@ -14,7 +13,6 @@ from tfcompress.lowrank.layers import CPEinsumDense, LowRankDense
 __all__ = [
     "CPEinsumDense",
     "FactorizeConfig",
-    "FactorizedMultiHeadAttention",
     "LayerPlan",
     "LowRankDense",
     "factorization_table",

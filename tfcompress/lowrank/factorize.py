@@ -3,7 +3,8 @@
 Works on functional, Sequential and subclassed models and on layers nested in other layers
 (MultiHeadAttention projections, KerasHub transformer blocks): top-level layers of a
 functional/Sequential model are swapped by cloning the graph, nested ones by replacing the
-attribute on their parent layer.
+attribute on their parent layer (recorded on the model, so its ``.keras`` file reloads them:
+see `tfcompress.core.saving`).
 
 Example:
     >>> small = factorize(model, FactorizeConfig(method="svd-llm", target_ratio=0.6),
@@ -13,7 +14,6 @@ Example:
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass, field
 
 import keras
@@ -29,6 +29,7 @@ from tfcompress.core.layers import (
     select_layers,
     set_kernel_matrix,
 )
+from tfcompress.core.saving import compression_state, layers_at, mark_state, register_restorer
 from tfcompress.core.validation import check_calibration, check_model
 from tfcompress.errors import TfcompressError
 from tfcompress.lowrank import tensor as tens
@@ -376,7 +377,7 @@ def _is_graph_model(model) -> bool:
 
 def _apply(model, targets, plans):
     by_path = {p.path: p for p in plans if p.factorized}
-    graph_swaps, unsaveable = {}, set()
+    graph_swaps, nested = {}, {}
     top_level = {id(la) for la in model.layers} if _is_graph_model(model) else set()
     for path, layer in targets:
         if path not in by_path:
@@ -385,34 +386,30 @@ def _apply(model, targets, plans):
         if id(layer) in top_level:
             graph_swaps[id(layer)] = new
             continue
-        parent, name, index = _find_parent(model, layer)
-        if parent is None:
-            raise TfcompressError(f"cannot find the layer holding {path!r} to replace it")
-        _set_sublayer(parent, name, index, layer, new)
-        if not _mark_attention(parent, name, new):
-            unsaveable.add(type(parent).__name__)
-    if unsaveable:
-        warnings.warn(
-            f"factorized layers now sit inside {sorted(unsaveable)}, whose config rebuilds "
-            "dense sublayers: a .keras file of this model will not load. fit, predict, "
-            "save_weights into a model factorized the same way and export_tflite work.",
-            stacklevel=3)
-    if not graph_swaps:
-        return model
-    return keras.models.clone_model(
-        model, clone_function=lambda la: graph_swaps.get(id(la), la))
+        _swap(model, layer, new)
+        nested[path] = {"layer": keras.saving.serialize_keras_object(new)}
+    if graph_swaps:
+        model = keras.models.clone_model(
+            model, clone_function=lambda la: graph_swaps.get(id(la), la))
+    # nested stand-ins are not in their parents' configs: the model records them so that
+    # its .keras file swaps them in again on load
+    if nested:
+        mark_state(model, "factorize",
+                   {**compression_state(model).get("factorize", {}), **nested})
+    return model
 
 
-def _mark_attention(parent, name: str, new) -> bool:
-    """Turn a plain MultiHeadAttention with swapped projections into the registered
-    `FactorizedMultiHeadAttention`, so ``.keras`` files rebuild the factorized projections.
-    False when ``parent`` is another class (its ``.keras`` files cannot be reloaded)."""
-    from tfcompress.lowrank.attention import FactorizedMultiHeadAttention
+def _swap(model, layer, new) -> None:
+    parent, name, index = _find_parent(model, layer)
+    if parent is None:
+        raise TfcompressError(f"cannot find the layer holding {layer.name!r} to replace it")
+    _set_sublayer(parent, name, index, layer, new)
 
-    if type(parent) is keras.layers.MultiHeadAttention:
-        parent.__class__ = FactorizedMultiHeadAttention
-        parent.factorized = {}
-    if not isinstance(parent, FactorizedMultiHeadAttention):
-        return False
-    parent.record(name, new)
-    return True
+
+def _reapply(model, layout: dict) -> None:
+    """Swap the recorded stand-ins into a rebuilt float model (their values load after)."""
+    for layer, entry in zip(layers_at(model, layout).values(), layout.values(), strict=True):
+        _swap(model, layer, keras.saving.deserialize_keras_object(entry["layer"]))
+
+
+register_restorer("factorize", _reapply)

@@ -13,7 +13,15 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from tfcompress.core.layers import capture_inputs, kernel_matrix, kernel_of, set_kernel_matrix
+from tfcompress.core.layers import (
+    capture_inputs,
+    kernel_axes,
+    kernel_matrix,
+    kernel_of,
+    set_kernel_matrix,
+    to_matrix,
+)
+from tfcompress.core.signature import model_inputs
 from tfcompress.errors import TfcompressError
 from tfcompress.prune.config import PruneConfig
 from tfcompress.prune.masks import global_masks, pattern_mask
@@ -57,7 +65,8 @@ def call_order(model, layers: Sequence, batch) -> list:
 
         layer.call = recording
     try:
-        model(batch if isinstance(batch, dict) else np.asarray(batch[:1]), training=False)
+        model(model_inputs(model, batch if isinstance(batch, dict) else np.asarray(batch[:1])),
+              training=False)
     finally:
         for layer in layers:
             del layer.call
@@ -127,7 +136,7 @@ def taylor_gradients(model, layers: list[tuple[str, object]], data, loss) -> dic
             if g is None:
                 raise TfcompressError(f"the loss does not depend on layer {path!r}'s kernel")
             g = np.asarray(tf.convert_to_tensor(g))  # embeddings give IndexedSlices
-            grads[path].append(g.reshape(kernel_matrix(dict(layers)[path]).shape))
+            grads[path].append(to_matrix(g, kernel_axes(dict(layers)[path])))
         bar.add(1)
     return grads
 

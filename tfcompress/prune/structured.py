@@ -17,7 +17,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tfcompress.core.layers import capture_inputs, kernel_matrix, layer_path
+from tfcompress.core.layers import capture_inputs, kernel_matrix, layer_paths
 from tfcompress.errors import TfcompressError
 from tfcompress.prune.config import PruneConfig
 from tfcompress.prune.masks import units_to_keep
@@ -95,7 +95,8 @@ def prune_structured(model, config: PruneConfig, data=None):
         probes = [probe for probe, _ in units.values()]
         captured = capture_inputs(model, probes, input_batches(model, data),
                                   max_rows=config.max_rows)
-        inputs = {owner: captured[layer_path(probe)] for owner, (probe, _) in units.items()}
+        path_of = layer_paths(model)
+        inputs = {owner: captured[path_of[id(probe)]] for owner, (probe, _) in units.items()}
     keep, consumers = {}, {}
     for owner, (_, consumer) in units.items():
         if config.pattern == "neurons":

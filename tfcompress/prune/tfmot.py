@@ -59,7 +59,7 @@ def prune_tf_keras(model, config: PruneConfig | None = None, **overrides):
     wrapped: list[str] = []
 
     def wrap(layer):
-        clone = layer.__class__.from_config(layer.get_config())
+        clone = fresh_layer(layer)
         if not layer.weights or not config.selects(layer.name):
             return clone
         try:
@@ -86,6 +86,21 @@ def prune_tf_keras(model, config: PruneConfig | None = None, **overrides):
             f"exclude={config.exclude!r}); skipped: {skipped or 'none'}"
         )
     return pruned, skipped
+
+
+def fresh_layer(layer):
+    """A new, built layer from ``layer``'s config. MultiHeadAttention is run once on zeros:
+    it builds its projections only when first called, and TF-MOT's wrapper reads their
+    kernels when it is built."""
+    clone = layer.__class__.from_config(layer.get_config())
+    if type(layer).__name__ == "MultiHeadAttention" and getattr(layer, "_query_shape", None):
+        import tensorflow as tf
+
+        def zeros(shape):
+            return tf.zeros([d or 1 for d in shape.as_list()])
+
+        clone(zeros(layer._query_shape), zeros(layer._value_shape))
+    return clone
 
 
 def tf_keras_callbacks(log_dir: str | None = None) -> list:

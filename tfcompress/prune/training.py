@@ -22,8 +22,11 @@ import numpy as np
 
 from tfcompress.core.layers import (
     COMPRESSIBLE_TYPES,
+    from_matrix,
+    kernel_axes,
     kernel_matrix,
     kernel_of,
+    matrix_shape,
     require_keras3,
     select_layers,
 )
@@ -74,14 +77,17 @@ class PruningState:
                                     dtype=kernel_of(layers[0][1]).dtype)
         self.masks = self.holder.masks
         for path, value in (masks or {}).items():
-            self.masks[path].assign(np.reshape(value, self.masks[path].shape))
+            layer = self.layers[path]
+            self.masks[path].assign(from_matrix(np.reshape(value, matrix_shape(layer)),
+                                                kernel_axes(layer), self.masks[path].shape))
         self._apply_fn = None
 
     def update(self, sparsity: float) -> None:
         """Re-rank the current weights by magnitude and set masks for ``sparsity``."""
         matrices = {p: kernel_matrix(la) for p, la in self.layers.items()}
         for path, mask in magnitude_masks(matrices, sparsity, self.config).items():
-            self.masks[path].assign(np.reshape(mask, self.masks[path].shape))
+            self.masks[path].assign(from_matrix(mask, kernel_axes(self.layers[path]),
+                                                self.masks[path].shape))
 
     def step(self, step: int) -> bool:
         """Update masks if the schedule prunes at ``step``; True when it did."""

@@ -20,6 +20,7 @@ import numpy as np
 from tfcompress.core.layers import (
     capture_inputs,
     copy_model,
+    drop_training_state,
     kernel_matrix,
     matrix_shape,
     select_layers,
@@ -161,14 +162,6 @@ def quantize(model, config: QuantizeConfig | None = None, calibration=None,
             progress.update(i + 1)
     layout = {path: attach(by_path[path], qt) for path, qt in results.items()}
     return mark_quantized(target, layout)
-
-
-def drop_training_state(model):
-    """Forget ``model``'s optimizer and compile state, in place: its slots belong to the
-    float weights that quantization replaces, and would otherwise be saved with the model."""
-    model.optimizer = None
-    model.compiled = False
-    return model
 
 
 def _gptq_able(layer) -> bool:

@@ -18,7 +18,8 @@ import re
 
 import numpy as np
 
-from tfcompress.core.layers import iter_layers, kernel_matrix, layer_path
+from tfcompress.core.layers import iter_layers, kernel_matrix, layer_paths
+from tfcompress.errors import TfcompressError
 from tfcompress.quantize.quantizers import Quantizer
 from tfcompress.quantize.storage import attach, mark_quantized
 
@@ -28,9 +29,10 @@ def keras_quantize(model, config, paths: list[str], batches: list | None):
     import keras
 
     chosen = set(paths)
+    path_of = layer_paths(model)
 
     def wanted(layer) -> bool:
-        return layer_path(layer) in chosen
+        return path_of.get(id(layer)) in chosen
 
     mode = config.method.removeprefix("keras_")
     inside = attention_paths(model) & chosen
@@ -58,6 +60,15 @@ def keras_quantize(model, config, paths: list[str], batches: list | None):
             # which would make saving recurse forever; the dtype policy is what reloads
             if getattr(layer, "quantization_config", None) is not None:
                 layer.quantization_config = None
+    missed = [p for p, la in iter_layers(model)
+              if p in chosen and not getattr(la, "quantization_mode", None)]
+    if missed:
+        # Keras skips layers it cannot take without a word; say which instead
+        raise TfcompressError(
+            f"Keras's {mode} mode left {len(missed)} of {len(chosen)} selected layers of "
+            f"{type(model).__name__} {model.name!r} unquantized ({', '.join(missed[:4])}): "
+            "exclude them, or use method='rtn' / 'gptq', which take any Dense, EinsumDense "
+            "or Embedding")
     if mode in ("int8", "int4") and inside:
         _store_like_keras(model, inside, 8 if mode == "int8" else 4,
                           config.group_size if config.granularity == "group" else None)
@@ -68,7 +79,8 @@ def attention_paths(model) -> set[str]:
     """Paths of the layers nested in a ``MultiHeadAttention`` (KerasHub's subclasses too)."""
     import keras
 
-    return {layer_path(sub) for layer in model._flatten_layers(include_self=False)
+    path_of = layer_paths(model)
+    return {path_of[id(sub)] for layer in model._flatten_layers(include_self=False)
             if isinstance(layer, keras.layers.MultiHeadAttention)
             for sub in layer._flatten_layers(include_self=False)}
 

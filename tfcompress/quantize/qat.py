@@ -19,9 +19,12 @@ from keras import ops
 
 from tfcompress.core.layers import (
     copy_model,
+    from_matrix,
+    kernel_axes,
     matrix_shape,
     require_keras3,
     select_layers,
+    to_matrix,
 )
 from tfcompress.core.saving import layers_at, mark_state, register_restorer, unmark_state
 from tfcompress.core.validation import check_model
@@ -58,9 +61,10 @@ class _FakeQuant:
     """Mixin placed before a Keras layer class: its weight is fake-quantized when read."""
 
     def _qat_weight(self):
+        # the layer's own class reads the kernel; this subclass's `kernel` is the fake one
         raw = getattr(self, self.qat_attr)
-        w = ops.reshape(raw, (self.qat_rows, -1))
-        return ops.reshape(fake_quantize(w, self.qat_bits, self.qat_group), raw.shape)
+        w = fake_quantize(to_matrix(raw, self.qat_axes, ops), self.qat_bits, self.qat_group)
+        return from_matrix(w, self.qat_axes, raw.shape, ops)
 
     @property
     def kernel(self):
@@ -114,7 +118,7 @@ def restore_qat(model, plan: dict) -> None:
     for path, layer in layers.items():
         spec = plan[path]
         layer.qat_attr = _float_attr(layer)
-        layer.qat_rows = matrix_shape(layer)[0]
+        layer.qat_axes = kernel_axes(layer)
         layer.qat_bits = spec["bits"]
         layer.qat_group = spec["group"]
         # same class name and config: the latent float weights save as the layer's own

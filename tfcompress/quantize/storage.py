@@ -18,7 +18,7 @@ import numpy as np
 from keras import ops
 from keras.src.saving import object_registration
 
-from tfcompress.core.layers import kernel_of
+from tfcompress.core.layers import kernel_axes, kernel_of
 from tfcompress.core.saving import compression_state, layers_at, mark_state, register_restorer
 from tfcompress.errors import TfcompressError
 from tfcompress.quantize.packing import pack_int4, unpack_int4
@@ -75,7 +75,11 @@ class _CodeStorage:
         w = w * _per_row(self.tfc_scale, group, d_in)
         if self.tfc_offset is not None:
             w = w + _per_row(self.tfc_offset, group, d_in)
-        return ops.cast(ops.reshape(w, meta["weight_shape"]), self.compute_dtype)
+        order = meta.get("axes") or list(range(len(meta["weight_shape"])))
+        w = ops.reshape(w, [meta["weight_shape"][i] for i in order])
+        if order != sorted(order):  # codes are stored input axes first (see to_matrix)
+            w = ops.transpose(w, [int(i) for i in np.argsort(order)])
+        return ops.cast(w, self.compute_dtype)
 
     @property
     def kernel(self):
@@ -129,6 +133,7 @@ def layer_meta(layer, qt_or_meta) -> dict:
     return {
         "attr": _float_attr(layer),
         "weight_shape": list(weight.shape),
+        "axes": list(kernel_axes(layer)[0]),
         "matrix_shape": list(qt.codes.shape),
         "packed": qt.bits <= 4,
         "bits": qt.bits,

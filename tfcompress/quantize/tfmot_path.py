@@ -30,7 +30,10 @@ def supported_layers(model) -> list[str]:
 
 def tfmot_quantize(model, include: list[str] | None = None):
     """A QAT copy of a functional/sequential tf.keras ``model``: the supported layers (or
-    those of them named in ``include``) get TF-MOT fake quantization; the rest stay float."""
+    those of them named in ``include``) get TF-MOT fake quantization; the rest stay float and
+    are listed with the reason in ``result.tfmot_skipped`` (e.g. MultiHeadAttention,
+    LayerNormalization of a transformer; ``x + h`` and ``tf.range`` TFOpLambda layers
+    have no weights and are kept as they are)."""
     import tensorflow_model_optimization as tfmot
     import tf_keras
 
@@ -53,7 +56,15 @@ def tfmot_quantize(model, include: list[str] | None = None):
 
     annotated = tf_keras.models.clone_model(_copy(model), clone_function=annotate)
     with qk.quantize_scope():
-        return qk.quantize_apply(annotated)
+        result = qk.quantize_apply(annotated)
+    result.tfmot_skipped = _skipped(model, chosen, "TF-MOT's default 8-bit registry")
+    return result
+
+
+def _skipped(model, chosen, registry: str) -> dict[str, str]:
+    """``{layer name: why it stays float}`` for the layers with weights not in ``chosen``."""
+    return {layer.name: f"{type(layer).__name__}: not in {registry}; stays float"
+            for layer in model.layers if layer.weights and layer.name not in chosen}
 
 
 def _copy(model):
@@ -67,7 +78,8 @@ def _copy(model):
 
 def tfmot_cluster(model, clusters: int = 16):
     """A copy of tf.keras ``model`` whose Dense/Conv/Embedding weights are TF-MOT k-means
-    clustered (fine-tune it, then `tfmot_strip_clustering`)."""
+    clustered (fine-tune it, then `tfmot_strip_clustering`); the other layers with weights
+    are listed in ``result.tfmot_skipped``."""
     import tensorflow_model_optimization as tfmot
     import tf_keras
 
@@ -83,7 +95,10 @@ def tfmot_cluster(model, clusters: int = 16):
             layer, number_of_clusters=clusters,
             cluster_centroids_init=ck.CentroidInitialization.KMEANS_PLUS_PLUS)
 
-    return tf_keras.models.clone_model(_copy(model), clone_function=cluster)
+    result = tf_keras.models.clone_model(_copy(model), clone_function=cluster)
+    chosen = {la.name for la in model.layers if type(la).__name__ in CLUSTER_TYPES}
+    result.tfmot_skipped = _skipped(model, chosen, f"the clustered types {CLUSTER_TYPES}")
+    return result
 
 
 def tfmot_strip_clustering(model):
