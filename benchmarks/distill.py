@@ -410,6 +410,8 @@ def summarise(results: dict) -> tuple[dict, str]:
             data[key] = spread[key] = None
             table.append(f"| {name} | 0 | not run (no seed finished in this session) |")
     data["gap_closed_spread"] = spread
+    for name, rows in results.get("regimes", {}).items():
+        table.append(f"\n{name}: " + ", ".join(f"{k} {v}" for k, v in rows["settings"].items()))
     return data, "\n".join(table)
 
 
@@ -496,8 +498,9 @@ def main() -> None:
     path = Path(__file__).parent / "results" / "distill.json"
     results = json.loads(path.read_text()) if path.exists() and not args.quick else {}
     results.pop("meta", None)
-    old_md = (path.with_suffix(".md").read_text().split("\n", 4)[-1]
-              if path.with_suffix(".md").exists() else "")
+    # the baseline's table (kept from the last baseline run) follows the regimes' one
+    old_md = path.with_suffix(".md").read_text() if path.with_suffix(".md").exists() else ""
+    old_md = old_md[old_md.index("| model |"):] if "| model |" in old_md else ""
     tables, own = {}, set(OWN_KEYS)
     needs_teacher = {"baseline", *REGIMES} & set(args.regimes)
     ctx = demo_context(DemoSettings.quick() if args.quick else None) if needs_teacher else None
