@@ -510,7 +510,7 @@ def main() -> None:
         if path.exists() and not args.quick:
             on_disk = json.loads(path.read_text())
             on_disk.pop("meta", None)
-            mine = results.get("regimes", {})
+            mine = {k: v for k, v in results.get("regimes", {}).items() if k in requested}
             results.update({k: v for k, v in on_disk.items() if k != "regimes"} | {
                 k: v for k, v in results.items() if k not in on_disk or k in own})
             results["regimes"] = on_disk.get("regimes", {}) | mine
