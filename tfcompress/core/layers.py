@@ -315,3 +315,15 @@ def set_kernel_matrix(layer, matrix: np.ndarray) -> None:
     kernel = kernel_of(layer)
     kernel.assign(from_matrix(np.asarray(matrix, dtype=kernel.dtype), kernel_axes(layer),
                               kernel.shape))
+
+
+def copy_kept_blocks(source, student, keep: Sequence[int]) -> None:
+    """Assign ``student``'s weights from ``source``'s by variable path, student block ``j``
+    (layers ``block{j}_*``) from source block ``keep[j]``: a shallower copy's initialisation."""
+    weights = {v.path: v for v in source.weights}
+    for v in student.weights:
+        path = v.path
+        if path.startswith("block"):
+            block, rest = path[len("block"):].split("_", 1)
+            path = f"block{keep[int(block)]}_{rest}"
+        v.assign(weights[path])

@@ -5,6 +5,8 @@
 - `ParameterSchedule` (T, alpha) and `BestStudentCheckpoint` callbacks.
 - `SoftTargetLoss` + `with_teacher_logits`: distil inside a plain ``student.fit`` (tf.keras too).
 - `cache_teacher` / `load_teacher_cache`: offline top-k teacher logits via ``tf.data``.
+- `block_importance` / `most_important` / `take_blocks`: a shallower student initialised
+  from the teacher's most important blocks.
 
 Example:
     >>> from tfcompress.distill import Distiller
@@ -15,6 +17,7 @@ Example:
 from tfcompress.distill.cache import cache_teacher, load_teacher_cache
 from tfcompress.distill.callbacks import BestStudentCheckpoint, ParameterSchedule
 from tfcompress.distill.distiller import Distiller
+from tfcompress.distill.init import block_importance, most_important, take_blocks
 from tfcompress.distill.losses import DIVERGENCES, kd_loss
 from tfcompress.distill.soft_targets import SoftTargetLoss, with_teacher_logits
 
@@ -24,8 +27,11 @@ __all__ = [
     "Distiller",
     "ParameterSchedule",
     "SoftTargetLoss",
+    "block_importance",
     "cache_teacher",
     "kd_loss",
     "load_teacher_cache",
+    "most_important",
+    "take_blocks",
     "with_teacher_logits",
 ]

@@ -65,10 +65,16 @@ class ParameterSchedule(keras.callbacks.Callback):
 
     def on_train_begin(self, logs=None):
         self._variable = schedule_target(self.model, self.parameter)
+        self._per_epoch = self.params.get("steps")
         if self.steps is None:
-            per_epoch = self.params.get("steps") or 1
-            self._total = per_epoch * (self.params.get("epochs") or 1)
+            self._total = (self._per_epoch or 1) * (self.params.get("epochs") or 1)
         self._step = 0
+
+    def on_epoch_begin(self, epoch, logs=None):
+        # From the epoch number, not from batches seen: a fit that BackupAndRestore resumes
+        # at a later epoch continues the schedule where the interrupted one stopped.
+        if self._per_epoch:
+            self._step = epoch * self._per_epoch
 
     def on_train_batch_begin(self, batch, logs=None):
         self._variable.assign(self.value(self._step))

@@ -72,10 +72,14 @@ class Distiller(keras.Model):
     linear projections when widths differ. Projections and teacher live in the Distiller, not
     in ``distiller.student``, which stays a plain model.
 
-    The teacher is never updated (its variables are left out of the gradient; its
-    ``trainable`` flag is not touched). The student is trained in place: ``distiller.student``
-    is the model you passed. ``alpha`` and ``temperature`` are variables that the schedule
-    callbacks (`ParameterSchedule`) update during ``fit``.
+    The teacher is frozen inside the Distiller: ``trainable_variables`` holds only the
+    student's (and projections') variables, so the optimizer keeps slots for those alone and
+    ``keras.callbacks.BackupAndRestore`` or a ``.keras`` file resume exactly; the teacher's own
+    ``trainable`` flag is not touched. The student is trained in place: ``distiller.student``
+    is the model you passed. With ``alpha=1`` a ``fit`` trains the student exactly as
+    ``student.compile(optimizer, loss=lm_loss()); student.fit(...)`` does. ``alpha`` and
+    ``temperature`` are variables that the schedule callbacks (`ParameterSchedule`) update
+    during ``fit``.
 
     ``teacher=None`` distils from a cached teacher (`load_teacher_cache`), whose batches carry
     the teacher's top-k logits instead.
@@ -119,6 +123,9 @@ class Distiller(keras.Model):
             self._teacher_features = feature_extractor(teacher, [t for _, t in pairs], "teacher")
             self._student_features = feature_extractor(student, [s for s, _ in pairs], "student")
             self.projections = [self._projection(s, t, i) for i, (s, t) in enumerate(pairs)]
+        # Teacher and student arrive built and projections are built above: the Distiller is
+        # complete now, so BackupAndRestore can restore it before the first batch is traced.
+        self.built = True
 
     @staticmethod
     def _feature_pairs(teacher, student, features) -> list[tuple[str, str]]:
@@ -146,8 +153,9 @@ class Distiller(keras.Model):
         d_s = int(self.student.get_layer(s_name).output.shape[-1])
         d_t = int(self.teacher.get_layer(t_name).output.shape[-1])
         if d_s == d_t:
-            return keras.layers.Identity(name=f"projection{index}")
-        layer = keras.layers.Dense(d_t, use_bias=False, name=f"projection{index}")
+            layer = keras.layers.Identity(name=f"projection{index}")
+        else:
+            layer = keras.layers.Dense(d_t, use_bias=False, name=f"projection{index}")
         layer.build((None, None, d_s))
         return layer
 
@@ -159,6 +167,21 @@ class Distiller(keras.Model):
         """What the optimizer updates: the student's and the projections' trainable variables."""
         extra = [w for p in self.projections for w in p.trainable_weights]
         return list(self.student.trainable_weights) + extra
+
+    # Keras builds the optimizer (and BackupAndRestore restores it) from these: the teacher's
+    # variables must not get slots, or a restored optimizer no longer matches a fresh one.
+    @property
+    def trainable_variables(self) -> list:
+        return self.student_variables if self.trainable else []
+
+    @property
+    def trainable_weights(self) -> list:
+        return self.trainable_variables
+
+    @property
+    def non_trainable_weights(self) -> list:
+        trained = {id(w) for w in self.trainable_weights}
+        return [w for w in self.weights if id(w) not in trained]
 
     def _teacher_outputs(self, x):
         """Teacher logits (and hidden states), or densified logits from a cached batch."""
@@ -194,6 +217,10 @@ class Distiller(keras.Model):
             ]
             terms["feature_loss"] = tf.add_n(matched) / len(matched)
             terms["loss"] += self.feature_weight * terms["feature_loss"]
+        # The student's regularisers and add_loss terms, summed as Keras's compute_loss does.
+        extra = [tf.reduce_sum(tf.cast(term, tf.float32)) for term in self.student.losses]
+        if extra:
+            terms["loss"] = tf.reduce_sum(tf.stack([terms["loss"], *extra]))
         return terms, (x, y, logits, mask)
 
     def train_step(self, data):
@@ -226,6 +253,13 @@ class Distiller(keras.Model):
             raise TfcompressError("loss must be None: the Distiller computes its own loss; set "
                                   "alpha, temperature and divergence instead")
         super().compile(optimizer=optimizer, **kwargs)
+
+    def compile_from_config(self, config: dict) -> None:
+        """Recompile a loaded ``.keras`` Distiller, optimizer slots built for the student only."""
+        # Keras skips compile on load when compile() is overridden: do it here, so the saved
+        # optimizer state is loaded into a matching optimizer instead of being dropped.
+        self.compile(**keras.saving.deserialize_keras_object(config))
+        self.optimizer.build(self.trainable_variables)
 
     def get_config(self) -> dict:
         serialize = keras.saving.serialize_keras_object

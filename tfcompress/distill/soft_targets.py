@@ -52,8 +52,11 @@ class SoftTargetLoss:
     """Per-token ``alpha * hard + (1 - alpha) * T^2 * divergence`` from packed targets.
 
     ``top_k=None`` reads full teacher logits (`with_teacher_logits`); an integer reads a
-    top-k cache (`load_teacher_cache(..., packed=True)`). ``temperature`` and ``alpha`` are
-    variables, so `ParameterSchedule` can change them during ``fit``.
+    top-k cache (`load_teacher_cache(..., packed=True)`). Keras reduces it as any plain loss
+    function (masked tokens summed, divided by all tokens), so ``alpha=1`` trains exactly as
+    ``loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True)`` does.
+    ``temperature`` and ``alpha`` are variables, so `ParameterSchedule` can change them
+    during ``fit``.
     """
 
     def __init__(self, alpha: float = 0.5, temperature: float = 2.0,

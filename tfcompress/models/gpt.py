@@ -106,6 +106,24 @@ def _block(x, cfg: GPTConfig, prefix: str):
     return keras.layers.Add(name=f"{prefix}_add2")([x, h])
 
 
+def gpt_config_of(model: keras.Model) -> GPTConfig:
+    """The `GPTConfig` of a model made by `build_gpt` (read back from its layers)."""
+    try:
+        attention = model.get_layer("block0_attn")
+        embedding = model.get_layer("token_embedding")
+        return GPTConfig(
+            vocab_size=embedding.input_dim, d_model=embedding.output_dim,
+            seq_len=model.get_layer("position_embedding").max_length,
+            n_layers=sum(1 for la in model.layers
+                         if isinstance(la, keras.layers.MultiHeadAttention)),
+            n_heads=attention.num_heads, d_ff=int(model.get_layer("block0_mlp_in").units),
+            tie_embeddings=not any(la.name == "lm_head" for la in model.layers),
+            dropout=float(attention.dropout),
+            layer_norm_epsilon=model.get_layer("final_norm").epsilon)
+    except ValueError as err:
+        raise TfcompressError(f"model {model.name!r} was not made by build_gpt: {err}") from err
+
+
 def gpt_param_count(cfg: GPTConfig) -> int:
     """Parameters of `build_gpt(cfg)` by formula, for checks and planning."""
     d, f, v = cfg.d_model, cfg.d_ff, cfg.vocab_size

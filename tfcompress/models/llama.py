@@ -22,6 +22,7 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfcompress.core.layers import copy_kept_blocks
 from tfcompress.errors import TfcompressError
 from tfcompress.models.attention import bounded_masked_softmax
 from tfcompress.models.layers import TiedEmbedding
@@ -326,11 +327,5 @@ def take_layers(model: keras.Model, keep: Sequence[int], name: str = "llama_stud
     if not keep or any(not 0 <= i < cfg.n_layers for i in keep):
         raise TfcompressError(f"keep must list block indices in [0, {cfg.n_layers}), got {keep}")
     student = build_llama(LlamaConfig(**{**cfg.get_config(), "n_layers": len(keep)}), name=name)
-    source = {v.path: v for v in model.weights}
-    for v in student.weights:
-        path = v.path
-        if path.startswith("block"):
-            block, rest = path[len("block"):].split("_", 1)
-            path = f"block{keep[int(block)]}_{rest}"
-        v.assign(source[path])
+    copy_kept_blocks(model, student, keep)
     return student
