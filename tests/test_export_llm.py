@@ -135,3 +135,28 @@ def test_unknown_architecture_is_refused(tmp_path):
     model = keras.Sequential([keras.Input((4,), dtype="int32"), keras.layers.Embedding(8, 4)])
     with pytest.raises(TfcompressError, match="not an architecture export_llm knows"):
         export_llm(model, tmp_path, prefill_lengths=(4,), cache_length=8)
+
+
+def test_quantized_model_exports_as_litert_int8_weights_without_unpacking(tmp_path):
+    from tfcompress.quantize import QuantizeConfig, cache_decoded, quantize
+
+    model = tiny_llama()
+    config = QuantizeConfig(method="rtn", bits=4, granularity="group", group_size=16,
+                            types=("Dense",))
+    q = quantize(model, config, verbose=0)
+    ids = np.asarray(PROMPT)[None]
+    decoding = keras_logits(q)(ids)
+    cached = keras_logits(cache_decoded(q))(ids)  # float matmuls on the decoded weights
+    np.testing.assert_allclose(cached, decoding, atol=1e-5)
+    assert not np.allclose(cached, keras_logits(model)(ids), atol=1e-3)
+    result = export_llm(q, tmp_path, prefill_lengths=(8,), cache_length=32,
+                        mode="dynamic_int8", verbose=False)
+    # the runtime's own int8 weights (the converter leaves matrices under 1,024 entries, here
+    # k and v, float); no code unpacking ops in the graph (one DEQUANTIZE turns the gathered
+    # int8 embedding rows into floats)
+    assert result.tensor_dtypes.get("int8", 0) >= 5 * 2
+    assert not {"FLOOR_DIV", "FLOOR_MOD", "TILE"} & set(result.ops)
+    assert result.ops.get("DEQUANTIZE", 0) <= 1
+    got = LLMRunner(tmp_path).logits(np.asarray(PROMPT))
+    quantized_err = np.abs(got - decoding[0]).max()
+    assert quantized_err < np.abs(got - keras_logits(model)(ids)[0]).max()

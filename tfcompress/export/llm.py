@@ -43,6 +43,8 @@ class LLMExportResult:
     bytes: int
     signatures: dict = field(default_factory=dict)
     ops: dict = field(default_factory=dict)
+    tensor_dtypes: dict = field(default_factory=dict)
+    not_delegated: dict = field(default_factory=dict)
     max_abs_error: float | None = None
     relative_error: float | None = None
     seconds: float = 0.0
@@ -252,8 +254,9 @@ def export_llm(
     _write_atomic(path / CONFIG_FILE, json.dumps(config, indent=2))
     from tfcompress.export.ops import inspect_tflite
 
+    info = inspect_tflite(flatbuffer)  # of the first signature's graph
     result = LLMExportResult(str(path), str(tflite), mode, len(flatbuffer), signatures,
-                             inspect_tflite(flatbuffer)["ops"])
+                             info["ops"], info["tensor_dtypes"], info["not_delegated"])
     if verify_output:
         _verify(model, path, dec, MODES[mode].max_rel_error, result)
     result.seconds = time.perf_counter() - start

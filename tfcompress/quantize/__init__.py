@@ -22,7 +22,7 @@ from tfcompress.quantize.quantizers import (
     log2_levels,
     nf4_levels,
 )
-from tfcompress.quantize.storage import is_quantized
+from tfcompress.quantize.storage import cache_decoded, is_quantized
 
 __all__ = [
     "METHODS",
@@ -32,6 +32,7 @@ __all__ = [
     "Quantizer",
     "affine_codes",
     "allocate_bits",
+    "cache_decoded",
     "fake_quantize",
     "gptq",
     "hessian",

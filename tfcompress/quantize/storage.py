@@ -77,13 +77,17 @@ class _CodeStorage:
             w = w + _per_row(self.tfc_offset, group, d_in)
         return ops.cast(ops.reshape(w, meta["weight_shape"]), self.compute_dtype)
 
+    def _tfc_weight(self):
+        cached = self.__dict__.get("_tfc_cached")
+        return self._tfc_decode() if cached is None else cached
+
     @property
     def kernel(self):
-        return self._tfc_decode()
+        return self._tfc_weight()
 
     @property
     def embeddings(self):
-        return self._tfc_decode()
+        return self._tfc_weight()
 
     def save_own_variables(self, store):
         for i, v in enumerate(self._tfc_vars()):
@@ -98,6 +102,7 @@ class _CodeStorage:
             )
         for i, v in enumerate(variables):
             v.assign(store[str(i)])
+        self.__dict__.pop("_tfc_cached", None)  # decoded from the old codes
 
 
 def _per_row(params, group: int, d_in: int):
@@ -225,6 +230,26 @@ def mark_quantized(model, layout: dict):
     if not isinstance(model, tuple(_QUANTIZED_MODEL_CLASSES.values())):
         model.__class__ = _quantized_model_class(type(model))
     model.tfc_layout = {**getattr(model, "tfc_layout", {}), **layout}
+    return model
+
+
+def cache_decoded(model, enabled: bool = True):
+    """Keep every quantized layer's decoded weight in memory (``enabled=False``: drop it).
+
+    Calls then run float matmuls on the cached weights instead of unpacking codes each time:
+    generation runs at the float model's speed and memory; the codes stay what is saved.
+    Returns ``model`` (changed in place).
+
+    Example:
+        >>> generate(keras_forward(cache_decoded(int4_model)), prompt, 30)
+    """
+    for _, layer in iter_layers(model):
+        if isinstance(layer, _CodeStorage):
+            if enabled:
+                # a plain attribute, not a tracked variable: never saved with the model
+                layer.__dict__["_tfc_cached"] = ops.convert_to_tensor(layer._tfc_decode())
+            else:
+                layer.__dict__.pop("_tfc_cached", None)
     return model
 
 
