@@ -76,7 +76,7 @@ def test_greedy_tokens_match_keras_for_64_tokens(exported):
     assert len(ours) == 64
     assert len(set(ours)) > 3  # the check would be weak on a collapsed, repetitive output
     assert runner.position == len(PROMPT) + 63  # the last new token is never fed back
-    assert result.relative_error < 1e-4
+    assert result.relative_error < 1e-4 and result.agreement == 1.0
 
 
 def test_signatures_follow_litert_torch_naming(exported):
@@ -93,7 +93,7 @@ def test_signatures_follow_litert_torch_naming(exported):
     assert set(signatures[prefill[-1]]["outputs"]) == caches
     decode = runner.interpreter.get_signature_runner("decode").get_input_details()
     assert list(decode["kv_cache_k_0"]["shape"]) == config["kv_cache_shape"]
-    assert config["kv_cache_shape"][:2] == [1, CACHE]
+    assert config["kv_cache_shape"][0] == 1 and config["kv_cache_shape"][2] == CACHE
     assert list(decode["tokens"]["shape"]) == [1, 1]
 
 
@@ -160,3 +160,32 @@ def test_quantized_model_exports_as_litert_int8_weights_without_unpacking(tmp_pa
     got = LLMRunner(tmp_path).logits(np.asarray(PROMPT))
     quantized_err = np.abs(got - decoding[0]).max()
     assert quantized_err < np.abs(got - keras_logits(model)(ids)[0]).max()
+
+
+@pytest.mark.parametrize("exported", ["llama"], indirect=True)
+def test_litertlm_file_holds_model_tokenizer_and_metadata(exported, tmp_path):
+    import io
+
+    pytest.importorskip("litert_lm_builder")
+    from litert_lm_builder import peek_litertlm_file
+
+    from tfcompress.export.litertlm import write_litertlm
+
+    _, folder, _, _ = exported
+    path = write_litertlm(folder, tmp_path / "tiny.litertlm")
+    dump = tmp_path / "sections"
+    dump.mkdir()
+    out = io.StringIO()
+    peek_litertlm_file(str(path), str(dump), out)
+    text = out.getvalue()
+    assert "tf_lite_prefill_decode" in text.lower() and "LlmMetadataProto" in text
+    assert "HF_Tokenizer" in text or "hf_tokenizer" in text.lower()
+    assert f"max_num_tokens: {CACHE}" in text and f"ids: {EOS}" in text
+    engine = pytest.importorskip("litert_lm", reason="LiteRT-LM's engine: pip install "
+                                                      ".[litertlm]")
+    with engine.Engine(str(path), max_num_tokens=CACHE) as eng:
+        session = eng.create_session(apply_prompt_template=False, max_output_tokens=16,
+                                     sampler_config=engine.SamplerConfig(top_k=1))
+        session.run_prefill(["It is a truth"])
+        theirs = session.run_decode().texts[0]
+    assert theirs == "".join(LLMRunner(folder).generate("It is a truth", max_new_tokens=16))

@@ -209,18 +209,16 @@ def _rope(tf, x, cos, sin, half: int):
 
 
 def _attend(tf, dec: Decoder, q, k_cache, v_cache, mask_bias):
-    """``q`` (n, heads, hd) against caches (1, C, kv_heads, hd) -> (n, heads * hd)."""
+    """``q`` (n, heads, hd) against caches (1, kv_heads, C, hd) -> (n, heads * hd)."""
     n = tf.shape(q)[0]
     kv, group, hd = dec.n_kv_heads, dec.n_heads // dec.n_kv_heads, dec.head_dim
     # query head h uses KV head h // group: group query heads per KV head, no repeat of K/V
     q = tf.reshape(tf.transpose(tf.reshape(q, (n, kv, group, hd)), (1, 2, 0, 3)),
                    (kv, group * n, hd))
-    k = tf.transpose(k_cache[0], (1, 0, 2))
-    v = tf.transpose(v_cache[0], (1, 0, 2))
-    scores = tf.matmul(q, k, transpose_b=True) * (1.0 / np.sqrt(hd))
+    scores = tf.matmul(q, k_cache[0], transpose_b=True) * (1.0 / np.sqrt(hd))
     scores = tf.reshape(scores, (kv, group, n, -1)) + mask_bias
     probs = tf.reshape(tf.nn.softmax(scores, -1), (kv, group * n, -1))
-    out = tf.reshape(tf.matmul(probs, v), (kv, group, n, hd))
+    out = tf.reshape(tf.matmul(probs, v_cache[0]), (kv, group, n, hd))
     return tf.reshape(tf.transpose(out, (2, 0, 1, 3)), (n, dec.n_heads * hd))
 
 
@@ -228,16 +226,17 @@ def cached_forward(dec: Decoder, weights: dict, tokens, input_pos, k_caches: lis
                    v_caches: list, logits: bool = True):
     """Run ``tokens`` (1, n) at consecutive positions ``input_pos`` (n,) through the model.
 
-    ``k_caches``/``v_caches`` hold one ``(1, cache_length, kv_heads, head_dim)`` tensor per
-    layer; the new keys/values are written at ``input_pos[0] .. input_pos[0] + n - 1`` and
-    every query sees the cache up to its own position. Returns ``(logits (1, n, vocab) or
-    None, new k caches, new v caches)``. ``weights`` maps `Decoder` names to tensors.
+    ``k_caches``/``v_caches`` hold one ``(1, kv_heads, cache_length, head_dim)`` tensor per
+    layer (the layout LiteRT-LM reads its cache length from); the new keys/values are written
+    at ``input_pos[0] .. input_pos[0] + n - 1`` and every query sees the cache up to its own
+    position. Returns ``(logits (1, n, vocab) or None, new k caches, new v caches)``.
+    ``weights`` maps `Decoder` names to tensors.
     """
     import tensorflow as tf
     from tensorflow.compiler.tf2xla.python import xla
 
     n = tf.shape(tokens)[1]
-    cache_len = k_caches[0].shape[1]
+    cache_len = k_caches[0].shape[2]
     x = tf.gather(weights["embed"], tokens[0])
     if "pos_embed" in weights:
         x = x + tf.gather(weights["pos_embed"], input_pos)
@@ -250,7 +249,7 @@ def cached_forward(dec: Decoder, weights: dict, tokens, input_pos, k_caches: lis
         angles = tf.cast(input_pos, tf.float32)[:, None] * inv_freq.astype(np.float32)[None]
         angles = tf.concat([angles, angles], -1)[:, None, :]
         cos, sin = tf.cos(angles), tf.sin(angles)
-    start = tf.stack([0, input_pos[0], 0, 0])
+    start = tf.stack([0, 0, input_pos[0], 0])
     new_k, new_v = [], []
     for i in range(dec.n_layers):
         h = _norm(tf, dec, weights, f"{i}.norm1", x)
@@ -259,8 +258,8 @@ def cached_forward(dec: Decoder, weights: dict, tokens, input_pos, k_caches: lis
         v = tf.reshape(_apply(tf, weights, f"{i}.v", h), (n, dec.n_kv_heads, dec.head_dim))
         if dec.kind == "llama":
             q, k = _rope(tf, q, cos, sin, half), _rope(tf, k, cos, sin, half)
-        k_cache = xla.dynamic_update_slice(k_caches[i], k[None], start)
-        v_cache = xla.dynamic_update_slice(v_caches[i], v[None], start)
+        k_cache = xla.dynamic_update_slice(k_caches[i], tf.transpose(k, (1, 0, 2))[None], start)
+        v_cache = xla.dynamic_update_slice(v_caches[i], tf.transpose(v, (1, 0, 2))[None], start)
         new_k.append(k_cache)
         new_v.append(v_cache)
         att = _attend(tf, dec, q, k_cache, v_cache, mask_bias)

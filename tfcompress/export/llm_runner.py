@@ -144,12 +144,20 @@ class LLMRunner:
 
     def generate(self, prompt: str, max_new_tokens: int = 64, top_k: int = 1,
                  temperature: float = 1.0, seed: int = 0) -> Iterator[str]:
-        """Yield the text of each new token as it is decoded (joined, they are the reply)."""
+        """Yield the text of each new token as it is decoded (joined, they are the reply).
+
+        The prompt is encoded by `encode` (with the start token if the bundle has one)."""
         if self.tokenizer is None:
             raise TfcompressError("this bundle has no tokenizer: use generate_ids, or export "
                                   "with tokenizer=")
-        return self._text(self.generate_ids(self.tokenizer.encode(prompt), max_new_tokens,
-                                            top_k, temperature, seed))
+        return self._text(self.generate_ids(self.encode(prompt), max_new_tokens, top_k,
+                                            temperature, seed))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``, after the start token when the bundle has one (``bos``),
+        as LiteRT-LM's engine feeds a prompt."""
+        bos = self.config.get("special_tokens", {}).get("bos")
+        return ([] if bos is None else [int(bos)]) + [int(t) for t in self.tokenizer.encode(text)]
 
     def _text(self, tokens: Iterator[int]) -> Iterator[str]:
         ids: list[int] = []
