@@ -178,6 +178,7 @@ def main():
     parser.add_argument("--out", default="runs/generate")
     parser.add_argument("--calib", type=int, default=16, help="GPTQ calibration windows")
     parser.add_argument("--skip-window", action="store_true")
+    parser.add_argument("--merge", help="results JSON of an earlier run (other modes) to extend")
     parser.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.measure:
@@ -205,8 +206,12 @@ def main():
     res: dict = {"decode_tps": {}, "prefill_tps": {}, "ttft_s": {}, "file_mb": {},
                  "runtime_rss_mb": {}, "ppl": {}, "keras_ppl": {}, "ppl_ratio_vs_keras": {},
                  "notes": [], "seconds": {}}
+    if args.merge:
+        res = {k: v for k, v in json.loads(Path(args.merge).read_text()).items() if k != "meta"}
     keras_greedy = generate(keras_forward(model), prompt, GREEDY)
-    res["keras_ppl"]["float"] = keras_perplexity(model, eval_ids)
+    res["keras_greedy"] = keras_greedy[:GREEDY]
+    if "float" not in res["keras_ppl"]:
+        res["keras_ppl"]["float"] = keras_perplexity(model, eval_ids)
     quantized = None
     for mode in args.modes:
         source = model
@@ -239,13 +244,16 @@ def main():
             print(f"== LiteRT-LM engine: {res['litertlm']}", flush=True)
         _write(res, args)
 
+    for mode in ("float16", "dynamic_int8"):
+        ours = res.get(f"greedy_{mode}")
+        if ours is not None:
+            same = next((i for i, (a, b) in enumerate(zip(ours, keras_greedy, strict=False))
+                         if a != b), GREEDY)
+            res[f"greedy_same_prefix_{mode}"] = same
+            res["notes"].append(f"greedy {mode} export vs Keras float32 (prompt of {PROMPT}): "
+                                f"first {same} of {GREEDY} tokens identical")
     float16 = res.get("greedy_float16")
     res["greedy_match_keras"] = None if float16 is None else float16 == keras_greedy[:GREEDY]
-    if float16 is not None:
-        same = next((i for i, (a, b) in enumerate(zip(float16, keras_greedy, strict=False))
-                     if a != b), GREEDY)
-        res["notes"].append(f"greedy float16 export vs Keras float32: first {same} of {GREEDY} "
-                            "tokens identical")
     if quantized is not None:
         res["keras_generate_30_s"] = {
             "float": keras_generation_s(model, prompt),
@@ -275,6 +283,19 @@ def _write(res: dict, args) -> None:
                                                 lcpp.get("prefill_tps"))
     res["litertlm_greedy_match"] = lrt.get("greedy_match")
     res.setdefault("greedy_match_keras", None)
+    auto = ("llama.cpp:", "LiteRT-LM:", "timing:", "not measured:")
+    notes = [n for n in res["notes"] if not n.startswith(auto)]
+    notes.append("timing: a 2-core machine shared with other jobs (load average far above 2) "
+                 "during the run; every speed figure is noisy and pessimistic")
+    if "error" in lcpp:
+        notes.append(f"llama.cpp: {lcpp['error']}")
+    if "error" in lrt:
+        notes.append(f"LiteRT-LM: {lrt['error']}")
+    missing = [m for m in MODES if m not in dec]
+    if missing or "window" not in res:
+        notes.append(f"not measured: modes {missing}{'' if 'window' in res else ', window path'}"
+                     " (the run did not get that far before the deadline)")
+    res["notes"] = notes
     lines = ["| runtime | file MB | prefill tok/s | TTFT s | decode tok/s | runtime RSS MB | "
              "ppl | ppl / Keras |", "|---|---|---|---|---|---|---|---|"]
     for mode in dec:

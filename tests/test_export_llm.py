@@ -49,8 +49,17 @@ def tiny_hub_gpt2():
     return spread(keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None))
 
 
+def tiny_lowrank_llama():
+    """A Llama whose MLP gate/up are low-rank factors (exported as two matmuls each)."""
+    from tfcompress.lowrank import FactorizeConfig, factorize
+
+    return factorize(tiny_llama(vocab=bpe().vocab_size),
+                     FactorizeConfig(rank=8, method="svd", include=r"mlp_(gate|up)"),
+                     verbose=False)
+
+
 MODELS = {
-    "llama": (lambda: tiny_llama(vocab=bpe().vocab_size), (4, 8)),
+    "llama": (tiny_lowrank_llama, (4, 8)),
     "gpt": (lambda: spread(build_gpt("test-tiny", vocab_size=64, seq_len=CACHE)), (8,)),
     "gpt2_hub": (tiny_hub_gpt2, (8,)),
 }

@@ -284,11 +284,13 @@ def keras_logits(model):
     ``token_ids``/``padding_mask`` dict they expect."""
     import tensorflow as tf
 
-    if isinstance(getattr(model, "input", None), dict) or hasattr(model, "backbone"):
-        fn = tf.function(lambda x: model({"token_ids": x, "padding_mask": tf.ones_like(x)},
-                                         training=False), reduce_retracing=True)
-    else:
-        fn = tf.function(lambda x: model(x, training=False), reduce_retracing=True)
+    hub = isinstance(getattr(model, "input", None), dict) or hasattr(model, "backbone")
+
+    def forward(x):
+        inputs = {"token_ids": x, "padding_mask": tf.ones_like(x)} if hub else x
+        return model(inputs, training=False)
+
+    fn = tf.function(forward, reduce_retracing=True, autograph=False)
     return lambda ids: fn(tf.convert_to_tensor(np.asarray(ids, np.int32))).numpy()
 
 
