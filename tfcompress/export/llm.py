@@ -212,7 +212,8 @@ def export_llm(
     ``{"bos": 1, "eos": 2}``) overrides those ids: ``bos`` starts every text prompt
     (`LLMRunner.generate`, LiteRT-LM's start token), ``eos`` stops generation. With
     ``verify_output`` the exported logits after each token of a short prompt are compared
-    with Keras, raising `VerificationError` below the mode's next-token agreement (`MODES`).
+    with Keras, raising `VerificationError` when both the next-token agreement and the logit
+    error miss the mode's tolerances (`MODES`).
 
     Example:
         >>> export_llm(model, "bundle/", prefill_lengths=(8,), cache_length=64,
@@ -271,7 +272,7 @@ def export_llm(
     result = LLMExportResult(str(path), str(tflite), mode, len(flatbuffer), signatures,
                              info["ops"], info["tensor_dtypes"], info["not_delegated"])
     if verify_output:
-        _verify(model, path, dec, MODES[mode].min_agreement, result)
+        _verify(model, path, dec, MODES[mode], result)
     result.seconds = time.perf_counter() - start
     if verbose:
         print(f"export_llm: {tflite} {result.bytes:,} bytes, next-token agreement with "
@@ -294,8 +295,7 @@ def keras_logits(model):
     return lambda ids: fn(tf.convert_to_tensor(np.asarray(ids, np.int32))).numpy()
 
 
-def _verify(model, path: Path, dec: Decoder, min_agreement: float,
-            result: LLMExportResult) -> None:
+def _verify(model, path: Path, dec: Decoder, mode, result: LLMExportResult) -> None:
     """Decode logits after each token of a short random prompt vs the Keras model's."""
     from tfcompress.export.llm_runner import LLMRunner
     from tfcompress.export.tflite import agreement_stats
@@ -304,7 +304,12 @@ def _verify(model, path: Path, dec: Decoder, min_agreement: float,
     stats = agreement_stats(keras_logits(model)(ids[None])[0], LLMRunner(path).logits(ids))
     result.max_abs_error, result.relative_error = stats["max_abs_error"], stats["relative_error"]
     result.agreement = stats["agreement"]
-    if not np.isfinite(result.max_abs_error) or result.agreement < min_agreement:
+    # near-flat logits (an untrained toy) flip their argmax on tiny errors: only fail when the
+    # logits are also off by more than the mode allows
+    off = result.relative_error > mode.max_rel_error
+    if not np.isfinite(result.max_abs_error) or (result.agreement < mode.min_agreement and off):
         raise VerificationError(f"{result.mode} export of {dec.kind} disagrees with Keras: "
                                 f"next-token agreement {result.agreement:.0%} (needed "
-                                f"{min_agreement:.0%}), max |error| {result.max_abs_error:.4g}")
+                                f"{mode.min_agreement:.0%}) and max |error| "
+                                f"{result.max_abs_error:.4g} is {result.relative_error:.3g} of "
+                                f"the largest logit (allowed {mode.max_rel_error:.3g})")
