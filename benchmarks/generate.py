@@ -223,8 +223,10 @@ def main():
             source = quantized
         start = time.perf_counter()
         bundle = out / mode
+        # quality is judged below by perplexity on real text (random-token prompts make
+        # SmolLM2's next-token choice a near tie, so the built-in check is not used here)
         result = export_llm(source, bundle, prefill_lengths=PREFILL, cache_length=CACHE,
-                            mode=mode, tokenizer=gguf_path())
+                            mode=mode, tokenizer=gguf_path(), verify_output=False)
         res["seconds"][f"export_{mode}"] = time.perf_counter() - start
         gc.collect()
         m = _subprocess_measure(bundle, prompt_file)

@@ -45,6 +45,7 @@ class LLMRunner:
         self._runners = {name: self.interpreter.get_signature_runner(name)
                          for name in [*self.prefill_names.values(), "decode"]}
         self._cache_names = cache_names(int(self.config["architecture"]["n_layers"]))
+        self._allocated: set[str] = set()
         self.tokenizer = None
         if self.config.get("tokenizer_file"):
             from tfcompress.data.tokenizers import tokenizer_from_json
@@ -61,9 +62,22 @@ class LLMRunner:
 
     def _run(self, name: str, tokens: np.ndarray) -> dict:
         n = tokens.shape[0]
-        pos = np.arange(self.position, self.position + n, dtype=np.int32)
-        out = self._runners[name](tokens=tokens[None].astype(np.int32), input_pos=pos,
-                                  **self.caches)
+        inputs = {"tokens": tokens[None].astype(np.int32),
+                  "input_pos": np.arange(self.position, self.position + n, dtype=np.int32),
+                  **self.caches}
+        runner = self._runners[name]
+        if name not in self._allocated:
+            out = runner(**inputs)
+            self._allocated.add(name)
+        else:
+            # SignatureRunner.__call__ re-allocates tensors on every call, which makes XNNPACK
+            # re-plan the whole graph (~100 ms a decode step on SmolLM2): after the first call
+            # the shapes never change, so set, invoke and read through its wrapper directly.
+            wrapper, graph = runner._interpreter_wrapper, runner._subgraph_index
+            for key, value in inputs.items():
+                wrapper.SetTensor(runner._inputs[key], value, graph)
+            wrapper.Invoke(graph)
+            out = {key: wrapper.GetTensor(index, graph) for key, index in runner._outputs}
         self.caches = {k: out[k] for k in self._cache_names}
         return out
 
