@@ -33,6 +33,11 @@ EXTRAS_REQUIRE = {
         "gguf==0.19.0",
         "safetensors==0.8.0",
     ],
+    # .litertlm files (write_litertlm) and LiteRT-LM's own engine to run them
+    "litertlm": [
+        "litert-lm-builder==0.18.1",
+        "litert-lm-api==0.18.1",
+    ],
 }
 
 setup(

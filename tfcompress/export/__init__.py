@@ -1,7 +1,10 @@
 """TFLite/LiteRT export: conversion in several modes, built-in verification, an interpreter
-runner, text generation from the ``.tflite`` file, and phone-style measurement."""
+runner, text generation from the ``.tflite`` file, phone-style measurement, and on-device LLM
+bundles (`export_llm`: prefill/decode signatures over a KV cache, streamed by `LLMRunner`)."""
 
 from tfcompress.export.generate import generate, generate_text, next_token
+from tfcompress.export.llm import LLMExportResult, export_llm
+from tfcompress.export.llm_runner import LLMRunner
 from tfcompress.export.measure import interleaved_latency, measure_tflite, peak_memory
 from tfcompress.export.modes import MODES, ExportMode
 from tfcompress.export.ops import inspect_tflite
@@ -20,9 +23,12 @@ __all__ = [
     "ExportMode",
     "ExportResult",
     "InputSpec",
+    "LLMExportResult",
+    "LLMRunner",
     "TFLiteRunner",
     "XNNPACKFallbackWarning",
     "convert",
+    "export_llm",
     "export_tflite",
     "generate",
     "generate_text",

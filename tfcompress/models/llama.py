@@ -309,7 +309,9 @@ def llama_config_of(model: keras.Model) -> LlamaConfig:
         return LlamaConfig(
             vocab_size=embedding.input_dim, d_model=embedding.output_dim, n_layers=n_layers,
             n_heads=attention.n_heads, n_kv_heads=attention.n_kv_heads,
-            d_ff=int(model.get_layer("block0_mlp_gate").units), head_dim=attention.head_dim,
+            # the output width, not Dense.units: a factorized (low-rank) layer has no units
+            d_ff=int(model.get_layer("block0_mlp_gate").output.shape[-1]),
+            head_dim=attention.head_dim,
             rms_eps=model.get_layer("final_norm").epsilon, rope_base=attention.rope_base,
             tie_embeddings=not any(la.name == "lm_head" for la in model.layers))
     except ValueError as err:

@@ -23,7 +23,7 @@ from tfcompress.quantize.quantizers import (
     log2_levels,
     nf4_levels,
 )
-from tfcompress.quantize.storage import is_quantized
+from tfcompress.quantize.storage import cache_decoded, is_quantized
 from tfcompress.quantize.tfmot_path import tfmot_cluster, tfmot_quantize, tfmot_strip_clustering
 
 make_callable(__name__, quantize)
@@ -36,6 +36,7 @@ __all__ = [
     "Quantizer",
     "affine_codes",
     "allocate_bits",
+    "cache_decoded",
     "fake_quantize",
     "gptq",
     "hessian",

@@ -18,7 +18,7 @@ import numpy as np
 from keras import ops
 from keras.src.saving import object_registration
 
-from tfcompress.core.layers import kernel_axes, kernel_of
+from tfcompress.core.layers import iter_layers, kernel_axes, kernel_of
 from tfcompress.core.saving import compression_state, layers_at, mark_state, register_restorer
 from tfcompress.errors import TfcompressError
 from tfcompress.quantize.packing import pack_int4, unpack_int4
@@ -81,13 +81,17 @@ class _CodeStorage:
             w = ops.transpose(w, [int(i) for i in np.argsort(order)])
         return ops.cast(w, self.compute_dtype)
 
+    def _tfc_weight(self):
+        cached = self.__dict__.get("_tfc_cached")
+        return self._tfc_decode() if cached is None else cached
+
     @property
     def kernel(self):
-        return self._tfc_decode()
+        return self._tfc_weight()
 
     @property
     def embeddings(self):
-        return self._tfc_decode()
+        return self._tfc_weight()
 
     def save_own_variables(self, store):
         for i, v in enumerate(self._tfc_vars()):
@@ -102,6 +106,7 @@ class _CodeStorage:
             )
         for i, v in enumerate(variables):
             v.assign(store[str(i)])
+        self.__dict__.pop("_tfc_cached", None)  # decoded from the old codes
 
 
 def _per_row(params, group: int, d_in: int):
@@ -185,6 +190,26 @@ def mark_quantized(model, layout: dict):
 
 
 register_restorer("quantize", apply_layout)
+
+
+def cache_decoded(model, enabled: bool = True):
+    """Keep every quantized layer's decoded weight in memory (``enabled=False``: drop it).
+
+    Calls then run float matmuls on the cached weights instead of unpacking codes each time:
+    generation runs at the float model's speed and memory; the codes stay what is saved.
+    Returns ``model`` (changed in place).
+
+    Example:
+        >>> generate(keras_forward(cache_decoded(int4_model)), prompt, 30)
+    """
+    for _, layer in iter_layers(model):
+        if isinstance(layer, _CodeStorage):
+            if enabled:
+                # a plain attribute, not a tracked variable: never saved with the model
+                layer.__dict__["_tfc_cached"] = ops.convert_to_tensor(layer._tfc_decode())
+            else:
+                layer.__dict__.pop("_tfc_cached", None)
+    return model
 
 
 def is_quantized(layer) -> bool:

@@ -1,0 +1,321 @@
+"""SmolLM2-135M on the phone path: prefill/decode ``.tflite`` bundles (float16, dynamic_int8,
+int4 from GPTQ g128) vs the old window-recompute path, LiteRT-LM's engine and llama.cpp.
+
+Each bundle is measured in a fresh process (2 threads): time to first token for a 128-token
+prompt, prefill tokens/s (128 / TTFT), decode tokens/s over 128 new tokens, and the peak RSS
+the runtime adds on top of the process's imports. Perplexity of each export is computed on the
+first 2,049 tokens of austen/test.txt in windows of 256 (as benchmarks/llm.py) and compared
+with its Keras model. The machine is shared: timings are noisy.
+
+    python benchmarks/generate.py                  # writes results/generate.json
+    python benchmarks/generate.py --modes dynamic_int8 --skip-window
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks._common import write_results  # noqa: E402
+from benchmarks.llm import EVAL_TOKENS, WINDOW, gguf_path  # noqa: E402
+
+PROMPT, NEW, THREADS, CACHE, PREFILL = 128, 128, 2, 512, (32, 128)
+GREEDY = 64
+MODES = ("dynamic_int8", "float16", "int4")
+
+
+def _vm_hwm_mb() -> float:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+def measure(bundle: str, prompt_file: str) -> dict:
+    """Run in a fresh process: TTFT, prefill/decode tokens/s, greedy ids, runtime peak RSS."""
+    from tfcompress.export.llm_runner import LLMRunner
+
+    prompt = np.load(prompt_file)
+    baseline = _vm_hwm_mb()
+    runner = LLMRunner(bundle, num_threads=THREADS)
+    stats = {}
+    for _ in range(2):  # the first round warms XNNPACK's weight packing up
+        runner.reset()
+        start = time.perf_counter()
+        runner.prefill(prompt[:-1])
+        token = int(np.argmax(runner.decode(int(prompt[-1]))))
+        ttft = time.perf_counter() - start
+        ids = [token]
+        start = time.perf_counter()
+        for _ in range(NEW - 1):
+            token = int(np.argmax(runner.decode(token)))
+            ids.append(token)
+        decode_s = time.perf_counter() - start
+        stats = {"ttft_s": ttft, "prefill_tps": len(prompt) / ttft,
+                 "decode_tps": (NEW - 1) / decode_s, "greedy": ids[:GREEDY]}
+    peak = _vm_hwm_mb()
+    return {**stats, "baseline_mb": baseline, "peak_mb": peak, "runtime_mb": peak - baseline}
+
+
+def _subprocess_measure(bundle: Path, prompt_file: Path) -> dict:
+    done = subprocess.run([sys.executable, __file__, "--measure", str(bundle), str(prompt_file)],
+                          capture_output=True, text=True, check=False, timeout=3600)
+    if done.returncode:
+        raise RuntimeError(f"measuring {bundle} failed: {done.stderr[-3000:]}")
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def exported_perplexity(bundle: Path, ids: np.ndarray) -> float:
+    """Perplexity through the bundle's decode signature, windows of `WINDOW` from an empty
+    cache each (the protocol of `causal_lm_perplexity`)."""
+    from tfcompress.export.llm_runner import LLMRunner
+    from tfcompress.models import causal_lm_perplexity
+
+    runner = LLMRunner(bundle, num_threads=THREADS)
+    return causal_lm_perplexity(lambda x: runner.logits(x[0])[None], ids, WINDOW,
+                                verbose=True)["perplexity"]
+
+
+def keras_perplexity(model, ids: np.ndarray) -> float:
+    from tfcompress.evaluate import keras_forward
+    from tfcompress.models import causal_lm_perplexity
+
+    return causal_lm_perplexity(keras_forward(model), ids, WINDOW)["perplexity"]
+
+
+def keras_generation_s(model, prompt: np.ndarray, tokens: int = 30) -> float:
+    """Seconds for greedy generation of ``tokens`` with the Keras model (context grows)."""
+    from tfcompress.evaluate import keras_forward
+    from tfcompress.models import generate
+
+    forward = keras_forward(model)
+    generate(forward, prompt[:8], 2)  # trace once
+    start = time.perf_counter()
+    generate(forward, prompt[:32], tokens)
+    return time.perf_counter() - start
+
+
+def gptq_model(float_model, tokenizer, calib: int):
+    from benchmarks.llm import BLOCK_DENSE
+    from tfcompress.data import bundled_corpus
+    from tfcompress.quantize import QuantizeConfig, quantize
+
+    ids = tokenizer.encode(bundled_corpus("austen")["train"][:400_000])
+    starts = np.random.default_rng(0).integers(0, ids.size - 256, calib)
+    windows = np.stack([ids[s:s + 256] for s in starts])
+    config = QuantizeConfig(method="gptq", bits=4, types=("Dense",), include=BLOCK_DENSE,
+                            granularity="group", group_size=128, ragged=True,
+                            sequential=False)
+    return quantize(float_model, config, calibration=[windows[i:i + 4]
+                                                      for i in range(0, calib, 4)])
+
+
+def window_path(model, out: Path) -> dict:
+    """The old route: a dynamic-int8 (1, 256) window re-run for every new token."""
+    from tfcompress.export import TFLiteRunner, export_tflite
+
+    path = out / "window_256.tflite"
+    export_tflite(model, path, mode="dynamic_int8", seq_len=PROMPT + NEW, verify_output=False,
+                  verbose=False)
+    runner = TFLiteRunner(path, num_threads=THREADS)
+    stats = runner.latency(warmup=2, repeats=5)
+    return {"window": PROMPT + NEW, "median_ms": stats["median_ms"],
+            "decode_tps": 1e3 / stats["median_ms"]}
+
+
+def litertlm_engine(bundle: Path, prompt_text: str) -> dict:
+    """Our bundle as a .litertlm in LiteRT-LM's engine: greedy text vs `LLMRunner` on the
+    same prompt text, and the engine's own benchmark (prefill and decode tokens/s)."""
+    try:
+        import litert_lm
+    except ImportError as err:
+        return {"error": f"litert-lm-api not importable ({err}); pip install .[litertlm]"}
+    from tfcompress.export.litertlm import write_litertlm
+    from tfcompress.export.llm_runner import LLMRunner
+
+    ours = "".join(LLMRunner(bundle, num_threads=THREADS).generate(prompt_text, GREEDY))
+    path = write_litertlm(bundle)
+    try:
+        with litert_lm.Engine(str(path), max_num_tokens=CACHE) as engine:
+            session = engine.create_session(apply_prompt_template=False,
+                                            max_output_tokens=GREEDY,
+                                            sampler_config=litert_lm.SamplerConfig(top_k=1))
+            session.run_prefill([prompt_text])
+            theirs = session.run_decode().texts[0]
+        info = litert_lm.Benchmark(str(path), prefill_tokens=PROMPT, decode_tokens=NEW,
+                                   max_num_tokens=CACHE,
+                                   backend=litert_lm.Backend.CPU(thread_count=THREADS)).run()
+        return {"greedy_match": theirs == ours, "text": theirs, "ours": ours,
+                "prefill_tps": info.last_prefill_tokens_per_second,
+                "decode_tps": info.last_decode_tokens_per_second,
+                "ttft_s": info.time_to_first_token_in_second}
+    except Exception as err:  # the engine's own error is the result to report
+        return {"error": f"{type(err).__name__}: {err}"}
+
+
+def llamacpp() -> dict:
+    try:
+        import llama_cpp  # noqa: F401
+    except ImportError:
+        return {"error": "llama-cpp-python is not installed: PyPI has no wheel for it (only an "
+                         "sdist that builds llama.cpp from source), so it was not measured"}
+    return {"error": "llama-cpp-python found but this benchmark has no llama.cpp runner yet"}
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+    parser.add_argument("--out", default="runs/generate")
+    parser.add_argument("--calib", type=int, default=16, help="GPTQ calibration windows")
+    parser.add_argument("--skip-window", action="store_true")
+    parser.add_argument("--merge", help="results JSON of an earlier run (other modes) to extend")
+    parser.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.measure:
+        print(json.dumps(measure(*args.measure)))
+        return
+
+    from tfcompress.data import bundled_corpus
+    from tfcompress.evaluate import keras_forward
+    from tfcompress.export import export_llm
+    from tfcompress.models import generate
+    from tfcompress.models.loaders import gguf_tokenizer, load_gguf
+    from tfcompress.quantize import cache_decoded
+
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    tokenizer = gguf_tokenizer(gguf_path())
+    model = load_gguf(gguf_path())
+    text = bundled_corpus("austen")["test"]
+    eval_ids = tokenizer.encode(text[:20_000])[:EVAL_TOKENS]
+    prompt = tokenizer.encode(text[30_000:40_000])[:PROMPT]
+    prompt_text = tokenizer.decode(prompt.tolist())
+    prompt_file = out / "prompt.npy"
+    np.save(prompt_file, prompt)
+    res: dict = {"decode_tps": {}, "prefill_tps": {}, "ttft_s": {}, "file_mb": {},
+                 "runtime_rss_mb": {}, "ppl": {}, "keras_ppl": {}, "ppl_ratio_vs_keras": {},
+                 "notes": [], "seconds": {}}
+    if args.merge:
+        res = {k: v for k, v in json.loads(Path(args.merge).read_text()).items() if k != "meta"}
+    keras_greedy = generate(keras_forward(model), prompt, GREEDY)
+    res["keras_greedy"] = keras_greedy[:GREEDY]
+    if "float" not in res["keras_ppl"]:
+        res["keras_ppl"]["float"] = keras_perplexity(model, eval_ids)
+    quantized = None
+    for mode in args.modes:
+        source = model
+        if mode == "int4":
+            start = time.perf_counter()
+            quantized = gptq_model(model, tokenizer, args.calib)
+            res["seconds"]["gptq"] = time.perf_counter() - start
+            res["keras_ppl"]["gptq_g128"] = keras_perplexity(quantized, eval_ids)
+            source = quantized
+        start = time.perf_counter()
+        bundle = out / mode
+        # quality is judged below by perplexity on real text (random-token prompts make
+        # SmolLM2's next-token choice a near tie, so the built-in check is not used here)
+        result = export_llm(source, bundle, prefill_lengths=PREFILL, cache_length=CACHE,
+                            mode=mode, tokenizer=gguf_path(), verify_output=False)
+        res["seconds"][f"export_{mode}"] = time.perf_counter() - start
+        gc.collect()
+        m = _subprocess_measure(bundle, prompt_file)
+        res["decode_tps"][mode], res["prefill_tps"][mode] = m["decode_tps"], m["prefill_tps"]
+        res["ttft_s"][mode], res["runtime_rss_mb"][mode] = m["ttft_s"], m["runtime_mb"]
+        res["file_mb"][mode] = result.bytes / 1e6
+        res[f"greedy_{mode}"] = m["greedy"]
+        start = time.perf_counter()
+        res["ppl"][mode] = exported_perplexity(bundle, eval_ids)
+        res["seconds"][f"ppl_{mode}"] = time.perf_counter() - start
+        ref = res["keras_ppl"]["gptq_g128" if mode == "int4" else "float"]
+        res["ppl_ratio_vs_keras"][mode] = res["ppl"][mode] / ref
+        print(f"== {mode}: {json.dumps({k: v for k, v in m.items() if k != 'greedy'})}, "
+              f"ppl {res['ppl'][mode]:.3f} (Keras {ref:.3f})", flush=True)
+        if mode == "dynamic_int8":
+            res["litertlm"] = litertlm_engine(bundle, prompt_text)
+            print(f"== LiteRT-LM engine: {res['litertlm']}", flush=True)
+        _write(res, args)
+
+    for mode in ("float16", "dynamic_int8"):
+        ours = res.get(f"greedy_{mode}")
+        if ours is not None:
+            same = next((i for i, (a, b) in enumerate(zip(ours, keras_greedy, strict=False))
+                         if a != b), GREEDY)
+            res[f"greedy_same_prefix_{mode}"] = same
+            res["notes"].append(f"greedy {mode} export vs Keras float32 (prompt of {PROMPT}): "
+                                f"first {same} of {GREEDY} tokens identical")
+    float16 = res.get("greedy_float16")
+    res["greedy_match_keras"] = None if float16 is None else float16 == keras_greedy[:GREEDY]
+    if quantized is not None:
+        res["keras_generate_30_s"] = {
+            "float": keras_generation_s(model, prompt),
+            "gptq_decoding_codes": keras_generation_s(quantized, prompt),
+            "gptq_cache_decoded": keras_generation_s(cache_decoded(quantized), prompt)}
+    if not args.skip_window:
+        res["window"] = window_path(model, out)
+    res["llamacpp"] = llamacpp()
+    res["seconds"]["total"] = time.perf_counter() - started
+    _write(res, args)
+
+
+def _ratio(a, b):
+    return None if a is None or b is None else a / b
+
+
+def _write(res: dict, args) -> None:
+    dec, pre, size = res["decode_tps"], res["prefill_tps"], res["file_mb"]
+    lrt, lcpp = res.get("litertlm", {}), res.get("llamacpp", {})
+    res["int8_decode_vs_window"] = _ratio(dec.get("dynamic_int8"),
+                                          res.get("window", {}).get("decode_tps"))
+    res["int4_size_vs_int8"] = _ratio(size.get("int4"), size.get("dynamic_int8"))
+    res["peak_rss_vs_file"] = max((res["runtime_rss_mb"][m] / size[m] for m in size),
+                                  default=None)
+    res["int8_decode_vs_llamacpp_q8"] = _ratio(dec.get("dynamic_int8"), lcpp.get("decode_tps"))
+    res["int8_prefill_vs_llamacpp_q8"] = _ratio(pre.get("dynamic_int8"),
+                                                lcpp.get("prefill_tps"))
+    res["litertlm_greedy_match"] = lrt.get("greedy_match")
+    res.setdefault("greedy_match_keras", None)
+    auto = ("llama.cpp:", "LiteRT-LM:", "timing:", "not measured:")
+    notes = [n for n in res["notes"] if not n.startswith(auto)]
+    notes.append("timing: a 2-core machine shared with other jobs (load average far above 2) "
+                 "during the run; every speed figure is noisy and pessimistic")
+    if "error" in lcpp:
+        notes.append(f"llama.cpp: {lcpp['error']}")
+    if "error" in lrt:
+        notes.append(f"LiteRT-LM: {lrt['error']}")
+    missing = [m for m in MODES if m not in dec]
+    if missing or "window" not in res:
+        notes.append(f"not measured: modes {missing}{'' if 'window' in res else ', window path'}"
+                     " (the run did not get that far before the deadline)")
+    res["notes"] = notes
+    lines = ["| runtime | file MB | prefill tok/s | TTFT s | decode tok/s | runtime RSS MB | "
+             "ppl | ppl / Keras |", "|---|---|---|---|---|---|---|---|"]
+    for mode in dec:
+        lines.append(f"| ours {mode} | {size[mode]:.1f} | {pre[mode]:.1f} | "
+                     f"{res['ttft_s'][mode]:.3f} | {dec[mode]:.1f} | "
+                     f"{res['runtime_rss_mb'][mode]:.0f} | {res['ppl'].get(mode, 0):.3f} | "
+                     f"{res['ppl_ratio_vs_keras'].get(mode, 0):.4f} |")
+    if "window" in res:
+        lines.append(f"| window path dynamic_int8 ({res['window']['window']} tokens) | - | - | - "
+                     f"| {res['window']['decode_tps']:.1f} | - | - | - |")
+    for name, r in (("LiteRT-LM engine (our .litertlm)", lrt), ("llama.cpp", lcpp)):
+        if r:
+            lines.append(f"| {name} | - | {r.get('prefill_tps') or '-'} | - | "
+                         f"{r.get('decode_tps') or '-'} | - | - | - |"
+                         + (f" {r['error']}" if "error" in r else ""))
+    write_results("generate", "\n".join(lines), res,
+                  "python benchmarks/generate.py " + " ".join(sys.argv[1:]))
+
+
+if __name__ == "__main__":
+    main()

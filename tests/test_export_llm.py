@@ -1,0 +1,200 @@
+"""export_llm / LLMRunner: prefill+decode .tflite with a KV cache vs the Keras model."""
+
+import json
+
+import keras
+import numpy as np
+import pytest
+
+from tfcompress.errors import TfcompressError
+from tfcompress.export.llm import export_llm, keras_logits
+from tfcompress.export.llm_runner import LLMRunner
+from tfcompress.models import LlamaConfig, build_gpt, build_llama, generate
+
+pytest.importorskip("ai_edge_litert")
+PROMPT = [1, 5, 9, 3, 7, 2, 8, 11, 4, 6, 10]
+CACHE = 80
+EOS = 269  # the llama bundle's end-of-sequence id
+
+
+def spread(model, scale: float = 0.3):
+    """Larger random weights than the builders' init, so greedy decoding does not collapse
+    onto one token and a wrong cache would show in the tokens."""
+    rng = np.random.default_rng(1)
+    for v in model.weights:
+        if len(v.shape) >= 2:
+            v.assign(rng.normal(0, scale, v.shape).astype("float32"))
+    return model
+
+
+def tiny_llama(vocab: int = 64):
+    keras.utils.set_random_seed(0)
+    return spread(build_llama(LlamaConfig(vocab_size=vocab, d_model=32, n_layers=2, n_heads=4,
+                                          n_kv_heads=2, d_ff=48)))
+
+
+def bpe():
+    from tfcompress.data.tokenizers import BPETokenizer
+
+    return BPETokenizer.train(["It is a truth universally acknowledged, that a single man"] * 4,
+                              vocab_size=270)
+
+
+def tiny_hub_gpt2():
+    keras_hub = pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=64, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
+        max_sequence_length=CACHE)
+    return spread(keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None))
+
+
+def tiny_lowrank_llama():
+    """A Llama whose MLP gate/up are low-rank factors (exported as two matmuls each)."""
+    from tfcompress.lowrank import FactorizeConfig, factorize
+
+    return factorize(tiny_llama(vocab=bpe().vocab_size),
+                     FactorizeConfig(rank=8, method="svd", include=r"mlp_(gate|up)"),
+                     verbose=False)
+
+
+MODELS = {
+    "llama": (tiny_lowrank_llama, (4, 8)),
+    "gpt": (lambda: spread(build_gpt("test-tiny", vocab_size=64, seq_len=CACHE)), (8,)),
+    "gpt2_hub": (tiny_hub_gpt2, (8,)),
+}
+
+
+@pytest.fixture(scope="module", params=sorted(MODELS))
+def exported(request, tmp_path_factory):
+    make, lengths = MODELS[request.param]
+    model = make()
+    folder = tmp_path_factory.mktemp(request.param)
+    # the llama bundle also carries a tokenizer and an end-of-sequence id
+    extra = dict(tokenizer=bpe(), special_tokens={"eos": EOS}) if request.param == "llama" else {}
+    result = export_llm(model, folder, prefill_lengths=lengths, cache_length=CACHE,
+                        mode="float32", verbose=False, **extra)
+    return model, folder, result, lengths
+
+
+def test_greedy_tokens_match_keras_for_64_tokens(exported):
+    model, folder, result, _ = exported
+    runner = LLMRunner(folder)
+    ours = list(runner.generate_ids(PROMPT, max_new_tokens=64))
+    assert ours == generate(keras_logits(model), PROMPT, 64, stop_ids=runner.stop_ids)
+    assert len(ours) == 64
+    assert len(set(ours)) > 3  # the check would be weak on a collapsed, repetitive output
+    assert runner.position == len(PROMPT) + 63  # the last new token is never fed back
+    assert result.relative_error < 1e-4 and result.agreement == 1.0
+
+
+def test_signatures_follow_litert_torch_naming(exported):
+    model, folder, _, lengths = exported
+    runner = LLMRunner(folder)
+    config = json.loads((folder / "llm.json").read_text())
+    n_layers = config["architecture"]["n_layers"]
+    caches = {f"kv_cache_{kv}_{i}" for i in range(n_layers) for kv in "kv"}
+    prefill = ["prefill"] if len(lengths) == 1 else [f"prefill_{n}" for n in lengths]
+    signatures = runner.interpreter.get_signature_list()
+    assert sorted(signatures) == sorted([*prefill, "decode"])
+    assert set(signatures["decode"]["inputs"]) == {"tokens", "input_pos", *caches}
+    assert set(signatures["decode"]["outputs"]) == {"logits", *caches}
+    assert set(signatures[prefill[-1]]["outputs"]) == caches
+    decode = runner.interpreter.get_signature_runner("decode").get_input_details()
+    assert list(decode["kv_cache_k_0"]["shape"]) == config["kv_cache_shape"]
+    assert config["kv_cache_shape"][0] == 1 and config["kv_cache_shape"][2] == CACHE
+    assert list(decode["tokens"]["shape"]) == [1, 1]
+
+
+def test_logits_after_each_token_match_keras(exported):
+    model, folder, _, _ = exported
+    ids = np.asarray(PROMPT)
+    got = LLMRunner(folder).logits(ids)
+    np.testing.assert_allclose(got, keras_logits(model)(ids[None])[0], atol=1e-4)
+
+
+@pytest.mark.parametrize("exported", ["llama"], indirect=True)  # the bundle with a tokenizer
+def test_streamed_text_is_the_decoded_tokens(exported):
+    _, folder, _, _ = exported
+    runner = LLMRunner(folder)
+    tok = runner.tokenizer
+    pieces = list(runner.generate("It is a truth", max_new_tokens=20))
+    ids = list(runner.generate_ids(tok.encode("It is a truth"), max_new_tokens=20))
+    assert "".join(pieces) == tok.decode(ids)
+    assert EOS not in ids[:-1]  # eos (from special_tokens) stops generation
+    with pytest.raises(TfcompressError, match=f"exceed cache_length {CACHE}"):
+        runner.generate_ids(PROMPT, max_new_tokens=70)
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    (dict(mode="int2"), "mode must be one of"),
+    (dict(prefill_lengths=(8, 64), cache_length=32), r"cache_length \(32\) is below the "
+                                                     "prefill length 64"),
+    (dict(prefill_lengths=(0,)), "prefill_lengths must be positive"),
+    (dict(prefill_lengths=(4,), cache_length=100), r"exceeds the model's 80 learned positions"),
+])
+def test_bad_arguments_are_refused_before_converting(tmp_path, kwargs, match):
+    model = build_gpt("test-tiny", vocab_size=64, seq_len=80)
+    with pytest.raises(TfcompressError, match=match):
+        export_llm(model, tmp_path / "b", **{"cache_length": 64, **kwargs})
+    assert not (tmp_path / "b").exists()
+
+
+def test_unknown_architecture_is_refused(tmp_path):
+    model = keras.Sequential([keras.Input((4,), dtype="int32"), keras.layers.Embedding(8, 4)])
+    with pytest.raises(TfcompressError, match="not an architecture export_llm knows"):
+        export_llm(model, tmp_path, prefill_lengths=(4,), cache_length=8)
+
+
+def test_quantized_model_exports_as_litert_int8_weights_without_unpacking(tmp_path):
+    from tfcompress.quantize import QuantizeConfig, cache_decoded, quantize
+
+    model = tiny_llama()
+    config = QuantizeConfig(method="rtn", bits=4, granularity="group", group_size=16,
+                            types=("Dense",))
+    q = quantize(model, config, verbose=0)
+    ids = np.asarray(PROMPT)[None]
+    decoding = keras_logits(q)(ids)
+    cached = keras_logits(cache_decoded(q))(ids)  # float matmuls on the decoded weights
+    np.testing.assert_allclose(cached, decoding, atol=1e-5)
+    assert not np.allclose(cached, keras_logits(model)(ids), atol=1e-3)
+    result = export_llm(q, tmp_path, prefill_lengths=(8,), cache_length=32,
+                        mode="dynamic_int8", verbose=False)
+    # the runtime's own int8 weights (the converter leaves matrices under 1,024 entries, here
+    # k and v, float); no code unpacking ops in the graph (one DEQUANTIZE turns the gathered
+    # int8 embedding rows into floats)
+    assert result.tensor_dtypes.get("int8", 0) >= 5 * 2
+    assert not {"FLOOR_DIV", "FLOOR_MOD", "TILE"} & set(result.ops)
+    assert result.ops.get("DEQUANTIZE", 0) <= 1
+    got = LLMRunner(tmp_path).logits(np.asarray(PROMPT))
+    quantized_err = np.abs(got - decoding[0]).max()
+    assert quantized_err < np.abs(got - keras_logits(model)(ids)[0]).max()
+
+
+@pytest.mark.parametrize("exported", ["llama"], indirect=True)
+def test_litertlm_file_holds_model_tokenizer_and_metadata(exported, tmp_path):
+    import io
+
+    pytest.importorskip("litert_lm_builder")
+    from litert_lm_builder import peek_litertlm_file
+
+    from tfcompress.export.litertlm import write_litertlm
+
+    _, folder, _, _ = exported
+    path = write_litertlm(folder, tmp_path / "tiny.litertlm")
+    dump = tmp_path / "sections"
+    dump.mkdir()
+    out = io.StringIO()
+    peek_litertlm_file(str(path), str(dump), out)
+    text = out.getvalue()
+    assert "tf_lite_prefill_decode" in text.lower() and "LlmMetadataProto" in text
+    assert "HF_Tokenizer" in text or "hf_tokenizer" in text.lower()
+    assert f"max_num_tokens: {CACHE}" in text and f"ids: {EOS}" in text
+    engine = pytest.importorskip("litert_lm", reason="LiteRT-LM's engine: pip install "
+                                                      ".[litertlm]")
+    with engine.Engine(str(path), max_num_tokens=CACHE) as eng:
+        session = eng.create_session(apply_prompt_template=False, max_output_tokens=16,
+                                     sampler_config=engine.SamplerConfig(top_k=1))
+        session.run_prefill(["It is a truth"])
+        theirs = session.run_decode().texts[0]
+    assert theirs == "".join(LLMRunner(folder).generate("It is a truth", max_new_tokens=16))

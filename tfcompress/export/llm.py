@@ -1,0 +1,315 @@
+"""Keras LM -> an on-device bundle: one ``.tflite`` with ``prefill`` and ``decode``
+signatures over an external KV cache, its tokenizer, and ``llm.json``.
+
+Signatures follow the LiteRT-Torch generative converter (what LiteRT-LM and MediaPipe's LLM
+Inference drive): inputs ``tokens`` (int32 ``[1, n]``), ``input_pos`` (int32 ``[n]``),
+``kv_cache_k_{i}`` / ``kv_cache_v_{i}`` (float32 ``[1, kv_heads, cache_length, head_dim]``, the
+layout LiteRT-LM's engine reads the cache length from);
+outputs the updated caches under the same names, plus ``logits`` (``[1, 1, vocab]``) for
+``decode``. One prefill length gives a signature ``prefill``; several give ``prefill_{n}``.
+Like LiteRT-Torch's default, prefill returns no logits: a runtime prefills all prompt tokens
+but the last, then decodes the last one.
+
+Example:
+    >>> result = export_llm(model, "bundle/", prefill_lengths=(32, 128), cache_length=1024,
+    ...                     mode="dynamic_int8", tokenizer=tokenizer)
+    >>> LLMRunner("bundle/").generate("It is a truth", max_new_tokens=20)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from tfcompress.errors import TfcompressError, VerificationError
+from tfcompress.export.llm_graph import Decoder, cached_forward, decoder_of
+
+LLM_MODES = ("float32", "float16", "dynamic_int8", "int4")
+MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE = "model.tflite", "tokenizer.json", "llm.json"
+
+
+@dataclass
+class LLMExportResult:
+    """Where the bundle went, what is in it, and how its logits compare with Keras."""
+
+    directory: str
+    tflite: str
+    mode: str
+    bytes: int
+    signatures: dict = field(default_factory=dict)
+    ops: dict = field(default_factory=dict)
+    tensor_dtypes: dict = field(default_factory=dict)
+    not_delegated: dict = field(default_factory=dict)
+    max_abs_error: float | None = None
+    relative_error: float | None = None
+    agreement: float | None = None
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def prefill_signature_names(prefill_lengths) -> dict[str, int]:
+    """LiteRT-Torch's names: ``prefill`` for one length, else ``prefill_{n}`` per length."""
+    lengths = sorted(prefill_lengths)
+    if len(lengths) == 1:
+        return {"prefill": lengths[0]}
+    return {f"prefill_{n}": n for n in lengths}
+
+
+def cache_names(n_layers: int) -> list[str]:
+    return [f"kv_cache_{kv}_{i}" for i in range(n_layers) for kv in "kv"]
+
+
+def _check_lengths(prefill_lengths, cache_length) -> tuple[int, ...]:
+    try:
+        lengths = tuple(sorted({int(n) for n in prefill_lengths}))
+    except (TypeError, ValueError):
+        raise TfcompressError(f"prefill_lengths must be positive integers, got "
+                              f"{prefill_lengths!r}") from None
+    if not lengths or lengths[0] < 1 or any(
+            int(n) != n for n in prefill_lengths):
+        raise TfcompressError(f"prefill_lengths must be positive integers, got "
+                              f"{prefill_lengths!r}")
+    if not isinstance(cache_length, int | np.integer) or cache_length < 1:
+        raise TfcompressError(f"cache_length must be a positive integer, got {cache_length!r}")
+    if cache_length < lengths[-1]:
+        raise TfcompressError(f"cache_length ({cache_length}) is below the prefill length "
+                              f"{lengths[-1]}: the cache must hold a whole prefill")
+    return lengths
+
+
+def _tokenizer_info(tokenizer, vocab_size: int) -> tuple[str | None, dict]:
+    """``(tokenizer.json text, special token ids)`` from a tokenizer object, a
+    ``tokenizer.json`` path, or a GGUF file (its BPE tokenizer and BOS/EOS ids)."""
+    if tokenizer is None:
+        return None, {}
+    special: dict = {}
+    if isinstance(tokenizer, str | Path):
+        path = Path(tokenizer)
+        if not path.is_file():
+            raise TfcompressError(f"tokenizer file {str(path)!r} does not exist")
+        if path.suffix == ".gguf":
+            from tfcompress.models.loaders.gguf import _field, _reader, gguf_tokenizer
+
+            reader = _reader(path)
+            eos = _field(reader, "tokenizer.ggml.eos_token_id", None, required=False)
+            if eos is not None:
+                special["eos"] = int(eos)
+            # "bos" in a bundle means: start every prompt with it (llama.cpp's add_bos_token)
+            if _field(reader, "tokenizer.ggml.add_bos_token", False, required=False):
+                special["bos"] = int(_field(reader, "tokenizer.ggml.bos_token_id"))
+            tokenizer = gguf_tokenizer(path)
+        else:
+            from tfcompress.data.tokenizers import tokenizer_from_json
+
+            tokenizer = tokenizer_from_json(path.read_text(encoding="utf-8"))
+    if not hasattr(tokenizer, "to_json") or not hasattr(tokenizer, "encode"):
+        raise TfcompressError(f"tokenizer must be a tfcompress tokenizer, a tokenizer.json or a "
+                              f".gguf path, got {type(tokenizer).__name__}")
+    if tokenizer.vocab_size > vocab_size:
+        raise TfcompressError(f"tokenizer has {tokenizer.vocab_size} tokens but the model's "
+                              f"vocabulary is {vocab_size}")
+    return tokenizer.to_json(), special
+
+
+def _save_cached_lm(dec: Decoder, lengths: dict[str, int], cache_length: int,
+                    directory: str) -> None:
+    """Write a SavedModel whose signatures are the cached forward passes over ``dec``'s
+    weights (held as variables). ``dec.weights`` is emptied as the variables are made and
+    nothing stays alive after the return, so conversion does not hold a second copy."""
+    import tensorflow as tf
+
+    module = tf.Module()
+    module.weights = {}
+    weights = {}
+    for name in list(dec.weights):
+        value = dec.weights.pop(name)
+        var = ([tf.Variable(m, trainable=False) for m in value] if isinstance(value, list)
+               else tf.Variable(value, trainable=False))
+        module.weights[name.replace(".", "__")] = weights[name] = var
+    cache_spec = (1, dec.n_kv_heads, cache_length, dec.head_dim)
+    names = cache_names(dec.n_layers)
+
+    def signature(n: int, logits: bool):
+        specs = [tf.TensorSpec((1, n), tf.int32, "tokens"),
+                 tf.TensorSpec((n,), tf.int32, "input_pos"),
+                 *(tf.TensorSpec(cache_spec, tf.float32, name) for name in names)]
+
+        def fn(tokens, input_pos, *caches):
+            out, ks, vs = cached_forward(dec, weights, tokens, input_pos, list(caches[0::2]),
+                                         list(caches[1::2]), logits)
+            result = dict(zip(names, (c for pair in zip(ks, vs, strict=True) for c in pair),
+                              strict=True))
+            if logits:
+                result["logits"] = out
+            return result
+
+        return tf.function(fn, input_signature=specs)
+
+    signatures = {name: signature(n, False) for name, n in lengths.items()}
+    signatures["decode"] = signature(1, True)
+    tf.saved_model.save(module, directory, signatures=signatures)
+
+
+def _convert(dec: Decoder, lengths: dict[str, int], cache_length: int, mode: str) -> bytes:
+    import tensorflow as tf
+
+    from tfcompress.export.modes import MODES
+    from tfcompress.export.tflite import _litert_quantize
+
+    spec_mode = MODES[mode]
+    with tempfile.TemporaryDirectory() as tmp:
+        _save_cached_lm(dec, lengths, cache_length, tmp)
+        converter = tf.lite.TFLiteConverter.from_saved_model(
+            tmp, signature_keys=[*lengths, "decode"])
+        spec_mode.configure(converter, None, False)
+        flatbuffer = converter.convert()
+    if spec_mode.litert_recipe:
+        flatbuffer = _litert_quantize(flatbuffer, spec_mode.litert_recipe, None)
+    return flatbuffer
+
+
+def _write_atomic(path: Path, data: bytes | str) -> None:
+    """Write through a temporary file in the same folder so no half file is left behind."""
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    with os.fdopen(fd, "wb") as f:
+        f.write(data.encode("utf-8") if isinstance(data, str) else data)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the bundle from other users
+    os.replace(tmp, path)
+
+
+def export_llm(
+    model,
+    path: str | Path,
+    *,
+    prefill_lengths=(32, 128, 512),
+    cache_length: int = 1024,
+    mode: str = "dynamic_int8",
+    tokenizer=None,
+    special_tokens: dict | None = None,
+    verify_output: bool = True,
+    verbose: bool = True,
+) -> LLMExportResult:
+    """Write the bundle folder ``path``: ``model.tflite``, ``tokenizer.json``, ``llm.json``.
+
+    ``model`` is a `build_llama` or `build_gpt` model or a KerasHub ``GPT2CausalLM``, float or
+    compressed (quantized layers are decoded to float and re-quantized by LiteRT in ``mode``:
+    its int8 per-channel / int4 blockwise grids; k-means, log2 and NF4 codebooks have no
+    LiteRT kernel, so they land on those grids too, with one more rounding; low-rank layers
+    stay two matrices). ``mode``: ``float32``, ``float16``, ``dynamic_int8``
+    (int8 per-channel weights) or ``int4`` (blockwise int4 weights, LiteRT quantizer).
+    ``tokenizer``: a tfcompress tokenizer, a ``tokenizer.json`` path or a ``.gguf`` file (its
+    BPE tokenizer, its EOS id, and its BOS id if the GGUF adds one). ``special_tokens`` (e.g.
+    ``{"bos": 1, "eos": 2}``) overrides those ids: ``bos`` starts every text prompt
+    (`LLMRunner.generate`, LiteRT-LM's start token), ``eos`` stops generation. With
+    ``verify_output`` the exported logits after each token of a short prompt are compared
+    with Keras, raising `VerificationError` when both the next-token agreement and the logit
+    error miss the mode's tolerances (`MODES`).
+
+    Example:
+        >>> export_llm(model, "bundle/", prefill_lengths=(8,), cache_length=64,
+        ...            mode="float32").signatures
+        {'prefill': {...}, 'decode': {...}}
+    """
+    from tfcompress.export.modes import MODES
+    from tfcompress.export.tflite import _check_litert
+
+    if mode not in LLM_MODES:
+        raise TfcompressError(f"mode must be one of {list(LLM_MODES)}, got {mode!r}")
+    lengths = _check_lengths(prefill_lengths, cache_length)
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise TfcompressError(f"path must be a folder for the bundle, got the file {str(path)!r}")
+    _check_litert(MODES[mode])
+    dec = decoder_of(model)
+    if dec.max_positions is not None and cache_length > dec.max_positions:
+        raise TfcompressError(f"cache_length ({cache_length}) exceeds the model's "
+                              f"{dec.max_positions} learned positions")
+    tokenizer_json, special = _tokenizer_info(tokenizer, dec.vocab_size)
+    special = {**special, **(special_tokens or {})}
+    bad = {k: v for k, v in special.items() if not 0 <= int(v) < dec.vocab_size}
+    if bad:
+        raise TfcompressError(f"special_tokens must be ids in [0, {dec.vocab_size}), got {bad}")
+
+    start = time.perf_counter()
+    names = prefill_signature_names(lengths)
+    if verbose:
+        print(f"export_llm: {dec.kind} model, {dec.n_layers} layers -> {mode}, signatures "
+              f"{[*names, 'decode']}, cache {cache_length}")
+    flatbuffer = _convert(dec, names, cache_length, mode)
+    path.mkdir(parents=True, exist_ok=True)
+    tflite = path / MODEL_FILE
+    _write_atomic(tflite, flatbuffer)
+    if tokenizer_json is not None:
+        _write_atomic(path / TOKENIZER_FILE, tokenizer_json)
+    signatures = {**{k: {"tokens": n} for k, n in names.items()}, "decode": {"tokens": 1}}
+    config = {
+        "format": "tfcompress-llm/1", "model_file": MODEL_FILE,
+        "tokenizer_file": TOKENIZER_FILE if tokenizer_json is not None else None,
+        "mode": mode, "architecture": dec.describe(), "vocab_size": dec.vocab_size,
+        "cache_length": int(cache_length), "prefill_lengths": list(lengths),
+        "signatures": {"prefill": names, "decode": "decode"},
+        "inputs": ["tokens", "input_pos", "kv_cache_k_{i}", "kv_cache_v_{i}"],
+        "outputs": {"prefill": ["kv_cache_k_{i}", "kv_cache_v_{i}"],
+                    "decode": ["logits", "kv_cache_k_{i}", "kv_cache_v_{i}"]},
+        "kv_cache_shape": [1, dec.n_kv_heads, int(cache_length), dec.head_dim],
+        "special_tokens": {k: int(v) for k, v in special.items()},
+        "stop_ids": [int(special["eos"])] if "eos" in special else [],
+    }
+    _write_atomic(path / CONFIG_FILE, json.dumps(config, indent=2))
+    from tfcompress.export.ops import inspect_tflite
+
+    info = inspect_tflite(flatbuffer)  # of the first signature's graph
+    result = LLMExportResult(str(path), str(tflite), mode, len(flatbuffer), signatures,
+                             info["ops"], info["tensor_dtypes"], info["not_delegated"])
+    if verify_output:
+        _verify(model, path, dec, MODES[mode], result)
+    result.seconds = time.perf_counter() - start
+    if verbose:
+        print(f"export_llm: {tflite} {result.bytes:,} bytes, next-token agreement with "
+              f"Keras {result.agreement}, max |error| {result.max_abs_error}")
+    return result
+
+
+def keras_logits(model):
+    """``ids (batch, n) -> logits`` of a Keras LM, passing KerasHub task models the
+    ``token_ids``/``padding_mask`` dict they expect."""
+    import tensorflow as tf
+
+    hub = isinstance(getattr(model, "input", None), dict) or hasattr(model, "backbone")
+
+    def forward(x):
+        inputs = {"token_ids": x, "padding_mask": tf.ones_like(x)} if hub else x
+        return model(inputs, training=False)
+
+    fn = tf.function(forward, reduce_retracing=True, autograph=False)
+    return lambda ids: fn(tf.convert_to_tensor(np.asarray(ids, np.int32))).numpy()
+
+
+def _verify(model, path: Path, dec: Decoder, mode, result: LLMExportResult) -> None:
+    """Decode logits after each token of a short random prompt vs the Keras model's."""
+    from tfcompress.export.llm_runner import LLMRunner
+    from tfcompress.export.tflite import agreement_stats
+
+    ids = np.random.default_rng(0).integers(0, dec.vocab_size, 16)
+    stats = agreement_stats(keras_logits(model)(ids[None])[0], LLMRunner(path).logits(ids))
+    result.max_abs_error, result.relative_error = stats["max_abs_error"], stats["relative_error"]
+    result.agreement = stats["agreement"]
+    # near-flat logits (an untrained toy) flip their argmax on tiny errors: only fail when the
+    # logits are also off by more than the mode allows
+    off = result.relative_error > mode.max_rel_error
+    if not np.isfinite(result.max_abs_error) or (result.agreement < mode.min_agreement and off):
+        raise VerificationError(f"{result.mode} export of {dec.kind} disagrees with Keras: "
+                                f"next-token agreement {result.agreement:.0%} (needed "
+                                f"{mode.min_agreement:.0%}) and max |error| "
+                                f"{result.max_abs_error:.4g} is {result.relative_error:.3g} of "
+                                f"the largest logit (allowed {mode.max_rel_error:.3g})")

@@ -1,0 +1,187 @@
+"""Stream text from a bundle written by `export_llm`: prefill the prompt, then decode one
+token at a time against the KV cache.
+
+Example:
+    >>> runner = LLMRunner("bundle/", num_threads=2)
+    >>> for piece in runner.generate("It is a truth", max_new_tokens=40):
+    ...     print(piece, end="", flush=True)
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from tfcompress.errors import TfcompressError
+from tfcompress.export.generate import next_token
+from tfcompress.export.llm import CONFIG_FILE, cache_names
+
+
+class LLMRunner:
+    """The bundle's ``.tflite`` in a LiteRT interpreter, its tokenizer and its KV cache.
+
+    ``position`` is the number of tokens in the cache; `reset` empties it. A prompt is cut
+    into the largest prefill chunks that fit the cache (the last chunk padded), and its last
+    token goes through ``decode``, whose logits pick the first new token.
+    """
+
+    def __init__(self, bundle: str | Path, num_threads: int | None = None):
+        from ai_edge_litert.interpreter import Interpreter
+
+        folder = Path(bundle)
+        if not (folder / CONFIG_FILE).is_file():
+            raise TfcompressError(f"bundle must be a folder written by export_llm (with "
+                                  f"{CONFIG_FILE}), got {str(folder)!r}")
+        self.config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
+        self.interpreter = Interpreter(model_path=str(folder / self.config["model_file"]),
+                                       num_threads=num_threads)
+        self.cache_length = int(self.config["cache_length"])
+        self.vocab_size = int(self.config["vocab_size"])
+        self.stop_ids = set(self.config.get("stop_ids", []))
+        self.prefill_names = {n: name for name, n in self.config["signatures"]["prefill"].items()}
+        self._runners = {name: self.interpreter.get_signature_runner(name)
+                         for name in [*self.prefill_names.values(), "decode"]}
+        self._cache_names = cache_names(int(self.config["architecture"]["n_layers"]))
+        self._allocated: set[str] = set()
+        self.tokenizer = None
+        if self.config.get("tokenizer_file"):
+            from tfcompress.data.tokenizers import tokenizer_from_json
+
+            self.tokenizer = tokenizer_from_json(
+                (folder / self.config["tokenizer_file"]).read_text(encoding="utf-8"))
+        self.reset()
+
+    def reset(self) -> None:
+        """Empty the KV cache."""
+        shape = tuple(self.config["kv_cache_shape"])
+        self.caches = {name: np.zeros(shape, np.float32) for name in self._cache_names}
+        self.position = 0
+
+    def _run(self, name: str, tokens: np.ndarray) -> dict:
+        n = tokens.shape[0]
+        inputs = {"tokens": tokens[None].astype(np.int32),
+                  "input_pos": np.arange(self.position, self.position + n, dtype=np.int32),
+                  **self.caches}
+        runner = self._runners[name]
+        if name not in self._allocated:
+            out = runner(**inputs)
+            self._allocated.add(name)
+        else:
+            # SignatureRunner.__call__ re-allocates tensors on every call, which makes XNNPACK
+            # re-plan the whole graph (~100 ms a decode step on SmolLM2): after the first call
+            # the shapes never change, so set, invoke and read through its wrapper directly.
+            wrapper, graph = runner._interpreter_wrapper, runner._subgraph_index
+            for key, value in inputs.items():
+                wrapper.SetTensor(runner._inputs[key], value, graph)
+            wrapper.Invoke(graph)
+            out = {key: wrapper.GetTensor(index, graph) for key, index in runner._outputs}
+        self.caches = {k: out[k] for k in self._cache_names}
+        return out
+
+    def _check_room(self, n: int) -> None:
+        if self.position + n > self.cache_length:
+            raise TfcompressError(f"{n} more tokens after {self.position} exceed the cache of "
+                                  f"{self.cache_length}; call reset() or export a longer "
+                                  "cache_length")
+
+    def prefill(self, ids: Sequence[int]) -> None:
+        """Write ``ids`` into the cache (no logits), in chunks of the exported lengths."""
+        ids = np.asarray(ids, np.int32).reshape(-1)
+        self._check_room(len(ids))
+        while len(ids):
+            room = self.cache_length - self.position
+            fits = [n for n in sorted(self.prefill_names) if n <= room]
+            whole = [n for n in fits if n <= len(ids)]
+            cover = [n for n in fits if n >= len(ids)]
+            if cover:
+                n = cover[0]  # pad: later decode steps overwrite the padded positions
+            elif whole:
+                n = whole[-1]
+            else:
+                self.decode(int(ids[0]))
+                ids = ids[1:]
+                continue
+            take = min(n, len(ids))
+            chunk = np.zeros(n, np.int32)
+            chunk[:take] = ids[:take]
+            self._run(self.prefill_names[n], chunk)
+            self.position += take
+            ids = ids[take:]
+
+    def decode(self, token: int) -> np.ndarray:
+        """Feed one token; returns the next-token logits ``(vocab,)``."""
+        self._check_room(1)
+        out = self._run("decode", np.asarray([token], np.int32))
+        self.position += 1
+        return np.asarray(out["logits"][0, -1], np.float32)
+
+    def logits(self, ids: Sequence[int]) -> np.ndarray:
+        """Next-token logits ``(len(ids), vocab)`` after each of ``ids``, from an empty cache
+        (one decode step per token: what a perplexity needs)."""
+        self.reset()
+        return np.stack([self.decode(int(t)) for t in np.asarray(ids).reshape(-1)])
+
+    def generate_ids(self, prompt_ids: Sequence[int], max_new_tokens: int = 64,
+                     top_k: int = 1, temperature: float = 1.0,
+                     seed: int = 0) -> Iterator[int]:
+        """Yield new token ids one at a time (greedy with ``top_k=1``); stops after a stop id.
+
+        The cache starts empty; the prompt plus ``max_new_tokens`` must fit it.
+        """
+        prompt = np.asarray(prompt_ids).reshape(-1)
+        if prompt.size == 0 or not np.issubdtype(prompt.dtype, np.integer) or (
+                prompt.min() < 0 or prompt.max() >= self.vocab_size):
+            raise TfcompressError(f"prompt_ids must be 1+ token ids in [0, {self.vocab_size}), "
+                                  f"got {prompt}")
+        if max_new_tokens < 0 or top_k < 1 or temperature <= 0:
+            raise TfcompressError("max_new_tokens must be >= 0, top_k >= 1 and temperature > 0;"
+                                  f" got {max_new_tokens}, {top_k}, {temperature}")
+        if prompt.size + max_new_tokens > self.cache_length:
+            raise TfcompressError(f"prompt ({prompt.size} tokens) + max_new_tokens "
+                                  f"({max_new_tokens}) exceed cache_length {self.cache_length}")
+        return self._stream(prompt, max_new_tokens, top_k, temperature, seed)
+
+    def _stream(self, prompt: np.ndarray, max_new_tokens: int, top_k: int, temperature: float,
+                seed: int) -> Iterator[int]:
+        rng = np.random.default_rng(seed)
+        self.reset()
+        self.prefill(prompt[:-1])
+        token = int(prompt[-1])
+        for _ in range(max_new_tokens):
+            token = next_token(self.decode(token), top_k, temperature, rng)
+            yield token
+            if token in self.stop_ids:
+                return
+
+    def generate(self, prompt: str, max_new_tokens: int = 64, top_k: int = 1,
+                 temperature: float = 1.0, seed: int = 0) -> Iterator[str]:
+        """Yield the text of each new token as it is decoded (joined, they are the reply).
+
+        The prompt is encoded by `encode` (with the start token if the bundle has one)."""
+        if self.tokenizer is None:
+            raise TfcompressError("this bundle has no tokenizer: use generate_ids, or export "
+                                  "with tokenizer=")
+        return self._text(self.generate_ids(self.encode(prompt), max_new_tokens, top_k,
+                                            temperature, seed))
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``text``, after the start token when the bundle has one (``bos``),
+        as LiteRT-LM's engine feeds a prompt."""
+        bos = self.config.get("special_tokens", {}).get("bos")
+        return ([] if bos is None else [int(bos)]) + [int(t) for t in self.tokenizer.encode(text)]
+
+    def _text(self, tokens: Iterator[int]) -> Iterator[str]:
+        ids: list[int] = []
+        text = full = ""
+        for token in tokens:
+            ids.append(token)
+            full = self.tokenizer.decode(ids)
+            # a multi-byte character split over tokens shows once it is complete
+            if not full.endswith("\ufffd"):
+                yield full[len(text):]
+                text = full
+        if full != text:
+            yield full[len(text):]
