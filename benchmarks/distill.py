@@ -446,6 +446,8 @@ def plot(results: dict, path: Path) -> None:
         for kind in ("kd", "labels"):
             axes[1].plot(steps, [curve[str(k)][kind] for k in steps], "o-", label=kind)
         axes[1].legend()
+    else:
+        axes[1].text(0.5, 0.5, "not run (see smollm2_curve.null_reason)", ha="center")
     axes[1].set_title("SmolLM2 half depth (importance-chosen blocks)")
     axes[1].set_xlabel("training steps")
     axes[1].set_ylabel("perplexity")
