@@ -33,6 +33,14 @@ from tfcompress.quantize import qat, quantize, sensitivity, strip_qat
 VOCAB, POS = 32, 8
 
 
+def _distiller(c):
+    from tfcompress.distill import Distiller
+
+    distiller = Distiller(c.model, c.student, alpha=0.5)
+    distiller.compile(optimizer="sgd")
+    return distiller
+
+
 class Ctx:
     """The module's shared model, its compressed variants and its folder of files."""
 
@@ -44,6 +52,8 @@ class Ctx:
         self.model = build_gpt(GPTConfig(vocab_size=VOCAB, seq_len=POS, d_model=16,
                                          n_layers=1, n_heads=2, d_ff=32))
         self.ids = np.random.default_rng(0).integers(0, VOCAB, (2, POS)).astype("int32")
+        self.student = build_gpt(GPTConfig(vocab_size=VOCAB, seq_len=POS, d_model=8,
+                                           n_layers=1, n_heads=2, d_ff=16), name="student")
         self.quantized = quantize(self.model, verbose=0)
         self.qat = qat(self.model)
         self.keras_int8 = quantize(self.model, method="keras_int8", include=["block0_mlp_in"],
@@ -316,6 +326,18 @@ def cases():
         ("prune_wanda_no_data", lambda c: prune(c.model, method="wanda"),
          "calibration is required"),
         ("prune_string_model", lambda c: prune("model"), "Keras 3 keras.Model"),
+        ("distiller_fit_ids_over_vocab",
+         lambda c: _distiller(c).fit(c.ids + VOCAB, c.ids, verbose=0),
+         r"x holds token id \d+, but the model.s vocabulary is 32"),
+        ("distiller_fit_targets_over_vocab",
+         lambda c: _distiller(c).fit(c.ids, c.ids + VOCAB, verbose=0),
+         r"y holds token id \d+, but the model.s vocabulary is 32"),
+        ("distiller_fit_float_ids", lambda c: _distiller(c).fit(
+            c.ids.astype("float32"), c.ids, verbose=0), "x must hold integer token ids"),
+        ("distiller_fit_float_dataset", lambda c: _distiller(c).fit(
+            __import__("tensorflow").data.Dataset.from_tensor_slices(
+                (c.ids.astype("float32"), c.ids)).batch(2), verbose=0),
+         "x in the dataset must be integer token ids"),
         ("prune_config_type", lambda c: prune(c.model, config={"sparsity": 0.5}),
          "config must be a PruneConfig"),
         ("prune_sparsity", lambda c: PruneConfig(sparsity=1.5), r"sparsity must be .*\[0, 1\)"),

@@ -182,6 +182,29 @@ def check_calibration(model, data, arg: str = "calibration") -> list:
     return batches
 
 
+def check_fit_data(model, x, y=None) -> None:
+    """Training data for a token-id ``model`` checked before ``fit`` traces anything: arrays
+    completely (integer ids in ``[0, vocab)``, rows within the positions), a ``tf.data``
+    dataset by its element types (it is not read here)."""
+    vocab = model_vocab(model)
+    if vocab is None:
+        return
+    positions = model_positions(model)
+    if isinstance(x, np.ndarray | list):
+        check_token_ids(x, "x", vocab, positions)
+        if isinstance(y, np.ndarray | list):
+            check_token_ids(y, "y", vocab, positions)
+        return
+    spec = getattr(x, "element_spec", None)
+    parts = spec if isinstance(spec, tuple) else (spec,)
+    for name, part in zip(("x", "y"), parts[:2], strict=False):
+        dtype = getattr(part, "dtype", None)
+        if dtype is not None and not dtype.is_integer:
+            raise TfcompressError(
+                f"{name} in the dataset must be integer token ids, got dtype {dtype.name}; "
+                "floats are not cast silently: map them with tf.cast(..., 'int32')")
+
+
 def _is_id_row(b) -> bool:
     return isinstance(b, list | tuple) and bool(b) and all(isinstance(v, int | np.integer)
                                                             for v in b)

@@ -16,6 +16,7 @@ import tensorflow as tf
 
 from tfcompress.core.layers import require_keras3
 from tfcompress.core.signature import model_inputs, output_width
+from tfcompress.core.validation import check_fit_data
 from tfcompress.distill.losses import (
     check_alpha,
     check_divergence,
@@ -161,6 +162,12 @@ class Distiller(keras.Model):
 
     def call(self, inputs, training=None):
         return self.student(model_inputs(self.student, inputs), training=training)
+
+    def fit(self, x=None, y=None, *args, **kwargs):
+        """`keras.Model.fit`, with token-id data checked first (`check_fit_data`): ids out of
+        the vocabulary or float inputs fail with a clear error before any tracing."""
+        check_fit_data(self.student, x, y)
+        return super().fit(x, y, *args, **kwargs)
 
     @property
     def student_variables(self) -> list:
