@@ -80,7 +80,10 @@ def test_qat_model_exports_like_its_stripped_model(trained, tmp_path):
     result = _export(fake, tmp_path / "qat.tflite", "dynamic_int8", calib)
     stripped = _export(strip_qat(fake), tmp_path / "stripped.tflite", "dynamic_int8", calib)
     assert result.bytes < 0.5 * (model.count_params() * 4)
-    # the fake-quant ops fold into constants: both files hold the same on-grid weights
+    # the fake-quant ops fold into constants: both files hold the same on-grid weights (a
+    # float32-rounded grid value can land on the other side of a dynamic int8 activation
+    # step, so single logits may move by one such step, ~1e-3)
     x = calib[:1, :SEQ]
-    np.testing.assert_allclose(TFLiteRunner(result.path).predict(x),
-                               TFLiteRunner(stripped.path).predict(x), atol=1e-3)
+    got, want = TFLiteRunner(result.path).predict(x), TFLiteRunner(stripped.path).predict(x)
+    np.testing.assert_allclose(got, want, atol=3e-3)
+    assert (np.abs(got - want) > 1e-4).mean() < 0.01
