@@ -6,40 +6,28 @@ gap each closes, and train-step times against the physical limit (teacher forwar
 train step, each measured alone). Step times are measured interleaved in one process, so
 machine contention hits all of them alike.
 
-Run: ``TFCOMPRESS_CACHE=/work/cache python benchmarks/distill.py [--steps N] [--quick]``
+Run: ``python -m benchmarks.distill [--steps N] [--quick]`` (the teacher is cached in
+``$TFCOMPRESS_CACHE``, default ``~/.cache/tfcompress``)
 """
 
 from __future__ import annotations
 
-import argparse
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import keras
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from benchmarks._common import demo_context, write_results  # noqa: E402
-from tfcompress.distill import Distiller, cache_teacher, load_teacher_cache  # noqa: E402
-from tfcompress.evaluate import keras_forward, lm_quality  # noqa: E402
-from tfcompress.models import build_gpt  # noqa: E402
-from tfcompress.models.training import lm_loss, train_lm  # noqa: E402
-from tfcompress.pipeline import DemoSettings  # noqa: E402
+from benchmarks._common import bench_parser, demo_context, parse_args, write_results
+from tfcompress.distill import Distiller, cache_teacher, load_teacher_cache
+from tfcompress.evaluate import interleaved_latency, keras_forward, lm_quality
+from tfcompress.models import build_gpt
+from tfcompress.models.training import lm_loss, lm_optimizer, train_lm
 
 ALPHA, TEMPERATURE, TOP_K = 0.5, 1.0, 32
 OTHER_DIVERGENCES = ("reverse_kl", "jsd")
-
-
-def optimizer(steps: int):
-    """The optimizer `train_lm` uses, so every run trains alike."""
-    lr = keras.optimizers.schedules.CosineDecay(0.0, steps, alpha=0.1, warmup_target=1e-3,
-                                                warmup_steps=max(steps // 20, 1))
-    return keras.optimizers.AdamW(lr, weight_decay=0.01, clipnorm=1.0)
 
 
 def accuracy():
@@ -61,7 +49,7 @@ def fit_timed(model, data, steps):
 def ours(ctx, teacher, data, steps, divergence):
     distiller = Distiller(teacher, fresh_student(ctx), alpha=ALPHA, temperature=TEMPERATURE,
                           divergence=divergence)
-    distiller.compile(optimizer=optimizer(steps), weighted_metrics=accuracy())
+    distiller.compile(optimizer=lm_optimizer(steps), weighted_metrics=accuracy())
     return distiller, fit_timed(distiller, data, steps)
 
 
@@ -73,31 +61,18 @@ def keras_distiller(ctx, data, steps):
     # function, misses LogitsDistillation's isinstance check and is applied to raw logits.
     soft = LogitsDistillation(TEMPERATURE, loss=keras.losses.KLDivergence())
     kd = KerasDistiller(ctx.teacher, fresh_student(ctx), soft, student_loss_weight=ALPHA)
-    kd.compile(optimizer=optimizer(steps), loss=lm_loss(), weighted_metrics=accuracy())
+    kd.compile(optimizer=lm_optimizer(steps), loss=lm_loss(), weighted_metrics=accuracy())
     return kd, fit_timed(kd, data, steps)
 
 
-def step_times(fns: dict, repeats: int) -> dict:
-    """Median ms of each callable, measured round-robin so contention is shared."""
-    for fn in fns.values():
-        fn(), fn()
-    samples = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append((time.perf_counter() - start) * 1e3)
-    return {name: float(np.median(v)) for name, v in samples.items()}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    parser = bench_parser("distill", __doc__)
     parser.add_argument("--steps", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=15)
-    parser.add_argument("--quick", action="store_true", help="tiny models, for a dry run")
-    args = parser.parse_args()
-    ctx = demo_context(DemoSettings.quick() if args.quick else None)
-    steps, s = args.steps, ctx.settings
+    args = parse_args(parser, argv)
+    ctx = demo_context(args)
+    s = ctx.settings
+    steps, repeats = (4, 2) if args.quick else (args.steps, args.repeats)
     test = ctx.eval_data()
 
     def ppl(model):
@@ -142,14 +117,15 @@ def main() -> None:
     shutil.rmtree(tmp)
     x, y, m = next(iter(ctx.train_data()))
     teacher_fn = tf.function(lambda ids: ctx.teacher(ids, training=False))
-    times = step_times({
+    times = interleaved_latency({
         "teacher_forward": lambda: teacher_fn(x).numpy(),
         "student_step": lambda: scratch.train_on_batch(x, y, sample_weight=m),
         "ours_step": lambda: online.train_on_batch(x, y, sample_weight=m),
         "keras_step": lambda: keras_kd.train_on_batch(x, y, sample_weight=m),
         "cached_step": lambda: cached.train_on_batch((x, (values, indices)), y,
                                                      sample_weight=m),
-    }, args.repeats)
+    }, rounds=repeats, repeats=1)
+    times = {name: t["median_ms"] for name, t in times.items()}
 
     teacher_ppl, scratch_ppl = results["teacher"], results["scratch"]
 
@@ -197,11 +173,7 @@ def main() -> None:
     summary = (f"\nKD ({best}) closes {data['gap_closed']:.1%} of the gap (Keras's Distiller "
                f"{data['gap_closed_keras']:.1%}); step {data['step_time_vs_limit']:.2f}x the "
                f"limit; cached step {data['cached_step_ratio']:.2f}x the online step.")
-    command = "TFCOMPRESS_CACHE=/work/cache python benchmarks/distill.py " + " ".join(sys.argv[1:])
-    if args.quick:
-        print("\n".join(table) + summary)
-        return
-    write_results("distill", "\n".join(table) + summary, data, command.strip())
+    write_results("distill", "\n".join(table) + summary, data, args)
 
 
 if __name__ == "__main__":

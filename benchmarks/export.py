@@ -11,21 +11,18 @@ trained directly on the corpus for ``student_steps`` (no distillation) with 50 %
 Dense/EinsumDense kernel zeroed by magnitude (no fine-tuning); its quantization is the
 export mode itself. The lead reruns it on the real distill -> prune -> quantize pipeline.
 
-Usage: ``TFCOMPRESS_CACHE=/work/cache python benchmarks/export.py [--quick]``
+Usage: ``python -m benchmarks.export [--quick]`` (the teacher is cached in ``$TFCOMPRESS_CACHE``,
+default ``~/.cache/tfcompress``)
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import demo_context, write_results  # noqa: E402
-
+from benchmarks._common import bench_parser, demo_context, parse_args, write_results
 from tfcompress.core.layers import copy_model, kernel_matrix, select_layers, set_kernel_matrix
 from tfcompress.errors import VerificationError
 from tfcompress.evaluate import keras_file_sizes, lm_quality, token_stats
@@ -33,7 +30,6 @@ from tfcompress.evaluate.latency import keras_forward
 from tfcompress.export import MODES, TFLiteRunner, export_tflite, interleaved_latency
 from tfcompress.export.measure import peak_memory
 from tfcompress.export.tflite import _check, agreement_stats
-from tfcompress.pipeline import DemoSettings
 
 THREADS = (1, 2)
 
@@ -167,11 +163,9 @@ def summary(rows: list[dict], model: str) -> dict:
     return out
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny settings (a smoke run)")
-    args = parser.parse_args()
-    ctx = demo_context(DemoSettings.quick() if args.quick else None)
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(bench_parser("export", __doc__), argv)
+    ctx = demo_context(args)
     with tempfile.TemporaryDirectory() as tmp:
         rows = bench_model("teacher", ctx.teacher, ctx, Path(tmp))
         rows += bench_model("student-pruned", compressed_student(ctx), ctx, Path(tmp))
@@ -185,10 +179,7 @@ def main() -> None:
             "student": summary(rows, "student-pruned"), "rows": rows,
             "settings": {"eval_windows": s.eval_windows, "seq_len": s.seq_len,
                          "calibration_windows": s.calibration_windows}}
-    command = "TFCOMPRESS_CACHE=/work/cache python benchmarks/export.py" + (
-        " --quick" if args.quick else "")
-    write_results("export" + ("-quick" if args.quick else ""), table(rows) + notes, data,
-                  command)
+    write_results("export", table(rows) + notes, data, args)
 
 
 if __name__ == "__main__":

@@ -12,6 +12,7 @@ def distill_student(ctx: DemoContext) -> None:
 
     from tfcompress.distill.distiller import Distiller, vocab_size_of
     from tfcompress.models import build_gpt
+    from tfcompress.models.training import lm_optimizer
 
     s = ctx.settings
     teacher = ctx.models[ctx.final]
@@ -19,11 +20,7 @@ def distill_student(ctx: DemoContext) -> None:
     student = build_gpt(s.student_preset, vocab_size=vocab_size_of(teacher, "teacher"),
                         seq_len=s.seq_len, name="student")
     distiller = Distiller(teacher, student, alpha=0.5, temperature=1.0)
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, s.student_steps, alpha=0.1, warmup_target=1e-3,
-        warmup_steps=max(s.student_steps // 20, 1))
-    distiller.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=0.01,
-                                                       clipnorm=1.0))
+    distiller.compile(optimizer=lm_optimizer(s.student_steps))
     print(f"distill: {student.count_params():,}-parameter student from {ctx.final!r}, "
           f"{s.student_steps} steps")
     history = distiller.fit(ctx.train_data(), steps_per_epoch=s.student_steps, epochs=1,
