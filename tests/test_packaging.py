@@ -22,7 +22,7 @@ def dists(tmp_path_factory):
     for name in ("tfcompress", "tests", "benchmarks"):
         shutil.copytree(ROOT / name, src / name,
                         ignore=shutil.ignore_patterns("__pycache__", "quick"))
-    for name in ("pyproject.toml", "README.md"):
+    for name in ("pyproject.toml", "README.md", "MANIFEST.in"):
         shutil.copy(ROOT / name, src / name)
     code = ("from setuptools import build_meta as b; "
             "b.build_sdist('dist'); b.build_wheel('dist')")
