@@ -53,13 +53,14 @@ class DemoSettings:
     finetune_steps: int = 50
     eval_windows: int = 128
     calibration_windows: int = 32
+    latency_repeats: int = 10
     seed: int = 0
 
     @classmethod
     def quick(cls) -> DemoSettings:
         return cls(teacher_preset="test-tiny", student_preset="test-tiny", seq_len=32,
                    batch_size=8, teacher_steps=20, student_steps=10, finetune_steps=5,
-                   eval_windows=16, calibration_windows=4)
+                   eval_windows=16, calibration_windows=4, latency_repeats=2)
 
 
 # the settings every recorded result in results/ was measured with
@@ -81,6 +82,7 @@ class BenchContext(Run):
                      "calibration_windows": s.calibration_windows},
             "stages": ["evaluate"], "output": str(run_dir), "seed": s.seed}))
         self.settings = settings
+        self.latency_repeats = settings.latency_repeats
         self.run_dir = self.out
 
     @property
