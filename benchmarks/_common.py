@@ -1,15 +1,32 @@
-"""Shared set-up for benchmark scripts: the demo teacher, data, and writing results.
+"""The benchmark harness: arguments, the demo teacher and data, and writing results.
 
-Every benchmark uses the demo's teacher preset and data, trained a little longer than the
-demo's 10-minute budget allows (`BENCH_SETTINGS`; trained once, then loaded from the cache in
-``$TFCOMPRESS_CACHE`` or ``~/.cache/tfcompress``), prints a markdown table and writes
-``benchmarks/results/<name>.json`` and ``<name>.md``.
+Every benchmark runs from the repository root as ``python -m benchmarks.<name>`` and takes
+``--quick``: tiny models and a few steps, so the whole script runs in seconds (``make test``
+runs every one that way); its results go to ``benchmarks/results/quick/`` (git-ignored), never
+over the recorded ones. The demo-teacher benchmarks use the demo's teacher preset trained a
+little longer than the demo's 10-minute budget allows (`BENCH_SETTINGS`; trained once, then
+loaded from ``$TFCOMPRESS_CACHE``, default ``~/.cache/tfcompress``).
+
+Each script prints a markdown table and writes ``<name>.json`` and ``<name>.md`` with the
+command that made them, the date, the machine and the library versions.
+
+Example:
+    >>> parser = bench_parser("distill", __doc__)
+    >>> args = parse_args(parser, ["--quick"])
+    >>> ctx = demo_context(args)
+    >>> write_results("distill", "| a |", {"a": 1}, args)
 """
 
 from __future__ import annotations
 
+import argparse
+import importlib.metadata
 import json
+import os
 import platform
+import shlex
+import sys
+import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,6 +36,7 @@ from tfcompress.recipes import Run, validate
 from tfcompress.recipes.runner import load_source
 
 RESULTS = Path(__file__).parent / "results"
+QUICK_RESULTS = RESULTS / "quick"
 
 
 @dataclass(frozen=True)
@@ -35,17 +53,20 @@ class DemoSettings:
     finetune_steps: int = 50
     eval_windows: int = 128
     calibration_windows: int = 32
+    latency_repeats: int = 10
     seed: int = 0
 
     @classmethod
     def quick(cls) -> DemoSettings:
         return cls(teacher_preset="test-tiny", student_preset="test-tiny", seq_len=32,
                    batch_size=8, teacher_steps=20, student_steps=10, finetune_steps=5,
-                   eval_windows=16, calibration_windows=4)
+                   eval_windows=16, calibration_windows=4, latency_repeats=2)
 
 
 # the settings every recorded result in results/ was measured with
 BENCH_SETTINGS = DemoSettings(teacher_steps=500, student_steps=200, eval_windows=256)
+VERSIONS = ("tensorflow", "keras", "numpy", "ai-edge-litert", "tf-keras",
+            "tensorflow-model-optimization", "keras-hub")
 
 
 class BenchContext(Run):
@@ -61,6 +82,7 @@ class BenchContext(Run):
                      "calibration_windows": s.calibration_windows},
             "stages": ["evaluate"], "output": str(run_dir), "seed": s.seed}))
         self.settings = settings
+        self.latency_repeats = settings.latency_repeats
         self.run_dir = self.out
 
     @property
@@ -68,21 +90,66 @@ class BenchContext(Run):
         return self.model("teacher")
 
 
-def demo_context(settings: DemoSettings | None = None, run_dir: str | None = None):
+def bench_parser(script: str, doc: str | None) -> argparse.ArgumentParser:
+    """An argument parser for ``python -m benchmarks.<script>`` with ``--quick``."""
+    parser = argparse.ArgumentParser(prog=f"python -m benchmarks.{script}",
+                                     description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true",
+                        help="tiny models and steps, a smoke run of the whole script in seconds; "
+                             f"results go to {QUICK_RESULTS.relative_to(RESULTS.parents[1])}/")
+    return parser
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
+    """``parser.parse_args`` that also keeps the command line (``args.command``)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    args.command = shlex.join([*parser.prog.split(), *argv])
+    return args
+
+
+def bench_settings(quick: bool) -> DemoSettings:
+    """`BENCH_SETTINGS`, or the demo's test sizes under ``--quick``."""
+    return DemoSettings.quick() if quick else BENCH_SETTINGS
+
+
+def demo_context(args=None, settings: DemoSettings | None = None) -> BenchContext:
     """A `BenchContext` with the (cached) demo teacher loaded."""
-    ctx = BenchContext(settings or BENCH_SETTINGS, run_dir or "runs/bench")
+    quick = bool(getattr(args, "quick", False))
+    settings = settings or bench_settings(quick)
+    run_dir = Path(tempfile.mkdtemp(prefix="bench-")) if quick else Path("runs/bench")
+    ctx = BenchContext(settings, run_dir)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     load_source(ctx)
     return ctx
 
 
-def write_results(name: str, table: str, data: dict, command: str) -> Path:
-    """Print ``table`` and save it with ``data`` under ``benchmarks/results/``."""
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    meta = {"command": command, "date": time.strftime("%Y-%m-%d %H:%M"),
-            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}"}
-    (RESULTS / f"{name}.json").write_text(json.dumps({**data, "meta": meta}, indent=2))
-    (RESULTS / f"{name}.md").write_text(f"# {name}\n\n`{command}`\n\n{table}\n")
+def environment() -> dict:
+    """Date, machine and library versions, stored with every result."""
+    versions = {"python": platform.python_version()}
+    for name in ("tfcompress", *VERSIONS):
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            continue
+    return {"date": time.strftime("%Y-%m-%d %H:%M"),
+            "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
+                       f"{os.cpu_count()} cores",
+            "versions": versions}
+
+
+def results_dir(quick: bool) -> Path:
+    return QUICK_RESULTS if quick else RESULTS
+
+
+def write_results(name: str, table: str, data: dict, args) -> Path:
+    """Print ``table`` and save it with ``data`` as ``<name>.json`` and ``<name>.md``
+    (under ``results/quick/`` for a ``--quick`` run)."""
+    out = results_dir(args.quick)
+    out.mkdir(parents=True, exist_ok=True)
+    meta = {"command": args.command, **environment()}
+    (out / f"{name}.json").write_text(json.dumps({**data, "meta": meta}, indent=2))
+    (out / f"{name}.md").write_text(f"# {name}\n\n`{args.command}`\n\n{table}\n")
     print(table)
-    print(f"results written to {RESULTS / (name + '.json')}")
-    return RESULTS / f"{name}.json"
+    print(f"results written to {out / (name + '.json')}")
+    return out / f"{name}.json"

@@ -6,27 +6,21 @@ quantized (RTN int8, GPTQ int4 g32) and factorized (SVD-LLM, 60 % of the paramet
 on a copy. Every compressed model is saved and reloaded (exact logits checked) and measured
 on held-out windows: perplexity relative to its float model, and ``.keras`` size.
 
-Run: ``PYTHONPATH=. python benchmarks/any_model.py [--steps 150]``
+Run: ``python -m benchmarks.any_model [--steps 150] [--quick]`` (``--quick``: 5 steps, 16 windows)
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
 from pathlib import Path
 
+import keras
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).parent))
-
-import keras  # noqa: E402
-from _common import write_results  # noqa: E402
-
-import tfcompress as tfc  # noqa: E402
-from tfcompress.core.signature import model_inputs  # noqa: E402
-from tfcompress.models.training import train_lm  # noqa: E402
+import tfcompress as tfc
+from benchmarks._common import bench_parser, parse_args, write_results
+from tfcompress.core.signature import model_inputs
+from tfcompress.models.training import train_lm
 
 SEQ = 64
 
@@ -48,11 +42,13 @@ def build(kind: str, vocab: int):
     return keras_hub.models.GemmaCausalLM(backbone, preprocessor=None)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    parser = bench_parser("any_model", __doc__)
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--eval-windows", type=int, default=64)
-    args = parser.parse_args()
+    args = parse_args(parser, argv)
+    if args.quick:
+        args.steps, args.eval_windows = 5, 16
     corpus = tfc.data.load_corpus("austen")
     x, y, m = corpus.windows("test", SEQ, args.eval_windows)
     calib = list(corpus.windows("train", SEQ, 32)[0].reshape(4, 8, SEQ))
@@ -101,8 +97,7 @@ def main() -> None:
         "",
         "| model | compression | perplexity | ratio | .keras bytes | reload exact |",
         "|---|---|---|---|---|---|", *rows])
-    write_results("any_model", table, data, "PYTHONPATH=. python benchmarks/any_model.py "
-                  + " ".join(sys.argv[1:]))
+    write_results("any_model", table, data, args)
 
 
 if __name__ == "__main__":

@@ -15,28 +15,32 @@ same start, over seeds (mean and spread):
 - ``long``: a random-init student trained 5x longer than the baseline's 200 steps.
 - ``smollm2``: SmolLM2-135M, half its blocks kept by measured importance (Minitron-style).
 
-Run: ``python benchmarks/distill.py --regimes init little long`` (merges its keys into
+Run: ``python -m benchmarks.distill --regimes init little long`` (merges its keys into
 ``results/distill.json``; ``--regimes baseline`` reruns the original 200-step comparison).
+``--quick`` runs the baseline and every regime at tiny size (results in ``results/quick/``).
+The teacher is cached in ``$TFCOMPRESS_CACHE``, default ``~/.cache/tfcompress``.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import keras
+import numpy as np
+import tensorflow as tf
 
-import keras  # noqa: E402
-import numpy as np  # noqa: E402
-import tensorflow as tf  # noqa: E402
-
-from benchmarks._common import DemoSettings, demo_context, write_results  # noqa: E402
-from tfcompress.distill import (  # noqa: E402
+from benchmarks._common import (
+    bench_parser,
+    demo_context,
+    parse_args,
+    results_dir,
+    write_results,
+)
+from tfcompress.distill import (
     Distiller,
     block_importance,
     cache_teacher,
@@ -44,19 +48,12 @@ from tfcompress.distill import (  # noqa: E402
     most_important,
     take_blocks,
 )
-from tfcompress.evaluate import keras_forward, lm_quality  # noqa: E402
-from tfcompress.models import build_gpt  # noqa: E402
-from tfcompress.models.training import lm_loss, train_lm  # noqa: E402
+from tfcompress.evaluate import interleaved_latency, keras_forward, lm_quality
+from tfcompress.models import build_gpt
+from tfcompress.models.training import lm_loss, lm_optimizer, train_lm
 
 ALPHA, TEMPERATURE, TOP_K = 0.5, 1.0, 32
 OTHER_DIVERGENCES = ("reverse_kl", "jsd")
-
-
-def optimizer(steps: int):
-    """The optimizer `train_lm` uses, so every run trains alike."""
-    lr = keras.optimizers.schedules.CosineDecay(0.0, steps, alpha=0.1, warmup_target=1e-3,
-                                                warmup_steps=max(steps // 20, 1))
-    return keras.optimizers.AdamW(lr, weight_decay=0.01, clipnorm=1.0)
 
 
 def accuracy():
@@ -78,7 +75,7 @@ def fit_timed(model, data, steps):
 def ours(ctx, teacher, data, steps, divergence):
     distiller = Distiller(teacher, fresh_student(ctx), alpha=ALPHA, temperature=TEMPERATURE,
                           divergence=divergence)
-    distiller.compile(optimizer=optimizer(steps), weighted_metrics=accuracy())
+    distiller.compile(optimizer=lm_optimizer(steps), weighted_metrics=accuracy())
     return distiller, fit_timed(distiller, data, steps)
 
 
@@ -90,26 +87,13 @@ def keras_distiller(ctx, data, steps):
     # function, misses LogitsDistillation's isinstance check and is applied to raw logits.
     soft = LogitsDistillation(TEMPERATURE, loss=keras.losses.KLDivergence())
     kd = KerasDistiller(ctx.teacher, fresh_student(ctx), soft, student_loss_weight=ALPHA)
-    kd.compile(optimizer=optimizer(steps), loss=lm_loss(), weighted_metrics=accuracy())
+    kd.compile(optimizer=lm_optimizer(steps), loss=lm_loss(), weighted_metrics=accuracy())
     return kd, fit_timed(kd, data, steps)
-
-
-def step_times(fns: dict, repeats: int) -> dict:
-    """Median ms of each callable, measured round-robin so contention is shared."""
-    for fn in fns.values():
-        fn(), fn()
-    samples = {name: [] for name in fns}
-    for _ in range(repeats):
-        for name, fn in fns.items():
-            start = time.perf_counter()
-            fn()
-            samples[name].append((time.perf_counter() - start) * 1e3)
-    return {name: float(np.median(v)) for name, v in samples.items()}
 
 
 def baseline(ctx, args) -> tuple[str, dict]:
     """The original comparison: random-init student, 200 steps, our KD vs scratch vs Keras."""
-    steps, s = args.steps, ctx.settings
+    steps, repeats, s = args.steps, args.repeats, ctx.settings
     test = ctx.eval_data()
 
     def ppl(model):
@@ -154,14 +138,15 @@ def baseline(ctx, args) -> tuple[str, dict]:
     shutil.rmtree(tmp)
     x, y, m = next(iter(ctx.train_data()))
     teacher_fn = tf.function(lambda ids: ctx.teacher(ids, training=False))
-    times = step_times({
+    times = interleaved_latency({
         "teacher_forward": lambda: teacher_fn(x).numpy(),
         "student_step": lambda: scratch.train_on_batch(x, y, sample_weight=m),
         "ours_step": lambda: online.train_on_batch(x, y, sample_weight=m),
         "keras_step": lambda: keras_kd.train_on_batch(x, y, sample_weight=m),
         "cached_step": lambda: cached.train_on_batch((x, (values, indices)), y,
                                                      sample_weight=m),
-    }, args.repeats)
+    }, rounds=repeats, repeats=1)
+    times = {name: t["median_ms"] for name, t in times.items()}
 
     teacher_ppl, scratch_ppl = results["teacher"], results["scratch"]
 
@@ -217,12 +202,6 @@ def baseline(ctx, args) -> tuple[str, dict]:
 REGIME_ALPHA = 0.0  # logits only (Minitron): the hard loss is what the labels-only run uses
 
 
-def regime_optimizer(steps: int, lr: float):
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, steps, alpha=0.1, warmup_target=lr, warmup_steps=max(steps // 20, 1))
-    return keras.optimizers.AdamW(schedule, weight_decay=0.01, clipnorm=1.0)
-
-
 def train_three_ways(make_student, teacher, data, steps, lr, kd_data=None,
                      with_keras=True) -> dict:
     """Held-out-ready students: labels only, our logit KD, Keras's Distiller (same init/data).
@@ -234,19 +213,19 @@ def train_three_ways(make_student, teacher, data, steps, lr, kd_data=None,
 
     out = {}
     labels = make_student()
-    labels.compile(optimizer=regime_optimizer(steps, lr), loss=lm_loss())
+    labels.compile(optimizer=lm_optimizer(steps, lr), loss=lm_loss())
     labels.fit(data(), steps_per_epoch=steps, epochs=1, verbose=0)
     out["labels"] = labels
     ours = Distiller(None if kd_data else teacher, make_student(), alpha=REGIME_ALPHA,
                      temperature=TEMPERATURE)
-    ours.compile(optimizer=regime_optimizer(steps, lr))
+    ours.compile(optimizer=lm_optimizer(steps, lr))
     ours.fit(kd_data() if kd_data else data(), steps_per_epoch=steps, epochs=1, verbose=0)
     out["kd"] = ours.student
     if with_keras:
         soft = LogitsDistillation(TEMPERATURE, loss=keras.losses.KLDivergence())
         theirs = KerasDistiller(teacher, make_student(), soft,
                                 student_loss_weight=REGIME_ALPHA)
-        theirs.compile(optimizer=regime_optimizer(steps, lr), loss=lm_loss())
+        theirs.compile(optimizer=lm_optimizer(steps, lr), loss=lm_loss())
         theirs.fit(data(), steps_per_epoch=steps, epochs=1, verbose=0)
         out["keras_kd"] = theirs.student
     return out
@@ -477,11 +456,12 @@ def smollm2_curve(args) -> dict:
             "importance": [round(float(v), 4) for v in scores]}
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def main(argv: list[str] | None = None) -> None:
+    parser = bench_parser("distill", __doc__)
     # none given: only re-summarise results/distill.json (and rerun the alpha=1 check)
-    parser.add_argument("--regimes", nargs="*", default=["init", "little", "long"],
-                        choices=["baseline", *REGIMES, "smollm2"])
+    parser.add_argument("--regimes", nargs="*", default=None,
+                        choices=["baseline", *REGIMES, "smollm2"],
+                        help="default: init little long (with --quick: baseline too)")
     parser.add_argument("--steps", type=int, default=200, help="baseline steps")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--seeds", type=int, default=3)
@@ -493,10 +473,13 @@ def main() -> None:
     parser.add_argument("--little-steps", type=int, default=400)
     parser.add_argument("--fraction", type=float, default=0.05)
     parser.add_argument("--long-steps", type=int, default=1000)
-    parser.add_argument("--quick", action="store_true", help="tiny models, for a dry run")
-    args = parser.parse_args()
-    command = "python benchmarks/distill.py " + " ".join(sys.argv[1:])
-    path = Path(__file__).parent / "results" / "distill.json"
+    args = parse_args(parser, argv)
+    if args.regimes is None:
+        args.regimes = ["baseline", *REGIMES] if args.quick else ["init", "little", "long"]
+    if args.quick:  # a smoke run: every code path, a few steps each
+        args.steps = args.init_steps = args.little_steps = args.long_steps = 4
+        args.repeats, args.seeds, args.batch = 2, 1, 8
+    path = results_dir(args.quick) / "distill.json"
     results = json.loads(path.read_text()) if path.exists() and not args.quick else {}
     results.pop("meta", None)
     # the baseline's table (kept from the last baseline run) follows the regimes' one
@@ -504,7 +487,7 @@ def main() -> None:
     old_md = old_md[old_md.index("| model |"):] if "| model |" in old_md else ""
     tables, own = {}, set(OWN_KEYS)
     needs_teacher = {"baseline", *REGIMES} & set(args.regimes)
-    ctx = demo_context(DemoSettings.quick() if args.quick else None) if needs_teacher else None
+    ctx = demo_context(args) if needs_teacher else None
 
     def save():
         # Regimes may run as parallel processes: merge what the file holds now with ours.
@@ -517,11 +500,10 @@ def main() -> None:
             results["regimes"] = on_disk.get("regimes", {}) | mine
         summary, tables["regimes"] = summarise(results)
         results.update(summary)
+        path.parent.mkdir(parents=True, exist_ok=True)
         plot(results, path.parent / "distill_regimes.png")
-        if args.quick:
-            return
         table = tables["regimes"] + "\n\n![regimes](distill_regimes.png)\n\n" + old_md
-        write_results("distill", table, results, command.strip())
+        write_results("distill", table, results, args)
 
     requested = list(args.regimes)
     if "baseline" in requested:
@@ -545,7 +527,6 @@ def main() -> None:
         "100 steps with hand-picked blocks: KD 139.0 vs labels 152.8)")
     results["alpha1_matches_fit"] = alpha1_matches_fit()
     save()
-    print(tables["regimes"])
 
 
 def alpha1_matches_fit() -> bool:
@@ -558,10 +539,10 @@ def alpha1_matches_fit() -> bool:
     data = tf.data.Dataset.from_tensor_slices((x, np.roll(x, -1, 1),
                                                np.ones((8, 8), "float32"))).batch(4).repeat()
     plain = tiny("student", 0)
-    plain.compile(optimizer=regime_optimizer(4, 1e-2), loss=lm_loss())
+    plain.compile(optimizer=lm_optimizer(4, 1e-2), loss=lm_loss())
     plain.fit(data, steps_per_epoch=4, verbose=0)
     distiller = Distiller(tiny("teacher", 1), tiny("student", 0), alpha=1.0)
-    distiller.compile(optimizer=regime_optimizer(4, 1e-2))
+    distiller.compile(optimizer=lm_optimizer(4, 1e-2))
     distiller.fit(data, steps_per_epoch=4, verbose=0)
     return all(np.array_equal(a, b) for a, b in zip(plain.get_weights(),
                                                     distiller.student.get_weights(),

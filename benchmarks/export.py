@@ -11,22 +11,25 @@ trained directly on the corpus for ``student_steps`` (no distillation) with 50 %
 Dense/EinsumDense kernel zeroed by magnitude (no fine-tuning); its quantization is the
 export mode itself. The lead reruns it on the real distill -> prune -> quantize pipeline.
 
-Usage: ``TFCOMPRESS_CACHE=/work/cache python benchmarks/export.py [--quick]``
+Usage: ``python -m benchmarks.export [--quick | --smollm2]`` (the teacher is cached in
+``$TFCOMPRESS_CACHE``, default ``~/.cache/tfcompress``)
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).parent))
-from _common import RESULTS, DemoSettings, demo_context, write_results  # noqa: E402
-
+from benchmarks._common import (
+    bench_parser,
+    demo_context,
+    parse_args,
+    results_dir,
+    write_results,
+)
 from tfcompress.core.layers import copy_model, kernel_matrix, select_layers, set_kernel_matrix
 from tfcompress.errors import VerificationError
 from tfcompress.evaluate import keras_file_sizes, lm_quality, token_stats
@@ -233,9 +236,11 @@ def smollm2_full_integer(out: Path, record, calibration_windows: int = 16) -> di
     return result
 
 
-def record_smollm2(figures: dict) -> dict:
-    """Merge ``figures`` into results/export.json and write results/export_smollm2.md."""
-    merged = RESULTS / "export.json"
+def record_smollm2(figures: dict, args) -> dict:
+    """Merge ``figures`` into results/export.json and write results/export_smollm2.md
+    (both under results/quick/ for a ``--quick`` run)."""
+    merged = results_dir(args.quick) / "export.json"
+    merged.parent.mkdir(parents=True, exist_ok=True)
     data = json.loads(merged.read_text()) if merged.exists() else {}
     merged.write_text(json.dumps({**data, **figures}, indent=2))
     lines = ["| model | mode | perplexity | ratio to Keras | note |", "|---|---|---|---|---|",
@@ -243,23 +248,21 @@ def record_smollm2(figures: dict) -> dict:
     lines += [f"| SmolLM2-135M | {m} | {figures.get(f'smollm2_{m}_ppl')} | "
               f"{figures[f'smollm2_{m}_ppl_ratio']} | {figures.get(f'smollm2_{m}_note', '')} |"
               for m in FULL_INTEGER]
-    write_results("export_smollm2", "\n".join(lines), figures,
-                  "python benchmarks/export.py --smollm2")
+    write_results("export_smollm2", "\n".join(lines), figures, args)
     return figures
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="tiny settings (a smoke run)")
+def main(argv: list[str] | None = None) -> None:
+    parser = bench_parser("export", __doc__)
     parser.add_argument("--smollm2", action="store_true",
                         help="only SmolLM2's full-integer exports; their keys are merged into "
                              "results/export.json")
-    args = parser.parse_args()
+    args = parse_args(parser, argv)
     if args.smollm2:
         with tempfile.TemporaryDirectory() as tmp:
-            smollm2_full_integer(Path(tmp), record_smollm2)
+            smollm2_full_integer(Path(tmp), lambda figures: record_smollm2(figures, args))
         return
-    ctx = demo_context(DemoSettings.quick() if args.quick else None)
+    ctx = demo_context(args)
     with tempfile.TemporaryDirectory() as tmp:
         rows = bench_model("teacher", ctx.teacher, ctx, Path(tmp))
         rows += bench_model("student-pruned", compressed_student(ctx), ctx, Path(tmp))
@@ -273,10 +276,7 @@ def main() -> None:
             "student": summary(rows, "student-pruned"), "rows": rows,
             "settings": {"eval_windows": s.eval_windows, "seq_len": s.seq_len,
                          "calibration_windows": s.calibration_windows}}
-    command = "TFCOMPRESS_CACHE=/work/cache python benchmarks/export.py" + (
-        " --quick" if args.quick else "")
-    write_results("export" + ("-quick" if args.quick else ""),
-                  table(rows) + notes + "\n\n" + inventory(rows), data, command)
+    write_results("export", table(rows) + notes + "\n\n" + inventory(rows), data, args)
 
 
 if __name__ == "__main__":

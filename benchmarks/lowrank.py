@@ -6,13 +6,12 @@ SVD-LLM with sensitivity-based rank allocation; fine-tunes the 60 % models with
 ``model.fit`` (and, as a control, the dense teacher for the same steps); exports the dense
 and the fine-tuned aware 60 % model to float32 TFLite and times them interleaved.
 
-Run: ``TFCOMPRESS_CACHE=/work/cache PYTHONPATH=. python benchmarks/lowrank.py``
+Run: ``python -m benchmarks.lowrank [--steps N] [--quick]`` (the teacher is cached in
+``$TFCOMPRESS_CACHE``, default ``~/.cache/tfcompress``)
 """
 
 from __future__ import annotations
 
-import argparse
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -20,9 +19,15 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import BENCH_SETTINGS, demo_context, write_results
+from benchmarks._common import (
+    BENCH_SETTINGS,
+    bench_parser,
+    demo_context,
+    parse_args,
+    write_results,
+)
 from tfcompress.core.layers import copy_model
-from tfcompress.evaluate import keras_forward, lm_quality
+from tfcompress.evaluate import interleaved_latency, keras_forward, lm_quality
 from tfcompress.export import TFLiteRunner, export_tflite
 from tfcompress.lowrank import FactorizeConfig, factorization_table, factorize
 from tfcompress.models.training import train_lm
@@ -41,29 +46,30 @@ def perplexity(model, batches) -> float:
     return lm_quality(keras_forward(model), batches)["perplexity"]
 
 
-def interleaved_latency(paths: dict[str, Path], rounds: int, repeats: int) -> dict:
-    """Median ms per batch-1 invoke, the models timed in turn so load affects all alike."""
+def tflite_latency(paths: dict[str, Path], rounds: int, repeats: int) -> dict:
+    """Median ms per batch-1 invoke of each file, timed interleaved."""
     runners = {k: TFLiteRunner(p) for k, p in paths.items()}
-    times = {k: [] for k in runners}
-    for _ in range(rounds):
-        for k, runner in runners.items():
-            times[k].append(runner.latency(1, warmup=1, repeats=repeats)["median_ms"])
-    return {k: float(np.median(v)) for k, v in times.items()}
+    x = next(iter(runners.values())).sample_input(1)
+    times = interleaved_latency({k: (lambda r=r: r.predict(x)) for k, r in runners.items()},
+                                rounds=rounds, repeats=repeats, warmup=1)
+    return {k: t["median_ms"] for k, t in times.items()}
 
 
-def main(argv=None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> None:
+    parser = bench_parser("lowrank", __doc__)
     parser.add_argument("--steps", type=int, default=None, help="fine-tune steps (default: "
                         "the demo's finetune_steps)")
     parser.add_argument("--eval-windows", type=int, default=128)
     parser.add_argument("--finetune", nargs="*", default=["aware", "sensitivity", "plain"])
-    args = parser.parse_args(argv)
-    ctx = demo_context(replace(BENCH_SETTINGS, eval_windows=args.eval_windows))
+    args = parse_args(parser, argv)
+    # --eval-windows applies to the recorded settings; --quick keeps its own tiny sizes
+    settings = None if args.quick else replace(BENCH_SETTINGS, eval_windows=args.eval_windows)
+    ctx = demo_context(args, settings)
     steps = args.steps or ctx.settings.finetune_steps
     batches, calib = ctx.eval_data(), ctx.calibration()
     teacher = ctx.teacher
     dense_ppl = perplexity(teacher, batches)
-    print(f"dense teacher perplexity {dense_ppl:.3f} on {args.eval_windows} test windows")
+    print(f"dense teacher perplexity {dense_ppl:.3f} on {len(batches)} test batches")
 
     before, param_ratio, models, timings = {}, {}, {}, {}
     for name, settings in METHODS.items():
@@ -98,7 +104,7 @@ def main(argv=None) -> None:
         sample = calib[:2].astype(np.int32)
         sizes = {k: export_tflite(m, paths[k], seq_len=ctx.settings.seq_len, sample=sample).bytes
                  for k, m in (("dense", teacher), ("aware_60", models["aware"]))}
-        latency = interleaved_latency(paths, rounds=3, repeats=10)
+        latency = tflite_latency(paths, rounds=3, repeats=2 if args.quick else 10)
 
     lowrank_params = models["aware"].count_params()
     rows = ["| method | 80 % | 60 % | 50 % | 60 % + fine-tune |", "|---|---|---|---|---|"]
@@ -123,7 +129,7 @@ def main(argv=None) -> None:
         f"| dense | {sizes['dense']:,} | {latency['dense']:.2f} |",
         f"| aware 60 % | {sizes['aware_60']:,} | {latency['aware_60']:.2f} |",
         "",
-        f"Dense perplexity {dense_ppl:.3f} on {args.eval_windows} test windows of "
+        f"Dense perplexity {dense_ppl:.3f} on {ctx.settings.eval_windows} test windows of "
         f"{ctx.settings.seq_len} tokens; fine-tune: {steps} steps, AdamW 3e-4 cosine, "
         f"batch {ctx.settings.batch_size}; calibration {len(calib)} training windows. "
         "Machine: 2 shared CPU cores under heavy load from other jobs.",
@@ -144,8 +150,7 @@ def main(argv=None) -> None:
             "finetuned_60_within_1.10": (after.get("aware") or np.inf) <= 1.10,
         },
     }
-    write_results("lowrank", table, data, "python benchmarks/lowrank.py " + " ".join(
-        argv if argv is not None else sys.argv[1:]))
+    write_results("lowrank", table, data, args)
 
 
 if __name__ == "__main__":

@@ -1,12 +1,12 @@
 """Pruning on the demo teacher: one-shot criteria at 50 % and 2:4, fine-tune, fit overhead,
 gzip size and structured-pruning TFLite latency.
 
-Run: ``TFCOMPRESS_CACHE=/work/cache python benchmarks/prune.py``
+Run: ``python -m benchmarks.prune [--quick]`` (the teacher is cached in ``$TFCOMPRESS_CACHE``,
+default ``~/.cache/tfcompress``)
 """
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from dataclasses import replace
@@ -14,15 +14,19 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from benchmarks._common import DemoSettings, demo_context, write_results  # noqa: E402
-from tfcompress.core.layers import copy_model  # noqa: E402
-from tfcompress.evaluate import file_sizes, keras_file_sizes, keras_forward, lm_quality  # noqa: E402
-from tfcompress.export import TFLiteRunner, export_tflite  # noqa: E402
-from tfcompress.models.training import compile_lm, train_lm  # noqa: E402
-from tfcompress.prune import PruneConfig, UpdatePruning, prune, strip_pruning  # noqa: E402
-from tfcompress.recipes.stages import finetune  # noqa: E402
+from benchmarks._common import bench_parser, demo_context, parse_args, write_results
+from tfcompress.core.layers import copy_model
+from tfcompress.evaluate import (
+    file_sizes,
+    interleaved_latency,
+    keras_file_sizes,
+    keras_forward,
+    lm_quality,
+)
+from tfcompress.export import TFLiteRunner, export_tflite
+from tfcompress.models.training import compile_lm, train_lm
+from tfcompress.prune import PruneConfig, UpdatePruning, prune, strip_pruning
+from tfcompress.recipes.stages import finetune
 
 # the demo's prune stage (tfcompress/recipes/examples/demo.yaml)
 DEMO_CONFIG = PruneConfig(method="sparsegpt", sparsity=0.5, include="block")
@@ -80,19 +84,18 @@ def tflite_latency_ratio(dense, small, seq_len: int, tmp: Path) -> tuple[float, 
         export_tflite(model, path, mode="float32", seq_len=seq_len)
         runners[name] = TFLiteRunner(path)
         sizes[name] = file_sizes(path)
-    medians: dict[str, list] = {"dense": [], "small": []}
-    for _ in range(LATENCY_ROUNDS):
-        for name, runner in runners.items():
-            medians[name].append(runner.latency(1, warmup=2, repeats=10)["median_ms"])
-    dense_ms, small_ms = np.median(medians["dense"]), np.median(medians["small"])
+    x = runners["dense"].sample_input(1)
+    times = interleaved_latency({k: (lambda r=r: r.predict(x)) for k, r in runners.items()},
+                                rounds=LATENCY_ROUNDS, repeats=10)
+    dense_ms, small_ms = times["dense"]["median_ms"], times["small"]["median_ms"]
     return float(small_ms / dense_ms), {"dense_ms": float(dense_ms), "small_ms": float(small_ms),
                                         "sizes": sizes}
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(bench_parser("prune", __doc__), argv)
     start = time.perf_counter()
-    quick = "--quick" in sys.argv  # a smoke run at test sizes; results are not written
-    ctx = demo_context(DemoSettings.quick() if quick else None)
+    ctx = demo_context(args)
     s = ctx.settings
     teacher, data, calib = ctx.teacher, ctx.eval_data(), ctx.calibration()
     dense_ppl = perplexity(teacher, data)
@@ -167,11 +170,7 @@ def main() -> None:
         f"{results['structured_30_latency_ratio']:.3f} ({lat['small_ms']:.2f} vs "
         f"{lat['dense_ms']:.2f} ms) | < 1 |",
     ]
-    if quick:
-        print("\n".join(table), results)
-        return
-    write_results("prune", "\n".join(table), results,
-                  "TFCOMPRESS_CACHE=/work/cache python benchmarks/prune.py")
+    write_results("prune", "\n".join(table), results, args)
 
 
 if __name__ == "__main__":

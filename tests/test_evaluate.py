@@ -135,8 +135,9 @@ def test_compare_ratios_and_table():
 def test_plot_and_report_files(tmp_path):
     reports = [Report("a", "keras", bytes=10, gzip_bytes=2_000_000, quality={"perplexity": 3.0}),
                Report("b", "keras", bytes=5, gzip_bytes=1_000_000, quality={"perplexity": 3.5})]
-    png = plot_quality_vs_size(reports, tmp_path / "p.png")
-    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    fig = plot_quality_vs_size(reports, tmp_path / "p.png")
+    assert (tmp_path / "p.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert [t.get_text() for t in fig.axes[0].texts] == ["a", "b"]
     md = write_report(reports, tmp_path / "run", notes="hello")
     text = md.read_text()
     assert "quality_vs_size.png" in text and "hello" in text
@@ -162,3 +163,57 @@ def test_classifier_accuracy_from_evaluate():
     assert report.quality == {"accuracy": 1.0}
     model.layers[-1].kernel.assign(np.array([[0.0, 1.0], [0.0, 0.0]]))  # class 1 iff x[0] > 0
     assert evaluate(model, (x, y), task="classifier", batch_sizes=()).quality["accuracy"] == 0.5
+
+
+def test_interleaved_latency_alternates_and_reports_each_callables_median():
+    import time
+
+    from tfcompress.evaluate import interleaved_latency
+
+    calls = []
+
+    def sleeper(name, seconds):
+        def run():
+            calls.append(name)
+            time.sleep(seconds)
+        return run
+
+    out = interleaved_latency({"slow": sleeper("slow", 0.02), "fast": sleeper("fast", 0.0)},
+                              rounds=3, repeats=2, warmup=1)
+    # warm-up once each, then per round `repeats` calls of one before the other
+    assert calls == ["slow", "fast"] + ["slow", "slow", "fast", "fast"] * 3
+    assert out["slow"]["median_ms"] >= 20 > out["fast"]["median_ms"]
+    assert out["slow"]["rounds"] == 3
+    with pytest.raises(TfcompressError, match="fns is empty"):
+        interleaved_latency({})
+
+
+def test_label_offsets_keep_labels_apart_and_inside_the_frame():
+    from tfcompress.evaluate.report import label_offsets
+
+    offsets = ((1, 1), (1, -1), (-1, 1))
+    # two labels on one point: the second moves below; a label at the right edge flips left
+    got = label_offsets([(50, 50), (50, 50), (98, 10)], [(20, 5)] * 3, (0, 0, 100, 100),
+                        offsets)
+    assert got == [(1, 1), (1, -1), (-1, 1)]
+    # nowhere free: the least overlap wins (60 of 100 square units over the first label)
+    assert label_offsets([(0, 0), (0, 0)], [(10, 10)] * 2, (0, 0, 100, 100),
+                         ((0, 0), (4, 0), (-4, 0)))[1] == (4, 0)
+    # markers count as obstacles
+    assert label_offsets([(50, 50), (60, 52)], [(5, 5)] * 2, (0, 0, 100, 100),
+                         ((1, 1), (1, -1)), marker=4) == [(1, 1), (1, 1)]
+
+
+def test_plot_returns_a_figure_and_leaves_the_backend_alone():
+    import matplotlib
+    from matplotlib.figure import Figure
+
+    backend = matplotlib.get_backend()
+    reports = [Report(f"student-pruned-{i}", "tflite", gzip_bytes=1_000_000,
+                      quality={"perplexity": 3.0}) for i in range(4)]
+    reports.append(Report("teacher", "keras", gzip_bytes=4_000_000, quality={"perplexity": 2.0}))
+    fig = plot_quality_vs_size(reports)
+    assert isinstance(fig, Figure) and len(fig.axes[0].texts) == 5
+    offsets = {t.xyann for t in fig.axes[0].texts[:4]}
+    assert len(offsets) == 4  # four labels on one spot: each placed elsewhere
+    assert matplotlib.get_backend() == backend

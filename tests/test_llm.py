@@ -1,6 +1,5 @@
 """Llama / GPT-2 loaders vs an independent NumPy forward pass on tiny checkpoints written here."""
 
-import json
 
 import keras
 import numpy as np
@@ -15,6 +14,16 @@ from tfcompress.models.llama import llama_config_of, lm_windows, take_layers
 gguf = pytest.importorskip("gguf", reason="gguf is the [llm] extra: pip install .[llm]")
 safetensors_numpy = pytest.importorskip("safetensors.numpy", reason="safetensors missing")
 
+from llm_checkpoints import (  # noqa: E402
+    CFG,
+    gguf_tokenizer_fields,
+    hf_llama_config,
+    llama_cpp_permute,
+    random_llama,
+    write_gguf,
+    write_hf_folder,
+)
+
 from tfcompress.models.loaders import (  # noqa: E402
     gguf_tokenizer,
     hf_tokenizer,
@@ -23,7 +32,6 @@ from tfcompress.models.loaders import (  # noqa: E402
     unpermute_qk,
 )
 
-CFG = dict(vocab=48, d=32, layers=2, heads=4, kv=2, ff=40, eps=1e-5, base=500.0)
 RNG = np.random.default_rng(0)
 
 
@@ -79,103 +87,6 @@ def np_llama(w, ids, c=CFG, tied=True):
     x = np_rmsnorm(x, w["model.norm.weight"], c["eps"])
     head = w["model.embed_tokens.weight"] if tied else w["lm_head.weight"]
     return x @ head.T
-
-
-def random_llama(c=CFG, tied=True):
-    d, hd, f, v = c["d"], c["d"] // c["heads"], c["ff"], c["vocab"]
-
-    def r(*shape, scale=0.2):
-        return (RNG.standard_normal(shape) * scale).astype(np.float32)
-
-    w = {"model.embed_tokens.weight": r(v, d, scale=1.0), "model.norm.weight": 1 + r(d)}
-    if not tied:
-        w["lm_head.weight"] = r(v, d)
-    for i in range(c["layers"]):
-        p = f"model.layers.{i}."
-        w |= {p + "input_layernorm.weight": 1 + r(d), p + "post_attention_layernorm.weight":
-              1 + r(d), p + "self_attn.q_proj.weight": r(c["heads"] * hd, d),
-              p + "self_attn.k_proj.weight": r(c["kv"] * hd, d),
-              p + "self_attn.v_proj.weight": r(c["kv"] * hd, d),
-              p + "self_attn.o_proj.weight": r(d, c["heads"] * hd),
-              p + "mlp.gate_proj.weight": r(f, d), p + "mlp.up_proj.weight": r(f, d),
-              p + "mlp.down_proj.weight": r(d, f)}
-    return w
-
-
-def llama_cpp_permute(w, n_head):
-    """llama.cpp convert_hf_to_gguf's q/k permutation (half-split -> interleaved pairs)."""
-    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
-            .swapaxes(1, 2).reshape(w.shape))
-
-
-GGUF_BLOCK = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-              "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-              "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
-
-
-def write_gguf(path, w, c=CFG, arch="llama", drop=(), tokenizer=None, embed_q8=False):
-    """A llama.cpp-style GGUF of HF weights ``w`` (q/k permuted, names converted)."""
-    writer = gguf.GGUFWriter(str(path), arch)
-    writer.add_block_count(c["layers"])
-    writer.add_context_length(64)
-    writer.add_embedding_length(c["d"])
-    writer.add_feed_forward_length(c["ff"])
-    writer.add_head_count(c["heads"])
-    writer.add_head_count_kv(c["kv"])
-    writer.add_layer_norm_rms_eps(c["eps"])
-    writer.add_rope_freq_base(c["base"])
-    writer.add_vocab_size(c["vocab"])
-    if tokenizer is not None:
-        vocab, merges, types, pre = tokenizer
-        writer.add_tokenizer_model("gpt2")
-        writer.add_tokenizer_pre(pre)
-        writer.add_token_list(vocab)
-        writer.add_token_merges(merges)
-        writer.add_token_types(types)
-    for name, value in w.items():
-        if name == "model.embed_tokens.weight":
-            gname = "token_embd.weight"
-        elif name == "model.norm.weight":
-            gname = "output_norm.weight"
-        elif name == "lm_head.weight":
-            gname = "output.weight"
-        else:
-            i, rest = name.split(".")[2], ".".join(name.split(".")[3:-1])
-            gname = f"blk.{i}.{GGUF_BLOCK[rest]}.weight"
-        if gname in drop:
-            continue
-        if "attn_q" in gname:
-            value = llama_cpp_permute(value, c["heads"])
-        elif "attn_k" in gname:
-            value = llama_cpp_permute(value, c["kv"])
-        if embed_q8 and gname == "token_embd.weight":
-            q8 = gguf.GGMLQuantizationType.Q8_0
-            writer.add_tensor(gname, gguf.quants.quantize(value, q8),
-                              raw_dtype=q8)
-        else:
-            writer.add_tensor(gname, np.ascontiguousarray(value))
-    writer.write_header_to_file()
-    writer.write_kv_data_to_file()
-    writer.write_tensors_to_file()
-    writer.close()
-    return path
-
-
-def write_hf_folder(folder, config, tensors):
-    folder.mkdir(exist_ok=True)
-    (folder / "config.json").write_text(json.dumps(config))
-    safetensors_numpy.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
-                                str(folder / "model.safetensors"))
-    return folder
-
-
-def hf_llama_config(c=CFG, tied=False):
-    return {"model_type": "llama", "vocab_size": c["vocab"], "hidden_size": c["d"],
-            "num_hidden_layers": c["layers"], "num_attention_heads": c["heads"],
-            "num_key_value_heads": c["kv"], "intermediate_size": c["ff"],
-            "rms_norm_eps": c["eps"], "rope_theta": c["base"], "tie_word_embeddings": tied,
-            "hidden_act": "silu"}
 
 
 IDS = RNG.integers(0, CFG["vocab"], 11)
@@ -290,12 +201,9 @@ def test_gguf_tokenizer_matches_the_tokenizer_it_was_written_from(tmp_path):
 
     text = "It is a truth universally acknowledged, that a single man in possession 1818."
     source = BPETokenizer.train([text] * 20, vocab_size=300)
-    spec = json.loads(source.to_json())["model"]
-    vocab = sorted(spec["vocab"], key=spec["vocab"].get) + ["<|im_start|>"]
-    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["merges"]]
-    types = [1] * (len(vocab) - 1) + [3]
-    path = write_gguf(tmp_path / "t.gguf", random_llama(), tokenizer=(vocab, merges, types,
-                                                                     "gpt2"))
+    fields = gguf_tokenizer_fields(source)
+    vocab = fields[0]
+    path = write_gguf(tmp_path / "t.gguf", random_llama(), tokenizer=fields)
     tok = gguf_tokenizer(path)
     sample = "a single truth, acknowledged 2024"
     np.testing.assert_array_equal(tok.encode(sample), source.encode(sample))

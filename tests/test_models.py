@@ -56,3 +56,16 @@ def test_bad_configs_raise():
 def test_config_round_trips():
     cfg = preset("student", vocab_size=300)
     assert GPTConfig.from_config(cfg.get_config()) == cfg
+
+
+def test_lm_optimizer_warms_up_linearly_then_decays_to_a_tenth():
+    from tfcompress.models.training import lm_optimizer
+
+    opt = lm_optimizer(100, learning_rate=2e-3, warmup=0.1)
+    lr = opt.learning_rate if callable(opt.learning_rate) else opt._learning_rate
+    assert float(lr(0)) == 0.0
+    assert float(lr(5)) == pytest.approx(1e-3)  # half-way through the 10 warm-up steps
+    assert float(lr(10)) == pytest.approx(2e-3)
+    assert float(lr(110)) == pytest.approx(2e-4)  # cosine floor: alpha 0.1
+    assert opt.weight_decay == 0.01 and opt.clipnorm == 1.0
+    assert float(lm_optimizer(learning_rate=3e-4).learning_rate) == pytest.approx(3e-4)

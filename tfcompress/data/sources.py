@@ -14,6 +14,7 @@ import gzip
 from importlib import resources
 from pathlib import Path
 
+from tfcompress._extras import require
 from tfcompress.core.validation import reading
 from tfcompress.errors import TfcompressError
 
@@ -81,7 +82,7 @@ def tfds_text(
     ``download`` is off by default: the data must already sit in ``data_dir``. TFDS's
     ``validation`` split maps to ``valid``; a dataset without one is split from ``train``.
     """
-    import tensorflow_datasets as tfds
+    tfds = require("tensorflow_datasets", extra="tfds", feature="a TFDS text source")
 
     builder = tfds.builder(name, data_dir=data_dir)
     if download:

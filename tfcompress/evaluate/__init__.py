@@ -1,7 +1,12 @@
 """Measurement: size (raw and gzip), latency, perplexity/accuracy, comparison tables, plots."""
 
 from tfcompress.core.modules import make_callable
-from tfcompress.evaluate.latency import keras_forward, keras_latency, time_callable
+from tfcompress.evaluate.latency import (
+    interleaved_latency,
+    keras_forward,
+    keras_latency,
+    time_callable,
+)
 from tfcompress.evaluate.quality import lm_quality, token_stats
 from tfcompress.evaluate.report import (
     Report,
@@ -20,6 +25,7 @@ __all__ = [
     "compare",
     "evaluate",
     "file_sizes",
+    "interleaved_latency",
     "keras_file_sizes",
     "keras_forward",
     "keras_latency",

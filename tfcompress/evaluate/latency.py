@@ -13,6 +13,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from tfcompress.errors import TfcompressError
+
 
 def time_callable(fn: Callable[[], object], warmup: int = 3, repeats: int = 10) -> dict:
     """Run ``fn`` ``warmup`` times untimed, then ``repeats`` times; milliseconds per call."""
@@ -35,6 +37,33 @@ def time_callable(fn: Callable[[], object], warmup: int = 3, repeats: int = 10) 
         "p90_ms": float(np.percentile(t, 90)),
         "repeats": repeats,
     }
+
+
+def interleaved_latency(
+    fns: dict[str, Callable[[], object]], rounds: int = 5, repeats: int = 5, warmup: int = 2
+) -> dict[str, dict]:
+    """Median milliseconds of each callable, timed in alternating rounds.
+
+    Interleaving spreads machine contention over all of them alike, so their ratios are
+    fairer than timing one after another.
+
+    Example:
+        >>> t = interleaved_latency({"a": lambda: sum(range(100)), "b": lambda: None})
+        >>> t["a"]["median_ms"] > 0
+        True
+    """
+    if not fns:
+        raise TfcompressError("fns is empty: give at least one callable to time")
+    for fn in fns.values():
+        for _ in range(warmup):
+            fn()
+    samples: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(rounds):
+        for name, fn in fns.items():
+            samples[name].append(time_callable(fn, 0, repeats)["median_ms"])
+    return {name: {"median_ms": float(np.median(v)), "p10_ms": float(np.percentile(v, 10)),
+                   "p90_ms": float(np.percentile(v, 90)), "rounds": rounds}
+            for name, v in samples.items()}
 
 
 def keras_forward(model) -> Callable[[np.ndarray], np.ndarray]:

@@ -11,13 +11,10 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from collections.abc import Callable
 from pathlib import Path
 
-import numpy as np
-
 from tfcompress.errors import TfcompressError
-from tfcompress.evaluate.latency import time_callable
+from tfcompress.evaluate.latency import interleaved_latency
 from tfcompress.evaluate.size import file_sizes
 from tfcompress.export.ops import inspect_tflite
 from tfcompress.export.runner import TFLiteRunner
@@ -38,27 +35,6 @@ def peak_memory(path: str | Path, num_threads: int = 1, invokes: int = 3) -> dic
     if done.returncode:
         raise RuntimeError(f"memory probe failed on {path}: {done.stderr[-2000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
-
-
-def interleaved_latency(
-    fns: dict[str, Callable[[], object]], rounds: int = 5, repeats: int = 5, warmup: int = 2
-) -> dict[str, dict]:
-    """Median milliseconds of each callable, timed in alternating rounds.
-
-    Interleaving spreads machine contention over all of them alike, so their ratios are
-    fairer than timing one after another.
-    """
-    if not fns:
-        raise TfcompressError("fns is empty: give at least one callable to time")
-    for fn in fns.values():
-        time_callable(fn, warmup, 1)
-    samples: dict[str, list[float]] = {name: [] for name in fns}
-    for _ in range(rounds):
-        for name, fn in fns.items():
-            samples[name].append(time_callable(fn, 0, repeats)["median_ms"])
-    return {name: {"median_ms": float(np.median(v)), "p10_ms": float(np.percentile(v, 10)),
-                   "p90_ms": float(np.percentile(v, 90)), "rounds": rounds}
-            for name, v in samples.items()}
 
 
 def measure_tflite(

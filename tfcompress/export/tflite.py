@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfcompress._extras import require
 from tfcompress.core.layers import is_keras3_model, is_tf_keras_model, iter_layers
 from tfcompress.core.signature import signature, single_input_model
 from tfcompress.core.validation import check_output_path, check_seq_len
@@ -235,11 +236,9 @@ def _check_litert(mode: ExportMode) -> None:
     if mode.litert_recipe is None:
         return
     try:
-        import ai_edge_quantizer  # noqa: F401
-    except ImportError:
-        raise TfcompressError(
-            f"mode {mode.name!r} needs the LiteRT quantizer: pip install ai-edge-quantizer"
-        ) from None
+        require("ai_edge_quantizer", extra="litert", feature=f"mode {mode.name!r}")
+    except ImportError as err:
+        raise TfcompressError(str(err)) from None
 
 
 def export_tflite(

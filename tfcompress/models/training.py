@@ -27,15 +27,26 @@ def lm_loss():
                                                       reduction="mean_with_sample_weight")
 
 
-def compile_lm(model, learning_rate: float = 1e-3, steps: int | None = None, **kwargs):
-    """Compile with AdamW (cosine decay over ``steps`` when given) and next-token accuracy."""
+def lm_optimizer(steps: int | None = None, learning_rate: float = 1e-3, warmup: float = 0.05):
+    """The training recipe every model here uses: AdamW (weight decay 0.01, clipnorm 1) with,
+    when ``steps`` is given, a linear warm-up over ``warmup`` of them then cosine decay to 10 %.
+
+    Example:
+        >>> model.compile(optimizer=lm_optimizer(200), loss=lm_loss())
+    """
     lr = learning_rate
     if steps:
         lr = keras.optimizers.schedules.CosineDecay(
-            0.0, steps, alpha=0.1, warmup_target=learning_rate, warmup_steps=max(steps // 20, 1)
+            0.0, steps, alpha=0.1, warmup_target=learning_rate,
+            warmup_steps=max(int(steps * warmup), 1),
         )
+    return keras.optimizers.AdamW(lr, weight_decay=0.01, clipnorm=1.0)
+
+
+def compile_lm(model, learning_rate: float = 1e-3, steps: int | None = None, **kwargs):
+    """Compile with `lm_optimizer` and next-token accuracy."""
     model.compile(
-        optimizer=keras.optimizers.AdamW(lr, weight_decay=0.01, clipnorm=1.0),
+        optimizer=lm_optimizer(steps, learning_rate),
         loss=lm_loss(),
         weighted_metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
         **kwargs,

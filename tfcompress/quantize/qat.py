@@ -86,7 +86,7 @@ def qat(model, config: QuantizeConfig | None = None, inplace: bool = False, **ov
     """A copy of ``model`` (unless ``inplace``) whose selected weights train fake-quantized.
 
     Uses ``config.bits`` / ``layer_bits``, ``granularity`` (channel or group) and
-    ``group_size``; the scheme is affine min-max (the seed's formula).
+    ``group_size``; the scheme is affine min-max.
     """
     check_model(model, "qat", legacy_hint="tfcompress.quantize.tfmot_quantize")
     config = QuantizeConfig.from_config({**(config or QuantizeConfig()).get_config(),

@@ -29,7 +29,7 @@ FLOAT_BITS = 32  # scales, offsets and codebook entries are stored as float32
 
 
 def affine_codes(x: np.ndarray, x_min, x_max, bits: int) -> np.ndarray:
-    """The seed's formula ``round((x - x_min) / (x_max - x_min) * (2**bits - 1))``.
+    """Affine min-max codes ``round((x - x_min) / (x_max - x_min) * (2**bits - 1))``.
 
     Where ``x_max == x_min`` every value is that constant and gets code 0 (no division by 0).
     """
@@ -120,7 +120,7 @@ class QTensor:
 class Quantizer:
     """A weight quantizer: ``scheme`` with ``bits`` per weight at a ``granularity``.
 
-    Schemes: ``affine`` (the seed's asymmetric min-max), ``symmetric`` (abs-max, zero exact),
+    Schemes: ``affine`` (asymmetric min-max), ``symmetric`` (abs-max, zero exact),
     ``kmeans`` (a learned codebook per tensor or channel), ``log2`` (powers of two times an
     abs-max scale), ``nf4`` (NormalFloat-4 levels times an abs-max scale; bits must be 4).
     Granularity: one set of parameters per ``tensor``, per output ``channel``, or per

@@ -65,6 +65,7 @@ def distill_stage(run, st: dict) -> StageResult:
     import keras
 
     from tfcompress.distill import Distiller
+    from tfcompress.models.training import lm_optimizer
     from tfcompress.recipes.students import make_student
 
     teacher = run.model(st["input"])
@@ -74,11 +75,7 @@ def distill_stage(run, st: dict) -> StageResult:
     distiller = Distiller(teacher, student, alpha=st.get("alpha", 0.5),
                           temperature=st.get("temperature", 1.0),
                           divergence=st.get("divergence", "forward_kl"))
-    schedule = keras.optimizers.schedules.CosineDecay(
-        0.0, steps, alpha=0.1, warmup_target=st.get("learning_rate", 1e-3),
-        warmup_steps=max(steps // 20, 1))
-    distiller.compile(optimizer=keras.optimizers.AdamW(schedule, weight_decay=0.01,
-                                                       clipnorm=1.0))
+    distiller.compile(optimizer=lm_optimizer(steps, st.get("learning_rate", 1e-3)))
     history = distiller.fit(run.train_data(), steps_per_epoch=steps, epochs=1,
                             verbose=2).history
     return StageResult(student, [

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfcompress._extras import require
 from tfcompress.core.validation import check_input_file
 from tfcompress.errors import TfcompressError
 from tfcompress.models.llama import LlamaConfig, assign_weights, build_llama, hf_llama_names
@@ -59,7 +60,7 @@ def hf_to_gguf_name(name: str) -> str:
 
 
 def _reader(path: str | Path):
-    import gguf
+    gguf = require("gguf", extra="llm", feature="reading a GGUF file")
 
     path = check_input_file(path, "path")
     try:
@@ -111,7 +112,7 @@ def load_gguf(path: str | Path, name: str = "llama"):
     Raises `TfcompressError` naming the tensor when one is missing or has the wrong shape,
     or naming the architecture when the file is not a Llama model.
     """
-    import gguf
+    gguf = require("gguf", extra="llm", feature="load_gguf")
 
     reader = _reader(path)
     cfg = gguf_config(reader)

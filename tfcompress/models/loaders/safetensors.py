@@ -18,6 +18,7 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from tfcompress._extras import require
 from tfcompress.core.validation import check_input_file, reading
 from tfcompress.errors import TfcompressError
 from tfcompress.models.gpt import GPTConfig, build_gpt
@@ -51,7 +52,7 @@ class TensorIndex:
     """Lazy access to the tensors of every ``*.safetensors`` file in a folder, by name."""
 
     def __init__(self, folder: str | Path, strip_prefix: str = ""):
-        from safetensors import safe_open
+        safe_open = require("safetensors", extra="llm", feature="load_safetensors").safe_open
 
         files = sorted(Path(folder).glob("*.safetensors"))
         if not files:

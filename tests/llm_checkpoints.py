@@ -1,0 +1,134 @@
+"""Tiny random Llama checkpoints in the files real ones come in: llama.cpp GGUF (with a BPE
+tokenizer) and Hugging Face safetensors folders. Used by the loader tests and by
+``python -m benchmarks.llm --quick``; needs the ``[llm]`` extra (gguf, safetensors).
+
+Example:
+    >>> path = write_tiny_gguf("tiny.gguf", text)  # a 4-block Llama and a 300-token BPE
+"""
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+CFG = dict(vocab=48, d=32, layers=2, heads=4, kv=2, ff=40, eps=1e-5, base=500.0)
+RNG = np.random.default_rng(0)
+
+
+def random_llama(c=CFG, tied=True):
+    d, hd, f, v = c["d"], c["d"] // c["heads"], c["ff"], c["vocab"]
+
+    def r(*shape, scale=0.2):
+        return (RNG.standard_normal(shape) * scale).astype(np.float32)
+
+    w = {"model.embed_tokens.weight": r(v, d, scale=1.0), "model.norm.weight": 1 + r(d)}
+    if not tied:
+        w["lm_head.weight"] = r(v, d)
+    for i in range(c["layers"]):
+        p = f"model.layers.{i}."
+        w |= {p + "input_layernorm.weight": 1 + r(d), p + "post_attention_layernorm.weight":
+              1 + r(d), p + "self_attn.q_proj.weight": r(c["heads"] * hd, d),
+              p + "self_attn.k_proj.weight": r(c["kv"] * hd, d),
+              p + "self_attn.v_proj.weight": r(c["kv"] * hd, d),
+              p + "self_attn.o_proj.weight": r(d, c["heads"] * hd),
+              p + "mlp.gate_proj.weight": r(f, d), p + "mlp.up_proj.weight": r(f, d),
+              p + "mlp.down_proj.weight": r(d, f)}
+    return w
+
+
+def llama_cpp_permute(w, n_head):
+    """llama.cpp convert_hf_to_gguf's q/k permutation (half-split -> interleaved pairs)."""
+    return (w.reshape(n_head, 2, w.shape[0] // n_head // 2, *w.shape[1:])
+            .swapaxes(1, 2).reshape(w.shape))
+
+
+GGUF_BLOCK = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
+              "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
+              "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
+              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
+
+
+def write_gguf(path, w, c=CFG, arch="llama", drop=(), tokenizer=None, embed_q8=False):
+    """A llama.cpp-style GGUF of HF weights ``w`` (q/k permuted, names converted)."""
+    import gguf
+
+    writer = gguf.GGUFWriter(str(path), arch)
+    writer.add_block_count(c["layers"])
+    writer.add_context_length(64)
+    writer.add_embedding_length(c["d"])
+    writer.add_feed_forward_length(c["ff"])
+    writer.add_head_count(c["heads"])
+    writer.add_head_count_kv(c["kv"])
+    writer.add_layer_norm_rms_eps(c["eps"])
+    writer.add_rope_freq_base(c["base"])
+    writer.add_vocab_size(c["vocab"])
+    if tokenizer is not None:
+        vocab, merges, types, pre = tokenizer
+        writer.add_tokenizer_model("gpt2")
+        writer.add_tokenizer_pre(pre)
+        writer.add_token_list(vocab)
+        writer.add_token_merges(merges)
+        writer.add_token_types(types)
+    for name, value in w.items():
+        if name == "model.embed_tokens.weight":
+            gname = "token_embd.weight"
+        elif name == "model.norm.weight":
+            gname = "output_norm.weight"
+        elif name == "lm_head.weight":
+            gname = "output.weight"
+        else:
+            i, rest = name.split(".")[2], ".".join(name.split(".")[3:-1])
+            gname = f"blk.{i}.{GGUF_BLOCK[rest]}.weight"
+        if gname in drop:
+            continue
+        if "attn_q" in gname:
+            value = llama_cpp_permute(value, c["heads"])
+        elif "attn_k" in gname:
+            value = llama_cpp_permute(value, c["kv"])
+        if embed_q8 and gname == "token_embd.weight":
+            q8 = gguf.GGMLQuantizationType.Q8_0
+            writer.add_tensor(gname, gguf.quants.quantize(value, q8),
+                              raw_dtype=q8)
+        else:
+            writer.add_tensor(gname, np.ascontiguousarray(value))
+    writer.write_header_to_file()
+    writer.write_kv_data_to_file()
+    writer.write_tensors_to_file()
+    writer.close()
+    return path
+
+
+def write_hf_folder(folder, config, tensors):
+    from safetensors import numpy as safetensors_numpy
+
+    folder.mkdir(exist_ok=True)
+    (folder / "config.json").write_text(json.dumps(config))
+    safetensors_numpy.save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()},
+                                str(folder / "model.safetensors"))
+    return folder
+
+
+def hf_llama_config(c=CFG, tied=False):
+    return {"model_type": "llama", "vocab_size": c["vocab"], "hidden_size": c["d"],
+            "num_hidden_layers": c["layers"], "num_attention_heads": c["heads"],
+            "num_key_value_heads": c["kv"], "intermediate_size": c["ff"],
+            "rms_norm_eps": c["eps"], "rope_theta": c["base"], "tie_word_embeddings": tied,
+            "hidden_act": "silu"}
+
+
+def gguf_tokenizer_fields(tokenizer) -> tuple:
+    """``(vocab, merges, token types, pre)`` of a byte-level BPE for `write_gguf`, with one
+    control token ``<|im_start|>`` appended."""
+    spec = json.loads(tokenizer.to_json())["model"]
+    vocab = sorted(spec["vocab"], key=spec["vocab"].get) + ["<|im_start|>"]
+    merges = [m if isinstance(m, str) else " ".join(m) for m in spec["merges"]]
+    return vocab, merges, [1] * (len(vocab) - 1) + [3], "gpt2"
+
+
+def write_tiny_gguf(path: str | Path, text: str, layers: int = 4, vocab_size: int = 300) -> Path:
+    """A random ``layers``-block Llama GGUF whose tokenizer is a BPE trained on ``text``."""
+    from tfcompress.data import BPETokenizer
+
+    fields = gguf_tokenizer_fields(BPETokenizer.train([text], vocab_size=vocab_size))
+    c = dict(CFG, vocab=len(fields[0]), layers=layers, d=64, ff=96)
+    return write_gguf(Path(path), random_llama(c), c, tokenizer=fields)
