@@ -79,6 +79,9 @@ def _is_command_line() -> bool:
 
 if not _is_command_line():
     import_all()
+    # bound eagerly too, so tools that read __dict__ (pdoc, IDEs) see them
+    globals().update({n: getattr(importlib.import_module(m), n) for n, m in NAMES.items()})
+    run = importlib.import_module("tfcompress.recipes").run_recipe
 
 
 def __dir__() -> list[str]:
