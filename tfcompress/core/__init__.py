@@ -1,5 +1,8 @@
-"""Shared model plumbing for every method: finding layers, copying models, capturing inputs."""
+"""Shared model plumbing for every method: finding layers and blocks, copying models,
+calibrating block by block with streamed input statistics, the shared Hessian math."""
 
+from tfcompress.core.blocks import BlockPlan, find_blocks
+from tfcompress.core.calibration import calibrate, calibration_batches
 from tfcompress.core.layers import (
     COMPRESSIBLE_TYPES,
     capture_inputs,
@@ -17,8 +20,16 @@ from tfcompress.core.layers import (
     select_layers,
     set_kernel_matrix,
 )
+from tfcompress.core.stats import InputStats, hessian, inverse_hessian_factor
 
 __all__ = [
+    "BlockPlan",
+    "InputStats",
+    "calibrate",
+    "calibration_batches",
+    "find_blocks",
+    "hessian",
+    "inverse_hessian_factor",
     "COMPRESSIBLE_TYPES",
     "capture_inputs",
     "copy_model",

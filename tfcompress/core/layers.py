@@ -150,13 +150,14 @@ def copy_model(model):
 def capture_inputs(model, layers: Sequence, data, max_rows: int | None = None) -> dict:
     """Record the first input of each of ``layers`` while ``model`` runs eagerly on ``data``.
 
-    ``data`` is an array of model inputs or an iterable of input batches (arrays, or dicts
-    for models with named inputs such as KerasHub backbones). Returns
+    ``data`` is what `calibration_batches` takes (arrays, dicts for models with named inputs
+    such as KerasHub backbones, or iterables of them). Keeps every row: methods reduce
+    inputs as they stream with `tfcompress.core.calibrate` instead. Returns
     ``{layer_path: array (rows, d_in)}``, rows in the order of `kernel_matrix`'s rows.
     """
-    batches = [data] if isinstance(data, np.ndarray) else list(data)
-    if not batches or all(np.size(b) == 0 for b in batches):
-        raise TfcompressError("calibration data is empty: give at least one batch of inputs")
+    from tfcompress.core.calibration import calibration_batches  # it imports this module
+
+    batches = calibration_batches(data, model)
     store: dict[str, list[np.ndarray]] = {layer_path(la): [] for la in layers}
     for layer in layers:
         path, original = layer_path(layer), layer.call

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from tfcompress.core.calibration import calibration_batches
 from tfcompress.core.layers import copy_model, matrix_shape, require_keras3, select_layers
 from tfcompress.errors import TfcompressError
 from tfcompress.prune.config import STRUCTURED, PruneConfig
-from tfcompress.prune.oneshot import input_batches, prune_oneshot
+from tfcompress.prune.oneshot import prune_oneshot
 from tfcompress.prune.structured import prune_structured
 from tfcompress.prune.training import PruningState, attach_state
 
@@ -51,7 +52,7 @@ def prune(model, config: PruneConfig | None = None, data=None, *, loss=None,
                 f"{config.nm[1]}; not so for {bad}: exclude them"
             )
     if config.schedule is None and config.method in ("wanda", "sparsegpt"):
-        data = input_batches(model, data)  # read once: a generator cannot be read twice
+        data = calibration_batches(data, model, arg="data")  # a generator reads once
     if config.schedule is None and config.method == "taylor" and data is None:
         raise TfcompressError(
             "data is required for method='taylor': give (inputs, targets) batches"

@@ -17,11 +17,11 @@ from __future__ import annotations
 import keras
 import numpy as np
 
+from tfcompress.core.calibration import calibration_batches
 from tfcompress.core.layers import capture_inputs, kernel_matrix, layer_path
 from tfcompress.errors import TfcompressError
 from tfcompress.prune.config import PruneConfig
 from tfcompress.prune.masks import units_to_keep
-from tfcompress.prune.oneshot import input_batches
 
 
 def mlp_pairs(model) -> list[tuple[object, object]]:
@@ -93,7 +93,7 @@ def prune_structured(model, config: PruneConfig, data=None):
     inputs = {}
     if config.method == "wanda":
         probes = [probe for probe, _ in units.values()]
-        captured = capture_inputs(model, probes, input_batches(model, data),
+        captured = capture_inputs(model, probes, calibration_batches(data, model, arg="data"),
                                   max_rows=config.max_rows)
         inputs = {owner: captured[layer_path(probe)] for owner, (probe, _) in units.items()}
     keep, consumers = {}, {}
