@@ -47,10 +47,7 @@ def calibration_batches(data, model=None, arg: str = "calibration",
     if data is None:
         raise TfcompressError(f"{arg} is required for this method: give calibration inputs "
                               "(token ids or batches)")
-    if isinstance(data, np.ndarray):
-        items = [data[i:i + batch_size] for i in range(0, len(data), batch_size)]
-    else:
-        items = [data] if isinstance(data, dict) else list(data)
+    items = [data] if isinstance(data, np.ndarray | dict) else list(data)
     batches = [b[0] if isinstance(b, tuple | list) else b for b in items]
     if not batches or all(not isinstance(b, dict) and np.size(b) == 0 for b in batches):
         raise TfcompressError(f"{arg} is empty: give at least one batch of inputs")
@@ -63,6 +60,8 @@ def calibration_batches(data, model=None, arg: str = "calibration",
                     e is not None and s != e for s, e in zip(shape, expected, strict=True)):
                 raise TfcompressError(
                     f"{arg} batches must have the model's input shape {expected}, got {shape}")
+    if isinstance(data, np.ndarray):
+        return [data[i:i + batch_size] for i in range(0, len(data), batch_size)]
     return batches
 
 
