@@ -105,7 +105,7 @@ class _Recorder:
             path, original = layer_path(layer), layer.call
 
             def hooked(*args, _path=path, _call=original, **kwargs):
-                self._record(_path, args[0])
+                self._record(_path, args[0] if args else next(iter(kwargs.values())))
                 return _call(*args, **kwargs)
 
             layer.call = hooked
@@ -273,6 +273,7 @@ def calibrate(model, layers: Sequence[tuple[str, object]], data,
             results.update(compress([(p, by_path[p]) for p in rec.order],
                                     {p: rec.stats[p] for p in rec.order}))
             if sequential and outputs is not None:
+                outputs = None  # dropped first: one block's activations at a time
                 outputs = run(None)
         return outputs
 
