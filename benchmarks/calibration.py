@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import re
 import sys
 import time
 from pathlib import Path
@@ -21,6 +22,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", default=str(HERE.parent), help="checkout whose tfcompress runs")
     parser.add_argument("--name", default="calibration", help="results file name")
+    parser.add_argument("--rows", default="", help="regex: run only the rows it matches")
     args = parser.parse_args()
     sys.path.insert(0, args.root)  # its tfcompress; results still go to this checkout's folder
     spec = importlib.util.spec_from_file_location("bench_common", HERE / "_common.py")
@@ -59,6 +61,8 @@ def main() -> None:
     dense = ppl(teacher)
     results, rows = {"dense_perplexity": dense}, []
     for name, run in runs.items():
+        if not re.search(args.rows, name):
+            continue
         start = time.perf_counter()
         model = run()
         seconds = time.perf_counter() - start
@@ -70,8 +74,9 @@ def main() -> None:
         f"{len(calib)} training windows; tfcompress from `{args.root}`.", "",
         "| run | ppl ratio to dense | seconds |", "|---|---|---|", *rows])
     root = "" if Path(args.root) == HERE.parent else f" --root {args.root}"
+    rows_arg = f" --rows '{args.rows}'" if args.rows else ""
     common.write_results(args.name, table, results,
-                  f"python benchmarks/calibration.py{root} --name {args.name}")
+                         f"python benchmarks/calibration.py{root} --name {args.name}{rows_arg}")
 
 
 if __name__ == "__main__":
