@@ -70,8 +70,9 @@ def main() -> None:
         rows.append(f"| {name} | {results[name]['ppl_ratio']:.4f} | {seconds:.1f} |")
         print(rows[-1], flush=True)
     table = "\n".join([
-        f"Demo teacher, dense perplexity {dense:.3f} on {len(data)} test windows; calibration "
-        f"{len(calib)} training windows; tfcompress from `{args.root}`.", "",
+        f"Demo teacher, dense perplexity {dense:.3f} on {ctx.settings.eval_windows} test "
+        f"windows; calibration {len(calib)} training windows; tfcompress from `{args.root}`.",
+        "",
         "| run | ppl ratio to dense | seconds |", "|---|---|---|", *rows])
     root = "" if Path(args.root) == HERE.parent else f" --root {args.root}"
     rows_arg = f" --rows '{args.rows}'" if args.rows else ""
