@@ -124,10 +124,13 @@ class _Recorder:
         self._seen = []
 
 
-def _call(model, batch):
+def _model_input(model, batch):
     # auxiliary inputs (a KerasHub padding_mask) are filled in for plain token ids
-    return model(model_inputs(model, batch if isinstance(batch, dict) else np.asarray(batch)),
-                 training=False)
+    return model_inputs(model, batch if isinstance(batch, dict) else np.asarray(batch))
+
+
+def _call(model, batch):
+    return model(_model_input(model, batch), training=False)
 
 
 def _run_block(sub, inputs: list[list], rec) -> list[list]:
@@ -146,7 +149,7 @@ def _host_inputs(model, host, batches) -> list:
     """What ``host`` receives for each batch when ``model`` runs (the batch itself when the
     host is the model's own graph); the rest of the forward pass is skipped."""
     if host is graph_of(model):
-        return list(batches)
+        return [_model_input(model, b) for b in batches]
     seen = []
 
     def hooked(inputs, *args, **kwargs):
