@@ -62,7 +62,7 @@ def test_capture_matches_layer_inputs(gpt):
                                atol=1e-5)
     assert captured["block1_attn/attention_output"].shape == (64, 32)
     assert layer.call.__func__ is type(layer).call  # the patch is removed
-    with pytest.raises(TfcompressError, match="calibration data is empty"):
+    with pytest.raises(TfcompressError, match="calibration is empty"):
         capture_inputs(gpt, [layer], [])
 
 

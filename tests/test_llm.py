@@ -192,7 +192,7 @@ def test_missing_tensor_shape_mismatch_and_architecture_errors(tmp_path):
         load_safetensors(write_hf_folder(tmp_path / "d", config, w))
     with pytest.raises(TfcompressError, match="no config.json"):
         load_safetensors(tmp_path)
-    with pytest.raises(TfcompressError, match="does not exist"):
+    with pytest.raises(TfcompressError, match="nothing.gguf. does not exist"):
         load_gguf(tmp_path / "nothing.gguf")
 
 

@@ -3,6 +3,7 @@
 import numpy as np
 import pytest
 
+from tfcompress.core.stats import hessian
 from tfcompress.errors import TfcompressError
 from tfcompress.prune.config import PruneConfig
 from tfcompress.prune.masks import (
@@ -13,7 +14,7 @@ from tfcompress.prune.masks import (
     units_to_keep,
     unstructured_mask,
 )
-from tfcompress.prune.scores import hessian, taylor_scores, wanda_scores
+from tfcompress.prune.scores import taylor_scores, wanda_scores
 from tfcompress.prune.sparsegpt import sparsegpt_prune
 
 RNG = np.random.default_rng(0)

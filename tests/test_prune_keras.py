@@ -76,16 +76,17 @@ def test_calibration_generator_is_read_once(gpt, ids):
 
 
 def test_one_shot_layers_see_pruned_inputs(gpt, ids):
-    """Wanda on the second MLP layer must use inputs from the already pruned first layer."""
+    """Wanda on block 1 must use inputs from the already pruned block 0."""
     from tfcompress.core.layers import capture_inputs
     from tfcompress.prune.masks import unstructured_mask
     from tfcompress.prune.scores import wanda_scores
 
-    cfg = PruneConfig(method="wanda", include=["block0_mlp_in", "block0_mlp_out"])
+    cfg = PruneConfig(method="wanda", include=["block0_mlp_in", "block0_mlp_out",
+                                               "block1_mlp_in"])
     pruned = prune(gpt, cfg, calibration=ids)
-    layer = pruned.get_layer("block0_mlp_out")
-    x = capture_inputs(pruned, [layer], ids)["block0_mlp_out"]
-    dense_w = kernel_matrix(gpt.get_layer("block0_mlp_out"))
+    layer = pruned.get_layer("block1_mlp_in")
+    x = capture_inputs(pruned, [layer], ids)["block1_mlp_in"]
+    dense_w = kernel_matrix(gpt.get_layer("block1_mlp_in"))
     expected = unstructured_mask(wanda_scores(dense_w, x), 0.5, per_output=True)
     np.testing.assert_array_equal(kernel_matrix(layer) != 0, expected == 1)
 

@@ -140,7 +140,7 @@ def test_gptq_rejects_bad_input(w):
         gptq(w, np.eye(64), q, damping=2.0)
     with pytest.raises(TfcompressError, match=r"h must be \(64, 64\)"):
         gptq(w, np.eye(3), q)
-    with pytest.raises(TfcompressError, match="non-empty"):
+    with pytest.raises(TfcompressError, match="at least one calibration row"):
         hessian(np.zeros((0, 4)))
 
 

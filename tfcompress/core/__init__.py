@@ -1,6 +1,9 @@
-"""Shared model plumbing for every method and any Keras 3 model: finding layers, copying
-models, model signatures, capturing inputs; `tfcompress.core.saving` for changed layers."""
+"""Shared model plumbing for every method and any Keras 3 model: finding layers and blocks,
+copying models, model signatures, calibrating block by block with streamed input statistics,
+the shared Hessian math; `tfcompress.core.saving` for changed layers."""
 
+from tfcompress.core.blocks import BlockPlan, find_blocks
+from tfcompress.core.calibration import calibrate, calibration_batches
 from tfcompress.core.layers import (
     COMPRESSIBLE_TYPES,
     capture_inputs,
@@ -23,8 +26,16 @@ from tfcompress.core.layers import (
     to_matrix,
     transfer_state,
 )
+from tfcompress.core.stats import InputStats, hessian, inverse_hessian_factor
 
 __all__ = [
+    "BlockPlan",
+    "InputStats",
+    "calibrate",
+    "calibration_batches",
+    "find_blocks",
+    "hessian",
+    "inverse_hessian_factor",
     "COMPRESSIBLE_TYPES",
     "to_matrix",
     "kernel_axes",

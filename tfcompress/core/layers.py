@@ -214,13 +214,14 @@ def transfer_state(source, target) -> None:
 def capture_inputs(model, layers: Sequence, data, max_rows: int | None = None) -> dict:
     """Record the first input of each of ``layers`` while ``model`` runs eagerly on ``data``.
 
-    ``data`` is an array of model inputs or an iterable of input batches (arrays, or dicts
-    for models with named inputs such as KerasHub backbones). Returns
+    ``data`` is what `calibration_batches` takes (arrays, dicts for models with named inputs
+    such as KerasHub backbones, or iterables of them). Keeps every row: methods reduce
+    inputs as they stream with `tfcompress.core.calibrate` instead. Returns
     ``{path: array (rows, d_in)}``, rows in the order of `kernel_matrix`'s rows.
     """
-    batches = [data] if isinstance(data, np.ndarray) else list(data)
-    if not batches or all(np.size(b) == 0 for b in batches):
-        raise TfcompressError("calibration data is empty: give at least one batch of inputs")
+    from tfcompress.core.calibration import calibration_batches  # it imports this module
+
+    batches = calibration_batches(data, model)
     paths = layer_paths(model)
     store: dict[str, list[np.ndarray]] = {paths[id(la)]: [] for la in layers}
     for layer in layers:

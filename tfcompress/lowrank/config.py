@@ -22,6 +22,8 @@ class FactorizeConfig:
     per layer, in (0, 1]) or ``target_ratio`` (factor weights / dense weights over all chosen
     layers, in (0, 1)). ``allocation="sensitivity"`` spreads a ``target_ratio`` budget over
     layers by measured sensitivity instead of the same ratio everywhere.
+    ``blocks`` names the repeated blocks the calibration walks (None: found; a regex or
+    layer names, see `tfcompress.core.find_blocks`).
 
     ``method`` applies to Dense/EinsumDense kernels: ``"svd"`` (plain), ``"asvd"`` (scaled by
     activation magnitude), ``"svd-llm"`` (whitened by the input covariance) or ``"cp"`` (CP
@@ -44,6 +46,7 @@ class FactorizeConfig:
     damping: float = 1e-3
     alpha: float = 0.5
     max_rows: int = 8192
+    blocks: str | tuple[str, ...] | None = None
 
     def __post_init__(self):
         chosen = [k for k in ("rank", "energy", "target_ratio") if getattr(self, k) is not None]
@@ -73,7 +76,7 @@ class FactorizeConfig:
             raise TfcompressError(
                 f"damping, alpha and max_rows must be positive, got {self.damping}, "
                 f"{self.alpha}, {self.max_rows}")
-        for key in ("types", "include", "exclude"):
+        for key in ("types", "include", "exclude", "blocks"):
             value = getattr(self, key)
             if isinstance(value, list):
                 object.__setattr__(self, key, tuple(value))

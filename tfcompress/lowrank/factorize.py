@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import keras
 import numpy as np
 
+from tfcompress.core.calibration import calibrate, calibration_batches
 from tfcompress.core.layers import (
-    capture_inputs,
     copy_model,
     input_axes,
     kernel_matrix,
@@ -155,17 +155,23 @@ def plan_factorization(model, targets, config: FactorizeConfig, calibration=None
     """Decide and compute the factors of every layer in ``targets`` (nothing is replaced)."""
     routes = {path: _route(layer, config) for path, layer in targets}
     svd_layers = [(p, la) for p, la in targets if routes[p][0] == "svd"]
-    inputs = {}
-    if config.method in ("asvd", "svd-llm") and svd_layers:
-        inputs = capture_inputs(model, [la for _, la in svd_layers], calibration,
-                                max_rows=config.max_rows)
     method = config.method if config.method != "cp" else "svd"
-    spectra = {}
+
+    def spectrum(group, stats):
+        out = {}
+        for path, layer in group:
+            transform = input_transform(method, stats.get(path), config.damping, config.alpha)
+            out[path] = (transform, transformed_spectrum(kernel_matrix(layer), transform))
+        return out
+
+    if method in ("asvd", "svd-llm") and svd_layers:
+        spectra = calibrate(model, svd_layers, calibration, spectrum,
+                            needs=("abs",) if method == "asvd" else ("xtx",),
+                            blocks=config.blocks, sequential=False, max_rows=config.max_rows,
+                            verbose=int(verbose))
+    else:
+        spectra = spectrum(svd_layers, {})
     bar = keras.utils.Progbar(len(targets), verbose=1 if verbose else 0, unit_name="layer")
-    for path, layer in svd_layers:
-        transform = input_transform(method, inputs.get(path), config.damping, config.alpha)
-        spectra[path] = (transform, transformed_spectrum(kernel_matrix(layer), transform))
-        bar.add(1)
     ranks = {}
     if config.allocation == "sensitivity" and svd_layers:
         ranks = _sensitivity_ranks(model, svd_layers, spectra, config, calibration, verbose)
@@ -246,8 +252,7 @@ def _rel_error(exact: np.ndarray, approx: np.ndarray) -> float:
     return float(np.sum((exact - approx) ** 2) / max(np.sum(exact**2), np.finfo(float).tiny))
 
 
-def _outputs(model, calibration) -> np.ndarray:
-    batches = [calibration] if isinstance(calibration, np.ndarray) else list(calibration)
+def _outputs(model, batches) -> np.ndarray:
     outs = [model(b if isinstance(b, dict) else np.asarray(b), training=False) for b in batches]
     return np.concatenate([np.ravel(np.asarray(t)) for o in outs for t in keras.tree.flatten(o)])
 
@@ -256,6 +261,7 @@ def _sensitivity_ranks(model, layers, spectra, config, calibration,
                        verbose: bool = True) -> dict[str, int]:
     """Ranks for a ``target_ratio`` budget, weighted by how much each layer's truncation
     (at the uniform rank, alone) changes the model's outputs on the calibration data."""
+    calibration = calibration_batches(calibration, model)
     reference = _outputs(model, calibration)
     norm = float(np.sum(reference**2)) or 1.0
     weights, dims = [], []

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tfcompress.core.stats import InputStats, as_stats
 from tfcompress.errors import TfcompressError
 
 MATRIX_METHODS = ("svd", "asvd", "svd-llm")
@@ -45,14 +46,14 @@ def check_rank(rank: int, d_in: int, d_out: int, arg: str = "rank") -> int:
     return int(rank)
 
 
-def whitening_factor(inputs: np.ndarray, damping: float = 1e-3) -> np.ndarray:
-    """Lower Cholesky factor ``L`` of ``X^T X / n + damping * mean(diag) * I``.
+def whitening_factor(inputs, damping: float = 1e-3) -> np.ndarray:
+    """Lower Cholesky factor ``L`` of ``X^T X / n + damping * mean(diag) * I``; ``inputs``
+    is ``(rows, d_in)`` or their `InputStats`.
 
     The damping keeps the covariance positive definite when some input channels are
     (nearly) constant; it is raised tenfold until the factorization succeeds.
     """
-    x = np.asarray(inputs, dtype=np.float64)
-    cov = x.T @ x / max(len(x), 1)
+    cov = as_stats(inputs, needs=("xtx",)).covariance()
     scale = float(np.mean(np.diag(cov))) or 1.0
     eye = np.eye(len(cov))
     for attempt in range(8):
@@ -63,20 +64,23 @@ def whitening_factor(inputs: np.ndarray, damping: float = 1e-3) -> np.ndarray:
     raise TfcompressError("the calibration input covariance could not be factorized")
 
 
-def activation_scales(inputs: np.ndarray, alpha: float = 0.5, eps: float = 1e-6) -> np.ndarray:
-    """ASVD channel scales ``mean|x_j| ** alpha`` (floored at ``eps`` so they invert)."""
-    mags = np.mean(np.abs(np.asarray(inputs, dtype=np.float64)), axis=0)
+def activation_scales(inputs, alpha: float = 0.5, eps: float = 1e-6) -> np.ndarray:
+    """ASVD channel scales ``mean|x_j| ** alpha`` (floored at ``eps`` so they invert);
+    ``inputs`` is ``(rows, d_in)`` or their `InputStats`."""
+    mags = as_stats(inputs, needs=("abs",)).mean_abs()
     return np.maximum(mags, eps) ** alpha
 
 
-def input_transform(method: str, inputs: np.ndarray | None = None, damping: float = 1e-3,
+def input_transform(method: str, inputs=None, damping: float = 1e-3,
                     alpha: float = 0.5) -> InputTransform:
-    """The input-side transform of ``method`` (one of `MATRIX_METHODS`) from calibration rows."""
+    """The input-side transform of ``method`` (one of `MATRIX_METHODS`) from calibration rows
+    (or their `InputStats`)."""
     if method not in MATRIX_METHODS:
         raise TfcompressError(f"method must be one of {MATRIX_METHODS}, got {method!r}")
     if method == "svd":
         return InputTransform()
-    if inputs is None or len(inputs) == 0:
+    if inputs is None or (getattr(inputs, "n", None) if isinstance(inputs, InputStats)
+                          else len(inputs)) == 0:
         raise TfcompressError(f"method {method!r} needs calibration inputs; pass calibration=")
     if method == "asvd":
         s = activation_scales(inputs, alpha)

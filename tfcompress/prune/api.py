@@ -12,12 +12,13 @@ from dataclasses import replace
 
 import numpy as np
 
+from tfcompress.core.calibration import calibration_batches
 from tfcompress.core.deprecation import renamed_argument
 from tfcompress.core.layers import copy_model, matrix_shape, select_layers
 from tfcompress.core.validation import check_calibration, check_model
 from tfcompress.errors import TfcompressError
 from tfcompress.prune.config import STRUCTURED, PruneConfig
-from tfcompress.prune.oneshot import input_batches, prune_oneshot
+from tfcompress.prune.oneshot import prune_oneshot
 from tfcompress.prune.structured import prune_structured
 from tfcompress.prune.training import (
     PruningState,
@@ -54,7 +55,7 @@ def prune(model, config: PruneConfig | None = None, calibration=None, *, loss=No
     config = replace(config or PruneConfig(), **overrides)
     if config.schedule is None and config.method in ("wanda", "sparsegpt"):
         # read once (a generator cannot be read twice), checked before any work
-        calibration = input_batches(model, check_calibration(model, calibration, "calibration"))
+        calibration = calibration_batches(calibration, model)
     if config.schedule is None and config.method == "taylor" and calibration is not None:
         calibration = (calibration if isinstance(calibration, tuple | np.ndarray)
                        else list(calibration))

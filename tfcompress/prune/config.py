@@ -55,6 +55,9 @@ class PruneConfig:
       `tfcompress.core.layers.select_layers` (default types depend on the method).
     - ``block_size`` / ``damping``: SparseGPT's column block and Hessian damping (fraction of
       the mean diagonal); ``max_rows`` caps calibration rows per layer.
+    - ``blocks`` / ``resume_dir``: how Wanda / SparseGPT walk the model block by block (None:
+      found; a regex or layer names, see `tfcompress.core.find_blocks`) and a folder to save
+      progress in and resume from.
     """
 
     method: str = "magnitude"
@@ -68,6 +71,8 @@ class PruneConfig:
     block_size: int = 128
     damping: float = 0.01
     max_rows: int | None = 8192
+    blocks: str | tuple[str, ...] | None = None
+    resume_dir: str | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -108,8 +113,11 @@ class PruneConfig:
                     )
         if isinstance(self.include, list):
             object.__setattr__(self, "include", tuple(self.include))
-        if isinstance(self.exclude, list):
-            object.__setattr__(self, "exclude", tuple(self.exclude))
+        if self.resume_dir is not None:
+            object.__setattr__(self, "resume_dir", str(self.resume_dir))
+        for key in ("exclude", "blocks"):
+            if isinstance(getattr(self, key), list):
+                object.__setattr__(self, key, tuple(getattr(self, key)))
         if self.block_size < 1:
             raise TfcompressError(f"block_size must be a positive integer, got {self.block_size}")
         if self.damping <= 0:
@@ -141,7 +149,7 @@ class PruneConfig:
 
     def get_config(self) -> dict:
         out = asdict(self)
-        for key in ("types", "include", "exclude"):
+        for key in ("types", "include", "exclude", "blocks"):
             if isinstance(out[key], tuple):
                 out[key] = list(out[key])
         return out

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from tfcompress.core.stats import as_stats
 from tfcompress.errors import TfcompressError
 
 
@@ -41,30 +42,13 @@ def taylor_scores(weights: np.ndarray, grads) -> np.ndarray:
     return total
 
 
-def _rows(inputs: np.ndarray, d_in: int) -> np.ndarray:
-    x = np.asarray(inputs, dtype=np.float32)
-    if x.ndim != 2 or x.shape[1] != d_in:
-        raise TfcompressError(
-            f"calibration inputs must be (rows, {d_in}) for this layer, got shape {x.shape}"
-        )
-    return x
+def input_norms(inputs, d_in: int) -> np.ndarray:
+    """``||X_j||_2`` of each input feature: ``inputs`` is ``(rows, d_in)`` or `InputStats`."""
+    return as_stats(inputs, d_in, needs=("sq",)).norms()
 
 
-def input_norms(inputs: np.ndarray, d_in: int) -> np.ndarray:
-    """``||X_j||_2`` of each input feature over all calibration rows, checking the width."""
-    x = _rows(inputs, d_in)
-    return np.sqrt(np.einsum("ij,ij->j", x, x, dtype=np.float64))
-
-
-def wanda_scores(weights: np.ndarray, inputs: np.ndarray) -> np.ndarray:
-    """Wanda importance ``|W_jk| * ||X_j||_2`` (Sun et al., 2023); ``inputs`` is (rows, d_in)."""
+def wanda_scores(weights: np.ndarray, inputs) -> np.ndarray:
+    """Wanda importance ``|W_jk| * ||X_j||_2`` (Sun et al., 2023); ``inputs`` is (rows, d_in)
+    or the layer's streamed `InputStats`."""
     w = np.asarray(weights, dtype=np.float64)
     return np.abs(w) * input_norms(inputs, w.shape[0])[:, None]
-
-
-def hessian(inputs: np.ndarray, d_in: int) -> np.ndarray:
-    """The layer-wise Hessian ``2 X^T X / rows`` of the reconstruction loss ``||XW - XW'||^2``."""
-    x = _rows(inputs, d_in)
-    return (2.0 / max(len(x), 1)) * (x.T @ x).astype(np.float64)
-
-

@@ -5,10 +5,10 @@ pruned weight's error is spread onto the not-yet-processed weights through the i
 Hessian's Cholesky factor, so the layer output ``X @ W`` changes as little as possible.
 
 Example:
-    >>> from tfcompress.prune.scores import hessian
+    >>> from tfcompress.core.stats import hessian
     >>> x = np.random.default_rng(0).normal(size=(256, 16))
     >>> w = np.random.default_rng(1).normal(size=(16, 8))
-    >>> new_w, mask = sparsegpt_prune(w, hessian(x, 16), sparsity=0.5)
+    >>> new_w, mask = sparsegpt_prune(w, hessian(x), sparsity=0.5)
     >>> float((new_w == 0).mean())
     0.5
 """
@@ -17,30 +17,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from tfcompress.core.stats import inverse_hessian_factor
 from tfcompress.errors import TfcompressError
 from tfcompress.prune.masks import check_sparsity
-
-
-def inverse_hessian_factor(h: np.ndarray, damping: float) -> tuple[np.ndarray, np.ndarray]:
-    """Upper Cholesky factor of ``(H + damping * mean(diag H) * I)^-1`` and the dead inputs.
-
-    Inputs that are always zero (``H_jj == 0``) get ``H_jj = 1`` so the factorization exists;
-    their weights are pruned for free by the caller.
-    """
-    h = np.array(h, dtype=np.float64)
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    h[np.diag_indices_from(h)] += damping * np.mean(np.diag(h))
-    try:
-        # upper factor U of H^-1 = U^T U in one Cholesky: with P the order reversal,
-        # U = P chol(P H P)^-1 P
-        rev = np.linalg.cholesky(h[::-1, ::-1])
-    except np.linalg.LinAlgError as err:
-        raise TfcompressError(
-            f"the layer Hessian is not positive definite with damping={damping}: "
-            "increase damping (e.g. 0.1) or give more calibration data"
-        ) from err
-    return np.ascontiguousarray(np.linalg.inv(rev)[::-1, ::-1]), dead
 
 
 def sparsegpt_prune(
@@ -50,13 +29,15 @@ def sparsegpt_prune(
     nm: tuple[int, int] | None = None,
     block_size: int = 128,
     damping: float = 0.01,
+    layer: str = "",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Prune a ``(d_in, d_out)`` matrix with Hessian ``h`` (d_in, d_in) of its inputs.
 
     Unstructured: each block of ``block_size`` inputs loses ``sparsity`` of its weights,
     chosen by the OBS saliency ``w^2 / [H^-1]_jj^2`` on the already-updated weights. With
     ``nm=(n, m)`` every ``m`` consecutive inputs keep ``n`` weights per output
-    (``sparsity`` is then ignored). Returns ``(new_weights, keep_mask)``.
+    (``sparsity`` is then ignored). Returns ``(new_weights, keep_mask)``; ``layer`` names
+    the layer in errors.
     """
     check_sparsity(sparsity)
     w = np.array(weights, dtype=np.float64).T  # (d_out, d_in): the paper's orientation
@@ -74,7 +55,7 @@ def sparsegpt_prune(
                 f"nm={nm} needs 0 < N < M, d_in ({d_in}) and block_size ({block_size}) "
                 "divisible by M"
             )
-    hinv, dead = inverse_hessian_factor(h, damping)
+    hinv, dead = inverse_hessian_factor(h, damping, layer)
     w[:, dead] = 0.0
     keep = np.ones_like(w)
     for i1 in range(0, d_in, block_size):

@@ -17,11 +17,11 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from tfcompress.core.layers import capture_inputs, kernel_matrix, layer_paths
+from tfcompress.core.calibration import calibrate
+from tfcompress.core.layers import kernel_matrix, layer_paths
 from tfcompress.errors import TfcompressError
 from tfcompress.prune.config import PruneConfig
 from tfcompress.prune.masks import units_to_keep
-from tfcompress.prune.oneshot import input_batches
 
 
 def mlp_pairs(model) -> list[tuple[object, object]]:
@@ -43,21 +43,21 @@ def attention_layers(model) -> list:
     return [la for la in model.layers if type(la).__name__ == "MultiHeadAttention"]
 
 
-def neuron_importance(producer, consumer, method: str, inputs: np.ndarray | None) -> np.ndarray:
+def neuron_importance(producer, consumer, method: str, norms: np.ndarray | None) -> np.ndarray:
     """Per hidden unit: ``||W_in[:, j]|| * ||W_out[j, :]||`` (magnitude) or
-    ``sum_k |W_out[j, k]| * ||X_j||`` over the consumer's inputs (wanda)."""
+    ``sum_k |W_out[j, k]| * ||X_j||`` with ``norms`` the consumer's input norms (wanda)."""
     w_out = kernel_matrix(consumer)
     if method == "wanda":
-        return np.abs(w_out).sum(axis=1) * np.linalg.norm(inputs, axis=0)
+        return np.abs(w_out).sum(axis=1) * norms
     return np.linalg.norm(kernel_matrix(producer), axis=0) * np.linalg.norm(w_out, axis=1)
 
 
-def head_importance(attention, method: str, inputs: np.ndarray | None) -> np.ndarray:
+def head_importance(attention, method: str, norms: np.ndarray | None) -> np.ndarray:
     """Per head, from the output projection's rows of that head (grouped ``heads*head_dim``)."""
     w_out = kernel_matrix(attention._output_dense)
     heads = attention.num_heads
     if method == "wanda":
-        rows = np.abs(w_out).sum(axis=1) * np.linalg.norm(inputs, axis=0)
+        rows = np.abs(w_out).sum(axis=1) * norms
     else:
         rows = np.linalg.norm(w_out, axis=1) ** 2
     return rows.reshape(heads, -1).sum(axis=1)
@@ -92,11 +92,12 @@ def prune_structured(model, config: PruneConfig, data=None):
         )
     inputs = {}
     if config.method == "wanda":
-        probes = [probe for probe, _ in units.values()]
-        captured = capture_inputs(model, probes, input_batches(model, data),
-                                  max_rows=config.max_rows)
         path_of = layer_paths(model)
-        inputs = {owner: captured[path_of[id(probe)]] for owner, (probe, _) in units.items()}
+        probes = [(path_of[id(probe)], probe) for probe, _ in units.values()]
+        norms = calibrate(model, probes, data,
+                          lambda group, stats: {p: stats[p].norms() for p, _ in group},
+                          needs=("sq",), sequential=False, max_rows=config.max_rows, verbose=0)
+        inputs = {owner: norms[path_of[id(probe)]] for owner, (probe, _) in units.items()}
     keep, consumers = {}, {}
     for owner, (_, consumer) in units.items():
         if config.pattern == "neurons":

@@ -9,8 +9,9 @@ Example:
 """
 
 from tfcompress.core.modules import make_callable
+from tfcompress.core.stats import hessian
 from tfcompress.quantize.api import METHODS, QuantizeConfig, quantize
-from tfcompress.quantize.gptq import gptq, hessian, output_error
+from tfcompress.quantize.gptq import gptq, output_error
 from tfcompress.quantize.mixed import allocate_bits, sensitivity
 from tfcompress.quantize.packing import pack_int4, unpack_int4_np
 from tfcompress.quantize.qat import fake_quantize, qat, strip_qat

@@ -15,10 +15,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
 
-import numpy as np
-
+from tfcompress.core.calibration import calibrate, calibration_batches, run_key
 from tfcompress.core.layers import (
-    capture_inputs,
     copy_model,
     drop_training_state,
     kernel_matrix,
@@ -26,9 +24,10 @@ from tfcompress.core.layers import (
     select_layers,
     set_kernel_matrix,
 )
-from tfcompress.core.validation import check_calibration, check_model
+from tfcompress.core.stats import hessian
+from tfcompress.core.validation import check_model
 from tfcompress.errors import TfcompressError
-from tfcompress.quantize.gptq import gptq, hessian
+from tfcompress.quantize.gptq import gptq
 from tfcompress.quantize.quantizers import Quantizer, validate
 from tfcompress.quantize.storage import attach, mark_quantized
 
@@ -44,8 +43,11 @@ class QuantizeConfig:
     e.g. from `allocate_bits`). ``include``/``exclude`` select layers as in
     `tfcompress.core.select_layers` (regex or list of paths/names). GPTQ options:
     ``damping`` (fraction of the mean Hessian diagonal), ``act_order``, ``sequential``
-    (capture each layer's inputs from the partly quantized model, so later layers
-    compensate earlier errors) and ``max_rows`` (calibration rows per layer). ``ragged``
+    (each block's inputs come from the model quantized so far, so later blocks compensate
+    earlier errors; False: all from the float model), ``max_rows`` (calibration rows per
+    layer), ``blocks`` (the repeated blocks: None finds them, or a regex / layer names, see
+    `tfcompress.core.find_blocks`) and ``resume_dir`` (a folder to save progress in and
+    resume from). ``ragged``
     lets a ``group_size`` that does not divide a layer's input axis end it with a shorter
     group (otherwise that raises).
     """
@@ -64,6 +66,8 @@ class QuantizeConfig:
     sequential: bool = True
     max_rows: int | None = 8192
     ragged: bool = False
+    blocks: str | tuple[str, ...] | None = None
+    resume_dir: str | None = None
 
     def __post_init__(self):
         if self.method not in METHODS:
@@ -86,16 +90,19 @@ class QuantizeConfig:
     def get_config(self) -> dict:
         config = asdict(self)
         config["types"] = list(self.types)
+        if isinstance(self.blocks, tuple):
+            config["blocks"] = list(self.blocks)
         return config
 
     @classmethod
     def from_config(cls, config: dict) -> QuantizeConfig:
         config = dict(config)
         config["types"] = tuple(config.get("types", TYPES))
-        if isinstance(config.get("include"), list):
-            config["include"] = tuple(config["include"])
-        if isinstance(config.get("exclude"), list):
-            config["exclude"] = tuple(config["exclude"])
+        for key in ("include", "exclude", "blocks"):
+            if isinstance(config.get(key), list):
+                config[key] = tuple(config[key])
+        if config.get("resume_dir") is not None:
+            config["resume_dir"] = str(config["resume_dir"])
         return cls(**config)
 
 
@@ -129,7 +136,7 @@ def quantize(model, config: QuantizeConfig | None = None, calibration=None,
                 "exclude them (e.g. types=('Dense',)) or use method='gptq'"
             )
     if config.method in ("gptq", "keras_gptq"):
-        batches = _calibration_batches(model, calibration)
+        batches = calibration_batches(calibration, model)  # checked before any work
     if not config.method.startswith("keras_"):
         for path, layer in layers:  # group sizes are checked before any work
             config.quantizer(path).group_rows(matrix_shape(layer)[0])
@@ -141,44 +148,28 @@ def quantize(model, config: QuantizeConfig | None = None, calibration=None,
         return keras_quantize(target, config, paths,
                               batches if config.method == "keras_gptq" else None)
     by_path = dict(select_layers(target, types=config.types, include=paths))
-    progress = _progbar(len(paths), verbose)
     results = {}
-    if config.method == "gptq" and not config.sequential:
-        inputs = capture_inputs(target, [by_path[p] for p in paths if _gptq_able(by_path[p])],
-                                batches, max_rows=config.max_rows)
-    for i, path in enumerate(paths):
-        layer, quantizer = by_path[path], config.quantizer(path)
-        w = kernel_matrix(layer)
-        if config.method == "gptq" and _gptq_able(layer):
-            x = (capture_inputs(target, [layer], batches, max_rows=config.max_rows)[path]
-                 if config.sequential else inputs[path])
-            qt = gptq(w, hessian(x), quantizer, config.damping, config.act_order)
-        else:
-            qt = quantizer.quantize(w)
-        results[path] = qt
-        if config.method == "gptq" and config.sequential:
-            set_kernel_matrix(layer, qt.dequantize())  # later layers see this layer's error
-        if progress:
-            progress.update(i + 1)
-    layout = {path: attach(by_path[path], qt) for path, qt in results.items()}
+    if config.method == "gptq":
+        def compress(group, stats):
+            out = {}
+            for path, layer in group:
+                qt = gptq(kernel_matrix(layer), hessian(stats[path]), config.quantizer(path),
+                          config.damping, config.act_order, layer=path)
+                set_kernel_matrix(layer, qt.dequantize())  # later blocks see this error
+                out[path] = qt
+            return out
+
+        able = [(p, by_path[p]) for p in paths if _gptq_able(by_path[p])]
+        results = calibrate(target, able, batches, compress, blocks=config.blocks,
+                            sequential=config.sequential, max_rows=config.max_rows,
+                            folder=config.resume_dir, key=run_key(config), verbose=verbose)
+    for path in paths:  # the rest (embeddings; every layer for rtn) round to nearest
+        if path not in results:
+            results[path] = config.quantizer(path).quantize(kernel_matrix(by_path[path]))
+    layout = {path: attach(by_path[path], results[path]) for path in paths}
     return mark_quantized(target, layout)
 
 
 def _gptq_able(layer) -> bool:
     # an embedding's "input" is a token id: output error is row error, so RTN is optimal
     return not any(c.__name__ == "Embedding" for c in type(layer).__mro__)
-
-
-def _calibration_batches(model, calibration) -> list:
-    batches = check_calibration(model, calibration, "calibration")
-    if isinstance(calibration, np.ndarray):
-        return [calibration[i : i + 8] for i in range(0, len(calibration), 8)]
-    return batches
-
-
-def _progbar(n: int, verbose: int):
-    if not verbose:
-        return None
-    import keras
-
-    return keras.utils.Progbar(n, unit_name="layer")

@@ -7,17 +7,16 @@ Keras's own formula (abs-max symmetric per output channel, or per block for int4
 reloads (after ``import tfcompress``) with the same outputs. Keras's GPTQ refuses them (its
 file would not reload): exclude them, or use ``method="gptq"``.
 
-Keras's GPTQ walks "sequential blocks"; for `build_gpt` models we hand it one sub-model per
-transformer block (plus the head), so it sees the same calibration windows and the same layer
-order as our GPTQ.
+Keras's GPTQ walks "sequential blocks": we hand it one sub-model per block that
+`tfcompress.core.find_blocks` finds (plus the head), so it sees the same calibration windows
+and the same blocks as our GPTQ.
 """
 
 from __future__ import annotations
 
-import re
-
 import numpy as np
 
+from tfcompress.core.blocks import cut_graph, find_blocks, graph_of
 from tfcompress.core.layers import iter_layers, kernel_matrix, layer_paths
 from tfcompress.errors import TfcompressError
 from tfcompress.quantize.quantizers import Quantizer
@@ -105,18 +104,20 @@ class _NoTokenizer:
 def block_structure(model) -> dict:
     """``pre_block_layers`` / ``sequential_blocks`` for Keras's GPTQ.
 
-    For `build_gpt` models: the embeddings, one sub-model per block and one for the head;
-    otherwise the whole model as one block (Hessians from the float model).
+    The blocks `tfcompress.core.find_blocks` finds, when each reads and writes one tensor:
+    the layers before them, one sub-model per block and one for the head; otherwise the
+    whole model as one block (Hessians from the float model).
     """
     import keras
 
-    names = [layer.name for layer in model.layers]
-    blocks = sorted({int(m.group(1)) for n in names if (m := re.match(r"block(\d+)_ln1$", n))})
-    if not blocks or "final_norm" not in names:
-        return {"pre_block_layers": [], "sequential_blocks": [model]}
-    starts = [model.get_layer(f"block{i}_ln1").input for i in blocks]
-    ends = [model.get_layer(f"block{i}_add2").output for i in blocks]
-    pre = keras.Model(model.inputs, starts[0])
-    subs = [keras.Model(s, e) for s, e in zip(starts, ends, strict=True)]
-    subs.append(keras.Model(ends[-1], model.outputs))
+    plan = find_blocks(model)
+    whole = {"pre_block_layers": [], "sequential_blocks": [model]}
+    if plan.host is None or plan.host is not graph_of(model) or not plan.groups:
+        return whole
+    graph = cut_graph(plan)
+    if len(graph.side) != 1 or any(len(t) != 1 for t in graph.inputs + graph.outputs):
+        return whole
+    pre = keras.Model(model.inputs, graph.side[0])
+    subs = [keras.Model(i[0], o[0]) for i, o in zip(graph.inputs, graph.outputs, strict=True)]
+    subs.append(keras.Model(graph.outputs[-1][0], model.outputs))
     return {"pre_block_layers": [pre], "sequential_blocks": subs}

@@ -13,8 +13,9 @@ from dataclasses import replace
 
 import numpy as np
 
-from tfcompress.core.layers import capture_inputs, kernel_matrix, select_layers
-from tfcompress.core.validation import check_calibration, check_model
+from tfcompress.core.calibration import calibrate, calibration_batches
+from tfcompress.core.layers import kernel_matrix, select_layers
+from tfcompress.core.validation import check_model
 from tfcompress.errors import TfcompressError
 from tfcompress.quantize.api import QuantizeConfig, _gptq_able
 from tfcompress.quantize.gptq import output_error
@@ -23,29 +24,35 @@ from tfcompress.quantize.gptq import output_error
 def sensitivity(model, calibration, config: QuantizeConfig | None = None,
                 bits: tuple[int, ...] = (2, 3, 4, 8)) -> dict[str, dict[int, float]]:
     """``{path: {bits: error}}``: each layer's mean squared output change when only it is
-    round-to-nearest quantized at ``bits``, on inputs captured from ``calibration``, relative
-    to its mean squared output. Embeddings use their row error."""
+    round-to-nearest quantized at ``bits``, from its input statistics on ``calibration``
+    (float model, block by block), relative to its mean squared output. Embeddings use
+    their row error."""
     check_model(model, "sensitivity")
-    calibration = check_calibration(model, calibration, "calibration")
+    calibration = calibration_batches(calibration, model)  # checked before any work
     config = config or QuantizeConfig()
     layers = select_layers(model, types=config.types, include=config.include,
                            exclude=config.exclude)
-    dense = [layer for _, layer in layers if _gptq_able(layer)]
-    inputs = capture_inputs(model, dense, calibration, max_rows=config.max_rows) if dense else {}
     quantizers = {b: replace(config, bits=b, layer_bits={}).quantizer() for b in bits}
-    out = {}
+
+    def errors(group, stats):
+        out = {}
+        for path, layer in group:
+            w = kernel_matrix(layer)
+            ref = output_error(stats[path], w, np.zeros_like(w)) or 1.0
+            out[path] = {b: output_error(stats[path], w, q.roundtrip(w)) / ref
+                         for b, q in quantizers.items()}
+        return out
+
+    dense = [(p, la) for p, la in layers if _gptq_able(la)]
+    out = calibrate(model, dense, calibration, errors, blocks=config.blocks, sequential=False,
+                    max_rows=config.max_rows, verbose=0) if dense else {}
     for path, layer in layers:
-        w = kernel_matrix(layer)
-        x = inputs.get(path)
-        if x is None:  # an embedding: its "input" is one row of w, so output error = row error
+        if path not in out:  # an embedding: its "input" is one row of w: output error = row error
+            w = kernel_matrix(layer)
             ref = float(np.mean(w**2)) or 1.0
             out[path] = {b: float(np.mean((w - q.roundtrip(w)) ** 2)) / ref
                          for b, q in quantizers.items()}
-        else:
-            ref = float(np.mean((x @ w) ** 2)) or 1.0
-            out[path] = {b: output_error(x, w, q.roundtrip(w)) / ref
-                         for b, q in quantizers.items()}
-    return out
+    return {p: out[p] for p, _ in layers}
 
 
 def allocate_bits(sens: dict[str, dict[int, float]], sizes: dict[str, int],

@@ -1,0 +1,147 @@
+"""The block-by-block calibration engine: blocks, streamed statistics, resume, Hessian helper."""
+
+import importlib
+
+import keras
+import numpy as np
+import pytest
+
+from tfcompress.core import (
+    InputStats,
+    calibrate,
+    calibration_batches,
+    find_blocks,
+    hessian,
+    inverse_hessian_factor,
+)
+from tfcompress.core.layers import capture_inputs, kernel_matrix, select_layers
+from tfcompress.errors import TfcompressError
+from tfcompress.models import build_gpt
+from tfcompress.models.llama import LlamaConfig, build_llama
+from tfcompress.prune import prune
+from tfcompress.prune.training import STATE_ATTR
+
+IDS = np.random.default_rng(0).integers(0, 64, (12, 16)).astype("int32")
+
+
+@pytest.fixture(scope="module")
+def gpt():
+    keras.utils.set_random_seed(0)
+    return build_gpt("test-tiny", vocab_size=64, seq_len=16)
+
+
+def test_blocks_found_in_each_model_family(gpt, tiny_gpt2):
+    assert find_blocks(gpt).names == ["block0", "block1"]
+    llama = build_llama(LlamaConfig(vocab_size=64, d_model=32, n_layers=3, n_heads=4,
+                                    n_kv_heads=2, d_ff=48))
+    plan = find_blocks(llama)
+    assert plan.names == ["block0", "block1", "block2"]
+    assert {la.name for la in plan.groups[1]} >= {"block1_attn_q", "block1_mlp_down"}
+    backbone, _ = tiny_gpt2(num_layers=2)
+    causal_lm = pytest.importorskip("keras_hub").models.GPT2CausalLM(backbone=backbone,
+                                                                      preprocessor=None)
+    for model in (backbone, causal_lm):  # the task model nests the backbone's blocks
+        plan = find_blocks(model)
+        assert plan.host is backbone
+        assert plan.names == ["transformer_layer_0", "transformer_layer_1"]
+    # a user's own grouping: attention and MLP halves of each block as separate blocks
+    halves = find_blocks(gpt, r"block\d+_(attn|mlp_in)")
+    assert halves.names == ["block0_attn", "block0_mlp_in", "block1_attn", "block1_mlp_in"]
+
+
+@pytest.mark.parametrize("blocks,match", [
+    ("block(", "not a valid regular expression"),
+    (r"^decoder\d+", "matched no layer of 'gpt'"),
+    (["block0_ln1", "no_such_layer"], "matched no layer"),
+    (3, "regex string or a list of layer names"),
+    (r"block\d_mlp_in", "not part of any block"),
+])
+def test_bad_block_patterns_raise_before_work(gpt, blocks, match):
+    layers = select_layers(gpt, ("Dense",), include="mlp")
+    called = []
+    with pytest.raises(TfcompressError, match=match):
+        calibrate(gpt, layers, IDS, lambda group, stats: called.append(1), blocks=blocks,
+                  verbose=0)
+    assert not called
+
+
+def test_streamed_statistics_equal_the_batch_formula(gpt):
+    layers = select_layers(gpt, ("Dense", "EinsumDense"), include="block")
+    seen = {}
+    calibrate(gpt, layers, IDS, lambda group, stats: seen.update(stats) or {
+        p: None for p, _ in group}, needs=("xtx", "abs"), verbose=0)
+    rows = capture_inputs(gpt, [la for _, la in layers], IDS)
+    for path, x in rows.items():
+        x = x.astype(np.float64)
+        stats = seen[path]
+        assert stats.n == len(x) == 12 * 16
+        np.testing.assert_allclose(stats.xtx, x.T @ x, rtol=1e-5, atol=1e-4)
+        np.testing.assert_allclose(stats.norms(), np.linalg.norm(x, axis=0), rtol=1e-5)
+        np.testing.assert_allclose(stats.mean_abs(), np.abs(x).mean(axis=0), rtol=1e-5)
+        np.testing.assert_allclose(hessian(stats), 2 * x.T @ x / len(x), rtol=1e-5, atol=1e-5)
+    # query, key and value read one tensor: one statistic; the MLP layers read others
+    assert seen["block0_attn/query"] is seen["block0_attn/key"] is seen["block0_attn/value"]
+    assert seen["block0_mlp_in"] is not seen["block0_attn/query"]
+    capped = InputStats(4, max_rows=5)
+    capped.update(np.ones((3, 4), np.float32))
+    capped.update(np.ones((3, 4), np.float32))
+    assert capped.n == 5 and capped.xtx[0, 0] == 5
+
+
+def test_interrupted_run_resumes_to_the_same_weights(gpt, tmp_path, monkeypatch):
+    oneshot = importlib.import_module("tfcompress.prune.oneshot")  # tfcompress.prune is a verb
+    config = dict(method="sparsegpt", sparsity=0.5, include="block", block_size=16)
+    reference = prune(gpt, calibration=IDS, **config)
+    real, calls = oneshot.sparsegpt_prune, []
+
+    def interrupted(w, h, *args, layer="", **kwargs):
+        calls.append(layer)
+        if layer.startswith("block1"):
+            raise KeyboardInterrupt
+        return real(w, h, *args, layer=layer, **kwargs)
+
+    monkeypatch.setattr(oneshot, "sparsegpt_prune", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        prune(gpt, calibration=IDS, resume_dir=tmp_path, **config)
+    monkeypatch.setattr(oneshot, "sparsegpt_prune", lambda *a, layer="", **k: (
+        calls.append(layer), real(*a, layer=layer, **k))[1])
+    calls.clear()
+    resumed = prune(gpt, calibration=IDS, resume_dir=tmp_path, **config)
+    assert calls and all(p.startswith("block1") for p in calls)  # block 0 was not redone
+    for (path, a), (_, b) in zip(select_layers(reference), select_layers(resumed), strict=True):
+        np.testing.assert_array_equal(kernel_matrix(a), kernel_matrix(b), err_msg=path)
+    ref_masks, masks = (getattr(m, STATE_ATTR).masks for m in (reference, resumed))
+    assert masks.keys() == ref_masks.keys()
+    for path in masks:  # block 0's masks come back from the folder
+        np.testing.assert_array_equal(masks[path].numpy(), ref_masks[path].numpy())
+    with pytest.raises(TfcompressError, match="different calibration run"):
+        prune(gpt, calibration=IDS, resume_dir=tmp_path, **{**config, "sparsity": 0.6})
+
+
+def test_damped_inverse_cholesky_retries_then_names_the_layer():
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 6))
+    h = hessian(x)
+    h[5, :] = h[:, 5] = 0.0  # a dead input
+    u, dead = inverse_hessian_factor(h, damping=0.01)
+    fixed = h.copy()
+    fixed[5, 5] = 1.0
+    fixed += 0.01 * np.mean(np.diag(fixed)) * np.eye(6)
+    np.testing.assert_allclose(u.T @ u, np.linalg.inv(fixed), rtol=1e-8, atol=1e-10)
+    assert np.allclose(u, np.triu(u)) and dead.tolist() == [False] * 5 + [True]
+    indefinite = np.diag([1.0, 1.0, -0.5])  # positive only once damping is raised
+    u, _ = inverse_hessian_factor(indefinite, damping=0.01)
+    assert np.all(np.isfinite(u))
+    with pytest.raises(TfcompressError, match="layer block3_mlp_out is not positive definite"):
+        inverse_hessian_factor(-np.eye(3), damping=0.01, layer="block3_mlp_out", retries=1)
+
+
+def test_calibration_batches_split_arrays_and_read_generators_once(gpt):
+    assert [b.shape for b in calibration_batches(IDS)] == [(8, 16), (4, 16)]
+    batches = calibration_batches((x for x in (IDS[:2], IDS[2:5])), gpt)
+    assert [b.shape for b in batches] == [(2, 16), (3, 16)]
+    with pytest.raises(TfcompressError, match="calibration is required"):
+        calibration_batches(None)
+    # token ids are checked by core.validation before the input shape
+    with pytest.raises(TfcompressError, match=r"shape \(batch, seq_len\), got shape \(16,\)"):
+        calibration_batches(IDS[0], gpt)
