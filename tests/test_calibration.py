@@ -145,3 +145,20 @@ def test_calibration_batches_split_arrays_and_read_generators_once(gpt):
     # token ids are checked by core.validation before the input shape
     with pytest.raises(TfcompressError, match=r"shape \(batch, seq_len\), got shape \(16,\)"):
         calibration_batches(IDS[0], gpt)
+
+
+def test_a_graph_that_is_no_chain_of_blocks_is_calibrated_in_one_pass():
+    # a user's own LM: a residual around an MLP, no repeated blocks; named blocks must form a
+    # chain, found ones fall back to one pass over the whole model
+    ids = keras.Input((None,), dtype="int32")
+    x = keras.layers.Embedding(64, 16)(ids)
+    h = keras.layers.Dense(32, activation="gelu", name="ffn_in")(x)
+    x = x + keras.layers.Dense(16, name="ffn_out")(h)
+    model = keras.Model(ids, keras.layers.Dense(64, name="head")(x))
+    pruned = prune(model, method="sparsegpt", sparsity=0.5, include="ffn|head",
+                   calibration=IDS, verbose=0)
+    for name in ("ffn_in", "ffn_out", "head"):
+        assert (kernel_matrix(pruned.get_layer(name)) == 0).mean() == pytest.approx(0.5)
+    with pytest.raises(TfcompressError, match="not part of any block"):
+        prune(model, method="sparsegpt", include="ffn|head", calibration=IDS, verbose=0,
+              blocks=["ffn_in", "head"])

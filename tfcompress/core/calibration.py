@@ -265,7 +265,15 @@ def calibrate(model, layers: Sequence[tuple[str, object]], data,
     paths = [p for p, _ in layers]
     path_of = {id(la): p for p, la in layers}
     plan = find_blocks(model, blocks, [la for _, la in layers])
-    graph = cut_graph(plan) if plan.host is not None and plan.groups else None
+    graph = None
+    if plan.host is not None and plan.groups:
+        try:
+            graph = cut_graph(plan)
+        except TfcompressError:
+            if blocks is not None:  # the user's blocks must form a chain
+                raise
+            # found automatically in a graph that is no chain of blocks (a user's own model):
+            # every layer is calibrated in one pass over the whole model instead
     by_block, inside = [], set()
     for group in plan.groups if graph else []:
         ids = {id(s) for m in group for s in m._flatten_layers(include_self=True, recursive=True)}
