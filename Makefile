@@ -20,7 +20,7 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) -m tfcompress demo
 
-# benchmarks at --quick size cost minutes together: make test runs the two cheapest,
+# benchmarks at --quick size cost minutes together: make test runs the three cheapest,
 # make bench-quick every one
 test: install
 	$(PY) -m pytest -q -n 2 --dist loadgroup --nbmake -m "not bench_quick" tests notebooks

@@ -7,8 +7,9 @@ the runtime adds on top of the process's imports. Perplexity of each export is c
 first 2,049 tokens of austen/test.txt in windows of 256 (as benchmarks/llm.py) and compared
 with its Keras model. The machine is shared: timings are noisy.
 
-    python benchmarks/generate.py                  # writes results/generate.json
-    python benchmarks/generate.py --modes dynamic_int8 --skip-window
+    python -m benchmarks.generate                  # writes results/generate.json
+    python -m benchmarks.generate --modes dynamic_int8 --skip-window
+    python -m benchmarks.generate --quick          # a tiny random Llama, float16 only
 """
 
 from __future__ import annotations
@@ -23,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks._common import bench_parser, parse_args, write_results
+from benchmarks.llm import EVAL_TOKENS, WINDOW, gguf_path
 
-from benchmarks._common import write_results  # noqa: E402
-from benchmarks.llm import EVAL_TOKENS, WINDOW, gguf_path  # noqa: E402
+ROOT = Path(__file__).resolve().parents[1]
 
 PROMPT, NEW, THREADS, CACHE, PREFILL = 128, 128, 2, 512, (32, 128)
 GREEDY = 64
@@ -68,8 +69,9 @@ def measure(bundle: str, prompt_file: str) -> dict:
 
 
 def _subprocess_measure(bundle: Path, prompt_file: Path) -> dict:
-    done = subprocess.run([sys.executable, __file__, "--measure", str(bundle), str(prompt_file)],
-                          capture_output=True, text=True, check=False, timeout=3600)
+    done = subprocess.run([sys.executable, "-m", "benchmarks.generate", "--measure",
+                           str(bundle), str(prompt_file)], cwd=ROOT, capture_output=True,
+                          text=True, check=False, timeout=3600)
     if done.returncode:
         raise RuntimeError(f"measuring {bundle} failed: {done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -172,15 +174,19 @@ def llamacpp() -> dict:
     return {"error": "llama-cpp-python found but this benchmark has no llama.cpp runner yet"}
 
 
-def main():
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES)
+def main(argv: list[str] | None = None) -> None:
+    parser = bench_parser("generate", __doc__)
+    parser.add_argument("--modes", nargs="+", choices=MODES,
+                        help="default: all (--quick: float16)")
+    parser.add_argument("--gguf", help="a Llama GGUF instead of the installed SmolLM2")
     parser.add_argument("--out", default="runs/generate")
     parser.add_argument("--calib", type=int, default=16, help="GPTQ calibration windows")
     parser.add_argument("--skip-window", action="store_true")
     parser.add_argument("--merge", help="results JSON of an earlier run (other modes) to extend")
     parser.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)
-    args = parser.parse_args()
+    args = parse_args(parser, argv)
+    args.modes = args.modes or (["float16"] if args.quick else list(MODES))
+    args.skip_window = args.skip_window or args.quick
     if args.measure:
         print(json.dumps(measure(*args.measure)))
         return
@@ -195,8 +201,9 @@ def main():
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    tokenizer = gguf_tokenizer(gguf_path())
-    model = load_gguf(gguf_path())
+    gguf = gguf_path(args)
+    tokenizer = gguf_tokenizer(gguf)
+    model = load_gguf(gguf)
     text = bundled_corpus("austen")["test"]
     eval_ids = tokenizer.encode(text[:20_000])[:EVAL_TOKENS]
     prompt = tokenizer.encode(text[30_000:40_000])[:PROMPT]
@@ -226,7 +233,7 @@ def main():
         # quality is judged below by perplexity on real text (random-token prompts make
         # SmolLM2's next-token choice a near tie, so the built-in check is not used here)
         result = export_llm(source, bundle, prefill_lengths=PREFILL, cache_length=CACHE,
-                            mode=mode, tokenizer=gguf_path(), verify_output=False)
+                            mode=mode, tokenizer=gguf, verify_output=False)
         res["seconds"][f"export_{mode}"] = time.perf_counter() - start
         gc.collect()
         m = _subprocess_measure(bundle, prompt_file)
@@ -313,8 +320,7 @@ def _write(res: dict, args) -> None:
             lines.append(f"| {name} | - | {r.get('prefill_tps') or '-'} | - | "
                          f"{r.get('decode_tps') or '-'} | - | - | - |"
                          + (f" {r['error']}" if "error" in r else ""))
-    write_results("generate", "\n".join(lines), res,
-                  "python benchmarks/generate.py " + " ".join(sys.argv[1:]))
+    write_results("generate", "\n".join(lines), res, args)
 
 
 if __name__ == "__main__":

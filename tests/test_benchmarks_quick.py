@@ -18,7 +18,7 @@ import pytest
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = sorted(p.stem for p in BENCHMARKS.glob("*.py") if not p.stem.startswith("_"))
-IN_MAKE_TEST = ("foundation", "llm")  # the two cheapest at --quick size (~35 s, ~40 s)
+IN_MAKE_TEST = ("foundation", "generate", "llm")  # the cheapest at --quick size (~20-40 s each)
 
 
 @pytest.fixture(scope="session")
