@@ -50,31 +50,9 @@ def make_student(teacher, spec: dict, seq_len: int, name: str = "student"):
         raise TfcompressError(
             f"student: cannot find transformer blocks in {teacher.name!r} (layers named "
             "block<i>_..., or a KerasHub CausalLM); use student: {preset: ...} instead")
-    keep = kept_blocks(len(blocks), spec)
-    if any(la.name == "block0_attention" for la in teacher.layers):
-        from tfcompress.models.llama import take_layers
+    from tfcompress.distill import take_blocks
 
-        return take_layers(teacher, keep, name=name)
-    return _shallow_gpt(teacher, keep, name)
-
-
-def _shallow_gpt(teacher, keep: list[int], name: str):
-    from tfcompress.models import GPTConfig, build_gpt
-
-    emb, attn = teacher.get_layer("token_embedding"), teacher.get_layer("block0_attn")
-    cfg = GPTConfig(
-        vocab_size=emb.input_dim, seq_len=teacher.get_layer("position_embedding").max_length,
-        d_model=emb.output_dim, n_layers=len(keep), n_heads=attn.num_heads,
-        d_ff=teacher.get_layer("block0_mlp_in").units,
-        tie_embeddings=not any(la.name == "lm_head" for la in teacher.layers),
-        layer_norm_epsilon=teacher.get_layer("final_norm").epsilon)
-    student = build_gpt(cfg, name=name)
-    for layer in student.layers:
-        match = BLOCK.match(layer.name)
-        source = (f"block{keep[int(match.group(1))]}_{layer.name[match.end():]}"
-                  if match else layer.name)
-        layer.set_weights(teacher.get_layer(source).get_weights())
-    return student
+    return take_blocks(teacher, kept_blocks(len(blocks), spec), name=name)
 
 
 def _shallow_kerashub(causal_lm, spec: dict, name: str):
