@@ -26,20 +26,12 @@ SEQ = 64
 
 
 def build(kind: str, vocab: int):
-    import keras_hub
+    from tests.llm_checkpoints import tiny_causal_lm
 
     keras.utils.set_random_seed(0)
-    hub = dict(vocabulary_size=vocab, num_layers=2, hidden_dim=64, intermediate_dim=128)
-    if kind == "GPT2CausalLM":
-        backbone = keras_hub.models.GPT2Backbone(num_heads=4, max_sequence_length=SEQ, **hub)
-        return keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)
-    if kind == "LlamaCausalLM":
-        backbone = keras_hub.models.LlamaBackbone(num_query_heads=4, num_key_value_heads=2,
-                                                  **hub)
-        return keras_hub.models.LlamaCausalLM(backbone, preprocessor=None)
-    backbone = keras_hub.models.GemmaBackbone(num_query_heads=4, num_key_value_heads=2,
-                                              head_dim=16, **hub)
-    return keras_hub.models.GemmaCausalLM(backbone, preprocessor=None)
+    short = {"GPT2CausalLM": "gpt2", "LlamaCausalLM": "llama", "GemmaCausalLM": "gemma"}[kind]
+    return tiny_causal_lm(short, vocab, SEQ, layers=2, hidden=64, heads=4, kv_heads=2,
+                          head_dim=16)
 
 
 def main(argv: list[str] | None = None) -> None:

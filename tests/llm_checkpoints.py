@@ -132,3 +132,24 @@ def write_tiny_gguf(path: str | Path, text: str, layers: int = 4, vocab_size: in
     fields = gguf_tokenizer_fields(BPETokenizer.train([text], vocab_size=vocab_size))
     c = dict(CFG, vocab=len(fields[0]), layers=layers, d=64, ff=96)
     return write_gguf(Path(path), random_llama(c), c, tokenizer=fields)
+
+
+def tiny_causal_lm(kind: str, vocab: int, seq_len: int, layers: int, hidden: int, heads: int,
+                   kv_heads: int, head_dim: int):
+    """A small random KerasHub ``GPT2CausalLM`` / ``LlamaCausalLM`` / ``GemmaCausalLM``
+    (``kind``: "gpt2", "llama", "gemma"), no preprocessor: token ids and padding mask in."""
+    import keras_hub
+
+    hub = dict(vocabulary_size=vocab, num_layers=layers, hidden_dim=hidden,
+               intermediate_dim=2 * hidden)
+    if kind == "gpt2":
+        backbone = keras_hub.models.GPT2Backbone(num_heads=heads, max_sequence_length=seq_len,
+                                                 **hub)
+        return keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)
+    if kind == "llama":
+        backbone = keras_hub.models.LlamaBackbone(num_query_heads=heads,
+                                                  num_key_value_heads=kv_heads, **hub)
+        return keras_hub.models.LlamaCausalLM(backbone, preprocessor=None)
+    backbone = keras_hub.models.GemmaBackbone(num_query_heads=heads, num_key_value_heads=kv_heads,
+                                              head_dim=head_dim, **hub)
+    return keras_hub.models.GemmaCausalLM(backbone, preprocessor=None)

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 import tfcompress as tfc
+from tests.llm_checkpoints import tiny_causal_lm
 from tfcompress.core.layers import copy_model, iter_layers, select_layers
 from tfcompress.core.signature import model_inputs, signature
 from tfcompress.errors import TfcompressError
@@ -66,10 +67,7 @@ class SubLM(keras.Model):
 
 
 def _build(kind: str):
-    import keras_hub
-
     keras.utils.set_random_seed(0)
-    hub = dict(vocabulary_size=VOCAB, num_layers=1, hidden_dim=16, intermediate_dim=32)
     if kind == "gpt":
         return tfc.models.build_gpt("test-tiny", vocab_size=VOCAB, d_model=16, n_layers=1,
                                     seq_len=SEQ)
@@ -77,17 +75,9 @@ def _build(kind: str):
         model = SubLM(name="sub_lm")
         model(np.zeros((1, SEQ), "int32"))
         return model
-    if kind == "gpt2":
-        backbone = keras_hub.models.GPT2Backbone(num_heads=2, max_sequence_length=SEQ, **hub)
-        return keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)
-    if kind == "llama":
-        backbone = keras_hub.models.LlamaBackbone(num_query_heads=2, num_key_value_heads=1,
-                                                  **hub)
-        return keras_hub.models.LlamaCausalLM(backbone, preprocessor=None)
-    if kind == "gemma":
-        backbone = keras_hub.models.GemmaBackbone(num_query_heads=2, num_key_value_heads=1,
-                                                  head_dim=8, **hub)
-        return keras_hub.models.GemmaCausalLM(backbone, preprocessor=None)
+    if kind in ("gpt2", "llama", "gemma"):
+        return tiny_causal_lm(kind, VOCAB, SEQ, layers=1, hidden=16, heads=2, kv_heads=1,
+                              head_dim=8)
     return keras.Sequential([
         keras.Input((8, 8, 3)), keras.layers.Conv2D(8, 3, activation="relu", name="conv"),
         keras.layers.GlobalAveragePooling2D(), keras.layers.Dense(16, activation="relu",
