@@ -7,7 +7,7 @@ PIP := $(PY) -m pip install -q -c constraints.txt
 export KERAS_BACKEND := tensorflow
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install demo test test-fast lint llm bench bench-quick docs dist clean
+.PHONY: install demo test test-fast test-pythons lint llm bench bench-quick docs dist clean
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -28,13 +28,30 @@ test: install
 bench-quick: install
 	$(PY) -m pytest -q -n 2 tests/test_benchmarks_quick.py
 
-# the fast part of the suite (e.g. on a second Python version: make test-fast PYTHON=python3.12
-# VENV=.venv312)
+# the fast part of the suite
 FAST_TESTS ?= tests/test_packaging.py tests/test_core.py tests/test_data.py tests/test_models.py \
 	tests/test_quantize_math.py tests/test_lowrank_math.py tests/test_distill_losses.py \
 	tests/test_prune.py tests/test_llm.py
 test-fast: install
 	$(PY) -m pytest -q -n 2 -m "not slow" $(FAST_TESTS)
+
+# the fast part of the suite on every other supported Python found here (on PATH or installed
+# by pyenv), each in its own venv (.venv-3.12, ...) built by uv from the same constraints:
+# seconds, where pip took ~18 min
+OTHER_PYTHONS ?= 3.12 3.13
+test-pythons: install
+	$(PIP) uv
+	@for x in $(OTHER_PYTHONS); do \
+	  exe=$$(python$$x -c 'import sys; print(sys.executable)' 2>/dev/null \
+	    || PYENV_VERSION=$$(pyenv versions --bare 2>/dev/null | grep -x "$$x[.0-9]*" | tail -1) \
+	       python$$x -c 'import sys; print(sys.executable)' 2>/dev/null); \
+	  if [ -z "$$exe" ]; then echo "Python $$x: not on this machine, skipped"; continue; fi; \
+	  v=.venv-$$x; \
+	  [ -x $$v/bin/python ] || $(VENV)/bin/uv venv -q -p "$$exe" $$v || exit 1; \
+	  VIRTUAL_ENV=$$v $(VENV)/bin/uv pip install -q -c constraints.txt -e ".[test]" || exit 1; \
+	  echo "$$($$v/bin/python --version): fast tests"; \
+	  $$v/bin/python -m pytest -q -n 2 -p no:cacheprovider -m "not slow" $(FAST_TESTS) || exit 1; \
+	done
 
 lint: install
 	$(VENV)/bin/ruff check tfcompress tests benchmarks
@@ -55,4 +72,4 @@ dist: install
 	$(PY) -m build --outdir dist .
 
 clean:
-	rm -rf $(VENV) runs .pytest_cache dist build docs/api
+	rm -rf $(VENV) .venv-3.* runs .pytest_cache dist build docs/api
