@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 import tfcompress as tfc
-from tests.llm_checkpoints import tiny_causal_lm
+from tests.llm_checkpoints import tf_keras_transformer, tiny_causal_lm
 from tfcompress.core.layers import copy_model, iter_layers, select_layers
 from tfcompress.core.signature import model_inputs, signature
 from tfcompress.errors import TfcompressError
@@ -284,41 +284,27 @@ def test_signature_of_each_kind(models):
     assert signature(models["gpt"]).name is None
 
 
-def _tf_keras_transformer():
-    """A tf.keras LM: positions from tf.range and residuals as TFOpLambda layers, MHA."""
-    import tensorflow as tf
-    import tf_keras as K
-
-    K.utils.set_random_seed(0)
-    ids = K.Input((SEQ,), dtype="int32")
-    x = K.layers.Embedding(VOCAB, 16, name="tok")(ids)
-    x = x + K.layers.Embedding(SEQ, 16, name="pos")(tf.range(tf.shape(ids)[1]))
-    h = K.layers.LayerNormalization(name="norm")(x)
-    x = x + K.layers.MultiHeadAttention(2, 8, name="attn")(h, h, use_causal_mask=True)
-    x = x + K.layers.Dense(16, name="mlp")(x)
-    return K.Model(ids, K.layers.Dense(VOCAB, name="head")(x))
-
-
 def test_tfmot_path_on_a_tf_keras_transformer(ids, tmp_path):
     import tf_keras as K
 
     from tfcompress.prune import prune_tf_keras, strip_tf_keras, tf_keras_callbacks
     from tfcompress.quantize import tfmot_cluster, tfmot_quantize
 
-    model = _tf_keras_transformer()
+    model = tf_keras_transformer(VOCAB, SEQ, width=16, layers=1)
     pruned, skipped = prune_tf_keras(model, sparsity=0.5)
     assert all("TFOpLambda" in why for why in skipped.values()) and skipped
     pruned.compile("adam", K.losses.SparseCategoricalCrossentropy(from_logits=True))
     pruned.fit(ids, ids, epochs=1, verbose=0, callbacks=tf_keras_callbacks())
-    attn = strip_tf_keras(pruned).get_layer("attn")
+    attn = strip_tf_keras(pruned).get_layer("attn0")
     kernels = [w.numpy() for w in attn.weights if "kernel" in w.name]
     assert len(kernels) == 4 and all(np.mean(k == 0) == pytest.approx(0.5) for k in kernels)
 
     q = tfmot_quantize(model)
     wrapped = {la.name for la in q.layers if type(la).__name__ == "QuantizeWrapperV2"}
-    assert wrapped == {"quant_mlp", "quant_head"}
-    assert set(q.tfmot_skipped) == {"tok", "pos", "norm", "attn"}
-    assert "MultiHeadAttention" in q.tfmot_skipped["attn"]
+    assert wrapped == {"quant_up0", "quant_down0", "quant_head"}
+    norms = {"norm0", "mlp_norm0", "norm_f"}
+    assert set(q.tfmot_skipped) == {"tok", "pos", "attn0", *norms}
+    assert "MultiHeadAttention" in q.tfmot_skipped["attn0"]
     # tf.keras attention masks with -1e9 (tf_keras.layers.Softmax); traced with bounded
     # masks the full-integer file keeps its attention and passes int8's own tolerance
     # (79.7 % next-token agreement < 85 % before)
@@ -327,5 +313,5 @@ def test_tfmot_path_on_a_tf_keras_transformer(ids, tmp_path):
                                representative_data=x[:32], sample=x[:16], verbose=False)
     assert result.qat and result.agreement >= 0.85
     clustered = tfmot_cluster(model, clusters=4)
-    assert set(clustered.tfmot_skipped) == {"norm", "attn"}
+    assert set(clustered.tfmot_skipped) == {"attn0", *norms}
 

@@ -125,7 +125,11 @@ def to_saved_model(model, directory: str | Path, spec: InputSpec) -> None:
         return
     fn = tf.function(lambda token_ids: model(token_ids, training=False),
                      input_signature=[tf_spec])
-    tf.saved_model.save(model, str(directory), signatures={"serving_default": fn})
+    # a bare module holding the variables: saving the tf.keras model itself would also trace
+    # every layer's call for Keras's own SavedModel format, which the converter never reads
+    module = tf.Module()
+    module.variables_ = list(model.variables)
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": fn})
 
 
 def has_fake_quant(directory: str | Path) -> bool:
