@@ -124,7 +124,12 @@ def input_view(model, seq_len: int | None = None, auxiliary_inputs: str = "fixed
     """``model`` itself when it is a one-input graph model, else a functional view of it
     (same weights) whose first input is the main one (token ids or features). Auxiliary masks
     are ones inside the graph (``"fixed"``) or further inputs of the model's own dtype, in the
-    model's order (``"exposed"``); a model without them gets the same view either way."""
+    model's order (``"exposed"``); a model without them gets the same view either way.
+
+    Example:
+        >>> [t.name for t in input_view(gpt2_causal_lm, 64, "exposed").inputs]
+        ['token_ids', 'padding_mask']
+    """
     import keras
 
     check_auxiliary_inputs(auxiliary_inputs)
