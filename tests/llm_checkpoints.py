@@ -153,3 +153,26 @@ def tiny_causal_lm(kind: str, vocab: int, seq_len: int, layers: int, hidden: int
     backbone = keras_hub.models.GemmaBackbone(num_query_heads=heads, num_key_value_heads=kv_heads,
                                               head_dim=head_dim, **hub)
     return keras_hub.models.GemmaCausalLM(backbone, preprocessor=None)
+
+
+def tf_keras_transformer(vocab: int, seq_len: int, width: int, layers: int, heads: int = 2):
+    """A tf.keras (Keras 2) causal LM as users write them for TF-MOT: positions from
+    ``tf.range`` and residual adds (TFOpLambda layers), pre-norm ``MultiHeadAttention`` and a
+    ReLU MLP per block (``norm{i}``, ``attn{i}``, ``mlp_norm{i}``, ``up{i}``, ``down{i}``),
+    then ``norm_f`` and ``head``."""
+    import tensorflow as tf
+    import tf_keras as K
+
+    K.utils.set_random_seed(0)
+    ids = K.Input((seq_len,), dtype="int32")
+    x = K.layers.Embedding(vocab, width, name="tok")(ids)
+    x = x + K.layers.Embedding(seq_len, width, name="pos")(tf.range(tf.shape(ids)[1]))
+    for i in range(layers):
+        h = K.layers.LayerNormalization(name=f"norm{i}")(x)
+        x = x + K.layers.MultiHeadAttention(heads, width // heads, name=f"attn{i}")(
+            h, h, use_causal_mask=True)
+        h = K.layers.LayerNormalization(name=f"mlp_norm{i}")(x)
+        h = K.layers.Dense(4 * width, activation="relu", name=f"up{i}")(h)
+        x = x + K.layers.Dense(width, name=f"down{i}")(h)
+    x = K.layers.LayerNormalization(name="norm_f")(x)
+    return K.Model(ids, K.layers.Dense(vocab, name="head")(x))

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import tfcompress
-from tfcompress.cli import EXPORT_MODES, main
+from tfcompress.cli import AUXILIARY_INPUTS, EXPORT_MODES, main
 from tfcompress.data import bundled_corpus
 from tfcompress.models import build_gpt, gpt_param_count, preset
 
@@ -35,6 +35,7 @@ def test_help_parses_before_tensorflow_loads():
 
 def test_export_modes_in_help_are_the_registry():
     assert sorted(EXPORT_MODES) == sorted(tfcompress.export.MODES)
+    assert AUXILIARY_INPUTS == tfcompress.core.signature.AUXILIARY_INPUTS
 
 
 def test_evaluate_takes_data_and_tokenizer(saved, capsys):

@@ -51,6 +51,50 @@ def test_bounded_masks_keep_logits_and_restore_keras(tiny_gpt2):
     assert (keras.ops.dot_product_attention, keras.layers.Softmax.call) == original
 
 
+def test_bounded_masks_cover_tf_keras_softmax():
+    """tf.keras MultiHeadAttention (TF-MOT QAT models) masks in tf_keras.layers.Softmax."""
+    tf_keras = pytest.importorskip("tf_keras")
+    original = tf_keras.layers.Softmax.call
+    rng = np.random.default_rng(0)
+    scores = (3 * rng.standard_normal((2, 6, 6))).astype("float32")
+    mask = np.tril(np.ones((6, 6), bool))[None]
+    expected = tf_keras.layers.Softmax()(scores, mask).numpy()
+    with bounded_attention_masks():
+        assert tf_keras.layers.Softmax.call is not original
+        got = tf_keras.layers.Softmax()(scores, mask).numpy()
+    assert tf_keras.layers.Softmax.call is original
+    np.testing.assert_allclose(got, expected, atol=2e-6)
+    np.testing.assert_allclose(got, _reference_softmax(scores, mask), atol=2e-6)
+
+
+class NaiveAttention(keras.layers.Layer):
+    """Causal self-attention masked by adding -1e9 itself (no Softmax layer to bound)."""
+
+    def call(self, x):
+        ops, steps = keras.ops, x.shape[1]
+        scores = ops.einsum("btd,bsd->bts", x, x)
+        causal = ops.tril(ops.ones((steps, steps)))
+        return ops.einsum("bts,bsd->btd", ops.softmax(scores + (1.0 - causal) * -1e9), x)
+
+
+def test_failed_int8_verification_names_the_layer_that_breaks_it(tmp_path):
+    from tfcompress.errors import VerificationError
+    from tfcompress.export import export_tflite
+
+    keras.utils.set_random_seed(0)
+    ids = keras.Input((8,), dtype="int32")
+    # unit-scale embeddings: attention is far from uniform, so losing the scores shows
+    init = keras.initializers.RandomNormal(stddev=1.0)
+    x = keras.layers.Embedding(32, 16, embeddings_initializer=init, name="tok")(ids)
+    x = x + NaiveAttention(name="naive_attention")(x)
+    model = keras.Model(ids, keras.layers.Dense(32, name="head")(x), name="naive")
+    data = np.random.default_rng(0).integers(0, 32, (16, 8)).astype("int32")
+    with pytest.raises(VerificationError, match=r"first op that breaks it .*: BATCH_MATMUL in "
+                       r"`naive\w*/naive_attention\w*/einsum` .* scale [0-9.]+e\+06"):
+        export_tflite(model, tmp_path / "m.tflite", "int8", 8, representative_data=data,
+                      sample=data[:4], verbose=False)
+
+
 def test_tensor_error_by_hand():
     # scale 0.5, zero point 0: int8 holds [-64, 63.5]; 100 is clipped to 63.5
     stats = tensor_error(np.array([0.0, 0.5, 1.0, 100.0]), np.array([0, 1, 2, 127]), 0.5, 0,

@@ -121,6 +121,9 @@ GOOD = {"model": {"preset": "test-tiny", "train_steps": 2}, "data": {"corpus": "
     ({"stages": [{"prune": {"name": "base"}}]}, "'base' is already taken"),
     ({"stages": [{"export": {"mode": "int3"}}]}, "unknown mode 'int3'"),
     ({"stages": [{"export": {}}]}, "give mode (e.g. dynamic_int8) or modes"),
+    ({"stages": [{"export": {"mode": "float32", "auxiliary_inputs": "ones"}}]},
+     "stages[0].export.auxiliary_inputs: must be one of ('fixed', 'exposed') (padding masks "
+     "fixed to ones or exposed as inputs), got 'ones'"),
     ({"stages": [{"distill": {"steps": 5}}]}, "student: give a student spec"),
     ({"stages": [{"distill": {"steps": 5, "student": {"depth": 2.0}}}]},
      "student.depth: must be in (0, 1)"),

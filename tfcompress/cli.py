@@ -23,6 +23,7 @@ from tfcompress.recipes.schema import STAGE_NAMES
 # tfcompress.export.MODES, spelled out so that --help does not import TensorFlow
 # (tests/test_cli.py checks the two agree)
 EXPORT_MODES = ("dynamic_int8", "float16", "float32", "int16x8", "int4", "int8", "int8_mixed")
+AUXILIARY_INPUTS = ("fixed", "exposed")  # tfcompress.core.signature.AUXILIARY_INPUTS
 MODEL_HELP = ("a .keras file, a .tflite file (evaluate only), a .gguf file, a Hugging Face "
               "safetensors folder or a KerasHub preset folder")
 DATA_HELP = ("text to measure on: 'austen' (bundled), a .txt file or folder, or tfds:NAME "
@@ -74,6 +75,9 @@ def build_parser() -> argparse.ArgumentParser:
                     + ", ".join(EXPORT_MODES))
     ex.add_argument("--output", help="the .tflite path (default: beside the model, "
                     "<name>.<mode>.tflite)")
+    ex.add_argument("--auxiliary-inputs", choices=AUXILIARY_INPUTS, default="fixed",
+                    help="a KerasHub model's padding_mask: fixed to ones inside the file "
+                    "(default) or exposed as a second input")
     _data_arguments(ex)
     ex.add_argument("--windows", type=int, default=32,
                     help="held-out windows for verification and calibration (default 32)")
@@ -186,6 +190,7 @@ def _export(args) -> int:
     calibration = corpus.windows("train", seq_len, args.windows)[0]
     result = export_tflite(
         model, out, mode=args.mode, seq_len=seq_len, eval_data=batches,
+        auxiliary_inputs=args.auxiliary_inputs,
         representative_data=calibration if MODES[args.mode].needs_representative else None)
     if hasattr(tokenizer, "to_json"):
         (out.parent / "tokenizer.json").write_text(tokenizer.to_json(), encoding="utf-8")

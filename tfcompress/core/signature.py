@@ -7,7 +7,8 @@ position is real), other ``*_mask`` inputs ones, anything else is refused by nam
 
 Example:
     >>> model_inputs(gpt2_causal_lm, ids)          # {"token_ids": ids, "padding_mask": ones}
-    >>> single_input_model(gpt2_causal_lm, seq_len=128)(ids)   # logits; one int32 input
+    >>> input_view(gpt2_causal_lm, seq_len=128)(ids)   # logits; one int32 input
+    >>> input_view(gpt2_causal_lm, 128, "exposed")([ids, mask])   # the mask as an input
 """
 
 from __future__ import annotations
@@ -19,6 +20,9 @@ import numpy as np
 from tfcompress.errors import TfcompressError
 
 MAIN_INPUTS = ("token_ids", "input_ids", "inputs", "images", "pixel_values")
+# What becomes of auxiliary inputs (``padding_mask``) in a graph view of a model: fixed to
+# ones inside the graph, or exposed as inputs after the main one.
+AUXILIARY_INPUTS = ("fixed", "exposed")
 
 
 @dataclass(frozen=True)
@@ -108,17 +112,40 @@ def model_inputs(model, x, sig: Signature | None = None):
     return {sig.name: x, **{name: ones for name in sig.auxiliary}}
 
 
-def single_input_model(model, seq_len: int | None = None):
-    """``model`` itself when it is a one-input graph model, else a one-input functional view
-    of it (same weights) taking the main input; auxiliary masks are ones."""
+def check_auxiliary_inputs(auxiliary_inputs: str) -> None:
+    """`TfcompressError` unless ``auxiliary_inputs`` is one of `AUXILIARY_INPUTS`."""
+    if auxiliary_inputs not in AUXILIARY_INPUTS:
+        raise TfcompressError(f"auxiliary_inputs must be one of {AUXILIARY_INPUTS} (fixed: "
+                              "padding masks are ones inside the graph; exposed: they are "
+                              f"inputs), got {auxiliary_inputs!r}")
+
+
+def input_view(model, seq_len: int | None = None, auxiliary_inputs: str = "fixed"):
+    """``model`` itself when it is a one-input graph model, else a functional view of it
+    (same weights) whose first input is the main one (token ids or features). Auxiliary masks
+    are ones inside the graph (``"fixed"``) or further inputs of the model's own dtype, in the
+    model's order (``"exposed"``); a model without them gets the same view either way.
+
+    Example:
+        >>> [t.name for t in input_view(gpt2_causal_lm, 64, "exposed").inputs]
+        ['token_ids', 'padding_mask']
+    """
     import keras
 
+    check_auxiliary_inputs(auxiliary_inputs)
     sig = signature(model)
     if sig.name is None and _has_graph(model):
         return model
     shape = (seq_len, *sig.shape[2:]) if seq_len else sig.shape[1:]
     x = keras.Input(shape=shape, dtype=sig.dtype, name=sig.name or "inputs")
-    return keras.Model(x, model(model_inputs(model, x, sig)), name=f"{model.name}_single_input")
+    if auxiliary_inputs == "fixed" or not sig.auxiliary:
+        return keras.Model(x, model(model_inputs(model, x, sig)),
+                           name=f"{model.name}_single_input")
+    struct = model._inputs_struct
+    masks = {name: keras.Input(shape=shape[:1], dtype=_dtype(struct[name]), name=name)
+             for name in sig.auxiliary}
+    return keras.Model([x, *masks.values()], model({sig.name: x, **masks}),
+                       name=f"{model.name}_exposed_inputs")
 
 
 def output_width(model) -> int:

@@ -29,10 +29,11 @@ def main(path: str, num_threads: int, invokes: int) -> dict:
     baseline = _max_rss_mb()
     interpreter = Interpreter(model_path=path, num_threads=num_threads)
     interpreter.allocate_tensors()
-    detail = interpreter.get_input_details()[0]
-    x = np.zeros(detail["shape"], dtype=detail["dtype"])
+    inputs = [(d["index"], np.zeros(d["shape"], d["dtype"]))  # every input (masks too)
+              for d in interpreter.get_input_details()]
     for _ in range(invokes):
-        interpreter.set_tensor(detail["index"], x)
+        for index, x in inputs:
+            interpreter.set_tensor(index, x)
         interpreter.invoke()
     peak = _max_rss_mb()
     return {"baseline_mb": baseline, "peak_mb": peak, "interpreter_mb": peak - baseline}

@@ -41,6 +41,18 @@ class TensorError:
     added_error: float
 
     @property
+    def layer(self) -> str:
+        """The layer path the tensor belongs to (its name without the op's own part)."""
+        return self.tensor.split(";")[0].rsplit("/", 1)[0]
+
+    def describe(self) -> str:
+        """One line: op, layer, errors, scale and ranges (for error messages)."""
+        return (f"{self.op} in `{self.layer}` (op #{self.order}) adds error "
+                f"{self.added_error:.3g} of the float tensor's spread (total "
+                f"{self.relative_error:.3g}); scale {self.scale:.3g} over observed "
+                f"[{self.observed[0]:.3g}, {self.observed[1]:.3g}], {self.clipped:.1%} clipped")
+
+    @property
     def resolution(self) -> float:
         """The scale as a share of the float tensor's observed range (1/255 at best for int8)."""
         span = self.observed[1] - self.observed[0]
@@ -121,18 +133,13 @@ def tensor_error(reference: np.ndarray, quantized: np.ndarray, scale: float, zer
 
 def _all_tensors(content: bytes, samples: list[np.ndarray]):
     """Run ``content`` on each sample keeping every tensor; yield (interpreter, tensors)."""
-    from ai_edge_litert.interpreter import Interpreter
+    from tfcompress.export.runner import TFLiteRunner
 
-    interpreter = Interpreter(model_content=content, experimental_preserve_all_tensors=True)
-    interpreter.allocate_tensors()
-    inp = interpreter.get_input_details()[0]
+    runner = TFLiteRunner(content, preserve_all_tensors=True)
+    interpreter = runner.interpreter
     details = interpreter.get_tensor_details()
     for x in samples:
-        scale, zero = inp["quantization"]
-        if inp["dtype"] in (np.int8, np.int16) and scale:
-            x = np.round(x / scale + zero)
-        interpreter.set_tensor(inp["index"], np.asarray(x, inp["dtype"]))
-        interpreter.invoke()
+        runner.predict(x)
         values = {}
         for d in details:
             try:
@@ -181,16 +188,23 @@ def diagnose(model, tflite_path: str | Path, samples, seq_len: int | None = None
         quant_logits.append((raw - zero) * scale if out["dtype"] != np.float32 and scale else raw)
         float_logits.append(f_vals[f_int.get_output_details()[0]["index"]])
         tensors = {d["index"]: d for d in q_int.get_tensor_details()}
-        for order, node in enumerate(q_int._get_ops_details()):  # the public API has no list
+        ops = q_int._get_ops_details()  # the public API has no list
+        # a tensor dequantized for the output keeps its float name on the DEQUANTIZE's output
+        float_name = {int(n["inputs"][0]): tensors[int(n["outputs"][0])]["name"]
+                      for n in ops if n["op_name"] == "DEQUANTIZE"}
+        for order, node in enumerate(ops):
             for t in node["outputs"]:
                 d = tensors.get(int(t))
                 if d is None or d["dtype"] not in (np.int8, np.int16) or t not in q_vals:
                     continue
                 scale, zero = d["quantization"]
-                if not scale or d["name"] not in float_names:
+                name = d["name"] if d["name"] in float_names else float_name.get(int(t))
+                if not scale or name not in float_names:
                     continue
-                ref = f_vals.get(float_names[d["name"]])
-                if ref is None or ref.shape != q_vals[t].shape:
+                ref = f_vals.get(float_names[name])
+                # a QAT model's float file holds integer tensors under the same names
+                if (ref is None or ref.shape != q_vals[t].shape
+                        or not np.issubdtype(ref.dtype, np.floating)):
                     continue
                 inputs = [tensors[int(i)]["name"] for i in node["inputs"] if int(i) in tensors]
                 sums.setdefault(d["name"], [order, node["op_name"], d, inputs, []])[4].append(

@@ -18,14 +18,24 @@ import numpy as np
 
 from tfcompress.errors import TfcompressError
 
+# The name of an exported file's main input, whatever the model calls it.
+MAIN_NAME = "token_ids"
+
 
 @dataclass(frozen=True)
 class InputSpec:
-    """The exported input: ``shape`` with the batch first, dtype name, token vocabulary."""
+    """The exported input: ``shape`` with the batch first, dtype name, token vocabulary, and
+    the auxiliary inputs exposed beside it (``(name, dtype)``, each ``(batch, seq_len)``)."""
 
     shape: tuple[int | None, ...]
     dtype: str
     vocab_size: int | None = None
+    auxiliary: tuple[tuple[str, str], ...] = ()
+
+    def named(self, x: np.ndarray) -> dict[str, np.ndarray]:
+        """The exported model's inputs by name for main input ``x``: auxiliary masks ones."""
+        return {MAIN_NAME: x, **{name: np.ones(x.shape[:2], dtype)
+                                 for name, dtype in self.auxiliary}}
 
     @property
     def is_integer(self) -> bool:

@@ -19,15 +19,16 @@ import numpy as np
 
 from tfcompress._extras import require
 from tfcompress.core.layers import is_keras3_model, is_tf_keras_model, iter_layers
-from tfcompress.core.signature import signature, single_input_model
+from tfcompress.core.signature import check_auxiliary_inputs, input_view, signature
 from tfcompress.core.validation import check_output_path, check_seq_len
 from tfcompress.errors import TfcompressError, VerificationError
 from tfcompress.evaluate.latency import keras_forward
 from tfcompress.evaluate.quality import lm_quality
 from tfcompress.evaluate.size import file_sizes
+from tfcompress.export.diagnose import diagnose
 from tfcompress.export.modes import MODES, ExportMode
 from tfcompress.export.ops import describe_ops, inspect_tflite
-from tfcompress.export.representative import InputSpec, representative_samples
+from tfcompress.export.representative import MAIN_NAME, InputSpec, representative_samples
 from tfcompress.export.runner import TFLiteRunner
 from tfcompress.models.attention import bounded_attention_masks
 
@@ -51,6 +52,7 @@ class ExportResult:
     keras_perplexity: float | None = None
     input_dtype: str = ""
     output_dtype: str = ""
+    inputs: dict = field(default_factory=dict)
     qat: bool = False
     quantizer: str = "tflite-converter"
     ops: dict = field(default_factory=dict)
@@ -87,35 +89,47 @@ def model_seq_len(model, seq_len: int | None) -> int:
 
 
 def input_spec(model, seq_len: int | None, batch_size: int | None = 1) -> InputSpec:
-    """The exported input of a one-input model: ``(batch_size, seq_len, ...)`` and its dtype."""
+    """The exported input of a one-input model (or an `input_view` exposing masks):
+    ``(batch_size, seq_len, ...)``, its dtype and the ``(name, dtype)`` of each mask."""
     if batch_size is not None and batch_size < 1:
         raise TfcompressError(f"batch_size must be a positive integer or None, got {batch_size}")
-    if len(getattr(model, "inputs", None) or ()) != 1:
+    inputs = getattr(model, "inputs", None) or ()
+    masks = inputs[1:] if is_keras3_model(model) else ()
+    if len(inputs) != 1 + len(masks) or not all(t.name.endswith("mask") for t in masks):
         raise TfcompressError("model must have exactly one input (token ids or features)")
-    tensor = model.inputs[0]
+    tensor = inputs[0]
     rest = tuple(tensor.shape[2:])
     if any(d is None for d in rest):
         raise TfcompressError(f"model input dimensions after the sequence must be fixed: "
                               f"{tuple(tensor.shape)}")
     dtype = np.dtype(getattr(tensor.dtype, "name", tensor.dtype)).name
     vocab = int(model.outputs[0].shape[-1]) if np.issubdtype(np.dtype(dtype), np.integer) else None
-    return InputSpec((batch_size, model_seq_len(model, seq_len), *rest), dtype, vocab)
+    length = model_seq_len(model, seq_len)
+    return InputSpec((batch_size, length, *rest), dtype, vocab,
+                     tuple((t.name, np.dtype(getattr(t.dtype, "name", t.dtype)).name)
+                           for t in masks))
 
 
 def to_saved_model(model, directory: str | Path, spec: InputSpec) -> None:
-    """Write an inference SavedModel with one signature ``token_ids -> logits``."""
+    """Write an inference SavedModel with one signature ``token_ids[, masks] -> logits``."""
     import keras
     import tensorflow as tf
 
-    tf_spec = tf.TensorSpec(spec.shape, tf.as_dtype(spec.dtype), name="token_ids")
+    tf_spec = tf.TensorSpec(spec.shape, tf.as_dtype(spec.dtype), name=MAIN_NAME)
     if isinstance(model, keras.Model):
+        masks = [tf.TensorSpec(spec.shape[:2], tf.as_dtype(dtype), name=name)
+                 for name, dtype in spec.auxiliary]
         # Keras 3 variables are only tracked by Keras's own export archive.
-        model.export(str(directory), format="tf_saved_model", input_signature=[tf_spec],
-                     verbose=False)
+        model.export(str(directory), format="tf_saved_model",
+                     input_signature=[[tf_spec, *masks]] if masks else [tf_spec], verbose=False)
         return
     fn = tf.function(lambda token_ids: model(token_ids, training=False),
                      input_signature=[tf_spec])
-    tf.saved_model.save(model, str(directory), signatures={"serving_default": fn})
+    # a bare module holding the variables: saving the tf.keras model itself would also trace
+    # every layer's call for Keras's own SavedModel format, which the converter never reads
+    module = tf.Module()
+    module.variables_ = list(model.variables)
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": fn})
 
 
 def has_fake_quant(directory: str | Path) -> bool:
@@ -132,7 +146,8 @@ def has_fake_quant(directory: str | Path) -> bool:
     return False
 
 
-def _litert_quantize(flatbuffer: bytes, recipe_name: str, samples: list | None) -> bytes:
+def _litert_quantize(flatbuffer: bytes, recipe_name: str, spec: InputSpec,
+                     samples: list | None) -> bytes:
     """Apply an ``ai_edge_quantizer`` recipe to a float flatbuffer, calibrating if needed."""
     from ai_edge_quantizer import quantizer, recipe
 
@@ -140,10 +155,8 @@ def _litert_quantize(flatbuffer: bytes, recipe_name: str, samples: list | None) 
     qt.load_quantization_recipe(getattr(recipe, recipe_name)())
     calibration = None
     if qt.need_calibration:
-        signature = TFLiteRunner(flatbuffer).interpreter.get_signature_list()
-        key, io = next(iter(signature.items()))
-        name = io["inputs"][0]
-        calibration = qt.calibrate({key: [{name: s} for s in samples]})
+        key = next(iter(TFLiteRunner(flatbuffer).interpreter.get_signature_list()))
+        calibration = qt.calibrate({key: [spec.named(s) for s in samples]})
     return bytes(qt.quantize(calibration).quantized_model)
 
 
@@ -171,7 +184,9 @@ def convert(model, spec: InputSpec, mode: str = "float32", samples: list | None 
                 f"{spec.describe()}); only a quantization-aware (fake-quant) model can skip it"
             )
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
-        representative = None if samples is None else (lambda: ([s] for s in samples))
+        # several inputs go by name: a list would follow the signature's sorted names
+        representative = None if samples is None else (lambda: (
+            spec.named(s) if spec.auxiliary else [s] for s in samples))
         spec_mode.configure(converter, representative, int8_io)
         if spec_mode.float_ops:
             options = tf.lite.experimental.QuantizationDebugOptions(
@@ -182,7 +197,7 @@ def convert(model, spec: InputSpec, mode: str = "float32", samples: list | None 
         else:
             flatbuffer = converter.convert()
     if spec_mode.litert_recipe:
-        flatbuffer = _litert_quantize(flatbuffer, spec_mode.litert_recipe, samples)
+        flatbuffer = _litert_quantize(flatbuffer, spec_mode.litert_recipe, spec, samples)
     return flatbuffer, qat
 
 
@@ -232,6 +247,22 @@ def _check(stats: dict, mode: ExportMode, max_abs_error, min_agreement, max_ppl_
             f"{mode.name} export disagrees with the Keras model: " + "; ".join(problems))
 
 
+def _where_it_breaks(model, path: Path, sample: np.ndarray, spec: InputSpec) -> str:
+    """The first op of a failed fixed-range export that adds a large error, from `diagnose`
+    on a few verification rows: which layer to keep float, re-calibrate or retrain."""
+    try:
+        report = diagnose(model, path, sample[:8].astype(spec.dtype), spec.shape[1])
+    except (ValueError, RuntimeError) as err:  # the verification failure stays the news
+        return f"no per-tensor diagnosis ({type(err).__name__}: {err})"
+    row = report.first_broken()
+    if row is None:
+        worst = report.worst(1)
+        return ("no single op adds more than 10 % error (tensor errors build up); the worst: "
+                + worst[0].describe() if worst else "no quantized tensor to compare")
+    return ("first op that breaks it (tfcompress.export.diagnose, > 10 % added error): "
+            + row.describe())
+
+
 def _check_litert(mode: ExportMode) -> None:
     if mode.litert_recipe is None:
         return
@@ -257,12 +288,16 @@ def export_tflite(
     min_agreement: float | None = None,
     max_ppl_ratio: float | None = None,
     max_samples: int = 100,
+    auxiliary_inputs: str = "fixed",
     verbose: bool = True,
 ) -> ExportResult:
     """Convert ``model`` to ``.tflite`` at ``path`` in ``mode`` (see `MODES`) and verify it.
 
-    Any Keras 3 model is exported with one input (token ids or features): a KerasHub
-    CausalLM's ``padding_mask`` is fixed to ones, a subclassed model is traced at ``seq_len``.
+    Any Keras 3 model is exported with its main input (token ids or features) first, named
+    ``token_ids``; a subclassed model is traced at ``seq_len``. Auxiliary inputs such as a
+    KerasHub CausalLM's ``padding_mask`` are fixed to ones inside the graph
+    (``auxiliary_inputs="fixed"``) or become further inputs of the model's dtype, shape
+    ``(batch, seq_len)`` (``"exposed"``; the runner and verification feed them ones).
     ``representative_data`` (int8, int16x8): samples of the model input, as an array or a
     ``tf.data`` dataset (of inputs or ``(inputs, targets, ...)``); at most ``max_samples``
     are used. ``int8_io`` (int8 only) makes float inputs and the outputs int8 tensors; token-id
@@ -279,6 +314,7 @@ def export_tflite(
     """
     if mode not in MODES:
         raise TfcompressError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
+    check_auxiliary_inputs(auxiliary_inputs)
     spec_mode = MODES[mode]
     if not _is_keras_model(model):
         raise TfcompressError(
@@ -296,8 +332,9 @@ def export_tflite(
         )
     check_output_path(path, "path")  # before a conversion that can take minutes
     check_seq_len(model, seq_len)
-    if is_keras3_model(model):  # subclassed or dict-input models: export the token-id view
-        model = single_input_model(model)
+    reference = model
+    if is_keras3_model(model):  # subclassed or dict-input models: export a graph view
+        model = input_view(model, auxiliary_inputs=auxiliary_inputs)
     spec = input_spec(model, seq_len, batch_size)
     if int8_io and mode != "int8":
         raise TfcompressError(f"int8_io is only for mode 'int8', got mode {mode!r}")
@@ -333,6 +370,7 @@ def export_tflite(
     result = ExportResult(
         str(path), mode, **file_sizes(path), qat=qat,
         input_dtype=np.dtype(runner.input["dtype"]).name,
+        inputs={name: np.dtype(d["dtype"]).name for name, d in runner.inputs.items()},
         output_dtype=np.dtype(runner.output["dtype"]).name,
         quantizer="ai-edge-quantizer" if spec_mode.litert_recipe else "tflite-converter",
         **info,
@@ -343,10 +381,16 @@ def export_tflite(
         if sample is None:
             sample = (np.concatenate(samples[:4]) if samples
                       else runner.sample_input(4 * (spec.shape[0] or 1)))
-        stats = verify(model, runner, sample.astype(spec.dtype), eval_data)
+        stats = verify(reference, runner, sample.astype(spec.dtype), eval_data)
         for key, value in stats.items():
             setattr(result, key, value)
-        _check(stats, spec_mode, max_abs_error, min_agreement, max_ppl_ratio)
+        try:
+            _check(stats, spec_mode, max_abs_error, min_agreement, max_ppl_ratio)
+        except VerificationError as err:
+            if not spec_mode.static_activations:
+                raise
+            raise VerificationError(f"{err}; {_where_it_breaks(model, path, sample, spec)}"
+                                    ) from None
     if result.not_delegated:
         warnings.warn(f"{path.name}: operators outside XNNPACK (run on reference CPU kernels): "
                       f"{describe_ops(result.not_delegated)}", XNNPACKFallbackWarning,

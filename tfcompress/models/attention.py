@@ -63,19 +63,30 @@ def bounded_attention_masks():
     """Within the block, Keras attention masks its scores with `bounded_masked_softmax`.
 
     Covers `keras.ops.dot_product_attention` (what `MultiHeadAttention` calls) and every
-    `keras.layers.Softmax` called with a mask (KerasHub's attention layers). Used while tracing
-    a model for an export with fixed activation ranges; the model itself is not changed.
+    `keras.layers.Softmax` called with a mask (KerasHub's attention layers), and likewise
+    ``tf_keras.layers.Softmax`` (what tf.keras ``MultiHeadAttention`` masks with, in float
+    TF-MOT QAT models too). Used while tracing a model for an export with fixed activation
+    ranges; the model itself is not changed.
     """
     from keras.src import ops as src_ops
 
-    softmax_call = keras.layers.Softmax.call
+    softmaxes = [keras.layers.Softmax]
+    try:
+        import tf_keras
+
+        softmaxes.append(tf_keras.layers.Softmax)
+    except ImportError:  # tf.keras is optional
+        pass
+    softmax_calls = [cls.call for cls in softmaxes]
     attention = src_ops.dot_product_attention
 
-    def call(self, inputs, mask=None):
-        if mask is None or isinstance(self.axis, (tuple, list)) and len(self.axis) > 1:
-            return softmax_call(self, inputs, mask=mask)
-        axis = self.axis[0] if isinstance(self.axis, (tuple, list)) else self.axis
-        return bounded_masked_softmax(inputs, mask, axis=axis)
+    def bounded(softmax_call):
+        def call(self, inputs, mask=None):
+            if mask is None or isinstance(self.axis, (tuple, list)) and len(self.axis) > 1:
+                return softmax_call(self, inputs, mask=mask)
+            axis = self.axis[0] if isinstance(self.axis, (tuple, list)) else self.axis
+            return bounded_masked_softmax(inputs, mask, axis=axis)
+        return call
 
     def dot_product_attention(query, key, value, bias=None, mask=None, scale=None,
                               is_causal=False, flash_attention=None, attn_logits_soft_cap=None):
@@ -85,10 +96,12 @@ def bounded_attention_masks():
                              attn_logits_soft_cap=attn_logits_soft_cap)
         return bounded_dot_product_attention(query, key, value, bias, mask, scale, is_causal)
 
-    keras.layers.Softmax.call = call
+    for cls, softmax_call in zip(softmaxes, softmax_calls, strict=True):
+        cls.call = bounded(softmax_call)
     src_ops.dot_product_attention = keras.ops.dot_product_attention = dot_product_attention
     try:
         yield
     finally:
-        keras.layers.Softmax.call = softmax_call
+        for cls, softmax_call in zip(softmaxes, softmax_calls, strict=True):
+            cls.call = softmax_call
         src_ops.dot_product_attention = keras.ops.dot_product_attention = attention

@@ -45,7 +45,7 @@ STAGE_KEYS = {
                 "divergence": str, "learning_rate": float},
     "finetune": {"steps": int, "learning_rate": float},
     "evaluate": {"models": list},
-    "export": {"mode": str, "modes": list, "prompt": str},
+    "export": {"mode": str, "modes": list, "prompt": str, "auxiliary_inputs": str},
     "prune": {"finetune_steps": int},
     "quantize": {},
     "factorize": {"finetune_steps": int},
@@ -228,6 +228,7 @@ def _normalise_stage(raw, index: int, problems: list[str]) -> dict | None:
     if stage == "finetune" and "steps" not in settings:
         problems.append(f"{where}.steps: give the number of fine-tuning steps")
     if stage == "export":
+        from tfcompress.core.signature import AUXILIARY_INPUTS
         from tfcompress.export.modes import MODES
 
         modes = settings.get("modes", [settings["mode"]] if "mode" in settings else [])
@@ -240,6 +241,11 @@ def _normalise_stage(raw, index: int, problems: list[str]) -> dict | None:
             if mode not in MODES:
                 problems.append(f"{where}: unknown mode {mode!r} (valid: "
                                 f"{', '.join(sorted(MODES))})")
+        auxiliary = settings.get("auxiliary_inputs", "fixed")
+        if auxiliary not in AUXILIARY_INPUTS:
+            problems.append(f"{where}.auxiliary_inputs: must be one of {AUXILIARY_INPUTS} "
+                            f"(padding masks fixed to ones or exposed as inputs), got "
+                            f"{auxiliary!r}")
     for key in ("steps", "finetune_steps"):
         if _type_ok(settings.get(key), int) and settings[key] < (1 if key == "steps" else 0):
             problems.append(f"{where}.{key}: must be >= {1 if key == 'steps' else 0}, "

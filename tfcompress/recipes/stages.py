@@ -163,7 +163,8 @@ def export_stage(run, st: dict) -> StageResult:
         rep = run.calibration() if MODES[mode].needs_representative else None
         try:
             result = export_tflite(model, path, mode=mode, seq_len=run.data["seq_len"],
-                                   eval_data=run.eval_data(), representative_data=rep)
+                                   eval_data=run.eval_data(), representative_data=rep,
+                                   auxiliary_inputs=st.get("auxiliary_inputs", "fixed"))
             break
         except VerificationError as err:
             notes.append(f"{mode} export of `{name}` failed verification ({err}).")
