@@ -76,3 +76,11 @@ def test_points_are_labelled_and_the_figure_shows_itself_as_png():
     assert ax.get_yscale() == "log"
     # IPython calls _repr_png_ for a cell's value: no inline backend or pyplot needed
     assert fig._repr_png_()[:8] == PNG
+
+
+def test_a_tiny_difference_does_not_fill_the_height_of_a_scatter():
+    ax = plot_points({"keras": (0.17, 90.085), "tflite": (0.09, 90.084)}).axes[0]
+    low, high = ax.get_ylim()
+    assert low == pytest.approx(90.0845 * 0.98) and high == pytest.approx(90.0845 * 1.02)
+    ax = plot_points({"a": (1.0, 10.0), "b": (2.0, 20.0)}).axes[0]
+    assert ax.get_ylim()[0] < 10.0 < 20.0 < ax.get_ylim()[1] < 25.0  # a real spread is kept

@@ -139,9 +139,15 @@ def plot_points(points: Mapping[str, tuple[float, float]], *, xlabel: str = "",
     ax = _axes(fig, title, xlabel, ylabel)
     for _, x, y in rows:
         ax.scatter(x, y)
+    ax.margins(0.15)
     if logy:
         ax.set_yscale("log")
-    ax.margins(0.15)
+    else:
+        ax.ticklabel_format(axis="y", useOffset=False)
+        low, high = ax.get_ylim()
+        middle, least = (low + high) / 2, 0.02 * abs(low + high) / 2
+        if high - low < 2 * least:  # a 0.01 % difference must not fill the plot's height
+            ax.set_ylim(middle - least, middle + least)
     ax.set_xlim(left=0)
     fig.tight_layout()
     _place_labels(fig, ax, rows)  # in the final pixels, so no layout after this
@@ -229,11 +235,14 @@ def plot_history(history, keys: Sequence[str] | None = None, *, every: int = 1,
         raise TfcompressError(f"keys must be among {sorted(curves)}, got {keys}")
     if not isinstance(every, int) or every < 1:
         raise TfcompressError(f"every must be a positive integer, got {every!r}")
+    from matplotlib.ticker import MaxNLocator
+
     fig = figure(7, 3.5)
     ax = _axes(fig, title, xlabel, ylabel)
     for key in keys:
         ys = [float(v) for v in curves[key]]
         ax.plot([every * (i + 1) for i in range(len(ys))], ys, marker="o", ms=3, label=key)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     if logy:
         ax.set_yscale("log")
     if len(keys) > 1:
