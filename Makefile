@@ -7,7 +7,7 @@ PIP := $(PY) -m pip install -q -c constraints.txt
 export KERAS_BACKEND := tensorflow
 export TF_CPP_MIN_LOG_LEVEL := 2
 
-.PHONY: install demo test test-fast test-pythons lint llm bench bench-quick docs dist clean
+.PHONY: install demo test test-fast test-pythons lint llm bench bench-quick docs dist clean notebooks
 
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -52,6 +52,11 @@ test-pythons: install
 	  echo "$$($$v/bin/python --version): fast tests"; \
 	  $$v/bin/python -m pytest -q -n 2 -p no:cacheprovider -m "not slow" $(FAST_TESTS) || exit 1; \
 	done
+
+# run every notebook in place and store its outputs and plots; tests/test_notebooks.py fails
+# when a code cell changed since (needs `make llm` for notebook 06's real SmolLM2 numbers)
+notebooks: install
+	$(PY) -m tests.run_notebooks
 
 lint: install
 	$(VENV)/bin/ruff check tfcompress tests benchmarks

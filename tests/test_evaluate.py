@@ -189,7 +189,7 @@ def test_interleaved_latency_alternates_and_reports_each_callables_median():
 
 
 def test_label_offsets_keep_labels_apart_and_inside_the_frame():
-    from tfcompress.evaluate.report import label_offsets
+    from tfcompress.evaluate.plots import label_offsets
 
     offsets = ((1, 1), (1, -1), (-1, 1))
     # two labels on one point: the second moves below; a label at the right edge flips left

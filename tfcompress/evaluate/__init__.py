@@ -7,15 +7,9 @@ from tfcompress.evaluate.latency import (
     keras_latency,
     time_callable,
 )
+from tfcompress.evaluate.plots import plot_bars, plot_history, plot_points, plot_quality_vs_size
 from tfcompress.evaluate.quality import lm_quality, token_stats
-from tfcompress.evaluate.report import (
-    Report,
-    compare,
-    evaluate,
-    plot_quality_vs_size,
-    ratios,
-    write_report,
-)
+from tfcompress.evaluate.report import Report, compare, evaluate, ratios, write_report
 from tfcompress.evaluate.size import file_sizes, keras_file_sizes, param_counts
 
 make_callable(__name__, evaluate)
@@ -31,6 +25,9 @@ __all__ = [
     "keras_latency",
     "lm_quality",
     "param_counts",
+    "plot_bars",
+    "plot_history",
+    "plot_points",
     "plot_quality_vs_size",
     "ratios",
     "time_callable",

@@ -10,7 +10,6 @@ Example:
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tfcompress.core.validation import (
 )
 from tfcompress.errors import TfcompressError
 from tfcompress.evaluate.latency import keras_forward, keras_latency
+from tfcompress.evaluate.plots import plot_quality_vs_size
 from tfcompress.evaluate.quality import classifier_accuracy, lm_quality
 from tfcompress.evaluate.size import bits_per_weight, file_sizes, keras_file_sizes, param_counts
 
@@ -216,106 +216,6 @@ def compare(reports: list[Report], baseline: str | None = None) -> str:
     return "\n".join(rows)
 
 
-# label positions tried in turn (points from the marker): beside it, then rings further out
-_LABEL_OFFSETS = ((5, 4), *((round(r * math.cos(a)), round(r * math.sin(a)))
-                            for r in (16, 30, 45, 60, 80)
-                            for a in (math.radians(d) for d in (0, 40, -40, 90, -90, 140, -140,
-                                                                 180))))
-
-
-def label_offsets(anchors, sizes, frame, offsets=_LABEL_OFFSETS, marker: float = 0.0
-                  ) -> list[tuple]:
-    """Pick one offset per label so labels do not overlap each other, any marker (a square of
-    side ``marker`` on each anchor) or leave ``frame``.
-
-    ``anchors`` are the points and ``sizes`` the labels' ``(width, height)``, ``frame`` is
-    ``(x0, y0, x1, y1)``, all in one unit (pixels). A label at offset ``(dx, dy)`` starts at
-    ``x + dx`` when ``dx >= 0`` (else ends there) and likewise in y. Each label, in order, takes
-    the first offset that clashes with nothing, else the one overlapping least (area over
-    earlier labels plus area outside the frame).
-    """
-    def box(anchor, size, off):
-        x = anchor[0] + off[0] - (size[0] if off[0] < 0 else 0)
-        y = anchor[1] + off[1] - (size[1] if off[1] < 0 else 0)
-        return x, y, x + size[0], y + size[1]
-
-    def overlap(a, b):
-        return (max(0.0, min(a[2], b[2]) - max(a[0], b[0]))
-                * max(0.0, min(a[3], b[3]) - max(a[1], b[1])))
-
-    half = marker / 2
-    placed = [(x - half, y - half, x + half, y + half) for x, y in anchors] if marker else []
-    chosen = []
-    for anchor, size in zip(anchors, sizes, strict=True):
-        best = None
-        for off in offsets:
-            b = box(anchor, size, off)
-            clash = (sum(overlap(b, other) for other in placed)
-                     + size[0] * size[1] - overlap(b, frame))
-            if best is None or clash < best[0]:
-                best = (clash, off, b)
-            if clash == 0:
-                break
-        chosen.append(best[1])
-        placed.append(best[2])
-    return chosen
-
-
-def _place_labels(fig, ax, points, fontsize: int = 8) -> None:
-    """Annotate each point at its `label_offsets` position; a grey leader line joins a label
-    that had to move away to its point."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.font_manager import FontProperties
-
-    renderer = FigureCanvasAgg(fig).get_renderer()
-    font = FontProperties(size=fontsize)
-    px = fig.dpi / 72  # pixels per point
-    anchors = [ax.transData.transform((x, y)) for _, x, y in points]
-    sizes = [renderer.get_text_width_height_descent(label, font, ismath=False)[:2]
-             for label, _, _ in points]
-    frame = ax.get_window_extent(renderer).extents
-    offsets = [(dx * px, dy * px) for dx, dy in _LABEL_OFFSETS]
-    chosen = label_offsets(anchors, sizes, frame, offsets, marker=10 * px)
-    for (label, x, y), (dx, dy) in zip(points, chosen, strict=True):
-        moved = (dx, dy) != offsets[0]
-        ax.annotate(label, (x, y), textcoords="offset pixels", xytext=(dx, dy),
-                    fontsize=fontsize, ha="left" if dx >= 0 else "right",
-                    va="bottom" if dy >= 0 else "top",
-                    arrowprops=dict(arrowstyle="-", color="0.6", lw=0.6) if moved else None)
-
-
-def plot_quality_vs_size(reports: list[Report], path: str | Path | None = None,
-                         metric: str = "perplexity"):
-    """Scatter of ``metric`` against gzip size, one labelled point per model.
-
-    Returns the matplotlib ``Figure`` (shown inline in a notebook) and writes it as a PNG to
-    ``path`` when given. The matplotlib backend is left as it is.
-
-    Example:
-        >>> fig = plot_quality_vs_size(reports, "quality_vs_size.png")
-    """
-    from matplotlib.figure import Figure
-
-    points = [(r.name, r.gzip_bytes, r.quality.get(metric)) for r in reports]
-    points = [(name, size / 1e6, value) for name, size, value in points
-              if size is not None and value is not None]
-    fig = Figure(figsize=(7, 4.5))
-    ax = fig.add_subplot()
-    for _, size, value in points:
-        ax.scatter(size, value)
-    ax.set_xlabel("gzip size (MB)")
-    ax.set_ylabel(metric)
-    ax.set_title(f"{metric} vs size")
-    ax.grid(alpha=0.3)
-    ax.margins(0.15)
-    ax.set_xlim(left=0)
-    fig.tight_layout()
-    _place_labels(fig, ax, points)
-    if path is not None:
-        fig.savefig(path, dpi=120)
-    return fig
-
-
 def write_report(
     reports: list[Report],
     out_dir: str | Path,
@@ -337,4 +237,4 @@ def write_report(
     return out / "report.md"
 
 
-__all__ = ["Report", "compare", "evaluate", "plot_quality_vs_size", "ratios", "write_report"]
+__all__ = ["Report", "compare", "evaluate", "ratios", "write_report"]

@@ -90,10 +90,12 @@ class Diagnosis:
         return "\n".join(lines)
 
     def plot(self, path: str | Path | None = None, title: str = "quantization error by tensor"):
-        """Relative error of each tensor in graph order (log scale); saved when ``path``."""
-        import matplotlib.pyplot as plt
+        """Relative error of each tensor in graph order (log scale) as a matplotlib ``Figure``;
+        saved as a PNG when ``path``."""
+        from tfcompress.evaluate.plots import DPI, figure
 
-        fig, ax = plt.subplots(figsize=(9, 3.5))
+        fig = figure(9, 3.5)
+        ax = fig.add_subplot()
         xs = [r.order for r in self.rows]
         ax.semilogy(xs, [max(r.relative_error, 1e-6) for r in self.rows], ".-", lw=0.8,
                     label="error")
@@ -107,7 +109,7 @@ class Diagnosis:
         ax.grid(alpha=0.3)
         fig.tight_layout()
         if path is not None:
-            fig.savefig(path, dpi=120)
+            fig.savefig(path, dpi=DPI)
         return fig
 
 
