@@ -19,13 +19,14 @@ import gc
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks._common import bench_parser, parse_args, write_results
-from benchmarks.llm import EVAL_TOKENS, WINDOW, gguf_path
+from benchmarks.llm import eval_sizes, gguf_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -77,22 +78,22 @@ def _subprocess_measure(bundle: Path, prompt_file: Path) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def exported_perplexity(bundle: Path, ids: np.ndarray) -> float:
-    """Perplexity through the bundle's decode signature, windows of `WINDOW` from an empty
+def exported_perplexity(bundle: Path, ids: np.ndarray, window: int) -> float:
+    """Perplexity through the bundle's decode signature, windows of ``window`` from an empty
     cache each (the protocol of `causal_lm_perplexity`)."""
     from tfcompress.export.llm_runner import LLMRunner
     from tfcompress.models import causal_lm_perplexity
 
     runner = LLMRunner(bundle, num_threads=THREADS)
-    return causal_lm_perplexity(lambda x: runner.logits(x[0])[None], ids, WINDOW,
+    return causal_lm_perplexity(lambda x: runner.logits(x[0])[None], ids, window,
                                 verbose=True)["perplexity"]
 
 
-def keras_perplexity(model, ids: np.ndarray) -> float:
+def keras_perplexity(model, ids: np.ndarray, window: int) -> float:
     from tfcompress.evaluate import keras_forward
     from tfcompress.models import causal_lm_perplexity
 
-    return causal_lm_perplexity(keras_forward(model), ids, WINDOW)["perplexity"]
+    return causal_lm_perplexity(keras_forward(model), ids, window)["perplexity"]
 
 
 def keras_generation_s(model, prompt: np.ndarray, tokens: int = 30) -> float:
@@ -187,6 +188,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(parser, argv)
     args.modes = args.modes or (["float16"] if args.quick else list(MODES))
     args.skip_window = args.skip_window or args.quick
+    if args.quick:
+        args.out = tempfile.mkdtemp(prefix="generate-quick-")
     if args.measure:
         print(json.dumps(measure(*args.measure)))
         return
@@ -205,7 +208,8 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = gguf_tokenizer(gguf)
     model = load_gguf(gguf)
     text = bundled_corpus("austen")["test"]
-    eval_ids = tokenizer.encode(text[:20_000])[:EVAL_TOKENS]
+    eval_tokens, window = eval_sizes(args.quick)
+    eval_ids = tokenizer.encode(text[:20_000])[:eval_tokens]
     prompt = tokenizer.encode(text[30_000:40_000])[:PROMPT]
     prompt_text = tokenizer.decode(prompt.tolist())
     prompt_file = out / "prompt.npy"
@@ -218,7 +222,7 @@ def main(argv: list[str] | None = None) -> None:
     keras_greedy = generate(keras_forward(model), prompt, GREEDY)
     res["keras_greedy"] = keras_greedy[:GREEDY]
     if "float" not in res["keras_ppl"]:
-        res["keras_ppl"]["float"] = keras_perplexity(model, eval_ids)
+        res["keras_ppl"]["float"] = keras_perplexity(model, eval_ids, window)
     quantized = None
     for mode in args.modes:
         source = model
@@ -226,7 +230,7 @@ def main(argv: list[str] | None = None) -> None:
             start = time.perf_counter()
             quantized = gptq_model(model, tokenizer, args.calib)
             res["seconds"]["gptq"] = time.perf_counter() - start
-            res["keras_ppl"]["gptq_g128"] = keras_perplexity(quantized, eval_ids)
+            res["keras_ppl"]["gptq_g128"] = keras_perplexity(quantized, eval_ids, window)
             source = quantized
         start = time.perf_counter()
         bundle = out / mode
@@ -242,7 +246,7 @@ def main(argv: list[str] | None = None) -> None:
         res["file_mb"][mode] = result.bytes / 1e6
         res[f"greedy_{mode}"] = m["greedy"]
         start = time.perf_counter()
-        res["ppl"][mode] = exported_perplexity(bundle, eval_ids)
+        res["ppl"][mode] = exported_perplexity(bundle, eval_ids, window)
         res["seconds"][f"ppl_{mode}"] = time.perf_counter() - start
         ref = res["keras_ppl"]["gptq_g128" if mode == "int4" else "float"]
         res["ppl_ratio_vs_keras"][mode] = res["ppl"][mode] / ref

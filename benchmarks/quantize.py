@@ -10,24 +10,23 @@ from __future__ import annotations
 
 import time
 
-from benchmarks._common import bench_parser, demo_context, parse_args, write_results
+from benchmarks._common import QUICK, bench_parser, demo_context, parse_args, write_results
 from tfcompress.core.layers import copy_model
 from tfcompress.evaluate import keras_file_sizes, keras_forward, lm_quality
 from tfcompress.models.training import train_lm
 from tfcompress.quantize import QuantizeConfig, qat, quantize, strip_qat
 
 DENSE = ("Dense", "EinsumDense")
-GROUP = 128
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = bench_parser("quantize", __doc__)
     parser.add_argument("--qat-steps", type=int, default=100)
     args = parse_args(parser, argv)
-    group = 16 if args.quick else GROUP  # the quick teacher's kernels have 32 rows
     if args.quick:
-        args.qat_steps = 3
+        args.qat_steps = QUICK.finetune_steps
     ctx = demo_context(args)
+    group = ctx.settings.group_size
     teacher = ctx.teacher
     batches = ctx.eval_data()
     calib = ctx.calibration()
