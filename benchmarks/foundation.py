@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> None:
                             batch_sizes=sizes, repeats=args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         reports = [keras_report]
-        for mode in ("float32", "float16"):
+        # --quick: one conversion (float16 is the same code path; export.py covers the modes)
+        for mode in ("float32",) if args.quick else ("float32", "float16"):
             path = export_tflite(teacher, f"{tmp}/teacher-{mode}.tflite", mode=mode,
                                  seq_len=s.seq_len).path
             reports.append(evaluate(path, batches, name=f"teacher (tflite {mode})",

@@ -37,12 +37,15 @@ def main(argv: list[str] | None = None) -> None:
     float_ppl = ppl(teacher)
     float_bytes = keras_file_sizes(teacher)["bytes"]  # weights only: optimizer state left out
     group4 = dict(bits=4, granularity="group", group_size=group)
+    # Keras's GPTQ runs op by op, column by column (seconds even at tiny size): --quick
+    # leaves it the 128-column MLP output kernels out
+    scope = "_attn/|_mlp_out" if args.quick else "_attn/"
     runs = {
         "int8_rtn": dict(method="rtn", bits=8),
         "int4_rtn": dict(method="rtn", types=DENSE, **group4),
         "int4_gptq": dict(method="gptq", types=DENSE, **group4),
         # Keras 3.15 cannot reload GPTQ-quantized attention, so keras_gptq refuses it
-        "int4_gptq_keras": dict(method="keras_gptq", types=DENSE, exclude="_attn/", **group4),
+        "int4_gptq_keras": dict(method="keras_gptq", types=DENSE, exclude=scope, **group4),
         "int4_gptq_all": dict(method="gptq", **group4),
         "int3_rtn": dict(method="rtn", types=DENSE, bits=3, granularity="group",
                          group_size=group),
