@@ -29,7 +29,7 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import tfcompress  # noqa: F401  (sets the Keras backend)
@@ -46,7 +46,9 @@ class DemoSettings:
 
     Under ``--quick`` the scripts size all their work from these: ``finetune_steps`` for every
     short training (QAT, distillation, any_model's models), ``eval_windows``/``seq_len`` for
-    held-out text, ``latency_rounds``/``latency_repeats`` for every timing.
+    held-out text, ``latency_rounds``/``latency_repeats`` for every timing, and
+    ``train_tokens`` cuts the train split the scripts read once the teacher is loaded (each
+    training stream windows and shuffles the whole split; None keeps it whole).
     """
 
     corpus: str = "austen"
@@ -62,15 +64,16 @@ class DemoSettings:
     latency_repeats: int = 10
     latency_rounds: int = 5
     group_size: int = 128
+    train_tokens: int | None = None
     seed: int = 0
 
     @classmethod
     def quick(cls) -> DemoSettings:
         # group 16: the test-tiny kernels have 32 rows
         return cls(teacher_preset="test-tiny", student_preset="test-tiny", seq_len=32,
-                   batch_size=8, teacher_steps=20, student_steps=2, finetune_steps=2,
+                   batch_size=8, teacher_steps=10, student_steps=2, finetune_steps=2,
                    eval_windows=16, calibration_windows=4, latency_repeats=1,
-                   latency_rounds=1, group_size=16)
+                   latency_rounds=1, group_size=16, train_tokens=20_000)
 
 
 # the sizes of every --quick run
@@ -142,6 +145,9 @@ def demo_context(args=None, settings: DemoSettings | None = None) -> BenchContex
     ctx = BenchContext(settings, run_dir)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     load_source(ctx)
+    if settings.train_tokens:
+        ids = ctx.corpus.ids
+        ctx.corpus = replace(ctx.corpus, ids={**ids, "train": ids["train"][:settings.train_tokens]})
     return ctx
 
 

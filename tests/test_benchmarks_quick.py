@@ -2,8 +2,8 @@
 
 Each runs in this process (TensorFlow is imported once) and must write its results, with the
 command that reproduces them, under ``benchmarks/results/quick/``; the recorded results are
-left alone. They share one xdist worker (one teacher trained, TensorFlow warmed once): about
-a minute and a half together on 2 idle cores.
+left alone. They share one xdist worker (one teacher trained, TensorFlow warmed once): under
+three minutes together on 2 shared cores.
 """
 
 import importlib
