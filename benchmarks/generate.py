@@ -32,6 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 PROMPT, NEW, THREADS, CACHE, PREFILL = 128, 128, 2, 512, (32, 128)
 GREEDY = 64
+QUICK_GREEDY = 8  # --quick: the Keras model generates eagerly, one full forward per token
 MODES = ("dynamic_int8", "float16", "int4")
 
 
@@ -43,7 +44,7 @@ def _vm_hwm_mb() -> float:
     return float("nan")
 
 
-def measure(bundle: str, prompt_file: str) -> dict:
+def measure(bundle: str, prompt_file: str, greedy: str | int = GREEDY) -> dict:
     """Run in a fresh process: TTFT, prefill/decode tokens/s, greedy ids, runtime peak RSS."""
     from tfcompress.export.llm_runner import LLMRunner
 
@@ -64,15 +65,15 @@ def measure(bundle: str, prompt_file: str) -> dict:
             ids.append(token)
         decode_s = time.perf_counter() - start
         stats = {"ttft_s": ttft, "prefill_tps": len(prompt) / ttft,
-                 "decode_tps": (NEW - 1) / decode_s, "greedy": ids[:GREEDY]}
+                 "decode_tps": (NEW - 1) / decode_s, "greedy": ids[:int(greedy)]}
     peak = _vm_hwm_mb()
     return {**stats, "baseline_mb": baseline, "peak_mb": peak, "runtime_mb": peak - baseline}
 
 
-def _subprocess_measure(bundle: Path, prompt_file: Path) -> dict:
+def _subprocess_measure(bundle: Path, prompt_file: Path, greedy: int) -> dict:
     done = subprocess.run([sys.executable, "-m", "benchmarks.generate", "--measure",
-                           str(bundle), str(prompt_file)], cwd=ROOT, capture_output=True,
-                          text=True, check=False, timeout=3600)
+                           str(bundle), str(prompt_file), str(greedy)], cwd=ROOT,
+                          capture_output=True, text=True, check=False, timeout=3600)
     if done.returncode:
         raise RuntimeError(f"measuring {bundle} failed: {done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -184,7 +185,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calib", type=int, default=16, help="GPTQ calibration windows")
     parser.add_argument("--skip-window", action="store_true")
     parser.add_argument("--merge", help="results JSON of an earlier run (other modes) to extend")
-    parser.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--measure", nargs=3, help=argparse.SUPPRESS)
     args = parse_args(parser, argv)
     args.modes = args.modes or (["float16"] if args.quick else list(MODES))
     args.skip_window = args.skip_window or args.quick
@@ -219,8 +220,9 @@ def main(argv: list[str] | None = None) -> None:
                  "notes": [], "seconds": {}}
     if args.merge:
         res = {k: v for k, v in json.loads(Path(args.merge).read_text()).items() if k != "meta"}
-    keras_greedy = generate(keras_forward(model), prompt, GREEDY)
-    res["keras_greedy"] = keras_greedy[:GREEDY]
+    greedy = QUICK_GREEDY if args.quick else GREEDY
+    keras_greedy = generate(keras_forward(model), prompt, greedy)
+    res["keras_greedy"] = keras_greedy[:greedy]
     if "float" not in res["keras_ppl"]:
         res["keras_ppl"]["float"] = keras_perplexity(model, eval_ids, window)
     quantized = None
@@ -240,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
                             mode=mode, tokenizer=gguf, verify_output=False)
         res["seconds"][f"export_{mode}"] = time.perf_counter() - start
         gc.collect()
-        m = _subprocess_measure(bundle, prompt_file)
+        m = _subprocess_measure(bundle, prompt_file, greedy)
         res["decode_tps"][mode], res["prefill_tps"][mode] = m["decode_tps"], m["prefill_tps"]
         res["ttft_s"][mode], res["runtime_rss_mb"][mode] = m["ttft_s"], m["runtime_mb"]
         res["file_mb"][mode] = result.bytes / 1e6
@@ -261,12 +263,12 @@ def main(argv: list[str] | None = None) -> None:
         ours = res.get(f"greedy_{mode}")
         if ours is not None:
             same = next((i for i, (a, b) in enumerate(zip(ours, keras_greedy, strict=False))
-                         if a != b), GREEDY)
+                         if a != b), greedy)
             res[f"greedy_same_prefix_{mode}"] = same
             res["notes"].append(f"greedy {mode} export vs Keras float32 (prompt of {PROMPT}): "
-                                f"first {same} of {GREEDY} tokens identical")
+                                f"first {same} of {greedy} tokens identical")
     float16 = res.get("greedy_float16")
-    res["greedy_match_keras"] = None if float16 is None else float16 == keras_greedy[:GREEDY]
+    res["greedy_match_keras"] = None if float16 is None else float16 == keras_greedy[:greedy]
     if quantized is not None:
         res["keras_generate_30_s"] = {
             "float": keras_generation_s(model, prompt),
