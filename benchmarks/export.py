@@ -271,10 +271,11 @@ def main(argv: list[str] | None = None) -> None:
                             ("float32", "dynamic_int8") if args.quick else tuple(MODES))
     s = ctx.settings
     notes = (f"\n\nHeld-out: {s.eval_windows} test windows of {s.seq_len} tokens; calibration: "
-             f"{s.calibration_windows} training windows. Latency: batch 1, median of 5 "
-             "interleaved rounds; Keras runs through TF with its default threads. Peak MB: peak "
-             "RSS of a fresh interpreter process above a bare ai_edge_litert process. Student: "
-             "trained directly (no distillation), 50 % magnitude-zeroed, no fine-tuning.")
+             f"{s.calibration_windows} training windows. Latency: batch 1, median of "
+             f"{s.latency_rounds} interleaved rounds; Keras runs through TF with its default "
+             "threads. Peak MB: peak RSS of a fresh interpreter process above a bare "
+             "ai_edge_litert process. Student: trained directly (no distillation), 50 % "
+             "magnitude-zeroed, no fine-tuning.")
     data = {**summary(rows, "teacher"),
             "student": summary(rows, "student-pruned"), "rows": rows,
             "settings": {"eval_windows": s.eval_windows, "seq_len": s.seq_len,
