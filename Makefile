@@ -20,13 +20,13 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) -m tfcompress demo
 
-# benchmarks at --quick size cost minutes together: make test runs the three cheapest,
-# make bench-quick every one
+# every benchmark at --quick size is part of it (tests/test_benchmarks_quick.py, one worker)
 test: install
-	$(PY) -m pytest -q -n 2 --dist loadgroup --nbmake -m "not bench_quick" tests notebooks
+	$(PY) -m pytest -q -n 2 --dist loadgroup --nbmake tests notebooks
 
+# just the benchmarks at --quick size (what make test runs of them), in one process
 bench-quick: install
-	$(PY) -m pytest -q -n 2 tests/test_benchmarks_quick.py
+	$(PY) -m pytest -q tests/test_benchmarks_quick.py
 
 # the fast part of the suite
 FAST_TESTS ?= tests/test_packaging.py tests/test_core.py tests/test_data.py tests/test_models.py \

@@ -1,11 +1,12 @@
 """The benchmark harness: arguments, the demo teacher and data, and writing results.
 
 Every benchmark runs from the repository root as ``python -m benchmarks.<name>`` and takes
-``--quick``: tiny models and a few steps, so the whole script runs in seconds (``make test``
-runs every one that way); its results go to ``benchmarks/results/quick/`` (git-ignored), never
-over the recorded ones. The demo-teacher benchmarks use the demo's teacher preset trained a
-little longer than the demo's 10-minute budget allows (`BENCH_SETTINGS`; trained once, then
-loaded from ``$TFCOMPRESS_CACHE``, default ``~/.cache/tfcompress``).
+``--quick``: every row of its table at the sizes of `QUICK` (tiny models, a few steps, one
+latency round), so the whole script runs in seconds (``make test`` runs every one that way);
+its results go to ``benchmarks/results/quick/`` (git-ignored), never over the recorded ones.
+The demo-teacher benchmarks use the demo's teacher preset trained a little longer than the
+demo's 10-minute budget allows (`BENCH_SETTINGS`; trained once, then loaded from
+``$TFCOMPRESS_CACHE``, default ``~/.cache/tfcompress``).
 
 Each script prints a markdown table and writes ``<name>.json`` and ``<name>.md`` with the
 command that made them, the date, the machine and the library versions.
@@ -28,7 +29,7 @@ import shlex
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import tfcompress  # noqa: F401  (sets the Keras backend)
@@ -41,7 +42,14 @@ QUICK_RESULTS = RESULTS / "quick"
 
 @dataclass(frozen=True)
 class DemoSettings:
-    """The demo's sizes (`tfcompress/recipes/examples/demo.yaml`); `quick` for checks."""
+    """The demo's sizes (`tfcompress/recipes/examples/demo.yaml`); `quick` for checks.
+
+    Under ``--quick`` the scripts size all their work from these: ``finetune_steps`` for every
+    short training (QAT, distillation, any_model's models), ``eval_windows``/``seq_len`` for
+    held-out text, ``latency_rounds``/``latency_repeats`` for every timing, and
+    ``train_tokens`` cuts the train split the scripts read once the teacher is loaded (each
+    training stream windows and shuffles the whole split; None keeps it whole).
+    """
 
     corpus: str = "austen"
     teacher_preset: str = "teacher"
@@ -54,15 +62,22 @@ class DemoSettings:
     eval_windows: int = 128
     calibration_windows: int = 32
     latency_repeats: int = 10
+    latency_rounds: int = 5
+    group_size: int = 128
+    train_tokens: int | None = None
     seed: int = 0
 
     @classmethod
     def quick(cls) -> DemoSettings:
+        # group 16: the test-tiny kernels have 32 rows
         return cls(teacher_preset="test-tiny", student_preset="test-tiny", seq_len=32,
-                   batch_size=8, teacher_steps=20, student_steps=10, finetune_steps=5,
-                   eval_windows=16, calibration_windows=4, latency_repeats=2)
+                   batch_size=8, teacher_steps=10, student_steps=2, finetune_steps=2,
+                   eval_windows=16, calibration_windows=4, latency_repeats=1,
+                   latency_rounds=1, group_size=16, train_tokens=20_000)
 
 
+# the sizes of every --quick run
+QUICK = DemoSettings.quick()
 # the settings every recorded result in results/ was measured with
 BENCH_SETTINGS = DemoSettings(teacher_steps=500, student_steps=200, eval_windows=256)
 VERSIONS = ("tensorflow", "keras", "numpy", "ai-edge-litert", "tf-keras",
@@ -101,16 +116,25 @@ def bench_parser(script: str, doc: str | None) -> argparse.ArgumentParser:
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
-    """``parser.parse_args`` that also keeps the command line (``args.command``)."""
+    """``parser.parse_args`` that also keeps the command line (``args.command``).
+
+    ``--quick`` switches TensorFlow to eager execution for the rest of the process: tracing
+    a tiny model's train step costs seconds, many times what its few steps cost eagerly
+    (the library's own tests cover the traced paths).
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.command = shlex.join([*parser.prog.split(), *argv])
+    if args.quick:
+        import tensorflow as tf
+
+        tf.config.run_functions_eagerly(True)
     return args
 
 
 def bench_settings(quick: bool) -> DemoSettings:
-    """`BENCH_SETTINGS`, or the demo's test sizes under ``--quick``."""
-    return DemoSettings.quick() if quick else BENCH_SETTINGS
+    """`BENCH_SETTINGS`, or `QUICK` under ``--quick``."""
+    return QUICK if quick else BENCH_SETTINGS
 
 
 def demo_context(args=None, settings: DemoSettings | None = None) -> BenchContext:
@@ -121,6 +145,9 @@ def demo_context(args=None, settings: DemoSettings | None = None) -> BenchContex
     ctx = BenchContext(settings, run_dir)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     load_source(ctx)
+    if settings.train_tokens:
+        ids = ctx.corpus.ids
+        ctx.corpus = replace(ctx.corpus, ids={**ids, "train": ids["train"][:settings.train_tokens]})
     return ctx
 
 

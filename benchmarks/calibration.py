@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         return lm_quality(keras_forward(model), data)["perplexity"]
 
     sparse = PruneConfig(method="sparsegpt", sparsity=0.5, include="block")  # the demo's
-    group = dict(granularity="group", group_size=16 if args.quick else 128,
+    group = dict(granularity="group", group_size=ctx.settings.group_size,
                  types=("Dense", "EinsumDense"))
     runs = {
         "wanda_50": lambda: prune(teacher, sparse, calibration=calib, method="wanda"),

@@ -34,6 +34,7 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks._common import (
+    QUICK,
     bench_parser,
     demo_context,
     parse_args,
@@ -476,9 +477,10 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(parser, argv)
     if args.regimes is None:
         args.regimes = ["baseline", *REGIMES] if args.quick else ["init", "little", "long"]
-    if args.quick:  # a smoke run: every code path, a few steps each
-        args.steps = args.init_steps = args.little_steps = args.long_steps = 4
-        args.repeats, args.seeds, args.batch = 2, 1, 8
+    if args.quick:  # a smoke run: every code path, a few steps each, one batch of "little" text
+        args.steps = args.init_steps = args.little_steps = args.long_steps = QUICK.finetune_steps
+        args.repeats, args.seeds, args.batch = QUICK.latency_rounds, 1, QUICK.batch_size
+        args.fraction = 0.0
     path = results_dir(args.quick) / "distill.json"
     results = json.loads(path.read_text()) if path.exists() and not args.quick else {}
     results.pop("meta", None)

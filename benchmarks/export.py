@@ -83,7 +83,7 @@ def held_out_stats(model, runner, batches) -> dict:
             "relative_error": worst, "max_abs_error": worst_abs}
 
 
-def bench_model(name, model, ctx, out: Path) -> list[dict]:
+def bench_model(name, model, ctx, out: Path, modes=tuple(MODES)) -> list[dict]:
     s = ctx.settings
     batches = ctx.eval_data()
     keras_q = lm_quality(keras_forward(model), batches)
@@ -91,7 +91,7 @@ def bench_model(name, model, ctx, out: Path) -> list[dict]:
              "perplexity": keras_q["perplexity"], "accuracy": keras_q["accuracy"],
              "agreement": 1.0, "verified": "-"}]
     runners, reference = {}, None
-    for mode in MODES:
+    for mode in modes:
         path = out / f"{name}.{mode}.tflite"
         rep = ctx.calibration() if MODES[mode].needs_representative else None
         result = export_tflite(model, path, mode, seq_len=s.seq_len, representative_data=rep,
@@ -125,7 +125,7 @@ def bench_model(name, model, ctx, out: Path) -> list[dict]:
         for t in THREADS:
             r = TFLiteRunner(path, num_threads=t)
             fns[f"{mode}@{t}"] = lambda r=r: r.predict(x)
-    latency = interleaved_latency(fns, rounds=5, repeats=s.latency_repeats)
+    latency = interleaved_latency(fns, rounds=s.latency_rounds, repeats=s.latency_repeats)
     for row in rows:
         key = row["format"]
         if key == "keras":
@@ -184,7 +184,7 @@ def summary(rows: list[dict], model: str) -> dict:
     by = {r["format"]: r for r in rows if r["model"] == model}
     out = {"float_agreement": by["float32"]["agreement"]}
     for mode in MODES:
-        if mode != "float32":
+        if mode != "float32" and mode in by:  # --quick runs the student in two modes
             out[f"{mode}_size_ratio"] = by[mode]["size_ratio"]
             out[f"{mode}_latency_ratio"] = by[mode]["latency_ratio"]
             out[f"{mode}_agreement"] = by[mode]["agreement"]
@@ -265,13 +265,17 @@ def main(argv: list[str] | None = None) -> None:
     ctx = demo_context(args)
     with tempfile.TemporaryDirectory() as tmp:
         rows = bench_model("teacher", ctx.teacher, ctx, Path(tmp))
-        rows += bench_model("student-pruned", compressed_student(ctx), ctx, Path(tmp))
+        # --quick: every mode (and the full-integer diagnosis) runs on the teacher; the
+        # student gets float32 (the ratios' base) and one quantized mode
+        rows += bench_model("student-pruned", compressed_student(ctx), ctx, Path(tmp),
+                            ("float32", "dynamic_int8") if args.quick else tuple(MODES))
     s = ctx.settings
     notes = (f"\n\nHeld-out: {s.eval_windows} test windows of {s.seq_len} tokens; calibration: "
-             f"{s.calibration_windows} training windows. Latency: batch 1, median of 5 "
-             "interleaved rounds; Keras runs through TF with its default threads. Peak MB: peak "
-             "RSS of a fresh interpreter process above a bare ai_edge_litert process. Student: "
-             "trained directly (no distillation), 50 % magnitude-zeroed, no fine-tuning.")
+             f"{s.calibration_windows} training windows. Latency: batch 1, median of "
+             f"{s.latency_rounds} interleaved rounds; Keras runs through TF with its default "
+             "threads. Peak MB: peak RSS of a fresh interpreter process above a bare "
+             "ai_edge_litert process. Student: trained directly (no distillation), 50 % "
+             "magnitude-zeroed, no fine-tuning.")
     data = {**summary(rows, "teacher"),
             "student": summary(rows, "student-pruned"), "rows": rows,
             "settings": {"eval_windows": s.eval_windows, "seq_len": s.seq_len,

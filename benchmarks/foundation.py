@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import tempfile
 
-from benchmarks._common import bench_parser, demo_context, parse_args, write_results
+from benchmarks._common import QUICK, bench_parser, demo_context, parse_args, write_results
 from tfcompress.evaluate import compare, evaluate
 from tfcompress.export import export_tflite
 
@@ -19,7 +19,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--repeats", type=int, default=20)
     args = parse_args(parser, argv)
     if args.quick:
-        args.windows, args.repeats = 16, 2
+        args.windows, args.repeats = QUICK.eval_windows, QUICK.latency_repeats
 
     ctx = demo_context(args)
     s = ctx.settings
@@ -31,7 +31,8 @@ def main(argv: list[str] | None = None) -> None:
                             batch_sizes=sizes, repeats=args.repeats)
     with tempfile.TemporaryDirectory() as tmp:
         reports = [keras_report]
-        for mode in ("float32", "float16"):
+        # --quick: one conversion (float16 is the same code path; export.py covers the modes)
+        for mode in ("float32",) if args.quick else ("float32", "float16"):
             path = export_tflite(teacher, f"{tmp}/teacher-{mode}.tflite", mode=mode,
                                  seq_len=s.seq_len).path
             reports.append(evaluate(path, batches, name=f"teacher (tflite {mode})",

@@ -19,18 +19,20 @@ import gc
 import json
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
 from benchmarks._common import bench_parser, parse_args, write_results
-from benchmarks.llm import EVAL_TOKENS, WINDOW, gguf_path
+from benchmarks.llm import eval_sizes, gguf_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 PROMPT, NEW, THREADS, CACHE, PREFILL = 128, 128, 2, 512, (32, 128)
 GREEDY = 64
+QUICK_GREEDY = 8  # --quick: the Keras model generates eagerly, one full forward per token
 MODES = ("dynamic_int8", "float16", "int4")
 
 
@@ -42,7 +44,7 @@ def _vm_hwm_mb() -> float:
     return float("nan")
 
 
-def measure(bundle: str, prompt_file: str) -> dict:
+def measure(bundle: str, prompt_file: str, greedy: str | int = GREEDY) -> dict:
     """Run in a fresh process: TTFT, prefill/decode tokens/s, greedy ids, runtime peak RSS."""
     from tfcompress.export.llm_runner import LLMRunner
 
@@ -63,36 +65,36 @@ def measure(bundle: str, prompt_file: str) -> dict:
             ids.append(token)
         decode_s = time.perf_counter() - start
         stats = {"ttft_s": ttft, "prefill_tps": len(prompt) / ttft,
-                 "decode_tps": (NEW - 1) / decode_s, "greedy": ids[:GREEDY]}
+                 "decode_tps": (NEW - 1) / decode_s, "greedy": ids[:int(greedy)]}
     peak = _vm_hwm_mb()
     return {**stats, "baseline_mb": baseline, "peak_mb": peak, "runtime_mb": peak - baseline}
 
 
-def _subprocess_measure(bundle: Path, prompt_file: Path) -> dict:
+def _subprocess_measure(bundle: Path, prompt_file: Path, greedy: int) -> dict:
     done = subprocess.run([sys.executable, "-m", "benchmarks.generate", "--measure",
-                           str(bundle), str(prompt_file)], cwd=ROOT, capture_output=True,
-                          text=True, check=False, timeout=3600)
+                           str(bundle), str(prompt_file), str(greedy)], cwd=ROOT,
+                          capture_output=True, text=True, check=False, timeout=3600)
     if done.returncode:
         raise RuntimeError(f"measuring {bundle} failed: {done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def exported_perplexity(bundle: Path, ids: np.ndarray) -> float:
-    """Perplexity through the bundle's decode signature, windows of `WINDOW` from an empty
+def exported_perplexity(bundle: Path, ids: np.ndarray, window: int) -> float:
+    """Perplexity through the bundle's decode signature, windows of ``window`` from an empty
     cache each (the protocol of `causal_lm_perplexity`)."""
     from tfcompress.export.llm_runner import LLMRunner
     from tfcompress.models import causal_lm_perplexity
 
     runner = LLMRunner(bundle, num_threads=THREADS)
-    return causal_lm_perplexity(lambda x: runner.logits(x[0])[None], ids, WINDOW,
+    return causal_lm_perplexity(lambda x: runner.logits(x[0])[None], ids, window,
                                 verbose=True)["perplexity"]
 
 
-def keras_perplexity(model, ids: np.ndarray) -> float:
+def keras_perplexity(model, ids: np.ndarray, window: int) -> float:
     from tfcompress.evaluate import keras_forward
     from tfcompress.models import causal_lm_perplexity
 
-    return causal_lm_perplexity(keras_forward(model), ids, WINDOW)["perplexity"]
+    return causal_lm_perplexity(keras_forward(model), ids, window)["perplexity"]
 
 
 def keras_generation_s(model, prompt: np.ndarray, tokens: int = 30) -> float:
@@ -183,10 +185,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calib", type=int, default=16, help="GPTQ calibration windows")
     parser.add_argument("--skip-window", action="store_true")
     parser.add_argument("--merge", help="results JSON of an earlier run (other modes) to extend")
-    parser.add_argument("--measure", nargs=2, help=argparse.SUPPRESS)
+    parser.add_argument("--measure", nargs=3, help=argparse.SUPPRESS)
     args = parse_args(parser, argv)
     args.modes = args.modes or (["float16"] if args.quick else list(MODES))
     args.skip_window = args.skip_window or args.quick
+    if args.quick:
+        args.out = tempfile.mkdtemp(prefix="generate-quick-")
     if args.measure:
         print(json.dumps(measure(*args.measure)))
         return
@@ -205,7 +209,8 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = gguf_tokenizer(gguf)
     model = load_gguf(gguf)
     text = bundled_corpus("austen")["test"]
-    eval_ids = tokenizer.encode(text[:20_000])[:EVAL_TOKENS]
+    eval_tokens, window = eval_sizes(args.quick)
+    eval_ids = tokenizer.encode(text[:20_000])[:eval_tokens]
     prompt = tokenizer.encode(text[30_000:40_000])[:PROMPT]
     prompt_text = tokenizer.decode(prompt.tolist())
     prompt_file = out / "prompt.npy"
@@ -215,10 +220,11 @@ def main(argv: list[str] | None = None) -> None:
                  "notes": [], "seconds": {}}
     if args.merge:
         res = {k: v for k, v in json.loads(Path(args.merge).read_text()).items() if k != "meta"}
-    keras_greedy = generate(keras_forward(model), prompt, GREEDY)
-    res["keras_greedy"] = keras_greedy[:GREEDY]
+    greedy = QUICK_GREEDY if args.quick else GREEDY
+    keras_greedy = generate(keras_forward(model), prompt, greedy)
+    res["keras_greedy"] = keras_greedy[:greedy]
     if "float" not in res["keras_ppl"]:
-        res["keras_ppl"]["float"] = keras_perplexity(model, eval_ids)
+        res["keras_ppl"]["float"] = keras_perplexity(model, eval_ids, window)
     quantized = None
     for mode in args.modes:
         source = model
@@ -226,7 +232,7 @@ def main(argv: list[str] | None = None) -> None:
             start = time.perf_counter()
             quantized = gptq_model(model, tokenizer, args.calib)
             res["seconds"]["gptq"] = time.perf_counter() - start
-            res["keras_ppl"]["gptq_g128"] = keras_perplexity(quantized, eval_ids)
+            res["keras_ppl"]["gptq_g128"] = keras_perplexity(quantized, eval_ids, window)
             source = quantized
         start = time.perf_counter()
         bundle = out / mode
@@ -236,13 +242,13 @@ def main(argv: list[str] | None = None) -> None:
                             mode=mode, tokenizer=gguf, verify_output=False)
         res["seconds"][f"export_{mode}"] = time.perf_counter() - start
         gc.collect()
-        m = _subprocess_measure(bundle, prompt_file)
+        m = _subprocess_measure(bundle, prompt_file, greedy)
         res["decode_tps"][mode], res["prefill_tps"][mode] = m["decode_tps"], m["prefill_tps"]
         res["ttft_s"][mode], res["runtime_rss_mb"][mode] = m["ttft_s"], m["runtime_mb"]
         res["file_mb"][mode] = result.bytes / 1e6
         res[f"greedy_{mode}"] = m["greedy"]
         start = time.perf_counter()
-        res["ppl"][mode] = exported_perplexity(bundle, eval_ids)
+        res["ppl"][mode] = exported_perplexity(bundle, eval_ids, window)
         res["seconds"][f"ppl_{mode}"] = time.perf_counter() - start
         ref = res["keras_ppl"]["gptq_g128" if mode == "int4" else "float"]
         res["ppl_ratio_vs_keras"][mode] = res["ppl"][mode] / ref
@@ -257,12 +263,12 @@ def main(argv: list[str] | None = None) -> None:
         ours = res.get(f"greedy_{mode}")
         if ours is not None:
             same = next((i for i, (a, b) in enumerate(zip(ours, keras_greedy, strict=False))
-                         if a != b), GREEDY)
+                         if a != b), greedy)
             res[f"greedy_same_prefix_{mode}"] = same
             res["notes"].append(f"greedy {mode} export vs Keras float32 (prompt of {PROMPT}): "
-                                f"first {same} of {GREEDY} tokens identical")
+                                f"first {same} of {greedy} tokens identical")
     float16 = res.get("greedy_float16")
-    res["greedy_match_keras"] = None if float16 is None else float16 == keras_greedy[:GREEDY]
+    res["greedy_match_keras"] = None if float16 is None else float16 == keras_greedy[:greedy]
     if quantized is not None:
         res["keras_generate_30_s"] = {
             "float": keras_generation_s(model, prompt),

