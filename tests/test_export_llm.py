@@ -100,7 +100,7 @@ def test_signatures_follow_litert_torch_naming(exported):
     assert set(signatures["decode"]["inputs"]) == {"tokens", "input_pos", *caches}
     assert set(signatures["decode"]["outputs"]) == {"logits", *caches}
     assert set(signatures[prefill[-1]]["outputs"]) == caches
-    decode = runner.interpreter.get_signature_runner("decode").get_input_details()
+    decode = runner.interpreter.get_input_tensor_details("decode")
     assert list(decode["kv_cache_k_0"]["shape"]) == config["kv_cache_shape"]
     assert config["kv_cache_shape"][0] == 1 and config["kv_cache_shape"][2] == CACHE
     assert list(decode["tokens"]["shape"]) == [1, 1]
