@@ -1,11 +1,14 @@
 """SmolLM2-135M on the phone path: prefill/decode ``.tflite`` bundles (float16, dynamic_int8,
 int4 from GPTQ g128) vs the old window-recompute path, LiteRT-LM's engine and llama.cpp.
 
-Each bundle is measured in a fresh process (2 threads): time to first token for a 128-token
-prompt, prefill tokens/s (128 / TTFT), decode tokens/s over 128 new tokens, and the peak RSS
-the runtime adds on top of the process's imports. Perplexity of each export is computed on the
-first 2,049 tokens of austen/test.txt in windows of 256 (as benchmarks/llm.py) and compared
-with its Keras model. The machine is shared: timings are noisy.
+Each bundle is measured in a fresh process (2 threads; dynamic_int8 also on 1): time to first
+token for a 128-token prompt, prefill tokens/s (128 / TTFT), decode tokens/s over 128 new
+tokens, and the peak RSS the runtime adds on top of the process's imports. llama.cpp
+(``llama-cpp-python``, in the ``bench`` extra; built from source) runs the same GGUF at Q8_0
+(quantized once into the cache folder) and Q4_1, timed the same way. Perplexity of each export
+is computed on the first 2,049 tokens of austen/test.txt in windows of 256 (as
+benchmarks/llm.py) and compared with its Keras model (`REFERENCE`). The machine is shared:
+timings are noisy, and each records the load average it ran under.
 
     python -m benchmarks.generate                  # writes results/generate.json
     python -m benchmarks.generate --modes dynamic_int8 --skip-window
