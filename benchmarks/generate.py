@@ -52,10 +52,15 @@ def _vm_hwm_mb() -> float:
 
 
 def measure(bundle: str, prompt_file: str, threads: str = str(THREADS)) -> dict:
-    """Run in a fresh process: TTFT, prefill/decode tokens/s, greedy ids, runtime peak RSS."""
+    """Run in a fresh process: TTFT, prefill/decode tokens/s, greedy ids, runtime peak RSS
+    (of llama.cpp when ``bundle`` is a ``.gguf``)."""
     from tfcompress.export.llm_runner import LLMRunner
 
     prompt = np.load(prompt_file)
+    if bundle.endswith(".gguf"):
+        import llama_cpp
+
+        return llamacpp_speed(llama_cpp, Path(bundle), prompt, int(threads))
     baseline = _vm_hwm_mb()
     runner = LLMRunner(bundle, num_threads=int(threads))
     stats = {}
@@ -244,18 +249,20 @@ def llamacpp_speed(llama_cpp, gguf: Path, prompt: np.ndarray, threads: int) -> d
     return stats
 
 
-def llamacpp(gguf: Path, prompt: np.ndarray) -> dict:
+def llamacpp(gguf: Path, prompt_file: Path) -> dict:
     """llama.cpp (llama-cpp-python) on the same GGUF at Q8_0 and Q4_1, `THREADS` threads;
-    Q8_0 also on one thread (its OpenMP threads spin-wait, which a busy machine punishes)."""
+    Q8_0 also on one thread. Each in a fresh process, as ours: in this one, threads left by
+    TensorFlow and LiteRT-LM's engine compete with llama.cpp's spin-waiting OpenMP threads."""
     try:
         import llama_cpp
     except ImportError:
         return {"error": "llama-cpp-python is not installed: pip install .[bench] (it has no "
                          "wheel: pip builds llama.cpp from source)"}
-    res = {kind: llamacpp_speed(llama_cpp, llamacpp_gguf(llama_cpp, gguf, kind), prompt,
-                                THREADS) for kind in LLAMACPP_TYPES}
-    res["Q8_0_1thread"] = llamacpp_speed(llama_cpp, llamacpp_gguf(llama_cpp, gguf, "Q8_0"),
-                                         prompt, 1)
+    res = {}
+    for kind, threads in (("Q8_0", THREADS), ("Q4_1", THREADS), ("Q8_0", 1)):
+        path = llamacpp_gguf(llama_cpp, gguf, kind)
+        key = kind if threads == THREADS else f"{kind}_1thread"
+        res[key] = _subprocess_measure(path, prompt_file, threads)
     res["version"] = llama_cpp.__version__
     return res
 
@@ -347,11 +354,12 @@ def main(argv: list[str] | None = None) -> None:
             print(f"== LiteRT-LM engine: {res['litertlm']}", flush=True)
             # the peers right after ours, so that all see about the same machine load
             if not args.quick:  # the tiny random GGUF has no llama.cpp form worth timing
-                res["llamacpp"] = llamacpp(gguf, prompt)
+                res["llamacpp"] = llamacpp(gguf, prompt_file)
             if not args.skip_window:
                 res["window"] = window_path(model, out)
         _write(res, args)
 
+    res["notes"] = [n for n in res["notes"] if not n.startswith("greedy ")]  # a merged run's
     for mode in ("float16", "dynamic_int8"):
         ours = res.get(f"greedy_{mode}")
         if ours is not None:

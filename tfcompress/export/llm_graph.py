@@ -20,6 +20,8 @@ import numpy as np
 from tfcompress.core.layers import kernel_matrix
 from tfcompress.errors import TfcompressError
 
+# name scope of the output head in the traced graph (a quantization recipe picks it by name)
+HEAD_SCOPE = "lm_head"
 ARCHITECTURES = ("llama (tfcompress.models.build_llama)", "gpt (tfcompress.models.build_gpt)",
                  "keras_hub GPT2CausalLM")
 
@@ -276,8 +278,9 @@ def cached_forward(dec: Decoder, weights: dict, tokens, input_pos, k_caches: lis
     if not logits:
         return None, new_k, new_v
     x = _norm(tf, dec, weights, "final_norm", x)
-    if "head.w" in weights:
-        out = _apply(tf, weights, "head", x)
-    else:
-        out = tf.matmul(x, weights["embed"], transpose_b=True)
+    with tf.name_scope(HEAD_SCOPE):
+        if "head.w" in weights:
+            out = _apply(tf, weights, "head", x)
+        else:
+            out = tf.matmul(x, weights["embed"], transpose_b=True)
     return out[None], new_k, new_v
