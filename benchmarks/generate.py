@@ -1,11 +1,14 @@
 """SmolLM2-135M on the phone path: prefill/decode ``.tflite`` bundles (float16, dynamic_int8,
 int4 from GPTQ g128) vs the old window-recompute path, LiteRT-LM's engine and llama.cpp.
 
-Each bundle is measured in a fresh process (2 threads): time to first token for a 128-token
-prompt, prefill tokens/s (128 / TTFT), decode tokens/s over 128 new tokens, and the peak RSS
-the runtime adds on top of the process's imports. Perplexity of each export is computed on the
-first 2,049 tokens of austen/test.txt in windows of 256 (as benchmarks/llm.py) and compared
-with its Keras model. The machine is shared: timings are noisy.
+Each bundle is measured in a fresh process (2 threads; dynamic_int8 also on 1): time to first
+token for a 128-token prompt, prefill tokens/s (128 / TTFT), decode tokens/s over 128 new
+tokens, and the peak RSS the runtime adds on top of the process's imports. llama.cpp
+(``llama-cpp-python``, in the ``bench`` extra; built from source) runs the same GGUF at Q8_0
+(quantized once into the cache folder) and Q4_1, timed the same way. Perplexity of each export
+is computed on the first 2,049 tokens of austen/test.txt in windows of 256 (as
+benchmarks/llm.py) and compared with its Keras model (`REFERENCE`). The machine is shared:
+timings are noisy, and each records the load average it ran under.
 
     python -m benchmarks.generate                  # writes results/generate.json
     python -m benchmarks.generate --modes dynamic_int8 --skip-window
@@ -17,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gc
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -34,6 +38,11 @@ PROMPT, NEW, THREADS, CACHE, PREFILL = 128, 128, 2, 512, (32, 128)
 GREEDY = 64
 QUICK_GREEDY = 8  # --quick: the Keras model generates eagerly, one full forward per token
 MODES = ("dynamic_int8", "float16", "int4")
+# the Keras model each export is judged against (`keras_ppl` keys): the one whose weights it
+# carries. dynamic_int8 of a float model stores int8 per-channel weights, so its Keras model is
+# the float model with those weights (symmetric RTN int8 per channel on every Dense), leaving
+# what the runtime adds (activations quantized on the fly, the int8 embedding table)
+REFERENCE = {"float16": "float", "dynamic_int8": "rtn_int8_channel", "int4": "gptq_g128"}
 
 
 def _vm_hwm_mb() -> float:
@@ -44,13 +53,19 @@ def _vm_hwm_mb() -> float:
     return float("nan")
 
 
-def measure(bundle: str, prompt_file: str, greedy: str | int = GREEDY) -> dict:
-    """Run in a fresh process: TTFT, prefill/decode tokens/s, greedy ids, runtime peak RSS."""
+def measure(bundle: str, prompt_file: str, greedy: str | int = GREEDY,
+            threads: str | int = THREADS) -> dict:
+    """Run in a fresh process: TTFT, prefill/decode tokens/s, the first ``greedy`` ids, runtime
+    peak RSS (of llama.cpp when ``bundle`` is a ``.gguf``)."""
     from tfcompress.export.llm_runner import LLMRunner
 
     prompt = np.load(prompt_file)
+    if bundle.endswith(".gguf"):
+        import llama_cpp
+
+        return llamacpp_speed(llama_cpp, Path(bundle), prompt, int(threads))
     baseline = _vm_hwm_mb()
-    runner = LLMRunner(bundle, num_threads=THREADS)
+    runner = LLMRunner(bundle, num_threads=int(threads))
     stats = {}
     for _ in range(2):  # the first round warms XNNPACK's weight packing up
         runner.reset()
@@ -65,14 +80,16 @@ def measure(bundle: str, prompt_file: str, greedy: str | int = GREEDY) -> dict:
             ids.append(token)
         decode_s = time.perf_counter() - start
         stats = {"ttft_s": ttft, "prefill_tps": len(prompt) / ttft,
-                 "decode_tps": (NEW - 1) / decode_s, "greedy": ids[:int(greedy)]}
+                 "decode_tps": (NEW - 1) / decode_s, "greedy": ids[:int(greedy)],
+                 "load_avg": os.getloadavg()[0]}
     peak = _vm_hwm_mb()
     return {**stats, "baseline_mb": baseline, "peak_mb": peak, "runtime_mb": peak - baseline}
 
 
-def _subprocess_measure(bundle: Path, prompt_file: Path, greedy: int) -> dict:
+def _subprocess_measure(bundle: Path, prompt_file: Path, greedy: int = GREEDY,
+                        threads: int = THREADS) -> dict:
     done = subprocess.run([sys.executable, "-m", "benchmarks.generate", "--measure",
-                           str(bundle), str(prompt_file), str(greedy)], cwd=ROOT,
+                           str(bundle), str(prompt_file), str(greedy), str(threads)], cwd=ROOT,
                           capture_output=True, text=True, check=False, timeout=3600)
     if done.returncode:
         raise RuntimeError(f"measuring {bundle} failed: {done.stderr[-3000:]}")
@@ -124,6 +141,15 @@ def gptq_model(float_model, tokenizer, calib: int):
                                                       for i in range(0, calib, 4)])
 
 
+def rtn_int8_model(float_model):
+    """The float model with the weights a dynamic_int8 export stores (see `REFERENCE`)."""
+    from tfcompress.quantize import QuantizeConfig, cache_decoded, quantize
+
+    config = QuantizeConfig(method="rtn", scheme="symmetric", bits=8, granularity="channel",
+                            types=("Dense",))
+    return cache_decoded(quantize(float_model, config, verbose=0))
+
+
 def window_path(model, out: Path) -> dict:
     """The old route: a dynamic-int8 (1, 256) window re-run for every new token."""
     from tfcompress.export import TFLiteRunner, export_tflite
@@ -167,13 +193,82 @@ def litertlm_engine(bundle: Path, prompt_text: str) -> dict:
         return {"error": f"{type(err).__name__}: {err}"}
 
 
-def llamacpp() -> dict:
+LLAMACPP_TYPES = ("Q8_0", "Q4_1")
+
+
+def llamacpp_gguf(llama_cpp, source: Path, kind: str) -> Path:
+    """``source`` if its weights already are ``kind`` (``"Q8_0"``, ``"Q4_1"``), else a copy
+    quantized to ``kind`` by llama.cpp in the cache folder (made once)."""
+    from tfcompress.models.loaders.gguf import _field, _reader
+    from tfcompress.models.training import cache_dir
+
+    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{kind}")
+    if _field(_reader(source), "general.file_type", None, required=False) == ftype:
+        return source
+    target = cache_dir() / f"{source.stem.rsplit('.', 1)[0]}.{kind}.gguf"
+    if not target.is_file():
+        import ctypes
+
+        target.parent.mkdir(parents=True, exist_ok=True)
+        params = llama_cpp.llama_model_quantize_default_params()
+        params.ftype, params.nthread = ftype, THREADS
+        params.allow_requantize = True  # the installed SmolLM2 GGUF is already Q4_1
+        tmp = target.with_suffix(".part")
+        if llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(),
+                                          ctypes.byref(params)):
+            raise RuntimeError(f"llama.cpp could not quantize {source} to {kind}")
+        tmp.replace(target)
+    return target
+
+
+def llamacpp_speed(llama_cpp, gguf: Path, prompt: np.ndarray, threads: int) -> dict:
+    """llama.cpp on ``gguf``, timed as `measure` times ours: TTFT of the prompt (one batch),
+    then greedy decoding of `NEW` tokens one at a time; the second of two rounds."""
+    llm = llama_cpp.Llama(str(gguf), n_ctx=CACHE, n_batch=CACHE, n_threads=threads,
+                          n_threads_batch=threads, verbose=False)
+
+    def argmax() -> int:
+        return int(np.argmax(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1),
+                                                   shape=(llm.n_vocab(),))))
+
+    stats = {}
+    for _ in range(2):
+        llm.reset()
+        start = time.perf_counter()
+        llm.eval(prompt.tolist())
+        token = argmax()
+        ttft = time.perf_counter() - start
+        ids = [token]
+        start = time.perf_counter()
+        for _ in range(NEW - 1):
+            llm.eval([token])
+            token = argmax()
+            ids.append(token)
+        decode_s = time.perf_counter() - start
+        stats = {"ttft_s": ttft, "prefill_tps": len(prompt) / ttft,
+                 "decode_tps": (NEW - 1) / decode_s, "greedy": ids[:GREEDY],
+                 "file_mb": gguf.stat().st_size / 1e6, "threads": threads,
+                 "load_avg": os.getloadavg()[0]}
+    llm.close()
+    return stats
+
+
+def llamacpp(gguf: Path, prompt_file: Path) -> dict:
+    """llama.cpp (llama-cpp-python) on the same GGUF at Q8_0 and Q4_1, `THREADS` threads;
+    Q8_0 also on one thread. Each in a fresh process, as ours: in this one, threads left by
+    TensorFlow and LiteRT-LM's engine compete with llama.cpp's spin-waiting OpenMP threads."""
     try:
-        import llama_cpp  # noqa: F401
+        import llama_cpp
     except ImportError:
-        return {"error": "llama-cpp-python is not installed: PyPI has no wheel for it (only an "
-                         "sdist that builds llama.cpp from source), so it was not measured"}
-    return {"error": "llama-cpp-python found but this benchmark has no llama.cpp runner yet"}
+        return {"error": "llama-cpp-python is not installed: pip install .[bench] (it has no "
+                         "wheel: pip builds llama.cpp from source)"}
+    res = {}
+    for kind, threads in (("Q8_0", THREADS), ("Q4_1", THREADS), ("Q8_0", 1)):
+        path = llamacpp_gguf(llama_cpp, gguf, kind)
+        key = kind if threads == THREADS else f"{kind}_1thread"
+        res[key] = _subprocess_measure(path, prompt_file, threads=threads)
+    res["version"] = llama_cpp.__version__
+    return res
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -185,7 +280,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calib", type=int, default=16, help="GPTQ calibration windows")
     parser.add_argument("--skip-window", action="store_true")
     parser.add_argument("--merge", help="results JSON of an earlier run (other modes) to extend")
-    parser.add_argument("--measure", nargs=3, help=argparse.SUPPRESS)
+    parser.add_argument("--measure", nargs=4, help=argparse.SUPPRESS)
     args = parse_args(parser, argv)
     args.modes = args.modes or (["float16"] if args.quick else list(MODES))
     args.skip_window = args.skip_window or args.quick
@@ -234,6 +329,8 @@ def main(argv: list[str] | None = None) -> None:
             res["seconds"]["gptq"] = time.perf_counter() - start
             res["keras_ppl"]["gptq_g128"] = keras_perplexity(quantized, eval_ids, window)
             source = quantized
+        if mode == "dynamic_int8" and REFERENCE[mode] not in res["keras_ppl"]:
+            res["keras_ppl"][REFERENCE[mode]] = keras_perplexity(rtn_int8_model(model), eval_ids)
         start = time.perf_counter()
         bundle = out / mode
         # quality is judged below by perplexity on real text (random-token prompts make
@@ -245,20 +342,32 @@ def main(argv: list[str] | None = None) -> None:
         m = _subprocess_measure(bundle, prompt_file, greedy)
         res["decode_tps"][mode], res["prefill_tps"][mode] = m["decode_tps"], m["prefill_tps"]
         res["ttft_s"][mode], res["runtime_rss_mb"][mode] = m["ttft_s"], m["runtime_mb"]
+        res.setdefault("measured", {})[mode] = {k: v for k, v in m.items() if k != "greedy"}
         res["file_mb"][mode] = result.bytes / 1e6
         res[f"greedy_{mode}"] = m["greedy"]
         start = time.perf_counter()
         res["ppl"][mode] = exported_perplexity(bundle, eval_ids, window)
         res["seconds"][f"ppl_{mode}"] = time.perf_counter() - start
-        ref = res["keras_ppl"]["gptq_g128" if mode == "int4" else "float"]
+        ref = res["keras_ppl"][REFERENCE[mode]]
         res["ppl_ratio_vs_keras"][mode] = res["ppl"][mode] / ref
+        res.setdefault("ppl_ratio_vs_float", {})[mode] = res["ppl"][mode] / res["keras_ppl"][
+            "float"]
         print(f"== {mode}: {json.dumps({k: v for k, v in m.items() if k != 'greedy'})}, "
               f"ppl {res['ppl'][mode]:.3f} (Keras {ref:.3f})", flush=True)
-        if mode == "dynamic_int8":
+        if mode == "dynamic_int8":  # one thread too: llama.cpp's Q8_0 is also timed on one
+            one = _subprocess_measure(bundle, prompt_file, threads=1)
+            res["measured"]["dynamic_int8_1thread"] = {k: v for k, v in one.items()
+                                                       if k != "greedy"}
             res["litertlm"] = litertlm_engine(bundle, prompt_text)
             print(f"== LiteRT-LM engine: {res['litertlm']}", flush=True)
+            # the peers right after ours, so that all see about the same machine load
+            if not args.quick:  # the tiny random GGUF has no llama.cpp form worth timing
+                res["llamacpp"] = llamacpp(gguf, prompt_file)
+            if not args.skip_window:
+                res["window"] = window_path(model, out)
         _write(res, args)
 
+    res["notes"] = [n for n in res["notes"] if not n.startswith("greedy ")]  # a merged run's
     for mode in ("float16", "dynamic_int8"):
         ours = res.get(f"greedy_{mode}")
         if ours is not None:
@@ -274,11 +383,12 @@ def main(argv: list[str] | None = None) -> None:
             "float": keras_generation_s(model, prompt),
             "gptq_decoding_codes": keras_generation_s(quantized, prompt),
             "gptq_cache_decoded": keras_generation_s(cache_decoded(quantized), prompt)}
-    if not args.skip_window:
-        res["window"] = window_path(model, out)
-    res["llamacpp"] = llamacpp()
     res["seconds"]["total"] = time.perf_counter() - started
     _write(res, args)
+
+
+def _fmt(x, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:.{digits}f}"
 
 
 def _ratio(a, b):
@@ -293,15 +403,21 @@ def _write(res: dict, args) -> None:
     res["int4_size_vs_int8"] = _ratio(size.get("int4"), size.get("dynamic_int8"))
     res["peak_rss_vs_file"] = max((res["runtime_rss_mb"][m] / size[m] for m in size),
                                   default=None)
-    res["int8_decode_vs_llamacpp_q8"] = _ratio(dec.get("dynamic_int8"), lcpp.get("decode_tps"))
-    res["int8_prefill_vs_llamacpp_q8"] = _ratio(pre.get("dynamic_int8"),
-                                                lcpp.get("prefill_tps"))
+    q8 = lcpp.get("Q8_0", {})
+    res["int8_decode_vs_llamacpp_q8"] = _ratio(dec.get("dynamic_int8"), q8.get("decode_tps"))
+    one = res.get("measured", {}).get("dynamic_int8_1thread", {})
+    res["int8_decode_vs_llamacpp_q8_1thread"] = _ratio(
+        one.get("decode_tps"), lcpp.get("Q8_0_1thread", {}).get("decode_tps"))
+    res["int8_prefill_vs_llamacpp_q8"] = _ratio(pre.get("dynamic_int8"), q8.get("prefill_tps"))
     res["litertlm_greedy_match"] = lrt.get("greedy_match")
     res.setdefault("greedy_match_keras", None)
     auto = ("llama.cpp:", "LiteRT-LM:", "timing:", "not measured:")
     notes = [n for n in res["notes"] if not n.startswith(auto)]
-    notes.append("timing: a 2-core machine shared with other jobs (load average far above 2) "
-                 "during the run; every speed figure is noisy and pessimistic")
+    loads = [r["load_avg"] for r in [*res.get("measured", {}).values(),
+                                      *(v for v in lcpp.values() if isinstance(v, dict))]]
+    if loads:
+        notes.append(f"timing: a 2-core machine shared with other jobs; 1-minute load average "
+                     f"{min(loads):.1f}-{max(loads):.1f} while timing: every speed is noisy")
     if "error" in lcpp:
         notes.append(f"llama.cpp: {lcpp['error']}")
     if "error" in lrt:
@@ -318,13 +434,22 @@ def _write(res: dict, args) -> None:
                      f"{res['ttft_s'][mode]:.3f} | {dec[mode]:.1f} | "
                      f"{res['runtime_rss_mb'][mode]:.0f} | {res['ppl'].get(mode, 0):.3f} | "
                      f"{res['ppl_ratio_vs_keras'].get(mode, 0):.4f} |")
+    if one:
+        lines.append(f"| ours dynamic_int8 (1 thread) | - | {one['prefill_tps']:.1f} | "
+                     f"{one['ttft_s']:.3f} | {one['decode_tps']:.1f} | - | - | - |")
     if "window" in res:
         lines.append(f"| window path dynamic_int8 ({res['window']['window']} tokens) | - | - | - "
                      f"| {res['window']['decode_tps']:.1f} | - | - | - |")
-    for name, r in (("LiteRT-LM engine (our .litertlm)", lrt), ("llama.cpp", lcpp)):
+    rows = [("LiteRT-LM engine (our .litertlm)", lrt)]
+    rows += [(f"llama.cpp {kind} ({lcpp[kind]['threads']} thread"
+              f"{'s' if lcpp[kind]['threads'] > 1 else ''})", lcpp[kind])
+             for kind in (*LLAMACPP_TYPES, "Q8_0_1thread") if kind in lcpp]
+    if "error" in lcpp:
+        rows.append(("llama.cpp", lcpp))
+    for name, r in rows:
         if r:
-            lines.append(f"| {name} | - | {r.get('prefill_tps') or '-'} | - | "
-                         f"{r.get('decode_tps') or '-'} | - | - | - |"
+            lines.append(f"| {name} | {_fmt(r.get('file_mb'))} | {_fmt(r.get('prefill_tps'))} | "
+                         f"{_fmt(r.get('ttft_s'), 3)} | {_fmt(r.get('decode_tps'))} | - | - | - |"
                          + (f" {r['error']}" if "error" in r else ""))
     write_results("generate", "\n".join(lines), res, args)
 

@@ -100,7 +100,7 @@ def test_signatures_follow_litert_torch_naming(exported):
     assert set(signatures["decode"]["inputs"]) == {"tokens", "input_pos", *caches}
     assert set(signatures["decode"]["outputs"]) == {"logits", *caches}
     assert set(signatures[prefill[-1]]["outputs"]) == caches
-    decode = runner.interpreter.get_signature_runner("decode").get_input_details()
+    decode = runner.interpreter.get_input_tensor_details("decode")
     assert list(decode["kv_cache_k_0"]["shape"]) == config["kv_cache_shape"]
     assert config["kv_cache_shape"][0] == 1 and config["kv_cache_shape"][2] == CACHE
     assert list(decode["tokens"]["shape"]) == [1, 1]
@@ -198,3 +198,24 @@ def test_litertlm_file_holds_model_tokenizer_and_metadata(exported, tmp_path):
         session.run_prefill(["It is a truth"])
         theirs = session.run_decode().texts[0]
     assert theirs == "".join(LLMRunner(folder).generate("It is a truth", max_new_tokens=16))
+
+
+def test_int4_export_keeps_the_output_head_int8(tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    keras.utils.set_random_seed(0)  # d_ff a multiple of the int4 block (32)
+    model = spread(build_llama(LlamaConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4,
+                                           n_kv_heads=2, d_ff=64)))
+    export_llm(model, tmp_path, prefill_lengths=(8,), cache_length=32, mode="int4",
+               verify_output=False, verbose=False)
+    interpreter = Interpreter(model_path=str(tmp_path / "model.tflite"))
+    decode = interpreter.get_signature_runner("decode")._subgraph_index
+    details = [d for d in interpreter.get_tensor_details(decode) if len(d["shape"]) == 2]
+    head = [d["quantization_parameters"] for d in details if tuple(d["shape"]) == (64, 32)
+            and len(d["quantization_parameters"]["scales"])]
+    # the tied head: int8 per channel (no blocks); the block matmuls blockwise int4
+    assert any(q["block_size"] == 0 and len(q["scales"]) == 64 for q in head)
+    assert any(d["quantization_parameters"]["block_size"] == 32 for d in details)
+    ids = np.asarray(PROMPT)
+    got, want = LLMRunner(tmp_path).logits(ids), keras_logits(model)(ids[None])[0]
+    assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.9

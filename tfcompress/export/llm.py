@@ -171,9 +171,28 @@ def _convert(dec: Decoder, lengths: dict[str, int], cache_length: int, mode: str
             tmp, signature_keys=[*lengths, "decode"])
         spec_mode.configure(converter, None, False)
         flatbuffer = converter.convert()
+    if mode == "int4":
+        return _int4_with_int8_head(flatbuffer)
     if spec_mode.litert_recipe:
         flatbuffer = _litert_quantize(flatbuffer, spec_mode.litert_recipe, None)
     return flatbuffer
+
+
+def _int4_with_int8_head(flatbuffer: bytes) -> bytes:
+    """Blockwise int4 (block 32) matmul weights but an int8 per-channel output head: an int4
+    head costs much of the perplexity (llama.cpp's Q4 files keep theirs at higher precision
+    too). LiteRT's int4 recipe leaves the embedding table float32 (its quantizer handles
+    EMBEDDING_LOOKUP, not the GATHER the converter emits)."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    from tfcompress.export.llm_graph import HEAD_SCOPE
+
+    entries = recipe.dynamic_wi4b32_afp32() + [
+        {**recipe.dynamic_wi8_afp32()[0], "regex": f".*{HEAD_SCOPE}.*",
+         "operation": "FULLY_CONNECTED"}]
+    qt = quantizer.Quantizer(flatbuffer)
+    qt.load_quantization_recipe(entries)
+    return bytes(qt.quantize().quantized_model)
 
 
 def _write_atomic(path: Path, data: bytes | str) -> None:

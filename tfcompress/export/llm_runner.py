@@ -10,6 +10,7 @@ Example:
 from __future__ import annotations
 
 import json
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
@@ -21,31 +22,50 @@ from tfcompress.export.llm import CONFIG_FILE, cache_names
 
 
 class LLMRunner:
-    """The bundle's ``.tflite`` in a LiteRT interpreter, its tokenizer and its KV cache.
+    """The bundle's ``.tflite`` in LiteRT's ``CompiledModel``, its tokenizer and its KV cache.
 
     ``position`` is the number of tokens in the cache; `reset` empties it. A prompt is cut
     into the largest prefill chunks that fit the cache (the last chunk padded), and its last
-    token goes through ``decode``, whose logits pick the first new token.
+    token goes through ``decode``, whose logits pick the first new token. ``interpreter`` is
+    the ``CompiledModel`` (``get_signature_list()`` names the signatures and their tensors).
     """
 
     def __init__(self, bundle: str | Path, num_threads: int | None = None):
-        from ai_edge_litert.interpreter import Interpreter
+        from ai_edge_litert.compiled_model import (
+            CompiledModel,
+            CpuOptions,
+            HardwareAccelerator,
+            Options,
+        )
 
         folder = Path(bundle)
         if not (folder / CONFIG_FILE).is_file():
             raise TfcompressError(f"bundle must be a folder written by export_llm (with "
                                   f"{CONFIG_FILE}), got {str(folder)!r}")
         self.config = json.loads((folder / CONFIG_FILE).read_text(encoding="utf-8"))
-        self.interpreter = Interpreter(model_path=str(folder / self.config["model_file"]),
-                                       num_threads=num_threads)
+        # XNNPACK packs each signature's weights apart unless they share a weight cache file
+        # (SmolLM2 int8, 3 signatures: 524 -> 224 MB); a fresh file per runner, since a cache
+        # packed from another model is used without a check and gives wrong logits
+        self._weight_dir = tempfile.TemporaryDirectory(prefix="tfcompress-xnnpack-")
+        cpu = CpuOptions(num_threads=num_threads or 0, xnnpack_weight_cache_path=str(
+            Path(self._weight_dir.name) / "weights.xnnpack_cache"))
+        options = Options(HardwareAccelerator.CPU, cpu_options=cpu)
+        model = self.interpreter = CompiledModel.from_file(
+            str(folder / self.config["model_file"]), options=options)
         self.cache_length = int(self.config["cache_length"])
         self.vocab_size = int(self.config["vocab_size"])
         self.stop_ids = set(self.config.get("stop_ids", []))
         self.prefill_names = {n: name for name, n in self.config["signatures"]["prefill"].items()}
-        self._runners = {name: self.interpreter.get_signature_runner(name)
-                         for name in [*self.prefill_names.values(), "decode"]}
-        self._cache_names = cache_names(int(self.config["architecture"]["n_layers"]))
-        self._allocated: set[str] = set()
+        # One buffer per cache, bound as input and output of every signature: the runtime
+        # writes the new keys/values into it in place (DYNAMIC_UPDATE_SLICE), so no step
+        # copies the cache (SmolLM2 at 1,024 positions: 94 MB each way).
+        names = cache_names(int(self.config["architecture"]["n_layers"]))
+        self._caches = {name: model.create_input_buffer_by_name("decode", name)
+                        for name in names}
+        self._feeds = {sig: {key: model.create_input_buffer_by_name(sig, key)
+                             for key in ("tokens", "input_pos")}
+                       for sig in [*self.prefill_names.values(), "decode"]}
+        self._logits = model.create_output_buffer_by_name("decode", "logits")
         self.tokenizer = None
         if self.config.get("tokenizer_file"):
             from tfcompress.data.tokenizers import tokenizer_from_json
@@ -56,30 +76,18 @@ class LLMRunner:
 
     def reset(self) -> None:
         """Empty the KV cache."""
-        shape = tuple(self.config["kv_cache_shape"])
-        self.caches = {name: np.zeros(shape, np.float32) for name in self._cache_names}
+        zeros = np.zeros(self.config["kv_cache_shape"], np.float32)
+        for buffer in self._caches.values():
+            buffer.write(zeros)
         self.position = 0
 
-    def _run(self, name: str, tokens: np.ndarray) -> dict:
-        n = tokens.shape[0]
-        inputs = {"tokens": tokens[None].astype(np.int32),
-                  "input_pos": np.arange(self.position, self.position + n, dtype=np.int32),
-                  **self.caches}
-        runner = self._runners[name]
-        if name not in self._allocated:
-            out = runner(**inputs)
-            self._allocated.add(name)
-        else:
-            # SignatureRunner.__call__ re-allocates tensors on every call, which makes XNNPACK
-            # re-plan the whole graph (~100 ms a decode step on SmolLM2): after the first call
-            # the shapes never change, so set, invoke and read through its wrapper directly.
-            wrapper, graph = runner._interpreter_wrapper, runner._subgraph_index
-            for key, value in inputs.items():
-                wrapper.SetTensor(runner._inputs[key], value, graph)
-            wrapper.Invoke(graph)
-            out = {key: wrapper.GetTensor(index, graph) for key, index in runner._outputs}
-        self.caches = {k: out[k] for k in self._cache_names}
-        return out
+    def _run(self, name: str, tokens: np.ndarray) -> None:
+        feeds = self._feeds[name]
+        feeds["tokens"].write(tokens[None].astype(np.int32))
+        feeds["input_pos"].write(np.arange(self.position, self.position + tokens.shape[0],
+                                           dtype=np.int32))
+        outputs = dict(self._caches, logits=self._logits) if name == "decode" else self._caches
+        self.interpreter.run_by_name(name, {**feeds, **self._caches}, outputs)
 
     def _check_room(self, n: int) -> None:
         if self.position + n > self.cache_length:
@@ -114,9 +122,9 @@ class LLMRunner:
     def decode(self, token: int) -> np.ndarray:
         """Feed one token; returns the next-token logits ``(vocab,)``."""
         self._check_room(1)
-        out = self._run("decode", np.asarray([token], np.int32))
+        self._run("decode", np.asarray([token], np.int32))
         self.position += 1
-        return np.asarray(out["logits"][0, -1], np.float32)
+        return self._logits.read(self.vocab_size, np.float32)
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Next-token logits ``(len(ids), vocab)`` after each of ``ids``, from an empty cache
