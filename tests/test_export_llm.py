@@ -140,6 +140,14 @@ def test_bad_arguments_are_refused_before_converting(tmp_path, kwargs, match):
     assert not (tmp_path / "b").exists()
 
 
+def test_int4_refuses_input_sizes_off_its_block_before_converting(tmp_path):
+    with pytest.raises(TfcompressError, match=r"multiple of 32 .*'0\.down': \[48\]") as err:
+        export_llm(tiny_llama(), tmp_path / "b", prefill_lengths=(8,), cache_length=32,
+                   mode="int4", verbose=False)
+    assert "'0.up'" not in str(err.value)  # d_model 32 fits the block
+    assert not (tmp_path / "b").exists()
+
+
 def test_unknown_architecture_is_refused(tmp_path):
     model = keras.Sequential([keras.Input((4,), dtype="int32"), keras.layers.Embedding(8, 4)])
     with pytest.raises(TfcompressError, match="not an architecture export_llm knows"):

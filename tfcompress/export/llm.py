@@ -31,6 +31,7 @@ from tfcompress.errors import TfcompressError, VerificationError
 from tfcompress.export.llm_graph import Decoder, cached_forward, decoder_of
 
 LLM_MODES = ("float32", "float16", "dynamic_int8", "int4")
+INT4_BLOCK = 32  # the block of LiteRT's blockwise int4 recipe (dynamic_wi4b32_afp32)
 MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE = "model.tflite", "tokenizer.json", "llm.json"
 
 
@@ -178,6 +179,19 @@ def _convert(dec: Decoder, lengths: dict[str, int], cache_length: int, mode: str
     return flatbuffer
 
 
+def _check_int4_blocks(dec: Decoder) -> None:
+    """LiteRT's blockwise int4 splits each matmul's input axis into blocks of `INT4_BLOCK`: a
+    layer whose input size (or low-rank factor's rank) is no multiple of it cannot take it."""
+    bad = {name[:-2]: [m.shape[0] for m in mats] for name, mats in dec.weights.items()
+           if name.endswith(".w") and name != "head.w"
+           and any(m.shape[0] % INT4_BLOCK for m in mats)}
+    if bad:
+        raise TfcompressError(
+            f"mode='int4' needs every matmul's input size to be a multiple of {INT4_BLOCK} "
+            f"(LiteRT's int4 blocks); got input sizes {bad}: use mode='dynamic_int8', or "
+            f"sizes (ranks) that are multiples of {INT4_BLOCK}")
+
+
 def _int4_with_int8_head(flatbuffer: bytes) -> bytes:
     """Blockwise int4 (block 32) matmul weights but an int8 per-channel output head: an int4
     head costs much of the perplexity (llama.cpp's Q4 files keep theirs at higher precision
@@ -253,6 +267,8 @@ def export_llm(
     if dec.max_positions is not None and cache_length > dec.max_positions:
         raise TfcompressError(f"cache_length ({cache_length}) exceeds the model's "
                               f"{dec.max_positions} learned positions")
+    if mode == "int4":
+        _check_int4_blocks(dec)
     tokenizer_json, special = _tokenizer_info(tokenizer, dec.vocab_size)
     special = {**special, **(special_tokens or {})}
     bad = {k: v for k, v in special.items() if not 0 <= int(v) < dec.vocab_size}
