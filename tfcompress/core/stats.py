@@ -1,9 +1,10 @@
 """Statistics of a layer's inputs reduced as calibration rows stream by, and the Hessian math
 every data-aware method shares (pure NumPy).
 
-`InputStats` keeps ``X^T X`` (float64), per-column ``sum x^2`` and ``sum |x|`` and the row
-count, so no calibration row is kept in memory; `hessian` and `inverse_hessian_factor` are
-the one place GPTQ, SparseGPT and the low-rank whitening get their second-order terms from.
+`InputStats` keeps ``X^T X`` (float64), per-column ``sum x^2``, ``sum |x|`` and ``max |x|``
+and the row count, so no calibration row is kept in memory; `hessian` and
+`inverse_hessian_factor` are the one place GPTQ, SparseGPT and the low-rank whitening get
+their second-order terms from.
 
 Example:
     >>> stats = InputStats(16)
@@ -18,14 +19,15 @@ import numpy as np
 
 from tfcompress.errors import TfcompressError
 
-NEEDS = ("xtx", "sq", "abs")
+NEEDS = ("xtx", "sq", "abs", "max")
 
 
 class InputStats:
     """Streamed statistics of one layer's inputs: ``update`` with ``(rows, d_in)`` batches.
 
     ``needs`` picks what is kept (``"xtx"``: ``X^T X``, ``"sq"``: ``sum x_j^2``,
-    ``"abs"``: ``sum |x_j|``); ``max_rows`` stops counting after that many rows.
+    ``"abs"``: ``sum |x_j|``, ``"max"``: ``max |x_j|``); ``max_rows`` stops counting after
+    that many rows.
     """
 
     def __init__(self, d_in: int, needs=NEEDS, max_rows: int | None = None):
@@ -37,6 +39,7 @@ class InputStats:
         self.xtx = np.zeros((d_in, d_in)) if "xtx" in needs else None
         self.sq = np.zeros(d_in) if "sq" in needs or "xtx" in needs else None
         self.abs = np.zeros(d_in) if "abs" in needs else None
+        self.max = np.zeros(d_in) if "max" in needs else None
 
     @classmethod
     def from_rows(cls, inputs, d_in: int | None = None, needs=NEEDS) -> InputStats:
@@ -68,6 +71,8 @@ class InputStats:
             self.sq += np.einsum("ij,ij->j", x, x, dtype=np.float64)
         if self.abs is not None:
             self.abs += np.abs(x).sum(axis=0, dtype=np.float64)
+        if self.max is not None:
+            np.maximum(self.max, np.abs(x).max(axis=0), out=self.max)
 
     def norms(self) -> np.ndarray:
         """``||X_j||_2`` of each input feature."""
@@ -77,6 +82,10 @@ class InputStats:
         """``mean |x_j|`` of each input feature."""
         return self.abs / max(self.n, 1)
 
+    def max_abs(self) -> np.ndarray:
+        """``max |x_j|`` of each input feature over every row seen."""
+        return self.max
+
     def covariance(self) -> np.ndarray:
         """``X^T X / n`` (uncentred)."""
         return self.xtx / max(self.n, 1)
@@ -84,7 +93,7 @@ class InputStats:
     def state(self) -> dict:
         """Arrays that `from_state` restores (for saving between runs)."""
         out = {"n": np.asarray(self.n), "d_in": np.asarray(self.d_in)}
-        for key in ("xtx", "sq", "abs"):
+        for key in ("xtx", "sq", "abs", "max"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
@@ -93,7 +102,7 @@ class InputStats:
     def from_state(cls, state: dict, needs=NEEDS, max_rows: int | None = None) -> InputStats:
         stats = cls(int(state["d_in"]), needs, max_rows)
         stats.n = int(state["n"])
-        for key in ("xtx", "sq", "abs"):
+        for key in ("xtx", "sq", "abs", "max"):
             if key in state:
                 setattr(stats, key, np.asarray(state[key], dtype=np.float64))
         return stats

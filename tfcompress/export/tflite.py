@@ -31,6 +31,8 @@ from tfcompress.export.ops import describe_ops, inspect_tflite
 from tfcompress.export.representative import MAIN_NAME, InputSpec, representative_samples
 from tfcompress.export.runner import TFLiteRunner
 from tfcompress.models.attention import bounded_attention_masks
+from tfcompress.quantize.smooth import check_alpha
+from tfcompress.quantize.smooth import smooth as smooth_model
 
 
 class XNNPACKFallbackWarning(UserWarning):
@@ -289,6 +291,7 @@ def export_tflite(
     max_ppl_ratio: float | None = None,
     max_samples: int = 100,
     auxiliary_inputs: str = "fixed",
+    smooth: float | None = None,
     verbose: bool = True,
 ) -> ExportResult:
     """Convert ``model`` to ``.tflite`` at ``path`` in ``mode`` (see `MODES`) and verify it.
@@ -305,7 +308,11 @@ def export_tflite(
     Verification runs the interpreter on ``sample`` (default: 4 representative or random
     inputs) and on ``eval_data`` batches ``(inputs, targets[, mask])`` if given, and raises
     `VerificationError` with the figures beyond the mode's tolerances (or ``max_abs_error``,
-    ``min_agreement``, ``max_ppl_ratio``). Operators that XNNPACK does not take are reported
+    ``min_agreement``, ``max_ppl_ratio``). ``smooth`` (the fixed-range modes int8, int8_mixed,
+    int16x8): a SmoothQuant migration strength in [0, 1] (0.5 usually); a copy of the model
+    with per-channel scales folded into its normalizations and the matmuls they feed
+    (`tfcompress.quantize.smooth`, calibrated on the representative samples) is exported,
+    and verified against ``model`` itself. Operators that XNNPACK does not take are reported
     in ``not_delegated`` and warned about (`XNNPACKFallbackWarning`).
 
     Example:
@@ -349,6 +356,15 @@ def export_tflite(
         raise TfcompressError(f"mode {mode!r} needs representative_data (calibration inputs: "
                               f"{spec.describe()})")
     _check_litert(spec_mode)
+    if smooth is not None:
+        check_alpha(smooth, "smooth")
+        if not spec_mode.static_activations:
+            raise TfcompressError(
+                f"smooth is only for the modes with fixed activation ranges "
+                f"{sorted(k for k, m in MODES.items() if m.static_activations)}, not {mode!r}")
+        if representative_data is None:
+            raise TfcompressError("smooth needs representative_data (the activation maxima "
+                                  "come from it)")
     samples = None if representative_data is None else representative_samples(
         representative_data, spec, max_samples)
     if sample is not None:
@@ -359,6 +375,12 @@ def export_tflite(
                 f"got {sample.shape}")
 
     start = time.perf_counter()
+    if smooth is not None:
+        if verbose:
+            print(f"export: smoothing activations (strength {smooth}) on a copy")
+        smoothed = smooth_model(reference, np.concatenate(samples), smooth)
+        model = input_view(smoothed, auxiliary_inputs=auxiliary_inputs) if is_keras3_model(
+            smoothed) else smoothed
     if verbose:
         print(f"export: converting to {mode} ({spec_mode.description})")
     flatbuffer, qat = convert(model, spec, mode, samples, int8_io)

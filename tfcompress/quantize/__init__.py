@@ -1,6 +1,7 @@
 """Quantization: quantizers (linear and non-linear), post-training weight quantization
 (round-to-nearest, GPTQ, Keras's own modes) with compact storage, mixed precision, and
-quantization-aware training for Keras 3.
+quantization-aware training for Keras 3, and activation smoothing (`smooth`) for
+full-integer export.
 
 Example:
     >>> from tfcompress.quantize import QuantizeConfig, quantize
@@ -24,6 +25,7 @@ from tfcompress.quantize.quantizers import (
     log2_levels,
     nf4_levels,
 )
+from tfcompress.quantize.smooth import smooth, smoothing_groups, smoothing_scales
 from tfcompress.quantize.storage import cache_decoded, is_quantized
 from tfcompress.quantize.tfmot_path import tfmot_cluster, tfmot_quantize, tfmot_strip_clustering
 
@@ -50,6 +52,9 @@ __all__ = [
     "qat",
     "quantize",
     "sensitivity",
+    "smooth",
+    "smoothing_groups",
+    "smoothing_scales",
     "strip_qat",
     "tfmot_cluster",
     "tfmot_quantize",

@@ -1,0 +1,219 @@
+"""Activation smoothing (SmoothQuant, Xiao et al. 2022): move activation outliers into weights.
+
+A full-integer file gives each activation tensor one int8 scale, so a few outlier channels
+after a normalization squeeze every other channel into a handful of levels. Smoothing divides
+input channel ``j`` of a matmul by ``s_j = max|X_j|^a / max|W_j|^(1-a)`` and multiplies the
+kernel's input row ``j`` by ``s_j``: the product is unchanged, the activation's channels are
+flattened, and the weights (quantized per output channel) take part of the range. The
+division is folded into the preceding normalization's ``gamma`` and ``beta``, so the float
+model computes the same function. Layers reading the same normalized tensor (q/k/v after the
+attention norm, gate/up after the MLP norm) share one ``s``.
+
+Example:
+    >>> smoothed = smooth(model, calibration=windows, alpha=0.5)   # a copy; model unchanged
+    >>> export_tflite(model, "m.tflite", "int8", representative_data=windows, smooth=0.5)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from tfcompress.core.layers import (
+    copy_model,
+    iter_layers,
+    kernel_matrix,
+    kernel_of,
+    layer_paths,
+    matrix_shape,
+    set_kernel_matrix,
+)
+from tfcompress.errors import TfcompressError
+
+# clamps of the reference implementation: no zero weight row makes s infinite
+MIN_WEIGHT_MAX = 1e-5
+MIN_SCALE = 1e-5
+
+
+def check_alpha(alpha, arg: str = "alpha") -> float:
+    """``alpha`` as a float in [0, 1] (the migration strength), or `TfcompressError` naming
+    ``arg``."""
+    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha <= 1:
+        raise TfcompressError(f"{arg} (the smoothing migration strength) must be a number in "
+                              f"[0, 1] (0.5 is the usual choice), got {alpha!r}")
+    return float(alpha)
+
+
+def smoothing_scales(act_max, weight_max, alpha: float = 0.5) -> np.ndarray:
+    """``s_j = max|X_j|^alpha / max|W_j|^(1-alpha)`` per input channel.
+
+    ``act_max``: ``max |x_j|`` over calibration rows; ``weight_max``: ``max |W_jk|`` over the
+    outputs ``k`` of every kernel reading the channel (see `weight_maxima`). Channels that
+    were never non-zero keep ``s = 1``; weights are clamped at 1e-5 and ``s`` at 1e-5 below.
+
+    Example:
+        >>> smoothing_scales([4.0, 1.0], [1.0, 4.0], 0.5)
+        array([2. , 0.5])
+    """
+    alpha = check_alpha(alpha)
+    act = np.asarray(act_max, np.float64)
+    w = np.maximum(np.asarray(weight_max, np.float64), MIN_WEIGHT_MAX)
+    if act.shape != w.shape or act.ndim != 1:
+        raise TfcompressError(f"act_max and weight_max must be vectors of one length, got "
+                              f"shapes {act.shape} and {w.shape}")
+    s = np.maximum(act ** alpha / w ** (1 - alpha), MIN_SCALE)
+    return np.where(act > 0, s, 1.0)
+
+
+def weight_maxima(kernels: Sequence[np.ndarray]) -> np.ndarray:
+    """``max |W_jk|`` over every output ``k`` of every ``(d_in, d_out)`` kernel, per input row
+    ``j`` (the kernels that share one input share one ``s``).
+
+    Example:
+        >>> weight_maxima([np.array([[1., -3.], [2., 0.]]), np.array([[0.5], [-4.]])])
+        array([3., 4.])
+    """
+    return np.max([np.abs(np.asarray(k)).max(axis=1) for k in kernels], axis=0)
+
+
+def fold_scales(s, gamma, beta=None, kernels: Sequence[np.ndarray] = ()):
+    """``(gamma / s, beta / s, [k * s[:, None]])``: the norm's output divided per channel by
+    ``s`` and each following ``(d_in, d_out)`` kernel's input rows multiplied by it, so
+    ``norm(x) @ k`` is unchanged. ``beta`` None (RMSNorm) stays None.
+
+    Example:
+        >>> fold_scales(np.array([2.0]), np.array([4.0]), np.array([1.0]), [np.ones((1, 2))])
+        (array([2.]), array([0.5]), [array([[2., 2.]])])
+    """
+    s = np.asarray(s, np.float64)
+    return (np.asarray(gamma) / s, None if beta is None else np.asarray(beta) / s,
+            [np.asarray(k) * s[:, None] for k in kernels])
+
+
+@dataclass
+class SmoothGroup:
+    """A normalization and the matmuls that read its output (and nothing else does)."""
+
+    norm: object
+    gamma: object
+    beta: object | None
+    layers: list
+
+    @property
+    def width(self) -> int:
+        return int(self.gamma.shape[-1])
+
+
+def _affine(norm) -> tuple[object, object | None] | None:
+    """The per-channel ``(gamma, beta)`` variables that end ``norm``'s computation, or None
+    when it is no normalization with one (or has no learnable gamma)."""
+    kind = type(norm).__name__
+    if kind == "LayerNormalization" and getattr(norm, "scale", False):
+        if tuple(np.atleast_1d(norm.axis)) not in ((-1,), (len(norm.input.shape) - 1,)):
+            return None
+        return norm.gamma, norm.beta if norm.center else None
+    if kind in ("RMSNorm", "RMSNormalization", "LlamaLayerNorm") and hasattr(norm, "scale"):
+        scale = norm.scale
+        return (scale, None) if hasattr(scale, "assign") else None
+    return None
+
+
+def _readers(node, tensor) -> list | None:
+    """The matmul layers that ``node``'s operation applies to ``tensor``, or None when it
+    does anything else with it (so the normalization cannot be rescaled)."""
+    op = node.operation
+    inputs = list(node.input_tensors)
+    if not inputs or any(t is not tensor for t in inputs):
+        return None  # e.g. a residual add, or cross-attention to another tensor
+    kind = type(op).__name__
+    if kind in ("Dense", "EinsumDense") and kernel_of(op) is not None:
+        return [op]
+    if kind == "MultiHeadAttention":  # self-attention: q, k and v all read the tensor
+        return [op._query_dense, op._key_dense, op._value_dense]
+    return None
+
+
+def smoothing_groups(model) -> list[SmoothGroup]:
+    """Every normalization in ``model``'s functional graphs (nested ones included) whose
+    output is read only by Dense/EinsumDense layers or self-attention, with those layers.
+
+    A norm called more than once, feeding anything else (a residual add, a tied embedding's
+    transpose) or with a width other than its readers' input width is left out.
+    """
+    groups = []
+    for _, norm in iter_layers(model):
+        affine = _affine(norm)
+        if affine is None or len(norm._inbound_nodes) != 1:
+            continue
+        out = norm._inbound_nodes[0].output_tensors
+        if len(out) != 1 or not norm._outbound_nodes:
+            continue
+        readers: list = []
+        for node in norm._outbound_nodes:
+            found = _readers(node, out[0])
+            if found is None:
+                readers = []
+                break
+            readers += [la for la in found if all(la is not r for r in readers)]
+        gamma, beta = affine
+        if readers and all(matrix_shape(la)[0] == int(gamma.shape[-1]) for la in readers):
+            groups.append(SmoothGroup(norm, gamma, beta, readers))
+    return groups
+
+
+def apply_smoothing(groups: Sequence[SmoothGroup], act_max: dict[int, np.ndarray],
+                    alpha: float) -> dict[str, np.ndarray]:
+    """Fold the scales of each group (``act_max``: ``{id(norm): max |x_j|}``) into its
+    norm and readers, in place; returns ``{norm name: s}``."""
+    scales = {}
+    for g in groups:
+        kernels = [kernel_matrix(la) for la in g.layers]
+        s = smoothing_scales(act_max[id(g.norm)], weight_maxima(kernels), alpha)
+        gamma, beta, folded = fold_scales(
+            s, g.gamma.numpy(), None if g.beta is None else g.beta.numpy(), kernels)
+        g.gamma.assign(gamma.astype(g.gamma.dtype))
+        if g.beta is not None:
+            g.beta.assign(beta.astype(g.beta.dtype))
+        for la, k in zip(g.layers, folded, strict=True):
+            set_kernel_matrix(la, k)
+        scales[g.norm.name] = s
+    return scales
+
+
+def smooth(model, calibration, alpha: float = 0.5, *, inplace: bool = False,
+           verbose: int = 0):
+    """A copy of ``model`` with SmoothQuant scales folded in (same float function).
+
+    ``calibration``: model inputs (token-id windows, as for `quantize`), streamed through the
+    calibration engine to get each smoothed tensor's ``max |x_j|``. ``alpha`` in [0, 1]:
+    0 leaves activations as they are, 1 moves all their range into the weights.
+    ``inplace`` changes ``model`` itself instead of a `copy_model` copy.
+
+    Example:
+        >>> smoothed = smooth(model, windows, alpha=0.5)
+        >>> np.allclose(smoothed(windows[:1]), model(windows[:1]), atol=1e-4)
+        True
+    """
+    from tfcompress.core.calibration import calibrate
+    from tfcompress.core.validation import check_model
+
+    alpha = check_alpha(alpha)
+    check_model(model, "smooth")
+    target = model if inplace else copy_model(model)
+    groups = smoothing_groups(target)
+    if not groups:
+        raise TfcompressError(
+            f"model {model.name!r} has no normalization whose output only feeds Dense/"
+            "EinsumDense layers or self-attention in a functional graph, so there is nothing "
+            "to smooth (layers that hide their norm and matmuls inside call() are not seen)")
+    paths = layer_paths(target)
+    layers = [(paths[id(la)], la) for g in groups for la in g.layers]
+    maxima = calibrate(target, layers, calibration,
+                       lambda block, stats: {p: stats[p].max_abs().copy() for p, _ in block},
+                       needs=("max",), sequential=False, verbose=verbose)
+    act_max = {id(g.norm): np.max([maxima[paths[id(la)]] for la in g.layers], axis=0)
+               for g in groups}
+    apply_smoothing(groups, act_max, alpha)
+    return target
