@@ -145,3 +145,19 @@ def test_smoothed_int8_export_verifies_against_the_original(tmp_path):
     assert result.agreement >= 0.85  # verified against `model` by export_tflite itself
     for a, w in zip(before, model.weights, strict=True):
         np.testing.assert_array_equal(a, w.numpy())
+
+
+def test_kerashub_decoders_are_smoothed_with_the_same_outputs(tiny_gpt2):
+    backbone, inputs = tiny_gpt2(num_layers=2)
+    groups = smoothing_groups(backbone)
+    assert [(g.norm.name, len(g.layers)) for g in groups] == [
+        ("self_attention_layer_norm", 3), ("feedforward_layer_norm", 1)] * 2
+    layer_norm = backbone.get_layer("transformer_layer_0")._feedforward_layer_norm
+    layer_norm.gamma.assign(np.linspace(0.1, 20, 16).astype("float32"))
+    expected = keras.ops.convert_to_numpy(backbone(inputs))
+    smoothed = smooth(backbone, inputs)
+    got = keras.ops.convert_to_numpy(smoothed(inputs))
+    np.testing.assert_allclose(got, expected, atol=1e-5 * np.abs(expected).max())
+    assert not np.allclose(
+        smoothed.get_layer("transformer_layer_0")._feedforward_layer_norm.gamma.numpy(),
+        layer_norm.gamma.numpy())

@@ -111,7 +111,9 @@ def _affine(norm) -> tuple[object, object | None] | None:
     when it is no normalization with one (or has no learnable gamma)."""
     kind = type(norm).__name__
     if kind == "LayerNormalization" and getattr(norm, "scale", False):
-        if tuple(np.atleast_1d(norm.axis)) not in ((-1,), (len(norm.input.shape) - 1,)):
+        axes = tuple(np.atleast_1d(norm.axis))
+        last = len(norm.input.shape) - 1 if norm._inbound_nodes else -1
+        if axes not in ((-1,), (last,)):
             return None
         return norm.gamma, norm.beta if norm.center else None
     if kind in ("RMSNorm", "RMSNormalization", "LlamaLayerNorm") and hasattr(norm, "scale"):
@@ -135,15 +137,53 @@ def _readers(node, tensor) -> list | None:
     return None
 
 
+_QKV = ("_query_dense", "_key_dense", "_value_dense")
+# KerasHub decoder layers apply their norms inside call(), out of the graph's sight:
+# class -> ((norm attribute, (attributes of the matmuls reading it, "a.b" for nested))).
+# Read from keras_hub's source; a TransformerDecoder only when it normalizes first.
+HUB_DECODERS = {
+    "TransformerDecoder": (
+        ("_self_attention_layer_norm", tuple(f"_self_attention_layer.{a}" for a in _QKV)),
+        ("_feedforward_layer_norm", ("_feedforward_intermediate_dense",))),
+    "LlamaTransformerDecoder": (
+        ("_self_attention_layernorm", tuple(f"_self_attention_layer.{a}" for a in _QKV)),
+        ("_feedforward_layernorm", ("_feedforward_gate_dense",
+                                    "_feedforward_intermediate_dense"))),
+}
+
+
+def _attribute(layer, dotted: str):
+    for name in dotted.split("."):
+        layer = getattr(layer, name, None)
+    return layer
+
+
+def _hub_groups(layer) -> list[SmoothGroup]:
+    table = HUB_DECODERS.get(type(layer).__name__)
+    if table is None or not getattr(layer, "normalize_first", True):
+        return []
+    groups = []
+    for norm_name, reader_names in table:
+        norm = _attribute(layer, norm_name)
+        readers = [_attribute(layer, r) for r in reader_names]
+        affine = None if norm is None else _affine(norm)
+        if affine is not None and all(r is not None and kernel_of(r) is not None
+                                      for r in readers):
+            groups.append(SmoothGroup(norm, *affine, readers))
+    return groups
+
+
 def smoothing_groups(model) -> list[SmoothGroup]:
     """Every normalization in ``model``'s functional graphs (nested ones included) whose
-    output is read only by Dense/EinsumDense layers or self-attention, with those layers.
+    output is read only by Dense/EinsumDense layers or self-attention, with those layers;
+    and the pre-norms of the KerasHub decoder layers in `HUB_DECODERS`.
 
     A norm called more than once, feeding anything else (a residual add, a tied embedding's
     transpose) or with a width other than its readers' input width is left out.
     """
     groups = []
     for _, norm in iter_layers(model):
+        groups += _hub_groups(norm)
         affine = _affine(norm)
         if affine is None or len(norm._inbound_nodes) != 1:
             continue
@@ -157,10 +197,13 @@ def smoothing_groups(model) -> list[SmoothGroup]:
                 readers = []
                 break
             readers += [la for la in found if all(la is not r for r in readers)]
+        if not readers:
+            continue
         gamma, beta = affine
-        if readers and all(matrix_shape(la)[0] == int(gamma.shape[-1]) for la in readers):
-            groups.append(SmoothGroup(norm, gamma, beta, readers))
-    return groups
+        groups.append(SmoothGroup(norm, gamma, beta, readers))
+    # a decoder's inner layers may also have graph nodes: each norm is folded once
+    unique = list({id(g.norm): g for g in reversed(groups)}.values())[::-1]
+    return [g for g in unique if all(matrix_shape(la)[0] == g.width for la in g.layers)]
 
 
 def apply_smoothing(groups: Sequence[SmoothGroup], act_max: dict[int, np.ndarray],
@@ -206,8 +249,8 @@ def smooth(model, calibration, alpha: float = 0.5, *, inplace: bool = False,
     if not groups:
         raise TfcompressError(
             f"model {model.name!r} has no normalization whose output only feeds Dense/"
-            "EinsumDense layers or self-attention in a functional graph, so there is nothing "
-            "to smooth (layers that hide their norm and matmuls inside call() are not seen)")
+            "EinsumDense layers or self-attention in a functional graph (or in a KerasHub "
+            f"decoder of {sorted(HUB_DECODERS)}), so there is nothing to smooth")
     paths = layer_paths(target)
     layers = [(paths[id(la)], la) for g in groups for la in g.layers]
     maxima = calibrate(target, layers, calibration,
