@@ -77,7 +77,13 @@ class LlamaConfig:
 
 @keras.saving.register_keras_serializable(package="tfcompress")
 class RMSNorm(keras.layers.Layer):
-    """``x / sqrt(mean(x**2) + eps) * scale`` over the last axis (computed in float32)."""
+    """``x / sqrt(mean(x**2) + eps) * scale`` over the last axis (computed in float32).
+
+    The sum of squares is a dot product of each row with itself: a full-integer ``.tflite``
+    then computes it as one int8 matmul accumulated in int32, where ``square`` then ``mean``
+    would requantize every ``x**2`` to int8 first, a range whose rare outlier channels leave
+    the typical squares at zero (SmolLM2's int8 export broke there first).
+    """
 
     def __init__(self, epsilon: float = 1e-5, **kwargs):
         super().__init__(**kwargs)
@@ -88,7 +94,8 @@ class RMSNorm(keras.layers.Layer):
 
     def call(self, x):
         x32 = ops.cast(x, "float32")
-        norm = x32 * ops.rsqrt(ops.mean(ops.square(x32), axis=-1, keepdims=True) + self.epsilon)
+        sum_sq = ops.matmul(ops.expand_dims(x32, -2), ops.expand_dims(x32, -1))[..., 0]
+        norm = x32 * ops.rsqrt(sum_sq / x32.shape[-1] + self.epsilon)
         return ops.cast(norm * self.scale, x.dtype)
 
     def get_config(self):
