@@ -116,7 +116,7 @@ def bench_model(name, model, ctx, out: Path, formats=FORMATS) -> list[dict]:
         path = out / f"{name}.{fmt}.tflite"
         rep = ctx.calibration() if MODES[mode].needs_representative else None
         # the smoothed copy is exported (and diagnosed: its tensors are the file's float twins)
-        exported = model if strength is None else smooth(model, rep, strength)
+        exported = model if strength is None else smooth(model, rep, strength, verbose=0)
         result = export_tflite(exported, path, mode, seq_len=s.seq_len, representative_data=rep,
                                verify_output=False, verbose=False)
         runner = TFLiteRunner(path, num_threads=1)

@@ -378,7 +378,7 @@ def export_tflite(
     if smooth is not None:
         if verbose:
             print(f"export: smoothing activations (strength {smooth}) on a copy")
-        smoothed = smooth_model(reference, np.concatenate(samples), smooth)
+        smoothed = smooth_model(reference, np.concatenate(samples), smooth, verbose=int(verbose))
         model = input_view(smoothed, auxiliary_inputs=auxiliary_inputs) if is_keras3_model(
             smoothed) else smoothed
     if verbose:

@@ -226,13 +226,14 @@ def apply_smoothing(groups: Sequence[SmoothGroup], act_max: dict[int, np.ndarray
 
 
 def smooth(model, calibration, alpha: float = 0.5, *, inplace: bool = False,
-           verbose: int = 0):
+           verbose: int = 1):
     """A copy of ``model`` with SmoothQuant scales folded in (same float function).
 
     ``calibration``: model inputs (token-id windows, as for `quantize`), streamed through the
     calibration engine to get each smoothed tensor's ``max |x_j|``. ``alpha`` in [0, 1]:
     0 leaves activations as they are, 1 moves all their range into the weights.
-    ``inplace`` changes ``model`` itself instead of a `copy_model` copy.
+    ``inplace`` changes ``model`` itself instead of a `copy_model` copy; ``verbose`` shows
+    the calibration's progress bar.
 
     Example:
         >>> smoothed = smooth(model, windows, alpha=0.5)
