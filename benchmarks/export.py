@@ -274,12 +274,14 @@ def record_smollm2(figures: dict, args) -> dict:
     (both under results/quick/ for a ``--quick`` run)."""
     merged = results_dir(args.quick) / "export.json"
     merged.parent.mkdir(parents=True, exist_ok=True)
+    formats = [k.removeprefix("smollm2_").removesuffix("_ppl_ratio") for k in figures
+               if k.endswith("_ppl_ratio")]
     data = json.loads(merged.read_text()) if merged.exists() else {}
+    stale = {f"smollm2_{m}_note" for m in formats}  # a finished mode's earlier note
+    data = {k: v for k, v in data.items() if k not in stale}
     merged.write_text(json.dumps({**data, **figures}, indent=2))
     lines = ["| model | mode | perplexity | ratio to Keras | note |", "|---|---|---|---|---|",
              f"| SmolLM2-135M | keras float32 | {figures.get('smollm2_keras_ppl')} | 1 | |"]
-    formats = [k.removeprefix("smollm2_").removesuffix("_ppl_ratio") for k in figures
-               if k.endswith("_ppl_ratio")]
     lines += [f"| SmolLM2-135M | {m} | {figures.get(f'smollm2_{m}_ppl')} | "
               f"{figures[f'smollm2_{m}_ppl_ratio']} | {figures.get(f'smollm2_{m}_note', '')} |"
               for m in formats]
