@@ -271,7 +271,8 @@ def smollm2_full_integer(out: Path, record, calibration_windows: int = 16,
 
 def record_smollm2(figures: dict, args) -> dict:
     """Merge ``figures`` into results/export.json and write results/export_smollm2.md
-    (both under results/quick/ for a ``--quick`` run)."""
+    (``export_smollm2_<formats>.md`` for other ``--formats``; all under results/quick/ for a
+    ``--quick`` run)."""
     merged = results_dir(args.quick) / "export.json"
     merged.parent.mkdir(parents=True, exist_ok=True)
     formats = [k.removeprefix("smollm2_").removesuffix("_ppl_ratio") for k in figures
@@ -285,7 +286,10 @@ def record_smollm2(figures: dict, args) -> dict:
     lines += [f"| SmolLM2-135M | {m} | {figures.get(f'smollm2_{m}_ppl')} | "
               f"{figures[f'smollm2_{m}_ppl_ratio']} | {figures.get(f'smollm2_{m}_note', '')} |"
               for m in formats]
-    write_results("export_smollm2", "\n".join(lines), figures, args)
+    # one file per set of formats, so a run of other formats keeps the earlier tables
+    default = args.formats == ",".join(FULL_INTEGER)
+    name = "export_smollm2" + ("" if default else "_" + args.formats.replace(",", "-"))
+    write_results(name, "\n".join(lines), figures, args)
     return figures
 
 
