@@ -161,3 +161,19 @@ def test_kerashub_decoders_are_smoothed_with_the_same_outputs(tiny_gpt2):
     assert not np.allclose(
         smoothed.get_layer("transformer_layer_0")._feedforward_layer_norm.gamma.numpy(),
         layer_norm.gamma.numpy())
+
+
+def test_kerashub_llama_decoders_are_smoothed_with_the_same_outputs():
+    keras_hub = pytest.importorskip("keras_hub")
+    keras.utils.set_random_seed(0)
+    backbone = keras_hub.models.LlamaBackbone(
+        vocabulary_size=64, num_layers=1, num_query_heads=2, num_key_value_heads=1,
+        hidden_dim=16, intermediate_dim=32)
+    groups = smoothing_groups(backbone)
+    assert [(g.norm.name, len(g.layers)) for g in groups] == [
+        ("self_attention_layernorm", 3), ("feedforward_layernorm", 2)]
+    inputs = {"token_ids": np.random.default_rng(0).integers(0, 64, (2, 8)).astype("int32"),
+              "padding_mask": np.ones((2, 8), "int32")}
+    expected = keras.ops.convert_to_numpy(backbone(inputs))
+    got = keras.ops.convert_to_numpy(smooth(backbone, inputs, verbose=0)(inputs))
+    np.testing.assert_allclose(got, expected, atol=1e-5 * np.abs(expected).max())

@@ -116,7 +116,10 @@ def _affine(norm) -> tuple[object, object | None] | None:
         if axes not in ((-1,), (last,)):
             return None
         return norm.gamma, norm.beta if norm.center else None
-    if kind in ("RMSNorm", "RMSNormalization", "LlamaLayerNorm") and hasattr(norm, "scale"):
+    # norms whose output is ``normalized * scale`` (Gemma's ``* (1 + scale)`` is not)
+    plain_scale = {"RMSNorm": "tfcompress.", "RMSNormalization": "keras.src.",
+                   "LlamaLayerNorm": "keras_hub.src.models.llama."}
+    if type(norm).__module__.startswith(plain_scale.get(kind, "-")) and hasattr(norm, "scale"):
         scale = norm.scale
         return (scale, None) if hasattr(scale, "assign") else None
     return None
