@@ -28,7 +28,7 @@ from tfcompress.models.loaders import load_gguf, load_safetensors
 from tfcompress.models.loaders.gguf import gguf_tokenizer
 from tfcompress.models.loaders.safetensors import hf_tokenizer
 from tfcompress.prune import PruneConfig, prune, prune_tf_keras, strip_pruning
-from tfcompress.quantize import qat, quantize, sensitivity, strip_qat
+from tfcompress.quantize import qat, quantize, sensitivity, smooth, strip_qat
 
 VOCAB, POS = 32, 8
 
@@ -155,6 +155,7 @@ CALIBRATED = {
     "quantize_keras_gptq": (lambda c, x: quantize(c.model, method="keras_gptq", types=("Dense",),
                                                   calibration=x, verbose=0), "calibration"),
     "sensitivity": (lambda c, x: sensitivity(c.model, x), "calibration"),
+    "smooth": (lambda c, x: smooth(c.model, x, verbose=0), "calibration"),
     "factorize_svd_llm": (lambda c, x: tfcompress.factorize(c.model, method="svd-llm",
                                                             target_ratio=0.8, calibration=x,
                                                             verbose=False), "calibration"),
@@ -216,6 +217,14 @@ def cases():
          "model must be a Keras model"),
         ("export_keras_int8", lambda c: export_tflite(c.keras_int8, c.root / "m.tflite",
                                                       seq_len=POS), "Keras-native quantized"),
+        ("export_smooth_strength", lambda c: export_tflite(
+            c.model, c.root / "m.tflite", "int8", seq_len=POS, representative_data=c.ids,
+            smooth=1.5), r"smooth .*\[0, 1\].*got 1.5"),
+        ("export_smooth_float_mode", lambda c: export_tflite(
+            c.model, c.root / "m.tflite", seq_len=POS, smooth=0.5), "smooth is only for"),
+        ("smooth_alpha", lambda c: smooth(c.model, c.ids, alpha=-1), r"alpha .*got -1"),
+        ("smooth_on_quantized", lambda c: smooth(c.quantized, c.ids),
+         "model .*already quantized by tfcompress.quantize"),
         # evaluate: data and files
         ("evaluate_inputs_over_vocab", lambda c: tfcompress.evaluate(
             c.model, (c.ids + VOCAB, c.ids), batch_sizes=()), r"data inputs holds token id"),

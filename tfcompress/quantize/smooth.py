@@ -243,11 +243,12 @@ def smooth(model, calibration, alpha: float = 0.5, *, inplace: bool = False,
         >>> np.allclose(smoothed(windows[:1]), model(windows[:1]), atol=1e-4)
         True
     """
-    from tfcompress.core.calibration import calibrate
+    from tfcompress.core.calibration import calibrate, calibration_batches
     from tfcompress.core.validation import check_model
 
     alpha = check_alpha(alpha)
     check_model(model, "smooth")
+    batches = calibration_batches(calibration, model)  # checked before any work
     target = model if inplace else copy_model(model)
     groups = smoothing_groups(target)
     if not groups:
@@ -257,7 +258,7 @@ def smooth(model, calibration, alpha: float = 0.5, *, inplace: bool = False,
             f"decoder of {sorted(HUB_DECODERS)}), so there is nothing to smooth")
     paths = layer_paths(target)
     layers = [(paths[id(la)], la) for g in groups for la in g.layers]
-    maxima = calibrate(target, layers, calibration,
+    maxima = calibrate(target, layers, batches,
                        lambda block, stats: {p: stats[p].max_abs().copy() for p, _ in block},
                        needs=("max",), sequential=False, verbose=verbose)
     act_max = {id(g.norm): np.max([maxima[paths[id(la)]] for la in g.layers], axis=0)
