@@ -16,7 +16,7 @@ strength `SMOOTH`, scales from the calibration windows; `tfcompress.quantize.smo
 compared with the original model, so its effect is measured beside plain ``int8``.
 
 Usage: ``python -m benchmarks.export [--quick | --int8-only | --smollm2 [--smooth A]]``
-(``--int8-only``: the teacher's float32, int8 and int8_smooth rows only; the teacher is
+(``--int8-only``: the teacher's float32 and int8 rows only; the teacher is
 cached in ``$TFCOMPRESS_CACHE``, default ``~/.cache/tfcompress``)
 """
 
@@ -52,7 +52,7 @@ SMOOTH = 0.5
 # rows named "<mode>_smooth" export a copy smoothed at SMOOTH (or --smooth) first
 SMOOTHED = ("int8_smooth",)
 FORMATS = (*MODES, *SMOOTHED)
-INT8_ONLY = ("float32", "int8", "int8_smooth")
+INT8_ONLY = ("float32", "int8", "int8_smooth", "int8_mixed")
 
 
 def parse_format(fmt: str, strength: float = SMOOTH) -> tuple[str, float | None]:
@@ -304,8 +304,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="with --smollm2: comma-separated modes, each optionally followed "
                              "by _smooth (e.g. int8,int8_smooth,int8_mixed)")
     parser.add_argument("--int8-only", action="store_true",
-                        help="only the teacher's float32, int8 and int8_smooth rows (the "
-                             "smoothing comparison without the slow int16x8 and the student); "
+                        help="only the teacher's float32, int8, int8_smooth and int8_mixed rows "
+                             "(the smoothing comparison without the slow int16x8 and the student); "
                              "written to results/export_int8.json")
     args = parse_args(parser, argv)
     if args.smollm2:

@@ -71,9 +71,11 @@ def _int8_mixed(converter, representative, int8_io: bool) -> None:
 
 
 # Kept float by int8_mixed: the residual stream (outlier features), LayerNorm and softmax are
-# where per-tensor int8 ranges lose the most on a transformer.
+# where per-tensor int8 ranges lose the most on a transformer. BATCH_MATMUL (activation times
+# activation: attention scores and values, and RMSNorm's sum of squares, a row's dot product
+# with itself) reads the residual stream's full range there.
 TRANSFORMER_FLOAT_OPS = ("ADD", "SUB", "MUL", "MEAN", "SQUARED_DIFFERENCE", "RSQRT", "SOFTMAX",
-                         "SELECT", "SELECT_V2")
+                         "SELECT", "SELECT_V2", "BATCH_MATMUL")
 
 
 def _int8(converter, representative, int8_io: bool) -> None:
@@ -110,8 +112,8 @@ MODES: dict[str, ExportMode] = {
         ),
         ExportMode(
             "int8_mixed",
-            "int8 matmuls, embeddings and GELU from a representative dataset; residual adds, "
-            "LayerNorm, masking and softmax stay float",
+            "int8 weight matmuls, embeddings and GELU from a representative dataset; residual "
+            "adds, norms, attention's activation matmuls, masking and softmax stay float",
             _int8_mixed, 0.25, 0.85, 1.10, needs_representative=True,
             float_ops=TRANSFORMER_FLOAT_OPS, static_activations=True,
         ),
