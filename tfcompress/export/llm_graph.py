@@ -48,10 +48,20 @@ class Decoder:
     rope_base: float = 10000.0
     gelu_approximate: bool = False
     weights: dict = field(default_factory=dict, repr=False)
+    # linear maps whose Keras layer held quantized codes (`tfcompress.quantize`)
+    quantized: tuple[str, ...] = ()
 
     def describe(self) -> dict:
         """The shape fields (JSON-serializable), without weights."""
-        return {k: v for k, v in self.__dict__.items() if k != "weights"}
+        return {k: v for k, v in self.__dict__.items() if k not in ("weights", "quantized")}
+
+
+class _Weights(dict):
+    """Weights by name, remembering which linear maps came from quantized layers."""
+
+    def __init__(self, **weights):
+        super().__init__(**weights)
+        self.quantized: list[str] = []
 
 
 def _np(x) -> np.ndarray:
@@ -65,8 +75,12 @@ def _linear(layer) -> list[np.ndarray]:
     return [kernel_matrix(layer)]
 
 
-def _put_linear(weights: dict, name: str, layer) -> None:
+def _put_linear(weights: _Weights, name: str, layer) -> None:
+    from tfcompress.quantize.storage import is_quantized
+
     weights[f"{name}.w"] = _linear(layer)
+    if is_quantized(layer):
+        weights.quantized.append(name)
     bias = getattr(layer, "bias", None)
     if bias is not None:
         weights[f"{name}.b"] = _np(bias).reshape(-1)
@@ -91,7 +105,7 @@ def _llama(model) -> Decoder:
     from tfcompress.models.llama import llama_config_of
 
     cfg = llama_config_of(model)
-    w: dict = {"embed": _np(model.get_layer("token_embedding").embeddings)}
+    w = _Weights(embed=_np(model.get_layer("token_embedding").embeddings))
     for i in range(cfg.n_layers):
         b = f"block{i}"
         _put_norm(w, f"{i}.norm1", model.get_layer(f"{b}_attn_norm"))
@@ -105,10 +119,10 @@ def _llama(model) -> Decoder:
         _put_linear(w, "head", model.get_layer("lm_head"))
     return Decoder("llama", cfg.vocab_size, cfg.d_model, cfg.n_layers, cfg.n_heads,
                    cfg.n_kv_heads, cfg.head_dim, cfg.rms_eps, rope_base=cfg.rope_base,
-                   weights=w)
+                   weights=w, quantized=tuple(w.quantized))
 
 
-def _gpt_block(w: dict, i: int, ln1, attention, ln2, mlp_in, mlp_out) -> None:
+def _gpt_block(w: _Weights, i: int, ln1, attention, ln2, mlp_in, mlp_out) -> None:
     _put_norm(w, f"{i}.norm1", ln1)
     _put_norm(w, f"{i}.norm2", ln2)
     for part, sub in (("q", "_query_dense"), ("k", "_key_dense"), ("v", "_value_dense"),
@@ -118,16 +132,17 @@ def _gpt_block(w: dict, i: int, ln1, attention, ln2, mlp_in, mlp_out) -> None:
     _put_linear(w, f"{i}.down", mlp_out)
 
 
-def _gpt_decoder(w: dict, n_layers: int, attention, eps: float, positions: int,
+def _gpt_decoder(w: _Weights, n_layers: int, attention, eps: float, positions: int,
                  approximate: bool) -> Decoder:
     vocab, d = w["embed"].shape
     heads, head_dim = attention.num_heads, attention.key_dim
     return Decoder("gpt", int(vocab), int(d), n_layers, heads, heads, head_dim, eps,
-                   max_positions=positions, gelu_approximate=approximate, weights=w)
+                   max_positions=positions, gelu_approximate=approximate, weights=w,
+                   quantized=tuple(w.quantized))
 
 
 def _gpt(model) -> Decoder:
-    w: dict = {"embed": _np(model.get_layer("token_embedding").embeddings)}
+    w = _Weights(embed=_np(model.get_layer("token_embedding").embeddings))
     position = model.get_layer("position_embedding")
     w["pos_embed"] = _np(position.position_embeddings)
     n_layers = sum(1 for la in model.layers if la.name.endswith("_attn")
@@ -150,7 +165,7 @@ def _gpt(model) -> Decoder:
 
 def _gpt2_hub(model) -> Decoder:
     backbone = model.backbone
-    w: dict = {"embed": _np(backbone.token_embedding.embeddings)}
+    w = _Weights(embed=_np(backbone.token_embedding.embeddings))
     w["pos_embed"] = _np(backbone.position_embedding.position_embeddings)
     blocks = backbone.transformer_layers
     for i, block in enumerate(blocks):
@@ -188,9 +203,16 @@ def decoder_of(model) -> Decoder:
 # -- the cached forward pass (TensorFlow ops, traced once per signature) -------------------
 
 
+def linear_scope(name: str) -> str:
+    """The name scope of the `Decoder` linear map ``name`` in the traced graph: its
+    FULLY_CONNECTED ops' outputs carry it, so a quantization recipe can pick one layer."""
+    return f"tfc_{name.replace('.', '_')}"
+
+
 def _apply(tf, weights: dict, name: str, x):
-    for matrix in weights[f"{name}.w"]:
-        x = tf.matmul(x, matrix)
+    with tf.name_scope(linear_scope(name)):
+        for matrix in weights[f"{name}.w"]:
+            x = tf.matmul(x, matrix)
     bias = weights.get(f"{name}.b")
     return x if bias is None else x + bias
 
