@@ -236,8 +236,11 @@ def tiny_int4_llama(config):
     keras.utils.set_random_seed(0)
     model = spread(build_llama(LlamaConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4,
                                            n_kv_heads=2, d_ff=64, tie_embeddings=True)))
-    calibration = np.random.default_rng(2).integers(0, 64, (8, 16))
-    return quantize(model, config, calibration=calibration, verbose=0)
+    rng = np.random.default_rng(2)
+    for v in model.weights:  # norm scales other than 1, as in a trained model
+        if "norm" in v.path:
+            v.assign(rng.uniform(0.5, 1.5, v.shape).astype("float32"))
+    return quantize(model, config, calibration=rng.integers(0, 64, (8, 16)), verbose=0)
 
 
 @pytest.fixture(scope="module")

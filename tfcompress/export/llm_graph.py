@@ -218,12 +218,14 @@ def _apply(tf, weights: dict, name: str, x):
 
 
 def _norm(tf, dec: Decoder, weights: dict, name: str, x):
+    # the constant scale multiplies first: a constant MUL right before a matmul is folded into
+    # its weights by the converter, which would move them off a quantized grid
     if dec.kind == "llama":
-        return x * tf.math.rsqrt(tf.reduce_mean(tf.square(x), -1, keepdims=True)
-                                 + dec.norm_eps) * weights[f"{name}.scale"]
+        return x * weights[f"{name}.scale"] * tf.math.rsqrt(
+            tf.reduce_mean(tf.square(x), -1, keepdims=True) + dec.norm_eps)
     mean = tf.reduce_mean(x, -1, keepdims=True)
     var = tf.reduce_mean(tf.square(x - mean), -1, keepdims=True)
-    return (x - mean) * tf.math.rsqrt(var + dec.norm_eps) * weights[f"{name}.scale"] + \
+    return (x - mean) * weights[f"{name}.scale"] * tf.math.rsqrt(var + dec.norm_eps) + \
         weights[f"{name}.bias"]
 
 
