@@ -179,7 +179,7 @@ def _convert(dec: Decoder, lengths: dict[str, int], cache_length: int,
         spec_mode.configure(converter, None, False)
         flatbuffer = converter.convert()
     if mode == "int4":
-        return quantize_int4(flatbuffer, linear, list(dec.quantized), tied)
+        return quantize_int4(flatbuffer, linear, list(dec.quantized), tied, dec.codes)
     if spec_mode.litert_recipe:
         flatbuffer = _litert_quantize(flatbuffer, spec_mode.litert_recipe, None)
     return flatbuffer, None

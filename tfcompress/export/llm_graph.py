@@ -48,12 +48,15 @@ class Decoder:
     rope_base: float = 10000.0
     gelu_approximate: bool = False
     weights: dict = field(default_factory=dict, repr=False)
-    # linear maps whose Keras layer held quantized codes (`tfcompress.quantize`)
+    # linear maps whose Keras layer held quantized codes (`tfcompress.quantize`), and of
+    # those on a signed integer grid: (codes int8 (d_in, d_out), scale, group rows)
     quantized: tuple[str, ...] = ()
+    codes: dict = field(default_factory=dict, repr=False)
 
     def describe(self) -> dict:
         """The shape fields (JSON-serializable), without weights."""
-        return {k: v for k, v in self.__dict__.items() if k not in ("weights", "quantized")}
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("weights", "quantized", "codes")}
 
 
 class _Weights(dict):
@@ -62,6 +65,7 @@ class _Weights(dict):
     def __init__(self, **weights):
         super().__init__(**weights)
         self.quantized: list[str] = []
+        self.codes: dict = {}
 
 
 def _np(x) -> np.ndarray:
@@ -76,11 +80,14 @@ def _linear(layer) -> list[np.ndarray]:
 
 
 def _put_linear(weights: _Weights, name: str, layer) -> None:
-    from tfcompress.quantize.storage import is_quantized
+    from tfcompress.quantize.storage import is_quantized, signed_codes
 
     weights[f"{name}.w"] = _linear(layer)
     if is_quantized(layer):
         weights.quantized.append(name)
+        grid = signed_codes(layer)
+        if grid is not None:
+            weights.codes[name] = grid
     bias = getattr(layer, "bias", None)
     if bias is not None:
         weights[f"{name}.b"] = _np(bias).reshape(-1)
@@ -119,7 +126,7 @@ def _llama(model) -> Decoder:
         _put_linear(w, "head", model.get_layer("lm_head"))
     return Decoder("llama", cfg.vocab_size, cfg.d_model, cfg.n_layers, cfg.n_heads,
                    cfg.n_kv_heads, cfg.head_dim, cfg.rms_eps, rope_base=cfg.rope_base,
-                   weights=w, quantized=tuple(w.quantized))
+                   weights=w, quantized=tuple(w.quantized), codes=w.codes)
 
 
 def _gpt_block(w: _Weights, i: int, ln1, attention, ln2, mlp_in, mlp_out) -> None:
@@ -138,7 +145,7 @@ def _gpt_decoder(w: _Weights, n_layers: int, attention, eps: float, positions: i
     heads, head_dim = attention.num_heads, attention.key_dim
     return Decoder("gpt", int(vocab), int(d), n_layers, heads, heads, head_dim, eps,
                    max_positions=positions, gelu_approximate=approximate, weights=w,
-                   quantized=tuple(w.quantized))
+                   quantized=tuple(w.quantized), codes=w.codes)
 
 
 def _gpt(model) -> Decoder:

@@ -24,6 +24,7 @@ Example:
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import numpy as np
 
@@ -132,30 +133,78 @@ def _weights_by_layer(model, names) -> dict[str, list[np.ndarray]]:
     return found
 
 
+def _writable(grid, weights: list[np.ndarray]) -> bool:
+    """Whether a layer's ``(codes, scale, group_rows)`` can be written into LiteRT's blockwise
+    int4 tensors as they are: groups of `INT4_BLOCK`, codes in int4's range, scales that
+    float16 holds exactly, and FULLY_CONNECTED weights (``(d_out, d_in)``) equal to
+    ``codes * scale`` (the converter did not change them)."""
+    codes, scale, group = grid
+    if group != INT4_BLOCK or codes.min() < -8 or codes.max() > 7 or not weights:
+        return False
+    if not np.array_equal(scale.astype(np.float16).astype(np.float32), scale):
+        return False
+    w = (codes.astype(np.float32) * np.repeat(scale, group, axis=0)[: len(codes)]).T
+    return all(x.shape == w.shape and np.array_equal(x, w) for x in weights)
+
+
+def _write_codes(flatbuffer: bytes, grids: dict) -> bytes:
+    """Overwrite the blockwise int4 weights (packed two's-complement nibbles, low first) and
+    float16 block scales of the layers in ``grids`` with their own codes and scales."""
+    from ai_edge_litert.tools import flatbuffer_utils as fbu
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    model = fbu.read_model_from_bytearray(flatbuffer)
+    done: set[int] = set()
+    for subgraph in model.subgraphs:
+        for op in subgraph.operators:
+            if _op_name(model, op) != "FULLY_CONNECTED":
+                continue
+            tensor = subgraph.tensors[op.inputs[1]]
+            name = _decoder_name(fu.get_tensor_name(tensor))
+            if name not in grids:
+                continue
+            codes, scale, _ = grids[name]
+            if tensor.buffer not in done:
+                flat = codes.T.reshape(-1).astype(np.uint8) & 15
+                model.buffers[tensor.buffer].data = (flat[0::2] | (flat[1::2] << 4)).astype(
+                    np.uint8)
+                done.add(tensor.buffer)
+            scales = subgraph.tensors[tensor.quantization.details.scales]
+            model.buffers[scales.buffer].data = np.ascontiguousarray(
+                scale.T.astype(np.float16)).view(np.uint8).reshape(-1)
+    return bytes(fbu.convert_object_to_bytearray(model))
+
+
 def quantize_int4(flatbuffer: bytes, linear: list[str], quantized: list[str],
-                  tied_head: bool) -> tuple[bytes, dict]:
+                  tied_head: bool, codes: dict | None = None) -> tuple[bytes, dict]:
     """Quantize a float ``flatbuffer`` of `export_llm` to blockwise int4 (block 32), an int8
     per-channel output head and an int8 per-row embedding table.
 
-    ``linear``: the `Decoder` linear maps; ``quantized``: those whose Keras layer held codes.
-    A linear map whose weights LiteRT recovers exactly (`litert_recovers`; one matrix, not a
-    low-rank pair) is quantized by ``dequantized_weight_recovery``, keeping its codes and
-    scales, the head included (then blockwise int4 too). Returns the quantized flatbuffer and
-    a report: ``copied`` (kept exactly), ``rerounded`` (quantized layers on another grid,
-    rounded again by LiteRT), ``embedding`` (how the token table is stored).
+    ``linear``: the `Decoder` linear maps; ``quantized``: those whose Keras layer held codes;
+    ``codes``: their ``(codes, scale, group_rows)`` where they are signed integer codes
+    (`tfcompress.quantize.storage.signed_codes`). A quantized map whose weights LiteRT
+    recovers exactly (`litert_recovers`) is quantized by ``dequantized_weight_recovery``; one
+    it cannot read back (a block whose codes have no gap of one, e.g. only 0, 3 and 7) but
+    whose own codes fit (`_writable`) has them written into the file after quantization. Both
+    keep their weights exactly, the head included (then blockwise int4 too). Returns the
+    flatbuffer and a report: ``copied`` (kept exactly), ``rerounded`` (quantized layers on
+    another grid, rounded again by LiteRT), ``embedding`` (how the token table is stored).
     """
     from ai_edge_litert.tools import flatbuffer_utils as fbu
     from ai_edge_quantizer import quantizer, recipe
     from ai_edge_quantizer.algorithm_manager import AlgorithmName
 
+    codes = codes or {}
     model = fbu.read_model_from_bytearray(flatbuffer)
     lookups = gather_to_embedding_lookup(model)
     weights = _weights_by_layer(model, linear)
     # every FULLY_CONNECTED of the layer (one per signature that uses it: prefill drops the
     # last block's unused matmuls) must come back exactly
-    copied = [name for name in quantized if weights.get(name)
-              and len({w.shape for w in weights[name]}) == 1
-              and all(litert_recovers(w) for w in weights[name])]
+    recovered = [name for name in quantized if weights.get(name)
+                 and len({w.shape for w in weights[name]}) == 1
+                 and all(litert_recovers(w) for w in weights[name])]
+    written = {name: codes[name] for name in quantized if name not in recovered
+               and name in codes and _writable(codes[name], weights.get(name, []))}
     if lookups:
         flatbuffer = fbu.convert_object_to_bytearray(model)
     del model, weights
@@ -168,12 +217,19 @@ def quantize_int4(flatbuffer: bytes, linear: list[str], quantized: list[str],
     entries.append({**head, "regex": ".*", "operation": "EMBEDDING_LOOKUP"})
     exact = recipe.dynamic_wi4b32_afp32(algorithm_key=AlgorithmName.DEQUANTIZED_WEIGHT_RECOVERY)
     entries += [{**exact[0], "regex": f".*{linear_scope(name)}/.*",
-                 "operation": "FULLY_CONNECTED"} for name in copied]
+                 "operation": "FULLY_CONNECTED"} for name in recovered]
+    # written layers (the head too) take the plain int4 entry, then get their own codes
+    plain = recipe.dynamic_wi4b32_afp32()[0]
+    entries += [{**plain, "regex": f".*{linear_scope(name)}/.*",
+                 "operation": "FULLY_CONNECTED"} for name in written]
     qt = quantizer.Quantizer(bytes(flatbuffer))
     qt.load_quantization_recipe(entries)
     out = bytes(qt.quantize().quantized_model)
+    if written:
+        out = _write_codes(out, written)
     embedding = ("float32 (GATHER)" if not lookups else
                  f"int8 per row (EMBEDDING_LOOKUP){', shared with the tied head' * tied_head}")
+    copied = [name for name in quantized if name in recovered or name in written]
     return out, {"copied": copied, "rerounded": [n for n in quantized if n not in copied],
                  "embedding": embedding}
 
@@ -203,8 +259,8 @@ def int4_weights(flatbuffer: bytes) -> dict[str, np.ndarray]:
             if (tensor.type != schema.TensorType.INT4 or quant is None
                     or quant.detailsType != schema.QuantizationDetails.BlockwiseQuantization):
                 continue
-            name = fu.get_tensor_name(tensor).split("/")[0]
-            if not name.startswith("tfc_") or name in out:
+            name = _decoder_name(fu.get_tensor_name(tensor))
+            if name is None or name in out:
                 continue
             packed = np.frombuffer(model.buffers[tensor.buffer].data, np.uint8)
             nibbles = np.stack([packed & 15, packed >> 4], -1).reshape(-1).astype(np.int8)
@@ -214,10 +270,14 @@ def int4_weights(flatbuffer: bytes) -> dict[str, np.ndarray]:
             w = codes.reshape(d_out, d_in).astype(np.float32) * np.repeat(
                 scales.astype(np.float32).reshape(d_out, -1), quant.details.blockSize, axis=1)
             out[name] = w.T
-    return {_decoder_name(k): v for k, v in out.items()}
+    return out
 
 
-def _decoder_name(scope: str) -> str:
-    """``tfc_0_q`` -> ``0.q`` (the inverse of `linear_scope` for block layers and head)."""
-    parts = scope[len("tfc_"):].split("_", 1)
-    return ".".join(parts) if parts[0].isdigit() else scope[len("tfc_"):]
+def _decoder_name(tensor_name: str) -> str | None:
+    """The `Decoder` linear map a tensor belongs to, from its `linear_scope`:
+    ``tfc_0_q/MatMul`` -> ``0.q``, ``lm_head/tfc_head/MatMul`` -> ``head``; else None."""
+    match = re.search(r"tfc_(\w+?)/", tensor_name)
+    if match is None:
+        return None
+    block, _, part = match.group(1).partition("_")
+    return f"{block}.{part}" if block.isdigit() and part else match.group(1)
