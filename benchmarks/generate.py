@@ -397,6 +397,15 @@ def main(argv: list[str] | None = None) -> None:
             res[f"greedy_same_prefix_{mode}"] = same
             res["notes"].append(f"greedy {mode} export vs Keras float32 (prompt of {PROMPT}): "
                                 f"first {same} of {greedy} tokens identical")
+    if quantized is not None and "greedy_int4" in res:  # the int4 bundle vs its own Keras model
+        ours = res["greedy_int4"]
+        theirs = generate(keras_forward(cache_decoded(quantized)), prompt, greedy)[:greedy]
+        cache_decoded(quantized, enabled=False)  # timed below decoding its codes
+        same = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b),
+                    greedy)
+        res["greedy_same_prefix_int4"] = same
+        res["notes"].append(f"greedy int4 export vs its Keras GPTQ model (prompt of {PROMPT}): "
+                            f"first {same} of {greedy} tokens identical")
     float16 = res.get("greedy_float16")
     res["greedy_match_keras"] = None if float16 is None else float16 == keras_greedy[:greedy]
     if quantized is not None:

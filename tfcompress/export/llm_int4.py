@@ -6,9 +6,11 @@ LiteRT's int4 (``ai_edge_quantizer``'s ``dynamic_wi4b32_afp32``) is symmetric, i
 ``"litert"``) decodes to floats that are code x scale; such a layer is quantized by
 ai_edge_quantizer's own ``dequantized_weight_recovery`` algorithm (made for QAT checkpoints),
 which reads the scale and codes back from those floats, so the file holds the same weights
-bit for bit. Every other matmul (quantized on another grid: affine groups of 128, NF4,
-k-means...; or float) is rounded to nearest onto LiteRT's grid as before, and the report says
-which is which.
+bit for bit. Where that algorithm cannot read a layer back (it takes the smallest gap between
+a block's values as the scale: a block coded only 0, 3 and 7 defeats it), the layer's own
+codes and scales are written into its int4 tensors after quantization. Every other matmul
+(quantized on another grid: affine groups of 128, NF4, k-means...; or float) is rounded to
+nearest onto LiteRT's grid as before, and the report says which is which.
 
 The converter emits a GATHER for the token embedding, which the quantizer leaves float32;
 `gather_to_embedding_lookup` turns it into the equivalent EMBEDDING_LOOKUP, which it
