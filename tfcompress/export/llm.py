@@ -29,7 +29,8 @@ import numpy as np
 
 from tfcompress.errors import TfcompressError, VerificationError
 from tfcompress.export.llm_graph import Decoder, cached_forward, decoder_of
-from tfcompress.export.llm_int4 import INT4_BLOCK, quantize_int4
+from tfcompress.export.llm_int4 import quantize_int4
+from tfcompress.export.modes import INT4_BLOCK, check_int4_blocks
 
 LLM_MODES = ("float32", "float16", "dynamic_int8", "int4")
 MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE = "model.tflite", "tokenizer.json", "llm.json"
@@ -186,16 +187,11 @@ def _convert(dec: Decoder, lengths: dict[str, int], cache_length: int,
 
 
 def _check_int4_blocks(dec: Decoder) -> None:
-    """LiteRT's blockwise int4 splits each matmul's input axis into blocks of `INT4_BLOCK`: a
-    layer whose input size (or low-rank factor's rank) is no multiple of it cannot take it."""
-    bad = {name[:-2]: [m.shape[0] for m in mats] for name, mats in dec.weights.items()
-           if name.endswith(".w") and name != "head.w"
-           and any(m.shape[0] % INT4_BLOCK for m in mats)}
-    if bad:
-        raise TfcompressError(
-            f"mode='int4' needs every matmul's input size to be a multiple of {INT4_BLOCK} "
-            f"(LiteRT's int4 blocks); got input sizes {bad}: use mode='dynamic_int8', or "
-            f"sizes (ranks) that are multiples of {INT4_BLOCK}")
+    """The LLM's matmuls (its int8 head aside) against LiteRT's int4 blocks."""
+    check_int4_blocks(
+        {name[:-2]: [m.shape[0] for m in mats] for name, mats in dec.weights.items()
+         if name.endswith(".w") and name != "head.w"},
+        f"use mode='dynamic_int8', or sizes (ranks) that are multiples of {INT4_BLOCK}")
 
 
 def _write_atomic(path: Path, data: bytes | str) -> None:

@@ -31,8 +31,7 @@ import re
 import numpy as np
 
 from tfcompress.export.llm_graph import HEAD_SCOPE, linear_scope
-
-INT4_BLOCK = 32  # the block of LiteRT's blockwise int4 recipe (dynamic_wi4b32_afp32)
+from tfcompress.export.modes import INT4_BLOCK
 
 
 def litert_recovers(w: np.ndarray, block: int = INT4_BLOCK, bits: int = 4) -> bool:
