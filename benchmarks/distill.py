@@ -286,7 +286,8 @@ def regime_little(ctx, seed, args, state):
 
 
 def regime_long(ctx, seed, args, state):
-    """A random-init student for >= 5x the baseline's steps; our KD from a top-k cache."""
+    """A random-init student for >= 5x the baseline's steps; our KD from a top-k cache,
+    Keras's Distiller with the teacher online (it cannot read a cache)."""
     s = ctx.settings
 
     def data():
@@ -309,7 +310,7 @@ def regime_long(ctx, seed, args, state):
                          seq_len=s.seq_len, name="student")
 
     return train_three_ways(student, ctx.teacher, data, args.long_steps, args.lr,
-                            kd_data=kd_data, with_keras=False)
+                            kd_data=kd_data, with_keras=not args.long_no_keras)
 
 
 REGIMES = {"init": regime_init, "little": regime_little, "long": regime_long}
@@ -474,6 +475,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--little-steps", type=int, default=400)
     parser.add_argument("--fraction", type=float, default=0.05)
     parser.add_argument("--long-steps", type=int, default=1000)
+    parser.add_argument("--long-no-keras", action="store_true",
+                        help="long regime without Keras's Distiller (its online teacher "
+                             "forward roughly doubles the regime's time)")
     args = parse_args(parser, argv)
     if args.regimes is None:
         args.regimes = ["baseline", *REGIMES] if args.quick else ["init", "little", "long"]
