@@ -355,7 +355,7 @@ def summarise(results: dict) -> tuple[dict, str]:
     """Mean and spread (sample std) of gap closed per regime, and a markdown table."""
     keys = {"init": "gap_closed_init", "little": "gap_closed_little_data",
             "long": "gap_closed_long"}
-    data, spread = {}, {}
+    data, spread, counts = {}, {}, {}
     table = ["| regime | seeds | teacher ppl | labels ppl | our KD ppl | Keras KD ppl | "
              "gap closed (ours) | gap closed (Keras) |", "|---|---|---|---|---|---|---|---|"]
     for name, rows in results.get("regimes", {}).items():
@@ -368,6 +368,7 @@ def summarise(results: dict) -> tuple[dict, str]:
             return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else None
 
         ours, ours_sd = stat([r["gap_closed"]["kd"] for r in seeds])
+        counts[keys[name]] = len(seeds)
         data[keys[name]], spread[keys[name]] = ours, ours_sd
         theirs = [r["gap_closed"]["keras_kd"] for r in seeds if "keras_kd" in r["gap_closed"]]
         keras_text = "-"
@@ -390,6 +391,7 @@ def summarise(results: dict) -> tuple[dict, str]:
             data[key] = spread[key] = None
             table.append(f"| {name} | 0 | not run (no seed finished in this session) |")
     data["gap_closed_spread"] = spread
+    data["gap_closed_seeds"] = counts  # how many seeds each mean and spread is over
     for name, rows in results.get("regimes", {}).items():
         table.append(f"\n{name}: " + ", ".join(f"{k} {v}" for k, v in rows["settings"].items()))
     return data, "\n".join(table)
@@ -529,7 +531,7 @@ def main(argv: list[str] | None = None) -> None:
     results.setdefault("smollm2_curve", {"0": None, **budgets})
     results["smollm2_curve"]["null_reason"] = (
         "budgets left null were not run: about 1 h of SmolLM2 training did not fit 2 cores "
-        "shared by 7 sessions (run --regimes smollm2 for step 0; benchmarks/llm.py measured "
+        "shared with other sessions (run --regimes smollm2 for step 0; benchmarks/llm.py measured "
         "100 steps with hand-picked blocks: KD 139.0 vs labels 152.8)")
     results["alpha1_matches_fit"] = alpha1_matches_fit()
     save()
