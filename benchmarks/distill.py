@@ -203,9 +203,13 @@ def baseline(ctx, args) -> tuple[str, dict]:
 REGIME_ALPHA = 0.0  # logits only (Minitron): the hard loss is what the labels-only run uses
 
 
+KINDS = ("labels", "kd", "keras_kd")  # labels only, our logit KD, keras.distillation
+
+
 def train_three_ways(make_student, teacher, data, steps, lr, kd_data=None,
-                     with_keras=True) -> dict:
-    """Held-out-ready students: labels only, our logit KD, Keras's Distiller (same init/data).
+                     kinds=KINDS) -> dict:
+    """Held-out-ready students: labels only, our logit KD, Keras's Distiller (same init/data),
+    those of ``kinds`` only.
 
     ``kd_data`` (a teacher cache) replaces the online teacher for our KD when given.
     """
@@ -213,16 +217,18 @@ def train_three_ways(make_student, teacher, data, steps, lr, kd_data=None,
     from keras.distillation import LogitsDistillation
 
     out = {}
-    labels = make_student()
-    labels.compile(optimizer=lm_optimizer(steps, lr), loss=lm_loss())
-    labels.fit(data(), steps_per_epoch=steps, epochs=1, verbose=0)
-    out["labels"] = labels
-    ours = Distiller(None if kd_data else teacher, make_student(), alpha=REGIME_ALPHA,
-                     temperature=TEMPERATURE)
-    ours.compile(optimizer=lm_optimizer(steps, lr))
-    ours.fit(kd_data() if kd_data else data(), steps_per_epoch=steps, epochs=1, verbose=0)
-    out["kd"] = ours.student
-    if with_keras:
+    if "labels" in kinds:
+        labels = make_student()
+        labels.compile(optimizer=lm_optimizer(steps, lr), loss=lm_loss())
+        labels.fit(data(), steps_per_epoch=steps, epochs=1, verbose=0)
+        out["labels"] = labels
+    if "kd" in kinds:
+        ours = Distiller(None if kd_data else teacher, make_student(), alpha=REGIME_ALPHA,
+                         temperature=TEMPERATURE)
+        ours.compile(optimizer=lm_optimizer(steps, lr))
+        ours.fit(kd_data() if kd_data else data(), steps_per_epoch=steps, epochs=1, verbose=0)
+        out["kd"] = ours.student
+    if "keras_kd" in kinds:
         soft = LogitsDistillation(TEMPERATURE, loss=keras.losses.KLDivergence())
         theirs = KerasDistiller(teacher, make_student(), soft,
                                 student_loss_weight=REGIME_ALPHA)
@@ -249,7 +255,8 @@ def regime_init(ctx, seed, args, state):
     def student():
         return take_blocks(ctx.teacher, state["keep"])
 
-    models = train_three_ways(student, ctx.teacher, data, args.init_steps, args.init_lr)
+    models = train_three_ways(student, ctx.teacher, data, args.init_steps, args.init_lr,
+                              kinds=args.kinds)
     return models | {"start": student()}
 
 
@@ -260,11 +267,12 @@ def regime_little(ctx, seed, args, state):
         x, y, m = ctx.corpus.windows("train", s.seq_len)
         n = max(int(len(x) * args.fraction), args.batch)
         state["windows"] = (x[:n], y[:n], m[:n])  # a contiguous 5 %: whole chapters, no leak
-        tmp = Path(tempfile.mkdtemp(prefix="distill-little-"))
-        state["cleanup"] = tmp
-        finite = tf.data.Dataset.from_tensor_slices(state["windows"]).batch(args.batch)
-        state["cache"] = cache_teacher(ctx.teacher, finite, tmp / "c",
-                                       top_k=ctx.corpus.vocab_size, verbose=False)
+        if "kd" in args.kinds:
+            tmp = Path(tempfile.mkdtemp(prefix="distill-little-"))
+            state["cleanup"] = tmp
+            finite = tf.data.Dataset.from_tensor_slices(state["windows"]).batch(args.batch)
+            state["cache"] = cache_teacher(ctx.teacher, finite, tmp / "c",
+                                           top_k=ctx.corpus.vocab_size, verbose=False)
         print(f"little: {n} windows ({args.fraction:.0%}), "
               f"{args.little_steps * args.batch / n:.1f} epochs")
 
@@ -281,8 +289,9 @@ def regime_little(ctx, seed, args, state):
         return build_gpt(s.student_preset, vocab_size=ctx.corpus.vocab_size,
                          seq_len=s.seq_len, name="student")
 
-    return train_three_ways(student, ctx.teacher, data, args.little_steps, args.lr,
-                            kd_data=kd_data)
+    teacher = ctx.teacher if needs_teacher(args) else None
+    return train_three_ways(student, teacher, data, args.little_steps, args.lr,
+                            kd_data=kd_data, kinds=args.kinds)
 
 
 def regime_long(ctx, seed, args, state):
@@ -293,7 +302,7 @@ def regime_long(ctx, seed, args, state):
     def data():
         return ctx.corpus.dataset("train", s.seq_len, args.batch, repeat=True, seed=0)
 
-    if "cache" not in state:  # one stream for every seed: seeds vary the student's init
+    if "kd" in args.kinds and "cache" not in state:  # one stream for every seed
         tmp = Path(tempfile.mkdtemp(prefix="distill-long-"))
         state["cleanup"] = tmp
         start = time.perf_counter()
@@ -309,8 +318,9 @@ def regime_long(ctx, seed, args, state):
         return build_gpt(s.student_preset, vocab_size=ctx.corpus.vocab_size,
                          seq_len=s.seq_len, name="student")
 
-    return train_three_ways(student, ctx.teacher, data, args.long_steps, args.lr,
-                            kd_data=kd_data, with_keras=not args.long_no_keras)
+    teacher = ctx.teacher if needs_teacher(args) else None
+    return train_three_ways(student, teacher, data, args.long_steps, args.lr,
+                            kd_data=kd_data, kinds=args.kinds)
 
 
 REGIMES = {"init": regime_init, "little": regime_little, "long": regime_long}
@@ -319,28 +329,61 @@ OWN_KEYS = ("teacher_ppl", "alpha1_matches_fit", "smollm2_curve", "smollm2_block
 
 
 def run_regimes(ctx, args, results: dict, save) -> None:
-    """Each regime over ``args.seeds``: perplexities, gap closed, saved after every seed."""
+    """Each regime over ``args.seeds``: perplexities, gap closed, saved after every seed.
+
+    A seed's row keeps the students of other ``--kinds`` measured before with the same
+    settings; rows measured with other settings are dropped.
+    """
     test = ctx.eval_data()
-    teacher_ppl = lm_quality(keras_forward(ctx.teacher), test)["perplexity"]
-    results["teacher_ppl"] = teacher_ppl
+    if needs_teacher(args):
+        results["teacher_ppl"] = lm_quality(keras_forward(ctx.teacher), test)["perplexity"]
     for name in args.regimes:
         state, rows = {}, results.setdefault("regimes", {}).setdefault(name, {})
+        settings = regime_settings(name, args)
+        if {k: v for k, v in rows.get("settings", {}).items() if k in settings} != settings:
+            rows.clear()
         for seed in range(args.seeds):
             start = time.perf_counter()
             models = REGIMES[name](ctx, seed, args, state)
             ppl = {k: lm_quality(keras_forward(m), test)["perplexity"] for k, m in models.items()}
-            gap = {k: (ppl["labels"] - ppl[k]) / (ppl["labels"] - teacher_ppl)
-                   for k in ("kd", "keras_kd") if k in ppl}
-            rows[str(seed)] = {"ppl": ppl, "gap_closed": gap,
-                               "seconds": round(time.perf_counter() - start)}
-            print(f"{name} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in ppl.items())
-                  + " | gap closed " + ", ".join(f"{k} {v:.1%}" for k, v in gap.items()),
-                  flush=True)
+            row = merge_row(rows.get(str(seed)), {
+                "ppl": ppl, "seconds": {"+".join(args.kinds): round(time.perf_counter() - start)}
+            }, results.get("teacher_ppl"))
+            rows[str(seed)] = row
+            print(f"{name} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in row["ppl"].items())
+                  + " | gap closed " + ", ".join(f"{k} {v:.1%}" for k, v in
+                                                 row["gap_closed"].items()), flush=True)
             rows["settings"] = {k: v for k, v in state.items()
-                                if k in ("keep", "importance")} | regime_settings(name, args)
+                                if k in ("keep", "importance")} | settings
             save()
         if "cleanup" in state:
             shutil.rmtree(state["cleanup"], ignore_errors=True)
+
+
+def needs_teacher(args) -> bool:
+    """Whether this run needs the trained teacher (labels-only long/little runs do not)."""
+    return (args.regimes is None or "baseline" in args.regimes or "smollm2" in args.regimes
+            or "init" in args.regimes or set(args.kinds) != {"labels"})
+
+
+def merge_row(old: dict | None, new: dict, teacher_ppl: float | None) -> dict:
+    """One seed's row: ``new``'s perplexities over ``old``'s, and the gap each KD student
+    closes between labels-only and the teacher (when both are known).
+
+    Example:
+        >>> merge_row({"ppl": {"labels": 12.0}, "seconds": {"labels": 5}},
+        ...           {"ppl": {"kd": 10.0}, "seconds": {"kd": 7}}, 8.0)["gap_closed"]
+        {'kd': 0.5}
+    """
+    old = old or {}
+    ppl = {**old.get("ppl", {}), **new["ppl"]}
+    seconds = old.get("seconds", {})
+    seconds = {**(seconds if isinstance(seconds, dict) else {"all": seconds}), **new["seconds"]}
+    gap = {}
+    if teacher_ppl is not None and "labels" in ppl:
+        gap = {k: (ppl["labels"] - ppl[k]) / (ppl["labels"] - teacher_ppl)
+               for k in ("kd", "keras_kd") if k in ppl}
+    return {"ppl": ppl, "gap_closed": gap, "seconds": seconds}
 
 
 def regime_settings(name: str, args) -> dict:
@@ -359,7 +402,8 @@ def summarise(results: dict) -> tuple[dict, str]:
     table = ["| regime | seeds | teacher ppl | labels ppl | our KD ppl | Keras KD ppl | "
              "gap closed (ours) | gap closed (Keras) |", "|---|---|---|---|---|---|---|---|"]
     for name, rows in results.get("regimes", {}).items():
-        seeds = [r for k, r in rows.items() if k.isdigit()]
+        # seeds whose KD student is measured (a labels-only run fills rows without it)
+        seeds = [r for k, r in rows.items() if k.isdigit() and "kd" in r["gap_closed"]]
         if not seeds:
             continue
 
@@ -389,7 +433,7 @@ def summarise(results: dict) -> tuple[dict, str]:
     for name, key in keys.items():  # a regime with no finished seed: null, not a stale value
         if key not in data:
             data[key] = spread[key] = None
-            table.append(f"| {name} | 0 | not run (no seed finished in this session) |")
+            table.append(f"| {name} | 0 | not run (no seed with its KD student measured) |")
     data["gap_closed_spread"] = spread
     data["gap_closed_seeds"] = counts  # how many seeds each mean and spread is over
     for name, rows in results.get("regimes", {}).items():
@@ -477,9 +521,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--little-steps", type=int, default=400)
     parser.add_argument("--fraction", type=float, default=0.05)
     parser.add_argument("--long-steps", type=int, default=1000)
-    parser.add_argument("--long-no-keras", action="store_true",
-                        help="long regime without Keras's Distiller (its online teacher "
-                             "forward roughly doubles the regime's time)")
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS,
+                        help="which students each regime trains; a run merges its figures "
+                             "into the seeds' rows already saved with the same settings "
+                             "(labels alone need no teacher: they can run while it trains)")
     args = parse_args(parser, argv)
     if args.regimes is None:
         args.regimes = ["baseline", *REGIMES] if args.quick else ["init", "little", "long"]
@@ -494,8 +539,9 @@ def main(argv: list[str] | None = None) -> None:
     old_md = path.with_suffix(".md").read_text() if path.with_suffix(".md").exists() else ""
     old_md = old_md[old_md.index("| model |"):] if "| model |" in old_md else ""
     tables, own = {}, set(OWN_KEYS)
-    needs_teacher = {"baseline", *REGIMES} & set(args.regimes)
-    ctx = demo_context(args) if needs_teacher else None
+    ctx = None
+    if {"baseline", *REGIMES} & set(args.regimes):
+        ctx = demo_context(args, teacher=needs_teacher(args))
 
     def save():
         # Regimes may run as parallel processes: merge what the file holds now with ours.
@@ -505,6 +551,14 @@ def main(argv: list[str] | None = None) -> None:
             mine = {k: v for k, v in results.get("regimes", {}).items() if k in requested}
             results.update({k: v for k, v in on_disk.items() if k != "regimes"} | {
                 k: v for k, v in results.items() if k not in on_disk or k in own})
+            for name, rows in mine.items():  # seeds' students saved meanwhile by another run
+                disk = on_disk.get("regimes", {}).get(name, {})
+                if disk.get("settings") == rows.get("settings"):
+                    for seed, row in disk.items():
+                        if seed.isdigit():
+                            rows[seed] = merge_row(row, rows.get(seed, {"ppl": {},
+                                                                         "seconds": {}}),
+                                                   results.get("teacher_ppl"))
             results["regimes"] = on_disk.get("regimes", {}) | mine
         summary, tables["regimes"] = summarise(results)
         results.update(summary)
