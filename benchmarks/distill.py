@@ -12,11 +12,15 @@ same start, over seeds (mean and spread):
 - ``init``: student = the teacher's most important half of its blocks (`block_importance`);
   logit KD (ours, and ``keras.distillation.Distiller``) vs the same init on labels.
 - ``little``: a random-init student sees only 5 % of the training text, for many epochs.
-- ``long``: a random-init student trained 5x longer than the baseline's 200 steps.
+- ``long``: a random-init student trained 5x longer than the baseline's 200 steps (our KD
+  from a top-32 cache of the teacher, Keras's Distiller with the teacher online).
 - ``smollm2``: SmolLM2-135M, half its blocks kept by measured importance (Minitron-style).
 
 Run: ``python -m benchmarks.distill --regimes init little long`` (merges its keys into
 ``results/distill.json``; ``--regimes baseline`` reruns the original 200-step comparison).
+``--kinds`` trains only some of the students (``labels``, ``kd``, ``keras_kd``); each seed's
+row keeps those measured before with the same settings, so ``--kinds labels`` (no teacher
+needed) can run while the teacher trains and ``--kinds kd keras_kd`` after.
 ``--quick`` runs the baseline and every regime at tiny size (results in ``results/quick/``).
 The teacher is cached in ``$TFCOMPRESS_CACHE``, default ``~/.cache/tfcompress``.
 """
