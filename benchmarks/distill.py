@@ -208,6 +208,7 @@ REGIME_ALPHA = 0.0  # logits only (Minitron): the hard loss is what the labels-o
 
 
 KINDS = ("labels", "kd", "keras_kd")  # labels only, our logit KD, keras.distillation
+MIN_GAP = 0.02  # gap closed is reported only when labels-only trails the teacher by > 2 %
 
 
 def train_three_ways(make_student, teacher, data, steps, lr, kd_data=None,
@@ -385,7 +386,10 @@ def merge_row(old: dict | None, new: dict, teacher_ppl: float | None) -> dict:
     seconds = {**(seconds if isinstance(seconds, dict) else {"all": seconds}), **new["seconds"]}
     gap = {}
     if teacher_ppl is not None and "labels" in ppl:
-        gap = {k: (ppl["labels"] - ppl[k]) / (ppl["labels"] - teacher_ppl)
+        # no gap to close when labels alone come within MIN_GAP of the teacher: the fraction
+        # would divide by ~0 (or flip sign) and mean nothing
+        defined = ppl["labels"] - teacher_ppl > MIN_GAP * teacher_ppl
+        gap = {k: (ppl["labels"] - ppl[k]) / (ppl["labels"] - teacher_ppl) if defined else None
                for k in ("kd", "keras_kd") if k in ppl}
     return {"ppl": ppl, "gap_closed": gap, "seconds": seconds}
 
@@ -398,33 +402,48 @@ def regime_settings(name: str, args) -> dict:
             "temperature": TEMPERATURE, **extra}
 
 
+def stat(values) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for one value)."""
+    values = np.asarray(values, float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else None
+
+
 def summarise(results: dict) -> tuple[dict, str]:
-    """Mean and spread (sample std) of gap closed per regime, and a markdown table."""
+    """Per regime over its seeds, mean and spread (sample std) of the gap closed and of the
+    KD students' perplexity relative to labels-only, and a markdown table."""
     keys = {"init": "gap_closed_init", "little": "gap_closed_little_data",
             "long": "gap_closed_long"}
-    data, spread, counts = {}, {}, {}
+    data, spread, counts, vs_labels, reasons = {}, {}, {}, {}, {}
     table = ["| regime | seeds | teacher ppl | labels ppl | our KD ppl | Keras KD ppl | "
-             "gap closed (ours) | gap closed (Keras) |", "|---|---|---|---|---|---|---|---|"]
+             "KD ppl vs labels (ours) | (Keras) | gap closed (ours) | gap closed (Keras) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, rows in results.get("regimes", {}).items():
         # seeds whose KD student is measured (a labels-only run fills rows without it)
-        seeds = [r for k, r in rows.items() if k.isdigit() and "kd" in r["gap_closed"]]
+        seeds = [r for k, r in rows.items() if k.isdigit() and {"kd", "labels"} <= set(r["ppl"])]
         if not seeds:
             continue
-
-        def stat(values):
-            values = np.asarray(values, float)
-            return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else None
-
-        ours, ours_sd = stat([r["gap_closed"]["kd"] for r in seeds])
         counts[keys[name]] = len(seeds)
-        data[keys[name]], spread[keys[name]] = ours, ours_sd
-        theirs = [r["gap_closed"]["keras_kd"] for r in seeds if "keras_kd" in r["gap_closed"]]
-        keras_text = "-"
-        if theirs:
-            mean, sd = stat(theirs)
-            data[f"keras_{keys[name]}"] = mean
-            spread[f"keras_{keys[name]}"] = sd
-            keras_text = f"{mean:.1%} ± {spread_text(sd)}"
+        cells, vs_labels[name] = {}, {"seeds": len(seeds)}
+        for kind in ("kd", "keras_kd"):
+            have = [r for r in seeds if kind in r["ppl"]]
+            cells[kind] = ("-", "-")
+            if not have:
+                continue
+            change, change_sd = stat([r["ppl"][kind] / r["ppl"]["labels"] - 1 for r in have])
+            vs_labels[name] |= {kind: change, f"{kind}_spread": change_sd}
+            gaps = [r["gap_closed"].get(kind) for r in have]
+            prefix = "" if kind == "kd" else "keras_"
+            if any(g is None for g in gaps):
+                data[f"{prefix}{keys[name]}"] = spread[f"{prefix}{keys[name]}"] = None
+                reasons[keys[name]] = (f"labels-only students come within {MIN_GAP:.0%} of the "
+                                       "teacher's perplexity (or beat it): no gap to close; "
+                                       f"see kd_vs_labels.{name}")
+                gap_text = "undefined (no gap)"
+            else:
+                mean, sd = stat(gaps)
+                data[f"{prefix}{keys[name]}"], spread[f"{prefix}{keys[name]}"] = mean, sd
+                gap_text = f"{mean:.1%} ± {spread_text(sd)}"
+            cells[kind] = (f"{change:+.1%} ± {spread_text(change_sd)}", gap_text)
 
         def mean_ppl(k, seeds=seeds):
             vals = [r["ppl"][k] for r in seeds if k in r["ppl"]]
@@ -432,14 +451,17 @@ def summarise(results: dict) -> tuple[dict, str]:
 
         table.append(f"| {name} ({rows['settings']['steps']} steps) | {len(seeds)} | "
                      f"{results['teacher_ppl']:.3f} | {mean_ppl('labels')} | {mean_ppl('kd')} | "
-                     f"{mean_ppl('keras_kd')} | {ours:.1%} ± {spread_text(ours_sd)} | "
-                     f"{keras_text} |")
+                     f"{mean_ppl('keras_kd')} | {cells['kd'][0]} | {cells['keras_kd'][0]} | "
+                     f"{cells['kd'][1]} | {cells['keras_kd'][1]} |")
     for name, key in keys.items():  # a regime with no finished seed: null, not a stale value
-        if key not in data:
+        if key not in counts:
             data[key] = spread[key] = None
+            reasons[key] = "not run: no seed with its KD student measured"
             table.append(f"| {name} | 0 | not run (no seed with its KD student measured) |")
     data["gap_closed_spread"] = spread
     data["gap_closed_seeds"] = counts  # how many seeds each mean and spread is over
+    data["gap_closed_null_reason"] = {k: v for k, v in reasons.items() if data.get(k) is None}
+    data["kd_vs_labels"] = vs_labels  # ppl(KD student) / ppl(labels-only) - 1, over seeds
     for name, rows in results.get("regimes", {}).items():
         table.append(f"\n{name}: " + ", ".join(f"{k} {v}" for k, v in rows["settings"].items()))
     return data, "\n".join(table)

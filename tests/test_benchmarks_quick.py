@@ -71,3 +71,13 @@ def test_distill_runs_merge_their_students_per_seed():
     assert data["gap_closed_long"] == pytest.approx(0.375)  # seed 2 has no KD student yet
     assert data["gap_closed_seeds"] == {"gap_closed_long": 2}
     assert data["gap_closed_spread"]["gap_closed_long"] == pytest.approx(0.125 * 2 ** 0.5)
+    assert data["kd_vs_labels"]["long"]["kd"] == pytest.approx((10 / 12 + 11 / 12) / 2 - 1)
+    # labels-only as good as the teacher: no gap to close, so no fraction of it
+    close = merge_row(None, {"ppl": {"labels": 8.1, "kd": 8.3}, "seconds": {}}, 8.0)
+    assert close["gap_closed"] == {"kd": None}
+    data, table = summarise({"teacher_ppl": 8.0, "regimes": {"long": {
+        "0": close, "settings": {"steps": 1000}}}})
+    assert data["gap_closed_long"] is None and "no gap to close" in \
+        data["gap_closed_null_reason"]["gap_closed_long"]
+    assert data["kd_vs_labels"]["long"]["kd"] == pytest.approx(8.3 / 8.1 - 1)
+    assert "| +2.5% ± n/a (1 seed) | - | undefined (no gap) |" in table
