@@ -14,7 +14,8 @@ same start, over seeds (mean and spread):
 - ``little``: a random-init student sees only 5 % of the training text, for many epochs.
 - ``long``: a random-init student trained 5x longer than the baseline's 200 steps (our KD
   from a top-32 cache of the teacher, Keras's Distiller with the teacher online).
-- ``smollm2``: SmolLM2-135M, half its blocks kept by measured importance (Minitron-style).
+- ``smollm2``: SmolLM2-135M, half its blocks kept by measured importance (Minitron-style),
+  labels-only vs logit KD after ``--smollm2-steps`` steps of 4 x 128 tokens.
 
 Run: ``python -m benchmarks.distill --regimes init little long`` (merges its keys into
 ``results/distill.json``; ``--regimes baseline`` reruns the original 200-step comparison).
@@ -497,7 +498,8 @@ def plot(results: dict, path: Path) -> None:
     steps = [int(k) for k, v in curve.items() if k.isdigit() and v]
     if steps:
         for kind in ("kd", "labels"):
-            axes[1].plot(steps, [curve[str(k)][kind] for k in steps], "o-", label=kind)
+            axes[1].plot(steps, [curve[str(k)].get(kind, np.nan) for k in steps], "o-",
+                         label=kind)
         axes[1].legend()
     else:
         axes[1].text(0.5, 0.5, "not run (see smollm2_curve.null_reason)", ha="center")
@@ -508,26 +510,56 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def smollm2_curve(args) -> dict:
-    """Step 0 of the Minitron-style curve: half the blocks kept by measured importance."""
+SMOLLM2_BATCH, SMOLLM2_SEQ, SMOLLM2_LR = 4, 128, 1e-4  # 4 x 128 tokens a step, as llm.py
+
+
+def smollm2_curve(args, record) -> dict:
+    """Minitron-style on SmolLM2-135M: half its blocks kept by measured importance, then
+    labels-only and logit KD (alpha 0, T 1) from the full model for each of
+    ``args.smollm2_steps``; ``record(steps, kind, ppl)`` after every student. Returns the
+    blocks kept and their importance."""
+    import argparse
+
     from benchmarks.llm import EVAL_TOKENS, WINDOW, gguf_path
     from tfcompress.data import bundled_corpus
     from tfcompress.models import causal_lm_perplexity
     from tfcompress.models.loaders import gguf_tokenizer, load_gguf
 
-    tokenizer, model = gguf_tokenizer(gguf_path()), load_gguf(gguf_path())
+    path = gguf_path(argparse.Namespace(gguf=None, quick=False, out=None))
+    tokenizer, model = gguf_tokenizer(path), load_gguf(path)
     text = bundled_corpus("austen")
     eval_ids = tokenizer.encode(text["test"][:20_000])[:EVAL_TOKENS]
-    train_ids = tokenizer.encode(text["train"][:200_000])
+    train_ids = np.asarray(tokenizer.encode(text["train"][:200_000]))
     rng = np.random.default_rng(0)
     calib = np.stack([train_ids[i:i + WINDOW] for i in rng.integers(0, train_ids.size - WINDOW, 8)])
     scores = block_importance(model, [calib[i:i + 2] for i in range(0, 8, 2)])
     keep = most_important(scores, len(scores) // 2)
-    student = take_blocks(model, keep)
-    ppl = causal_lm_perplexity(keras_forward(student), eval_ids, WINDOW)["perplexity"]
-    print(f"smollm2: keep {keep}, untrained half-depth ppl {ppl:.1f}")
-    return {"0": {"kd": ppl, "labels": ppl}, "keep": keep,
-            "importance": [round(float(v), 4) for v in scores]}
+
+    def ppl(student):
+        return causal_lm_perplexity(keras_forward(student), eval_ids, WINDOW)["perplexity"]
+
+    start = ppl(take_blocks(model, keep))
+    print(f"smollm2: keep {keep}, untrained half-depth ppl {start:.1f}", flush=True)
+    record(0, "labels", start)
+    record(0, "kd", start)
+    n = (train_ids.size - 1) // SMOLLM2_SEQ * SMOLLM2_SEQ
+    x, y = train_ids[:n].reshape(-1, SMOLLM2_SEQ), train_ids[1:n + 1].reshape(-1, SMOLLM2_SEQ)
+    data = tf.data.Dataset.from_tensor_slices((x, y, np.ones(y.shape, np.float32))).shuffle(
+        len(x), seed=0).repeat().batch(SMOLLM2_BATCH, drop_remainder=True)
+    for steps in args.smollm2_steps:
+        for kind in ("labels", "kd"):
+            began = time.perf_counter()
+            student = take_blocks(model, keep)
+            trainer = student if kind == "labels" else Distiller(model, student, alpha=0.0,
+                                                                 temperature=1.0)
+            loss = {"loss": lm_loss()} if kind == "labels" else {}  # the Distiller has its own
+            trainer.compile(optimizer=lm_optimizer(steps, SMOLLM2_LR, warmup=0.1), **loss)
+            trainer.fit(data, steps_per_epoch=steps, epochs=1, verbose=2)
+            value = ppl(student)
+            print(f"smollm2 {steps} steps {kind}: ppl {value:.2f} "
+                  f"({time.perf_counter() - began:.0f} s)", flush=True)
+            record(steps, kind, value)
+    return {"keep": keep, "importance": [round(float(v), 4) for v in scores]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -547,6 +579,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--little-steps", type=int, default=400)
     parser.add_argument("--fraction", type=float, default=0.05)
     parser.add_argument("--long-steps", type=int, default=1000)
+    parser.add_argument("--smollm2-steps", type=int, nargs="*", default=[100, 300, 1000],
+                        help="training budgets of the SmolLM2 curve (step 0 is always measured)")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS,
                         help="which students each regime trains; a run merges its figures "
                              "into the seeds' rows already saved with the same settings "
@@ -603,16 +637,24 @@ def main(argv: list[str] | None = None) -> None:
     if regimes:
         args.regimes = regimes
         run_regimes(ctx, args, results, save)
-    budgets = {"100": None, "300": None, "1000": None}
+    budgets = ("0", "100", "300", "1000")
     if "smollm2" in requested:
-        curve = smollm2_curve(args)
-        results["smollm2_curve"] = {"0": curve["0"], **budgets}
-        results["smollm2_blocks"] = {"keep": curve["keep"], "importance": curve["importance"]}
-    results.setdefault("smollm2_curve", {"0": None, **budgets})
-    results["smollm2_curve"]["null_reason"] = (
-        "budgets left null were not run: about 1 h of SmolLM2 training did not fit 2 cores "
-        "shared with other sessions (run --regimes smollm2 for step 0; benchmarks/llm.py measured "
-        "100 steps with hand-picked blocks: KD 139.0 vs labels 152.8)")
+        results["smollm2_curve"] = dict.fromkeys(budgets)
+
+        def record(steps, kind, value):
+            curve = results["smollm2_curve"]
+            curve[str(steps)] = {**(curve.get(str(steps)) or {}), kind: value}
+            save()
+
+        results["smollm2_blocks"] = smollm2_curve(args, record)
+    curve = results.setdefault("smollm2_curve", dict.fromkeys(budgets))
+    missing = [b for b in budgets if not (curve.get(b) or {}).keys() >= {"kd", "labels"}]
+    curve.pop("null_reason", None)
+    if missing:
+        curve["null_reason"] = (
+            f"budgets {', '.join(missing)} not run (or not finished): SmolLM2 training is about "
+            "1 h on 2 cores shared with other sessions; run --regimes smollm2 "
+            "--smollm2-steps 100 300 1000")
     results["alpha1_matches_fit"] = alpha1_matches_fit()
     save()
 
