@@ -513,11 +513,11 @@ def plot(results: dict, path: Path) -> None:
 SMOLLM2_BATCH, SMOLLM2_SEQ, SMOLLM2_LR = 4, 128, 1e-4  # 4 x 128 tokens a step, as llm.py
 
 
-def smollm2_curve(args, record) -> dict:
+def smollm2_curve(args, record, record_blocks) -> None:
     """Minitron-style on SmolLM2-135M: half its blocks kept by measured importance, then
     labels-only and logit KD (alpha 0, T 1) from the full model for each of
-    ``args.smollm2_steps``; ``record(steps, kind, ppl)`` after every student. Returns the
-    blocks kept and their importance."""
+    ``args.smollm2_steps``; ``record_blocks({"keep", "importance"})`` once chosen,
+    ``record(steps, kind, ppl)`` after every student."""
     import argparse
 
     from benchmarks.llm import EVAL_TOKENS, WINDOW, gguf_path
@@ -534,6 +534,7 @@ def smollm2_curve(args, record) -> dict:
     calib = np.stack([train_ids[i:i + WINDOW] for i in rng.integers(0, train_ids.size - WINDOW, 8)])
     scores = block_importance(model, [calib[i:i + 2] for i in range(0, 8, 2)])
     keep = most_important(scores, len(scores) // 2)
+    record_blocks({"keep": keep, "importance": [round(float(v), 4) for v in scores]})
 
     def ppl(student):
         return causal_lm_perplexity(keras_forward(student), eval_ids, WINDOW)["perplexity"]
@@ -559,7 +560,6 @@ def smollm2_curve(args, record) -> dict:
             print(f"smollm2 {steps} steps {kind}: ppl {value:.2f} "
                   f"({time.perf_counter() - began:.0f} s)", flush=True)
             record(steps, kind, value)
-    return {"keep": keep, "importance": [round(float(v), 4) for v in scores]}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -646,7 +646,7 @@ def main(argv: list[str] | None = None) -> None:
             curve[str(steps)] = {**(curve.get(str(steps)) or {}), kind: value}
             save()
 
-        results["smollm2_blocks"] = smollm2_curve(args, record)
+        smollm2_curve(args, record, lambda blocks: results.update(smollm2_blocks=blocks))
     curve = results.setdefault("smollm2_curve", dict.fromkeys(budgets))
     missing = [b for b in budgets if not (curve.get(b) or {}).keys() >= {"kd", "labels"}]
     curve.pop("null_reason", None)
