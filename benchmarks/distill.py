@@ -357,13 +357,17 @@ def run_regimes(ctx, args, results: dict, save) -> None:
             }, results.get("teacher_ppl"))
             rows[str(seed)] = row
             print(f"{name} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in row["ppl"].items())
-                  + " | gap closed " + ", ".join(f"{k} {v:.1%}" for k, v in
+                  + " | gap closed " + ", ".join(f"{k} {gap_text(v)}" for k, v in
                                                  row["gap_closed"].items()), flush=True)
             rows["settings"] = {k: v for k, v in state.items()
                                 if k in ("keep", "importance")} | settings
             save()
         if "cleanup" in state:
             shutil.rmtree(state["cleanup"], ignore_errors=True)
+
+
+def gap_text(gap: float | None) -> str:
+    return "undefined (no gap)" if gap is None else f"{gap:.1%}"
 
 
 def needs_teacher(args) -> bool:
@@ -439,12 +443,12 @@ def summarise(results: dict) -> tuple[dict, str]:
                 reasons[keys[name]] = (f"labels-only students come within {MIN_GAP:.0%} of the "
                                        "teacher's perplexity (or beat it): no gap to close; "
                                        f"see kd_vs_labels.{name}")
-                gap_text = "undefined (no gap)"
+                closed = gap_text(None)
             else:
                 mean, sd = stat(gaps)
                 data[f"{prefix}{keys[name]}"], spread[f"{prefix}{keys[name]}"] = mean, sd
-                gap_text = f"{mean:.1%} ± {spread_text(sd)}"
-            cells[kind] = (f"{change:+.1%} ± {spread_text(change_sd)}", gap_text)
+                closed = f"{gap_text(mean)} ± {spread_text(sd)}"
+            cells[kind] = (f"{change:+.1%} ± {spread_text(change_sd)}", closed)
 
         def mean_ppl(k, seeds=seeds):
             vals = [r["ppl"][k] for r in seeds if k in r["ppl"]]
