@@ -35,6 +35,7 @@ from pathlib import Path
 import tfcompress  # noqa: F401  (sets the Keras backend)
 from tfcompress.recipes import Run, validate
 from tfcompress.recipes.runner import load_source
+from tfcompress.recipes.sources import choose_tokenizer, load_text
 
 RESULTS = Path(__file__).parent / "results"
 QUICK_RESULTS = RESULTS / "quick"
@@ -137,14 +138,20 @@ def bench_settings(quick: bool) -> DemoSettings:
     return QUICK if quick else BENCH_SETTINGS
 
 
-def demo_context(args=None, settings: DemoSettings | None = None) -> BenchContext:
-    """A `BenchContext` with the (cached) demo teacher loaded."""
+def demo_context(args=None, settings: DemoSettings | None = None,
+                 teacher: bool = True) -> BenchContext:
+    """A `BenchContext` with the (cached) demo teacher loaded; ``teacher=False``: its corpus
+    only (for runs that train students on labels alone, without waiting for a teacher)."""
     quick = bool(getattr(args, "quick", False))
     settings = settings or bench_settings(quick)
     run_dir = Path(tempfile.mkdtemp(prefix="bench-")) if quick else Path("runs/bench")
     ctx = BenchContext(settings, run_dir)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
-    load_source(ctx)
+    if teacher:
+        load_source(ctx)
+    else:
+        ctx.corpus = load_text(ctx.data, choose_tokenizer(ctx.data, None))
+        ctx.tokenizer = ctx.corpus.tokenizer
     if settings.train_tokens:
         ids = ctx.corpus.ids
         ctx.corpus = replace(ctx.corpus, ids={**ids, "train": ids["train"][:settings.train_tokens]})

@@ -12,11 +12,16 @@ same start, over seeds (mean and spread):
 - ``init``: student = the teacher's most important half of its blocks (`block_importance`);
   logit KD (ours, and ``keras.distillation.Distiller``) vs the same init on labels.
 - ``little``: a random-init student sees only 5 % of the training text, for many epochs.
-- ``long``: a random-init student trained 5x longer than the baseline's 200 steps.
-- ``smollm2``: SmolLM2-135M, half its blocks kept by measured importance (Minitron-style).
+- ``long``: a random-init student trained 5x longer than the baseline's 200 steps (our KD
+  from a top-32 cache of the teacher, Keras's Distiller with the teacher online).
+- ``smollm2``: SmolLM2-135M, half its blocks kept by measured importance (Minitron-style),
+  labels-only vs logit KD after ``--smollm2-steps`` steps of 4 x 128 tokens.
 
 Run: ``python -m benchmarks.distill --regimes init little long`` (merges its keys into
 ``results/distill.json``; ``--regimes baseline`` reruns the original 200-step comparison).
+``--kinds`` trains only some of the students (``labels``, ``kd``, ``keras_kd``); each seed's
+row keeps those measured before with the same settings, so ``--kinds labels`` (no teacher
+needed) can run while the teacher trains and ``--kinds kd keras_kd`` after.
 ``--quick`` runs the baseline and every regime at tiny size (results in ``results/quick/``).
 The teacher is cached in ``$TFCOMPRESS_CACHE``, default ``~/.cache/tfcompress``.
 """
@@ -203,9 +208,14 @@ def baseline(ctx, args) -> tuple[str, dict]:
 REGIME_ALPHA = 0.0  # logits only (Minitron): the hard loss is what the labels-only run uses
 
 
+KINDS = ("labels", "kd", "keras_kd")  # labels only, our logit KD, keras.distillation
+MIN_GAP = 0.02  # gap closed is reported only when labels-only trails the teacher by > 2 %
+
+
 def train_three_ways(make_student, teacher, data, steps, lr, kd_data=None,
-                     with_keras=True) -> dict:
-    """Held-out-ready students: labels only, our logit KD, Keras's Distiller (same init/data).
+                     kinds=KINDS) -> dict:
+    """Held-out-ready students: labels only, our logit KD, Keras's Distiller (same init/data),
+    those of ``kinds`` only.
 
     ``kd_data`` (a teacher cache) replaces the online teacher for our KD when given.
     """
@@ -213,16 +223,18 @@ def train_three_ways(make_student, teacher, data, steps, lr, kd_data=None,
     from keras.distillation import LogitsDistillation
 
     out = {}
-    labels = make_student()
-    labels.compile(optimizer=lm_optimizer(steps, lr), loss=lm_loss())
-    labels.fit(data(), steps_per_epoch=steps, epochs=1, verbose=0)
-    out["labels"] = labels
-    ours = Distiller(None if kd_data else teacher, make_student(), alpha=REGIME_ALPHA,
-                     temperature=TEMPERATURE)
-    ours.compile(optimizer=lm_optimizer(steps, lr))
-    ours.fit(kd_data() if kd_data else data(), steps_per_epoch=steps, epochs=1, verbose=0)
-    out["kd"] = ours.student
-    if with_keras:
+    if "labels" in kinds:
+        labels = make_student()
+        labels.compile(optimizer=lm_optimizer(steps, lr), loss=lm_loss())
+        labels.fit(data(), steps_per_epoch=steps, epochs=1, verbose=0)
+        out["labels"] = labels
+    if "kd" in kinds:
+        ours = Distiller(None if kd_data else teacher, make_student(), alpha=REGIME_ALPHA,
+                         temperature=TEMPERATURE)
+        ours.compile(optimizer=lm_optimizer(steps, lr))
+        ours.fit(kd_data() if kd_data else data(), steps_per_epoch=steps, epochs=1, verbose=0)
+        out["kd"] = ours.student
+    if "keras_kd" in kinds:
         soft = LogitsDistillation(TEMPERATURE, loss=keras.losses.KLDivergence())
         theirs = KerasDistiller(teacher, make_student(), soft,
                                 student_loss_weight=REGIME_ALPHA)
@@ -249,7 +261,8 @@ def regime_init(ctx, seed, args, state):
     def student():
         return take_blocks(ctx.teacher, state["keep"])
 
-    models = train_three_ways(student, ctx.teacher, data, args.init_steps, args.init_lr)
+    models = train_three_ways(student, ctx.teacher, data, args.init_steps, args.init_lr,
+                              kinds=args.kinds)
     return models | {"start": student()}
 
 
@@ -260,11 +273,12 @@ def regime_little(ctx, seed, args, state):
         x, y, m = ctx.corpus.windows("train", s.seq_len)
         n = max(int(len(x) * args.fraction), args.batch)
         state["windows"] = (x[:n], y[:n], m[:n])  # a contiguous 5 %: whole chapters, no leak
-        tmp = Path(tempfile.mkdtemp(prefix="distill-little-"))
-        state["cleanup"] = tmp
-        finite = tf.data.Dataset.from_tensor_slices(state["windows"]).batch(args.batch)
-        state["cache"] = cache_teacher(ctx.teacher, finite, tmp / "c",
-                                       top_k=ctx.corpus.vocab_size, verbose=False)
+        if "kd" in args.kinds:
+            tmp = Path(tempfile.mkdtemp(prefix="distill-little-"))
+            state["cleanup"] = tmp
+            finite = tf.data.Dataset.from_tensor_slices(state["windows"]).batch(args.batch)
+            state["cache"] = cache_teacher(ctx.teacher, finite, tmp / "c",
+                                           top_k=ctx.corpus.vocab_size, verbose=False)
         print(f"little: {n} windows ({args.fraction:.0%}), "
               f"{args.little_steps * args.batch / n:.1f} epochs")
 
@@ -281,18 +295,20 @@ def regime_little(ctx, seed, args, state):
         return build_gpt(s.student_preset, vocab_size=ctx.corpus.vocab_size,
                          seq_len=s.seq_len, name="student")
 
-    return train_three_ways(student, ctx.teacher, data, args.little_steps, args.lr,
-                            kd_data=kd_data)
+    teacher = ctx.teacher if needs_teacher(args) else None
+    return train_three_ways(student, teacher, data, args.little_steps, args.lr,
+                            kd_data=kd_data, kinds=args.kinds)
 
 
 def regime_long(ctx, seed, args, state):
-    """A random-init student for >= 5x the baseline's steps; our KD from a top-k cache."""
+    """A random-init student for >= 5x the baseline's steps; our KD from a top-k cache,
+    Keras's Distiller with the teacher online (it cannot read a cache)."""
     s = ctx.settings
 
     def data():
         return ctx.corpus.dataset("train", s.seq_len, args.batch, repeat=True, seed=0)
 
-    if "cache" not in state:  # one stream for every seed: seeds vary the student's init
+    if "kd" in args.kinds and "cache" not in state:  # one stream for every seed
         tmp = Path(tempfile.mkdtemp(prefix="distill-long-"))
         state["cleanup"] = tmp
         start = time.perf_counter()
@@ -308,8 +324,9 @@ def regime_long(ctx, seed, args, state):
         return build_gpt(s.student_preset, vocab_size=ctx.corpus.vocab_size,
                          seq_len=s.seq_len, name="student")
 
-    return train_three_ways(student, ctx.teacher, data, args.long_steps, args.lr,
-                            kd_data=kd_data, with_keras=False)
+    teacher = ctx.teacher if needs_teacher(args) else None
+    return train_three_ways(student, teacher, data, args.long_steps, args.lr,
+                            kd_data=kd_data, kinds=args.kinds)
 
 
 REGIMES = {"init": regime_init, "little": regime_little, "long": regime_long}
@@ -318,28 +335,68 @@ OWN_KEYS = ("teacher_ppl", "alpha1_matches_fit", "smollm2_curve", "smollm2_block
 
 
 def run_regimes(ctx, args, results: dict, save) -> None:
-    """Each regime over ``args.seeds``: perplexities, gap closed, saved after every seed."""
+    """Each regime over ``args.seeds``: perplexities, gap closed, saved after every seed.
+
+    A seed's row keeps the students of other ``--kinds`` measured before with the same
+    settings; rows measured with other settings are dropped.
+    """
     test = ctx.eval_data()
-    teacher_ppl = lm_quality(keras_forward(ctx.teacher), test)["perplexity"]
-    results["teacher_ppl"] = teacher_ppl
+    if needs_teacher(args):
+        results["teacher_ppl"] = lm_quality(keras_forward(ctx.teacher), test)["perplexity"]
     for name in args.regimes:
         state, rows = {}, results.setdefault("regimes", {}).setdefault(name, {})
+        settings = regime_settings(name, args)
+        if {k: v for k, v in rows.get("settings", {}).items() if k in settings} != settings:
+            rows.clear()
         for seed in range(args.seeds):
             start = time.perf_counter()
             models = REGIMES[name](ctx, seed, args, state)
             ppl = {k: lm_quality(keras_forward(m), test)["perplexity"] for k, m in models.items()}
-            gap = {k: (ppl["labels"] - ppl[k]) / (ppl["labels"] - teacher_ppl)
-                   for k in ("kd", "keras_kd") if k in ppl}
-            rows[str(seed)] = {"ppl": ppl, "gap_closed": gap,
-                               "seconds": round(time.perf_counter() - start)}
-            print(f"{name} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in ppl.items())
-                  + " | gap closed " + ", ".join(f"{k} {v:.1%}" for k, v in gap.items()),
-                  flush=True)
+            row = merge_row(rows.get(str(seed)), {
+                "ppl": ppl, "seconds": {"+".join(args.kinds): round(time.perf_counter() - start)}
+            }, results.get("teacher_ppl"))
+            rows[str(seed)] = row
+            print(f"{name} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in row["ppl"].items())
+                  + " | gap closed " + ", ".join(f"{k} {gap_text(v)}" for k, v in
+                                                 row["gap_closed"].items()), flush=True)
             rows["settings"] = {k: v for k, v in state.items()
-                                if k in ("keep", "importance")} | regime_settings(name, args)
+                                if k in ("keep", "importance")} | settings
             save()
         if "cleanup" in state:
             shutil.rmtree(state["cleanup"], ignore_errors=True)
+
+
+def gap_text(gap: float | None) -> str:
+    return "undefined (no gap)" if gap is None else f"{gap:.1%}"
+
+
+def needs_teacher(args) -> bool:
+    """Whether this run needs the trained teacher (labels-only long/little runs do not)."""
+    return (args.regimes is None or "baseline" in args.regimes or "smollm2" in args.regimes
+            or "init" in args.regimes or set(args.kinds) != {"labels"})
+
+
+def merge_row(old: dict | None, new: dict, teacher_ppl: float | None) -> dict:
+    """One seed's row: ``new``'s perplexities over ``old``'s, and the gap each KD student
+    closes between labels-only and the teacher (when both are known).
+
+    Example:
+        >>> merge_row({"ppl": {"labels": 12.0}, "seconds": {"labels": 5}},
+        ...           {"ppl": {"kd": 10.0}, "seconds": {"kd": 7}}, 8.0)["gap_closed"]
+        {'kd': 0.5}
+    """
+    old = old or {}
+    ppl = {**old.get("ppl", {}), **new["ppl"]}
+    seconds = old.get("seconds", {})
+    seconds = {**(seconds if isinstance(seconds, dict) else {"all": seconds}), **new["seconds"]}
+    gap = {}
+    if teacher_ppl is not None and "labels" in ppl:
+        # no gap to close when labels alone come within MIN_GAP of the teacher: the fraction
+        # would divide by ~0 (or flip sign) and mean nothing
+        defined = ppl["labels"] - teacher_ppl > MIN_GAP * teacher_ppl
+        gap = {k: (ppl["labels"] - ppl[k]) / (ppl["labels"] - teacher_ppl) if defined else None
+               for k in ("kd", "keras_kd") if k in ppl}
+    return {"ppl": ppl, "gap_closed": gap, "seconds": seconds}
 
 
 def regime_settings(name: str, args) -> dict:
@@ -350,31 +407,48 @@ def regime_settings(name: str, args) -> dict:
             "temperature": TEMPERATURE, **extra}
 
 
+def stat(values) -> tuple[float, float | None]:
+    """Mean and sample standard deviation (None for one value)."""
+    values = np.asarray(values, float)
+    return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else None
+
+
 def summarise(results: dict) -> tuple[dict, str]:
-    """Mean and spread (sample std) of gap closed per regime, and a markdown table."""
+    """Per regime over its seeds, mean and spread (sample std) of the gap closed and of the
+    KD students' perplexity relative to labels-only, and a markdown table."""
     keys = {"init": "gap_closed_init", "little": "gap_closed_little_data",
             "long": "gap_closed_long"}
-    data, spread = {}, {}
+    data, spread, counts, vs_labels, reasons = {}, {}, {}, {}, {}
     table = ["| regime | seeds | teacher ppl | labels ppl | our KD ppl | Keras KD ppl | "
-             "gap closed (ours) | gap closed (Keras) |", "|---|---|---|---|---|---|---|---|"]
+             "KD ppl vs labels (ours) | (Keras) | gap closed (ours) | gap closed (Keras) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for name, rows in results.get("regimes", {}).items():
-        seeds = [r for k, r in rows.items() if k.isdigit()]
+        # seeds whose KD student is measured (a labels-only run fills rows without it)
+        seeds = [r for k, r in rows.items() if k.isdigit() and {"kd", "labels"} <= set(r["ppl"])]
         if not seeds:
             continue
-
-        def stat(values):
-            values = np.asarray(values, float)
-            return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else None
-
-        ours, ours_sd = stat([r["gap_closed"]["kd"] for r in seeds])
-        data[keys[name]], spread[keys[name]] = ours, ours_sd
-        theirs = [r["gap_closed"]["keras_kd"] for r in seeds if "keras_kd" in r["gap_closed"]]
-        keras_text = "-"
-        if theirs:
-            mean, sd = stat(theirs)
-            data[f"keras_{keys[name]}"] = mean
-            spread[f"keras_{keys[name]}"] = sd
-            keras_text = f"{mean:.1%} ± {spread_text(sd)}"
+        counts[keys[name]] = len(seeds)
+        cells, vs_labels[name] = {}, {"seeds": len(seeds)}
+        for kind in ("kd", "keras_kd"):
+            have = [r for r in seeds if kind in r["ppl"]]
+            cells[kind] = ("-", "-")
+            if not have:
+                continue
+            change, change_sd = stat([r["ppl"][kind] / r["ppl"]["labels"] - 1 for r in have])
+            vs_labels[name] |= {kind: change, f"{kind}_spread": change_sd}
+            gaps = [r["gap_closed"].get(kind) for r in have]
+            prefix = "" if kind == "kd" else "keras_"
+            if any(g is None for g in gaps):
+                data[f"{prefix}{keys[name]}"] = spread[f"{prefix}{keys[name]}"] = None
+                reasons[keys[name]] = (f"labels-only students come within {MIN_GAP:.0%} of the "
+                                       "teacher's perplexity (or beat it): no gap to close; "
+                                       f"see kd_vs_labels.{name}")
+                closed = gap_text(None)
+            else:
+                mean, sd = stat(gaps)
+                data[f"{prefix}{keys[name]}"], spread[f"{prefix}{keys[name]}"] = mean, sd
+                closed = f"{gap_text(mean)} ± {spread_text(sd)}"
+            cells[kind] = (f"{change:+.1%} ± {spread_text(change_sd)}", closed)
 
         def mean_ppl(k, seeds=seeds):
             vals = [r["ppl"][k] for r in seeds if k in r["ppl"]]
@@ -382,13 +456,17 @@ def summarise(results: dict) -> tuple[dict, str]:
 
         table.append(f"| {name} ({rows['settings']['steps']} steps) | {len(seeds)} | "
                      f"{results['teacher_ppl']:.3f} | {mean_ppl('labels')} | {mean_ppl('kd')} | "
-                     f"{mean_ppl('keras_kd')} | {ours:.1%} ± {spread_text(ours_sd)} | "
-                     f"{keras_text} |")
+                     f"{mean_ppl('keras_kd')} | {cells['kd'][0]} | {cells['keras_kd'][0]} | "
+                     f"{cells['kd'][1]} | {cells['keras_kd'][1]} |")
     for name, key in keys.items():  # a regime with no finished seed: null, not a stale value
-        if key not in data:
+        if key not in counts:
             data[key] = spread[key] = None
-            table.append(f"| {name} | 0 | not run (no seed finished in this session) |")
+            reasons[key] = "not run: no seed with its KD student measured"
+            table.append(f"| {name} | 0 | not run (no seed with its KD student measured) |")
     data["gap_closed_spread"] = spread
+    data["gap_closed_seeds"] = counts  # how many seeds each mean and spread is over
+    data["gap_closed_null_reason"] = {k: v for k, v in reasons.items() if data.get(k) is None}
+    data["kd_vs_labels"] = vs_labels  # ppl(KD student) / ppl(labels-only) - 1, over seeds
     for name, rows in results.get("regimes", {}).items():
         table.append(f"\n{name}: " + ", ".join(f"{k} {v}" for k, v in rows["settings"].items()))
     return data, "\n".join(table)
@@ -424,7 +502,8 @@ def plot(results: dict, path: Path) -> None:
     steps = [int(k) for k, v in curve.items() if k.isdigit() and v]
     if steps:
         for kind in ("kd", "labels"):
-            axes[1].plot(steps, [curve[str(k)][kind] for k in steps], "o-", label=kind)
+            axes[1].plot(steps, [curve[str(k)].get(kind, np.nan) for k in steps], "o-",
+                         label=kind)
         axes[1].legend()
     else:
         axes[1].text(0.5, 0.5, "not run (see smollm2_curve.null_reason)", ha="center")
@@ -435,26 +514,56 @@ def plot(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110)
 
 
-def smollm2_curve(args) -> dict:
-    """Step 0 of the Minitron-style curve: half the blocks kept by measured importance."""
+SMOLLM2_BATCH, SMOLLM2_SEQ, SMOLLM2_LR = 4, 128, 1e-4  # 4 x 128 tokens a step, as llm.py
+
+
+def smollm2_curve(args, record, record_blocks) -> None:
+    """Minitron-style on SmolLM2-135M: half its blocks kept by measured importance, then
+    labels-only and logit KD (alpha 0, T 1) from the full model for each of
+    ``args.smollm2_steps``; ``record_blocks({"keep", "importance"})`` once chosen,
+    ``record(steps, kind, ppl)`` after every student."""
+    import argparse
+
     from benchmarks.llm import EVAL_TOKENS, WINDOW, gguf_path
     from tfcompress.data import bundled_corpus
     from tfcompress.models import causal_lm_perplexity
     from tfcompress.models.loaders import gguf_tokenizer, load_gguf
 
-    tokenizer, model = gguf_tokenizer(gguf_path()), load_gguf(gguf_path())
+    path = gguf_path(argparse.Namespace(gguf=None, quick=False, out=None))
+    tokenizer, model = gguf_tokenizer(path), load_gguf(path)
     text = bundled_corpus("austen")
     eval_ids = tokenizer.encode(text["test"][:20_000])[:EVAL_TOKENS]
-    train_ids = tokenizer.encode(text["train"][:200_000])
+    train_ids = np.asarray(tokenizer.encode(text["train"][:200_000]))
     rng = np.random.default_rng(0)
     calib = np.stack([train_ids[i:i + WINDOW] for i in rng.integers(0, train_ids.size - WINDOW, 8)])
     scores = block_importance(model, [calib[i:i + 2] for i in range(0, 8, 2)])
     keep = most_important(scores, len(scores) // 2)
-    student = take_blocks(model, keep)
-    ppl = causal_lm_perplexity(keras_forward(student), eval_ids, WINDOW)["perplexity"]
-    print(f"smollm2: keep {keep}, untrained half-depth ppl {ppl:.1f}")
-    return {"0": {"kd": ppl, "labels": ppl}, "keep": keep,
-            "importance": [round(float(v), 4) for v in scores]}
+    record_blocks({"keep": keep, "importance": [round(float(v), 4) for v in scores]})
+
+    def ppl(student):
+        return causal_lm_perplexity(keras_forward(student), eval_ids, WINDOW)["perplexity"]
+
+    start = ppl(take_blocks(model, keep))
+    print(f"smollm2: keep {keep}, untrained half-depth ppl {start:.1f}", flush=True)
+    record(0, "labels", start)
+    record(0, "kd", start)
+    n = (train_ids.size - 1) // SMOLLM2_SEQ * SMOLLM2_SEQ
+    x, y = train_ids[:n].reshape(-1, SMOLLM2_SEQ), train_ids[1:n + 1].reshape(-1, SMOLLM2_SEQ)
+    data = tf.data.Dataset.from_tensor_slices((x, y, np.ones(y.shape, np.float32))).shuffle(
+        len(x), seed=0).repeat().batch(SMOLLM2_BATCH, drop_remainder=True)
+    for steps in args.smollm2_steps:
+        for kind in ("labels", "kd"):
+            began = time.perf_counter()
+            student = take_blocks(model, keep)
+            trainer = student if kind == "labels" else Distiller(model, student, alpha=0.0,
+                                                                 temperature=1.0)
+            loss = {"loss": lm_loss()} if kind == "labels" else {}  # the Distiller has its own
+            trainer.compile(optimizer=lm_optimizer(steps, SMOLLM2_LR, warmup=0.1), **loss)
+            trainer.fit(data, steps_per_epoch=steps, epochs=1, verbose=2)
+            value = ppl(student)
+            print(f"smollm2 {steps} steps {kind}: ppl {value:.2f} "
+                  f"({time.perf_counter() - began:.0f} s)", flush=True)
+            record(steps, kind, value)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -474,6 +583,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--little-steps", type=int, default=400)
     parser.add_argument("--fraction", type=float, default=0.05)
     parser.add_argument("--long-steps", type=int, default=1000)
+    parser.add_argument("--smollm2-steps", type=int, nargs="*", default=[100, 300, 1000],
+                        help="training budgets of the SmolLM2 curve (step 0 is always measured)")
+    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS,
+                        help="which students each regime trains; a run merges its figures "
+                             "into the seeds' rows already saved with the same settings "
+                             "(labels alone need no teacher: they can run while it trains)")
     args = parse_args(parser, argv)
     if args.regimes is None:
         args.regimes = ["baseline", *REGIMES] if args.quick else ["init", "little", "long"]
@@ -488,8 +603,9 @@ def main(argv: list[str] | None = None) -> None:
     old_md = path.with_suffix(".md").read_text() if path.with_suffix(".md").exists() else ""
     old_md = old_md[old_md.index("| model |"):] if "| model |" in old_md else ""
     tables, own = {}, set(OWN_KEYS)
-    needs_teacher = {"baseline", *REGIMES} & set(args.regimes)
-    ctx = demo_context(args) if needs_teacher else None
+    ctx = None
+    if {"baseline", *REGIMES} & set(args.regimes):
+        ctx = demo_context(args, teacher=needs_teacher(args))
 
     def save():
         # Regimes may run as parallel processes: merge what the file holds now with ours.
@@ -499,6 +615,14 @@ def main(argv: list[str] | None = None) -> None:
             mine = {k: v for k, v in results.get("regimes", {}).items() if k in requested}
             results.update({k: v for k, v in on_disk.items() if k != "regimes"} | {
                 k: v for k, v in results.items() if k not in on_disk or k in own})
+            for name, rows in mine.items():  # seeds' students saved meanwhile by another run
+                disk = on_disk.get("regimes", {}).get(name, {})
+                if disk.get("settings") == rows.get("settings"):
+                    for seed, row in disk.items():
+                        if seed.isdigit():
+                            rows[seed] = merge_row(row, rows.get(seed, {"ppl": {},
+                                                                         "seconds": {}}),
+                                                   results.get("teacher_ppl"))
             results["regimes"] = on_disk.get("regimes", {}) | mine
         summary, tables["regimes"] = summarise(results)
         results.update(summary)
@@ -517,16 +641,24 @@ def main(argv: list[str] | None = None) -> None:
     if regimes:
         args.regimes = regimes
         run_regimes(ctx, args, results, save)
-    budgets = {"100": None, "300": None, "1000": None}
+    budgets = ("0", "100", "300", "1000")
     if "smollm2" in requested:
-        curve = smollm2_curve(args)
-        results["smollm2_curve"] = {"0": curve["0"], **budgets}
-        results["smollm2_blocks"] = {"keep": curve["keep"], "importance": curve["importance"]}
-    results.setdefault("smollm2_curve", {"0": None, **budgets})
-    results["smollm2_curve"]["null_reason"] = (
-        "budgets left null were not run: about 1 h of SmolLM2 training did not fit 2 cores "
-        "shared by 7 sessions (run --regimes smollm2 for step 0; benchmarks/llm.py measured "
-        "100 steps with hand-picked blocks: KD 139.0 vs labels 152.8)")
+        results["smollm2_curve"] = dict.fromkeys(budgets)
+
+        def record(steps, kind, value):
+            curve = results["smollm2_curve"]
+            curve[str(steps)] = {**(curve.get(str(steps)) or {}), kind: value}
+            save()
+
+        smollm2_curve(args, record, lambda blocks: results.update(smollm2_blocks=blocks))
+    curve = results.setdefault("smollm2_curve", dict.fromkeys(budgets))
+    missing = [b for b in budgets if not (curve.get(b) or {}).keys() >= {"kd", "labels"}]
+    curve.pop("null_reason", None)
+    if missing:
+        curve["null_reason"] = (
+            f"budgets {', '.join(missing)} not run (or not finished): SmolLM2 training is about "
+            "1 h on 2 cores shared with other sessions; run --regimes smollm2 "
+            "--smollm2-steps 100 300 1000")
     results["alpha1_matches_fit"] = alpha1_matches_fit()
     save()
 

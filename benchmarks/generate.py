@@ -1,5 +1,6 @@
 """SmolLM2-135M on the phone path: prefill/decode ``.tflite`` bundles (float16, dynamic_int8,
-int4 from GPTQ g128) vs the old window-recompute path, LiteRT-LM's engine and llama.cpp.
+int4 from GPTQ on LiteRT's int4 grid, or on affine groups of 128 with ``--int4-grid g128``)
+vs the old window-recompute path, LiteRT-LM's engine and llama.cpp.
 
 Each bundle is measured in a fresh process (2 threads; dynamic_int8 also on 1): time to first
 token for a 128-token prompt, prefill tokens/s (128 / TTFT), decode tokens/s over 128 new
@@ -12,6 +13,7 @@ timings are noisy, and each records the load average it ran under.
 
     python -m benchmarks.generate                  # writes results/generate.json
     python -m benchmarks.generate --modes dynamic_int8 --skip-window
+    python -m benchmarks.generate --modes int4 --skip-window --merge results.json  # int4 only
     python -m benchmarks.generate --quick          # a tiny random Llama, float16 only
 """
 
@@ -42,7 +44,11 @@ MODES = ("dynamic_int8", "float16", "int4")
 # carries. dynamic_int8 of a float model stores int8 per-channel weights, so its Keras model is
 # the float model with those weights (symmetric RTN int8 per channel on every Dense), leaving
 # what the runtime adds (activations quantized on the fly, the int8 embedding table)
-REFERENCE = {"float16": "float", "dynamic_int8": "rtn_int8_channel", "int4": "gptq_g128"}
+REFERENCE = {"float16": "float", "dynamic_int8": "rtn_int8_channel", "int4": "gptq_litert_int4"}
+# --int4-grid: GPTQ's grid for the int4 bundle. "litert" is LiteRT's own blockwise int4
+# (`QuantizeConfig.litert_int4`: export_llm keeps its codes exactly); "g128" is affine groups
+# of 128 (export_llm re-rounds it onto LiteRT's grid)
+INT4_GRIDS = {"litert": "gptq_litert_int4", "g128": "gptq_g128"}
 
 
 def _vm_hwm_mb() -> float:
@@ -126,7 +132,7 @@ def keras_generation_s(model, prompt: np.ndarray, tokens: int = 30) -> float:
     return time.perf_counter() - start
 
 
-def gptq_model(float_model, tokenizer, calib: int):
+def gptq_model(float_model, tokenizer, calib: int, grid: str = "litert"):
     from benchmarks.llm import BLOCK_DENSE
     from tfcompress.data import bundled_corpus
     from tfcompress.quantize import QuantizeConfig, quantize
@@ -134,9 +140,13 @@ def gptq_model(float_model, tokenizer, calib: int):
     ids = tokenizer.encode(bundled_corpus("austen")["train"][:400_000])
     starts = np.random.default_rng(0).integers(0, ids.size - 256, calib)
     windows = np.stack([ids[s:s + 256] for s in starts])
-    config = QuantizeConfig(method="gptq", bits=4, types=("Dense",), include=BLOCK_DENSE,
-                            granularity="group", group_size=128, ragged=True,
-                            sequential=False)
+    if grid == "litert":
+        config = QuantizeConfig.litert_int4("gptq", types=("Dense",), include=BLOCK_DENSE,
+                                            sequential=False)
+    else:
+        config = QuantizeConfig(method="gptq", bits=4, types=("Dense",), include=BLOCK_DENSE,
+                                granularity="group", group_size=128, ragged=True,
+                                sequential=False)
     return quantize(float_model, config, calibration=[windows[i:i + 4]
                                                       for i in range(0, calib, 4)])
 
@@ -279,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="runs/generate")
     parser.add_argument("--calib", type=int, default=16, help="GPTQ calibration windows")
     parser.add_argument("--skip-window", action="store_true")
+    parser.add_argument("--int4-grid", choices=sorted(INT4_GRIDS), default="litert",
+                        help="GPTQ's grid for the int4 bundle (default: LiteRT's own)")
     parser.add_argument("--merge", help="results JSON of an earlier run (other modes) to extend")
     parser.add_argument("--measure", nargs=4, help=argparse.SUPPRESS)
     args = parse_args(parser, argv)
@@ -325,9 +337,10 @@ def main(argv: list[str] | None = None) -> None:
         source = model
         if mode == "int4":
             start = time.perf_counter()
-            quantized = gptq_model(model, tokenizer, args.calib)
+            quantized = gptq_model(model, tokenizer, args.calib, args.int4_grid)
             res["seconds"]["gptq"] = time.perf_counter() - start
-            res["keras_ppl"]["gptq_g128"] = keras_perplexity(quantized, eval_ids, window)
+            reference = INT4_GRIDS[args.int4_grid]
+            res["keras_ppl"][reference] = keras_perplexity(quantized, eval_ids, window)
             source = quantized
         if mode == "dynamic_int8" and REFERENCE[mode] not in res["keras_ppl"]:
             res["keras_ppl"][REFERENCE[mode]] = keras_perplexity(rtn_int8_model(model), eval_ids)
@@ -338,6 +351,14 @@ def main(argv: list[str] | None = None) -> None:
         result = export_llm(source, bundle, prefill_lengths=PREFILL, cache_length=CACHE,
                             mode=mode, tokenizer=gguf, verify_output=False)
         res["seconds"][f"export_{mode}"] = time.perf_counter() - start
+        if result.int4 is not None:
+            res["int4_layers"] = result.int4
+            res["notes"] = [n for n in res["notes"] if not n.startswith("int4:")]
+            res["notes"].append(
+                f"int4: GPTQ on {args.int4_grid} grid; {len(result.int4['copied'])} quantized "
+                f"matmuls keep their codes exactly, {len(result.int4['rerounded'])} re-rounded "
+                f"onto LiteRT's blockwise int4; embedding {result.int4['embedding']}; the head "
+                "int8 per channel; activations quantized on the fly by the runtime")
         gc.collect()
         m = _subprocess_measure(bundle, prompt_file, greedy)
         res["decode_tps"][mode], res["prefill_tps"][mode] = m["decode_tps"], m["prefill_tps"]
@@ -348,7 +369,7 @@ def main(argv: list[str] | None = None) -> None:
         start = time.perf_counter()
         res["ppl"][mode] = exported_perplexity(bundle, eval_ids, window)
         res["seconds"][f"ppl_{mode}"] = time.perf_counter() - start
-        ref = res["keras_ppl"][REFERENCE[mode]]
+        ref = res["keras_ppl"][reference if mode == "int4" else REFERENCE[mode]]
         res["ppl_ratio_vs_keras"][mode] = res["ppl"][mode] / ref
         res.setdefault("ppl_ratio_vs_float", {})[mode] = res["ppl"][mode] / res["keras_ppl"][
             "float"]
@@ -376,6 +397,15 @@ def main(argv: list[str] | None = None) -> None:
             res[f"greedy_same_prefix_{mode}"] = same
             res["notes"].append(f"greedy {mode} export vs Keras float32 (prompt of {PROMPT}): "
                                 f"first {same} of {greedy} tokens identical")
+    if quantized is not None and "greedy_int4" in res:  # the int4 bundle vs its own Keras model
+        ours = res["greedy_int4"]
+        theirs = generate(keras_forward(cache_decoded(quantized)), prompt, greedy)[:greedy]
+        cache_decoded(quantized, enabled=False)  # timed below decoding its codes
+        same = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b),
+                    greedy)
+        res["greedy_same_prefix_int4"] = same
+        res["notes"].append(f"greedy int4 export vs its Keras GPTQ model (prompt of {PROMPT}): "
+                            f"first {same} of {greedy} tokens identical")
     float16 = res.get("greedy_float16")
     res["greedy_match_keras"] = None if float16 is None else float16 == keras_greedy[:greedy]
     if quantized is not None:

@@ -52,3 +52,32 @@ def test_benchmark_runs_quick(script, bench_cache, graph_mode_after, monkeypatch
     assert {p: p.stat().st_mtime for p in recorded} == recorded  # real results untouched
     if script == "llm":
         assert json.loads(out.read_text())["failures"] == {}
+
+
+def test_distill_runs_merge_their_students_per_seed():
+    """Labels-only students measured while the teacher trains, KD ones later: one row a seed."""
+    from benchmarks.distill import merge_row, summarise
+
+    labels = merge_row(None, {"ppl": {"labels": 12.0}, "seconds": {"labels": 5}}, None)
+    assert labels["gap_closed"] == {}
+    both = merge_row(labels, {"ppl": {"kd": 10.0, "keras_kd": 13.0},
+                              "seconds": {"kd+keras_kd": 7}}, 8.0)
+    assert both["ppl"] == {"labels": 12.0, "kd": 10.0, "keras_kd": 13.0}
+    assert both["gap_closed"] == {"kd": 0.5, "keras_kd": -0.25}
+    assert both["seconds"] == {"labels": 5, "kd+keras_kd": 7}
+    other = merge_row(None, {"ppl": {"labels": 12.0, "kd": 11.0}, "seconds": {}}, 8.0)
+    rows = {"0": both, "1": other, "2": labels, "settings": {"steps": 1000}}
+    data, _ = summarise({"teacher_ppl": 8.0, "regimes": {"long": rows}})
+    assert data["gap_closed_long"] == pytest.approx(0.375)  # seed 2 has no KD student yet
+    assert data["gap_closed_seeds"] == {"gap_closed_long": 2}
+    assert data["gap_closed_spread"]["gap_closed_long"] == pytest.approx(0.125 * 2 ** 0.5)
+    assert data["kd_vs_labels"]["long"]["kd"] == pytest.approx((10 / 12 + 11 / 12) / 2 - 1)
+    # labels-only as good as the teacher: no gap to close, so no fraction of it
+    close = merge_row(None, {"ppl": {"labels": 8.1, "kd": 8.3}, "seconds": {}}, 8.0)
+    assert close["gap_closed"] == {"kd": None}
+    data, table = summarise({"teacher_ppl": 8.0, "regimes": {"long": {
+        "0": close, "settings": {"steps": 1000}}}})
+    assert data["gap_closed_long"] is None and "no gap to close" in \
+        data["gap_closed_null_reason"]["gap_closed_long"]
+    assert data["kd_vs_labels"]["long"]["kd"] == pytest.approx(8.3 / 8.1 - 1)
+    assert "| +2.5% ± n/a (1 seed) | - | undefined (no gap) |" in table

@@ -355,6 +355,15 @@ def test_low_rank_two_stacked_dense_exports_dynamic_int8(lm, tmp_path):
     assert result.ops["FULLY_CONNECTED"] == 2 * 6 + 2
 
 
+def test_int4_refuses_widths_off_its_block_before_converting(tmp_path):
+    ids = keras.Input((SEQ,), dtype="int32")
+    hidden = keras.layers.Dense(48, name="narrow")(keras.layers.Embedding(50, 64)(ids))
+    model = keras.Model(ids, keras.layers.Dense(50, name="head")(hidden))
+    with pytest.raises(TfcompressError, match=r"multiple of 32 .*\{'head': \[48\]\}"):
+        export_tflite(model, tmp_path / "m.tflite", "int4", seq_len=SEQ, verbose=False)
+    assert not (tmp_path / "m.tflite").exists()
+
+
 def test_ptq_rounded_weights_export_int8(lm, calibration, tmp_path):
     model = _round_to_int8_grid(copy_model(lm))
     result = export_tflite(model, tmp_path / "ptq.tflite", "int8", seq_len=SEQ,

@@ -215,3 +215,11 @@ def test_keep_zeros_holds_a_reloaded_models_zeros_through_fit(gpt, ids, tmp_path
     for path, w in before.items():
         assert (after[path][w == 0] == 0).all(), path
         assert not np.allclose(after[path][w != 0], w[w != 0]), path
+
+
+@pytest.mark.parametrize("method", ["wanda", "sparsegpt", "taylor"])
+def test_verbose_0_prints_nothing_and_verbose_1_shows_progress(gpt, ids, method, capsys):
+    prune(gpt, method=method, calibration=(ids, ids) if method == "taylor" else ids, verbose=0)
+    assert capsys.readouterr().out == ""
+    prune(gpt, method=method, calibration=(ids, ids) if method == "taylor" else ids, verbose=1)
+    assert "/" in capsys.readouterr().out  # the progress bar's "k/n"

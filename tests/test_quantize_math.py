@@ -17,7 +17,7 @@ from tfcompress.quantize import (
     pack_int4,
     unpack_int4_np,
 )
-from tfcompress.quantize.quantizers import nearest_level
+from tfcompress.quantize.quantizers import litert_codes, litert_scale, nearest_level
 
 
 @pytest.fixture
@@ -97,6 +97,50 @@ def test_log2_levels_are_signed_powers_of_two():
     assert len(levels) == 8 and 0.0 in levels
     nonzero = np.abs(levels[levels != 0])
     np.testing.assert_allclose(np.log2(nonzero), np.round(np.log2(nonzero)))
+
+
+def test_litert_scale_and_codes_by_hand():
+    # 0.7 / 7 = 0.1 -> bfloat16 keeps 8 significant bits: 0.10009765625 (exact in float16)
+    assert litert_scale(np.float32([0.7]), 4, blockwise=True)[0] == np.float32(0.10009765625)
+    assert litert_scale(np.float32([0.7]), 4, blockwise=False)[0] == np.float32(0.7) / 7
+    # int4 keeps -8 (LiteRT's full range below 8 bits), int8 is narrow [-127, 127]
+    assert litert_codes(np.float32([-0.85, 0.75, 0.04]), 0.1, 4).tolist() == [-8, 7, 0]
+    assert litert_codes(np.float32([-20.0]), 0.1, 8).tolist() == [-127]
+    # an all-zero block: LiteRT's 1e-9 floor underflows float16 -> scale 0, codes 0
+    assert litert_scale(np.float32([0.0]), 4, blockwise=True)[0] == 0
+    assert litert_codes(np.float32([0.0]), 0.0, 4).tolist() == [0]
+
+
+@pytest.mark.parametrize("granularity,group,bits", [("group", 32, 4), ("channel", None, 8)])
+def test_litert_scheme_is_ai_edge_quantizers_rtn_bit_for_bit(granularity, group, bits):
+    from ai_edge_quantizer import qtyping
+    from ai_edge_quantizer.algorithms.uniform_quantize import uniform_quantize_tensor as uqt
+
+    rng = np.random.default_rng(0)
+    w = (rng.normal(0, 0.05, (128, 48)) * rng.lognormal(0, 1, (128, 1))).astype(np.float32)
+    w[:32, 0] = 0  # an all-zero block
+    ours = Quantizer("litert", bits, granularity, group).roundtrip(w)
+    t = w.T  # a FULLY_CONNECTED weight (d_out, d_in)
+    if group:
+        amax = np.abs(t.reshape(48, -1, group)).max(-1)
+        kind = qtyping.QuantGranularity.BLOCKWISE_32
+    else:
+        amax = np.abs(t).max(1, keepdims=True)
+        kind = qtyping.QuantGranularity.CHANNELWISE
+    zp, scale = uqt.tensor_zp_scale_from_min_max(-amax, amax, bits, True, kind)
+    params = qtyping.UniformQuantParams(num_bits=bits, quantized_dimension=1 if group else 0,
+                                        scale=scale, zero_point=zp, symmetric=True,
+                                        block_size=group or 0)
+    with np.errstate(all="ignore"):  # LiteRT divides the zero block by its zero scale
+        theirs = uqt.uniform_dequantize(uqt.uniform_quantize(t, params, bool(group)), params)
+    np.testing.assert_array_equal(ours, theirs.T.astype(np.float32))
+
+
+def test_litert_int4_config_is_the_int4_export_grid():
+    from tfcompress.quantize import QuantizeConfig
+
+    q = QuantizeConfig.litert_int4("rtn", types=("Dense",)).quantizer()
+    assert (q.scheme, q.bits, q.granularity, q.group_size) == ("litert", 4, "group", 32)
 
 
 def test_storage_bits_count_codes_and_parameters(w):

@@ -127,6 +127,22 @@ GOOD = {"model": {"preset": "test-tiny", "train_steps": 2}, "data": {"corpus": "
     ({"stages": [{"distill": {"steps": 5}}]}, "student: give a student spec"),
     ({"stages": [{"distill": {"steps": 5, "student": {"depth": 2.0}}}]},
      "student.depth: must be in (0, 1)"),
+    ({"stages": [{"distill": {"steps": 5, "student": {"depth": 0.5, "select": "best"}}}]},
+     "stages[0].distill.student.select: must be one of even, importance, got 'best'"),
+    ({"stages": [{"distill": {"steps": 5, "student": {"layers": [0], "select": "importance"}}}]},
+     "student.select: only a depth student chooses its blocks"),
+    ({"stages": [{"distill": {"steps": 5, "student": {"model": "nobody", "depth": 0.5}}}]},
+     "stages[0].distill.student.model: no model named 'nobody' yet (made so far: base)"),
+    ({"stages": [{"distill": {"steps": 5, "student": {"model": "base", "preset": "student"}}}]},
+     "student: give preset or model, not both"),
+    ({"stages": [{"distill": {"steps": 5, "student": {"depth": 0.5, "d_model": 64}}}]},
+     "student: d_model change a preset"),
+    ({"stages": [{"quantize": {"bits": 8}},
+                 {"distill": {"steps": 5, "student": {"model": "base-quantized"}}}]},
+     "'base-quantized' holds quantized codes and cannot be trained"),
+    ({"model": {"kerashub": "."}, "data": {"corpus": "austen"},
+      "stages": [{"distill": {"steps": 5, "student": {"depth": 0.5, "select": "importance"}}}]},
+     "stages[0].distill.student.select: importance needs a build_gpt or build_llama model"),
     ({"stages": []}, "recipe.stages: empty"),
 ])
 def test_every_bad_recipe_gets_its_message(change, message):
@@ -150,7 +166,7 @@ def test_all_problems_in_one_error_before_any_work(tmp_path):
 
 def test_shipped_recipes_validate(tmp_path):
     assert set(examples()) == {"demo", "smollm2_int4_phone", "smollm2_sparse24",
-                               "kerashub_half_depth"}
+                               "kerashub_half_depth", "shrink_pretrained"}
     (tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(b"")
     (tmp_path / "gpt2_base_en").mkdir()
     for name in examples():
@@ -213,3 +229,36 @@ def test_a_live_model_object_as_the_source(bundle, tmp_path):
     written = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
     assert written["model"]["object"] == "<Functional 'my_lm', 26944 params>"
     assert model.get_layer("hidden").kernel.dtype == "float32"  # the user's model untouched
+
+
+def test_prune_then_distil_keeps_the_important_blocks_and_their_zeros(bundle, tmp_path):
+    """A pruned copy cut to its most important half, distilled from the unpruned model."""
+    from tfcompress.distill import block_importance, most_important
+    from tfcompress.distill.init import block_count
+    from tfcompress.models import build_gpt
+
+    keras.utils.set_random_seed(0)
+    teacher = build_gpt("test-tiny", n_layers=4, vocab_size=256, seq_len=SEQ, name="gpt")
+    recipe = recipe_for(bundle, [
+        {"prune": {"method": "magnitude", "sparsity": 0.5, "include": "block"}},
+        {"distill": {"input": "teacher", "name": "half", "steps": 2, "alpha": 0.0,
+                     "student": {"model": "teacher-pruned", "depth": 0.5,
+                                 "select": "importance"}}}], output=str(tmp_path / "run"))
+    recipe["model"] = {"object": teacher, "name": "teacher"}
+    recipe["data"]["tokenizer"] = "byte"
+    run = run_recipe(recipe)
+    pruned, student = run.model("teacher-pruned"), run.model("half")
+    windows = run.calibration()
+    scores = block_importance(pruned, [windows[i:i + 8] for i in range(0, len(windows), 8)])
+    keep = most_important(scores, 2)
+    assert block_count(teacher) == 4 and block_count(student) == 2
+    assert f"kept {keep}." in run.notes[-1] and "zeros kept" in run.notes[-2]
+    for j, i in enumerate(keep):
+        before = np.asarray(pruned.get_layer(f"block{i}_mlp_in").kernel)
+        after = np.asarray(student.get_layer(f"block{j}_mlp_in").kernel)
+        assert (before == 0).mean() == pytest.approx(0.5)
+        np.testing.assert_array_equal(after[before == 0], 0)  # the zeros held through KD
+        assert not np.array_equal(after, before)                # and the rest trained
+    ppl = {r.name: r.quality["perplexity"] for r in run.reports}
+    assert set(ppl) == {"teacher", "teacher-pruned", "half"} and np.isfinite(ppl["half"])
+    assert "| half | keras |" in (tmp_path / "run" / "report.md").read_text()

@@ -29,9 +29,10 @@ import numpy as np
 
 from tfcompress.errors import TfcompressError, VerificationError
 from tfcompress.export.llm_graph import Decoder, cached_forward, decoder_of
+from tfcompress.export.llm_int4 import quantize_int4
+from tfcompress.export.modes import INT4_BLOCK, check_int4_blocks
 
 LLM_MODES = ("float32", "float16", "dynamic_int8", "int4")
-INT4_BLOCK = 32  # the block of LiteRT's blockwise int4 recipe (dynamic_wi4b32_afp32)
 MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE = "model.tflite", "tokenizer.json", "llm.json"
 
 
@@ -47,6 +48,8 @@ class LLMExportResult:
     ops: dict = field(default_factory=dict)
     tensor_dtypes: dict = field(default_factory=dict)
     not_delegated: dict = field(default_factory=dict)
+    # mode="int4": which quantized layers kept their codes exactly, which LiteRT re-rounded
+    int4: dict | None = None
     max_abs_error: float | None = None
     relative_error: float | None = None
     agreement: float | None = None
@@ -159,13 +162,17 @@ def _save_cached_lm(dec: Decoder, lengths: dict[str, int], cache_length: int,
     tf.saved_model.save(module, directory, signatures=signatures)
 
 
-def _convert(dec: Decoder, lengths: dict[str, int], cache_length: int, mode: str) -> bytes:
+def _convert(dec: Decoder, lengths: dict[str, int], cache_length: int,
+             mode: str) -> tuple[bytes, dict | None]:
+    """The flatbuffer, and for ``int4`` the report of `quantize_int4`."""
     import tensorflow as tf
 
     from tfcompress.export.modes import MODES
     from tfcompress.export.tflite import _litert_quantize
 
     spec_mode = MODES[mode]
+    linear = [name[:-2] for name in dec.weights if name.endswith(".w")]
+    tied = "head.w" not in dec.weights  # read before _save_cached_lm empties dec.weights
     with tempfile.TemporaryDirectory() as tmp:
         _save_cached_lm(dec, lengths, cache_length, tmp)
         converter = tf.lite.TFLiteConverter.from_saved_model(
@@ -173,40 +180,18 @@ def _convert(dec: Decoder, lengths: dict[str, int], cache_length: int, mode: str
         spec_mode.configure(converter, None, False)
         flatbuffer = converter.convert()
     if mode == "int4":
-        return _int4_with_int8_head(flatbuffer)
+        return quantize_int4(flatbuffer, linear, list(dec.quantized), tied, dec.codes)
     if spec_mode.litert_recipe:
         flatbuffer = _litert_quantize(flatbuffer, spec_mode.litert_recipe, None)
-    return flatbuffer
+    return flatbuffer, None
 
 
 def _check_int4_blocks(dec: Decoder) -> None:
-    """LiteRT's blockwise int4 splits each matmul's input axis into blocks of `INT4_BLOCK`: a
-    layer whose input size (or low-rank factor's rank) is no multiple of it cannot take it."""
-    bad = {name[:-2]: [m.shape[0] for m in mats] for name, mats in dec.weights.items()
-           if name.endswith(".w") and name != "head.w"
-           and any(m.shape[0] % INT4_BLOCK for m in mats)}
-    if bad:
-        raise TfcompressError(
-            f"mode='int4' needs every matmul's input size to be a multiple of {INT4_BLOCK} "
-            f"(LiteRT's int4 blocks); got input sizes {bad}: use mode='dynamic_int8', or "
-            f"sizes (ranks) that are multiples of {INT4_BLOCK}")
-
-
-def _int4_with_int8_head(flatbuffer: bytes) -> bytes:
-    """Blockwise int4 (block 32) matmul weights but an int8 per-channel output head: an int4
-    head costs much of the perplexity (llama.cpp's Q4 files keep theirs at higher precision
-    too). LiteRT's int4 recipe leaves the embedding table float32 (its quantizer handles
-    EMBEDDING_LOOKUP, not the GATHER the converter emits)."""
-    from ai_edge_quantizer import quantizer, recipe
-
-    from tfcompress.export.llm_graph import HEAD_SCOPE
-
-    entries = recipe.dynamic_wi4b32_afp32() + [
-        {**recipe.dynamic_wi8_afp32()[0], "regex": f".*{HEAD_SCOPE}.*",
-         "operation": "FULLY_CONNECTED"}]
-    qt = quantizer.Quantizer(flatbuffer)
-    qt.load_quantization_recipe(entries)
-    return bytes(qt.quantize().quantized_model)
+    """The LLM's matmuls (its int8 head aside) against LiteRT's int4 blocks."""
+    check_int4_blocks(
+        {name[:-2]: [m.shape[0] for m in mats] for name, mats in dec.weights.items()
+         if name.endswith(".w") and name != "head.w"},
+        f"use mode='dynamic_int8', or sizes (ranks) that are multiples of {INT4_BLOCK}")
 
 
 def _write_atomic(path: Path, data: bytes | str) -> None:
@@ -239,7 +224,12 @@ def export_llm(
     its int8 per-channel / int4 blockwise grids; k-means, log2 and NF4 codebooks have no
     LiteRT kernel, so they land on those grids too, with one more rounding; low-rank layers
     stay two matrices). ``mode``: ``float32``, ``float16``, ``dynamic_int8``
-    (int8 per-channel weights) or ``int4`` (blockwise int4 weights, LiteRT quantizer).
+    (int8 per-channel weights) or ``int4`` (blockwise int4 weights, LiteRT quantizer; see
+    `tfcompress.export.llm_int4`): a layer quantized on LiteRT's own int4 grid
+    (``QuantizeConfig.litert_int4()``) keeps its codes and scales exactly, any other (affine
+    groups, NF4, k-means, float) is rounded onto that grid; the result's ``int4`` (and
+    ``llm.json``'s) lists which were ``copied`` and which ``rerounded``. The embedding table
+    is int8 per row, the output head int8 per channel (unless it is on the int4 grid).
     ``tokenizer``: a tfcompress tokenizer, a ``tokenizer.json`` path or a ``.gguf`` file (its
     BPE tokenizer, its EOS id, and its BOS id if the GGUF adds one). ``special_tokens`` (e.g.
     ``{"bos": 1, "eos": 2}``) overrides those ids: ``bos`` starts every text prompt
@@ -280,7 +270,7 @@ def export_llm(
     if verbose:
         print(f"export_llm: {dec.kind} model, {dec.n_layers} layers -> {mode}, signatures "
               f"{[*names, 'decode']}, cache {cache_length}")
-    flatbuffer = _convert(dec, names, cache_length, mode)
+    flatbuffer, int4 = _convert(dec, names, cache_length, mode)
     path.mkdir(parents=True, exist_ok=True)
     tflite = path / MODEL_FILE
     _write_atomic(tflite, flatbuffer)
@@ -300,15 +290,21 @@ def export_llm(
         "special_tokens": {k: int(v) for k, v in special.items()},
         "stop_ids": [int(special["eos"])] if "eos" in special else [],
     }
+    if int4 is not None:
+        config["int4"] = int4
     _write_atomic(path / CONFIG_FILE, json.dumps(config, indent=2))
     from tfcompress.export.ops import inspect_tflite
 
     info = inspect_tflite(flatbuffer)  # of the first signature's graph
     result = LLMExportResult(str(path), str(tflite), mode, len(flatbuffer), signatures,
-                             info["ops"], info["tensor_dtypes"], info["not_delegated"])
+                             info["ops"], info["tensor_dtypes"], info["not_delegated"], int4=int4)
     if verify_output:
         _verify(model, path, dec, MODES[mode], result)
     result.seconds = time.perf_counter() - start
+    if verbose and int4 is not None:
+        print(f"export_llm: int4 codes kept exactly for {len(int4['copied'])} quantized "
+              f"layers, re-rounded for {len(int4['rerounded'])} {int4['rerounded'][:4]}; "
+              f"embedding {int4['embedding']}")
     if verbose:
         print(f"export_llm: {tflite} {result.bytes:,} bytes, next-token agreement with "
               f"Keras {result.agreement}, max |error| {result.max_abs_error}")

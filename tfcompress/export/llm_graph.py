@@ -48,10 +48,24 @@ class Decoder:
     rope_base: float = 10000.0
     gelu_approximate: bool = False
     weights: dict = field(default_factory=dict, repr=False)
+    # linear maps whose Keras layer held quantized codes (`tfcompress.quantize`), and of
+    # those on a signed integer grid: (codes int8 (d_in, d_out), scale, group rows)
+    quantized: tuple[str, ...] = ()
+    codes: dict = field(default_factory=dict, repr=False)
 
     def describe(self) -> dict:
         """The shape fields (JSON-serializable), without weights."""
-        return {k: v for k, v in self.__dict__.items() if k != "weights"}
+        return {k: v for k, v in self.__dict__.items()
+                if k not in ("weights", "quantized", "codes")}
+
+
+class _Weights(dict):
+    """Weights by name, remembering which linear maps came from quantized layers."""
+
+    def __init__(self, **weights):
+        super().__init__(**weights)
+        self.quantized: list[str] = []
+        self.codes: dict = {}
 
 
 def _np(x) -> np.ndarray:
@@ -65,8 +79,15 @@ def _linear(layer) -> list[np.ndarray]:
     return [kernel_matrix(layer)]
 
 
-def _put_linear(weights: dict, name: str, layer) -> None:
+def _put_linear(weights: _Weights, name: str, layer) -> None:
+    from tfcompress.quantize.storage import is_quantized, signed_codes
+
     weights[f"{name}.w"] = _linear(layer)
+    if is_quantized(layer):
+        weights.quantized.append(name)
+        grid = signed_codes(layer)
+        if grid is not None:
+            weights.codes[name] = grid
     bias = getattr(layer, "bias", None)
     if bias is not None:
         weights[f"{name}.b"] = _np(bias).reshape(-1)
@@ -91,7 +112,7 @@ def _llama(model) -> Decoder:
     from tfcompress.models.llama import llama_config_of
 
     cfg = llama_config_of(model)
-    w: dict = {"embed": _np(model.get_layer("token_embedding").embeddings)}
+    w = _Weights(embed=_np(model.get_layer("token_embedding").embeddings))
     for i in range(cfg.n_layers):
         b = f"block{i}"
         _put_norm(w, f"{i}.norm1", model.get_layer(f"{b}_attn_norm"))
@@ -105,10 +126,10 @@ def _llama(model) -> Decoder:
         _put_linear(w, "head", model.get_layer("lm_head"))
     return Decoder("llama", cfg.vocab_size, cfg.d_model, cfg.n_layers, cfg.n_heads,
                    cfg.n_kv_heads, cfg.head_dim, cfg.rms_eps, rope_base=cfg.rope_base,
-                   weights=w)
+                   weights=w, quantized=tuple(w.quantized), codes=w.codes)
 
 
-def _gpt_block(w: dict, i: int, ln1, attention, ln2, mlp_in, mlp_out) -> None:
+def _gpt_block(w: _Weights, i: int, ln1, attention, ln2, mlp_in, mlp_out) -> None:
     _put_norm(w, f"{i}.norm1", ln1)
     _put_norm(w, f"{i}.norm2", ln2)
     for part, sub in (("q", "_query_dense"), ("k", "_key_dense"), ("v", "_value_dense"),
@@ -118,16 +139,17 @@ def _gpt_block(w: dict, i: int, ln1, attention, ln2, mlp_in, mlp_out) -> None:
     _put_linear(w, f"{i}.down", mlp_out)
 
 
-def _gpt_decoder(w: dict, n_layers: int, attention, eps: float, positions: int,
+def _gpt_decoder(w: _Weights, n_layers: int, attention, eps: float, positions: int,
                  approximate: bool) -> Decoder:
     vocab, d = w["embed"].shape
     heads, head_dim = attention.num_heads, attention.key_dim
     return Decoder("gpt", int(vocab), int(d), n_layers, heads, heads, head_dim, eps,
-                   max_positions=positions, gelu_approximate=approximate, weights=w)
+                   max_positions=positions, gelu_approximate=approximate, weights=w,
+                   quantized=tuple(w.quantized), codes=w.codes)
 
 
 def _gpt(model) -> Decoder:
-    w: dict = {"embed": _np(model.get_layer("token_embedding").embeddings)}
+    w = _Weights(embed=_np(model.get_layer("token_embedding").embeddings))
     position = model.get_layer("position_embedding")
     w["pos_embed"] = _np(position.position_embeddings)
     n_layers = sum(1 for la in model.layers if la.name.endswith("_attn")
@@ -150,7 +172,7 @@ def _gpt(model) -> Decoder:
 
 def _gpt2_hub(model) -> Decoder:
     backbone = model.backbone
-    w: dict = {"embed": _np(backbone.token_embedding.embeddings)}
+    w = _Weights(embed=_np(backbone.token_embedding.embeddings))
     w["pos_embed"] = _np(backbone.position_embedding.position_embeddings)
     blocks = backbone.transformer_layers
     for i, block in enumerate(blocks):
@@ -188,20 +210,29 @@ def decoder_of(model) -> Decoder:
 # -- the cached forward pass (TensorFlow ops, traced once per signature) -------------------
 
 
+def linear_scope(name: str) -> str:
+    """The name scope of the `Decoder` linear map ``name`` in the traced graph: its
+    FULLY_CONNECTED ops' outputs carry it, so a quantization recipe can pick one layer."""
+    return f"tfc_{name.replace('.', '_')}"
+
+
 def _apply(tf, weights: dict, name: str, x):
-    for matrix in weights[f"{name}.w"]:
-        x = tf.matmul(x, matrix)
+    with tf.name_scope(linear_scope(name)):
+        for matrix in weights[f"{name}.w"]:
+            x = tf.matmul(x, matrix)
     bias = weights.get(f"{name}.b")
     return x if bias is None else x + bias
 
 
 def _norm(tf, dec: Decoder, weights: dict, name: str, x):
+    # the constant scale multiplies first: a constant MUL right before a matmul is folded into
+    # its weights by the converter, which would move them off a quantized grid
     if dec.kind == "llama":
-        return x * tf.math.rsqrt(tf.reduce_mean(tf.square(x), -1, keepdims=True)
-                                 + dec.norm_eps) * weights[f"{name}.scale"]
+        return x * weights[f"{name}.scale"] * tf.math.rsqrt(
+            tf.reduce_mean(tf.square(x), -1, keepdims=True) + dec.norm_eps)
     mean = tf.reduce_mean(x, -1, keepdims=True)
     var = tf.reduce_mean(tf.square(x - mean), -1, keepdims=True)
-    return (x - mean) * tf.math.rsqrt(var + dec.norm_eps) * weights[f"{name}.scale"] + \
+    return (x - mean) * weights[f"{name}.scale"] * tf.math.rsqrt(var + dec.norm_eps) + \
         weights[f"{name}.bias"]
 
 

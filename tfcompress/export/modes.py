@@ -15,6 +15,29 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tfcompress.errors import TfcompressError
+
+# LiteRT's blockwise int4 recipe (dynamic_wi4b32_afp32) splits each matmul's input axis into
+# blocks of this many weights
+INT4_BLOCK = 32
+
+
+def check_int4_blocks(input_sizes: dict[str, list[int]], hint: str) -> None:
+    """Refuse, before converting, the matmuls whose input size is no multiple of `INT4_BLOCK`
+    (``input_sizes``: layer → the input size of each of its matmuls); ``hint`` says what to do.
+
+    Example:
+        >>> check_int4_blocks({"mlp_in": [64], "low_rank": [64, 48]}, "use 'dynamic_int8'")
+        Traceback (most recent call last):
+        tfcompress.errors.TfcompressError: mode='int4' needs ... {'low_rank': [64, 48]}: ...
+    """
+    bad = {name: sizes for name, sizes in input_sizes.items()
+           if any(n % INT4_BLOCK for n in sizes)}
+    if bad:
+        raise TfcompressError(
+            f"mode='int4' needs every matmul's input size to be a multiple of {INT4_BLOCK} "
+            f"(LiteRT's int4 blocks); got input sizes {bad}: {hint}")
+
 
 @dataclass(frozen=True)
 class ExportMode:

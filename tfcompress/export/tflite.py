@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from tfcompress._extras import require
-from tfcompress.core.layers import is_keras3_model, is_tf_keras_model, iter_layers
+from tfcompress.core.layers import is_keras3_model, is_tf_keras_model, iter_layers, matrix_shape
 from tfcompress.core.signature import check_auxiliary_inputs, input_view, signature
 from tfcompress.core.validation import check_output_path, check_seq_len
 from tfcompress.errors import TfcompressError, VerificationError
@@ -26,7 +26,7 @@ from tfcompress.evaluate.latency import keras_forward
 from tfcompress.evaluate.quality import lm_quality
 from tfcompress.evaluate.size import file_sizes
 from tfcompress.export.diagnose import diagnose
-from tfcompress.export.modes import MODES, ExportMode
+from tfcompress.export.modes import INT4_BLOCK, MODES, ExportMode, check_int4_blocks
 from tfcompress.export.ops import describe_ops, inspect_tflite
 from tfcompress.export.representative import MAIN_NAME, InputSpec, representative_samples
 from tfcompress.export.runner import TFLiteRunner
@@ -274,6 +274,18 @@ def _check_litert(mode: ExportMode) -> None:
         raise TfcompressError(str(err)) from None
 
 
+def _matmul_input_sizes(model) -> dict[str, list[int]]:
+    """Each dense layer's path → the input size of its matmul (two for a low-rank pair)."""
+    sizes = {}
+    for path, layer in iter_layers(model):
+        kind = type(layer).__name__
+        if kind in ("Dense", "EinsumDense"):
+            sizes[path] = [matrix_shape(layer)[0]]
+        elif kind == "LowRankDense":
+            sizes[path] = [int(np.prod(layer.u.shape[:-1])), int(layer.rank)]
+    return sizes
+
+
 def export_tflite(
     model,
     path: str | Path,
@@ -339,6 +351,10 @@ def export_tflite(
         )
     check_output_path(path, "path")  # before a conversion that can take minutes
     check_seq_len(model, seq_len)
+    if mode == "int4":
+        check_int4_blocks(_matmul_input_sizes(model),
+                          f"use mode='dynamic_int8', or widths (ranks) that are multiples of "
+                          f"{INT4_BLOCK}")
     reference = model
     if is_keras3_model(model):  # subclassed or dict-input models: export a graph view
         model = input_view(model, auxiliary_inputs=auxiliary_inputs)

@@ -85,7 +85,7 @@ def prune(model, config: PruneConfig | None = None, calibration=None, *, loss=No
             from tfcompress.models.training import lm_loss
 
             loss = lm_loss()
-        masks = prune_oneshot(target, layers, config, calibration, loss)
+        masks = prune_oneshot(target, layers, config, calibration, loss, verbose)
         state = PruningState(layers, config, masks)
     attach_state(target, state)
     if verbose:

@@ -38,24 +38,26 @@ def _prune_layer(path: str, layer, stats, config: PruneConfig) -> np.ndarray:
     return mask
 
 
-def _calibrate(model, layers, config: PruneConfig, data, compress, sequential: bool):
+def _calibrate(model, layers, config: PruneConfig, data, compress, sequential: bool,
+               verbose: int):
     needs = ("xtx",) if config.method == "sparsegpt" else ("sq",)
     return calibrate(model, layers, data, compress, needs=needs, blocks=config.blocks,
                      sequential=sequential, max_rows=config.max_rows,
-                     folder=config.resume_dir, key=run_key(config))
+                     folder=config.resume_dir, key=run_key(config), verbose=verbose)
 
 
 def prune_blockwise(model, layers: list[tuple[str, object]], config: PruneConfig,
-                    data) -> dict[str, np.ndarray]:
+                    data, verbose: int = 1) -> dict[str, np.ndarray]:
     """Wanda / SparseGPT block by block, in place; returns ``{path: mask}``."""
 
     def compress(group, stats):
         return {p: _prune_layer(p, la, stats[p], config) for p, la in group}
 
-    return _calibrate(model, layers, config, data, compress, sequential=True)
+    return _calibrate(model, layers, config, data, compress, sequential=True, verbose=verbose)
 
 
-def taylor_gradients(model, layers: list[tuple[str, object]], data, loss) -> dict[str, list]:
+def taylor_gradients(model, layers: list[tuple[str, object]], data, loss,
+                     verbose: int = 1) -> dict[str, list]:
     """Per-batch gradients of ``loss`` w.r.t. each kernel, as ``(d_in, d_out)`` matrices."""
     import tensorflow as tf
 
@@ -67,7 +69,7 @@ def taylor_gradients(model, layers: list[tuple[str, object]], data, loss) -> dic
     calibration_batches(items, model)
     kernels = [kernel_of(la) for _, la in layers]
     grads: dict[str, list] = {p: [] for p, _ in layers}
-    bar = keras.utils.Progbar(len(items), unit_name="batch")
+    bar = keras.utils.Progbar(len(items), verbose=verbose, unit_name="batch")
     for batch in items:
         x, y = batch[0], batch[1]
         weight = batch[2] if len(batch) == 3 else None
@@ -83,25 +85,27 @@ def taylor_gradients(model, layers: list[tuple[str, object]], data, loss) -> dic
 
 
 def score_layers(model, layers: list[tuple[str, object]], config: PruneConfig, data=None,
-                 loss=None) -> dict[str, np.ndarray]:
+                 loss=None, verbose: int = 1) -> dict[str, np.ndarray]:
     """Importance of every weight of ``layers`` at once (magnitude, taylor or wanda)."""
     if config.method == "magnitude":
         return {p: magnitude_scores(kernel_matrix(la)) for p, la in layers}
     if config.method == "taylor":
-        grads = taylor_gradients(model, layers, data, loss)
+        grads = taylor_gradients(model, layers, data, loss, verbose)
         return {p: taylor_scores(kernel_matrix(la), grads[p]) for p, la in layers}
     if config.method == "wanda":  # scores of the dense model: nothing changes until all exist
         return _calibrate(model, layers, config, data, lambda group, stats: {
-            p: wanda_scores(kernel_matrix(la), stats[p]) for p, la in group}, sequential=False)
+            p: wanda_scores(kernel_matrix(la), stats[p]) for p, la in group}, sequential=False,
+            verbose=verbose)
     raise TfcompressError(f"method {config.method!r} has no stand-alone scores")
 
 
 def prune_oneshot(model, layers: list[tuple[str, object]], config: PruneConfig, data=None,
-                  loss=None) -> dict[str, np.ndarray]:
-    """Prune ``layers`` of ``model`` in place by ``config``; returns ``{path: mask}``."""
+                  loss=None, verbose: int = 1) -> dict[str, np.ndarray]:
+    """Prune ``layers`` of ``model`` in place by ``config``; returns ``{path: mask}``.
+    ``verbose=0`` hides the calibration progress bar."""
     if config.method in ("wanda", "sparsegpt") and config.scope == "layer":
-        return prune_blockwise(model, layers, config, data)
-    scores = score_layers(model, layers, config, data, loss)
+        return prune_blockwise(model, layers, config, data, verbose)
+    scores = score_layers(model, layers, config, data, loss, verbose)
     if config.scope == "global":
         masks = global_masks(scores, config.sparsity)
     else:

@@ -148,19 +148,28 @@ class UpdatePruning(keras.callbacks.Callback):
 
     Runs once per ``fit`` batch, so use ``steps_per_execution=1`` (the default). With
     ``log_dir`` the per-layer and total sparsity are written as TensorBoard scalars
-    whenever masks change; the epoch logs get ``sparsity``.
+    whenever masks change; the epoch logs get ``sparsity``. ``target`` is the pruned model
+    when the model being fit only wraps it (a `Distiller` training a pruned student); the
+    schedule then follows the wrapper's optimizer steps.
 
     Example:
         >>> model.fit(data, epochs=1, callbacks=[UpdatePruning(log_dir="runs/tb")])
+        >>> distiller.fit(data, callbacks=[UpdatePruning(target=distiller.student)])
     """
 
-    def __init__(self, log_dir: str | None = None):
+    def __init__(self, log_dir: str | None = None, target=None):
         super().__init__()
         self.log_dir = log_dir
+        self.target = target
         self._writer = None
 
+    @property
+    def pruned(self):
+        """The model whose masks are kept: ``target``, else the model being fit."""
+        return self.model if self.target is None else self.target
+
     def on_train_begin(self, logs=None):
-        state = pruning_state(self.model)
+        state = pruning_state(self.pruned)
         if getattr(self.model, "steps_per_execution", 1) not in (1, None):
             raise TfcompressError(
                 "UpdatePruning needs steps_per_execution=1 so masks are applied after every "
@@ -173,23 +182,23 @@ class UpdatePruning(keras.callbacks.Callback):
         state.apply()
 
     def on_train_batch_begin(self, batch, logs=None):
-        state = pruning_state(self.model)
+        state = pruning_state(self.pruned)
         step = int(self.model.optimizer.iterations.numpy())
         if state.step(step):
             state.apply()
             self._log(step)
 
     def on_train_batch_end(self, batch, logs=None):
-        pruning_state(self.model).apply()
+        pruning_state(self.pruned).apply()
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None:
-            logs["sparsity"] = sparsity_summary(self.model)["total"]["sparsity"]
+            logs["sparsity"] = sparsity_summary(self.pruned)["total"]["sparsity"]
 
     def _log(self, step: int) -> None:
         if self._writer is None:
             return
-        summary = sparsity_summary(self.model)
+        summary = sparsity_summary(self.pruned)
         values = {f"pruning/sparsity/{p}": r["sparsity"] for p, r in summary["layers"].items()}
         values["pruning/sparsity/total"] = summary["total"]["sparsity"]
         write_scalars(self._writer, values, step)

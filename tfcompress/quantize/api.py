@@ -82,6 +82,20 @@ class QuantizeConfig:
         if not 0 <= self.damping <= 1:
             raise TfcompressError(f"damping must be in [0, 1], got {self.damping}")
 
+    @classmethod
+    def litert_int4(cls, method: str = "gptq", **fields) -> QuantizeConfig:
+        """LiteRT's int4 grid: ``scheme="litert"``, 4 bits, groups of 32 input rows (the
+        blockwise int4 of ``export_llm(mode="int4")``, which then copies the codes and scales
+        exactly instead of re-rounding them). ``fields`` set the other options.
+
+        Example:
+            >>> config = QuantizeConfig.litert_int4("gptq", types=("Dense",))
+            >>> q = quantize(model, config, calibration=windows)
+            >>> export_llm(q, "bundle/", mode="int4")   # the same weights, bit for bit
+        """
+        return cls(method=method, **{"scheme": "litert", "bits": 4, "granularity": "group",
+                                     "group_size": 32, **fields})
+
     def quantizer(self, path: str = "") -> Quantizer:
         """The quantizer for the layer at ``path`` (its ``layer_bits`` entry, else ``bits``)."""
         return Quantizer(self.scheme, int(self.layer_bits.get(path, self.bits)),

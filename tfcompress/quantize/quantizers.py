@@ -1,6 +1,6 @@
-"""Weight quantizers as pure NumPy functions: linear (affine, symmetric) and non-linear
-(k-means codebooks, powers of two, NF4), per tensor, per output channel or group-wise along
-the input axis.
+"""Weight quantizers as pure NumPy functions: linear (affine, symmetric, LiteRT's own grid)
+and non-linear (k-means codebooks, powers of two, NF4), per tensor, per output channel or
+group-wise along the input axis.
 
 Every quantizer maps a ``(d_in, d_out)`` matrix to a `QTensor`: integer ``codes`` in
 ``[0, 2**bits)`` plus the few floats that decode them,
@@ -23,9 +23,39 @@ import numpy as np
 
 from tfcompress.errors import TfcompressError
 
-SCHEMES = ("affine", "symmetric", "kmeans", "log2", "nf4")
+SCHEMES = ("affine", "symmetric", "litert", "kmeans", "log2", "nf4")
 GRANULARITIES = ("tensor", "channel", "group")
 FLOAT_BITS = 32  # scales, offsets and codebook entries are stored as float32
+LITERT_MIN_BOUND = 1e-9  # ai_edge_quantizer's floor on a block's abs-max (no zero scale)
+
+
+def litert_scale(amax: np.ndarray, bits: int, blockwise: bool) -> np.ndarray:
+    """The scale ai_edge_quantizer gives a symmetric block (or channel) of abs-max ``amax``:
+    ``max(amax, 1e-9) / (2**(bits-1) - 1)`` in float32; blockwise scales are stored as
+    float16 after rounding to bfloat16's 8-bit significand, so they are rounded that way here
+    (scales below float16's range become 0: every weight of that block decodes to 0).
+
+    Example:
+        >>> litert_scale(np.float32([0.7]), 4, blockwise=True)    # 0.1 on bf16's grid
+        array([0.10009766], dtype=float32)
+    """
+    import ml_dtypes
+
+    scale = np.maximum(np.asarray(amax, np.float32), np.float32(LITERT_MIN_BOUND)) / np.float32(
+        2 ** (bits - 1) - 1)
+    if blockwise:
+        scale = scale.astype(ml_dtypes.bfloat16).astype(np.float16)
+    return scale.astype(np.float32)
+
+
+def litert_codes(x: np.ndarray, scale: np.ndarray, bits: int) -> np.ndarray:
+    """Signed codes ``rint(x / scale)`` in float32, clipped as ai_edge_quantizer clips: the
+    full range ``[-2**(bits-1), 2**(bits-1) - 1]`` below 8 bits (-8..7 for int4), the narrow
+    ``[-127, 127]`` at 8; a zero scale gives code 0."""
+    scale = np.asarray(scale, np.float32)
+    u = np.divide(np.asarray(x, np.float32), np.where(scale > 0, scale, np.float32(1)))
+    lo = -(2 ** (bits - 1)) + (1 if bits >= 8 else 0)
+    return np.where(scale > 0, np.clip(np.rint(u), lo, 2 ** (bits - 1) - 1), 0).astype(np.int32)
 
 
 def affine_codes(x: np.ndarray, x_min, x_max, bits: int) -> np.ndarray:
@@ -121,6 +151,9 @@ class Quantizer:
     """A weight quantizer: ``scheme`` with ``bits`` per weight at a ``granularity``.
 
     Schemes: ``affine`` (asymmetric min-max), ``symmetric`` (abs-max, zero exact),
+    ``litert`` (LiteRT's own symmetric grid, bit for bit what ai_edge_quantizer computes:
+    `litert_scale`, `litert_codes`; with ``bits=4, granularity="group", group_size=32`` it is
+    the blockwise int4 of ``export_llm(mode="int4")``, which then keeps the codes exactly),
     ``kmeans`` (a learned codebook per tensor or channel), ``log2`` (powers of two times an
     abs-max scale), ``nf4`` (NormalFloat-4 levels times an abs-max scale; bits must be 4).
     Granularity: one set of parameters per ``tensor``, per output ``channel``, or per
@@ -156,6 +189,11 @@ class Quantizer:
             books = [kmeans_1d(b[:, j], 2**self.bits, self.kmeans_iters) for j in
                      range(b.shape[1])]
             return np.ones((1, 1)), None, np.stack(books)
+        if self.scheme == "litert":
+            amax = np.abs(np.asarray(block, np.float32)).max(**keep)
+            levels = np.arange(2**self.bits, dtype=np.float64) - 2 ** (self.bits - 1)
+            return (litert_scale(amax, self.bits, self.granularity == "group"), None,
+                    levels[None])
         amax = np.abs(b).max(**keep)
         amax = np.where(amax > 0, amax, 1.0)
         if self.scheme == "symmetric":
@@ -167,6 +205,8 @@ class Quantizer:
 
     def encode(self, rows: np.ndarray, scale, offset, levels) -> np.ndarray:
         """Codes of ``rows`` (n, d_out) under fitted parameters (nearest level)."""
+        if self.scheme == "litert":  # codes index the levels -2**(bits-1) ..
+            return litert_codes(rows, scale, self.bits) + 2 ** (self.bits - 1)
         u = (rows - (0.0 if offset is None else offset)) / scale
         if self.scheme == "affine":
             return np.clip(np.round(u), 0, 2**self.bits - 1).astype(np.int32)

@@ -21,7 +21,7 @@ from keras.src.saving import object_registration
 from tfcompress.core.layers import iter_layers, kernel_axes, kernel_of
 from tfcompress.core.saving import compression_state, layers_at, mark_state, register_restorer
 from tfcompress.errors import TfcompressError
-from tfcompress.quantize.packing import pack_int4, unpack_int4
+from tfcompress.quantize.packing import pack_int4, unpack_int4, unpack_int4_np
 from tfcompress.quantize.quantizers import QTensor
 
 WEIGHT_ATTRS = {"Embedding": "_embeddings"}  # else "_kernel"
@@ -214,3 +214,28 @@ def cache_decoded(model, enabled: bool = True):
 
 def is_quantized(layer) -> bool:
     return isinstance(layer, _CodeStorage)
+
+
+def signed_codes(layer) -> tuple[np.ndarray, np.ndarray, int] | None:
+    """``(codes, scale, group_rows)`` of a quantized layer whose weight is exactly
+    ``codes * scale`` with signed integer codes (schemes ``symmetric`` and ``litert``): codes
+    int8 ``(d_in, d_out)``, scale ``(n_groups, d_out)``. None for any other layer (float,
+    affine, codebooks). Lets an exporter write the codes as they are.
+
+    Example:
+        >>> codes, scale, group = signed_codes(model.get_layer("block0_attn_q"))
+    """
+    if not isinstance(layer, _CodeStorage):
+        return None
+    meta = layer.tfc_meta
+    levels = np.asarray(layer.tfc_levels.numpy())
+    bits = meta["bits"]
+    signed = np.arange(2**bits) - 2 ** (bits - 1)
+    if layer.tfc_offset is not None or levels.shape != (1, 2**bits) or not np.array_equal(
+            levels[0], signed):
+        return None
+    d_in = meta["matrix_shape"][0]
+    stored = np.asarray(layer.tfc_codes.numpy())
+    codes = unpack_int4_np(stored, d_in) if meta["packed"] else stored
+    return ((codes.astype(np.int16) - 2 ** (bits - 1)).astype(np.int8),
+            np.asarray(layer.tfc_scale.numpy(), np.float32), int(meta["group_rows"]))

@@ -50,8 +50,10 @@ STAGE_KEYS = {
     "quantize": {},
     "factorize": {"finetune_steps": int},
 }
-STUDENT_KEYS = {"preset": str, "layers": list, "depth": float, "d_model": int, "n_layers": int,
-                "n_heads": int, "d_ff": int}
+STUDENT_KEYS = {"preset": str, "layers": list, "depth": float, "select": str, "model": str,
+                "d_model": int, "n_layers": int, "n_heads": int, "d_ff": int}
+# how a ``depth`` student picks its blocks: evenly spaced, or the highest `block_importance`
+SELECT = ("even", "importance")
 DEFAULT_DATA = {"tokenizer": "model", "vocab_size": 2048, "seq_len": 128, "batch_size": 32,
                 "eval_windows": 128, "calibration_windows": 32, "text_key": "text"}
 DEFAULT_SAMPLES = {"prompt": "It is a truth universally acknowledged", "tokens": 48}
@@ -185,6 +187,34 @@ def _config_problem(stage: str, config: dict) -> str | None:
     return None
 
 
+def _check_student(student: dict, where: str, problems: list[str]) -> None:
+    """A distill stage's student: a fresh preset, or blocks of the teacher (``layers`` /
+    ``depth`` with ``select``), or a copy of an earlier model of the run (``model``, e.g. a
+    pruned one), optionally cut to fewer blocks too."""
+    _check_keys(student, STUDENT_KEYS, where, problems)
+    if "model" in student:
+        if "preset" in student:
+            problems.append(f"{where}: give preset or model, not both")
+        if "layers" in student and "depth" in student:
+            problems.append(f"{where}: give at most one of layers, depth with model; got both")
+    else:
+        _one_of(student, ("preset", "layers", "depth"), where, problems)
+    depth = student.get("depth")
+    if _type_ok(depth, float) and not 0 < depth < 1:
+        problems.append(f"{where}.depth: must be in (0, 1), got {depth}")
+    if "select" in student:
+        if student["select"] not in SELECT:
+            problems.append(f"{where}.select: must be one of {', '.join(SELECT)}, got "
+                            f"{student['select']!r}")
+        if "depth" not in student:
+            problems.append(f"{where}.select: only a depth student chooses its blocks "
+                            "(layers lists them, a preset has none of the teacher's)")
+    overrides = sorted(k for k in ("d_model", "n_layers", "n_heads", "d_ff") if k in student)
+    if overrides and "preset" not in student:
+        problems.append(f"{where}: {', '.join(overrides)} change a preset; a student made of "
+                        "the teacher's blocks keeps their sizes")
+
+
 def _normalise_stage(raw, index: int, problems: list[str]) -> dict | None:
     where = f"stages[{index}]"
     if isinstance(raw, str):
@@ -218,11 +248,7 @@ def _normalise_stage(raw, index: int, problems: list[str]) -> dict | None:
             problems.append(f"{where}.student: give a student spec, e.g. {{preset: student}} "
                             "or {depth: 0.5} (every other block of the teacher)")
         else:
-            _check_keys(student, STUDENT_KEYS, f"{where}.student", problems)
-            _one_of(student, ("preset", "layers", "depth"), f"{where}.student", problems)
-            depth = student.get("depth")
-            if _type_ok(depth, float) and not 0 < depth < 1:
-                problems.append(f"{where}.student.depth: must be in (0, 1), got {depth}")
+            _check_student(student, f"{where}.student", problems)
         if "steps" not in settings:
             problems.append(f"{where}.steps: give the number of distillation steps")
     if stage == "finetune" and "steps" not in settings:
@@ -253,6 +279,17 @@ def _normalise_stage(raw, index: int, problems: list[str]) -> dict | None:
     return {"stage": stage, **settings}
 
 
+def _check_kerashub_students(stages: list[dict], source: str, problems: list[str]) -> None:
+    """`block_importance` reads ``block{i}_add`` layers, which a KerasHub model lacks."""
+    for i, st in enumerate(stages):
+        student = st.get("student") if st["stage"] == "distill" else None
+        if (isinstance(student, dict) and student.get("select") == "importance"
+                and student.get("model", st.get("input")) == source):
+            problems.append(f"stages[{i}].distill.student.select: importance needs a build_gpt "
+                            "or build_llama model (blocks named block<i>_add2); a KerasHub "
+                            "model takes select: even")
+
+
 def _check_order(stages: list[dict], source: str, problems: list[str]) -> None:
     """Each stage's input exists earlier; nothing trains or re-compresses quantized codes."""
     quantized: dict[str, bool] = {source: False}
@@ -273,6 +310,14 @@ def _check_order(stages: list[dict], source: str, problems: list[str]) -> None:
             if "name" in st:
                 problems.append(f"{where}.name: {st['stage']} makes no model to name")
             continue
+        source = (st.get("student") or {}).get("model") if st["stage"] == "distill" else None
+        if isinstance(source, str):
+            if source not in quantized:
+                problems.append(f"{where}.student.model: no model named {source!r} yet (made "
+                                f"so far: {', '.join(quantized)})")
+            elif quantized[source]:
+                problems.append(f"{where}.student.model: {source!r} holds quantized codes and "
+                                "cannot be trained; distil before quantize")
         name = st.setdefault("name", f"{given}-{SUFFIX[st['stage']]}")
         if name in quantized:
             problems.append(f"{where}.name: {name!r} is already taken; give a new name")
@@ -320,6 +365,8 @@ def validate(recipe: dict, base_dir: str | Path = ".") -> dict:
                 stages.append(st)
         source = model.get("name", "base") if isinstance(model.get("name", ""), str) else "base"
         _check_order(stages, source, problems)
+        if "kerashub" in model:
+            _check_kerashub_students(stages, source, problems)
     if problems:
         raise TfcompressError(f"recipe has {len(problems)} problem"
                               f"{'s' if len(problems) > 1 else ''}:\n- " + "\n- ".join(problems))

@@ -61,26 +61,49 @@ def finetune(model, dataset, steps: int, learning_rate: float = 3e-4, verbose=2)
 
 @stage("distill")
 def distill_stage(run, st: dict) -> StageResult:
-    """A student (`make_student`) trained from the input model with `Distiller` (forward KL)."""
+    """A student (`make_student`) trained from the input model with `Distiller` (forward KL).
+
+    The student may start from the teacher's blocks chosen by measured importance on the
+    calibration windows (``select: importance``) or from an earlier, pruned model of the run
+    (``student.model``). A student that starts with zero weights (blocks of a pruned model)
+    keeps them at zero while it is distilled, as the finetune stage does.
+    """
     import keras
 
     from tfcompress.distill import Distiller
     from tfcompress.models.training import lm_optimizer
-    from tfcompress.recipes.students import make_student
+    from tfcompress.prune import UpdatePruning, keep_zeros, strip_pruning
+    from tfcompress.recipes.students import choose_blocks, make_student
 
     teacher = run.model(st["input"])
+    source_name = st["student"].get("model", st["input"])  # what the student starts from
+    source = run.model(source_name)
     keras.utils.set_random_seed(run.seed)
-    student = make_student(teacher, st["student"], run.data["seq_len"], name=st["name"])
+    spec, scores = choose_blocks(source, st["student"], run.calibration())
+    student = make_student(source, spec, run.data["seq_len"], name=st["name"])
     steps = st["steps"]
     distiller = Distiller(teacher, student, alpha=st.get("alpha", 0.5),
                           temperature=st.get("temperature", 1.0),
                           divergence=st.get("divergence", "forward_kl"))
     distiller.compile(optimizer=lm_optimizer(steps, st.get("learning_rate", 1e-3)))
-    history = distiller.fit(run.train_data(), steps_per_epoch=steps, epochs=1,
-                            verbose=2).history
-    return StageResult(student, [
-        f"Distilled `{st['name']}` ({student.count_params():,} params) from `{st['input']}` "
-        f"in {steps} steps: final soft loss {history['soft_loss'][-1]:.3f}."])
+    sparse = keep_zeros(student)
+    history = distiller.fit(run.train_data(), steps_per_epoch=steps, epochs=1, verbose=2,
+                            callbacks=[UpdatePruning(target=student)] if sparse else None).history
+    strip_pruning(student)
+    origin = f"`{source_name}`"
+    if "preset" in spec:
+        origin = f"a new {spec['preset']!r} model"
+    elif "layers" in spec:
+        origin = f"blocks {spec['layers']} of {origin}"
+    elif "depth" in spec:
+        origin = f"evenly spaced blocks ({spec['depth']:.0%}) of {origin}"
+    notes = [f"Distilled `{st['name']}` ({student.count_params():,} params, from {origin}) from "
+             f"`{st['input']}` in {steps} steps: final soft loss "
+             f"{history['soft_loss'][-1]:.3f}{', zeros kept' if sparse else ''}."]
+    if scores is not None:
+        notes.append(f"Block importance of `{source_name}` (1 - cosine of each block's input "
+                     f"and output): {[round(v, 4) for v in scores]}; kept {spec['layers']}.")
+    return StageResult(student, notes)
 
 
 @stage("prune")

@@ -3,7 +3,11 @@
 ``{"preset": "student"}`` builds a new `build_gpt` model with the teacher's vocabulary;
 ``{"depth": 0.5}`` or ``{"layers": [0, 2]}`` keeps those transformer blocks of the teacher
 (embeddings, norms and head copied: the usual start of a distilled student). The shallow form
-works on `build_gpt` and `build_llama` models and on KerasHub ``CausalLM``s.
+works on `build_gpt` and `build_llama` models and on KerasHub ``CausalLM``s. ``depth`` takes
+evenly spaced blocks, or with ``select: importance`` the blocks that change their input most
+(`choose_blocks`, Minitron / ShortGPT depth pruning). ``{"model": name}`` starts from an
+earlier model of the run instead of the teacher (a pruned one: prune, then distil from the
+unpruned model), whole or cut by ``layers`` / ``depth``; the stage resolves the name.
 
 Example:
     >>> student = make_student(teacher, {"depth": 0.5}, seq_len=128)
@@ -28,12 +32,48 @@ def kept_blocks(n_layers: int, spec: dict) -> list[int]:
             raise TfcompressError(f"student.layers must list block indices in [0, {n_layers}), "
                                   f"got {spec['layers']}")
         return keep
-    n = max(1, round(n_layers * spec["depth"]))
+    n = depth_count(n_layers, spec["depth"])
     return sorted({int(i * n_layers / n) for i in range(n)})
 
 
+def depth_count(n_layers: int, depth: float) -> int:
+    """Blocks a ``depth`` student keeps: ``round(n_layers * depth)``, at least one.
+
+    Example:
+        >>> depth_count(30, 0.5), depth_count(3, 0.1)
+        (15, 1)
+    """
+    return max(1, round(n_layers * depth))
+
+
+def choose_blocks(source, spec: dict, calibration) -> tuple[dict, list[float] | None]:
+    """``spec`` with a ``select: importance`` depth turned into the ``layers`` it keeps,
+    and the importance of every block of ``source`` (None when nothing was measured).
+
+    ``calibration`` is an array of token windows ``(n, seq)``, scored 8 windows at a time.
+
+    Example:
+        >>> choose_blocks(teacher, {"depth": 0.5, "select": "importance"}, windows)
+        ({'layers': [0, 3]}, [0.96, 0.15, 0.12, 0.18])
+    """
+    if spec.get("select") != "importance":
+        return spec, None
+    from tfcompress.distill import block_importance, most_important
+
+    batches = [calibration[i:i + 8] for i in range(0, len(calibration), 8)]
+    scores = [float(v) for v in block_importance(source, batches)]
+    keep = most_important(scores, depth_count(len(scores), spec["depth"]))
+    rest = {k: v for k, v in spec.items() if k not in ("depth", "select")}
+    return {**rest, "layers": keep}, scores
+
+
 def make_student(teacher, spec: dict, seq_len: int, name: str = "student"):
-    """A new student model for ``teacher`` from a validated student spec."""
+    """A new student model for ``teacher`` from a validated student spec.
+
+    With ``spec["model"]`` the caller passes that model as ``teacher``: it is copied whole,
+    or cut to ``layers`` / ``depth`` like the teacher would be. ``select: importance`` must be
+    resolved first (`choose_blocks`).
+    """
     from tfcompress.distill.distiller import vocab_size_of
 
     if "preset" in spec:
@@ -42,6 +82,13 @@ def make_student(teacher, spec: dict, seq_len: int, name: str = "student"):
         overrides = {k: v for k, v in spec.items() if k != "preset"}
         return build_gpt(spec["preset"], vocab_size=vocab_size_of(teacher, "teacher"),
                          seq_len=seq_len, name=name, **overrides)
+    if spec.get("select") == "importance":
+        raise TfcompressError("student: select: importance needs the measured blocks; pass "
+                              "the spec through choose_blocks first")
+    if "layers" not in spec and "depth" not in spec:
+        from tfcompress.core import copy_model
+
+        return copy_model(teacher)
     hub = [la for la in teacher.layers if hasattr(la, "backbone")]
     if hub:
         return _shallow_kerashub(hub[0], spec, name)
