@@ -241,7 +241,8 @@ def _prune(method: str, pattern: str = "unstructured") -> Callable[[Bench], tupl
 
         config = PruneConfig(method=method, sparsity=0.5, pattern=pattern, types=("Dense",),
                              include=BLOCK_DENSE, max_rows=None)
-        model = prune(b.float_model, config, calibration=b.calibration)
+        model = prune(b.float_model, config, calibration=b.calibration,
+                      inplace=b.args.inplace)
         calib = "" if method == "magnitude" else f"; block-wise calibration {b.calib_note}"
         return model, None, _zeros(model) + calib + "; dense float32 storage"
     return run
@@ -257,7 +258,7 @@ def _quantize(bits: int, method: str, group: int | None,
         config = QuantizeConfig(method=method, bits=bits, types=("Dense",), include=BLOCK_DENSE,
                                 granularity="group" if group else "channel", group_size=group,
                                 ragged=bool(group), act_order=act_order, max_rows=None)
-        model = quantize(b.float_model, config,
+        model = quantize(b.float_model, config, inplace=b.args.inplace,
                          calibration=b.calibration if method == "gptq" else None)
         # what a .keras file stores (codes, scales, float embedding), without writing 0.2 GB
         stored = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.weights)
@@ -274,6 +275,7 @@ def _lowrank(ratio: float) -> Callable[[Bench], tuple]:
         from tfcompress.lowrank import factorize
 
         model = factorize(b.float_model, method="svd-llm", target_ratio=ratio, types=("Dense",),
+                          inplace=b.args.inplace,
                           include=r"block\d+_mlp_", calibration=b.calibration, verbose=False,
                           max_rows=b.args.calib * b.args.calib_len)
         return model, None, (f"svd-llm, MLP kept at {ratio:.0%}: "
@@ -446,6 +448,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="weight of the hard (label) loss; 0 = teacher logits only, as in "
                              "Minitron's depth pruning")
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--inplace", action="store_true",
+                        help="compress the loaded float model itself, not a copy (one method "
+                             "only): the peak RSS then counts one model, as a user's run would")
     parser.add_argument("--peer", default=None, metavar="PYTHON",
                         help="an interpreter with llmcompressor, transformers, gguf and a CPU "
                              "torch (benchmarks/peer-requirements.txt): run the peer's methods")
@@ -453,6 +458,9 @@ def main(argv: list[str] | None = None) -> None:
                         choices=list(PEER_METHODS), help="the peer's methods (float first: the "
                         "peer's ratios are to it)")
     args = parse_args(parser, argv)
+    if args.inplace and (len(args.methods) != 1 or args.methods[0] not in METHODS):
+        parser.error(f"--inplace compresses the float model itself, so it takes exactly one "
+                     f"of {sorted(METHODS)} in --methods, got {args.methods}")
     if args.quick:  # every step at toy sizes
         args.calib, args.calib_len, args.steps = (QUICK.calibration_windows, QUICK.seq_len,
                                                   QUICK.finetune_steps)

@@ -58,3 +58,10 @@ def test_peer_error_takes_the_exception_line():
     log = "loading\nTraceback (most recent call last):\n  File x\nRuntimeError: boom\n"
     assert llm._peer_error(log) == "RuntimeError: boom"
     assert llm._peer_error("no error here") == "no error here"
+
+
+def test_inplace_takes_exactly_one_method(capsys):
+    for methods in (["wanda_50", "sparsegpt_50"], ["students"]):
+        with pytest.raises(SystemExit):
+            llm.main(["--inplace", "--methods", *methods])
+        assert "--inplace compresses the float model itself" in capsys.readouterr().err
