@@ -91,7 +91,8 @@ def recipe(method: str):
             targets=["Linear"], weights=weights)}, ignore=["lm_head"])
     from llmcompressor.modifiers.pruning.sparsegpt import SparseGPTModifier
 
-    return SparseGPTModifier(sparsity=0.5, mask_structure="0:0", targets="Linear",
+    # targets as a list: a plain string "Linear" matches no module (the run prunes nothing)
+    return SparseGPTModifier(sparsity=0.5, mask_structure="0:0", targets=["Linear"],
                              ignore=["re:.*lm_head"])
 
 
@@ -150,6 +151,9 @@ def main(argv: list[str] | None = None) -> None:
                   if isinstance(m, torch.nn.Linear) and "lm_head" not in n]
         result["zero_share"] = float(sum((w == 0).sum().item() for w in linear)
                                      / sum(w.numel() for w in linear))
+        if args.method.startswith("sparsegpt") and result["zero_share"] < 0.45:
+            raise RuntimeError(f"{args.method} left {result['zero_share']:.1%} of Linear "
+                               "weights zero: the modifier matched no layer")
     start = time.perf_counter()
     result["ppl"] = perplexity(model, np.load(args.eval), args.window)
     result["eval_seconds"] = round(time.perf_counter() - start, 1)
