@@ -388,7 +388,7 @@ def run_peer(b: Bench) -> None:
             f"{got['versions']['torch']} ({got['torch_threads']} threads): "
             + ("float, transformers' GGUF load" if method == "float" else
                f"{method}, {got['calibration']}, {got['zero_share']:.1%} of Linear weights "
-               "zero, fake-quantized weights"))}
+               "zero" + (", fake-quantized weights" if "gptq" in method else "")))}
         if "seconds" in got:
             b.rows[name]["peak_rss_gb"] = got["peak_rss_gb"]
             b.seconds[name] = got["seconds"]
