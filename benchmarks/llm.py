@@ -11,6 +11,13 @@ Calibration and training text come from austen/train.txt (other novels).
     python -m benchmarks.llm                       # everything, writes results/llm.json
     python -m benchmarks.llm --methods magnitude_50 --calib 8
     python -m benchmarks.llm --quick               # seconds; writes results/quick/llm.json
+    python -m benchmarks.llm --methods --peer /work/peer-venv/bin/python \
+        --merge-from benchmarks/results/llm.json    # the llm-compressor peer, added to the table
+
+``--peer PYTHON`` runs `benchmarks._peer_llmcompressor` (llm-compressor's GPTQ W4A16 and
+SparseGPT 50 %) in that interpreter, one process per method, on the same calibration and
+evaluation token ids (written to ``.npy``); its rows are ``peer_*``, their ratios taken to the
+float model evaluated by the same peer code.
 """
 
 from __future__ import annotations
@@ -18,6 +25,8 @@ from __future__ import annotations
 import gc
 import importlib.util
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -43,7 +52,8 @@ TARGETS = {"magnitude_50": "clearly worse than wanda", "wanda_50": "<= 1.6x",
            "int4_g128_rtn": "-", "int4_g128_gptq": "<= 1.10x, < RTN",
            "int4_g128_gptq_act": "<= 1.08x, <= 300 s", "int3_g128_gptq": "-",
            "sparsegpt_24": "<= 2.5x", "svdllm_mlp_80": "<= 1.3x", "lowrank_mlp_60": "-",
-           "distilled_student": "< scratch", "scratch_student": "-"}
+           "distilled_student": "< scratch", "scratch_student": "-",
+           "peer_gptq_int4_g128": "peer", "peer_sparsegpt_50": "peer"}
 # figures before the block-wise calibration engine (issue 13): every layer saw the dense
 # model's inputs, 16 x 128 calibration tokens (benchmarks/results/llm.json of 2026-11-28)
 BEFORE_ENGINE = {"int4_g128_gptq_act": 1.117, "int4_g128_gptq": 1.192, "sparsegpt_50": 1.883,
@@ -53,6 +63,10 @@ ENGINE_METHODS = ("int4_g128_gptq_act", "sparsegpt_50", "wanda_50", "sparsegpt_2
                   "svdllm_mlp_80")
 BLOCK_DENSE = r"block\d+_(attn|mlp)_"
 PARALLEL = "measured by a parallel run"
+# llm-compressor methods (`benchmarks._peer_llmcompressor`) -> result keys
+PEER_METHODS = {"float": "peer_float", "gptq_w4a16_g128": "peer_gptq_int4_g128",
+                "gptq_w4a16_g64": "peer_gptq_int4_g64", "gptq_w4a16_g192": "peer_gptq_int4_g192",
+                "sparsegpt_50": "peer_sparsegpt_50"}
 
 
 class PeakRSS:
@@ -127,13 +141,14 @@ class Bench:
         exported = any("tflite_mb" in row for row in self.rows.values())
         self.failures = {name: why for name, why in self.failures.items()
                          if name not in self.rows and not (name == "export" and exported)}
-        if not args.methods:
+        if not args.methods and not args.peer:
             return
         start = time.perf_counter()
-        path = gguf_path(args)
-        self.tokenizer = gguf_tokenizer(path)
-        self.float_model = load_gguf(path)
-        self.seconds["load_gguf"] = round(time.perf_counter() - start, 1)
+        self.gguf = gguf_path(args)
+        self.tokenizer = gguf_tokenizer(self.gguf)
+        if args.methods:
+            self.float_model = load_gguf(self.gguf)
+            self.seconds["load_gguf"] = round(time.perf_counter() - start, 1)
         text = bundled_corpus("austen")
         self.eval_tokens, self.window = eval_sizes(args.quick)
         self.eval_ids = self.tokenizer.encode(text["test"][:20_000])[:self.eval_tokens]
@@ -177,15 +192,18 @@ class Bench:
                       f"austen/test.txt, {tokens - 1} scored, windows of {window}",
                       "rows": self.rows, "seconds": self.seconds, "failures": self.failures,
                       "calibration": f"{self.args.calib} x {self.args.calib_len} tokens"}
+        peer_ppl = self.rows.get("peer_float", {}).get("ppl")
         for name, row in self.rows.items():
-            ratio = row["ppl"] / float_ppl if float_ppl else float("nan")
-            if name.endswith("_student"):
+            base = peer_ppl if name.startswith("peer_") else float_ppl  # each to its own float
+            ratio = row["ppl"] / base if base else float("nan")
+            if name.endswith("_student") or name == "peer_float":
                 data[f"{name}_ppl"] = row["ppl"]
             elif name != "float":
                 data[name] = ratio
             tfl = row.get("tflite_mb")
+            stored = f"{row['stored_mb']:.1f}" if "stored_mb" in row else "-"
             lines.append(
-                f"| {name} | {row['ppl']:.2f} | {ratio:.3f} | {row['stored_mb']:.1f} | "
+                f"| {name} | {row['ppl']:.2f} | {ratio:.3f} | {stored} | "
                 f"{f'{tfl:.1f}' if tfl else '-'} | {self.seconds.get(name, 0):.0f} | "
                 f"{TARGETS.get(name, '-')} | {row['note']} |")
         for name in TARGETS:  # required keys stay present (null) when a method did not run
@@ -223,7 +241,8 @@ def _prune(method: str, pattern: str = "unstructured") -> Callable[[Bench], tupl
 
         config = PruneConfig(method=method, sparsity=0.5, pattern=pattern, types=("Dense",),
                              include=BLOCK_DENSE, max_rows=None)
-        model = prune(b.float_model, config, calibration=b.calibration)
+        model = prune(b.float_model, config, calibration=b.calibration,
+                      inplace=b.args.inplace)
         calib = "" if method == "magnitude" else f"; block-wise calibration {b.calib_note}"
         return model, None, _zeros(model) + calib + "; dense float32 storage"
     return run
@@ -239,7 +258,7 @@ def _quantize(bits: int, method: str, group: int | None,
         config = QuantizeConfig(method=method, bits=bits, types=("Dense",), include=BLOCK_DENSE,
                                 granularity="group" if group else "channel", group_size=group,
                                 ragged=bool(group), act_order=act_order, max_rows=None)
-        model = quantize(b.float_model, config,
+        model = quantize(b.float_model, config, inplace=b.args.inplace,
                          calibration=b.calibration if method == "gptq" else None)
         # what a .keras file stores (codes, scales, float embedding), without writing 0.2 GB
         stored = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.weights)
@@ -256,6 +275,7 @@ def _lowrank(ratio: float) -> Callable[[Bench], tuple]:
         from tfcompress.lowrank import factorize
 
         model = factorize(b.float_model, method="svd-llm", target_ratio=ratio, types=("Dense",),
+                          inplace=b.args.inplace,
                           include=r"block\d+_mlp_", calibration=b.calibration, verbose=False,
                           max_rows=b.args.calib * b.args.calib_len)
         return model, None, (f"svd-llm, MLP kept at {ratio:.0%}: "
@@ -334,6 +354,51 @@ METHODS: dict[str, Callable] = {
 }
 
 
+def _peer_error(log: str) -> str:
+    """The exception line of a failed peer process (its last line naming an Error)."""
+    lines = [la for la in log.splitlines() if "Error" in la or "Exception" in la]
+    return (lines[-1] if lines else log.strip()[-300:])[:500]
+
+
+def run_peer(b: Bench) -> None:
+    """llm-compressor in ``--peer`` (its own interpreter), one process per method, on the
+    calibration and evaluation ids of this run; a method that fails records its error."""
+    folder = Path(tempfile.mkdtemp(prefix="llm-peer-"))
+    calib, evals = folder / "calib.npy", folder / "eval.npy"
+    np.save(calib, np.concatenate(b.calibration))
+    np.save(evals, np.asarray(b.eval_ids))
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    for method in b.args.peer_methods:
+        name, out = PEER_METHODS[method], folder / f"{method}.json"
+        cmd = [b.args.peer, "-m", "benchmarks._peer_llmcompressor", "--gguf", str(b.gguf),
+               "--calib", str(calib), "--eval", str(evals), "--window", str(b.window),
+               "--method", method, "--out", str(out)]
+        print("== peer:", " ".join(cmd), flush=True)
+        done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
+        (folder / f"{method}.log").write_text(done.stdout + done.stderr)
+        if done.returncode or not out.exists():
+            b.failures[name] = f"llm-compressor {method}: {_peer_error(done.stdout + done.stderr)}"
+            print(f"== {name} FAILED: {b.failures[name]}", flush=True)
+            b.write()
+            continue
+        got = json.loads(out.read_text())
+        b.rows[name] = {"ppl": got["ppl"], "note": (
+            f"llm-compressor {got['versions']['llmcompressor']}, torch "
+            f"{got['versions']['torch']} ({got['torch_threads']} threads): "
+            + ("float, transformers' GGUF load" if method == "float" else
+               f"{method}, {got['calibration']}, {got['zero_share']:.1%} of Linear weights "
+               "zero" + (", fake-quantized weights" if "gptq" in method else "")))}
+        if "seconds" in got:
+            b.rows[name]["peak_rss_gb"] = got["peak_rss_gb"]
+            b.seconds[name] = got["seconds"]
+        b.seconds[f"{name}_eval"] = got["eval_seconds"]
+        b.failures.pop(name, None)
+        print(f"== {name}: ppl {got['ppl']:.2f} ({got.get('seconds', 0):.0f} s, peak RSS "
+              f"{got.get('peak_rss_gb', '-')} GB)", flush=True)
+        b.write()
+
+
 def run_export(b: Bench):
     """Export the best compressed model so far to float16 ``.tflite`` and generate with it."""
     from tfcompress.export import TFLiteRunner, export_tflite
@@ -383,7 +448,19 @@ def main(argv: list[str] | None = None) -> None:
                         help="weight of the hard (label) loss; 0 = teacher logits only, as in "
                              "Minitron's depth pruning")
     parser.add_argument("--temperature", type=float, default=1.0)
+    parser.add_argument("--inplace", action="store_true",
+                        help="compress the loaded float model itself, not a copy (one method "
+                             "only): the peak RSS then counts one model, as a user's run would")
+    parser.add_argument("--peer", default=None, metavar="PYTHON",
+                        help="an interpreter with llmcompressor, transformers, gguf and a CPU "
+                             "torch (benchmarks/peer-requirements.txt): run the peer's methods")
+    parser.add_argument("--peer-methods", nargs="*", default=list(PEER_METHODS),
+                        choices=list(PEER_METHODS), help="the peer's methods (float first: the "
+                        "peer's ratios are to it)")
     args = parse_args(parser, argv)
+    if args.inplace and (len(args.methods) != 1 or args.methods[0] not in METHODS):
+        parser.error(f"--inplace compresses the float model itself, so it takes exactly one "
+                     f"of {sorted(METHODS)} in --methods, got {args.methods}")
     if args.quick:  # every step at toy sizes
         args.calib, args.calib_len, args.steps = (QUICK.calibration_windows, QUICK.seq_len,
                                                   QUICK.finetune_steps)
@@ -416,6 +493,8 @@ def main(argv: list[str] | None = None) -> None:
             print(f"== {name} FAILED: {b.failures[name]}", flush=True)
             b.write()
         gc.collect()
+    if args.peer:
+        run_peer(b)
     print(b.table)
 
 
