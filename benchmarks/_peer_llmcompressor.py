@@ -26,41 +26,16 @@ import argparse
 import importlib.metadata
 import json
 import tempfile
-import threading
 import time
 from pathlib import Path
 
 import numpy as np
 
+from benchmarks._rss import PeakRSS
+
 # SmolLM2's 576-column kernels have no whole number of 128-column groups, and
 # compressed-tensors refuses them (g128 fails; g64 and g192, which divide 576 and 1536, run)
 METHODS = ("float", "gptq_w4a16_g128", "gptq_w4a16_g64", "gptq_w4a16_g192", "sparsegpt_50")
-
-
-class PeakRSS:
-    """Highest VmRSS of this process while the block runs (a copy of the one in
-    ``benchmarks/llm.py``, which this interpreter cannot import)."""
-
-    def __enter__(self):
-        self.gb, self._stop = self._now(), threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def _watch(self):
-        while not self._stop.wait(0.2):
-            self.gb = max(self.gb, self._now())
-
-    @staticmethod
-    def _now() -> float:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1e6
-        return 0.0
 
 
 def perplexity(model, ids: np.ndarray, window: int) -> float:

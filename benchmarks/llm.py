@@ -36,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from benchmarks._common import QUICK, bench_parser, parse_args, write_results
+from benchmarks._rss import PeakRSS
 from tfcompress.data import bundled_corpus
 from tfcompress.evaluate import keras_forward
 from tfcompress.models import causal_lm_perplexity, generate
@@ -67,34 +68,6 @@ PARALLEL = "measured by a parallel run"
 PEER_METHODS = {"float": "peer_float", "gptq_w4a16_g128": "peer_gptq_int4_g128",
                 "gptq_w4a16_g64": "peer_gptq_int4_g64", "gptq_w4a16_g192": "peer_gptq_int4_g192",
                 "sparsegpt_50": "peer_sparsegpt_50"}
-
-
-class PeakRSS:
-    """Highest resident set size of this process while the block runs, sampled every 0.2 s
-    (the float model and evaluation data held by the benchmark count too)."""
-
-    def __enter__(self):
-        import threading
-
-        self.gb, self._stop = self._now(), threading.Event()
-        self._thread = threading.Thread(target=self._watch, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join()
-
-    def _watch(self):
-        while not self._stop.wait(0.2):
-            self.gb = max(self.gb, self._now())
-
-    @staticmethod
-    def _now() -> float:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1e6
-        return 0.0
 
 
 def eval_sizes(quick: bool) -> tuple[int, int]:
