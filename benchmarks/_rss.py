@@ -3,7 +3,7 @@ only: the llm-compressor peer's interpreter imports it too).
 
 Example:
     >>> with PeakRSS() as peak:
-    ...     data = bytearray(10**8)
+    ...     data = b"x" * 10**8
     >>> peak.gb > 0.1
     True
 """
@@ -27,6 +27,7 @@ class PeakRSS:
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join()
+        self.gb = max(self.gb, self._now())  # a block shorter than one sample still counts
 
     def _watch(self):
         while not self._stop.wait(0.2):
