@@ -376,6 +376,11 @@ def needs_teacher(args) -> bool:
             or "init" in args.regimes or set(args.kinds) != {"labels"})
 
 
+def _by_kind(seconds) -> dict:
+    """Rows saved before runs were split by kind hold one number of seconds for all kinds."""
+    return seconds if isinstance(seconds, dict) else {"all": seconds}
+
+
 def merge_row(old: dict | None, new: dict, teacher_ppl: float | None) -> dict:
     """One seed's row: ``new``'s perplexities over ``old``'s, and the gap each KD student
     closes between labels-only and the teacher (when both are known).
@@ -387,8 +392,7 @@ def merge_row(old: dict | None, new: dict, teacher_ppl: float | None) -> dict:
     """
     old = old or {}
     ppl = {**old.get("ppl", {}), **new["ppl"]}
-    seconds = old.get("seconds", {})
-    seconds = {**(seconds if isinstance(seconds, dict) else {"all": seconds}), **new["seconds"]}
+    seconds = {**_by_kind(old.get("seconds", {})), **_by_kind(new["seconds"])}
     gap = {}
     if teacher_ppl is not None and "labels" in ppl:
         # no gap to close when labels alone come within MIN_GAP of the teacher: the fraction
@@ -517,6 +521,21 @@ def plot(results: dict, path: Path) -> None:
 SMOLLM2_BATCH, SMOLLM2_SEQ, SMOLLM2_LR = 4, 128, 1e-4  # 4 x 128 tokens a step, as llm.py
 
 
+def curve_table(curve: dict) -> str:
+    """The SmolLM2 curve as a markdown table (budgets not run show a dash), or nothing."""
+    rows = [(b, v) for b, v in curve.items() if b.isdigit()]
+    if not any(v for _, v in rows):
+        return ""
+
+    def cell(value, kind):
+        return f"{value[kind]:.1f}" if value and kind in value else "-"
+
+    lines = ["| SmolLM2 half depth, steps | labels-only ppl | logit KD ppl |", "|---|---|---|"]
+    lines += [f"| {b} | {cell(v, 'labels')} | {cell(v, 'kd')} |" for b, v in rows]
+    note = f"\n\n{curve['null_reason']}" if curve.get("null_reason") else ""
+    return "\n".join(lines) + note + "\n\n"
+
+
 def smollm2_curve(args, record, record_blocks) -> None:
     """Minitron-style on SmolLM2-135M: half its blocks kept by measured importance, then
     labels-only and logit KD (alpha 0, T 1) from the full model for each of
@@ -628,7 +647,8 @@ def main(argv: list[str] | None = None) -> None:
         results.update(summary)
         path.parent.mkdir(parents=True, exist_ok=True)
         plot(results, path.parent / "distill_regimes.png")
-        table = tables["regimes"] + "\n\n![regimes](distill_regimes.png)\n\n" + old_md
+        table = (tables["regimes"] + "\n\n![regimes](distill_regimes.png)\n\n"
+                 + curve_table(results.get("smollm2_curve") or {}) + old_md)
         write_results("distill", table, results, args)
 
     requested = list(args.regimes)

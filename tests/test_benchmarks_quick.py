@@ -65,6 +65,9 @@ def test_distill_runs_merge_their_students_per_seed():
     assert both["ppl"] == {"labels": 12.0, "kd": 10.0, "keras_kd": 13.0}
     assert both["gap_closed"] == {"kd": 0.5, "keras_kd": -0.25}
     assert both["seconds"] == {"labels": 5, "kd+keras_kd": 7}
+    # a row saved as one number of seconds (and a run whose own row is one number too)
+    assert merge_row({"ppl": {"labels": 12.0}, "seconds": 5}, {"ppl": {}, "seconds": 7},
+                     None)["seconds"] == {"all": 7}
     other = merge_row(None, {"ppl": {"labels": 12.0, "kd": 11.0}, "seconds": {}}, 8.0)
     rows = {"0": both, "1": other, "2": labels, "settings": {"steps": 1000}}
     data, _ = summarise({"teacher_ppl": 8.0, "regimes": {"long": rows}})
@@ -81,3 +84,13 @@ def test_distill_runs_merge_their_students_per_seed():
         data["gap_closed_null_reason"]["gap_closed_long"]
     assert data["kd_vs_labels"]["long"]["kd"] == pytest.approx(8.3 / 8.1 - 1)
     assert "| +2.5% ± n/a (1 seed) | - | undefined (no gap) |" in table
+
+
+def test_distill_smollm2_curve_table():
+    from benchmarks.distill import curve_table
+
+    assert curve_table({"0": None, "100": None}) == ""
+    table = curve_table({"0": {"labels": 592.74, "kd": 592.74}, "100": {"labels": 133.81},
+                         "null_reason": "budgets 100 not finished"})
+    assert "| 0 | 592.7 | 592.7 |\n| 100 | 133.8 | - |" in table
+    assert table.rstrip().endswith("budgets 100 not finished")
