@@ -662,8 +662,10 @@ def main(argv: list[str] | None = None) -> None:
         args.regimes = regimes
         run_regimes(ctx, args, results, save)
     budgets = ("0", "100", "300", "1000")
-    if "smollm2" in requested:
-        results["smollm2_curve"] = dict.fromkeys(budgets)
+    if "smollm2" in requested:  # budgets not asked for keep their figures from earlier runs
+        earlier = results.get("smollm2_curve") or {}
+        results["smollm2_curve"] = {b: None if b == "0" or int(b) in args.smollm2_steps
+                                    else earlier.get(b) for b in budgets}
 
         def record(steps, kind, value):
             curve = results["smollm2_curve"]
