@@ -249,13 +249,13 @@ def smooth(model, calibration, alpha: float = 0.5, *, inplace: bool = False,
     alpha = check_alpha(alpha)
     check_model(model, "smooth")
     batches = calibration_batches(calibration, model)  # checked before any work
-    target = model if inplace else copy_model(model)
-    groups = smoothing_groups(target)
-    if not groups:
+    if not smoothing_groups(model):  # before copying: a model with nothing to smooth fails fast
         raise TfcompressError(
             f"model {model.name!r} has no normalization whose output only feeds Dense/"
             "EinsumDense layers or self-attention in a functional graph (or in a KerasHub "
             f"decoder of {sorted(HUB_DECODERS)}), so there is nothing to smooth")
+    target = model if inplace else copy_model(model)
+    groups = smoothing_groups(target)
     paths = layer_paths(target)
     layers = [(paths[id(la)], la) for g in groups for la in g.layers]
     maxima = calibrate(target, layers, batches,
