@@ -7,7 +7,9 @@ train step, each measured alone). Step times are measured interleaved in one pro
 machine contention hits all of them alike.
 
 Regimes where distillation is known to pay (``--regimes``), each KD vs labels only from the
-same start, over seeds (mean and spread):
+same start, over seeds (mean and spread). Our KD anneals the weight of the labels loss from
+0 to 1 (``--alpha 0 1``: the teacher's logits first, the labels last, so a student can end
+better than a weak teacher); Keras's Distiller takes one fixed weight, the mean (0.5):
 
 - ``init``: student = the teacher's most important half of its blocks (`block_importance`);
   logit KD (ours, and ``keras.distillation.Distiller``) vs the same init on labels.
@@ -48,6 +50,7 @@ from benchmarks._common import (
 )
 from tfcompress.distill import (
     Distiller,
+    ParameterSchedule,
     block_importance,
     cache_teacher,
     load_teacher_cache,
@@ -205,19 +208,23 @@ def baseline(ctx, args) -> tuple[str, dict]:
 
 
 # --- regimes where distillation is known to pay ----------------------------------------------
-REGIME_ALPHA = 0.0  # logits only (Minitron): the hard loss is what the labels-only run uses
+# Labels-only students do not depend on these: a run that changes only them keeps those.
+KD_SETTINGS = ("alpha", "temperature")
 
 
 KINDS = ("labels", "kd", "keras_kd")  # labels only, our logit KD, keras.distillation
 MIN_GAP = 0.02  # gap closed is reported only when labels-only trails the teacher by > 2 %
 
 
-def train_three_ways(make_student, teacher, data, steps, lr, kd_data=None,
+def train_three_ways(make_student, teacher, data, steps, lr, alpha, kd_data=None,
                      kinds=KINDS) -> dict:
     """Held-out-ready students: labels only, our logit KD, Keras's Distiller (same init/data),
     those of ``kinds`` only.
 
-    ``kd_data`` (a teacher cache) replaces the online teacher for our KD when given.
+    ``alpha`` is ``(start, end)``: our weight on the hard loss goes linearly from ``start``
+    to ``end`` over the steps (`ParameterSchedule`); Keras's Distiller, which takes one fixed
+    weight, gets their mean, the same total weight on labels. ``kd_data`` (a teacher cache)
+    replaces the online teacher for our KD when given.
     """
     from keras.distillation import Distiller as KerasDistiller
     from keras.distillation import LogitsDistillation
@@ -229,15 +236,17 @@ def train_three_ways(make_student, teacher, data, steps, lr, kd_data=None,
         labels.fit(data(), steps_per_epoch=steps, epochs=1, verbose=0)
         out["labels"] = labels
     if "kd" in kinds:
-        ours = Distiller(None if kd_data else teacher, make_student(), alpha=REGIME_ALPHA,
+        start, end = alpha
+        ours = Distiller(None if kd_data else teacher, make_student(), alpha=start,
                          temperature=TEMPERATURE)
         ours.compile(optimizer=lm_optimizer(steps, lr))
-        ours.fit(kd_data() if kd_data else data(), steps_per_epoch=steps, epochs=1, verbose=0)
+        ours.fit(kd_data() if kd_data else data(), steps_per_epoch=steps, epochs=1, verbose=0,
+                 callbacks=[ParameterSchedule("alpha", "linear", start, end)])
         out["kd"] = ours.student
     if "keras_kd" in kinds:
         soft = LogitsDistillation(TEMPERATURE, loss=keras.losses.KLDivergence())
         theirs = KerasDistiller(teacher, make_student(), soft,
-                                student_loss_weight=REGIME_ALPHA)
+                                student_loss_weight=float(np.mean(alpha)))
         theirs.compile(optimizer=lm_optimizer(steps, lr), loss=lm_loss())
         theirs.fit(data(), steps_per_epoch=steps, epochs=1, verbose=0)
         out["keras_kd"] = theirs.student
@@ -262,7 +271,7 @@ def regime_init(ctx, seed, args, state):
         return take_blocks(ctx.teacher, state["keep"])
 
     models = train_three_ways(student, ctx.teacher, data, args.init_steps, args.init_lr,
-                              kinds=args.kinds)
+                              args.alpha, kinds=args.kinds)
     return models | {"start": student()}
 
 
@@ -296,7 +305,7 @@ def regime_little(ctx, seed, args, state):
                          seq_len=s.seq_len, name="student")
 
     teacher = ctx.teacher if needs_teacher(args) else None
-    return train_three_ways(student, teacher, data, args.little_steps, args.lr,
+    return train_three_ways(student, teacher, data, args.little_steps, args.lr, args.alpha,
                             kd_data=kd_data, kinds=args.kinds)
 
 
@@ -325,20 +334,23 @@ def regime_long(ctx, seed, args, state):
                          seq_len=s.seq_len, name="student")
 
     teacher = ctx.teacher if needs_teacher(args) else None
-    return train_three_ways(student, teacher, data, args.long_steps, args.lr,
+    return train_three_ways(student, teacher, data, args.long_steps, args.lr, args.alpha,
                             kd_data=kd_data, kinds=args.kinds)
 
 
 REGIMES = {"init": regime_init, "little": regime_little, "long": regime_long}
-# keys a run rewrites even when the file already holds them (the rest it keeps from the file)
-OWN_KEYS = ("teacher_ppl", "alpha1_matches_fit", "smollm2_curve", "smollm2_blocks")
+# keys a run rewrites even when the file already holds them (the rest it keeps from the file):
+# a regimes run must not put back the SmolLM2 curve it read before a parallel curve run grew it
+OWN_KEYS = ("teacher_ppl", "alpha1_matches_fit")
+SMOLLM2_KEYS = ("smollm2_curve", "smollm2_blocks")
 
 
 def run_regimes(ctx, args, results: dict, save) -> None:
     """Each regime over ``args.seeds``: perplexities, gap closed, saved after every seed.
 
     A seed's row keeps the students of other ``--kinds`` measured before with the same
-    settings; rows measured with other settings are dropped.
+    settings; rows measured with other settings are dropped, but for their labels-only
+    students when only `KD_SETTINGS` changed.
     """
     test = ctx.eval_data()
     if needs_teacher(args):
@@ -346,8 +358,7 @@ def run_regimes(ctx, args, results: dict, save) -> None:
     for name in args.regimes:
         state, rows = {}, results.setdefault("regimes", {}).setdefault(name, {})
         settings = regime_settings(name, args)
-        if {k: v for k, v in rows.get("settings", {}).items() if k in settings} != settings:
-            rows.clear()
+        keep_rows(rows, settings)
         for seed in range(args.seeds):
             start = time.perf_counter()
             models = REGIMES[name](ctx, seed, args, state)
@@ -364,6 +375,32 @@ def run_regimes(ctx, args, results: dict, save) -> None:
             save()
         if "cleanup" in state:
             shutil.rmtree(state["cleanup"], ignore_errors=True)
+
+
+def keep_rows(rows: dict, settings: dict) -> None:
+    """Drop from a regime's ``rows`` what was measured with other ``settings``: everything, or
+    only the KD students when nothing but `KD_SETTINGS` changed.
+
+    Example:
+        >>> rows = {"settings": {"steps": 9, "alpha": 0.0},
+        ...         "0": {"ppl": {"labels": 7.0, "kd": 7.2}, "gap_closed": {"kd": -0.3},
+        ...               "seconds": {"labels": 5, "kd+keras_kd": 9}}}
+        >>> keep_rows(rows, {"steps": 9, "alpha": 0.5}); rows["0"]
+        {'ppl': {'labels': 7.0}, 'gap_closed': {}, 'seconds': {'labels': 5}}
+    """
+    old = rows.get("settings", {})
+    changed = {k for k, v in settings.items() if old.get(k) != v}
+    if not changed:
+        return
+    if not changed <= set(KD_SETTINGS):
+        rows.clear()
+        return
+    for seed, row in rows.items():
+        if seed.isdigit():
+            row["ppl"] = {k: v for k, v in row["ppl"].items() if k == "labels"}
+            row["gap_closed"] = {}
+            row["seconds"] = {k: v for k, v in _by_kind(row["seconds"]).items() if "kd" not in k}
+    rows["settings"] = {**old, **settings}
 
 
 def gap_text(gap: float | None) -> str:
@@ -407,7 +444,7 @@ def regime_settings(name: str, args) -> dict:
     steps = {"init": args.init_steps, "little": args.little_steps, "long": args.long_steps}
     extra = {"fraction": args.fraction} if name == "little" else {}
     lr = args.init_lr if name == "init" else args.lr
-    return {"steps": steps[name], "batch": args.batch, "lr": lr, "alpha": REGIME_ALPHA,
+    return {"steps": steps[name], "batch": args.batch, "lr": lr, "alpha": args.alpha,
             "temperature": TEMPERATURE, **extra}
 
 
@@ -473,6 +510,8 @@ def summarise(results: dict) -> tuple[dict, str]:
     data["kd_vs_labels"] = vs_labels  # ppl(KD student) / ppl(labels-only) - 1, over seeds
     for name, rows in results.get("regimes", {}).items():
         table.append(f"\n{name}: " + ", ".join(f"{k} {v}" for k, v in rows["settings"].items()))
+    table.append("\nalpha [start, end]: the weight of the labels loss; ours goes linearly from "
+                 "start to end over the steps, Keras's Distiller takes one fixed weight: the mean.")
     return data, "\n".join(table)
 
 
@@ -496,7 +535,7 @@ def plot(results: dict, path: Path) -> None:
             means.append(np.nanmean(vals) if not np.all(np.isnan(vals)) else np.nan)
             sds.append(np.nanstd(vals) if not np.all(np.isnan(vals)) else 0)
         axes[0].bar(np.arange(len(names)) + 0.27 * (j - 1), means, 0.27, yerr=sds,
-                    label={"labels": "labels only", "kd": "our logit KD",
+                    label={"labels": "labels only", "kd": "tfcompress.Distiller",
                            "keras_kd": "keras.distillation"}[kind])
     axes[0].axhline(results.get("teacher_ppl", np.nan), color="k", ls="--", label="teacher")
     axes[0].set_xticks(range(len(names)), names)
@@ -513,7 +552,8 @@ def plot(results: dict, path: Path) -> None:
         axes[1].text(0.5, 0.5, "not run (see smollm2_curve.null_reason)", ha="center")
     axes[1].set_title("SmolLM2 half depth (importance-chosen blocks)")
     axes[1].set_xlabel("training steps")
-    axes[1].set_ylabel("perplexity")
+    axes[1].set_ylabel("perplexity (log scale)")
+    axes[1].set_yscale("log")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
 
@@ -534,6 +574,20 @@ def curve_table(curve: dict) -> str:
     lines += [f"| {b} | {cell(v, 'labels')} | {cell(v, 'kd')} |" for b, v in rows]
     note = f"\n\n{curve['null_reason']}" if curve.get("null_reason") else ""
     return "\n".join(lines) + note + "\n\n"
+
+
+BUDGETS = ("0", "100", "300", "1000")  # SmolLM2 curve: training steps of 4 x 128 tokens
+
+
+def mark_missing_budgets(curve: dict) -> None:
+    """Say in ``curve["null_reason"]`` which budgets have no pair of figures yet (or drop it)."""
+    missing = [b for b in BUDGETS if not (curve.get(b) or {}).keys() >= {"kd", "labels"}]
+    curve.pop("null_reason", None)
+    if missing:
+        curve["null_reason"] = (
+            f"budgets {', '.join(missing)} not run (or not finished): SmolLM2 training is about "
+            "1 h on 2 cores shared with other sessions; run --regimes smollm2 "
+            "--smollm2-steps 100 300 1000")
 
 
 def smollm2_curve(args, record, record_blocks) -> None:
@@ -596,6 +650,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16, help="regime batch size")
     parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--alpha", type=float, nargs=2, default=[0.0, 1.0],
+                        metavar=("START", "END"),
+                        help="weight of the hard (labels) loss in the regimes' KD: ours goes "
+                             "linearly from START to END, Keras's is fixed at their mean "
+                             "(0 0: logits only; 0.5 0.5: both fixed, the same loss)")
     parser.add_argument("--init-lr", type=float, default=3e-4,
                         help="smaller: the init student starts from trained weights")
     parser.add_argument("--init-steps", type=int, default=100)
@@ -643,6 +702,7 @@ def main(argv: list[str] | None = None) -> None:
                                                                          "seconds": {}}),
                                                    results.get("teacher_ppl"))
             results["regimes"] = on_disk.get("regimes", {}) | mine
+        mark_missing_budgets(results.setdefault("smollm2_curve", dict.fromkeys(BUDGETS)))
         summary, tables["regimes"] = summarise(results)
         results.update(summary)
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -661,11 +721,11 @@ def main(argv: list[str] | None = None) -> None:
     if regimes:
         args.regimes = regimes
         run_regimes(ctx, args, results, save)
-    budgets = ("0", "100", "300", "1000")
     if "smollm2" in requested:  # budgets not asked for keep their figures from earlier runs
+        own |= set(SMOLLM2_KEYS)
         earlier = results.get("smollm2_curve") or {}
         results["smollm2_curve"] = {b: None if b == "0" or int(b) in args.smollm2_steps
-                                    else earlier.get(b) for b in budgets}
+                                    else earlier.get(b) for b in BUDGETS}
 
         def record(steps, kind, value):
             curve = results["smollm2_curve"]
@@ -673,14 +733,6 @@ def main(argv: list[str] | None = None) -> None:
             save()
 
         smollm2_curve(args, record, lambda blocks: results.update(smollm2_blocks=blocks))
-    curve = results.setdefault("smollm2_curve", dict.fromkeys(budgets))
-    missing = [b for b in budgets if not (curve.get(b) or {}).keys() >= {"kd", "labels"}]
-    curve.pop("null_reason", None)
-    if missing:
-        curve["null_reason"] = (
-            f"budgets {', '.join(missing)} not run (or not finished): SmolLM2 training is about "
-            "1 h on 2 cores shared with other sessions; run --regimes smollm2 "
-            "--smollm2-steps 100 300 1000")
     results["alpha1_matches_fit"] = alpha1_matches_fit()
     save()
 

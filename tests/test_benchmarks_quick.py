@@ -94,3 +94,35 @@ def test_distill_smollm2_curve_table():
                          "null_reason": "budgets 100 not finished"})
     assert "| 0 | 592.7 | 592.7 |\n| 100 | 133.8 | - |" in table
     assert table.rstrip().endswith("budgets 100 not finished")
+
+
+def test_distill_new_kd_settings_keep_labels_only_students():
+    """Labels-only students do not depend on alpha/T: a KD rerun keeps them, nothing else."""
+    from benchmarks.distill import keep_rows, mark_missing_budgets
+
+    def rows():
+        return {"settings": {"keep": [0], "steps": 9, "alpha": 0.0, "temperature": 1.0},
+                "0": {"ppl": {"labels": 7.0, "kd": 7.2, "keras_kd": 7.2},
+                      "gap_closed": {"kd": -0.3}, "seconds": {"labels+kd+keras_kd": 9}},
+                "1": {"ppl": {"labels": 7.1, "kd": 7.3}, "gap_closed": {"kd": -0.2},
+                      "seconds": {"labels": 4, "kd": 3}}}
+
+    same = rows()
+    keep_rows(same, {"steps": 9, "alpha": 0.0, "temperature": 1.0})
+    assert same == rows()
+    kd_changed = rows()
+    keep_rows(kd_changed, {"steps": 9, "alpha": [0.0, 1.0], "temperature": 1.0})
+    assert kd_changed["0"] == {"ppl": {"labels": 7.0}, "gap_closed": {}, "seconds": {}}
+    assert kd_changed["1"]["ppl"] == {"labels": 7.1} and kd_changed["1"]["seconds"] == {
+        "labels": 4}
+    assert kd_changed["settings"]["alpha"] == [0.0, 1.0] and kd_changed["settings"]["keep"] == [0]
+    steps_changed = rows()
+    keep_rows(steps_changed, {"steps": 10, "alpha": 0.0, "temperature": 1.0})
+    assert steps_changed == {}
+
+    curve = {"0": {"labels": 5.0, "kd": 5.0}, "100": {"labels": 4.0}, "null_reason": "old"}
+    mark_missing_budgets(curve)
+    assert curve["null_reason"].startswith("budgets 100, 300, 1000 not run")
+    curve |= {b: {"labels": 1.0, "kd": 1.0} for b in ("100", "300", "1000")}
+    mark_missing_budgets(curve)
+    assert "null_reason" not in curve

@@ -125,6 +125,10 @@ GOOD = {"model": {"preset": "test-tiny", "train_steps": 2}, "data": {"corpus": "
      "stages[0].export.auxiliary_inputs: must be one of ('fixed', 'exposed') (padding masks "
      "fixed to ones or exposed as inputs), got 'ones'"),
     ({"stages": [{"distill": {"steps": 5}}]}, "student: give a student spec"),
+    ({"stages": [{"distill": {"steps": 5, "student": {"depth": 0.5}, "alpha_end": 1.5}}]},
+     "stages[0].distill.alpha_end: the weight of the labels loss must be in [0, 1], got 1.5"),
+    ({"stages": [{"distill": {"steps": 5, "student": {"depth": 0.5}, "temperature": 0}}]},
+     "stages[0].distill.temperature: must be > 0, got 0"),
     ({"stages": [{"distill": {"steps": 5, "student": {"depth": 2.0}}}]},
      "student.depth: must be in (0, 1)"),
     ({"stages": [{"distill": {"steps": 5, "student": {"depth": 0.5, "select": "best"}}}]},
@@ -229,6 +233,28 @@ def test_a_live_model_object_as_the_source(bundle, tmp_path):
     written = yaml.safe_load((tmp_path / "run" / "recipe.yaml").read_text())
     assert written["model"]["object"] == "<Functional 'my_lm', 26944 params>"
     assert model.get_layer("hidden").kernel.dtype == "float32"  # the user's model untouched
+
+
+def test_distill_stage_anneals_alpha_to_alpha_end(bundle, tmp_path):
+    """alpha 0 -> alpha_end 1 over 2 steps: step 1 on logits only, step 2 on labels only."""
+    from tfcompress.models import build_gpt
+
+    def student(stage):
+        keras.utils.set_random_seed(0)
+        teacher = build_gpt("test-tiny", n_layers=2, vocab_size=256, seq_len=SEQ, name="gpt")
+        recipe = recipe_for(bundle, [{"distill": {"name": "s", "steps": 2, "learning_rate": 0.01,
+                                                  "student": {"layers": [0]}, **stage}}],
+                            output=str(tmp_path / "-".join(map(str, stage.values()))))
+        recipe["model"] = {"object": teacher, "name": "teacher"}
+        recipe["data"]["tokenizer"] = "byte"
+        run = run_recipe(recipe)
+        return run, [np.asarray(w) for w in run.model("s").weights]
+
+    annealed, weights = student({"alpha": 0.0, "alpha_end": 1.0})
+    assert "(labels weight 0 -> 1)" in annealed.notes[0]
+    for fixed in ({"alpha": 0.0}, {"alpha": 1.0}):  # each agrees with one of the two steps only
+        other = student(fixed)[1]
+        assert any(not np.allclose(a, b) for a, b in zip(weights, other, strict=True))
 
 
 def test_prune_then_distil_keeps_the_important_blocks_and_their_zeros(bundle, tmp_path):

@@ -41,8 +41,8 @@ DATA_KEYS = {"corpus": str, "text": str, "tfds": str, "tokenizer": str, "vocab_s
 SAMPLE_KEYS = {"prompt": str, "tokens": int}
 COMMON_STAGE_KEYS = {"input": str, "name": str}
 STAGE_KEYS = {
-    "distill": {"student": dict, "steps": int, "alpha": float, "temperature": float,
-                "divergence": str, "learning_rate": float},
+    "distill": {"student": dict, "steps": int, "alpha": float, "alpha_end": float,
+                "temperature": float, "divergence": str, "learning_rate": float},
     "finetune": {"steps": int, "learning_rate": float},
     "evaluate": {"models": list},
     "export": {"mode": str, "modes": list, "prompt": str, "auxiliary_inputs": str},
@@ -251,6 +251,14 @@ def _normalise_stage(raw, index: int, problems: list[str]) -> dict | None:
             _check_student(student, f"{where}.student", problems)
         if "steps" not in settings:
             problems.append(f"{where}.steps: give the number of distillation steps")
+        for key in ("alpha", "alpha_end"):
+            value = settings.get(key, 0.5)
+            if _type_ok(value, float) and not 0 <= value <= 1:
+                problems.append(f"{where}.{key}: the weight of the labels loss must be in "
+                                f"[0, 1], got {value!r}")
+        temperature = settings.get("temperature", 1.0)
+        if _type_ok(temperature, float) and not temperature > 0:
+            problems.append(f"{where}.temperature: must be > 0, got {temperature!r}")
     if stage == "finetune" and "steps" not in settings:
         problems.append(f"{where}.steps: give the number of fine-tuning steps")
     if stage == "export":

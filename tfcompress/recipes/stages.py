@@ -59,9 +59,21 @@ def finetune(model, dataset, steps: int, learning_rate: float = 3e-4, verbose=2)
     return strip_pruning(model)
 
 
+def alpha_text(st: dict) -> str:
+    """How a distill stage weighed the labels loss, for its note."""
+    alpha = st.get("alpha", 0.5)
+    if "alpha_end" in st:
+        return f" (labels weight {alpha:g} -> {st['alpha_end']:g})"
+    return f" (labels weight {alpha:g})"
+
+
 @stage("distill")
 def distill_stage(run, st: dict) -> StageResult:
     """A student (`make_student`) trained from the input model with `Distiller` (forward KL).
+
+    ``alpha`` weighs the labels loss; with ``alpha_end`` it goes linearly from ``alpha`` to
+    ``alpha_end`` over the steps (`ParameterSchedule`): ``alpha: 0, alpha_end: 1`` learns the
+    teacher's distributions first and the labels last.
 
     The student may start from the teacher's blocks chosen by measured importance on the
     calibration windows (``select: importance``) or from an earlier, pruned model of the run
@@ -70,7 +82,7 @@ def distill_stage(run, st: dict) -> StageResult:
     """
     import keras
 
-    from tfcompress.distill import Distiller
+    from tfcompress.distill import Distiller, ParameterSchedule
     from tfcompress.models.training import lm_optimizer
     from tfcompress.prune import UpdatePruning, keep_zeros, strip_pruning
     from tfcompress.recipes.students import choose_blocks, make_student
@@ -82,13 +94,17 @@ def distill_stage(run, st: dict) -> StageResult:
     spec, scores = choose_blocks(source, st["student"], run.calibration())
     student = make_student(source, spec, run.data["seq_len"], name=st["name"])
     steps = st["steps"]
-    distiller = Distiller(teacher, student, alpha=st.get("alpha", 0.5),
+    alpha = st.get("alpha", 0.5)
+    distiller = Distiller(teacher, student, alpha=alpha,
                           temperature=st.get("temperature", 1.0),
                           divergence=st.get("divergence", "forward_kl"))
     distiller.compile(optimizer=lm_optimizer(steps, st.get("learning_rate", 1e-3)))
     sparse = keep_zeros(student)
+    callbacks = [UpdatePruning(target=student)] if sparse else []
+    if "alpha_end" in st:
+        callbacks.append(ParameterSchedule("alpha", "linear", alpha, st["alpha_end"]))
     history = distiller.fit(run.train_data(), steps_per_epoch=steps, epochs=1, verbose=2,
-                            callbacks=[UpdatePruning(target=student)] if sparse else None).history
+                            callbacks=callbacks).history
     strip_pruning(student)
     origin = f"`{source_name}`"
     if "preset" in spec:
@@ -98,7 +114,7 @@ def distill_stage(run, st: dict) -> StageResult:
     elif "depth" in spec:
         origin = f"evenly spaced blocks ({spec['depth']:.0%}) of {origin}"
     notes = [f"Distilled `{st['name']}` ({student.count_params():,} params, from {origin}) from "
-             f"`{st['input']}` in {steps} steps: final soft loss "
+             f"`{st['input']}` in {steps} steps{alpha_text(st)}: final soft loss "
              f"{history['soft_loss'][-1]:.3f}{', zeros kept' if sparse else ''}."]
     if scores is not None:
         notes.append(f"Block importance of `{source_name}` (1 - cosine of each block's input "
