@@ -559,10 +559,15 @@ def plot(results: dict, path: Path) -> None:
 
 
 SMOLLM2_BATCH, SMOLLM2_SEQ, SMOLLM2_LR = 4, 128, 1e-4  # 4 x 128 tokens a step, as llm.py
+# Characters of the Austen training text the SmolLM2 students see (--smollm2-chars): the
+# recorded curve's 200,000 (~50k tokens) are ~10 passes at 1,000 steps, a little-data regime;
+# ~2,200,000 would give 1,000 steps without repeating a window.
+SMOLLM2_CHARS = 200_000
 
 
-def curve_table(curve: dict) -> str:
-    """The SmolLM2 curve as a markdown table (budgets not run show a dash), or nothing."""
+def curve_table(curve: dict, chars: int = SMOLLM2_CHARS) -> str:
+    """The SmolLM2 curve (students trained on ``chars`` characters) as a markdown table
+    (budgets not run show a dash), or nothing."""
     rows = [(b, v) for b, v in curve.items() if b.isdigit()]
     if not any(v for _, v in rows):
         return ""
@@ -570,7 +575,11 @@ def curve_table(curve: dict) -> str:
     def cell(value, kind):
         return f"{value[kind]:.1f}" if value and kind in value else "-"
 
-    lines = ["| SmolLM2 half depth, steps | labels-only ppl | logit KD ppl |", "|---|---|---|"]
+    lines = [f"SmolLM2 students train on the first {chars:,} characters of the Austen training "
+             f"text ({1000 * SMOLLM2_BATCH * SMOLLM2_SEQ / (chars / 4):.1f} passes at 1,000 "
+             "steps of 4 x 128 tokens, at ~4 characters a token); perplexity on 2,048 held-out "
+             "tokens.\n",
+             "| SmolLM2 half depth, steps | labels-only ppl | logit KD ppl |", "|---|---|---|"]
     lines += [f"| {b} | {cell(v, 'labels')} | {cell(v, 'kd')} |" for b, v in rows]
     note = f"\n\n{curve['null_reason']}" if curve.get("null_reason") else ""
     return "\n".join(lines) + note + "\n\n"
@@ -606,12 +615,13 @@ def smollm2_curve(args, record, record_blocks) -> None:
     tokenizer, model = gguf_tokenizer(path), load_gguf(path)
     text = bundled_corpus("austen")
     eval_ids = tokenizer.encode(text["test"][:20_000])[:EVAL_TOKENS]
-    train_ids = np.asarray(tokenizer.encode(text["train"][:200_000]))
+    train_ids = np.asarray(tokenizer.encode(text["train"][:args.smollm2_chars]))
     rng = np.random.default_rng(0)
     calib = np.stack([train_ids[i:i + WINDOW] for i in rng.integers(0, train_ids.size - WINDOW, 8)])
     scores = block_importance(model, [calib[i:i + 2] for i in range(0, 8, 2)])
     keep = most_important(scores, len(scores) // 2)
-    record_blocks({"keep": keep, "importance": [round(float(v), 4) for v in scores]})
+    record_blocks({"keep": keep, "importance": [round(float(v), 4) for v in scores],
+                   "train_chars": args.smollm2_chars})
 
     def ppl(student):
         return causal_lm_perplexity(keras_forward(student), eval_ids, WINDOW)["perplexity"]
@@ -663,6 +673,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--long-steps", type=int, default=1000)
     parser.add_argument("--smollm2-steps", type=int, nargs="*", default=[100, 300, 1000],
                         help="training budgets of the SmolLM2 curve (step 0 is always measured)")
+    parser.add_argument("--smollm2-chars", type=int, default=SMOLLM2_CHARS,
+                        help="characters of training text for the SmolLM2 students (the "
+                             "recorded curve: the default)")
     parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS,
                         help="which students each regime trains; a run merges its figures "
                              "into the seeds' rows already saved with the same settings "
@@ -708,7 +721,10 @@ def main(argv: list[str] | None = None) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
         plot(results, path.parent / "distill_regimes.png")
         table = (tables["regimes"] + "\n\n![regimes](distill_regimes.png)\n\n"
-                 + curve_table(results.get("smollm2_curve") or {}) + old_md)
+                 + curve_table(results.get("smollm2_curve") or {},
+                               (results.get("smollm2_blocks") or {}).get("train_chars",
+                                                                         SMOLLM2_CHARS))
+                 + old_md)
         write_results("distill", table, results, args)
 
     requested = list(args.regimes)
