@@ -515,6 +515,18 @@ def summarise(results: dict) -> tuple[dict, str]:
     return data, "\n".join(table)
 
 
+def logits_only_table(results: dict) -> str:
+    """The regimes' table of an earlier run kept under ``results["logits_only"]`` (alpha 0:
+    ours and Keras's Distiller the same loss), or nothing."""
+    earlier = results.get("logits_only")
+    if not earlier:
+        return ""
+    _, table = summarise({"teacher_ppl": results.get("teacher_ppl"),
+                          "regimes": earlier["regimes"]})
+    table = table[:table.index("\nalpha [start, end]")]
+    return f"\n\nLogits only, alpha 0 for both (`{earlier['command']}`):\n\n{table}"
+
+
 def spread_text(sd: float | None) -> str:
     return "n/a (1 seed)" if sd is None else f"{sd:.1%}"
 
@@ -720,7 +732,8 @@ def main(argv: list[str] | None = None) -> None:
         results.update(summary)
         path.parent.mkdir(parents=True, exist_ok=True)
         plot(results, path.parent / "distill_regimes.png")
-        table = (tables["regimes"] + "\n\n![regimes](distill_regimes.png)\n\n"
+        table = (tables["regimes"] + logits_only_table(results)
+                 + "\n\n![regimes](distill_regimes.png)\n\n"
                  + curve_table(results.get("smollm2_curve") or {},
                                (results.get("smollm2_blocks") or {}).get("train_chars",
                                                                          SMOLLM2_CHARS))

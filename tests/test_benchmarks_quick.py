@@ -120,6 +120,14 @@ def test_distill_new_kd_settings_keep_labels_only_students():
     keep_rows(steps_changed, {"steps": 10, "alpha": 0.0, "temperature": 1.0})
     assert steps_changed == {}
 
+    from benchmarks.distill import logits_only_table, merge_row
+
+    assert logits_only_table({"teacher_ppl": 8.0}) == ""
+    row = merge_row(None, {"ppl": {"labels": 12.0, "kd": 10.0}, "seconds": {}}, 8.0)
+    table = logits_only_table({"teacher_ppl": 8.0, "logits_only": {"command": "cmd", "regimes": {
+        "little": {"0": row, "settings": {"steps": 400, "alpha": 0.0}}}}})
+    assert "Logits only, alpha 0 for both (`cmd`)" in table and "| 50.0% ± n/a (1 seed) |" in table
+
     curve = {"0": {"labels": 5.0, "kd": 5.0}, "100": {"labels": 4.0}, "null_reason": "old"}
     mark_missing_budgets(curve)
     assert curve["null_reason"].startswith("budgets 100, 300, 1000 not run")
