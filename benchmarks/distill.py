@@ -57,6 +57,7 @@ from tfcompress.distill import (
     most_important,
     take_blocks,
 )
+from tfcompress.distill.losses import check_alpha
 from tfcompress.evaluate import interleaved_latency, keras_forward, lm_quality
 from tfcompress.models import build_gpt
 from tfcompress.models.training import lm_loss, lm_optimizer, train_lm
@@ -510,9 +511,11 @@ def summarise(results: dict) -> tuple[dict, str]:
     data["kd_vs_labels"] = vs_labels  # ppl(KD student) / ppl(labels-only) - 1, over seeds
     for name, rows in results.get("regimes", {}).items():
         table.append(f"\n{name}: " + ", ".join(f"{k} {v}" for k, v in rows["settings"].items()))
-    table.append("\nalpha [start, end]: the weight of the labels loss; ours goes linearly from "
-                 "start to end over the steps, Keras's Distiller takes one fixed weight: the mean.")
     return data, "\n".join(table)
+
+
+ALPHA_NOTE = ("\n\nalpha [start, end]: the weight of the labels loss; ours goes linearly from "
+              "start to end over the steps, Keras's Distiller takes one fixed weight: the mean.")
 
 
 def logits_only_table(results: dict) -> str:
@@ -523,7 +526,6 @@ def logits_only_table(results: dict) -> str:
         return ""
     _, table = summarise({"teacher_ppl": results.get("teacher_ppl"),
                           "regimes": earlier["regimes"]})
-    table = table[:table.index("\nalpha [start, end]")]
     return f"\n\nLogits only, alpha 0 for both (`{earlier['command']}`):\n\n{table}"
 
 
@@ -693,6 +695,8 @@ def main(argv: list[str] | None = None) -> None:
                              "into the seeds' rows already saved with the same settings "
                              "(labels alone need no teacher: they can run while it trains)")
     args = parse_args(parser, argv)
+    for value in args.alpha:  # before the teacher loads, not after the first student trained
+        check_alpha(value)
     if args.regimes is None:
         args.regimes = ["baseline", *REGIMES] if args.quick else ["init", "little", "long"]
     if args.quick:  # a smoke run: every code path, a few steps each, one batch of "little" text
@@ -732,7 +736,7 @@ def main(argv: list[str] | None = None) -> None:
         results.update(summary)
         path.parent.mkdir(parents=True, exist_ok=True)
         plot(results, path.parent / "distill_regimes.png")
-        table = (tables["regimes"] + logits_only_table(results)
+        table = (tables["regimes"] + ALPHA_NOTE + logits_only_table(results)
                  + "\n\n![regimes](distill_regimes.png)\n\n"
                  + curve_table(results.get("smollm2_curve") or {},
                                (results.get("smollm2_blocks") or {}).get("train_chars",

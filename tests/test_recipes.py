@@ -126,9 +126,10 @@ GOOD = {"model": {"preset": "test-tiny", "train_steps": 2}, "data": {"corpus": "
      "fixed to ones or exposed as inputs), got 'ones'"),
     ({"stages": [{"distill": {"steps": 5}}]}, "student: give a student spec"),
     ({"stages": [{"distill": {"steps": 5, "student": {"depth": 0.5}, "alpha_end": 1.5}}]},
-     "stages[0].distill.alpha_end: the weight of the labels loss must be in [0, 1], got 1.5"),
+     "stages[0].distill.alpha_end: alpha must be a number in [0, 1] (weight of the hard "
+     "loss), got 1.5"),
     ({"stages": [{"distill": {"steps": 5, "student": {"depth": 0.5}, "temperature": 0}}]},
-     "stages[0].distill.temperature: must be > 0, got 0"),
+     "stages[0].distill.temperature: temperature must be a number > 0, got 0"),
     ({"stages": [{"distill": {"steps": 5, "student": {"depth": 2.0}}}]},
      "student.depth: must be in (0, 1)"),
     ({"stages": [{"distill": {"steps": 5, "student": {"depth": 0.5, "select": "best"}}}]},

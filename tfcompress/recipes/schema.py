@@ -251,14 +251,16 @@ def _normalise_stage(raw, index: int, problems: list[str]) -> dict | None:
             _check_student(student, f"{where}.student", problems)
         if "steps" not in settings:
             problems.append(f"{where}.steps: give the number of distillation steps")
-        for key in ("alpha", "alpha_end"):
-            value = settings.get(key, 0.5)
-            if _type_ok(value, float) and not 0 <= value <= 1:
-                problems.append(f"{where}.{key}: the weight of the labels loss must be in "
-                                f"[0, 1], got {value!r}")
-        temperature = settings.get("temperature", 1.0)
-        if _type_ok(temperature, float) and not temperature > 0:
-            problems.append(f"{where}.temperature: must be > 0, got {temperature!r}")
+        from tfcompress.distill.losses import check_alpha, check_temperature
+
+        checks = {"alpha": check_alpha, "alpha_end": check_alpha,
+                  "temperature": check_temperature}
+        for key, check in checks.items():
+            if key in settings and _type_ok(settings[key], float):  # else reported above
+                try:
+                    check(settings[key])
+                except TfcompressError as err:
+                    problems.append(f"{where}.{key}: {err}")
     if stage == "finetune" and "steps" not in settings:
         problems.append(f"{where}.steps: give the number of fine-tuning steps")
     if stage == "export":

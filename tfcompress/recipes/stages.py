@@ -59,12 +59,9 @@ def finetune(model, dataset, steps: int, learning_rate: float = 3e-4, verbose=2)
     return strip_pruning(model)
 
 
-def alpha_text(st: dict) -> str:
+def alpha_text(alpha: float, alpha_end: float | None) -> str:
     """How a distill stage weighed the labels loss, for its note."""
-    alpha = st.get("alpha", 0.5)
-    if "alpha_end" in st:
-        return f" (labels weight {alpha:g} -> {st['alpha_end']:g})"
-    return f" (labels weight {alpha:g})"
+    return f" (labels weight {alpha:g}{'' if alpha_end is None else f' -> {alpha_end:g}'})"
 
 
 @stage("distill")
@@ -114,7 +111,8 @@ def distill_stage(run, st: dict) -> StageResult:
     elif "depth" in spec:
         origin = f"evenly spaced blocks ({spec['depth']:.0%}) of {origin}"
     notes = [f"Distilled `{st['name']}` ({student.count_params():,} params, from {origin}) from "
-             f"`{st['input']}` in {steps} steps{alpha_text(st)}: final soft loss "
+             f"`{st['input']}` in {steps} steps{alpha_text(alpha, st.get('alpha_end'))}: "
+             f"final soft loss "
              f"{history['soft_loss'][-1]:.3f}{', zeros kept' if sparse else ''}."]
     if scores is not None:
         notes.append(f"Block importance of `{source_name}` (1 - cosine of each block's input "
