@@ -15,24 +15,51 @@ CFG = dict(vocab=48, d=32, layers=2, heads=4, kv=2, ff=40, eps=1e-5, base=500.0)
 RNG = np.random.default_rng(0)
 
 
-def random_llama(c=CFG, tied=True):
-    d, hd, f, v = c["d"], c["d"] // c["heads"], c["ff"], c["vocab"]
+GEMMAS = ("gemma", "gemma3")
+
+
+def family_config(family: str) -> dict:
+    """`CFG` adapted to a family: an explicit head width that is not ``d / heads`` where the
+    family allows one, and the RoPE bases KerasHub's Gemma backbones hard-code."""
+    return {"llama": CFG, "qwen2": CFG, "qwen3": dict(CFG, head_dim=12),
+            "gemma": dict(CFG, head_dim=12, base=10_000.0),
+            "gemma3": dict(CFG, head_dim=12, base=1_000_000.0, window=64)}[family]
+
+
+def random_llama(c=CFG, tied=True, family="llama"):
+    """Random Hugging Face-named weights of a ``family`` decoder (llama, qwen2: q/k/v
+    biases, qwen3: q/k norms, gemma: norms stored as ``w`` for ``1 + w``, gemma3: also
+    q/k norms and norms after attention and MLP)."""
+    d, f, v = c["d"], c["ff"], c["vocab"]
+    hd = c.get("head_dim", d // c["heads"])
+    gemma = family in GEMMAS
 
     def r(*shape, scale=0.2):
         return (RNG.standard_normal(shape) * scale).astype(np.float32)
 
-    w = {"model.embed_tokens.weight": r(v, d, scale=1.0), "model.norm.weight": 1 + r(d)}
+    def norm(n):
+        return r(n) if gemma else 1 + r(n)
+
+    w = {"model.embed_tokens.weight": r(v, d, scale=1.0), "model.norm.weight": norm(d)}
     if not tied:
         w["lm_head.weight"] = r(v, d)
     for i in range(c["layers"]):
         p = f"model.layers.{i}."
-        w |= {p + "input_layernorm.weight": 1 + r(d), p + "post_attention_layernorm.weight":
-              1 + r(d), p + "self_attn.q_proj.weight": r(c["heads"] * hd, d),
+        w |= {p + "input_layernorm.weight": norm(d), p + "post_attention_layernorm.weight":
+              norm(d), p + "self_attn.q_proj.weight": r(c["heads"] * hd, d),
               p + "self_attn.k_proj.weight": r(c["kv"] * hd, d),
               p + "self_attn.v_proj.weight": r(c["kv"] * hd, d),
               p + "self_attn.o_proj.weight": r(d, c["heads"] * hd),
               p + "mlp.gate_proj.weight": r(f, d), p + "mlp.up_proj.weight": r(f, d),
               p + "mlp.down_proj.weight": r(d, f)}
+        if family == "qwen2":
+            w |= {p + f"self_attn.{x}_proj.bias": r(n * hd)
+                  for x, n in (("q", c["heads"]), ("k", c["kv"]), ("v", c["kv"]))}
+        if family in ("qwen3", "gemma3"):
+            w |= {p + "self_attn.q_norm.weight": norm(hd), p + "self_attn.k_norm.weight": norm(hd)}
+        if family == "gemma3":
+            w |= {p + "pre_feedforward_layernorm.weight": norm(d),
+                  p + "post_feedforward_layernorm.weight": norm(d)}
     return w
 
 
@@ -42,17 +69,14 @@ def llama_cpp_permute(w, n_head):
             .swapaxes(1, 2).reshape(w.shape))
 
 
-GGUF_BLOCK = {"input_layernorm": "attn_norm", "post_attention_layernorm": "ffn_norm",
-              "self_attn.q_proj": "attn_q", "self_attn.k_proj": "attn_k",
-              "self_attn.v_proj": "attn_v", "self_attn.o_proj": "attn_output",
-              "mlp.gate_proj": "ffn_gate", "mlp.up_proj": "ffn_up", "mlp.down_proj": "ffn_down"}
-
-
-def write_gguf(path, w, c=CFG, arch="llama", drop=(), tokenizer=None, embed_q8=False):
-    """A llama.cpp-style GGUF of HF weights ``w`` (q/k permuted, names converted)."""
+def write_gguf(path, w, c=CFG, arch=None, drop=(), tokenizer=None, embed_q8=False,
+               family="llama"):
+    """A GGUF of HF weights ``w`` as llama.cpp's convert_hf_to_gguf writes a ``family``
+    model: gguf's tensor names, q/k permuted (llama), norms stored as ``1 + w`` (Gemma).
+    ``arch`` (default ``family``) is the architecture written in the metadata."""
     import gguf
 
-    writer = gguf.GGUFWriter(str(path), arch)
+    writer = gguf.GGUFWriter(str(path), arch or family)
     writer.add_block_count(c["layers"])
     writer.add_context_length(64)
     writer.add_embedding_length(c["d"])
@@ -62,6 +86,11 @@ def write_gguf(path, w, c=CFG, arch="llama", drop=(), tokenizer=None, embed_q8=F
     writer.add_layer_norm_rms_eps(c["eps"])
     writer.add_rope_freq_base(c["base"])
     writer.add_vocab_size(c["vocab"])
+    if "head_dim" in c:
+        writer.add_key_length(c["head_dim"])
+        writer.add_value_length(c["head_dim"])
+    if "window" in c:
+        writer.add_sliding_window(c["window"])
     if tokenizer is not None:
         vocab, merges, types, pre = tokenizer
         writer.add_tokenizer_model("gpt2")
@@ -69,22 +98,19 @@ def write_gguf(path, w, c=CFG, arch="llama", drop=(), tokenizer=None, embed_q8=F
         writer.add_token_list(vocab)
         writer.add_token_merges(merges)
         writer.add_token_types(types)
+        writer.add_bos_token_id(len(vocab) - 1)
+        writer.add_eos_token_id(len(vocab) - 1)
+    names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[family.upper()], c["layers"])
     for name, value in w.items():
-        if name == "model.embed_tokens.weight":
-            gname = "token_embd.weight"
-        elif name == "model.norm.weight":
-            gname = "output_norm.weight"
-        elif name == "lm_head.weight":
-            gname = "output.weight"
-        else:
-            i, rest = name.split(".")[2], ".".join(name.split(".")[3:-1])
-            gname = f"blk.{i}.{GGUF_BLOCK[rest]}.weight"
+        gname = names.get_name(name, try_suffixes=(".weight", ".bias"))
         if gname in drop:
             continue
-        if "attn_q" in gname:
+        if family == "llama" and "attn_q.weight" in gname:
             value = llama_cpp_permute(value, c["heads"])
-        elif "attn_k" in gname:
+        elif family == "llama" and "attn_k.weight" in gname:
             value = llama_cpp_permute(value, c["kv"])
+        if family in GEMMAS and name.endswith("norm.weight"):
+            value = value + 1
         if embed_q8 and gname == "token_embd.weight":
             q8 = gguf.GGMLQuantizationType.Q8_0
             writer.add_tensor(gname, gguf.quants.quantize(value, q8),
@@ -108,21 +134,33 @@ def write_hf_folder(folder, config, tensors):
     return folder
 
 
-def hf_llama_config(c=CFG, tied=False):
-    return {"model_type": "llama", "vocab_size": c["vocab"], "hidden_size": c["d"],
-            "num_hidden_layers": c["layers"], "num_attention_heads": c["heads"],
-            "num_key_value_heads": c["kv"], "intermediate_size": c["ff"],
-            "rms_norm_eps": c["eps"], "rope_theta": c["base"], "tie_word_embeddings": tied,
-            "hidden_act": "silu"}
+def hf_llama_config(c=CFG, tied=False, family="llama"):
+    """The ``config.json`` of a Hugging Face ``family`` folder (`random_llama` weights)."""
+    config = {"model_type": family, "vocab_size": c["vocab"], "hidden_size": c["d"],
+              "num_hidden_layers": c["layers"], "num_attention_heads": c["heads"],
+              "num_key_value_heads": c["kv"], "intermediate_size": c["ff"],
+              "rms_norm_eps": c["eps"], "rope_theta": c["base"], "tie_word_embeddings": tied,
+              "hidden_act": "gelu_pytorch_tanh" if family in GEMMAS else "silu",
+              "architectures": [{"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM",
+                                 "qwen3": "Qwen3ForCausalLM", "gemma": "GemmaForCausalLM",
+                                 "gemma3": "Gemma3ForCausalLM"}[family]]}
+    if "head_dim" in c:
+        config["head_dim"] = c["head_dim"]
+    if family in ("qwen2", "qwen3"):
+        config |= {"use_sliding_window": False, "sliding_window": None}
+    if family == "gemma3":
+        config |= {"model_type": "gemma3_text", "sliding_window": c["window"],
+                   "query_pre_attn_scalar": c["head_dim"]}
+    return config
 
 
-def gguf_tokenizer_fields(tokenizer) -> tuple:
-    """``(vocab, merges, token types, pre)`` of a byte-level BPE for `write_gguf`, with one
-    control token ``<|im_start|>`` appended."""
+def gguf_tokenizer_fields(tokenizer, specials=("<|im_start|>",)) -> tuple:
+    """``(vocab, merges, token types, pre)`` of a byte-level BPE for `write_gguf`, with the
+    control tokens ``specials`` appended (the last one is written as BOS and EOS)."""
     spec = json.loads(tokenizer.to_json())["model"]
-    vocab = sorted(spec["vocab"], key=spec["vocab"].get) + ["<|im_start|>"]
+    vocab = sorted(spec["vocab"], key=spec["vocab"].get) + list(specials)
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["merges"]]
-    return vocab, merges, [1] * (len(vocab) - 1) + [3], "gpt2"
+    return vocab, merges, [1] * (len(vocab) - len(specials)) + [3] * len(specials), "gpt2"
 
 
 def write_tiny_gguf(path: str | Path, text: str, layers: int = 4, vocab_size: int = 300) -> Path:

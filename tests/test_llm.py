@@ -1,4 +1,5 @@
-"""Llama / GPT-2 loaders vs an independent NumPy forward pass on tiny checkpoints written here."""
+"""Llama / GPT-2 loaders into our port vs an independent NumPy forward pass on tiny checkpoints
+written here."""
 
 
 import keras
@@ -23,6 +24,7 @@ from llm_checkpoints import (  # noqa: E402
     write_gguf,
     write_hf_folder,
 )
+from llm_reference import np_attend, np_llama  # noqa: E402
 
 from tfcompress.models.loaders import (  # noqa: E402
     gguf_tokenizer,
@@ -33,60 +35,6 @@ from tfcompress.models.loaders import (  # noqa: E402
 )
 
 RNG = np.random.default_rng(0)
-
-
-# ---------------------------------------------------------------- independent NumPy references
-def np_rmsnorm(x, w, eps):
-    return x / np.sqrt((x * x).mean(-1, keepdims=True) + eps) * w
-
-
-def np_softmax(s):
-    e = np.exp(s - s.max(-1, keepdims=True))
-    return e / e.sum(-1, keepdims=True)
-
-
-def np_attend(q, k, v):
-    """q (H, T, hd), k/v (H, T, hd) -> (T, H*hd), causal."""
-    t = q.shape[1]
-    s = q @ k.transpose(0, 2, 1) / np.sqrt(q.shape[-1])
-    s = np.where(np.tril(np.ones((t, t), bool)), s, -np.inf)
-    return (np_softmax(s) @ v).transpose(1, 0, 2).reshape(t, -1)
-
-
-def np_rope(x, base):
-    """x (H, T, hd): rotate pairs (i, i + hd/2) by angle pos * base^(-2i/hd)."""
-    hd = x.shape[-1]
-    half = hd // 2
-    ang = np.arange(x.shape[1])[:, None] * base ** (-2.0 * np.arange(half) / hd)
-    c, s = np.cos(ang), np.sin(ang)
-    a, b = x[..., :half], x[..., half:]
-    return np.concatenate([a * c - b * s, a * s + b * c], -1)
-
-
-def np_llama(w, ids, c=CFG, tied=True):
-    """Forward pass of a Llama model from Hugging Face-named (out, in) weights."""
-    hd = c["d"] // c["heads"]
-    x = w["model.embed_tokens.weight"][ids]
-    for i in range(c["layers"]):
-        p = f"model.layers.{i}."
-        h = np_rmsnorm(x, w[p + "input_layernorm.weight"], c["eps"])
-
-        def heads(name, n, h=h, p=p):
-            return (h @ w[p + name].T).reshape(len(ids), n, hd).transpose(1, 0, 2)
-
-        q = np_rope(heads("self_attn.q_proj.weight", c["heads"]), c["base"])
-        k = np_rope(heads("self_attn.k_proj.weight", c["kv"]), c["base"])
-        v = heads("self_attn.v_proj.weight", c["kv"])
-        group = c["heads"] // c["kv"]
-        k, v = k[np.arange(c["heads"]) // group], v[np.arange(c["heads"]) // group]
-        x = x + np_attend(q, k, v) @ w[p + "self_attn.o_proj.weight"].T
-        h = np_rmsnorm(x, w[p + "post_attention_layernorm.weight"], c["eps"])
-        gate = h @ w[p + "mlp.gate_proj.weight"].T
-        up = h @ w[p + "mlp.up_proj.weight"].T
-        x = x + (gate / (1 + np.exp(-gate)) * up) @ w[p + "mlp.down_proj.weight"].T
-    x = np_rmsnorm(x, w["model.norm.weight"], c["eps"])
-    head = w["model.embed_tokens.weight"] if tied else w["lm_head.weight"]
-    return x @ head.T
 
 
 IDS = RNG.integers(0, CFG["vocab"], 11)

@@ -1,11 +1,12 @@
-"""Llama-architecture GGUF files (llama.cpp) -> Keras 3 `build_llama` models, and tokenizers.
+"""GGUF files (llama.cpp) -> Keras 3 models (our `build_llama` port, or KerasHub), tokenizers.
 
 Quantized tensors (Q4_1, Q8_0, ...) are dequantized to float32 with the PyPI ``gguf`` package,
 one tensor at a time. llama.cpp's converter permutes the rows of ``attn_q`` / ``attn_k`` so
 its interleaved RoPE matches Hugging Face's half-split one; `unpermute_qk` undoes that.
 
 Example:
-    >>> model = load_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")
+    >>> model = load_gguf("SmolLM2-135M-Instruct.Q4_1.gguf")                 # build_llama
+    >>> causal_lm = load_gguf("qwen2.5-0.5b.gguf", into="keras_hub")          # QwenCausalLM
     >>> tokenizer = gguf_tokenizer("SmolLM2-135M-Instruct.Q4_1.gguf")
 """
 
@@ -20,16 +21,10 @@ from tfcompress.core.validation import check_input_file
 from tfcompress.errors import TfcompressError
 from tfcompress.models.llama import LlamaConfig, assign_weights, build_llama, hf_llama_names
 
-ARCHITECTURES = ("llama",)
+ARCHITECTURES = ("llama",)  # into="port"
+INTO = ("port", "keras_hub")
 # token_type values in GGUF metadata (llama.cpp's llama_token_type)
 CONTROL, USER_DEFINED = 3, 4
-
-_BLOCK_NAMES = {
-    "attn_norm": "input_layernorm", "ffn_norm": "post_attention_layernorm",
-    "attn_q": "self_attn.q_proj", "attn_k": "self_attn.k_proj", "attn_v": "self_attn.v_proj",
-    "attn_output": "self_attn.o_proj", "ffn_gate": "mlp.gate_proj", "ffn_up": "mlp.up_proj",
-    "ffn_down": "mlp.down_proj",
-}
 
 
 def unpermute_qk(weight: np.ndarray, n_heads: int) -> np.ndarray:
@@ -46,17 +41,21 @@ def unpermute_qk(weight: np.ndarray, n_heads: int) -> np.ndarray:
             .swapaxes(1, 2).reshape(weight.shape))
 
 
-def hf_to_gguf_name(name: str) -> str:
-    """``model.layers.3.self_attn.q_proj.weight`` -> ``blk.3.attn_q.weight`` (and globals)."""
-    fixed = {"model.embed_tokens.weight": "token_embd.weight",
-             "model.norm.weight": "output_norm.weight", "lm_head.weight": "output.weight"}
-    if name in fixed:
-        return fixed[name]
-    for short, long in _BLOCK_NAMES.items():
-        prefix, dot, rest = name.partition(f".{long}.")
-        if dot and prefix.startswith("model.layers."):
-            return f"blk.{prefix.rsplit('.', 1)[1]}.{short}.{rest}"
-    raise TfcompressError(f"no GGUF name for tensor {name!r}")
+def gguf_name_map(arch: str, n_layers: int):
+    """``gguf``'s Hugging Face -> GGUF tensor name map for ``arch`` (the one llama.cpp's
+    converter uses): ``.get_name("model.layers.3.self_attn.q_proj.weight",
+    try_suffixes=(".weight", ".bias"))`` is ``"blk.3.attn_q.weight"``."""
+    gguf = require("gguf", extra="llm", feature="reading a GGUF file")
+
+    return gguf.get_tensor_name_map(gguf.MODEL_ARCH[arch.upper()], n_layers)
+
+
+def dequantized(tensor) -> np.ndarray:
+    """A tensor of a ``GGUFReader`` as float32 in its row-major ``(out, in)`` shape."""
+    gguf = require("gguf", extra="llm", feature="reading a GGUF file")
+
+    w = gguf.quants.dequantize(tensor.data, tensor.tensor_type).astype(np.float32)
+    return w.reshape([int(n) for n in reversed(tensor.shape)])  # ggml lists dims inner first
 
 
 def _reader(path: str | Path):
@@ -106,14 +105,23 @@ def gguf_config(path_or_reader) -> LlamaConfig:
     )
 
 
-def load_gguf(path: str | Path, name: str = "llama"):
-    """A float32 Keras `build_llama` model with the weights of a Llama GGUF file.
+def load_gguf(path: str | Path, name: str | None = None, into: str = "port"):
+    """A float32 Keras model with the weights of a GGUF file.
+
+    ``into="port"`` (default): our `build_llama` model, for ``llama`` files (named ``name``,
+    default ``"llama"``). ``into="keras_hub"``: a KerasHub ``CausalLM`` for ``llama``,
+    ``qwen2``, ``qwen3``, ``gemma`` and ``gemma3`` files, with its preprocessor where the
+    file's tokenizer allows (see `load_gguf_causal_lm`).
 
     Raises `TfcompressError` naming the tensor when one is missing or has the wrong shape,
-    or naming the architecture when the file is not a Llama model.
+    or naming the architecture when the file is not one ``into`` reads.
     """
-    gguf = require("gguf", extra="llm", feature="load_gguf")
+    if into not in INTO:
+        raise TfcompressError(f"into must be one of {INTO}, got {into!r}")
+    if into == "keras_hub":
+        from tfcompress.models.loaders.kerashub import load_gguf_causal_lm
 
+        return load_gguf_causal_lm(path, name=name)
     reader = _reader(path)
     cfg = gguf_config(reader)
     by_name = {t.name: t for t in reader.tensors}
@@ -122,16 +130,17 @@ def load_gguf(path: str | Path, name: str = "llama"):
         t = by_name.get(gguf_name)
         if t is None:
             return None
-        w = gguf.quants.dequantize(t.data, t.tensor_type).astype(np.float32)
-        w = w.reshape([int(n) for n in reversed(t.shape)])  # ggml lists dims innermost first
+        w = dequantized(t)
         if gguf_name.endswith("attn_q.weight"):
             w = unpermute_qk(w, cfg.n_heads)
         elif gguf_name.endswith("attn_k.weight"):
             w = unpermute_qk(w, cfg.n_kv_heads)
         return w
 
-    model = build_llama(cfg, name=name)
-    names = {hf_to_gguf_name(k): v for k, v in hf_llama_names(cfg).items()}
+    model = build_llama(cfg, name=name or "llama")
+    to_gguf = gguf_name_map("llama", cfg.n_layers)
+    names = {to_gguf.get_name(k, try_suffixes=(".weight",)): v
+             for k, v in hf_llama_names(cfg).items()}
     assign_weights(model, tensor, names, source=f"GGUF file {Path(path).name!r}")
     return model
 

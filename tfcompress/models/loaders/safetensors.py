@@ -1,7 +1,8 @@
 """Hugging Face-format folders (``config.json`` + ``*.safetensors``) -> Keras 3 models.
 
 ``model_type`` ``llama`` (and Llama-shaped ``mistral`` without sliding windows) builds
-`build_llama`; ``gpt2`` builds `build_gpt` (tied head, tanh-approximate GELU as in GPT-2).
+`build_llama`; ``gpt2`` builds `build_gpt` (tied head, tanh-approximate GELU as in GPT-2);
+``into="keras_hub"`` hands the folder to KerasHub's own converter (`load_hf_causal_lm`).
 Tensors are read one at a time with the ``safetensors`` package; nothing is downloaded.
 
 Example:
@@ -120,12 +121,26 @@ def gpt2_config_from_hf(config: dict) -> GPTConfig:
                      layer_norm_epsilon=config.get("layer_norm_epsilon", 1e-5))
 
 
-def load_safetensors(folder: str | Path, name: str | None = None) -> keras.Model:
+def load_safetensors(folder: str | Path, name: str | None = None,
+                     into: str = "port") -> keras.Model:
     """A float32 Keras model with the weights of a local Hugging Face-format folder.
+
+    ``into="port"`` (default): our `build_llama` / `build_gpt` model (``llama``, ``mistral``,
+    ``gpt2``). ``into="keras_hub"``: the KerasHub ``CausalLM`` that KerasHub's own converter
+    makes (``llama``, ``qwen2``, ``qwen3``, ``gemma``, ``gemma3_text``), folder checked first
+    (see `load_hf_causal_lm`).
 
     Raises `TfcompressError` naming the ``model_type`` when it is not supported, and naming
     the tensor when one is missing or has the wrong shape.
     """
+    from tfcompress.models.loaders.gguf import INTO
+
+    if into not in INTO:
+        raise TfcompressError(f"into must be one of {INTO}, got {into!r}")
+    if into == "keras_hub":
+        from tfcompress.models.loaders.kerashub import load_hf_causal_lm
+
+        return load_hf_causal_lm(folder, name=name)
     config = read_config(folder)
     kind = config.get("model_type")
     if kind not in LLAMA_TYPES + GPT2_TYPES:
