@@ -20,10 +20,14 @@ GEMMAS = ("gemma", "gemma3")
 
 def family_config(family: str) -> dict:
     """`CFG` adapted to a family: an explicit head width that is not ``d / heads`` where the
-    family allows one, and the RoPE bases KerasHub's Gemma backbones hard-code."""
-    return {"llama": CFG, "qwen2": CFG, "qwen3": dict(CFG, head_dim=12),
-            "gemma": dict(CFG, head_dim=12, base=10_000.0),
-            "gemma3": dict(CFG, head_dim=12, base=1_000_000.0, window=64)}[family]
+    family allows one, the RoPE bases KerasHub's Gemma backbones hard-code, and an RMSNorm
+    epsilon large enough that a loader dropping it changes the logits. Qwen3 and the Gemmas
+    keep the small ones KerasHub 0.32 fixes in some of their norms (Qwen3's q/k norms 1e-5,
+    Gemma's decoder blocks and Gemma3's q/k norms 1e-6)."""
+    c = dict(CFG, eps=0.05)
+    return {"llama": c, "qwen2": c, "qwen3": dict(c, head_dim=12, eps=1e-5),
+            "gemma": dict(c, head_dim=12, base=10_000.0, eps=1e-6),
+            "gemma3": dict(c, head_dim=12, base=1_000_000.0, window=64, eps=1e-6)}[family]
 
 
 def random_llama(c=CFG, tied=True, family="llama"):

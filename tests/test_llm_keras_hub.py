@@ -61,9 +61,10 @@ def test_gguf_and_hf_folder_into_keras_hub_match_numpy(tmp_path, family):
 def test_gguf_bpe_tokenizer_becomes_the_kerashub_preprocessor(tmp_path, family):
     from tfcompress.data import BPETokenizer
 
-    text = "It is a truth universally acknowledged, that a single man in possession."
+    text = "It is a truth universally acknowledged, that a single man in possession 1818."
     fields = gguf_tokenizer_fields(BPETokenizer.train([text] * 20, vocab_size=300),
                                    specials=("<|endoftext|>", "<|im_start|>"))
+    fields = (*fields[:3], "qwen2" if family == "qwen2" else "gpt2")  # llama.cpp's pre names
     c = dict(family_config(family), vocab=len(fields[0]))
     path = write_gguf(tmp_path / "t.gguf", random_llama(c, family=family), c, family=family,
                       tokenizer=fields)
@@ -73,6 +74,8 @@ def test_gguf_bpe_tokenizer_becomes_the_kerashub_preprocessor(tmp_path, family):
     np.testing.assert_array_equal(hub_ids, gguf_tokenizer(path).encode(sample))
     if family == "llama":  # the GGUF's BOS / EOS ids are KerasHub's start / end tokens
         assert causal_lm.preprocessor.tokenizer.start_token_id == len(fields[0]) - 1
+    else:  # Qwen2's split: one digit per piece
+        assert len(gguf_tokenizer(path).encode("1818")) == 4
 
 
 def test_bad_gguf_files_and_settings_raise_before_loading(tmp_path):

@@ -25,6 +25,9 @@ ARCHITECTURES = ("llama",)  # into="port"
 INTO = ("port", "keras_hub")
 # token_type values in GGUF metadata (llama.cpp's llama_token_type)
 CONTROL, USER_DEFINED = 3, 4
+# Qwen2's pre-tokenizer split (its tokenizer.json; llama.cpp's LLAMA_VOCAB_PRE_TYPE_QWEN2)
+QWEN2_SPLIT = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+"
+               r"[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
 
 
 def unpermute_qk(weight: np.ndarray, n_heads: int) -> np.ndarray:
@@ -150,9 +153,10 @@ def gguf_tokenizer(path: str | Path):
 
     Control and user-defined tokens (``<|im_start|>`` ...) become special tokens. The
     pre-tokenizer follows ``tokenizer.ggml.pre`` (``smollm``: single digits, then GPT-2's
-    byte-level split; ``gpt2`` / ``default``: GPT-2's split).
+    byte-level split; ``gpt2`` / ``default``: GPT-2's split; ``qwen2``: Qwen2's regex, one
+    digit per piece, then byte-level).
     """
-    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, pre_tokenizers
 
     from tfcompress.data.tokenizers import BPETokenizer
 
@@ -163,17 +167,27 @@ def gguf_tokenizer(path: str | Path):
                               "('gpt2') tokenizers are supported")
     pre = _field(reader, "tokenizer.ggml.pre", "default", required=False)
     byte_level = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    qwen2 = pre_tokenizers.Split(Regex(QWEN2_SPLIT), behavior="isolated")
     splitters = {"smollm": [pre_tokenizers.Digits(individual_digits=True), byte_level],
-                 "gpt2": [byte_level], "default": [byte_level]}
+                 "gpt2": [byte_level], "default": [byte_level],
+                 "qwen2": [qwen2, pre_tokenizers.ByteLevel(add_prefix_space=False,
+                                                           use_regex=False)]}
     if pre not in splitters:
         raise TfcompressError(f"GGUF tokenizer.ggml.pre {pre!r} is not supported: "
                               f"choose one of {sorted(splitters)}")
-    tokens = _field(reader, "tokenizer.ggml.tokens")
-    merges = [tuple(m.split(" ", 1)) for m in _field(reader, "tokenizer.ggml.merges")]
-    types = _field(reader, "tokenizer.ggml.token_type", [1] * len(tokens), required=False)
-    tok = Tokenizer(models.BPE({t: i for i, t in enumerate(tokens)}, merges))
+    vocab, merges, special = bpe_vocabulary(reader)
+    tok = Tokenizer(models.BPE(vocab, [tuple(m.split(" ", 1)) for m in merges]))
     tok.pre_tokenizer = pre_tokenizers.Sequence(splitters[pre])
     tok.decoder = decoders.ByteLevel()
-    special = [t for t, ty in zip(tokens, types, strict=True) if ty in (CONTROL, USER_DEFINED)]
     tok.add_special_tokens([AddedToken(t, special=True) for t in special])
     return BPETokenizer(tok)
+
+
+def bpe_vocabulary(reader) -> tuple[dict[str, int], list[str], list[str]]:
+    """``(token -> id, merges "a b", special tokens)`` of a GGUF byte-level BPE tokenizer;
+    control and user-defined tokens are the special ones."""
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    types = _field(reader, "tokenizer.ggml.token_type", [1] * len(tokens), required=False)
+    special = [t for t, ty in zip(tokens, types, strict=True) if ty in (CONTROL, USER_DEFINED)]
+    return ({t: i for i, t in enumerate(tokens)}, list(_field(reader, "tokenizer.ggml.merges")),
+            special)

@@ -29,9 +29,9 @@ from tfcompress.errors import TfcompressError
 from tfcompress.models.loaders.gguf import (
     _field,
     _reader,
+    bpe_vocabulary,
     dequantized,
     gguf_name_map,
-    gguf_tokenizer,
     unpermute_qk,
 )
 from tfcompress.models.loaders.safetensors import read_config
@@ -239,18 +239,21 @@ def load_gguf_causal_lm(path: str | Path, preprocessor: bool = True, name: str |
 
 
 def _hub_bpe_tokenizer(path, reader, converter, task_cls):
-    """The family's KerasHub tokenizer, made by KerasHub's converter from the
-    ``tokenizer.json`` of `gguf_tokenizer` (and the GGUF's BOS/EOS for Llama 3)."""
+    """The family's KerasHub tokenizer, made by KerasHub's converter from a
+    ``tokenizer.json`` holding the GGUF's vocabulary, merges and special tokens (and a
+    ``tokenizer_config.json`` with its BOS/EOS, which the Llama 3 one reads)."""
+    vocab, merges, special = bpe_vocabulary(reader)
     tokens = _field(reader, "tokenizer.ggml.tokens")
-    special = {}
+    roles = {}
     for role in ("bos", "eos"):
         token_id = _field(reader, f"tokenizer.ggml.{role}_token_id", required=False)
         if token_id is not None:
-            special[f"{role}_token"] = tokens[int(token_id)]
+            roles[f"{role}_token"] = tokens[int(token_id)]
+    spec = {"model": {"type": "BPE", "vocab": vocab, "merges": merges},
+            "added_tokens": [{"id": vocab[t], "content": t, "special": True} for t in special]}
     with tempfile.TemporaryDirectory() as folder:
-        Path(folder, "tokenizer.json").write_text(gguf_tokenizer(path).to_json(),
-                                                  encoding="utf-8")
-        Path(folder, "tokenizer_config.json").write_text(json.dumps(special), encoding="utf-8")
+        Path(folder, "tokenizer.json").write_text(json.dumps(spec), encoding="utf-8")
+        Path(folder, "tokenizer_config.json").write_text(json.dumps(roles), encoding="utf-8")
         with reading(path, "a GGUF tokenizer KerasHub can build (BOS/EOS token ids missing?)"):
             return converter.convert_tokenizer(task_cls.preprocessor_cls.tokenizer_cls, folder)
 
