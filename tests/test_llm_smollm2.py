@@ -42,3 +42,20 @@ def test_smollm2_perplexity_on_austen_and_fluent_generation():
     words = tok.decode(generate(lambda x: model(x).numpy(), prompt, 4)[len(prompt):]).lower()
     assert "paris" in words
     assert np.isfinite(result["nll"])
+
+
+def test_smollm2_as_a_kerashub_llama_causal_lm_scores_the_same_perplexity():
+    keras_hub = pytest.importorskip("keras_hub", reason="keras-hub is in the [test] extra")
+    from tfcompress.data import bundled_corpus
+    from tfcompress.evaluate import keras_forward
+    from tfcompress.models import causal_lm_perplexity
+    from tfcompress.models.loaders import gguf_tokenizer, load_gguf
+
+    causal_lm = load_gguf(smollm2_path(), into="keras_hub")
+    assert isinstance(causal_lm, keras_hub.models.LlamaCausalLM)
+    assert causal_lm.backbone.count_params() == 134_515_008
+    ids = gguf_tokenizer(smollm2_path()).encode(bundled_corpus("austen")["test"][:20_000])[:2049]
+    result = causal_lm_perplexity(keras_forward(causal_lm), ids, window=256)
+    assert result["tokens"] == 2048
+    assert result["perplexity"] == pytest.approx(45.01, abs=0.01)
+    assert "Paris" in causal_lm.generate("The capital of France is", max_length=12)
