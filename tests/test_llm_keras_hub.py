@@ -57,6 +57,20 @@ def test_gguf_and_hf_folder_into_keras_hub_match_numpy(tmp_path, family):
     np.testing.assert_allclose(logits(from_hf, IDS), expected, rtol=1e-4, atol=1e-4)
 
 
+def test_a_kerashub_preset_folder_loads_back_with_the_same_logits(tmp_path):
+    # qwen2, tied: KerasHub 0.32's LlamaBackbone leaves tie_word_embeddings out of its config,
+    # so a tied Llama (SmolLM2) does not load back from save_to_preset / .keras
+    c = family_config("qwen2")
+    w = random_llama(c, tied=True, family="qwen2")
+    causal_lm = load_gguf(write_gguf(tmp_path / "m.gguf", w, c, family="qwen2"),
+                          into="keras_hub")
+    causal_lm.save_to_preset(str(tmp_path / "preset"))
+    again = load_hf_causal_lm(tmp_path / "preset", preprocessor=False)
+    np.testing.assert_array_equal(logits(again, IDS), logits(causal_lm, IDS))
+    np.testing.assert_allclose(logits(again, IDS), np_llama(w, IDS, c, family="qwen2"),
+                               rtol=1e-4, atol=1e-4)
+
+
 @pytest.mark.parametrize("family", ["llama", "qwen2"])
 def test_gguf_bpe_tokenizer_becomes_the_kerashub_preprocessor(tmp_path, family):
     from tfcompress.data import BPETokenizer
@@ -107,10 +121,12 @@ def test_bad_hf_folders_and_preset_names_raise_before_loading(tmp_path):
     c = family_config("qwen2")
     w = random_llama(c, tied=True, family="qwen2")
     config = hf_llama_config(c, True, "qwen2")
-    for name in ("smollm2_135m_en", "hf://HuggingFaceTB/SmolLM2-135M"):
+    for name in ("qwen2.5_0.5b_en", "hf://HuggingFaceTB/SmolLM2-135M"):
         with pytest.raises(TfcompressError, match="needs a download; tfcompress loads offline: "
                                                   "pass a local preset folder"):
             load_safetensors(name, into="keras_hub")
+    with pytest.raises(TfcompressError, match="folder 'no_such_folder' does not exist"):
+        load_safetensors("no_such_folder", into="keras_hub")
     folder = write_hf_folder(tmp_path / "a", config, w)
     with pytest.raises(TfcompressError, match="has no tokenizer.json, which KerasHub's qwen2 "
                                               "tokenizer needs; pass preprocessor=False"):

@@ -7,6 +7,8 @@ Hugging Face names (``gguf``'s own name map), dequantized one at a time, with wh
 ``convert_hf_to_gguf.py`` changed undone: the q/k row permutation of ``llama``, the
 ``1 + w`` RMSNorm weights of ``gemma`` and ``gemma3``. A GGUF holding a byte-level BPE
 tokenizer also gets the family's KerasHub preprocessor, built from its vocabulary and merges.
+KerasHub keeps those converters under ``keras_hub.src`` (not its public API): this module is
+written against keras-hub 0.32 (``constraints.txt``), and the loader tests fail if they move.
 
 Example:
     >>> lm = load_gguf_causal_lm("SmolLM2-135M-Instruct.Q4_1.gguf")   # Llama3CausalLM
@@ -60,9 +62,13 @@ HF_FAMILIES = {f.model_type: f for f in GGUF_FAMILIES.values()}
 GEMMA_ROPE, GEMMA3_ROPE = 10_000.0, (10_000.0, 1_000_000.0)
 
 
+def _keras_hub():
+    return require("keras_hub", extra="test", feature="loading into KerasHub classes")
+
+
 def _converter(model_type: str):
     """KerasHub's Hugging Face converter module for ``model_type`` (its own dispatch)."""
-    require("keras_hub", extra="test", feature="loading into KerasHub classes")
+    _keras_hub()
     from keras_hub.src.utils.transformers.preset_loader import TransformersPresetLoader
 
     return TransformersPresetLoader(None, {"model_type": model_type}).converter
@@ -70,10 +76,14 @@ def _converter(model_type: str):
 
 def _task_class(backbone_cls):
     """The ``CausalLM`` subclass KerasHub pairs with ``backbone_cls`` (as ``from_preset``)."""
-    import keras_hub
     from keras_hub.src.utils.preset_utils import find_subclass
 
-    return find_subclass(backbone_cls.__name__, keras_hub.models.CausalLM, backbone_cls)
+    return find_subclass(backbone_cls.__name__, _keras_hub().models.CausalLM, backbone_cls)
+
+
+def _builtin_presets() -> dict:
+    """KerasHub's built-in ``CausalLM`` preset names (all hosted online)."""
+    return _keras_hub().models.CausalLM.presets
 
 
 def backbone_kwargs(hf_config: dict) -> dict:
@@ -268,7 +278,7 @@ def check_hub_preset(preset: str | Path, preprocessor: bool = True) -> dict:
     files KerasHub's converter reads.
     """
     if isinstance(preset, str) and not Path(preset).exists() and (
-            "://" in preset or "/" not in preset):
+            "://" in preset or preset in _builtin_presets()):
         raise TfcompressError(f"preset {preset!r} is a KerasHub preset name or remote handle, "
                               "which needs a download; tfcompress loads offline: pass a local "
                               "preset folder (a Hugging Face folder with config.json and "
@@ -302,8 +312,6 @@ def load_hf_causal_lm(preset: str | Path, preprocessor: bool = True, name: str |
     """A KerasHub ``CausalLM`` from a local folder by ``CausalLM.from_preset``, checked first
     (`check_hub_preset`). The backbone gets the folder's ``rms_norm_eps`` where KerasHub's
     converter leaves it out (``llama``, ``gemma``)."""
-    import keras_hub
-
     config = check_hub_preset(preset, preprocessor)
     kwargs = {} if preprocessor else {"preprocessor": None}
     kwargs |= {"name": name} if name else {}
@@ -313,4 +321,4 @@ def load_hf_causal_lm(preset: str | Path, preprocessor: bool = True, name: str |
             eps = backbone_kwargs(config).get("layer_norm_epsilon")
             kwargs["backbone"] = backbone_cls.from_preset(
                 str(preset), **({"layer_norm_epsilon": eps} if eps is not None else {}))
-        return keras_hub.models.CausalLM.from_preset(str(preset), **kwargs)
+        return _keras_hub().models.CausalLM.from_preset(str(preset), **kwargs)
