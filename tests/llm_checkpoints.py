@@ -74,10 +74,12 @@ def llama_cpp_permute(w, n_head):
 
 
 def write_gguf(path, w, c=CFG, arch=None, drop=(), tokenizer=None, embed_q8=False,
-               family="llama"):
+               family="llama", sentencepiece=None):
     """A GGUF of HF weights ``w`` as llama.cpp's convert_hf_to_gguf writes a ``family``
     model: gguf's tensor names, q/k permuted (llama), norms stored as ``1 + w`` (Gemma).
-    ``arch`` (default ``family``) is the architecture written in the metadata."""
+    ``arch`` (default ``family``) is the architecture written in the metadata; ``tokenizer``
+    (`gguf_tokenizer_fields`) or ``sentencepiece`` (a serialized SentencePiece model) the
+    tokenizer, as llama.cpp stores each."""
     import gguf
 
     writer = gguf.GGUFWriter(str(path), arch or family)
@@ -104,6 +106,21 @@ def write_gguf(path, w, c=CFG, arch=None, drop=(), tokenizer=None, embed_q8=Fals
         writer.add_token_types(types)
         writer.add_bos_token_id(len(vocab) - 1)
         writer.add_eos_token_id(len(vocab) - 1)
+    if sentencepiece is not None:
+        from sentencepiece import SentencePieceProcessor
+
+        sp = SentencePieceProcessor(model_proto=sentencepiece)
+        ids = range(sp.get_piece_size())
+        writer.add_tokenizer_model("llama")
+        writer.add_token_list([sp.id_to_piece(i) for i in ids])
+        writer.add_token_scores([sp.get_score(i) for i in ids])
+        writer.add_token_types([6 if sp.is_byte(i) else 3 if sp.is_control(i) else 2
+                                if sp.is_unknown(i) else 1 for i in ids])
+        writer.add_add_space_prefix(False)
+        writer.add_bos_token_id(sp.bos_id())
+        writer.add_eos_token_id(sp.eos_id())
+        writer.add_unk_token_id(sp.unk_id())
+        writer.add_pad_token_id(sp.pad_id())
     names = gguf.get_tensor_name_map(gguf.MODEL_ARCH[family.upper()], c["layers"])
     for name, value in w.items():
         gname = names.get_name(name, try_suffixes=(".weight", ".bias"))
@@ -165,6 +182,23 @@ def gguf_tokenizer_fields(tokenizer, specials=("<|im_start|>",)) -> tuple:
     vocab = sorted(spec["vocab"], key=spec["vocab"].get) + list(specials)
     merges = [m if isinstance(m, str) else " ".join(m) for m in spec["merges"]]
     return vocab, merges, [1] * (len(vocab) - len(specials)) + [3] * len(specials), "gpt2"
+
+
+def gemma_sentencepiece(text: str, vocab_size: int = 300) -> bytes:
+    """A serialized BPE SentencePiece model trained on ``text`` with Gemma's settings (byte
+    fallback, no normalization or dummy prefix, ``<pad> <eos> <bos> <unk>`` as ids 0-3)."""
+    import io
+
+    from sentencepiece import SentencePieceTrainer
+
+    model = io.BytesIO()
+    SentencePieceTrainer.train(
+        sentence_iterator=iter(text.splitlines()), model_writer=model, model_type="bpe",
+        vocab_size=vocab_size, byte_fallback=True, add_dummy_prefix=False,
+        normalization_rule_name="identity", remove_extra_whitespaces=False, pad_id=0,
+        eos_id=1, bos_id=2, unk_id=3, pad_piece="<pad>", eos_piece="<eos>",
+        bos_piece="<bos>", unk_piece="<unk>", minloglevel=2)
+    return model.getvalue()
 
 
 def write_tiny_gguf(path: str | Path, text: str, layers: int = 4, vocab_size: int = 300) -> Path:

@@ -14,6 +14,7 @@ keras_hub = pytest.importorskip("keras_hub", reason="keras-hub is in the [test] 
 
 from llm_checkpoints import (  # noqa: E402
     family_config,
+    gemma_sentencepiece,
     gguf_tokenizer_fields,
     hf_llama_config,
     random_llama,
@@ -90,6 +91,24 @@ def test_gguf_bpe_tokenizer_becomes_the_kerashub_preprocessor(tmp_path, family):
         assert causal_lm.preprocessor.tokenizer.start_token_id == len(fields[0]) - 1
     else:  # Qwen2's split: one digit per piece
         assert len(gguf_tokenizer(path).encode("1818")) == 4
+
+
+@pytest.mark.parametrize("family", ["gemma", "gemma3"])
+def test_gguf_sentencepiece_becomes_the_kerashub_gemma_tokenizer(tmp_path, family):
+    from sentencepiece import SentencePieceProcessor
+
+    text = "\n".join(["It is a truth universally acknowledged, that a single man in "
+                      "possession of a good fortune, must be in want of a wife."] * 30)
+    model = gemma_sentencepiece(text)
+    c = dict(family_config(family), vocab=SentencePieceProcessor(model_proto=model).vocab_size())
+    path = write_gguf(tmp_path / "g.gguf", random_llama(c, family=family), c, family=family,
+                      sentencepiece=model)
+    causal_lm = load_gguf(path, into="keras_hub")
+    sample = "a single truth, acknowledged in Ürümqi 42"  # unseen letters: byte fallback
+    expected = SentencePieceProcessor(model_proto=model).encode(sample)
+    assert expected.count(3) == 0 and max(expected) < c["vocab"]
+    np.testing.assert_array_equal(causal_lm.preprocessor.tokenizer(sample), expected)
+    assert causal_lm.preprocessor.tokenizer.start_token_id == 2
 
 
 def test_bad_gguf_files_and_settings_raise_before_loading(tmp_path):

@@ -5,8 +5,8 @@ Both go through KerasHub's own Hugging Face converters (the code behind
 ``config.json`` dict that converter reads, and its tensors are served to it under their
 Hugging Face names (``gguf``'s own name map), dequantized one at a time, with what llama.cpp's
 ``convert_hf_to_gguf.py`` changed undone: the q/k row permutation of ``llama``, the
-``1 + w`` RMSNorm weights of ``gemma`` and ``gemma3``. A GGUF holding a byte-level BPE
-tokenizer also gets the family's KerasHub preprocessor, built from its vocabulary and merges.
+``1 + w`` RMSNorm weights of ``gemma`` and ``gemma3``. The GGUF's tokenizer becomes the
+family's KerasHub preprocessor (byte-level BPE: vocabulary and merges; Gemma: SentencePiece).
 KerasHub keeps those converters under ``keras_hub.src`` (not its public API): this module is
 written against keras-hub 0.32 (``constraints.txt``), and the loader tests fail if they move.
 
@@ -18,6 +18,7 @@ Example:
 
 from __future__ import annotations
 
+import inspect
 import json
 import tempfile
 from dataclasses import dataclass
@@ -58,6 +59,7 @@ GGUF_FAMILIES = {
     "gemma3": Family("gemma3_text", (("tokenizer.model", "tokenizer.json"),), norm_shift=1.0),
 }
 HF_FAMILIES = {f.model_type: f for f in GGUF_FAMILIES.values()}
+BYTE = 6  # GGUF (and SentencePiece) token type of a <0xNN> byte piece
 # RoPE bases KerasHub's Gemma backbones hard-code (Gemma3: local layers, global layers)
 GEMMA_ROPE, GEMMA3_ROPE = 10_000.0, (10_000.0, 1_000_000.0)
 
@@ -224,9 +226,10 @@ def load_gguf_causal_lm(path: str | Path, preprocessor: bool = True, name: str |
     ``general.architecture`` ``llama`` gives a ``Llama3CausalLM`` (a ``LlamaCausalLM``; its
     byte-level BPE tokenizer is KerasHub's Llama 3 one), ``qwen2`` a ``QwenCausalLM``
     (``Qwen2CausalLM``), ``qwen3`` a ``Qwen3CausalLM``, ``gemma`` a ``GemmaCausalLM`` and
-    ``gemma3`` a ``Gemma3CausalLM`` (text only). With ``preprocessor`` and a byte-level BPE
-    tokenizer in the file, the model carries the family's preprocessor; Gemma files hold a
-    SentencePiece vocabulary, so they come without one (token ids in, logits out).
+    ``gemma3`` a ``Gemma3CausalLM`` (text only). With ``preprocessor`` the model carries the
+    family's KerasHub preprocessor: from the file's byte-level BPE vocabulary and merges
+    (llama, qwen2, qwen3), or from its SentencePiece pieces, scores and types (gemma,
+    gemma3; `sentencepiece_proto`). A SentencePiece Llama (Llama 2) comes without one.
     Raises `TfcompressError` before building anything for a file, architecture or setting
     it cannot map, and naming the tensor when one is missing, misshapen or left over.
     """
@@ -236,8 +239,15 @@ def load_gguf_causal_lm(path: str | Path, preprocessor: bool = True, name: str |
     task_cls = _task_class(converter.backbone_cls)
     tensors = GGUFTensors(reader, config)
     tokenizer = None
-    if preprocessor and _field(reader, "tokenizer.ggml.model", required=False) == "gpt2":
+    kind = _field(reader, "tokenizer.ggml.model", required=False) if preprocessor else None
+    tokenizer_cls = task_cls.preprocessor_cls.tokenizer_cls
+    if kind == "gpt2":
         tokenizer = _hub_bpe_tokenizer(path, reader, converter, task_cls)
+    elif kind == "llama" and "proto" in inspect.signature(tokenizer_cls).parameters:
+        # Gemma3Tokenizer: text only, as the Gemma3CausalLM built here
+        extra = {"has_vision_tokens": False} if config["model_type"] == "gemma3_text" else {}
+        with reading(path, "a GGUF SentencePiece tokenizer"):
+            tokenizer = tokenizer_cls(proto=sentencepiece_proto(reader), **extra)
     backbone = converter.backbone_cls(**backbone_kwargs(config))
     converter.convert_weights(backbone, tensors, config)
     if tensors.unread():
@@ -246,6 +256,35 @@ def load_gguf_causal_lm(path: str | Path, preprocessor: bool = True, name: str |
                               f"{tensors.unread()}")
     pre = task_cls.preprocessor_cls(tokenizer) if tokenizer is not None else None
     return task_cls(backbone=backbone, preprocessor=pre, **({"name": name} if name else {}))
+
+
+def sentencepiece_proto(reader) -> bytes:
+    """The serialized SentencePiece model of a GGUF SentencePiece (``llama``) tokenizer.
+
+    llama.cpp copies every piece with its score and type (the numbering is SentencePiece's)
+    from ``tokenizer.model``; with BPE, byte fallback when the vocabulary has byte pieces,
+    no normalization, whitespace as ``▁`` and a dummy prefix as ``add_space_prefix`` says
+    (llama.cpp's default: on), the model encodes as the original.
+    """
+    from sentencepiece import sentencepiece_model_pb2 as sp
+
+    tokens = _field(reader, "tokenizer.ggml.tokens")
+    scores = _field(reader, "tokenizer.ggml.scores", [0.0] * len(tokens), required=False)
+    types = _field(reader, "tokenizer.ggml.token_type", [1] * len(tokens), required=False)
+    proto = sp.ModelProto()
+    spec = proto.trainer_spec
+    spec.model_type, spec.vocab_size = sp.TrainerSpec.BPE, len(tokens)
+    spec.byte_fallback = BYTE in types
+    for role, key in (("unk", "unknown"), ("bos", "bos"), ("eos", "eos"), ("pad", "padding")):
+        token_id = _field(reader, f"tokenizer.ggml.{key}_token_id", required=False)
+        setattr(spec, f"{role}_id", -1 if token_id is None else int(token_id))
+    prefix = bool(_field(reader, "tokenizer.ggml.add_space_prefix", True))
+    for norm in (proto.normalizer_spec, proto.denormalizer_spec):
+        norm.name, norm.add_dummy_prefix = "identity", prefix
+        norm.remove_extra_whitespaces, norm.escape_whitespaces = False, True
+    for token, score, kind in zip(tokens, scores, types, strict=True):
+        proto.pieces.add(piece=token, score=float(score), type=int(kind))
+    return proto.SerializeToString()
 
 
 def _hub_bpe_tokenizer(path, reader, converter, task_cls):
