@@ -228,25 +228,29 @@ def verify(model, runner: TFLiteRunner, sample: np.ndarray, eval_data=None,
 
 
 def _check(stats: dict, mode: ExportMode, max_abs_error, min_agreement, max_ppl_ratio) -> None:
-    problems = []
+    problems, relax = [], {}
     if max_abs_error is not None and stats["max_abs_error"] > max_abs_error:
         problems.append(f"max |error| {stats['max_abs_error']:.4g} > allowed {max_abs_error:.4g}")
+        relax["max_abs_error"] = stats["max_abs_error"]
     if max_abs_error is None and stats["relative_error"] > mode.max_rel_error:
         problems.append(f"max |error| {stats['max_abs_error']:.4g} is "
                         f"{stats['relative_error']:.3g} of the largest logit "
                         f"(allowed {mode.max_rel_error:.3g})")
+        relax["max_abs_error"] = stats["max_abs_error"]
     need = mode.min_agreement if min_agreement is None else min_agreement
     if stats["agreement"] is not None and stats["agreement"] < need:
         problems.append(f"next-token agreement {stats['agreement']:.2%} < needed {need:.0%}")
+        relax["min_agreement"] = stats["agreement"]
     if "perplexity" in stats:
         ratio = stats["perplexity"] / stats["keras_perplexity"]
         limit = mode.max_ppl_ratio if max_ppl_ratio is None else max_ppl_ratio
         if ratio > limit:
             problems.append(f"perplexity {stats['perplexity']:.4g} vs Keras "
                             f"{stats['keras_perplexity']:.4g} (ratio {ratio:.3f} > {limit:.3f})")
+            relax["max_ppl_ratio"] = ratio
     if problems:
         raise VerificationError(
-            f"{mode.name} export disagrees with the Keras model: " + "; ".join(problems))
+            f"{mode.name} export disagrees with the Keras model: " + "; ".join(problems), relax)
 
 
 def _where_it_breaks(model, path: Path, sample: np.ndarray, spec: InputSpec) -> str:
@@ -425,9 +429,10 @@ def export_tflite(
         try:
             _check(stats, spec_mode, max_abs_error, min_agreement, max_ppl_ratio)
         except VerificationError as err:
-            if not spec_mode.static_activations:
-                raise
-            raise VerificationError(f"{err}; {_where_it_breaks(model, path, sample, spec)}"
+            where = (f"; {_where_it_breaks(model, path, sample, spec)}"
+                     if spec_mode.static_activations else "")
+            path.unlink()  # a file that failed must not sit there looking shippable
+            raise VerificationError(f"{err}{where}; {path.name} was not kept", err.relax
                                     ) from None
     if result.not_delegated:
         warnings.warn(f"{path.name}: operators outside XNNPACK (run on reference CPU kernels): "

@@ -1,0 +1,170 @@
+"""A user's own model (examples/own_model: functional LM with Keras's automatic layer names,
+its Hugging Face BPE tokenizer.json) through the CLI, recipes and verbs (issue 26)."""
+
+import json
+import runpy
+import shutil
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+import tfcompress
+from tfcompress.cli import main
+from tfcompress.data import bundled_corpus
+from tfcompress.errors import TfcompressError
+from tfcompress.recipes import run_recipe
+
+EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "own_model"
+build_lm = runpy.run_path(str(EXAMPLE / "make_model.py"))["build_lm"]
+VOCAB = json.loads((EXAMPLE / "tokenizer.json").read_text())["model"]["vocab"].__len__()
+
+
+def save_user_model(folder: Path, seed: int = 0) -> Path:
+    keras.utils.set_random_seed(seed)
+    path = folder / "my_lm.keras"
+    build_lm(VOCAB, width=16).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def user(tmp_path_factory):
+    """The user's folder: my_lm.keras, their tokenizer.json beside it, a text file."""
+    root = tmp_path_factory.mktemp("own")
+    save_user_model(root)
+    shutil.copyfile(EXAMPLE / "tokenizer.json", root / "tokenizer.json")
+    (root / "text.txt").write_text(bundled_corpus("austen")["test"][:12_000])
+    return root
+
+
+def recipe_for(root, stages, out, **data):
+    return {"model": {"keras": str(root / "my_lm.keras"), "name": "mine"},
+            "data": {"text": str(root / "text.txt"), "seq_len": 16, "batch_size": 4,
+                     "eval_windows": 4, "calibration_windows": 4, **data},
+            "samples": {"tokens": 2}, "stages": stages, "output": str(out)}
+
+
+# 1 -------------------------------------------------------------------------------------------
+def test_a_retrained_model_file_runs_again_and_fresh_starts_over(user, tmp_path, capsys):
+    root = tmp_path / "user"
+    shutil.copytree(user, root)
+    recipe = recipe_for(root, ["evaluate"], tmp_path / "run")
+    first = run_recipe(recipe)
+    assert [t["resumed"] for t in run_recipe(recipe).timings] == [True, True]
+    save_user_model(root, seed=1)  # retrained in place: same path, other bytes
+    capsys.readouterr()
+    again = run_recipe(recipe)
+    out = capsys.readouterr().out
+    assert f"input file changed since the last run: {root / 'my_lm.keras'}" in out
+    assert "[1/1] evaluate (mine): runs again, an earlier stage ran again" in out
+    assert [t["resumed"] for t in again.timings] == [False, False]
+    ppl = [r.quality["perplexity"] for r in (first.reports[0], again.reports[0])]
+    assert ppl[0] != ppl[1]  # the report measured the new model, not the old record
+    fresh = run_recipe(recipe, fresh=True)
+    assert [t["resumed"] for t in fresh.timings] == [False, False]
+    assert "runs again, --fresh" in capsys.readouterr().out
+
+
+# 2 -------------------------------------------------------------------------------------------
+def test_default_layers_are_each_blocks_attention_and_mlp(user):
+    from tfcompress.core.roles import block_kernel_paths
+    from tfcompress.models import build_gpt
+
+    model = keras.models.load_model(user / "my_lm.keras")
+    kinds = {p: type(la).__name__ for p, la in tfcompress.core.iter_layers(model)}
+    paths = block_kernel_paths(model)
+    # 2 blocks x (q, k, v, output of the attention + 2 MLP Dense); not the embedding or head
+    assert len(paths) == 12 and sum(kinds[p] == "Dense" for p in paths) == 4
+    head = model.layers[-1].name
+    assert head not in paths and "embedding" not in paths
+    gpt = block_kernel_paths(build_gpt("test-tiny"))
+    assert all(p.startswith("block") for p in gpt) and len(gpt) == 2 * 6
+
+
+def test_a_recipe_without_include_prunes_the_blocks_and_a_bad_include_fails_first(
+        user, tmp_path):
+    run = run_recipe(recipe_for(user, [{"prune": {"method": "wanda", "sparsity": 0.5}}],
+                                tmp_path / "run"))
+    pruned = run.model("mine-pruned")
+    zeros = {la.name: float((np.asarray(la.kernel) == 0).mean()) for la in pruned.layers
+             if type(la).__name__ == "Dense"}
+    assert zeros[pruned.layers[-1].name] == 0.0  # the head stays dense
+    assert sorted(v for k, v in zeros.items() if k != pruned.layers[-1].name) == [0.5] * 4
+    bad = recipe_for(user, [{"prune": {"sparsity": 0.5, "include": "dense_9|block"}}],
+                     tmp_path / "bad")
+    with pytest.raises(TfcompressError, match=r"stages\[0\]\.prune\.include: 'dense_9\|block' "
+                       r"matches no layer .* close names: dense, dense_1"):
+        run_recipe(bad)
+    assert not (tmp_path / "bad" / "stages").exists()  # before the first stage measured
+
+
+# 3 -------------------------------------------------------------------------------------------
+def test_export_keeps_the_users_tokenizer_json(user, tmp_path):
+    root = tmp_path / "user"
+    shutil.copytree(user, root)
+    theirs = (root / "tokenizer.json").read_bytes()
+    assert main(["export", str(root / "my_lm.keras"), "--mode", "float32", "--tokenizer",
+                 "byte", "--data", str(root / "text.txt"), "--seq-len", "16",
+                 "--windows", "4"]) == 0
+    assert (root / "tokenizer.json").read_bytes() == theirs
+    assert json.loads((root / "my_lm.float32.tokenizer.json").read_text()) == {"type": "byte"}
+
+
+# 4 -------------------------------------------------------------------------------------------
+def test_failed_verification_is_one_line_exit_2_and_no_file(user, tmp_path, capsys):
+    out = tmp_path / "m.tflite"
+    argv = ["export", str(user / "my_lm.keras"), "--mode", "dynamic_int8", "--data",
+            str(user / "text.txt"), "--seq-len", "16", "--windows", "4", "--output", str(out)]
+    assert main([*argv, "--max-abs-error", "1e-9"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tfcompress: error: verification failed: dynamic_int8 export "
+                          "disagrees with the Keras model: max |error| ")
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert not out.exists() and "m.tflite was not kept" in err
+    suggested = err.split("export --max-abs-error ")[1].split()[0]
+    assert main([*argv, "--max-abs-error", suggested]) == 0 and out.is_file()
+
+
+# 5 and 13 ------------------------------------------------------------------------------------
+LAYERS = '''
+import keras
+
+
+class Scale(keras.layers.Layer):
+    def call(self, x):
+        return 2.0 * x
+'''
+
+
+def test_custom_layers_load_with_custom_objects_and_bad_files_say_why(tmp_path, monkeypatch,
+                                                                      capsys):
+    (tmp_path / "user_layers_26.py").write_text(LAYERS)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    from user_layers_26 import Scale
+
+    ids = keras.Input((8,), dtype="int32")
+    model = keras.Model(ids, keras.layers.Dense(4)(Scale()(keras.layers.Embedding(4, 8)(ids))))
+    model.save(tmp_path / "custom.keras")
+    keras.saving.get_custom_objects().pop("Scale", None)
+    monkeypatch.delitem(__import__("sys").modules, "user_layers_26")
+    monkeypatch.chdir(tmp_path)
+    assert main(["inspect", "custom.keras"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "tfcompress: error: model 'custom.keras' uses classes of your own that are not "
+        "imported: user_layers_26.Scale. Import their module first (command line: --import "
+        "user_layers_26 or --custom-objects user_layers_26:Scale; recipe: "
+        "model.custom_objects: [user_layers_26:Scale]; Python: import user_layers_26 before "
+        "loading)")
+    assert main(["inspect", "custom.keras", "--custom-objects", "user_layers_26:Scale"]) == 0
+    assert "| Dense | 8x4 |" in capsys.readouterr().out
+    assert main(["inspect", "custom.keras", "--import", "no_such_module_26"]) == 2
+    assert "--import: cannot import 'no_such_module_26'" in capsys.readouterr().err
+    data = (tmp_path / "custom.keras").read_bytes()
+    (tmp_path / "cut.keras").write_bytes(data[: len(data) // 2])
+    with pytest.raises(TfcompressError, match="'cut.keras' is not a .keras archive: not a zip "
+                       "file"):
+        tfcompress.core.saving.load_model("cut.keras")
+    with pytest.raises(TfcompressError, match=r"model.keras: file .* does not exist"):
+        run_recipe({"model": {"keras": "missing.keras"}, "data": {"corpus": "austen"},
+                    "stages": ["evaluate"], "output": "x"})
