@@ -168,3 +168,36 @@ def test_custom_layers_load_with_custom_objects_and_bad_files_say_why(tmp_path, 
     with pytest.raises(TfcompressError, match=r"model.keras: file .* does not exist"):
         run_recipe({"model": {"keras": "missing.keras"}, "data": {"corpus": "austen"},
                     "stages": ["evaluate"], "output": "x"})
+
+
+# 10 ------------------------------------------------------------------------------------------
+def test_wanda_neurons_leaves_the_users_graph_as_it_was():
+    from tfcompress.models import build_gpt
+    from tfcompress.prune import prune
+
+    model = build_gpt("test-tiny", vocab_size=64)
+    ids = np.random.default_rng(0).integers(0, 64, (4, 16)).astype("int32")
+    nodes = [(len(la._inbound_nodes), len(la._outbound_nodes)) for la in model.layers]
+    first = prune(model, pattern="neurons", method="wanda", calibration=ids, sparsity=0.25)
+    assert [(len(la._inbound_nodes), len(la._outbound_nodes)) for la in model.layers] == nodes
+    second = prune(model, pattern="neurons", method="wanda", calibration=ids, sparsity=0.25)
+    np.testing.assert_array_equal(np.asarray(first(ids)), np.asarray(second(ids)))
+
+
+# 13 ------------------------------------------------------------------------------------------
+def test_distiller_names_a_token_id_outside_the_vocabulary():
+    import tensorflow as tf
+
+    from tfcompress.distill import Distiller
+    from tfcompress.models import build_gpt
+
+    teacher = build_gpt("test-tiny", vocab_size=64, n_layers=1)
+    ids = np.random.default_rng(0).integers(0, 64, (8, 16)).astype("int32")
+    ids[5, 3] = 70  # in the second batch: a dataset is not read before fit
+    data = tf.data.Dataset.from_tensor_slices((ids, ids)).batch(4)
+    distiller = Distiller(teacher, build_gpt("test-tiny", vocab_size=64, n_layers=1))
+    distiller.compile("adam")
+    with pytest.raises(TfcompressError, match=r"the training data holds token id 70, but an "
+                       r"embedding takes ids in \[0, 64\) \(vocabulary of the student 64, of "
+                       r"the teacher 64\)"):
+        distiller.fit(data, epochs=1, verbose=0)

@@ -28,7 +28,13 @@ from pathlib import Path
 
 import numpy as np
 
-from tfcompress.core.blocks import BlockPlan, cut_graph, find_blocks, graph_of
+from tfcompress.core.blocks import (
+    BlockPlan,
+    cut_graph,
+    find_blocks,
+    graph_of,
+    unchanged_graph,
+)
 from tfcompress.core.layers import matrix_shape
 from tfcompress.core.signature import model_inputs
 from tfcompress.core.stats import InputStats
@@ -258,7 +264,16 @@ def calibrate(model, layers: Sequence[tuple[str, object]], data,
     the weights in place. ``blocks``: None (found), a regex or layer names (`find_blocks`).
     ``folder``: save progress there and resume a run with the same ``key`` (the method's
     settings), model, layers and data. ``verbose`` shows a progress bar with an ETA.
+    ``model``'s graph is left as it was (the per-block models are dropped afterwards).
     """
+    with unchanged_graph(model):
+        return _calibrate(model, layers, data, compress, needs=needs, blocks=blocks,
+                          sequential=sequential, max_rows=max_rows, folder=folder, key=key,
+                          verbose=verbose)
+
+
+def _calibrate(model, layers, data, compress, *, needs, blocks, sequential, max_rows, folder,
+               key, verbose) -> dict:
     import keras
 
     batches = calibration_batches(data, model)

@@ -66,8 +66,8 @@ def residual_branch_layers(host) -> list:
 
 
 def block_kernel_paths(model) -> list[str]:
-    """The attention and MLP kernels of ``model``'s repeated blocks (module docstring);
-    raises when none are found, naming ``include`` as the way out."""
+    """The attention and MLP kernels of ``model``'s repeated blocks (module docstring); empty
+    when it has none (no residual additions: a plain stack of layers)."""
     paths = layer_paths(model)
     for pattern in AUTO_PATTERNS:
         for host in _hosts(model):
@@ -81,10 +81,6 @@ def block_kernel_paths(model) -> list[str]:
         composite = [la for la in model._flatten_layers(include_self=False, recursive=False)
                      if kernel_of(la) is None and _kernel_paths_under(model, [la])]
         found = _kernel_paths_under(model, composite)
-    if not found:
-        raise TfcompressError(
-            f"found no repeated blocks in {model.name!r} (no residual additions x + f(x) in "
-            "its graph): name the layers to compress with include (names or a regex)")
     return found
 
 

@@ -67,20 +67,19 @@ def alpha_text(alpha: float, alpha_end: float | None) -> str:
 def method_config(st: dict, model) -> dict:
     """A prune / quantize / factorize stage's method settings for ``model``: without
     ``include``, the layers of its role (``layers``: ``blocks`` takes the attention and MLP
-    kernels of each repeated block, found from the graph)."""
+    kernels of each repeated block, found from the graph; a model without blocks, all)."""
     from tfcompress.core.roles import block_kernel_paths
 
     config = stage_config(st)
     if "include" not in config and st.get("layers", DEFAULT_LAYERS[st["stage"]]) == "blocks":
-        config["include"] = tuple(block_kernel_paths(model))
+        config["include"] = tuple(block_kernel_paths(model)) or None
     return config
 
 
 def check_layer_choices(stages: list[dict], source: str, model) -> None:
     """Before the first stage: each prune / quantize / factorize stage working on ``model``'s
     layers (the source, or a model made from it without distillation) selects something:
-    its ``include`` / ``exclude`` match a layer (else the closest names are listed) and a
-    ``blocks`` role finds blocks."""
+    its ``include`` / ``exclude`` match a layer (else the closest names are listed)."""
     from tfcompress.core.roles import check_selection
 
     same_layers = {source}
@@ -91,10 +90,6 @@ def check_layer_choices(stages: list[dict], source: str, model) -> None:
             where = f"stages[{i}].{st['stage']}"
             for key in ("include", "exclude"):
                 check_selection(model, st.get(key), f"{where}.{key}")
-            try:
-                method_config(st, model)
-            except TfcompressError as err:
-                raise TfcompressError(f"{where}: {err}") from None
         if st["stage"] != "distill" and "name" in st:
             same_layers.add(st["name"])
 
