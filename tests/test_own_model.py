@@ -201,3 +201,25 @@ def test_distiller_names_a_token_id_outside_the_vocabulary():
                        r"embedding takes ids in \[0, 64\) \(vocabulary of the student 64, of "
                        r"the teacher 64\)"):
         distiller.fit(data, epochs=1, verbose=0)
+
+
+# 12 ------------------------------------------------------------------------------------------
+def test_prune_tf_keras_takes_a_graph_holding_constant_positions():
+    import tensorflow as tf
+    import tf_keras as K
+
+    from tfcompress.prune import prune_tf_keras
+
+    ids = K.Input((8,), dtype="int32")
+    x = K.layers.Embedding(32, 8, name="tok")(ids)
+    x = K.layers.Add()([x, K.layers.Embedding(8, 8, name="pos")(tf.range(8)[None])])
+    x = x + K.layers.MultiHeadAttention(2, 4, name="attn")(x, x, use_causal_mask=True)
+    model = K.Model(ids, K.layers.Dense(32, name="head")(x))
+    with pytest.raises(TypeError):  # what failed inside prune_tf_keras before
+        K.models.clone_model(model)
+    pruned, skipped = prune_tf_keras(model, sparsity=0.5)
+    assert [la.name for la in pruned.layers if la.name.startswith("prune_low")] == [
+        "prune_low_magnitude_tok", "prune_low_magnitude_attn", "prune_low_magnitude_head"]
+    assert skipped == {"tf.__operators__.add": "TFOpLambda: no weights, left as is"}
+    x = np.random.default_rng(0).integers(0, 32, (2, 8))
+    np.testing.assert_array_equal(np.asarray(pruned(x)), np.asarray(model(x)))
