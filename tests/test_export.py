@@ -120,8 +120,7 @@ def test_ops_recorded_and_fallbacks_warned(exported):
     assert result.ops["FULLY_CONNECTED"] == 2 * 6 + 1  # q, k, v, o, mlp in/out per block; head
     assert result.not_delegated["GATHER"] == 1  # the token embedding lookup
     assert result.xnnpack_partitions >= 1
-    assert len(exported["warnings"]) == len(MODES)
-    assert all("GATHER x1" in w for w in exported["warnings"])
+    assert exported["warnings"] == []  # an embedding lookup in the reference kernels is no news
 
 
 def test_int8_io_token_model_and_float_model(lm, calibration, tmp_path):

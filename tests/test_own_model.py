@@ -223,3 +223,71 @@ def test_prune_tf_keras_takes_a_graph_holding_constant_positions():
     assert skipped == {"tf.__operators__.add": "TFOpLambda: no weights, left as is"}
     x = np.random.default_rng(0).integers(0, 32, (2, 8))
     np.testing.assert_array_equal(np.asarray(pruned(x)), np.asarray(model(x)))
+
+
+# 6, 7, 8 -------------------------------------------------------------------------------------
+def test_a_quantized_model_exports_its_mode_natively_and_the_report_means_one_thing(
+        tmp_path, capsys):
+    import warnings
+
+    from tfcompress.evaluate import param_counts
+    from tfcompress.export import ExportSizeWarning, XNNPACKFallbackWarning, export_tflite
+    from tfcompress.quantize import quantize
+
+    keras.utils.set_random_seed(0)
+    model = build_lm(VOCAB)  # width 32: LiteRT's int4 blocks
+    ids = np.random.default_rng(0).integers(0, VOCAB, (8, 16)).astype("int32")
+    gptq = quantize(model, method="gptq", bits=4, granularity="group", group_size=32,
+                    calibration=ids, verbose=0)
+    assert param_counts(gptq) == param_counts(model)  # parameters, not stored values
+    loose = {"min_agreement": 0.0, "max_ppl_ratio": 1e9, "max_abs_error": 1e9}
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        sizes = {name: export_tflite(m, tmp_path / f"{name}.tflite", "int4", seq_len=16,
+                                     verbose=False, **loose).bytes
+                 for name, m in (("float", model), ("gptq", gptq))}
+        assert not [w for w in caught if w.category in (ExportSizeWarning,
+                                                        XNNPACKFallbackWarning)]
+        export_tflite(gptq, tmp_path / "unpacked.tflite", "float32", seq_len=16, verbose=False)
+    # the codes go in as weights LiteRT quantizes itself (was 2.3x the float model's file)
+    assert sizes["gptq"] <= 1.01 * sizes["float"]
+    big = [str(w.message) for w in caught if w.category is ExportSizeWarning]
+    assert len(big) == 1 and "more than the 3" in big[0] and "(int4, dynamic_int8)" in big[0]
+    assert capsys.readouterr().out == ""  # the LiteRT quantizer's bars and lines are gone
+
+
+
+def test_speed_up_compares_latencies_within_one_runtime():
+    from tfcompress.evaluate import Report, compare, ratios
+
+    def report(name, kind, ms):
+        return Report(name, kind, bytes=100, latency={"1": {"median_ms": ms}})
+
+    keras_model, tflite, smaller = report("k", "keras", 30.0), report("t", "tflite", 2.0), \
+        report("s", "tflite", 1.0)
+    assert ratios(tflite, keras_model)["speedup"] is None  # was 15x: the runtimes' gap
+    rows = compare([keras_model, tflite, smaller]).splitlines()
+    assert "speed-up (same runtime)" in rows[0]
+    assert "| 1.00 |" in rows[3] and "| 2.00 |" in rows[4]  # against the first .tflite
+
+
+def test_progress_in_a_log_is_plain_lines(capsys):
+    from tfcompress.core.progress import LogProgress, progress_bar
+
+    bar = progress_bar(3, unit_name="block")  # pytest captures stdout: not a terminal
+    assert isinstance(bar, LogProgress)
+    for _ in range(3):
+        bar.add(1)
+    out = capsys.readouterr().out
+    assert out.startswith("block 3/3 (") and "\x1b" not in out and "\r" not in out
+
+
+# 9 -------------------------------------------------------------------------------------------
+def test_setup_py_shim_answers_from_pyproject():
+    import subprocess
+    import sys
+
+    root = EXAMPLE.parents[1]
+    out = subprocess.run([sys.executable, "setup.py", "--name", "--version"], cwd=root,
+                         capture_output=True, text=True, check=True).stdout.split()
+    assert out == ["tfcompress", tfcompress.__version__]

@@ -233,6 +233,8 @@ def _evaluate(args) -> int:
 
     model, tokenizer = _bundle(args, args.tokenizer)
     batches, seq_len, _ = _windows(model, args, tokenizer)
+    print(f"evaluating {args.model} on {sum(len(b[0]) for b in batches)} windows of {seq_len} "
+          "tokens", file=sys.stderr, flush=True)
     report = evaluate(model, batches, seq_len=seq_len)
     print(json.dumps(report.to_dict(), indent=2))
     return 0

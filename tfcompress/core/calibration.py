@@ -36,6 +36,7 @@ from tfcompress.core.blocks import (
     unchanged_graph,
 )
 from tfcompress.core.layers import matrix_shape
+from tfcompress.core.progress import progress_bar
 from tfcompress.core.signature import model_inputs
 from tfcompress.core.stats import InputStats
 from tfcompress.errors import TfcompressError
@@ -297,7 +298,7 @@ def _calibrate(model, layers, data, compress, *, needs, blocks, sequential, max_
     rest = [la for _, la in layers if id(la) not in inside]
     store = _Folder(folder, _run_key(key, plan, paths, batches)) if folder else None
     done = store.done if store else 0
-    bar = keras.utils.Progbar(len(by_block) + bool(rest), verbose=verbose, unit_name="block")
+    bar = progress_bar(len(by_block) + bool(rest), verbose=verbose, unit_name="block")
     results: dict = {}
 
     def step(targets, run) -> list | None:

@@ -103,6 +103,9 @@ class Run:
         """Evaluate ``name`` on the held-out windows; replaces its earlier report."""
         from tfcompress.evaluate import evaluate
 
+        if self.verbose:
+            print(f"measuring {name} on {self.data['eval_windows']} windows of "
+                  f"{self.data['seq_len']} tokens", flush=True)
         report = evaluate(model if model is not None else self.model(name), self.eval_data(),
                           name=name, seq_len=self.data["seq_len"], batch_sizes=(1,),
                           repeats=self.latency_repeats)
@@ -208,6 +211,8 @@ def load_source(run: Run) -> None:
         run.tokenizer = run.corpus.tokenizer
         run.models[run.source] = train_preset(run, spec)
         return
+    where = [spec[k] for k in ("keras", "kerashub", "gguf", "safetensors") if k in spec]
+    _say(run, f"loading {where[0] if where else run.source}")
     model, own = load_model(spec)
     run.tokenizer = choose_tokenizer(run.data, own)
     run.corpus = load_text(run.data, run.tokenizer)
