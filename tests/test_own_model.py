@@ -156,6 +156,10 @@ def test_custom_layers_load_with_custom_objects_and_bad_files_say_why(tmp_path, 
     assert "| Dense | 8x4 |" in capsys.readouterr().out
     assert main(["inspect", "custom.keras", "--import", "no_such_module_26"]) == 2
     assert "--import: cannot import 'no_such_module_26'" in capsys.readouterr().err
+    from tfcompress.core.validation import first_line
+
+    assert first_line("could not be deserialized properly " * 9, 40) == (
+        "could not be deserialized properly could …")  # was cut mid-word: "... ar"
     data = (tmp_path / "custom.keras").read_bytes()
     (tmp_path / "cut.keras").write_bytes(data[: len(data) // 2])
     with pytest.raises(TfcompressError, match="'cut.keras' is not a .keras archive: not a zip "
