@@ -159,7 +159,7 @@ def test_custom_layers_load_with_custom_objects_and_bad_files_say_why(tmp_path, 
     from tfcompress.core.validation import first_line
 
     assert first_line("could not be deserialized properly " * 9, 40) == (
-        "could not be deserialized properly could …")  # was cut mid-word: "... ar"
+        "could not be deserialized properly …")  # was cut mid-word: "... ar"
     data = (tmp_path / "custom.keras").read_bytes()
     (tmp_path / "cut.keras").write_bytes(data[: len(data) // 2])
     with pytest.raises(TfcompressError, match="'cut.keras' is not a .keras archive: not a zip "
@@ -226,6 +226,7 @@ def test_prune_tf_keras_takes_a_graph_holding_constant_positions():
 
 
 # 6, 7, 8 -------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_quantized_model_exports_its_mode_natively_and_the_report_means_one_thing(
         tmp_path, capsys):
     import warnings
@@ -294,6 +295,7 @@ def test_setup_py_shim_answers_from_pyproject():
 
 
 # the shipped example, as the README runs it -------------------------------------------------
+@pytest.mark.slow
 def test_the_own_model_example_runs_as_the_readme_says(tmp_path, monkeypatch, capsys):
     shutil.copytree(EXAMPLE, tmp_path / "examples" / "own_model")
     monkeypatch.chdir(tmp_path)
