@@ -131,6 +131,7 @@ def distill_stage(run, st: dict) -> StageResult:
     if "alpha_end" in st:
         callbacks.append(ParameterSchedule("alpha", "linear", alpha, st["alpha_end"]))
     history = distiller.fit(run.train_data(), steps_per_epoch=steps, epochs=1, verbose=2,
+                            shuffle=False,
                             callbacks=callbacks).history
     strip_pruning(student)
     origin = f"`{source_name}`"
