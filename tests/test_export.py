@@ -120,8 +120,11 @@ def test_ops_recorded_and_fallbacks_warned(exported):
     assert result.ops["FULLY_CONNECTED"] == 2 * 6 + 1  # q, k, v, o, mlp in/out per block; head
     assert result.not_delegated["GATHER"] == 1  # the token embedding lookup
     assert result.xnnpack_partitions >= 1
-    assert len(exported["warnings"]) == len(MODES)
-    assert all("GATHER x1" in w for w in exported["warnings"])
+    # an embedding lookup in the reference kernels is no news; full-integer attention
+    # matmuls there are (int8_mixed keeps them float, in XNNPACK)
+    warned = {w.split(".tflite")[0]: w for w in exported["warnings"]}
+    assert set(warned) <= {"int8", "int16x8"} and "int8" in warned
+    assert all("BATCH_MATMUL" in w and "GATHER" not in w for w in warned.values())
 
 
 def test_int8_io_token_model_and_float_model(lm, calibration, tmp_path):

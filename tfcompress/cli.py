@@ -17,8 +17,8 @@ import json
 import sys
 from pathlib import Path
 
-from tfcompress.errors import TfcompressError
-from tfcompress.recipes.schema import STAGE_NAMES
+from tfcompress.errors import TfcompressError, VerificationError
+from tfcompress.recipes.schema import STAGE_NAMES, TOLERANCES
 
 # tfcompress.export.MODES, spelled out so that --help does not import TensorFlow
 # (tests/test_cli.py checks the two agree)
@@ -50,6 +50,10 @@ def build_parser() -> argparse.ArgumentParser:
                      help="toy sizes (tiny preset, 32-token windows, a few steps) to check a "
                      "recipe end to end in seconds; writes to <output>-quick unless --output")
     run.add_argument("--output", help="output folder (default: the recipe's output)")
+    _custom_arguments(run)
+    run.add_argument("--fresh", action="store_true",
+                     help="run every stage again (default: resume stages whose settings and "
+                     "input files are unchanged)")
 
     demo = sub.add_parser(
         "demo", help="the shipped demo recipe (= make demo)",
@@ -58,10 +62,12 @@ def build_parser() -> argparse.ArgumentParser:
         "and measure both.")
     demo.add_argument("--quick", action="store_true", help="toy sizes (seconds, for checks)")
     demo.add_argument("--run-dir", help="output folder (default runs/demo)")
+    demo.add_argument("--fresh", action="store_true", help="run every stage again")
 
     ev = sub.add_parser("evaluate", help="perplexity, accuracy, size and latency of a model",
                         description="Measure a model on held-out windows of a text.")
     ev.add_argument("model", help=MODEL_HELP)
+    _custom_arguments(ev)
     _data_arguments(ev)
     ev.add_argument("--windows", type=int, default=256, help="test windows (default 256)")
     ev.add_argument("--batch-size", type=int, default=32, help="windows per batch (default 32)")
@@ -70,6 +76,7 @@ def build_parser() -> argparse.ArgumentParser:
                         description="Convert, verify against Keras on held-out text, and "
                         "write the tokenizer beside the file.")
     ex.add_argument("model", help="a .keras file, .gguf file, safetensors or KerasHub folder")
+    _custom_arguments(ex)
     ex.add_argument("--mode", choices=EXPORT_MODES, default="dynamic_int8",
                     help="weights/activations format (default dynamic_int8): "
                     + ", ".join(EXPORT_MODES))
@@ -81,11 +88,36 @@ def build_parser() -> argparse.ArgumentParser:
     _data_arguments(ex)
     ex.add_argument("--windows", type=int, default=32,
                     help="held-out windows for verification and calibration (default 32)")
+    ex.add_argument("--min-agreement", type=float, help="verification: the least share of "
+                    "next tokens equal to Keras's (default: the mode's, e.g. 0.8 for int8)")
+    ex.add_argument("--max-ppl-ratio", type=float, help="verification: the largest "
+                    "perplexity ratio to Keras (default: the mode's)")
+    ex.add_argument("--max-abs-error", type=float, help="verification: the largest |logit "
+                    "difference| (default: the mode's share of the largest logit)")
 
     ins = sub.add_parser("inspect", help="layers, parameters, sparsity and bits of a model, "
                          "and which layers each method would touch")
     ins.add_argument("model", help="a .keras file, .gguf file, safetensors or KerasHub folder")
+    _custom_arguments(ins)
     return parser
+
+
+def _custom_arguments(parser: argparse.ArgumentParser) -> None:
+    """Options that make a model with the user's own layers loadable."""
+    parser.add_argument("--import", dest="imports", action="append", default=[],
+                        metavar="MODULE", help="import MODULE first (its "
+                        "@keras.saving.register_keras_serializable layers register); repeatable")
+    parser.add_argument("--custom-objects", action="append", default=[],
+                        metavar="MODULE:ATTR", help="a custom layer/function the model file "
+                        "names, e.g. my_layers:Block (the current folder is importable); "
+                        "repeatable")
+
+
+def _load_custom(args) -> None:
+    from tfcompress.recipes.sources import load_custom_objects
+
+    load_custom_objects(args.imports, "--import")
+    load_custom_objects(args.custom_objects, "--custom-objects")
 
 
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -102,6 +134,29 @@ def main(argv: list[str] | None = None) -> int:
     except (TfcompressError, OSError) as err:
         print(f"tfcompress: error: {err}", file=sys.stderr)
         return 2
+    except VerificationError as err:
+        print(f"tfcompress: error: verification failed: {err}{relax_hint(err.relax)}",
+              file=sys.stderr)
+        return 2
+
+
+def relax_hint(relax: dict) -> str:
+    """The options (export) / recipe keys (run) that would have let a failed check pass."""
+    if not relax:
+        return ""
+    given = [f"--{k.replace('_', '-')} {_loosen(k, v):.4g}" for k, v in sorted(relax.items())]
+    keys = ", ".join(f"{k}: {_loosen(k, v):.4g}" for k, v in sorted(relax.items()))
+    return (f". To accept it: export {' '.join(given)} (recipe export stage: {keys}), or "
+            "try another mode")
+
+
+def _loosen(key: str, value: float) -> float:
+    """A rounded tolerance that the measured ``value`` passes."""
+    import math
+
+    if key == "min_agreement":
+        return math.floor(value * 100) / 100
+    return float(f"{value * 1.01:.3g}")
 
 
 def _run(args) -> int:
@@ -118,13 +173,15 @@ def _run(args) -> int:
     if args.output:
         recipe["output"] = str(Path(args.output).resolve())
     _import_all()
-    run = run_recipe(recipe)
+    _load_custom(args)
+    run = run_recipe(recipe, fresh=args.fresh)
     print(f"done: {run.out / 'report.md'}")
     return 0
 
 
 def _demo(args) -> int:
-    return _run(argparse.Namespace(recipe="demo", quick=args.quick, output=args.run_dir))
+    return _run(argparse.Namespace(recipe="demo", quick=args.quick, output=args.run_dir,
+                                   fresh=args.fresh, imports=[], custom_objects=[]))
 
 
 def _import_all() -> None:
@@ -133,12 +190,14 @@ def _import_all() -> None:
     tfcompress.import_all()
 
 
-def _bundle(path: str, tokenizer: str):
-    """``(keras model or .tflite path, tokenizer)`` for a model path and a --tokenizer."""
+def _bundle(args, tokenizer: str):
+    """``(keras model or .tflite path, tokenizer)`` for ``args.model`` and a --tokenizer."""
     from tfcompress.recipes.schema import DEFAULT_DATA
     from tfcompress.recipes.sources import choose_tokenizer, model_from_path
 
     _import_all()
+    _load_custom(args)
+    path = args.model
     model, own = model_from_path(path)
     if tokenizer == "model" and own is None:
         raise TfcompressError(f"--tokenizer: {path} has no tokenizer.json beside it; give "
@@ -172,8 +231,10 @@ def _windows(model, args, tokenizer, split: str = "test"):
 def _evaluate(args) -> int:
     from tfcompress.evaluate import evaluate
 
-    model, tokenizer = _bundle(args.model, args.tokenizer)
+    model, tokenizer = _bundle(args, args.tokenizer)
     batches, seq_len, _ = _windows(model, args, tokenizer)
+    print(f"evaluating {args.model} on {sum(len(b[0]) for b in batches)} windows of {seq_len} "
+          "tokens", file=sys.stderr, flush=True)
     report = evaluate(model, batches, seq_len=seq_len)
     print(json.dumps(report.to_dict(), indent=2))
     return 0
@@ -182,7 +243,7 @@ def _evaluate(args) -> int:
 def _export(args) -> int:
     from tfcompress.export import MODES, export_tflite
 
-    model, tokenizer = _bundle(args.model, args.tokenizer)
+    model, tokenizer = _bundle(args, args.tokenizer)
     if isinstance(model, str):
         raise TfcompressError("model: a .tflite file is already exported; give a .keras file")
     batches, seq_len, corpus = _windows(model, args, tokenizer)
@@ -191,17 +252,20 @@ def _export(args) -> int:
     result = export_tflite(
         model, out, mode=args.mode, seq_len=seq_len, eval_data=batches,
         auxiliary_inputs=args.auxiliary_inputs,
+        **{k: getattr(args, k) for k in TOLERANCES if getattr(args, k) is not None},
         representative_data=calibration if MODES[args.mode].needs_representative else None)
-    if hasattr(tokenizer, "to_json"):
-        (out.parent / "tokenizer.json").write_text(tokenizer.to_json(), encoding="utf-8")
-    print(json.dumps(result.to_dict(), indent=2, default=str))
+    from tfcompress.recipes.sources import write_tokenizer
+
+    written = write_tokenizer(tokenizer, out.parent, out.stem)
+    print(json.dumps({**result.to_dict(), "tokenizer": written and str(written)}, indent=2,
+                     default=str))
     return 0
 
 
 def _inspect(args) -> int:
     from tfcompress.recipes.inspect import inspect_model
 
-    model, _ = _bundle(args.model, "byte")
+    model, _ = _bundle(args, "byte")
     if isinstance(model, str):
         raise TfcompressError("model: inspect reads Keras models; for a .tflite file use "
                               "tfcompress.export.inspect_tflite")

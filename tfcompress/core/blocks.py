@@ -15,7 +15,9 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from tfcompress.core.layers import layer_paths
@@ -114,6 +116,21 @@ def find_blocks(model, blocks=None, targets=()) -> BlockPlan:
     shown = ", ".join(la.name for host in hosts[:2] for la in host.layers[:12])
     raise TfcompressError(f"blocks={blocks!r} matched no layer of {model.name!r}; its layers "
                           f"include: {shown}")
+
+
+@contextlib.contextmanager
+def unchanged_graph(model) -> Iterator[None]:
+    """Drop the graph nodes added to ``model``'s layers inside the block: a functional model
+    built on intermediate tensors (`cut_graph`'s per-block models) calls its layers on copies
+    of them, adding nodes, and then Dense->Dense pairs no longer look like pairs."""
+    ops = {id(op): op for op in model._flatten_layers(include_self=True, recursive=True)}
+    ops |= {id(op): op for host in _hosts(model) for op in host.operations}
+    sizes = [(op, len(op._inbound_nodes), len(op._outbound_nodes)) for op in ops.values()]
+    try:
+        yield
+    finally:
+        for layer, n_in, n_out in sizes:
+            del layer._inbound_nodes[n_in:], layer._outbound_nodes[n_out:]
 
 
 @dataclass

@@ -28,8 +28,15 @@ from pathlib import Path
 
 import numpy as np
 
-from tfcompress.core.blocks import BlockPlan, cut_graph, find_blocks, graph_of
+from tfcompress.core.blocks import (
+    BlockPlan,
+    cut_graph,
+    find_blocks,
+    graph_of,
+    unchanged_graph,
+)
 from tfcompress.core.layers import matrix_shape
+from tfcompress.core.progress import progress_bar
 from tfcompress.core.signature import model_inputs
 from tfcompress.core.stats import InputStats
 from tfcompress.errors import TfcompressError
@@ -258,7 +265,16 @@ def calibrate(model, layers: Sequence[tuple[str, object]], data,
     the weights in place. ``blocks``: None (found), a regex or layer names (`find_blocks`).
     ``folder``: save progress there and resume a run with the same ``key`` (the method's
     settings), model, layers and data. ``verbose`` shows a progress bar with an ETA.
+    ``model``'s graph is left as it was (the per-block models are dropped afterwards).
     """
+    with unchanged_graph(model):
+        return _calibrate(model, layers, data, compress, needs=needs, blocks=blocks,
+                          sequential=sequential, max_rows=max_rows, folder=folder, key=key,
+                          verbose=verbose)
+
+
+def _calibrate(model, layers, data, compress, *, needs, blocks, sequential, max_rows, folder,
+               key, verbose) -> dict:
     import keras
 
     batches = calibration_batches(data, model)
@@ -282,7 +298,7 @@ def calibrate(model, layers: Sequence[tuple[str, object]], data,
     rest = [la for _, la in layers if id(la) not in inside]
     store = _Folder(folder, _run_key(key, plan, paths, batches)) if folder else None
     done = store.done if store else 0
-    bar = keras.utils.Progbar(len(by_block) + bool(rest), verbose=verbose, unit_name="block")
+    bar = progress_bar(len(by_block) + bool(rest), verbose=verbose, unit_name="block")
     results: dict = {}
 
     def step(targets, run) -> list | None:

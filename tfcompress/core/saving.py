@@ -141,8 +141,30 @@ def _state_class(cls: type) -> type:
 def load_model(path, arg: str = "model"):
     """``keras.models.load_model`` for a ``.keras`` file, compressed or not, with errors that
     name the file (missing, empty, truncated, not a Keras archive)."""
-    from tfcompress.core.validation import check_input_file, reading
+    from tfcompress.core.validation import check_input_file, check_keras_archive, reading
 
     path = check_input_file(path, arg, ".keras")
-    with reading(path, "a .keras model (truncated, or not a Keras archive?)"):
+    check_keras_archive(path, arg)
+    try:
         return keras.models.load_model(path)
+    except (TypeError, ValueError) as err:
+        custom = _custom_classes(path)
+        if not custom:
+            with reading(path, "a .keras model"):
+                raise
+        module, name = custom[0].rsplit(".", 1)
+        raise TfcompressError(
+            f"{arg} {str(path)!r} uses classes of your own that are not imported: "
+            f"{', '.join(custom)}. Import their module first (command line: --import {module} "
+            f"or --custom-objects {module}:{name}; recipe: model.custom_objects: "
+            f"[{module}:{name}]; Python: import {module} before loading)") from err
+
+
+def _custom_classes(path) -> list[str]:
+    import json
+    import zipfile
+
+    from tfcompress.core.validation import unknown_classes
+
+    with zipfile.ZipFile(path) as archive:
+        return unknown_classes(json.loads(archive.read("config.json")))

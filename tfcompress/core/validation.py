@@ -263,8 +263,58 @@ def reading(path, what: str) -> Iterator[None]:
     except TfcompressError:
         raise
     except Exception as err:  # noqa: BLE001 - any reader error means an unreadable file
-        detail = str(err).strip().splitlines()[0][:200] if str(err).strip() else ""
+        detail = first_line(str(err))
         raise TfcompressError(
             f"cannot read {str(path)!r} as {what}: {type(err).__name__}"
             f"{': ' + detail if detail else ''}"
         ) from err
+
+
+def first_line(text: str, limit: int = 200) -> str:
+    """The first line of an error's text, cut at a word boundary with an ellipsis."""
+    line = text.strip().splitlines()[0] if text.strip() else ""
+    if len(line) <= limit:
+        return line
+    return line[:limit].rsplit(" ", 1)[0] + " …"
+
+
+def check_keras_archive(path, arg: str = "model") -> None:
+    """A ``.keras`` file is a complete zip archive holding ``config.json`` and the weights,
+    else an error saying which of these is wrong (Keras itself answers "File not found")."""
+    import zipfile
+
+    if not zipfile.is_zipfile(path):
+        raise TfcompressError(
+            f"{arg} {str(path)!r} is not a .keras archive: not a zip file (truncated while "
+            "copying, or another format renamed?); save it again with model.save(...)")
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+            broken = archive.testzip()
+    except (zipfile.BadZipFile, OSError, EOFError) as err:
+        raise TfcompressError(f"{arg} {str(path)!r} is a damaged zip archive ({err}); save it "
+                              "again with model.save(...)") from err
+    if broken is not None:
+        raise TfcompressError(f"{arg} {str(path)!r} is damaged: {broken} fails its checksum; "
+                              "save it again with model.save(...)")
+    missing = [n for n in ("config.json", "model.weights.h5") if n not in names]
+    if missing:
+        raise TfcompressError(f"{arg} {str(path)!r} is a zip file but not a Keras model: it "
+                              f"lacks {', '.join(missing)} (it holds {sorted(names)[:6]})")
+
+
+def unknown_classes(config) -> list[str]:
+    """``module.Class`` of every object in a saved Keras config that is not Keras's, KerasHub's
+    or tfcompress's own: the user's code that must be imported before loading."""
+    found = []
+    if isinstance(config, dict):
+        module = config.get("module") or ""
+        if "class_name" in config and module and not module.startswith(
+                ("keras", "tfcompress", "builtins")):
+            found.append(f"{module}.{config['class_name']}")
+        for value in config.values():
+            found += unknown_classes(value)
+    elif isinstance(config, list):
+        for value in config:
+            found += unknown_classes(value)
+    return sorted(set(found))

@@ -13,10 +13,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-import keras
 import tensorflow as tf
 
 from tfcompress.core.layers import require_keras3
+from tfcompress.core.progress import progress_bar
 from tfcompress.core.validation import check_output_path, reading
 from tfcompress.distill.distiller import vocab_size_of
 from tfcompress.distill.soft_targets import pack_targets
@@ -51,7 +51,7 @@ def cache_teacher(teacher, dataset, path: str | Path, top_k: int = 32,
                               "dataset.take(n_batches)")
     forward = tf.function(lambda x: tf.math.top_k(teacher(x, training=False), k=top_k))
     total = int(dataset.cardinality()) if dataset.cardinality() > 0 else None
-    bar = keras.utils.Progbar(total, unit_name="batch") if verbose else None
+    bar = progress_bar(total, unit_name="batch") if verbose else None
     parts = []
     for i, (x, y, mask) in enumerate(dataset):
         top = forward(x)

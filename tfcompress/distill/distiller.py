@@ -58,6 +58,20 @@ def feature_extractor(model, names: list[str], arg: str):
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
+def out_of_vocab_error(err, student, teacher) -> TfcompressError | None:
+    """An embedding gather's ``indices[...] = 300 is not in [0, 256)`` as a `TfcompressError`
+    naming the id and both vocabularies (None for any other error)."""
+    from tfcompress.core.validation import model_vocab
+
+    found = re.search(r"indices\[[^\]]*\] = (-?\d+) is not in \[0, (\d+)\)", str(err))
+    if found is None:
+        return None
+    return TfcompressError(
+        f"the training data holds token id {found.group(1)}, but an embedding takes ids in "
+        f"[0, {found.group(2)}) (vocabulary of the student {model_vocab(student)}, of the "
+        f"teacher {model_vocab(teacher)}): tokenize with the tokenizer both were built for")
+
+
 class Distiller(keras.Model):
     """A frozen teacher and a trainable student trained together by ``fit``.
 
@@ -165,9 +179,13 @@ class Distiller(keras.Model):
 
     def fit(self, x=None, y=None, *args, **kwargs):
         """`keras.Model.fit`, with token-id data checked first (`check_fit_data`): ids out of
-        the vocabulary or float inputs fail with a clear error before any tracing."""
+        the vocabulary or float inputs fail with a clear error before any tracing; a dataset
+        (not read beforehand) whose batch holds an id out of range fails naming it."""
         check_fit_data(self.student, x, y)
-        return super().fit(x, y, *args, **kwargs)
+        try:
+            return super().fit(x, y, *args, **kwargs)
+        except tf.errors.InvalidArgumentError as err:
+            raise out_of_vocab_error(err, self.student, self.teacher) or err from None
 
     @property
     def student_variables(self) -> list:

@@ -168,9 +168,13 @@ def _ratio(a, b):
 
 
 def ratios(report: Report, baseline: Report) -> dict:
-    """Size ratio, speed-up and quality drop against ``baseline``."""
+    """Size ratio, speed-up and quality drop against ``baseline``; the speed-up only within
+    one runtime (Keras against Keras, TFLite against TFLite: None across them, where it
+    would measure the runtimes rather than the compression)."""
     lat = report.latency.get("1", {}).get("median_ms")
     base_lat = baseline.latency.get("1", {}).get("median_ms")
+    if report.kind != baseline.kind:
+        base_lat = None
     q, bq = report.quality, baseline.quality
     out = {
         "size_ratio": _ratio(report.bytes, baseline.bytes),
@@ -189,7 +193,10 @@ def _fmt(value, spec: str) -> str:
 
 
 def compare(reports: list[Report], baseline: str | None = None) -> str:
-    """Markdown table of the reports with ratios to the one named ``baseline`` (default first)."""
+    """Markdown table of the reports with ratios to the one named ``baseline`` (default first);
+    ``params`` are the model's parameters (quantized ones counted once, `param_counts`),
+    ``bytes`` what its file stores; the speed-up of a ``.tflite`` row is against the first
+    ``.tflite`` row when the baseline is a Keras model (`ratios`)."""
     if not reports:
         raise TfcompressError("reports is empty: give at least one Report")
     names = [r.name for r in reports]
@@ -199,11 +206,17 @@ def compare(reports: list[Report], baseline: str | None = None) -> str:
     base = reports[names.index(base_name)]
     rows = [
         "| model | kind | params | non-zero | bytes | gzip bytes | size ratio | gzip ratio "
-        "| latency b1 (ms) | speed-up | perplexity | ppl ratio | next-token acc |",
+        "| latency b1 (ms) | speed-up (same runtime) | perplexity | ppl ratio "
+        "| next-token acc |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    first_of = {}
+    for r in reports:
+        first_of.setdefault(r.kind, r)
     for r in reports:
         k = ratios(r, base)
+        if r.kind != base.kind:
+            k["speedup"] = ratios(r, first_of[r.kind])["speedup"]
         q = r.quality
         rows.append(
             f"| {r.name} | {r.kind} | {_fmt(r.params, ',')} | {_fmt(r.nonzero, ',')} "

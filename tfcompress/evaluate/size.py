@@ -15,9 +15,29 @@ import numpy as np
 
 
 def param_counts(model) -> dict:
-    """Total and non-zero scalars stored in the model's weights (trainable or not)."""
+    """Parameters of the model (trainable or not) and how many are non-zero. A layer holding
+    `tfcompress.quantize` codes counts the weight they stand for, not its packed codes,
+    scales and offsets, so quantizing leaves the count unchanged (the bytes show the gain).
+
+    Example:
+        >>> param_counts(quantize(model, bits=4)) == param_counts(model)
+        True
+    """
+    from tfcompress.core.layers import iter_layers
+    from tfcompress.quantize.storage import is_quantized
+
     total = nonzero = 0
+    storage = set()
+    for _, layer in iter_layers(model):
+        if is_quantized(layer) and layer.built:
+            storage |= {id(v) for v in (layer.tfc_codes, layer.tfc_scale, layer.tfc_levels,
+                                        layer.tfc_offset) if v is not None}
+            weight = np.asarray(layer._tfc_decode())
+            total += weight.size
+            nonzero += int(np.count_nonzero(weight))
     for w in model.weights:
+        if id(w) in storage:
+            continue
         value = np.asarray(w.numpy() if hasattr(w, "numpy") else w)
         total += value.size
         nonzero += int(np.count_nonzero(value))

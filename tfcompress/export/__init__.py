@@ -12,6 +12,7 @@ from tfcompress.export.representative import InputSpec, representative_samples
 from tfcompress.export.runner import TFLiteRunner
 from tfcompress.export.tflite import (
     ExportResult,
+    ExportSizeWarning,
     XNNPACKFallbackWarning,
     convert,
     export_tflite,
@@ -22,6 +23,7 @@ __all__ = [
     "MODES",
     "ExportMode",
     "ExportResult",
+    "ExportSizeWarning",
     "InputSpec",
     "LLMExportResult",
     "LLMRunner",

@@ -30,6 +30,7 @@ import re
 
 import numpy as np
 
+from tfcompress.core.progress import quiet
 from tfcompress.export.llm_graph import HEAD_SCOPE, linear_scope
 from tfcompress.export.modes import INT4_BLOCK
 
@@ -225,7 +226,8 @@ def quantize_int4(flatbuffer: bytes, linear: list[str], quantized: list[str],
                  "operation": "FULLY_CONNECTED"} for name in written]
     qt = quantizer.Quantizer(bytes(flatbuffer))
     qt.load_quantization_recipe(entries)
-    out = bytes(qt.quantize().quantized_model)
+    with quiet():
+        out = bytes(qt.quantize().quantized_model)
     if written:
         out = _write_codes(out, written)
     embedding = ("float32 (GATHER)" if not lookups else

@@ -29,6 +29,7 @@ from tfcompress.core.layers import (
     select_layers,
     set_kernel_matrix,
 )
+from tfcompress.core.progress import progress_bar
 from tfcompress.core.saving import compression_state, layers_at, mark_state, register_restorer
 from tfcompress.core.validation import check_calibration, check_model
 from tfcompress.errors import TfcompressError
@@ -171,7 +172,7 @@ def plan_factorization(model, targets, config: FactorizeConfig, calibration=None
                             verbose=int(verbose))
     else:
         spectra = spectrum(svd_layers, {})
-    bar = keras.utils.Progbar(len(targets), verbose=1 if verbose else 0, unit_name="layer")
+    bar = progress_bar(len(targets), verbose=1 if verbose else 0, unit_name="layer")
     ranks = {}
     if config.allocation == "sensitivity" and svd_layers:
         ranks = _sensitivity_ranks(model, svd_layers, spectra, config, calibration, verbose)
@@ -265,7 +266,7 @@ def _sensitivity_ranks(model, layers, spectra, config, calibration,
     reference = _outputs(model, calibration)
     norm = float(np.sum(reference**2)) or 1.0
     weights, dims = [], []
-    bar = keras.utils.Progbar(len(layers), verbose=1 if verbose else 0, unit_name="probe")
+    bar = progress_bar(len(layers), verbose=1 if verbose else 0, unit_name="probe")
     for path, layer in layers:
         d_in, d_out = matrix_shape(layer)
         transform, svd = spectra[path]

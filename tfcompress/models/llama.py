@@ -23,6 +23,7 @@ import numpy as np
 from keras import ops
 
 from tfcompress.core.layers import copy_kept_blocks
+from tfcompress.core.progress import progress_bar
 from tfcompress.errors import TfcompressError
 from tfcompress.models.attention import bounded_masked_softmax
 from tfcompress.models.layers import TiedEmbedding
@@ -278,7 +279,7 @@ def causal_lm_perplexity(predict: Callable[[np.ndarray], np.ndarray], ids: np.nd
 
     batches = lm_windows(ids, window)
     if verbose:
-        bar = keras.utils.Progbar(len(batches), unit_name="window")
+        bar = progress_bar(len(batches), unit_name="window")
         inner = predict
 
         def predict(x):

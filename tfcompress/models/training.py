@@ -60,7 +60,8 @@ def train_lm(model, dataset, steps: int, learning_rate: float = 1e-3, verbose: i
     if steps < 1:
         raise TfcompressError(f"steps must be a positive integer, got {steps}")
     compile_lm(model, learning_rate, steps)
-    return model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=verbose,
+    # shuffle=False: the dataset shuffles itself (Keras warns on every call otherwise)
+    return model.fit(dataset, steps_per_epoch=steps, epochs=1, verbose=verbose, shuffle=False,
                      callbacks=callbacks, validation_data=validation_data)
 
 

@@ -7,7 +7,6 @@ of the model as pruned so far, so later blocks see already-pruned inputs.
 
 from __future__ import annotations
 
-import keras
 import numpy as np
 
 from tfcompress.core.calibration import calibrate, calibration_batches, run_key
@@ -18,6 +17,7 @@ from tfcompress.core.layers import (
     set_kernel_matrix,
     to_matrix,
 )
+from tfcompress.core.progress import progress_bar
 from tfcompress.core.stats import hessian
 from tfcompress.errors import TfcompressError
 from tfcompress.prune.config import PruneConfig
@@ -69,7 +69,7 @@ def taylor_gradients(model, layers: list[tuple[str, object]], data, loss,
     calibration_batches(items, model)
     kernels = [kernel_of(la) for _, la in layers]
     grads: dict[str, list] = {p: [] for p, _ in layers}
-    bar = keras.utils.Progbar(len(items), verbose=verbose, unit_name="batch")
+    bar = progress_bar(len(items), verbose=verbose, unit_name="batch")
     for batch in items:
         x, y = batch[0], batch[1]
         weight = batch[2] if len(batch) == 3 else None

@@ -2,7 +2,8 @@
 
 Unlike ``tfmot.sparsity.keras.prune_low_magnitude(model)``, which raises on the first layer
 it cannot wrap (a ``TFOpLambda`` from ``x + h``, a custom layer), this wraps every layer it
-can and reports the rest.
+can and reports the rest; a graph that ``clone_model`` cannot rebuild from its config (a
+constant such as ``tf.range(seq_len)`` positions in a call) is re-run layer by layer.
 
 Example:
     >>> pruned, skipped = prune_tf_keras(tf_keras_model, PruneConfig(sparsity=0.5))
@@ -57,9 +58,10 @@ def prune_tf_keras(model, config: PruneConfig | None = None, **overrides):
     )
     skipped: dict[str, str] = {}
     wrapped: list[str] = []
+    clones: dict[int, object] = {}
 
     def wrap(layer):
-        clone = fresh_layer(layer)
+        clone = clones[id(layer)] = fresh_layer(layer)
         if not layer.weights or not config.selects(layer.name):
             return clone
         try:
@@ -70,12 +72,19 @@ def prune_tf_keras(model, config: PruneConfig | None = None, **overrides):
             skipped[layer.name] = f"{type(layer).__name__}: {str(err).splitlines()[0][:120]}"
             return clone
         wrapped.append(layer.name)
+        clones[id(layer)] = out
         return out
 
-    pruned = tf_keras.models.clone_model(model, clone_function=wrap)
-    # clone_model keeps the layer order; wrapped layers are renamed prune_low_magnitude_*
-    for layer, target in zip(model.layers, pruned.layers, strict=True):
+    try:
+        pruned = tf_keras.models.clone_model(model, clone_function=wrap)
+    except (TypeError, AttributeError, ValueError):
+        # clone_model rebuilds the graph from its config, which cannot hold a constant tensor
+        # a node was called with (positions from tf.range(seq_len)); re-run the graph instead
+        skipped.clear(), wrapped.clear(), clones.clear()
+        pruned = rebuild_by_calls(model, wrap)
+    for layer in model.layers:
         if layer.weights:
+            target = clones[id(layer)]
             getattr(target, "layer", target).set_weights(layer.get_weights())
     for layer in model.layers:
         if not layer.weights and type(layer).__name__ in ("TFOpLambda", "Lambda"):
@@ -86,6 +95,38 @@ def prune_tf_keras(model, config: PruneConfig | None = None, **overrides):
             f"exclude={config.exclude!r}); skipped: {skipped or 'none'}"
         )
     return pruned, skipped
+
+
+def rebuild_by_calls(model, replace):
+    """A new functional tf.keras model: ``model``'s graph run on new inputs with each layer
+    ``replace(layer)``d, the arguments of every call (constants included) as recorded (what
+    ``Functional._run_internal_graph`` does, with the layers swapped)."""
+    import tensorflow as tf
+    import tf_keras
+
+    tensors, usage = {}, model._tensor_usage_count
+    inputs = []
+    for t in model.inputs:
+        x = tf_keras.Input(shape=t.shape[1:], dtype=t.dtype, name=t.name.split(":")[0])
+        inputs.append(x)
+        tensors[str(id(t))] = [x] * usage[str(id(t))]
+    swapped = {}
+    for depth in sorted(model._nodes_by_depth, reverse=True):
+        for node in model._nodes_by_depth[depth]:
+            if node.is_input or any(i not in tensors for i in node.flat_input_ids):
+                continue
+            layer = node.layer
+            if id(layer) not in swapped:
+                swapped[id(layer)] = replace(layer)
+            args, kwargs = node.map_arguments(tensors)
+            # by name after the first (a wrapper's call takes inputs, training, **kwargs)
+            names = layer._call_spec.arg_names[1:len(args)]
+            kwargs = {**dict(zip(names, args[1:], strict=True)), **kwargs}
+            outputs = swapped[id(layer)](args[0], **kwargs)
+            for x_id, y in zip(node.flat_output_ids, tf.nest.flatten(outputs), strict=True):
+                tensors[x_id] = [y] * usage[x_id]
+    outputs = [tensors[str(id(t))].pop() for t in model.outputs]
+    return tf_keras.Model(inputs, outputs if len(outputs) > 1 else outputs[0], name=model.name)
 
 
 def fresh_layer(layer):

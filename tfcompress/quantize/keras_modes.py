@@ -5,7 +5,10 @@ cannot reload int8/int4 layers nested in a ``MultiHeadAttention`` ("Layer 'key' 
 variables, but received 0"), so for int8/int4 those get tfcompress's code storage with
 Keras's own formula (abs-max symmetric per output channel, or per block for int4): the file
 reloads (after ``import tfcompress``) with the same outputs. Keras's GPTQ refuses them (its
-file would not reload): exclude them, or use ``method="gptq"``.
+file would not reload): exclude them, or use ``method="gptq"``. A subclassed model is rebuilt
+by its own ``__init__`` on load, with float layers that cannot take Keras's int8/int4
+variables (Keras's own ``model.quantize`` writes a file that does not load): all its layers
+get the same code storage, and Keras's GPTQ is refused.
 
 Keras's GPTQ walks "sequential blocks": we hand it one sub-model per block that
 `tfcompress.core.find_blocks` finds (plus the head), so it sees the same calibration windows
@@ -35,9 +38,18 @@ def keras_quantize(model, config, paths: list[str], batches: list | None):
 
     mode = config.method.removeprefix("keras_")
     inside = attention_paths(model) & chosen
+    if graph_of(model) is None:  # subclassed: no saved layer config carries Keras's policy
+        if mode == "gptq":
+            raise TfcompressError(
+                f"method='keras_gptq' on subclassed {type(model).__name__} {model.name!r}: "
+                "Keras rebuilds its layers in float from __init__ on load, so Keras's GPTQ "
+                "file would not load; use method='gptq' (tfcompress's, saved with the model)")
+        inside = set(chosen)
     if mode in ("int8", "int4"):
         chosen -= inside
-    if mode == "int8":
+    if mode in ("int8", "int4") and not chosen:
+        pass  # every selected layer takes the code storage below
+    elif mode == "int8":
         model.quantize("int8", filters=wanted)
     elif mode == "int4":
         block = config.group_size if config.granularity == "group" else -1

@@ -4,8 +4,8 @@ The run folder (``output``) holds ``recipe.yaml`` (the recipe as run, defaults f
 ``stages/NN-<stage>/`` (``model.keras`` of a stage that makes a model, and ``record.json``:
 its config hash, time, notes and measurements), ``exports/`` (``.tflite`` files and the
 tokenizer), ``report.md``, ``report.json`` and ``quality_vs_size.png``. Running the same
-recipe again resumes after the last finished stage whose config (and every earlier one) is
-unchanged.
+recipe again resumes after the last finished stage whose config (and every earlier one) and
+input files (their contents) are unchanged; ``fresh=True`` (``--fresh``) starts over.
 
 Example:
     >>> run = tfcompress.run("recipes/my_model.yaml")
@@ -24,7 +24,7 @@ import numpy as np
 
 from tfcompress.errors import TfcompressError
 from tfcompress.recipes.schema import MAKES_MODEL, validate
-from tfcompress.recipes.stages import STAGES, StageResult
+from tfcompress.recipes.stages import STAGES, StageResult, check_layer_choices
 
 LATENCY_REPEATS = 5
 
@@ -103,6 +103,9 @@ class Run:
         """Evaluate ``name`` on the held-out windows; replaces its earlier report."""
         from tfcompress.evaluate import evaluate
 
+        if self.verbose:
+            print(f"measuring {name} on {self.data['eval_windows']} windows of "
+                  f"{self.data['seq_len']} tokens", flush=True)
         report = evaluate(model if model is not None else self.model(name), self.eval_data(),
                           name=name, seq_len=self.data["seq_len"], batch_sizes=(1,),
                           repeats=self.latency_repeats)
@@ -208,6 +211,8 @@ def load_source(run: Run) -> None:
         run.tokenizer = run.corpus.tokenizer
         run.models[run.source] = train_preset(run, spec)
         return
+    where = [spec[k] for k in ("keras", "kerashub", "gguf", "safetensors") if k in spec]
+    _say(run, f"loading {where[0] if where else run.source}")
     model, own = load_model(spec)
     run.tokenizer = choose_tokenizer(run.data, own)
     run.corpus = load_text(run.data, run.tokenizer)
@@ -277,16 +282,22 @@ def _sample(run: Run, name: str) -> str:
                          run.samples["tokens"], seq_len=run.data["seq_len"])
 
 
-def run_recipe(recipe, *, quick: bool = False, verbose: bool = True) -> Run:
+def run_recipe(recipe, *, quick: bool = False, verbose: bool = True,
+               fresh: bool = False) -> Run:
     """Validate ``recipe`` (dict or file), then run it, resuming finished stages; returns the
     `Run` (``run.out`` is the folder, ``run.reports`` the measurements).
 
-    ``quick`` shrinks every size (`quick_sizes`) for a fast check of a recipe end to end.
+    A stage resumes when its settings, every earlier stage's and the content of every input
+    file (model, tokenizer, text: `input_digests`) are unchanged; otherwise it runs again and
+    a line says why. ``fresh`` runs every stage again. ``quick`` shrinks every size
+    (`quick_sizes`) for a fast check of a recipe end to end.
 
     Example:
         >>> run = run_recipe("examples/smollm2_int4_phone.yaml")
     """
     import yaml
+
+    from tfcompress.recipes.inputs import input_digests
 
     recipe = load_recipe(recipe)
     if quick:
@@ -296,43 +307,48 @@ def run_recipe(recipe, *, quick: bool = False, verbose: bool = True) -> Run:
     _write_atomic(run.out / "recipe.yaml", yaml.safe_dump(_plain(recipe), sort_keys=False))
     stages = recipe["stages"]
     total = len(stages) + 1
-    digest = _hash("", {k: _plain(recipe)[k] for k in ("model", "data", "seed")})
-    fresh = False  # once a stage runs again, later records are stale
+    inputs = input_digests(recipe)
+    digest = _hash("", {**{k: _plain(recipe)[k] for k in ("model", "data", "seed")},
+                        "inputs": inputs})
     source_folder = run.out / "stages" / "00-source"
     start = time.perf_counter()
     _say(run, f"[0/{total - 1}] source: {run.source}")
     load_source(run)
-    record_path = source_folder / "record.json"
-    old = json.loads(record_path.read_text()) if record_path.is_file() else None
-    if old is not None and old["hash"] == digest:
+    check_layer_choices(stages, run.source, run.model(run.source))
+    old = _old_record(source_folder, fresh)
+    why = _rerun_reason(old, digest, fresh, earlier=False, inputs=inputs)
+    if why is None:
         _restore(run, {**old, "output": None}, source_folder)
     else:
-        fresh = True
+        if why:
+            _say(run, f"[0/{total - 1}] source measured again: {why}")
         report = run.measure(run.source)
         texts = {run.source: _sample(run, run.source)}
         _record(run, source_folder, {"index": 0, "stage": "source", "hash": digest,
-                                     "input": None, "output": None},
+                                     "inputs": inputs, "input": None, "output": None},
                 StageResult(samples=texts), [report])
         run.texts.update(texts)
+    rerun = why is not None  # once a stage runs again, later records are stale
     run.timings.append({"index": 0, "stage": "source", "input": None, "output": run.source,
-                        "seconds": time.perf_counter() - start, "resumed": not fresh})
+                        "seconds": time.perf_counter() - start, "resumed": not rerun})
     for i, st in enumerate(stages, start=1):
         digest = _hash(digest, st)
         folder = run.out / "stages" / f"{i:02d}-{st['stage']}"
         output = st.get("name") if st["stage"] in MAKES_MODEL else None
-        record_path = folder / "record.json"
-        old = json.loads(record_path.read_text()) if record_path.is_file() else None
-        done = (not fresh and old is not None and old["hash"] == digest
-                and (output is None or (folder / "model.keras").is_file()))
+        old = _old_record(folder, fresh)
+        why = _rerun_reason(old, digest, fresh, earlier=rerun)
+        if why is None and output is not None and not (folder / "model.keras").is_file():
+            why = "its saved model is missing"
         arrow = f"{st['input']} -> {output}" if output else st["input"]
-        if done:
+        if why is None:
             _say(run, f"[{i}/{total - 1}] {st['stage']} ({arrow}): finished before, resumed")
             _restore(run, old, folder)
             run.timings.append({**{k: old[k] for k in ("index", "stage", "input", "output")},
                                 "seconds": old["seconds"], "resumed": True})
             continue
-        fresh = True
-        _say(run, f"[{i}/{total - 1}] {st['stage']} ({arrow})")
+        rerun = True
+        _say(run, f"[{i}/{total - 1}] {st['stage']} ({arrow})"
+                  + (f": runs again, {why}" if why else ""))
         start = time.perf_counter()
         result = STAGES[st["stage"]](run, st)
         reports = list(result.reports)
@@ -354,6 +370,30 @@ def run_recipe(recipe, *, quick: bool = False, verbose: bool = True) -> Run:
     path = run.write_report()
     _say(run, f"report written to {path}")
     return run
+
+
+def _old_record(folder: Path, fresh: bool) -> dict | None:
+    path = folder / "record.json"
+    return None if fresh or not path.is_file() else json.loads(path.read_text())
+
+
+def _rerun_reason(old: dict | None, digest: str, fresh: bool, earlier: bool,
+                  inputs: dict | None = None) -> str | None:
+    """None when a stage's record still holds; else why it runs again ('' for a first run)."""
+    from tfcompress.recipes.inputs import changed_inputs
+
+    if fresh:
+        return "--fresh (fresh=True) given"
+    if old is None:
+        return ""
+    if earlier:
+        return "an earlier stage ran again"
+    if old["hash"] == digest:
+        return None
+    changed = changed_inputs(old.get("inputs"), inputs) if inputs is not None else []
+    if changed:
+        return f"input file changed since the last run: {', '.join(changed)}"
+    return "its settings (or an earlier stage's) changed"
 
 
 def _say(run: Run, text: str) -> None:

@@ -34,7 +34,8 @@ MAKES_MODEL = ("distill", "prune", "finetune", "quantize", "factorize")
 TOP_KEYS = {"name": str, "output": str, "seed": int, "model": dict, "data": dict,
             "stages": list, "samples": dict}
 MODEL_KEYS = {"keras": str, "kerashub": str, "gguf": str, "safetensors": str, "preset": str,
-              "object": object, "name": str, "train_steps": int, "learning_rate": float}
+              "object": object, "name": str, "train_steps": int, "learning_rate": float,
+              "custom_objects": list}
 DATA_KEYS = {"corpus": str, "text": str, "tfds": str, "tokenizer": str, "vocab_size": int,
              "seq_len": int, "batch_size": int, "eval_windows": int,
              "calibration_windows": int, "text_key": str, "data_dir": str}
@@ -45,15 +46,24 @@ STAGE_KEYS = {
                 "temperature": float, "divergence": str, "learning_rate": float},
     "finetune": {"steps": int, "learning_rate": float},
     "evaluate": {"models": list},
-    "export": {"mode": str, "modes": list, "prompt": str, "auxiliary_inputs": str},
-    "prune": {"finetune_steps": int},
-    "quantize": {},
-    "factorize": {"finetune_steps": int},
+    "export": {"mode": str, "modes": list, "prompt": str, "auxiliary_inputs": str,
+               "max_abs_error": float, "min_agreement": float, "max_ppl_ratio": float},
+    "prune": {"finetune_steps": int, "layers": str},
+    "quantize": {"layers": str},
+    "factorize": {"finetune_steps": int, "layers": str},
 }
+# which layers a prune / quantize / factorize stage takes without ``include``: ``blocks``, the
+# attention and MLP kernels of each repeated block found from the graph
+# (`tfcompress.core.roles.block_kernel_paths`: embeddings and the head stay), or ``all`` of the
+# method's layer types
+LAYER_ROLES = ("blocks", "all")
+DEFAULT_LAYERS = {"prune": "blocks", "factorize": "blocks", "quantize": "all"}
 STUDENT_KEYS = {"preset": str, "layers": list, "depth": float, "select": str, "model": str,
                 "d_model": int, "n_layers": int, "n_heads": int, "d_ff": int}
 # how a ``depth`` student picks its blocks: evenly spaced, or the highest `block_importance`
 SELECT = ("even", "importance")
+# verification tolerances of an export (export_tflite's arguments; None: the mode's own)
+TOLERANCES = ("max_abs_error", "min_agreement", "max_ppl_ratio")
 DEFAULT_DATA = {"tokenizer": "model", "vocab_size": 2048, "seq_len": 128, "batch_size": 32,
                 "eval_windows": 128, "calibration_windows": 32, "text_key": "text"}
 DEFAULT_SAMPLES = {"prompt": "It is a truth universally acknowledged", "tokens": 48}
@@ -132,6 +142,10 @@ def _check_model(model: dict, base: Path, problems: list[str]) -> None:
         if "train_steps" not in model:
             problems.append("model.train_steps: a built-in preset starts untrained; give the "
                             "number of training steps")
+    bad = [c for c in model.get("custom_objects") or [] if not isinstance(c, str) or not c]
+    if bad or isinstance(model.get("custom_objects"), list) and kind == "preset":
+        problems.append("model.custom_objects: a list of 'module' or 'module:Class' strings "
+                        f"naming the code of a saved model's own layers, got {bad or 'a preset'}")
     if kind != "preset" and "train_steps" in model:
         problems.append("model.train_steps: only a built-in preset is trained by the recipe")
     if "train_steps" in model and _type_ok(model["train_steps"], int) and model[
@@ -261,6 +275,13 @@ def _normalise_stage(raw, index: int, problems: list[str]) -> dict | None:
                     check(settings[key])
                 except TfcompressError as err:
                     problems.append(f"{where}.{key}: {err}")
+    if "layers" in settings:
+        if settings["layers"] not in LAYER_ROLES:
+            problems.append(f"{where}.layers: must be one of {', '.join(LAYER_ROLES)}, got "
+                            f"{settings['layers']!r}")
+        if "include" in settings:
+            problems.append(f"{where}: give layers (a role) or include (names or a regex), "
+                            "not both")
     if stage == "finetune" and "steps" not in settings:
         problems.append(f"{where}.steps: give the number of fine-tuning steps")
     if stage == "export":

@@ -60,6 +60,38 @@ def _tokenizer_file(path: str | Path):
     return tokenizer_from_json(Path(path).read_text(encoding="utf-8"))
 
 
+def load_custom_objects(specs, arg: str = "custom_objects") -> dict:
+    """Import each ``"module"`` (its ``register_keras_serializable`` classes register on
+    import) or ``"module:attr"`` (also registered under ``attr`` for ``keras.saving``), so a
+    model with the user's own layers loads; the current folder is importable.
+    Returns ``{name: object}`` of the ``module:attr`` ones."""
+    import importlib
+    import os
+    import sys
+
+    import keras
+
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    found = {}
+    for spec in specs or ():
+        module, _, attr = str(spec).partition(":")
+        try:
+            value = importlib.import_module(module)
+        except Exception as err:  # noqa: BLE001 - any import failure is the user's to fix
+            raise TfcompressError(
+                f"{arg}: cannot import {module!r} ({type(err).__name__}: {err}); run from the "
+                "folder that holds it or add that folder to PYTHONPATH") from err
+        if attr:
+            if not hasattr(value, attr):
+                names = [n for n in dir(value) if not n.startswith("_")]
+                raise TfcompressError(f"{arg}: module {module!r} has no {attr!r} (it has: "
+                                      f"{', '.join(names[:12])})")
+            found[attr] = getattr(value, attr)
+    keras.saving.get_custom_objects().update(found)
+    return found
+
+
 def load_model(spec: dict):
     """``(model, tokenizer or None)`` from a validated ``model`` section (not a preset)."""
     import keras
@@ -73,6 +105,7 @@ def load_model(spec: dict):
             raise TfcompressError(f"model.object must be a Keras 3 model or a KerasHub "
                                   f"CausalLM, got {type(model).__name__}")
         return model, None
+    load_custom_objects(spec.get("custom_objects"), "model.custom_objects")
     if "keras" in spec:
         path = Path(spec["keras"])
         model = load_keras(path)
@@ -140,6 +173,30 @@ def choose_tokenizer(data: dict, model_tokenizer):
     if choice == "bpe":
         return "bpe"  # trained on the train split by load_corpus
     return _tokenizer_file(choice)
+
+
+def write_tokenizer(tokenizer, folder: str | Path, stem: str) -> Path | None:
+    """Write ``tokenizer``'s JSON as ``folder/tokenizer.json`` (atomically), never over a
+    different file already there (the user's own tokenizer beside their model): then as
+    ``folder/<stem>.tokenizer.json``. None for a tokenizer with no JSON form."""
+    import json
+    import os
+
+    if not hasattr(tokenizer, "to_json"):
+        return None
+    text = tokenizer.to_json()
+    path = Path(folder) / "tokenizer.json"
+    if path.is_file():
+        try:
+            if json.loads(path.read_text(encoding="utf-8")) == json.loads(text):
+                return path
+        except (ValueError, UnicodeDecodeError):
+            pass  # not a JSON file: not ours either
+        path = Path(folder) / f"{stem}.tokenizer.json"
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+    return path
 
 
 def load_text(data: dict, tokenizer):

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tfcompress.errors import TfcompressError, VerificationError
-from tfcompress.recipes.schema import stage_config
+from tfcompress.recipes.schema import DEFAULT_LAYERS, TOLERANCES, stage_config
 
 
 @dataclass
@@ -64,6 +64,36 @@ def alpha_text(alpha: float, alpha_end: float | None) -> str:
     return f" (labels weight {alpha:g}{'' if alpha_end is None else f' -> {alpha_end:g}'})"
 
 
+def method_config(st: dict, model) -> dict:
+    """A prune / quantize / factorize stage's method settings for ``model``: without
+    ``include``, the layers of its role (``layers``: ``blocks`` takes the attention and MLP
+    kernels of each repeated block, found from the graph; a model without blocks, all)."""
+    from tfcompress.core.roles import block_kernel_paths
+
+    config = stage_config(st)
+    if "include" not in config and st.get("layers", DEFAULT_LAYERS[st["stage"]]) == "blocks":
+        config["include"] = tuple(block_kernel_paths(model)) or None
+    return config
+
+
+def check_layer_choices(stages: list[dict], source: str, model) -> None:
+    """Before the first stage: each prune / quantize / factorize stage working on ``model``'s
+    layers (the source, or a model made from it without distillation) selects something:
+    its ``include`` / ``exclude`` match a layer (else the closest names are listed)."""
+    from tfcompress.core.roles import check_selection
+
+    same_layers = {source}
+    for i, st in enumerate(stages):
+        if st["input"] not in same_layers:
+            continue
+        if st["stage"] in DEFAULT_LAYERS:
+            where = f"stages[{i}].{st['stage']}"
+            for key in ("include", "exclude"):
+                check_selection(model, st.get(key), f"{where}.{key}")
+        if st["stage"] != "distill" and "name" in st:
+            same_layers.add(st["name"])
+
+
 @stage("distill")
 def distill_stage(run, st: dict) -> StageResult:
     """A student (`make_student`) trained from the input model with `Distiller` (forward KL).
@@ -101,6 +131,7 @@ def distill_stage(run, st: dict) -> StageResult:
     if "alpha_end" in st:
         callbacks.append(ParameterSchedule("alpha", "linear", alpha, st["alpha_end"]))
     history = distiller.fit(run.train_data(), steps_per_epoch=steps, epochs=1, verbose=2,
+                            shuffle=False,
                             callbacks=callbacks).history
     strip_pruning(student)
     origin = f"`{source_name}`"
@@ -126,7 +157,8 @@ def prune_stage(run, st: dict) -> StageResult:
     masked fine-tune (``finetune_steps``)."""
     from tfcompress.prune import prune, sparsity_summary, strip_pruning
 
-    pruned = prune(run.model(st["input"]), calibration=run.calibration(), **stage_config(st))
+    model = run.model(st["input"])
+    pruned = prune(model, calibration=run.calibration(), **method_config(st, model))
     pruned = finetune(pruned, run.train_data(), st.get("finetune_steps", 0))
     strip_pruning(pruned)
     total = sparsity_summary(pruned)["total"]
@@ -150,7 +182,8 @@ def quantize_stage(run, st: dict) -> StageResult:
     """`quantize` with the stage's settings (GPTQ calibrated on the calibration windows)."""
     from tfcompress.quantize import quantize
 
-    model = quantize(run.model(st["input"]), calibration=run.calibration(), **stage_config(st))
+    model = run.model(st["input"])
+    model = quantize(model, calibration=run.calibration(), **method_config(st, model))
     return StageResult(model, [f"Quantized `{st['input']}` ({stage_config(st)})."])
 
 
@@ -159,8 +192,8 @@ def factorize_stage(run, st: dict) -> StageResult:
     """`factorize` with the stage's settings, then an optional fine-tune (``finetune_steps``)."""
     from tfcompress.lowrank import factorize
 
-    model = factorize(run.model(st["input"]), calibration=run.calibration(),
-                      **stage_config(st))
+    model = run.model(st["input"])
+    model = factorize(model, calibration=run.calibration(), **method_config(st, model))
     plans = model.factorization
     before = sum(p.params_before for p in plans)
     after = sum(p.params_after for p in plans)
@@ -191,22 +224,27 @@ def export_stage(run, st: dict) -> StageResult:
     from tfcompress.evaluate import evaluate
     from tfcompress.evaluate.size import param_counts
     from tfcompress.export import MODES, export_tflite, generate_text
+    from tfcompress.recipes.sources import write_tokenizer
 
     name, model = st["input"], run.model(st["input"])
     modes = st.get("modes") or [st["mode"]]
-    notes = []
+    tolerances = {k: st[k] for k in TOLERANCES if k in st}
+    notes, relax = [], {}
     for mode in modes:
         path = run.out / "exports" / f"{name}.{mode}.tflite"
         rep = run.calibration() if MODES[mode].needs_representative else None
         try:
             result = export_tflite(model, path, mode=mode, seq_len=run.data["seq_len"],
                                    eval_data=run.eval_data(), representative_data=rep,
-                                   auxiliary_inputs=st.get("auxiliary_inputs", "fixed"))
+                                   auxiliary_inputs=st.get("auxiliary_inputs", "fixed"),
+                                   **tolerances)
             break
         except VerificationError as err:
             notes.append(f"{mode} export of `{name}` failed verification ({err}).")
+            relax = err.relax
     else:
-        raise VerificationError(f"no export of {name!r} passed verification: {notes}")
+        raise VerificationError(f"no export of {name!r} passed verification: "
+                                + " ".join(notes), relax)
     label = f"{name} ({mode} tflite)"
     report = evaluate(str(path), run.eval_data(), name=label, batch_sizes=(1,),
                       repeats=run.latency_repeats, params=param_counts(model)["params"])
@@ -214,10 +252,9 @@ def export_stage(run, st: dict) -> StageResult:
     text = generate_text(path, run.tokenizer, st.get("prompt", samples["prompt"]),
                          samples["tokens"])
     files = {f"{name}.{mode}.tflite": str(path)}
-    if hasattr(run.tokenizer, "to_json"):
-        tok = path.parent / "tokenizer.json"
-        tok.write_text(run.tokenizer.to_json(), encoding="utf-8")
-        files["tokenizer.json"] = str(tok)
+    tok = write_tokenizer(run.tokenizer, path.parent, path.stem)
+    if tok is not None:
+        files[tok.name] = str(tok)
     notes.append(
         f"Exported `{name}` to `{Path(path).name}` ({result.bytes:,} bytes): max |logit error| "
         f"{result.max_abs_error:.3g}, next-token agreement {result.agreement:.1%}, perplexity "
