@@ -132,8 +132,9 @@ def _save_cached_lm(dec: Decoder, lengths: dict[str, int], cache_length: int,
 
     module = tf.Module()
     module.weights = {}
-    # the Keras layers a user adapter's callables use: tracked, so their variables are saved
-    module.decoder_modules = list(dec.modules)
+    # the variables of the Keras layers a user adapter's callables use, tracked so that the
+    # SavedModel holds them (a Keras 3 layer does not track nested lists of layers for it)
+    module.decoder_variables = [getattr(v, "value", v) for m in dec.modules for v in m.weights]
     weights = {}
     for name in list(dec.weights):
         value = dec.weights.pop(name)
