@@ -184,3 +184,35 @@ def test_a_model_without_an_adapter_is_refused_with_how_to_register_one(tmp_path
     assert not (tmp_path / "b").exists()
     with pytest.raises(TfcompressError, match="register_decoder takes a class .*got 'Unknown'"):
         register_decoder("Unknown")
+
+
+def test_sliding_window_mask_sees_only_the_last_window_positions():
+    import tensorflow as tf
+
+    from tfcompress.export.llm_graph import _mask_bias
+
+    visible = _mask_bias(tf, tf.constant([5, 6]), 8, window=3).numpy() == 0
+    assert visible.tolist() == [[False, False, False, True, True, True, False, False],
+                                [False, False, False, False, True, True, True, False]]
+    # a window the cache cannot exceed: plain causal
+    assert (_mask_bias(tf, tf.constant([6]), 8, window=8).numpy() == 0).tolist() == [
+        [True] * 7 + [False]]
+
+
+def test_partial_rotary_and_phi3_long_factors():
+    import tensorflow as tf
+
+    from tfcompress.export.llm_graph import CacheStep, _rope_tables
+    from tfcompress.models.decoders import Rope
+
+    dec = Decoder("t", 8, 4, 1, 1, 1, 4, 1e-6)
+    rope = Rope((1.0,), long_inv_freq=(0.5,), long_after=4)  # rotates 2 of 4 features
+    x = tf.constant([[[1.0, 0.0, 5.0, 6.0]]] * 2)
+    short = CacheStep(dec, None, None, None, None, _rope_tables(tf, rope, tf.constant([2, 3])))
+    np.testing.assert_allclose(short.rotate(x).numpy()[:, 0], [[np.cos(2), np.sin(2), 5, 6],
+                                                              [np.cos(3), np.sin(3), 5, 6]],
+                               atol=1e-6)
+    # a call reaching position 4 (past long_after - 1) uses the long factors: angle 4 * 0.5
+    long = CacheStep(dec, None, None, None, None, _rope_tables(tf, rope, tf.constant([4])))
+    np.testing.assert_allclose(long.rotate(x[:1]).numpy()[0, 0], [np.cos(2), np.sin(2), 5, 6],
+                               atol=1e-6)
