@@ -214,17 +214,15 @@ def cached_forward(dec: Decoder, weights: dict, tokens, input_pos, k_caches: lis
             x = x * dec.embed_scale
         if "pos_embed" in weights:
             x = x + tf.gather(weights["pos_embed"], input_pos)
-    # one mask per window length and one cos/sin table per RoPE, shared by the layers
-    masks = {w: _mask_bias(tf, input_pos, cache_len, w)
-             for w in dict.fromkeys(w if w is not None and w < cache_len else None
-                                    for w in dec.window)}
+    # one mask per window length and one cos/sin table per RoPE, shared by the layers; a
+    # window the cache cannot exceed is no window
+    windows = [w if w is not None and w < cache_len else None for w in dec.window]
+    masks = {w: _mask_bias(tf, input_pos, cache_len, w) for w in dict.fromkeys(windows)}
     tables = {r: _rope_tables(tf, r, input_pos) for r in dict.fromkeys(dec.rope) if r}
     start = tf.stack([0, 0, input_pos[0], 0])
     new_k, new_v = [], []
     for i in range(dec.n_layers):
-        window = dec.window[i] if dec.window[i] is not None and dec.window[i] < cache_len \
-            else None
-        step = CacheStep(dec, k_caches[i], v_caches[i], start, masks[window],
+        step = CacheStep(dec, k_caches[i], v_caches[i], start, masks[windows[i]],
                          tables.get(dec.rope[i]))
         x = dec.layer(i, x, step) if dec.layer is not None else _layer(
             tf, dec, weights, i, x, step)
