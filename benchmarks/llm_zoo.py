@@ -4,11 +4,11 @@ float32 one), then measured side by side.
 
 Per family: parameters, bundle MB (int8 and float32), prefill and decode tokens/s of the int8
 bundle (2 threads; every family's bundle timed in each round, `interleaved_latency`, the
-load average recorded before and after) and decode speed relative to our own
-`build_llama` of the same shape (the peer: the KerasHub Llama should match it, others differ
-by their extra ops), whether the float32 bundle's greedy ids equal the Keras model's, the int8
-bundle's next-token agreement with Keras on Austen text, and whether LiteRT-LM's engine
-decodes the same text as `LLMRunner` from the int8 ``.litertlm``.
+order rotated between rounds, the load average recorded per round) and decode speed relative
+to our own `build_llama` of the same shape (the peer: the KerasHub Llama should match it,
+others differ by their extra ops), whether the float32 bundle's greedy ids equal the Keras
+model's, the int8 bundle's next-token agreement with Keras on Austen text, and whether
+LiteRT-LM's engine decodes the same text as `LLMRunner` from the int8 ``.litertlm``.
 
     python -m benchmarks.llm_zoo                     # d 256, 4 layers (Gemma3 6), heads of 64
     python -m benchmarks.llm_zoo --families llama gemma3
@@ -28,11 +28,12 @@ from benchmarks._common import bench_parser, parse_args, write_results
 from tests.llm_zoo_models import FAMILIES, decisive, steer_to_text, zoo_model
 
 THREADS = 2
+# decode_chunk: tokens per timed decode call (one token is too short to time on a busy machine)
 SIZES = {  # quick: the tests' sizes
-    False: dict(d=256, layers=4, head_dim=64, vocab=1024, cache=256, prefill=64, new=64,
-                greedy=32, agree=128, engine=16, rounds=5, repeats=5),
-    True: dict(d=64, layers=2, head_dim=16, vocab=320, cache=64, prefill=8, new=8, greedy=8,
-               agree=32, engine=8, rounds=1, repeats=1),
+    False: dict(d=256, layers=4, head_dim=64, vocab=1024, cache=256, prefill=64,
+                greedy=32, agree=128, engine=16, rounds=7, repeats=3, decode_chunk=16),
+    True: dict(d=64, layers=2, head_dim=16, vocab=320, cache=64, prefill=8, greedy=8,
+               agree=32, engine=8, rounds=1, repeats=1, decode_chunk=4),
 }
 PEER = "ours"  # `build_llama` of the same shape
 
@@ -107,8 +108,8 @@ def check(family: str, size: dict, tokenizer, text_ids, prompt: str, out: Path,
 
 
 def time_bundles(rows: dict, size: dict, text_ids) -> dict:
-    """Prefill and decode tokens/s of each int8 bundle, interleaved over rounds
-    (`interleaved_latency`), with the load average before and after."""
+    """Prefill and decode tokens/s of each int8 bundle: medians over rounds of
+    `interleaved_latency`, the order rotated between rounds, the load average per round."""
     from tfcompress.evaluate import interleaved_latency
     from tfcompress.export.llm_runner import LLMRunner
 
@@ -121,17 +122,27 @@ def time_bundles(rows: dict, size: dict, text_ids) -> dict:
             runner.reset()
             runner.prefill(prefill_ids)
 
-        def decode(runner=runner):  # one token; the cache restarts before it is full
-            if runner.position >= runner.cache_length - 1:
+        def decode(runner=runner):  # a few tokens (long enough to time); restarts the cache
+            if runner.position + size["decode_chunk"] > runner.cache_length:
                 runner.reset()
-            runner.decode(int(prefill_ids[runner.position % len(prefill_ids)]))
+            for _ in range(size["decode_chunk"]):
+                runner.decode(int(prefill_ids[runner.position % len(prefill_ids)]))
 
         fns[f"{family}/prefill"], fns[f"{family}/decode"] = prefill, decode
-    load = [os.getloadavg()[0]]
-    ms = interleaved_latency(fns, rounds=size["rounds"], repeats=size["repeats"])
-    load.append(os.getloadavg()[0])
-    return {"tps": {f: {"prefill": size["prefill"] * 1e3 / ms[f"{f}/prefill"]["median_ms"],
-                        "decode": 1e3 / ms[f"{f}/decode"]["median_ms"]} for f in rows},
+    # each round starts one family later: no family always runs first (it measured 2x slower)
+    names, samples, load = list(fns), {name: [] for name in fns}, []
+    for rnd in range(size["rounds"]):
+        load.append(os.getloadavg()[0])
+        shift = 2 * rnd % len(names)
+        order = names[shift:] + names[:shift]
+        ms = interleaved_latency({name: fns[name] for name in order}, rounds=1,
+                                 repeats=size["repeats"], warmup=0 if rnd else 2)
+        for name, stats in ms.items():
+            samples[name].append(stats["median_ms"])
+    ms = {name: float(np.median(v)) for name, v in samples.items()}
+    return {"tps": {f: {"prefill": size["prefill"] * 1e3 / ms[f"{f}/prefill"],
+                        "decode": size["decode_chunk"] * 1e3 / ms[f"{f}/decode"]}
+                    for f in rows},
             "ms": ms, "load_avg": load}
 
 
@@ -176,8 +187,8 @@ def main(argv: list[str] | None = None) -> None:
         rows[family]["prefill_tps"], rows[family]["decode_tps"] = tps["prefill"], tps["decode"]
         rows[family].pop("bundle")
     data = {"sizes": size, "threads": THREADS, "rows": rows, "timing_ms": timing["ms"],
-            "load_avg_before_after": timing["load_avg"], "cpu_count": os.cpu_count()}
-    write_results("llm_zoo", table(rows) + f"\n\nLoad average before and after timing: "
+            "load_avg_per_round": timing["load_avg"], "cpu_count": os.cpu_count()}
+    write_results("llm_zoo", table(rows) + f"\n\nLoad average per timing round: "
                   f"{[round(x, 1) for x in timing['load_avg']]} on {os.cpu_count()} cores.",
                   data, args)
 
