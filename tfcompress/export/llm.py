@@ -132,6 +132,9 @@ def _save_cached_lm(dec: Decoder, lengths: dict[str, int], cache_length: int,
 
     module = tf.Module()
     module.weights = {}
+    # the variables of the Keras layers a user adapter's callables use, tracked so that the
+    # SavedModel holds them (a Keras 3 layer does not track nested lists of layers for it)
+    module.decoder_variables = [getattr(v, "value", v) for m in dec.modules for v in m.weights]
     weights = {}
     for name in list(dec.weights):
         value = dec.weights.pop(name)
@@ -219,17 +222,20 @@ def export_llm(
 ) -> LLMExportResult:
     """Write the bundle folder ``path``: ``model.tflite``, ``tokenizer.json``, ``llm.json``.
 
-    ``model`` is a `build_llama` or `build_gpt` model or a KerasHub ``GPT2CausalLM``, float or
-    compressed (quantized layers are decoded to float and re-quantized by LiteRT in ``mode``:
-    its int8 per-channel / int4 blockwise grids; k-means, log2 and NF4 codebooks have no
-    LiteRT kernel, so they land on those grids too, with one more rounding; low-rank layers
-    stay two matrices). ``mode``: ``float32``, ``float16``, ``dynamic_int8``
-    (int8 per-channel weights) or ``int4`` (blockwise int4 weights, LiteRT quantizer; see
-    `tfcompress.export.llm_int4`): a layer quantized on LiteRT's own int4 grid
-    (``QuantizeConfig.litert_int4()``) keeps its codes and scales exactly, any other (affine
-    groups, NF4, k-means, float) is rounded onto that grid; the result's ``int4`` (and
-    ``llm.json``'s) lists which were ``copied`` and which ``rerounded``. The embedding table
-    is int8 per row, the output head int8 per channel (unless it is on the int4 grid).
+    ``model`` is any decoder-only LM with an adapter (`tfcompress.models.decoders`: our
+    `build_llama` and `build_gpt`, KerasHub's GPT2, Llama, Llama3, Mistral, Qwen2, Qwen3,
+    Gemma, Gemma3, Phi3 and SmolLM3 CausalLMs, or a class given one with
+    `tfcompress.models.register_decoder`), float or compressed (quantized layers are
+    decoded to float and re-quantized by LiteRT in ``mode``: its int8 per-channel / int4
+    blockwise grids; k-means, log2 and NF4 codebooks have no LiteRT kernel, so they land on
+    those grids too, with one more rounding; low-rank layers stay two matrices). ``mode``:
+    ``float32``, ``float16``, ``dynamic_int8`` (int8 per-channel weights) or ``int4``
+    (blockwise int4 weights, LiteRT quantizer; see `tfcompress.export.llm_int4`): a layer
+    quantized on LiteRT's own int4 grid (``QuantizeConfig.litert_int4()``) keeps its codes
+    and scales exactly, any other (affine groups, NF4, k-means, float) is rounded onto that
+    grid; the result's ``int4`` (and ``llm.json``'s) lists which were ``copied`` and which
+    ``rerounded``. The embedding table is int8 per row, the output head int8 per channel
+    (unless it is on the int4 grid).
     ``tokenizer``: a tfcompress tokenizer, a ``tokenizer.json`` path or a ``.gguf`` file (its
     BPE tokenizer, its EOS id, and its BOS id if the GGUF adds one). ``special_tokens`` (e.g.
     ``{"bos": 1, "eos": 2}``) overrides those ids: ``bos`` starts every text prompt

@@ -1,5 +1,7 @@
-"""Model builders: small GPT-style decoder-only LMs with named presets, and Llama-family LMs."""
+"""Model builders: small GPT-style decoder-only LMs with named presets, Llama-family LMs, and
+the decoder adapters `export_llm` reads any decoder-only LM with (`register_decoder`)."""
 
+from tfcompress.models.decoders import Decoder, register_decoder
 from tfcompress.models.gpt import PRESETS, GPTConfig, build_gpt, gpt_param_count, preset
 from tfcompress.models.layers import PositionEmbedding, TiedEmbedding
 from tfcompress.models.llama import (
@@ -13,6 +15,7 @@ from tfcompress.models.llama import (
 
 __all__ = [
     "PRESETS",
+    "Decoder",
     "GPTConfig",
     "LlamaConfig",
     "PositionEmbedding",
@@ -25,4 +28,5 @@ __all__ = [
     "generate",
     "gpt_param_count",
     "preset",
+    "register_decoder",
 ]
