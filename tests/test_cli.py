@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import tfcompress
-from tfcompress.cli import AUXILIARY_INPUTS, EXPORT_MODES, main
+from tfcompress.cli import AUXILIARY_INPUTS, EXPORT_MODES, LLM_MODES, main
 from tfcompress.data import bundled_corpus
 from tfcompress.models import build_gpt, gpt_param_count, preset
 
@@ -35,6 +35,7 @@ def test_help_parses_before_tensorflow_loads():
 
 def test_export_modes_in_help_are_the_registry():
     assert sorted(EXPORT_MODES) == sorted(tfcompress.export.MODES)
+    assert LLM_MODES == tfcompress.export.modes.LLM_MODES
     assert AUXILIARY_INPUTS == tfcompress.core.signature.AUXILIARY_INPUTS
 
 
@@ -69,6 +70,35 @@ def test_bad_option_exits_2(capsys):
     with pytest.raises(SystemExit) as exit_:
         main(["export", "m.keras", "--mode", "int3"])
     assert exit_.value.code == 2 and "invalid choice: 'int3'" in capsys.readouterr().err
+
+
+def test_export_llm_then_generate_streams_the_bundles_text(saved, tmp_path, capsys):
+    from tfcompress.export import LLMRunner
+
+    out = tmp_path / "bundle"
+    assert main(["export", str(saved / "m.keras"), "--llm", "--mode", "float32",
+                 "--tokenizer", "byte", "--data", str(saved / "text.txt"), "--windows", "2",
+                 "--prefill-lengths", "8", "--cache-length", "32", "--output", str(out)]) == 0
+    printed = capsys.readouterr().out  # progress lines, then the result
+    result = json.loads(printed[printed.index("\n{") + 1:])
+    assert result["litertlm"] == str(out / "model.litertlm") and result["agreement"] == 1.0
+    assert result["verified_on"] == "the given 32 token ids"  # a held-out window of --data
+    assert {p.name for p in out.iterdir()} >= {"model.tflite", "tokenizer.json", "llm.json",
+                                               "model.litertlm"}
+    assert main(["generate", str(out), "It is a truth", "--tokens", "12"]) == 0
+    expected = "".join(LLMRunner(out).generate("It is a truth", max_new_tokens=12))
+    assert capsys.readouterr().out == expected + "\n" and expected
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "{m}", "hello"], "bundle must be a folder written by export_llm"),
+    (["export", "{m}", "--llm", "--mode", "int8"],
+     "--mode: a bundle (--llm) takes float32, float16, dynamic_int8, int4, got 'int8'"),
+])
+def test_llm_commands_refuse_bad_input_with_one_message(saved, capsys, argv, message):
+    assert main([a.format(m=saved / "m.keras") for a in argv]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("tfcompress: error: ") and message in err
 
 
 def test_inspect_lists_what_each_method_touches(saved, capsys):

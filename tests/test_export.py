@@ -26,8 +26,9 @@ from tfcompress.export import (
     next_token,
     representative_samples,
 )
+from tfcompress.export.modes import check_verification
 from tfcompress.export.ops import delegated
-from tfcompress.export.tflite import _check, agreement_stats
+from tfcompress.export.tflite import agreement_stats
 from tfcompress.models import build_gpt
 from tfcompress.models.training import train_lm
 
@@ -214,12 +215,12 @@ def test_tolerance_checks_raise_with_numbers():
     stats = {"max_abs_error": 0.5, "relative_error": 0.05, "agreement": 0.9,
              "perplexity": 12.0, "keras_perplexity": 10.0}
     with pytest.raises(VerificationError, match=r"max \|error\| 0.5 > allowed 0.1"):
-        _check(stats, MODES["int8"], 0.1, None, None)
+        check_verification(stats, MODES["int8"], 0.1, None, None)
     with pytest.raises(VerificationError, match=r"agreement 90.00% < needed 95%"):
-        _check(stats, MODES["int8"], None, 0.95, None)
+        check_verification(stats, MODES["int8"], None, 0.95, None)
     with pytest.raises(VerificationError, match=r"ratio 1.200 > 1.100"):
-        _check(stats, MODES["int8"], None, None, None)
-    _check(stats, MODES["int8"], None, None, 1.25)  # within every tolerance: no error
+        check_verification(stats, MODES["int8"], None, None, None)
+    check_verification(stats, MODES["int8"], None, None, 1.25)  # within every tolerance
 
 
 def test_representative_samples_from_batched_dataset_of_tuples():

@@ -6,7 +6,9 @@ import keras
 import numpy as np
 import pytest
 
-from tfcompress.errors import TfcompressError
+from tfcompress.data import bundled_corpus
+from tfcompress.errors import TfcompressError, VerificationError
+from tfcompress.evaluate.quality import token_stats
 from tfcompress.export.llm import export_llm, keras_logits
 from tfcompress.export.llm_runner import LLMRunner
 from tfcompress.models import LlamaConfig, build_gpt, build_llama, generate
@@ -120,7 +122,7 @@ def test_streamed_text_is_the_decoded_tokens(exported):
     tok = runner.tokenizer
     pieces = list(runner.generate("It is a truth", max_new_tokens=20))
     ids = list(runner.generate_ids(tok.encode("It is a truth"), max_new_tokens=20))
-    assert "".join(pieces) == tok.decode(ids)
+    assert "".join(pieces) == tok.decode([i for i in ids if i != EOS])  # no stop token text
     assert EOS not in ids[:-1]  # eos (from special_tokens) stops generation
     with pytest.raises(TfcompressError, match=f"exceed cache_length {CACHE}"):
         runner.generate_ids(PROMPT, max_new_tokens=70)
@@ -132,12 +134,70 @@ def test_streamed_text_is_the_decoded_tokens(exported):
                                                      "prefill length 64"),
     (dict(prefill_lengths=(0,)), "prefill_lengths must be positive"),
     (dict(prefill_lengths=(4,), cache_length=100), r"exceeds the model's 80 learned positions"),
+    (dict(prefill_lengths=(8,), verify_text="It is a truth"),
+     "verify_text is a string but no tokenizer was given"),
+    (dict(prefill_lengths=(8,), verify_text=[3, 64]),
+     r"verify_text must be a string or 2\+ token ids in \[0, 64\)"),
 ])
 def test_bad_arguments_are_refused_before_converting(tmp_path, kwargs, match):
     model = build_gpt("test-tiny", vocab_size=64, seq_len=80)
     with pytest.raises(TfcompressError, match=match):
         export_llm(model, tmp_path / "b", **{"cache_length": 64, **kwargs})
     assert not (tmp_path / "b").exists()
+
+
+def scrambled(monkeypatch):
+    """Make export_llm write a broken file: every matmul's input rows reversed (the kind of
+    slip a wrong weight layout makes), while Keras keeps the right weights."""
+    import tfcompress.export.llm as llm
+
+    save = llm._save_cached_lm
+
+    def broken(dec, *args):
+        for name, value in dec.weights.items():
+            if name.endswith(".w"):
+                dec.weights[name] = [matrix[::-1] for matrix in value]
+        return save(dec, *args)
+
+    monkeypatch.setattr(llm, "_save_cached_lm", broken)
+
+
+@pytest.mark.parametrize("mode", ["float32", "int4"])
+def test_verification_on_text_passes_a_healthy_bundle_and_fails_a_broken_one(
+        tmp_path, monkeypatch, mode):
+    """Defaults: the bundle vs Keras on the bundled Austen text, encoded by the tokenizer
+    (int4: a model on LiteRT's int4 grid, whose codes the bundle keeps)."""
+    from tfcompress.quantize import QuantizeConfig
+
+    config = QuantizeConfig.litert_int4("rtn", types=("Dense",)) if mode == "int4" else None
+    model = tiny_int4_llama(config, vocab=bpe().vocab_size)
+    args = dict(prefill_lengths=(8,), cache_length=CACHE, mode=mode, tokenizer=bpe(),
+                verbose=False)
+    healthy = export_llm(model, tmp_path / "ok", **args)
+    assert healthy.verified_on == f"{CACHE} tokens of the bundled Austen test text"
+    ids = LLMRunner(tmp_path / "ok").encode(bundled_corpus("austen")["test"][:8 * CACHE])[:CACHE]
+    logits = keras_logits(model)(np.asarray(ids)[None])[0]
+    nll, _, count = token_stats(logits[:-1], np.asarray(ids[1:]))
+    assert healthy.keras_perplexity == pytest.approx(np.exp(nll / count), rel=1e-6)
+    if mode == "float32":
+        assert healthy.perplexity == pytest.approx(healthy.keras_perplexity, rel=1e-5)
+    scrambled(monkeypatch)
+    with pytest.raises(VerificationError, match=f"{mode} export of llama \\(verified on {CACHE} "
+                       r"tokens of the bundled Austen test text\) disagrees with the Keras "
+                       r"model: .*next-token agreement [\d.]+% < needed"):
+        export_llm(model, tmp_path / "broken", **args)
+
+
+def test_verification_takes_the_users_text_or_falls_back_to_random_ids(tmp_path):
+    """(Token ids as verify_text: the recipe and CLI bundle tests.)"""
+    model = tiny_llama(vocab=bpe().vocab_size)
+    args = dict(prefill_lengths=(8,), cache_length=CACHE, mode="float32", verbose=False)
+    text = export_llm(model, tmp_path / "a", tokenizer=bpe(), verify_text="a single man", **args)
+    assert text.verified_on == f"{len(bpe().encode('a single man'))} tokens of the given text"
+    assert text.perplexity == pytest.approx(text.keras_perplexity, rel=1e-5)
+    blind = export_llm(model, tmp_path / "c", **args)
+    assert blind.verified_on.startswith("16 random token ids (no tokenizer: give tokenizer=")
+    assert blind.perplexity is None and blind.agreement == 1.0
 
 
 def test_int4_refuses_input_sizes_off_its_block_before_converting(tmp_path):
@@ -229,18 +289,21 @@ def test_int4_export_keeps_the_output_head_int8(tmp_path):
     assert np.corrcoef(got.ravel(), want.ravel())[0, 1] > 0.9
 
 
-def tiny_int4_llama(config):
-    """A tiny tied Llama (sizes multiples of LiteRT's int4 block) quantized with ``config``."""
+def tiny_int4_llama(config, vocab: int = 64):
+    """A tiny tied Llama (sizes multiples of LiteRT's int4 block) quantized with ``config``
+    (None: float)."""
     from tfcompress.quantize import quantize
 
     keras.utils.set_random_seed(0)
-    model = spread(build_llama(LlamaConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4,
+    model = spread(build_llama(LlamaConfig(vocab_size=vocab, d_model=32, n_layers=2, n_heads=4,
                                            n_kv_heads=2, d_ff=64, tie_embeddings=True)))
     rng = np.random.default_rng(2)
     for v in model.weights:  # norm scales other than 1, as in a trained model
         if "norm" in v.path:
             v.assign(rng.uniform(0.5, 1.5, v.shape).astype("float32"))
-    return quantize(model, config, calibration=rng.integers(0, 64, (8, 16)), verbose=0)
+    if config is None:
+        return model
+    return quantize(model, config, calibration=rng.integers(0, vocab, (8, 16)), verbose=0)
 
 
 @pytest.fixture(scope="module")

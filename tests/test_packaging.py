@@ -39,7 +39,7 @@ def test_wheel_holds_the_package_corpus_and_py_typed_but_no_tests_or_results(dis
     for split in ("train", "valid", "test"):
         assert f"tfcompress/data/corpora/austen/{split}.txt.gz" in wheel
     assert "tfcompress/data/corpora/austen/PROVENANCE.md" in wheel
-    assert "tfcompress/recipes/examples/demo.yaml" in wheel  # recipes read their examples
+    assert "tfcompress/recipes/examples/smollm2_phone.yaml" in wheel  # recipes read their examples
     sources = {p.relative_to(ROOT).as_posix() for p in (ROOT / "tfcompress").rglob("*.py")}
     assert sources <= set(wheel)  # every module, subpackages included
     assert not [n for n in wheel if n.startswith(("tests/", "benchmarks/", "notebooks/"))]

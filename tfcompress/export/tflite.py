@@ -27,7 +27,13 @@ from tfcompress.evaluate.latency import keras_forward
 from tfcompress.evaluate.quality import lm_quality
 from tfcompress.evaluate.size import file_sizes
 from tfcompress.export.diagnose import diagnose
-from tfcompress.export.modes import INT4_BLOCK, MODES, ExportMode, check_int4_blocks
+from tfcompress.export.modes import (
+    INT4_BLOCK,
+    MODES,
+    ExportMode,
+    check_int4_blocks,
+    check_verification,
+)
 from tfcompress.export.ops import describe_ops, inspect_tflite
 from tfcompress.export.representative import MAIN_NAME, InputSpec, representative_samples
 from tfcompress.export.runner import TFLiteRunner
@@ -269,32 +275,6 @@ def verify(model, runner: TFLiteRunner, sample: np.ndarray, eval_data=None,
     return stats
 
 
-def _check(stats: dict, mode: ExportMode, max_abs_error, min_agreement, max_ppl_ratio) -> None:
-    problems, relax = [], {}
-    if max_abs_error is not None and stats["max_abs_error"] > max_abs_error:
-        problems.append(f"max |error| {stats['max_abs_error']:.4g} > allowed {max_abs_error:.4g}")
-        relax["max_abs_error"] = stats["max_abs_error"]
-    if max_abs_error is None and stats["relative_error"] > mode.max_rel_error:
-        problems.append(f"max |error| {stats['max_abs_error']:.4g} is "
-                        f"{stats['relative_error']:.3g} of the largest logit "
-                        f"(allowed {mode.max_rel_error:.3g})")
-        relax["max_abs_error"] = stats["max_abs_error"]
-    need = mode.min_agreement if min_agreement is None else min_agreement
-    if stats["agreement"] is not None and stats["agreement"] < need:
-        problems.append(f"next-token agreement {stats['agreement']:.2%} < needed {need:.0%}")
-        relax["min_agreement"] = stats["agreement"]
-    if "perplexity" in stats:
-        ratio = stats["perplexity"] / stats["keras_perplexity"]
-        limit = mode.max_ppl_ratio if max_ppl_ratio is None else max_ppl_ratio
-        if ratio > limit:
-            problems.append(f"perplexity {stats['perplexity']:.4g} vs Keras "
-                            f"{stats['keras_perplexity']:.4g} (ratio {ratio:.3f} > {limit:.3f})")
-            relax["max_ppl_ratio"] = ratio
-    if problems:
-        raise VerificationError(
-            f"{mode.name} export disagrees with the Keras model: " + "; ".join(problems), relax)
-
-
 def _where_it_breaks(model, path: Path, sample: np.ndarray, spec: InputSpec) -> str:
     """The first op of a failed fixed-range export that adds a large error, from `diagnose`
     on a few verification rows: which layer to keep float, re-calibrate or retrain."""
@@ -474,7 +454,8 @@ def export_tflite(
         for key, value in stats.items():
             setattr(result, key, value)
         try:
-            _check(stats, spec_mode, max_abs_error, min_agreement, max_ppl_ratio)
+            check_verification(stats, spec_mode, max_abs_error, min_agreement,
+                               max_ppl_ratio)
         except VerificationError as err:
             where = (f"; {_where_it_breaks(model, path, sample, spec)}"
                      if spec_mode.static_activations else "")

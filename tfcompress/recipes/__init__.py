@@ -3,7 +3,8 @@
 `run` validates the whole recipe first (one error listing every problem), then runs the
 stages in order, checkpointing each so a re-run resumes, and writes ``report.md``. The
 stages (`STAGES`) are thin layers over the public verbs. Example recipes ship in
-``tfcompress/recipes/examples`` (`example` gives their paths); ``demo`` is ``make demo``.
+``tfcompress/recipes/examples`` (`example` gives their paths); ``smollm2_phone`` is
+``make demo``.
 
 Example:
     >>> import tfcompress

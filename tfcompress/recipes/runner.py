@@ -3,9 +3,10 @@
 The run folder (``output``) holds ``recipe.yaml`` (the recipe as run, defaults filled in),
 ``stages/NN-<stage>/`` (``model.keras`` of a stage that makes a model, and ``record.json``:
 its config hash, time, notes and measurements), ``exports/`` (``.tflite`` files and the
-tokenizer), ``report.md``, ``report.json`` and ``quality_vs_size.png``. Running the same
-recipe again resumes after the last finished stage whose config (and every earlier one) and
-input files (their contents) are unchanged; ``fresh=True`` (``--fresh``) starts over.
+tokenizer; on-device bundle folders with their ``.litertlm``), ``report.md``, ``report.json``
+and ``quality_vs_size.png``. Running the same recipe again resumes after the last finished
+stage whose config (and every earlier one) and input files (their contents) are unchanged;
+``fresh=True`` (``--fresh``) starts over.
 
 Example:
     >>> run = tfcompress.run("recipes/my_model.yaml")
@@ -14,6 +15,7 @@ Example:
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -23,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from tfcompress.errors import TfcompressError
+from tfcompress.recipes.bundles import BUNDLE_KIND
 from tfcompress.recipes.schema import MAKES_MODEL, validate
 from tfcompress.recipes.stages import STAGES, StageResult, check_layer_choices
 
@@ -124,7 +127,7 @@ class Run:
             plot_quality_vs_size(self.reports, self.out / "quality_vs_size.png")
             lines += [compare(self.reports, self.source if base else None), "",
                       "![quality vs size](quality_vs_size.png)", ""]
-        shipped = [r for r in self.reports if r.kind == "tflite"]
+        shipped = [r for r in self.reports if r.kind in ("tflite", BUNDLE_KIND)]
         if base is not None and shipped:
             lines += ["## Exported models against the original", ""]
             for r in shipped:
@@ -132,6 +135,7 @@ class Run:
                 lines.append(f"- `{r.name}`: {_x(k['size_ratio'])} the bytes of `{base.name}`, "
                              f"perplexity {_x(k.get('perplexity_ratio'))} its perplexity.")
             lines.append("")
+        lines += bundle_table([r for r in self.reports if r.kind == BUNDLE_KIND], base)
         if self.texts:
             lines += ["## Samples (greedy, same prompt)", "", "| model | text |", "|---|---|"]
             lines += [f"| {n} | {_cell(t)} |" for n, t in self.texts.items()]
@@ -149,6 +153,24 @@ class Run:
             "stages": self.timings, "samples": self.texts, "files": self.files,
             "notes": self.notes}, indent=2, default=str))
         return self.out / "report.md"
+
+
+def bundle_table(bundles: list, base) -> list[str]:
+    """Markdown lines: each on-device bundle's size, perplexity (and its ratio to ``base``,
+    the source model, on the same held-out tokens) and tokens/s from `LLMRunner`."""
+    if not bundles:
+        return []
+    lines = ["## On-device bundles (LLMRunner, this machine's CPU)", "",
+             "| bundle | mode | .tflite MB | perplexity | vs source | prefill tokens/s "
+             "| decode tokens/s |", "|---|---|---|---|---|---|---|"]
+    for r in bundles:
+        ppl = r.quality.get("perplexity")
+        ratio = None if base is None or ppl is None else ppl / base.quality["perplexity"]
+        lines.append(f"| `{Path(r.extra['bundle']).name}` | {r.extra['mode']} "
+                     f"| {r.bytes / 1e6:.1f} | {ppl:.3f} | {_x(ratio)} "
+                     f"| {r.extra['prefill_tokens_per_s']:.0f} "
+                     f"| {r.extra['decode_tokens_per_s']:.1f} |")
+    return [*lines, ""]
 
 
 def _x(value) -> str:
@@ -401,6 +423,22 @@ def _say(run: Run, text: str) -> None:
         print(text, flush=True)
 
 
+def toy_source(recipe: dict) -> dict:
+    """A parsed (not yet validated) ``recipe`` whose model is a tiny built-in GPT trained a
+    few steps on byte tokens of the same text, under the same name: its stages run in
+    seconds without the real checkpoint (``python -m tfcompress demo --quick``).
+
+    Example:
+        >>> toy_source(parse(example("smollm2_phone").read_text()))["model"]
+        {'preset': 'test-tiny', 'train_steps': 20, 'name': 'smollm2'}
+    """
+    toy = copy.deepcopy(recipe)
+    name = (recipe.get("model") or {}).get("name", "base")
+    toy["model"] = {"preset": "test-tiny", "train_steps": 20, "name": name}
+    toy["data"] = {**(recipe.get("data") or {}), "tokenizer": "byte"}
+    return toy
+
+
 def quick_sizes(recipe: dict) -> dict:
     """The recipe at toy sizes: a ``test-tiny`` preset, 32-token windows, a few steps per
     stage, its own output folder (``<output>-quick``)."""
@@ -416,6 +454,8 @@ def quick_sizes(recipe: dict) -> dict:
         for key, cap in (("steps", 10), ("finetune_steps", 5)):
             if key in st:
                 st[key] = min(st[key], cap)
+        if "llm" in st:  # a cache within the toy's 32 positions
+            st["llm"].update(prefill_lengths=[8], cache_length=32)
         if "preset" in st.get("student", {}):
             st["student"]["preset"] = "test-tiny"
     small["samples"]["tokens"] = min(small["samples"]["tokens"], 16)
@@ -423,4 +463,5 @@ def quick_sizes(recipe: dict) -> dict:
     return small
 
 
-__all__ = ["Run", "load_recipe", "parse", "quick_sizes", "run_recipe", "train_preset"]
+__all__ = ["Run", "load_recipe", "parse", "quick_sizes", "run_recipe", "toy_source",
+           "train_preset"]

