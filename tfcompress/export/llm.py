@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from tfcompress.errors import TfcompressError
+from tfcompress.errors import TfcompressError, VerificationError
 from tfcompress.export.llm_graph import Decoder, cached_forward, decoder_of
 from tfcompress.export.llm_int4 import quantize_int4
 from tfcompress.export.modes import INT4_BLOCK, LLM_MODES, check_int4_blocks, check_verification
@@ -316,7 +316,11 @@ def export_llm(
     result = LLMExportResult(str(path), str(tflite), mode, len(flatbuffer), signatures,
                              info["ops"], info["tensor_dtypes"], info["not_delegated"], int4=int4)
     if verify_output:
-        _verify(model, path, dec, MODES[mode], result, verify_text)
+        try:
+            _verify(model, path, dec, MODES[mode], result, verify_text)
+        except VerificationError as err:
+            tflite.unlink()  # as export_tflite: a failed file must not sit there looking shippable
+            raise VerificationError(f"{err}; {tflite} was not kept", err.relax) from None
     result.seconds = time.perf_counter() - start
     if verbose and int4 is not None:
         print(f"export_llm: int4 codes kept exactly for {len(int4['copied'])} quantized "
