@@ -63,7 +63,6 @@ TARGETS = {"magnitude_50": "clearly worse than wanda", "wanda_50": "<= 1.6x",
 ENGINE_METHODS = ("int4_g128_gptq_act", "sparsegpt_50", "wanda_50", "sparsegpt_24",
                   "svdllm_mlp_80")
 BLOCK_DENSE = r"block\d+_(attn|mlp)_"
-PARALLEL = "measured by a parallel run"
 # llm-compressor methods (`benchmarks._peer_llmcompressor`) -> result keys
 PEER_METHODS = {"float": "peer_float", "gptq_w4a16_g128": "peer_gptq_int4_g128",
                 "gptq_w4a16_g64": "peer_gptq_int4_g64", "gptq_w4a16_g192": "peer_gptq_int4_g192",
@@ -105,9 +104,7 @@ class Bench:
         self.best: dict = {}
         for other in args.merge_from:  # results of runs made in parallel on this commit
             done = merge_source(other, args)
-            for name, row in done["rows"].items():
-                if name not in self.rows or not row.get("note", "").startswith(PARALLEL[:11]):
-                    self.rows[name] = row
+            self.rows |= done["rows"]
             self.seconds |= done["seconds"]
             self.failures |= done.get("failures", {})
         # a failure that a later run retried successfully is not a failure of the table
@@ -406,8 +403,6 @@ def main(argv: list[str] | None = None) -> None:
         "export", "students", "int3_g128_gptq", "wanda_24", "lowrank_mlp_60"])
     parser.add_argument("--out", default="runs/llm", help="where the .tflite file goes")
     parser.add_argument("--name", default="llm", help="results file name")
-    parser.add_argument("--float-ppl", type=float, default=None,
-                        help="skip the float evaluation and use this figure (a parallel run)")
     parser.add_argument("--merge-from", nargs="*", default=[],
                         help="results files (benchmarks/results/) of runs on this commit to fold "
                              "into this table")
@@ -440,12 +435,7 @@ def main(argv: list[str] | None = None) -> None:
         args.batch, args.seq_len = 2, QUICK.seq_len
         args.out = str(scratch_dir("llm-quick-"))
     b = Bench(args)
-    if args.float_ppl is not None:
-        params = b.float_model.count_params()
-        b.rows.setdefault("float", {"ppl": args.float_ppl, "params": params,
-                                    "stored_mb": 4 * params / 1e6,
-                                    "note": PARALLEL})
-    elif args.methods:
+    if args.methods:
         run_float(b)
     b.write()
     for name in args.methods:
