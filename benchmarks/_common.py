@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import tfcompress  # noqa: F401  (sets the Keras backend)
-from benchmarks._provenance import ROOT, LoadMonitor, provenance
+from benchmarks._provenance import LoadMonitor, provenance
 from tfcompress.errors import TfcompressError
 from tfcompress.export.llm import _write_atomic  # no half-written results file
 from tfcompress.recipes import Run, validate
@@ -208,7 +208,7 @@ def merge_source(path: str | Path, args) -> dict:
     folder = results_dir(args.quick).resolve()
     if path.parent != folder or not path.is_file():
         raise TfcompressError(f"merge: {str(path)!r} is not a results file in "
-                              f"{folder.relative_to(ROOT)}/; only those can be extended")
+                              f"{folder}/; only those can be extended")
     data = json.loads(path.read_text())
     meta, commit = data.pop("meta", {}), args.provenance["commit"]
     if meta.get("commit") != commit or not commit:

@@ -44,6 +44,7 @@ from benchmarks._common import (
     QUICK,
     bench_parser,
     demo_context,
+    merge_source,
     parse_args,
     results_dir,
     write_results,
@@ -704,8 +705,8 @@ def main(argv: list[str] | None = None) -> None:
         args.repeats, args.seeds, args.batch = QUICK.latency_rounds, 1, QUICK.batch_size
         args.fraction = 0.0
     path = results_dir(args.quick) / "distill.json"
-    results = json.loads(path.read_text()) if path.exists() and not args.quick else {}
-    results.pop("meta", None)
+    # an earlier run's figures are kept only when this commit made them (merge_source)
+    results = merge_source(path, args) if path.exists() and not args.quick else {}
     # the baseline's table (kept from the last baseline run) follows the regimes' one
     old_md = path.with_suffix(".md").read_text() if path.with_suffix(".md").exists() else ""
     old_md = old_md[old_md.index("| model |"):] if "| model |" in old_md else ""
@@ -718,7 +719,7 @@ def main(argv: list[str] | None = None) -> None:
         # Regimes may run as parallel processes: merge what the file holds now with ours.
         if path.exists() and not args.quick:
             on_disk = json.loads(path.read_text())
-            on_disk.pop("meta", None)
+            on_disk.pop("meta", None)  # this commit's: checked when the run started
             mine = {k: v for k, v in results.get("regimes", {}).items() if k in requested}
             results.update({k: v for k, v in on_disk.items() if k != "regimes"} | {
                 k: v for k, v in results.items() if k not in on_disk or k in own})
