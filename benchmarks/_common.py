@@ -39,7 +39,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import tfcompress  # noqa: F401  (sets the Keras backend)
-from benchmarks._provenance import LoadMonitor, provenance
+from benchmarks._provenance import LoadMonitor, describe_load, provenance
 from tfcompress.errors import TfcompressError
 from tfcompress.export.llm import _write_atomic  # no half-written results file
 from tfcompress.recipes import Run, validate
@@ -227,7 +227,8 @@ def write_results(name: str, table: str, data: dict, args) -> Path:
     meta = {"command": args.command, **args.provenance, **environment(),
             "load": args.load.snapshot(), "merged": args.merged}
     _write_atomic(out / f"{name}.json", json.dumps({**data, "meta": meta}, indent=2))
-    _write_atomic(out / f"{name}.md", f"# {name}\n\n`{args.command}`\n\n{table}\n")
+    made = f"commit {(meta['commit'] or 'not recorded')[:10]}; {describe_load(meta['load'])}"
+    _write_atomic(out / f"{name}.md", f"# {name}\n\n`{args.command}` ({made})\n\n{table}\n")
     print(table)
     print(f"results written to {out / (name + '.json')}")
     return out / f"{name}.json"

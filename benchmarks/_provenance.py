@@ -103,3 +103,19 @@ class LoadMonitor:
                 "loadavg_start": [round(x, 2) for x in self.start_load],
                 "loadavg_end": [round(x, 2) for x in os.getloadavg()],
                 "others_cpu_share": share}
+
+
+def describe_load(load: dict | None) -> str:
+    """One line for a `LoadMonitor.snapshot`, as results tables show it.
+
+    >>> describe_load({"cores": 2, "loadavg_start": [1.0, 1, 1], "loadavg_end": [3.5, 2, 1],
+    ...            "others_cpu_share": 0.25})
+    'load average 1.0 -> 3.5 on 2 cores, other processes 25% of the CPU'
+    """
+    load = load or {}
+    if not (load.get("loadavg_start") and load.get("loadavg_end")):
+        return "load not recorded"
+    share = load.get("others_cpu_share")
+    return (f"load average {load['loadavg_start'][0]} -> {load['loadavg_end'][0]} on "
+            f"{load['cores']} cores, other processes "
+            + ("not measured" if share is None else f"{share:.0%} of the CPU"))

@@ -20,7 +20,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
-from benchmarks._provenance import ROOT
+from benchmarks._provenance import ROOT, describe_load
 from benchmarks._published import MANIFEST, RESULTS, Entry, load_manifest
 
 REGION = re.compile(r"(<!-- results:(\w+) -->\n)(.*?)(<!-- /results:\2 -->)", re.S)
@@ -32,15 +32,9 @@ def _f(x, digits: int = 1) -> str:
 
 def provenance_line(entry: Entry, meta: dict) -> str:
     """Which command, commit and load made a result; its stale reason first if it has one."""
-    load = meta.get("load") or {}
-    avg = load.get("loadavg_start"), load.get("loadavg_end")
-    share = load.get("others_cpu_share")
-    measured = (f"; load average {avg[0][0]} -> {avg[1][0]} on {load['cores']} cores, other "
-                f"processes {share:.0%} of the CPU" if all(avg) and share is not None else
-                "; load not recorded")
     commit = f"commit {meta['commit'][:10]}" if meta.get("commit") else "commit not recorded"
     line = (f"From `{RESULTS}/{entry.name}.json`: `{meta.get('command')}`, {commit}, "
-            f"{meta.get('date', 'undated')}{measured}.")
+            f"{meta.get('date', 'undated')}; {describe_load(meta.get('load'))}.")
     return f"**Stale** ({entry.stale}). {line}" if entry.stale else line
 
 

@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -47,6 +46,7 @@ from benchmarks._common import (
     merge_source,
     parse_args,
     results_dir,
+    scratch_dir,
     write_results,
 )
 from tfcompress.distill import (
@@ -124,7 +124,7 @@ def baseline(ctx, args) -> tuple[str, dict]:
                                             "forward_kl")
     results["kd_forward_kl"] = ppl(online.student)
 
-    tmp = Path(tempfile.mkdtemp(prefix="distill-bench-"))
+    tmp = scratch_dir("distill-bench-")
     start = time.perf_counter()
     full = cache_teacher(ctx.teacher, stream(), tmp / "full", top_k=ctx.corpus.vocab_size)
     seconds["cache_full_build"] = time.perf_counter() - start
@@ -285,7 +285,7 @@ def regime_little(ctx, seed, args, state):
         n = max(int(len(x) * args.fraction), args.batch)
         state["windows"] = (x[:n], y[:n], m[:n])  # a contiguous 5 %: whole chapters, no leak
         if "kd" in args.kinds:
-            tmp = Path(tempfile.mkdtemp(prefix="distill-little-"))
+            tmp = scratch_dir("distill-little-")
             state["cleanup"] = tmp
             finite = tf.data.Dataset.from_tensor_slices(state["windows"]).batch(args.batch)
             state["cache"] = cache_teacher(ctx.teacher, finite, tmp / "c",
@@ -320,7 +320,7 @@ def regime_long(ctx, seed, args, state):
         return ctx.corpus.dataset("train", s.seq_len, args.batch, repeat=True, seed=0)
 
     if "kd" in args.kinds and "cache" not in state:  # one stream for every seed
-        tmp = Path(tempfile.mkdtemp(prefix="distill-long-"))
+        tmp = scratch_dir("distill-long-")
         state["cleanup"] = tmp
         start = time.perf_counter()
         state["cache"] = cache_teacher(ctx.teacher, data().take(args.long_steps), tmp / "c",
@@ -609,9 +609,8 @@ def mark_missing_budgets(curve: dict) -> None:
     curve.pop("null_reason", None)
     if missing:
         curve["null_reason"] = (
-            f"budgets {', '.join(missing)} not run (or not finished): SmolLM2 training is about "
-            "1 h on 2 cores shared with other sessions; run --regimes smollm2 "
-            "--smollm2-steps 100 300 1000")
+            f"budgets {', '.join(missing)} not run (or not finished): run --regimes smollm2 "
+            f"--smollm2-steps {' '.join(missing)}")
 
 
 def smollm2_curve(args, record, record_blocks) -> None:
