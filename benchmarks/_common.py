@@ -9,7 +9,11 @@ demo's 10-minute budget allows (`BENCH_SETTINGS`; trained once, then loaded from
 ``$TFCOMPRESS_CACHE``, default ``~/.cache/tfcompress``).
 
 Each script prints a markdown table and writes ``<name>.json`` and ``<name>.md`` with the
-command that made them, the date, the machine and the library versions.
+command that made them, the commit and the script's hash (`benchmarks._provenance`), the date,
+the machine, the load it ran under (measured) and the library versions. A run extends an
+earlier result only through `merge_source` (a file under ``results/`` from the same commit).
+``benchmarks/published.toml`` lists the commands of every recorded result
+(`benchmarks._published`).
 
 Example:
     >>> parser = bench_parser("distill", __doc__)
@@ -21,11 +25,13 @@ Example:
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.metadata
 import json
 import os
 import platform
 import shlex
+import shutil
 import sys
 import tempfile
 import time
@@ -33,6 +39,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 
 import tfcompress  # noqa: F401  (sets the Keras backend)
+from benchmarks._provenance import LoadMonitor, describe_load, provenance
+from tfcompress.errors import TfcompressError
+from tfcompress.export.llm import _write_atomic  # no half-written results file
 from tfcompress.recipes import Run, validate
 from tfcompress.recipes.runner import load_source
 from tfcompress.recipes.sources import choose_tokenizer, load_text
@@ -117,15 +126,19 @@ def bench_parser(script: str, doc: str | None) -> argparse.ArgumentParser:
 
 
 def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None = None):
-    """``parser.parse_args`` that also keeps the command line (``args.command``).
+    """``parser.parse_args`` that also keeps the command line (``args.command``), the
+    commit and script hash (``args.provenance``) and starts measuring the load (``args.load``).
 
     ``--quick`` switches TensorFlow to eager execution for the rest of the process: tracing
     a tiny model's train step costs seconds, many times what its few steps cost eagerly
     (the library's own tests cover the traced paths).
     """
+    load = LoadMonitor()
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(argv)
     args.command = shlex.join([*parser.prog.split(), *argv])
+    args.load, args.merged = load, []
+    args.provenance = provenance(parser.prog.split(".")[-1])
     if args.quick:
         import tensorflow as tf
 
@@ -144,7 +157,7 @@ def demo_context(args=None, settings: DemoSettings | None = None,
     only (for runs that train students on labels alone, without waiting for a teacher)."""
     quick = bool(getattr(args, "quick", False))
     settings = settings or bench_settings(quick)
-    run_dir = Path(tempfile.mkdtemp(prefix="bench-")) if quick else Path("runs/bench")
+    run_dir = scratch_dir("bench-") if quick else Path("runs/bench")
     ctx = BenchContext(settings, run_dir)
     ctx.run_dir.mkdir(parents=True, exist_ok=True)
     if teacher:
@@ -166,7 +179,7 @@ def environment() -> dict:
             versions[name] = importlib.metadata.version(name)
         except importlib.metadata.PackageNotFoundError:
             continue
-    return {"date": time.strftime("%Y-%m-%d %H:%M"),
+    return {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "machine": f"{platform.machine()}, {platform.processor() or 'cpu'}, "
                        f"{os.cpu_count()} cores",
             "versions": versions}
@@ -176,14 +189,46 @@ def results_dir(quick: bool) -> Path:
     return QUICK_RESULTS if quick else RESULTS
 
 
+def scratch_dir(prefix: str) -> Path:
+    """A temporary folder removed when the process exits (a benchmark's throwaway files)."""
+    path = Path(tempfile.mkdtemp(prefix=prefix))
+    atexit.register(shutil.rmtree, path, ignore_errors=True)
+    return path
+
+
+def merge_source(path: str | Path, args) -> dict:
+    """The results (``meta`` left out) of an earlier run that this one extends, recorded in
+    this run's ``meta["merged"]``: only a file under ``results/`` (``results/quick/`` for
+    ``--quick``) made on this run's commit, so one commit's code made every figure.
+
+    Example:
+        >>> old = merge_source("benchmarks/results/llm.json", args)
+    """
+    path = Path(path).resolve()
+    folder = results_dir(args.quick).resolve()
+    if path.parent != folder or not path.is_file():
+        raise TfcompressError(f"merge: {str(path)!r} is not a results file in "
+                              f"{folder}/; only those can be extended")
+    data = json.loads(path.read_text())
+    meta, commit = data.pop("meta", {}), args.provenance["commit"]
+    if meta.get("commit") != commit or not commit:
+        raise TfcompressError(f"merge: {path.name} was made on commit {meta.get('commit')!r}, "
+                              f"this run is on {commit!r}: re-run its command "
+                              f"({meta.get('command')!r}) on this commit")
+    args.merged.append({"file": path.name, "command": meta.get("command"), "commit": commit})
+    return data
+
+
 def write_results(name: str, table: str, data: dict, args) -> Path:
     """Print ``table`` and save it with ``data`` as ``<name>.json`` and ``<name>.md``
     (under ``results/quick/`` for a ``--quick`` run)."""
     out = results_dir(args.quick)
     out.mkdir(parents=True, exist_ok=True)
-    meta = {"command": args.command, **environment()}
-    (out / f"{name}.json").write_text(json.dumps({**data, "meta": meta}, indent=2))
-    (out / f"{name}.md").write_text(f"# {name}\n\n`{args.command}`\n\n{table}\n")
+    meta = {"command": args.command, **args.provenance, **environment(),
+            "load": args.load.snapshot(), "merged": args.merged}
+    _write_atomic(out / f"{name}.json", json.dumps({**data, "meta": meta}, indent=2))
+    made = f"commit {(meta['commit'] or 'not recorded')[:10]}; {describe_load(meta['load'])}"
+    _write_atomic(out / f"{name}.md", f"# {name}\n\n`{args.command}` ({made})\n\n{table}\n")
     print(table)
     print(f"results written to {out / (name + '.json')}")
     return out / f"{name}.json"

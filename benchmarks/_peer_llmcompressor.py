@@ -23,8 +23,10 @@ The peer environment (a CPU torch; see ``benchmarks/peer-requirements.txt``):
 from __future__ import annotations
 
 import argparse
+import atexit
 import importlib.metadata
 import json
+import shutil
 import tempfile
 import time
 from pathlib import Path
@@ -110,6 +112,7 @@ def main(argv: list[str] | None = None) -> None:
         if hasattr(model.config, "quantization_config"):
             del model.config.quantization_config
         folder = tempfile.mkdtemp(prefix="peer-llmcompressor-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
         model.config.save_pretrained(folder)
         tokenizer.save_pretrained(folder)
         model.config.name_or_path = folder

@@ -1,38 +1,29 @@
 """Data-aware methods on the demo teacher: the rows of prune.py, quantize.py and lowrank.py
 that calibrate (Wanda, SparseGPT, GPTQ, ASVD, SVD-LLM), with their time, for a before/after
-comparison of the calibration plumbing without re-running fine-tunes, QAT and TFLite.
+comparison of the calibration plumbing without re-running fine-tunes, QAT and TFLite
+(run it on each commit to compare: every result records its commit).
 
-    python -m benchmarks.calibration                        # this checkout
-    python -m benchmarks.calibration --root OTHER_CHECKOUT --name calibration_before
+    python -m benchmarks.calibration
+    python -m benchmarks.calibration --rows lowrank --name calibration_lowrank
 """
 
 from __future__ import annotations
 
 import re
-import sys
 import time
-from pathlib import Path
 
-HERE = Path(__file__).resolve().parent
+from benchmarks import _common as common
+from tfcompress.evaluate import keras_forward, lm_quality
+from tfcompress.lowrank import FactorizeConfig, factorize
+from tfcompress.prune import PruneConfig, prune
+from tfcompress.quantize import quantize
 
 
 def main(argv: list[str] | None = None) -> None:
-    from benchmarks import _common as common
-
     parser = common.bench_parser("calibration", __doc__)
-    parser.add_argument("--root", default=str(HERE.parent), help="checkout whose tfcompress runs")
     parser.add_argument("--name", default="calibration", help="results file name")
     parser.add_argument("--rows", default="", help="regex: run only the rows it matches")
     args = common.parse_args(parser, argv)
-    if Path(args.root) != HERE.parent:
-        sys.path.insert(0, args.root)  # its tfcompress; results still go to this checkout
-        for name in [m for m in sys.modules if m.split(".")[0] == "tfcompress"]:
-            del sys.modules[name]
-    from tfcompress.evaluate import keras_forward, lm_quality
-    from tfcompress.lowrank import FactorizeConfig, factorize
-    from tfcompress.prune import PruneConfig, prune
-    from tfcompress.quantize import quantize
-
     ctx = common.demo_context(args)
     teacher, data, calib = ctx.teacher, ctx.eval_data(), ctx.calibration()
 
@@ -72,7 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         print(rows[-1], flush=True)
     table = "\n".join([
         f"Demo teacher, dense perplexity {dense:.3f} on {ctx.settings.eval_windows} test "
-        f"windows; calibration {len(calib)} training windows; tfcompress from `{args.root}`.",
+        f"windows; calibration {len(calib)} training windows.",
         "",
         "| run | ppl ratio to dense | seconds |", "|---|---|---|", *rows])
     common.write_results(args.name, table, results, args)

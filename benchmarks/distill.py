@@ -32,7 +32,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 import time
 from pathlib import Path
 
@@ -44,8 +43,10 @@ from benchmarks._common import (
     QUICK,
     bench_parser,
     demo_context,
+    merge_source,
     parse_args,
     results_dir,
+    scratch_dir,
     write_results,
 )
 from tfcompress.distill import (
@@ -123,7 +124,7 @@ def baseline(ctx, args) -> tuple[str, dict]:
                                             "forward_kl")
     results["kd_forward_kl"] = ppl(online.student)
 
-    tmp = Path(tempfile.mkdtemp(prefix="distill-bench-"))
+    tmp = scratch_dir("distill-bench-")
     start = time.perf_counter()
     full = cache_teacher(ctx.teacher, stream(), tmp / "full", top_k=ctx.corpus.vocab_size)
     seconds["cache_full_build"] = time.perf_counter() - start
@@ -284,7 +285,7 @@ def regime_little(ctx, seed, args, state):
         n = max(int(len(x) * args.fraction), args.batch)
         state["windows"] = (x[:n], y[:n], m[:n])  # a contiguous 5 %: whole chapters, no leak
         if "kd" in args.kinds:
-            tmp = Path(tempfile.mkdtemp(prefix="distill-little-"))
+            tmp = scratch_dir("distill-little-")
             state["cleanup"] = tmp
             finite = tf.data.Dataset.from_tensor_slices(state["windows"]).batch(args.batch)
             state["cache"] = cache_teacher(ctx.teacher, finite, tmp / "c",
@@ -319,7 +320,7 @@ def regime_long(ctx, seed, args, state):
         return ctx.corpus.dataset("train", s.seq_len, args.batch, repeat=True, seed=0)
 
     if "kd" in args.kinds and "cache" not in state:  # one stream for every seed
-        tmp = Path(tempfile.mkdtemp(prefix="distill-long-"))
+        tmp = scratch_dir("distill-long-")
         state["cleanup"] = tmp
         start = time.perf_counter()
         state["cache"] = cache_teacher(ctx.teacher, data().take(args.long_steps), tmp / "c",
@@ -608,9 +609,8 @@ def mark_missing_budgets(curve: dict) -> None:
     curve.pop("null_reason", None)
     if missing:
         curve["null_reason"] = (
-            f"budgets {', '.join(missing)} not run (or not finished): SmolLM2 training is about "
-            "1 h on 2 cores shared with other sessions; run --regimes smollm2 "
-            "--smollm2-steps 100 300 1000")
+            f"budgets {', '.join(missing)} not run (or not finished): run --regimes smollm2 "
+            f"--smollm2-steps {' '.join(missing)}")
 
 
 def smollm2_curve(args, record, record_blocks) -> None:
@@ -704,8 +704,8 @@ def main(argv: list[str] | None = None) -> None:
         args.repeats, args.seeds, args.batch = QUICK.latency_rounds, 1, QUICK.batch_size
         args.fraction = 0.0
     path = results_dir(args.quick) / "distill.json"
-    results = json.loads(path.read_text()) if path.exists() and not args.quick else {}
-    results.pop("meta", None)
+    # an earlier run's figures are kept only when this commit made them (merge_source)
+    results = merge_source(path, args) if path.exists() and not args.quick else {}
     # the baseline's table (kept from the last baseline run) follows the regimes' one
     old_md = path.with_suffix(".md").read_text() if path.with_suffix(".md").exists() else ""
     old_md = old_md[old_md.index("| model |"):] if "| model |" in old_md else ""
@@ -718,7 +718,7 @@ def main(argv: list[str] | None = None) -> None:
         # Regimes may run as parallel processes: merge what the file holds now with ours.
         if path.exists() and not args.quick:
             on_disk = json.loads(path.read_text())
-            on_disk.pop("meta", None)
+            on_disk.pop("meta", None)  # this commit's: checked when the run started
             mine = {k: v for k, v in results.get("regimes", {}).items() if k in requested}
             results.update({k: v for k, v in on_disk.items() if k != "regimes"} | {
                 k: v for k, v in results.items() if k not in on_disk or k in own})

@@ -22,7 +22,6 @@ cached in ``$TFCOMPRESS_CACHE``, default ``~/.cache/tfcompress``)
 
 from __future__ import annotations
 
-import json
 import tempfile
 from pathlib import Path
 
@@ -32,7 +31,6 @@ from benchmarks._common import (
     bench_parser,
     demo_context,
     parse_args,
-    results_dir,
     write_results,
 )
 from tfcompress.core.layers import copy_model, kernel_matrix, select_layers, set_kernel_matrix
@@ -271,17 +269,10 @@ def smollm2_full_integer(out: Path, record, calibration_windows: int = 16,
 
 
 def record_smollm2(figures: dict, args) -> dict:
-    """Merge ``figures`` into results/export.json and write results/export_smollm2.md
-    (``export_smollm2_<formats>.md`` for other ``--formats``; all under results/quick/ for a
-    ``--quick`` run)."""
-    merged = results_dir(args.quick) / "export.json"
-    merged.parent.mkdir(parents=True, exist_ok=True)
+    """Write results/export_smollm2.json and .md (``export_smollm2_<formats>`` for other
+    ``--formats``; under results/quick/ for a ``--quick`` run)."""
     formats = [k.removeprefix("smollm2_").removesuffix("_ppl_ratio") for k in figures
                if k.endswith("_ppl_ratio")]
-    data = json.loads(merged.read_text()) if merged.exists() else {}
-    stale = {f"smollm2_{m}_note" for m in formats}  # a finished mode's earlier note
-    data = {k: v for k, v in data.items() if k not in stale}
-    merged.write_text(json.dumps({**data, **figures}, indent=2))
     lines = ["| model | mode | perplexity | ratio to Keras | note |", "|---|---|---|---|---|",
              f"| SmolLM2-135M | keras float32 | {figures.get('smollm2_keras_ppl')} | 1 | |"]
     lines += [f"| SmolLM2-135M | {m} | {figures.get(f'smollm2_{m}_ppl')} | "
@@ -297,8 +288,7 @@ def record_smollm2(figures: dict, args) -> dict:
 def main(argv: list[str] | None = None) -> None:
     parser = bench_parser("export", __doc__)
     parser.add_argument("--smollm2", action="store_true",
-                        help="only SmolLM2's full-integer exports; their keys are merged into "
-                             "results/export.json")
+                        help="only SmolLM2's full-integer exports (results/export_smollm2.json)")
     parser.add_argument("--smooth", type=float, default=SMOOTH,
                         help="the strength of the _smooth rows of --smollm2")
     parser.add_argument("--formats", default=",".join(FULL_INTEGER),
@@ -339,10 +329,6 @@ def main(argv: list[str] | None = None) -> None:
                          "calibration_windows": s.calibration_windows, "smooth": SMOOTH}}
     if not args.int8_only:
         data["student"] = summary(rows, "student-pruned")
-        previous = results_dir(args.quick) / "export.json"  # --smollm2's keys are kept
-        if previous.exists():
-            data = {k: v for k, v in json.loads(previous.read_text()).items()
-                    if k.startswith("smollm2_")} | data
     write_results("export_int8" if args.int8_only else "export",
                   table(rows) + notes + "\n\n" + inventory(rows), data, args)
 

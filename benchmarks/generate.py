@@ -13,7 +13,8 @@ timings are noisy, and each records the load average it ran under.
 
     python -m benchmarks.generate                  # writes results/generate.json
     python -m benchmarks.generate --modes dynamic_int8 --skip-window
-    python -m benchmarks.generate --modes int4 --skip-window --merge results.json  # int4 only
+    python -m benchmarks.generate --modes int4 --skip-window --name generate_int4 \
+        --merge benchmarks/results/generate.json  # int4 added to a run on this commit
     python -m benchmarks.generate --quick          # a tiny random Llama, float16 only
 """
 
@@ -25,19 +26,20 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import bench_parser, parse_args, write_results
+from benchmarks._common import bench_parser, merge_source, parse_args, scratch_dir, write_results
 from benchmarks.llm import eval_sizes, gguf_path
 
 ROOT = Path(__file__).resolve().parents[1]
 
 PROMPT, NEW, THREADS, CACHE, PREFILL = 128, 128, 2, 512, (32, 128)
 GREEDY = 64
+# how every note this script writes starts (the last four are rewritten at each write)
+NOTES = ("int4:", "greedy ", "llama.cpp:", "LiteRT-LM:", "timing:", "not measured:")
 QUICK_GREEDY = 8  # --quick: the Keras model generates eagerly, one full forward per token
 MODES = ("dynamic_int8", "float16", "int4")
 # the Keras model each export is judged against (`keras_ppl` keys): the one whose weights it
@@ -291,13 +293,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-window", action="store_true")
     parser.add_argument("--int4-grid", choices=sorted(INT4_GRIDS), default="litert",
                         help="GPTQ's grid for the int4 bundle (default: LiteRT's own)")
-    parser.add_argument("--merge", help="results JSON of an earlier run (other modes) to extend")
+    parser.add_argument("--merge", help="results file (benchmarks/results/) of an earlier run on "
+                        "this commit (other modes) to extend")
+    parser.add_argument("--name", default="generate", help="results file name")
     parser.add_argument("--measure", nargs=4, help=argparse.SUPPRESS)
     args = parse_args(parser, argv)
     args.modes = args.modes or (["float16"] if args.quick else list(MODES))
     args.skip_window = args.skip_window or args.quick
     if args.quick:
-        args.out = tempfile.mkdtemp(prefix="generate-quick-")
+        args.out = str(scratch_dir("generate-quick-"))
     if args.measure:
         print(json.dumps(measure(*args.measure)))
         return
@@ -326,7 +330,8 @@ def main(argv: list[str] | None = None) -> None:
                  "runtime_rss_mb": {}, "ppl": {}, "keras_ppl": {}, "ppl_ratio_vs_keras": {},
                  "notes": [], "seconds": {}}
     if args.merge:
-        res = {k: v for k, v in json.loads(Path(args.merge).read_text()).items() if k != "meta"}
+        res = merge_source(args.merge, args)
+        res["notes"] = [n for n in res["notes"] if n.startswith(NOTES)]  # only what code wrote
     greedy = QUICK_GREEDY if args.quick else GREEDY
     keras_greedy = generate(keras_forward(model), prompt, greedy)
     res["keras_greedy"] = keras_greedy[:greedy]
@@ -441,21 +446,20 @@ def _write(res: dict, args) -> None:
     res["int8_prefill_vs_llamacpp_q8"] = _ratio(pre.get("dynamic_int8"), q8.get("prefill_tps"))
     res["litertlm_greedy_match"] = lrt.get("greedy_match")
     res.setdefault("greedy_match_keras", None)
-    auto = ("llama.cpp:", "LiteRT-LM:", "timing:", "not measured:")
+    auto = NOTES[2:]
     notes = [n for n in res["notes"] if not n.startswith(auto)]
     loads = [r["load_avg"] for r in [*res.get("measured", {}).values(),
                                       *(v for v in lcpp.values() if isinstance(v, dict))]]
     if loads:
-        notes.append(f"timing: a 2-core machine shared with other jobs; 1-minute load average "
-                     f"{min(loads):.1f}-{max(loads):.1f} while timing: every speed is noisy")
+        notes.append(f"timing: 1-minute load average {min(loads):.1f}-{max(loads):.1f} on "
+                     f"{os.cpu_count()} cores while timing")
     if "error" in lcpp:
         notes.append(f"llama.cpp: {lcpp['error']}")
     if "error" in lrt:
         notes.append(f"LiteRT-LM: {lrt['error']}")
     missing = [m for m in MODES if m not in dec]
     if missing or "window" not in res:
-        notes.append(f"not measured: modes {missing}{'' if 'window' in res else ', window path'}"
-                     " (the run did not get that far before the deadline)")
+        notes.append(f"not measured: modes {missing}{'' if 'window' in res else ', window path'}")
     res["notes"] = notes
     lines = ["| runtime | file MB | prefill tok/s | TTFT s | decode tok/s | runtime RSS MB | "
              "ppl | ppl / Keras |", "|---|---|---|---|---|---|---|---|"]
@@ -481,7 +485,7 @@ def _write(res: dict, args) -> None:
             lines.append(f"| {name} | {_fmt(r.get('file_mb'))} | {_fmt(r.get('prefill_tps'))} | "
                          f"{_fmt(r.get('ttft_s'), 3)} | {_fmt(r.get('decode_tps'))} | - | - | - |"
                          + (f" {r['error']}" if "error" in r else ""))
-    write_results("generate", "\n".join(lines), res, args)
+    write_results(args.name, "\n".join(lines), res, args)
 
 
 if __name__ == "__main__":

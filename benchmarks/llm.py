@@ -8,11 +8,10 @@ independent windows of 256 (each window starts without context; the reference fi
 uses this protocol).
 Calibration and training text come from austen/train.txt (other novels).
 
-    python -m benchmarks.llm                       # everything, writes results/llm.json
-    python -m benchmarks.llm --methods magnitude_50 --calib 8
+    python -m benchmarks.llm --calib 8 --calib-len 512   # the published results/llm.json
+    python -m benchmarks.llm --methods magnitude_50 --calib 8 --name llm_try
     python -m benchmarks.llm --quick               # seconds; writes results/quick/llm.json
-    python -m benchmarks.llm --methods --peer /work/peer-venv/bin/python \
-        --merge-from benchmarks/results/llm.json    # the llm-compressor peer, added to the table
+    python -m benchmarks.llm --methods --peer .venv-peer/bin/python --name llm_peer  # the peer
 
 ``--peer PYTHON`` runs `benchmarks._peer_llmcompressor` (llm-compressor's GPTQ W4A16 and
 SparseGPT 50 %) in that interpreter, one process per method, on the same calibration and
@@ -28,14 +27,20 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import QUICK, bench_parser, parse_args, write_results
+from benchmarks._common import (
+    QUICK,
+    bench_parser,
+    merge_source,
+    parse_args,
+    scratch_dir,
+    write_results,
+)
 from benchmarks._rss import PeakRSS
 from tfcompress.data import bundled_corpus
 from tfcompress.evaluate import keras_forward
@@ -55,15 +60,9 @@ TARGETS = {"magnitude_50": "clearly worse than wanda", "wanda_50": "<= 1.6x",
            "sparsegpt_24": "<= 2.5x", "svdllm_mlp_80": "<= 1.3x", "lowrank_mlp_60": "-",
            "distilled_student": "< scratch", "scratch_student": "-",
            "peer_gptq_int4_g128": "peer", "peer_sparsegpt_50": "peer"}
-# figures before the block-wise calibration engine (issue 13): every layer saw the dense
-# model's inputs, 16 x 128 calibration tokens (benchmarks/results/llm.json of 2026-11-28)
-BEFORE_ENGINE = {"int4_g128_gptq_act": 1.117, "int4_g128_gptq": 1.192, "sparsegpt_50": 1.883,
-                 "wanda_50": 1.907, "wanda_24": 4.203, "lowrank_mlp_60": 8.340,
-                 "seconds_gptq": 83.5, "seconds_sparsegpt": 1340.1}
 ENGINE_METHODS = ("int4_g128_gptq_act", "sparsegpt_50", "wanda_50", "sparsegpt_24",
                   "svdllm_mlp_80")
 BLOCK_DENSE = r"block\d+_(attn|mlp)_"
-PARALLEL = "measured by a parallel run"
 # llm-compressor methods (`benchmarks._peer_llmcompressor`) -> result keys
 PEER_METHODS = {"float": "peer_float", "gptq_w4a16_g128": "peer_gptq_int4_g128",
                 "gptq_w4a16_g64": "peer_gptq_int4_g64", "gptq_w4a16_g192": "peer_gptq_int4_g192",
@@ -103,11 +102,9 @@ class Bench:
         self.seconds: dict[str, float] = {}
         self.failures: dict[str, str] = {}
         self.best: dict = {}
-        for other in args.merge_from:  # results of runs made in parallel
-            done = json.loads(Path(other).read_text())
-            for name, row in done["rows"].items():
-                if name not in self.rows or not row.get("note", "").startswith(PARALLEL[:11]):
-                    self.rows[name] = row
+        for other in args.merge_from:  # results of runs made in parallel on this commit
+            done = merge_source(other, args)
+            self.rows |= done["rows"]
             self.seconds |= done["seconds"]
             self.failures |= done.get("failures", {})
         # a failure that a later run retried successfully is not a failure of the table
@@ -186,7 +183,6 @@ class Bench:
         peaks = [self.rows[n]["peak_rss_gb"] for n in ENGINE_METHODS
                  if "peak_rss_gb" in self.rows.get(n, {})]
         data["peak_rss_gb"] = max(peaks) if peaks else None
-        data["before_engine"] = BEFORE_ENGINE
         self.table = "\n".join(lines)
         write_results(self.args.name, self.table, data, self.args)
 
@@ -336,7 +332,7 @@ def _peer_error(log: str) -> str:
 def run_peer(b: Bench) -> None:
     """llm-compressor in ``--peer`` (its own interpreter), one process per method, on the
     calibration and evaluation ids of this run; a method that fails records its error."""
-    folder = Path(tempfile.mkdtemp(prefix="llm-peer-"))
+    folder = scratch_dir("llm-peer-")
     calib, evals = folder / "calib.npy", folder / "eval.npy"
     np.save(calib, np.concatenate(b.calibration))
     np.save(evals, np.asarray(b.eval_ids))
@@ -407,10 +403,9 @@ def main(argv: list[str] | None = None) -> None:
         "export", "students", "int3_g128_gptq", "wanda_24", "lowrank_mlp_60"])
     parser.add_argument("--out", default="runs/llm", help="where the .tflite file goes")
     parser.add_argument("--name", default="llm", help="results file name")
-    parser.add_argument("--float-ppl", type=float, default=None,
-                        help="skip the float evaluation and use this figure (a parallel run)")
     parser.add_argument("--merge-from", nargs="*", default=[],
-                        help="results json files of parallel runs to fold into this table")
+                        help="results files (benchmarks/results/) of runs on this commit to fold "
+                             "into this table")
     parser.add_argument("--calib", type=int, default=64, help="calibration sequences")
     parser.add_argument("--calib-len", type=int, default=512, help="tokens per sequence")
     parser.add_argument("--steps", type=int, default=40, help="student training steps")
@@ -438,14 +433,9 @@ def main(argv: list[str] | None = None) -> None:
         args.calib, args.calib_len, args.steps = (QUICK.calibration_windows, QUICK.seq_len,
                                                   QUICK.finetune_steps)
         args.batch, args.seq_len = 2, QUICK.seq_len
-        args.out = tempfile.mkdtemp(prefix="llm-quick-")
+        args.out = str(scratch_dir("llm-quick-"))
     b = Bench(args)
-    if args.float_ppl is not None:
-        params = b.float_model.count_params()
-        b.rows.setdefault("float", {"ppl": args.float_ppl, "params": params,
-                                    "stored_mb": 4 * params / 1e6,
-                                    "note": PARALLEL})
-    elif args.methods:
+    if args.methods:
         run_float(b)
     b.write()
     for name in args.methods:

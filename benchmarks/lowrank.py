@@ -133,8 +133,7 @@ def main(argv: list[str] | None = None) -> None:
         "",
         f"Dense perplexity {dense_ppl:.3f} on {ctx.settings.eval_windows} test windows of "
         f"{ctx.settings.seq_len} tokens; fine-tune: {steps} steps, AdamW 3e-4 cosine, "
-        f"batch {ctx.settings.batch_size}; calibration {len(calib)} training windows. "
-        "Machine: 2 shared CPU cores under heavy load from other jobs.",
+        f"batch {ctx.settings.batch_size}; calibration {len(calib)} training windows.",
     ])
     data = {
         "plain": before["plain"], "aware": before["aware"], "asvd": before["asvd"],

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-llm = pytest.importorskip("benchmarks.llm")
+from benchmarks import llm
 
 FAKE_PEER = """#!/bin/sh
 # arguments: -m MODULE --gguf F --calib F --eval F --window N --method M --out F

@@ -75,3 +75,14 @@ def test_clean_keeps_what_a_terminal_shows_without_machine_specific_noise():
                                               "2/2 [====] loss: 4.9\n"]
     assert "execution" not in cell.metadata
     assert _as_shown("a\rb\nc") == "b\nc"
+
+
+@pytest.mark.parametrize("path", sorted(NOTEBOOKS.glob("*.ipynb")), ids=lambda p: p.stem)
+def test_notebooks_write_only_into_folders_they_remove(path: Path):
+    """A notebook runs from notebooks/: files go to a ``tempfile.TemporaryDirectory`` (deleted
+    when the kernel stops), never a ``mkdtemp`` left behind or ``runs/`` inside notebooks/
+    (a recipe's ``output`` is relative to its file, in such a folder)."""
+    code = "\n".join(c.source for c in nbformat.read(path, as_version=4).cells
+                     if c.cell_type == "code")
+    for leak in ("mkdtemp(", '("runs/', '="runs/', "('runs/", "='runs/"):
+        assert leak not in code, f"{path.name} writes through {leak!r}"

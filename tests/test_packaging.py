@@ -1,6 +1,7 @@
 """What a user installs: wheel and sdist contents, metadata, and the optional extras' errors."""
 
 import importlib
+import re
 import shutil
 import subprocess
 import sys
@@ -67,6 +68,42 @@ def test_metadata_ranges_and_extras():
     pinned = {line.split("==")[0].lower() for line in pins if "==" in line}
     assert {"tensorflow", "keras", "numpy", "ai-edge-litert"} <= pinned
     assert "tensorflow-cpu" not in pinned  # one TensorFlow
+
+
+def _name(requirement: str) -> str:
+    return re.split(r"[<>=!\[; ]", requirement, maxsplit=1)[0].lower()
+
+
+def test_readme_extras_and_constraints_say_what_pyproject_holds():
+    """Each extra's README row names every package and extra it adds; everything `make install`
+    (the `test` extra) and the `bench` extra install is pinned in constraints.txt."""
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"][
+        "optional-dependencies"]
+    readme = (ROOT / "README.md").read_text()
+    table = readme[readme.index("| extra | adds | for |"):].split("\n\n")[0]
+    rows = {m[1]: m[2] for m in re.finditer(r"^\| `(\w+)` \| ([^|]+) \|", table, re.M)}
+    pinned = {_name(line) for line in (ROOT / "constraints.txt").read_text().splitlines()
+              if "==" in line}
+
+    def packages(extra: str) -> set[str]:
+        found = set()
+        for req in extras[extra]:
+            if req.startswith("tfcompress["):
+                for inner in req[len("tfcompress["):req.index("]")].split(","):
+                    found |= packages(inner)
+            else:
+                found.add(_name(req))
+        return found
+
+    for extra, reqs in extras.items():
+        assert extra in rows, f"README's extras table has no row for `{extra}`"
+        for req in reqs:
+            names = (req[len("tfcompress["):req.index("]")].split(",")
+                     if req.startswith("tfcompress[") else [_name(req)])
+            for name in names:
+                assert name in rows[extra], f"README's `{extra}` row does not name {name}"
+    assert packages("test") | packages("bench") <= pinned, "not in constraints.txt: " + str(
+        (packages("test") | packages("bench")) - pinned)
 
 
 def _call(module: str, name: str, *args):

@@ -6,8 +6,7 @@ import pytest
 import tfcompress  # noqa: F401
 from tfcompress.errors import TfcompressError
 from tfcompress.export import export_tflite
-
-tfmot_path = pytest.importorskip("tfcompress.quantize.tfmot_path")
+from tfcompress.quantize import tfmot_path
 
 
 @pytest.fixture(scope="module")

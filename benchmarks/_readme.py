@@ -1,0 +1,131 @@
+"""README.md's benchmark tables, rendered from ``benchmarks/results/`` (never typed).
+
+Each table sits between ``<!-- results:NAME -->`` and ``<!-- /results:NAME -->`` in README.md;
+`render` rewrites what is between them from the results file ``NAME`` (``index``: every
+published result, from `benchmarks._published`), under a line saying which command, commit
+and load made it, and marked stale when the manifest says so. Standard library only.
+
+    python -m benchmarks._readme            # rewrite README.md's regions
+    python -m benchmarks._readme --check    # exit 1 when README.md and the results disagree
+
+Example:
+    >>> text = render((ROOT / "README.md").read_text())
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+from benchmarks._provenance import ROOT, describe_load
+from benchmarks._published import MANIFEST, RESULTS, Entry, load_manifest
+
+REGION = re.compile(r"(<!-- results:(\w+) -->\n)(.*?)(<!-- /results:\2 -->)", re.S)
+
+
+def _f(x, digits: int = 1) -> str:
+    return "-" if x is None else f"{x:,.{digits}f}"
+
+
+def provenance_line(entry: Entry, meta: dict) -> str:
+    """Which command, commit and load made a result; its stale reason first if it has one."""
+    commit = f"commit {meta['commit'][:10]}" if meta.get("commit") else "commit not recorded"
+    line = (f"From `{RESULTS}/{entry.name}.json`: `{meta.get('command')}`, {commit}, "
+            f"{meta.get('date', 'undated')}; {describe_load(meta.get('load'))}.")
+    return f"**Stale** ({entry.stale}). {line}" if entry.stale else line
+
+
+def index_table(entries: dict[str, Entry], results: dict[str, dict]) -> str:
+    """One row per published result: its command, commit, date and status."""
+    lines = ["| result | command (`make bench B=NAME`) | commit | date | status |",
+             "|---|---|---|---|---|"]
+    for name, entry in entries.items():
+        meta = results.get(name, {}).get("meta", {})
+        lines.append(f"| `{name}` | `{entry.command}` | {(meta.get('commit') or '-')[:10]} | "
+                     f"{meta.get('date', '-')} | {'stale' if entry.stale else 'current'} |")
+    return "\n".join(lines)
+
+
+def llm_table(data: dict, peer: bool = False) -> str:
+    """SmolLM2 rows (ours, or the llm-compressor peer's ``peer_*``): perplexity, its ratio to
+    the float model of the same code, stored size, seconds."""
+    rows = {k: v for k, v in data["rows"].items() if k.startswith("peer_") == peer}
+    base = rows.get("peer_float" if peer else "float", {}).get("ppl")
+    lines = ["| method | perplexity | ratio to float | stored MB | seconds |",
+             "|---|---|---|---|---|"]
+    for name, row in rows.items():
+        ratio = row["ppl"] / base if base else None
+        lines.append(f"| {name} | {_f(row['ppl'], 2)} | {_f(ratio, 3)} | "
+                     f"{_f(row.get('stored_mb'))} | {_f(data['seconds'].get(name), 0)} |")
+    return "\n".join(lines) + f"\n\nPerplexity: {data['eval']}; calibration {data['calibration']}."
+
+
+def generate_table(data: dict) -> str:
+    """Phone-path bundles against LiteRT-LM's engine and llama.cpp, as measured."""
+    lines = ["| runtime | threads | file MB | prefill tok/s | decode tok/s | ppl / Keras |",
+             "|---|---|---|---|---|---|"]
+    for mode, m in data.get("measured", {}).items():
+        base = mode.removesuffix("_1thread")
+        lines.append(f"| ours {base} | {1 if mode.endswith('_1thread') else 2} | "
+                     f"{_f(data['file_mb'].get(base))} | {_f(m['prefill_tps'])} | "
+                     f"{_f(m['decode_tps'])} | {_f(data['ppl_ratio_vs_keras'].get(base), 3)} |")
+    others = [("LiteRT-LM engine", data.get("litertlm") or {})]
+    others += [(f"llama.cpp {k.removesuffix('_1thread')}", v)
+               for k, v in (data.get("llamacpp") or {}).items() if isinstance(v, dict)]
+    for name, r in others:
+        if "decode_tps" in r:
+            lines.append(f"| {name} | {r.get('threads', '-')} | {_f(r.get('file_mb'))} | "
+                         f"{_f(r.get('prefill_tps'))} | {_f(r['decode_tps'])} | - |")
+    return "\n".join(lines)
+
+
+# README region -> (results file, table from its data)
+TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
+    "llm": ("llm", llm_table),
+    "llm_peer": ("llm_peer2", lambda data: llm_table(data, peer=True)),
+    "generate": ("generate", generate_table),
+}
+
+
+def render(readme: str, root: Path = ROOT) -> str:
+    """``readme`` with every results region rewritten from ``root``'s results files."""
+    entries = load_manifest(root)
+    results = {name: json.loads(p.read_text()) for name in entries
+               if (p := root / RESULTS / f"{name}.json").is_file()}
+
+    def region(match: re.Match) -> str:
+        key = match.group(2)
+        if key == "index":
+            body = index_table(entries, results)
+        elif key in TABLES and TABLES[key][0] in results:
+            name, table = TABLES[key]
+            data = results[name]
+            body = provenance_line(entries[name], data.get("meta", {})) + "\n\n" + table(data)
+        else:
+            raise ValueError(f"README.md: no results for region {key!r} (tables: "
+                             f"{['index', *TABLES]}; files per {MANIFEST})")
+        return f"{match.group(1)}{body}\n{match.group(4)}"
+
+    return REGION.sub(region, readme)
+
+
+def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    path = ROOT / "README.md"
+    text = path.read_text()
+    rendered = render(text)
+    if "--check" in argv:
+        if rendered != text:
+            sys.exit("README.md's result tables differ from benchmarks/results/: run "
+                     "`python -m benchmarks._readme`")
+        print("README.md matches benchmarks/results/")
+        return
+    path.write_text(rendered)
+    print(f"rendered {len(REGION.findall(text))} result tables into README.md")
+
+
+if __name__ == "__main__":
+    main()

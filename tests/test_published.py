@@ -1,0 +1,159 @@
+"""Published benchmark results: the manifest checker (each kind of problem on a tmp copy of
+``benchmarks/``), the README tables rendered from the results, the load measurement, and
+merging only results of the same commit."""
+
+import json
+import shutil
+from types import SimpleNamespace
+
+import pytest
+
+from benchmarks import _published, _readme
+from benchmarks._common import merge_source
+from benchmarks._provenance import ROOT, others_cpu_share, script_sha256
+from tfcompress.errors import TfcompressError
+
+COMMIT = "a" * 40
+
+
+@pytest.fixture
+def repo(tmp_path):
+    """A copy of the manifest, the scripts and the results, plus a current result ``toy``."""
+    (tmp_path / "benchmarks" / "results").mkdir(parents=True)
+    for path in (ROOT / "benchmarks").glob("*.py"):
+        shutil.copy(path, tmp_path / "benchmarks" / path.name)
+    for path in (ROOT / "benchmarks" / "results").glob("*.*"):
+        shutil.copy(path, tmp_path / "benchmarks" / "results" / path.name)
+    (tmp_path / "benchmarks" / "toy.py").write_text("print('toy')\n")
+    with open(tmp_path / "benchmarks" / "published.toml", "w") as f:
+        f.write((ROOT / "benchmarks" / "published.toml").read_text())
+        f.write('\n[toy]\ncommand = "python -m benchmarks.toy --n 2"\n')
+    write_toy(tmp_path)
+    return tmp_path
+
+
+def write_toy(root, **meta):
+    meta = {"command": "python -m benchmarks.toy --n 2", "commit": COMMIT, "dirty": [],
+            "script_sha256": script_sha256("toy", root), "merged": []} | meta
+    (root / "benchmarks" / "results" / "toy.json").write_text(json.dumps({"x": 1, "meta": meta}))
+
+
+def problems(root):
+    found, _ = _published.check(root)
+    return found
+
+
+def test_the_repository_passes_and_reports_its_stale_results():
+    found, stale = _published.check()
+    assert found == []
+    entries = _published.load_manifest()
+    assert len(stale) == sum(bool(e.stale) for e in entries.values())
+    assert all(": " in line and "is stale" in line for line in stale)
+
+
+def test_a_current_copy_passes(repo):
+    assert problems(repo) == []
+
+
+def test_command_not_in_manifest(repo):
+    write_toy(repo, command="python -m benchmarks.toy --n 3")
+    assert problems(repo) == ["benchmarks/results/toy.json: made by 'python -m benchmarks.toy "
+                              "--n 3', not its manifest command 'python -m benchmarks.toy --n 2'"]
+
+
+def test_results_file_without_manifest_entry(repo):
+    (repo / "benchmarks" / "results" / "llm_part1.json").write_text("{}")
+    assert problems(repo) == ["benchmarks/results/llm_part1.json: no entry in "
+                              "benchmarks/published.toml makes it: add its command there, or "
+                              "delete it"]
+
+
+def test_path_outside_the_repository(repo):
+    manifest = repo / "benchmarks" / "published.toml"
+    command = "python -m benchmarks.toy --n 2 --merge /tmp/x.json"
+    manifest.write_text(manifest.read_text().replace("python -m benchmarks.toy --n 2", command))
+    write_toy(repo, command=command)
+    assert problems(repo) == [
+        "benchmarks/published.toml [toy]: its command names '/tmp/x.json', outside the "
+        "repository",
+        "benchmarks/results/toy.json: its command names '/tmp/x.json', outside the repository"]
+    assert _published.outside_paths("python -m b --out=../../x --gguf runs/a.gguf", repo) == [
+        "../../x"]
+
+
+def test_older_script_needs_a_rerun(repo):
+    (repo / "benchmarks" / "toy.py").write_text("print('toy, changed')\n")
+    assert problems(repo) == ["benchmarks/results/toy.json: made by another version of "
+                              "benchmarks/toy.py than the one in the tree: re-run its command"]
+
+
+def test_no_commit_uncommitted_changes_and_foreign_merges(repo):
+    write_toy(repo, commit=None, dirty=["tfcompress/prune/wanda.py"], merged=[
+        {"file": "toy_a.json", "command": "python -m benchmarks.toy --part a", "commit": None}])
+    assert problems(repo) == [
+        "benchmarks/results/toy.json: no commit recorded",
+        "benchmarks/results/toy.json: made with uncommitted changes to "
+        "['tfcompress/prune/wanda.py']",
+        "benchmarks/results/toy.json: merges toy_a.json made by 'python -m benchmarks.toy "
+        "--part a' on None, not a manifest command on the same commit"]
+
+
+def test_stale_entry_is_reported_not_failed(repo):
+    manifest = repo / "benchmarks" / "published.toml"
+    manifest.write_text(manifest.read_text() + 'stale = "the GPU is gone"\n')
+    (repo / "benchmarks" / "toy.py").write_text("print('toy, changed')\n")
+    found, stale = _published.check(repo)
+    assert found == [] and stale[-1] == "benchmarks/results/toy.json is stale: the GPU is gone"
+
+
+def test_malformed_manifest_entry(repo):
+    (repo / "benchmarks" / "published.toml").write_text('[x]\ncommand = "python -m nope"\n')
+    with pytest.raises(ValueError, match=r"\[x\]: needs command = \"python -m benchmarks.X"):
+        _published.load_manifest(repo)
+
+
+def test_readme_tables_match_the_results():
+    readme = (ROOT / "README.md").read_text()
+    assert "<!-- results:llm -->" in readme and _readme.render(readme) == readme
+
+
+def test_readme_renders_figures_and_marks_stale(repo):
+    readme = (ROOT / "README.md").read_text()
+    path = repo / "benchmarks" / "results" / "llm_peer2.json"
+    data = json.loads(path.read_text())
+    data["rows"]["peer_sparsegpt_50"]["ppl"] = data["rows"]["peer_float"]["ppl"] * 2
+    path.write_text(json.dumps(data))
+    rendered = _readme.render(readme, repo)
+    assert rendered != readme and "| peer_sparsegpt_50 | " in rendered
+    region = rendered[rendered.index("<!-- results:llm_peer -->"):]
+    assert region.split("\n")[1].startswith("**Stale** (llm-compressor ran")
+    assert "| 2.000 |" in region.split("<!-- /results:llm_peer -->")[0]
+    with pytest.raises(ValueError, match="no results for region 'nope'"):
+        _readme.render("<!-- results:nope -->\n<!-- /results:nope -->", repo)
+
+
+def test_others_cpu_share():
+    # 2 cores for 10 s = 20 CPU-seconds; 14 busy of which 4 ours: others took 10 = half
+    assert others_cpu_share(busy_s=14.0, own_s=4.0, wall_s=10.0, cores=2) == 0.5
+    assert others_cpu_share(busy_s=3.0, own_s=4.0, wall_s=10.0, cores=2) == 0.0  # tick noise
+    assert others_cpu_share(busy_s=90.0, own_s=0.0, wall_s=10.0, cores=2) == 1.0
+    assert others_cpu_share(busy_s=1.0, own_s=0.0, wall_s=0.0, cores=2) == 0.0
+
+
+def test_merge_only_results_of_this_commit(tmp_path, monkeypatch):
+    from benchmarks import _common
+
+    monkeypatch.setattr(_common, "RESULTS", tmp_path)
+    args = SimpleNamespace(quick=False, merged=[], provenance={"commit": COMMIT})
+    for name, commit in (("old.json", "b" * 40), ("new.json", COMMIT)):
+        (tmp_path / name).write_text(json.dumps({"rows": {"a": 1}, "meta": {
+            "command": f"python -m benchmarks.llm --name {name[:3]}", "commit": commit}}))
+    with pytest.raises(TfcompressError, match="not a results file in "):
+        merge_source(tmp_path.parent / "llm.json", args)
+    with pytest.raises(TfcompressError, match="old.json was made on commit 'bbbb.*, this run "
+                       "is on 'aaaa.*re-run its command .'python -m benchmarks.llm --name old'"):
+        merge_source(tmp_path / "old.json", args)
+    assert args.merged == []
+    assert merge_source(tmp_path / "new.json", args) == {"rows": {"a": 1}}
+    assert args.merged == [{"file": "new.json", "command": "python -m benchmarks.llm --name new",
+                            "commit": COMMIT}]
