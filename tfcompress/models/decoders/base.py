@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from tfcompress.core.layers import kernel_matrix
+from tfcompress.errors import TfcompressError
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,21 @@ def put_norm(weights: dict, name: str, layer, plus_one: bool = False) -> None:
         return
     weights[f"{name}.scale"] = to_array(layer.gamma)
     weights[f"{name}.bias"] = to_array(layer.beta)
+
+
+def put_gated_block(weights: Weights, kind: str, i: int, norms: tuple, linears: dict,
+                    activation=None) -> None:
+    """Layer ``i`` of a pre-norm decoder with a SiLU-gated MLP: its two norms (before
+    attention, before the MLP) and its ``q k v out gate up down`` Keras layers.
+    ``activation``: the layer's configured one (None where the layer hard-codes SiLU)."""
+    name = getattr(activation, "__name__", str(activation))
+    if activation is not None and name != "silu":
+        raise TfcompressError(f"{kind} layer {i} uses activation {name!r}; export_llm's gated "
+                              "MLP takes 'silu'")
+    put_norm(weights, f"{i}.norm1", norms[0])
+    put_norm(weights, f"{i}.norm2", norms[1])
+    for part, layer in linears.items():
+        put_linear(weights, f"{i}.{part}", layer)
 
 
 def hub_rope(layer, rotary_dim: int) -> Rope:

@@ -11,12 +11,11 @@ Example:
 
 from __future__ import annotations
 
-from tfcompress.errors import TfcompressError
 from tfcompress.models.decoders.base import (
     Decoder,
     Weights,
     hub_rope,
-    put_linear,
+    put_gated_block,
     put_norm,
     tied_or_head,
     to_array,
@@ -43,18 +42,12 @@ def llama_style(kind: str, model) -> Decoder:
     blocks = backbone.transformer_layers
     for i, block in enumerate(blocks):
         att = block._self_attention_layer
-        name = getattr(block.activation, "__name__", str(block.activation))
-        if name != "silu":
-            raise TfcompressError(f"{kind} layer {i} uses activation {name!r}; export_llm's "
-                                  "gated MLP takes 'silu'")
-        put_norm(w, f"{i}.norm1", block._self_attention_layernorm)
-        put_norm(w, f"{i}.norm2", block._feedforward_layernorm)
-        for part, layer in (("q", att._query_dense), ("k", att._key_dense),
-                            ("v", att._value_dense), ("out", att._output_dense),
-                            ("gate", block._feedforward_gate_dense),
-                            ("up", block._feedforward_intermediate_dense),
-                            ("down", block._feedforward_output_dense)):
-            put_linear(w, f"{i}.{part}", layer)
+        put_gated_block(w, kind, i, (block._self_attention_layernorm,
+                                     block._feedforward_layernorm),
+                        {"q": att._query_dense, "k": att._key_dense, "v": att._value_dense,
+                         "out": att._output_dense, "gate": block._feedforward_gate_dense,
+                         "up": block._feedforward_intermediate_dense,
+                         "down": block._feedforward_output_dense}, block.activation)
         if hasattr(att, "_query_dense_layer_norm"):  # Qwen3
             put_norm(w, f"{i}.q_norm", att._query_dense_layer_norm)
             put_norm(w, f"{i}.k_norm", att._key_dense_layer_norm)

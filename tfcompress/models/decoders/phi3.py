@@ -12,13 +12,12 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfcompress.errors import TfcompressError
 from tfcompress.models.decoders.base import (
     Decoder,
     Rope,
     Weights,
     hub_rope,
-    put_linear,
+    put_gated_block,
     put_norm,
     tied_or_head,
     to_array,
@@ -44,18 +43,12 @@ def phi3(model) -> Decoder:
     ropes, blocks = [], backbone.transformer_layers
     for i, block in enumerate(blocks):
         att = block.attention
-        name = getattr(block.activation, "__name__", str(block.activation))
-        if name != "silu":
-            raise TfcompressError(f"phi3 layer {i} uses activation {name!r}; export_llm's "
-                                  "gated MLP takes 'silu'")
-        put_norm(w, f"{i}.norm1", block.pre_attention_layernorm)
-        put_norm(w, f"{i}.norm2", block.post_attention_layernorm)
-        for part, layer in (("q", att.query_dense), ("k", att.key_dense),
-                            ("v", att.value_dense), ("out", att.output_dense),
-                            ("gate", block.feedforward_gate_dense),
-                            ("up", block.feedforward_intermediate_dense),
-                            ("down", block.feedforward_output_dense)):
-            put_linear(w, f"{i}.{part}", layer)
+        put_gated_block(w, "phi3", i, (block.pre_attention_layernorm,
+                                       block.post_attention_layernorm),
+                        {"q": att.query_dense, "k": att.key_dense, "v": att.value_dense,
+                         "out": att.output_dense, "gate": block.feedforward_gate_dense,
+                         "up": block.feedforward_intermediate_dense,
+                         "down": block.feedforward_output_dense}, block.activation)
         heads, head_dim = att.query_dense.partial_output_shape[-2:]
         ropes.append(phi3_rope(att.rotary_embedding_layer, head_dim))
     put_norm(w, "final_norm", backbone.layer_norm)

@@ -12,7 +12,7 @@ from tfcompress.models.decoders.base import (
     Decoder,
     Rope,
     Weights,
-    put_linear,
+    put_gated_block,
     put_norm,
     tied_or_head,
     to_array,
@@ -27,12 +27,9 @@ def smollm3(model) -> Decoder:
     ropes, blocks = [], backbone.transformer_layers
     for i, block in enumerate(blocks):
         att, mlp = block.self_attn, block.mlp
-        put_norm(w, f"{i}.norm1", block.input_layernorm)
-        put_norm(w, f"{i}.norm2", block.post_attention_layernorm)
-        for part, layer in (("q", att.q_proj), ("k", att.k_proj), ("v", att.v_proj),
-                            ("out", att.o_proj), ("gate", mlp.gate_proj), ("up", mlp.up_proj),
-                            ("down", mlp.down_proj)):
-            put_linear(w, f"{i}.{part}", layer)
+        put_gated_block(w, "smollm3", i, (block.input_layernorm, block.post_attention_layernorm),
+                        {"q": att.q_proj, "k": att.k_proj, "v": att.v_proj, "out": att.o_proj,
+                         "gate": mlp.gate_proj, "up": mlp.up_proj, "down": mlp.down_proj})
         rope = att.rotary_embedding
         ropes.append(Rope.of(rope.inv_freq, rope.attention_scaling) if att.use_rope else None)
     put_norm(w, "final_norm", backbone.norm)
