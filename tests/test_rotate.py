@@ -139,10 +139,29 @@ def test_bad_input_is_refused_before_any_work():
     for seed in (-1, 1.5, True):
         with pytest.raises(TfcompressError, match="seed must be a non-negative integer or None"):
             rotate(tied, seed=seed, verbose=0)
+    with pytest.raises(TfcompressError, match=r"matrix must be \(24, 24\).*got shape \(3, 3\)"):
+        rotate(tied, matrix=np.eye(3), verbose=0)
+    with pytest.raises(TfcompressError, match="matrix must be orthogonal"):
+        rotate(tied, matrix=2 * np.eye(D), verbose=0)
     q4 = quantize(_port(False), QuantizeConfig(method="rtn", bits=8))
     with pytest.raises(TfcompressError, match="already quantized"):
         rotate(q4, verbose=0)
     assert tied.get_layer("block0_attn_norm").scale.numpy().max() > 1.0  # not folded
+
+
+def test_identity_matrix_only_folds_the_norm_scales():
+    model = _port(False)
+    folded = rotate(model, matrix=np.eye(D), verbose=0)
+    gamma = model.get_layer("block0_attn_norm").scale.numpy()
+    np.testing.assert_allclose(folded.get_layer("block0_attn_q").kernel.numpy(),
+                               gamma[:, None] * model.get_layer("block0_attn_q").kernel.numpy(),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(folded.get_layer("block0_attn_out").kernel.numpy(),
+                                  model.get_layer("block0_attn_out").kernel.numpy())
+    final = model.get_layer("final_norm").scale.numpy()
+    np.testing.assert_allclose(folded.get_layer("lm_head").kernel.numpy(),
+                               final[:, None] * model.get_layer("lm_head").kernel.numpy(),
+                               rtol=1e-6)
 
 
 def test_inplace_rotates_an_untied_model_itself(tmp_path):

@@ -250,12 +250,29 @@ def rotate_stream(stream: ResidualStream, q: np.ndarray, progress=None) -> None:
     stream.embedding.assign((stream.embedding.numpy() @ q).astype(stream.embedding.dtype))
 
 
-def rotate(model, seed: int | None = 0, *, inplace: bool = False, verbose: int = 1):
+def check_rotation(matrix, d: int) -> np.ndarray:
+    """``matrix`` as a float64 ``(d, d)`` array with ``M M^T = I`` (to 1e-5), or
+    `TfcompressError` naming ``matrix``."""
+    m = np.asarray(matrix, np.float64)
+    if m.shape != (d, d):
+        raise TfcompressError(f"matrix must be ({d}, {d}) (the residual width), got shape "
+                              f"{m.shape}")
+    err = float(np.abs(m @ m.T - np.eye(d)).max())
+    if err > 1e-5:
+        raise TfcompressError(f"matrix must be orthogonal (M M^T = I), got max |M M^T - I| = "
+                              f"{err:.3g}")
+    return m
+
+
+def rotate(model, seed: int | None = 0, *, matrix=None, inplace: bool = False,
+           verbose: int = 1):
     """A copy of ``model`` computing the same float function on a rotated residual stream.
 
     ``model``: a `build_llama` model (what `load_gguf` returns) or a KerasHub pre-norm
     Llama-family CausalLM (``LlamaCausalLM``, ``Qwen2CausalLM``, ``MistralCausalLM``), with
-    float weights. ``seed`` draws the Hadamard's random signs (None: plain Hadamard). A tied
+    float weights. ``seed`` draws the Hadamard's random signs (None: plain Hadamard);
+    ``matrix``, a ``(d, d)`` orthogonal array, replaces that Hadamard (``np.eye(d)`` only
+    folds the norm scales, e.g. a learned SpinQuant rotation goes here). A tied
     model comes back untied (see the module docstring), so ``inplace=True`` (change ``model``
     itself) needs an untied one. ``verbose`` shows a progress bar over the norms.
 
@@ -272,6 +289,8 @@ def rotate(model, seed: int | None = 0, *, inplace: bool = False, verbose: int =
         raise TfcompressError(f"seed must be a non-negative integer or None, got {seed!r}")
     check_model(model, "rotate")
     stream = residual_stream(model)  # checked before any work
+    q = (rotation_matrix(stream.width, seed) if matrix is None
+         else check_rotation(matrix, stream.width))
     tied = stream.head is None
     if tied and inplace:
         raise TfcompressError(
@@ -281,5 +300,5 @@ def rotate(model, seed: int | None = 0, *, inplace: bool = False, verbose: int =
     target = _untied(model) if tied else model if inplace else copy_model(model)
     stream = residual_stream(target)
     bar = keras.utils.Progbar(len(stream.groups), unit_name="norm") if verbose else None
-    rotate_stream(stream, rotation_matrix(stream.width, seed), bar and (lambda: bar.add(1)))
+    rotate_stream(stream, q, bar and (lambda: bar.add(1)))
     return target
