@@ -6,8 +6,10 @@ folded into the matmuls it feeds (scale becomes 1), the stream can be carried ro
 ``x Q``: the embedding becomes ``E Q``, every matmul reading the stream ``Q^T W``, every matmul
 writing it ``W Q``, and the head ``Q^T diag(g_final) H``. The float function is unchanged,
 while a massive activation in one channel (SmolLM2: ~2.4e4 in channel 507) is spread over all
-of them by a (randomised) Hadamard ``Q``, so per-row int8 activations and per-group int4
-weights lose less.
+of them by a (randomised) Hadamard ``Q``, so per-row int8 activations lose less. Weights
+are mixed too: on SmolLM2 int4 GPTQ (act-order) lost less after rotation, round-to-nearest
+far more (its GGUF weights already sat on a 4-bit grid that rotation undoes; see
+``benchmarks/rotation.py``), so rotate before GPTQ, not before RTN.
 
 A tied head cannot take the final norm's scale (the table is also the embedding), so a tied
 model comes back untied, with its own ``lm_head`` (``vocab * d`` more weights: 28.3 M for
