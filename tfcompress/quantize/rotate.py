@@ -12,9 +12,10 @@ far more (its GGUF weights already sat on a 4-bit grid that rotation undoes; see
 ``benchmarks/rotation.py``), so rotate before GPTQ, not before RTN.
 
 A tied head cannot take the final norm's scale (the table is also the embedding), so a tied
-model comes back untied, with its own ``lm_head`` (``vocab * d`` more weights: 28.3 M for
-SmolLM2, +113 MB float32 / ~+15 MB on LiteRT's int4 grid): a ``d x d`` un-rotation before a
-tied head would cost only ``d**2`` but is no layer `export_llm` or a KerasHub backbone knows.
+model comes back untied, with its own ``lm_head``: ``vocab * d`` more weights (SmolLM2:
+28.3 M, +113 MB float32, +29.6 MB in its int4 `export_llm` bundle, whose head is int8).
+A ``d x d`` un-rotation before a tied head would cost only ``d**2`` weights, but it is a layer
+neither `export_llm`'s reader nor a KerasHub backbone has a place for.
 
 Example:
     >>> rotated = rotate(model)          # a copy (untied if ``model`` was tied)
