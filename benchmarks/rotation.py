@@ -4,9 +4,9 @@ the same float model, and does int4 on LiteRT's grid lose less after rotation?
 Rows: the float port and its rotated copy (max relative logit difference, perplexity, the
 residual stream's peak |x| and peak-to-RMS ratio after every block); int4 on LiteRT's blockwise
 grid (`QuantizeConfig.litert_int4`: symmetric, groups of 32) by round-to-nearest and by GPTQ
-with act-order, each on the float and on the rotated model, the same calibration windows;
-then the rotated model as `export_llm` bundles (int4 from the rotated GPTQ model, dynamic_int8
-from the rotated float one), their perplexity through `LLMRunner`. Only the blocks' matmuls
+with act-order, each on the float and on the rotated model (``--sources``), the same
+calibration windows; then each as `export_llm` bundles (int4 from its GPTQ act-order copy,
+dynamic_int8 from the float weights), their perplexity through `LLMRunner`. Only the blocks' matmuls
 are quantized to int4 (`benchmarks.llm.BLOCK_DENSE`), as `benchmarks.generate`'s int4 bundle
 does: the embedding (and the rotated model's untied head) stay float in Keras, int8 in bundles.
 
@@ -158,7 +158,7 @@ def _int4(method: str):
             r.record(name, q, time.perf_counter() - start,
                      f"{method.upper().replace('_ACT', ' act-order')} int4 LiteRT grid (g32) on "
                      f"block matmuls{calib}; {source} model")
-            if name == "gptq_act_rotated":
+            if method == "gptq_act":  # kept for its int4 bundle
                 r.models[name] = q
             del q
             gc.collect()
@@ -167,30 +167,42 @@ def _int4(method: str):
 
 def _bundle(mode: str):
     def run(r: Rotation) -> None:
-        from benchmarks.generate import exported_perplexity
-        from tfcompress.export import export_llm
-
-        source = "gptq_act_rotated" if mode == "int4" else "rotated"
-        if source not in r.models:
-            (_int4("gptq_act") if mode == "int4" else lambda r: r.rotated())(r)
-        folder = Path(r.args.out) / f"rotated-{mode}"
-        start = time.perf_counter()
-        kwargs = {"prefill_lengths": (8,), "cache_length": 64} if r.args.quick else {}
-        # export_llm's defaults otherwise (its verification is being changed elsewhere)
-        result = export_llm(r.models[source], folder, mode=mode, tokenizer=r.b.gguf,
-                            verify_output=not r.args.no_verify, **kwargs)
-        seconds = time.perf_counter() - start
-        ppl = exported_perplexity(folder, r.b.eval_ids, r.b.window)
-        r.record(f"bundle_{mode}_rotated", r.models[source], seconds,
-                 f"export_llm(mode={mode!r}) of {source}, perplexity through LLMRunner; "
-                 + ("verification off (--no-verify)" if r.args.no_verify else
-                    f"default verification passed (next-token agreement {result.agreement}, "
-                    f"relative logit error {result.relative_error:.3f})"),
-                 stored_bytes=result.bytes, ppl=ppl)
-        if result.int4 is not None:
-            r.data["bundle_int4_layers"] = {k: len(v) if isinstance(v, list) else v
-                                            for k, v in result.int4.items()}
+        for source in r.args.sources:
+            _export(r, mode, source)
     return run
+
+
+def _export(r: Rotation, mode: str, source: str) -> None:
+    """The ``source`` model's ``mode`` bundle (int4: from its GPTQ act-order copy), its
+    perplexity through `LLMRunner`."""
+    from benchmarks.generate import exported_perplexity
+    from tfcompress.export import export_llm
+
+    if mode == "int4":
+        name = "gptq_act" if source == "float" else f"gptq_act_{source}"
+        if name not in r.models:
+            _int4("gptq_act")(r)
+        model = r.models[name]
+    else:
+        name = source
+        model = r.b.float_model if source == "float" else getattr(r, source)()
+    folder = Path(r.args.out) / f"{source}-{mode}"
+    start = time.perf_counter()
+    kwargs = {"prefill_lengths": (8,), "cache_length": 64} if r.args.quick else {}
+    # export_llm's defaults otherwise (its verification is being changed elsewhere)
+    result = export_llm(model, folder, mode=mode, tokenizer=r.b.gguf,
+                        verify_output=not r.args.no_verify, **kwargs)
+    seconds = time.perf_counter() - start
+    ppl = exported_perplexity(folder, r.b.eval_ids, r.b.window)
+    r.record(f"bundle_{mode}_{source}", model, seconds,
+             f"export_llm(mode={mode!r}) of {name}, perplexity through LLMRunner; "
+             + ("verification off (--no-verify)" if r.args.no_verify else
+                f"default verification passed (next-token agreement {result.agreement}, "
+                f"relative logit error {result.relative_error:.3f})"),
+             stored_bytes=result.bytes, ppl=ppl)
+    if result.int4 is not None:
+        r.data[f"bundle_int4_{source}_layers"] = {k: len(v) if isinstance(v, list) else v
+                                                  for k, v in result.int4.items()}
 
 
 RUNS = {"float": run_float, "rotated": run_rotated, "rtn": _int4("rtn"),
