@@ -28,7 +28,7 @@ from tfcompress.models.loaders import load_gguf, load_safetensors
 from tfcompress.models.loaders.gguf import gguf_tokenizer
 from tfcompress.models.loaders.safetensors import hf_tokenizer
 from tfcompress.prune import PruneConfig, prune, prune_tf_keras, strip_pruning
-from tfcompress.quantize import qat, quantize, sensitivity, smooth, strip_qat
+from tfcompress.quantize import qat, quantize, rotate, sensitivity, smooth, strip_qat
 
 VOCAB, POS = 32, 8
 
@@ -225,6 +225,12 @@ def cases():
         ("smooth_alpha", lambda c: smooth(c.model, c.ids, alpha=-1), r"alpha .*got -1"),
         ("smooth_on_quantized", lambda c: smooth(c.quantized, c.ids),
          "model .*already quantized by tfcompress.quantize"),
+        ("rotate_gpt", lambda c: rotate(c.model, verbose=0),
+         r"rotate supports llama .*model .gpt. \(Functional\) is none"),
+        ("rotate_seed", lambda c: rotate(c.model, seed=-1), r"seed must be .*got -1"),
+        ("rotate_on_quantized", lambda c: rotate(c.quantized),
+         "model .*already quantized by tfcompress.quantize"),
+        ("rotate_not_a_model", lambda c: rotate("model"), "model must be a Keras"),
         # evaluate: data and files
         ("evaluate_inputs_over_vocab", lambda c: tfcompress.evaluate(
             c.model, (c.ids + VOCAB, c.ids), batch_sizes=()), r"data inputs holds token id"),

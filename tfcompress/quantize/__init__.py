@@ -1,7 +1,7 @@
 """Quantization: quantizers (linear and non-linear), post-training weight quantization
 (round-to-nearest, GPTQ, Keras's own modes) with compact storage, mixed precision, and
-quantization-aware training for Keras 3, and activation smoothing (`smooth`) for
-full-integer export.
+quantization-aware training for Keras 3, activation smoothing (`smooth`) for
+full-integer export, and residual-stream rotation (`rotate`) against outliers.
 
 Example:
     >>> from tfcompress.quantize import QuantizeConfig, quantize
@@ -25,6 +25,7 @@ from tfcompress.quantize.quantizers import (
     log2_levels,
     nf4_levels,
 )
+from tfcompress.quantize.rotate import hadamard, rotate, rotation_matrix
 from tfcompress.quantize.smooth import smooth, smoothing_groups, smoothing_scales
 from tfcompress.quantize.storage import cache_decoded, is_quantized
 from tfcompress.quantize.tfmot_path import tfmot_cluster, tfmot_quantize, tfmot_strip_clustering
@@ -42,6 +43,7 @@ __all__ = [
     "cache_decoded",
     "fake_quantize",
     "gptq",
+    "hadamard",
     "hessian",
     "is_quantized",
     "kmeans_1d",
@@ -51,6 +53,8 @@ __all__ = [
     "pack_int4",
     "qat",
     "quantize",
+    "rotate",
+    "rotation_matrix",
     "sensitivity",
     "smooth",
     "smoothing_groups",

@@ -118,7 +118,9 @@ def _affine(norm) -> tuple[object, object | None] | None:
         return norm.gamma, norm.beta if norm.center else None
     # norms whose output is ``normalized * scale`` (Gemma's ``* (1 + scale)`` is not)
     plain_scale = {"RMSNorm": "tfcompress.", "RMSNormalization": "keras.src.",
-                   "LlamaLayerNorm": "keras_hub.src.models.llama."}
+                   "LlamaLayerNorm": "keras_hub.src.models.llama.",
+                   "QwenLayerNorm": "keras_hub.src.models.qwen.",
+                   "MistralLayerNormalization": "keras_hub.src.models.mistral."}
     if type(norm).__module__.startswith(plain_scale.get(kind, "-")) and hasattr(norm, "scale"):
         scale = norm.scale
         return (scale, None) if hasattr(scale, "assign") else None
@@ -148,10 +150,12 @@ HUB_DECODERS = {
     "TransformerDecoder": (
         ("_self_attention_layer_norm", tuple(f"_self_attention_layer.{a}" for a in _QKV)),
         ("_feedforward_layer_norm", ("_feedforward_intermediate_dense",))),
-    "LlamaTransformerDecoder": (
+    **{kind: (
         ("_self_attention_layernorm", tuple(f"_self_attention_layer.{a}" for a in _QKV)),
         ("_feedforward_layernorm", ("_feedforward_gate_dense",
-                                    "_feedforward_intermediate_dense"))),
+                                    "_feedforward_intermediate_dense")))
+       for kind in ("LlamaTransformerDecoder", "QwenTransformerDecoder",
+                    "MistralTransformerDecoder")},
 }
 
 

@@ -1,0 +1,184 @@
+"""Residual-stream rotation: Hadamard and rotation matrices on arrays, then rotated copies of
+tiny Llama-family models (our port tied and untied, KerasHub Llama and Qwen2) that compute the
+same logits, spread a planted outlier, refuse what they cannot rotate and reload."""
+
+import keras
+import numpy as np
+import pytest
+
+import tfcompress  # noqa: F401  (sets the Keras backend)
+from tfcompress.errors import TfcompressError
+from tfcompress.models import LlamaConfig, build_gpt, build_llama
+from tfcompress.quantize import QuantizeConfig, hadamard, quantize, rotate, rotation_matrix
+from tfcompress.quantize.rotate import paley_hadamard
+
+VOCAB, D = 64, 24  # 24 = 2 x 12: a Sylvester factor times Paley's (q = 11)
+
+
+def test_paley_hadamard_by_hand():
+    # q = 3: Legendre symbols chi(1) = 1, chi(2) = -1; H = I + [[0, 1], [-1, C]]
+    expected = [[1, 1, 1, 1], [-1, 1, 1, -1], [-1, -1, 1, 1], [-1, 1, -1, 1]]
+    np.testing.assert_array_equal(paley_hadamard(3), expected)
+    with pytest.raises(TfcompressError, match="q must be a prime with q % 4 == 3, got 5"):
+        paley_hadamard(5)
+
+
+@pytest.mark.parametrize("d, built", [(1, True), (12, True), (24, True), (64, True),
+                                      (576, True), (9, False), (18, False)])
+def test_hadamard_and_rotation_are_orthogonal(d, built):
+    h = hadamard(d)
+    assert (h is not None) == built
+    if built:
+        assert set(np.unique(h)) <= {-1.0, 1.0}
+        np.testing.assert_array_equal(h @ h.T, d * np.eye(d))
+    q = rotation_matrix(d, seed=3)
+    np.testing.assert_allclose(q @ q.T, np.eye(d), atol=1e-12)
+    if built:  # the random signs flip rows of the plain Hadamard
+        plain = rotation_matrix(d, seed=None)
+        np.testing.assert_allclose(plain, h / np.sqrt(d))
+        np.testing.assert_allclose(np.abs(q), np.abs(plain))
+    with pytest.raises(TfcompressError, match="d must be a positive integer, got 0"):
+        rotation_matrix(0)
+
+
+def _port(tie: bool):
+    keras.utils.set_random_seed(0)
+    model = build_llama(LlamaConfig(vocab_size=VOCAB, d_model=D, n_layers=2, n_heads=4,
+                                    n_kv_heads=2, d_ff=40, tie_embeddings=tie))
+    rng = np.random.default_rng(1)
+    for v in model.weights:  # norm scales far from 1, so folding them matters
+        if v.path.endswith("scale"):
+            v.assign(rng.uniform(0.3, 3.0, v.shape))
+    return model
+
+
+def _hub(kind: str):
+    import keras_hub
+
+    keras.utils.set_random_seed(0)
+    hub = dict(vocabulary_size=VOCAB, num_layers=2, hidden_dim=D, intermediate_dim=40,
+               num_query_heads=4, num_key_value_heads=2)
+    if kind == "llama":  # KerasHub's Llama unties by default: tie it, as SmolLM2 is
+        lm = keras_hub.models.LlamaCausalLM(
+            keras_hub.models.LlamaBackbone(tie_word_embeddings=True, **hub), preprocessor=None)
+    else:
+        lm = keras_hub.models.Qwen2CausalLM(keras_hub.models.QwenBackbone(**hub),
+                                             preprocessor=None)
+    rng = np.random.default_rng(1)
+    for v in lm.weights:
+        if v.path.endswith("scale") or "bias" in v.path:
+            v.assign(rng.uniform(0.3, 3.0, v.shape))
+    return lm
+
+
+def _inputs(model, ids):
+    if hasattr(model, "backbone"):
+        return {"token_ids": ids, "padding_mask": np.ones_like(ids, bool)}
+    return ids
+
+
+def _logits(model, ids):
+    return np.asarray(model(_inputs(model, ids)))
+
+
+def _max_rel_diff(a, b):
+    return float(np.abs(a - b).max() / np.abs(a).max())
+
+
+@pytest.mark.parametrize("build", [lambda: _port(True), lambda: _port(False),
+                                   lambda: _hub("llama"), lambda: _hub("qwen2")],
+                         ids=["port_tied", "port_untied", "hub_llama", "hub_qwen2"])
+def test_rotated_copy_computes_the_same_logits(build):
+    model = build()
+    ids = np.random.default_rng(2).integers(0, VOCAB, (2, 9)).astype("int32")
+    before = [v.numpy().copy() for v in model.weights]
+    expected = _logits(model, ids)
+    rotated = rotate(model, verbose=0)
+    assert _max_rel_diff(expected, _logits(rotated, ids)) <= 1e-3
+    # the user's model is untouched (and stays tied if it was)
+    for v, old in zip(model.weights, before, strict=True):
+        np.testing.assert_array_equal(v.numpy(), old)
+    # every norm scale is folded away, and the weights really moved
+    scales = [v.numpy() for v in rotated.weights if v.path.endswith("scale")]
+    assert len(scales) == 5 and all(np.array_equal(s, np.ones(D)) for s in scales)
+
+
+def test_tied_models_come_back_untied_with_vocab_times_d_more_weights():
+    for model in (_port(True), _hub("llama"), _hub("qwen2")):
+        rotated = rotate(model, verbose=0)
+        assert rotated.count_params() - model.count_params() == VOCAB * D
+        assert type(rotated) is type(model)
+    untied = _port(False)
+    assert rotate(untied, verbose=0).count_params() == untied.count_params()
+
+
+def test_rotation_spreads_a_planted_outlier_channel():
+    model = _port(False)
+    table = model.get_layer("token_embedding").embeddings
+    planted = table.numpy()
+    planted[:, 5] = 60.0  # one massive residual channel, as SmolLM2's 507
+    table.assign(planted)
+    ids = np.arange(VOCAB, dtype="int32")[None]
+
+    def peak_to_rms(m):
+        stream = keras.Model(m.inputs, m.get_layer("block1_add2").output)(ids).numpy()[0]
+        return np.mean(np.abs(stream).max(-1) / np.sqrt((stream ** 2).mean(-1)))
+
+    before, after = peak_to_rms(model), peak_to_rms(rotate(model, verbose=0))
+    assert before > 4.0  # ~sqrt(24) = 4.9 when one channel holds all the energy
+    assert after < before / 2
+
+
+def test_bad_input_is_refused_before_any_work():
+    gpt = build_gpt("test-tiny", vocab_size=VOCAB)
+    with pytest.raises(TfcompressError, match=r"rotate supports llama .*model 'gpt'"):
+        rotate(gpt, verbose=0)
+    tied = _port(True)
+    with pytest.raises(TfcompressError, match="ties its head to its embedding.*inplace=False"):
+        rotate(tied, inplace=True, verbose=0)
+    for seed in (-1, 1.5, True):
+        with pytest.raises(TfcompressError, match="seed must be a non-negative integer or None"):
+            rotate(tied, seed=seed, verbose=0)
+    with pytest.raises(TfcompressError, match=r"matrix must be \(24, 24\).*got shape \(3, 3\)"):
+        rotate(tied, matrix=np.eye(3), verbose=0)
+    with pytest.raises(TfcompressError, match="matrix must be orthogonal"):
+        rotate(tied, matrix=2 * np.eye(D), verbose=0)
+    q4 = quantize(_port(False), QuantizeConfig(method="rtn", bits=8))
+    with pytest.raises(TfcompressError, match="already quantized"):
+        rotate(q4, verbose=0)
+    assert tied.get_layer("block0_attn_norm").scale.numpy().max() > 1.0  # not folded
+
+
+def test_identity_matrix_only_folds_the_norm_scales():
+    model = _port(False)
+    folded = rotate(model, matrix=np.eye(D), verbose=0)
+    gamma = model.get_layer("block0_attn_norm").scale.numpy()
+    np.testing.assert_allclose(folded.get_layer("block0_attn_q").kernel.numpy(),
+                               gamma[:, None] * model.get_layer("block0_attn_q").kernel.numpy(),
+                               rtol=1e-6)
+    np.testing.assert_array_equal(folded.get_layer("block0_attn_out").kernel.numpy(),
+                                  model.get_layer("block0_attn_out").kernel.numpy())
+    final = model.get_layer("final_norm").scale.numpy()
+    np.testing.assert_allclose(folded.get_layer("lm_head").kernel.numpy(),
+                               final[:, None] * model.get_layer("lm_head").kernel.numpy(),
+                               rtol=1e-6)
+
+
+def test_inplace_rotates_an_untied_model_itself(tmp_path):
+    model = _port(False)
+    ids = np.random.default_rng(2).integers(0, VOCAB, (1, 7)).astype("int32")
+    expected = _logits(model, ids)
+    assert rotate(model, seed=None, inplace=True, verbose=0) is model
+    assert _max_rel_diff(expected, _logits(model, ids)) <= 1e-3
+    # the rotated model saves and reloads through .keras
+    model.save(tmp_path / "rotated.keras")
+    reloaded = keras.saving.load_model(tmp_path / "rotated.keras")
+    np.testing.assert_allclose(_logits(reloaded, ids), _logits(model, ids), rtol=1e-6)
+
+
+def test_rotated_hub_model_reloads_from_keras_file(tmp_path):
+    rotated = rotate(_hub("qwen2"), verbose=0)
+    ids = np.random.default_rng(2).integers(0, VOCAB, (1, 7)).astype("int32")
+    rotated.save(tmp_path / "rotated.keras")
+    reloaded = keras.saving.load_model(tmp_path / "rotated.keras")
+    np.testing.assert_allclose(_logits(reloaded, ids), _logits(rotated, ids), rtol=1e-6)
