@@ -21,13 +21,12 @@ austen/test.txt in windows of 256; calibration windows drawn from austen/train.t
 from __future__ import annotations
 
 import gc
-import tempfile
 import time
 from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import QUICK, bench_parser, parse_args, write_results
+from benchmarks._common import QUICK, bench_parser, parse_args, scratch_dir, write_results
 from benchmarks.llm import BLOCK_DENSE, Bench
 
 METHODS = ("float", "rotated", "rtn", "gptq_act", "bundle_int4", "bundle_dynamic_int8")
@@ -189,16 +188,14 @@ def _export(r: Rotation, mode: str, source: str) -> None:
     folder = Path(r.args.out) / f"{source}-{mode}"
     start = time.perf_counter()
     kwargs = {"prefill_lengths": (8,), "cache_length": 64} if r.args.quick else {}
-    # export_llm's defaults otherwise (its verification is being changed elsewhere)
-    result = export_llm(model, folder, mode=mode, tokenizer=r.b.gguf,
-                        verify_output=not r.args.no_verify, **kwargs)
+    # export_llm's defaults otherwise: its verification on text included
+    result = export_llm(model, folder, mode=mode, tokenizer=r.b.gguf, **kwargs)
     seconds = time.perf_counter() - start
     ppl = exported_perplexity(folder, r.b.eval_ids, r.b.window)
     r.record(f"bundle_{mode}_{source}", model, seconds,
              f"export_llm(mode={mode!r}) of {name}, perplexity through LLMRunner; "
-             + ("verification off (--no-verify)" if r.args.no_verify else
-                f"default verification passed (next-token agreement {result.agreement}, "
-                f"relative logit error {result.relative_error:.3f})"),
+             f"default verification passed (next-token agreement {result.agreement}, "
+             f"relative logit error {result.relative_error:.3f})",
              stored_bytes=result.bytes, ppl=ppl)
     if result.int4 is not None:
         r.data[f"bundle_int4_{source}_layers"] = {k: len(v) if isinstance(v, list) else v
@@ -220,14 +217,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sources", nargs="*", default=["float", "rotated"],
                         choices=["float", "folded", "rotated"], help="models the int4 rows "
                         "quantize; folded: norm scales folded and head untied, not rotated")
-    parser.add_argument("--no-verify", action="store_true", help="export bundles without "
-                        "export_llm's own logit check (perplexity still judges them)")
     parser.add_argument("--out", default="runs/rotation", help="where bundles go")
     parser.add_argument("--name", default="rotation", help="results file name")
     args = parse_args(parser, argv)
     if args.quick:
         args.calib, args.calib_len = QUICK.calibration_windows, QUICK.seq_len
-        args.out = tempfile.mkdtemp(prefix="rotation-quick-")
+        args.out = scratch_dir("rotation-quick-")
     # what benchmarks.llm's Bench reads: no merging, no peer, the float model loaded
     args.merge_from, args.peer, args.inplace = [], None, False
     r = Rotation(args)
