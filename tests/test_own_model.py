@@ -22,6 +22,7 @@ VOCAB = json.loads((EXAMPLE / "tokenizer.json").read_text())["model"]["vocab"]._
 
 
 def save_user_model(folder: Path, seed: int = 0) -> Path:
+    keras.backend.clear_session()  # automatic layer names from "dense" on, whatever ran before
     keras.utils.set_random_seed(seed)
     path = folder / "my_lm.keras"
     build_lm(VOCAB, width=16).save(path)
@@ -210,6 +211,7 @@ def test_prune_tf_keras_takes_a_graph_holding_constant_positions():
 
     from tfcompress.prune import prune_tf_keras
 
+    K.backend.clear_session()  # the TFOpLambda's automatic name, whatever ran before
     ids = K.Input((8,), dtype="int32")
     x = K.layers.Embedding(32, 8, name="tok")(ids)
     x = K.layers.Add()([x, K.layers.Embedding(8, 8, name="pos")(tf.range(8)[None])])

@@ -57,7 +57,6 @@ def feature_extractor(model, names: list[str], arg: str):
     return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
 
 
-@keras.saving.register_keras_serializable(package="tfcompress")
 def out_of_vocab_error(err, student, teacher) -> TfcompressError | None:
     """An embedding gather's ``indices[...] = 300 is not in [0, 256)`` as a `TfcompressError`
     naming the id and both vocabularies (None for any other error)."""
@@ -72,6 +71,7 @@ def out_of_vocab_error(err, student, teacher) -> TfcompressError | None:
         f"teacher {model_vocab(teacher)}): tokenize with the tokenizer both were built for")
 
 
+@keras.saving.register_keras_serializable(package="tfcompress")
 class Distiller(keras.Model):
     """A frozen teacher and a trainable student trained together by ``fit``.
 
