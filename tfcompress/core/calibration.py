@@ -35,6 +35,7 @@ from tfcompress.core.blocks import (
     graph_of,
     unchanged_graph,
 )
+from tfcompress.core.files import atomic_path
 from tfcompress.core.layers import matrix_shape
 from tfcompress.core.progress import progress_bar
 from tfcompress.core.signature import model_inputs
@@ -197,10 +198,8 @@ class _Folder:
             self.done = int(saved["done"])
 
     def _write(self, name: str, write) -> None:
-        tmp = self.path / f".{name}.tmp"
-        with open(tmp, "wb") as f:
+        with atomic_path(self.path / name) as tmp, open(tmp, "wb") as f:
             write(f)
-        os.replace(tmp, self.path / name)
 
     def save(self, index: int, layers, results: dict, inputs: list | None) -> None:
         weights = {f"w{i}": np.asarray(v.numpy()) for i, v in enumerate(_variables(layers))}

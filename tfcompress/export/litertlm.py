@@ -11,10 +11,10 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 from pathlib import Path
 
+from tfcompress.core.files import atomic_path
 from tfcompress.errors import TfcompressError
 from tfcompress.export.llm import CONFIG_FILE
 
@@ -64,9 +64,6 @@ def write_litertlm(bundle: str | Path, path: str | Path | None = None) -> Path:
         builder.add_tflite_model(str(folder / config["model_file"]),
                                  TfLiteModelType.PREFILL_DECODE)
         builder.add_hf_tokenizer(str(folder / config["tokenizer_file"]))
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, partial = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-        with os.fdopen(fd, "wb") as stream:
+        with atomic_path(path) as partial, open(partial, "wb") as stream:
             builder.build(stream)
-        os.replace(partial, path)
     return path

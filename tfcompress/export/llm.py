@@ -19,7 +19,6 @@ Example:
 from __future__ import annotations
 
 import json
-import os
 import tempfile
 import time
 from dataclasses import asdict, dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfcompress.core.files import write_atomic
 from tfcompress.errors import TfcompressError, VerificationError
 from tfcompress.export.llm_graph import Decoder, cached_forward, decoder_of
 from tfcompress.export.llm_int4 import quantize_int4
@@ -202,17 +202,6 @@ def _check_int4_blocks(dec: Decoder) -> None:
         f"use mode='dynamic_int8', or sizes (ranks) that are multiples of {INT4_BLOCK}")
 
 
-def _write_atomic(path: Path, data: bytes | str) -> None:
-    """Write through a temporary file in the same folder so no half file is left behind."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    with os.fdopen(fd, "wb") as f:
-        f.write(data.encode("utf-8") if isinstance(data, str) else data)
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the bundle from other users
-    os.replace(tmp, path)
-
-
 def export_llm(
     model,
     path: str | Path,
@@ -290,9 +279,9 @@ def export_llm(
     flatbuffer, int4 = _convert(dec, names, cache_length, mode)
     path.mkdir(parents=True, exist_ok=True)
     tflite = path / MODEL_FILE
-    _write_atomic(tflite, flatbuffer)
+    write_atomic(tflite, flatbuffer)
     if tokenizer_json is not None:
-        _write_atomic(path / TOKENIZER_FILE, tokenizer_json)
+        write_atomic(path / TOKENIZER_FILE, tokenizer_json)
     signatures = {**{k: {"tokens": n} for k, n in names.items()}, "decode": {"tokens": 1}}
     config = {
         "format": "tfcompress-llm/1", "model_file": MODEL_FILE,
@@ -309,7 +298,7 @@ def export_llm(
     }
     if int4 is not None:
         config["int4"] = int4
-    _write_atomic(path / CONFIG_FILE, json.dumps(config, indent=2))
+    write_atomic(path / CONFIG_FILE, json.dumps(config, indent=2))
     from tfcompress.export.ops import inspect_tflite
 
     info = inspect_tflite(flatbuffer)  # of the first signature's graph

@@ -18,12 +18,12 @@ from __future__ import annotations
 import copy
 import hashlib
 import json
-import os
 import time
 from pathlib import Path
 
 import numpy as np
 
+from tfcompress.core.files import atomic_path, write_atomic
 from tfcompress.errors import TfcompressError
 from tfcompress.recipes.bundles import BUNDLE_KIND
 from tfcompress.recipes.schema import MAKES_MODEL, validate
@@ -35,12 +35,6 @@ LATENCY_REPEATS = 5
 def _hash(previous: str, part: dict) -> str:
     text = json.dumps(part, sort_keys=True, default=str)
     return hashlib.sha256((previous + text).encode()).hexdigest()[:16]
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 class Run:
@@ -147,8 +141,8 @@ class Run:
                   for t in self.timings]
         if self.notes:
             lines += ["", "## Notes", ""] + [f"- {n}" for n in self.notes]
-        _write_atomic(self.out / "report.md", "\n".join(lines) + "\n")
-        _write_atomic(self.out / "report.json", json.dumps({
+        write_atomic(self.out / "report.md", "\n".join(lines) + "\n")
+        write_atomic(self.out / "report.json", json.dumps({
             "recipe": _plain(self.recipe), "reports": [r.to_dict() for r in self.reports],
             "stages": self.timings, "samples": self.texts, "files": self.files,
             "notes": self.notes}, indent=2, default=str))
@@ -289,12 +283,11 @@ def _restore(run: Run, record: dict, folder: Path) -> None:
 def _record(run: Run, folder: Path, record: dict, result: StageResult, reports: list) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     if result.model is not None:
-        tmp = folder / "model.tmp.keras"
-        result.model.save(tmp)
-        os.replace(tmp, folder / "model.keras")
+        with atomic_path(folder / "model.keras") as tmp:
+            result.model.save(tmp)
     record.update(notes=result.notes, files=result.files, samples=result.samples,
                   reports=[r.to_dict() for r in reports])
-    _write_atomic(folder / "record.json", json.dumps(record, indent=2, default=str))
+    write_atomic(folder / "record.json", json.dumps(record, indent=2, default=str))
 
 
 def _sample(run: Run, name: str) -> str:
@@ -326,7 +319,7 @@ def run_recipe(recipe, *, quick: bool = False, verbose: bool = True,
         recipe = quick_sizes(recipe)
     run = Run(recipe, verbose)
     run.out.mkdir(parents=True, exist_ok=True)
-    _write_atomic(run.out / "recipe.yaml", yaml.safe_dump(_plain(recipe), sort_keys=False))
+    write_atomic(run.out / "recipe.yaml", yaml.safe_dump(_plain(recipe), sort_keys=False))
     stages = recipe["stages"]
     total = len(stages) + 1
     inputs = input_digests(recipe)

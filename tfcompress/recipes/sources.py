@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfcompress.core.files import write_atomic
 from tfcompress.errors import TfcompressError
 
 
@@ -180,7 +181,6 @@ def write_tokenizer(tokenizer, folder: str | Path, stem: str) -> Path | None:
     different file already there (the user's own tokenizer beside their model): then as
     ``folder/<stem>.tokenizer.json``. None for a tokenizer with no JSON form."""
     import json
-    import os
 
     if not hasattr(tokenizer, "to_json"):
         return None
@@ -193,10 +193,7 @@ def write_tokenizer(tokenizer, folder: str | Path, stem: str) -> Path | None:
         except (ValueError, UnicodeDecodeError):
             pass  # not a JSON file: not ours either
         path = Path(folder) / f"{stem}.tokenizer.json"
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-    return path
+    return write_atomic(path, text)
 
 
 def load_text(data: dict, tokenizer):
