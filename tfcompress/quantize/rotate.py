@@ -40,10 +40,10 @@ from tfcompress.errors import TfcompressError
 from tfcompress.quantize.smooth import (
     HUB_DECODERS,
     SmoothGroup,
-    _attribute,
-    _hub_groups,
     fold_scales,
+    hub_decoder_groups,
     smoothing_groups,
+    sub_layer,
 )
 
 ARCHITECTURES = ("llama (tfcompress.models.build_llama, load_gguf)",
@@ -160,8 +160,8 @@ def _hub_stream(model) -> ResidualStream:
     backbone = model.backbone
     groups, writers = [], []
     for block in backbone.transformer_layers:
-        groups += _hub_groups(block)
-        writers += [_attribute(block, w) for w in HUB_WRITERS[type(block).__name__]]
+        groups += hub_decoder_groups(block)
+        writers += [sub_layer(block, w) for w in HUB_WRITERS[type(block).__name__]]
     embedding = backbone.token_embedding
     head = None if embedding.tie_weights else embedding.reverse_embeddings
     return ResidualStream(embedding.embeddings, groups, writers, backbone.layer_norm.scale,

@@ -159,20 +159,22 @@ HUB_DECODERS = {
 }
 
 
-def _attribute(layer, dotted: str):
+def sub_layer(layer, dotted: str):
+    """``layer``'s sub-layer at the dotted attribute path ``dotted``, None where one is missing."""
     for name in dotted.split("."):
         layer = getattr(layer, name, None)
     return layer
 
 
-def _hub_groups(layer) -> list[SmoothGroup]:
+def hub_decoder_groups(layer) -> list[SmoothGroup]:
+    """The (norm, matmuls reading it) groups inside one KerasHub decoder layer of `HUB_DECODERS`."""
     table = HUB_DECODERS.get(type(layer).__name__)
     if table is None or not getattr(layer, "normalize_first", True):
         return []
     groups = []
     for norm_name, reader_names in table:
-        norm = _attribute(layer, norm_name)
-        readers = [_attribute(layer, r) for r in reader_names]
+        norm = sub_layer(layer, norm_name)
+        readers = [sub_layer(layer, r) for r in reader_names]
         affine = None if norm is None else _affine(norm)
         if affine is not None and all(r is not None and kernel_of(r) is not None
                                       for r in readers):
@@ -190,7 +192,7 @@ def smoothing_groups(model) -> list[SmoothGroup]:
     """
     groups = []
     for _, norm in iter_layers(model):
-        groups += _hub_groups(norm)
+        groups += hub_decoder_groups(norm)
         affine = _affine(norm)
         if affine is None or len(norm._inbound_nodes) != 1:
             continue
