@@ -14,6 +14,7 @@ Example:
     >>> def compress(layers, stats):                  # one block's [(path, layer)], {path: stats}
     ...     return {p: prune_layer(la, stats[p]) for p, la in layers}
     >>> masks = calibrate(model, layers, calibration_ids, compress, needs=("xtx",))
+    >>> inputs = capture_inputs(model, [layer], calibration_ids)   # {path: (n, d_in) array}
 """
 
 from __future__ import annotations
@@ -35,10 +36,11 @@ from tfcompress.core.blocks import (
     graph_of,
     unchanged_graph,
 )
-from tfcompress.core.layers import matrix_shape
+from tfcompress.core.layers import kernel_of, layer_paths, matrix_shape
 from tfcompress.core.progress import progress_bar
 from tfcompress.core.signature import model_inputs
 from tfcompress.core.stats import InputStats
+from tfcompress.core.validation import check_calibration
 from tfcompress.errors import TfcompressError
 
 
@@ -57,8 +59,6 @@ def calibration_batches(data, model=None, arg: str = "calibration",
         raise TfcompressError(f"{arg} is required for this method: give calibration inputs "
                               "(token ids or batches)")
     if model is not None:  # token ids are checked against the model's vocabulary
-        from tfcompress.core.validation import check_calibration
-
         batches = check_calibration(model, data, arg)
     else:
         items = [data] if isinstance(data, np.ndarray | dict) else list(data)
@@ -77,6 +77,40 @@ def calibration_batches(data, model=None, arg: str = "calibration",
     if isinstance(data, np.ndarray):
         return [data[i:i + batch_size] for i in range(0, len(data), batch_size)]
     return batches
+
+
+def capture_inputs(model, layers: Sequence, data, max_rows: int | None = None) -> dict:
+    """Record the first input of each of ``layers`` while ``model`` runs eagerly on ``data``.
+
+    ``data`` is what `calibration_batches` takes (arrays, dicts for models with named inputs
+    such as KerasHub backbones, or iterables of them). Keeps every row: methods reduce
+    inputs as they stream with `tfcompress.core.calibrate` instead. Returns
+    ``{path: array (rows, d_in)}``, rows in the order of `kernel_matrix`'s rows.
+    """
+    batches = calibration_batches(data, model)
+    paths = layer_paths(model)
+    store: dict[str, list[np.ndarray]] = {paths[id(la)]: [] for la in layers}
+    for layer in layers:
+        path, original = paths[id(layer)], layer.call
+        width = matrix_shape(layer)[0] if kernel_of(layer) is not None else -1
+
+        def recording(*args, _path=path, _call=original, _width=width, **kwargs):
+            store[_path].append(np.asarray(args[0]).reshape(-1, _width))
+            return _call(*args, **kwargs)
+
+        layer.call = recording
+    try:
+        for batch in batches:
+            model(model_inputs(model, batch if isinstance(batch, dict) else np.asarray(batch)),
+                  training=False)
+    finally:
+        for layer in layers:
+            del layer.call
+    out = {p: np.concatenate(v) for p, v in store.items() if v}
+    missing = [p for p in store if p not in out]
+    if missing:
+        raise TfcompressError(f"layers {missing} were never called on the calibration data")
+    return {p: v[:max_rows] if max_rows else v for p, v in out.items()}
 
 
 class _Stop(Exception):
