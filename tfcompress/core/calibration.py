@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from tfcompress.core.blocks import (
+    BlockGraph,
     BlockPlan,
     cut_graph,
     find_blocks,
@@ -307,14 +308,9 @@ def calibrate(model, layers: Sequence[tuple[str, object]], data,
                           verbose=verbose)
 
 
-def _calibrate(model, layers, data, compress, *, needs, blocks, sequential, max_rows, folder,
-               key, verbose) -> dict:
-    import keras
-
-    batches = calibration_batches(data, model)
-    paths = [p for p, _ in layers]
-    path_of = {id(la): p for p, la in layers}
-    plan = find_blocks(model, blocks, [la for _, la in layers])
+def _split_by_block(plan: BlockPlan, layers, blocks) -> tuple[BlockGraph | None, list, list]:
+    """The graph cut into ``plan``'s blocks (None when it is no chain of blocks), the selected
+    layers of each block, and those outside every block (calibrated last, in one pass)."""
     graph = None
     if plan.host is not None and plan.groups:
         try:
@@ -329,7 +325,18 @@ def _calibrate(model, layers, data, compress, *, needs, blocks, sequential, max_
         ids = {id(s) for m in group for s in m._flatten_layers(include_self=True, recursive=True)}
         by_block.append([la for _, la in layers if id(la) in ids])
         inside |= ids
-    rest = [la for _, la in layers if id(la) not in inside]
+    return graph, by_block, [la for _, la in layers if id(la) not in inside]
+
+
+def _calibrate(model, layers, data, compress, *, needs, blocks, sequential, max_rows, folder,
+               key, verbose) -> dict:
+    import keras
+
+    batches = calibration_batches(data, model)
+    paths = [p for p, _ in layers]
+    path_of = {id(la): p for p, la in layers}
+    plan = find_blocks(model, blocks, [la for _, la in layers])
+    graph, by_block, rest = _split_by_block(plan, layers, blocks)
     store = _Folder(folder, _run_key(key, plan, paths, batches)) if folder else None
     done = store.done if store else 0
     bar = progress_bar(len(by_block) + bool(rest), verbose=verbose, unit_name="block")
