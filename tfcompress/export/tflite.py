@@ -18,13 +18,22 @@ import numpy as np
 
 from tfcompress._extras import require
 from tfcompress.core.layers import is_keras3_model, is_keras_model, iter_layers, matrix_shape
-from tfcompress.core.signature import check_auxiliary_inputs, input_view
+from tfcompress.core.signature import (
+    check_auxiliary_inputs,
+    input_view,
+    model_seq_len,  # noqa: F401  (moved to core.signature; still importable from here)
+)
 from tfcompress.core.validation import check_output_path, check_seq_len
 from tfcompress.errors import TfcompressError, VerificationError
 from tfcompress.evaluate.latency import keras_forward
 from tfcompress.evaluate.quality import lm_quality
 from tfcompress.evaluate.size import file_sizes
-from tfcompress.export.converter import convert, input_spec
+from tfcompress.export.converter import (
+    convert,
+    has_fake_quant,  # noqa: F401  (moved to export.converter; still importable from here)
+    input_spec,
+    to_saved_model,  # noqa: F401  (likewise)
+)
 from tfcompress.export.diagnose import diagnose
 from tfcompress.export.modes import (
     INT4_BLOCK,
@@ -224,6 +233,42 @@ def export_tflite(
         >>> export_tflite(model, "m.tflite", mode="float16", seq_len=128).agreement
         1.0
     """
+    spec_mode = _check_export(model, path, mode, seq_len, auxiliary_inputs)
+    reference = model
+    if is_keras3_model(model):  # subclassed or dict-input models: export a graph view
+        model = input_view(model, auxiliary_inputs=auxiliary_inputs)
+    spec = input_spec(model, seq_len, batch_size)
+    _check_data_options(spec, mode, int8_io, representative_data, smooth)
+    samples = None if representative_data is None else representative_samples(
+        representative_data, spec, max_samples)
+    if sample is not None:
+        sample = np.asarray(sample)
+        if tuple(sample.shape[1:]) != tuple(spec.shape[1:]):
+            raise TfcompressError(
+                f"sample must have shape (n, {', '.join(map(str, spec.shape[1:]))}), "
+                f"got {sample.shape}")
+
+    start = time.perf_counter()
+    if smooth is not None:
+        model = _smoothed(reference, samples, smooth, auxiliary_inputs, verbose)
+    if verbose:
+        print(f"export: converting to {mode} ({spec_mode.description})")
+    path = Path(path)
+    result, runner = _write(model, reference, path, spec, mode, samples, int8_io)
+    if verify_output:
+        _verify_or_remove(result, reference, model, runner, spec, sample, samples, eval_data,
+                          (max_abs_error, min_agreement, max_ppl_ratio), verbose)
+    _warn_costs(result, reference, verbose)
+    result.seconds = time.perf_counter() - start
+    if verbose:
+        print(f"export: {path} {result.bytes:,} bytes (gzip {result.gzip_bytes:,}), "
+              f"agreement {result.agreement}, max |error| {result.max_abs_error}")
+    return result
+
+
+def _check_export(model, path, mode: str, seq_len: int | None, auxiliary_inputs: str
+                  ) -> ExportMode:
+    """`export_tflite`'s checks of the model, mode and path, before any tracing; the mode."""
     if mode not in MODES:
         raise TfcompressError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
     check_auxiliary_inputs(auxiliary_inputs)
@@ -248,10 +293,13 @@ def export_tflite(
         check_int4_blocks(_matmul_input_sizes(model),
                           f"use mode='dynamic_int8', or widths (ranks) that are multiples of "
                           f"{INT4_BLOCK}")
-    reference = model
-    if is_keras3_model(model):  # subclassed or dict-input models: export a graph view
-        model = input_view(model, auxiliary_inputs=auxiliary_inputs)
-    spec = input_spec(model, seq_len, batch_size)
+    return spec_mode
+
+
+def _check_data_options(spec: InputSpec, mode: str, int8_io: bool, representative_data,
+                        smooth: float | None) -> None:
+    """`export_tflite`'s checks of the options that depend on the traced input ``spec``."""
+    spec_mode = MODES[mode]
     if int8_io and mode != "int8":
         raise TfcompressError(f"int8_io is only for mode 'int8', got mode {mode!r}")
     if int8_io and representative_data is None:
@@ -274,27 +322,23 @@ def export_tflite(
         if representative_data is None:
             raise TfcompressError("smooth needs representative_data (the activation maxima "
                                   "come from it)")
-    samples = None if representative_data is None else representative_samples(
-        representative_data, spec, max_samples)
-    if sample is not None:
-        sample = np.asarray(sample)
-        if tuple(sample.shape[1:]) != tuple(spec.shape[1:]):
-            raise TfcompressError(
-                f"sample must have shape (n, {', '.join(map(str, spec.shape[1:]))}), "
-                f"got {sample.shape}")
 
-    start = time.perf_counter()
-    if smooth is not None:
-        if verbose:
-            print(f"export: smoothing activations (strength {smooth}) on a copy")
-        smoothed = smooth_model(reference, np.concatenate(samples), smooth, verbose=int(verbose))
-        model = input_view(smoothed, auxiliary_inputs=auxiliary_inputs) if is_keras3_model(
-            smoothed) else smoothed
+
+def _smoothed(reference, samples: list, smooth: float, auxiliary_inputs: str, verbose: bool):
+    """The graph to convert: a copy of ``reference`` with SmoothQuant scales folded in."""
     if verbose:
-        print(f"export: converting to {mode} ({spec_mode.description})")
+        print(f"export: smoothing activations (strength {smooth}) on a copy")
+    smoothed = smooth_model(reference, np.concatenate(samples), smooth, verbose=int(verbose))
+    return input_view(smoothed, auxiliary_inputs=auxiliary_inputs) if is_keras3_model(
+        smoothed) else smoothed
+
+
+def _write(model, reference, path: Path, spec: InputSpec, mode: str, samples: list | None,
+           int8_io: bool) -> tuple[ExportResult, TFLiteRunner]:
+    """Convert ``model``, write ``path`` and describe the file (sizes, dtypes, operators)."""
+    spec_mode = MODES[mode]
     with decoded_weights(reference, enabled=mode not in FLOAT_WEIGHT_MODES):
         flatbuffer, qat = convert(model, spec, mode, samples, int8_io)
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(flatbuffer)
     runner = TFLiteRunner(path)
@@ -307,41 +351,51 @@ def export_tflite(
         quantizer="ai-edge-quantizer" if spec_mode.litert_recipe else "tflite-converter",
         **info,
     )
-    if verify_output:
-        if verbose:
-            print(f"export: verifying {path.name} against Keras")
-        if sample is None:
-            sample = (np.concatenate(samples[:4]) if samples
-                      else runner.sample_input(4 * (spec.shape[0] or 1)))
-        stats = verify(reference, runner, sample.astype(spec.dtype), eval_data)
-        for key, value in stats.items():
-            setattr(result, key, value)
-        try:
-            check_verification(stats, spec_mode, max_abs_error, min_agreement,
-                               max_ppl_ratio)
-        except VerificationError as err:
-            where = (f"; {_where_it_breaks(model, path, sample, spec)}"
-                     if spec_mode.static_activations else "")
-            path.unlink()  # a file that failed must not sit there looking shippable
-            raise VerificationError(f"{err}{where}; {path.name} was not kept", err.relax
-                                    ) from None
+    return result, runner
+
+
+def _verify_or_remove(result: ExportResult, reference, model, runner: TFLiteRunner,
+                      spec: InputSpec, sample: np.ndarray | None, samples: list | None,
+                      eval_data, tolerances: tuple, verbose: bool) -> None:
+    """Verify the written file against ``reference``; one that fails the tolerances
+    (``max_abs_error``, ``min_agreement``, ``max_ppl_ratio``) is deleted, and the error says
+    where a fixed-range export breaks."""
+    path, spec_mode = Path(result.path), MODES[result.mode]
+    if verbose:
+        print(f"export: verifying {path.name} against Keras")
+    if sample is None:
+        sample = (np.concatenate(samples[:4]) if samples
+                  else runner.sample_input(4 * (spec.shape[0] or 1)))
+    stats = verify(reference, runner, sample.astype(spec.dtype), eval_data)
+    for key, value in stats.items():
+        setattr(result, key, value)
+    try:
+        check_verification(stats, spec_mode, *tolerances)
+    except VerificationError as err:
+        where = (f"; {_where_it_breaks(model, path, sample, spec)}"
+                 if spec_mode.static_activations else "")
+        path.unlink()  # a file that failed must not sit there looking shippable
+        raise VerificationError(f"{err}{where}; {path.name} was not kept", err.relax
+                                ) from None
+
+
+def _warn_costs(result: ExportResult, reference, verbose: bool) -> None:
+    """Warn when the file is larger than the model's own weights, or matmuls run outside
+    XNNPACK (other operators outside it are printed with ``verbose``)."""
+    path, mode = Path(result.path), result.mode
+    spec_mode = MODES[mode]
     own = weight_bytes(reference)
     if result.bytes > own * SIZE_SLACK_RATIO + SIZE_SLACK_BYTES:
         warnings.warn(
             f"{path.name} is {result.bytes:,} bytes, more than the {own:,} bytes of the "
             f"model's own weights: mode {mode!r} stores {spec_mode.description.split(',')[0]}"
             "; a mode with fewer bits per weight (int4, dynamic_int8) makes it smaller",
-            ExportSizeWarning, stacklevel=2)
+            ExportSizeWarning, stacklevel=3)
     slow = {op: n for op, n in result.not_delegated.items() if op in MATMUL_OPS}
     if slow:
         warnings.warn(f"{path.name}: matmuls outside XNNPACK (run on reference CPU kernels, "
                       f"slowly): {describe_ops(slow)}; another mode may keep them in XNNPACK",
-                      XNNPACKFallbackWarning, stacklevel=2)
+                      XNNPACKFallbackWarning, stacklevel=3)
     elif result.not_delegated and verbose:
         print(f"export: operators outside XNNPACK (reference CPU kernels): "
               f"{describe_ops(result.not_delegated)}")
-    result.seconds = time.perf_counter() - start
-    if verbose:
-        print(f"export: {path} {result.bytes:,} bytes (gzip {result.gzip_bytes:,}), "
-              f"agreement {result.agreement}, max |error| {result.max_abs_error}")
-    return result
