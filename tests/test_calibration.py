@@ -10,11 +10,12 @@ from tfcompress.core import (
     InputStats,
     calibrate,
     calibration_batches,
+    capture_inputs,
     find_blocks,
     hessian,
     inverse_hessian_factor,
 )
-from tfcompress.core.layers import capture_inputs, kernel_matrix, select_layers
+from tfcompress.core.layers import kernel_matrix, select_layers
 from tfcompress.errors import TfcompressError
 from tfcompress.models import build_gpt
 from tfcompress.models.llama import LlamaConfig, build_llama

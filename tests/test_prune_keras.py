@@ -77,7 +77,7 @@ def test_calibration_generator_is_read_once(gpt, ids):
 
 def test_one_shot_layers_see_pruned_inputs(gpt, ids):
     """Wanda on block 1 must use inputs from the already pruned block 0."""
-    from tfcompress.core.layers import capture_inputs
+    from tfcompress.core.calibration import capture_inputs
     from tfcompress.prune.masks import unstructured_mask
     from tfcompress.prune.scores import wanda_scores
 

@@ -78,6 +78,30 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--windows", type=int, default=256, help="test windows (default 256)")
     ev.add_argument("--batch-size", type=int, default=32, help="windows per batch (default 32)")
 
+    _export_parser(sub)
+
+    gen = sub.add_parser("generate", help="stream text from a bundle (export --llm)",
+                         description="Prefill the prompt into the bundle's KV cache and print "
+                         "each new token's text as it is decoded (LLMRunner).")
+    gen.add_argument("bundle", help="a bundle folder written by export --llm or a recipe's "
+                     "llm export (holds llm.json)")
+    gen.add_argument("prompt", help="the text to continue")
+    gen.add_argument("--tokens", type=int, default=64, help="new tokens at most (default 64)")
+    gen.add_argument("--top-k", type=int, default=1, help="sample from the k likeliest "
+                     "tokens (default 1: greedy)")
+    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
+    gen.add_argument("--seed", type=int, default=0, help="sampling seed")
+    gen.add_argument("--threads", type=int, help="CPU threads (default: the runtime's)")
+
+    ins = sub.add_parser("inspect", help="layers, parameters, sparsity and bits of a model, "
+                         "and which layers each method would touch")
+    ins.add_argument("model", help="a .keras file, .gguf file, safetensors or KerasHub folder")
+    _custom_arguments(ins)
+    return parser
+
+
+def _export_parser(sub) -> None:
+    """The ``export`` command: a verified ``.tflite`` file, or an LLM bundle with ``--llm``."""
     ex = sub.add_parser("export", help="convert a Keras model to a verified .tflite file",
                         description="Convert, verify against Keras on held-out text, and "
                         "write the tokenizer beside the file.")
@@ -112,25 +136,6 @@ def build_parser() -> argparse.ArgumentParser:
                      help="KV-cache positions (default 1024)")
     llm.add_argument("--no-litertlm", action="store_true",
                      help="skip packing model.litertlm (LiteRT-LM's file)")
-
-    gen = sub.add_parser("generate", help="stream text from a bundle (export --llm)",
-                         description="Prefill the prompt into the bundle's KV cache and print "
-                         "each new token's text as it is decoded (LLMRunner).")
-    gen.add_argument("bundle", help="a bundle folder written by export --llm or a recipe's "
-                     "llm export (holds llm.json)")
-    gen.add_argument("prompt", help="the text to continue")
-    gen.add_argument("--tokens", type=int, default=64, help="new tokens at most (default 64)")
-    gen.add_argument("--top-k", type=int, default=1, help="sample from the k likeliest "
-                     "tokens (default 1: greedy)")
-    gen.add_argument("--temperature", type=float, default=1.0, help="sampling temperature")
-    gen.add_argument("--seed", type=int, default=0, help="sampling seed")
-    gen.add_argument("--threads", type=int, help="CPU threads (default: the runtime's)")
-
-    ins = sub.add_parser("inspect", help="layers, parameters, sparsity and bits of a model, "
-                         "and which layers each method would touch")
-    ins.add_argument("model", help="a .keras file, .gguf file, safetensors or KerasHub folder")
-    _custom_arguments(ins)
-    return parser
 
 
 def _custom_arguments(parser: argparse.ArgumentParser) -> None:

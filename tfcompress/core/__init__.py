@@ -3,10 +3,9 @@ copying models, model signatures, calibrating block by block with streamed input
 the shared Hessian math; `tfcompress.core.saving` for changed layers."""
 
 from tfcompress.core.blocks import BlockPlan, find_blocks
-from tfcompress.core.calibration import calibrate, calibration_batches
+from tfcompress.core.calibration import calibrate, calibration_batches, capture_inputs
 from tfcompress.core.layers import (
     COMPRESSIBLE_TYPES,
-    capture_inputs,
     copy_model,
     drop_training_state,
     from_matrix,

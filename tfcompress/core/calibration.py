@@ -14,6 +14,7 @@ Example:
     >>> def compress(layers, stats):                  # one block's [(path, layer)], {path: stats}
     ...     return {p: prune_layer(la, stats[p]) for p, la in layers}
     >>> masks = calibrate(model, layers, calibration_ids, compress, needs=("xtx",))
+    >>> inputs = capture_inputs(model, [layer], calibration_ids)   # {path: (n, d_in) array}
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from tfcompress.core.blocks import (
+    BlockGraph,
     BlockPlan,
     cut_graph,
     find_blocks,
@@ -36,10 +38,11 @@ from tfcompress.core.blocks import (
     unchanged_graph,
 )
 from tfcompress.core.files import atomic_path
-from tfcompress.core.layers import matrix_shape
+from tfcompress.core.layers import kernel_of, layer_paths, matrix_shape
 from tfcompress.core.progress import progress_bar
 from tfcompress.core.signature import model_inputs
 from tfcompress.core.stats import InputStats
+from tfcompress.core.validation import check_calibration
 from tfcompress.errors import TfcompressError
 
 
@@ -58,8 +61,6 @@ def calibration_batches(data, model=None, arg: str = "calibration",
         raise TfcompressError(f"{arg} is required for this method: give calibration inputs "
                               "(token ids or batches)")
     if model is not None:  # token ids are checked against the model's vocabulary
-        from tfcompress.core.validation import check_calibration
-
         batches = check_calibration(model, data, arg)
     else:
         items = [data] if isinstance(data, np.ndarray | dict) else list(data)
@@ -78,6 +79,40 @@ def calibration_batches(data, model=None, arg: str = "calibration",
     if isinstance(data, np.ndarray):
         return [data[i:i + batch_size] for i in range(0, len(data), batch_size)]
     return batches
+
+
+def capture_inputs(model, layers: Sequence, data, max_rows: int | None = None) -> dict:
+    """Record the first input of each of ``layers`` while ``model`` runs eagerly on ``data``.
+
+    ``data`` is what `calibration_batches` takes (arrays, dicts for models with named inputs
+    such as KerasHub backbones, or iterables of them). Keeps every row: methods reduce
+    inputs as they stream with `tfcompress.core.calibrate` instead. Returns
+    ``{path: array (rows, d_in)}``, rows in the order of `kernel_matrix`'s rows.
+    """
+    batches = calibration_batches(data, model)
+    paths = layer_paths(model)
+    store: dict[str, list[np.ndarray]] = {paths[id(la)]: [] for la in layers}
+    for layer in layers:
+        path, original = paths[id(layer)], layer.call
+        width = matrix_shape(layer)[0] if kernel_of(layer) is not None else -1
+
+        def recording(*args, _path=path, _call=original, _width=width, **kwargs):
+            store[_path].append(np.asarray(args[0]).reshape(-1, _width))
+            return _call(*args, **kwargs)
+
+        layer.call = recording
+    try:
+        for batch in batches:
+            model(model_inputs(model, batch if isinstance(batch, dict) else np.asarray(batch)),
+                  training=False)
+    finally:
+        for layer in layers:
+            del layer.call
+    out = {p: np.concatenate(v) for p, v in store.items() if v}
+    missing = [p for p in store if p not in out]
+    if missing:
+        raise TfcompressError(f"layers {missing} were never called on the calibration data")
+    return {p: v[:max_rows] if max_rows else v for p, v in out.items()}
 
 
 class _Stop(Exception):
@@ -272,14 +307,9 @@ def calibrate(model, layers: Sequence[tuple[str, object]], data,
                           verbose=verbose)
 
 
-def _calibrate(model, layers, data, compress, *, needs, blocks, sequential, max_rows, folder,
-               key, verbose) -> dict:
-    import keras
-
-    batches = calibration_batches(data, model)
-    paths = [p for p, _ in layers]
-    path_of = {id(la): p for p, la in layers}
-    plan = find_blocks(model, blocks, [la for _, la in layers])
+def _split_by_block(plan: BlockPlan, layers, blocks) -> tuple[BlockGraph | None, list, list]:
+    """The graph cut into ``plan``'s blocks (None when it is no chain of blocks), the selected
+    layers of each block, and those outside every block (calibrated last, in one pass)."""
     graph = None
     if plan.host is not None and plan.groups:
         try:
@@ -294,7 +324,18 @@ def _calibrate(model, layers, data, compress, *, needs, blocks, sequential, max_
         ids = {id(s) for m in group for s in m._flatten_layers(include_self=True, recursive=True)}
         by_block.append([la for _, la in layers if id(la) in ids])
         inside |= ids
-    rest = [la for _, la in layers if id(la) not in inside]
+    return graph, by_block, [la for _, la in layers if id(la) not in inside]
+
+
+def _calibrate(model, layers, data, compress, *, needs, blocks, sequential, max_rows, folder,
+               key, verbose) -> dict:
+    import keras
+
+    batches = calibration_batches(data, model)
+    paths = [p for p, _ in layers]
+    path_of = {id(la): p for p, la in layers}
+    plan = find_blocks(model, blocks, [la for _, la in layers])
+    graph, by_block, rest = _split_by_block(plan, layers, blocks)
     store = _Folder(folder, _run_key(key, plan, paths, batches)) if folder else None
     done = store.done if store else 0
     bar = progress_bar(len(by_block) + bool(rest), verbose=verbose, unit_name="block")

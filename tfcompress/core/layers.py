@@ -1,9 +1,8 @@
-"""Find the layers of any Keras 3 model (nested ones included), copy models, capture inputs.
+"""Find the layers of any Keras 3 model (nested ones included), copy models.
 
 Example:
     >>> for path, layer in select_layers(model, types=("Dense", "EinsumDense")):
     ...     print(path, kernel_of(layer).shape)
-    >>> inputs = capture_inputs(model, [layer], calibration_ids)   # {path: (n, d_in) array}
 """
 
 from __future__ import annotations
@@ -13,7 +12,6 @@ from collections.abc import Iterable, Iterator, Sequence
 
 import numpy as np
 
-from tfcompress.core.signature import model_inputs
 from tfcompress.errors import TfcompressError
 
 COMPRESSIBLE_TYPES = ("Dense", "EinsumDense", "Embedding", "Conv1D", "Conv2D", "Conv3D")
@@ -31,6 +29,11 @@ def is_tf_keras_model(obj) -> bool:
         and c.__name__ in ("Model", "Functional", "Sequential")
         for c in type(obj).__mro__
     )
+
+
+def is_keras_model(obj) -> bool:
+    """A Keras 3 or a tf.keras (Keras 2) model."""
+    return is_keras3_model(obj) or is_tf_keras_model(obj)
 
 
 def require_keras3(model, arg: str = "model", legacy_hint: str = "") -> None:
@@ -209,42 +212,6 @@ def transfer_state(source, target) -> None:
         src.save_own_variables(store)
         if store:
             dst.load_own_variables(store)
-
-
-def capture_inputs(model, layers: Sequence, data, max_rows: int | None = None) -> dict:
-    """Record the first input of each of ``layers`` while ``model`` runs eagerly on ``data``.
-
-    ``data`` is what `calibration_batches` takes (arrays, dicts for models with named inputs
-    such as KerasHub backbones, or iterables of them). Keeps every row: methods reduce
-    inputs as they stream with `tfcompress.core.calibrate` instead. Returns
-    ``{path: array (rows, d_in)}``, rows in the order of `kernel_matrix`'s rows.
-    """
-    from tfcompress.core.calibration import calibration_batches  # it imports this module
-
-    batches = calibration_batches(data, model)
-    paths = layer_paths(model)
-    store: dict[str, list[np.ndarray]] = {paths[id(la)]: [] for la in layers}
-    for layer in layers:
-        path, original = paths[id(layer)], layer.call
-        width = matrix_shape(layer)[0] if kernel_of(layer) is not None else -1
-
-        def recording(*args, _path=path, _call=original, _width=width, **kwargs):
-            store[_path].append(np.asarray(args[0]).reshape(-1, _width))
-            return _call(*args, **kwargs)
-
-        layer.call = recording
-    try:
-        for batch in batches:
-            model(model_inputs(model, batch if isinstance(batch, dict) else np.asarray(batch)),
-                  training=False)
-    finally:
-        for layer in layers:
-            del layer.call
-    out = {p: np.concatenate(v) for p, v in store.items() if v}
-    missing = [p for p in store if p not in out]
-    if missing:
-        raise TfcompressError(f"layers {missing} were never called on the calibration data")
-    return {p: v[:max_rows] if max_rows else v for p, v in out.items()}
 
 
 def kernel_axes(layer) -> tuple[tuple[int, ...], int]:

@@ -21,6 +21,13 @@ import keras
 from keras.src.saving import object_registration
 
 from tfcompress.core.layers import iter_layers
+from tfcompress.core.validation import (
+    check_input_file,
+    check_keras_archive,
+    compression_state,
+    reading,
+    unknown_classes,
+)
 from tfcompress.errors import TfcompressError
 
 REQUIRES = ("import tfcompress before keras.models.load_model: this model holds tfcompress "
@@ -32,11 +39,6 @@ _CLASSES: dict[type, type] = {}
 def register_restorer(kind: str, restore: Callable) -> None:
     """``restore(model, payload)`` re-attaches ``kind``'s state to a freshly built model."""
     _RESTORERS[kind] = restore
-
-
-def compression_state(model) -> dict:
-    """``{kind: payload}`` of the compression ``model`` carries (empty for a plain model)."""
-    return dict(getattr(model, "tfc_state", None) or {})
 
 
 def mark_state(model, kind: str, payload) -> None:
@@ -141,8 +143,6 @@ def _state_class(cls: type) -> type:
 def load_model(path, arg: str = "model"):
     """``keras.models.load_model`` for a ``.keras`` file, compressed or not, with errors that
     name the file (missing, empty, truncated, not a Keras archive)."""
-    from tfcompress.core.validation import check_input_file, check_keras_archive, reading
-
     path = check_input_file(path, arg, ".keras")
     check_keras_archive(path, arg)
     try:
@@ -163,8 +163,6 @@ def load_model(path, arg: str = "model"):
 def _custom_classes(path) -> list[str]:
     import json
     import zipfile
-
-    from tfcompress.core.validation import unknown_classes
 
     with zipfile.ZipFile(path) as archive:
         return unknown_classes(json.loads(archive.read("config.json")))

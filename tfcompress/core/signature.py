@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tfcompress.core.layers import is_keras3_model
 from tfcompress.errors import TfcompressError
 
 MAIN_INPUTS = ("token_ids", "input_ids", "inputs", "images", "pixel_values")
@@ -89,6 +90,23 @@ def _shape(tensor) -> tuple:
 
 def _dtype(tensor) -> str:
     return np.dtype(getattr(tensor.dtype, "name", tensor.dtype)).name
+
+
+def model_seq_len(model, seq_len: int | None) -> int:
+    """The fixed sequence length to export with: given, or the model's own input length."""
+    if seq_len is not None:
+        if seq_len < 1:
+            raise TfcompressError(f"seq_len must be a positive integer, got {seq_len}")
+        return int(seq_len)
+    if is_keras3_model(model):
+        shape = signature(model).shape
+    else:
+        shape = model.inputs[0].shape if getattr(model, "inputs", None) else None
+    if shape is None or len(shape) < 2 or shape[1] is None:
+        raise TfcompressError(
+            "seq_len is needed: the model's input length is not fixed; pass seq_len=<int>"
+        )
+    return int(shape[1])
 
 
 def model_inputs(model, x, sig: Signature | None = None):

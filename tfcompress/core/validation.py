@@ -23,7 +23,6 @@ from pathlib import Path
 import numpy as np
 
 from tfcompress.core.layers import is_keras3_model, iter_layers, require_keras3
-from tfcompress.core.saving import compression_state
 from tfcompress.errors import TfcompressError
 
 # what a model carrying each kind of state can still go through
@@ -38,6 +37,11 @@ NEXT_STEPS = {
 }
 APPLIED = {"quantize": "quantized by tfcompress.quantize", "qat": "a QAT model (tfcompress.qat)",
            "keras": "quantized by Keras (model.quantize or method='keras_*')"}
+
+
+def compression_state(model) -> dict:
+    """``{kind: payload}`` of the compression ``model`` carries (empty for a plain model)."""
+    return dict(getattr(model, "tfc_state", None) or {})
 
 
 def check_model(model, verb: str, arg: str = "model", legacy_hint: str = "") -> None:

@@ -13,6 +13,8 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tfcompress.core.layers import is_keras_model
+from tfcompress.core.signature import model_seq_len, output_width
 from tfcompress.core.validation import (
     check_input_file,
     check_seq_len,
@@ -49,12 +51,6 @@ class Report:
         return asdict(self)
 
 
-def _is_model(model) -> bool:
-    from tfcompress.export.tflite import _is_keras_model
-
-    return _is_keras_model(model)
-
-
 def evaluate(
     model,
     data=None,
@@ -81,7 +77,7 @@ def evaluate(
         raise TfcompressError(f"model path must end in .tflite, got {str(model)!r}")
     if is_file:
         check_input_file(model, "model", ".tflite")
-    if not is_file and not _is_model(model):
+    if not is_file and not is_keras_model(model):
         raise TfcompressError(
             "model must be a Keras model or a path to a .tflite file, "
             f"got {type(model).__name__}"
@@ -128,9 +124,6 @@ def _evaluate_keras(model, data, name, task, seq_len, batch_sizes, repeats, max_
     report.bits_per_weight = bits_per_weight(sizes["bytes"], counts["params"])
     report.gzip_bits_per_weight = bits_per_weight(sizes["gzip_bytes"], counts["params"])
     if batch_sizes and task == "lm":
-        from tfcompress.core.signature import output_width
-        from tfcompress.export.tflite import model_seq_len
-
         length = model_seq_len(model, seq_len)
         vocab = output_width(model)
         report.latency = {

@@ -2,6 +2,7 @@
 runner, text generation from the ``.tflite`` file, phone-style measurement, and on-device LLM
 bundles (`export_llm`: prefill/decode signatures over a KV cache, streamed by `LLMRunner`)."""
 
+from tfcompress.export.converter import convert
 from tfcompress.export.generate import generate, generate_text, next_token
 from tfcompress.export.llm import LLMExportResult, export_llm
 from tfcompress.export.llm_runner import LLMRunner
@@ -14,7 +15,6 @@ from tfcompress.export.tflite import (
     ExportResult,
     ExportSizeWarning,
     XNNPACKFallbackWarning,
-    convert,
     export_tflite,
     verify,
 )

@@ -22,6 +22,8 @@ from pathlib import Path
 import numpy as np
 
 from tfcompress.errors import TfcompressError
+from tfcompress.export.converter import convert, input_spec
+from tfcompress.export.representative import representative_samples
 
 
 @dataclass(frozen=True)
@@ -153,8 +155,6 @@ def _all_tensors(content: bytes, samples: list[np.ndarray]):
 
 def reference_tflite(model, seq_len: int | None = None) -> bytes:
     """The float32 flatbuffer `diagnose` compares against (reusable across several files)."""
-    from tfcompress.export.tflite import convert, input_spec
-
     # traced like the quantized modes, so tensors (and their names) correspond
     return convert(model, input_spec(model, seq_len), "float32", bounded_masks=True)[0]
 
@@ -167,9 +167,6 @@ def diagnose(model, tflite_path: str | Path, samples, seq_len: int | None = None
     Tensors are matched by name; those the float graph lacks (requantize steps) are skipped.
     ``reference`` is `reference_tflite` of the same model, when already made.
     """
-    from tfcompress.export.representative import representative_samples
-    from tfcompress.export.tflite import input_spec
-
     path = Path(tflite_path)
     if not path.is_file() or path.stat().st_size == 0:
         raise TfcompressError(f"tflite_path {str(path)!r} is not a .tflite file")

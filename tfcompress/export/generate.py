@@ -92,9 +92,8 @@ def _predictor(model, seq_len: int | None) -> tuple[Callable, int, int]:
     if isinstance(model, TFLiteRunner):
         return model.predict, model.seq_len, model.vocab_size
     from tfcompress.core.layers import is_keras3_model
-    from tfcompress.core.signature import output_width, signature
+    from tfcompress.core.signature import model_seq_len, output_width, signature
     from tfcompress.evaluate.latency import keras_forward
-    from tfcompress.export.tflite import model_seq_len
 
     check_seq_len(model, seq_len)
     sig = signature(model) if is_keras3_model(model) else None

@@ -175,8 +175,8 @@ def _convert(dec: Decoder, lengths: dict[str, int], cache_length: int,
     """The flatbuffer, and for ``int4`` the report of `quantize_int4`."""
     import tensorflow as tf
 
+    from tfcompress.export.converter import _litert_quantize
     from tfcompress.export.modes import MODES
-    from tfcompress.export.tflite import _litert_quantize
 
     spec_mode = MODES[mode]
     linear = [name[:-2] for name in dec.weights if name.endswith(".w")]

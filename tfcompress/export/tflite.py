@@ -8,24 +8,32 @@ Example:
 
 from __future__ import annotations
 
-import tempfile
 import time
 import warnings
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from tfcompress._extras import require
-from tfcompress.core.layers import is_keras3_model, is_tf_keras_model, iter_layers, matrix_shape
-from tfcompress.core.progress import quiet
-from tfcompress.core.signature import check_auxiliary_inputs, input_view, signature
+from tfcompress.core.layers import is_keras3_model, is_keras_model, iter_layers, matrix_shape
+from tfcompress.core.signature import (
+    check_auxiliary_inputs,
+    input_view,
+    model_seq_len,  # noqa: F401  (moved to core.signature; still importable from here)
+)
 from tfcompress.core.validation import check_output_path, check_seq_len
 from tfcompress.errors import TfcompressError, VerificationError
 from tfcompress.evaluate.latency import keras_forward
 from tfcompress.evaluate.quality import lm_quality
 from tfcompress.evaluate.size import file_sizes
+from tfcompress.export.converter import (
+    convert,
+    has_fake_quant,  # noqa: F401  (moved to export.converter; still importable from here)
+    input_spec,
+    to_saved_model,  # noqa: F401  (likewise)
+)
 from tfcompress.export.diagnose import diagnose
 from tfcompress.export.modes import (
     INT4_BLOCK,
@@ -35,9 +43,8 @@ from tfcompress.export.modes import (
     check_verification,
 )
 from tfcompress.export.ops import describe_ops, inspect_tflite
-from tfcompress.export.representative import MAIN_NAME, InputSpec, representative_samples
+from tfcompress.export.representative import InputSpec, representative_samples
 from tfcompress.export.runner import TFLiteRunner
-from tfcompress.models.attention import bounded_attention_masks
 from tfcompress.quantize.smooth import check_alpha
 from tfcompress.quantize.smooth import smooth as smooth_model
 
@@ -114,141 +121,6 @@ class ExportResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def _is_keras_model(model) -> bool:
-    return is_keras3_model(model) or is_tf_keras_model(model)
-
-
-def model_seq_len(model, seq_len: int | None) -> int:
-    """The fixed sequence length to export with: given, or the model's own input length."""
-    if seq_len is not None:
-        if seq_len < 1:
-            raise TfcompressError(f"seq_len must be a positive integer, got {seq_len}")
-        return int(seq_len)
-    if is_keras3_model(model):
-        shape = signature(model).shape
-    else:
-        shape = model.inputs[0].shape if getattr(model, "inputs", None) else None
-    if shape is None or len(shape) < 2 or shape[1] is None:
-        raise TfcompressError(
-            "seq_len is needed: the model's input length is not fixed; pass seq_len=<int>"
-        )
-    return int(shape[1])
-
-
-def input_spec(model, seq_len: int | None, batch_size: int | None = 1) -> InputSpec:
-    """The exported input of a one-input model (or an `input_view` exposing masks):
-    ``(batch_size, seq_len, ...)``, its dtype and the ``(name, dtype)`` of each mask."""
-    if batch_size is not None and batch_size < 1:
-        raise TfcompressError(f"batch_size must be a positive integer or None, got {batch_size}")
-    inputs = getattr(model, "inputs", None) or ()
-    masks = inputs[1:] if is_keras3_model(model) else ()
-    if len(inputs) != 1 + len(masks) or not all(t.name.endswith("mask") for t in masks):
-        raise TfcompressError("model must have exactly one input (token ids or features)")
-    tensor = inputs[0]
-    rest = tuple(tensor.shape[2:])
-    if any(d is None for d in rest):
-        raise TfcompressError(f"model input dimensions after the sequence must be fixed: "
-                              f"{tuple(tensor.shape)}")
-    dtype = np.dtype(getattr(tensor.dtype, "name", tensor.dtype)).name
-    vocab = int(model.outputs[0].shape[-1]) if np.issubdtype(np.dtype(dtype), np.integer) else None
-    length = model_seq_len(model, seq_len)
-    return InputSpec((batch_size, length, *rest), dtype, vocab,
-                     tuple((t.name, np.dtype(getattr(t.dtype, "name", t.dtype)).name)
-                           for t in masks))
-
-
-def to_saved_model(model, directory: str | Path, spec: InputSpec) -> None:
-    """Write an inference SavedModel with one signature ``token_ids[, masks] -> logits``."""
-    import keras
-    import tensorflow as tf
-
-    tf_spec = tf.TensorSpec(spec.shape, tf.as_dtype(spec.dtype), name=MAIN_NAME)
-    if isinstance(model, keras.Model):
-        masks = [tf.TensorSpec(spec.shape[:2], tf.as_dtype(dtype), name=name)
-                 for name, dtype in spec.auxiliary]
-        # Keras 3 variables are only tracked by Keras's own export archive.
-        model.export(str(directory), format="tf_saved_model",
-                     input_signature=[[tf_spec, *masks]] if masks else [tf_spec], verbose=False)
-        return
-    fn = tf.function(lambda token_ids: model(token_ids, training=False),
-                     input_signature=[tf_spec])
-    # a bare module holding the variables: saving the tf.keras model itself would also trace
-    # every layer's call for Keras's own SavedModel format, which the converter never reads
-    module = tf.Module()
-    module.variables_ = list(model.variables)
-    tf.saved_model.save(module, str(directory), signatures={"serving_default": fn})
-
-
-def has_fake_quant(directory: str | Path) -> bool:
-    """Whether a SavedModel holds fake-quantization ops (a quantization-aware-trained model)."""
-    from tensorflow.core.protobuf import saved_model_pb2
-
-    saved = saved_model_pb2.SavedModel()
-    saved.ParseFromString((Path(directory) / "saved_model.pb").read_bytes())
-    for graph in saved.meta_graphs:
-        nodes = [*graph.graph_def.node,
-                 *(n for f in graph.graph_def.library.function for n in f.node_def)]
-        if any(n.op.startswith("FakeQuant") for n in nodes):
-            return True
-    return False
-
-
-def _litert_quantize(flatbuffer: bytes, recipe_name: str, spec: InputSpec,
-                     samples: list | None) -> bytes:
-    """Apply an ``ai_edge_quantizer`` recipe to a float flatbuffer, calibrating if needed."""
-    from ai_edge_quantizer import quantizer, recipe
-
-    qt = quantizer.Quantizer(flatbuffer)
-    qt.load_quantization_recipe(getattr(recipe, recipe_name)())
-    calibration = None
-    if qt.need_calibration:
-        key = next(iter(TFLiteRunner(flatbuffer).interpreter.get_signature_list()))
-        calibration = qt.calibrate({key: [spec.named(s) for s in samples]})
-    with quiet():
-        return bytes(qt.quantize(calibration).quantized_model)
-
-
-def convert(model, spec: InputSpec, mode: str = "float32", samples: list | None = None,
-            int8_io: bool = False, bounded_masks: bool | None = None) -> tuple[bytes, bool]:
-    """Flatbuffer bytes of ``model`` in ``mode`` and whether it was a QAT (fake-quant) model.
-
-    ``samples`` are validated representative inputs (see `representative_samples`).
-    ``bounded_masks`` traces attention with `bounded_attention_masks` (default: the modes
-    with fixed activation ranges).
-    """
-    import tensorflow as tf
-
-    spec_mode: ExportMode = MODES[mode]
-    if bounded_masks is None:
-        bounded_masks = spec_mode.static_activations
-    masks = bounded_attention_masks() if bounded_masks else nullcontext()
-    with tempfile.TemporaryDirectory() as tmp:
-        with masks:
-            to_saved_model(model, tmp, spec)
-        qat = has_fake_quant(tmp)
-        if samples is None and mode == "int8" and not qat:
-            raise TfcompressError(
-                f"mode {mode!r} needs representative_data (calibration inputs: "
-                f"{spec.describe()}); only a quantization-aware (fake-quant) model can skip it"
-            )
-        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
-        # several inputs go by name: a list would follow the signature's sorted names
-        representative = None if samples is None else (lambda: (
-            spec.named(s) if spec.auxiliary else [s] for s in samples))
-        spec_mode.configure(converter, representative, int8_io)
-        if spec_mode.float_ops:
-            options = tf.lite.experimental.QuantizationDebugOptions(
-                denylisted_ops=list(spec_mode.float_ops))
-            flatbuffer = tf.lite.experimental.QuantizationDebugger(
-                converter=converter, debug_dataset=representative, debug_options=options,
-            ).get_nondebug_quantized_model()
-        else:
-            flatbuffer = converter.convert()
-    if spec_mode.litert_recipe:
-        flatbuffer = _litert_quantize(flatbuffer, spec_mode.litert_recipe, spec, samples)
-    return flatbuffer, qat
 
 
 def agreement_stats(expected: np.ndarray, got: np.ndarray) -> dict:
@@ -361,11 +233,47 @@ def export_tflite(
         >>> export_tflite(model, "m.tflite", mode="float16", seq_len=128).agreement
         1.0
     """
+    spec_mode = _check_export(model, path, mode, seq_len, auxiliary_inputs)
+    reference = model
+    if is_keras3_model(model):  # subclassed or dict-input models: export a graph view
+        model = input_view(model, auxiliary_inputs=auxiliary_inputs)
+    spec = input_spec(model, seq_len, batch_size)
+    _check_data_options(spec, mode, int8_io, representative_data, smooth)
+    samples = None if representative_data is None else representative_samples(
+        representative_data, spec, max_samples)
+    if sample is not None:
+        sample = np.asarray(sample)
+        if tuple(sample.shape[1:]) != tuple(spec.shape[1:]):
+            raise TfcompressError(
+                f"sample must have shape (n, {', '.join(map(str, spec.shape[1:]))}), "
+                f"got {sample.shape}")
+
+    start = time.perf_counter()
+    if smooth is not None:
+        model = _smoothed(reference, samples, smooth, auxiliary_inputs, verbose)
+    if verbose:
+        print(f"export: converting to {mode} ({spec_mode.description})")
+    path = Path(path)
+    result, runner = _write(model, reference, path, spec, mode, samples, int8_io)
+    if verify_output:
+        _verify_or_remove(result, reference, model, runner, spec, sample, samples, eval_data,
+                          (max_abs_error, min_agreement, max_ppl_ratio), verbose)
+    _warn_costs(result, reference, verbose)
+    result.seconds = time.perf_counter() - start
+    if verbose:
+        print(f"export: {path} {result.bytes:,} bytes (gzip {result.gzip_bytes:,}), "
+              f"agreement {result.agreement}, max |error| {result.max_abs_error}")
+    return result
+
+
+def _check_export(model, path, mode: str, seq_len: int | None, auxiliary_inputs: str
+                  ) -> ExportMode:
+    """`export_tflite`'s checks of the model, mode and path, before any tracing; the mode."""
     if mode not in MODES:
         raise TfcompressError(f"mode must be one of {sorted(MODES)}, got {mode!r}")
     check_auxiliary_inputs(auxiliary_inputs)
     spec_mode = MODES[mode]
-    if not _is_keras_model(model):
+    if not is_keras_model(model):
         raise TfcompressError(
             "model must be a Keras model (keras.Model or tf_keras.Model), "
             f"got {type(model).__name__}"
@@ -385,10 +293,13 @@ def export_tflite(
         check_int4_blocks(_matmul_input_sizes(model),
                           f"use mode='dynamic_int8', or widths (ranks) that are multiples of "
                           f"{INT4_BLOCK}")
-    reference = model
-    if is_keras3_model(model):  # subclassed or dict-input models: export a graph view
-        model = input_view(model, auxiliary_inputs=auxiliary_inputs)
-    spec = input_spec(model, seq_len, batch_size)
+    return spec_mode
+
+
+def _check_data_options(spec: InputSpec, mode: str, int8_io: bool, representative_data,
+                        smooth: float | None) -> None:
+    """`export_tflite`'s checks of the options that depend on the traced input ``spec``."""
+    spec_mode = MODES[mode]
     if int8_io and mode != "int8":
         raise TfcompressError(f"int8_io is only for mode 'int8', got mode {mode!r}")
     if int8_io and representative_data is None:
@@ -411,27 +322,23 @@ def export_tflite(
         if representative_data is None:
             raise TfcompressError("smooth needs representative_data (the activation maxima "
                                   "come from it)")
-    samples = None if representative_data is None else representative_samples(
-        representative_data, spec, max_samples)
-    if sample is not None:
-        sample = np.asarray(sample)
-        if tuple(sample.shape[1:]) != tuple(spec.shape[1:]):
-            raise TfcompressError(
-                f"sample must have shape (n, {', '.join(map(str, spec.shape[1:]))}), "
-                f"got {sample.shape}")
 
-    start = time.perf_counter()
-    if smooth is not None:
-        if verbose:
-            print(f"export: smoothing activations (strength {smooth}) on a copy")
-        smoothed = smooth_model(reference, np.concatenate(samples), smooth, verbose=int(verbose))
-        model = input_view(smoothed, auxiliary_inputs=auxiliary_inputs) if is_keras3_model(
-            smoothed) else smoothed
+
+def _smoothed(reference, samples: list, smooth: float, auxiliary_inputs: str, verbose: bool):
+    """The graph to convert: a copy of ``reference`` with SmoothQuant scales folded in."""
     if verbose:
-        print(f"export: converting to {mode} ({spec_mode.description})")
+        print(f"export: smoothing activations (strength {smooth}) on a copy")
+    smoothed = smooth_model(reference, np.concatenate(samples), smooth, verbose=int(verbose))
+    return input_view(smoothed, auxiliary_inputs=auxiliary_inputs) if is_keras3_model(
+        smoothed) else smoothed
+
+
+def _write(model, reference, path: Path, spec: InputSpec, mode: str, samples: list | None,
+           int8_io: bool) -> tuple[ExportResult, TFLiteRunner]:
+    """Convert ``model``, write ``path`` and describe the file (sizes, dtypes, operators)."""
+    spec_mode = MODES[mode]
     with decoded_weights(reference, enabled=mode not in FLOAT_WEIGHT_MODES):
         flatbuffer, qat = convert(model, spec, mode, samples, int8_io)
-    path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(flatbuffer)
     runner = TFLiteRunner(path)
@@ -444,41 +351,51 @@ def export_tflite(
         quantizer="ai-edge-quantizer" if spec_mode.litert_recipe else "tflite-converter",
         **info,
     )
-    if verify_output:
-        if verbose:
-            print(f"export: verifying {path.name} against Keras")
-        if sample is None:
-            sample = (np.concatenate(samples[:4]) if samples
-                      else runner.sample_input(4 * (spec.shape[0] or 1)))
-        stats = verify(reference, runner, sample.astype(spec.dtype), eval_data)
-        for key, value in stats.items():
-            setattr(result, key, value)
-        try:
-            check_verification(stats, spec_mode, max_abs_error, min_agreement,
-                               max_ppl_ratio)
-        except VerificationError as err:
-            where = (f"; {_where_it_breaks(model, path, sample, spec)}"
-                     if spec_mode.static_activations else "")
-            path.unlink()  # a file that failed must not sit there looking shippable
-            raise VerificationError(f"{err}{where}; {path.name} was not kept", err.relax
-                                    ) from None
+    return result, runner
+
+
+def _verify_or_remove(result: ExportResult, reference, model, runner: TFLiteRunner,
+                      spec: InputSpec, sample: np.ndarray | None, samples: list | None,
+                      eval_data, tolerances: tuple, verbose: bool) -> None:
+    """Verify the written file against ``reference``; one that fails the tolerances
+    (``max_abs_error``, ``min_agreement``, ``max_ppl_ratio``) is deleted, and the error says
+    where a fixed-range export breaks."""
+    path, spec_mode = Path(result.path), MODES[result.mode]
+    if verbose:
+        print(f"export: verifying {path.name} against Keras")
+    if sample is None:
+        sample = (np.concatenate(samples[:4]) if samples
+                  else runner.sample_input(4 * (spec.shape[0] or 1)))
+    stats = verify(reference, runner, sample.astype(spec.dtype), eval_data)
+    for key, value in stats.items():
+        setattr(result, key, value)
+    try:
+        check_verification(stats, spec_mode, *tolerances)
+    except VerificationError as err:
+        where = (f"; {_where_it_breaks(model, path, sample, spec)}"
+                 if spec_mode.static_activations else "")
+        path.unlink()  # a file that failed must not sit there looking shippable
+        raise VerificationError(f"{err}{where}; {path.name} was not kept", err.relax
+                                ) from None
+
+
+def _warn_costs(result: ExportResult, reference, verbose: bool) -> None:
+    """Warn when the file is larger than the model's own weights, or matmuls run outside
+    XNNPACK (other operators outside it are printed with ``verbose``)."""
+    path, mode = Path(result.path), result.mode
+    spec_mode = MODES[mode]
     own = weight_bytes(reference)
     if result.bytes > own * SIZE_SLACK_RATIO + SIZE_SLACK_BYTES:
         warnings.warn(
             f"{path.name} is {result.bytes:,} bytes, more than the {own:,} bytes of the "
             f"model's own weights: mode {mode!r} stores {spec_mode.description.split(',')[0]}"
             "; a mode with fewer bits per weight (int4, dynamic_int8) makes it smaller",
-            ExportSizeWarning, stacklevel=2)
+            ExportSizeWarning, stacklevel=3)
     slow = {op: n for op, n in result.not_delegated.items() if op in MATMUL_OPS}
     if slow:
         warnings.warn(f"{path.name}: matmuls outside XNNPACK (run on reference CPU kernels, "
                       f"slowly): {describe_ops(slow)}; another mode may keep them in XNNPACK",
-                      XNNPACKFallbackWarning, stacklevel=2)
+                      XNNPACKFallbackWarning, stacklevel=3)
     elif result.not_delegated and verbose:
         print(f"export: operators outside XNNPACK (reference CPU kernels): "
               f"{describe_ops(result.not_delegated)}")
-    result.seconds = time.perf_counter() - start
-    if verbose:
-        print(f"export: {path} {result.bytes:,} bytes (gzip {result.gzip_bytes:,}), "
-              f"agreement {result.agreement}, max |error| {result.max_abs_error}")
-    return result

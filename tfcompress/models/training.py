@@ -14,17 +14,8 @@ from pathlib import Path
 
 import keras
 
+from tfcompress.core.losses import lm_loss
 from tfcompress.errors import TfcompressError
-
-
-def lm_loss():
-    """Next-token cross-entropy on logits, averaged over the tokens the mask keeps.
-
-    The dataset's mask arrives as ``sample_weight``; dividing by its sum (not by the batch's
-    size) keeps padding from shrinking the loss, and is the hard loss the `Distiller` uses.
-    """
-    return keras.losses.SparseCategoricalCrossentropy(from_logits=True,
-                                                      reduction="mean_with_sample_weight")
 
 
 def lm_optimizer(steps: int | None = None, learning_rate: float = 1e-3, warmup: float = 0.05):

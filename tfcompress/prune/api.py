@@ -15,6 +15,7 @@ import numpy as np
 from tfcompress.core.calibration import calibration_batches
 from tfcompress.core.deprecation import renamed_argument
 from tfcompress.core.layers import copy_model, matrix_shape, select_layers
+from tfcompress.core.losses import lm_loss
 from tfcompress.core.validation import check_calibration, check_model
 from tfcompress.errors import TfcompressError
 from tfcompress.prune.config import STRUCTURED, PruneConfig
@@ -82,8 +83,6 @@ def prune(model, config: PruneConfig | None = None, calibration=None, *, loss=No
         state = PruningState(layers, config)
     else:
         if loss is None and config.method == "taylor":
-            from tfcompress.models.training import lm_loss
-
             loss = lm_loss()
         masks = prune_oneshot(target, layers, config, calibration, loss, verbose)
         state = PruningState(layers, config, masks)

@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from tfcompress.recipes.stage_result import StageResult
+
 BUNDLE_KIND = "llm bundle"  # `Report.kind` of a bundle's row
 SPEED_TOKENS = 32  # decode steps timed per bundle
 SPEED_PROMPT = 128  # at most this many held-out tokens prefilled when timing
@@ -70,7 +72,6 @@ def llm_bundles(run, st: dict):
     from tfcompress.evaluate.size import param_counts
     from tfcompress.export import export_llm
     from tfcompress.export.litertlm import write_litertlm
-    from tfcompress.recipes.stages import StageResult
 
     spec = st["llm"]
     name, model = st["input"], run.model(st["input"])

@@ -325,6 +325,37 @@ def run_recipe(recipe, *, quick: bool = False, verbose: bool = True,
     inputs = input_digests(recipe)
     digest = _hash("", {**{k: _plain(recipe)[k] for k in ("model", "data", "seed")},
                         "inputs": inputs})
+    rerun = _run_source(run, digest, inputs, fresh)
+    for i, st in enumerate(stages, start=1):
+        digest = _hash(digest, st)
+        folder = run.out / "stages" / f"{i:02d}-{st['stage']}"
+        output = st.get("name") if st["stage"] in MAKES_MODEL else None
+        old = _old_record(folder, fresh)
+        why = _rerun_reason(old, digest, fresh, earlier=rerun)
+        if why is None and output is not None and not (folder / "model.keras").is_file():
+            why = "its saved model is missing"
+        arrow = f"{st['input']} -> {output}" if output else st["input"]
+        if why is None:
+            _say(run, f"[{i}/{total - 1}] {st['stage']} ({arrow}): finished before, resumed")
+            _restore(run, old, folder)
+            run.timings.append({**{k: old[k] for k in ("index", "stage", "input", "output")},
+                                "seconds": old["seconds"], "resumed": True})
+            continue
+        rerun = True
+        _say(run, f"[{i}/{total - 1}] {st['stage']} ({arrow})"
+                  + (f": runs again, {why}" if why else ""))
+        seconds = _run_stage(run, i, st, digest, folder, output)
+        _say(run, f"[{i}/{total - 1}] {st['stage']} done in {seconds:.1f} s")
+    path = run.write_report()
+    _say(run, f"report written to {path}")
+    return run
+
+
+def _run_source(run: Run, digest: str, inputs: dict, fresh: bool) -> bool:
+    """Stage 0: load the source model, then measure it, or restore its record when nothing
+    it depends on changed; whether it ran again (then every later stage runs again too)."""
+    stages = run.recipe["stages"]
+    total = len(stages) + 1
     source_folder = run.out / "stages" / "00-source"
     start = time.perf_counter()
     _say(run, f"[0/{total - 1}] source: {run.source}")
@@ -346,45 +377,31 @@ def run_recipe(recipe, *, quick: bool = False, verbose: bool = True,
     rerun = why is not None  # once a stage runs again, later records are stale
     run.timings.append({"index": 0, "stage": "source", "input": None, "output": run.source,
                         "seconds": time.perf_counter() - start, "resumed": not rerun})
-    for i, st in enumerate(stages, start=1):
-        digest = _hash(digest, st)
-        folder = run.out / "stages" / f"{i:02d}-{st['stage']}"
-        output = st.get("name") if st["stage"] in MAKES_MODEL else None
-        old = _old_record(folder, fresh)
-        why = _rerun_reason(old, digest, fresh, earlier=rerun)
-        if why is None and output is not None and not (folder / "model.keras").is_file():
-            why = "its saved model is missing"
-        arrow = f"{st['input']} -> {output}" if output else st["input"]
-        if why is None:
-            _say(run, f"[{i}/{total - 1}] {st['stage']} ({arrow}): finished before, resumed")
-            _restore(run, old, folder)
-            run.timings.append({**{k: old[k] for k in ("index", "stage", "input", "output")},
-                                "seconds": old["seconds"], "resumed": True})
-            continue
-        rerun = True
-        _say(run, f"[{i}/{total - 1}] {st['stage']} ({arrow})"
-                  + (f": runs again, {why}" if why else ""))
-        start = time.perf_counter()
-        result = STAGES[st["stage"]](run, st)
-        reports = list(result.reports)
-        if result.model is not None:
-            run.models[output] = result.model
-            reports.append(run.measure(output))
-        for report in result.reports:  # measure() has already filed the model's own report
-            run.reports = [r for r in run.reports if r.name != report.name] + [report]
-        run.notes += result.notes
-        run.files.update(result.files)
-        run.texts.update(result.samples)
-        seconds = time.perf_counter() - start
-        record = {"index": i, "stage": st["stage"], "hash": digest, "input": st["input"],
-                  "output": output, "seconds": seconds}
-        _record(run, folder, dict(record), result, reports)
-        run.timings.append({**{k: record[k] for k in ("index", "stage", "input", "output")},
-                            "seconds": seconds, "resumed": False})
-        _say(run, f"[{i}/{total - 1}] {st['stage']} done in {seconds:.1f} s")
-    path = run.write_report()
-    _say(run, f"report written to {path}")
-    return run
+    return rerun
+
+
+def _run_stage(run: Run, i: int, st: dict, digest: str, folder: Path, output: str | None
+               ) -> float:
+    """Run stage ``i`` and record it: its model (measured), reports, notes, files, samples
+    and timing; returns its seconds."""
+    start = time.perf_counter()
+    result = STAGES[st["stage"]](run, st)
+    reports = list(result.reports)
+    if result.model is not None:
+        run.models[output] = result.model
+        reports.append(run.measure(output))
+    for report in result.reports:  # measure() has already filed the model's own report
+        run.reports = [r for r in run.reports if r.name != report.name] + [report]
+    run.notes += result.notes
+    run.files.update(result.files)
+    run.texts.update(result.samples)
+    seconds = time.perf_counter() - start
+    record = {"index": i, "stage": st["stage"], "hash": digest, "input": st["input"],
+              "output": output, "seconds": seconds}
+    _record(run, folder, dict(record), result, reports)
+    run.timings.append({**{k: record[k] for k in ("index", "stage", "input", "output")},
+                        "seconds": seconds, "resumed": False})
+    return seconds
 
 
 def _old_record(folder: Path, fresh: bool) -> dict | None:

@@ -301,24 +301,7 @@ def _normalise_stage(raw, index: int, problems: list[str]) -> dict | None:
     else:
         _check_keys(settings, own, where, problems)
     if stage == "distill":
-        student = settings.get("student")
-        if not isinstance(student, dict):
-            problems.append(f"{where}.student: give a student spec, e.g. {{preset: student}} "
-                            "or {depth: 0.5} (every other block of the teacher)")
-        else:
-            _check_student(student, f"{where}.student", problems)
-        if "steps" not in settings:
-            problems.append(f"{where}.steps: give the number of distillation steps")
-        from tfcompress.distill.losses import check_alpha, check_temperature
-
-        checks = {"alpha": check_alpha, "alpha_end": check_alpha,
-                  "temperature": check_temperature}
-        for key, check in checks.items():
-            if key in settings and _type_ok(settings[key], float):  # else reported above
-                try:
-                    check(settings[key])
-                except TfcompressError as err:
-                    problems.append(f"{where}.{key}: {err}")
+        _check_distill(settings, where, problems)
     if "layers" in settings:
         if settings["layers"] not in LAYER_ROLES:
             problems.append(f"{where}.layers: must be one of {', '.join(LAYER_ROLES)}, got "
@@ -329,31 +312,58 @@ def _normalise_stage(raw, index: int, problems: list[str]) -> dict | None:
     if stage == "finetune" and "steps" not in settings:
         problems.append(f"{where}.steps: give the number of fine-tuning steps")
     if stage == "export":
-        from tfcompress.core.signature import AUXILIARY_INPUTS
-        from tfcompress.export.modes import MODES
-
-        modes = settings.get("modes", [settings["mode"]] if "mode" in settings else [])
-        if "mode" in settings and "modes" in settings:
-            problems.append(f"{where}: give mode or modes, not both")
-        if not modes and "llm" not in settings:
-            problems.append(f"{where}: give mode (e.g. dynamic_int8) or modes (tried in order "
-                            "until one passes verification), or llm (KV-cache bundles)")
-        if isinstance(settings.get("llm"), dict):
-            settings["llm"] = _check_llm(settings["llm"], f"{where}.llm", problems)
-        for mode in modes:
-            if mode not in MODES:
-                problems.append(f"{where}: unknown mode {mode!r} (valid: "
-                                f"{', '.join(sorted(MODES))})")
-        auxiliary = settings.get("auxiliary_inputs", "fixed")
-        if auxiliary not in AUXILIARY_INPUTS:
-            problems.append(f"{where}.auxiliary_inputs: must be one of {AUXILIARY_INPUTS} "
-                            f"(padding masks fixed to ones or exposed as inputs), got "
-                            f"{auxiliary!r}")
+        _check_export(settings, where, problems)
     for key in ("steps", "finetune_steps"):
         if _type_ok(settings.get(key), int) and settings[key] < (1 if key == "steps" else 0):
             problems.append(f"{where}.{key}: must be >= {1 if key == 'steps' else 0}, "
                             f"got {settings[key]}")
     return {"stage": stage, **settings}
+
+
+def _check_distill(settings: dict, where: str, problems: list[str]) -> None:
+    """A distill stage's student, steps and loss weights."""
+    student = settings.get("student")
+    if not isinstance(student, dict):
+        problems.append(f"{where}.student: give a student spec, e.g. {{preset: student}} "
+                        "or {depth: 0.5} (every other block of the teacher)")
+    else:
+        _check_student(student, f"{where}.student", problems)
+    if "steps" not in settings:
+        problems.append(f"{where}.steps: give the number of distillation steps")
+    from tfcompress.distill.losses import check_alpha, check_temperature
+
+    checks = {"alpha": check_alpha, "alpha_end": check_alpha,
+              "temperature": check_temperature}
+    for key, check in checks.items():
+        if key in settings and _type_ok(settings[key], float):  # else reported above
+            try:
+                check(settings[key])
+            except TfcompressError as err:
+                problems.append(f"{where}.{key}: {err}")
+
+
+def _check_export(settings: dict, where: str, problems: list[str]) -> None:
+    """An export stage's modes, ``llm`` section (defaults filled) and auxiliary inputs."""
+    from tfcompress.core.signature import AUXILIARY_INPUTS
+    from tfcompress.export.modes import MODES
+
+    modes = settings.get("modes", [settings["mode"]] if "mode" in settings else [])
+    if "mode" in settings and "modes" in settings:
+        problems.append(f"{where}: give mode or modes, not both")
+    if not modes and "llm" not in settings:
+        problems.append(f"{where}: give mode (e.g. dynamic_int8) or modes (tried in order "
+                        "until one passes verification), or llm (KV-cache bundles)")
+    if isinstance(settings.get("llm"), dict):
+        settings["llm"] = _check_llm(settings["llm"], f"{where}.llm", problems)
+    for mode in modes:
+        if mode not in MODES:
+            problems.append(f"{where}: unknown mode {mode!r} (valid: "
+                            f"{', '.join(sorted(MODES))})")
+    auxiliary = settings.get("auxiliary_inputs", "fixed")
+    if auxiliary not in AUXILIARY_INPUTS:
+        problems.append(f"{where}.auxiliary_inputs: must be one of {AUXILIARY_INPUTS} "
+                        f"(padding masks fixed to ones or exposed as inputs), got "
+                        f"{auxiliary!r}")
 
 
 def _check_llm(llm: dict, where: str, problems: list[str]) -> dict:

@@ -12,24 +12,12 @@ Example:
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 
 from tfcompress.errors import TfcompressError, VerificationError
+from tfcompress.recipes.bundles import llm_bundles
 from tfcompress.recipes.schema import DEFAULT_LAYERS, TOLERANCES, stage_config
-
-
-@dataclass
-class StageResult:
-    """What one stage made: ``model`` (None for evaluate/export), notes, exported files and
-    the `Report`s of those files."""
-
-    model: object = None
-    notes: list[str] = field(default_factory=list)
-    files: dict[str, str] = field(default_factory=dict)
-    reports: list = field(default_factory=list)
-    samples: dict[str, str] = field(default_factory=dict)
-
+from tfcompress.recipes.stage_result import StageResult
 
 StageFn = Callable[..., StageResult]
 STAGES: dict[str, StageFn] = {}
@@ -223,8 +211,6 @@ def export_stage(run, st: dict) -> StageResult:
     verification on the held-out windows; measured, with a greedy sample from the file.
     With ``llm``, also a KV-cache bundle per mode (`tfcompress.recipes.bundles`)."""
     if "llm" in st:
-        from tfcompress.recipes.bundles import llm_bundles
-
         bundles = llm_bundles(run, st)
         if "mode" not in st and "modes" not in st:
             return bundles

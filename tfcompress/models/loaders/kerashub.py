@@ -29,15 +29,15 @@ import numpy as np
 from tfcompress._extras import require
 from tfcompress.core.validation import reading
 from tfcompress.errors import TfcompressError
-from tfcompress.models.loaders.gguf import (
+from tfcompress.models.loaders.readers import (
     _field,
     _reader,
     bpe_vocabulary,
     dequantized,
     gguf_name_map,
+    read_config,
     unpermute_qk,
 )
-from tfcompress.models.loaders.safetensors import read_config
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,6 @@ Example:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -24,6 +23,9 @@ from tfcompress.core.validation import check_input_file, reading
 from tfcompress.errors import TfcompressError
 from tfcompress.models.gpt import GPTConfig, build_gpt
 from tfcompress.models.llama import LlamaConfig, assign_weights, build_llama, hf_llama_names
+from tfcompress.models.loaders.gguf import INTO
+from tfcompress.models.loaders.kerashub import load_hf_causal_lm
+from tfcompress.models.loaders.readers import read_config
 
 LLAMA_TYPES = ("llama", "mistral")
 GPT2_TYPES = ("gpt2",)
@@ -33,20 +35,6 @@ GPT2_TYPES = ("gpt2",)
 def gelu_tanh(x):
     """GPT-2's GELU (tanh approximation)."""
     return keras.activations.gelu(x, approximate=True)
-
-
-def read_config(folder: str | Path) -> dict:
-    """The ``config.json`` of a Hugging Face-format folder."""
-    folder = check_input_file(folder, "folder", folder=True)
-    if not (folder / "config.json").is_file():
-        raise TfcompressError(f"folder {str(folder)!r} has no config.json: give a Hugging Face "
-                              "model folder (config.json + *.safetensors)")
-    with reading(folder / "config.json", "a JSON config"):
-        config = json.loads((folder / "config.json").read_text(encoding="utf-8"))
-    if not isinstance(config, dict):
-        raise TfcompressError(f"{str(folder / 'config.json')!r} must hold a JSON object, got "
-                              f"{type(config).__name__}")
-    return config
 
 
 class TensorIndex:
@@ -133,13 +121,9 @@ def load_safetensors(folder: str | Path, name: str | None = None,
     Raises `TfcompressError` naming the ``model_type`` when it is not supported, and naming
     the tensor when one is missing or has the wrong shape.
     """
-    from tfcompress.models.loaders.gguf import INTO
-
     if into not in INTO:
         raise TfcompressError(f"into must be one of {INTO}, got {into!r}")
     if into == "keras_hub":
-        from tfcompress.models.loaders.kerashub import load_hf_causal_lm
-
         return load_hf_causal_lm(folder, name=name)
     config = read_config(folder)
     kind = config.get("model_type")

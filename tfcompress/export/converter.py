@@ -1,0 +1,139 @@
+"""Keras (3 or tf.keras) model -> ``.tflite`` flatbuffer bytes in one of `MODES`: the traced
+input, the inference SavedModel, the TFLite converter and, for LiteRT's modes, the
+``ai_edge_quantizer`` recipe. `export_tflite` adds checks, writing and verification.
+
+Example:
+    >>> spec = input_spec(model, seq_len=128)           # (1, 128) int32 token ids
+    >>> flatbuffer, qat = convert(model, spec, "dynamic_int8")
+"""
+
+from __future__ import annotations
+
+import tempfile
+from contextlib import nullcontext
+from pathlib import Path
+
+import numpy as np
+
+from tfcompress.core.layers import is_keras3_model
+from tfcompress.core.progress import quiet
+from tfcompress.core.signature import model_seq_len
+from tfcompress.errors import TfcompressError
+from tfcompress.export.modes import MODES, ExportMode
+from tfcompress.export.representative import MAIN_NAME, InputSpec
+from tfcompress.export.runner import TFLiteRunner
+from tfcompress.models.attention import bounded_attention_masks
+
+
+def input_spec(model, seq_len: int | None, batch_size: int | None = 1) -> InputSpec:
+    """The exported input of a one-input model (or an `input_view` exposing masks):
+    ``(batch_size, seq_len, ...)``, its dtype and the ``(name, dtype)`` of each mask."""
+    if batch_size is not None and batch_size < 1:
+        raise TfcompressError(f"batch_size must be a positive integer or None, got {batch_size}")
+    inputs = getattr(model, "inputs", None) or ()
+    masks = inputs[1:] if is_keras3_model(model) else ()
+    if len(inputs) != 1 + len(masks) or not all(t.name.endswith("mask") for t in masks):
+        raise TfcompressError("model must have exactly one input (token ids or features)")
+    tensor = inputs[0]
+    rest = tuple(tensor.shape[2:])
+    if any(d is None for d in rest):
+        raise TfcompressError(f"model input dimensions after the sequence must be fixed: "
+                              f"{tuple(tensor.shape)}")
+    dtype = np.dtype(getattr(tensor.dtype, "name", tensor.dtype)).name
+    vocab = int(model.outputs[0].shape[-1]) if np.issubdtype(np.dtype(dtype), np.integer) else None
+    length = model_seq_len(model, seq_len)
+    return InputSpec((batch_size, length, *rest), dtype, vocab,
+                     tuple((t.name, np.dtype(getattr(t.dtype, "name", t.dtype)).name)
+                           for t in masks))
+
+
+def to_saved_model(model, directory: str | Path, spec: InputSpec) -> None:
+    """Write an inference SavedModel with one signature ``token_ids[, masks] -> logits``."""
+    import keras
+    import tensorflow as tf
+
+    tf_spec = tf.TensorSpec(spec.shape, tf.as_dtype(spec.dtype), name=MAIN_NAME)
+    if isinstance(model, keras.Model):
+        masks = [tf.TensorSpec(spec.shape[:2], tf.as_dtype(dtype), name=name)
+                 for name, dtype in spec.auxiliary]
+        # Keras 3 variables are only tracked by Keras's own export archive.
+        model.export(str(directory), format="tf_saved_model",
+                     input_signature=[[tf_spec, *masks]] if masks else [tf_spec], verbose=False)
+        return
+    fn = tf.function(lambda token_ids: model(token_ids, training=False),
+                     input_signature=[tf_spec])
+    # a bare module holding the variables: saving the tf.keras model itself would also trace
+    # every layer's call for Keras's own SavedModel format, which the converter never reads
+    module = tf.Module()
+    module.variables_ = list(model.variables)
+    tf.saved_model.save(module, str(directory), signatures={"serving_default": fn})
+
+
+def has_fake_quant(directory: str | Path) -> bool:
+    """Whether a SavedModel holds fake-quantization ops (a quantization-aware-trained model)."""
+    from tensorflow.core.protobuf import saved_model_pb2
+
+    saved = saved_model_pb2.SavedModel()
+    saved.ParseFromString((Path(directory) / "saved_model.pb").read_bytes())
+    for graph in saved.meta_graphs:
+        nodes = [*graph.graph_def.node,
+                 *(n for f in graph.graph_def.library.function for n in f.node_def)]
+        if any(n.op.startswith("FakeQuant") for n in nodes):
+            return True
+    return False
+
+
+def _litert_quantize(flatbuffer: bytes, recipe_name: str, spec: InputSpec,
+                     samples: list | None) -> bytes:
+    """Apply an ``ai_edge_quantizer`` recipe to a float flatbuffer, calibrating if needed."""
+    from ai_edge_quantizer import quantizer, recipe
+
+    qt = quantizer.Quantizer(flatbuffer)
+    qt.load_quantization_recipe(getattr(recipe, recipe_name)())
+    calibration = None
+    if qt.need_calibration:
+        key = next(iter(TFLiteRunner(flatbuffer).interpreter.get_signature_list()))
+        calibration = qt.calibrate({key: [spec.named(s) for s in samples]})
+    with quiet():
+        return bytes(qt.quantize(calibration).quantized_model)
+
+
+def convert(model, spec: InputSpec, mode: str = "float32", samples: list | None = None,
+            int8_io: bool = False, bounded_masks: bool | None = None) -> tuple[bytes, bool]:
+    """Flatbuffer bytes of ``model`` in ``mode`` and whether it was a QAT (fake-quant) model.
+
+    ``samples`` are validated representative inputs (see `representative_samples`).
+    ``bounded_masks`` traces attention with `bounded_attention_masks` (default: the modes
+    with fixed activation ranges).
+    """
+    import tensorflow as tf
+
+    spec_mode: ExportMode = MODES[mode]
+    if bounded_masks is None:
+        bounded_masks = spec_mode.static_activations
+    masks = bounded_attention_masks() if bounded_masks else nullcontext()
+    with tempfile.TemporaryDirectory() as tmp:
+        with masks:
+            to_saved_model(model, tmp, spec)
+        qat = has_fake_quant(tmp)
+        if samples is None and mode == "int8" and not qat:
+            raise TfcompressError(
+                f"mode {mode!r} needs representative_data (calibration inputs: "
+                f"{spec.describe()}); only a quantization-aware (fake-quant) model can skip it"
+            )
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        # several inputs go by name: a list would follow the signature's sorted names
+        representative = None if samples is None else (lambda: (
+            spec.named(s) if spec.auxiliary else [s] for s in samples))
+        spec_mode.configure(converter, representative, int8_io)
+        if spec_mode.float_ops:
+            options = tf.lite.experimental.QuantizationDebugOptions(
+                denylisted_ops=list(spec_mode.float_ops))
+            flatbuffer = tf.lite.experimental.QuantizationDebugger(
+                converter=converter, debug_dataset=representative, debug_options=options,
+            ).get_nondebug_quantized_model()
+        else:
+            flatbuffer = converter.convert()
+    if spec_mode.litert_recipe:
+        flatbuffer = _litert_quantize(flatbuffer, spec_mode.litert_recipe, spec, samples)
+    return flatbuffer, qat
