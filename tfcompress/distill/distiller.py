@@ -14,6 +14,13 @@ import re
 import keras
 import tensorflow as tf
 
+from tfcompress.core.distribute import (
+    as_keras_logs,
+    global_sum,
+    global_weight,
+    local_batch,
+    replicas_in_sync,
+)
 from tfcompress.core.layers import require_keras3
 from tfcompress.core.signature import model_inputs, output_width
 from tfcompress.core.validation import check_fit_data
@@ -187,6 +194,17 @@ class Distiller(keras.Model):
         except tf.errors.InvalidArgumentError as err:
             raise out_of_vocab_error(err, self.student, self.teacher) or err from None
 
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # Keras 3.15 builds from the first batch reduced in one strategy.reduce call, which
+        # MultiWorkerMirroredStrategy refuses for a tuple of tensors: only shapes matter, so
+        # build from this worker's first replica's part instead.
+        if iterator is not None and data_batch is None and self._distribute_strategy is not None:
+            for _, _, batches in iterator:
+                data_batch = local_batch(self._distribute_strategy, next(batches))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
     @property
     def student_variables(self) -> list:
         """What the optimizer updates: the student's and the projections' trainable variables."""
@@ -232,18 +250,24 @@ class Distiller(keras.Model):
         x, y, mask = keras.utils.unpack_x_y_sample_weight(data)
         x, teacher_logits, teacher_feats = self._teacher_outputs(x)
         logits, feats = self._student_outputs(x, training)
+        # Under tf.distribute each term is this replica's share of the mean over the global
+        # batch's unmasked tokens (not a per-replica mean): the shares sum to what one device
+        # computes on the whole batch, and so do the gradients the strategy sums.
+        weight = global_weight(mask, y)
         total, hard, soft = kd_loss(y, logits, teacher_logits, mask, self.alpha.value,
-                                    self.temperature.value, self.divergence, self.beta)
+                                    self.temperature.value, self.divergence, self.beta, weight)
         terms = {"hard_loss": hard, "soft_loss": soft, "loss": total}
         if self.feature_pairs:
             matched = [
-                feature_mse(p(f), t, mask)
+                feature_mse(p(f), t, mask, weight)
                 for p, f, t in zip(self.projections, feats, teacher_feats, strict=True)
             ]
             terms["feature_loss"] = tf.add_n(matched) / len(matched)
             terms["loss"] += self.feature_weight * terms["feature_loss"]
-        # The student's regularisers and add_loss terms, summed as Keras's compute_loss does.
-        extra = [tf.reduce_sum(tf.cast(term, tf.float32)) for term in self.student.losses]
+        # The student's regularisers and add_loss terms, summed as Keras's compute_loss does;
+        # every replica holds them whole, so each adds its 1/replicas share.
+        extra = [tf.reduce_sum(tf.cast(term, tf.float32)) / replicas_in_sync()
+                 for term in self.student.losses]
         if extra:
             terms["loss"] = tf.reduce_sum(tf.stack([terms["loss"], *extra]))
         return terms, (x, y, logits, mask)
@@ -252,9 +276,7 @@ class Distiller(keras.Model):
         variables = self.student_variables
         with tf.GradientTape() as tape:
             terms, batch = self._loss_terms(data, training=True)
-            # Gradients are summed over replicas under tf.distribute: average them instead.
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            loss = self.optimizer.scale_loss(terms["loss"] / replicas)
+            loss = self.optimizer.scale_loss(terms["loss"])
         gradients = tape.gradient(loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
         return self._record(terms, batch)
@@ -265,12 +287,13 @@ class Distiller(keras.Model):
 
     def _record(self, terms, batch):
         x, y, logits, mask = batch
+        terms = {name: global_sum(share) for name, share in terms.items()}  # the global values
         self._loss_tracker.update_state(terms["loss"])
         self.hard_tracker.update_state(terms["hard_loss"])
         self.soft_tracker.update_state(terms["soft_loss"])
         if self.feature_tracker is not None:
             self.feature_tracker.update_state(terms["feature_loss"])
-        return self.compute_metrics(x, y, logits, sample_weight=mask)
+        return as_keras_logs(self.compute_metrics(x, y, logits, sample_weight=mask))
 
     def compile(self, optimizer="adam", loss=None, **kwargs):
         """Keras ``compile``; ``loss`` must stay None (the Distiller computes its own)."""
