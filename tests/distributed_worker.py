@@ -3,7 +3,7 @@
 Run in a fresh process, since TensorFlow's devices are fixed when it starts:
 ``python tests/distributed_worker.py mirrored OUT.json`` splits the CPU into two logical devices
 and writes every run with and without MirroredStrategy; ``python tests/distributed_worker.py
-worker OUT.json`` (TF_CONFIG set) is one worker of a MultiWorkerMirroredStrategy distillation.
+worker OUT.json`` (TF_CONFIG set) is one worker of MultiWorkerMirroredStrategy runs.
 """
 
 from __future__ import annotations
@@ -112,7 +112,8 @@ def main(mode: str, out: str) -> None:
     else:
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=120)
         strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-        result = {"replicas": strategy.num_replicas_in_sync, "loss": distill(strategy)["loss"]}
+        result = {"replicas": strategy.num_replicas_in_sync, "loss": distill(strategy)["loss"],
+                  "prune": listed(prune_fit(strategy)), "qat": listed(qat_fit(strategy))}
     with open(out, "w") as f:
         json.dump(result, f)
 

@@ -198,10 +198,14 @@ def two_workers(tmp_path) -> list[dict]:
     return [json.loads(out.read_text()) for out in outs]
 
 
-def test_two_workers_distil_to_the_one_worker_loss(tmp_path):
+def test_two_workers_distil_prune_and_qat_as_one_worker(tmp_path):
     workers = two_workers(tmp_path)
-    single = toy.distill(tf.distribute.get_strategy())["loss"]
+    one = tf.distribute.get_strategy()
+    single, pruned, quantized = toy.distill(one)["loss"], toy.prune_fit(one), toy.qat_fit(one)
     for worker in workers:
         assert worker["replicas"] == 2
         assert len(worker["loss"]) == toy.STEPS
         np.testing.assert_allclose(worker["loss"], single, rtol=1e-3)
+        close(worker["prune"]["masks"], pruned["masks"], atol=0)
+        close(worker["prune"]["weights"], pruned["weights"])
+        close(worker["qat"]["stripped"], quantized["stripped"])

@@ -13,6 +13,7 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 
@@ -67,6 +68,33 @@ def local_batch(strategy, batch):
     return tf.nest.map_structure(lambda v: strategy.experimental_local_results(v)[0], batch)
 
 
+class WorkerSafeFit:
+    """Mixin (before a ``keras.Model`` class) whose ``fit`` / ``evaluate`` also run across
+    MultiWorkerMirroredStrategy workers, where Keras 3.15's own fail: it reduces the first
+    batch's tuple in one ``strategy.reduce`` call, which that strategy refuses, and averages
+    the step's scalar logs along an axis they lack. Nothing changes on one worker.
+
+    The `Distiller` and every model that carries tfcompress state (pruned, QAT, quantized:
+    `tfcompress.core.saving.mark_state`) train through it.
+    """
+
+    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
+        # only the batch's shapes and dtypes matter: build from this worker's first replica's
+        # part instead of a cross-replica mean
+        if iterator is not None and data_batch is None and self._distribute_strategy is not None:
+            for _, _, batches in iterator:
+                data_batch = local_batch(self._distribute_strategy, next(batches))
+                break
+            iterator = None
+        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
+
+    def train_step(self, data):
+        return as_keras_logs(super().train_step(data))
+
+    def test_step(self, data):
+        return as_keras_logs(super().test_step(data))
+
+
 def worker_shard(tf_config: str | None = None) -> tuple[int, int]:
     """``(index, count)`` of this worker among ``TF_CONFIG``'s chief and workers, in
     MultiWorkerMirroredStrategy's order (chief first); ``(0, 1)`` without ``TF_CONFIG``.
@@ -94,6 +122,22 @@ def worker_shard(tf_config: str | None = None) -> tuple[int, int]:
         raise TfcompressError(f"TF_CONFIG task {kind} {index} is not in its cluster of "
                               f"{len(workers)} chief/worker tasks")
     return position, len(workers)
+
+
+def strategy_copy(model, strategy):
+    """A copy of ``model`` whose variables live in ``strategy``; with None, a copy outside
+    any strategy (plain variables again), or ``model`` itself when it was made outside one."""
+    from tfcompress.core.layers import copy_model
+
+    if strategy is None:
+        return copy_model(model) if getattr(model, "_distribute_strategy", None) else model
+    with strategy.scope():
+        return copy_model(model)
+
+
+def strategy_scope(strategy):
+    """``strategy.scope()``, or no scope for None (one device)."""
+    return contextlib.nullcontext() if strategy is None else strategy.scope()
 
 
 def make_strategy(name: str):

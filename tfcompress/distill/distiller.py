@@ -15,10 +15,10 @@ import keras
 import tensorflow as tf
 
 from tfcompress.core.distribute import (
+    WorkerSafeFit,
     as_keras_logs,
     global_sum,
     global_weight,
-    local_batch,
     replicas_in_sync,
 )
 from tfcompress.core.layers import require_keras3
@@ -79,7 +79,7 @@ def out_of_vocab_error(err, student, teacher) -> TfcompressError | None:
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
-class Distiller(keras.Model):
+class Distiller(WorkerSafeFit, keras.Model):
     """A frozen teacher and a trainable student trained together by ``fit``.
 
     loss = ``alpha * hard + (1 - alpha) * soft [+ feature_weight * features]``: ``hard`` is the
@@ -193,17 +193,6 @@ class Distiller(keras.Model):
             return super().fit(x, y, *args, **kwargs)
         except tf.errors.InvalidArgumentError as err:
             raise out_of_vocab_error(err, self.student, self.teacher) or err from None
-
-    def _maybe_symbolic_build(self, iterator=None, data_batch=None):
-        # Keras 3.15 builds from the first batch reduced in one strategy.reduce call, which
-        # MultiWorkerMirroredStrategy refuses for a tuple of tensors: only shapes matter, so
-        # build from this worker's first replica's part instead.
-        if iterator is not None and data_batch is None and self._distribute_strategy is not None:
-            for _, _, batches in iterator:
-                data_batch = local_batch(self._distribute_strategy, next(batches))
-                break
-            iterator = None
-        return super()._maybe_symbolic_build(iterator=iterator, data_batch=data_batch)
 
     @property
     def student_variables(self) -> list:
