@@ -106,6 +106,10 @@ class Distiller(WorkerSafeFit, keras.Model):
     ``teacher=None`` distils from a cached teacher (`load_teacher_cache`), whose batches carry
     the teacher's top-k logits instead.
 
+    Under ``tf.distribute`` (made inside ``strategy.scope()``) every loss term is a mean over
+    the global batch's unmasked tokens, as on one device, and ``fit`` also runs across
+    MultiWorkerMirroredStrategy workers (`tfcompress.core.distribute.WorkerSafeFit`).
+
     Example:
         >>> d = Distiller(teacher, student, divergence="jsd", beta=0.5, features=True)
         >>> d.compile(optimizer=keras.optimizers.AdamW(1e-3))
