@@ -110,7 +110,7 @@ def main(mode: str, out: str) -> None:
                           ("qat", qat_fit)):
             result[name] = {"plain": listed(run(plain)), "mirrored": listed(run(mirrored))}
     else:
-        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=120)
+        options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=600)
         strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         result = {"replicas": strategy.num_replicas_in_sync, "loss": distill(strategy)["loss"],
                   "prune": listed(prune_fit(strategy)), "qat": listed(qat_fit(strategy))}
