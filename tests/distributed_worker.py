@@ -16,19 +16,21 @@ import numpy as np
 VOCAB, SEQ, ROWS, BATCH, STEPS = 32, 8, 16, 8, 20
 
 
-def arrays():
-    """Windows whose second half of every batch is mostly padding: replicas (and workers) hold
-    different numbers of tokens, so a per-replica mean would differ from the global one."""
+def arrays(uneven: bool = True):
+    """Windows whose second half of every batch is mostly padding (``uneven``): replicas (and
+    workers) hold different numbers of tokens, so a per-replica mean differs from the global
+    one."""
     x = np.random.default_rng(0).integers(0, VOCAB, (ROWS, SEQ)).astype("int32")
     mask = np.ones((ROWS, SEQ), "float32")
-    mask[np.arange(ROWS) % BATCH >= BATCH // 2, 2:] = 0.0
+    if uneven:
+        mask[np.arange(ROWS) % BATCH >= BATCH // 2, 2:] = 0.0
     return x, np.roll(x, -1, axis=1), mask
 
 
-def batches():
+def batches(uneven: bool = True):
     import tensorflow as tf
 
-    return tf.data.Dataset.from_tensor_slices(arrays()).batch(BATCH).repeat()
+    return tf.data.Dataset.from_tensor_slices(arrays(uneven)).batch(BATCH).repeat()
 
 
 def tiny(name: str, seed: int, **overrides):
@@ -91,6 +93,16 @@ def qat_fit(strategy) -> dict:
     return {"weights": latent, "stripped": strip_qat(model).get_weights()}
 
 
+def finetune_fit(strategy) -> dict:
+    """Weights of a dense model after 2 steps of the recipe's finetune (Keras's own loss:
+    full masks, where its per-replica mean is the global one)."""
+    from tfcompress.recipes.stages import finetune
+
+    model = finetune(tiny("dense", 5), batches(uneven=False), 2, verbose=0,
+                     strategy=strategy)
+    return {"weights": model.get_weights()}
+
+
 def listed(result: dict) -> dict:
     return {k: [np.asarray(a).tolist() for a in v] if k != "loss" else v
             for k, v in result.items()}
@@ -113,7 +125,8 @@ def main(mode: str, out: str) -> None:
         options = tf.distribute.experimental.CommunicationOptions(timeout_seconds=600)
         strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         result = {"replicas": strategy.num_replicas_in_sync, "loss": distill(strategy)["loss"],
-                  "prune": listed(prune_fit(strategy)), "qat": listed(qat_fit(strategy))}
+                  "prune": listed(prune_fit(strategy)), "qat": listed(qat_fit(strategy)),
+                  "finetune": listed(finetune_fit(strategy))}
     with open(out, "w") as f:
         json.dump(result, f)
 

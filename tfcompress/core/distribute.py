@@ -95,6 +95,27 @@ class WorkerSafeFit:
         return as_keras_logs(super().test_step(data))
 
 
+@contextlib.contextmanager
+def worker_safe_fit(model):
+    """Inside this block ``model`` fits across MultiWorkerMirroredStrategy workers too: its
+    class gets `WorkerSafeFit` in front for the while (only there, and only when it lacks it).
+
+    Example:
+        >>> with worker_safe_fit(model):
+        ...     model.fit(data, steps_per_epoch=100)
+    """
+    plain = type(model)
+    if not across_workers() or isinstance(model, WorkerSafeFit):
+        yield model
+        return
+    model.__class__ = type(plain.__name__, (WorkerSafeFit, plain),
+                           {"__module__": plain.__module__})
+    try:
+        yield model
+    finally:
+        model.__class__ = plain
+
+
 def worker_shard(tf_config: str | None = None) -> tuple[int, int]:
     """``(index, count)`` of this worker among ``TF_CONFIG``'s chief and workers, in
     MultiWorkerMirroredStrategy's order (chief first); ``(0, 1)`` without ``TF_CONFIG``.

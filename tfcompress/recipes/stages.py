@@ -50,7 +50,7 @@ def finetune(model, dataset, steps: int, learning_rate: float = 3e-4, verbose=2,
     """Train ``model`` for ``steps`` batches keeping its zero weights at zero (masks from the
     zeros it holds, then stripped); returns the plain model. Under a ``tf.distribute``
     ``strategy`` a copy made in its scope trains, and comes back with plain variables."""
-    from tfcompress.core.distribute import strategy_copy, strategy_scope
+    from tfcompress.core.distribute import strategy_copy, strategy_scope, worker_safe_fit
     from tfcompress.models.training import train_lm
     from tfcompress.prune import UpdatePruning, keep_zeros, strip_pruning
 
@@ -60,8 +60,9 @@ def finetune(model, dataset, steps: int, learning_rate: float = 3e-4, verbose=2,
         if strategy is not None:
             model = strategy_copy(model, strategy)
         sparse = keep_zeros(model)
-        train_lm(model, dataset, steps, learning_rate=learning_rate, verbose=verbose,
-                 callbacks=[UpdatePruning()] if sparse else None)
+        with worker_safe_fit(model):
+            train_lm(model, dataset, steps, learning_rate=learning_rate, verbose=verbose,
+                     callbacks=[UpdatePruning()] if sparse else None)
     return strategy_copy(strip_pruning(model), None)
 
 
