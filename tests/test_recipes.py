@@ -149,6 +149,8 @@ GOOD = {"model": {"preset": "test-tiny", "train_steps": 2}, "data": {"corpus": "
       "stages": [{"distill": {"steps": 5, "student": {"depth": 0.5, "select": "importance"}}}]},
      "stages[0].distill.student.select: importance needs a build_gpt or build_llama model"),
     ({"stages": []}, "recipe.stages: empty"),
+    ({"strategy": "gpu"}, "recipe.strategy: must be one of ['default', 'mirrored', "
+     "'multi_worker', 'tpu'] (tf.distribute for the training stages), got 'gpu'"),
     ({"stages": [{"export": {"llm": {"modes": ["int2", "int4"]}}}]},
      "stages[0].export.llm.modes: unknown mode 'int2' (valid: float32, float16, dynamic_int8, "
      "int4)"),
@@ -387,3 +389,28 @@ def test_prune_then_distil_keeps_the_important_blocks_and_their_zeros(bundle, tm
     ppl = {r.name: r.quality["perplexity"] for r in run.reports}
     assert set(ppl) == {"teacher", "teacher-pruned", "half"} and np.isfinite(ppl["half"])
     assert "| half | keras |" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_training_stages_run_under_the_recipes_strategy(bundle, tmp_path, capsys):
+    """strategy: mirrored (one replica on this CPU): distill and finetune train in its scope
+    and hand on models with plain variables (figures equal to one device's are checked on two
+    replicas in test_distributed.py; here Keras reads the data once before training under a
+    strategy, so the reshuffled windows come in another order)."""
+    from tfcompress.models import build_gpt
+
+    keras.utils.set_random_seed(0)
+    teacher = build_gpt("test-tiny", n_layers=2, vocab_size=256, seq_len=SEQ, name="gpt")
+    recipe = recipe_for(bundle, [
+        {"distill": {"name": "s", "steps": 2, "student": {"layers": [0]}}},
+        {"finetune": {"name": "tuned", "steps": 2}}],
+        output=str(tmp_path / "run"), strategy="mirrored")
+    recipe["model"] = {"object": teacher, "name": "teacher"}
+    recipe["data"]["tokenizer"] = "byte"
+    run = run_recipe(recipe)
+    assert "training stages under MirroredStrategy (1 replica)" in capsys.readouterr().out
+    for name, before in (("s", "teacher"), ("tuned", "s")):
+        model = run.model(name)
+        assert model._distribute_strategy is None  # later stages see plain variables
+        kernel = np.asarray(model.get_layer("block0_mlp_in").kernel)
+        assert not np.array_equal(kernel, run.model(before).get_layer("block0_mlp_in").kernel)
+    assert all(np.isfinite(r.quality["perplexity"]) for r in run.reports)

@@ -20,6 +20,7 @@ from collections.abc import Callable
 import keras
 from keras.src.saving import object_registration
 
+from tfcompress.core.distribute import WorkerSafeFit
 from tfcompress.core.layers import iter_layers
 from tfcompress.core.validation import (
     check_input_file,
@@ -78,7 +79,7 @@ def layers_at(model, paths) -> dict:
 
 
 def plain_class(cls: type) -> type:
-    return cls.__mro__[1] if cls in _CLASSES.values() else cls
+    return next((plain for plain, marked in _CLASSES.items() if marked is cls), cls)
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
@@ -131,7 +132,8 @@ def _state_class(cls: type) -> type:
         # state belongs to this model's variables, not to its copies)
         cls.__init__(self, *args)
 
-    sub = type(cls.__name__, (cls,), {
+    # WorkerSafeFit: Keras's own fit fails across MultiWorkerMirroredStrategy workers
+    sub = type(cls.__name__, (WorkerSafeFit, cls), {
         "get_config": get_config, "__init__": __init__, "__module__": "tfcompress",
         "from_config": classmethod(lambda _cls, config, custom_objects=None: restore(config)),
     })

@@ -14,6 +14,13 @@ import re
 import keras
 import tensorflow as tf
 
+from tfcompress.core.distribute import (
+    WorkerSafeFit,
+    as_keras_logs,
+    global_sum,
+    global_weight,
+    replicas_in_sync,
+)
 from tfcompress.core.layers import require_keras3
 from tfcompress.core.signature import model_inputs, output_width
 from tfcompress.core.validation import check_fit_data
@@ -72,7 +79,7 @@ def out_of_vocab_error(err, student, teacher) -> TfcompressError | None:
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
-class Distiller(keras.Model):
+class Distiller(WorkerSafeFit, keras.Model):
     """A frozen teacher and a trainable student trained together by ``fit``.
 
     loss = ``alpha * hard + (1 - alpha) * soft [+ feature_weight * features]``: ``hard`` is the
@@ -98,6 +105,10 @@ class Distiller(keras.Model):
 
     ``teacher=None`` distils from a cached teacher (`load_teacher_cache`), whose batches carry
     the teacher's top-k logits instead.
+
+    Under ``tf.distribute`` (made inside ``strategy.scope()``) every loss term is a mean over
+    the global batch's unmasked tokens, as on one device, and ``fit`` also runs across
+    MultiWorkerMirroredStrategy workers (`tfcompress.core.distribute.WorkerSafeFit`).
 
     Example:
         >>> d = Distiller(teacher, student, divergence="jsd", beta=0.5, features=True)
@@ -232,18 +243,24 @@ class Distiller(keras.Model):
         x, y, mask = keras.utils.unpack_x_y_sample_weight(data)
         x, teacher_logits, teacher_feats = self._teacher_outputs(x)
         logits, feats = self._student_outputs(x, training)
+        # Under tf.distribute each term is this replica's share of the mean over the global
+        # batch's unmasked tokens (not a per-replica mean): the shares sum to what one device
+        # computes on the whole batch, and so do the gradients the strategy sums.
+        weight = global_weight(mask, y)
         total, hard, soft = kd_loss(y, logits, teacher_logits, mask, self.alpha.value,
-                                    self.temperature.value, self.divergence, self.beta)
+                                    self.temperature.value, self.divergence, self.beta, weight)
         terms = {"hard_loss": hard, "soft_loss": soft, "loss": total}
         if self.feature_pairs:
             matched = [
-                feature_mse(p(f), t, mask)
+                feature_mse(p(f), t, mask, weight)
                 for p, f, t in zip(self.projections, feats, teacher_feats, strict=True)
             ]
             terms["feature_loss"] = tf.add_n(matched) / len(matched)
             terms["loss"] += self.feature_weight * terms["feature_loss"]
-        # The student's regularisers and add_loss terms, summed as Keras's compute_loss does.
-        extra = [tf.reduce_sum(tf.cast(term, tf.float32)) for term in self.student.losses]
+        # The student's regularisers and add_loss terms, summed as Keras's compute_loss does;
+        # every replica holds them whole, so each adds its 1/replicas share.
+        extra = [tf.reduce_sum(tf.cast(term, tf.float32)) / replicas_in_sync()
+                 for term in self.student.losses]
         if extra:
             terms["loss"] = tf.reduce_sum(tf.stack([terms["loss"], *extra]))
         return terms, (x, y, logits, mask)
@@ -252,9 +269,7 @@ class Distiller(keras.Model):
         variables = self.student_variables
         with tf.GradientTape() as tape:
             terms, batch = self._loss_terms(data, training=True)
-            # Gradients are summed over replicas under tf.distribute: average them instead.
-            replicas = tf.distribute.get_strategy().num_replicas_in_sync
-            loss = self.optimizer.scale_loss(terms["loss"] / replicas)
+            loss = self.optimizer.scale_loss(terms["loss"])
         gradients = tape.gradient(loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
         return self._record(terms, batch)
@@ -265,12 +280,13 @@ class Distiller(keras.Model):
 
     def _record(self, terms, batch):
         x, y, logits, mask = batch
+        terms = {name: global_sum(share) for name, share in terms.items()}  # the global values
         self._loss_tracker.update_state(terms["loss"])
         self.hard_tracker.update_state(terms["hard_loss"])
         self.soft_tracker.update_state(terms["soft_loss"])
         if self.feature_tracker is not None:
             self.feature_tracker.update_state(terms["feature_loss"])
-        return self.compute_metrics(x, y, logits, sample_weight=mask)
+        return as_keras_logs(self.compute_metrics(x, y, logits, sample_weight=mask))
 
     def compile(self, optimizer="adam", loss=None, **kwargs):
         """Keras ``compile``; ``loss`` must stay None (the Distiller computes its own)."""

@@ -88,30 +88,40 @@ def hard_cross_entropy(targets, student_logits):
                                                from_logits=True)
 
 
-def masked_mean(values, mask=None):
-    """Mean of ``values`` over positions whose ``mask`` is non-zero (0 when none is)."""
+def masked_mean(values, mask=None, total=None):
+    """Mean of ``values`` over positions whose ``mask`` is non-zero (0 when none is).
+
+    ``total`` replaces the mask's own sum as the denominator: under tf.distribute the
+    global batch's weight (`tfcompress.core.distribute.global_weight`), so each replica
+    returns its share and the shares sum to the mean over the global batch.
+
+    Example:
+        >>> masked_mean([1.0, 3.0], [1.0, 0.0], total=4.0)   # 1 / 4
+    """
     values = ops.cast(values, "float32")
-    if mask is None:
+    if mask is None and total is None:
         return ops.mean(values)
-    mask = ops.cast(mask, "float32")
+    mask = ops.ones_like(values) if mask is None else ops.cast(mask, "float32")
     # Keras's "mean_with_sample_weight" reduction, op for op
-    return ops.divide_no_nan(ops.sum(values * mask), ops.sum(mask))
+    return ops.divide_no_nan(ops.sum(values * mask), ops.sum(mask) if total is None else total)
 
 
 def kd_loss(targets, student_logits, teacher_logits, mask=None, alpha=0.5, temperature=1.0,
-            divergence_name: str = "forward_kl", beta: float = 0.5):
-    """``(alpha * hard + (1 - alpha) * soft, hard, soft)``, each a masked mean over tokens."""
-    hard = masked_mean(hard_cross_entropy(targets, student_logits), mask)
+            divergence_name: str = "forward_kl", beta: float = 0.5, total=None):
+    """``(alpha * hard + (1 - alpha) * soft, hard, soft)``, each a masked mean over tokens
+    (over ``total`` weight, when given: see `masked_mean`)."""
+    hard = masked_mean(hard_cross_entropy(targets, student_logits), mask, total)
     soft = masked_mean(
-        divergence(divergence_name, teacher_logits, student_logits, temperature, beta), mask
+        divergence(divergence_name, teacher_logits, student_logits, temperature, beta), mask,
+        total,
     )
     return alpha * hard + (1.0 - alpha) * soft, hard, soft
 
 
-def feature_mse(student_features, teacher_features, mask=None):
+def feature_mse(student_features, teacher_features, mask=None, total=None):
     """Mean squared error between hidden states per position, then a masked mean."""
     diff = ops.cast(student_features, "float32") - ops.cast(teacher_features, "float32")
-    return masked_mean(ops.mean(ops.square(diff), axis=-1), mask)
+    return masked_mean(ops.mean(ops.square(diff), axis=-1), mask, total)
 
 
 def densify_top_k(values, indices, vocab_size: int, divergence: str | None = None):

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from tfcompress.core.distribute import make_strategy
 from tfcompress.core.files import atomic_path, write_atomic
 from tfcompress.errors import TfcompressError
 from tfcompress.recipes.bundles import BUNDLE_KIND
@@ -47,6 +48,8 @@ class Run:
         self.data = recipe["data"]
         self.samples = recipe["samples"]
         self.seed = int(recipe["seed"])
+        # the tf.distribute strategy the training stages run under (None: one device)
+        self.strategy = None
         self.verbose = verbose
         self.latency_repeats = LATENCY_REPEATS
         self.models: dict = {}
@@ -318,6 +321,11 @@ def run_recipe(recipe, *, quick: bool = False, verbose: bool = True,
     if quick:
         recipe = quick_sizes(recipe)
     run = Run(recipe, verbose)
+    if recipe["strategy"] != "default":  # before any TensorFlow work: multi_worker needs it
+        run.strategy = make_strategy(recipe["strategy"])
+        replicas = run.strategy.num_replicas_in_sync
+        _say(run, f"training stages under {type(run.strategy).__name__} ({replicas} "
+                  f"replica{'s' if replicas > 1 else ''})")
     run.out.mkdir(parents=True, exist_ok=True)
     write_atomic(run.out / "recipe.yaml", yaml.safe_dump(_plain(recipe), sort_keys=False))
     stages = recipe["stages"]

@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
+from tfcompress.core.distribute import STRATEGIES
 from tfcompress.errors import TfcompressError
 
 MODEL_SOURCES = ("keras", "kerashub", "gguf", "safetensors", "preset")
@@ -32,7 +33,7 @@ NEEDS_FLOAT = ("prune", "finetune", "quantize", "factorize")
 MAKES_MODEL = ("distill", "prune", "finetune", "quantize", "factorize")
 
 TOP_KEYS = {"name": str, "output": str, "seed": int, "model": dict, "data": dict,
-            "stages": list, "samples": dict}
+            "stages": list, "samples": dict, "strategy": str}
 MODEL_KEYS = {"keras": str, "kerashub": str, "gguf": str, "safetensors": str, "preset": str,
               "object": object, "name": str, "train_steps": int, "learning_rate": float,
               "custom_objects": list}
@@ -482,6 +483,9 @@ def validate(recipe: dict, base_dir: str | Path = ".") -> dict:
     if "data" in recipe and isinstance(recipe["data"], dict):
         _check_data(data, model, base, problems)
     _check_keys(recipe.get("samples") or {}, SAMPLE_KEYS, "samples", problems)
+    if isinstance(recipe.get("strategy"), str) and recipe["strategy"] not in STRATEGIES:
+        problems.append(f"recipe.strategy: must be one of {list(STRATEGIES)} (tf.distribute "
+                        f"for the training stages), got {recipe['strategy']!r}")
     stages = []
     raw_stages = recipe.get("stages")
     if isinstance(raw_stages, list):
@@ -512,6 +516,7 @@ def validate(recipe: dict, base_dir: str | Path = ".") -> dict:
     recipe["samples"] = {**DEFAULT_SAMPLES, **(recipe.get("samples") or {})}
     recipe["stages"] = stages
     recipe.setdefault("seed", 0)
+    recipe.setdefault("strategy", "default")
     recipe.setdefault("name", Path(str(recipe["output"])).name)
     # a shipped recipe's output goes under the current folder, never inside the package
     recipe["output"] = resolve(Path.cwd() if _inside_package(base) else base,

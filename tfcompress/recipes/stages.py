@@ -33,18 +33,25 @@ def stage(name: str) -> Callable[[StageFn], StageFn]:
     return register
 
 
-def finetune(model, dataset, steps: int, learning_rate: float = 3e-4, verbose=2):
+def finetune(model, dataset, steps: int, learning_rate: float = 3e-4, verbose=2,
+             strategy=None):
     """Train ``model`` for ``steps`` batches keeping its zero weights at zero (masks from the
-    zeros it holds, then stripped); returns the plain model."""
+    zeros it holds, then stripped); returns the plain model. Under a ``tf.distribute``
+    ``strategy`` a copy made in its scope trains, and comes back with plain variables."""
+    from tfcompress.core.distribute import strategy_copy, strategy_scope, worker_safe_fit
     from tfcompress.models.training import train_lm
     from tfcompress.prune import UpdatePruning, keep_zeros, strip_pruning
 
     if steps < 1:
         return model
-    sparse = keep_zeros(model)
-    train_lm(model, dataset, steps, learning_rate=learning_rate, verbose=verbose,
-             callbacks=[UpdatePruning()] if sparse else None)
-    return strip_pruning(model)
+    with strategy_scope(strategy):
+        if strategy is not None:
+            model = strategy_copy(model, strategy)
+        sparse = keep_zeros(model)
+        with worker_safe_fit(model):
+            train_lm(model, dataset, steps, learning_rate=learning_rate, verbose=verbose,
+                     callbacks=[UpdatePruning()] if sparse else None)
+    return strategy_copy(strip_pruning(model), None)
 
 
 def alpha_text(alpha: float, alpha_end: float | None) -> str:
@@ -97,6 +104,7 @@ def distill_stage(run, st: dict) -> StageResult:
     """
     import keras
 
+    from tfcompress.core.distribute import strategy_copy, strategy_scope
     from tfcompress.distill import Distiller, ParameterSchedule
     from tfcompress.models.training import lm_optimizer
     from tfcompress.prune import UpdatePruning, keep_zeros, strip_pruning
@@ -107,21 +115,24 @@ def distill_stage(run, st: dict) -> StageResult:
     source = run.model(source_name)
     keras.utils.set_random_seed(run.seed)
     spec, scores = choose_blocks(source, st["student"], run.calibration())
-    student = make_student(source, spec, run.data["seq_len"], name=st["name"])
     steps = st["steps"]
     alpha = st.get("alpha", 0.5)
-    distiller = Distiller(teacher, student, alpha=alpha,
-                          temperature=st.get("temperature", 1.0),
-                          divergence=st.get("divergence", "forward_kl"))
-    distiller.compile(optimizer=lm_optimizer(steps, st.get("learning_rate", 1e-3)))
-    sparse = keep_zeros(student)
+    with strategy_scope(run.strategy):  # student, teacher copy and optimizer in its scope
+        student = make_student(source, spec, run.data["seq_len"], name=st["name"])
+        if run.strategy is not None:
+            teacher = strategy_copy(teacher, run.strategy)
+        distiller = Distiller(teacher, student, alpha=alpha,
+                              temperature=st.get("temperature", 1.0),
+                              divergence=st.get("divergence", "forward_kl"))
+        distiller.compile(optimizer=lm_optimizer(steps, st.get("learning_rate", 1e-3)))
+        sparse = keep_zeros(student)
     callbacks = [UpdatePruning(target=student)] if sparse else []
     if "alpha_end" in st:
         callbacks.append(ParameterSchedule("alpha", "linear", alpha, st["alpha_end"]))
     history = distiller.fit(run.train_data(), steps_per_epoch=steps, epochs=1, verbose=2,
                             shuffle=False,
                             callbacks=callbacks).history
-    strip_pruning(student)
+    student = strategy_copy(strip_pruning(student), None)
     origin = f"`{source_name}`"
     if "preset" in spec:
         origin = f"a new {spec['preset']!r} model"
@@ -147,7 +158,8 @@ def prune_stage(run, st: dict) -> StageResult:
 
     model = run.model(st["input"])
     pruned = prune(model, calibration=run.calibration(), **method_config(st, model))
-    pruned = finetune(pruned, run.train_data(), st.get("finetune_steps", 0))
+    pruned = finetune(pruned, run.train_data(), st.get("finetune_steps", 0),
+                      strategy=run.strategy)
     strip_pruning(pruned)
     total = sparsity_summary(pruned)["total"]
     return StageResult(pruned, [
@@ -160,8 +172,9 @@ def finetune_stage(run, st: dict) -> StageResult:
     """Next-token training of a copy of the input model; zeros stay zero."""
     from tfcompress.core import copy_model
 
-    model = finetune(copy_model(run.model(st["input"])), run.train_data(), st["steps"],
-                     st.get("learning_rate", 3e-4))
+    source = run.model(st["input"])  # under a strategy, finetune trains a copy of its own
+    model = finetune(source if run.strategy else copy_model(source), run.train_data(),
+                     st["steps"], st.get("learning_rate", 3e-4), strategy=run.strategy)
     return StageResult(model, [f"Fine-tuned `{st['input']}` for {st['steps']} steps."])
 
 
