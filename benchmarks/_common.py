@@ -40,8 +40,8 @@ from pathlib import Path
 
 import tfcompress  # noqa: F401  (sets the Keras backend)
 from benchmarks._provenance import LoadMonitor, describe_load, provenance
+from tfcompress.core.files import write_atomic  # no half-written results file
 from tfcompress.errors import TfcompressError
-from tfcompress.export.llm import _write_atomic  # no half-written results file
 from tfcompress.recipes import Run, validate
 from tfcompress.recipes.runner import load_source
 from tfcompress.recipes.sources import choose_tokenizer, load_text
@@ -226,9 +226,9 @@ def write_results(name: str, table: str, data: dict, args) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     meta = {"command": args.command, **args.provenance, **environment(),
             "load": args.load.snapshot(), "merged": args.merged}
-    _write_atomic(out / f"{name}.json", json.dumps({**data, "meta": meta}, indent=2))
+    write_atomic(out / f"{name}.json", json.dumps({**data, "meta": meta}, indent=2))
     made = f"commit {(meta['commit'] or 'not recorded')[:10]}; {describe_load(meta['load'])}"
-    _write_atomic(out / f"{name}.md", f"# {name}\n\n`{args.command}` ({made})\n\n{table}\n")
+    write_atomic(out / f"{name}.md", f"# {name}\n\n`{args.command}` ({made})\n\n{table}\n")
     print(table)
     print(f"results written to {out / (name + '.json')}")
     return out / f"{name}.json"
