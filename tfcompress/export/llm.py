@@ -30,6 +30,7 @@ import numpy as np
 from tfcompress.errors import TfcompressError, VerificationError
 from tfcompress.export.llm_graph import Decoder, cached_forward, decoder_of
 from tfcompress.export.llm_int4 import quantize_int4
+from tfcompress.export.llm_tied import share_tied_table
 from tfcompress.export.modes import INT4_BLOCK, LLM_MODES, check_int4_blocks, check_verification
 
 MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE = "model.tflite", "tokenizer.json", "llm.json"
@@ -191,6 +192,8 @@ def _convert(dec: Decoder, lengths: dict[str, int], cache_length: int,
         return quantize_int4(flatbuffer, linear, list(dec.quantized), tied, dec.codes)
     if spec_mode.litert_recipe:
         flatbuffer = _litert_quantize(flatbuffer, spec_mode.litert_recipe, None)
+    if tied and mode == "dynamic_int8":  # the converter stores the tied table twice
+        flatbuffer, _ = share_tied_table(flatbuffer)
     return flatbuffer, None
 
 
