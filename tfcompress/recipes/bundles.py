@@ -80,9 +80,13 @@ def llm_bundles(run, st: dict):
     result = StageResult()
     for mode in spec["modes"]:
         folder = run.out / "exports" / f"{name}.{mode}"
+        # budget_mb: int8 for the int4 layers that need it most, measured on the calibration
+        budget = ({"budget_mb": spec["budget_mb"], "calibration": run.calibration()}
+                  if mode == "int4" and spec.get("budget_mb") is not None else {})
         exported = export_llm(model, folder, prefill_lengths=spec["prefill_lengths"],
                               cache_length=spec["cache_length"], mode=mode,
-                              tokenizer=tokenizer, verify_text=held_out, verbose=run.verbose)
+                              tokenizer=tokenizer, verify_text=held_out, verbose=run.verbose,
+                              **budget)
         label = f"{name} ({mode} bundle)"
         result.files[f"{name}.{mode}/"] = str(folder)
         note = (f"Bundled `{name}` as `{folder.name}/` ({exported.bytes:,} bytes, {mode}), "
