@@ -4,6 +4,8 @@ For each mode, `export_llm` writes a bundle folder under ``exports/`` (verified 
 Keras model on the recipe's held-out text), `write_litertlm` packs it for LiteRT-LM, and the
 bundle is measured as a phone would run it (`LLMRunner`): perplexity on the held-out windows
 the other models are measured on, prefill and decode tokens/s, and a greedy sample.
+``budget_mb`` gives the ``int4`` bundle int8 layers within that size, chosen on the run's
+calibration windows (`tfcompress.export.llm_budget`).
 
 Example:
     >>> STAGES["export"](run, {"stage": "export", "input": "smollm2",
