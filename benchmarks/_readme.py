@@ -82,11 +82,26 @@ def generate_table(data: dict) -> str:
     return "\n".join(lines)
 
 
+def int4_budget_table(data: dict) -> str:
+    """SmolLM2 bundles with and without ``budget_mb``: size, perplexity, the int8 maps."""
+    lines = ["| bundle | file MB | perplexity | ratio to float | maps kept int8 |",
+             "|---|---|---|---|---|"]
+    base = data["rows"].get("float", {}).get("ppl")
+    for name, row in data["rows"].items():
+        int8 = ("-" if "int8" not in row else f"{len(row['int8'])}: " + ", ".join(
+            f"{n} {k}" for k, n in sorted(row["int8_by_kind"].items(), key=lambda x: -x[1])))
+        lines.append(f"| {name} | {_f(row['mb'])} | {_f(row['ppl'], 2)} | "
+                     f"{_f(row['ppl'] / base if base else None, 3)} | {int8} |")
+    return "\n".join(lines) + f"\n\nPerplexity: {data['eval']}; budget's calibration " \
+        f"{data['calibration']} of austen/train.txt."
+
+
 # README region -> (results file, table from its data)
 TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "llm": ("llm", llm_table),
     "llm_peer": ("llm_peer2", lambda data: llm_table(data, peer=True)),
     "generate": ("generate", generate_table),
+    "int4_budget": ("int4_budget", int4_budget_table),
 }
 
 

@@ -162,8 +162,13 @@ GOOD = {"model": {"preset": "test-tiny", "train_steps": 2}, "data": {"corpus": "
                                      "cache_length": 32}}}]},
      "stages[0].export.llm.cache_length: 32 is below the longest prefill length 64"),
     ({"stages": [{"export": {"llm": {"modes": ["int4"], "cache": 32}}}]},
-     "stages[0].export.llm: unknown key 'cache' (valid: cache_length, litertlm, modes, "
-     "prefill_lengths)"),
+     "stages[0].export.llm: unknown key 'cache' (valid: budget_mb, cache_length, litertlm, "
+     "modes, prefill_lengths)"),
+    ({"stages": [{"export": {"llm": {"modes": ["int4"], "budget_mb": 0}}}]},
+     "stages[0].export.llm.budget_mb: must be a positive number of MB, got 0"),
+    ({"stages": [{"export": {"llm": {"modes": ["dynamic_int8"], "budget_mb": 100}}}]},
+     "stages[0].export.llm.budget_mb: keeps int4 layers at int8 within a size: it needs int4 "
+     "in modes, got ['dynamic_int8']"),
     ({"stages": [{"export": {"llm": ["int4"]}}]},
      "stages[0].export.llm: expected dict, got list ['int4']"),
     ({"model": {"gguf": "Nowhere-135M.gguf"}, "data": {"corpus": "austen"}},

@@ -28,8 +28,10 @@ import numpy as np
 
 from tfcompress.core.files import write_atomic
 from tfcompress.errors import TfcompressError, VerificationError
+from tfcompress.export.llm_budget import BudgetPlan, budget_plan, check_budget
 from tfcompress.export.llm_graph import Decoder, cached_forward, decoder_of
 from tfcompress.export.llm_int4 import quantize_int4
+from tfcompress.export.llm_tied import share_tied_table
 from tfcompress.export.modes import INT4_BLOCK, LLM_MODES, check_int4_blocks, check_verification
 
 MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE = "model.tflite", "tokenizer.json", "llm.json"
@@ -171,8 +173,9 @@ def _save_cached_lm(dec: Decoder, lengths: dict[str, int], cache_length: int,
 
 
 def _convert(dec: Decoder, lengths: dict[str, int], cache_length: int,
-             mode: str) -> tuple[bytes, dict | None]:
-    """The flatbuffer, and for ``int4`` the report of `quantize_int4`."""
+             mode: str, budget: BudgetPlan | None = None) -> tuple[bytes, dict | None]:
+    """The flatbuffer, and for ``int4`` the report of `quantize_int4` (with ``budget``'s
+    choice of int8 maps under ``"budget"``)."""
     import tensorflow as tf
 
     from tfcompress.export.converter import _litert_quantize
@@ -187,10 +190,24 @@ def _convert(dec: Decoder, lengths: dict[str, int], cache_length: int,
             tmp, signature_keys=[*lengths, "decode"])
         spec_mode.configure(converter, None, False)
         flatbuffer = converter.convert()
-    if mode == "int4":
+    if mode == "int4" and budget is None:
         return quantize_int4(flatbuffer, linear, list(dec.quantized), tied, dec.codes)
+    if mode == "int4":
+        over = 0  # the file's bytes are estimated: an overshoot shrinks the next try's spare
+        while True:
+            int8 = budget.choose(len(flatbuffer), over)["int8"]
+            out, report = quantize_int4(flatbuffer, linear, list(dec.quantized), tied,
+                                        dec.codes, int8=tuple(int8))
+            if len(out) <= budget.budget_bytes:
+                return out, {**report, "budget": budget.report}
+            if not int8:
+                raise TfcompressError(f"budget_mb={budget.budget_bytes / 1e6:g} is below the "
+                                      f"all-int4 bundle ({len(out) / 1e6:.6f} MB)")
+            over += len(out) - budget.budget_bytes
     if spec_mode.litert_recipe:
         flatbuffer = _litert_quantize(flatbuffer, spec_mode.litert_recipe, None)
+    if tied and mode == "dynamic_int8":  # the converter stores the tied table twice
+        flatbuffer, _ = share_tied_table(flatbuffer)
     return flatbuffer, None
 
 
@@ -213,6 +230,8 @@ def export_llm(
     special_tokens: dict | None = None,
     verify_output: bool = True,
     verify_text=None,
+    budget_mb: float | None = None,
+    calibration=None,
     verbose: bool = True,
 ) -> LLMExportResult:
     """Write the bundle folder ``path``: ``model.tflite``, ``tokenizer.json``, ``llm.json``.
@@ -242,6 +261,12 @@ def export_llm(
     tokenizer, or token ids: e.g. your calibration text), else the opening of the bundled
     Austen test split with ``tokenizer``; with neither, random token ids (a weaker check: a
     quantized model's argmax flips on near-ties).
+    ``budget_mb`` (``mode="int4"`` only): a file size in MB (1e6 bytes); the linear maps
+    whose int4 rounding adds the most output error per extra byte on ``calibration`` stay
+    int8 per channel until the estimated file reaches it (`tfcompress.export.llm_budget`);
+    the result's ``int4["budget"]`` (and ``llm.json``'s) lists each map's choice and errors.
+    ``calibration``: token ids ``(windows, n)`` to measure on, else 4 windows of 128
+    tokens of the bundled Austen train split with ``tokenizer`` (random ids without one).
 
     Example:
         >>> export_llm(model, "bundle/", prefill_lengths=(8,), cache_length=64,
@@ -264,19 +289,30 @@ def export_llm(
                               f"{dec.max_positions} learned positions")
     if mode == "int4":
         _check_int4_blocks(dec)
+    if budget_mb is not None:
+        if mode != "int4":
+            raise TfcompressError(f"budget_mb chooses int8 or int4 per layer: it needs "
+                                  f"mode='int4', got mode={mode!r}")
+        check_budget(dec, budget_mb)
     tokenizer_json, special = _tokenizer_info(tokenizer, dec.vocab_size)
     special = {**special, **(special_tokens or {})}
     bad = {k: v for k, v in special.items() if not 0 <= int(v) < dec.vocab_size}
     if bad:
         raise TfcompressError(f"special_tokens must be ids in [0, {dec.vocab_size}), got {bad}")
     _check_verify_text(verify_text, tokenizer_json, dec.vocab_size)
+    if budget_mb is not None:
+        calibration = _budget_calibration(calibration, tokenizer_json, dec.vocab_size)
+    elif calibration is not None:
+        raise TfcompressError("calibration is what budget_mb's sensitivity is measured on: "
+                              "give budget_mb too, or no calibration")
 
     start = time.perf_counter()
     names = prefill_signature_names(lengths)
     if verbose:
         print(f"export_llm: {dec.kind} model, {dec.n_layers} layers -> {mode}, signatures "
               f"{[*names, 'decode']}, cache {cache_length}")
-    flatbuffer, int4 = _convert(dec, names, cache_length, mode)
+    budget = None if budget_mb is None else budget_plan(dec, budget_mb, calibration, verbose)
+    flatbuffer, int4 = _convert(dec, names, cache_length, mode, budget)
     path.mkdir(parents=True, exist_ok=True)
     tflite = path / MODEL_FILE
     write_atomic(tflite, flatbuffer)
@@ -315,6 +351,9 @@ def export_llm(
         print(f"export_llm: int4 codes kept exactly for {len(int4['copied'])} quantized "
               f"layers, re-rounded for {len(int4['rerounded'])} {int4['rerounded'][:4]}; "
               f"embedding {int4['embedding']}")
+        if "budget" in int4:
+            print(f"export_llm: budget {budget_mb} MB: {len(int4['budget']['int8'])} of "
+                  f"{len(int4['budget']['layers'])} maps int8 {int4['budget']['int8'][:6]}")
     if verbose and verify_output:
         print(f"export_llm: {tflite} {result.bytes:,} bytes; on {result.verified_on}: "
               f"next-token agreement with Keras {result.agreement:.1%}, max |error| "
@@ -357,6 +396,25 @@ def _check_verify_text(text, tokenizer_json: str | None, vocab_size: int) -> Non
             or ids.min() < 0 or ids.max() >= vocab_size):
         raise TfcompressError(f"verify_text must be a string or 2+ token ids in "
                               f"[0, {vocab_size}), got {_short(text)}")
+
+
+def _budget_calibration(ids, tokenizer_json: str | None, vocab_size: int) -> np.ndarray:
+    """``calibration`` as ``(windows, n)`` token ids (checked), or its default: 4 windows of
+    128 tokens of the bundled Austen train split (random ids without a tokenizer)."""
+    if ids is None:
+        if tokenizer_json is None:
+            return np.random.default_rng(0).integers(0, vocab_size, (4, 128))
+        from tfcompress.data import bundled_corpus
+        from tfcompress.data.tokenizers import tokenizer_from_json
+
+        text = bundled_corpus("austen")["train"][:20_000]
+        return np.asarray(tokenizer_from_json(tokenizer_json).encode(text)[:512]).reshape(4, -1)
+    arr = np.asarray(ids)
+    if (arr.ndim not in (1, 2) or arr.shape[-1] < 2 or not np.issubdtype(arr.dtype, np.integer)
+            or arr.min() < 0 or arr.max() >= vocab_size):
+        raise TfcompressError(f"calibration must be token ids (windows, n) in "
+                              f"[0, {vocab_size}), got {_short(ids)}")
+    return arr.reshape(-1, arr.shape[-1])
 
 
 def _short(value) -> str:

@@ -178,7 +178,8 @@ def _write_codes(flatbuffer: bytes, grids: dict) -> bytes:
 
 
 def quantize_int4(flatbuffer: bytes, linear: list[str], quantized: list[str],
-                  tied_head: bool, codes: dict | None = None) -> tuple[bytes, dict]:
+                  tied_head: bool, codes: dict | None = None,
+                  int8: tuple[str, ...] = ()) -> tuple[bytes, dict]:
     """Quantize a float ``flatbuffer`` of `export_llm` to blockwise int4 (block 32), an int8
     per-channel output head and an int8 per-row embedding table.
 
@@ -191,6 +192,8 @@ def quantize_int4(flatbuffer: bytes, linear: list[str], quantized: list[str],
     keep their weights exactly, the head included (then blockwise int4 too). Returns the
     flatbuffer and a report: ``copied`` (kept exactly), ``rerounded`` (quantized layers on
     another grid, rounded again by LiteRT), ``embedding`` (how the token table is stored).
+    The maps in ``int8`` (`tfcompress.export.llm_budget`'s choice) are int8 per channel
+    instead, like the head.
     """
     from ai_edge_litert.tools import flatbuffer_utils as fbu
     from ai_edge_quantizer import quantizer, recipe
@@ -202,6 +205,7 @@ def quantize_int4(flatbuffer: bytes, linear: list[str], quantized: list[str],
     weights = _weights_by_layer(model, linear)
     # every FULLY_CONNECTED of the layer (one per signature that uses it: prefill drops the
     # last block's unused matmuls) must come back exactly
+    quantized = [name for name in quantized if name not in int8]
     recovered = [name for name in quantized if weights.get(name)
                  and len({w.shape for w in weights[name]}) == 1
                  and all(litert_recovers(w) for w in weights[name])]
@@ -224,6 +228,7 @@ def quantize_int4(flatbuffer: bytes, linear: list[str], quantized: list[str],
     plain = recipe.dynamic_wi4b32_afp32()[0]
     entries += [{**plain, "regex": f".*{linear_scope(name)}/.*",
                  "operation": "FULLY_CONNECTED"} for name in written]
+    entries += [{**head, "regex": f".*{linear_scope(name)}/.*"} for name in int8]
     qt = quantizer.Quantizer(bytes(flatbuffer))
     qt.load_quantization_recipe(entries)
     with quiet():

@@ -4,6 +4,8 @@ For each mode, `export_llm` writes a bundle folder under ``exports/`` (verified 
 Keras model on the recipe's held-out text), `write_litertlm` packs it for LiteRT-LM, and the
 bundle is measured as a phone would run it (`LLMRunner`): perplexity on the held-out windows
 the other models are measured on, prefill and decode tokens/s, and a greedy sample.
+``budget_mb`` gives the ``int4`` bundle int8 layers within that size, chosen on the run's
+calibration windows (`tfcompress.export.llm_budget`).
 
 Example:
     >>> STAGES["export"](run, {"stage": "export", "input": "smollm2",
@@ -81,9 +83,13 @@ def llm_bundles(run, st: dict):
     result = StageResult()
     for mode in spec["modes"]:
         folder = run.out / "exports" / f"{name}.{mode}"
+        # budget_mb: int8 for the int4 layers that need it most, measured on the calibration
+        budget = ({"budget_mb": spec["budget_mb"], "calibration": run.calibration()}
+                  if mode == "int4" and spec.get("budget_mb") is not None else {})
         exported = export_llm(model, folder, prefill_lengths=spec["prefill_lengths"],
                               cache_length=spec["cache_length"], mode=mode,
-                              tokenizer=tokenizer, verify_text=held_out, verbose=run.verbose)
+                              tokenizer=tokenizer, verify_text=held_out, verbose=run.verbose,
+                              **budget)
         label = f"{name} ({mode} bundle)"
         result.files[f"{name}.{mode}/"] = str(folder)
         note = (f"Bundled `{name}` as `{folder.name}/` ({exported.bytes:,} bytes, {mode}), "

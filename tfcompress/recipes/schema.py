@@ -61,7 +61,8 @@ STAGE_KEYS = {
 LAYER_ROLES = ("blocks", "all")
 DEFAULT_LAYERS = {"prune": "blocks", "factorize": "blocks", "quantize": "all"}
 # export: {llm: {...}}: KV-cache bundles (`export_llm`), one per mode, each with its .litertlm
-LLM_KEYS = {"modes": list, "prefill_lengths": list, "cache_length": int, "litertlm": bool}
+LLM_KEYS = {"modes": list, "prefill_lengths": list, "cache_length": int, "litertlm": bool,
+            "budget_mb": float}
 DEFAULT_LLM = {"prefill_lengths": [32, 128, 512], "cache_length": 1024, "litertlm": True}
 STUDENT_KEYS = {"preset": str, "layers": list, "depth": float, "select": str, "model": str,
                 "d_model": int, "n_layers": int, "n_heads": int, "d_ff": int}
@@ -396,6 +397,12 @@ def _check_llm(llm: dict, where: str, problems: list[str]) -> dict:
     elif good and _type_ok(cache, int) and cache < max(lengths):
         problems.append(f"{where}.cache_length: {cache} is below the longest prefill length "
                         f"{max(lengths)}; the cache must hold a whole prefill")
+    budget = llm.get("budget_mb")
+    if _type_ok(budget, float) and budget <= 0:
+        problems.append(f"{where}.budget_mb: must be a positive number of MB, got {budget}")
+    elif budget is not None and isinstance(modes, list) and "int4" not in modes:
+        problems.append(f"{where}.budget_mb: keeps int4 layers at int8 within a size: it needs "
+                        f"int4 in modes, got {modes}")
     if llm["litertlm"] is True:
         import importlib.util
 
