@@ -86,7 +86,10 @@ def generate_table(data: dict) -> str:
     if "decode_tps" in window:
         lines.append(f"| window path dynamic_int8 ({window['window']} tokens) | - | - | - | - | "
                      f"- | {_f(window['decode_tps'], 1)} | - |")
-    ratios = [f"`{k}` {data[k]:.3f}" for k in (
+    made = data.get("llamacpp") or {}
+    ratios = [f"llama-cpp-python {made['version']}: F16 made from {made['source']} (its type "
+              f"{made['source_type']}), the others from that F16"] if made.get("source") else []
+    ratios += [f"`{k}` {data[k]:.3f}" for k in (
         "int8_mb_vs_q8_0", "int8_ppl_ratio", "q8_0_ppl_ratio", "int4_mb_vs_q4_k_m",
         "int4_ppl_ratio", "q4_k_m_ppl_ratio") if data.get(k) is not None]
     for key in ("decode_vs_llamacpp", "prefill_vs_llamacpp"):

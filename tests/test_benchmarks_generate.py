@@ -68,7 +68,8 @@ def test_plot_points_and_table_of_both_runtimes(tmp_path):
            "timing": {"int4": {"1": {"decode_tps": 50.4, "prefill_tps": 400.0, "repeats": 3},
                                "2": {"decode_tps": 90.0, "prefill_tps": 800.0, "repeats": 3}}},
            "timing_load_avg": [2.04, 3.5], "int4_mb_vs_q4_k_m": 0.9,
-           "decode_vs_llamacpp": {"int4_vs_q4_k_m": {"1": 0.5, "2": 1.25}}}
+           "decode_vs_llamacpp": {"int4_vs_q4_k_m": {"1": 0.5, "2": 1.25}},
+           "llamacpp": {"version": "0.3.36", "source": "m.Q4_1.gguf", "source_type": "MOSTLY_Q4_1"}}
     assert generate.quality_size_points(res) == {
         "ours": [("int4", 90.0, 1.1), ("dynamic_int8", 170.0, 1.02)],
         "llama.cpp": [("Q4_0", 92.0, 1.2), ("F16", 270.0, 1.0)]}
@@ -78,7 +79,9 @@ def test_plot_points_and_table_of_both_runtimes(tmp_path):
     table = _readme.generate_table(res)
     assert "| ours int4 | 90.0 | 1.100 | 1.010 | 50 | 400 | 90 | 800 |" in table
     assert "| llama.cpp F16 | 270.0 | 1.000 | - | - | - | - | - |" in table
-    assert table.endswith("`int4_mb_vs_q4_k_m` 0.900; `decode_vs_llamacpp` int4_vs_q4_k_m: "
+    assert table.endswith("llama-cpp-python 0.3.36: F16 made from m.Q4_1.gguf (its type "
+                          "MOSTLY_Q4_1), the others from that F16; `int4_mb_vs_q4_k_m` "
+                          "0.900; `decode_vs_llamacpp` int4_vs_q4_k_m: "
                           "0.50 (1 thread), 1.25 (2 threads); tokens/s: the median of 3 "
                           "interleaved runs each, 1-minute load average 2.0-3.5 while timing.")
 
