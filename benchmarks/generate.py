@@ -133,12 +133,13 @@ def _subprocess_measure(bundle: Path, prompt_file: Path, greedy: int = GREEDY,
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def exported_perplexity(bundle: Path, ids: np.ndarray, window: int) -> float:
+def exported_perplexity(bundle: Path, ids: np.ndarray, window: int,
+                        threads: int = THREADS) -> float:
     """Perplexity through our bundle's decode signature or llama.cpp (a ``.gguf``), windows of
     ``window`` from an empty cache each (the protocol of `causal_lm_perplexity`)."""
     from tfcompress.models import causal_lm_perplexity
 
-    runner = open_runner(bundle, THREADS, logits_all=True)
+    runner = open_runner(bundle, threads, logits_all=True)
     return causal_lm_perplexity(lambda x: runner.logits(x[0])[None], ids, window,
                                 verbose=True)["perplexity"]
 
@@ -266,7 +267,9 @@ def llamacpp_files(gguf: Path, folder: Path, ids: np.ndarray, window: int, res: 
         name = f"llama.cpp {kind}"
         res["file_mb"][name] = path.stat().st_size / 1e6
         start = time.perf_counter()
-        res["ppl"][name] = exported_perplexity(path, ids, window)
+        # one thread: llama.cpp's spin-waiting threads stall when other processes keep the
+        # cores busy (a window of 256 took 12 s on 2 threads, 5 s on 1, at load 7); not timed
+        res["ppl"][name] = exported_perplexity(path, ids, window, threads=1)
         res["seconds"][f"ppl_{name}"] = time.perf_counter() - start
         print(f"== {name}: {res['file_mb'][name]:.1f} MB, ppl {res['ppl'][name]:.3f}",
               flush=True)
