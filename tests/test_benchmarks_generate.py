@@ -112,7 +112,8 @@ def test_llama_cpp_scores_the_same_ids_as_the_keras_model(tmp_path):
     from tfcompress.evaluate import keras_forward
     from tfcompress.models.loaders import load_gguf
 
-    gguf = write_tiny_gguf(tmp_path / "tiny.gguf", "a tiny text of words " * 80, layers=1)
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf", "a tiny text of words " * 80, layers=1,
+                           pre="default")
     f16 = _llamacpp.quantize(llama_cpp, gguf, tmp_path / "tiny.F16.gguf", "F16")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.F16.gguf", "tiny.gguf"]
     model = load_gguf(gguf)
