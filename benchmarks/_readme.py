@@ -64,22 +64,45 @@ def llm_table(data: dict, peer: bool = False) -> str:
 
 
 def generate_table(data: dict) -> str:
-    """Phone-path bundles against LiteRT-LM's engine and llama.cpp, as measured."""
-    lines = ["| runtime | threads | file MB | prefill tok/s | decode tok/s | ppl / Keras |",
-             "|---|---|---|---|---|---|"]
-    for mode, m in data.get("measured", {}).items():
-        base = mode.removesuffix("_1thread")
-        lines.append(f"| ours {base} | {1 if mode.endswith('_1thread') else 2} | "
-                     f"{_f(data['file_mb'].get(base))} | {_f(m['prefill_tps'])} | "
-                     f"{_f(m['decode_tps'])} | {_f(data['ppl_ratio_vs_keras'].get(base), 3)} |")
-    others = [("LiteRT-LM engine", data.get("litertlm") or {})]
-    others += [(f"llama.cpp {k.removesuffix('_1thread')}", v)
-               for k, v in (data.get("llamacpp") or {}).items() if isinstance(v, dict)]
-    for name, r in others:
-        if "decode_tps" in r:
-            lines.append(f"| {name} | {r.get('threads', '-')} | {_f(r.get('file_mb'))} | "
-                         f"{_f(r.get('prefill_tps'))} | {_f(r['decode_tps'])} | - |")
-    return "\n".join(lines)
+    """Our bundles and llama.cpp's files of the same GGUF: size, perplexity ratio to the float
+    model on the same tokens, median tokens/s per thread count; then the ratios of ours to the
+    llama.cpp file of matching precision."""
+    timing = data.get("timing", {})
+    lines = ["| runtime | file MB | ppl / float | ppl / own Keras | decode tok/s, 1 thread | "
+             "prefill, 1 thread | decode, 2 threads | prefill, 2 threads |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, mb in data["file_mb"].items():
+        t1, t2 = (timing.get(name, {}).get(t, {}) for t in ("1", "2"))
+        lines.append(
+            f"| {name if name.startswith('llama.cpp') else 'ours ' + name} | {_f(mb)} | "
+            f"{_f(data.get('ppl_ratio_vs_float', {}).get(name), 3)} | "
+            f"{_f(data.get('ppl_ratio_vs_keras', {}).get(name), 3)} | "
+            f"{_f(t1.get('decode_tps'), 0)} | {_f(t1.get('prefill_tps'), 0)} | "
+            f"{_f(t2.get('decode_tps'), 0)} | {_f(t2.get('prefill_tps'), 0)} |")
+    engine, window = data.get("litertlm") or {}, data.get("window") or {}
+    if "decode_tps" in engine:
+        lines.append(f"| LiteRT-LM engine (our dynamic_int8) | - | - | - | - | - | "
+                     f"{_f(engine['decode_tps'], 0)} | {_f(engine['prefill_tps'], 0)} |")
+    if "decode_tps" in window:
+        lines.append(f"| window path dynamic_int8 ({window['window']} tokens) | - | - | - | - | "
+                     f"- | {_f(window['decode_tps'], 1)} | - |")
+    made = data.get("llamacpp") or {}
+    ratios = [f"llama-cpp-python {made['version']}: F16 made from {made['source']} (its type "
+              f"{made['source_type']}), the others from that F16"] if made.get("source") else []
+    ratios += [f"`{k}` {data[k]:.3f}" for k in (
+        "int8_mb_vs_q8_0", "int8_ppl_ratio", "q8_0_ppl_ratio", "int4_mb_vs_q4_k_m",
+        "int4_ppl_ratio", "q4_k_m_ppl_ratio") if data.get(k) is not None]
+    for key in ("decode_vs_llamacpp", "prefill_vs_llamacpp"):
+        for pair, by in (data.get(key) or {}).items():
+            ratios.append(f"`{key}` {pair}: " + ", ".join(
+                f"{x:.2f} ({t} thread{'s' if t != '1' else ''})" for t, x in by.items()))
+    loads = data.get("timing_load_avg")
+    if loads:
+        repeats = max((m["repeats"] for by in timing.values() for m in by.values()), default=0)
+        ratios.append(f"tokens/s: the median of {repeats} interleaved run"
+                      f"{'s' if repeats > 1 else ''} each, 1-minute load average "
+                      f"{loads[0]:.1f}-{loads[1]:.1f} while timing")
+    return "\n".join(lines) + ("\n\n" + "; ".join(ratios) + "." if ratios else "")
 
 
 def int4_budget_table(data: dict) -> str:

@@ -1,27 +1,32 @@
 """SmolLM2-135M on the phone path: prefill/decode ``.tflite`` bundles (float16, dynamic_int8,
 int4 from GPTQ on LiteRT's int4 grid, or on affine groups of 128 with ``--int4-grid g128``)
-vs the old window-recompute path, LiteRT-LM's engine and llama.cpp.
+beside llama.cpp's files of the same GGUF, the old window-recompute path and LiteRT-LM's engine.
 
-Each bundle is measured in a fresh process (2 threads; dynamic_int8 also on 1): time to first
-token for a 128-token prompt, prefill tokens/s (128 / TTFT), decode tokens/s over 128 new
-tokens, and the peak RSS the runtime adds on top of the process's imports. llama.cpp
-(``llama-cpp-python``, in the ``bench`` extra; built from source) runs the same GGUF at Q8_0
-(quantized once into the cache folder) and Q4_1, timed the same way. Perplexity of each export
-is computed on the first 2,049 tokens of austen/test.txt in windows of 256 (as
-benchmarks/llm.py) and compared with its Keras model (`REFERENCE`). The machine is shared:
-timings are noisy, and each records the load average it ran under.
+llama.cpp (``llama-cpp-python``, in the ``bench`` extra; built from source) makes its files in
+the run with its own quantizer (F16 from the shipped GGUF, then Q8_0, Q4_K_M and Q4_0 from that
+F16; `benchmarks._llamacpp`) in a scratch folder removed afterwards. Every file is scored on the
+same token ids: the first 2,049 tokens of austen/test.txt in windows of 256, each from an empty
+cache (as benchmarks/llm.py), as a ratio to the float Keras model's perplexity on them; ours
+also against the Keras model whose weights they carry (`REFERENCE`).
+
+Every bundle and llama.cpp file (but F16) is timed in a fresh process on 1 and 2 threads,
+interleaved, `REPEATS` times (medians): time to first token for a 128-token prompt, prefill
+tokens/s (128 / TTFT), decode tokens/s over 128 greedy tokens, and the peak RSS the runtime
+adds on top of the process's imports. Ours is matched with llama.cpp's file of the same
+precision (int8 with Q8_0, int4 with Q4_K_M) in the ``*_vs_*`` ratios, and ``<name>_size.png``
+plots perplexity ratio against file size. The machine may be shared: each timing records the
+load average it ran under, and the results the load over the whole run.
 
     python -m benchmarks.generate                  # writes results/generate.json
-    python -m benchmarks.generate --modes dynamic_int8 --skip-window
-    python -m benchmarks.generate --modes int4 --skip-window --name generate_int4 \
-        --merge benchmarks/results/generate.json  # int4 added to a run on this commit
-    python -m benchmarks.generate --quick          # a tiny random Llama, float16 only
+    python -m benchmarks.generate --modes dynamic_int8 --skip-window --repeats 1
+    python -m benchmarks.generate --quick          # a tiny random Llama, float16, no llama.cpp
 """
 
 from __future__ import annotations
 
 import argparse
 import gc
+import io
 import json
 import os
 import subprocess
@@ -31,15 +36,36 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks._common import bench_parser, merge_source, parse_args, scratch_dir, write_results
+from benchmarks._common import (
+    bench_parser,
+    merge_source,
+    parse_args,
+    results_dir,
+    scratch_dir,
+    write_results,
+)
+from benchmarks._llamacpp import (
+    FROM_F16,
+    LlamaCppRunner,
+    make_files,
+    medians,
+    peer_ratios,
+    require_llama_cpp,
+    source_type,
+)
+from benchmarks._readme import generate_table
 from benchmarks.llm import eval_sizes, gguf_path
+from tfcompress.errors import TfcompressError
+from tfcompress.export.llm import _write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 
-PROMPT, NEW, THREADS, CACHE, PREFILL = 128, 128, 2, 512, (32, 128)
+PROMPT, NEW, CACHE, PREFILL = 128, 128, 512, (32, 128)
+THREADS = 2  # perplexity through the bundles, the window path and LiteRT-LM's engine
+THREAD_COUNTS, REPEATS = ("1", "2"), 3  # every runtime is timed on each, interleaved
 GREEDY = 64
-# how every note this script writes starts (the last four are rewritten at each write)
-NOTES = ("int4:", "greedy ", "llama.cpp:", "LiteRT-LM:", "timing:", "not measured:")
+# how every note this script writes starts (the last two are rewritten at each write)
+NOTES = ("int4:", "greedy ", "LiteRT-LM:", "not measured:")
 QUICK_GREEDY = 8  # --quick: the Keras model generates eagerly, one full forward per token
 MODES = ("dynamic_int8", "float16", "int4")
 # the Keras model each export is judged against (`keras_ppl` keys): the one whose weights it
@@ -64,18 +90,12 @@ def _vm_hwm_mb() -> float:
 def measure(bundle: str, prompt_file: str, greedy: str | int = GREEDY,
             threads: str | int = THREADS) -> dict:
     """Run in a fresh process: TTFT, prefill/decode tokens/s, the first ``greedy`` ids, runtime
-    peak RSS (of llama.cpp when ``bundle`` is a ``.gguf``)."""
-    from tfcompress.export.llm_runner import LLMRunner
-
+    peak RSS, of our bundle or (a ``.gguf``) of llama.cpp driven the same way."""
     prompt = np.load(prompt_file)
-    if bundle.endswith(".gguf"):
-        import llama_cpp
-
-        return llamacpp_speed(llama_cpp, Path(bundle), prompt, int(threads))
     baseline = _vm_hwm_mb()
-    runner = LLMRunner(bundle, num_threads=int(threads))
+    runner = open_runner(Path(bundle), int(threads))
     stats = {}
-    for _ in range(2):  # the first round warms XNNPACK's weight packing up
+    for _ in range(2):  # the first round warms up (XNNPACK packs its weights)
         runner.reset()
         start = time.perf_counter()
         runner.prefill(prompt[:-1])
@@ -94,6 +114,15 @@ def measure(bundle: str, prompt_file: str, greedy: str | int = GREEDY,
     return {**stats, "baseline_mb": baseline, "peak_mb": peak, "runtime_mb": peak - baseline}
 
 
+def open_runner(path: Path, threads: int, logits_all: bool = False):
+    """`LLMRunner` on our bundle, or `LlamaCppRunner` on a ``.gguf`` (cache of `CACHE`)."""
+    if path.suffix == ".gguf":
+        return LlamaCppRunner(require_llama_cpp(), path, threads, CACHE, logits_all)
+    from tfcompress.export.llm_runner import LLMRunner
+
+    return LLMRunner(path, num_threads=threads)
+
+
 def _subprocess_measure(bundle: Path, prompt_file: Path, greedy: int = GREEDY,
                         threads: int = THREADS) -> dict:
     done = subprocess.run([sys.executable, "-m", "benchmarks.generate", "--measure",
@@ -104,13 +133,13 @@ def _subprocess_measure(bundle: Path, prompt_file: Path, greedy: int = GREEDY,
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def exported_perplexity(bundle: Path, ids: np.ndarray, window: int) -> float:
-    """Perplexity through the bundle's decode signature, windows of ``window`` from an empty
-    cache each (the protocol of `causal_lm_perplexity`)."""
-    from tfcompress.export.llm_runner import LLMRunner
+def exported_perplexity(bundle: Path, ids: np.ndarray, window: int,
+                        threads: int = THREADS) -> float:
+    """Perplexity through our bundle's decode signature or llama.cpp (a ``.gguf``), windows of
+    ``window`` from an empty cache each (the protocol of `causal_lm_perplexity`)."""
     from tfcompress.models import causal_lm_perplexity
 
-    runner = LLMRunner(bundle, num_threads=THREADS)
+    runner = open_runner(bundle, threads, logits_all=True)
     return causal_lm_perplexity(lambda x: runner.logits(x[0])[None], ids, window,
                                 verbose=True)["perplexity"]
 
@@ -205,82 +234,46 @@ def litertlm_engine(bundle: Path, prompt_text: str) -> dict:
         return {"error": f"{type(err).__name__}: {err}"}
 
 
-LLAMACPP_TYPES = ("Q8_0", "Q4_1")
+def interleaved_timings(targets: dict[str, Path], prompt_file: Path, greedy: int,
+                        repeats: int) -> dict[str, dict[str, list[dict]]]:
+    """``{runtime: {threads: [one measure per repeat]}}``: every runtime on every thread count
+    of `THREAD_COUNTS`, in turn, ``repeats`` rounds, so that all see about the same load."""
+    runs = {name: {t: [] for t in THREAD_COUNTS} for name in targets}
+    total, done = repeats * len(THREAD_COUNTS) * len(targets), 0
+    for _ in range(repeats):
+        for threads in THREAD_COUNTS:
+            for name, path in targets.items():
+                m = _subprocess_measure(path, prompt_file, greedy, int(threads))
+                runs[name][threads].append(m)
+                done += 1
+                print(f"== timing {done}/{total}: {name}, {threads} thread(s): decode "
+                      f"{m['decode_tps']:.1f} tok/s, prefill {m['prefill_tps']:.1f} tok/s "
+                      f"(load {m['load_avg']:.1f})", flush=True)
+    return runs
 
 
-def llamacpp_gguf(llama_cpp, source: Path, kind: str) -> Path:
-    """``source`` if its weights already are ``kind`` (``"Q8_0"``, ``"Q4_1"``), else a copy
-    quantized to ``kind`` by llama.cpp in the cache folder (made once)."""
-    from tfcompress.models.loaders.gguf import _field, _reader
-    from tfcompress.models.training import cache_dir
-
-    ftype = getattr(llama_cpp, f"LLAMA_FTYPE_MOSTLY_{kind}")
-    if _field(_reader(source), "general.file_type", None, required=False) == ftype:
-        return source
-    target = cache_dir() / f"{source.stem.rsplit('.', 1)[0]}.{kind}.gguf"
-    if not target.is_file():
-        import ctypes
-
-        target.parent.mkdir(parents=True, exist_ok=True)
-        params = llama_cpp.llama_model_quantize_default_params()
-        params.ftype, params.nthread = ftype, THREADS
-        params.allow_requantize = True  # the installed SmolLM2 GGUF is already Q4_1
-        tmp = target.with_suffix(".part")
-        if llama_cpp.llama_model_quantize(str(source).encode(), str(tmp).encode(),
-                                          ctypes.byref(params)):
-            raise RuntimeError(f"llama.cpp could not quantize {source} to {kind}")
-        tmp.replace(target)
-    return target
-
-
-def llamacpp_speed(llama_cpp, gguf: Path, prompt: np.ndarray, threads: int) -> dict:
-    """llama.cpp on ``gguf``, timed as `measure` times ours: TTFT of the prompt (one batch),
-    then greedy decoding of `NEW` tokens one at a time; the second of two rounds."""
-    llm = llama_cpp.Llama(str(gguf), n_ctx=CACHE, n_batch=CACHE, n_threads=threads,
-                          n_threads_batch=threads, verbose=False)
-
-    def argmax() -> int:
-        return int(np.argmax(np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(llm.ctx, -1),
-                                                   shape=(llm.n_vocab(),))))
-
-    stats = {}
-    for _ in range(2):
-        llm.reset()
+def llamacpp_files(gguf: Path, folder: Path, ids: np.ndarray, window: int, res: dict
+                   ) -> dict[str, Path]:
+    """llama.cpp's files of ``gguf`` made in ``folder``, each scored on ``ids`` into ``res``;
+    returns the ones to time (all but F16)."""
+    llama_cpp = require_llama_cpp()
+    start = time.perf_counter()
+    files = make_files(llama_cpp, gguf, folder)
+    res["seconds"]["llamacpp_quantize"] = time.perf_counter() - start
+    res["llamacpp"] = {"version": llama_cpp.__version__, "source": gguf.name,
+                       "source_type": source_type(gguf),
+                       "made_from": {"F16": gguf.name, **{k: "F16" for k in FROM_F16}}}
+    for kind, path in files.items():
+        name = f"llama.cpp {kind}"
+        res["file_mb"][name] = path.stat().st_size / 1e6
         start = time.perf_counter()
-        llm.eval(prompt.tolist())
-        token = argmax()
-        ttft = time.perf_counter() - start
-        ids = [token]
-        start = time.perf_counter()
-        for _ in range(NEW - 1):
-            llm.eval([token])
-            token = argmax()
-            ids.append(token)
-        decode_s = time.perf_counter() - start
-        stats = {"ttft_s": ttft, "prefill_tps": len(prompt) / ttft,
-                 "decode_tps": (NEW - 1) / decode_s, "greedy": ids[:GREEDY],
-                 "file_mb": gguf.stat().st_size / 1e6, "threads": threads,
-                 "load_avg": os.getloadavg()[0]}
-    llm.close()
-    return stats
-
-
-def llamacpp(gguf: Path, prompt_file: Path) -> dict:
-    """llama.cpp (llama-cpp-python) on the same GGUF at Q8_0 and Q4_1, `THREADS` threads;
-    Q8_0 also on one thread. Each in a fresh process, as ours: in this one, threads left by
-    TensorFlow and LiteRT-LM's engine compete with llama.cpp's spin-waiting OpenMP threads."""
-    try:
-        import llama_cpp
-    except ImportError:
-        return {"error": "llama-cpp-python is not installed: pip install .[bench] (it has no "
-                         "wheel: pip builds llama.cpp from source)"}
-    res = {}
-    for kind, threads in (("Q8_0", THREADS), ("Q4_1", THREADS), ("Q8_0", 1)):
-        path = llamacpp_gguf(llama_cpp, gguf, kind)
-        key = kind if threads == THREADS else f"{kind}_1thread"
-        res[key] = _subprocess_measure(path, prompt_file, threads=threads)
-    res["version"] = llama_cpp.__version__
-    return res
+        # one thread: llama.cpp's spin-waiting threads stall when other processes keep the
+        # cores busy (a window of 256 took 12 s on 2 threads, 5 s on 1, at load 7); not timed
+        res["ppl"][name] = exported_perplexity(path, ids, window, threads=1)
+        res["seconds"][f"ppl_{name}"] = time.perf_counter() - start
+        print(f"== {name}: {res['file_mb'][name]:.1f} MB, ppl {res['ppl'][name]:.3f}",
+              flush=True)
+    return {f"llama.cpp {k}": files[k] for k in FROM_F16}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -293,6 +286,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-window", action="store_true")
     parser.add_argument("--int4-grid", choices=sorted(INT4_GRIDS), default="litert",
                         help="GPTQ's grid for the int4 bundle (default: LiteRT's own)")
+    parser.add_argument("--repeats", type=int, default=REPEATS,
+                        help=f"interleaved timing rounds, medians reported (default {REPEATS})")
     parser.add_argument("--merge", help="results file (benchmarks/results/) of an earlier run on "
                         "this commit (other modes) to extend")
     parser.add_argument("--name", default="generate", help="results file name")
@@ -300,11 +295,16 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(parser, argv)
     args.modes = args.modes or (["float16"] if args.quick else list(MODES))
     args.skip_window = args.skip_window or args.quick
-    if args.quick:
-        args.out = str(scratch_dir("generate-quick-"))
+    if args.repeats < 1:
+        raise TfcompressError(f"--repeats must be 1 or more timing rounds, got {args.repeats}")
     if args.measure:
         print(json.dumps(measure(*args.measure)))
         return
+    if not args.quick:  # the tiny random GGUF has no llama.cpp form worth timing
+        require_llama_cpp()  # before any work
+    if args.quick:
+        args.out = str(scratch_dir("generate-quick-"))
+        args.repeats = 1
 
     from tfcompress.data import bundled_corpus
     from tfcompress.evaluate import keras_forward
@@ -326,9 +326,9 @@ def main(argv: list[str] | None = None) -> None:
     prompt_text = tokenizer.decode(prompt.tolist())
     prompt_file = out / "prompt.npy"
     np.save(prompt_file, prompt)
-    res: dict = {"decode_tps": {}, "prefill_tps": {}, "ttft_s": {}, "file_mb": {},
-                 "runtime_rss_mb": {}, "ppl": {}, "keras_ppl": {}, "ppl_ratio_vs_keras": {},
-                 "notes": [], "seconds": {}}
+    res: dict = {"file_mb": {}, "ppl": {}, "keras_ppl": {}, "ppl_ratio_vs_keras": {},
+                 "ppl_ratio_vs_float": {}, "runtime_rss_mb": {}, "timing": {}, "notes": [],
+                 "seconds": {}}
     if args.merge:
         res = merge_source(args.merge, args)
         res["notes"] = [n for n in res["notes"] if n.startswith(NOTES)]  # only what code wrote
@@ -338,6 +338,7 @@ def main(argv: list[str] | None = None) -> None:
     if "float" not in res["keras_ppl"]:
         res["keras_ppl"]["float"] = keras_perplexity(model, eval_ids, window)
     quantized = None
+    targets = {}
     for mode in args.modes:
         source = model
         if mode == "int4":
@@ -348,9 +349,10 @@ def main(argv: list[str] | None = None) -> None:
             res["keras_ppl"][reference] = keras_perplexity(quantized, eval_ids, window)
             source = quantized
         if mode == "dynamic_int8" and REFERENCE[mode] not in res["keras_ppl"]:
-            res["keras_ppl"][REFERENCE[mode]] = keras_perplexity(rtn_int8_model(model), eval_ids)
+            res["keras_ppl"][REFERENCE[mode]] = keras_perplexity(rtn_int8_model(model), eval_ids,
+                                                                 window)
         start = time.perf_counter()
-        bundle = out / mode
+        bundle = targets[mode] = out / mode
         # export_llm's own check (on text) as users get it; perplexity is measured below too
         result = export_llm(source, bundle, prefill_lengths=PREFILL, cache_length=CACHE,
                             mode=mode, tokenizer=gguf)
@@ -364,43 +366,42 @@ def main(argv: list[str] | None = None) -> None:
                 f"onto LiteRT's blockwise int4; embedding {result.int4['embedding']}; the head "
                 "int8 per channel; activations quantized on the fly by the runtime")
         gc.collect()
-        m = _subprocess_measure(bundle, prompt_file, greedy)
-        res["decode_tps"][mode], res["prefill_tps"][mode] = m["decode_tps"], m["prefill_tps"]
-        res["ttft_s"][mode], res["runtime_rss_mb"][mode] = m["ttft_s"], m["runtime_mb"]
-        res.setdefault("measured", {})[mode] = {k: v for k, v in m.items() if k != "greedy"}
         res["file_mb"][mode] = result.bytes / 1e6
-        res[f"greedy_{mode}"] = m["greedy"]
         start = time.perf_counter()
         res["ppl"][mode] = exported_perplexity(bundle, eval_ids, window)
         res["seconds"][f"ppl_{mode}"] = time.perf_counter() - start
         ref = res["keras_ppl"][reference if mode == "int4" else REFERENCE[mode]]
         res["ppl_ratio_vs_keras"][mode] = res["ppl"][mode] / ref
-        res.setdefault("ppl_ratio_vs_float", {})[mode] = res["ppl"][mode] / res["keras_ppl"][
-            "float"]
-        print(f"== {mode}: {json.dumps({k: v for k, v in m.items() if k != 'greedy'})}, "
-              f"ppl {res['ppl'][mode]:.3f} (Keras {ref:.3f})", flush=True)
-        if mode == "dynamic_int8":  # one thread too: llama.cpp's Q8_0 is also timed on one
-            one = _subprocess_measure(bundle, prompt_file, threads=1)
-            res["measured"]["dynamic_int8_1thread"] = {k: v for k, v in one.items()
-                                                       if k != "greedy"}
+        print(f"== {mode}: {res['file_mb'][mode]:.1f} MB, ppl {res['ppl'][mode]:.3f} (Keras "
+              f"{ref:.3f})", flush=True)
+        if mode == "dynamic_int8":
             res["litertlm"] = litertlm_engine(bundle, prompt_text)
             print(f"== LiteRT-LM engine: {res['litertlm']}", flush=True)
-            # the peers right after ours, so that all see about the same machine load
-            if not args.quick:  # the tiny random GGUF has no llama.cpp form worth timing
-                res["llamacpp"] = llamacpp(gguf, prompt_file)
             if not args.skip_window:
                 res["window"] = window_path(model, out)
         _write(res, args)
 
+    if not args.quick:
+        targets |= llamacpp_files(gguf, scratch_dir("generate-llamacpp-"), eval_ids, window,
+                                  res)
+    start = time.perf_counter()
+    for name, by_threads in interleaved_timings(targets, prompt_file, greedy,
+                                                args.repeats).items():
+        res["timing"][name] = {t: medians(runs) for t, runs in by_threads.items()}
+        first = by_threads[str(THREADS)][0]  # its ids and memory (they do not vary)
+        res[f"greedy_{name}"], res["runtime_rss_mb"][name] = first["greedy"], first["runtime_mb"]
+    res["seconds"]["timing"] = time.perf_counter() - start
+
     res["notes"] = [n for n in res["notes"] if not n.startswith("greedy ")]  # a merged run's
-    for mode in ("float16", "dynamic_int8"):
-        ours = res.get(f"greedy_{mode}")
-        if ours is not None:
-            same = next((i for i, (a, b) in enumerate(zip(ours, keras_greedy, strict=False))
-                         if a != b), greedy)
-            res[f"greedy_same_prefix_{mode}"] = same
-            res["notes"].append(f"greedy {mode} export vs Keras float32 (prompt of {PROMPT}): "
-                                f"first {same} of {greedy} tokens identical")
+    for name in res["timing"]:
+        ours = res.get(f"greedy_{name}")
+        if name == "int4" or ours is None:  # int4 is compared with its own GPTQ model below
+            continue
+        same = next((i for i, (a, b) in enumerate(zip(ours, keras_greedy, strict=False))
+                     if a != b), greedy)
+        res[f"greedy_same_prefix_{name}"] = same
+        res["notes"].append(f"greedy {name} vs Keras float32 (prompt of {PROMPT}): "
+                            f"first {same} of {greedy} tokens identical")
     if quantized is not None and "greedy_int4" in res:  # the int4 bundle vs its own Keras model
         ours = res["greedy_int4"]
         theirs = generate(keras_forward(cache_decoded(quantized)), prompt, greedy)[:greedy]
@@ -421,70 +422,75 @@ def main(argv: list[str] | None = None) -> None:
     _write(res, args)
 
 
-def _fmt(x, digits: int = 1) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
+def quality_size_points(res: dict) -> dict[str, list[tuple[str, float, float]]]:
+    """``{"ours": [(label, file MB, ppl ratio to float)], "llama.cpp": [...]}``: every
+    runtime with both figures.
+
+    >>> quality_size_points({"file_mb": {"int4": 90.0, "llama.cpp Q4_0": 92.0},
+    ...                      "ppl_ratio_vs_float": {"int4": 1.1, "llama.cpp Q4_0": 1.2}})
+    {'ours': [('int4', 90.0, 1.1)], 'llama.cpp': [('Q4_0', 92.0, 1.2)]}
+    """
+    points: dict = {"ours": [], "llama.cpp": []}
+    for name, mb in res["file_mb"].items():
+        if name in res["ppl_ratio_vs_float"]:
+            runtime, _, label = name.rpartition(" ")
+            points[runtime or "ours"].append((label, mb, res["ppl_ratio_vs_float"][name]))
+    return points
 
 
-def _ratio(a, b):
-    return None if a is None or b is None else a / b
+def plot_quality_size(res: dict, path: Path) -> None:
+    """Perplexity ratio to the float model against file MB, a marker per runtime."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.2))
+    for (runtime, points), marker in zip(quality_size_points(res).items(), "os", strict=True):
+        if points:
+            labels, mb, ratio = zip(*points, strict=True)
+            ax.scatter(mb, ratio, marker=marker, s=50, label=runtime)
+            for label, x, y in points:
+                ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+    ax.set_xlabel("file MB")
+    ax.set_ylabel("perplexity / float Keras model's (same tokens)")
+    ax.set_title("SmolLM2-135M: quality against size")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    png = io.BytesIO()
+    fig.savefig(png, dpi=110, format="png")
+    plt.close(fig)
+    _write_atomic(path, png.getvalue())  # never a half-written plot
 
 
 def _write(res: dict, args) -> None:
-    dec, pre, size = res["decode_tps"], res["prefill_tps"], res["file_mb"]
-    lrt, lcpp = res.get("litertlm", {}), res.get("llamacpp", {})
-    res["int8_decode_vs_window"] = _ratio(dec.get("dynamic_int8"),
-                                          res.get("window", {}).get("decode_tps"))
-    res["int4_size_vs_int8"] = _ratio(size.get("int4"), size.get("dynamic_int8"))
-    res["peak_rss_vs_file"] = max((res["runtime_rss_mb"][m] / size[m] for m in size),
-                                  default=None)
-    q8 = lcpp.get("Q8_0", {})
-    res["int8_decode_vs_llamacpp_q8"] = _ratio(dec.get("dynamic_int8"), q8.get("decode_tps"))
-    one = res.get("measured", {}).get("dynamic_int8_1thread", {})
-    res["int8_decode_vs_llamacpp_q8_1thread"] = _ratio(
-        one.get("decode_tps"), lcpp.get("Q8_0_1thread", {}).get("decode_tps"))
-    res["int8_prefill_vs_llamacpp_q8"] = _ratio(pre.get("dynamic_int8"), q8.get("prefill_tps"))
-    res["litertlm_greedy_match"] = lrt.get("greedy_match")
+    res["ppl_ratio_vs_float"] = {name: ppl / res["keras_ppl"]["float"]
+                                 for name, ppl in res["ppl"].items()}
+    res.update(peer_ratios(res, res["keras_ppl"]["float"]))
+    window = res.get("window", {}).get("decode_tps")
+    ours = res["timing"].get("dynamic_int8", {}).get(str(THREADS), {}).get("decode_tps")
+    res["int8_decode_vs_window"] = None if None in (ours, window) else ours / window
+    size = res["file_mb"]
+    res["int4_size_vs_int8"] = (size["int4"] / size["dynamic_int8"]
+                                if {"int4", "dynamic_int8"} <= set(size) else None)
+    res["peak_rss_vs_file"] = max((res["runtime_rss_mb"][m] / size[m]
+                                   for m in res["runtime_rss_mb"]), default=None)
+    res["litertlm_greedy_match"] = res.get("litertlm", {}).get("greedy_match")
     res.setdefault("greedy_match_keras", None)
-    auto = NOTES[2:]
-    notes = [n for n in res["notes"] if not n.startswith(auto)]
-    loads = [r["load_avg"] for r in [*res.get("measured", {}).values(),
-                                      *(v for v in lcpp.values() if isinstance(v, dict))]]
-    if loads:
-        notes.append(f"timing: 1-minute load average {min(loads):.1f}-{max(loads):.1f} on "
-                     f"{os.cpu_count()} cores while timing")
-    if "error" in lcpp:
-        notes.append(f"llama.cpp: {lcpp['error']}")
-    if "error" in lrt:
-        notes.append(f"LiteRT-LM: {lrt['error']}")
-    missing = [m for m in MODES if m not in dec]
+    loads = [x for by in res["timing"].values() for m in by.values() for x in m["load_avg"]]
+    res["timing_load_avg"] = [min(loads), max(loads)] if loads else None
+    notes = [n for n in res["notes"] if not n.startswith(NOTES[2:])]
+    if "error" in res.get("litertlm", {}):
+        notes.append(f"LiteRT-LM: {res['litertlm']['error']}")
+    missing = [m for m in MODES if m not in size]
     if missing or "window" not in res:
         notes.append(f"not measured: modes {missing}{'' if 'window' in res else ', window path'}")
     res["notes"] = notes
-    lines = ["| runtime | file MB | prefill tok/s | TTFT s | decode tok/s | runtime RSS MB | "
-             "ppl | ppl / Keras |", "|---|---|---|---|---|---|---|---|"]
-    for mode in dec:
-        lines.append(f"| ours {mode} | {size[mode]:.1f} | {pre[mode]:.1f} | "
-                     f"{res['ttft_s'][mode]:.3f} | {dec[mode]:.1f} | "
-                     f"{res['runtime_rss_mb'][mode]:.0f} | {res['ppl'].get(mode, 0):.3f} | "
-                     f"{res['ppl_ratio_vs_keras'].get(mode, 0):.4f} |")
-    if one:
-        lines.append(f"| ours dynamic_int8 (1 thread) | - | {one['prefill_tps']:.1f} | "
-                     f"{one['ttft_s']:.3f} | {one['decode_tps']:.1f} | - | - | - |")
-    if "window" in res:
-        lines.append(f"| window path dynamic_int8 ({res['window']['window']} tokens) | - | - | - "
-                     f"| {res['window']['decode_tps']:.1f} | - | - | - |")
-    rows = [("LiteRT-LM engine (our .litertlm)", lrt)]
-    rows += [(f"llama.cpp {kind} ({lcpp[kind]['threads']} thread"
-              f"{'s' if lcpp[kind]['threads'] > 1 else ''})", lcpp[kind])
-             for kind in (*LLAMACPP_TYPES, "Q8_0_1thread") if kind in lcpp]
-    if "error" in lcpp:
-        rows.append(("llama.cpp", lcpp))
-    for name, r in rows:
-        if r:
-            lines.append(f"| {name} | {_fmt(r.get('file_mb'))} | {_fmt(r.get('prefill_tps'))} | "
-                         f"{_fmt(r.get('ttft_s'), 3)} | {_fmt(r.get('decode_tps'))} | - | - | - |"
-                         + (f" {r['error']}" if "error" in r else ""))
-    write_results(args.name, "\n".join(lines), res, args)
+    plot = results_dir(args.quick) / f"{args.name}_size.png"
+    results_dir(args.quick).mkdir(parents=True, exist_ok=True)
+    plot_quality_size(res, plot)
+    write_results(args.name, generate_table(res), res, args)
 
 
 if __name__ == "__main__":

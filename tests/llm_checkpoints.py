@@ -201,11 +201,14 @@ def gemma_sentencepiece(text: str, vocab_size: int = 300) -> bytes:
     return model.getvalue()
 
 
-def write_tiny_gguf(path: str | Path, text: str, layers: int = 4, vocab_size: int = 300) -> Path:
-    """A random ``layers``-block Llama GGUF whose tokenizer is a BPE trained on ``text``."""
+def write_tiny_gguf(path: str | Path, text: str, layers: int = 4, vocab_size: int = 300,
+                    pre: str = "gpt2") -> Path:
+    """A random ``layers``-block Llama GGUF whose tokenizer is a BPE trained on ``text``
+    (``pre``: its ``tokenizer.ggml.pre``; llama.cpp loads ``"default"``, not ``"gpt2"``)."""
     from tfcompress.data import BPETokenizer
 
     fields = gguf_tokenizer_fields(BPETokenizer.train([text], vocab_size=vocab_size))
+    fields = (*fields[:3], pre)
     c = dict(CFG, vocab=len(fields[0]), layers=layers, d=64, ff=96)
     return write_gguf(Path(path), random_llama(c), c, tokenizer=fields)
 
