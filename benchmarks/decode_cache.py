@@ -1,6 +1,7 @@
 """Decode speed against the exported cache length: SmolLM2-135M dynamic_int8 bundles with a
 256- and a 4,096-token cache, the long one with and without cache-length buckets
-(`export_llm(..., cache_buckets=...)`), measured 128 tokens in.
+(`export_llm(..., cache_buckets=...)`) and with a float32 or float16 cache
+(``kv_cache_dtype``), measured 128 tokens in.
 
 Every bundle is exported with ``prefill_lengths=(128,)`` and verified on text (export_llm's
 defaults). Each repetition measures every bundle on 1 and 2 threads in turn (interleaved, one
@@ -26,12 +27,15 @@ from benchmarks._common import bench_parser, parse_args, scratch_dir, write_resu
 from benchmarks.llm import gguf_path
 
 PROMPT, NEW, REPEATS, THREADS = 128, 64, 5, (1, 2)
-# name: (cache_length, cache_buckets); the short cache is the peer
-BUNDLES = {"cache_256": (256, None), "cache_4096": (4096, None),
-           "cache_4096_buckets": (4096, "auto")}
+# name: (cache_length, cache_buckets, kv_cache_dtype); the first (short cache) is the peer
+BUNDLES = {"cache_256": (256, None, "float32"), "cache_4096": (4096, None, "float32"),
+           "cache_4096_buckets": (4096, "auto", "float32"),
+           "cache_4096_buckets_f16": (4096, "auto", "float16")}
 # --quick: float32 (dynamic_int8 of random weights misses export_llm's verification)
 QUICK = dict(prompt=16, new=8, repeats=2, mode="float32", bundles={
-    "cache_32": (32, None), "cache_128": (128, None), "cache_128_buckets": (128, (32, 64))})
+    "cache_32": (32, None, "float32"), "cache_128": (128, None, "float32"),
+    "cache_128_buckets": (128, (32, 64), "float32"),
+    "cache_128_buckets_f16": (128, (32, 64), "float16")})
 
 
 def export_bundles(model, gguf: Path, bundles: dict, prompt: int, mode: str,
@@ -40,12 +44,14 @@ def export_bundles(model, gguf: Path, bundles: dict, prompt: int, mode: str,
     from tfcompress.export import export_llm
 
     rows = {}
-    for name, (cache, buckets) in bundles.items():
+    for name, (cache, buckets, kv_dtype) in bundles.items():
         print(f"decode_cache: exporting {name}", flush=True)
         start = time.perf_counter()
         result = export_llm(model, out / name, prefill_lengths=(prompt,), cache_length=cache,
-                            cache_buckets=buckets, mode=mode, tokenizer=gguf)
-        rows[name] = {"cache_length": cache, "file_mb": result.bytes / 1e6,
+                            cache_buckets=buckets, kv_cache_dtype=kv_dtype, mode=mode,
+                            tokenizer=gguf)
+        rows[name] = {"cache_length": cache, "kv_cache_dtype": kv_dtype,
+                      "file_mb": result.bytes / 1e6,
                       "signatures": len(result.signatures),
                       "export_s": time.perf_counter() - start,
                       "agreement": result.agreement, "perplexity": result.perplexity,
@@ -107,28 +113,32 @@ def main(argv: list[str] | None = None) -> None:
     res = {"rows": rows, **measure(names, out, prompt, size["new"], size["repeats"]),
            "mode": size["mode"], "prompt_tokens": int(prompt.size), "decode_steps": size["new"],
            "repeats": size["repeats"], "threads": list(THREADS), "cpu_count": os.cpu_count()}
-    short, long_, bucketed = names
+    short, long_, bucketed, half = names
     for t in THREADS:
         suffix = "" if t == THREADS[-1] else f"_{t}t"
         res[f"decode_4096_vs_256{suffix}"] = (res["decode_tps"][f"{bucketed}_{t}t"]
                                               / res["decode_tps"][f"{short}_{t}t"])
         res[f"decode_4096_unbucketed_vs_256{suffix}"] = (res["decode_tps"][f"{long_}_{t}t"]
                                                          / res["decode_tps"][f"{short}_{t}t"])
+        res[f"decode_4096_f16_vs_256{suffix}"] = (res["decode_tps"][f"{half}_{t}t"]
+                                                  / res["decode_tps"][f"{short}_{t}t"])
         res[f"prefill_4096_vs_256{suffix}"] = (res["prefill_tps"][f"{bucketed}_{t}t"]
                                                / res["prefill_tps"][f"{short}_{t}t"])
-    lines = ["| bundle | cache | signatures | file MB | export s | ppl (Keras) | decode tok/s "
-             "1t / 2t | prefill tok/s 1t / 2t |", "|---|---|---|---|---|---|---|---|"]
+    lines = ["| bundle | cache | KV | signatures | file MB | export s | ppl (Keras) | decode tok/s "
+             "1t / 2t | prefill tok/s 1t / 2t |", "|---|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():
         tps = [res["decode_tps"][f"{name}_{t}t"] for t in THREADS]
         pre = [res["prefill_tps"][f"{name}_{t}t"] for t in THREADS]
         ppl = "-" if row["perplexity"] is None else (f"{row['perplexity']:.2f} "
                                                      f"({row['keras_perplexity']:.2f})")
-        lines.append(f"| {name} | {row['cache_length']} | {row['signatures']} | "
+        lines.append(f"| {name} | {row['cache_length']} | {row['kv_cache_dtype']} | "
+                     f"{row['signatures']} | "
                      f"{row['file_mb']:.1f} | {row['export_s']:.0f} | {ppl} | "
                      f"{tps[0]:.1f} / {tps[1]:.1f} | {pre[0]:.0f} / {pre[1]:.0f} |")
     lines.append(f"\ndecode_4096_vs_256 (bucketed, 2 threads): {res['decode_4096_vs_256']:.2f} "
                  f"(1 thread {res['decode_4096_vs_256_1t']:.2f}; without buckets "
-                 f"{res['decode_4096_unbucketed_vs_256']:.2f}); prefill "
+                 f"{res['decode_4096_unbucketed_vs_256']:.2f}; bucketed with a float16 cache "
+                 f"{res['decode_4096_f16_vs_256']:.2f}); prefill "
                  f"{res['prefill_4096_vs_256']:.2f}. Medians of {size['repeats']} interleaved "
                  f"repetitions, {size['new']} decode steps after {prompt.size} prompt tokens; "
                  f"greedy ids equal to {short}'s: {res['greedy_equal_to_' + short]}")

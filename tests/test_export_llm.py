@@ -166,6 +166,26 @@ def test_runner_moves_to_the_next_bucket_as_the_cache_fills(exported):
     np.testing.assert_allclose(runner.logits(prompt[:3]), full.logits(prompt[:3]), atol=1e-5)
 
 
+def test_float16_cache_holds_rounded_keys_and_values(tmp_path):
+    model = tiny_llama()
+    result = export_llm(model, tmp_path, prefill_lengths=(4, 8), cache_length=CACHE,
+                        cache_buckets=BUCKETS, kv_cache_dtype="float16", mode="float32",
+                        verbose=False)  # verified (random ids) with float16's tolerance
+    assert result.agreement == 1.0 and 1e-5 < result.relative_error < 0.02
+    runner, full = LLMRunner(tmp_path), LLMRunner(tmp_path, buckets=False)
+    for signature in ("decode", "decode_16", "cache32_prefill_8"):
+        tensors = runner.interpreter.get_input_tensor_details(signature)
+        assert tensors["kv_cache_v_1"]["dtype"] == "float16"
+    ids = np.asarray(PROMPT * 3)  # 33 tokens: every bucket
+    expected = keras_logits(model)(ids[None])[0]
+    got = runner.logits(ids)
+    assert runner.bucket == CACHE
+    np.testing.assert_allclose(got, full.logits(ids), atol=1e-5)
+    error = np.abs(got - expected).max()
+    assert 1e-5 < error < 0.05 * np.abs(expected).max()  # rounded, not float32-exact
+    assert list(runner.generate_ids(PROMPT, 40)) == list(full.generate_ids(PROMPT, 40))
+
+
 def test_auto_buckets_are_powers_of_two_from_256_below_the_cache():
     from tfcompress.export.llm import _check_buckets
 
@@ -212,6 +232,8 @@ def test_streamed_text_is_the_decoded_tokens(exported):
      r"cache_length\), got \(16, 64\)"),
     (dict(prefill_lengths=(8,), cache_buckets=(16, 16)), r"distinct .* got \(16, 16\)"),
     (dict(prefill_lengths=(8,), cache_buckets=(0.5,)), r"cache_buckets must be .* got \(0.5,\)"),
+    (dict(prefill_lengths=(8,), kv_cache_dtype="bfloat16"),
+     r"kv_cache_dtype must be one of \['float32', 'float16'\], got 'bfloat16'"),
     (dict(prefill_lengths=(8,), cache_buckets="all"),
      r"cache_buckets must be 'auto', None or cache lengths below cache_length \(64\), got "
      "'all'"),

@@ -49,6 +49,7 @@ MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE = "model.tflite", "tokenizer.json", "llm
 # cache_buckets="auto": powers of two from this length up to below cache_length (shorter
 # caches cost little to attend over in full)
 MIN_AUTO_BUCKET = 256
+KV_CACHE_DTYPES = ("float32", "float16")
 # tokens of text the bundle is verified on (one decode step each: ~2 s for SmolLM2 int8)
 VERIFY_TOKENS = 128
 
@@ -203,7 +204,7 @@ False), 'decode_16': (1, 16, True)}
 
 
 def _save_cached_lm(dec: Decoder, plan: dict[str, tuple[int, int, bool]],
-                    directory: str) -> None:
+                    directory: str, kv_cache_dtype: str = "float32") -> None:
     """Write a SavedModel whose signatures (`signature_plan`) are the cached forward passes
     over ``dec``'s weights (held as variables, so every signature shares them).
     ``dec.weights`` is emptied as the variables are made and nothing stays alive after the
@@ -227,7 +228,7 @@ def _save_cached_lm(dec: Decoder, plan: dict[str, tuple[int, int, bool]],
         cache_spec = (1, dec.n_kv_heads, cache_length, dec.head_dim)
         specs = [tf.TensorSpec((1, n), tf.int32, "tokens"),
                  tf.TensorSpec((n,), tf.int32, "input_pos"),
-                 *(tf.TensorSpec(cache_spec, tf.float32, name) for name in names)]
+                 *(tf.TensorSpec(cache_spec, kv_cache_dtype, name) for name in names)]
 
         def fn(tokens, input_pos, *caches):
             out, ks, vs = cached_forward(dec, weights, tokens, input_pos, list(caches[0::2]),
@@ -244,8 +245,8 @@ def _save_cached_lm(dec: Decoder, plan: dict[str, tuple[int, int, bool]],
     tf.saved_model.save(module, directory, signatures=signatures)
 
 
-def _convert(dec: Decoder, plan: dict[str, tuple[int, int, bool]],
-             mode: str) -> tuple[bytes, dict | None]:
+def _convert(dec: Decoder, plan: dict[str, tuple[int, int, bool]], mode: str,
+             kv_cache_dtype: str = "float32") -> tuple[bytes, dict | None]:
     """The flatbuffer, and for ``int4`` the report of `quantize_int4`."""
     import tensorflow as tf
 
@@ -256,7 +257,7 @@ def _convert(dec: Decoder, plan: dict[str, tuple[int, int, bool]],
     linear = [name[:-2] for name in dec.weights if name.endswith(".w")]
     tied = "head.w" not in dec.weights  # read before _save_cached_lm empties dec.weights
     with tempfile.TemporaryDirectory() as tmp:
-        _save_cached_lm(dec, plan, tmp)
+        _save_cached_lm(dec, plan, tmp, kv_cache_dtype)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(plan))
         spec_mode.configure(converter, None, False)
         flatbuffer = converter.convert()
@@ -293,6 +294,7 @@ def export_llm(
     prefill_lengths=(32, 128, 512),
     cache_length: int = 1024,
     cache_buckets="auto",
+    kv_cache_dtype: str = "float32",
     mode: str = "dynamic_int8",
     tokenizer=None,
     special_tokens: dict | None = None,
@@ -320,6 +322,9 @@ def export_llm(
     prefill signatures over the cache's first positions (see the module docstring), so a
     step costs what the tokens in the cache need, not its capacity; ``"auto"`` (powers of two
     from 256 below ``cache_length``), or None / ``()`` for none.
+    ``kv_cache_dtype``: ``float32`` or ``float16`` (keys/values stored rounded to 16 bits,
+    attended in float32: half the cache's bytes; verified with at least the ``float16``
+    mode's tolerances).
     ``tokenizer``: a tfcompress tokenizer, a ``tokenizer.json`` path or a ``.gguf`` file (its
     BPE tokenizer, its EOS id, and its BOS id if the GGUF adds one). ``special_tokens`` (e.g.
     ``{"bos": 1, "eos": 2}``) overrides those ids: ``bos`` starts every text prompt
@@ -344,6 +349,9 @@ def export_llm(
         raise TfcompressError(f"mode must be one of {list(LLM_MODES)}, got {mode!r}")
     lengths = _check_lengths(prefill_lengths, cache_length)
     buckets = bucket_signature_names(lengths, _check_buckets(cache_buckets, cache_length))
+    if kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise TfcompressError(f"kv_cache_dtype must be one of {list(KV_CACHE_DTYPES)}, got "
+                              f"{kv_cache_dtype!r}")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise TfcompressError(f"path must be a folder for the bundle, got the file {str(path)!r}")
@@ -368,7 +376,7 @@ def export_llm(
         print(f"export_llm: {dec.kind} model, {dec.n_layers} layers -> {mode}, signatures "
               f"{[*names, 'decode']}, cache {cache_length}"
               + (f", buckets {list(buckets)} ({len(plan)} signatures)" if buckets else ""))
-    flatbuffer, int4 = _convert(dec, plan, mode)
+    flatbuffer, int4 = _convert(dec, plan, mode, kv_cache_dtype)
     path.mkdir(parents=True, exist_ok=True)
     tflite = path / MODEL_FILE
     _write_atomic(tflite, flatbuffer)
@@ -386,6 +394,7 @@ def export_llm(
         "outputs": {"prefill": ["kv_cache_k_{i}", "kv_cache_v_{i}"],
                     "decode": ["logits", "kv_cache_k_{i}", "kv_cache_v_{i}"]},
         "kv_cache_shape": [1, dec.n_kv_heads, int(cache_length), dec.head_dim],
+        "kv_cache_dtype": kv_cache_dtype,
         "special_tokens": {k: int(v) for k, v in special.items()},
         "stop_ids": [int(special["eos"])] if "eos" in special else [],
     }
@@ -500,9 +509,12 @@ def _verify(model, path: Path, dec: Decoder, mode, result: LLMExportResult, text
     full-length signatures (what LiteRT-LM runs) and, in a bundle with buckets, through
     them too (what `LLMRunner` runs; its figures are the result's)."""
     from tfcompress.export.llm_runner import LLMRunner
+    from tfcompress.export.modes import MODES
     from tfcompress.export.tflite import agreement_stats
 
     runners = [LLMRunner(path, buckets=False)]
+    if runners[0].config.get("kv_cache_dtype") == "float16":  # keys/values rounded to 16 bits
+        mode = max(mode, MODES["float16"], key=lambda m: m.max_rel_error)
     if runners[0].config["signatures"].get("buckets"):
         runners.append(LLMRunner(path))
     ids, result.verified_on = verification_ids(runners[0], text, dec.vocab_size,

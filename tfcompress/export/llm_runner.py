@@ -67,6 +67,7 @@ class LLMRunner:
                                    {n: name for name, n in names["prefill"].items()})
         self._plans = dict(sorted(self._plans.items()))
         self._names = cache_names(int(self.config["architecture"]["n_layers"]))
+        self._dtype = np.dtype(self.config.get("kv_cache_dtype", "float32"))
         # One buffer per cache and bucket, bound as input and output of every signature of
         # that bucket: the runtime writes the new keys/values into it in place
         # (DYNAMIC_UPDATE_SLICE), so no step copies the cache (SmolLM2 at 1,024 positions:
@@ -97,7 +98,7 @@ class LLMRunner:
     def reset(self) -> None:
         """Empty the KV cache (back to the smallest bucket)."""
         self.bucket = next(iter(self._plans))
-        zeros = np.zeros(self._shape(self.bucket), np.float32)
+        zeros = np.zeros(self._shape(self.bucket), self._dtype)
         for buffer in self._bucket_caches(self.bucket).values():
             buffer.write(zeros)
         self.position = 0
@@ -105,10 +106,10 @@ class LLMRunner:
     def _grow(self, bucket: int) -> None:
         """Move the cache into the longer ``bucket``: its filled positions copied, once."""
         old, shape = self._caches[self.bucket], self._shape(self.bucket)
-        grown = np.zeros(self._shape(bucket), np.float32)
+        grown = np.zeros(self._shape(bucket), self._dtype)
         for name, buffer in self._bucket_caches(bucket).items():
             grown[:, :, :self.bucket] = old[name].read(int(np.prod(shape)),
-                                                       np.float32).reshape(shape)
+                                                       self._dtype).reshape(shape)
             buffer.write(grown)
         self.bucket = bucket
 
