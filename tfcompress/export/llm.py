@@ -293,7 +293,7 @@ def export_llm(
     *,
     prefill_lengths=(32, 128, 512),
     cache_length: int = 1024,
-    cache_buckets="auto",
+    cache_buckets=None,
     kv_cache_dtype: str = "float32",
     mode: str = "dynamic_int8",
     tokenizer=None,
@@ -321,7 +321,9 @@ def export_llm(
     ``cache_buckets``: cache lengths below ``cache_length`` that get their own decode and
     prefill signatures over the cache's first positions (see the module docstring), so a
     step costs what the tokens in the cache need, not its capacity; ``"auto"`` (powers of two
-    from 256 below ``cache_length``), or None / ``()`` for none.
+    from 256 below ``cache_length``), or None / ``()`` for none (the default: each bucket adds
+    signatures, and conversion time and memory grow with their number; SmolLM2 with 10
+    signatures needed over 10 GB).
     ``kv_cache_dtype``: ``float32`` or ``float16`` (keys/values stored rounded to 16 bits,
     attended in float32: half the cache's bytes; verified with at least the ``float16``
     mode's tolerances).
