@@ -17,6 +17,7 @@ pytest.importorskip("ai_edge_litert")
 PROMPT = [1, 5, 9, 3, 7, 2, 8, 11, 4, 6, 10]
 CACHE = 80
 EOS = 269  # the llama bundle's end-of-sequence id
+BUCKETS = (16, 32)  # the llama bundle's cache-length buckets
 
 
 def spread(model, scale: float = 0.3):
@@ -72,8 +73,9 @@ def exported(request, tmp_path_factory):
     make, lengths = MODELS[request.param]
     model = make()
     folder = tmp_path_factory.mktemp(request.param)
-    # the llama bundle also carries a tokenizer and an end-of-sequence id
-    extra = dict(tokenizer=bpe(), special_tokens={"eos": EOS}) if request.param == "llama" else {}
+    # the llama bundle also carries a tokenizer, an end-of-sequence id and cache buckets
+    extra = dict(tokenizer=bpe(), special_tokens={"eos": EOS}, cache_buckets=BUCKETS) if (
+        request.param == "llama") else {}
     result = export_llm(model, folder, prefill_lengths=lengths, cache_length=CACHE,
                         mode="float32", verbose=False, **extra)
     return model, folder, result, lengths
@@ -97,8 +99,13 @@ def test_signatures_follow_litert_torch_naming(exported):
     n_layers = config["architecture"]["n_layers"]
     caches = {f"kv_cache_{kv}_{i}" for i in range(n_layers) for kv in "kv"}
     prefill = ["prefill"] if len(lengths) == 1 else [f"prefill_{n}" for n in lengths]
+    buckets = BUCKETS if config["signatures"]["buckets"] else ()
+    extra = [f"decode_{b}" for b in buckets] + [f"cache{b}_prefill_{n}" for b in buckets
+                                                 for n in lengths]
     signatures = runner.interpreter.get_signature_list()
-    assert sorted(signatures) == sorted([*prefill, "decode"])
+    assert sorted(signatures) == sorted([*prefill, "decode", *extra])
+    # LiteRT-LM takes every signature starting with "prefill" for a full-cache prefill
+    assert [s for s in signatures if s.startswith("prefill")] == prefill
     assert set(signatures["decode"]["inputs"]) == {"tokens", "input_pos", *caches}
     assert set(signatures["decode"]["outputs"]) == {"logits", *caches}
     assert set(signatures[prefill[-1]]["outputs"]) == caches
@@ -106,6 +113,88 @@ def test_signatures_follow_litert_torch_naming(exported):
     assert list(decode["kv_cache_k_0"]["shape"]) == config["kv_cache_shape"]
     assert config["kv_cache_shape"][0] == 1 and config["kv_cache_shape"][2] == CACHE
     assert list(decode["tokens"]["shape"]) == [1, 1]
+    for b in buckets:
+        shape = runner.interpreter.get_input_tensor_details(f"decode_{b}")["kv_cache_v_1"]
+        assert list(shape["shape"]) == [*config["kv_cache_shape"][:2], b,
+                                        config["kv_cache_shape"][3]]
+        assert set(signatures[f"decode_{b}"]["outputs"]) == {"logits", *caches}
+
+
+def constant_bytes(tflite) -> int:
+    """Bytes of the constant buffers (weights) of a .tflite file."""
+    from ai_edge_litert.tools import flatbuffer_utils
+
+    model = flatbuffer_utils.read_model(str(tflite))
+    return sum(len(b.data) for b in model.buffers if b.data is not None)
+
+
+@pytest.mark.parametrize("exported", ["llama"], indirect=True)
+def test_bucketed_bundle_decodes_as_the_unbucketed_one_and_shares_its_weights(
+        exported, tmp_path):
+    model, folder, _, lengths = exported
+    export_llm(model, tmp_path, prefill_lengths=lengths, cache_length=CACHE,
+                       cache_buckets=None, mode="float32", verbose=False)
+    assert json.loads((tmp_path / "llm.json").read_text())["signatures"]["buckets"] == {}
+    ids = list(LLMRunner(folder).generate_ids(PROMPT, max_new_tokens=60))  # crosses 16 and 32
+    assert ids == list(LLMRunner(tmp_path).generate_ids(PROMPT, max_new_tokens=60))
+    # six more signatures, one copy of the weights: only a few constants (ranges) are added
+    weights = constant_bytes(tmp_path / "model.tflite")
+    assert weights > 50_000
+    assert 0 <= constant_bytes(folder / "model.tflite") - weights < 1_000
+
+
+@pytest.mark.parametrize("exported", ["llama"], indirect=True)
+def test_runner_moves_to_the_next_bucket_as_the_cache_fills(exported):
+    _, folder, _, _ = exported
+    runner, full = LLMRunner(folder), LLMRunner(folder, buckets=False)
+    calls = []
+    run = runner._run
+    runner._run = lambda name, bucket, tokens: (calls.append((name, runner.position)),
+                                                run(name, bucket, tokens))
+    prompt = np.arange(1, 21)  # 8 + 8 tokens fill bucket 16; the last 4 go to bucket 32
+    runner.prefill(prompt)
+    full.prefill(prompt)
+    assert calls == [("cache16_prefill_8", 0), ("cache16_prefill_8", 8),
+                     ("cache32_prefill_4", 16)]
+    assert runner.bucket == 32 and full.bucket == CACHE
+    for step in range(16):  # positions 20..35: bucket 32, then the full cache
+        token = step % 50 + 3
+        np.testing.assert_allclose(runner.decode(token), full.decode(token), atol=1e-5)
+    assert [name for name, _ in calls[3:]] == ["decode_32"] * 12 + ["decode"] * 4
+    runner.reset()
+    assert runner.bucket == 16 and runner.position == 0
+    np.testing.assert_allclose(runner.logits(prompt[:3]), full.logits(prompt[:3]), atol=1e-5)
+
+
+def test_float16_cache_holds_rounded_keys_and_values(tmp_path):
+    model = tiny_llama()
+    result = export_llm(model, tmp_path, prefill_lengths=(4, 8), cache_length=CACHE,
+                        cache_buckets=BUCKETS, kv_cache_dtype="float16", mode="float32",
+                        verbose=False)  # verified (random ids) with float16's tolerance
+    assert result.agreement == 1.0 and 1e-5 < result.relative_error < 0.02
+    runner, full = LLMRunner(tmp_path), LLMRunner(tmp_path, buckets=False)
+    for signature in ("decode", "decode_16", "cache32_prefill_8"):
+        tensors = runner.interpreter.get_input_tensor_details(signature)
+        assert tensors["kv_cache_v_1"]["dtype"] == "float16"
+    ids = np.asarray(PROMPT * 3)  # 33 tokens: every bucket
+    expected = keras_logits(model)(ids[None])[0]
+    got = runner.logits(ids)
+    assert runner.bucket == CACHE
+    np.testing.assert_allclose(got, full.logits(ids), atol=1e-5)
+    error = np.abs(got - expected).max()
+    assert 1e-5 < error < 0.05 * np.abs(expected).max()  # rounded, not float32-exact
+    assert list(runner.generate_ids(PROMPT, 40)) == list(full.generate_ids(PROMPT, 40))
+
+
+def test_auto_buckets_are_powers_of_two_from_256_below_the_cache():
+    from tfcompress.export.llm import _check_buckets
+
+    assert _check_buckets("auto", 1024) == (256, 512)
+    assert _check_buckets("auto", 4096) == (256, 512, 1024, 2048)
+    assert _check_buckets("auto", 257) == (256,)
+    assert _check_buckets("auto", 256) == ()
+    assert _check_buckets(None, 64) == _check_buckets((), 64) == ()
+    assert _check_buckets([32, np.int64(8)], 64) == (8, 32)
 
 
 def test_logits_after_each_token_match_keras(exported):
@@ -138,6 +227,16 @@ def test_streamed_text_is_the_decoded_tokens(exported):
      "verify_text is a string but no tokenizer was given"),
     (dict(prefill_lengths=(8,), verify_text=[3, 64]),
      r"verify_text must be a string or 2\+ token ids in \[0, 64\)"),
+    (dict(prefill_lengths=(8,), cache_buckets=(16, 64)),
+     r"cache_buckets must be 'auto', None or distinct cache lengths in \[1, 64\) \(below "
+     r"cache_length\), got \(16, 64\)"),
+    (dict(prefill_lengths=(8,), cache_buckets=(16, 16)), r"distinct .* got \(16, 16\)"),
+    (dict(prefill_lengths=(8,), cache_buckets=(0.5,)), r"cache_buckets must be .* got \(0.5,\)"),
+    (dict(prefill_lengths=(8,), kv_cache_dtype="bfloat16"),
+     r"kv_cache_dtype must be one of \['float32', 'float16'\], got 'bfloat16'"),
+    (dict(prefill_lengths=(8,), cache_buckets="all"),
+     r"cache_buckets must be 'auto', None or cache lengths below cache_length \(64\), got "
+     "'all'"),
 ])
 def test_bad_arguments_are_refused_before_converting(tmp_path, kwargs, match):
     model = build_gpt("test-tiny", vocab_size=64, seq_len=80)

@@ -10,6 +10,19 @@ outputs the updated caches under the same names, plus ``logits`` (``[1, 1, vocab
 Like LiteRT-Torch's default, prefill returns no logits: a runtime prefills all prompt tokens
 but the last, then decodes the last one.
 
+Cache-length buckets: attention reads every cache slot it is given, so a step's cost follows
+the cache's capacity. For each bucket ``B`` of ``cache_buckets`` the file also holds
+``decode_{B}`` and ``cache{B}_prefill_{n}`` (each prefill length ``n <= B``): the same maths
+over a cache of ``B`` positions, in the same ``[1, kv_heads, B, head_dim]`` layout. They share
+the weight tensors of the full-length signatures (one copy in the file). LiteRT-LM drives the
+signature named exactly ``decode`` and takes every signature whose name starts with
+``prefill`` as a prefill runner keyed by its ``input_pos`` length (fed the full-length cache
+buffers), so bucket signatures are named not to start with ``prefill``: LiteRT-LM runs the
+full-length ones as before. `LLMRunner` holds one cache per bucket it has reached and runs
+each call on the smallest bucket that holds the tokens, copying the filled positions into the
+next bucket's cache once when the tokens outgrow one (the position axis is not the outermost
+one in this layout, so a bucket's cache cannot be a view of a longer one).
+
 Example:
     >>> result = export_llm(model, "bundle/", prefill_lengths=(32, 128), cache_length=1024,
     ...                     mode="dynamic_int8", tokenizer=tokenizer)
@@ -35,6 +48,10 @@ from tfcompress.export.llm_tied import share_tied_table
 from tfcompress.export.modes import INT4_BLOCK, LLM_MODES, check_int4_blocks, check_verification
 
 MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE = "model.tflite", "tokenizer.json", "llm.json"
+# cache_buckets="auto": powers of two from this length up to below cache_length (shorter
+# caches cost little to attend over in full)
+MIN_AUTO_BUCKET = 256
+KV_CACHE_DTYPES = ("float32", "float16")
 # tokens of text the bundle is verified on (one decode step each: ~2 s for SmolLM2 int8)
 VERIFY_TOKENS = 128
 
@@ -76,6 +93,47 @@ def prefill_signature_names(prefill_lengths) -> dict[str, int]:
 
 def cache_names(n_layers: int) -> list[str]:
     return [f"kv_cache_{kv}_{i}" for i in range(n_layers) for kv in "kv"]
+
+
+def bucket_signature_names(prefill_lengths, buckets) -> dict[str, dict]:
+    """Per bucket ``B``: ``{"decode": "decode_{B}", "prefill": {"cache{B}_prefill_{n}": n}}``
+    for the prefill lengths that fit ``B`` (no name starts with ``prefill``: LiteRT-LM would
+    take it for a full-length prefill runner).
+
+    Example:
+        >>> bucket_signature_names((32, 128), (64,))
+        {64: {'decode': 'decode_64', 'prefill': {'cache64_prefill_32': 32}}}
+    """
+    return {b: {"decode": f"decode_{b}",
+                "prefill": {f"cache{b}_prefill_{n}": n for n in sorted(prefill_lengths)
+                            if n <= b}}
+            for b in sorted(buckets)}
+
+
+def _check_buckets(cache_buckets, cache_length: int) -> tuple[int, ...]:
+    """``"auto"``: powers of two from `MIN_AUTO_BUCKET` below ``cache_length``; else
+    distinct integers in ``[1, cache_length)`` (``()`` or None: no buckets)."""
+    if isinstance(cache_buckets, str):
+        if cache_buckets != "auto":
+            raise TfcompressError(f"cache_buckets must be 'auto', None or cache lengths below "
+                                  f"cache_length ({cache_length}), got {cache_buckets!r}")
+        buckets, b = [], MIN_AUTO_BUCKET
+        while b < cache_length:
+            buckets.append(b)
+            b *= 2
+        return tuple(buckets)
+    if cache_buckets is None:
+        return ()
+    try:
+        buckets = [int(b) for b in cache_buckets]
+        good = all(int(b) == b for b in cache_buckets)
+    except (TypeError, ValueError):
+        good = False
+    if not good or any(not 1 <= b < cache_length for b in buckets) or len(set(buckets)) != len(
+            buckets):
+        raise TfcompressError(f"cache_buckets must be 'auto', None or distinct cache lengths in "
+                              f"[1, {cache_length}) (below cache_length), got {cache_buckets!r}")
+    return tuple(sorted(buckets))
 
 
 def _check_lengths(prefill_lengths, cache_length) -> tuple[int, ...]:
@@ -130,11 +188,29 @@ def _tokenizer_info(tokenizer, vocab_size: int) -> tuple[str | None, dict]:
     return tokenizer.to_json(), special
 
 
-def _save_cached_lm(dec: Decoder, lengths: dict[str, int], cache_length: int,
-                    directory: str) -> None:
-    """Write a SavedModel whose signatures are the cached forward passes over ``dec``'s
-    weights (held as variables). ``dec.weights`` is emptied as the variables are made and
-    nothing stays alive after the return, so conversion does not hold a second copy."""
+def signature_plan(prefill_names: dict[str, int], cache_length: int,
+                   buckets: dict[int, dict]) -> dict[str, tuple[int, int, bool]]:
+    """Every signature of the file: ``name -> (tokens, cache length, returns logits)``.
+
+    Example:
+        >>> signature_plan({"prefill": 8}, 64, bucket_signature_names((8,), (16,)))
+        {'prefill': (8, 64, False), 'decode': (1, 64, True), 'cache16_prefill_8': (8, 16, \
+False), 'decode_16': (1, 16, True)}
+    """
+    plan = {name: (n, cache_length, False) for name, n in prefill_names.items()}
+    plan["decode"] = (1, cache_length, True)
+    for b, names in buckets.items():
+        plan.update({name: (n, b, False) for name, n in names["prefill"].items()})
+        plan[names["decode"]] = (1, b, True)
+    return plan
+
+
+def _save_cached_lm(dec: Decoder, plan: dict[str, tuple[int, int, bool]],
+                    directory: str, kv_cache_dtype: str = "float32") -> None:
+    """Write a SavedModel whose signatures (`signature_plan`) are the cached forward passes
+    over ``dec``'s weights (held as variables, so every signature shares them).
+    ``dec.weights`` is emptied as the variables are made and nothing stays alive after the
+    return, so conversion does not hold a second copy."""
     import tensorflow as tf
 
     module = tf.Module()
@@ -148,13 +224,13 @@ def _save_cached_lm(dec: Decoder, lengths: dict[str, int], cache_length: int,
         var = ([tf.Variable(m, trainable=False) for m in value] if isinstance(value, list)
                else tf.Variable(value, trainable=False))
         module.weights[name.replace(".", "__")] = weights[name] = var
-    cache_spec = (1, dec.n_kv_heads, cache_length, dec.head_dim)
     names = cache_names(dec.n_layers)
 
-    def signature(n: int, logits: bool):
+    def signature(n: int, cache_length: int, logits: bool):
+        cache_spec = (1, dec.n_kv_heads, cache_length, dec.head_dim)
         specs = [tf.TensorSpec((1, n), tf.int32, "tokens"),
                  tf.TensorSpec((n,), tf.int32, "input_pos"),
-                 *(tf.TensorSpec(cache_spec, tf.float32, name) for name in names)]
+                 *(tf.TensorSpec(cache_spec, kv_cache_dtype, name) for name in names)]
 
         def fn(tokens, input_pos, *caches):
             out, ks, vs = cached_forward(dec, weights, tokens, input_pos, list(caches[0::2]),
@@ -167,13 +243,13 @@ def _save_cached_lm(dec: Decoder, lengths: dict[str, int], cache_length: int,
 
         return tf.function(fn, input_signature=specs)
 
-    signatures = {name: signature(n, False) for name, n in lengths.items()}
-    signatures["decode"] = signature(1, True)
+    signatures = {name: signature(*spec) for name, spec in plan.items()}
     tf.saved_model.save(module, directory, signatures=signatures)
 
 
-def _convert(dec: Decoder, lengths: dict[str, int], cache_length: int,
-             mode: str, budget: BudgetPlan | None = None) -> tuple[bytes, dict | None]:
+def _convert(dec: Decoder, plan: dict[str, tuple[int, int, bool]], mode: str,
+             kv_cache_dtype: str = "float32",
+             budget: BudgetPlan | None = None) -> tuple[bytes, dict | None]:
     """The flatbuffer, and for ``int4`` the report of `quantize_int4` (with ``budget``'s
     choice of int8 maps under ``"budget"``)."""
     import tensorflow as tf
@@ -185,9 +261,8 @@ def _convert(dec: Decoder, lengths: dict[str, int], cache_length: int,
     linear = [name[:-2] for name in dec.weights if name.endswith(".w")]
     tied = "head.w" not in dec.weights  # read before _save_cached_lm empties dec.weights
     with tempfile.TemporaryDirectory() as tmp:
-        _save_cached_lm(dec, lengths, cache_length, tmp)
-        converter = tf.lite.TFLiteConverter.from_saved_model(
-            tmp, signature_keys=[*lengths, "decode"])
+        _save_cached_lm(dec, plan, tmp, kv_cache_dtype)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(plan))
         spec_mode.configure(converter, None, False)
         flatbuffer = converter.convert()
     if mode == "int4" and budget is None:
@@ -225,6 +300,8 @@ def export_llm(
     *,
     prefill_lengths=(32, 128, 512),
     cache_length: int = 1024,
+    cache_buckets=None,
+    kv_cache_dtype: str = "float32",
     mode: str = "dynamic_int8",
     tokenizer=None,
     special_tokens: dict | None = None,
@@ -250,6 +327,15 @@ def export_llm(
     grid; the result's ``int4`` (and ``llm.json``'s) lists which were ``copied`` and which
     ``rerounded``. The embedding table is int8 per row, the output head int8 per channel
     (unless it is on the int4 grid).
+    ``cache_buckets``: cache lengths below ``cache_length`` that get their own decode and
+    prefill signatures over the cache's first positions (see the module docstring), so a
+    step costs what the tokens in the cache need, not its capacity; ``"auto"`` (powers of two
+    from 256 below ``cache_length``), or None / ``()`` for none (the default: each bucket adds
+    signatures, and conversion time and memory grow with their number; SmolLM2 with 10
+    signatures needed over 10 GB).
+    ``kv_cache_dtype``: ``float32`` or ``float16`` (keys/values stored rounded to 16 bits,
+    attended in float32: half the cache's bytes; verified with at least the ``float16``
+    mode's tolerances).
     ``tokenizer``: a tfcompress tokenizer, a ``tokenizer.json`` path or a ``.gguf`` file (its
     BPE tokenizer, its EOS id, and its BOS id if the GGUF adds one). ``special_tokens`` (e.g.
     ``{"bos": 1, "eos": 2}``) overrides those ids: ``bos`` starts every text prompt
@@ -279,6 +365,10 @@ def export_llm(
     if mode not in LLM_MODES:
         raise TfcompressError(f"mode must be one of {list(LLM_MODES)}, got {mode!r}")
     lengths = _check_lengths(prefill_lengths, cache_length)
+    buckets = bucket_signature_names(lengths, _check_buckets(cache_buckets, cache_length))
+    if kv_cache_dtype not in KV_CACHE_DTYPES:
+        raise TfcompressError(f"kv_cache_dtype must be one of {list(KV_CACHE_DTYPES)}, got "
+                              f"{kv_cache_dtype!r}")
     path = Path(path)
     if path.exists() and not path.is_dir():
         raise TfcompressError(f"path must be a folder for the bundle, got the file {str(path)!r}")
@@ -308,27 +398,31 @@ def export_llm(
 
     start = time.perf_counter()
     names = prefill_signature_names(lengths)
+    plan = signature_plan(names, cache_length, buckets)
     if verbose:
         print(f"export_llm: {dec.kind} model, {dec.n_layers} layers -> {mode}, signatures "
-              f"{[*names, 'decode']}, cache {cache_length}")
+              f"{[*names, 'decode']}, cache {cache_length}"
+              + (f", buckets {list(buckets)} ({len(plan)} signatures)" if buckets else ""))
     budget = None if budget_mb is None else budget_plan(dec, budget_mb, calibration, verbose)
-    flatbuffer, int4 = _convert(dec, names, cache_length, mode, budget)
+    flatbuffer, int4 = _convert(dec, plan, mode, kv_cache_dtype, budget)
     path.mkdir(parents=True, exist_ok=True)
     tflite = path / MODEL_FILE
     write_atomic(tflite, flatbuffer)
     if tokenizer_json is not None:
         write_atomic(path / TOKENIZER_FILE, tokenizer_json)
-    signatures = {**{k: {"tokens": n} for k, n in names.items()}, "decode": {"tokens": 1}}
+    signatures = {name: {"tokens": n, "cache_length": c} for name, (n, c, _) in plan.items()}
     config = {
         "format": "tfcompress-llm/1", "model_file": MODEL_FILE,
         "tokenizer_file": TOKENIZER_FILE if tokenizer_json is not None else None,
         "mode": mode, "architecture": dec.describe(), "vocab_size": dec.vocab_size,
         "cache_length": int(cache_length), "prefill_lengths": list(lengths),
-        "signatures": {"prefill": names, "decode": "decode"},
+        "signatures": {"prefill": names, "decode": "decode",
+                       "buckets": {str(b): v for b, v in buckets.items()}},
         "inputs": ["tokens", "input_pos", "kv_cache_k_{i}", "kv_cache_v_{i}"],
         "outputs": {"prefill": ["kv_cache_k_{i}", "kv_cache_v_{i}"],
                     "decode": ["logits", "kv_cache_k_{i}", "kv_cache_v_{i}"]},
         "kv_cache_shape": [1, dec.n_kv_heads, int(cache_length), dec.head_dim],
+        "kv_cache_dtype": kv_cache_dtype,
         "special_tokens": {k: int(v) for k, v in special.items()},
         "stop_ids": [int(special["eos"])] if "eos" in special else [],
     }
@@ -461,19 +555,29 @@ def _perplexity(logits: np.ndarray, ids: np.ndarray) -> float:
 
 def _verify(model, path: Path, dec: Decoder, mode, result: LLMExportResult, text) -> None:
     """The bundle's logits after each token of text vs the Keras model's: logit error,
-    next-token agreement and perplexity against the mode's tolerances."""
+    next-token agreement and perplexity against the mode's tolerances; through the
+    full-length signatures (what LiteRT-LM runs) and, in a bundle with buckets, through
+    them too (what `LLMRunner` runs; its figures are the result's)."""
     from tfcompress.export.llm_runner import LLMRunner
+    from tfcompress.export.modes import MODES
     from tfcompress.export.tflite import agreement_stats
 
-    runner = LLMRunner(path)
-    ids, result.verified_on = verification_ids(runner, text, dec.vocab_size,
-                                               min(VERIFY_TOKENS, runner.cache_length))
-    expected, got = keras_logits(model)(ids[None])[0], runner.logits(ids)
-    stats = agreement_stats(expected, got)
-    if text is not None or runner.tokenizer is not None:  # random ids have no perplexity
-        stats["perplexity"] = _perplexity(got, ids)
-        stats["keras_perplexity"] = _perplexity(expected, ids)
-    for key, value in stats.items():
-        setattr(result, key, value)
-    check_verification(stats, mode, subject=f"{result.mode} export of {dec.kind} (verified on "
-                                            f"{result.verified_on})")
+    runners = [LLMRunner(path, buckets=False)]
+    if runners[0].config.get("kv_cache_dtype") == "float16":  # keys/values rounded to 16 bits
+        mode = max(mode, MODES["float16"], key=lambda m: m.max_rel_error)
+    if runners[0].config["signatures"].get("buckets"):
+        runners.append(LLMRunner(path))
+    ids, result.verified_on = verification_ids(runners[0], text, dec.vocab_size,
+                                               min(VERIFY_TOKENS, runners[0].cache_length))
+    expected = keras_logits(model)(ids[None])[0]
+    for runner, signatures in zip(runners, ("full-length", "bucketed"), strict=False):
+        got = runner.logits(ids)
+        stats = agreement_stats(expected, got)
+        if text is not None or runner.tokenizer is not None:  # random ids have no perplexity
+            stats["perplexity"] = _perplexity(got, ids)
+            stats["keras_perplexity"] = _perplexity(expected, ids)
+        for key, value in stats.items():
+            setattr(result, key, value)
+        check_verification(stats, mode, subject=(
+            f"{result.mode} export of {dec.kind} (verified on {result.verified_on}"
+            + (f", {signatures} signatures)" if len(runners) > 1 else ")")))

@@ -137,10 +137,11 @@ class CacheStep:
         import tensorflow as tf
         from tensorflow.compiler.tf2xla.python import xla
 
-        self.k_cache = xla.dynamic_update_slice(self.k_cache, tf.transpose(k, (1, 0, 2))[None],
-                                                self._start)
-        self.v_cache = xla.dynamic_update_slice(self.v_cache, tf.transpose(v, (1, 0, 2))[None],
-                                                self._start)
+        dtype = self.k_cache.dtype  # a 16-bit cache stores the keys/values rounded to it
+        self.k_cache = xla.dynamic_update_slice(
+            self.k_cache, tf.cast(tf.transpose(k, (1, 0, 2))[None], dtype), self._start)
+        self.v_cache = xla.dynamic_update_slice(
+            self.v_cache, tf.cast(tf.transpose(v, (1, 0, 2))[None], dtype), self._start)
 
     def attend(self, q, scale: float | None = None, softcap: float | None = None):
         """``q`` (n, heads, head_dim) against the cache -> (n, heads * head_dim); ``scale``
@@ -156,10 +157,11 @@ class CacheStep:
         q = tf.reshape(tf.transpose(tf.reshape(q, (n, kv, group, hd)), (1, 2, 0, 3)),
                        (1, kv, group * n, hd))
         scale = 1.0 / np.sqrt(hd) if scale is None else scale
-        scores = _softcap(tf, tf.matmul(q, self.k_cache, transpose_b=True) * scale, softcap)
+        k_cache, v_cache = (tf.cast(c, q.dtype) for c in (self.k_cache, self.v_cache))
+        scores = _softcap(tf, tf.matmul(q, k_cache, transpose_b=True) * scale, softcap)
         scores = tf.reshape(scores, (kv, group, n, -1)) + self.mask_bias
         probs = tf.reshape(tf.nn.softmax(scores, -1), (1, kv, group * n, -1))
-        out = tf.reshape(tf.matmul(probs, self.v_cache), (kv, group, n, hd))
+        out = tf.reshape(tf.matmul(probs, v_cache), (kv, group, n, hd))
         return tf.reshape(tf.transpose(out, (2, 0, 1, 3)), (n, dec.n_heads * hd))
 
 

@@ -26,11 +26,15 @@ class LLMRunner:
 
     ``position`` is the number of tokens in the cache; `reset` empties it. A prompt is cut
     into the largest prefill chunks that fit the cache (the last chunk padded), and its last
-    token goes through ``decode``, whose logits pick the first new token. ``interpreter`` is
-    the ``CompiledModel`` (``get_signature_list()`` names the signatures and their tensors).
+    token goes through ``decode``, whose logits pick the first new token. Each call runs on
+    the smallest cache-length bucket of the bundle that holds its tokens (``bucket``: the
+    cache length in use; ``buckets=False`` runs every call on the full-length signatures,
+    as LiteRT-LM does). ``interpreter`` is the ``CompiledModel``
+    (``get_signature_list()`` names the signatures and their tensors).
     """
 
-    def __init__(self, bundle: str | Path, num_threads: int | None = None):
+    def __init__(self, bundle: str | Path, num_threads: int | None = None,
+                 buckets: bool = True):
         from ai_edge_litert.compiled_model import (
             CompiledModel,
             CpuOptions,
@@ -50,22 +54,27 @@ class LLMRunner:
         cpu = CpuOptions(num_threads=num_threads or 0, xnnpack_weight_cache_path=str(
             Path(self._weight_dir.name) / "weights.xnnpack_cache"))
         options = Options(HardwareAccelerator.CPU, cpu_options=cpu)
-        model = self.interpreter = CompiledModel.from_file(
+        self.interpreter = CompiledModel.from_file(
             str(folder / self.config["model_file"]), options=options)
         self.cache_length = int(self.config["cache_length"])
         self.vocab_size = int(self.config["vocab_size"])
         self.stop_ids = set(self.config.get("stop_ids", []))
         self.prefill_names = {n: name for name, n in self.config["signatures"]["prefill"].items()}
-        # One buffer per cache, bound as input and output of every signature: the runtime
-        # writes the new keys/values into it in place (DYNAMIC_UPDATE_SLICE), so no step
-        # copies the cache (SmolLM2 at 1,024 positions: 94 MB each way).
-        names = cache_names(int(self.config["architecture"]["n_layers"]))
-        self._caches = {name: model.create_input_buffer_by_name("decode", name)
-                        for name in names}
-        self._feeds = {sig: {key: model.create_input_buffer_by_name(sig, key)
-                             for key in ("tokens", "input_pos")}
-                       for sig in [*self.prefill_names.values(), "decode"]}
-        self._logits = model.create_output_buffer_by_name("decode", "logits")
+        # per cache length: (its decode signature, {prefill length: its prefill signature})
+        self._plans = {self.cache_length: ("decode", self.prefill_names)}
+        for b, names in (self.config["signatures"].get("buckets", {}) if buckets else {}).items():
+            self._plans[int(b)] = (names["decode"],
+                                   {n: name for name, n in names["prefill"].items()})
+        self._plans = dict(sorted(self._plans.items()))
+        self._names = cache_names(int(self.config["architecture"]["n_layers"]))
+        self._dtype = np.dtype(self.config.get("kv_cache_dtype", "float32"))
+        # One buffer per cache and bucket, bound as input and output of every signature of
+        # that bucket: the runtime writes the new keys/values into it in place
+        # (DYNAMIC_UPDATE_SLICE), so no step copies the cache (SmolLM2 at 1,024 positions:
+        # 94 MB each way). A bucket's buffers are made when the tokens first reach it.
+        self._caches: dict[int, dict] = {}
+        self._feeds: dict[str, dict] = {}
+        self._logits: dict[str, object] = {}
         self.tokenizer = None
         if self.config.get("tokenizer_file"):
             from tfcompress.data.tokenizers import tokenizer_from_json
@@ -74,20 +83,58 @@ class LLMRunner:
                 (folder / self.config["tokenizer_file"]).read_text(encoding="utf-8"))
         self.reset()
 
+    def _shape(self, bucket: int) -> list[int]:
+        shape = list(self.config["kv_cache_shape"])
+        shape[2] = bucket
+        return shape
+
+    def _bucket_caches(self, bucket: int) -> dict:
+        if bucket not in self._caches:
+            decode = self._plans[bucket][0]
+            self._caches[bucket] = {name: self.interpreter.create_input_buffer_by_name(
+                decode, name) for name in self._names}
+        return self._caches[bucket]
+
     def reset(self) -> None:
-        """Empty the KV cache."""
-        zeros = np.zeros(self.config["kv_cache_shape"], np.float32)
-        for buffer in self._caches.values():
+        """Empty the KV cache (back to the smallest bucket)."""
+        self.bucket = next(iter(self._plans))
+        zeros = np.zeros(self._shape(self.bucket), self._dtype)
+        for buffer in self._bucket_caches(self.bucket).values():
             buffer.write(zeros)
         self.position = 0
 
-    def _run(self, name: str, tokens: np.ndarray) -> None:
-        feeds = self._feeds[name]
+    def _grow(self, bucket: int) -> None:
+        """Move the cache into the longer ``bucket``: its filled positions copied, once."""
+        old, shape = self._caches[self.bucket], self._shape(self.bucket)
+        grown = np.zeros(self._shape(bucket), self._dtype)
+        for name, buffer in self._bucket_caches(bucket).items():
+            grown[:, :, :self.bucket] = old[name].read(int(np.prod(shape)),
+                                                       self._dtype).reshape(shape)
+            buffer.write(grown)
+        self.bucket = bucket
+
+    def _run(self, name: str, bucket: int, tokens: np.ndarray) -> None:
+        if bucket > self.bucket:
+            self._grow(bucket)
+        if name not in self._feeds:
+            self._feeds[name] = {key: self.interpreter.create_input_buffer_by_name(name, key)
+                                 for key in ("tokens", "input_pos")}
+        feeds, caches = self._feeds[name], self._caches[self.bucket]
         feeds["tokens"].write(tokens[None].astype(np.int32))
         feeds["input_pos"].write(np.arange(self.position, self.position + tokens.shape[0],
                                            dtype=np.int32))
-        outputs = dict(self._caches, logits=self._logits) if name == "decode" else self._caches
-        self.interpreter.run_by_name(name, {**feeds, **self._caches}, outputs)
+        outputs = caches
+        if name in self._logits:
+            outputs = dict(caches, logits=self._logits[name])
+        self.interpreter.run_by_name(name, {**feeds, **caches}, outputs)
+
+    def _smallest(self, end: int, prefill: int | None = None) -> tuple[str, int]:
+        """``(signature, bucket)`` of the smallest bucket (at least the one in use) holding
+        positions up to ``end``: its decode, or its prefill of length ``prefill``."""
+        for bucket, (decode, prefills) in self._plans.items():
+            if bucket >= max(end, self.bucket) and (prefill is None or prefill in prefills):
+                return (decode if prefill is None else prefills[prefill]), bucket
+        raise AssertionError("the full-length cache holds every call _check_room lets in")
 
     def _check_room(self, n: int) -> None:
         if self.position + n > self.cache_length:
@@ -115,16 +162,19 @@ class LLMRunner:
             take = min(n, len(ids))
             chunk = np.zeros(n, np.int32)
             chunk[:take] = ids[:take]
-            self._run(self.prefill_names[n], chunk)
+            self._run(*self._smallest(self.position + n, n), chunk)
             self.position += take
             ids = ids[take:]
 
     def decode(self, token: int) -> np.ndarray:
         """Feed one token; returns the next-token logits ``(vocab,)``."""
         self._check_room(1)
-        self._run("decode", np.asarray([token], np.int32))
+        name, bucket = self._smallest(self.position + 1)
+        if name not in self._logits:
+            self._logits[name] = self.interpreter.create_output_buffer_by_name(name, "logits")
+        self._run(name, bucket, np.asarray([token], np.int32))
         self.position += 1
-        return self._logits.read(self.vocab_size, np.float32)
+        return self._logits[name].read(self.vocab_size, np.float32)
 
     def logits(self, ids: Sequence[int]) -> np.ndarray:
         """Next-token logits ``(len(ids), vocab)`` after each of ``ids``, from an empty cache
