@@ -1,21 +1,14 @@
 """No function in ``tfcompress/`` is over 80 lines (``make lint`` runs this file too).
 
 A function's length is every line from its ``def`` to the last line of its body, docstring
-and comments included (decorators not). The functions in `KNOWN_LONG` were longer before the
-limit came: each may only shrink, and leaves the list once it fits.
+and comments included (decorators not).
 """
 
 import ast
 from pathlib import Path
 
-import pytest
-
 MAX_LINES = 80
 PACKAGE = Path(__file__).resolve().parent.parent / "tfcompress"
-# "path::Class.function" -> its length when the limit came; shrink, never grow
-KNOWN_LONG = {
-    "tfcompress/export/llm.py::export_llm": 122,  # llm.py is being edited on another branch
-}
 
 
 def function_lengths(source: str) -> dict[str, int]:
@@ -80,17 +73,7 @@ def test_long_functions_finds_one_over_the_limit(tmp_path):
     assert long_functions(package, limit=81) == {}
 
 
-def test_no_new_function_over_the_limit():
+def test_no_function_over_the_limit():
     found = long_functions()
-    new = {name: n for name, n in found.items() if name not in KNOWN_LONG}
-    assert not new, (f"functions over {MAX_LINES} lines: {new}; split them (small functions "
-                     "that each do one thing)")
-    grown = {name: n for name, n in found.items() if n > KNOWN_LONG.get(name, n)}
-    assert not grown, f"known long functions grew: {grown} (was {KNOWN_LONG})"
-
-
-@pytest.mark.parametrize("name", sorted(KNOWN_LONG))
-def test_known_long_functions_are_still_long(name):
-    # a function that now fits leaves KNOWN_LONG, so the list only shrinks
-    assert name in long_functions(), f"{name} fits in {MAX_LINES} lines now: remove it from " \
-                                     "KNOWN_LONG"
+    assert not found, (f"functions over {MAX_LINES} lines: {found}; split them (small "
+                       "functions that each do one thing)")

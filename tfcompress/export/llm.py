@@ -46,6 +46,7 @@ from tfcompress.export.llm_graph import Decoder, cached_forward, decoder_of
 from tfcompress.export.llm_int4 import quantize_int4
 from tfcompress.export.llm_tied import share_tied_table
 from tfcompress.export.modes import INT4_BLOCK, LLM_MODES, check_int4_blocks, check_verification
+from tfcompress.export.ops import inspect_tflite
 
 MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE = "model.tflite", "tokenizer.json", "llm.json"
 # cache_buckets="auto": powers of two from this length up to below cache_length (shorter
@@ -313,52 +314,84 @@ def export_llm(
 ) -> LLMExportResult:
     """Write the bundle folder ``path``: ``model.tflite``, ``tokenizer.json``, ``llm.json``.
 
-    ``model`` is any decoder-only LM with an adapter (`tfcompress.models.decoders`: our
-    `build_llama` and `build_gpt`, KerasHub's GPT2, Llama, Llama3, Mistral, Qwen2, Qwen3,
-    Gemma, Gemma3, Phi3 and SmolLM3 CausalLMs, or a class given one with
-    `tfcompress.models.register_decoder`), float or compressed (quantized layers are
-    decoded to float and re-quantized by LiteRT in ``mode``: its int8 per-channel / int4
-    blockwise grids; k-means, log2 and NF4 codebooks have no LiteRT kernel, so they land on
-    those grids too, with one more rounding; low-rank layers stay two matrices). ``mode``:
-    ``float32``, ``float16``, ``dynamic_int8`` (int8 per-channel weights) or ``int4``
-    (blockwise int4 weights, LiteRT quantizer; see `tfcompress.export.llm_int4`): a layer
-    quantized on LiteRT's own int4 grid (``QuantizeConfig.litert_int4()``) keeps its codes
-    and scales exactly, any other (affine groups, NF4, k-means, float) is rounded onto that
-    grid; the result's ``int4`` (and ``llm.json``'s) lists which were ``copied`` and which
-    ``rerounded``. The embedding table is int8 per row, the output head int8 per channel
-    (unless it is on the int4 grid).
-    ``cache_buckets``: cache lengths below ``cache_length`` that get their own decode and
-    prefill signatures over the cache's first positions (see the module docstring), so a
-    step costs what the tokens in the cache need, not its capacity; ``"auto"`` (powers of two
-    from 256 below ``cache_length``), or None / ``()`` for none (the default: each bucket adds
-    signatures, and conversion time and memory grow with their number; SmolLM2 with 10
-    signatures needed over 10 GB).
-    ``kv_cache_dtype``: ``float32`` or ``float16`` (keys/values stored rounded to 16 bits,
-    attended in float32: half the cache's bytes; verified with at least the ``float16``
-    mode's tolerances).
-    ``tokenizer``: a tfcompress tokenizer, a ``tokenizer.json`` path or a ``.gguf`` file (its
-    BPE tokenizer, its EOS id, and its BOS id if the GGUF adds one). ``special_tokens`` (e.g.
-    ``{"bos": 1, "eos": 2}``) overrides those ids: ``bos`` starts every text prompt
-    (`LLMRunner.generate`, LiteRT-LM's start token), ``eos`` stops generation. With
-    ``verify_output`` the bundle's logits after each of `VERIFY_TOKENS` tokens of text are
-    compared with Keras's (logit error, next-token agreement, perplexity), raising
-    `VerificationError` when any one misses the mode's tolerances (`check_verification`,
-    the rule `export_tflite` uses). The text is ``verify_text`` (a string, encoded with the
-    tokenizer, or token ids: e.g. your calibration text), else the opening of the bundled
-    Austen test split with ``tokenizer``; with neither, random token ids (a weaker check: a
-    quantized model's argmax flips on near-ties).
-    ``budget_mb`` (``mode="int4"`` only): a file size in MB (1e6 bytes); the linear maps
-    whose int4 rounding adds the most output error per extra byte on ``calibration`` stay
-    int8 per channel until the estimated file reaches it (`tfcompress.export.llm_budget`);
-    the result's ``int4["budget"]`` (and ``llm.json``'s) lists each map's choice and errors.
-    ``calibration``: token ids ``(windows, n)`` to measure on, else 4 windows of 128
-    tokens of the bundled Austen train split with ``tokenizer`` (random ids without one).
+    ``model``: a decoder-only LM with an adapter (`tfcompress.models.decoders`: `build_llama`,
+    `build_gpt`, KerasHub's GPT2, Llama(3), Mistral, Qwen2/3, Gemma(3), Phi3, SmolLM3, or yours
+    via `tfcompress.models.register_decoder`), float or compressed (quantized layers are
+    decoded and re-quantized by LiteRT; low-rank layers stay two matrices).
+    ``mode``: ``float32``, ``float16``, ``dynamic_int8`` (int8 per-channel weights) or ``int4``
+    (LiteRT's blockwise int4, `tfcompress.export.llm_int4`: codes on LiteRT's own grid,
+    ``QuantizeConfig.litert_int4()``, are kept exactly, any other rounded onto it; ``int4``
+    in the result and ``llm.json`` lists ``copied`` and ``rerounded``). A tied head's table
+    is stored once (`tfcompress.export.llm_tied`).
+    ``cache_buckets``: shorter cache lengths with their own decode/prefill signatures over the
+    cache's first positions, so a step costs what the tokens need, not the capacity;
+    ``"auto"`` (powers of two from 256) or None (default: each bucket adds conversion time
+    and memory). ``kv_cache_dtype``: ``float32`` or ``float16`` (half the cache's bytes).
+    ``tokenizer``: a tfcompress tokenizer, a ``tokenizer.json`` or a ``.gguf`` (its BPE
+    tokenizer and BOS/EOS ids); ``special_tokens`` (e.g. ``{"bos": 1, "eos": 2}``) overrides
+    the ids. ``verify_output`` compares the bundle's logits with Keras's on `VERIFY_TOKENS`
+    tokens of ``verify_text`` (text or ids; default: the bundled Austen test text, or random
+    ids without a tokenizer) and raises `VerificationError` when any figure misses the mode's
+    tolerances (`check_verification`, as `export_tflite`), keeping no ``model.tflite``.
+    ``budget_mb`` (int4 only): the file's size in MB; the linear maps whose int4 rounding adds
+    the most output error per byte on ``calibration`` (ids ``(windows, n)``; default: Austen
+    train text) stay int8 until it is spent (`tfcompress.export.llm_budget`).
 
     Example:
         >>> export_llm(model, "bundle/", prefill_lengths=(8,), cache_length=64,
         ...            mode="float32").signatures
         {'prefill': {...}, 'decode': {...}}
     """
+    from tfcompress.export.modes import MODES
+
+    lengths, buckets, dec, tokenizer_json, special, calibration = _check_arguments(
+        model, path, prefill_lengths, cache_length, cache_buckets, kv_cache_dtype, mode,
+        tokenizer, special_tokens, verify_text, budget_mb, calibration)
+    path = Path(path)
+    start = time.perf_counter()
+    names = prefill_signature_names(lengths)
+    plan = signature_plan(names, cache_length, buckets)
+    if verbose:
+        print(f"export_llm: {dec.kind} model, {dec.n_layers} layers -> {mode}, signatures "
+              f"{list(plan)}, cache {cache_length}")
+    budget = None if budget_mb is None else budget_plan(dec, budget_mb, calibration, verbose)
+    flatbuffer, int4 = _convert(dec, plan, mode, kv_cache_dtype, budget)
+    path.mkdir(parents=True, exist_ok=True)
+    tflite = path / MODEL_FILE
+    write_atomic(tflite, flatbuffer)
+    if tokenizer_json is not None:
+        write_atomic(path / TOKENIZER_FILE, tokenizer_json)
+    config = _bundle_config(dec, mode, cache_length, lengths, names, buckets, kv_cache_dtype,
+                            special, tokenizer_json is not None, int4)
+    write_atomic(path / CONFIG_FILE, json.dumps(config, indent=2))
+    info = inspect_tflite(flatbuffer)  # of the first signature's graph
+    signatures = {name: {"tokens": n, "cache_length": c} for name, (n, c, _) in plan.items()}
+    result = LLMExportResult(str(path), str(tflite), mode, len(flatbuffer), signatures,
+                             info["ops"], info["tensor_dtypes"], info["not_delegated"], int4=int4)
+    if verify_output:
+        _verify_or_remove(model, path, dec, MODES[mode], result, verify_text)
+    result.seconds = time.perf_counter() - start
+    if verbose:
+        _print_result(result, tflite, verify_output)
+    return result
+
+
+def _verify_or_remove(model, path: Path, dec: Decoder, spec, result: LLMExportResult,
+                      verify_text) -> None:
+    """`_verify`, removing the bundle's model file when it fails (as `export_tflite`: a failed
+    file must not sit there looking shippable)."""
+    try:
+        _verify(model, path, dec, spec, result, verify_text)
+    except VerificationError as err:
+        Path(result.tflite).unlink()
+        raise VerificationError(f"{err}; {result.tflite} was not kept", err.relax) from None
+
+
+def _check_arguments(model, path, prefill_lengths, cache_length, cache_buckets,
+                     kv_cache_dtype, mode, tokenizer, special_tokens, verify_text, budget_mb,
+                     calibration) -> tuple:
+    """`export_llm`'s checks, all before any work: ``(prefill lengths, buckets, decoder,
+    tokenizer JSON, special token ids, calibration ids)``."""
     from tfcompress.export.modes import MODES
     from tfcompress.export.tflite import _check_litert
 
@@ -395,25 +428,16 @@ def export_llm(
     elif calibration is not None:
         raise TfcompressError("calibration is what budget_mb's sensitivity is measured on: "
                               "give budget_mb too, or no calibration")
+    return lengths, buckets, dec, tokenizer_json, special, calibration
 
-    start = time.perf_counter()
-    names = prefill_signature_names(lengths)
-    plan = signature_plan(names, cache_length, buckets)
-    if verbose:
-        print(f"export_llm: {dec.kind} model, {dec.n_layers} layers -> {mode}, signatures "
-              f"{[*names, 'decode']}, cache {cache_length}"
-              + (f", buckets {list(buckets)} ({len(plan)} signatures)" if buckets else ""))
-    budget = None if budget_mb is None else budget_plan(dec, budget_mb, calibration, verbose)
-    flatbuffer, int4 = _convert(dec, plan, mode, kv_cache_dtype, budget)
-    path.mkdir(parents=True, exist_ok=True)
-    tflite = path / MODEL_FILE
-    write_atomic(tflite, flatbuffer)
-    if tokenizer_json is not None:
-        write_atomic(path / TOKENIZER_FILE, tokenizer_json)
-    signatures = {name: {"tokens": n, "cache_length": c} for name, (n, c, _) in plan.items()}
+
+def _bundle_config(dec: Decoder, mode: str, cache_length: int, lengths, names: dict,
+                   buckets: dict, kv_cache_dtype: str, special: dict, has_tokenizer: bool,
+                   int4: dict | None) -> dict:
+    """The bundle's ``llm.json``: what `LLMRunner` and `write_litertlm` read."""
     config = {
         "format": "tfcompress-llm/1", "model_file": MODEL_FILE,
-        "tokenizer_file": TOKENIZER_FILE if tokenizer_json is not None else None,
+        "tokenizer_file": TOKENIZER_FILE if has_tokenizer else None,
         "mode": mode, "architecture": dec.describe(), "vocab_size": dec.vocab_size,
         "cache_length": int(cache_length), "prefill_lengths": list(lengths),
         "signatures": {"prefill": names, "decode": "decode",
@@ -428,35 +452,28 @@ def export_llm(
     }
     if int4 is not None:
         config["int4"] = int4
-    write_atomic(path / CONFIG_FILE, json.dumps(config, indent=2))
-    from tfcompress.export.ops import inspect_tflite
+    return config
 
-    info = inspect_tflite(flatbuffer)  # of the first signature's graph
-    result = LLMExportResult(str(path), str(tflite), mode, len(flatbuffer), signatures,
-                             info["ops"], info["tensor_dtypes"], info["not_delegated"], int4=int4)
-    if verify_output:
-        try:
-            _verify(model, path, dec, MODES[mode], result, verify_text)
-        except VerificationError as err:
-            tflite.unlink()  # as export_tflite: a failed file must not sit there looking shippable
-            raise VerificationError(f"{err}; {tflite} was not kept", err.relax) from None
-    result.seconds = time.perf_counter() - start
-    if verbose and int4 is not None:
+
+def _print_result(result: LLMExportResult, tflite: Path, verified: bool) -> None:
+    int4 = result.int4
+    if int4 is not None:
         print(f"export_llm: int4 codes kept exactly for {len(int4['copied'])} quantized "
               f"layers, re-rounded for {len(int4['rerounded'])} {int4['rerounded'][:4]}; "
               f"embedding {int4['embedding']}")
         if "budget" in int4:
-            print(f"export_llm: budget {budget_mb} MB: {len(int4['budget']['int8'])} of "
-                  f"{len(int4['budget']['layers'])} maps int8 {int4['budget']['int8'][:6]}")
-    if verbose and verify_output:
+            budget = int4["budget"]
+            print(f"export_llm: budget {budget['budget_mb']:g} MB: "
+                  f"{len(budget['int8'])} of {len(budget['layers'])} maps int8 "
+                  f"{budget['int8'][:6]}")
+    if verified:
         print(f"export_llm: {tflite} {result.bytes:,} bytes; on {result.verified_on}: "
               f"next-token agreement with Keras {result.agreement:.1%}, max |error| "
               f"{result.max_abs_error:.3g} ({result.relative_error:.3g} of the largest logit)"
               + ("" if result.perplexity is None else f", perplexity {result.perplexity:.3f} "
                  f"vs Keras {result.keras_perplexity:.3f}"))
-    elif verbose:
+    else:
         print(f"export_llm: {tflite} {result.bytes:,} bytes (not verified)")
-    return result
 
 
 def keras_logits(model):
