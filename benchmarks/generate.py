@@ -55,8 +55,8 @@ from benchmarks._llamacpp import (
 )
 from benchmarks._readme import generate_table
 from benchmarks.llm import eval_sizes, gguf_path
+from tfcompress.core.files import write_atomic
 from tfcompress.errors import TfcompressError
-from tfcompress.export.llm import _write_atomic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -461,7 +461,7 @@ def plot_quality_size(res: dict, path: Path) -> None:
     png = io.BytesIO()
     fig.savefig(png, dpi=110, format="png")
     plt.close(fig)
-    _write_atomic(path, png.getvalue())  # never a half-written plot
+    write_atomic(path, png.getvalue())  # never a half-written plot
 
 
 def _write(res: dict, args) -> None:

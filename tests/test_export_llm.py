@@ -187,14 +187,14 @@ def test_float16_cache_holds_rounded_keys_and_values(tmp_path):
 
 
 def test_auto_buckets_are_powers_of_two_from_256_below_the_cache():
-    from tfcompress.export.llm import _check_buckets
+    from tfcompress.export.llm import check_cache_buckets
 
-    assert _check_buckets("auto", 1024) == (256, 512)
-    assert _check_buckets("auto", 4096) == (256, 512, 1024, 2048)
-    assert _check_buckets("auto", 257) == (256,)
-    assert _check_buckets("auto", 256) == ()
-    assert _check_buckets(None, 64) == _check_buckets((), 64) == ()
-    assert _check_buckets([32, np.int64(8)], 64) == (8, 32)
+    assert check_cache_buckets("auto", 1024) == (256, 512)
+    assert check_cache_buckets("auto", 4096) == (256, 512, 1024, 2048)
+    assert check_cache_buckets("auto", 257) == (256,)
+    assert check_cache_buckets("auto", 256) == ()
+    assert check_cache_buckets(None, 64) == check_cache_buckets((), 64) == ()
+    assert check_cache_buckets([32, np.int64(8)], 64) == (8, 32)
 
 
 def test_logits_after_each_token_match_keras(exported):

@@ -68,7 +68,7 @@ def tied():
 
 
 def test_input_stats_are_the_keras_layers_inputs(tied):
-    from tfcompress.core.layers import capture_inputs
+    from tfcompress.core import capture_inputs
     from tfcompress.export.llm_graph import decoder_of
 
     stats = input_stats(decoder_of(tied), CALIB)

@@ -162,8 +162,16 @@ GOOD = {"model": {"preset": "test-tiny", "train_steps": 2}, "data": {"corpus": "
                                      "cache_length": 32}}}]},
      "stages[0].export.llm.cache_length: 32 is below the longest prefill length 64"),
     ({"stages": [{"export": {"llm": {"modes": ["int4"], "cache": 32}}}]},
-     "stages[0].export.llm: unknown key 'cache' (valid: budget_mb, cache_length, litertlm, "
-     "modes, prefill_lengths)"),
+     "stages[0].export.llm: unknown key 'cache' (valid: budget_mb, cache_buckets, "
+     "cache_length, kv_cache_dtype, litertlm, modes, prefill_lengths)"),
+    ({"stages": [{"export": {"llm": {"modes": ["int4"], "cache_buckets": [512, 512]}}}]},
+     "stages[0].export.llm.cache_buckets must be 'auto', None or distinct cache lengths in "
+     "[1, 1024) (below cache_length), got [512, 512]"),
+    ({"stages": [{"export": {"llm": {"modes": ["int4"], "cache_buckets": "all"}}}]},
+     "stages[0].export.llm.cache_buckets must be 'auto', None or cache lengths below "
+     "cache_length (1024), got 'all'"),
+    ({"stages": [{"export": {"llm": {"modes": ["int4"], "kv_cache_dtype": "int8"}}}]},
+     "stages[0].export.llm.kv_cache_dtype: must be one of ['float32', 'float16'], got 'int8'"),
     ({"stages": [{"export": {"llm": {"modes": ["int4"], "budget_mb": 0}}}]},
      "stages[0].export.llm.budget_mb: must be a positive number of MB, got 0"),
     ({"stages": [{"export": {"llm": {"modes": ["dynamic_int8"], "budget_mb": 100}}}]},

@@ -111,7 +111,7 @@ def bucket_signature_names(prefill_lengths, buckets) -> dict[str, dict]:
             for b in sorted(buckets)}
 
 
-def _check_buckets(cache_buckets, cache_length: int) -> tuple[int, ...]:
+def check_cache_buckets(cache_buckets, cache_length: int) -> tuple[int, ...]:
     """``"auto"``: powers of two from `MIN_AUTO_BUCKET` below ``cache_length``; else
     distinct integers in ``[1, cache_length)`` (``()`` or None: no buckets)."""
     if isinstance(cache_buckets, str):
@@ -398,7 +398,7 @@ def _check_arguments(model, path, prefill_lengths, cache_length, cache_buckets,
     if mode not in LLM_MODES:
         raise TfcompressError(f"mode must be one of {list(LLM_MODES)}, got {mode!r}")
     lengths = _check_lengths(prefill_lengths, cache_length)
-    buckets = bucket_signature_names(lengths, _check_buckets(cache_buckets, cache_length))
+    buckets = bucket_signature_names(lengths, check_cache_buckets(cache_buckets, cache_length))
     if kv_cache_dtype not in KV_CACHE_DTYPES:
         raise TfcompressError(f"kv_cache_dtype must be one of {list(KV_CACHE_DTYPES)}, got "
                               f"{kv_cache_dtype!r}")

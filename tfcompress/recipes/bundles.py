@@ -88,6 +88,8 @@ def llm_bundles(run, st: dict):
                   if mode == "int4" and spec.get("budget_mb") is not None else {})
         exported = export_llm(model, folder, prefill_lengths=spec["prefill_lengths"],
                               cache_length=spec["cache_length"], mode=mode,
+                              cache_buckets=spec.get("cache_buckets"),
+                              kv_cache_dtype=spec.get("kv_cache_dtype", "float32"),
                               tokenizer=tokenizer, verify_text=held_out, verbose=run.verbose,
                               **budget)
         label = f"{name} ({mode} bundle)"

@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 
-from tfcompress.core.distribute import make_strategy
 from tfcompress.core.files import atomic_path, write_atomic
 from tfcompress.errors import TfcompressError
 from tfcompress.recipes.bundles import BUNDLE_KIND
@@ -322,6 +321,9 @@ def run_recipe(recipe, *, quick: bool = False, verbose: bool = True,
         recipe = quick_sizes(recipe)
     run = Run(recipe, verbose)
     if recipe["strategy"] != "default":  # before any TensorFlow work: multi_worker needs it
+        # imported here: core.distribute loads TensorFlow, which `--help` must not wait for
+        from tfcompress.core.distribute import make_strategy
+
         run.strategy = make_strategy(recipe["strategy"])
         replicas = run.strategy.num_replicas_in_sync
         _say(run, f"training stages under {type(run.strategy).__name__} ({replicas} "

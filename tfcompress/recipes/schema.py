@@ -19,7 +19,6 @@ from __future__ import annotations
 import copy
 from pathlib import Path
 
-from tfcompress.core.distribute import STRATEGIES
 from tfcompress.errors import TfcompressError
 
 MODEL_SOURCES = ("keras", "kerashub", "gguf", "safetensors", "preset")
@@ -62,7 +61,7 @@ LAYER_ROLES = ("blocks", "all")
 DEFAULT_LAYERS = {"prune": "blocks", "factorize": "blocks", "quantize": "all"}
 # export: {llm: {...}}: KV-cache bundles (`export_llm`), one per mode, each with its .litertlm
 LLM_KEYS = {"modes": list, "prefill_lengths": list, "cache_length": int, "litertlm": bool,
-            "budget_mb": float}
+            "budget_mb": float, "cache_buckets": object, "kv_cache_dtype": str}
 DEFAULT_LLM = {"prefill_lengths": [32, 128, 512], "cache_length": 1024, "litertlm": True}
 STUDENT_KEYS = {"preset": str, "layers": list, "depth": float, "select": str, "model": str,
                 "d_model": int, "n_layers": int, "n_heads": int, "d_ff": int}
@@ -368,6 +367,21 @@ def _check_export(settings: dict, where: str, problems: list[str]) -> None:
                         f"{auxiliary!r}")
 
 
+def _check_llm_cache(llm: dict, where: str, problems: list[str]) -> None:
+    """``cache_buckets`` and ``kv_cache_dtype``, by `export_llm`'s own rules."""
+    from tfcompress.export.llm import KV_CACHE_DTYPES, check_cache_buckets
+
+    if _type_ok(llm["cache_length"], int) and llm["cache_length"] >= 1:
+        try:
+            check_cache_buckets(llm.get("cache_buckets"), llm["cache_length"])
+        except TfcompressError as err:
+            problems.append(f"{where}.{err}")
+    dtype = llm.get("kv_cache_dtype", "float32")
+    if dtype not in KV_CACHE_DTYPES:
+        problems.append(f"{where}.kv_cache_dtype: must be one of {list(KV_CACHE_DTYPES)}, got "
+                        f"{dtype!r}")
+
+
 def _check_llm(llm: dict, where: str, problems: list[str]) -> dict:
     """An export stage's ``llm`` section, defaults filled: modes of `LLM_MODES`, prefill
     lengths, a cache that holds the longest, and the LiteRT-LM builder when ``litertlm``."""
@@ -397,6 +411,7 @@ def _check_llm(llm: dict, where: str, problems: list[str]) -> dict:
     elif good and _type_ok(cache, int) and cache < max(lengths):
         problems.append(f"{where}.cache_length: {cache} is below the longest prefill length "
                         f"{max(lengths)}; the cache must hold a whole prefill")
+    _check_llm_cache(llm, where, problems)
     budget = llm.get("budget_mb")
     if _type_ok(budget, float) and budget <= 0:
         problems.append(f"{where}.budget_mb: must be a positive number of MB, got {budget}")
@@ -460,6 +475,15 @@ def _check_order(stages: list[dict], source: str, problems: list[str]) -> None:
         current = name
 
 
+def _check_strategy(recipe: dict, problems: list[str]) -> None:
+    # imported here: core.distribute loads TensorFlow, which `--help` must not wait for
+    from tfcompress.core.distribute import STRATEGIES
+
+    if isinstance(recipe.get("strategy"), str) and recipe["strategy"] not in STRATEGIES:
+        problems.append(f"recipe.strategy: must be one of {list(STRATEGIES)} (tf.distribute "
+                        f"for the training stages), got {recipe['strategy']!r}")
+
+
 def validate(recipe: dict, base_dir: str | Path = ".") -> dict:
     """A normalised deep copy of ``recipe`` (defaults filled, paths absolute, stages as
     ``{"stage": name, ...}``), or one `TfcompressError` listing every problem.
@@ -490,9 +514,7 @@ def validate(recipe: dict, base_dir: str | Path = ".") -> dict:
     if "data" in recipe and isinstance(recipe["data"], dict):
         _check_data(data, model, base, problems)
     _check_keys(recipe.get("samples") or {}, SAMPLE_KEYS, "samples", problems)
-    if isinstance(recipe.get("strategy"), str) and recipe["strategy"] not in STRATEGIES:
-        problems.append(f"recipe.strategy: must be one of {list(STRATEGIES)} (tf.distribute "
-                        f"for the training stages), got {recipe['strategy']!r}")
+    _check_strategy(recipe, problems)
     stages = []
     raw_stages = recipe.get("stages")
     if isinstance(raw_stages, list):
