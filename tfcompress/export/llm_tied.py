@@ -42,6 +42,30 @@ def _head_table(model):
     return None
 
 
+def _dequantized(model, tensor):
+    """A constant int8 tensor's float values (scales per tensor or per row)."""
+    import numpy as np
+
+    codes = np.frombuffer(bytes(model.buffers[tensor.buffer].data), np.int8)
+    codes = codes.reshape(tensor.shape).astype(np.float32)
+    scale = np.asarray(tensor.quantization.scale, np.float32)
+    return codes * (scale.reshape(-1, *[1] * (codes.ndim - 1)) if scale.size > 1 else scale)
+
+
+def _same_values(model, own, table) -> bool:
+    """Whether the GATHER's table holds the head's values (each within its own rounding):
+    the converter may have folded a scale into a copy of the same shape (Gemma's embedding
+    times sqrt(d)), which must keep its own table."""
+    import numpy as np
+
+    if own.quantization is None or own.quantization.scale is None:
+        return False
+    mine, theirs = _dequantized(model, own), _dequantized(model, table)
+    tolerance = (np.max(np.asarray(own.quantization.scale)) / 2
+                 + np.asarray(table.quantization.scale).reshape(-1, 1) / 2) * 1.001
+    return bool(np.all(np.abs(mine - theirs) <= tolerance))
+
+
 def _builtin(model, op) -> int:
     from ai_edge_litert.tools.flatbuffer_utils import get_builtin_code_from_operator_code
 
@@ -76,7 +100,8 @@ def share_tied_table(flatbuffer: bytes) -> tuple[bytes, int]:
             if (own.type != schema.TensorType.INT8 or list(own.shape) != list(table.shape)
                     or len(readers[op.inputs[0]]) != 1 or len(after) != 1
                     or _builtin(model, after[0]) != schema.BuiltinOperator.DEQUANTIZE
-                    or (op.builtinOptions is not None and op.builtinOptions.axis)):
+                    or (op.builtinOptions is not None and op.builtinOptions.axis)
+                    or not _same_values(model, own, table)):
                 continue
             if lookup is None:
                 lookup = _opcode_index(model, schema.BuiltinOperator.EMBEDDING_LOOKUP)
