@@ -52,15 +52,15 @@ def _dequantized(model, tensor):
     return codes * (scale.reshape(-1, *[1] * (codes.ndim - 1)) if scale.size > 1 else scale)
 
 
-def _same_values(model, own, table) -> bool:
-    """Whether the GATHER's table holds the head's values (each within its own rounding):
-    the converter may have folded a scale into a copy of the same shape (Gemma's embedding
-    times sqrt(d)), which must keep its own table."""
+def _same_values(model, own, table, theirs) -> bool:
+    """Whether the GATHER's table holds the head's values ``theirs`` (each within its own
+    rounding): the converter may have folded a scale into a copy of the same shape (Gemma's
+    embedding times sqrt(d)), which must keep its own table."""
     import numpy as np
 
     if own.quantization is None or own.quantization.scale is None:
         return False
-    mine, theirs = _dequantized(model, own), _dequantized(model, table)
+    mine = _dequantized(model, own)
     tolerance = (np.max(np.asarray(own.quantization.scale)) / 2
                  + np.asarray(table.quantization.scale).reshape(-1, 1) / 2) * 1.001
     return bool(np.all(np.abs(mine - theirs) <= tolerance))
@@ -85,6 +85,7 @@ def share_tied_table(flatbuffer: bytes) -> tuple[bytes, int]:
     if head is None:
         return flatbuffer, 0
     table, table_buffer = head
+    values = _dequantized(model, table)  # once: each signature has its own GATHER
     lookup, count = None, 0
     dropped: set[int] = set()
     for subgraph in model.subgraphs:
@@ -101,7 +102,7 @@ def share_tied_table(flatbuffer: bytes) -> tuple[bytes, int]:
                     or len(readers[op.inputs[0]]) != 1 or len(after) != 1
                     or _builtin(model, after[0]) != schema.BuiltinOperator.DEQUANTIZE
                     or (op.builtinOptions is not None and op.builtinOptions.axis)
-                    or not _same_values(model, own, table)):
+                    or not _same_values(model, own, table, values)):
                 continue
             if lookup is None:
                 lookup = _opcode_index(model, schema.BuiltinOperator.EMBEDDING_LOOKUP)
