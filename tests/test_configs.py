@@ -168,3 +168,16 @@ def test_recipe_stage_keys_are_the_config_fields():
     with pytest.raises(TfcompressError, match="did you mean 'exponent'"):
         validate(_recipe({"factorize": {"method": "asvd", "rank": 4, "exponnt": 0.5}}))
     assert SVDLLMConfig(rank=2).settings().method == "svd-llm"
+
+
+def test_qat_and_sensitivity_take_the_grid_configs(model, ids):
+    from tfcompress.quantize import qat, sensitivity, strip_qat
+
+    grid = dict(bits=3, granularity="group", group_size=16)
+    new = strip_qat(qat(model, RTNConfig(**grid)))
+    assert _same_weights(new, strip_qat(qat(model, QuantizeConfig(**grid))))
+    assert not _same_weights(new, model)  # the grid changed the weights
+    by_new = sensitivity(model, ids, GPTQConfig(**grid, types=("Dense",)), bits=(2, 4))
+    assert by_new == sensitivity(model, ids, QuantizeConfig(**grid, types=("Dense",)),
+                                 bits=(2, 4))
+    assert all(errors[2] > errors[4] for errors in by_new.values())

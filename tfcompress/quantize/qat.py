@@ -26,10 +26,11 @@ from tfcompress.core.layers import (
     select_layers,
     to_matrix,
 )
+from tfcompress.core.registry import MethodConfig
 from tfcompress.core.saving import layers_at, mark_state, register_restorer, unmark_state
 from tfcompress.core.validation import check_model
 from tfcompress.errors import TfcompressError
-from tfcompress.quantize.config import QuantizeConfig, RTNConfig
+from tfcompress.quantize.config import GPTQConfig, QuantizeConfig, RTNConfig
 from tfcompress.quantize.storage import _float_attr, same_name_subclass
 
 
@@ -82,15 +83,15 @@ class _FakeQuant:
         return getattr(self, self.qat_attr), None, None
 
 
-def qat(model, config: RTNConfig | QuantizeConfig | None = None, *, inplace: bool = False,
-        **overrides):
+def qat(model, config: RTNConfig | GPTQConfig | QuantizeConfig | None = None, *,
+        inplace: bool = False, **overrides):
     """A copy of ``model`` (unless ``inplace``) whose selected weights train fake-quantized.
 
     Uses the grid of ``config`` (an `RTNConfig`): ``bits`` / ``layer_bits``, ``granularity``
     (channel or group) and ``group_size``; the scheme is affine min-max.
     """
     check_model(model, "qat", legacy_hint="tfcompress.quantize.tfmot_quantize")
-    if isinstance(config, RTNConfig):
+    if isinstance(config, MethodConfig):  # RTNConfig / GPTQConfig: their grid; else the old form
         config = config.for_model(model).settings()
     config = QuantizeConfig.from_config({**(config or QuantizeConfig()).get_config(),
                                          **overrides})
