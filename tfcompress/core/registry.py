@@ -70,6 +70,8 @@ class MethodConfig:
 
     @classmethod
     def from_config(cls, config: dict) -> MethodConfig:
+        """The config of `get_config`'s dict (``method``, if given, must be this class's);
+        an unknown key is refused with the closest field."""
         config = dict(config)
         method = config.pop("method", cls.method)
         if method != cls.method:

@@ -32,7 +32,12 @@ from tfcompress.core.layers import (
     set_kernel_matrix,
 )
 from tfcompress.core.progress import progress_bar
-from tfcompress.core.registry import handler_for, register_handler, resolve_config
+from tfcompress.core.registry import (
+    MethodConfig,
+    handler_for,
+    register_handler,
+    resolve_config,
+)
 from tfcompress.core.saving import compression_state, layers_at, mark_state, register_restorer
 from tfcompress.core.validation import check_calibration, check_model
 from tfcompress.errors import TfcompressError
@@ -87,8 +92,8 @@ class LayerPlan:
         return bool(self.factors)
 
 
-def factorize(model, config=None, calibration=None, *, inplace: bool = False,
-              verbose: int = 1, **overrides):
+def factorize(model, config: MethodConfig | FactorizeConfig | None = None, calibration=None,
+              *, inplace: bool = False, verbose: int = 1, **overrides):
     """A copy of ``model`` whose chosen kernels are low-rank products by ``config``'s method
     (`SVDLLMConfig` when None).
 

@@ -16,7 +16,12 @@ from tfcompress.core.calibration import calibration_batches
 from tfcompress.core.deprecation import renamed_argument
 from tfcompress.core.layers import copy_model, matrix_shape, select_layers
 from tfcompress.core.losses import lm_loss
-from tfcompress.core.registry import handler_for, register_handler, resolve_config
+from tfcompress.core.registry import (
+    MethodConfig,
+    handler_for,
+    register_handler,
+    resolve_config,
+)
 from tfcompress.core.validation import check_calibration, check_model
 from tfcompress.errors import TfcompressError
 from tfcompress.prune.config import (
@@ -38,8 +43,8 @@ from tfcompress.prune.training import (
 )
 
 
-def prune(model, config=None, calibration=None, *, loss=None, inplace: bool = False,
-          verbose: int = 1, data=None, **overrides):
+def prune(model, config: MethodConfig | PruneConfig | None = None, calibration=None, *,
+          loss=None, inplace: bool = False, verbose: int = 1, data=None, **overrides):
     """Prune a Keras 3 model's kernels (nested layers included) by ``config``'s criterion
     (`MagnitudeConfig` when None) and return the pruned model.
 

@@ -23,7 +23,12 @@ from tfcompress.core.layers import (
     select_layers,
     set_kernel_matrix,
 )
-from tfcompress.core.registry import handler_for, register_handler, resolve_config
+from tfcompress.core.registry import (
+    MethodConfig,
+    handler_for,
+    register_handler,
+    resolve_config,
+)
 from tfcompress.core.stats import hessian
 from tfcompress.core.validation import check_model
 from tfcompress.errors import TfcompressError
@@ -43,8 +48,8 @@ from tfcompress.quantize.storage import attach, mark_quantized
 __all__ = ["METHODS", "QuantizeConfig", "quantize"]
 
 
-def quantize(model, config=None, calibration=None, *, inplace: bool = False,
-             verbose: int = 1, **overrides):
+def quantize(model, config: MethodConfig | QuantizeConfig | None = None, calibration=None, *,
+             inplace: bool = False, verbose: int = 1, **overrides):
     """Weight-quantize a Keras 3 model by ``config``'s method; returns a copy unless
     ``inplace``.
 
