@@ -152,10 +152,10 @@ def test_error_hints_name_things_that_import():
 
 
 def test_factorize_merges_a_config_with_overrides():
-    from tfcompress.lowrank import FactorizeConfig
+    from tfcompress.lowrank import SVDConfig
 
-    base = FactorizeConfig(method="svd", target_ratio=0.5, include="mlp")
-    merged = FactorizeConfig.merge(base, {"rank": 4})
+    base = SVDConfig(target_ratio=0.5, include="mlp")
+    merged = base.with_overrides(rank=4)
     assert (merged.rank, merged.target_ratio, merged.include) == (4, None, "mlp")
     model = tfcompress.factorize(build_gpt("test-tiny"), base, rank=4, verbose=0)
     assert {p.rank for p in model.factorization if p.factorized} == {4}

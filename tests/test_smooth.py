@@ -82,7 +82,7 @@ def test_smoothed_copy_computes_the_same_logits(build, groups):
     ids = np.random.default_rng(0).integers(0, 64, (6, 16)).astype("int32")
     before = [w.numpy().copy() for w in model.weights]
     expected = keras.ops.convert_to_numpy(model(ids))
-    smoothed = smooth(model, ids, alpha=0.5)
+    smoothed = smooth(model, ids, strength=0.5)
     got = keras.ops.convert_to_numpy(smoothed(ids))
     np.testing.assert_allclose(got, expected, atol=1e-5 * np.abs(expected).max())
     for a, w in zip(before, model.weights, strict=True):  # the user's model is untouched
@@ -99,7 +99,7 @@ def test_smoothing_flattens_the_normalized_activation():
     ids = np.random.default_rng(1).integers(0, 64, (4, 16)).astype("int32")
     norm = model.get_layer("block0_attn_norm")
     norm.scale.assign(np.linspace(0.1, 30.0, 32).astype("float32"))
-    smoothed = smooth(model, ids, alpha=0.5)
+    smoothed = smooth(model, ids, strength=0.5)
     probe = [keras.Model(m.inputs, m.get_layer("block0_attn_norm").output) for m in
              (model, smoothed)]
     x0, x1 = (np.abs(keras.ops.convert_to_numpy(p(ids))).reshape(-1, 32).max(0) for p in probe)
@@ -109,12 +109,24 @@ def test_smoothing_flattens_the_normalized_activation():
     np.testing.assert_allclose(x1, np.sqrt(x0 * np.abs(w).max(1)), rtol=1e-4)
 
 
-@pytest.mark.parametrize("alpha", [1.5, -0.1, "0.5", True, None])
-def test_bad_strength_is_refused(alpha):
+@pytest.mark.parametrize("strength", [1.5, -0.1, "0.5", True])
+def test_bad_strength_is_refused(strength):
     model = build_gpt("test-tiny", vocab_size=64)
     ids = np.zeros((2, 8), "int32")
-    with pytest.raises(TfcompressError, match="alpha.*migration strength"):
-        smooth(model, ids, alpha=alpha)
+    with pytest.raises(TfcompressError, match="strength.*migration strength.*got"):
+        smooth(model, ids, strength=strength)
+    with pytest.raises(TfcompressError, match="give strength only"):
+        smooth(model, ids, strength=0.5, alpha=0.5)
+
+
+def test_alpha_is_the_old_name_of_strength():
+    model = build_gpt("test-tiny", vocab_size=64)
+    ids = np.random.default_rng(0).integers(0, 64, (2, 8))
+    with pytest.warns(FutureWarning, match="alpha= is deprecated.*use strength="):
+        old = smooth(model, ids, alpha=0.3, verbose=0)
+    new = smooth(model, ids, strength=0.3, verbose=0)
+    for a, b in zip(old.get_weights(), new.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_export_refuses_bad_smoothing_before_converting(tmp_path):

@@ -2,7 +2,7 @@
 
 One verb per method, each also the name of its subpackage: ``tfcompress.prune``,
 ``tfcompress.quantize``, ``tfcompress.evaluate`` are callable packages
-(``tfcompress.prune(model, ...)`` runs the verb, ``tfcompress.prune.PruneConfig`` is in the
+(``tfcompress.prune(model, ...)`` runs the verb, ``tfcompress.prune.WandaConfig`` is in the
 package); ``factorize`` (package ``lowrank``), ``export_tflite`` (package ``export``) and
 ``Distiller`` (package ``distill``) complete the set. `run` runs a recipe (package
 ``recipes``).
@@ -35,6 +35,13 @@ NAMES = {
     "factorize": "tfcompress.lowrank",
     "PruneConfig": "tfcompress.prune",
     "QuantizeConfig": "tfcompress.quantize",
+    # one config class per method (`tfcompress.core.registry`)
+    **dict.fromkeys(("RTNConfig", "GPTQConfig", "KerasInt8Config", "KerasInt4Config",
+                     "KerasGPTQConfig"), "tfcompress.quantize"),
+    **dict.fromkeys(("MagnitudeConfig", "TaylorConfig", "WandaConfig", "SparseGPTConfig"),
+                    "tfcompress.prune"),
+    **dict.fromkeys(("SVDConfig", "ASVDConfig", "SVDLLMConfig", "CPConfig"),
+                    "tfcompress.lowrank"),
     "qat": "tfcompress.quantize",
     "Report": "tfcompress.evaluate",
     "compare": "tfcompress.evaluate",
@@ -89,6 +96,9 @@ def __dir__() -> list[str]:
 
 
 __all__ = [
+    "ASVDConfig", "CPConfig", "GPTQConfig", "KerasGPTQConfig", "KerasInt4Config",
+    "KerasInt8Config", "MagnitudeConfig", "RTNConfig", "SVDConfig", "SVDLLMConfig",
+    "SparseGPTConfig", "TaylorConfig", "WandaConfig",
     "Distiller", "FactorizeConfig", "PruneConfig", "QuantizeConfig", "Report", "TFLiteRunner",
     "TfcompressError", "VerificationError", "compare", "data", "distill", "evaluate",
     "export", "export_tflite", "factorize", "generate", "generate_text", "import_all",

@@ -1,6 +1,7 @@
 """Shared model plumbing for every method and any Keras 3 model: finding layers and blocks,
 copying models, model signatures, calibrating block by block with streamed input statistics,
-the shared Hessian math; `tfcompress.core.saving` for changed layers."""
+the shared Hessian math; `tfcompress.core.saving` for changed layers; `MethodConfig` and
+`register_handler`: one config class per method, each registered with its handler."""
 
 from tfcompress.core.blocks import BlockPlan, find_blocks
 from tfcompress.core.calibration import calibrate, calibration_batches, capture_inputs
@@ -25,11 +26,14 @@ from tfcompress.core.layers import (
     to_matrix,
     transfer_state,
 )
+from tfcompress.core.registry import MethodConfig, register_handler
 from tfcompress.core.stats import InputStats, hessian, inverse_hessian_factor
 
 __all__ = [
     "BlockPlan",
     "InputStats",
+    "MethodConfig",
+    "register_handler",
     "calibrate",
     "calibration_batches",
     "find_blocks",

@@ -5,7 +5,7 @@ and neither shadows the other.
 Example:
     >>> import tfcompress
     >>> tfcompress.prune(model, sparsity=0.5)       # the verb
-    >>> tfcompress.prune.PruneConfig(sparsity=0.5)  # the package
+    >>> tfcompress.prune.WandaConfig(sparsity=0.5)  # the package
 """
 
 from __future__ import annotations

@@ -310,7 +310,7 @@ def export_llm(
     verify_text=None,
     budget_mb: float | None = None,
     calibration=None,
-    verbose: bool = True,
+    verbose: int = 1,
 ) -> LLMExportResult:
     """Write the bundle folder ``path``: ``model.tflite``, ``tokenizer.json``, ``llm.json``.
 

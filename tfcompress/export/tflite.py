@@ -45,7 +45,7 @@ from tfcompress.export.modes import (
 from tfcompress.export.ops import describe_ops, inspect_tflite
 from tfcompress.export.representative import InputSpec, representative_samples
 from tfcompress.export.runner import TFLiteRunner
-from tfcompress.quantize.smooth import check_alpha
+from tfcompress.quantize.smooth import check_strength
 from tfcompress.quantize.smooth import smooth as smooth_model
 
 
@@ -202,7 +202,7 @@ def export_tflite(
     max_samples: int = 100,
     auxiliary_inputs: str = "fixed",
     smooth: float | None = None,
-    verbose: bool = True,
+    verbose: int = 1,
 ) -> ExportResult:
     """Convert ``model`` to ``.tflite`` at ``path`` in ``mode`` (see `MODES`) and verify it.
 
@@ -314,7 +314,7 @@ def _check_data_options(spec: InputSpec, mode: str, int8_io: bool, representativ
                               f"{spec.describe()})")
     _check_litert(spec_mode)
     if smooth is not None:
-        check_alpha(smooth, "smooth")
+        check_strength(smooth, "smooth")
         if not spec_mode.static_activations:
             raise TfcompressError(
                 f"smooth is only for the modes with fixed activation ranges "

@@ -1,12 +1,23 @@
-"""`FactorizeConfig`: which layers to factorize, how, and at what rank."""
+"""Configs of `factorize`, one per method (`SVDConfig`, `ASVDConfig`, `SVDLLMConfig`,
+`CPConfig`): which layers to factorize and at what rank. Each is registered with its handler
+in `tfcompress.lowrank.factorize`; `FactorizeConfig` is the resolved settings the handler
+reads (and the old all-methods form, deprecated as a `factorize` argument).
+
+Example:
+    >>> config = SVDLLMConfig(target_ratio=0.6, include="mlp|attn")
+    >>> SVDLLMConfig.from_config(config.get_config()) == config
+    True
+"""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields, replace
 
+from tfcompress.core.registry import MethodConfig
 from tfcompress.errors import TfcompressError
 from tfcompress.lowrank.svd import MATRIX_METHODS, check_fraction
 
+DEFAULT_METHOD = "svd-llm"  # what the verb runs without a config
 METHODS = (*MATRIX_METHODS, "cp")
 CONV_METHODS = ("tucker", "cp", "svd")
 ALLOCATIONS = ("uniform", "sensitivity")
@@ -16,7 +27,9 @@ SUPPORTED_TYPES = ("Dense", "EinsumDense", "Embedding", "Conv1D", "Conv2D")
 
 @dataclass(frozen=True)
 class FactorizeConfig:
-    """How `factorize` replaces kernels by low-rank products.
+    """The resolved settings of every factorize method, which the handler reads (as an
+    argument of `factorize` the old form, deprecated: give the method's config, e.g.
+    `SVDLLMConfig`; its ``alpha`` is `ASVDConfig`'s ``exponent``).
 
     Give exactly one of ``rank`` (fixed), ``energy`` (fraction of singular-value energy kept
     per layer, in (0, 1]) or ``target_ratio`` (factor weights / dense weights over all chosen
@@ -31,7 +44,7 @@ class FactorizeConfig:
     ``"svd"``). ``conv_method`` applies to Conv1D/Conv2D kernels. Embeddings use plain SVD.
 
     Example:
-        >>> FactorizeConfig(method="svd-llm", target_ratio=0.6, include="mlp|attn")
+        >>> SVDLLMConfig(target_ratio=0.6, include="mlp|attn").settings()
     """
 
     method: str = "svd-llm"
@@ -74,7 +87,8 @@ class FactorizeConfig:
             raise TfcompressError("allocation='sensitivity' needs target_ratio (the budget)")
         if self.damping <= 0 or self.alpha <= 0 or self.max_rows < 1:
             raise TfcompressError(
-                f"damping, alpha and max_rows must be positive, got {self.damping}, "
+                f"damping, alpha (ASVD's exponent) and max_rows must be positive, got "
+                f"{self.damping}, "
                 f"{self.alpha}, {self.max_rows}")
         for key in ("types", "include", "exclude", "blocks"):
             value = getattr(self, key)
@@ -93,20 +107,95 @@ class FactorizeConfig:
     def from_config(cls, config: dict) -> FactorizeConfig:
         return cls(**config)
 
-    @classmethod
-    def merge(cls, config: FactorizeConfig | None, overrides: dict) -> FactorizeConfig:
-        """``config`` with ``overrides`` replacing its fields; a budget (``rank``, ``energy``
-        or ``target_ratio``) in ``overrides`` replaces the config's budget."""
-        if config is None:
-            return cls(**overrides)
-        if not isinstance(config, cls):
-            raise TfcompressError(f"config must be a FactorizeConfig, got {type(config).__name__}")
-        fields = config.get_config()
-        if BUDGETS & set(overrides):
-            fields.update(dict.fromkeys(BUDGETS))
-        return cls.from_config({**fields, **overrides})
-
 
 def _one_of(value, options, arg: str) -> None:
     if value not in options:
         raise TfcompressError(f"{arg} must be one of {list(options)}, got {value!r}")
+
+
+@dataclass(frozen=True, kw_only=True)
+class _FactorizeMethodConfig(MethodConfig):
+    """Fields every factorize method has (see `FactorizeConfig`): exactly one budget of
+    ``rank`` / ``energy`` / ``target_ratio``, ``allocation``, ``conv_method`` for Conv1D/2D
+    kernels, and the calibration walk (``max_rows``, ``blocks``) of the activation-aware
+    methods and sensitivity allocation."""
+
+    verb = "factorize"
+    types: tuple[str, ...] | None = ("Dense", "EinsumDense")
+    rank: int | None = None
+    energy: float | None = None
+    target_ratio: float | None = None
+    allocation: str = "uniform"
+    conv_method: str = "tucker"
+    max_rows: int = 8192
+    blocks: str | tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.settings()  # every check of the method's values, before any work
+
+    def settings(self) -> FactorizeConfig:
+        """The resolved settings the handler reads."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "roles"}
+        if own["types"] is None:
+            own["types"] = FactorizeConfig.types
+        if "exponent" in own:
+            own["alpha"] = own.pop("exponent")
+        return FactorizeConfig(method=self.method, **own)
+
+    def with_overrides(self, **overrides) -> _FactorizeMethodConfig:
+        """A copy with ``overrides``; a budget among them replaces this config's budget."""
+        if BUDGETS & set(overrides):
+            overrides = {**dict.fromkeys(BUDGETS), **overrides}
+        return replace(self, **overrides)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SVDConfig(_FactorizeMethodConfig):
+    """Plain truncated SVD (no calibration unless ``allocation="sensitivity"``).
+
+    Example:
+        >>> small = factorize(model, SVDConfig(rank=16))
+    """
+
+    method = "svd"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ASVDConfig(_FactorizeMethodConfig):
+    """SVD of the kernel scaled by activation magnitude: input channel ``j`` by
+    ``mean|x_j| ** exponent`` (ASVD's alpha; was ``alpha`` here too).
+
+    Example:
+        >>> small = factorize(model, ASVDConfig(target_ratio=0.6, exponent=0.5),
+        ...                   calibration=token_windows)
+    """
+
+    method = "asvd"
+    renamed = {"alpha": "exponent"}
+    exponent: float = 0.5
+
+
+@dataclass(frozen=True, kw_only=True)
+class SVDLLMConfig(_FactorizeMethodConfig):
+    """SVD-LLM: SVD of the kernel whitened by the input covariance (Cholesky factor, with
+    ``damping`` a fraction of its mean diagonal).
+
+    Example:
+        >>> small = factorize(model, SVDLLMConfig(target_ratio=0.6), calibration=windows)
+    """
+
+    method = "svd-llm"
+    damping: float = 1e-3
+
+
+@dataclass(frozen=True, kw_only=True)
+class CPConfig(_FactorizeMethodConfig):
+    """CP decomposition of 3-way EinsumDense kernels (attention projections); matrices fall
+    back to plain SVD.
+
+    Example:
+        >>> small = factorize(model, CPConfig(rank=8, types=("EinsumDense",)))
+    """
+
+    method = "cp"

@@ -6,9 +6,11 @@ functional/Sequential model are swapped by cloning the graph, nested ones by rep
 attribute on their parent layer (recorded on the model, so its ``.keras`` file reloads them:
 see `tfcompress.core.saving`).
 
+The config's class picks the method (`SVDConfig`, `ASVDConfig`, `SVDLLMConfig`, `CPConfig`,
+each registered with the handler here).
+
 Example:
-    >>> small = factorize(model, FactorizeConfig(method="svd-llm", target_ratio=0.6),
-    ...                   calibration=token_windows)
+    >>> small = factorize(model, SVDLLMConfig(target_ratio=0.6), calibration=token_windows)
     >>> small.compile(...); small.fit(...)          # fine-tune to recover quality
 """
 
@@ -30,11 +32,24 @@ from tfcompress.core.layers import (
     set_kernel_matrix,
 )
 from tfcompress.core.progress import progress_bar
+from tfcompress.core.registry import (
+    MethodConfig,
+    handler_for,
+    register_handler,
+    resolve_config,
+)
 from tfcompress.core.saving import compression_state, layers_at, mark_state, register_restorer
 from tfcompress.core.validation import check_calibration, check_model
 from tfcompress.errors import TfcompressError
 from tfcompress.lowrank import tensor as tens
-from tfcompress.lowrank.config import FactorizeConfig
+from tfcompress.lowrank.config import (
+    DEFAULT_METHOD,
+    ASVDConfig,
+    CPConfig,
+    FactorizeConfig,
+    SVDConfig,
+    SVDLLMConfig,
+)
 from tfcompress.lowrank.layers import (
     CPEinsumDense,
     LowRankDense,
@@ -77,9 +92,10 @@ class LayerPlan:
         return bool(self.factors)
 
 
-def factorize(model, config: FactorizeConfig | None = None, calibration=None,
-              inplace: bool = False, verbose: int = 1, **overrides):
-    """A copy of ``model`` whose chosen kernels are low-rank products (see `FactorizeConfig`).
+def factorize(model, config: MethodConfig | FactorizeConfig | None = None, calibration=None,
+              *, inplace: bool = False, verbose: int = 1, **overrides):
+    """A copy of ``model`` whose chosen kernels are low-rank products by ``config``'s method
+    (`SVDLLMConfig` when None).
 
     ``calibration`` holds model inputs (token ids, or batches) for the activation-aware
     methods and sensitivity allocation. Layers whose rank would not save parameters, or
@@ -87,13 +103,26 @@ def factorize(model, config: FactorizeConfig | None = None, calibration=None,
     ranks is printed (``verbose``); the decisions are on ``result.factorization``.
     With ``inplace=True`` nested layers of ``model`` itself are replaced and its top-level
     layers reused: use the returned model. Keyword ``overrides`` replace config fields (one
-    of ``rank`` / ``energy`` / ``target_ratio`` replaces the config's budget).
+    of ``rank`` / ``energy`` / ``target_ratio`` replaces the config's budget); the old
+    ``method="..."`` keyword and `FactorizeConfig` work for one release with a warning.
 
     Example:
-        >>> small = factorize(model, target_ratio=0.6, method="svd-llm", calibration=x)
+        >>> small = factorize(model, ASVDConfig(target_ratio=0.6), calibration=x)
     """
     check_model(model, "factorize", legacy_hint="a Keras 3 model (factorize has no tf.keras path)")
-    config = FactorizeConfig.merge(config, overrides)
+    config = resolve_config("factorize", config, overrides, DEFAULT_METHOD,
+                            legacy=FactorizeConfig)
+    return handler_for("factorize", config)(model, config.for_model(model), calibration,
+                                            inplace=inplace, verbose=verbose)
+
+
+@register_handler(SVDConfig)
+@register_handler(ASVDConfig)
+@register_handler(SVDLLMConfig)
+@register_handler(CPConfig)
+def _factorize(model, config, calibration=None, *, inplace: bool = False, verbose: int = 1):
+    """Every built-in method: plan each layer's rank and form, then apply the plans."""
+    config = config.settings()
     chosen = select_layers(model, types=config.types, include=config.include,
                            exclude=config.exclude)
     _check_fixed_rank(chosen, config)
@@ -152,7 +181,7 @@ def _plain_einsum(layer) -> bool:
 
 
 def plan_factorization(model, targets, config: FactorizeConfig, calibration=None,
-                       verbose: bool = True) -> list[LayerPlan]:
+                       verbose: int = 1) -> list[LayerPlan]:
     """Decide and compute the factors of every layer in ``targets`` (nothing is replaced)."""
     routes = {path: _route(layer, config) for path, layer in targets}
     svd_layers = [(p, la) for p, la in targets if routes[p][0] == "svd"]
@@ -259,7 +288,7 @@ def _outputs(model, batches) -> np.ndarray:
 
 
 def _sensitivity_ranks(model, layers, spectra, config, calibration,
-                       verbose: bool = True) -> dict[str, int]:
+                       verbose: int = 1) -> dict[str, int]:
     """Ranks for a ``target_ratio`` budget, weighted by how much each layer's truncation
     (at the uniform rank, alone) changes the model's outputs on the calibration data."""
     calibration = calibration_batches(calibration, model)

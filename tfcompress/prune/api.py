@@ -1,14 +1,14 @@
-"""`prune`: the one verb of `tfcompress.prune` for Keras 3 models.
+"""`prune`: the one verb of `tfcompress.prune` for Keras 3 models; the config's class picks
+the criterion (`MagnitudeConfig`, `TaylorConfig`, `WandaConfig`, `SparseGPTConfig`, each
+registered with its handler here).
 
 Example:
-    >>> pruned = prune(model, PruneConfig(method="wanda", sparsity=0.5), calibration=ids)
+    >>> pruned = prune(model, WandaConfig(sparsity=0.5), calibration=ids)
     >>> sparsity_summary(pruned)["total"]["sparsity"]
     0.5
 """
 
 from __future__ import annotations
-
-from dataclasses import replace
 
 import numpy as np
 
@@ -16,9 +16,23 @@ from tfcompress.core.calibration import calibration_batches
 from tfcompress.core.deprecation import renamed_argument
 from tfcompress.core.layers import copy_model, matrix_shape, select_layers
 from tfcompress.core.losses import lm_loss
+from tfcompress.core.registry import (
+    MethodConfig,
+    handler_for,
+    register_handler,
+    resolve_config,
+)
 from tfcompress.core.validation import check_calibration, check_model
 from tfcompress.errors import TfcompressError
-from tfcompress.prune.config import STRUCTURED, PruneConfig
+from tfcompress.prune.config import (
+    DEFAULT_METHOD,
+    STRUCTURED,
+    MagnitudeConfig,
+    PruneConfig,
+    SparseGPTConfig,
+    TaylorConfig,
+    WandaConfig,
+)
 from tfcompress.prune.oneshot import prune_oneshot
 from tfcompress.prune.structured import prune_structured
 from tfcompress.prune.training import (
@@ -29,13 +43,14 @@ from tfcompress.prune.training import (
 )
 
 
-def prune(model, config: PruneConfig | None = None, calibration=None, *, loss=None,
-          inplace: bool = False, verbose: int = 1, data=None, **overrides):
-    """Prune a Keras 3 model's kernels (nested layers included) and return the pruned model.
+def prune(model, config: MethodConfig | PruneConfig | None = None, calibration=None, *,
+          loss=None, inplace: bool = False, verbose: int = 1, data=None, **overrides):
+    """Prune a Keras 3 model's kernels (nested layers included) by ``config``'s criterion
+    (`MagnitudeConfig` when None) and return the pruned model.
 
-    - With ``config.schedule`` the returned copy gets mask variables (all ones at first):
-      train it with ``fit(..., callbacks=[UpdatePruning()])``, then `strip_pruning`.
-    - Without one, ``config.method`` prunes at once from ``calibration`` (inputs for
+    - With a `MagnitudeConfig` ``schedule`` the returned copy gets mask variables (all ones
+      at first): train it with ``fit(..., callbacks=[UpdatePruning()])``, then `strip_pruning`.
+    - Without one, the criterion prunes at once from ``calibration`` (inputs for
       wanda / sparsegpt; ``(inputs, targets[, weights])`` batches for taylor). The masks stay
       attached, so a fine-tune with `UpdatePruning` keeps the pruned weights at zero.
     - ``pattern="neurons"`` / ``"heads"`` return a new, narrower functional model.
@@ -44,16 +59,28 @@ def prune(model, config: PruneConfig | None = None, calibration=None, *, loss=No
     copied unless ``inplace=True`` (structured pruning always builds a new model). ``loss``
     is taylor's loss (default: sparse categorical cross-entropy on logits). ``verbose``
     prints the sparsity per layer (0: nothing). ``data`` is the deprecated name of
-    ``calibration``.
+    ``calibration``; the old ``method="..."`` keyword and `PruneConfig` work for one release
+    with a warning.
 
     Example:
-        >>> pruned = prune(model, method="sparsegpt", pattern="2:4", calibration=ids)
+        >>> pruned = prune(model, SparseGPTConfig(pattern="2:4"), calibration=ids)
     """
     calibration = renamed_argument("data", data, "calibration", calibration)
     check_model(model, "prune", legacy_hint="tfcompress.prune.prune_tf_keras")
-    if config is not None and not isinstance(config, PruneConfig):
-        raise TfcompressError(f"config must be a PruneConfig, got {type(config).__name__}")
-    config = replace(config or PruneConfig(), **overrides)
+    config = resolve_config("prune", config, overrides, DEFAULT_METHOD, legacy=PruneConfig)
+    return handler_for("prune", config)(model, config.for_model(model), calibration,
+                                        inplace=inplace, verbose=verbose, loss=loss)
+
+
+@register_handler(MagnitudeConfig)
+@register_handler(TaylorConfig)
+@register_handler(WandaConfig)
+@register_handler(SparseGPTConfig)
+def _prune(model, config, calibration=None, *, inplace: bool = False, verbose: int = 1,
+           loss=None):
+    """Every built-in criterion: scores or SparseGPT, at once or on a schedule, unstructured,
+    N:M or structured (`PruneConfig` holds the resolved settings)."""
+    config = config.settings()
     if config.schedule is None and config.method in ("wanda", "sparsegpt"):
         # read once (a generator cannot be read twice), checked before any work
         calibration = calibration_batches(calibration, model)

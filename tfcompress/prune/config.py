@@ -1,20 +1,25 @@
-"""`PruneConfig`: what to prune, by which criterion, to which pattern, on which schedule.
+"""Configs of `prune`, one per criterion (`MagnitudeConfig`, `TaylorConfig`, `WandaConfig`,
+`SparseGPTConfig`): what to prune, to which pattern, on which schedule. Each is registered with
+its handler in `tfcompress.prune.api`; `PruneConfig` is the resolved settings the handlers read
+(and the old all-methods form, deprecated as a `prune` argument).
 
 Example:
-    >>> cfg = PruneConfig(method="wanda", sparsity=0.5, pattern="2:4", exclude="lm_head")
-    >>> PruneConfig.from_config(cfg.get_config()) == cfg
+    >>> cfg = WandaConfig(sparsity=0.5, pattern="2:4", exclude="lm_head")
+    >>> WandaConfig.from_config(cfg.get_config()) == cfg
     True
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 
 from tfcompress.core.layers import COMPRESSIBLE_TYPES
+from tfcompress.core.registry import MethodConfig
 from tfcompress.errors import TfcompressError
 from tfcompress.prune.masks import check_sparsity, parse_nm
 
+DEFAULT_METHOD = "magnitude"  # what the verb runs without a config
 METHODS = ("magnitude", "taylor", "wanda", "sparsegpt")
 STRUCTURED = ("neurons", "heads")
 # activation-aware criteria read each layer's (rows, d_in) inputs, which only dense layers have
@@ -42,7 +47,8 @@ def schedule_to_config(schedule) -> dict | None:
 
 @dataclass(frozen=True)
 class PruneConfig:
-    """Settings of `tfcompress.prune.prune`.
+    """The resolved settings of every prune method, which the handlers read (as an argument
+    of `prune` the old form, deprecated: give the method's config, e.g. `WandaConfig`).
 
     - ``method``: ``magnitude`` | ``taylor`` (|w·dL/dw| over data batches) | ``wanda``
       (|W|·||X|| from calibration inputs) | ``sparsegpt`` (Hessian reconstruction).
@@ -157,3 +163,84 @@ class PruneConfig:
     @classmethod
     def from_config(cls, config: dict) -> PruneConfig:
         return cls(**config)
+
+
+@dataclass(frozen=True, kw_only=True)
+class _PruneMethodConfig(MethodConfig):
+    """Fields every prune criterion has: ``sparsity`` (fraction of weights zeroed) and
+    ``pattern`` (``unstructured``, an N:M string such as ``"2:4"``, or structured
+    ``neurons`` / ``heads`` for the criteria that rank units); checked by `PruneConfig`."""
+
+    verb = "prune"
+    sparsity: float = 0.5
+    pattern: str = "unstructured"
+
+    def __post_init__(self):
+        super().__post_init__()
+        self.settings()  # every check of the method's values, before any work
+
+    def settings(self) -> PruneConfig:
+        """The resolved settings the handlers read."""
+        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "roles"}
+        return PruneConfig(method=self.method, **own)
+
+
+@dataclass(frozen=True, kw_only=True)
+class MagnitudeConfig(_PruneMethodConfig):
+    """|w| per layer (``scope="layer"``) or under one threshold (``"global"``); with a TF-MOT
+    ``schedule`` (or its config dict) the model prunes during ``fit`` with `UpdatePruning`.
+
+    Example:
+        >>> pruned = prune(model, MagnitudeConfig(sparsity=0.8, scope="global"))
+    """
+
+    method = "magnitude"
+    scope: str = "layer"
+    schedule: dict | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class TaylorConfig(_PruneMethodConfig):
+    """|w·dL/dw| over ``(inputs, targets[, weights])`` calibration batches (the verb's
+    ``loss``, default next-token cross-entropy).
+
+    Example:
+        >>> pruned = prune(model, TaylorConfig(sparsity=0.5), calibration=[(x, y)])
+    """
+
+    method = "taylor"
+    scope: str = "layer"
+
+
+@dataclass(frozen=True, kw_only=True)
+class WandaConfig(_PruneMethodConfig):
+    """|W|·||X|| from calibration inputs, block by block (``blocks``: None finds them, or a
+    regex / layer names; ``max_rows`` caps rows per layer; ``resume_dir`` saves progress).
+
+    Example:
+        >>> pruned = prune(model, WandaConfig(pattern="2:4"), calibration=token_windows)
+    """
+
+    method = "wanda"
+    scope: str = "layer"
+    max_rows: int | None = 8192
+    blocks: str | tuple[str, ...] | None = None
+    resume_dir: str | None = None
+
+
+@dataclass(frozen=True, kw_only=True)
+class SparseGPTConfig(_PruneMethodConfig):
+    """SparseGPT's Hessian reconstruction from calibration inputs: ``block_size`` columns at a
+    time, ``damping`` a fraction of the mean Hessian diagonal; ``max_rows``, ``blocks``,
+    ``resume_dir`` as in `WandaConfig`.
+
+    Example:
+        >>> pruned = prune(model, SparseGPTConfig(sparsity=0.5), calibration=token_windows)
+    """
+
+    method = "sparsegpt"
+    block_size: int = 128
+    damping: float = 0.01
+    max_rows: int | None = 8192
+    blocks: str | tuple[str, ...] | None = None
+    resume_dir: str | None = None

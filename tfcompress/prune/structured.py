@@ -7,7 +7,7 @@ removed; a ``MultiHeadAttention`` loses whole heads. The model is rebuilt with
 faster everywhere (Keras, TFLite), not just sparse.
 
 Example:
-    >>> small = prune(model, PruneConfig(pattern="neurons", sparsity=0.3))
+    >>> small = prune(model, MagnitudeConfig(pattern="neurons", sparsity=0.3))
     >>> small.get_layer("block0_mlp_in").units     # 1024 -> 717
     717
 """

@@ -6,7 +6,7 @@ can and reports the rest; a graph that ``clone_model`` cannot rebuild from its c
 constant such as ``tf.range(seq_len)`` positions in a call) is re-run layer by layer.
 
 Example:
-    >>> pruned, skipped = prune_tf_keras(tf_keras_model, PruneConfig(sparsity=0.5))
+    >>> pruned, skipped = prune_tf_keras(tf_keras_model, MagnitudeConfig(sparsity=0.5))
     >>> pruned.compile(...); pruned.fit(x, y, callbacks=tf_keras_callbacks())
     >>> plain = strip_tf_keras(pruned)
 """
@@ -19,10 +19,10 @@ import numpy as np
 
 from tfcompress.core.layers import require_tf_keras
 from tfcompress.errors import TfcompressError
-from tfcompress.prune.config import PruneConfig
+from tfcompress.prune.config import MagnitudeConfig, PruneConfig
 
 
-def prune_tf_keras(model, config: PruneConfig | None = None, **overrides):
+def prune_tf_keras(model, config: MagnitudeConfig | PruneConfig | None = None, **overrides):
     """Wrap a copy of a tf.keras model's prunable layers with TF-MOT's ``PruneLowMagnitude``.
 
     Uses ``config.schedule`` (default ``ConstantSparsity(config.sparsity, 0, frequency=1)``), an N:M
@@ -31,6 +31,8 @@ def prune_tf_keras(model, config: PruneConfig | None = None, **overrides):
     prune to the reason. Train with `tf_keras_callbacks`, finish with `strip_tf_keras`.
     """
     require_tf_keras(model, native_hint="tfcompress.prune.prune")
+    if isinstance(config, MagnitudeConfig):
+        config = config.settings()
     config = replace(config or PruneConfig(), **overrides)
     if config.method != "magnitude" or config.scope != "layer" or config.pattern in (
         "neurons", "heads"

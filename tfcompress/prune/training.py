@@ -9,7 +9,7 @@ The masks save with the model (``save_weights``, so `keras.callbacks.BackupAndRe
 
 Example:
     >>> from tensorflow_model_optimization.sparsity.keras import PolynomialDecay
-    >>> pruned = prune(model, PruneConfig(schedule=PolynomialDecay(0.0, 0.5, 0, 200)))
+    >>> pruned = prune(model, MagnitudeConfig(schedule=PolynomialDecay(0.0, 0.5, 0, 200)))
     >>> pruned.compile(...); pruned.fit(data, steps_per_epoch=200, callbacks=[UpdatePruning()])
     >>> plain = strip_pruning(pruned); sparsity_summary(plain)["total"]["sparsity"]
     0.5

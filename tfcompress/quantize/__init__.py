@@ -3,15 +3,28 @@
 quantization-aware training for Keras 3, activation smoothing (`smooth`) for
 full-integer export, and residual-stream rotation (`rotate`) against outliers.
 
+Each method has its config (`RTNConfig`, `GPTQConfig`, `KerasInt8Config`, `KerasInt4Config`,
+`KerasGPTQConfig`); the config's class picks what `quantize` runs.
+
 Example:
-    >>> from tfcompress.quantize import QuantizeConfig, quantize
-    >>> int4 = quantize(model, QuantizeConfig(method="gptq", bits=4, granularity="group",
-    ...                                       group_size=128), calibration=windows)
+    >>> from tfcompress.quantize import GPTQConfig, quantize
+    >>> int4 = quantize(model, GPTQConfig(bits=4, granularity="group", group_size=128),
+    ...                 calibration=windows)
 """
 
 from tfcompress.core.modules import make_callable
 from tfcompress.core.stats import hessian
-from tfcompress.quantize.api import METHODS, QuantizeConfig, quantize
+from tfcompress.quantize.api import quantize
+from tfcompress.quantize.config import (
+    DEFAULT_METHOD,
+    METHODS,
+    GPTQConfig,
+    KerasGPTQConfig,
+    KerasInt4Config,
+    KerasInt8Config,
+    QuantizeConfig,
+    RTNConfig,
+)
 from tfcompress.quantize.gptq import gptq, output_error
 from tfcompress.quantize.mixed import allocate_bits, sensitivity
 from tfcompress.quantize.packing import pack_int4, unpack_int4_np
@@ -33,7 +46,13 @@ from tfcompress.quantize.tfmot_path import tfmot_cluster, tfmot_quantize, tfmot_
 make_callable(__name__, quantize)
 
 __all__ = [
+    "DEFAULT_METHOD",
+    "GPTQConfig",
+    "KerasGPTQConfig",
+    "KerasInt4Config",
+    "KerasInt8Config",
     "METHODS",
+    "RTNConfig",
     "SCHEMES",
     "QTensor",
     "QuantizeConfig",

@@ -1,19 +1,18 @@
 """`quantize`: post-training weight quantization of a Keras 3 model, on a copy.
 
-Methods: ``rtn`` (round-to-nearest with any `Quantizer`), ``gptq`` (error-compensating, from
-calibration inputs), and Keras's own ``keras_int8`` / ``keras_int4`` / ``keras_gptq``
+The config's class picks the method, each registered with its handler here: `RTNConfig`
+(round-to-nearest with any `Quantizer`), `GPTQConfig` (error-compensating, from calibration
+inputs), and Keras's own `KerasInt8Config` / `KerasInt4Config` / `KerasGPTQConfig`
 (``model.quantize``) for comparison. Ours store codes compactly (see `storage`) so the saved
 ``.keras`` shrinks and reloads to the same outputs.
 
 Example:
-    >>> config = QuantizeConfig(method="gptq", bits=4, granularity="group", group_size=128)
+    >>> config = GPTQConfig(bits=4, granularity="group", group_size=128)
     >>> q = quantize(model, config, calibration=token_windows)
     >>> q.save("model-int4.keras")
 """
 
 from __future__ import annotations
-
-from dataclasses import asdict, dataclass, field
 
 from tfcompress.core.calibration import calibrate, calibration_batches, run_key
 from tfcompress.core.layers import (
@@ -24,164 +23,135 @@ from tfcompress.core.layers import (
     select_layers,
     set_kernel_matrix,
 )
+from tfcompress.core.registry import (
+    MethodConfig,
+    handler_for,
+    register_handler,
+    resolve_config,
+)
 from tfcompress.core.stats import hessian
 from tfcompress.core.validation import check_model
 from tfcompress.errors import TfcompressError
+from tfcompress.quantize.config import (
+    DEFAULT_METHOD,
+    METHODS,
+    GPTQConfig,
+    KerasGPTQConfig,
+    KerasInt4Config,
+    KerasInt8Config,
+    QuantizeConfig,
+    RTNConfig,
+)
 from tfcompress.quantize.gptq import gptq
-from tfcompress.quantize.quantizers import Quantizer, validate
 from tfcompress.quantize.storage import attach, mark_quantized
 
-METHODS = ("rtn", "gptq", "keras_int8", "keras_int4", "keras_gptq")
-TYPES = ("Dense", "EinsumDense", "Embedding")
+__all__ = ["METHODS", "QuantizeConfig", "quantize"]
 
 
-@dataclass(frozen=True)
-class QuantizeConfig:
-    """What `quantize` does; serializable with ``get_config``/``from_config``.
-
-    ``layer_bits`` maps layer paths to bit widths that replace ``bits`` (mixed precision,
-    e.g. from `allocate_bits`). ``include``/``exclude`` select layers as in
-    `tfcompress.core.select_layers` (regex or list of paths/names). GPTQ options:
-    ``damping`` (fraction of the mean Hessian diagonal), ``act_order``, ``sequential``
-    (each block's inputs come from the model quantized so far, so later blocks compensate
-    earlier errors; False: all from the float model), ``max_rows`` (calibration rows per
-    layer), ``blocks`` (the repeated blocks: None finds them, or a regex / layer names, see
-    `tfcompress.core.find_blocks`) and ``resume_dir`` (a folder to save progress in and
-    resume from). ``ragged``
-    lets a ``group_size`` that does not divide a layer's input axis end it with a shorter
-    group (otherwise that raises).
-    """
-
-    method: str = "rtn"
-    scheme: str = "affine"
-    bits: int = 8
-    granularity: str = "channel"
-    group_size: int | None = None
-    types: tuple[str, ...] = TYPES
-    include: str | tuple[str, ...] | None = None
-    exclude: str | tuple[str, ...] | None = None
-    layer_bits: dict = field(default_factory=dict)
-    damping: float = 0.01
-    act_order: bool = False
-    sequential: bool = True
-    max_rows: int | None = 8192
-    ragged: bool = False
-    blocks: str | tuple[str, ...] | None = None
-    resume_dir: str | None = None
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise TfcompressError(f"method must be one of {METHODS}, got {self.method!r}")
-        bad = [t for t in self.types if t not in TYPES]
-        if bad:
-            raise TfcompressError(f"types {bad} cannot be quantized: choose from {TYPES}")
-        if self.method.startswith("keras_"):
-            return
-        for bits in {self.bits, *self.layer_bits.values()}:
-            validate(self.scheme, bits, self.granularity, self.group_size)
-        if not 0 <= self.damping <= 1:
-            raise TfcompressError(f"damping must be in [0, 1], got {self.damping}")
-
-    @classmethod
-    def litert_int4(cls, method: str = "gptq", **fields) -> QuantizeConfig:
-        """LiteRT's int4 grid: ``scheme="litert"``, 4 bits, groups of 32 input rows (the
-        blockwise int4 of ``export_llm(mode="int4")``, which then copies the codes and scales
-        exactly instead of re-rounding them). ``fields`` set the other options.
-
-        Example:
-            >>> config = QuantizeConfig.litert_int4("gptq", types=("Dense",))
-            >>> q = quantize(model, config, calibration=windows)
-            >>> export_llm(q, "bundle/", mode="int4")   # the same weights, bit for bit
-        """
-        return cls(method=method, **{"scheme": "litert", "bits": 4, "granularity": "group",
-                                     "group_size": 32, **fields})
-
-    def quantizer(self, path: str = "") -> Quantizer:
-        """The quantizer for the layer at ``path`` (its ``layer_bits`` entry, else ``bits``)."""
-        return Quantizer(self.scheme, int(self.layer_bits.get(path, self.bits)),
-                         self.granularity, self.group_size, ragged=self.ragged)
-
-    def get_config(self) -> dict:
-        config = asdict(self)
-        config["types"] = list(self.types)
-        if isinstance(self.blocks, tuple):
-            config["blocks"] = list(self.blocks)
-        return config
-
-    @classmethod
-    def from_config(cls, config: dict) -> QuantizeConfig:
-        config = dict(config)
-        config["types"] = tuple(config.get("types", TYPES))
-        for key in ("include", "exclude", "blocks"):
-            if isinstance(config.get(key), list):
-                config[key] = tuple(config[key])
-        if config.get("resume_dir") is not None:
-            config["resume_dir"] = str(config["resume_dir"])
-        return cls(**config)
-
-
-def quantize(model, config: QuantizeConfig | None = None, calibration=None,
+def quantize(model, config: MethodConfig | QuantizeConfig | None = None, calibration=None, *,
              inplace: bool = False, verbose: int = 1, **overrides):
-    """Weight-quantize a Keras 3 model; returns a copy unless ``inplace``.
+    """Weight-quantize a Keras 3 model by ``config``'s method; returns a copy unless
+    ``inplace``.
 
-    The result is not compiled (the float model's optimizer state does not apply to codes):
-    compile it again to train or evaluate with ``fit``/``evaluate``.
+    ``config``: a quantize method's config (`RTNConfig` when None). The result is not compiled
+    (the float model's optimizer state does not apply to codes): compile it again to train or
+    evaluate with ``fit``/``evaluate``. ``calibration``: token windows (array) or a list of
+    input batches (arrays or dicts), needed by GPTQ. Keyword ``overrides`` replace config
+    fields, e.g. ``quantize(model, bits=4, granularity="group", group_size=32)``; the old
+    ``method="..."`` keyword and `QuantizeConfig` work for one release with a warning.
 
-    ``calibration``: token windows (array) or a list of input batches (arrays or dicts),
-    needed by ``gptq`` and ``keras_gptq``. Keyword ``overrides`` replace config fields, e.g.
-    ``quantize(model, bits=4, granularity="group", group_size=32)``.
+    Example:
+        >>> q4 = quantize(model, GPTQConfig(bits=4, granularity="group", group_size=32),
+        ...               calibration=windows)
     """
     check_model(model, "quantize", legacy_hint="tfcompress.quantize.tfmot_quantize")
-    config = QuantizeConfig.from_config({**(config or QuantizeConfig()).get_config(),
-                                         **overrides})
-    layers = select_layers(model, types=config.types, include=config.include,
-                           exclude=config.exclude)
-    unknown = set(config.layer_bits) - {p for p, _ in layers}
+    config = resolve_config("quantize", config, overrides, DEFAULT_METHOD,
+                            legacy=QuantizeConfig)
+    return handler_for("quantize", config)(model, config.for_model(model), calibration,
+                                           inplace=inplace, verbose=verbose)
+
+
+def _selected(model, settings: QuantizeConfig) -> list[tuple[str, object]]:
+    """The layers ``settings`` select, its ``layer_bits`` checked against them."""
+    layers = select_layers(model, types=settings.types, include=settings.include,
+                           exclude=settings.exclude)
+    unknown = set(settings.layer_bits) - {p for p, _ in layers}
     if unknown:
         raise TfcompressError(f"layer_bits names layers that are not selected: {sorted(unknown)}")
-    if config.method == "keras_gptq":
-        from tfcompress.quantize.keras_modes import attention_paths
+    return layers
 
+
+def _copy(model, settings: QuantizeConfig, layers, inplace: bool):
+    """The model to quantize (a copy unless ``inplace``), its chosen layers by path."""
+    if not settings.method.startswith("keras_"):
+        for path, layer in layers:  # group sizes are checked before any work
+            settings.quantizer(path).group_rows(matrix_shape(layer)[0])
+    target = drop_training_state(model if inplace else copy_model(model))
+    paths = [p for p, _ in layers]
+    return target, dict(select_layers(target, types=settings.types, include=paths))
+
+
+def _store(target, settings: QuantizeConfig, by_path: dict, results: dict):
+    """Round the layers without results to nearest; store every layer's codes."""
+    for path, layer in by_path.items():
+        if path not in results:
+            results[path] = settings.quantizer(path).quantize(kernel_matrix(layer))
+    layout = {path: attach(layer, results[path]) for path, layer in by_path.items()}
+    return mark_quantized(target, layout)
+
+
+@register_handler(RTNConfig)
+def _rtn(model, config: RTNConfig, calibration=None, *, inplace: bool = False,
+         verbose: int = 1):
+    settings = config.settings()
+    target, by_path = _copy(model, settings, _selected(model, settings), inplace)
+    return _store(target, settings, by_path, {})
+
+
+@register_handler(GPTQConfig)
+def _gptq(model, config: GPTQConfig, calibration=None, *, inplace: bool = False,
+          verbose: int = 1):
+    settings = config.settings()
+    layers = _selected(model, settings)
+    batches = calibration_batches(calibration, model)  # checked before any work
+    target, by_path = _copy(model, settings, layers, inplace)
+
+    def compress(group, stats):
+        out = {}
+        for path, layer in group:
+            qt = gptq(kernel_matrix(layer), hessian(stats[path]), settings.quantizer(path),
+                      settings.damping, settings.act_order, layer=path)
+            set_kernel_matrix(layer, qt.dequantize())  # later blocks see this error
+            out[path] = qt
+        return out
+
+    able = [(p, la) for p, la in by_path.items() if _gptq_able(la)]
+    results = calibrate(target, able, batches, compress, blocks=settings.blocks,
+                        sequential=settings.sequential, max_rows=settings.max_rows,
+                        folder=settings.resume_dir, key=run_key(settings), verbose=verbose)
+    return _store(target, settings, by_path, results)  # embeddings round to nearest
+
+
+@register_handler(KerasInt8Config)
+@register_handler(KerasInt4Config)
+@register_handler(KerasGPTQConfig)
+def _keras_mode(model, config, calibration=None, *, inplace: bool = False, verbose: int = 1):
+    from tfcompress.quantize.keras_modes import attention_paths, keras_quantize
+
+    settings = config.settings()
+    layers = _selected(model, settings)
+    batches = None
+    if isinstance(config, KerasGPTQConfig):
         nested = sorted(attention_paths(model) & {p for p, _ in layers})
         if nested:
             raise TfcompressError(
-                f"method='keras_gptq' cannot quantize layers inside MultiHeadAttention "
+                f"KerasGPTQConfig cannot quantize layers inside MultiHeadAttention "
                 f"({', '.join(nested[:4])}): Keras 3.15 saves them in files it cannot reload; "
-                "exclude them (e.g. types=('Dense',)) or use method='gptq'"
+                "exclude them (e.g. types=('Dense',)) or use GPTQConfig"
             )
-    if config.method in ("gptq", "keras_gptq"):
         batches = calibration_batches(calibration, model)  # checked before any work
-    if not config.method.startswith("keras_"):
-        for path, layer in layers:  # group sizes are checked before any work
-            config.quantizer(path).group_rows(matrix_shape(layer)[0])
-    target = drop_training_state(model if inplace else copy_model(model))
-    paths = [p for p, _ in layers]
-    if config.method.startswith("keras_"):
-        from tfcompress.quantize.keras_modes import keras_quantize
-
-        return keras_quantize(target, config, paths,
-                              batches if config.method == "keras_gptq" else None)
-    by_path = dict(select_layers(target, types=config.types, include=paths))
-    results = {}
-    if config.method == "gptq":
-        def compress(group, stats):
-            out = {}
-            for path, layer in group:
-                qt = gptq(kernel_matrix(layer), hessian(stats[path]), config.quantizer(path),
-                          config.damping, config.act_order, layer=path)
-                set_kernel_matrix(layer, qt.dequantize())  # later blocks see this error
-                out[path] = qt
-            return out
-
-        able = [(p, by_path[p]) for p in paths if _gptq_able(by_path[p])]
-        results = calibrate(target, able, batches, compress, blocks=config.blocks,
-                            sequential=config.sequential, max_rows=config.max_rows,
-                            folder=config.resume_dir, key=run_key(config), verbose=verbose)
-    for path in paths:  # the rest (embeddings; every layer for rtn) round to nearest
-        if path not in results:
-            results[path] = config.quantizer(path).quantize(kernel_matrix(by_path[path]))
-    layout = {path: attach(by_path[path], results[path]) for path in paths}
-    return mark_quantized(target, layout)
+    target, _ = _copy(model, settings, layers, inplace)
+    return keras_quantize(target, settings, [p for p, _ in layers], batches)
 
 
 def _gptq_able(layer) -> bool:

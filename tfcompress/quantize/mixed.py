@@ -4,7 +4,7 @@ assignment of bit widths that fits a size budget.
 Example:
     >>> sens = sensitivity(model, calibration, bits=(2, 3, 4, 8))
     >>> layer_bits = allocate_bits(sens, sizes, budget_bits=3.5 * total_weights)
-    >>> quantize(model, QuantizeConfig(layer_bits=layer_bits, ...))
+    >>> quantize(model, GPTQConfig(layer_bits=layer_bits, ...), calibration=calibration)
 """
 
 from __future__ import annotations
@@ -15,21 +15,26 @@ import numpy as np
 
 from tfcompress.core.calibration import calibrate, calibration_batches
 from tfcompress.core.layers import kernel_matrix, select_layers
+from tfcompress.core.registry import MethodConfig
 from tfcompress.core.validation import check_model
 from tfcompress.errors import TfcompressError
-from tfcompress.quantize.api import QuantizeConfig, _gptq_able
+from tfcompress.quantize.api import _gptq_able
+from tfcompress.quantize.config import GPTQConfig, RTNConfig
 from tfcompress.quantize.gptq import output_error
 
 
-def sensitivity(model, calibration, config: QuantizeConfig | None = None,
+def sensitivity(model, calibration, config: RTNConfig | GPTQConfig | None = None,
                 bits: tuple[int, ...] = (2, 3, 4, 8)) -> dict[str, dict[int, float]]:
     """``{path: {bits: error}}``: each layer's mean squared output change when only it is
     round-to-nearest quantized at ``bits``, from its input statistics on ``calibration``
     (float model, block by block), relative to its mean squared output. Embeddings use
-    their row error."""
+    their row error. ``config`` chooses the layers and grid (``bits`` replaced by each of
+    ``bits``)."""
     check_model(model, "sensitivity")
     calibration = calibration_batches(calibration, model)  # checked before any work
-    config = config or QuantizeConfig()
+    config = config or RTNConfig()
+    if isinstance(config, MethodConfig):  # else the old QuantizeConfig
+        config = config.for_model(model).settings()
     layers = select_layers(model, types=config.types, include=config.include,
                            exclude=config.exclude)
     quantizers = {b: replace(config, bits=b, layer_bits={}).quantizer() for b in bits}

@@ -7,7 +7,7 @@ in a distiller as the student (distillation-aware QAT). `strip_qat` then puts th
 the grid and `quantize` with the same settings stores them as codes, exactly.
 
 Example:
-    >>> config = QuantizeConfig(bits=4, granularity="group", group_size=32)
+    >>> config = RTNConfig(bits=4, granularity="group", group_size=32)
     >>> qmodel = qat(model, config)
     >>> train_lm(qmodel, dataset, steps=100)
     >>> int4 = quantize(strip_qat(qmodel), config)
@@ -26,10 +26,11 @@ from tfcompress.core.layers import (
     select_layers,
     to_matrix,
 )
+from tfcompress.core.registry import MethodConfig
 from tfcompress.core.saving import layers_at, mark_state, register_restorer, unmark_state
 from tfcompress.core.validation import check_model
 from tfcompress.errors import TfcompressError
-from tfcompress.quantize.api import QuantizeConfig
+from tfcompress.quantize.config import GPTQConfig, QuantizeConfig, RTNConfig
 from tfcompress.quantize.storage import _float_attr, same_name_subclass
 
 
@@ -82,13 +83,16 @@ class _FakeQuant:
         return getattr(self, self.qat_attr), None, None
 
 
-def qat(model, config: QuantizeConfig | None = None, inplace: bool = False, **overrides):
+def qat(model, config: RTNConfig | GPTQConfig | QuantizeConfig | None = None, *,
+        inplace: bool = False, **overrides):
     """A copy of ``model`` (unless ``inplace``) whose selected weights train fake-quantized.
 
-    Uses ``config.bits`` / ``layer_bits``, ``granularity`` (channel or group) and
-    ``group_size``; the scheme is affine min-max.
+    Uses the grid of ``config`` (an `RTNConfig`): ``bits`` / ``layer_bits``, ``granularity``
+    (channel or group) and ``group_size``; the scheme is affine min-max.
     """
     check_model(model, "qat", legacy_hint="tfcompress.quantize.tfmot_quantize")
+    if isinstance(config, MethodConfig):  # RTNConfig / GPTQConfig: their grid; else the old form
+        config = config.for_model(model).settings()
     config = QuantizeConfig.from_config({**(config or QuantizeConfig()).get_config(),
                                          **overrides})
     if config.scheme != "affine" or config.granularity == "tensor":

@@ -281,7 +281,7 @@ def rotate(model, seed: int | None = 0, *, matrix=None, inplace: bool = False,
 
     Example:
         >>> rotated = rotate(load_gguf(path))
-        >>> q4 = quantize(rotated, QuantizeConfig.litert_int4("gptq", act_order=True),
+        >>> q4 = quantize(rotated, GPTQConfig.litert_int4(act_order=True),
         ...               calibration=windows)
     """
     import keras

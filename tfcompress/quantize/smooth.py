@@ -10,7 +10,7 @@ model computes the same function. Layers reading the same normalized tensor (q/k
 attention norm, gate/up after the MLP norm) share one ``s``.
 
 Example:
-    >>> smoothed = smooth(model, calibration=windows, alpha=0.5)   # a copy; model unchanged
+    >>> smoothed = smooth(model, calibration=windows, strength=0.5)   # a copy; model unchanged
     >>> export_tflite(model, "m.tflite", "int8", representative_data=windows, smooth=0.5)
 """
 
@@ -37,17 +37,18 @@ MIN_WEIGHT_MAX = 1e-5
 MIN_SCALE = 1e-5
 
 
-def check_alpha(alpha, arg: str = "alpha") -> float:
-    """``alpha`` as a float in [0, 1] (the migration strength), or `TfcompressError` naming
+def check_strength(strength, arg: str = "strength") -> float:
+    """``strength`` as a float in [0, 1] (SmoothQuant's alpha), or `TfcompressError` naming
     ``arg``."""
-    if isinstance(alpha, bool) or not isinstance(alpha, int | float) or not 0 <= alpha <= 1:
+    if (isinstance(strength, bool) or not isinstance(strength, int | float)
+            or not 0 <= strength <= 1):
         raise TfcompressError(f"{arg} (the smoothing migration strength) must be a number in "
-                              f"[0, 1] (0.5 is the usual choice), got {alpha!r}")
-    return float(alpha)
+                              f"[0, 1] (0.5 is the usual choice), got {strength!r}")
+    return float(strength)
 
 
-def smoothing_scales(act_max, weight_max, alpha: float = 0.5) -> np.ndarray:
-    """``s_j = max|X_j|^alpha / max|W_j|^(1-alpha)`` per input channel.
+def smoothing_scales(act_max, weight_max, strength: float = 0.5) -> np.ndarray:
+    """``s_j = max|X_j|^strength / max|W_j|^(1-strength)`` per input channel.
 
     ``act_max``: ``max |x_j|`` over calibration rows; ``weight_max``: ``max |W_jk|`` over the
     outputs ``k`` of every kernel reading the channel (see `weight_maxima`). Channels that
@@ -57,13 +58,13 @@ def smoothing_scales(act_max, weight_max, alpha: float = 0.5) -> np.ndarray:
         >>> smoothing_scales([4.0, 1.0], [1.0, 4.0], 0.5)
         array([2. , 0.5])
     """
-    alpha = check_alpha(alpha)
+    strength = check_strength(strength)
     act = np.asarray(act_max, np.float64)
     w = np.maximum(np.asarray(weight_max, np.float64), MIN_WEIGHT_MAX)
     if act.shape != w.shape or act.ndim != 1:
         raise TfcompressError(f"act_max and weight_max must be vectors of one length, got "
                               f"shapes {act.shape} and {w.shape}")
-    s = np.maximum(act ** alpha / w ** (1 - alpha), MIN_SCALE)
+    s = np.maximum(act ** strength / w ** (1 - strength), MIN_SCALE)
     return np.where(act > 0, s, 1.0)
 
 
@@ -216,13 +217,13 @@ def smoothing_groups(model) -> list[SmoothGroup]:
 
 
 def apply_smoothing(groups: Sequence[SmoothGroup], act_max: dict[int, np.ndarray],
-                    alpha: float) -> dict[str, np.ndarray]:
+                    strength: float) -> dict[str, np.ndarray]:
     """Fold the scales of each group (``act_max``: ``{id(norm): max |x_j|}``) into its
     norm and readers, in place; returns ``{norm name: s}``."""
     scales = {}
     for g in groups:
         kernels = [kernel_matrix(la) for la in g.layers]
-        s = smoothing_scales(act_max[id(g.norm)], weight_maxima(kernels), alpha)
+        s = smoothing_scales(act_max[id(g.norm)], weight_maxima(kernels), strength)
         gamma, beta, folded = fold_scales(
             s, g.gamma.numpy(), None if g.beta is None else g.beta.numpy(), kernels)
         g.gamma.assign(gamma.astype(g.gamma.dtype))
@@ -234,25 +235,28 @@ def apply_smoothing(groups: Sequence[SmoothGroup], act_max: dict[int, np.ndarray
     return scales
 
 
-def smooth(model, calibration, alpha: float = 0.5, *, inplace: bool = False,
-           verbose: int = 1):
+def smooth(model, calibration, strength: float | None = None, *, inplace: bool = False,
+           verbose: int = 1, alpha: float | None = None):
     """A copy of ``model`` with SmoothQuant scales folded in (same float function).
 
     ``calibration``: model inputs (token-id windows, as for `quantize`), streamed through the
-    calibration engine to get each smoothed tensor's ``max |x_j|``. ``alpha`` in [0, 1]:
-    0 leaves activations as they are, 1 moves all their range into the weights.
+    calibration engine to get each smoothed tensor's ``max |x_j|``. ``strength`` in [0, 1]
+    (SmoothQuant's alpha; default 0.5): 0 leaves activations as they are, 1 moves all their
+    range into the weights; ``alpha`` is its deprecated name.
     ``inplace`` changes ``model`` itself instead of a `copy_model` copy; ``verbose`` shows
     the calibration's progress bar.
 
     Example:
-        >>> smoothed = smooth(model, windows, alpha=0.5)
+        >>> smoothed = smooth(model, windows, strength=0.5)
         >>> np.allclose(smoothed(windows[:1]), model(windows[:1]), atol=1e-4)
         True
     """
     from tfcompress.core.calibration import calibrate, calibration_batches
+    from tfcompress.core.deprecation import renamed_argument
     from tfcompress.core.validation import check_model
 
-    alpha = check_alpha(alpha)
+    strength = renamed_argument("alpha", alpha, "strength", strength)
+    strength = check_strength(0.5 if strength is None else strength)
     check_model(model, "smooth")
     batches = calibration_batches(calibration, model)  # checked before any work
     if not smoothing_groups(model):  # before copying: a model with nothing to smooth fails fast
@@ -269,5 +273,5 @@ def smooth(model, calibration, alpha: float = 0.5, *, inplace: bool = False,
                        needs=("max",), sequential=False, verbose=verbose)
     act_max = {id(g.norm): np.max([maxima[paths[id(la)]] for la in g.layers], axis=0)
                for g in groups}
-    apply_smoothing(groups, act_max, alpha)
+    apply_smoothing(groups, act_max, strength)
     return target

@@ -41,7 +41,7 @@ class Run:
     """One recipe being run: its data, the models made so far (loaded from their checkpoints
     when needed), their reports, notes, files and samples."""
 
-    def __init__(self, recipe: dict, verbose: bool = True):
+    def __init__(self, recipe: dict, verbose: int = 1):
         self.recipe = recipe
         self.out = Path(recipe["output"])
         self.data = recipe["data"]
@@ -299,7 +299,7 @@ def _sample(run: Run, name: str) -> str:
                          run.samples["tokens"], seq_len=run.data["seq_len"])
 
 
-def run_recipe(recipe, *, quick: bool = False, verbose: bool = True,
+def run_recipe(recipe, *, quick: bool = False, verbose: int = 1,
                fresh: bool = False) -> Run:
     """Validate ``recipe`` (dict or file), then run it, resuming finished stages; returns the
     `Run` (``run.out`` is the folder, ``run.reports`` the measurements).

@@ -3,8 +3,9 @@
 A recipe is a dict (from YAML, JSON or Python) with ``model``, ``data``, ``stages`` and
 ``output``; `validate` returns it normalised or raises one `TfcompressError` that lists every
 problem. This module imports neither TensorFlow nor Keras (the command line validates fast);
-method configs are checked by building them (``PruneConfig(**...)``), so a recipe accepts
-exactly what the verbs accept.
+a prune / quantize / factorize stage's keys are the fields of its method's config class
+(`tfcompress.core.registry`: ``method: wanda`` takes `WandaConfig`'s), checked by building
+it, so a recipe accepts exactly what the verbs accept.
 
 Example:
     >>> recipe = validate({"model": {"preset": "test-tiny", "train_steps": 5},
@@ -227,23 +228,51 @@ def _check_data(data: dict, model: dict, base: Path, problems: list[str]) -> Non
             problems.append(f"data.{key}: must be >= 1, got {data[key]}")
 
 
-def _config_problem(stage: str, config: dict) -> str | None:
-    """Build the verb's config from ``config`` (method keys only); the error text if it fails."""
-    if stage == "prune":
-        from tfcompress.prune.config import PruneConfig as cls
-    elif stage == "quantize":
-        from tfcompress.quantize.api import QuantizeConfig as cls
-    elif stage == "factorize":
-        from tfcompress.lowrank.config import FactorizeConfig as cls
-    else:
-        return None
+# the package whose import registers each method stage's configs (`tfcompress.core.registry`)
+METHOD_PACKAGES = {"prune": "tfcompress.prune", "quantize": "tfcompress.quantize",
+                   "factorize": "tfcompress.lowrank"}
+
+
+def method_class(stage: str, settings: dict) -> type:
+    """The config class of a prune / quantize / factorize stage's ``method`` (else the verb's
+    default): its dataclass fields are the stage's method keys (``roles`` is the stage's
+    ``layers``)."""
+    import importlib
+
+    from tfcompress.core.registry import config_class
+
+    package = importlib.import_module(METHOD_PACKAGES[stage])  # registers its configs
+    return config_class(stage, settings.get("method", package.DEFAULT_METHOD))
+
+
+def _check_method_stage(stage: str, settings: dict, own: dict, where: str,
+                        problems: list[str]) -> None:
+    """A method stage's keys: its own (``own``) and its method config's fields, each typo with
+    the closest valid key; then the config built from them, so a recipe accepts exactly what
+    the verb accepts."""
+    from dataclasses import fields
+
+    from tfcompress.core.roles import close_names
+
+    _check_keys({k: v for k, v in settings.items() if k in own}, own, where, problems)
     try:
-        cls.from_config(config)
-    except TypeError as err:
-        return f"{err}".replace("__init__() got an ", "")
+        cls = method_class(stage, settings)
     except TfcompressError as err:
-        return str(err)
-    return None
+        problems.append(f"{where}: {err}")
+        return
+    names = [f.name for f in fields(cls) if f.name != "roles"]
+    valid = sorted({*own, *names, "method"})
+    for key in settings:
+        if key not in valid:
+            close = close_names(str(key), valid, n=1)
+            problems.append(f"{where}: unknown key {key!r}"
+                            + (f" (did you mean {close[0]!r}?)" if close else "")
+                            + f"; {cls.__name__} takes {', '.join(names)}; the stage "
+                            f"{', '.join(sorted(own))}")
+    try:
+        cls.from_config({k: v for k, v in settings.items() if k in names})
+    except (TfcompressError, TypeError) as err:
+        problems.append(f"{where}: {err}")
 
 
 def _check_student(student: dict, where: str, problems: list[str]) -> None:
@@ -294,11 +323,8 @@ def _normalise_stage(raw, index: int, problems: list[str]) -> dict | None:
         return None
     where = f"{where}.{stage}"
     own = {**COMMON_STAGE_KEYS, **STAGE_KEYS[stage]}
-    method_keys = {k: v for k, v in settings.items() if k not in own}
-    if stage in ("prune", "quantize", "factorize"):
-        _check_keys({k: v for k, v in settings.items() if k in own}, own, where, problems)
-        if (p := _config_problem(stage, method_keys)) is not None:
-            problems.append(f"{where}: {p}")
+    if stage in METHOD_PACKAGES:
+        _check_method_stage(stage, settings, own, where, problems)
     else:
         _check_keys(settings, own, where, problems)
     if stage == "distill":

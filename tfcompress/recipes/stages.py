@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tfcompress.errors import TfcompressError, VerificationError
 from tfcompress.recipes.bundles import llm_bundles
-from tfcompress.recipes.schema import DEFAULT_LAYERS, TOLERANCES, stage_config
+from tfcompress.recipes.schema import DEFAULT_LAYERS, TOLERANCES, method_class, stage_config
 from tfcompress.recipes.stage_result import StageResult
 
 StageFn = Callable[..., StageResult]
@@ -59,16 +59,16 @@ def alpha_text(alpha: float, alpha_end: float | None) -> str:
     return f" (labels weight {alpha:g}{'' if alpha_end is None else f' -> {alpha_end:g}'})"
 
 
-def method_config(st: dict, model) -> dict:
-    """A prune / quantize / factorize stage's method settings for ``model``: without
+def method_config(st: dict):
+    """A prune / quantize / factorize stage's method config (`method_class`): without
     ``include``, the layers of its role (``layers``: ``blocks`` takes the attention and MLP
     kernels of each repeated block, found from the graph; a model without blocks, all)."""
-    from tfcompress.core.roles import block_kernel_paths
-
     config = stage_config(st)
-    if "include" not in config and st.get("layers", DEFAULT_LAYERS[st["stage"]]) == "blocks":
-        config["include"] = tuple(block_kernel_paths(model)) or None
-    return config
+    cls = method_class(st["stage"], config)
+    config.pop("method", None)
+    if "include" not in config:
+        config["roles"] = st.get("layers", DEFAULT_LAYERS[st["stage"]])
+    return cls.from_config(config)
 
 
 def check_layer_choices(stages: list[dict], source: str, model) -> None:
@@ -157,7 +157,7 @@ def prune_stage(run, st: dict) -> StageResult:
     from tfcompress.prune import prune, sparsity_summary, strip_pruning
 
     model = run.model(st["input"])
-    pruned = prune(model, calibration=run.calibration(), **method_config(st, model))
+    pruned = prune(model, method_config(st), calibration=run.calibration())
     pruned = finetune(pruned, run.train_data(), st.get("finetune_steps", 0),
                       strategy=run.strategy)
     strip_pruning(pruned)
@@ -184,7 +184,7 @@ def quantize_stage(run, st: dict) -> StageResult:
     from tfcompress.quantize import quantize
 
     model = run.model(st["input"])
-    model = quantize(model, calibration=run.calibration(), **method_config(st, model))
+    model = quantize(model, method_config(st), calibration=run.calibration())
     return StageResult(model, [f"Quantized `{st['input']}` ({stage_config(st)})."])
 
 
@@ -194,7 +194,7 @@ def factorize_stage(run, st: dict) -> StageResult:
     from tfcompress.lowrank import factorize
 
     model = run.model(st["input"])
-    model = factorize(model, calibration=run.calibration(), **method_config(st, model))
+    model = factorize(model, method_config(st), calibration=run.calibration())
     plans = model.factorization
     before = sum(p.params_before for p in plans)
     after = sum(p.params_after for p in plans)
