@@ -43,7 +43,7 @@ from tfcompress.core.files import write_atomic
 from tfcompress.errors import TfcompressError, VerificationError
 from tfcompress.export.llm_budget import BudgetPlan, budget_plan, check_budget
 from tfcompress.export.llm_graph import Decoder, cached_forward, decoder_of
-from tfcompress.export.llm_int4 import quantize_int4
+from tfcompress.export.llm_int4 import llm_scopes, quantize_int4
 from tfcompress.export.llm_tied import share_tied_table
 from tfcompress.export.modes import INT4_BLOCK, LLM_MODES, check_int4_blocks, check_verification
 from tfcompress.export.ops import inspect_tflite
@@ -259,7 +259,7 @@ def _convert(dec: Decoder, plan: dict[str, tuple[int, int, bool]], mode: str,
     from tfcompress.export.modes import MODES
 
     spec_mode = MODES[mode]
-    linear = [name[:-2] for name in dec.weights if name.endswith(".w")]
+    linear = llm_scopes(name[:-2] for name in dec.weights if name.endswith(".w"))
     tied = "head.w" not in dec.weights  # read before _save_cached_lm empties dec.weights
     with tempfile.TemporaryDirectory() as tmp:
         _save_cached_lm(dec, plan, tmp, kv_cache_dtype)

@@ -156,7 +156,8 @@ MODES: dict[str, ExportMode] = {
         ),
         ExportMode(
             "int4",
-            "blockwise int4 weights (block 32), float activations (LiteRT quantizer)",
+            "blockwise int4 weights (block 32), int8 embedding rows, float activations "
+            "(LiteRT quantizer; a quantized model's codes on its grid kept)",
             _float32, 0.7, 0.45, 2.0, litert_recipe="dynamic_wi4b32_afp32",
         ),
     )

@@ -111,6 +111,9 @@ class ExportResult:
     inputs: dict = field(default_factory=dict)
     qat: bool = False
     quantizer: str = "tflite-converter"
+    # mode="int4": which quantized layers kept their codes exactly, which LiteRT re-rounded,
+    # how the embedding is stored (as export_llm's)
+    int4: dict | None = None
     ops: dict = field(default_factory=dict)
     tensor_dtypes: dict = field(default_factory=dict)
     xnnpack_partitions: int = 0
@@ -226,8 +229,10 @@ def export_tflite(
     in ``not_delegated`` (printed with ``verbose``; matmuls among them warn,
     `XNNPACKFallbackWarning`). A `tfcompress.quantize`d model goes
     into the weight-quantizing modes (all but float32 / float16) with its decoded weights, so
-    the file holds that mode's own int8 / int4 weights; a file larger than the model's own
-    weight bytes warns (`ExportSizeWarning`).
+    the file holds that mode's own int8 / int4 weights; ``int4`` is `export_llm`'s int4
+    (`tfcompress.export.llm_int4`): codes on LiteRT's grid are kept exactly, others rounded
+    onto it, the token embedding int8 per row (``int4`` in the result says which). A file
+    larger than the model's own weight bytes warns (`ExportSizeWarning`).
 
     Example:
         >>> export_tflite(model, "m.tflite", mode="float16", seq_len=128).agreement
@@ -241,12 +246,7 @@ def export_tflite(
     _check_data_options(spec, mode, int8_io, representative_data, smooth)
     samples = None if representative_data is None else representative_samples(
         representative_data, spec, max_samples)
-    if sample is not None:
-        sample = np.asarray(sample)
-        if tuple(sample.shape[1:]) != tuple(spec.shape[1:]):
-            raise TfcompressError(
-                f"sample must have shape (n, {', '.join(map(str, spec.shape[1:]))}), "
-                f"got {sample.shape}")
+    sample = None if sample is None else _checked_sample(sample, spec)
 
     start = time.perf_counter()
     if smooth is not None:
@@ -324,6 +324,15 @@ def _check_data_options(spec: InputSpec, mode: str, int8_io: bool, representativ
                                   "come from it)")
 
 
+def _checked_sample(sample, spec: InputSpec) -> np.ndarray:
+    """``sample`` as an array of the exported input's shape ``(n, ...)``."""
+    sample = np.asarray(sample)
+    if tuple(sample.shape[1:]) != tuple(spec.shape[1:]):
+        raise TfcompressError(f"sample must have shape (n, {', '.join(map(str, spec.shape[1:]))})"
+                              f", got {sample.shape}")
+    return sample
+
+
 def _smoothed(reference, samples: list, smooth: float, auxiliary_inputs: str, verbose: bool):
     """The graph to convert: a copy of ``reference`` with SmoothQuant scales folded in."""
     if verbose:
@@ -338,7 +347,7 @@ def _write(model, reference, path: Path, spec: InputSpec, mode: str, samples: li
     """Convert ``model``, write ``path`` and describe the file (sizes, dtypes, operators)."""
     spec_mode = MODES[mode]
     with decoded_weights(reference, enabled=mode not in FLOAT_WEIGHT_MODES):
-        flatbuffer, qat = convert(model, spec, mode, samples, int8_io)
+        flatbuffer, qat, int4 = convert(model, spec, mode, samples, int8_io)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(flatbuffer)
     runner = TFLiteRunner(path)
@@ -349,7 +358,7 @@ def _write(model, reference, path: Path, spec: InputSpec, mode: str, samples: li
         inputs={name: np.dtype(d["dtype"]).name for name, d in runner.inputs.items()},
         output_dtype=np.dtype(runner.output["dtype"]).name,
         quantizer="ai-edge-quantizer" if spec_mode.litert_recipe else "tflite-converter",
-        **info,
+        int4=int4, **info,
     )
     return result, runner
 
