@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Iterable
 
 import numpy as np
 
@@ -180,7 +181,7 @@ def _opcode_index(model, builtin: int) -> int:
     return len(model.operatorCodes) - 1
 
 
-def llm_scopes(names) -> dict[str, str]:
+def llm_scopes(names: Iterable[str]) -> dict[str, str]:
     """Each `Decoder` linear map's op-scope regex in `export_llm`'s graph (`linear_scope`)."""
     return {name: f"{re.escape(linear_scope(name))}/" for name in names}
 

@@ -35,16 +35,16 @@ from tfcompress.export.converter import (
     to_saved_model,  # noqa: F401  (likewise)
 )
 from tfcompress.export.diagnose import diagnose
-from tfcompress.export.modes import (
-    INT4_BLOCK,
-    MODES,
-    ExportMode,
-    check_int4_blocks,
-    check_verification,
-)
+from tfcompress.export.modes import INT4_BLOCK, MODES, ExportMode, check_int4_blocks
 from tfcompress.export.ops import describe_ops, inspect_tflite
 from tfcompress.export.representative import InputSpec, representative_samples
 from tfcompress.export.runner import TFLiteRunner
+from tfcompress.export.verification import (
+    Tolerances,
+    agreement_stats,  # noqa: F401  (moved to export.verification; still importable from here)
+    discard,
+    verify,
+)
 from tfcompress.quantize.smooth import check_alpha
 from tfcompress.quantize.smooth import smooth as smooth_model
 
@@ -126,22 +126,10 @@ class ExportResult:
         return asdict(self)
 
 
-def agreement_stats(expected: np.ndarray, got: np.ndarray) -> dict:
-    """Max |difference|, that relative to max |expected|, and argmax agreement (last axis)."""
-    expected, got = np.asarray(expected, np.float64), np.asarray(got, np.float64)
-    if expected.shape != got.shape:
-        raise VerificationError(f"output shape {got.shape} differs from Keras {expected.shape}")
-    # NaN or inf (e.g. float16 overflow) must fail every tolerance, not compare as False.
-    err = float(np.abs(expected - got).max()) if np.isfinite(got).all() else float("inf")
-    agreement = None if expected.shape[-1] < 2 else float(
-        (expected.argmax(-1) == got.argmax(-1)).mean())
-    return {"max_abs_error": err, "relative_error": err / max(float(np.abs(expected).max()),
-                                                                1e-12), "agreement": agreement}
-
-
-def verify(model, runner: TFLiteRunner, sample: np.ndarray, eval_data=None,
-           max_batches: int | None = None) -> dict:
-    """TFLite vs Keras on ``sample``; with ``eval_data`` also both perplexities."""
+def keras_agreement(model, runner: TFLiteRunner, sample: np.ndarray, eval_data=None,
+                    max_batches: int | None = None) -> dict:
+    """TFLite vs Keras on ``sample`` (`agreement_stats`); with ``eval_data`` also both
+    perplexities: the figures `verify` checks."""
     forward = keras_forward(model)
     stats = agreement_stats(forward(sample), runner.predict(sample))
     if eval_data is not None:
@@ -221,11 +209,12 @@ def export_tflite(
     Verification runs the interpreter on ``sample`` (default: 4 representative or random
     inputs) and on ``eval_data`` batches ``(inputs, targets[, mask])`` if given, and raises
     `VerificationError` with the figures beyond the mode's tolerances (or ``max_abs_error``,
-    ``min_agreement``, ``max_ppl_ratio``). ``smooth`` (the fixed-range modes int8, int8_mixed,
-    int16x8): a SmoothQuant migration strength in [0, 1] (0.5 usually); a copy of the model
-    with per-channel scales folded into its normalizations and the matmuls they feed
-    (`tfcompress.quantize.smooth`, calibrated on the representative samples) is exported,
-    and verified against ``model`` itself. Operators that XNNPACK does not take are reported
+    ``min_agreement``, ``max_ppl_ratio``; any one figure fails, `verify`) and keeps no file.
+    ``smooth`` (the fixed-range modes int8, int8_mixed, int16x8): a SmoothQuant migration
+    strength in [0, 1] (0.5 usually); a copy of the model with per-channel scales folded
+    into its normalizations and the matmuls they feed (`tfcompress.quantize.smooth`,
+    calibrated on the representative samples) is exported, and verified against ``model``
+    itself. Operators that XNNPACK does not take are reported
     in ``not_delegated`` (printed with ``verbose``; matmuls among them warn,
     `XNNPACKFallbackWarning`). A `tfcompress.quantize`d model goes
     into the weight-quantizing modes (all but float32 / float16) with its decoded weights, so
@@ -375,17 +364,15 @@ def _verify_or_remove(result: ExportResult, reference, model, runner: TFLiteRunn
     if sample is None:
         sample = (np.concatenate(samples[:4]) if samples
                   else runner.sample_input(4 * (spec.shape[0] or 1)))
-    stats = verify(reference, runner, sample.astype(spec.dtype), eval_data)
+    stats = keras_agreement(reference, runner, sample.astype(spec.dtype), eval_data)
     for key, value in stats.items():
         setattr(result, key, value)
     try:
-        check_verification(stats, spec_mode, *tolerances)
+        verify(result, Tolerances.of(spec_mode, *tolerances))
     except VerificationError as err:
         where = (f"; {_where_it_breaks(model, path, sample, spec)}"
                  if spec_mode.static_activations else "")
-        path.unlink()  # a file that failed must not sit there looking shippable
-        raise VerificationError(f"{err}{where}; {path.name} was not kept", err.relax
-                                ) from None
+        raise discard(path, err, where) from None
 
 
 def _warn_costs(result: ExportResult, reference, verbose: bool) -> None:
