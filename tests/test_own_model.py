@@ -296,7 +296,7 @@ def test_the_int4_window_file_quantizes_the_embedding_too(tmp_path):
     int4 = export_tflite(model, tmp_path / "int4.tflite", "int4", seq_len=16, verbose=False)
     int8 = export_tflite(model, tmp_path / "int8.tflite", "dynamic_int8", seq_len=16,
                          verbose=False)
-    # the table was float32 (GATHER by 2-D ids): 1.6x the int8 file, 262 kB of 426 kB
+    # the table was float32 (GATHER by 2-D ids): 333 kB, 1.6x the int8 file (now 161.6 kB)
     assert int4.bytes < 0.85 * int8.bytes
     assert int4.int4["embedding"] == "int8 per row (EMBEDDING_LOOKUP)"
     assert "GATHER" not in int4.ops
