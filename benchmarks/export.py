@@ -40,9 +40,8 @@ from tfcompress.evaluate.latency import keras_forward
 from tfcompress.export import MODES, TFLiteRunner, export_tflite, interleaved_latency
 from tfcompress.export.diagnose import diagnose, reference_tflite
 from tfcompress.export.measure import peak_memory
-from tfcompress.export.modes import check_verification
 from tfcompress.export.ops import describe_ops
-from tfcompress.export.tflite import agreement_stats
+from tfcompress.export.verification import Tolerances, agreement_stats, verify
 from tfcompress.quantize import smooth
 
 THREADS = (1, 2)
@@ -121,8 +120,8 @@ def bench_model(name, model, ctx, out: Path, formats=FORMATS) -> list[dict]:
         runner = TFLiteRunner(path, num_threads=1)
         stats = held_out_stats(model, runner, batches)
         try:
-            check_verification({**stats, "keras_perplexity": keras_q["perplexity"]},
-                   MODES[mode], None, None, None)
+            verify({**stats, "keras_perplexity": keras_q["perplexity"]},
+                   Tolerances.of(MODES[mode]))
             verified = "pass"
         except VerificationError as err:
             verified = "FAIL: " + str(err).split(": ", 1)[1]

@@ -22,9 +22,12 @@ import nbformat
 NOTEBOOKS = Path(__file__).resolve().parent.parent / "notebooks"
 # a warning's "path/to/file.py:123: " prefix names a folder of this machine
 _WARNING_PATH = re.compile(r"^\S*/(?=[\w.]+\.py:\d+: )", re.MULTILINE)
-# TensorFlow's C++ log lines carry a timestamp and a process id
+# TensorFlow's C++ log lines carry a timestamp and a process id; LiteRT's ("INFO:
+# [gpu_registry.cc:130] ...", continued by "└ ..." lines) pointers and the paths of the
+# libraries it tries to load
 _NATIVE_LOG = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\).*"
-                         r"|[IWE]\d{4} [\d:.]+ +\d+ \S+:\d+\] .*)\n?", re.MULTILINE)
+                         r"|[IWE]\d{4} [\d:.]+ +\d+ \S+:\d+\] .*"
+                         r"|(?:INFO|WARNING|ERROR): \[[\w.]+:\d+\] .*|└ .*)\n?", re.MULTILINE)
 
 
 def code_hash(nb) -> str:

@@ -26,9 +26,8 @@ from tfcompress.export import (
     next_token,
     representative_samples,
 )
-from tfcompress.export.modes import check_verification
 from tfcompress.export.ops import delegated
-from tfcompress.export.tflite import agreement_stats
+from tfcompress.export.verification import Tolerances, agreement_stats, verify
 from tfcompress.models import build_gpt
 from tfcompress.models.training import train_lm
 
@@ -215,12 +214,29 @@ def test_tolerance_checks_raise_with_numbers():
     stats = {"max_abs_error": 0.5, "relative_error": 0.05, "agreement": 0.9,
              "perplexity": 12.0, "keras_perplexity": 10.0}
     with pytest.raises(VerificationError, match=r"max \|error\| 0.5 > allowed 0.1"):
-        check_verification(stats, MODES["int8"], 0.1, None, None)
+        verify(stats, Tolerances.of(MODES["int8"], 0.1, None, None))
     with pytest.raises(VerificationError, match=r"agreement 90.00% < needed 95%"):
-        check_verification(stats, MODES["int8"], None, 0.95, None)
+        verify(stats, Tolerances.of(MODES["int8"], None, 0.95, None))
     with pytest.raises(VerificationError, match=r"ratio 1.200 > 1.100"):
-        check_verification(stats, MODES["int8"], None, None, None)
-    check_verification(stats, MODES["int8"], None, None, 1.25)  # within every tolerance
+        verify(stats, Tolerances.of(MODES["int8"], None, None, None))
+    verify(stats, Tolerances.of(MODES["int8"], None, None, 1.25))  # within every tolerance
+
+
+def test_one_verifier_for_window_files_and_bundles_any_figure_fails():
+    from tfcompress.export import ExportResult, LLMExportResult
+
+    # next tokens and perplexity fine, logits off by 0.6 of their range: a broken file
+    figures = {"max_abs_error": 3.0, "relative_error": 0.6, "agreement": 0.99,
+               "perplexity": 10.0, "keras_perplexity": 10.0}
+    window = ExportResult("m.tflite", "dynamic_int8", 1, 1, **figures)
+    bundle = LLMExportResult("b", "b/model.tflite", "dynamic_int8", 1, **figures)
+    for result in (window, bundle):
+        with pytest.raises(VerificationError) as err:
+            verify(result, Tolerances.of(MODES["dynamic_int8"]))
+        assert str(err.value) == ("dynamic_int8 export disagrees with the Keras model: max "
+                                  "|error| 3 is 0.6 of the largest logit (allowed 0.5)")
+        assert err.value.relax == {"max_abs_error": 3.0}
+        verify(result, Tolerances.of(MODES["dynamic_int8"], max_abs_error=3.0))  # relaxed
 
 
 def test_representative_samples_from_batched_dataset_of_tuples():

@@ -114,7 +114,7 @@ def test_float_nodes_by_hand():
 
 
 def _int8_file(model, spec, samples, path, bounded):
-    content, _ = convert(model, spec, "int8", samples, bounded_masks=bounded)
+    content, _, _ = convert(model, spec, "int8", samples, bounded_masks=bounded)
     path.write_bytes(content)
     return path
 

@@ -1,6 +1,7 @@
 """The notebooks' stored outputs are the outputs of their current code (no execution here:
 `make test` runs them through nbmake, `make notebooks` stores what they print and draw)."""
 
+import re
 from pathlib import Path
 
 import nbformat
@@ -9,6 +10,16 @@ import pytest
 from tests.run_notebooks import NOTEBOOKS, _as_shown, _clean, code_hash
 
 RERUN = "run `make notebooks` and commit the notebooks"
+# a folder of the machine that ran it (temporary folders aside)
+_LOCAL_FOLDER = re.compile(r"(?<![\w.])/(?:home|Users|root|work)/\S+")
+# generated text that ends in a run of spaces: what an LM that learned only how often each
+# byte occurs decodes greedily
+_BLANK_SAMPLE = re.compile(r"\w {8,}(?=['\"\n]|$)")
+
+
+def _shown_text(out) -> str:
+    return out.get("text", "") + "".join(
+        out.get("data", {}).get(kind, "") for kind in ("text/plain", "text/markdown"))
 
 
 def problems(nb) -> list[str]:
@@ -26,6 +37,11 @@ def problems(nb) -> list[str]:
         for out in cell.get("outputs", []):
             if out.output_type == "error":
                 found.append(f"cell {i} stored an error: {out.ename}: {out.evalue}")
+            text = _shown_text(out)
+            if folder := _LOCAL_FOLDER.search(text):
+                found.append(f"cell {i} shows a folder of this machine: {folder.group()}")
+            if blank := _BLANK_SAMPLE.search(text):
+                found.append(f"cell {i} shows text ending in blanks: {blank.group()!r}")
     if not any("image/png" in out.get("data", {}) for c in code for out in c.outputs):
         found.append("no plot (image/png output)")
     return found
@@ -57,6 +73,14 @@ def test_the_check_catches_an_edit_an_error_and_a_notebook_without_a_plot():
                             "no plot (image/png output)"]
     cells[1].execution_count = 3
     assert "execution counts [1, 3]" in problems(nb)[0]
+    cells[1].execution_count = 2
+    cells[1].outputs = [nbformat.v4.new_output("display_data", {"image/png": "iVBOR"}),
+                        nbformat.v4.new_output("stream", name="stdout", text=(
+                            "'It is a truth                              '\n"
+                            "no tokenizer.json beside it (/work/wt/results/tokenizer.json)\n"))]
+    assert problems(nb) == [
+        "cell 1 shows a folder of this machine: /work/wt/results/tokenizer.json)",
+        "cell 1 shows text ending in blanks: 'h                              '"]
 
 
 def test_clean_keeps_what_a_terminal_shows_without_machine_specific_noise():
@@ -64,6 +88,8 @@ def test_clean_keeps_what_a_terminal_shows_without_machine_specific_noise():
     cell.outputs = [
         nbformat.v4.new_output("stream", name="stderr", text=(
             "I0000 00:00:1796078341.546434   14349 port.cc:153] oneDNN custom operations\n"
+            "WARNING: [plugin.cc:77] Could not load a plugin\n"
+            "└ Could not load shared library /work/x/lib.so: no such file\n"
             "/home/me/venv/keras/trainer.py:74: UserWarning: shuffle ignored\n")),
         nbformat.v4.new_output("stream", name="stdout", text="\r1/2 [==  ] loss: 5.1"),
         nbformat.v4.new_output("stream", name="stdout", text="\b\b\b\r2/2 [====] loss: 4.9\n"),

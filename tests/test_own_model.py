@@ -260,6 +260,51 @@ def test_a_quantized_model_exports_its_mode_natively_and_the_report_means_one_th
     assert capsys.readouterr().out == ""  # the LiteRT quantizer's bars and lines are gone
 
 
+@pytest.mark.slow
+def test_a_gptq_models_codes_go_into_the_int4_window_file_unchanged(tmp_path):
+    from tfcompress.core.layers import iter_layers, kernel_matrix
+    from tfcompress.export import export_tflite
+    from tfcompress.export.llm_int4 import int4_weights
+    from tfcompress.quantize import QuantizeConfig, quantize
+
+    keras.utils.set_random_seed(0)
+    ids = np.random.default_rng(0).integers(0, VOCAB, (8, 16)).astype("int32")
+    gptq = quantize(build_lm(VOCAB), QuantizeConfig.litert_int4("gptq"), calibration=ids,
+                    verbose=0)  # LiteRT's int4 grid, as export_llm copies it
+    result = export_tflite(gptq, tmp_path / "gptq.tflite", "int4", seq_len=16, verbose=False)
+    kinds = {path: type(layer).__name__ for path, layer in iter_layers(gptq)}
+    matmuls = {path: kernel_matrix(layer) for path, layer in iter_layers(gptq)
+               if kinds[path] in ("Dense", "EinsumDense")}
+    assert sorted(result.int4["copied"]) == sorted(matmuls)  # 4 attention + 2 MLP x 2, head
+    # the quantized embedding: int8 per row, as export_llm's
+    assert [kinds[path] for path in result.int4["rerounded"]] == ["Embedding"]
+    in_file = list(int4_weights((tmp_path / "gptq.tflite").read_bytes()).values())
+    assert len(in_file) == len(matmuls) == 13
+    for path, kernel in matmuls.items():  # GPTQ's codes x scales, bit for bit
+        assert any(w.shape == kernel.shape and np.array_equal(w, kernel) for w in in_file), path
+
+
+@pytest.mark.slow
+def test_the_int4_window_file_quantizes_the_embedding_too(tmp_path):
+    from ai_edge_litert.interpreter import Interpreter
+
+    from tfcompress.export import export_tflite
+
+    keras.utils.set_random_seed(0)
+    model = build_lm(2048)  # the embedding (and head) hold 84 % of the weights
+    # both verify with their modes' default tolerances (export_tflite raises otherwise)
+    int4 = export_tflite(model, tmp_path / "int4.tflite", "int4", seq_len=16, verbose=False)
+    int8 = export_tflite(model, tmp_path / "int8.tflite", "dynamic_int8", seq_len=16,
+                         verbose=False)
+    # the table was float32 (GATHER by 2-D ids): 333 kB, 1.6x the int8 file (now 161.6 kB)
+    assert int4.bytes < 0.85 * int8.bytes
+    assert int4.int4["embedding"] == "int8 per row (EMBEDDING_LOOKUP)"
+    assert "GATHER" not in int4.ops
+    details = Interpreter(model_path=int4.path).get_tensor_details()
+    tables = [d["dtype"] for d in details if tuple(d["shape"]) == (2048, 32)]
+    assert tables and np.float32 not in tables  # the table and the head's matmul
+
+
 def test_speed_up_compares_latencies_within_one_runtime():
     from tfcompress.evaluate import Report, compare, ratios
 

@@ -107,6 +107,9 @@ GOOD = {"model": {"preset": "test-tiny", "train_steps": 2}, "data": {"corpus": "
      "data.seq_len: expected int, got str '128'"),
     ({"model": {"keras": "missing.keras"}}, "model.keras: file"),
     ({"model": {"keras": "model.h5"}}, "expected a path ending in .keras"),
+    # named as the recipe names it: no folder of this machine (notebook 08 stored one)
+    ({"model": {"keras": "models/missing.keras"}, "data": {"corpus": "austen"}},
+     "no tokenizer.json beside it (models/tokenizer.json); give byte"),
     ({"model": {"preset": "test-tiny"}}, "model.train_steps: a built-in preset starts untrained"),
     ({"data": {"corpus": "austen"}}, "a built-in preset has no tokenizer of its own"),
     ({"data": {"corpus": "wiki", "tokenizer": "byte"}}, "data.corpus: unknown corpus 'wiki'"),

@@ -1,6 +1,7 @@
 """TFLite/LiteRT export: conversion in several modes, built-in verification, an interpreter
 runner, text generation from the ``.tflite`` file, phone-style measurement, and on-device LLM
-bundles (`export_llm`: prefill/decode signatures over a KV cache, streamed by `LLMRunner`)."""
+bundles (`export_llm`: prefill/decode signatures over a KV cache, streamed by `LLMRunner`);
+both verified by one rule (`verify`, `Tolerances`)."""
 
 from tfcompress.export.converter import convert
 from tfcompress.export.generate import generate, generate_text, next_token
@@ -16,8 +17,8 @@ from tfcompress.export.tflite import (
     ExportSizeWarning,
     XNNPACKFallbackWarning,
     export_tflite,
-    verify,
 )
+from tfcompress.export.verification import Tolerances, verify
 
 __all__ = [
     "MODES",
@@ -28,6 +29,7 @@ __all__ = [
     "LLMExportResult",
     "LLMRunner",
     "TFLiteRunner",
+    "Tolerances",
     "XNNPACKFallbackWarning",
     "convert",
     "export_llm",

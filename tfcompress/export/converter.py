@@ -4,7 +4,7 @@ input, the inference SavedModel, the TFLite converter and, for LiteRT's modes, t
 
 Example:
     >>> spec = input_spec(model, seq_len=128)           # (1, 128) int32 token ids
-    >>> flatbuffer, qat = convert(model, spec, "dynamic_int8")
+    >>> flatbuffer, qat, int4 = convert(model, spec, "dynamic_int8")
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from tfcompress.core.layers import is_keras3_model
 from tfcompress.core.progress import quiet
 from tfcompress.core.signature import model_seq_len
 from tfcompress.errors import TfcompressError
+from tfcompress.export.llm_int4 import quantize_keras_int4
 from tfcompress.export.modes import MODES, ExportMode
 from tfcompress.export.representative import MAIN_NAME, InputSpec
 from tfcompress.export.runner import TFLiteRunner
@@ -99,8 +100,11 @@ def _litert_quantize(flatbuffer: bytes, recipe_name: str, spec: InputSpec,
 
 
 def convert(model, spec: InputSpec, mode: str = "float32", samples: list | None = None,
-            int8_io: bool = False, bounded_masks: bool | None = None) -> tuple[bytes, bool]:
-    """Flatbuffer bytes of ``model`` in ``mode`` and whether it was a QAT (fake-quant) model.
+            int8_io: bool = False, bounded_masks: bool | None = None
+            ) -> tuple[bytes, bool, dict | None]:
+    """Flatbuffer bytes of ``model`` in ``mode``, whether it was a QAT (fake-quant) model,
+    and for ``int4`` the report of `quantize_keras_int4` (the int4 path of `export_llm`: a
+    `tfcompress.quantize`d layer's codes are kept, the embedding is int8 per row).
 
     ``samples`` are validated representative inputs (see `representative_samples`).
     ``bounded_masks`` traces attention with `bounded_attention_masks` (default: the modes
@@ -134,6 +138,9 @@ def convert(model, spec: InputSpec, mode: str = "float32", samples: list | None 
             ).get_nondebug_quantized_model()
         else:
             flatbuffer = converter.convert()
-    if spec_mode.litert_recipe:
+    int4 = None
+    if mode == "int4":
+        flatbuffer, int4 = quantize_keras_int4(flatbuffer, model)
+    elif spec_mode.litert_recipe:
         flatbuffer = _litert_quantize(flatbuffer, spec_mode.litert_recipe, spec, samples)
-    return flatbuffer, qat
+    return flatbuffer, qat, int4

@@ -43,10 +43,11 @@ from tfcompress.core.files import write_atomic
 from tfcompress.errors import TfcompressError, VerificationError
 from tfcompress.export.llm_budget import BudgetPlan, budget_plan, check_budget
 from tfcompress.export.llm_graph import Decoder, cached_forward, decoder_of
-from tfcompress.export.llm_int4 import quantize_int4
+from tfcompress.export.llm_int4 import llm_scopes, quantize_int4
 from tfcompress.export.llm_tied import share_tied_table
-from tfcompress.export.modes import INT4_BLOCK, LLM_MODES, check_int4_blocks, check_verification
+from tfcompress.export.modes import INT4_BLOCK, LLM_MODES, check_int4_blocks
 from tfcompress.export.ops import inspect_tflite
+from tfcompress.export.verification import Tolerances, agreement_stats, discard, verify
 
 MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE = "model.tflite", "tokenizer.json", "llm.json"
 # cache_buckets="auto": powers of two from this length up to below cache_length (shorter
@@ -255,11 +256,10 @@ def _convert(dec: Decoder, plan: dict[str, tuple[int, int, bool]], mode: str,
     choice of int8 maps under ``"budget"``)."""
     import tensorflow as tf
 
-    from tfcompress.export.converter import _litert_quantize
     from tfcompress.export.modes import MODES
 
     spec_mode = MODES[mode]
-    linear = [name[:-2] for name in dec.weights if name.endswith(".w")]
+    linear = llm_scopes(name[:-2] for name in dec.weights if name.endswith(".w"))
     tied = "head.w" not in dec.weights  # read before _save_cached_lm empties dec.weights
     with tempfile.TemporaryDirectory() as tmp:
         _save_cached_lm(dec, plan, tmp, kv_cache_dtype)
@@ -280,8 +280,6 @@ def _convert(dec: Decoder, plan: dict[str, tuple[int, int, bool]], mode: str,
                 raise TfcompressError(f"budget_mb={budget.budget_bytes / 1e6:g} is below the "
                                       f"all-int4 bundle ({len(out) / 1e6:.6f} MB)")
             over += len(out) - budget.budget_bytes
-    if spec_mode.litert_recipe:
-        flatbuffer = _litert_quantize(flatbuffer, spec_mode.litert_recipe, None)
     if tied and mode == "dynamic_int8":  # the converter stores the tied table twice
         flatbuffer, _ = share_tied_table(flatbuffer)
     return flatbuffer, None
@@ -332,7 +330,8 @@ def export_llm(
     the ids. ``verify_output`` compares the bundle's logits with Keras's on `VERIFY_TOKENS`
     tokens of ``verify_text`` (text or ids; default: the bundled Austen test text, or random
     ids without a tokenizer) and raises `VerificationError` when any figure misses the mode's
-    tolerances (`check_verification`, as `export_tflite`), keeping no ``model.tflite``.
+    tolerances (`tfcompress.export.verification.verify`, as `export_tflite`: any one figure
+    fails), keeping no ``model.tflite``.
     ``budget_mb`` (int4 only): the file's size in MB; the linear maps whose int4 rounding adds
     the most output error per byte on ``calibration`` (ids ``(windows, n)``; default: Austen
     train text) stay int8 until it is spent (`tfcompress.export.llm_budget`).
@@ -383,8 +382,7 @@ def _verify_or_remove(model, path: Path, dec: Decoder, spec, result: LLMExportRe
     try:
         _verify(model, path, dec, spec, result, verify_text)
     except VerificationError as err:
-        Path(result.tflite).unlink()
-        raise VerificationError(f"{err}; {result.tflite} was not kept", err.relax) from None
+        raise discard(result.tflite, err) from None
 
 
 def _check_arguments(model, path, prefill_lengths, cache_length, cache_buckets,
@@ -577,7 +575,6 @@ def _verify(model, path: Path, dec: Decoder, mode, result: LLMExportResult, text
     them too (what `LLMRunner` runs; its figures are the result's)."""
     from tfcompress.export.llm_runner import LLMRunner
     from tfcompress.export.modes import MODES
-    from tfcompress.export.tflite import agreement_stats
 
     runners = [LLMRunner(path, buckets=False)]
     if runners[0].config.get("kv_cache_dtype") == "float16":  # keys/values rounded to 16 bits
@@ -595,6 +592,6 @@ def _verify(model, path: Path, dec: Decoder, mode, result: LLMExportResult, text
             stats["keras_perplexity"] = _perplexity(expected, ids)
         for key, value in stats.items():
             setattr(result, key, value)
-        check_verification(stats, mode, subject=(
+        verify(result, Tolerances.of(mode), subject=(
             f"{result.mode} export of {dec.kind} (verified on {result.verified_on}"
             + (f", {signatures} signatures)" if len(runners) > 1 else ")")))

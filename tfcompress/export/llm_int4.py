@@ -1,4 +1,7 @@
-"""``export_llm(mode="int4")``: blockwise int4 weights that keep a quantized model's codes.
+"""Blockwise int4 weights that keep a quantized model's codes: the one int4 path of
+``export_llm(mode="int4")`` (`quantize_int4` on the `Decoder` graph, layers found by their
+`linear_scope`) and ``export_tflite(mode="int4")`` (`quantize_keras_int4`, layers found by
+their weights in the converted window graph).
 
 LiteRT's int4 (``ai_edge_quantizer``'s ``dynamic_wi4b32_afp32``) is symmetric, in blocks of
 `INT4_BLOCK` input rows, with float16 scales rounded to bfloat16's significand. A layer that
@@ -13,13 +16,14 @@ codes and scales are written into its int4 tensors after quantization. Every oth
 nearest onto LiteRT's grid as before, and the report says which is which.
 
 The converter emits a GATHER for the token embedding, which the quantizer leaves float32;
-`gather_to_embedding_lookup` turns it into the equivalent EMBEDDING_LOOKUP, which it
-quantizes int8 per row (a tied output head, int8 per row too, reads the same table). Not int4:
-LiteRT 2.3's EMBEDDING_LOOKUP kernel returns wrong rows from int4 tables.
+`gather_to_embedding_lookup` turns it into the equivalent EMBEDDING_LOOKUP (between two
+RESHAPEs for a window's ``(batch, seq)`` ids: the op takes 1-D ids), which it quantizes int8
+per row (a tied output head, int8 per row too, reads the same table). Not int4: LiteRT 2.3's
+EMBEDDING_LOOKUP kernel returns wrong rows from int4 tables.
 
 Example:
-    >>> flatbuffer, report = quantize_int4(float_flatbuffer, linear_names, quantized_names,
-    ...                                    tied_head=True)
+    >>> flatbuffer, report = quantize_int4(float_flatbuffer, llm_scopes(linear_names),
+    ...                                    quantized_names, tied_head=True)
     >>> report["copied"]       # layers whose codes and scales the file keeps exactly
 """
 
@@ -27,12 +31,15 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Iterable
 
 import numpy as np
 
+from tfcompress.core.layers import iter_layers, kernel_matrix
 from tfcompress.core.progress import quiet
 from tfcompress.export.llm_graph import HEAD_SCOPE, linear_scope
 from tfcompress.export.modes import INT4_BLOCK
+from tfcompress.quantize.storage import is_quantized, signed_codes
 
 
 def litert_recovers(w: np.ndarray, block: int = INT4_BLOCK, bits: int = 4) -> bool:
@@ -75,30 +82,88 @@ def _op_name(model, op) -> str:
 
 def gather_to_embedding_lookup(model) -> int:
     """Rewrite (in place, a flatbuffer ``ModelT``) every GATHER of a constant 2-D float table
-    along axis 0 by 1-D int32 ids as EMBEDDING_LOOKUP(ids, table): the same rows, in the op
-    LiteRT's quantizer and kernels handle with an int8/int4 table. Returns how many."""
+    along axis 0 by int32 ids as EMBEDDING_LOOKUP(ids, table): the same rows, in the op
+    LiteRT's quantizer and kernels handle with an int8/int4 table. Ids of rank 2+ (a window's
+    ``(batch, seq)``) of a fixed shape are flattened first and the rows shaped back (the op
+    takes 1-D ids). Returns how many."""
     from ai_edge_litert import schema_py_generated as schema
 
-    lookup_index = None
     count = 0
     for subgraph in model.subgraphs:
+        operators = []
         for op in subgraph.operators:
+            operators.append(op)
             if _op_name(model, op) != "GATHER" or len(op.inputs) != 2:
                 continue
             table, ids = (subgraph.tensors[i] for i in op.inputs)
             options = op.builtinOptions
             if (table.type != schema.TensorType.FLOAT32 or len(table.shape) != 2
                     or model.buffers[table.buffer].data is None
-                    or ids.type != schema.TensorType.INT32 or len(ids.shape) != 1
+                    or ids.type != schema.TensorType.INT32 or not _fixed(ids)
                     or (options is not None and (options.axis or options.batchDims))):
                 continue
-            if lookup_index is None:
-                lookup_index = _opcode_index(model, schema.BuiltinOperator.EMBEDDING_LOOKUP)
-            op.opcodeIndex = lookup_index
+            op.opcodeIndex = _opcode_index(model, schema.BuiltinOperator.EMBEDDING_LOOKUP)
             op.inputs = [op.inputs[1], op.inputs[0]]
             op.builtinOptionsType, op.builtinOptions = schema.BuiltinOptions.NONE, None
+            if len(ids.shape) > 1:
+                operators[-1:] = _flat_lookup(model, subgraph, op, int(table.shape[1]))
             count += 1
+        subgraph.operators = operators
     return count
+
+
+def _fixed(tensor) -> bool:
+    """Whether a tensor's shape has no unknown dimension (-1 in its signature)."""
+    return tensor.shapeSignature is None or all(d >= 0 for d in tensor.shapeSignature)
+
+
+def _flat_lookup(model, subgraph, lookup, width: int) -> list:
+    """``[RESHAPE ids to 1-D, lookup, RESHAPE rows to the GATHER's output]`` around an
+    EMBEDDING_LOOKUP whose ids have rank 2+ (all shapes fixed)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    ids, out = lookup.inputs[0], lookup.outputs[0]
+    n = int(np.prod(subgraph.tensors[ids].shape))
+    name = subgraph.tensors[out].name
+    name = name.decode() if isinstance(name, bytes) else name
+    flat = _add_tensor(model, subgraph, f"{name}/ids", [n], schema.TensorType.INT32)
+    rows = _add_tensor(model, subgraph, f"{name}/rows", [n, width], schema.TensorType.FLOAT32)
+    lookup.inputs, lookup.outputs = [flat, lookup.inputs[1]], [rows]
+    shape = [int(d) for d in subgraph.tensors[out].shape]
+    return [_reshape(model, subgraph, ids, flat, [n]), lookup,
+            _reshape(model, subgraph, rows, out, shape)]
+
+
+def _add_tensor(model, subgraph, name: str, shape: list[int], dtype: int,
+                data: np.ndarray | None = None) -> int:
+    """Append a tensor (a constant with ``data``) to ``subgraph``; its index."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    buffer = schema.BufferT()
+    buffer.data = None if data is None else np.ascontiguousarray(data).view(np.uint8)
+    model.buffers.append(buffer)
+    tensor = schema.TensorT()
+    tensor.name, tensor.type, tensor.buffer = name, dtype, len(model.buffers) - 1
+    tensor.shape = np.asarray(shape, np.int32)
+    subgraph.tensors.append(tensor)
+    return len(subgraph.tensors) - 1
+
+
+def _reshape(model, subgraph, source: int, target: int, shape: list[int]):
+    """A RESHAPE op from tensor ``source`` to tensor ``target`` of ``shape``."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    target_name = subgraph.tensors[target].name
+    target_name = target_name.decode() if isinstance(target_name, bytes) else target_name
+    new_shape = _add_tensor(model, subgraph, f"{target_name}/shape", [len(shape)],
+                            schema.TensorType.INT32, np.asarray(shape, np.int32))
+    op = schema.OperatorT()
+    op.opcodeIndex = _opcode_index(model, schema.BuiltinOperator.RESHAPE)
+    op.inputs, op.outputs = [source, new_shape], [target]
+    op.builtinOptionsType = schema.BuiltinOptions.ReshapeOptions
+    op.builtinOptions = schema.ReshapeOptionsT()
+    op.builtinOptions.newShape = list(shape)
+    return op
 
 
 def _opcode_index(model, builtin: int) -> int:
@@ -116,22 +181,35 @@ def _opcode_index(model, builtin: int) -> int:
     return len(model.operatorCodes) - 1
 
 
-def _weights_by_layer(model, names) -> dict[str, list[np.ndarray]]:
-    """The FULLY_CONNECTED weights of each linear map in ``names`` (found by its scope),
-    over every signature's subgraph."""
+def llm_scopes(names: Iterable[str]) -> dict[str, str]:
+    """Each `Decoder` linear map's op-scope regex in `export_llm`'s graph (`linear_scope`)."""
+    return {name: f"{re.escape(linear_scope(name))}/" for name in names}
+
+
+def _layer_ops(model, scopes: dict[str, str]):
+    """``(layer name, subgraph, op)`` of every FULLY_CONNECTED op whose scope (its outputs'
+    names) matches a regex of ``scopes`` (``re.search``, as the quantizer's recipes)."""
     from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
 
-    scopes = {f"{linear_scope(name)}/": name for name in names}
-    found: dict[str, list[np.ndarray]] = {}
     for subgraph in model.subgraphs:
         for op in subgraph.operators:
             if _op_name(model, op) != "FULLY_CONNECTED":
                 continue
             scope = fu.get_op_scope(op, subgraph.tensors)
-            for prefix, name in scopes.items():
-                if prefix in scope:
-                    data = fu.get_tensor_data(subgraph.tensors[op.inputs[1]], model.buffers)
-                    found.setdefault(name, []).append(data)
+            name = next((n for n, regex in scopes.items() if re.search(regex, scope)), None)
+            if name is not None:
+                yield name, subgraph, op
+
+
+def _weights_by_layer(model, scopes: dict[str, str]) -> dict[str, list[np.ndarray]]:
+    """The FULLY_CONNECTED weights of each layer of ``scopes`` over every signature's
+    subgraph."""
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    found: dict[str, list[np.ndarray]] = {}
+    for name, subgraph, op in _layer_ops(model, scopes):
+        data = fu.get_tensor_data(subgraph.tensors[op.inputs[1]], model.buffers)
+        found.setdefault(name, []).append(data)
     return found
 
 
@@ -149,42 +227,35 @@ def _writable(grid, weights: list[np.ndarray]) -> bool:
     return all(x.shape == w.shape and np.array_equal(x, w) for x in weights)
 
 
-def _write_codes(flatbuffer: bytes, grids: dict) -> bytes:
+def _write_codes(flatbuffer: bytes, grids: dict, scopes: dict[str, str]) -> bytes:
     """Overwrite the blockwise int4 weights (packed two's-complement nibbles, low first) and
     float16 block scales of the layers in ``grids`` with their own codes and scales."""
     from ai_edge_litert.tools import flatbuffer_utils as fbu
-    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
 
     model = fbu.read_model_from_bytearray(flatbuffer)
     done: set[int] = set()
-    for subgraph in model.subgraphs:
-        for op in subgraph.operators:
-            if _op_name(model, op) != "FULLY_CONNECTED":
-                continue
-            tensor = subgraph.tensors[op.inputs[1]]
-            name = _decoder_name(fu.get_tensor_name(tensor))
-            if name not in grids:
-                continue
-            codes, scale, _ = grids[name]
-            if tensor.buffer not in done:
-                flat = codes.T.reshape(-1).astype(np.uint8) & 15
-                model.buffers[tensor.buffer].data = (flat[0::2] | (flat[1::2] << 4)).astype(
-                    np.uint8)
-                done.add(tensor.buffer)
-            scales = subgraph.tensors[tensor.quantization.details.scales]
-            model.buffers[scales.buffer].data = np.ascontiguousarray(
-                scale.T.astype(np.float16)).view(np.uint8).reshape(-1)
+    for name, subgraph, op in _layer_ops(model, {n: scopes[n] for n in grids}):
+        tensor = subgraph.tensors[op.inputs[1]]
+        codes, scale, _ = grids[name]
+        if tensor.buffer not in done:
+            flat = codes.T.reshape(-1).astype(np.uint8) & 15
+            model.buffers[tensor.buffer].data = (flat[0::2] | (flat[1::2] << 4)).astype(np.uint8)
+            done.add(tensor.buffer)
+        scales = subgraph.tensors[tensor.quantization.details.scales]
+        model.buffers[scales.buffer].data = np.ascontiguousarray(
+            scale.T.astype(np.float16)).view(np.uint8).reshape(-1)
     return bytes(fbu.convert_object_to_bytearray(model))
 
 
-def quantize_int4(flatbuffer: bytes, linear: list[str], quantized: list[str],
-                  tied_head: bool, codes: dict | None = None,
-                  int8: tuple[str, ...] = ()) -> tuple[bytes, dict]:
-    """Quantize a float ``flatbuffer`` of `export_llm` to blockwise int4 (block 32), an int8
-    per-channel output head and an int8 per-row embedding table.
+def quantize_int4(flatbuffer: bytes, scopes: dict[str, str], quantized: list[str],
+                  tied_head: bool, codes: dict | None = None, int8: tuple[str, ...] = (),
+                  head: str | None = HEAD_SCOPE) -> tuple[bytes, dict]:
+    """Quantize a float ``flatbuffer`` (of `export_llm` or `export_tflite`) to blockwise int4
+    (block 32), an int8 per-channel output head and an int8 per-row embedding table.
 
-    ``linear``: the `Decoder` linear maps; ``quantized``: those whose Keras layer held codes;
-    ``codes``: their ``(codes, scale, group_rows)`` where they are signed integer codes
+    ``scopes``: each linear map's op-scope regex (`llm_scopes`, `keras_scopes`);
+    ``quantized``: those whose Keras layer held codes; ``codes``: their ``(codes, scale,
+    group_rows)`` where they are signed integer codes
     (`tfcompress.quantize.storage.signed_codes`). A quantized map whose weights LiteRT
     recovers exactly (`litert_recovers`) is quantized by ``dequantized_weight_recovery``; one
     it cannot read back (a block whose codes have no gap of one, e.g. only 0, 3 and 7) but
@@ -193,16 +264,16 @@ def quantize_int4(flatbuffer: bytes, linear: list[str], quantized: list[str],
     flatbuffer and a report: ``copied`` (kept exactly), ``rerounded`` (quantized layers on
     another grid, rounded again by LiteRT), ``embedding`` (how the token table is stored).
     The maps in ``int8`` (`tfcompress.export.llm_budget`'s choice) are int8 per channel
-    instead, like the head.
+    instead, like the head (the ops whose scope matches the regex ``head``; None: no head
+    of its own, int4 like the rest).
     """
     from ai_edge_litert.tools import flatbuffer_utils as fbu
-    from ai_edge_quantizer import quantizer, recipe
-    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+    from ai_edge_quantizer import quantizer
 
     codes = codes or {}
     model = fbu.read_model_from_bytearray(flatbuffer)
     lookups = gather_to_embedding_lookup(model)
-    weights = _weights_by_layer(model, linear)
+    weights = _weights_by_layer(model, scopes)
     # every FULLY_CONNECTED of the layer (one per signature that uses it: prefill drops the
     # last block's unused matmuls) must come back exactly
     quantized = [name for name in quantized if name not in int8]
@@ -214,27 +285,14 @@ def quantize_int4(flatbuffer: bytes, linear: list[str], quantized: list[str],
     if lookups:
         flatbuffer = fbu.convert_object_to_bytearray(model)
     del model, weights
-    head = {**recipe.dynamic_wi8_afp32()[0], "regex": f".*{HEAD_SCOPE}.*",
-            "operation": "FULLY_CONNECTED"}
-    entries = recipe.dynamic_wi4b32_afp32() + [head]
-    # int8 per row: with a tied head both ops read one table; LiteRT 2.3's EMBEDDING_LOOKUP
-    # kernel returns wrong rows from int4 tables (blockwise and per row alike: logits of a
-    # tiny Llama off by 80% of their range), so the table is not int4
-    entries.append({**head, "regex": ".*", "operation": "EMBEDDING_LOOKUP"})
-    exact = recipe.dynamic_wi4b32_afp32(algorithm_key=AlgorithmName.DEQUANTIZED_WEIGHT_RECOVERY)
-    entries += [{**exact[0], "regex": f".*{linear_scope(name)}/.*",
-                 "operation": "FULLY_CONNECTED"} for name in recovered]
-    # written layers (the head too) take the plain int4 entry, then get their own codes
-    plain = recipe.dynamic_wi4b32_afp32()[0]
-    entries += [{**plain, "regex": f".*{linear_scope(name)}/.*",
-                 "operation": "FULLY_CONNECTED"} for name in written]
-    entries += [{**head, "regex": f".*{linear_scope(name)}/.*"} for name in int8]
     qt = quantizer.Quantizer(bytes(flatbuffer))
-    qt.load_quantization_recipe(entries)
+    qt.load_quantization_recipe(_recipe({n: scopes[n] for n in recovered},
+                                        {n: scopes[n] for n in written},
+                                        [scopes[n] for n in int8], head))
     with quiet():
         out = bytes(qt.quantize().quantized_model)
     if written:
-        out = _write_codes(out, written)
+        out = _write_codes(out, written, scopes)
     embedding = ("float32 (GATHER)" if not lookups else
                  f"int8 per row (EMBEDDING_LOOKUP){', shared with the tied head' * tied_head}")
     copied = [name for name in quantized if name in recovered or name in written]
@@ -242,11 +300,82 @@ def quantize_int4(flatbuffer: bytes, linear: list[str], quantized: list[str],
                  "embedding": embedding}
 
 
+def _recipe(recovered: dict[str, str], written: dict[str, str], int8: list[str],
+            head: str | None) -> list[dict]:
+    """`quantize_int4`'s ai_edge_quantizer recipe (later entries win): blockwise int4, int8
+    per channel for ``head`` and the ``int8`` scopes, int8 per row for the embedding table,
+    ``dequantized_weight_recovery`` for the ``recovered`` layers' scopes."""
+    from ai_edge_quantizer import recipe
+    from ai_edge_quantizer.algorithm_manager import AlgorithmName
+
+    per_channel = {**recipe.dynamic_wi8_afp32()[0], "operation": "FULLY_CONNECTED"}
+    entries = recipe.dynamic_wi4b32_afp32()
+    if head is not None:
+        entries.append({**per_channel, "regex": head})
+    # int8 per row: with a tied head both ops read one table; LiteRT 2.3's EMBEDDING_LOOKUP
+    # kernel returns wrong rows from int4 tables (blockwise and per row alike: logits of a
+    # tiny Llama off by 80% of their range), so the table is not int4
+    entries.append({**per_channel, "regex": ".*", "operation": "EMBEDDING_LOOKUP"})
+    exact = recipe.dynamic_wi4b32_afp32(algorithm_key=AlgorithmName.DEQUANTIZED_WEIGHT_RECOVERY)
+    entries += [{**exact[0], "regex": regex, "operation": "FULLY_CONNECTED"}
+                for regex in recovered.values()]
+    # written layers (the head too) take the plain int4 entry, then get their own codes
+    plain = recipe.dynamic_wi4b32_afp32()[0]
+    entries += [{**plain, "regex": regex, "operation": "FULLY_CONNECTED"}
+                for regex in written.values()]
+    return entries + [{**per_channel, "regex": regex} for regex in int8]
+
+
+def keras_scopes(flatbuffer: bytes, model) -> dict[str, str]:
+    """The op-scope regex of each `tfcompress.quantize`d layer of a Keras ``model`` in a float
+    ``flatbuffer`` converted from it (with its decoded weights): the FULLY_CONNECTED ops
+    whose weight is the layer's ``(d_in, d_out)`` kernel, transposed, value for value (the
+    converter's own op names repeat and change with tracing, so they cannot name a layer).
+    Layers no such op holds (an embedding, a matmul the converter changed) are left out."""
+    from ai_edge_litert.tools import flatbuffer_utils as fbu
+    from ai_edge_quantizer.utils import tfl_flatbuffer_utils as fu
+
+    kernels = {path: kernel_matrix(layer).T for path, layer in iter_layers(model)
+               if is_quantized(layer)}
+    graph = fbu.read_model_from_bytearray(flatbuffer)
+    found: dict[str, list[str]] = {}
+    for subgraph in graph.subgraphs:
+        for op in subgraph.operators:
+            if _op_name(graph, op) != "FULLY_CONNECTED":
+                continue
+            weight = fu.get_tensor_data(subgraph.tensors[op.inputs[1]], graph.buffers)
+            if weight is None:
+                continue
+            for path, kernel in kernels.items():
+                if kernel.shape == weight.shape and np.array_equal(kernel, weight):
+                    found.setdefault(path, []).append(
+                        f"^{re.escape(fu.get_op_scope(op, subgraph.tensors))}$")
+    return {path: "|".join(regexes) for path, regexes in found.items()}
+
+
+def quantize_keras_int4(flatbuffer: bytes, model) -> tuple[bytes, dict]:
+    """`quantize_int4` for `export_tflite`'s float window ``flatbuffer`` of the Keras
+    ``model`` (converted with its decoded weights): the quantized layers' codes kept as
+    `export_llm` keeps them, every other matmul (the head too) rounded to blockwise int4,
+    the token embedding int8 per row.
+
+    Example:
+        >>> flatbuffer, report = quantize_keras_int4(float_flatbuffer, gptq_model)
+        >>> report["copied"]     # layer paths whose codes the file holds exactly
+    """
+    scopes = keras_scopes(flatbuffer, model)
+    layers = [(path, layer) for path, layer in iter_layers(model) if is_quantized(layer)]
+    codes = {path: signed_codes(layer) for path, layer in layers if path in scopes}
+    return quantize_int4(flatbuffer, scopes, [path for path, _ in layers], False,
+                         {path: grid for path, grid in codes.items() if grid is not None},
+                         head=None)
+
+
 def int4_weights(flatbuffer: bytes) -> dict[str, np.ndarray]:
-    """The blockwise int4 matmul weights of an `export_llm` file, dequantized as LiteRT's
-    kernels see them (packed two's-complement nibbles, low first, times their float16 block
-    scales), by `Decoder` name as ``(d_in, d_out)`` matrices: what to compare with the
-    Keras model's decoded weights.
+    """The blockwise int4 matmul weights of an `export_llm` or `export_tflite` file,
+    dequantized as LiteRT's kernels see them (packed two's-complement nibbles, low first,
+    times their float16 block scales), as ``(d_in, d_out)`` matrices by `Decoder` name (else
+    by the op's scope): what to compare with the Keras model's decoded weights.
 
     Example:
         >>> int4_weights(Path("bundle/model.tflite").read_bytes())["0.q"].shape
@@ -267,8 +396,9 @@ def int4_weights(flatbuffer: bytes) -> dict[str, np.ndarray]:
             if (tensor.type != schema.TensorType.INT4 or quant is None
                     or quant.detailsType != schema.QuantizationDetails.BlockwiseQuantization):
                 continue
-            name = _decoder_name(fu.get_tensor_name(tensor))
-            if name is None or name in out:
+            name = (_decoder_name(fu.get_tensor_name(tensor))
+                    or fu.get_op_scope(op, subgraph.tensors))
+            if name in out:
                 continue
             packed = np.frombuffer(model.buffers[tensor.buffer].data, np.uint8)
             nibbles = np.stack([packed & 15, packed >> 4], -1).reshape(-1).astype(np.int8)

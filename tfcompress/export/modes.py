@@ -15,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from tfcompress.errors import TfcompressError, VerificationError
+from tfcompress.errors import TfcompressError
 
 # the modes `export_llm` writes a KV-cache bundle in (weights only: activations stay float)
 LLM_MODES = ("float32", "float16", "dynamic_int8", "int4")
@@ -52,10 +52,11 @@ class ExportMode:
     activations fixed ranges, so the model is traced with bounded attention masks
     (`tfcompress.models.attention`). A mode with ``litert_recipe`` converts to
     float32 first and then applies that ``ai_edge_quantizer`` recipe.
-    Verification (`check_verification`, for window files and LLM bundles alike) fails when
-    the largest logit error exceeds ``max_rel_error`` times the largest |Keras logit|, when
-    next-token agreement is below ``min_agreement``, or when the perplexity ratio (export /
-    Keras, when measured on text) exceeds ``max_ppl_ratio``: any one figure is enough.
+    Verification (`tfcompress.export.verification.verify`, for window files and LLM bundles
+    alike) fails when the largest logit error exceeds ``max_rel_error`` times the largest
+    |Keras logit|, when next-token agreement is below ``min_agreement``, or when the
+    perplexity ratio (export / Keras, when measured on text) exceeds ``max_ppl_ratio``: any
+    one figure is enough.
     """
 
     name: str
@@ -156,52 +157,9 @@ MODES: dict[str, ExportMode] = {
         ),
         ExportMode(
             "int4",
-            "blockwise int4 weights (block 32), float activations (LiteRT quantizer)",
+            "blockwise int4 weights (block 32), int8 embedding rows, float activations "
+            "(LiteRT quantizer; a quantized model's codes on its grid kept)",
             _float32, 0.7, 0.45, 2.0, litert_recipe="dynamic_wi4b32_afp32",
         ),
     )
 }
-
-
-def check_verification(stats: dict, mode: ExportMode, max_abs_error: float | None = None,
-                       min_agreement: float | None = None, max_ppl_ratio: float | None = None,
-                       subject: str | None = None) -> None:
-    """The one rule of every export check: raise `VerificationError` listing each figure of
-    ``stats`` that misses ``mode``'s tolerance (or the given override); any one is enough.
-
-    ``stats`` holds ``max_abs_error``, ``relative_error`` and ``agreement`` (None for a single
-    output), and ``perplexity`` with ``keras_perplexity`` when they were measured on text.
-    ``max_abs_error`` replaces the relative bound by an absolute one. ``subject`` names the
-    export in the message (default: the mode's).
-
-    Example:
-        >>> check_verification({"max_abs_error": 0.5, "relative_error": 0.05, "agreement": 0.5},
-        ...                    MODES["float16"])
-        Traceback (most recent call last):
-        tfcompress.errors.VerificationError: float16 export disagrees with the Keras model: \
-max |error| 0.5 is 0.05 of the largest logit (allowed 0.02); next-token agreement 50.00% < \
-needed 97%
-    """
-    problems, relax = [], {}  # relax: the override that would have passed, per option
-    if max_abs_error is not None and not stats["max_abs_error"] <= max_abs_error:
-        problems.append(f"max |error| {stats['max_abs_error']:.4g} > allowed {max_abs_error:.4g}")
-        relax["max_abs_error"] = stats["max_abs_error"]
-    if max_abs_error is None and not stats["relative_error"] <= mode.max_rel_error:
-        problems.append(f"max |error| {stats['max_abs_error']:.4g} is "
-                        f"{stats['relative_error']:.3g} of the largest logit "
-                        f"(allowed {mode.max_rel_error:.3g})")
-        relax["max_abs_error"] = stats["max_abs_error"]
-    need = mode.min_agreement if min_agreement is None else min_agreement
-    if stats.get("agreement") is not None and stats["agreement"] < need:
-        problems.append(f"next-token agreement {stats['agreement']:.2%} < needed {need:.0%}")
-        relax["min_agreement"] = stats["agreement"]
-    if stats.get("perplexity") is not None:
-        ratio = stats["perplexity"] / stats["keras_perplexity"]
-        limit = mode.max_ppl_ratio if max_ppl_ratio is None else max_ppl_ratio
-        if not ratio <= limit:
-            problems.append(f"perplexity {stats['perplexity']:.4g} vs Keras "
-                            f"{stats['keras_perplexity']:.4g} (ratio {ratio:.3f} > {limit:.3f})")
-            relax["max_ppl_ratio"] = ratio
-    if problems:
-        raise VerificationError(f"{subject or f'{mode.name} export'} disagrees with the Keras "
-                                "model: " + "; ".join(problems), relax)

@@ -35,16 +35,16 @@ from tfcompress.export.converter import (
     to_saved_model,  # noqa: F401  (likewise)
 )
 from tfcompress.export.diagnose import diagnose
-from tfcompress.export.modes import (
-    INT4_BLOCK,
-    MODES,
-    ExportMode,
-    check_int4_blocks,
-    check_verification,
-)
+from tfcompress.export.modes import INT4_BLOCK, MODES, ExportMode, check_int4_blocks
 from tfcompress.export.ops import describe_ops, inspect_tflite
 from tfcompress.export.representative import InputSpec, representative_samples
 from tfcompress.export.runner import TFLiteRunner
+from tfcompress.export.verification import (
+    Tolerances,
+    agreement_stats,  # noqa: F401  (moved to export.verification; still importable from here)
+    discard,
+    verify,
+)
 from tfcompress.quantize.smooth import check_strength
 from tfcompress.quantize.smooth import smooth as smooth_model
 
@@ -111,6 +111,9 @@ class ExportResult:
     inputs: dict = field(default_factory=dict)
     qat: bool = False
     quantizer: str = "tflite-converter"
+    # mode="int4": which quantized layers kept their codes exactly, which LiteRT re-rounded,
+    # how the embedding is stored (as export_llm's)
+    int4: dict | None = None
     ops: dict = field(default_factory=dict)
     tensor_dtypes: dict = field(default_factory=dict)
     xnnpack_partitions: int = 0
@@ -123,22 +126,10 @@ class ExportResult:
         return asdict(self)
 
 
-def agreement_stats(expected: np.ndarray, got: np.ndarray) -> dict:
-    """Max |difference|, that relative to max |expected|, and argmax agreement (last axis)."""
-    expected, got = np.asarray(expected, np.float64), np.asarray(got, np.float64)
-    if expected.shape != got.shape:
-        raise VerificationError(f"output shape {got.shape} differs from Keras {expected.shape}")
-    # NaN or inf (e.g. float16 overflow) must fail every tolerance, not compare as False.
-    err = float(np.abs(expected - got).max()) if np.isfinite(got).all() else float("inf")
-    agreement = None if expected.shape[-1] < 2 else float(
-        (expected.argmax(-1) == got.argmax(-1)).mean())
-    return {"max_abs_error": err, "relative_error": err / max(float(np.abs(expected).max()),
-                                                                1e-12), "agreement": agreement}
-
-
-def verify(model, runner: TFLiteRunner, sample: np.ndarray, eval_data=None,
-           max_batches: int | None = None) -> dict:
-    """TFLite vs Keras on ``sample``; with ``eval_data`` also both perplexities."""
+def keras_agreement(model, runner: TFLiteRunner, sample: np.ndarray, eval_data=None,
+                    max_batches: int | None = None) -> dict:
+    """TFLite vs Keras on ``sample`` (`agreement_stats`); with ``eval_data`` also both
+    perplexities: the figures `verify` checks."""
     forward = keras_forward(model)
     stats = agreement_stats(forward(sample), runner.predict(sample))
     if eval_data is not None:
@@ -218,16 +209,19 @@ def export_tflite(
     Verification runs the interpreter on ``sample`` (default: 4 representative or random
     inputs) and on ``eval_data`` batches ``(inputs, targets[, mask])`` if given, and raises
     `VerificationError` with the figures beyond the mode's tolerances (or ``max_abs_error``,
-    ``min_agreement``, ``max_ppl_ratio``). ``smooth`` (the fixed-range modes int8, int8_mixed,
-    int16x8): a SmoothQuant migration strength in [0, 1] (0.5 usually); a copy of the model
-    with per-channel scales folded into its normalizations and the matmuls they feed
-    (`tfcompress.quantize.smooth`, calibrated on the representative samples) is exported,
-    and verified against ``model`` itself. Operators that XNNPACK does not take are reported
+    ``min_agreement``, ``max_ppl_ratio``; any one figure fails, `verify`) and keeps no file.
+    ``smooth`` (the fixed-range modes int8, int8_mixed, int16x8): a SmoothQuant migration
+    strength in [0, 1] (0.5 usually); a copy of the model with per-channel scales folded
+    into its normalizations and the matmuls they feed (`tfcompress.quantize.smooth`,
+    calibrated on the representative samples) is exported, and verified against ``model``
+    itself. Operators that XNNPACK does not take are reported
     in ``not_delegated`` (printed with ``verbose``; matmuls among them warn,
     `XNNPACKFallbackWarning`). A `tfcompress.quantize`d model goes
     into the weight-quantizing modes (all but float32 / float16) with its decoded weights, so
-    the file holds that mode's own int8 / int4 weights; a file larger than the model's own
-    weight bytes warns (`ExportSizeWarning`).
+    the file holds that mode's own int8 / int4 weights; ``int4`` is `export_llm`'s int4
+    (`tfcompress.export.llm_int4`): codes on LiteRT's grid are kept exactly, others rounded
+    onto it, the token embedding int8 per row (``int4`` in the result says which). A file
+    larger than the model's own weight bytes warns (`ExportSizeWarning`).
 
     Example:
         >>> export_tflite(model, "m.tflite", mode="float16", seq_len=128).agreement
@@ -241,12 +235,7 @@ def export_tflite(
     _check_data_options(spec, mode, int8_io, representative_data, smooth)
     samples = None if representative_data is None else representative_samples(
         representative_data, spec, max_samples)
-    if sample is not None:
-        sample = np.asarray(sample)
-        if tuple(sample.shape[1:]) != tuple(spec.shape[1:]):
-            raise TfcompressError(
-                f"sample must have shape (n, {', '.join(map(str, spec.shape[1:]))}), "
-                f"got {sample.shape}")
+    sample = None if sample is None else _checked_sample(sample, spec)
 
     start = time.perf_counter()
     if smooth is not None:
@@ -324,6 +313,15 @@ def _check_data_options(spec: InputSpec, mode: str, int8_io: bool, representativ
                                   "come from it)")
 
 
+def _checked_sample(sample, spec: InputSpec) -> np.ndarray:
+    """``sample`` as an array of the exported input's shape ``(n, ...)``."""
+    sample = np.asarray(sample)
+    if tuple(sample.shape[1:]) != tuple(spec.shape[1:]):
+        raise TfcompressError(f"sample must have shape (n, {', '.join(map(str, spec.shape[1:]))})"
+                              f", got {sample.shape}")
+    return sample
+
+
 def _smoothed(reference, samples: list, smooth: float, auxiliary_inputs: str, verbose: bool):
     """The graph to convert: a copy of ``reference`` with SmoothQuant scales folded in."""
     if verbose:
@@ -338,7 +336,7 @@ def _write(model, reference, path: Path, spec: InputSpec, mode: str, samples: li
     """Convert ``model``, write ``path`` and describe the file (sizes, dtypes, operators)."""
     spec_mode = MODES[mode]
     with decoded_weights(reference, enabled=mode not in FLOAT_WEIGHT_MODES):
-        flatbuffer, qat = convert(model, spec, mode, samples, int8_io)
+        flatbuffer, qat, int4 = convert(model, spec, mode, samples, int8_io)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(flatbuffer)
     runner = TFLiteRunner(path)
@@ -349,7 +347,7 @@ def _write(model, reference, path: Path, spec: InputSpec, mode: str, samples: li
         inputs={name: np.dtype(d["dtype"]).name for name, d in runner.inputs.items()},
         output_dtype=np.dtype(runner.output["dtype"]).name,
         quantizer="ai-edge-quantizer" if spec_mode.litert_recipe else "tflite-converter",
-        **info,
+        int4=int4, **info,
     )
     return result, runner
 
@@ -366,17 +364,15 @@ def _verify_or_remove(result: ExportResult, reference, model, runner: TFLiteRunn
     if sample is None:
         sample = (np.concatenate(samples[:4]) if samples
                   else runner.sample_input(4 * (spec.shape[0] or 1)))
-    stats = verify(reference, runner, sample.astype(spec.dtype), eval_data)
+    stats = keras_agreement(reference, runner, sample.astype(spec.dtype), eval_data)
     for key, value in stats.items():
         setattr(result, key, value)
     try:
-        check_verification(stats, spec_mode, *tolerances)
+        verify(result, Tolerances.of(spec_mode, *tolerances))
     except VerificationError as err:
         where = (f"; {_where_it_breaks(model, path, sample, spec)}"
                  if spec_mode.static_activations else "")
-        path.unlink()  # a file that failed must not sit there looking shippable
-        raise VerificationError(f"{err}{where}; {path.name} was not kept", err.relax
-                                ) from None
+        raise discard(path, err, where) from None
 
 
 def _warn_costs(result: ExportResult, reference, verbose: bool) -> None:

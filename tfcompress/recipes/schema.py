@@ -220,9 +220,10 @@ def _check_data(data: dict, model: dict, base: Path, problems: list[str]) -> Non
                         "choose byte, bpe or a tokenizer.json path")
     if tok == "model" and isinstance(model.get("keras"), str):
         beside = Path(resolve(base, model["keras"])).parent / "tokenizer.json"
-        if not beside.is_file():
+        if not beside.is_file():  # named as the recipe names the model, not this machine's
             problems.append(f"data.tokenizer: the model file has no tokenizer.json beside it "
-                            f"({beside}); give byte, bpe or a tokenizer.json path")
+                            f"({Path(model['keras']).parent / 'tokenizer.json'}); give byte, "
+                            "bpe or a tokenizer.json path")
     for key in ("seq_len", "batch_size", "eval_windows", "calibration_windows"):
         if _type_ok(data.get(key), int) and data[key] < 1:
             problems.append(f"data.{key}: must be >= 1, got {data[key]}")
