@@ -228,6 +228,42 @@ def test_gptq_with_a_ragged_last_group_beats_rtn():
     assert output_error(x, w, qt.dequantize()) < 0.8 * output_error(x, w, q.roundtrip(w))
 
 
+def _greedy_obs_reference(w, h, q, damping, order, static):
+    """GPTQ without its speed-ups: quantize ``order``'s rows one by one, moving each row's
+    error onto the rows left through the explicit inverse Hessian of those rows (Optimal Brain
+    Surgeon), the inverse shrunk by one row and column after each step. Affine only."""
+    w, g = np.array(w, np.float64), q.group_rows(len(w))
+    hinv = np.linalg.inv(h + damping * np.mean(np.diag(h)) * np.eye(len(h)))
+    params = {i // g: q.fit(w[i : i + g]) for i in range(0, len(w), g)} if static else {}
+    codes = np.zeros(w.shape, np.int64)
+    for j in order:
+        if j // g not in params:  # dynamic groups: fitted on the rows as they are now
+            params[j // g] = q.fit(w[j - j % g : j - j % g + g])
+        scale, offset, _ = params[j // g]
+        codes[j] = q.encode(w[j : j + 1], scale, offset, None)[0]
+        err = (w[j] - (offset[0] + codes[j] * scale[0])) / hinv[j, j]
+        w -= np.outer(hinv[:, j], err)  # rows already quantized have a zero column here
+        hinv -= np.outer(hinv[:, j], hinv[j]) / hinv[j, j]
+    return codes
+
+
+@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("block_size", [16, 128])
+def test_gptq_is_the_greedy_obs_update_in_its_order(act_order, block_size):
+    # dynamic groups (no act-order) and static ones (act-order), a ragged last group, lazy
+    # blocks of one group (16) or one block for all rows (128): the same codes as the
+    # unblocked, uninverted reference
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(512, 40)) @ rng.normal(size=(40, 40)) * np.exp(rng.normal(size=40))
+    w = rng.normal(size=(40, 6))
+    h = hessian(x)
+    q = Quantizer("affine", 3, "group", 16, ragged=True)  # 16 + 16 + 8
+    order = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(40)
+    expected = _greedy_obs_reference(w, h, q, 0.01, order, static=act_order)
+    qt = gptq(w, h, q, damping=0.01, act_order=act_order, block_size=block_size)
+    np.testing.assert_array_equal(qt.codes, expected)
+
+
 def test_quantizer_config_roundtrip():
     q = Quantizer("nf4", 4, "group", 64)
     assert Quantizer.from_config(q.get_config()) == q
