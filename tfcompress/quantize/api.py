@@ -164,17 +164,8 @@ def quantize(model, config: QuantizeConfig | None = None, calibration=None,
     by_path = dict(select_layers(target, types=config.types, include=paths))
     results = {}
     if config.method == "gptq":
-        def compress(group, stats):
-            out = {}
-            for path, layer in group:
-                qt = gptq(kernel_matrix(layer), hessian(stats[path]), config.quantizer(path),
-                          config.damping, config.act_order, layer=path)
-                set_kernel_matrix(layer, qt.dequantize())  # later blocks see this error
-                out[path] = qt
-            return out
-
-        able = [(p, by_path[p]) for p in paths if _gptq_able(by_path[p])]
-        results = calibrate(target, able, batches, compress, blocks=config.blocks,
+        able = [(p, by_path[p]) for p in paths if gptq_able(by_path[p])]
+        results = calibrate(target, able, batches, gptq_compress(config), blocks=config.blocks,
                             sequential=config.sequential, max_rows=config.max_rows,
                             folder=config.resume_dir, key=run_key(config), verbose=verbose)
     for path in paths:  # the rest (embeddings; every layer for rtn) round to nearest
@@ -184,6 +175,26 @@ def quantize(model, config: QuantizeConfig | None = None, calibration=None,
     return mark_quantized(target, layout)
 
 
-def _gptq_able(layer) -> bool:
+def gptq_compress(config: QuantizeConfig):
+    """The calibration engine's ``compress`` for GPTQ: each layer of a block quantized from
+    its input Hessian, its kernel set to the dequantized codes; returns ``{path: QTensor}``.
+
+    Example:
+        >>> calibrate(model, layers, ids, gptq_compress(QuantizeConfig(method="gptq", bits=4)))
+    """
+    def compress(group, stats):
+        out = {}
+        for path, layer in group:
+            qt = gptq(kernel_matrix(layer), hessian(stats[path]), config.quantizer(path),
+                      config.damping, config.act_order, layer=path)
+            set_kernel_matrix(layer, qt.dequantize())  # later blocks see this error
+            out[path] = qt
+        return out
+
+    return compress
+
+
+def gptq_able(layer) -> bool:
+    """Whether GPTQ applies to ``layer`` (not to embeddings)."""
     # an embedding's "input" is a token id: output error is row error, so RTN is optimal
     return not any(c.__name__ == "Embedding" for c in type(layer).__mro__)

@@ -17,7 +17,7 @@ from tfcompress.core.calibration import calibrate, calibration_batches
 from tfcompress.core.layers import kernel_matrix, select_layers
 from tfcompress.core.validation import check_model
 from tfcompress.errors import TfcompressError
-from tfcompress.quantize.api import QuantizeConfig, _gptq_able
+from tfcompress.quantize.api import QuantizeConfig, gptq_able
 from tfcompress.quantize.gptq import output_error
 
 
@@ -43,7 +43,7 @@ def sensitivity(model, calibration, config: QuantizeConfig | None = None,
                          for b, q in quantizers.items()}
         return out
 
-    dense = [(p, la) for p, la in layers if _gptq_able(la)]
+    dense = [(p, la) for p, la in layers if gptq_able(la)]
     out = calibrate(model, dense, calibration, errors, blocks=config.blocks, sequential=False,
                     max_rows=config.max_rows, verbose=0) if dense else {}
     for path, layer in layers:
