@@ -18,7 +18,6 @@ from tfcompress.core.layers import (
     to_matrix,
 )
 from tfcompress.core.progress import progress_bar
-from tfcompress.core.stats import hessian
 from tfcompress.errors import TfcompressError
 from tfcompress.prune.config import PruneConfig
 from tfcompress.prune.masks import global_masks, pattern_mask
@@ -29,7 +28,7 @@ from tfcompress.prune.sparsegpt import sparsegpt_prune
 def _prune_layer(path: str, layer, stats, config: PruneConfig) -> np.ndarray:
     w = kernel_matrix(layer)
     if config.method == "sparsegpt":
-        new_w, mask = sparsegpt_prune(w, hessian(stats), config.sparsity, config.nm,
+        new_w, mask = sparsegpt_prune(w, stats.take_hessian(), config.sparsity, config.nm,
                                       config.block_size, config.damping, layer=path)
     else:
         mask = pattern_mask(wanda_scores(w, stats), config.sparsity, config.nm, per_output=True)

@@ -24,7 +24,6 @@ from tfcompress.core.layers import (
     select_layers,
     set_kernel_matrix,
 )
-from tfcompress.core.stats import hessian
 from tfcompress.core.validation import check_model
 from tfcompress.errors import TfcompressError
 from tfcompress.quantize.gptq import gptq
@@ -185,7 +184,7 @@ def gptq_compress(config: QuantizeConfig):
     def compress(group, stats):
         out = {}
         for path, layer in group:
-            qt = gptq(kernel_matrix(layer), hessian(stats[path]), config.quantizer(path),
+            qt = gptq(kernel_matrix(layer), stats[path].take_hessian(), config.quantizer(path),
                       config.damping, config.act_order, layer=path)
             set_kernel_matrix(layer, qt.dequantize())  # later blocks see this error
             out[path] = qt

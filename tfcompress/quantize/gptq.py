@@ -50,7 +50,8 @@ def gptq(
     params = [quantizer.fit(w[i : i + g]) for i in range(0, d_in, g)] if static else []
     perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(d_in)
     w = w[perm]
-    hinv, _ = inverse_hessian_factor(h[perm][:, perm], damping, layer)
+    # one copy of h, permuted, which the factor is computed in
+    hinv, _ = inverse_hessian_factor(h[np.ix_(perm, perm)], damping, layer, overwrite=True)
     # block size a multiple of the group so a group never starts half-updated
     block = max(block_size // g, 1) * g if g < d_in else block_size
     codes = np.zeros(w.shape, np.int32)
