@@ -96,6 +96,13 @@ def _check(folder, out, config, calibration, out_dtype) -> tuple[LlamaConfig, Te
         raise TfcompressError(f"folder {str(folder)!r} has no tensor {missing[0]!r} "
                               f"({len(missing)} missing)")
     ids = check_token_ids(calibration, "calibration", cfg.vocab_size)
+    if isinstance(config, QuantizeConfig):  # group sizes, before any work
+        widths = {"attn_q": cfg.d_model, "attn_k": cfg.d_model, "attn_v": cfg.d_model,
+                  "attn_out": cfg.n_heads * cfg.head_dim, "mlp_gate": cfg.d_model,
+                  "mlp_up": cfg.d_model, "mlp_down": cfg.d_ff}
+        for i in range(cfg.n_layers):
+            for kind, width in widths.items():
+                config.quantizer(f"block{i}_{kind}").group_rows(width)
     return cfg, tensors, ids, method
 
 
