@@ -7,11 +7,11 @@ import re
 import numpy as np
 import pytest
 
-from tests.llm_checkpoints import CFG, hf_llama_config, random_llama, write_hf_folder
+from tests.llm_checkpoints import CFG, hf_llama_config, random_llama, write_gguf, write_hf_folder
 from tfcompress.core.layers import kernel_matrix
 from tfcompress.errors import TfcompressError
 from tfcompress.models.lean import lean_compress
-from tfcompress.models.loaders import load_safetensors
+from tfcompress.models.loaders import load_gguf, load_safetensors
 from tfcompress.prune import PruneConfig, prune
 from tfcompress.quantize import QuantizeConfig, quantize
 
@@ -52,6 +52,18 @@ def test_lean_gives_the_in_memory_weights_and_loads(folder, tmp_path, config, ve
     np.testing.assert_allclose(lean.predict(IDS, verbose=0), ref.predict(IDS, verbose=0),
                                atol=1e-4)
     assert (tmp_path / "out" / "tokenizer.json").read_text() == "{}"
+
+
+def test_lean_reads_a_gguf_file_as_load_gguf_does(tmp_path):
+    """A GGUF source (q/k rows un-permuted, its metadata written as config.json): the same
+    SparseGPT kernels as pruning `load_gguf`'s model in memory."""
+    path = write_gguf(tmp_path / "tiny.gguf", random_llama(tied=True))
+    config = PruneConfig(method="sparsegpt", sparsity=0.5)
+    lean_compress(path, tmp_path / "out", config, IDS, verbose=0)
+    got = _kernels(load_safetensors(tmp_path / "out"))
+    want = _kernels(prune(load_gguf(path), config, calibration=IDS, verbose=0))
+    for name in KERNELS:
+        np.testing.assert_allclose(got[name], want[name], atol=1e-5, err_msg=name)
 
 
 def test_lean_partial_run_copies_the_other_blocks(folder, tmp_path):
