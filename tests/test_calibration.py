@@ -146,9 +146,12 @@ def test_lean_hessian_helpers_give_the_plain_numpy_values():
     stats, h = InputStats(600, ("xtx",)), hessian(x)
     stats.update(x[:500])
     stats.update(x[500:])
+    stats.readers = 2  # two layers read these inputs (q and k): computed once, shared
     taken = stats.take_hessian()
     np.testing.assert_allclose(taken, h, rtol=1e-5, atol=1e-5)
-    assert stats.xtx is None and stats.take_hessian() is taken  # shared, computed once
+    assert stats.xtx is None and stats.take_hessian() is taken
+    with pytest.raises(TfcompressError, match="every layer reading it took it already"):
+        stats.take_hessian()  # the last reader's call let go of it
     low = np.linalg.cholesky(h + np.eye(600))
     np.testing.assert_allclose(invert_lower(low.copy(), leaf=64), np.linalg.inv(low),
                                atol=1e-12)

@@ -35,7 +35,7 @@ class InputStats:
         if bad:
             raise TfcompressError(f"needs must be a subset of {NEEDS}, got {sorted(bad)}")
         self.d_in, self.needs, self.max_rows = int(d_in), tuple(needs), max_rows
-        self.n, self._hessian = 0, None
+        self.n, self._hessian, self.readers = 0, None, 1  # readers: layers sharing these
         self.xtx = np.zeros((d_in, d_in)) if "xtx" in needs else None
         self.sq = np.zeros(d_in) if "sq" in needs or "xtx" in needs else None
         self.abs = np.zeros(d_in) if "abs" in needs else None
@@ -76,20 +76,25 @@ class InputStats:
 
     def take_hessian(self) -> np.ndarray:
         """`hessian` of these statistics, made in place of ``X^T X`` (one ``(d_in, d_in)``
-        float64 array less: 512 MB at d_in 8192), the same array for every layer sharing
-        them. The last use of ``xtx``: it is None afterwards.
+        float64 array less: 512 MB at d_in 8192), the same array for each of the ``readers``
+        layers sharing them; the last one's call lets go of it, so the caller holds the
+        only reference and frees it when done. The last use of ``xtx``: None afterwards.
 
         Example:
             >>> qt = gptq(w, stats.take_hessian(), quantizer)
         """
         if self._hessian is None:
             if self.xtx is None or not self.n:
-                raise TfcompressError("the Hessian needs X^T X of at least one calibration row")
+                raise TfcompressError("the Hessian needs X^T X of at least one calibration "
+                                      "row (or every layer reading it took it already)")
             h, self.xtx = self.xtx, None
             h *= 2.0  # the same values as hessian()'s 2 X^T X / n
             h /= self.n
             self._hessian = h
-        return self._hessian
+        h, self.readers = self._hessian, self.readers - 1
+        if self.readers <= 0:
+            self._hessian = None
+        return h
 
     def norms(self) -> np.ndarray:
         """``||X_j||_2`` of each input feature."""
@@ -168,6 +173,7 @@ def inverse_hessian_factor(h: np.ndarray, damping: float = 0.01, layer: str = ""
         raise TfcompressError("overwrite=True needs a C-ordered float64 h")
     # P H P, damped in place below
     rev = _flip(h) if overwrite else np.array(np.asarray(h)[::-1, ::-1], dtype=np.float64)
+    del h  # with overwrite, the one reference once the caller passed it inline
     for attempt in range(retries + 1):
         if attempt:
             extra = max(extra * 10, 1e-6 * mean_diag, 1e-12)

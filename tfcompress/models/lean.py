@@ -162,7 +162,7 @@ def _check(checkpoint, out, config, calibration, out_dtype) -> tuple[_Source, np
 
 
 def _write_shard(path: Path, tensors: dict[str, np.ndarray]) -> None:
-    save_file = require("safetensors", extra="llm", feature="lean_compress").numpy.save_file
+    save_file = require("safetensors.numpy", extra="llm", feature="lean_compress").save_file
     with atomic_path(path) as tmp:
         save_file({k: np.ascontiguousarray(v) for k, v in tensors.items()}, str(tmp))
 
