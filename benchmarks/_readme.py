@@ -119,12 +119,27 @@ def int4_budget_table(data: dict) -> str:
         f"{data['calibration']} of austen/train.txt."
 
 
+def big_model_table(data: dict) -> str:
+    """`lean_compress` over the 1.7B-shaped checkpoint: seconds per block and peak RSS."""
+    lines = ["| method | blocks compressed | s / block | peak RSS GB | RSS after each block GB |",
+             "|---|---|---|---|---|"]
+    for name, row in data["methods"].items():
+        after = ", ".join(f"{b['rss_gb']:.2f}" for b in row["per_block"])
+        lines.append(f"| {name} | {row['blocks_compressed']} of "
+                     f"{data['shape']['num_hidden_layers']} | {_f(row['seconds_per_block'])} | "
+                     f"{_f(row['peak_rss_gb'], 2)} | {after} |")
+    return "\n".join(lines) + (f"\n\nCheckpoint {data['checkpoint_gb']} GB ({data['dtype']}), "
+                               f"{data['calibration_tokens']} calibration tokens; GPTQ's "
+                               f"target: peak RSS <= {data['target_peak_rss_gb_gptq']} GB.")
+
+
 # README region -> (results file, table from its data)
 TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "llm": ("llm", llm_table),
     "llm_peer": ("llm_peer2", lambda data: llm_table(data, peer=True)),
     "generate": ("generate", generate_table),
     "int4_budget": ("int4_budget", int4_budget_table),
+    "big_model": ("big_model", big_model_table),
 }
 
 

@@ -35,7 +35,12 @@ class PeakRSS:
 
     @staticmethod
     def _now() -> float:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1e6
-        return 0.0
+        return current_gb()
+
+
+def current_gb(field: str = "VmRSS") -> float:
+    """This process's resident memory now (``VmHWM``: its peak so far), in GB."""
+    for line in Path("/proc/self/status").read_text().splitlines():
+        if line.startswith(f"{field}:"):
+            return int(line.split()[1]) / 1e6
+    return 0.0

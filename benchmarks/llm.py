@@ -41,7 +41,7 @@ from benchmarks._common import (
     scratch_dir,
     write_results,
 )
-from benchmarks._rss import PeakRSS
+from benchmarks._rss import PeakRSS, current_gb
 from tfcompress.data import bundled_corpus
 from tfcompress.evaluate import keras_forward
 from tfcompress.models import causal_lm_perplexity, generate
@@ -102,6 +102,7 @@ class Bench:
         self.seconds: dict[str, float] = {}
         self.failures: dict[str, str] = {}
         self.best: dict = {}
+        self.rss = {"start_gb": round(current_gb(), 2)}  # resident GB at each phase
         for other in args.merge_from:  # results of runs made in parallel on this commit
             done = merge_source(other, args)
             self.rows |= done["rows"]
@@ -119,6 +120,8 @@ class Bench:
         if args.methods:
             self.float_model = load_gguf(self.gguf)
             self.seconds["load_gguf"] = round(time.perf_counter() - start, 1)
+            self.rss |= {"float_loaded_gb": round(current_gb(), 2),
+                         "load_peak_gb": round(current_gb("VmHWM"), 2)}
         text = bundled_corpus("austen")
         self.eval_tokens, self.window = eval_sizes(args.quick)
         self.eval_ids = self.tokenizer.encode(text["test"][:20_000])[:self.eval_tokens]
@@ -161,7 +164,8 @@ class Bench:
         data: dict = {"float_ppl": float_ppl, "eval": f"first {tokens} tokens of "
                       f"austen/test.txt, {tokens - 1} scored, windows of {window}",
                       "rows": self.rows, "seconds": self.seconds, "failures": self.failures,
-                      "calibration": f"{self.args.calib} x {self.args.calib_len} tokens"}
+                      "calibration": f"{self.args.calib} x {self.args.calib_len} tokens",
+                      "rss_phases": self.rss}
         peer_ppl = self.rows.get("peer_float", {}).get("ppl")
         for name, row in self.rows.items():
             base = peer_ppl if name.startswith("peer_") else float_ppl  # each to its own float
@@ -444,6 +448,7 @@ def main(argv: list[str] | None = None) -> None:
                 (run_students if name == "students" else run_export)(b)
                 continue
             start = time.perf_counter()
+            b.rss[f"{name}_before_gb"] = round(current_gb(), 2)  # what the method starts on
             with PeakRSS() as peak:
                 model, stored, note = METHODS[name](b)
             b.record(name, model, time.perf_counter() - start, stored, note, peak.gb)

@@ -137,6 +137,36 @@ def test_damped_inverse_cholesky_retries_then_names_the_layer():
         inverse_hessian_factor(-np.eye(3), damping=0.01, layer="block3_mlp_out", retries=1)
 
 
+def test_lean_hessian_helpers_give_the_plain_numpy_values():
+    """`take_hessian` (in place of X^T X), `invert_lower` (by halves) and a 600-wide
+    `inverse_hessian_factor` (several levels of halves) against the textbook formulas."""
+    from tfcompress.core.stats import invert_lower
+
+    x = np.random.default_rng(2).normal(size=(900, 600)).astype("float32")
+    stats, h = InputStats(600, ("xtx",)), hessian(x)
+    stats.update(x[:500])
+    stats.update(x[500:])
+    stats.readers = 2  # two layers read these inputs (q and k): computed once, shared
+    taken = stats.take_hessian()
+    np.testing.assert_allclose(taken, h, rtol=1e-5, atol=1e-5)
+    assert stats.xtx is None and stats.take_hessian() is taken
+    with pytest.raises(TfcompressError, match="every layer reading it took it already"):
+        stats.take_hessian()  # the last reader's call let go of it
+    low = np.linalg.cholesky(h + np.eye(600))
+    np.testing.assert_allclose(invert_lower(low.copy(), leaf=64), np.linalg.inv(low),
+                               atol=1e-12)
+    before = h.copy()
+    u, _ = inverse_hessian_factor(h, damping=0.01)
+    np.testing.assert_array_equal(h, before)  # the caller's Hessian is left as it was
+    damped = h + 0.01 * np.mean(np.diag(h)) * np.eye(600)
+    np.testing.assert_allclose(u.T @ u, np.linalg.inv(damped), rtol=1e-8, atol=1e-10)
+    assert np.allclose(u, np.triu(u))
+    in_place, _ = inverse_hessian_factor(before, damping=0.01, overwrite=True)
+    np.testing.assert_array_equal(in_place, u)
+    with pytest.raises(TfcompressError, match="overwrite=True needs a C-ordered float64 h"):
+        inverse_hessian_factor(h.astype("float32"), overwrite=True)
+
+
 def test_calibration_batches_split_arrays_and_read_generators_once(gpt):
     assert [b.shape for b in calibration_batches(IDS)] == [(8, 16), (4, 16)]
     batches = calibration_batches((x for x in (IDS[:2], IDS[2:5])), gpt)

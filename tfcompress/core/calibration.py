@@ -146,6 +146,7 @@ class _Recorder:
             if leader is not None and leader != path:
                 self.follows[path] = leader
                 self.stats[path] = self.stats[leader]
+                self.stats[leader].readers += 1
                 return
             self._seen.append((x, path))
         self.stats[path].update(np.asarray(x))

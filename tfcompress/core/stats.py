@@ -35,7 +35,7 @@ class InputStats:
         if bad:
             raise TfcompressError(f"needs must be a subset of {NEEDS}, got {sorted(bad)}")
         self.d_in, self.needs, self.max_rows = int(d_in), tuple(needs), max_rows
-        self.n = 0
+        self.n, self._hessian, self.readers = 0, None, 1  # readers: layers sharing these
         self.xtx = np.zeros((d_in, d_in)) if "xtx" in needs else None
         self.sq = np.zeros(d_in) if "sq" in needs or "xtx" in needs else None
         self.abs = np.zeros(d_in) if "abs" in needs else None
@@ -65,7 +65,7 @@ class InputStats:
             return
         self.n += len(x)
         if self.xtx is not None:
-            self.xtx += (x.T @ x).astype(np.float64)
+            self.xtx += x.T @ x  # cast while added: no float64 copy of the products
             self.sq = np.diag(self.xtx).copy()
         elif self.sq is not None:
             self.sq += np.einsum("ij,ij->j", x, x, dtype=np.float64)
@@ -73,6 +73,28 @@ class InputStats:
             self.abs += np.abs(x).sum(axis=0, dtype=np.float64)
         if self.max is not None:
             np.maximum(self.max, np.abs(x).max(axis=0), out=self.max)
+
+    def take_hessian(self) -> np.ndarray:
+        """`hessian` of these statistics, made in place of ``X^T X`` (one ``(d_in, d_in)``
+        float64 array less: 512 MB at d_in 8192), the same array for each of the ``readers``
+        layers sharing them; the last one's call lets go of it, so the caller holds the
+        only reference and frees it when done. The last use of ``xtx``: None afterwards.
+
+        Example:
+            >>> qt = gptq(w, stats.take_hessian(), quantizer)
+        """
+        if self._hessian is None:
+            if self.xtx is None or not self.n:
+                raise TfcompressError("the Hessian needs X^T X of at least one calibration "
+                                      "row (or every layer reading it took it already)")
+            h, self.xtx = self.xtx, None
+            h *= 2.0  # the same values as hessian()'s 2 X^T X / n
+            h /= self.n
+            self._hessian = h
+        h, self.readers = self._hessian, self.readers - 1
+        if self.readers <= 0:
+            self._hessian = None
+        return h
 
     def norms(self) -> np.ndarray:
         """``||X_j||_2`` of each input feature."""
@@ -130,29 +152,75 @@ def hessian(inputs, d_in: int | None = None) -> np.ndarray:
 
 
 def inverse_hessian_factor(h: np.ndarray, damping: float = 0.01, layer: str = "",
-                           retries: int = 6) -> tuple[np.ndarray, np.ndarray]:
+                           retries: int = 6, overwrite: bool = False
+                           ) -> tuple[np.ndarray, np.ndarray]:
     """Upper Cholesky factor ``U`` of ``(H + lambda I)^-1 = U^T U`` and the dead inputs.
 
     ``lambda = damping * mean(diag H)``; inputs that are always zero (``H_jj == 0``) get
     ``H_jj = 1`` so the factor exists (callers zero their weights). When ``H`` is not
     positive definite, ``lambda`` grows tenfold up to ``retries`` times, then a
     `TfcompressError` names ``layer``. One Cholesky of the reversed matrix and one
-    triangular inverse: ``U = P chol(P H P)^-1 P`` with ``P`` the order reversal.
+    triangular inverse: ``U = P chol(P H P)^-1 P`` with ``P`` the order reversal. At most
+    two more ``d_in x d_in`` arrays are alive at once; ``overwrite=True`` (a float64
+    C-ordered ``h`` the caller no longer needs) works in ``h`` itself: one.
     """
-    h = np.array(h, dtype=np.float64)
-    dead = np.diag(h) == 0
-    h[dead, dead] = 1.0
-    mean_diag = float(np.mean(np.diag(h)))
+    diag = np.diag(h).astype(np.float64)
+    dead = diag == 0
+    diag[dead] = 1.0
+    mean_diag = float(np.mean(diag))
     extra = damping * mean_diag
+    if overwrite and not (h.dtype == np.float64 and h.flags.c_contiguous):
+        raise TfcompressError("overwrite=True needs a C-ordered float64 h")
+    # P H P, damped in place below
+    rev = _flip(h) if overwrite else np.array(np.asarray(h)[::-1, ::-1], dtype=np.float64)
+    del h  # with overwrite, the one reference once the caller passed it inline
     for attempt in range(retries + 1):
         if attempt:
             extra = max(extra * 10, 1e-6 * mean_diag, 1e-12)
+        rev.flat[::len(rev) + 1] = diag[::-1] + extra
         try:
-            rev = np.linalg.cholesky(h[::-1, ::-1] + extra * np.eye(len(h)))
-            return np.ascontiguousarray(np.linalg.inv(rev)[::-1, ::-1]), dead
+            low = np.linalg.cholesky(rev)
         except np.linalg.LinAlgError:
             continue
+        del rev
+        return _flip(invert_lower(low)), dead
     raise TfcompressError(
         f"the input Hessian of layer {layer or '?'} is not positive definite even with "
         f"damping {extra / max(mean_diag, 1e-300):.3g} x mean diagonal: give more or more "
         "varied calibration data, or exclude the layer")
+
+
+def invert_lower(low: np.ndarray, leaf: int = 256) -> np.ndarray:
+    """The inverse of a lower-triangular matrix, written over it: by halves, ``[[A, 0],
+    [B, C]]^-1 = [[A^-1, 0], [-C^-1 B A^-1, C^-1]]``, so at most a quarter of the matrix
+    more is allocated (``np.linalg.inv`` holds three more: a copy, the identity, the
+    result) and half the flops of an LU solve are spent.
+
+    Example:
+        >>> low = np.linalg.cholesky(h)
+        >>> np.allclose(invert_lower(low.copy()), np.linalg.inv(low))
+        True
+    """
+    n = len(low)
+    if n <= leaf:
+        low[...] = np.linalg.inv(low)
+        return low
+    k = n // 2
+    invert_lower(low[:k, :k], leaf)
+    invert_lower(low[k:, k:], leaf)
+    below = low[k:, :k] @ low[:k, :k]
+    np.matmul(low[k:, k:], below, out=low[k:, :k])
+    np.negative(low[k:, :k], out=low[k:, :k])
+    return low
+
+
+def _flip(x: np.ndarray) -> np.ndarray:
+    """``x[::-1, ::-1]`` of a square matrix, in place (row pairs swapped reversed)."""
+    n = len(x)
+    for i in range(n // 2):
+        top = x[i, ::-1].copy()
+        x[i] = x[n - 1 - i, ::-1]
+        x[n - 1 - i] = top
+    if n % 2:
+        x[n // 2] = x[n // 2, ::-1].copy()
+    return x

@@ -180,6 +180,21 @@ def build_llama(config: LlamaConfig, name: str = "llama") -> keras.Model:
     return keras.Model(ids, logits, name=name)
 
 
+def build_llama_block(config: LlamaConfig, index: int) -> keras.Model:
+    """Block ``index`` of `build_llama` alone: hidden states ``(batch, seq, d_model)`` in and
+    out, its layers named as in the whole model (``block{index}_attn_q``...), so the same
+    variable paths and `hf_llama_names` apply.
+
+    Example:
+        >>> block = build_llama_block(cfg, 3)
+        >>> block(np.zeros((1, 5, cfg.d_model), "float32")).shape
+        TensorShape([1, 5, 32])
+    """
+    # not named block{i}_*: the input is no member of the block (find_blocks)
+    x = keras.Input(shape=(None, config.d_model), name="hidden_states")
+    return keras.Model(x, _block(x, config, f"block{index}"), name=f"block{index}")
+
+
 def _dense(units: int, name: str) -> keras.layers.Dense:
     return keras.layers.Dense(units, use_bias=False, name=name,
                               kernel_initializer=keras.initializers.RandomNormal(stddev=0.02))

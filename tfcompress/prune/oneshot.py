@@ -18,7 +18,6 @@ from tfcompress.core.layers import (
     to_matrix,
 )
 from tfcompress.core.progress import progress_bar
-from tfcompress.core.stats import hessian
 from tfcompress.errors import TfcompressError
 from tfcompress.prune.config import PruneConfig
 from tfcompress.prune.masks import global_masks, pattern_mask
@@ -29,7 +28,7 @@ from tfcompress.prune.sparsegpt import sparsegpt_prune
 def _prune_layer(path: str, layer, stats, config: PruneConfig) -> np.ndarray:
     w = kernel_matrix(layer)
     if config.method == "sparsegpt":
-        new_w, mask = sparsegpt_prune(w, hessian(stats), config.sparsity, config.nm,
+        new_w, mask = sparsegpt_prune(w, stats.take_hessian(), config.sparsity, config.nm,
                                       config.block_size, config.damping, layer=path)
     else:
         mask = pattern_mask(wanda_scores(w, stats), config.sparsity, config.nm, per_output=True)
@@ -38,22 +37,37 @@ def _prune_layer(path: str, layer, stats, config: PruneConfig) -> np.ndarray:
     return mask
 
 
+def calibration_needs(config: PruneConfig) -> tuple[str, ...]:
+    """The `InputStats` a one-shot method needs: ``X^T X`` for SparseGPT, ``sum x^2`` else."""
+    return ("xtx",) if config.method == "sparsegpt" else ("sq",)
+
+
+def block_pruner(config: PruneConfig):
+    """The calibration engine's ``compress`` for Wanda / SparseGPT: each layer of a block
+    pruned in place from its input statistics; returns ``{path: mask}``.
+
+    Example:
+        >>> config = PruneConfig(method="sparsegpt", sparsity=0.5)
+        >>> calibrate(model, layers, ids, block_pruner(config), needs=calibration_needs(config))
+    """
+    def compress(group, stats):
+        return {p: _prune_layer(p, la, stats[p], config) for p, la in group}
+
+    return compress
+
+
 def _calibrate(model, layers, config: PruneConfig, data, compress, sequential: bool,
                verbose: int):
-    needs = ("xtx",) if config.method == "sparsegpt" else ("sq",)
-    return calibrate(model, layers, data, compress, needs=needs, blocks=config.blocks,
-                     sequential=sequential, max_rows=config.max_rows,
+    return calibrate(model, layers, data, compress, needs=calibration_needs(config),
+                     blocks=config.blocks, sequential=sequential, max_rows=config.max_rows,
                      folder=config.resume_dir, key=run_key(config), verbose=verbose)
 
 
 def prune_blockwise(model, layers: list[tuple[str, object]], config: PruneConfig,
                     data, verbose: int = 1) -> dict[str, np.ndarray]:
     """Wanda / SparseGPT block by block, in place; returns ``{path: mask}``."""
-
-    def compress(group, stats):
-        return {p: _prune_layer(p, la, stats[p], config) for p, la in group}
-
-    return _calibrate(model, layers, config, data, compress, sequential=True, verbose=verbose)
+    return _calibrate(model, layers, config, data, block_pruner(config), sequential=True,
+                      verbose=verbose)
 
 
 def taylor_gradients(model, layers: list[tuple[str, object]], data, loss,

@@ -29,7 +29,6 @@ from tfcompress.core.registry import (
     register_handler,
     resolve_config,
 )
-from tfcompress.core.stats import hessian
 from tfcompress.core.validation import check_model
 from tfcompress.errors import TfcompressError
 from tfcompress.quantize.config import (
@@ -115,18 +114,8 @@ def _gptq(model, config: GPTQConfig, calibration=None, *, inplace: bool = False,
     layers = _selected(model, settings)
     batches = calibration_batches(calibration, model)  # checked before any work
     target, by_path = _copy(model, settings, layers, inplace)
-
-    def compress(group, stats):
-        out = {}
-        for path, layer in group:
-            qt = gptq(kernel_matrix(layer), hessian(stats[path]), settings.quantizer(path),
-                      settings.damping, settings.act_order, layer=path)
-            set_kernel_matrix(layer, qt.dequantize())  # later blocks see this error
-            out[path] = qt
-        return out
-
-    able = [(p, la) for p, la in by_path.items() if _gptq_able(la)]
-    results = calibrate(target, able, batches, compress, blocks=settings.blocks,
+    able = [(p, la) for p, la in by_path.items() if gptq_able(la)]
+    results = calibrate(target, able, batches, gptq_compress(settings), blocks=settings.blocks,
                         sequential=settings.sequential, max_rows=settings.max_rows,
                         folder=settings.resume_dir, key=run_key(settings), verbose=verbose)
     return _store(target, settings, by_path, results)  # embeddings round to nearest
@@ -154,6 +143,26 @@ def _keras_mode(model, config, calibration=None, *, inplace: bool = False, verbo
     return keras_quantize(target, settings, [p for p, _ in layers], batches)
 
 
-def _gptq_able(layer) -> bool:
+def gptq_compress(config: QuantizeConfig):
+    """The calibration engine's ``compress`` for GPTQ: each layer of a block quantized from
+    its input Hessian, its kernel set to the dequantized codes; returns ``{path: QTensor}``.
+
+    Example:
+        >>> calibrate(model, layers, ids, gptq_compress(QuantizeConfig(method="gptq", bits=4)))
+    """
+    def compress(group, stats):
+        out = {}
+        for path, layer in group:
+            qt = gptq(kernel_matrix(layer), stats[path].take_hessian(), config.quantizer(path),
+                      config.damping, config.act_order, layer=path)
+            set_kernel_matrix(layer, qt.dequantize())  # later blocks see this error
+            out[path] = qt
+        return out
+
+    return compress
+
+
+def gptq_able(layer) -> bool:
+    """Whether GPTQ applies to ``layer`` (not to embeddings)."""
     # an embedding's "input" is a token id: output error is row error, so RTN is optimal
     return not any(c.__name__ == "Embedding" for c in type(layer).__mro__)

@@ -18,7 +18,7 @@ from tfcompress.core.layers import kernel_matrix, select_layers
 from tfcompress.core.registry import MethodConfig
 from tfcompress.core.validation import check_model
 from tfcompress.errors import TfcompressError
-from tfcompress.quantize.api import _gptq_able
+from tfcompress.quantize.api import gptq_able
 from tfcompress.quantize.config import GPTQConfig, RTNConfig
 from tfcompress.quantize.gptq import output_error
 
@@ -48,7 +48,7 @@ def sensitivity(model, calibration, config: RTNConfig | GPTQConfig | None = None
                          for b, q in quantizers.items()}
         return out
 
-    dense = [(p, la) for p, la in layers if _gptq_able(la)]
+    dense = [(p, la) for p, la in layers if gptq_able(la)]
     out = calibrate(model, dense, calibration, errors, blocks=config.blocks, sequential=False,
                     max_rows=config.max_rows, verbose=0) if dense else {}
     for path, layer in layers:

@@ -78,6 +78,29 @@ def load_gguf(path: str | Path, name: str | None = None, into: str = "port"):
         return load_gguf_causal_lm(path, name=name)
     reader = _reader(path)
     cfg = gguf_config(reader)
+    model = build_llama(cfg, name=name or "llama")
+    to_gguf = gguf_llama_names(cfg)
+    names = {to_gguf[k]: v for k, v in hf_llama_names(cfg).items()}
+    assign_weights(model, gguf_tensors(reader, cfg), names,
+                   source=f"GGUF file {Path(path).name!r}")
+    return model
+
+
+def gguf_llama_names(cfg: LlamaConfig) -> dict[str, str]:
+    """Hugging Face Llama tensor name -> its GGUF name (``model.layers.3.mlp.up_proj.weight``
+    -> ``blk.3.ffn_up.weight``) for every tensor of `hf_llama_names`."""
+    to_gguf = gguf_name_map("llama", cfg.n_layers)
+    return {k: to_gguf.get_name(k, try_suffixes=(".weight",)) for k in hf_llama_names(cfg)}
+
+
+def gguf_tensors(reader, cfg: LlamaConfig):
+    """``tensor(gguf_name)``: a Llama GGUF tensor as float32 ``(out, in)`` in Hugging Face's
+    layout (dequantized, q/k rows un-permuted), None when absent; read when asked.
+
+    Example:
+        >>> tensor = gguf_tensors(reader, gguf_config(reader))
+        >>> tensor("blk.0.attn_q.weight").shape
+    """
     by_name = {t.name: t for t in reader.tensors}
 
     def tensor(gguf_name: str):
@@ -91,12 +114,7 @@ def load_gguf(path: str | Path, name: str | None = None, into: str = "port"):
             w = unpermute_qk(w, cfg.n_kv_heads)
         return w
 
-    model = build_llama(cfg, name=name or "llama")
-    to_gguf = gguf_name_map("llama", cfg.n_layers)
-    names = {to_gguf.get_name(k, try_suffixes=(".weight",)): v
-             for k, v in hf_llama_names(cfg).items()}
-    assign_weights(model, tensor, names, source=f"GGUF file {Path(path).name!r}")
-    return model
+    return tensor
 
 
 def gguf_tokenizer(path: str | Path):

@@ -38,11 +38,15 @@ def gelu_tanh(x):
 
 
 class TensorIndex:
-    """Lazy access to the tensors of every ``*.safetensors`` file in a folder, by name."""
+    """Lazy access to the tensors of every ``*.safetensors`` file in a folder, by name.
 
-    def __init__(self, folder: str | Path, strip_prefix: str = ""):
-        safe_open = require("safetensors", extra="llm", feature="load_safetensors").safe_open
+    ``keep_open=False`` maps a file only while one tensor is copied out of it: the pages
+    read then leave the process (a checkpoint larger than memory is read block by block
+    without its resident size growing to the whole file).
+    """
 
+    def __init__(self, folder: str | Path, strip_prefix: str = "", keep_open: bool = True):
+        self._open = require("safetensors", extra="llm", feature="load_safetensors").safe_open
         files = sorted(Path(folder).glob("*.safetensors"))
         if not files:
             raise TfcompressError(f"folder {str(folder)!r} holds no *.safetensors file")
@@ -50,18 +54,27 @@ class TensorIndex:
         for file in files:
             check_input_file(file, "safetensors file")
             with reading(file, "a safetensors file (truncated or not safetensors?)"):
-                handle = safe_open(str(file), framework="numpy")
-            self._files[file.name] = handle
+                handle = self._open(str(file), framework="numpy")
+            self._files[file.name] = handle if keep_open else file
             for name in handle.keys():
                 key = name[len(strip_prefix):] if name.startswith(strip_prefix) else name
                 self._where[key] = (file.name, name)
+            del handle
+
+    def names(self) -> list[str]:
+        """Every tensor name (prefix stripped)."""
+        return list(self._where)
 
     def __call__(self, name: str) -> np.ndarray | None:
         if name not in self._where:
             return None
         file, stored = self._where[name]
+        handle = self._files[file]
         try:
-            return self._files[file].get_tensor(stored)
+            if isinstance(handle, Path):
+                with self._open(str(handle), framework="numpy") as opened:
+                    return opened.get_tensor(stored)
+            return handle.get_tensor(stored)
         except TypeError as err:
             raise TfcompressError(f"tensor {stored!r} in {file} has a dtype numpy cannot read "
                                   f"({err}); save the checkpoint as float32 or float16") from err
