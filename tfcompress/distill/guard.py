@@ -2,8 +2,9 @@
 stops helping.
 
 Example:
+    >>> distiller = Distiller(teacher, student); distiller.compile(optimizer="adamw")
     >>> guard = KDGuard(holdout, train, every=50, checks=2)
-    >>> Distiller(teacher, student).fit(train, steps_per_epoch=300, callbacks=[guard])
+    >>> distiller.fit(train, steps_per_epoch=300, callbacks=[guard])
     >>> guard.history     # [(step, KD student's held-out loss, labels-only probe's), ...]
 """
 
