@@ -6,26 +6,27 @@ gap each closes, and train-step times against the physical limit (teacher forwar
 train step, each measured alone). Step times are measured interleaved in one process, so
 machine contention hits all of them alike.
 
-Regimes where distillation is known to pay (``--regimes``), each KD vs labels only from the
-same start, over seeds (mean and spread). Our KD anneals the weight of the labels loss from
-0 to 1 (``--alpha 0 1``: the teacher's logits first, the labels last, so a student can end
-better than a weak teacher); Keras's Distiller takes one fixed weight, the mean (0.5):
+Regimes (``--regimes``), each over ``--seeds``: labels-only, `Distiller(teacher, student)` at
+the library's defaults and ``keras.distillation.Distiller`` at Keras's, same start, data and
+budget; the keys ``default_kd_vs_labels`` and ``default_vs_keras`` (relative perplexity per
+regime, mean and spread over seeds) and ``gap_closed_little_data``:
 
-- ``init``: student = the teacher's most important half of its blocks (`block_importance`);
-  logit KD (ours, and ``keras.distillation.Distiller``) vs the same init on labels.
-- ``little``: a random-init student sees only 5 % of the training text, for many epochs.
-- ``long``: a random-init student trained 5x longer than the baseline's 200 steps (our KD
-  from a top-32 cache of the teacher, Keras's Distiller with the teacher online).
+- ``init``: student = the teacher's most important half of its blocks (`block_importance`).
+- ``little``: a random-init student sees only ``--fraction`` of the training text, many epochs.
+- ``long``: a random-init student trained 5x longer than the baseline's 200 steps.
+- ``kerashub``: a tiny random KerasHub GPT-2 (the student preset's sizes) on food reviews
+  the Austen-trained demo teacher never saw (``/work/shared/data/fine_foods``).
 - ``smollm2``: SmolLM2-135M, half its blocks kept by measured importance (Minitron-style),
-  labels-only vs logit KD after ``--smollm2-steps`` steps of 4 x 128 tokens.
+  labels-only vs the defaults after ``--smollm2-steps`` steps of 4 x 128 tokens
+  (``smollm2_half_depth_1000``).
 
-Run: ``python -m benchmarks.distill --regimes init little long`` (merges its keys into
-``results/distill.json``; ``--regimes baseline`` reruns the original 200-step comparison).
-``--kinds`` trains only some of the students (``labels``, ``kd``, ``keras_kd``); each seed's
-row keeps those measured before with the same settings, so ``--kinds labels`` (no teacher
-needed) can run while the teacher trains and ``--kinds kd keras_kd`` after.
-``--quick`` runs the baseline and every regime at tiny size (results in ``results/quick/``).
-The teacher is cached in ``$TFCOMPRESS_CACHE``, default ``~/.cache/tfcompress``.
+``--sweep`` trains labels-only, Keras's Distiller and every `SWEEP` setting (labels weight
+fixed / annealed, temperature, divergence) instead, into ``results/distill_sweep.json``: the
+table the defaults were chosen from; ``--reduced`` runs it at `REDUCED` sizes.
+``--regimes baseline`` reruns the original 200-step comparison (with its step timings).
+One command writes the whole file; nothing is merged from earlier runs. ``--quick`` runs the
+baseline and the four small regimes at tiny size (results in ``results/quick/``). The teacher
+is cached in ``$TFCOMPRESS_CACHE``, default ``~/.cache/tfcompress``.
 """
 
 from __future__ import annotations
@@ -33,6 +34,8 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import keras
@@ -40,15 +43,16 @@ import numpy as np
 import tensorflow as tf
 
 from benchmarks._common import (
+    BENCH_SETTINGS,
     QUICK,
     bench_parser,
     demo_context,
-    merge_source,
     parse_args,
     results_dir,
     scratch_dir,
     write_results,
 )
+from tfcompress.data.windows import lm_dataset, make_windows
 from tfcompress.distill import (
     Distiller,
     ParameterSchedule,
@@ -58,9 +62,14 @@ from tfcompress.distill import (
     most_important,
     take_blocks,
 )
-from tfcompress.distill.losses import check_alpha
+from tfcompress.distill.losses import (
+    DEFAULT_DIVERGENCE,
+    DEFAULT_LABELS_WEIGHT,
+    DEFAULT_TEMPERATURE,
+)
+from tfcompress.errors import TfcompressError
 from tfcompress.evaluate import interleaved_latency, keras_forward, lm_quality
-from tfcompress.models import build_gpt
+from tfcompress.models import build_gpt, preset
 from tfcompress.models.training import lm_loss, lm_optimizer, train_lm
 
 ALPHA, TEMPERATURE, TOP_K = 0.5, 1.0, 32
@@ -84,7 +93,7 @@ def fit_timed(model, data, steps):
 
 
 def ours(ctx, teacher, data, steps, divergence):
-    distiller = Distiller(teacher, fresh_student(ctx), alpha=ALPHA, temperature=TEMPERATURE,
+    distiller = Distiller(teacher, fresh_student(ctx), labels_weight=ALPHA, temperature=TEMPERATURE,
                           divergence=divergence)
     distiller.compile(optimizer=lm_optimizer(steps), weighted_metrics=accuracy())
     return distiller, fit_timed(distiller, data, steps)
@@ -209,87 +218,116 @@ def baseline(ctx, args) -> tuple[str, dict]:
 
 
 
-# --- regimes where distillation is known to pay ----------------------------------------------
-# Labels-only students do not depend on these: a run that changes only them keeps those.
-KD_SETTINGS = ("alpha", "temperature")
-
-
-KINDS = ("labels", "kd", "keras_kd")  # labels only, our logit KD, keras.distillation
+# --- regimes: the library's defaults vs labels-only vs Keras's Distiller ---------------------
 MIN_GAP = 0.02  # gap closed is reported only when labels-only trails the teacher by > 2 %
+KINDS = ("labels", "kd", "keras_kd")  # labels only, our defaults, keras.distillation defaults
+# --reduced: the sweep's sizes, ~10x less compute a step than the demo's teacher and student
+REDUCED = replace(BENCH_SETTINGS, teacher_preset="student", student_preset="student-tiny",
+                  teacher_steps=300, eval_windows=64)
+FINE_FOODS = Path("/work/shared/data/fine_foods")  # reviews: text the demo teacher never saw
 
 
-def train_three_ways(make_student, teacher, data, steps, lr, alpha, kd_data=None,
-                     kinds=KINDS) -> dict:
-    """Held-out-ready students: labels only, our logit KD, Keras's Distiller (same init/data),
-    those of ``kinds`` only.
+@dataclass
+class Setup:
+    """What every student of one regime and seed shares: start, data, budget, test text."""
 
-    ``alpha`` is ``(start, end)``: our weight on the hard loss goes linearly from ``start``
-    to ``end`` over the steps (`ParameterSchedule`); Keras's Distiller, which takes one fixed
-    weight, gets their mean, the same total weight on labels. ``kd_data`` (a teacher cache)
-    replaces the online teacher for our KD when given.
-    """
+    student: Callable[[], keras.Model]
+    data: Callable[[], tf.data.Dataset]
+    steps: int
+    lr: float
+    test: list
+    teacher: keras.Model
+
+
+@dataclass(frozen=True)
+class KDConfig:
+    """One distillation setting: labels weight (fixed, or linear from ``start`` to ``end``),
+    temperature and divergence; its `name` keys the sweep's results."""
+
+    start: float = DEFAULT_LABELS_WEIGHT
+    end: float | None = None
+    temperature: float = DEFAULT_TEMPERATURE
+    divergence: str = DEFAULT_DIVERGENCE
+
+    @property
+    def name(self) -> str:
+        weight = f"{self.start:g}" if self.end is None else f"{self.start:g}-{self.end:g}"
+        return f"w{weight}_T{self.temperature:g}_{self.divergence}"
+
+
+# The sweep (--sweep): the old default (labels weight 0.5, T 2), the weight annealed 0 -> 1,
+# and "1 - small" (0.9) at T 1 and 2 with forward KL, with reverse KL and with JSD (T 1): as
+# many as the shared CPU allowed.
+SWEEP = (KDConfig(0.5, None, 2.0), KDConfig(0.0, 1.0, 1.0), KDConfig(0.9, None, 1.0),
+         KDConfig(0.9, None, 2.0), KDConfig(0.9, None, 1.0, "reverse_kl"),
+         KDConfig(0.9, None, 1.0, "jsd"))
+
+
+def train_student(setup: Setup, kind: str | KDConfig) -> keras.Model:
+    """A student of ``setup`` trained on labels only (``"labels"``), by our Distiller at its
+    defaults (``"kd"``) or at a `KDConfig`, or by Keras's Distiller at its defaults."""
     from keras.distillation import Distiller as KerasDistiller
     from keras.distillation import LogitsDistillation
 
-    out = {}
-    if "labels" in kinds:
-        labels = make_student()
-        labels.compile(optimizer=lm_optimizer(steps, lr), loss=lm_loss())
-        labels.fit(data(), steps_per_epoch=steps, epochs=1, verbose=0)
-        out["labels"] = labels
-    if "kd" in kinds:
-        start, end = alpha
-        ours = Distiller(None if kd_data else teacher, make_student(), alpha=start,
-                         temperature=TEMPERATURE)
-        ours.compile(optimizer=lm_optimizer(steps, lr))
-        ours.fit(kd_data() if kd_data else data(), steps_per_epoch=steps, epochs=1, verbose=0,
-                 callbacks=[ParameterSchedule("alpha", "linear", start, end)])
-        out["kd"] = ours.student
-    if "keras_kd" in kinds:
-        soft = LogitsDistillation(TEMPERATURE, loss=keras.losses.KLDivergence())
-        theirs = KerasDistiller(teacher, make_student(), soft,
-                                student_loss_weight=float(np.mean(alpha)))
-        theirs.compile(optimizer=lm_optimizer(steps, lr), loss=lm_loss())
-        theirs.fit(data(), steps_per_epoch=steps, epochs=1, verbose=0)
-        out["keras_kd"] = theirs.student
-    return out
+    student = setup.student()
+    callbacks = []
+    if kind == "labels":
+        trainer = student
+        trainer.compile(optimizer=lm_optimizer(setup.steps, setup.lr), loss=lm_loss())
+    elif kind == "keras_kd":
+        # Keras's defaults (student_loss_weight 0.5, temperature 3), its loss as an instance:
+        # Keras 3.15's default loss="kl_divergence" resolves to the plain function, misses
+        # LogitsDistillation's isinstance check and is applied to raw logits.
+        trainer = KerasDistiller(setup.teacher, student,
+                                 LogitsDistillation(loss=keras.losses.KLDivergence()))
+        trainer.compile(optimizer=lm_optimizer(setup.steps, setup.lr), loss=lm_loss())
+    else:
+        config = KDConfig() if kind == "kd" else kind
+        trainer = Distiller(setup.teacher, student, labels_weight=config.start,
+                            temperature=config.temperature, divergence=config.divergence)
+        trainer.compile(optimizer=lm_optimizer(setup.steps, setup.lr))
+        if config.end is not None:
+            callbacks.append(ParameterSchedule("labels_weight", "linear", config.start,
+                                               config.end))
+    trainer.fit(setup.data(), steps_per_epoch=setup.steps, epochs=1, verbose=0,
+                callbacks=callbacks)
+    return student
 
 
-def regime_init(ctx, seed, args, state):
-    """Teacher's most important half of its blocks, then KD vs labels."""
+def perplexity(model, test) -> float:
+    return lm_quality(keras_forward(model), test)["perplexity"]
+
+
+def random_gpt(ctx, seed):
+    def make():
+        keras.utils.set_random_seed(seed)
+        return build_gpt(ctx.settings.student_preset, vocab_size=ctx.corpus.vocab_size,
+                         seq_len=ctx.settings.seq_len, name="student")
+    return make
+
+
+def setup_init(ctx, seed, args, state) -> Setup:
+    """The teacher's most important half of its blocks, then a short budget (lr 3e-4)."""
     s = ctx.settings
     if "keep" not in state:
         calib = ctx.corpus.dataset("train", s.seq_len, args.batch, seed=99).take(4)
         scores = block_importance(ctx.teacher, calib)
-        n = len(scores)
-        state["keep"] = most_important(scores, n // 2)
+        state["keep"] = most_important(scores, len(scores) // 2)
         state["importance"] = [round(float(v), 4) for v in scores]
         print(f"init: block importance {state['importance']} -> keep {state['keep']}")
-
-    def data():
-        return ctx.corpus.dataset("train", s.seq_len, args.batch, repeat=True, seed=seed)
-
-    def student():
-        return take_blocks(ctx.teacher, state["keep"])
-
-    models = train_three_ways(student, ctx.teacher, data, args.init_steps, args.init_lr,
-                              args.alpha, kinds=args.kinds)
-    return models | {"start": student()}
+    return Setup(lambda: take_blocks(ctx.teacher, state["keep"]),
+                 lambda: ctx.corpus.dataset("train", s.seq_len, args.batch, repeat=True,
+                                            seed=seed),
+                 args.init_steps, args.init_lr, ctx.eval_data(), ctx.teacher)
 
 
-def regime_little(ctx, seed, args, state):
-    """5 % of the training text, many epochs; our KD reads a full-vocabulary teacher cache."""
+def setup_little(ctx, seed, args, state) -> Setup:
+    """A random-init student that sees only ``--fraction`` of the training text, many epochs."""
     s = ctx.settings
     if "windows" not in state:
         x, y, m = ctx.corpus.windows("train", s.seq_len)
         n = max(int(len(x) * args.fraction), args.batch)
-        state["windows"] = (x[:n], y[:n], m[:n])  # a contiguous 5 %: whole chapters, no leak
-        if "kd" in args.kinds:
-            tmp = scratch_dir("distill-little-")
-            state["cleanup"] = tmp
-            finite = tf.data.Dataset.from_tensor_slices(state["windows"]).batch(args.batch)
-            state["cache"] = cache_teacher(ctx.teacher, finite, tmp / "c",
-                                           top_k=ctx.corpus.vocab_size, verbose=False)
+        state["windows"] = (x[:n], y[:n], m[:n])  # a contiguous slice: whole chapters, no leak
         print(f"little: {n} windows ({args.fraction:.0%}), "
               f"{args.little_steps * args.batch / n:.1f} epochs")
 
@@ -297,157 +335,87 @@ def regime_little(ctx, seed, args, state):
         ds = tf.data.Dataset.from_tensor_slices(state["windows"])
         return ds.shuffle(len(state["windows"][0]), seed=seed).repeat().batch(args.batch)
 
-    def kd_data():
-        return load_teacher_cache(state["cache"], args.batch, shuffle=True, repeat=True,
-                                  seed=seed)
-
-    def student():
-        keras.utils.set_random_seed(seed)
-        return build_gpt(s.student_preset, vocab_size=ctx.corpus.vocab_size,
-                         seq_len=s.seq_len, name="student")
-
-    teacher = ctx.teacher if needs_teacher(args) else None
-    return train_three_ways(student, teacher, data, args.little_steps, args.lr, args.alpha,
-                            kd_data=kd_data, kinds=args.kinds)
+    return Setup(random_gpt(ctx, seed), data, args.little_steps, args.lr, ctx.eval_data(),
+                 ctx.teacher)
 
 
-def regime_long(ctx, seed, args, state):
-    """A random-init student for >= 5x the baseline's steps; our KD from a top-k cache,
-    Keras's Distiller with the teacher online (it cannot read a cache)."""
+def setup_long(ctx, seed, args, state) -> Setup:
+    """A random-init student on the whole training text for ``--long-steps``."""
     s = ctx.settings
+    return Setup(random_gpt(ctx, seed),
+                 lambda: ctx.corpus.dataset("train", s.seq_len, args.batch, repeat=True,
+                                            seed=seed),
+                 args.long_steps, args.lr, ctx.eval_data(), ctx.teacher)
 
-    def data():
-        return ctx.corpus.dataset("train", s.seq_len, args.batch, repeat=True, seed=0)
 
-    if "kd" in args.kinds and "cache" not in state:  # one stream for every seed
-        tmp = scratch_dir("distill-long-")
-        state["cleanup"] = tmp
-        start = time.perf_counter()
-        state["cache"] = cache_teacher(ctx.teacher, data().take(args.long_steps), tmp / "c",
-                                       top_k=TOP_K, verbose=False)
-        print(f"long: teacher cached in {time.perf_counter() - start:.0f} s")
+def fine_foods_corpus(folder: Path = FINE_FOODS) -> dict[str, str]:
+    """Review texts (``train.jsonl`` / ``test.jsonl``, one per line), joined by newlines."""
+    if not folder.is_dir():
+        raise TfcompressError(f"the kerashub regime reads {folder} (reviews the demo teacher "
+                              "never saw); it is not on this machine: leave kerashub out")
+    return {split: "\n".join(json.loads(line)["text"] for line in
+                             (folder / f"{split}.jsonl").read_text().splitlines() if line)
+            for split in ("train", "test")}
 
-    def kd_data():
-        return load_teacher_cache(state["cache"], args.batch, repeat=True)
+
+def setup_kerashub(ctx, seed, args, state) -> Setup:
+    """A tiny random KerasHub GPT-2 (the student preset's sizes) on review text, the demo
+    teacher trained on Austen; the same byte vocabulary."""
+    import keras_hub
+
+    from tfcompress.core.signature import input_view
+
+    s = ctx.settings
+    if "ids" not in state:
+        texts = fine_foods_corpus()
+        state["ids"] = {k: ctx.tokenizer.encode(v) for k, v in texts.items()}
+        x, y, m = make_windows(state["ids"]["test"], s.seq_len)
+        n, b = s.eval_windows, s.batch_size
+        state["test"] = [(x[i:i + b], y[i:i + b], m[i:i + b]) for i in range(0, n, b)]
+        print(f"kerashub: {state['ids']['train'].size:,} train tokens of reviews")
+    config = preset(s.student_preset)
 
     def student():
         keras.utils.set_random_seed(seed)
-        return build_gpt(s.student_preset, vocab_size=ctx.corpus.vocab_size,
-                         seq_len=s.seq_len, name="student")
+        backbone = keras_hub.models.GPT2Backbone(
+            vocabulary_size=ctx.corpus.vocab_size, num_layers=config.n_layers,
+            num_heads=config.n_heads, hidden_dim=config.d_model,
+            intermediate_dim=4 * config.d_model, max_sequence_length=s.seq_len)
+        model = keras_hub.models.GPT2CausalLM(backbone, preprocessor=None)
+        return input_view(model, s.seq_len)  # token ids in, logits out, same weights
 
-    teacher = ctx.teacher if needs_teacher(args) else None
-    return train_three_ways(student, teacher, data, args.long_steps, args.lr, args.alpha,
-                            kd_data=kd_data, kinds=args.kinds)
-
-
-REGIMES = {"init": regime_init, "little": regime_little, "long": regime_long}
-# keys a run rewrites even when the file already holds them (the rest it keeps from the file):
-# a regimes run must not put back the SmolLM2 curve it read before a parallel curve run grew it
-OWN_KEYS = ("teacher_ppl", "alpha1_matches_fit")
-SMOLLM2_KEYS = ("smollm2_curve", "smollm2_blocks")
+    return Setup(student,
+                 lambda: lm_dataset(state["ids"]["train"], s.seq_len, args.batch, repeat=True,
+                                    shuffle=True, seed=seed),
+                 args.kerashub_steps, args.lr, state["test"], ctx.teacher)
 
 
-def run_regimes(ctx, args, results: dict, save) -> None:
-    """Each regime over ``args.seeds``: perplexities, gap closed, saved after every seed.
+REGIMES = {"init": setup_init, "little": setup_little, "long": setup_long,
+           "kerashub": setup_kerashub}
 
-    A seed's row keeps the students of other ``--kinds`` measured before with the same
-    settings; rows measured with other settings are dropped, but for their labels-only
-    students when only `KD_SETTINGS` changed.
-    """
-    test = ctx.eval_data()
-    if needs_teacher(args):
-        results["teacher_ppl"] = lm_quality(keras_forward(ctx.teacher), test)["perplexity"]
+
+def run_regimes(ctx, args, kinds, results: dict, save) -> None:
+    """Each regime over ``args.seeds``: the perplexity of every kind of student, saved after
+    every seed, into ``results["regimes"][name]``."""
     for name in args.regimes:
-        state, rows = {}, results.setdefault("regimes", {}).setdefault(name, {})
-        settings = regime_settings(name, args)
-        keep_rows(rows, settings)
+        state, rows = {}, {}
+        results.setdefault("regimes", {})[name] = rows
         for seed in range(args.seeds):
-            start = time.perf_counter()
-            models = REGIMES[name](ctx, seed, args, state)
-            ppl = {k: lm_quality(keras_forward(m), test)["perplexity"] for k, m in models.items()}
-            row = merge_row(rows.get(str(seed)), {
-                "ppl": ppl, "seconds": {"+".join(args.kinds): round(time.perf_counter() - start)}
-            }, results.get("teacher_ppl"))
-            rows[str(seed)] = row
-            print(f"{name} seed {seed}: " + ", ".join(f"{k} {v:.3f}" for k, v in row["ppl"].items())
-                  + " | gap closed " + ", ".join(f"{k} {gap_text(v)}" for k, v in
-                                                 row["gap_closed"].items()), flush=True)
-            rows["settings"] = {k: v for k, v in state.items()
-                                if k in ("keep", "importance")} | settings
-            save()
-        if "cleanup" in state:
-            shutil.rmtree(state["cleanup"], ignore_errors=True)
-
-
-def keep_rows(rows: dict, settings: dict) -> None:
-    """Drop from a regime's ``rows`` what was measured with other ``settings``: everything, or
-    only the KD students when nothing but `KD_SETTINGS` changed.
-
-    Example:
-        >>> rows = {"settings": {"steps": 9, "alpha": 0.0},
-        ...         "0": {"ppl": {"labels": 7.0, "kd": 7.2}, "gap_closed": {"kd": -0.3},
-        ...               "seconds": {"labels": 5, "kd+keras_kd": 9}}}
-        >>> keep_rows(rows, {"steps": 9, "alpha": 0.5}); rows["0"]
-        {'ppl': {'labels': 7.0}, 'gap_closed': {}, 'seconds': {'labels': 5}}
-    """
-    old = rows.get("settings", {})
-    changed = {k for k, v in settings.items() if old.get(k) != v}
-    if not changed:
-        return
-    if not changed <= set(KD_SETTINGS):
-        rows.clear()
-        return
-    for seed, row in rows.items():
-        if seed.isdigit():
-            row["ppl"] = {k: v for k, v in row["ppl"].items() if k == "labels"}
-            row["gap_closed"] = {}
-            row["seconds"] = {k: v for k, v in _by_kind(row["seconds"]).items() if "kd" not in k}
-    rows["settings"] = {**old, **settings}
-
-
-def gap_text(gap: float | None) -> str:
-    return "undefined (no gap)" if gap is None else f"{gap:.1%}"
-
-
-def needs_teacher(args) -> bool:
-    """Whether this run needs the trained teacher (labels-only long/little runs do not)."""
-    return (args.regimes is None or "baseline" in args.regimes or "smollm2" in args.regimes
-            or "init" in args.regimes or set(args.kinds) != {"labels"})
-
-
-def _by_kind(seconds) -> dict:
-    """Rows saved before runs were split by kind hold one number of seconds for all kinds."""
-    return seconds if isinstance(seconds, dict) else {"all": seconds}
-
-
-def merge_row(old: dict | None, new: dict, teacher_ppl: float | None) -> dict:
-    """One seed's row: ``new``'s perplexities over ``old``'s, and the gap each KD student
-    closes between labels-only and the teacher (when both are known).
-
-    Example:
-        >>> merge_row({"ppl": {"labels": 12.0}, "seconds": {"labels": 5}},
-        ...           {"ppl": {"kd": 10.0}, "seconds": {"kd": 7}}, 8.0)["gap_closed"]
-        {'kd': 0.5}
-    """
-    old = old or {}
-    ppl = {**old.get("ppl", {}), **new["ppl"]}
-    seconds = {**_by_kind(old.get("seconds", {})), **_by_kind(new["seconds"])}
-    gap = {}
-    if teacher_ppl is not None and "labels" in ppl:
-        # no gap to close when labels alone come within MIN_GAP of the teacher: the fraction
-        # would divide by ~0 (or flip sign) and mean nothing
-        defined = ppl["labels"] - teacher_ppl > MIN_GAP * teacher_ppl
-        gap = {k: (ppl["labels"] - ppl[k]) / (ppl["labels"] - teacher_ppl) if defined else None
-               for k in ("kd", "keras_kd") if k in ppl}
-    return {"ppl": ppl, "gap_closed": gap, "seconds": seconds}
-
-
-def regime_settings(name: str, args) -> dict:
-    steps = {"init": args.init_steps, "little": args.little_steps, "long": args.long_steps}
-    extra = {"fraction": args.fraction} if name == "little" else {}
-    lr = args.init_lr if name == "init" else args.lr
-    return {"steps": steps[name], "batch": args.batch, "lr": lr, "alpha": args.alpha,
-            "temperature": TEMPERATURE, **extra}
+            setup = REGIMES[name](ctx, seed, args, state)
+            if "teacher_ppl" not in rows:
+                rows["teacher_ppl"] = perplexity(ctx.teacher, setup.test)
+            row = rows.setdefault("seeds", {}).setdefault(str(seed), {})
+            for kind in kinds:
+                start = time.perf_counter()
+                key = kind if isinstance(kind, str) else kind.name
+                row[key] = perplexity(train_student(setup, kind), setup.test)
+                print(f"{name} seed {seed} {key}: ppl {row[key]:.3f} "
+                      f"({time.perf_counter() - start:.0f} s)", flush=True)
+                save()
+        rows["settings"] = {"steps": setup.steps, "lr": setup.lr, "batch": args.batch,
+                            **({"fraction": args.fraction} if name == "little" else {}),
+                            **{k: v for k, v in state.items() if k in ("keep", "importance")}}
+        save()
 
 
 def stat(values) -> tuple[float, float | None]:
@@ -456,121 +424,88 @@ def stat(values) -> tuple[float, float | None]:
     return float(values.mean()), float(values.std(ddof=1)) if len(values) > 1 else None
 
 
-def summarise(results: dict) -> tuple[dict, str]:
-    """Per regime over its seeds, mean and spread (sample std) of the gap closed and of the
-    KD students' perplexity relative to labels-only, and a markdown table."""
-    keys = {"init": "gap_closed_init", "little": "gap_closed_little_data",
-            "long": "gap_closed_long"}
-    data, spread, counts, vs_labels, reasons = {}, {}, {}, {}, {}
-    table = ["| regime | seeds | teacher ppl | labels ppl | our KD ppl | Keras KD ppl | "
-             "KD ppl vs labels (ours) | (Keras) | gap closed (ours) | gap closed (Keras) |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
-    for name, rows in results.get("regimes", {}).items():
-        # seeds whose KD student is measured (a labels-only run fills rows without it)
-        seeds = [r for k, r in rows.items() if k.isdigit() and {"kd", "labels"} <= set(r["ppl"])]
-        if not seeds:
+def relative(rows: dict, kind: str, reference: str) -> tuple[float, float | None] | None:
+    """Mean (and spread over seeds) of ``ppl(kind) / ppl(reference) - 1``, or None.
+
+    Example:
+        >>> relative({"seeds": {"0": {"kd": 9.0, "labels": 10.0}}}, "kd", "labels")
+        (-0.1, None)
+    """
+    seeds = [r for r in rows.get("seeds", {}).values() if kind in r and reference in r]
+    return stat([r[kind] / r[reference] - 1 for r in seeds]) if seeds else None
+
+
+def gap_closed(rows: dict, kind: str = "kd") -> float | None:
+    """Mean over seeds of the fraction of the labels-only-to-teacher gap ``kind`` closes;
+    None when labels-only comes within `MIN_GAP` of the teacher (the fraction means nothing).
+
+    Example:
+        >>> gap_closed({"teacher_ppl": 8.0, "seeds": {"0": {"labels": 12.0, "kd": 10.0}}})
+        0.5
+    """
+    teacher, gaps = rows["teacher_ppl"], []
+    for r in rows.get("seeds", {}).values():
+        if kind not in r or "labels" not in r:
             continue
-        counts[keys[name]] = len(seeds)
-        cells, vs_labels[name] = {}, {"seeds": len(seeds)}
-        for kind in ("kd", "keras_kd"):
-            have = [r for r in seeds if kind in r["ppl"]]
-            cells[kind] = ("-", "-")
-            if not have:
-                continue
-            change, change_sd = stat([r["ppl"][kind] / r["ppl"]["labels"] - 1 for r in have])
-            vs_labels[name] |= {kind: change, f"{kind}_spread": change_sd}
-            gaps = [r["gap_closed"].get(kind) for r in have]
-            prefix = "" if kind == "kd" else "keras_"
-            if any(g is None for g in gaps):
-                data[f"{prefix}{keys[name]}"] = spread[f"{prefix}{keys[name]}"] = None
-                reasons[keys[name]] = (f"labels-only students come within {MIN_GAP:.0%} of the "
-                                       "teacher's perplexity (or beat it): no gap to close; "
-                                       f"see kd_vs_labels.{name}")
-                closed = gap_text(None)
-            else:
-                mean, sd = stat(gaps)
-                data[f"{prefix}{keys[name]}"], spread[f"{prefix}{keys[name]}"] = mean, sd
-                closed = f"{gap_text(mean)} ± {spread_text(sd)}"
-            cells[kind] = (f"{change:+.1%} ± {spread_text(change_sd)}", closed)
-
-        def mean_ppl(k, seeds=seeds):
-            vals = [r["ppl"][k] for r in seeds if k in r["ppl"]]
-            return f"{np.mean(vals):.3f}" if vals else "-"
-
-        table.append(f"| {name} ({rows['settings']['steps']} steps) | {len(seeds)} | "
-                     f"{results['teacher_ppl']:.3f} | {mean_ppl('labels')} | {mean_ppl('kd')} | "
-                     f"{mean_ppl('keras_kd')} | {cells['kd'][0]} | {cells['keras_kd'][0]} | "
-                     f"{cells['kd'][1]} | {cells['keras_kd'][1]} |")
-    for name, key in keys.items():  # a regime with no finished seed: null, not a stale value
-        if key not in counts:
-            data[key] = spread[key] = None
-            reasons[key] = "not run: no seed with its KD student measured"
-            table.append(f"| {name} | 0 | not run (no seed with its KD student measured) |")
-    data["gap_closed_spread"] = spread
-    data["gap_closed_seeds"] = counts  # how many seeds each mean and spread is over
-    data["gap_closed_null_reason"] = {k: v for k, v in reasons.items() if data.get(k) is None}
-    data["kd_vs_labels"] = vs_labels  # ppl(KD student) / ppl(labels-only) - 1, over seeds
-    for name, rows in results.get("regimes", {}).items():
-        table.append(f"\n{name}: " + ", ".join(f"{k} {v}" for k, v in rows["settings"].items()))
-    return data, "\n".join(table)
-
-
-ALPHA_NOTE = ("\n\nalpha [start, end]: the weight of the labels loss; ours goes linearly from "
-              "start to end over the steps, Keras's Distiller takes one fixed weight: the mean.")
-
-
-def logits_only_table(results: dict) -> str:
-    """The regimes' table of an earlier run kept under ``results["logits_only"]`` (alpha 0:
-    ours and Keras's Distiller the same loss), or nothing."""
-    earlier = results.get("logits_only")
-    if not earlier:
-        return ""
-    _, table = summarise({"teacher_ppl": results.get("teacher_ppl"),
-                          "regimes": earlier["regimes"]})
-    return f"\n\nLogits only, alpha 0 for both (`{earlier['command']}`):\n\n{table}"
+        if r["labels"] - teacher <= MIN_GAP * teacher:
+            return None
+        gaps.append((r["labels"] - r[kind]) / (r["labels"] - teacher))
+    return float(np.mean(gaps)) if gaps else None
 
 
 def spread_text(sd: float | None) -> str:
     return "n/a (1 seed)" if sd is None else f"{sd:.1%}"
 
 
-def plot(results: dict, path: Path) -> None:
-    import matplotlib
+def summarise(results: dict) -> tuple[dict, str]:
+    """The issue's keys per regime (``default_kd_vs_labels``, ``default_vs_keras``, mean and
+    spread over seeds; ``gap_closed_little_data``) and a markdown table."""
+    data = {"default_kd_vs_labels": {}, "default_vs_keras": {}, "spread": {}, "seeds": {}}
+    table = ["| regime | seeds | teacher ppl | labels ppl | our KD ppl | Keras KD ppl | "
+             "ours vs labels | ours vs Keras | Keras vs labels |", "|---|---|---|---|---|---|---|"
+             "---|---|"]
+    for name, rows in results.get("regimes", {}).items():
+        seeds = rows.get("seeds", {})
+        data["seeds"][name] = len(seeds)
+        cells = []
+        for key, kind, ref in (("default_kd_vs_labels", "kd", "labels"),
+                               ("default_vs_keras", "kd", "keras_kd"),
+                               ("keras_vs_labels", "keras_kd", "labels")):
+            found = relative(rows, kind, ref)
+            data.setdefault(key, {})[name] = found and found[0]
+            data["spread"].setdefault(key, {})[name] = found and found[1]
+            cells.append("-" if found is None else f"{found[0]:+.1%} ± {spread_text(found[1])}")
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+        def mean(kind, seeds=seeds):
+            values = [r[kind] for r in seeds.values() if kind in r]
+            return f"{np.mean(values):.3f}" if values else "-"
 
+        table.append(f"| {name} ({rows.get('settings', {}).get('steps', '?')} steps) | "
+                     f"{len(seeds)} | {rows['teacher_ppl']:.3f} | {mean('labels')} | "
+                     f"{mean('kd')} | {mean('keras_kd')} | {' | '.join(cells)} |")
+    if "little" in results.get("regimes", {}):
+        data["gap_closed_little_data"] = gap_closed(results["regimes"]["little"])
+    return data, "\n".join(table)
+
+
+def sweep_table(results: dict) -> tuple[dict, str]:
+    """Each `SWEEP` setting's perplexity relative to labels-only per regime (mean over seeds),
+    its worst regime, and the settings never worse than labels-only."""
     regimes = results.get("regimes", {})
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    names = [n for n in regimes if any(k.isdigit() for k in regimes[n])]
-    for j, kind in enumerate(("labels", "kd", "keras_kd")):
-        means, sds = [], []
-        for n in names:
-            vals = [r["ppl"].get(kind, np.nan) for k, r in regimes[n].items() if k.isdigit()]
-            means.append(np.nanmean(vals) if not np.all(np.isnan(vals)) else np.nan)
-            sds.append(np.nanstd(vals) if not np.all(np.isnan(vals)) else 0)
-        axes[0].bar(np.arange(len(names)) + 0.27 * (j - 1), means, 0.27, yerr=sds,
-                    label={"labels": "labels only", "kd": "tfcompress.Distiller",
-                           "keras_kd": "keras.distillation"}[kind])
-    axes[0].axhline(results.get("teacher_ppl", np.nan), color="k", ls="--", label="teacher")
-    axes[0].set_xticks(range(len(names)), names)
-    axes[0].set_ylabel("held-out perplexity (mean ± sd over seeds)")
-    axes[0].legend(fontsize=8)
-    curve = results.get("smollm2_curve") or {}
-    steps = [int(k) for k, v in curve.items() if k.isdigit() and v]
-    if steps:
-        for kind in ("kd", "labels"):
-            axes[1].plot(steps, [curve[str(k)].get(kind, np.nan) for k in steps], "o-",
-                         label=kind)
-        axes[1].legend()
-    else:
-        axes[1].text(0.5, 0.5, "not run (see smollm2_curve.null_reason)", ha="center")
-    axes[1].set_title("SmolLM2 half depth (importance-chosen blocks)")
-    axes[1].set_xlabel("training steps")
-    axes[1].set_ylabel("perplexity (log scale)")
-    axes[1].set_yscale("log")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    names = [c.name for c in SWEEP] + ["keras_kd"]  # Keras's Distiller at its defaults
+    table = ["| setting | " + " | ".join(regimes) + " | worst |",
+             "|---|" + "---|" * (len(regimes) + 1)]
+    worst = {}
+    for key in names:
+        cells = [relative(rows, key, "labels") for rows in regimes.values()]
+        means = [c[0] for c in cells if c is not None]
+        worst[key] = max(means) if means else None
+        table.append(f"| {key} | " + " | ".join("-" if c is None else f"{c[0]:+.1%}"
+                                               for c in cells)
+                     + f" | {'-' if worst[key] is None else f'{worst[key]:+.1%}'} |")
+    safe = sorted((k for k, v in worst.items() if v is not None and v <= 0 and k != "keras_kd"),
+                  key=worst.get)
+    return {"sweep_worst_vs_labels": worst, "sweep_never_worse": safe}, "\n".join(table)
 
 
 SMOLLM2_BATCH, SMOLLM2_SEQ, SMOLLM2_LR = 4, 128, 1e-4  # 4 x 128 tokens a step, as llm.py
@@ -600,22 +535,9 @@ def curve_table(curve: dict, chars: int = SMOLLM2_CHARS) -> str:
     return "\n".join(lines) + note + "\n\n"
 
 
-BUDGETS = ("0", "100", "300", "1000")  # SmolLM2 curve: training steps of 4 x 128 tokens
-
-
-def mark_missing_budgets(curve: dict) -> None:
-    """Say in ``curve["null_reason"]`` which budgets have no pair of figures yet (or drop it)."""
-    missing = [b for b in BUDGETS if not (curve.get(b) or {}).keys() >= {"kd", "labels"}]
-    curve.pop("null_reason", None)
-    if missing:
-        curve["null_reason"] = (
-            f"budgets {', '.join(missing)} not run (or not finished): run --regimes smollm2 "
-            f"--smollm2-steps {' '.join(missing)}")
-
-
 def smollm2_curve(args, record, record_blocks) -> None:
     """Minitron-style on SmolLM2-135M: half its blocks kept by measured importance, then
-    labels-only and logit KD (alpha 0, T 1) from the full model for each of
+    labels-only and `Distiller` at its defaults from the full model for each of
     ``args.smollm2_steps``; ``record_blocks({"keep", "importance"})`` once chosen,
     ``record(steps, kind, ppl)`` after every student."""
     import argparse
@@ -652,8 +574,7 @@ def smollm2_curve(args, record, record_blocks) -> None:
         for kind in ("labels", "kd"):
             began = time.perf_counter()
             student = take_blocks(model, keep)
-            trainer = student if kind == "labels" else Distiller(model, student, alpha=0.0,
-                                                                 temperature=1.0)
+            trainer = student if kind == "labels" else Distiller(model, student)
             loss = {"loss": lm_loss()} if kind == "labels" else {}  # the Distiller has its own
             trainer.compile(optimizer=lm_optimizer(steps, SMOLLM2_LR, warmup=0.1), **loss)
             trainer.fit(data, steps_per_epoch=steps, epochs=1, verbose=2)
@@ -663,106 +584,130 @@ def smollm2_curve(args, record, record_blocks) -> None:
             record(steps, kind, value)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = bench_parser("distill", __doc__)
-    # none given: only re-summarise results/distill.json (and rerun the alpha=1 check)
+def plot(results: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    regimes = results.get("regimes", {})
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    names = list(regimes)
+    for j, kind in enumerate(KINDS):
+        values = [[r[kind] for r in regimes[n].get("seeds", {}).values() if kind in r]
+                  for n in names]
+        # each regime relative to its own teacher: the regimes' texts differ
+        rel = [np.asarray(v) / regimes[n]["teacher_ppl"] if v else np.array([np.nan])
+               for n, v in zip(names, values, strict=True)]
+        axes[0].bar(np.arange(len(names)) + 0.27 * (j - 1), [v.mean() for v in rel], 0.27,
+                    yerr=[v.std() for v in rel],
+                    label={"labels": "labels only", "kd": "tfcompress.Distiller (defaults)",
+                           "keras_kd": "keras.distillation (defaults)"}[kind])
+    axes[0].axhline(1.0, color="k", ls="--", label="teacher")
+    axes[0].set_xticks(range(len(names)), names)
+    axes[0].set_ylabel("perplexity / teacher's (mean ± sd over seeds)")
+    axes[0].legend(fontsize=8)
+    curve = results.get("smollm2_curve") or {}
+    steps = [int(k) for k, v in curve.items() if k.isdigit() and v]
+    if steps:
+        for kind in ("kd", "labels"):
+            axes[1].plot(steps, [curve[str(k)].get(kind, np.nan) for k in steps], "o-",
+                         label=kind)
+        axes[1].legend()
+    else:
+        axes[1].text(0.5, 0.5, "not run", ha="center")
+    axes[1].set_title("SmolLM2 half depth (importance-chosen blocks)")
+    axes[1].set_xlabel("training steps")
+    axes[1].set_ylabel("perplexity (log scale)")
+    axes[1].set_yscale("log")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def add_arguments(parser) -> None:
     parser.add_argument("--regimes", nargs="*", default=None,
                         choices=["baseline", *REGIMES, "smollm2"],
-                        help="default: init little long (with --quick: baseline too)")
+                        help="default: init little long kerashub smollm2 (--quick: baseline "
+                             "and the four regimes)")
+    parser.add_argument("--sweep", action="store_true",
+                        help="train labels-only and every SWEEP setting instead of the "
+                             "defaults (results/distill_sweep.json)")
+    parser.add_argument("--reduced", action="store_true",
+                        help="REDUCED sizes: a smaller teacher (the student preset, trained "
+                             f"{REDUCED.teacher_steps} steps) and student (student-tiny)")
     parser.add_argument("--steps", type=int, default=200, help="baseline steps")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--batch", type=int, default=16, help="regime batch size")
     parser.add_argument("--lr", type=float, default=1e-3)
-    parser.add_argument("--alpha", type=float, nargs=2, default=[0.0, 1.0],
-                        metavar=("START", "END"),
-                        help="weight of the hard (labels) loss in the regimes' KD: ours goes "
-                             "linearly from START to END, Keras's is fixed at their mean "
-                             "(0 0: logits only; 0.5 0.5: both fixed, the same loss)")
     parser.add_argument("--init-lr", type=float, default=3e-4,
                         help="smaller: the init student starts from trained weights")
     parser.add_argument("--init-steps", type=int, default=100)
     parser.add_argument("--little-steps", type=int, default=400)
     parser.add_argument("--fraction", type=float, default=0.05)
     parser.add_argument("--long-steps", type=int, default=1000)
+    parser.add_argument("--kerashub-steps", type=int, default=300)
     parser.add_argument("--smollm2-steps", type=int, nargs="*", default=[100, 300, 1000],
                         help="training budgets of the SmolLM2 curve (step 0 is always measured)")
     parser.add_argument("--smollm2-chars", type=int, default=SMOLLM2_CHARS,
-                        help="characters of training text for the SmolLM2 students (the "
-                             "recorded curve: the default)")
-    parser.add_argument("--kinds", nargs="+", default=list(KINDS), choices=KINDS,
-                        help="which students each regime trains; a run merges its figures "
-                             "into the seeds' rows already saved with the same settings "
-                             "(labels alone need no teacher: they can run while it trains)")
+                        help="characters of training text for the SmolLM2 students")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = bench_parser("distill", __doc__)
+    add_arguments(parser)
     args = parse_args(parser, argv)
-    for value in args.alpha:  # before the teacher loads, not after the first student trained
-        check_alpha(value)
     if args.regimes is None:
-        args.regimes = ["baseline", *REGIMES] if args.quick else ["init", "little", "long"]
+        args.regimes = ["baseline", *REGIMES] if args.quick else [*REGIMES, "smollm2"]
     if args.quick:  # a smoke run: every code path, a few steps each, one batch of "little" text
-        args.steps = args.init_steps = args.little_steps = args.long_steps = QUICK.finetune_steps
+        args.steps = args.init_steps = args.little_steps = QUICK.finetune_steps
+        args.long_steps = args.kerashub_steps = QUICK.finetune_steps
         args.repeats, args.seeds, args.batch = QUICK.latency_rounds, 1, QUICK.batch_size
         args.fraction = 0.0
-    path = results_dir(args.quick) / "distill.json"
-    # an earlier run's figures are kept only when this commit made them (merge_source)
-    results = merge_source(path, args) if path.exists() and not args.quick else {}
-    # the baseline's table (kept from the last baseline run) follows the regimes' one
-    old_md = path.with_suffix(".md").read_text() if path.with_suffix(".md").exists() else ""
-    old_md = old_md[old_md.index("| model |"):] if "| model |" in old_md else ""
-    tables, own = {}, set(OWN_KEYS)
-    ctx = None
-    if {"baseline", *REGIMES} & set(args.regimes):
-        ctx = demo_context(args, teacher=needs_teacher(args))
+        if "kerashub" in args.regimes and not FINE_FOODS.is_dir():  # CI machines lack it
+            print(f"--quick: kerashub left out ({FINE_FOODS} is not on this machine)")
+            args.regimes = [r for r in args.regimes if r != "kerashub"]
+    name = "distill_sweep" if args.sweep else "distill"
+    results = {"defaults": {"labels_weight": DEFAULT_LABELS_WEIGHT,
+                            "temperature": DEFAULT_TEMPERATURE,
+                            "divergence": DEFAULT_DIVERGENCE}}
+    tables = {"baseline": ""}
+    requested, regimes = list(args.regimes), [r for r in args.regimes if r in REGIMES]
+    settings = REDUCED if args.reduced and not args.quick else None
+    ctx = demo_context(args, settings) if regimes or "baseline" in requested else None
 
     def save():
-        # Regimes may run as parallel processes: merge what the file holds now with ours.
-        if path.exists() and not args.quick:
-            on_disk = json.loads(path.read_text())
-            on_disk.pop("meta", None)  # this commit's: checked when the run started
-            mine = {k: v for k, v in results.get("regimes", {}).items() if k in requested}
-            results.update({k: v for k, v in on_disk.items() if k != "regimes"} | {
-                k: v for k, v in results.items() if k not in on_disk or k in own})
-            for name, rows in mine.items():  # seeds' students saved meanwhile by another run
-                disk = on_disk.get("regimes", {}).get(name, {})
-                if disk.get("settings") == rows.get("settings"):
-                    for seed, row in disk.items():
-                        if seed.isdigit():
-                            rows[seed] = merge_row(row, rows.get(seed, {"ppl": {},
-                                                                         "seconds": {}}),
-                                                   results.get("teacher_ppl"))
-            results["regimes"] = on_disk.get("regimes", {}) | mine
-        mark_missing_budgets(results.setdefault("smollm2_curve", dict.fromkeys(BUDGETS)))
-        summary, tables["regimes"] = summarise(results)
+        out = results_dir(args.quick)
+        out.mkdir(parents=True, exist_ok=True)
+        if args.sweep:
+            summary, table = sweep_table(results)
+        else:
+            summary, table = summarise(results)
+            plot(results, out / "distill_regimes.png")
+            table += ("\n\nours: `Distiller(teacher, student)` (labels weight "
+                      f"{DEFAULT_LABELS_WEIGHT:g}, T {DEFAULT_TEMPERATURE:g}, "
+                      f"{DEFAULT_DIVERGENCE}); Keras: `keras.distillation.Distiller` at its "
+                      "defaults (student loss weight 0.5, `LogitsDistillation` T 3).\n\n"
+                      "![regimes](distill_regimes.png)\n\n"
+                      + curve_table(results.get("smollm2_curve") or {}, args.smollm2_chars))
         results.update(summary)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        plot(results, path.parent / "distill_regimes.png")
-        table = (tables["regimes"] + ALPHA_NOTE + logits_only_table(results)
-                 + "\n\n![regimes](distill_regimes.png)\n\n"
-                 + curve_table(results.get("smollm2_curve") or {},
-                               (results.get("smollm2_blocks") or {}).get("train_chars",
-                                                                         SMOLLM2_CHARS))
-                 + old_md)
-        write_results("distill", table, results, args)
+        write_results(name, table + tables["baseline"], results, args)
 
-    requested = list(args.regimes)
     if "baseline" in requested:
-        table, data = baseline(ctx, args)
-        results.update(data)
-        own |= set(data)
-        old_md = table
-    regimes = [r for r in requested if r in REGIMES]
+        tables["baseline"], data = baseline(ctx, args)
+        tables["baseline"] = "\n\n" + tables["baseline"]
+        results["baseline"] = data
     if regimes:
         args.regimes = regimes
-        run_regimes(ctx, args, results, save)
-    if "smollm2" in requested:  # budgets not asked for keep their figures from earlier runs
-        own |= set(SMOLLM2_KEYS)
-        earlier = results.get("smollm2_curve") or {}
-        results["smollm2_curve"] = {b: None if b == "0" or int(b) in args.smollm2_steps
-                                    else earlier.get(b) for b in BUDGETS}
+        kinds = ["labels", "keras_kd", *SWEEP] if args.sweep else KINDS
+        run_regimes(ctx, args, kinds, results, save)
+    if "smollm2" in requested and not args.sweep:
+        results["smollm2_curve"] = {}
 
         def record(steps, kind, value):
-            curve = results["smollm2_curve"]
-            curve[str(steps)] = {**(curve.get(str(steps)) or {}), kind: value}
+            results["smollm2_curve"].setdefault(str(steps), {})[kind] = value
+            if steps == 1000 and kind == "kd":
+                results["smollm2_half_depth_1000"] = value
             save()
 
         smollm2_curve(args, record, lambda blocks: results.update(smollm2_blocks=blocks))
@@ -771,7 +716,8 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def alpha1_matches_fit() -> bool:
-    """`Distiller(alpha=1)` vs plain ``fit`` on a tiny model, bitwise (tests/test_distill_exact)."""
+    """`Distiller(labels_weight=1)` vs plain ``fit`` on a tiny model, bitwise
+    (tests/test_distill_exact)."""
     def tiny(name, seed):
         keras.utils.set_random_seed(seed)
         return build_gpt("test-tiny", vocab_size=32, seq_len=8, name=name)
@@ -782,7 +728,7 @@ def alpha1_matches_fit() -> bool:
     plain = tiny("student", 0)
     plain.compile(optimizer=lm_optimizer(4, 1e-2), loss=lm_loss())
     plain.fit(data, steps_per_epoch=4, verbose=0)
-    distiller = Distiller(tiny("teacher", 1), tiny("student", 0), alpha=1.0)
+    distiller = Distiller(tiny("teacher", 1), tiny("student", 0), labels_weight=1.0)
     distiller.compile(optimizer=lm_optimizer(4, 1e-2))
     distiller.fit(data, steps_per_epoch=4, verbose=0)
     return all(np.array_equal(a, b) for a, b in zip(plain.get_weights(),

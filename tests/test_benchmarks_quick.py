@@ -54,36 +54,43 @@ def test_benchmark_runs_quick(script, bench_cache, graph_mode_after, monkeypatch
         assert json.loads(out.read_text())["failures"] == {}
 
 
-def test_distill_runs_merge_their_students_per_seed():
-    """Labels-only students measured while the teacher trains, KD ones later: one row a seed."""
-    from benchmarks.distill import merge_row, summarise
+def test_distill_summary_keys_per_regime():
+    """The issue's keys: KD vs labels-only and vs Keras per regime, mean and spread over
+    seeds; the gap closed with little data, None when labels come within 2 % of the teacher."""
+    from benchmarks.distill import gap_closed, summarise
 
-    labels = merge_row(None, {"ppl": {"labels": 12.0}, "seconds": {"labels": 5}}, None)
-    assert labels["gap_closed"] == {}
-    both = merge_row(labels, {"ppl": {"kd": 10.0, "keras_kd": 13.0},
-                              "seconds": {"kd+keras_kd": 7}}, 8.0)
-    assert both["ppl"] == {"labels": 12.0, "kd": 10.0, "keras_kd": 13.0}
-    assert both["gap_closed"] == {"kd": 0.5, "keras_kd": -0.25}
-    assert both["seconds"] == {"labels": 5, "kd+keras_kd": 7}
-    # a row saved as one number of seconds (and a run whose own row is one number too)
-    assert merge_row({"ppl": {"labels": 12.0}, "seconds": 5}, {"ppl": {}, "seconds": 7},
-                     None)["seconds"] == {"all": 7}
-    other = merge_row(None, {"ppl": {"labels": 12.0, "kd": 11.0}, "seconds": {}}, 8.0)
-    rows = {"0": both, "1": other, "2": labels, "settings": {"steps": 1000}}
-    data, _ = summarise({"teacher_ppl": 8.0, "regimes": {"long": rows}})
-    assert data["gap_closed_long"] == pytest.approx(0.375)  # seed 2 has no KD student yet
-    assert data["gap_closed_seeds"] == {"gap_closed_long": 2}
-    assert data["gap_closed_spread"]["gap_closed_long"] == pytest.approx(0.125 * 2 ** 0.5)
-    assert data["kd_vs_labels"]["long"]["kd"] == pytest.approx((10 / 12 + 11 / 12) / 2 - 1)
-    # labels-only as good as the teacher: no gap to close, so no fraction of it
-    close = merge_row(None, {"ppl": {"labels": 8.1, "kd": 8.3}, "seconds": {}}, 8.0)
-    assert close["gap_closed"] == {"kd": None}
-    data, table = summarise({"teacher_ppl": 8.0, "regimes": {"long": {
-        "0": close, "settings": {"steps": 1000}}}})
-    assert data["gap_closed_long"] is None and "no gap to close" in \
-        data["gap_closed_null_reason"]["gap_closed_long"]
-    assert data["kd_vs_labels"]["long"]["kd"] == pytest.approx(8.3 / 8.1 - 1)
-    assert "| +2.5% ± n/a (1 seed) | - | undefined (no gap) |" in table
+    little = {"teacher_ppl": 8.0, "settings": {"steps": 400},
+              "seeds": {"0": {"labels": 12.0, "kd": 10.0, "keras_kd": 11.0},
+                        "1": {"labels": 12.0, "kd": 11.0, "keras_kd": 11.0}}}
+    data, table = summarise({"regimes": {"little": little}})
+    assert data["default_kd_vs_labels"]["little"] == pytest.approx((10 / 12 + 11 / 12) / 2 - 1)
+    assert data["spread"]["default_kd_vs_labels"]["little"] == pytest.approx(
+        (1 / 12) / 2 ** 0.5)
+    assert data["default_vs_keras"]["little"] == pytest.approx((10 / 11 + 1) / 2 - 1)
+    assert data["gap_closed_little_data"] == pytest.approx((0.5 + 0.25) / 2)
+    assert data["seeds"] == {"little": 2}
+    assert "| little (400 steps) | 2 | 8.000 | 12.000 | 10.500 | 11.000 | -12.5% ±" in table
+    close = {"teacher_ppl": 8.0, "seeds": {"0": {"labels": 8.1, "kd": 8.0}}}
+    assert gap_closed(close) is None
+    one, _ = summarise({"regimes": {"long": {"teacher_ppl": 8.0, "seeds": {
+        "0": {"labels": 9.0, "kd": 9.9}}}}})
+    assert one["default_kd_vs_labels"]["long"] == pytest.approx(0.1)
+    assert one["spread"]["default_kd_vs_labels"]["long"] is None
+    assert one["default_vs_keras"]["long"] is None  # Keras's student not measured
+
+
+def test_distill_sweep_table_picks_settings_never_worse_than_labels():
+    from benchmarks.distill import SWEEP, KDConfig, sweep_table
+
+    assert KDConfig(0.0, 1.0, 2.0, "jsd").name == "w0-1_T2_jsd"
+    a, b = SWEEP[0].name, SWEEP[1].name
+    regimes = {"init": {"seeds": {"0": {"labels": 10.0, a: 9.0, b: 10.5}}},
+               "long": {"seeds": {"0": {"labels": 10.0, a: 9.5, b: 9.0}}}}
+    data, table = sweep_table({"regimes": regimes})
+    assert data["sweep_worst_vs_labels"][a] == pytest.approx(-0.05)
+    assert data["sweep_worst_vs_labels"][b] == pytest.approx(0.05)
+    assert data["sweep_never_worse"] == [a]
+    assert f"| {a} | -10.0% | -5.0% | -5.0% |" in table
 
 
 def test_distill_smollm2_curve_table():
@@ -94,43 +101,3 @@ def test_distill_smollm2_curve_table():
                          "null_reason": "budgets 100 not finished"})
     assert "| 0 | 592.7 | 592.7 |\n| 100 | 133.8 | - |" in table
     assert table.rstrip().endswith("budgets 100 not finished")
-
-
-def test_distill_new_kd_settings_keep_labels_only_students():
-    """Labels-only students do not depend on alpha/T: a KD rerun keeps them, nothing else."""
-    from benchmarks.distill import keep_rows, mark_missing_budgets
-
-    def rows():
-        return {"settings": {"keep": [0], "steps": 9, "alpha": 0.0, "temperature": 1.0},
-                "0": {"ppl": {"labels": 7.0, "kd": 7.2, "keras_kd": 7.2},
-                      "gap_closed": {"kd": -0.3}, "seconds": {"labels+kd+keras_kd": 9}},
-                "1": {"ppl": {"labels": 7.1, "kd": 7.3}, "gap_closed": {"kd": -0.2},
-                      "seconds": {"labels": 4, "kd": 3}}}
-
-    same = rows()
-    keep_rows(same, {"steps": 9, "alpha": 0.0, "temperature": 1.0})
-    assert same == rows()
-    kd_changed = rows()
-    keep_rows(kd_changed, {"steps": 9, "alpha": [0.0, 1.0], "temperature": 1.0})
-    assert kd_changed["0"] == {"ppl": {"labels": 7.0}, "gap_closed": {}, "seconds": {}}
-    assert kd_changed["1"]["ppl"] == {"labels": 7.1} and kd_changed["1"]["seconds"] == {
-        "labels": 4}
-    assert kd_changed["settings"]["alpha"] == [0.0, 1.0] and kd_changed["settings"]["keep"] == [0]
-    steps_changed = rows()
-    keep_rows(steps_changed, {"steps": 10, "alpha": 0.0, "temperature": 1.0})
-    assert steps_changed == {}
-
-    from benchmarks.distill import logits_only_table, merge_row
-
-    assert logits_only_table({"teacher_ppl": 8.0}) == ""
-    row = merge_row(None, {"ppl": {"labels": 12.0, "kd": 10.0}, "seconds": {}}, 8.0)
-    table = logits_only_table({"teacher_ppl": 8.0, "logits_only": {"command": "cmd", "regimes": {
-        "little": {"0": row, "settings": {"steps": 400, "alpha": 0.0}}}}})
-    assert "Logits only, alpha 0 for both (`cmd`)" in table and "| 50.0% ± n/a (1 seed) |" in table
-
-    curve = {"0": {"labels": 5.0, "kd": 5.0}, "100": {"labels": 4.0}, "null_reason": "old"}
-    mark_missing_budgets(curve)
-    assert curve["null_reason"].startswith("budgets 100, 300, 1000 not run")
-    curve |= {b: {"labels": 1.0, "kd": 1.0} for b in ("100", "300", "1000")}
-    mark_missing_budgets(curve)
-    assert "null_reason" not in curve

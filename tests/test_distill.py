@@ -128,7 +128,7 @@ def test_projections_map_widths_and_stay_out_of_the_student(teacher, arrays):
 
 
 @pytest.mark.parametrize(("kwargs", "message"), [
-    ({"alpha": 1.2}, r"alpha must be a number in \[0, 1\]"),
+    ({"labels_weight": 1.2}, r"labels_weight must be a number in \[0, 1\]"),
     ({"temperature": 0}, "temperature must be a number > 0"),
     ({"divergence": "kl"}, "divergence must be one of"),
     ({"features": [("nope", "block0_add2")]}, r"student has no layers named \['nope'\]"),

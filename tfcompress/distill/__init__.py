@@ -2,7 +2,8 @@
 
 - `Distiller`: teacher + student as one Keras model (hard/soft/feature losses in the history).
 - Divergences and the rest of the math: `tfcompress.distill.losses` (pure functions).
-- `ParameterSchedule` (T, alpha) and `BestStudentCheckpoint` callbacks.
+- `ParameterSchedule` (T, labels weight) and `BestStudentCheckpoint` callbacks.
+- `KDGuard`: a labels-only probe beside distillation; falls back to labels when it wins.
 - `SoftTargetLoss` + `with_teacher_logits`: distil inside a plain ``student.fit`` (tf.keras too).
 - `cache_teacher` / `load_teacher_cache`: offline top-k teacher logits via ``tf.data``.
 - `block_importance` / `most_important` / `take_blocks`: a shallower student initialised
@@ -10,13 +11,14 @@
 
 Example:
     >>> from tfcompress.distill import Distiller
-    >>> d = Distiller(teacher, student, alpha=0.5, temperature=2.0, divergence="forward_kl")
+    >>> d = Distiller(teacher, student)     # labels_weight 0.9, T 1, forward KL: the defaults
     >>> d.compile(optimizer="adamw"); d.fit(train, steps_per_epoch=300)
 """
 
 from tfcompress.distill.cache import cache_teacher, load_teacher_cache
 from tfcompress.distill.callbacks import BestStudentCheckpoint, ParameterSchedule
 from tfcompress.distill.distiller import Distiller
+from tfcompress.distill.guard import KDGuard
 from tfcompress.distill.init import block_importance, most_important, take_blocks
 from tfcompress.distill.losses import DIVERGENCES, kd_loss
 from tfcompress.distill.soft_targets import SoftTargetLoss, with_teacher_logits
@@ -25,6 +27,7 @@ __all__ = [
     "DIVERGENCES",
     "BestStudentCheckpoint",
     "Distiller",
+    "KDGuard",
     "ParameterSchedule",
     "SoftTargetLoss",
     "block_importance",

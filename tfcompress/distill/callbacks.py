@@ -17,15 +17,20 @@ import numpy as np
 from tfcompress.distill.losses import SCHEDULES, check_alpha, check_temperature, schedule_value
 from tfcompress.errors import TfcompressError
 
-PARAMETERS = ("temperature", "alpha")
+PARAMETERS = ("temperature", "labels_weight", "alpha")
+# the labels weight: Distiller.labels_weight (alpha: its deprecated alias), SoftTargetLoss.alpha
+NAMES = {"temperature": ("temperature",), "labels_weight": ("labels_weight", "alpha"),
+         "alpha": ("labels_weight", "alpha")}
 
 
 def schedule_target(model, parameter: str):
-    """The variable a schedule writes: ``model.<parameter>`` or ``model.loss.<parameter>``."""
+    """The variable a schedule writes: ``model.<parameter>`` or ``model.loss.<parameter>``
+    (``labels_weight`` and ``alpha`` name the same weight of the labels loss)."""
     for owner in (model, getattr(model, "loss", None)):
-        variable = getattr(owner, parameter, None)
-        if variable is not None and hasattr(variable, "assign"):
-            return variable
+        for name in NAMES[parameter]:
+            variable = getattr(owner, name, None)
+            if variable is not None and hasattr(variable, "assign"):
+                return variable
     raise TfcompressError(
         f"the model being fit has no {parameter} variable: schedule a Distiller, or a model "
         "compiled with loss=SoftTargetLoss(...)"
@@ -34,13 +39,13 @@ def schedule_target(model, parameter: str):
 
 @keras.saving.register_keras_serializable(package="tfcompress")
 class ParameterSchedule(keras.callbacks.Callback):
-    """Set the distillation ``temperature`` or ``alpha`` before every training batch.
+    """Set the distillation ``temperature`` or ``labels_weight`` (``alpha``) before every batch.
 
     ``kind`` is ``"constant"``, ``"linear"`` or ``"cosine"`` from ``start`` to ``end`` over
     ``steps`` batches (default: the whole ``fit``); the value stays at ``end`` afterwards.
 
     Example:
-        >>> ParameterSchedule("alpha", "linear", start=0.0, end=0.5, steps=200)
+        >>> ParameterSchedule("labels_weight", "linear", start=0.0, end=1.0, steps=200)
     """
 
     def __init__(self, parameter: str, kind: str = "linear", start: float = 1.0,
@@ -50,8 +55,10 @@ class ParameterSchedule(keras.callbacks.Callback):
             raise TfcompressError(f"parameter must be one of {PARAMETERS}, got {parameter!r}")
         if kind not in SCHEDULES:
             raise TfcompressError(f"kind must be one of {SCHEDULES}, got {kind!r}")
-        check = check_temperature if parameter == "temperature" else check_alpha
-        self.start, self.end = check(start), check(end)
+        if parameter == "temperature":
+            self.start, self.end = check_temperature(start), check_temperature(end)
+        else:
+            self.start, self.end = check_alpha(start, parameter), check_alpha(end, parameter)
         if steps is not None and (not isinstance(steps, int) or steps < 1):
             raise TfcompressError(f"steps must be a positive integer or None, got {steps!r}")
         self.parameter, self.kind, self.steps = parameter, kind, steps

@@ -44,7 +44,7 @@ SAMPLE_KEYS = {"prompt": str, "tokens": int}
 COMMON_STAGE_KEYS = {"input": str, "name": str}
 STAGE_KEYS = {
     "distill": {"student": dict, "steps": int, "alpha": float, "alpha_end": float,
-                "temperature": float, "divergence": str, "learning_rate": float},
+                "temperature": float, "divergence": str, "learning_rate": float, "guard": bool},
     "finetune": {"steps": int, "learning_rate": float},
     "evaluate": {"models": list},
     "export": {"mode": str, "modes": list, "prompt": str, "auxiliary_inputs": str,

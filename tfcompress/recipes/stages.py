@@ -59,6 +59,27 @@ def alpha_text(alpha: float, alpha_end: float | None) -> str:
     return f" (labels weight {alpha:g}{'' if alpha_end is None else f' -> {alpha_end:g}'})"
 
 
+def distill_guard(run, steps: int):
+    """A `KDGuard` on the run's training stream, scored on its valid split (``eval_windows``
+    windows), checked after 1/4 and 1/2 of ``steps``."""
+    from tfcompress.distill import KDGuard
+
+    d = run.data
+    x, y, m = run.corpus.windows("valid", d["seq_len"], d["eval_windows"])
+    b = d["batch_size"]
+    holdout = [(x[i:i + b], y[i:i + b], m[i:i + b]) for i in range(0, len(x), b)]
+    return KDGuard(holdout, run.train_data(), every=max(steps // 4, 1), checks=2)
+
+
+def guard_text(guard) -> str:
+    """What a distill stage's `KDGuard` saw, for its note."""
+    checks = "; ".join(f"step {s}: KD {kd:.4f}, labels {lab:.4f}" for s, kd, lab in guard.history)
+    if guard.fell_back is None:
+        return f"Guard (held-out loss, distilled vs labels-only probe): {checks}; kept KD."
+    return (f"Guard (held-out loss, distilled vs labels-only probe): {checks}; fell back to "
+            f"labels only at step {guard.fell_back}.")
+
+
 def method_config(st: dict):
     """A prune / quantize / factorize stage's method config (`method_class`): without
     ``include``, the layers of its role (``layers``: ``blocks`` takes the attention and MLP
@@ -91,11 +112,14 @@ def check_layer_choices(stages: list[dict], source: str, model) -> None:
 
 @stage("distill")
 def distill_stage(run, st: dict) -> StageResult:
-    """A student (`make_student`) trained from the input model with `Distiller` (forward KL).
+    """A student (`make_student`) trained from the input model with `Distiller`.
 
     ``alpha`` weighs the labels loss; with ``alpha_end`` it goes linearly from ``alpha`` to
     ``alpha_end`` over the steps (`ParameterSchedule`): ``alpha: 0, alpha_end: 1`` learns the
-    teacher's distributions first and the labels last.
+    teacher's distributions first and the labels last. ``alpha``, ``temperature`` and
+    ``divergence`` default to `Distiller`'s own defaults. ``guard: true`` adds a `KDGuard`
+    (a labels-only probe scored on the valid split, checked at 1/4 and 1/2 of the steps) that
+    falls back to labels when they beat distillation; the note says what it saw.
 
     The student may start from the teacher's blocks chosen by measured importance on the
     calibration windows (``select: importance``) or from an earlier, pruned model of the run
@@ -106,6 +130,11 @@ def distill_stage(run, st: dict) -> StageResult:
 
     from tfcompress.core.distribute import strategy_copy, strategy_scope
     from tfcompress.distill import Distiller, ParameterSchedule
+    from tfcompress.distill.losses import (
+        DEFAULT_DIVERGENCE,
+        DEFAULT_LABELS_WEIGHT,
+        DEFAULT_TEMPERATURE,
+    )
     from tfcompress.models.training import lm_optimizer
     from tfcompress.prune import UpdatePruning, keep_zeros, strip_pruning
     from tfcompress.recipes.students import choose_blocks, make_student
@@ -116,19 +145,21 @@ def distill_stage(run, st: dict) -> StageResult:
     keras.utils.set_random_seed(run.seed)
     spec, scores = choose_blocks(source, st["student"], run.calibration())
     steps = st["steps"]
-    alpha = st.get("alpha", 0.5)
+    alpha = st.get("alpha", DEFAULT_LABELS_WEIGHT)
     with strategy_scope(run.strategy):  # student, teacher copy and optimizer in its scope
         student = make_student(source, spec, run.data["seq_len"], name=st["name"])
         if run.strategy is not None:
             teacher = strategy_copy(teacher, run.strategy)
-        distiller = Distiller(teacher, student, alpha=alpha,
-                              temperature=st.get("temperature", 1.0),
-                              divergence=st.get("divergence", "forward_kl"))
+        distiller = Distiller(teacher, student, labels_weight=alpha,
+                              temperature=st.get("temperature", DEFAULT_TEMPERATURE),
+                              divergence=st.get("divergence", DEFAULT_DIVERGENCE))
         distiller.compile(optimizer=lm_optimizer(steps, st.get("learning_rate", 1e-3)))
         sparse = keep_zeros(student)
     callbacks = [UpdatePruning(target=student)] if sparse else []
     if "alpha_end" in st:
-        callbacks.append(ParameterSchedule("alpha", "linear", alpha, st["alpha_end"]))
+        callbacks.append(ParameterSchedule("labels_weight", "linear", alpha, st["alpha_end"]))
+    guard = distill_guard(run, steps) if st.get("guard") else None
+    callbacks += [guard] if guard else []
     history = distiller.fit(run.train_data(), steps_per_epoch=steps, epochs=1, verbose=2,
                             shuffle=False,
                             callbacks=callbacks).history
@@ -144,6 +175,8 @@ def distill_stage(run, st: dict) -> StageResult:
              f"`{st['input']}` in {steps} steps{alpha_text(alpha, st.get('alpha_end'))}: "
              f"final soft loss "
              f"{history['soft_loss'][-1]:.3f}{', zeros kept' if sparse else ''}."]
+    if guard is not None:
+        notes.append(guard_text(guard))
     if scores is not None:
         notes.append(f"Block importance of `{source_name}` (1 - cosine of each block's input "
                      f"and output): {[round(v, 4) for v in scores]}; kept {spec['layers']}.")
