@@ -15,7 +15,7 @@ regime, mean and spread over seeds) and ``gap_closed_little_data``:
 - ``little``: a random-init student sees only ``--fraction`` of the training text, many epochs.
 - ``long``: a random-init student trained 5x longer than the baseline's 200 steps.
 - ``kerashub``: a tiny random KerasHub GPT-2 (the student preset's sizes) on food reviews
-  the Austen-trained demo teacher never saw (``/work/shared/data/fine_foods``).
+  the Austen-trained demo teacher never saw (``benchmarks/data/fine_foods``).
 - ``smollm2``: SmolLM2-135M, half its blocks kept by measured importance (Minitron-style),
   labels-only vs the defaults after ``--smollm2-steps`` steps of 4 x 128 tokens
   (``smollm2_half_depth_1000``).
@@ -31,7 +31,7 @@ is cached in ``$TFCOMPRESS_CACHE``, default ``~/.cache/tfcompress``.
 
 from __future__ import annotations
 
-import json
+import gzip
 import shutil
 import time
 from collections.abc import Callable
@@ -67,7 +67,6 @@ from tfcompress.distill.losses import (
     DEFAULT_LABELS_WEIGHT,
     DEFAULT_TEMPERATURE,
 )
-from tfcompress.errors import TfcompressError
 from tfcompress.evaluate import interleaved_latency, keras_forward, lm_quality
 from tfcompress.models import build_gpt, preset
 from tfcompress.models.training import lm_loss, lm_optimizer, train_lm
@@ -224,7 +223,7 @@ KINDS = ("labels", "kd", "keras_kd")  # labels only, our defaults, keras.distill
 # --reduced: the sweep's sizes, ~10x less compute a step than the demo's teacher and student
 REDUCED = replace(BENCH_SETTINGS, teacher_preset="student", student_preset="student-tiny",
                   teacher_steps=300, eval_windows=64)
-FINE_FOODS = Path("/work/shared/data/fine_foods")  # reviews: text the demo teacher never saw
+FINE_FOODS = Path(__file__).parent / "data" / "fine_foods"  # text the demo teacher never saw
 
 
 @dataclass
@@ -349,12 +348,8 @@ def setup_long(ctx, seed, args, state) -> Setup:
 
 
 def fine_foods_corpus(folder: Path = FINE_FOODS) -> dict[str, str]:
-    """Review texts (``train.jsonl`` / ``test.jsonl``, one per line), joined by newlines."""
-    if not folder.is_dir():
-        raise TfcompressError(f"the kerashub regime reads {folder} (reviews the demo teacher "
-                              "never saw); it is not on this machine: leave kerashub out")
-    return {split: "\n".join(json.loads(line)["text"] for line in
-                             (folder / f"{split}.jsonl").read_text().splitlines() if line)
+    """Review texts (``train.txt.gz`` / ``test.txt.gz``, one review per line)."""
+    return {split: gzip.decompress((folder / f"{split}.txt.gz").read_bytes()).decode()
             for split in ("train", "test")}
 
 
@@ -664,9 +659,6 @@ def main(argv: list[str] | None = None) -> None:
         args.long_steps = args.kerashub_steps = QUICK.finetune_steps
         args.repeats, args.seeds, args.batch = QUICK.latency_rounds, 1, QUICK.batch_size
         args.fraction = 0.0
-        if "kerashub" in args.regimes and not FINE_FOODS.is_dir():  # CI machines lack it
-            print(f"--quick: kerashub left out ({FINE_FOODS} is not on this machine)")
-            args.regimes = [r for r in args.regimes if r != "kerashub"]
     name = "distill_sweep" if args.sweep else "distill"
     results = {"defaults": {"labels_weight": DEFAULT_LABELS_WEIGHT,
                             "temperature": DEFAULT_TEMPERATURE,
