@@ -14,6 +14,8 @@ export mode itself. The lead reruns it on the real distill -> prune -> quantize 
 The ``int8_smooth`` row is full int8 of the model smoothed first (SmoothQuant, migration
 strength `SMOOTH`, scales from the calibration windows; `tfcompress.quantize.smooth`),
 compared with the original model, so its effect is measured beside plain ``int8``.
+The ``int8_integer`` row is full int8 of `tfcompress.models.gpt_integer.integer_gpt`: the
+same variables in a graph whose norms, causal mask and GELU have int8 XNNPACK kernels.
 
 Usage: ``python -m benchmarks.export [--quick | --int8-only | --smollm2 [--smooth A]]``
 (``--int8-only``: the teacher's float32 and int8 rows only; the teacher is
@@ -42,24 +44,27 @@ from tfcompress.export.diagnose import diagnose, reference_tflite
 from tfcompress.export.measure import peak_memory
 from tfcompress.export.ops import describe_ops
 from tfcompress.export.verification import Tolerances, agreement_stats, verify
+from tfcompress.models.gpt_integer import integer_gpt
 from tfcompress.quantize import smooth
 
 THREADS = (1, 2)
 FULL_INTEGER = ("int8", "int16x8")
 SMOOTH = 0.5
-# rows named "<mode>_smooth" export a copy smoothed at SMOOTH (or --smooth) first
+# rows named "<mode>_smooth" export a copy smoothed at SMOOTH (or --smooth) first;
+# "<mode>_integer" the model's integer_gpt graph (a build_gpt model's, demo rows only)
 SMOOTHED = ("int8_smooth",)
-FORMATS = (*MODES, *SMOOTHED)
-INT8_ONLY = ("float32", "int8", "int8_smooth", "int8_mixed")
+INTEGER = "_integer"
+FORMATS = (*MODES, *SMOOTHED, "int8" + INTEGER)
+INT8_ONLY = ("float32", "int8", "int8_smooth", "int8_mixed", "int8" + INTEGER)
 
 
 def parse_format(fmt: str, strength: float = SMOOTH) -> tuple[str, float | None]:
     """``(export mode, smoothing strength or None)`` of a benchmark row name."""
-    mode = fmt.removesuffix("_smooth")
+    mode = fmt.removesuffix(INTEGER).removesuffix("_smooth")
     if mode not in MODES:
         raise SystemExit(f"unknown format {fmt!r}: a mode of {sorted(MODES)}, optionally "
-                         "followed by _smooth")
-    return mode, (strength if fmt != mode else None)
+                         f"followed by _smooth or {INTEGER}")
+    return mode, (strength if fmt.removesuffix(INTEGER) != mode else None)
 
 
 def compressed_student(ctx):
@@ -115,6 +120,8 @@ def bench_model(name, model, ctx, out: Path, formats=FORMATS) -> list[dict]:
         rep = ctx.calibration() if MODES[mode].needs_representative else None
         # the smoothed copy is exported (and diagnosed: its tensors are the file's float twins)
         exported = model if strength is None else smooth(model, rep, strength, verbose=0)
+        if fmt.endswith(INTEGER):
+            exported = integer_gpt(exported, s.seq_len)
         result = export_tflite(exported, path, mode, seq_len=s.seq_len, representative_data=rep,
                                verify_output=False, verbose=False)
         runner = TFLiteRunner(path, num_threads=1)
@@ -133,10 +140,11 @@ def bench_model(name, model, ctx, out: Path, formats=FORMATS) -> list[dict]:
                      "float_ops": result.float_ops, "outside_npu": result.outside_npu,
                      "xnnpack_partitions": result.xnnpack_partitions})
         if mode in FULL_INTEGER:
-            if strength is None:
+            plain = exported is model
+            if plain:
                 reference = reference or reference_tflite(model, s.seq_len)
             report = diagnose(exported, path, batches[0][0][:8], s.seq_len,
-                              reference if strength is None else None)
+                              reference if plain else None)
             rows[-1]["diagnosis"] = report.to_dict()
             rows[-1]["diagnosis_md"] = report.to_markdown(5)
         print(f"{name} {fmt}: {result.bytes:,} bytes, ppl {stats['perplexity']:.3f}, "
@@ -194,7 +202,7 @@ def inventory(rows: list[dict]) -> str:
     out = ["| model | format | float ops | outside XNNPACK | outside the NPU set |",
            "|---|---|---|---|---|"]
     for r in rows:
-        if r["format"].removesuffix("_smooth") in FULL_INTEGER:
+        if r["format"].removesuffix(INTEGER).removesuffix("_smooth") in FULL_INTEGER:
             out.append(f"| {r['model']} | {r['format']} | {describe_ops(r['float_ops'])} | "
                        f"{describe_ops(r['not_delegated'])} | {describe_ops(r['outside_npu'])} |")
     diagnoses = [f"\n{r['model']} {r['format']}: the 5 tensors whose op adds the most error\n\n"
@@ -294,8 +302,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="with --smollm2: comma-separated modes, each optionally followed "
                              "by _smooth (e.g. int8,int8_smooth,int8_mixed)")
     parser.add_argument("--int8-only", action="store_true",
-                        help="only the teacher's float32, int8, int8_smooth and int8_mixed rows "
-                             "(the smoothing comparison without the slow int16x8 and the student); "
+                        help="only the teacher's float32, int8, int8_smooth, int8_mixed and "
+                             "int8_integer rows (without the slow int16x8 and the student); "
                              "written to results/export_int8.json")
     args = parse_args(parser, argv)
     if args.smollm2:
@@ -322,7 +330,9 @@ def main(argv: list[str] | None = None) -> None:
              "threads. Peak MB: peak RSS of a fresh interpreter process above a bare "
              "ai_edge_litert process. Student: trained directly (no distillation), 50 % "
              f"magnitude-zeroed, no fine-tuning. int8_smooth: int8 after SmoothQuant smoothing "
-             f"(strength {SMOOTH}), compared with the unsmoothed model.")
+             f"(strength {SMOOTH}), compared with the unsmoothed model. int8_integer: int8 of "
+             "integer_gpt (the same weights; norms without SQUARED_DIFFERENCE, the causal mask "
+             "without SELECT_V2, GELU as x * sigmoid(1.702 x)), compared with the model.")
     data = {**summary(rows, "teacher"), "rows": rows,
             "settings": {"eval_windows": s.eval_windows, "seq_len": s.seq_len,
                          "calibration_windows": s.calibration_windows, "smooth": SMOOTH}}

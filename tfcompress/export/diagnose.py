@@ -136,18 +136,20 @@ def tensor_error(reference: np.ndarray, quantized: np.ndarray, scale: float, zer
 
 
 def _all_tensors(content: bytes, samples: list[np.ndarray]):
-    """Run ``content`` on each sample keeping every tensor; yield (interpreter, tensors)."""
+    """Run ``content`` on each sample keeping every op's output; yield (interpreter, tensors).
+
+    Weights and other constants are left out: an LLM's would be copied once per sample."""
     from tfcompress.export.runner import TFLiteRunner
 
     runner = TFLiteRunner(content, preserve_all_tensors=True)
     interpreter = runner.interpreter
-    details = interpreter.get_tensor_details()
+    produced = sorted({int(t) for n in interpreter._get_ops_details() for t in n["outputs"]})
     for x in samples:
         runner.predict(x)
         values = {}
-        for d in details:
+        for index in produced:
             try:
-                values[d["index"]] = interpreter.get_tensor(d["index"])
+                values[index] = interpreter.get_tensor(index)
             except ValueError:  # tensors the runtime never materialized
                 continue
         yield interpreter, values
