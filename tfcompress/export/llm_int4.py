@@ -31,7 +31,7 @@ import re
 import numpy as np
 
 from tfcompress.core.progress import quiet
-from tfcompress.export.llm_graph import HEAD_SCOPE, linear_scope
+from tfcompress.export.llm_graph import HADAMARD_SCOPE, HEAD_SCOPE, linear_scope
 from tfcompress.export.modes import INT4_BLOCK
 
 
@@ -229,6 +229,10 @@ def quantize_int4(flatbuffer: bytes, linear: list[str], quantized: list[str],
     entries += [{**plain, "regex": f".*{linear_scope(name)}/.*",
                  "operation": "FULLY_CONNECTED"} for name in written]
     entries += [{**head, "regex": f".*{linear_scope(name)}/.*"} for name in int8]
+    # the online Hadamard's factors (at most 16 x 16: no int4 block fits) stay float (its
+    # scope is suffixed _1, _2.. after the first layer)
+    entries.append({"regex": f".*{HADAMARD_SCOPE}.*", "operation": "FULLY_CONNECTED",
+                    "algorithm_key": AlgorithmName.NO_QUANTIZE})
     qt = quantizer.Quantizer(bytes(flatbuffer))
     qt.load_quantization_recipe(entries)
     with quiet():
