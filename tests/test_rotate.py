@@ -18,6 +18,7 @@ from tfcompress.core.hadamard import (
 from tfcompress.errors import TfcompressError
 from tfcompress.models import LlamaConfig, build_gpt, build_llama
 from tfcompress.quantize import QuantizeConfig, hadamard, quantize, rotate, rotation_matrix
+from tfcompress.quantize.rotate import mix_residual
 
 VOCAB, D = 64, 24  # 24 = 2 x 12: a Sylvester factor times Paley's (q = 11)
 
@@ -105,9 +106,10 @@ def test_rotated_copy_computes_the_same_logits(build):
     # the user's model is untouched (and stays tied if it was)
     for v, old in zip(model.weights, before, strict=True):
         np.testing.assert_array_equal(v.numpy(), old)
-    # every norm scale is folded away, and the weights really moved
+    # every norm scale is folded away (a tied port's final one left uniform, its mean)
     scales = [v.numpy() for v in rotated.weights if v.path.endswith("scale")]
-    assert len(scales) == 5 and all(np.array_equal(s, np.ones(D)) for s in scales)
+    assert len(scales) == 5 and all(np.array_equal(s, np.ones(D)) for s in scales[:4])
+    assert np.all(scales[4] == scales[4][0])
 
 
 def test_tied_port_stays_tied_with_a_d_by_d_final_mix_and_hub_comes_back_untied():
@@ -115,11 +117,14 @@ def test_tied_port_stays_tied_with_a_d_by_d_final_mix_and_hub_comes_back_untied(
     rotated = rotate(tied, verbose=0)
     assert rotated.count_params() - tied.count_params() == D * D
     assert "lm_head" not in {la.name for la in rotated.layers}
-    # the mix is the final norm's scale in the rotated basis, Q^T diag(g) Q
+    # the mix is the final norm's scale in the rotated basis: the norm keeps mean(g), the
+    # mix x -> x (I + R), I + R = Q^T diag(g / mean(g)) Q
     q = rotation_matrix(D, seed=0)
     gamma = tied.get_layer("final_norm").scale.numpy()
-    np.testing.assert_allclose(rotated.get_layer("final_mix").kernel.numpy(),
-                               q.T @ np.diag(gamma) @ q, atol=1e-6)
+    np.testing.assert_allclose(rotated.get_layer("final_norm").scale.numpy(), gamma.mean(),
+                               rtol=1e-6)
+    np.testing.assert_allclose(rotated.get_layer("final_mix").kernel.numpy() + np.eye(D),
+                               q.T @ np.diag(gamma / gamma.mean()) @ q, atol=1e-6)
     np.testing.assert_allclose(rotated.get_layer("token_embedding").embeddings.numpy(),
                                tied.get_layer("token_embedding").embeddings.numpy() @ q,
                                atol=1e-6)
@@ -251,3 +256,14 @@ def test_rotated_hub_model_reloads_from_keras_file(tmp_path):
     rotated.save(tmp_path / "rotated.keras")
     reloaded = keras.saving.load_model(tmp_path / "rotated.keras")
     np.testing.assert_allclose(_logits(reloaded, ids), _logits(rotated, ids), rtol=1e-6)
+
+
+def test_mix_residual_by_hand():
+    # g = [2, 4]: the norm keeps mean 3, I + R = diag(2/3, 4/3) when q = I
+    c, residual = mix_residual(np.array([2.0, 4.0]), np.zeros((2, 2)), np.eye(2))
+    assert c == 3.0
+    np.testing.assert_allclose(residual, [[-1 / 3, 0.0], [0.0, 1 / 3]])
+    # a 90-degree rotation swaps the two channels' scales
+    q = np.array([[0.0, 1.0], [-1.0, 0.0]])
+    np.testing.assert_allclose(mix_residual(np.array([2.0, 4.0]), np.zeros((2, 2)), q)[1],
+                               [[1 / 3, 0.0], [0.0, -1 / 3]], atol=1e-12)

@@ -242,7 +242,7 @@ def cached_forward(dec: Decoder, weights: dict, tokens, input_pos, k_caches: lis
     x = dec.final_norm(x) if dec.final_norm is not None else _norm(
         tf, dec, weights, "final_norm", x)
     if "final_mix.w" in weights:
-        x = _apply(tf, weights, "final_mix", x)
+        x = x + _apply(tf, weights, "final_mix", x)
     with tf.name_scope(HEAD_SCOPE):
         if dec.head is not None:
             out = dec.head(x)

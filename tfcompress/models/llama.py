@@ -34,10 +34,10 @@ class LlamaConfig:
     """Shape of a Llama-family model; ``head_dim`` defaults to ``d_model // n_heads``.
 
     Two layers that only a rotated model (`tfcompress.quantize.rotate`) needs, both exact
-    identities when built: ``final_mix`` a ``d x d`` ``Dense`` after ``final_norm`` (the final
-    norm's scale in the rotated basis, so a tied head stays tied), ``mlp_hadamard`` a
-    weightless `HadamardRotation` before each ``mlp_down`` (QuaRot's online rotation, which
-    that kernel absorbs).
+    identities when built: ``final_mix``, ``x -> x + x R`` after ``final_norm`` (``R`` a
+    ``d x d`` ``Dense``: the final norm's scale in the rotated basis, so a tied head stays
+    tied), ``mlp_hadamard`` a weightless `HadamardRotation` before each ``mlp_down``
+    (QuaRot's online rotation, which that kernel absorbs).
     """
 
     vocab_size: int = 49152
@@ -184,9 +184,10 @@ def build_llama(config: LlamaConfig, name: str = "llama") -> keras.Model:
     for i in range(cfg.n_layers):
         x = _block(x, cfg, f"block{i}")
     x = RMSNorm(cfg.rms_eps, name="final_norm")(x)
-    if cfg.final_mix:
-        x = keras.layers.Dense(cfg.d_model, use_bias=False, kernel_initializer="identity",
-                               name="final_mix")(x)
+    if cfg.final_mix:  # x (I + R): R, small, keeps its precision when rounded to int8
+        mix = keras.layers.Dense(cfg.d_model, use_bias=False, kernel_initializer="zeros",
+                                 name="final_mix")(x)
+        x = keras.layers.Add(name="final_mix_add")([x, mix])
     if cfg.tie_embeddings:
         logits = embedding(x, reverse=True)
     else:

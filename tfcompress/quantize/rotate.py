@@ -12,9 +12,10 @@ far more (its GGUF weights already sat on a 4-bit grid that rotation undoes; see
 ``benchmarks/rotation.py``), so rotate before GPTQ, not before RTN.
 
 A tied head cannot take the final norm's scale (the table is also the embedding). A tied
-`build_llama` model keeps its head tied: it comes back with ``final_mix``, a ``d x d``
-``Q^T diag(g_final) Q`` after its (now scale-free) final norm, ``d**2`` more weights
-(SmolLM2: 0.33 M, +0.3 MB int8 in a bundle), which `export_llm` reads. A tied KerasHub
+`build_llama` model keeps its head tied: it comes back with ``final_mix``, ``x -> x (I + R)``
+after its final norm, whose scale becomes uniform, ``mean(g)``, with ``I + R = Q^T diag(g /
+mean(g)) Q`` (`mix_residual`), ``d**2`` more weights (SmolLM2: 0.33 M, +0.3 MB int8 in a
+bundle), which `export_llm` reads. A tied KerasHub
 model, whose backbone has no place for that matrix, comes back untied with its own head:
 ``vocab * d`` more weights (SmolLM2: 28.3 M, +29.6 MB in its int4 bundle).
 
@@ -211,8 +212,8 @@ def _absorb_online(model) -> None:
 def rotate_stream(stream: ResidualStream, q: np.ndarray, progress=None) -> None:
     """Fold every norm scale into the matmuls it feeds, then rotate the stream by ``q``, in
     place: ``E -> E q``, readers ``W -> q^T W``, writers ``W -> W q`` (bias ``b -> b q``),
-    head ``H -> q^T diag(g) H``, or with a ``final_mix`` ``M -> q^T diag(g) M q`` (and an
-    untied head ``H -> q^T H``)."""
+    head ``H -> q^T diag(g) H``, or with a ``final_mix`` (`mix_residual`; an untied head
+    ``H -> q^T H``)."""
     q = np.asarray(q, np.float64)
     for g in stream.groups:
         gamma = np.asarray(g.gamma.numpy(), np.float64)
@@ -230,13 +231,35 @@ def rotate_stream(stream: ResidualStream, q: np.ndarray, progress=None) -> None:
                         .reshape(bias.shape).astype(bias.dtype))
     gamma = np.asarray(stream.final_scale.numpy(), np.float64)
     if stream.mix is not None:  # the mix now reads and writes the rotated stream
-        _assign(stream.mix, q.T @ (gamma[:, None] * stream.mix.numpy()) @ q)
+        c, residual = mix_residual(gamma, np.asarray(stream.mix.numpy(), np.float64), q)
+        _assign(stream.mix, residual)
         if stream.head is not None:
             _assign(stream.head, q.T @ stream.head.numpy())
     else:
+        c = 1.0
         _assign(stream.head, q.T @ (gamma[:, None] * stream.head.numpy()))
-    stream.final_scale.assign(np.ones_like(gamma, dtype=stream.final_scale.dtype))
+    stream.final_scale.assign(np.full_like(gamma, c, dtype=stream.final_scale.dtype))
     stream.embedding.assign((stream.embedding.numpy() @ q).astype(stream.embedding.dtype))
+
+
+def mix_residual(gamma: np.ndarray, residual: np.ndarray, q: np.ndarray
+                 ) -> tuple[float, np.ndarray]:
+    """``(c, R')`` for a final norm of scale ``gamma`` feeding ``x -> x (I + R)`` (``R =
+    residual``), the stream rotated by ``q``: the norm's scale becomes ``c = mean(gamma)`` (a
+    uniform scale commutes with ``q``) and ``I + R' = q^T diag(gamma / c) (I + R) q``.
+    Stored as ``R'``, small next to ``I`` (SmolLM2: <= 0.025), so its int8 per-channel
+    rounding keeps its precision; ``I + R'`` itself would leave the off-diagonal part a few
+    int8 steps.
+
+    Example:
+        >>> mix_residual(np.array([2.0, 4.0]), np.zeros((2, 2)), np.eye(2))
+        (3.0, array([[-0.33333333,  0.        ],
+               [ 0.        ,  0.33333333]]))
+    """
+    c = float(np.mean(gamma)) or 1.0
+    d = len(gamma)
+    mix = q.T @ ((gamma / c)[:, None] * (np.eye(d) + residual)) @ q
+    return c, mix - np.eye(d)
 
 
 def _assign(variable, value) -> None:

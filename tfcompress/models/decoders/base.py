@@ -55,9 +55,10 @@ class Decoder:
     maps ``{i}.q/k/v/out`` and ``{i}.gate/up/down`` (``.w``: one ``(d_in, d_out)`` matrix or
     two low-rank factors; ``.b``: bias if any), optional ``{i}.q_norm``/``{i}.k_norm`` (per
     head RMSNorm before RoPE), ``{i}.post_attn_norm``/``{i}.post_mlp_norm``, then
-    ``final_norm``, optional ``final_mix`` (a ``d x d`` map after it: a rotated model's final
-    norm scale, `tfcompress.quantize.rotate`) and ``head`` (absent: tied to ``embed``). Norm
-    scales are stored as multiplied (Gemma's ``1 + scale`` is folded in when read).
+    ``final_norm``, optional ``final_mix`` (``R``, ``d x d``: ``x -> x + x R`` after it, a
+    rotated model's final norm scale, `tfcompress.quantize.rotate`) and ``head`` (absent:
+    tied to ``embed``). Norm scales are stored as multiplied (Gemma's ``1 + scale`` is folded
+    in when read).
 
     ``norm``: ``"rms"`` or ``"layer"``; ``activation``: ``"silu"``, ``"gelu"`` or
     ``"gelu_tanh"``, gated (``act(gate) * up``) when ``gated``; ``embed_scale`` multiplies
