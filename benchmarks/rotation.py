@@ -4,11 +4,13 @@ the same float model, and does int4 on LiteRT's grid lose less after rotation?
 Rows: the float port and its rotated copy (max relative logit difference, perplexity, the
 residual stream's peak |x| and peak-to-RMS ratio after every block); int4 on LiteRT's blockwise
 grid (`QuantizeConfig.litert_int4`: symmetric, groups of 32) by round-to-nearest and by GPTQ
-with act-order, each on the float and on the rotated model (``--sources``), the same
-calibration windows; then each as `export_llm` bundles (int4 from its GPTQ act-order copy,
-dynamic_int8 from the float weights), their perplexity through `LLMRunner`. Only the blocks' matmuls
-are quantized to int4 (`benchmarks.llm.BLOCK_DENSE`), as `benchmarks.generate`'s int4 bundle
-does: the embedding (and the rotated model's untied head) stay float in Keras, int8 in bundles.
+with act-order, each on the float and on the rotated model (``--sources``; ``online``: rotated
+with QuaRot's online Hadamard before each down projection too), the same calibration windows;
+then each as `export_llm` bundles (int4 from its GPTQ act-order copy, also within
+``--budget-mb``; dynamic_int8 from the float weights), their perplexity through `LLMRunner`.
+Only the blocks' matmuls are quantized to int4 (`benchmarks.llm.BLOCK_DENSE`), as
+`benchmarks.generate`'s int4 bundle does: the embedding (tied head) and the rotated model's
+``final_mix`` stay float in Keras, int8 in bundles.
 
 Data and protocol are `benchmarks.llm`'s: perplexity on the first 2,049 tokens of
 austen/test.txt in windows of 256; calibration windows drawn from austen/train.txt.
@@ -29,7 +31,8 @@ import numpy as np
 from benchmarks._common import QUICK, bench_parser, parse_args, scratch_dir, write_results
 from benchmarks.llm import BLOCK_DENSE, Bench
 
-METHODS = ("float", "rotated", "rtn", "gptq_act", "bundle_int4", "bundle_dynamic_int8")
+METHODS = ("float", "rotated", "rtn", "gptq_act", "bundle_int4", "bundle_int4_budget",
+           "bundle_dynamic_int8")
 TARGETS = {"rtn_rotated": "< rtn", "gptq_act_rotated": "< gptq_act"}
 
 
@@ -71,7 +74,8 @@ class Rotation:
         self.models: dict = {"float": self.b.float_model}
 
     def folded(self):
-        """The control: norm scales folded, head untied, no rotation (``matrix=I``)."""
+        """The control: norm scales folded (the tied head through final_mix), no rotation
+        (``matrix=I``)."""
         if "folded" not in self.models:
             from tfcompress.quantize import rotate
 
@@ -79,14 +83,19 @@ class Rotation:
             self.models["folded"] = rotate(self.b.float_model, matrix=np.eye(d))
         return self.models["folded"]
 
-    def rotated(self):
-        if "rotated" not in self.models:
+    def rotated(self, online: bool = False):
+        name = "online" if online else "rotated"
+        if name not in self.models:
             from tfcompress.quantize import rotate
 
             start = time.perf_counter()
-            self.models["rotated"] = rotate(self.b.float_model, seed=0)
-            self.data["seconds"]["rotate"] = round(time.perf_counter() - start, 1)
-        return self.models["rotated"]
+            self.models[name] = rotate(self.b.float_model, seed=0, online=online)
+            self.data["seconds"][f"rotate_{name}"] = round(time.perf_counter() - start, 1)
+        return self.models[name]
+
+    def online(self):
+        """Rotated, with the online Hadamard before each MLP down projection."""
+        return self.rotated(online=True)
 
     def record(self, name: str, model, seconds: float, note: str, stored_bytes: int | None = None,
                ppl: float | None = None) -> None:
@@ -132,11 +141,11 @@ def run_rotated(r: Rotation) -> None:
     r.data["residual_stream"] = {"float": residual_outliers(r.b.float_model, window),
                                  "rotated": residual_outliers(rotated, window)}
     extra = rotated.count_params() - r.b.float_model.count_params()
-    r.data["untied_head_params"] = extra
+    r.data["final_mix_params"] = extra
     stream = r.data["residual_stream"]
-    r.record("rotated", rotated, r.data["seconds"]["rotate"],
-             f"randomised Hadamard, seed 0; max rel logit diff {diff:.1e}; head untied "
-             f"(+{extra:,} params); residual peak |x| {stream['float']['peak_abs']:.0f}"
+    r.record("rotated", rotated, r.data["seconds"]["rotate_rotated"],
+             f"randomised Hadamard, seed 0; max rel logit diff {diff:.1e}; head tied, "
+             f"final_mix +{extra:,} params; residual peak |x| {stream['float']['peak_abs']:.0f}"
              f" -> {stream['rotated']['peak_abs']:.0f}, peak/RMS "
              f"{stream['float']['peak_to_rms']:.1f} -> {stream['rotated']['peak_to_rms']:.1f}")
 
@@ -164,16 +173,16 @@ def _int4(method: str):
     return run
 
 
-def _bundle(mode: str):
+def _bundle(mode: str, budget: bool = False):
     def run(r: Rotation) -> None:
         for source in r.args.sources:
-            _export(r, mode, source)
+            _export(r, mode, source, r.args.budget_mb if budget else None)
     return run
 
 
-def _export(r: Rotation, mode: str, source: str) -> None:
-    """The ``source`` model's ``mode`` bundle (int4: from its GPTQ act-order copy), its
-    perplexity through `LLMRunner`."""
+def _export(r: Rotation, mode: str, source: str, budget_mb: float | None = None) -> None:
+    """The ``source`` model's ``mode`` bundle (int4: from its GPTQ act-order copy, within
+    ``budget_mb`` if given), its perplexity through `LLMRunner`."""
     from benchmarks.generate import exported_perplexity
     from tfcompress.export import export_llm
 
@@ -185,25 +194,30 @@ def _export(r: Rotation, mode: str, source: str) -> None:
     else:
         name = source
         model = r.b.float_model if source == "float" else getattr(r, source)()
-    folder = Path(r.args.out) / f"{source}-{mode}"
+    row = f"bundle_{mode}_budget_{source}" if budget_mb else f"bundle_{mode}_{source}"
+    folder = Path(r.args.out) / row
     start = time.perf_counter()
     kwargs = {"prefill_lengths": (8,), "cache_length": 64} if r.args.quick else {}
+    if budget_mb:
+        kwargs |= {"budget_mb": budget_mb, "calibration": np.concatenate(r.b.calibration)}
     # export_llm's defaults otherwise: its verification on text included
     result = export_llm(model, folder, mode=mode, tokenizer=r.b.gguf, **kwargs)
     seconds = time.perf_counter() - start
     ppl = exported_perplexity(folder, r.b.eval_ids, r.b.window)
-    r.record(f"bundle_{mode}_{source}", model, seconds,
-             f"export_llm(mode={mode!r}) of {name}, perplexity through LLMRunner; "
+    budget = f", budget_mb={budget_mb:g}" if budget_mb else ""
+    r.record(row, model, seconds,
+             f"export_llm(mode={mode!r}{budget}) of {name}, perplexity through LLMRunner; "
              f"default verification passed (next-token agreement {result.agreement}, "
              f"relative logit error {result.relative_error:.3f})",
              stored_bytes=result.bytes, ppl=ppl)
     if result.int4 is not None:
-        r.data[f"bundle_int4_{source}_layers"] = {k: len(v) if isinstance(v, list) else v
-                                                  for k, v in result.int4.items()}
+        r.data[f"{row}_layers"] = {k: len(v) if isinstance(v, list) else v
+                                   for k, v in result.int4.items() if k != "budget"}
 
 
 RUNS = {"float": run_float, "rotated": run_rotated, "rtn": _int4("rtn"),
         "gptq_act": _int4("gptq_act"), "bundle_int4": _bundle("int4"),
+        "bundle_int4_budget": _bundle("int4", budget=True),
         "bundle_dynamic_int8": _bundle("dynamic_int8")}
 
 
@@ -215,8 +229,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calib", type=int, default=16, help="calibration sequences")
     parser.add_argument("--calib-len", type=int, default=256, help="tokens per sequence")
     parser.add_argument("--sources", nargs="*", default=["float", "rotated"],
-                        choices=["float", "folded", "rotated"], help="models the int4 rows "
-                        "quantize; folded: norm scales folded and head untied, not rotated")
+                        choices=["float", "folded", "rotated", "online"], help="models the "
+                        "int4 rows quantize; folded: norm scales folded, not rotated; online: "
+                        "rotated with the online Hadamard before each down projection")
+    parser.add_argument("--budget-mb", type=float, default=105.5, help="bundle_int4_budget's "
+                        "file size (default: llama.cpp's Q4_K_M of SmolLM2)")
     parser.add_argument("--out", default="runs/rotation", help="where bundles go")
     parser.add_argument("--name", default="rotation", help="results file name")
     args = parse_args(parser, argv)

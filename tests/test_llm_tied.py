@@ -68,3 +68,28 @@ def test_dynamic_int8_embedding_reads_the_heads_per_row_scales(tmp_path):
     ids = np.asarray(PROMPT)
     got, want = LLMRunner(tmp_path).logits(ids), keras_logits(model)(ids[None])[0]
     assert np.abs(got - want).max() < 0.08 * np.abs(want).max()
+
+
+@pytest.mark.parametrize("mode", ["float32", "dynamic_int8", "int4"])
+def test_rotated_tied_model_keeps_one_table_and_its_size(tmp_path, mode):
+    from tfcompress.quantize import rotate
+
+    model = tiny_int4_llama(None, vocab=VOCAB)
+    rotated = rotate(model, online=True, verbose=0)  # final_mix, online Hadamard (16 x 4)
+    sizes = {}
+    for name, m in (("plain", model), ("rotated", rotated)):
+        sizes[name] = export_llm(m, tmp_path / name, prefill_lengths=(8,), cache_length=32,
+                                 mode=mode, verify_output=False, verbose=False).bytes
+    readers = table_readers(tmp_path / "rotated" / "model.tflite")
+    assert len(readers) == 1, readers
+    (ops,) = readers.values()
+    assert "FULLY_CONNECTED" in ops and ops & {"GATHER", "EMBEDDING_LOOKUP"}
+    # all it adds: the d x d mix (at most float32) and the online factors, float32 in at
+    # most 2 layers x 2 signatures (SmolLM2: < 1 %, benchmarks/rotation.py)
+    assert sizes["rotated"] - sizes["plain"] <= D * D * 4 + 4 * (16 ** 2 + 4 ** 2) * 4
+    if mode == "int4":  # a float toy's int4 drifts (rotated or not: ~65 % of the range)
+        return
+    ids = np.asarray(PROMPT)
+    got, want = LLMRunner(tmp_path / "rotated").logits(ids), keras_logits(rotated)(ids[None])[0]
+    tolerance = {"float32": 1e-5, "dynamic_int8": 0.08}[mode]
+    assert np.abs(got - want).max() < tolerance * np.abs(want).max()

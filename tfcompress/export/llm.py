@@ -261,19 +261,22 @@ def _convert(dec: Decoder, plan: dict[str, tuple[int, int, bool]], mode: str,
     spec_mode = MODES[mode]
     linear = llm_scopes(name[:-2] for name in dec.weights if name.endswith(".w"))
     tied = "head.w" not in dec.weights  # read before _save_cached_lm empties dec.weights
+    # a rotated model's d x d final_mix precedes every logit: int8 per channel, as the head
+    keep8 = ("final_mix",) if "final_mix.w" in dec.weights else ()
     with tempfile.TemporaryDirectory() as tmp:
         _save_cached_lm(dec, plan, tmp, kv_cache_dtype)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(plan))
         spec_mode.configure(converter, None, False)
         flatbuffer = converter.convert()
     if mode == "int4" and budget is None:
-        return quantize_int4(flatbuffer, linear, list(dec.quantized), tied, dec.codes)
+        return quantize_int4(flatbuffer, linear, list(dec.quantized), tied, dec.codes,
+                             int8=keep8)
     if mode == "int4":
         over = 0  # the file's bytes are estimated: an overshoot shrinks the next try's spare
         while True:
             int8 = budget.choose(len(flatbuffer), over)["int8"]
             out, report = quantize_int4(flatbuffer, linear, list(dec.quantized), tied,
-                                        dec.codes, int8=tuple(int8))
+                                        dec.codes, int8=tuple(int8) + keep8)
             if len(out) <= budget.budget_bytes:
                 return out, {**report, "budget": budget.report}
             if not int8:

@@ -172,8 +172,8 @@ class BudgetPlan:
 
 def _stored_bytes(dec) -> tuple[int, int, dict[str, tuple[int, int]]]:
     """``(int4-mode weight bytes, float32 weight bytes, {map: (d_in, d_out)} of the maps
-    that can go int8)``: maps of one matrix go int4 (or int8), the token table and an
-    untied head int8 per row, everything else float32."""
+    that can go int8)``: maps of one matrix go int4 (or int8), the token table, an untied
+    head and a rotated model's ``final_mix`` int8 per row, everything else float32."""
     int4_total = float_total = 0
     maps = {}
     for name, value in dec.weights.items():
@@ -181,7 +181,7 @@ def _stored_bytes(dec) -> tuple[int, int, dict[str, tuple[int, int]]]:
         float_total += 4 * sum(int(np.size(m)) for m in mats)
         if name in ("embed", "pos_embed"):  # (rows, d): EMBEDDING_LOOKUPs, int8 per row
             int4_total += int8_bytes(mats[0].shape[1], mats[0].shape[0])
-        elif name == "head.w":
+        elif name in ("head.w", "final_mix.w"):  # int8 per channel in every int4 bundle
             int4_total += int8_bytes(*mats[0].shape)
         elif name.endswith(".w"):
             int4_total += sum(int4_bytes(*m.shape) for m in mats)

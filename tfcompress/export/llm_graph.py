@@ -17,12 +17,16 @@ from __future__ import annotations
 
 import numpy as np
 
+from tfcompress.core.hadamard import hadamard_factors, kron_matmul
 from tfcompress.models.decoders import Decoder, Rope, read_decoder
 
-__all__ = ["HEAD_SCOPE", "CacheStep", "Decoder", "cached_forward", "decoder_of", "linear_scope"]
+__all__ = ["HADAMARD_SCOPE", "HEAD_SCOPE", "CacheStep", "Decoder", "cached_forward", "decoder_of",
+           "linear_scope"]
 
 # name scope of the output head in the traced graph (a quantization recipe picks it by name)
 HEAD_SCOPE = "lm_head"
+# name scope of the online Hadamard's small matmuls, which stay float in every mode
+HADAMARD_SCOPE = "tfc_online_hadamard"
 
 
 def decoder_of(model) -> Decoder:
@@ -187,6 +191,9 @@ def _layer(tf, dec: Decoder, weights: dict, i: int, x, step: CacheStep):
             tf, weights, f"{i}.up", h)
     else:
         h = _activation(tf, dec.activation, _apply(tf, weights, f"{i}.up", h))
+    if dec.mlp_hadamard:
+        with tf.name_scope(HADAMARD_SCOPE):
+            h = kron_matmul(h, hadamard_factors(int(h.shape[-1])), tf)
     h = _apply(tf, weights, f"{i}.down", h)
     if f"{i}.post_mlp_norm.scale" in weights:
         h = _norm(tf, dec, weights, f"{i}.post_mlp_norm", h)
@@ -234,6 +241,8 @@ def cached_forward(dec: Decoder, weights: dict, tokens, input_pos, k_caches: lis
         return None, new_k, new_v
     x = dec.final_norm(x) if dec.final_norm is not None else _norm(
         tf, dec, weights, "final_norm", x)
+    if "final_mix.w" in weights:
+        x = x + _apply(tf, weights, "final_mix", x)
     with tf.name_scope(HEAD_SCOPE):
         if dec.head is not None:
             out = dec.head(x)

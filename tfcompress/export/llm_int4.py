@@ -37,7 +37,7 @@ import numpy as np
 
 from tfcompress.core.layers import iter_layers, kernel_matrix
 from tfcompress.core.progress import quiet
-from tfcompress.export.llm_graph import HEAD_SCOPE, linear_scope
+from tfcompress.export.llm_graph import HADAMARD_SCOPE, HEAD_SCOPE, linear_scope
 from tfcompress.export.modes import INT4_BLOCK
 from tfcompress.quantize.storage import is_quantized, signed_codes
 
@@ -323,7 +323,11 @@ def _recipe(recovered: dict[str, str], written: dict[str, str], int8: list[str],
     plain = recipe.dynamic_wi4b32_afp32()[0]
     entries += [{**plain, "regex": regex, "operation": "FULLY_CONNECTED"}
                 for regex in written.values()]
-    return entries + [{**per_channel, "regex": regex} for regex in int8]
+    entries += [{**per_channel, "regex": regex} for regex in int8]
+    # the online Hadamard's factors (at most 16 x 16: no int4 block fits) stay float (its
+    # scope is suffixed _1, _2.. after the first layer)
+    return entries + [{"regex": f".*{HADAMARD_SCOPE}.*", "operation": "FULLY_CONNECTED",
+                       "algorithm_key": AlgorithmName.NO_QUANTIZE}]
 
 
 def keras_scopes(flatbuffer: bytes, model) -> dict[str, str]:

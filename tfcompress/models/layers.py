@@ -50,3 +50,30 @@ class TiedEmbedding(keras.layers.Embedding):
         if reverse:
             return keras.KerasTensor((*inputs.shape[:-1], self.input_dim), dtype=self.compute_dtype)
         return super().compute_output_spec(inputs)
+
+
+@keras.saving.register_keras_serializable(package="tfcompress")
+class HadamardRotation(keras.layers.Layer):
+    """``x @ hadamard(n) / sqrt(n)`` over the last axis (``n`` its width), as a few small
+    Kronecker-factor matmuls (`tfcompress.core.hadamard.kron_matmul`); no weights. The online
+    rotation before a Llama MLP's down projection (`build_llama`'s ``mlp_hadamard``).
+
+    Example:
+        >>> HadamardRotation()(keras.ops.ones((1, 2, 4)))[0, 0]    # [1, 1, 1, 1] @ H / 2
+        [2., 0., 0., 0.]
+    """
+
+    def build(self, input_shape):
+        from tfcompress.core.hadamard import hadamard_factors
+
+        self.factors = hadamard_factors(int(input_shape[-1]))
+        if self.factors is None:
+            raise ValueError(f"no Hadamard matrix of order {input_shape[-1]} (Sylvester 2^k "
+                             "times a Paley order q + 1, q a prime = 3 mod 4)")
+
+    def call(self, x):
+        from tfcompress.core.hadamard import kron_matmul
+
+        shape = ops.shape(x)
+        y = kron_matmul(ops.reshape(x, (-1, shape[-1])), self.factors, ops)
+        return ops.reshape(ops.cast(y, x.dtype), shape)

@@ -26,12 +26,19 @@ from tfcompress.core.layers import copy_kept_blocks
 from tfcompress.core.progress import progress_bar
 from tfcompress.errors import TfcompressError
 from tfcompress.models.attention import bounded_masked_softmax
-from tfcompress.models.layers import TiedEmbedding
+from tfcompress.models.layers import HadamardRotation, TiedEmbedding
 
 
 @dataclass(frozen=True)
 class LlamaConfig:
-    """Shape of a Llama-family model; ``head_dim`` defaults to ``d_model // n_heads``."""
+    """Shape of a Llama-family model; ``head_dim`` defaults to ``d_model // n_heads``.
+
+    Two layers that only a rotated model (`tfcompress.quantize.rotate`) needs, both exact
+    identities when built: ``final_mix``, ``x -> x + x R`` after ``final_norm`` (``R`` a
+    ``d x d`` ``Dense``: the final norm's scale in the rotated basis, so a tied head stays
+    tied), ``mlp_hadamard`` a weightless `HadamardRotation` before each ``mlp_down``
+    (QuaRot's online rotation, which that kernel absorbs).
+    """
 
     vocab_size: int = 49152
     d_model: int = 576
@@ -43,6 +50,8 @@ class LlamaConfig:
     rms_eps: float = 1e-5
     rope_base: float = 10000.0
     tie_embeddings: bool = True
+    final_mix: bool = False
+    mlp_hadamard: bool = False
 
     def __post_init__(self):
         for name in ("vocab_size", "d_model", "n_layers", "n_heads", "n_kv_heads", "d_ff"):
@@ -72,7 +81,7 @@ class LlamaConfig:
         d, hd = self.d_model, self.head_dim
         attn = d * hd * (2 * self.n_heads + 2 * self.n_kv_heads)
         block = attn + 3 * d * self.d_ff + 2 * d
-        head = 0 if self.tie_embeddings else d * self.vocab_size
+        head = (0 if self.tie_embeddings else d * self.vocab_size) + d * d * self.final_mix
         return self.vocab_size * d + self.n_layers * block + d + head
 
 
@@ -160,7 +169,9 @@ def build_llama(config: LlamaConfig, name: str = "llama") -> keras.Model:
 
     Layers: ``token_embedding``, per block ``block{i}_attn_norm``, ``block{i}_attn_q/k/v``,
     ``block{i}_attention``, ``block{i}_attn_out``, ``block{i}_mlp_norm``,
-    ``block{i}_mlp_gate/up/down``; then ``final_norm`` and ``lm_head`` (absent when tied).
+    ``block{i}_mlp_gate/up/down`` (``block{i}_mlp_hadamard`` before ``down`` with
+    ``mlp_hadamard``); then ``final_norm``, ``final_mix`` (with ``final_mix``) and ``lm_head``
+    (absent when tied).
     """
     if not isinstance(config, LlamaConfig):
         raise TfcompressError(f"config must be a LlamaConfig, got {type(config).__name__}")
@@ -173,6 +184,10 @@ def build_llama(config: LlamaConfig, name: str = "llama") -> keras.Model:
     for i in range(cfg.n_layers):
         x = _block(x, cfg, f"block{i}")
     x = RMSNorm(cfg.rms_eps, name="final_norm")(x)
+    if cfg.final_mix:  # x (I + R): R, small, keeps its precision when rounded to int8
+        mix = keras.layers.Dense(cfg.d_model, use_bias=False, kernel_initializer="zeros",
+                                 name="final_mix")(x)
+        x = keras.layers.Add(name="final_mix_add")([x, mix])
     if cfg.tie_embeddings:
         logits = embedding(x, reverse=True)
     else:
@@ -215,8 +230,10 @@ def _block(x, cfg: LlamaConfig, prefix: str):
     gate = keras.layers.Activation("silu", name=f"{prefix}_mlp_act")(
         _dense(cfg.d_ff, f"{prefix}_mlp_gate")(h))
     up = _dense(cfg.d_ff, f"{prefix}_mlp_up")(h)
-    h = _dense(cfg.d_model, f"{prefix}_mlp_down")(
-        keras.layers.Multiply(name=f"{prefix}_mlp_mul")([gate, up]))
+    h = keras.layers.Multiply(name=f"{prefix}_mlp_mul")([gate, up])
+    if cfg.mlp_hadamard:
+        h = HadamardRotation(name=f"{prefix}_mlp_hadamard")(h)
+    h = _dense(cfg.d_model, f"{prefix}_mlp_down")(h)
     return keras.layers.Add(name=f"{prefix}_add2")([x, h])
 
 
@@ -329,6 +346,7 @@ def llama_config_of(model: keras.Model) -> LlamaConfig:
         attention = model.get_layer("block0_attention")
         embedding = model.get_layer("token_embedding")
         n_layers = sum(1 for la in model.layers if isinstance(la, RotaryAttention))
+        names = {la.name for la in model.layers}
         return LlamaConfig(
             vocab_size=embedding.input_dim, d_model=embedding.output_dim, n_layers=n_layers,
             n_heads=attention.n_heads, n_kv_heads=attention.n_kv_heads,
@@ -336,7 +354,8 @@ def llama_config_of(model: keras.Model) -> LlamaConfig:
             d_ff=int(model.get_layer("block0_mlp_gate").output.shape[-1]),
             head_dim=attention.head_dim,
             rms_eps=model.get_layer("final_norm").epsilon, rope_base=attention.rope_base,
-            tie_embeddings=not any(la.name == "lm_head" for la in model.layers))
+            tie_embeddings="lm_head" not in names, final_mix="final_mix" in names,
+            mlp_hadamard="block0_mlp_hadamard" in names)
     except ValueError as err:
         raise TfcompressError(f"model {model.name!r} was not made by build_llama: {err}") from err
 

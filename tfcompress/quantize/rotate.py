@@ -11,14 +11,22 @@ are mixed too: on SmolLM2 int4 GPTQ (act-order) lost less after rotation, round-
 far more (its GGUF weights already sat on a 4-bit grid that rotation undoes; see
 ``benchmarks/rotation.py``), so rotate before GPTQ, not before RTN.
 
-A tied head cannot take the final norm's scale (the table is also the embedding), so a tied
-model comes back untied, with its own ``lm_head``: ``vocab * d`` more weights (SmolLM2:
-28.3 M, +113 MB float32, +29.6 MB in its int4 `export_llm` bundle, whose head is int8).
-A ``d x d`` un-rotation before a tied head would cost only ``d**2`` weights, but it is a layer
-neither `export_llm`'s reader nor a KerasHub backbone has a place for.
+A tied head cannot take the final norm's scale (the table is also the embedding). A tied
+`build_llama` model keeps its head tied: it comes back with ``final_mix``, ``x -> x (I + R)``
+after its final norm, whose scale becomes uniform, ``mean(g)``, with ``I + R = Q^T diag(g /
+mean(g)) Q`` (`mix_residual`), ``d**2`` more weights (SmolLM2: 0.33 M, +0.3 MB int8 in a
+bundle), which `export_llm` reads. A tied KerasHub
+model, whose backbone has no place for that matrix, comes back untied with its own head:
+``vocab * d`` more weights (SmolLM2: 28.3 M, +29.6 MB in its int4 bundle).
+
+``online=True`` (a `build_llama` model) also rotates the MLP's hidden state before each down
+projection by a Hadamard ``H`` computed at run time (QuaRot's online rotation,
+`tfcompress.models.layers.HadamardRotation`, a few matmuls of at most 16 x 16), the down
+kernel absorbing ``H^T``: the SwiGLU product's outlier channels are spread before its
+activations are rounded.
 
 Example:
-    >>> rotated = rotate(model)          # a copy (untied if ``model`` was tied)
+    >>> rotated = rotate(model)          # a copy (a tied KerasHub model comes back untied)
     >>> np.allclose(rotated(ids), model(ids), rtol=1e-3, atol=1e-3)
     True
 """
@@ -29,6 +37,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tfcompress.core.hadamard import hadamard, sylvester
 from tfcompress.core.layers import (
     copy_model,
     iter_layers,
@@ -54,54 +63,6 @@ HUB_WRITERS = {kind: ("_self_attention_layer._output_dense", "_feedforward_outpu
                for kind in HUB_DECODERS if kind != "TransformerDecoder"}
 
 
-def _is_prime(n: int) -> bool:
-    return n >= 2 and all(n % p for p in range(2, int(n ** 0.5) + 1))
-
-
-def paley_hadamard(q: int) -> np.ndarray:
-    """The ``(q+1) x (q+1)`` Hadamard matrix of Paley's first construction, ``q`` a prime
-    with ``q % 4 == 3``: ``I + [[0, 1^T], [-1, C]]``, ``C_ij`` the Legendre symbol of ``j - i``.
-
-    Example:
-        >>> h = paley_hadamard(3)
-        >>> (h @ h.T == 4 * np.eye(4)).all()
-        True
-    """
-    if not _is_prime(q) or q % 4 != 3:
-        raise TfcompressError(f"q must be a prime with q % 4 == 3, got {q}")
-    chi = np.array([0] + [1 if pow(a, (q - 1) // 2, q) == 1 else -1 for a in range(1, q)])
-    jacobsthal = chi[(np.arange(q)[None, :] - np.arange(q)[:, None]) % q]
-    s = np.zeros((q + 1, q + 1))
-    s[0, 1:], s[1:, 0], s[1:, 1:] = 1, -1, jacobsthal
-    return np.eye(q + 1) + s
-
-
-def hadamard(n: int) -> np.ndarray | None:
-    """A ``n x n`` matrix of +-1 with ``H H^T = n I`` (Sylvester's ``2^k`` times a Paley
-    factor of order ``q + 1``), or None when neither construction reaches ``n``.
-
-    Example:
-        >>> hadamard(576).shape         # 8 x 72 (Paley, q = 71)
-        (576, 576)
-    """
-    two = n & -n  # the largest power of two dividing n
-    while two >= 1:  # the largest Sylvester factor whose cofactor Paley can build
-        m = n // two
-        if m == 1:
-            return _sylvester(two)
-        if _is_prime(m - 1) and (m - 1) % 4 == 3:
-            return np.kron(paley_hadamard(m - 1), _sylvester(two))
-        two //= 2
-    return None
-
-
-def _sylvester(n: int) -> np.ndarray:
-    h = np.ones((1, 1))
-    while h.shape[0] < n:
-        h = np.block([[h, h], [h, -h]])
-    return h
-
-
 def rotation_matrix(d: int, seed: int | None = 0) -> np.ndarray:
     """An orthogonal ``d x d`` matrix ``diag(signs) H / sqrt(d)``: a Hadamard ``H`` when
     `hadamard` can build one, else Sylvester's largest ``2^k`` factor times a random
@@ -121,7 +82,7 @@ def rotation_matrix(d: int, seed: int | None = 0) -> np.ndarray:
         gauss = rng.standard_normal((d // two, d // two))
         r, upper = np.linalg.qr(gauss)
         r *= np.sign(np.diag(upper))  # Haar-distributed, not biased by QR's sign choice
-        h = np.kron(_sylvester(two), r * np.sqrt(d // two))
+        h = np.kron(sylvester(two), r * np.sqrt(d // two))
     signs = np.ones(d) if seed is None else rng.choice([-1.0, 1.0], d)
     return signs[:, None] * h / np.sqrt(d)
 
@@ -130,13 +91,15 @@ def rotation_matrix(d: int, seed: int | None = 0) -> np.ndarray:
 class ResidualStream:
     """Every weight touching a decoder's residual stream: the token table ``(vocab, d)``,
     the pre-norms with the matmuls reading them, the matmuls writing the stream, and the
-    final norm's scale with the head ``(d, vocab)`` it feeds."""
+    final norm's scale with the ``d x d`` ``final_mix`` and the head ``(d, vocab)`` it feeds
+    (None: absent, tied)."""
 
     embedding: object
     groups: list[SmoothGroup]
     writers: list
     final_scale: object
     head: object
+    mix: object = None
 
     @property
     def width(self) -> int:
@@ -152,8 +115,9 @@ def _port_stream(model) -> ResidualStream:
     writers = [model.get_layer(f"block{i}_{part}") for i in range(cfg.n_layers)
                for part in ("attn_out", "mlp_down")]
     head = model.get_layer("lm_head").kernel if not cfg.tie_embeddings else None
+    mix = model.get_layer("final_mix").kernel if cfg.final_mix else None
     return ResidualStream(model.get_layer("token_embedding").embeddings, groups, writers,
-                          final.scale, head)
+                          final.scale, head, mix)
 
 
 def _hub_stream(model) -> ResidualStream:
@@ -204,34 +168,52 @@ def residual_stream(model) -> ResidualStream:
 
 
 def _untied(model):
-    """A copy of the tied ``model`` with its own head ``E^T`` (same logits)."""
-    if _is_hub(model):
-        backbone = model.backbone
-        config = {**backbone.get_config(), "tie_word_embeddings": False}
-        clone = type(model)(backbone=type(backbone).from_config(config),
-                            preprocessor=getattr(model, "preprocessor", None))
-        new_backbone, table = clone.backbone, backbone.token_embedding.embeddings
-        head = new_backbone.token_embedding.reverse_embeddings
-    else:
-        from tfcompress.models.llama import LlamaConfig, build_llama, llama_config_of
-
-        config = {**llama_config_of(model).get_config(), "tie_embeddings": False}
-        clone = build_llama(LlamaConfig(**config), name=model.name)
-        table = model.get_layer("token_embedding").embeddings
-        head = clone.get_layer("lm_head").kernel
+    """A copy of the tied KerasHub ``model`` with its own head ``E^T`` (same logits)."""
+    backbone = model.backbone
+    config = {**backbone.get_config(), "tie_word_embeddings": False}
+    clone = type(model)(backbone=type(backbone).from_config(config),
+                        preprocessor=getattr(model, "preprocessor", None))
     targets = {path: la for path, la in iter_layers(clone)}
     for path, layer in iter_layers(model):
         if not layer._flatten_layers(include_self=False) and layer.weights:
             for source, target in zip(layer.weights, targets[path].weights, strict=False):
                 target.assign(source)  # the head is the one variable the tied layer lacks
-    head.assign(np.asarray(table.numpy()).T)
+    clone.backbone.token_embedding.reverse_embeddings.assign(
+        np.asarray(backbone.token_embedding.embeddings.numpy()).T)
     return clone
+
+
+def _port_rebuilt(model, **changes):
+    """A copy of the `build_llama` ``model`` with its config ``changes`` (``final_mix``,
+    ``mlp_hadamard``: layers that are identities when built), every weight copied."""
+    from tfcompress.models.llama import LlamaConfig, build_llama, llama_config_of
+
+    config = {**llama_config_of(model).get_config(), **changes}
+    clone = build_llama(LlamaConfig(**config), name=model.name)
+    for layer in model.layers:
+        for source, target in zip(layer.weights, clone.get_layer(layer.name).weights,
+                                  strict=True):
+            target.assign(source)
+    return clone
+
+
+def _absorb_online(model) -> None:
+    """``W_down -> H^T W_down`` in every block, ``H`` the online rotation before it."""
+    from tfcompress.core.hadamard import hadamard_factors, kron_matrix
+    from tfcompress.models.llama import llama_config_of
+
+    cfg = llama_config_of(model)
+    h = kron_matrix(hadamard_factors(cfg.d_ff))
+    for i in range(cfg.n_layers):
+        down = model.get_layer(f"block{i}_mlp_down")
+        set_kernel_matrix(down, h.T @ kernel_matrix(down))
 
 
 def rotate_stream(stream: ResidualStream, q: np.ndarray, progress=None) -> None:
     """Fold every norm scale into the matmuls it feeds, then rotate the stream by ``q``, in
     place: ``E -> E q``, readers ``W -> q^T W``, writers ``W -> W q`` (bias ``b -> b q``),
-    head ``H -> q^T diag(g) H``."""
+    head ``H -> q^T diag(g) H``, or with a ``final_mix`` (`mix_residual`; an untied head
+    ``H -> q^T H``)."""
     q = np.asarray(q, np.float64)
     for g in stream.groups:
         gamma = np.asarray(g.gamma.numpy(), np.float64)
@@ -248,9 +230,40 @@ def rotate_stream(stream: ResidualStream, q: np.ndarray, progress=None) -> None:
             bias.assign((np.asarray(bias.numpy(), np.float64).reshape(-1) @ q)
                         .reshape(bias.shape).astype(bias.dtype))
     gamma = np.asarray(stream.final_scale.numpy(), np.float64)
-    stream.head.assign((q.T @ (gamma[:, None] * stream.head.numpy())).astype(stream.head.dtype))
-    stream.final_scale.assign(np.ones_like(gamma, dtype=stream.final_scale.dtype))
+    if stream.mix is not None:  # the mix now reads and writes the rotated stream
+        c, residual = mix_residual(gamma, np.asarray(stream.mix.numpy(), np.float64), q)
+        _assign(stream.mix, residual)
+        if stream.head is not None:
+            _assign(stream.head, q.T @ stream.head.numpy())
+    else:
+        c = 1.0
+        _assign(stream.head, q.T @ (gamma[:, None] * stream.head.numpy()))
+    stream.final_scale.assign(np.full_like(gamma, c, dtype=stream.final_scale.dtype))
     stream.embedding.assign((stream.embedding.numpy() @ q).astype(stream.embedding.dtype))
+
+
+def mix_residual(gamma: np.ndarray, residual: np.ndarray, q: np.ndarray
+                 ) -> tuple[float, np.ndarray]:
+    """``(c, R')`` for a final norm of scale ``gamma`` feeding ``x -> x (I + R)`` (``R =
+    residual``), the stream rotated by ``q``: the norm's scale becomes ``c = mean(gamma)`` (a
+    uniform scale commutes with ``q``) and ``I + R' = q^T diag(gamma / c) (I + R) q``.
+    Stored as ``R'``, small next to ``I`` (SmolLM2: <= 0.025), so its int8 per-channel
+    rounding keeps its precision; ``I + R'`` itself would leave the off-diagonal part a few
+    int8 steps.
+
+    Example:
+        >>> mix_residual(np.array([2.0, 4.0]), np.zeros((2, 2)), np.eye(2))
+        (3.0, array([[-0.33333333,  0.        ],
+               [ 0.        ,  0.33333333]]))
+    """
+    c = float(np.mean(gamma)) or 1.0
+    d = len(gamma)
+    mix = q.T @ ((gamma / c)[:, None] * (np.eye(d) + residual)) @ q
+    return c, mix - np.eye(d)
+
+
+def _assign(variable, value) -> None:
+    variable.assign(np.asarray(value).astype(variable.dtype))
 
 
 def check_rotation(matrix, d: int) -> np.ndarray:
@@ -267,20 +280,63 @@ def check_rotation(matrix, d: int) -> np.ndarray:
     return m
 
 
-def rotate(model, seed: int | None = 0, *, matrix=None, inplace: bool = False,
-           verbose: int = 1):
+def _rotation_target(model, tied: bool, online: bool, inplace: bool):
+    """The model to rotate: ``model`` itself (``inplace``), a copy, or a copy with the layers
+    rotation needs (`_port_rebuilt`, `_untied`); refused before any work when
+    ``inplace`` cannot hold."""
+    from tfcompress.core.hadamard import hadamard_factors
+
+    changes, why = {}, []
+    if _is_hub(model):
+        if online:
+            raise TfcompressError(
+                f"online=True needs a build_llama model (a place for the Hadamard before each "
+                f"down projection); model {model.name!r} is a KerasHub "
+                f"{type(model).__name__}: pass online=False")
+        why += ["ties its head to its embedding (a KerasHub copy comes back untied)"] * tied
+    else:
+        from tfcompress.models.llama import llama_config_of
+
+        cfg = llama_config_of(model)
+        if tied and not cfg.final_mix:
+            changes["final_mix"] = True
+            why.append("ties its head to its embedding (the copy adds final_mix)")
+        if online and not cfg.mlp_hadamard:
+            if hadamard_factors(cfg.d_ff) is None:
+                raise TfcompressError(f"online=True needs a Hadamard matrix of order d_ff = "
+                                      f"{cfg.d_ff} (2^k times 1 or q + 1, q a prime = 3 "
+                                      f"mod 4), model {model.name!r} has none")
+            changes["mlp_hadamard"] = True
+            why.append("gets an online Hadamard before each down projection")
+    if why and inplace:
+        raise TfcompressError(f"model {model.name!r} {' and '.join(why)}, so rotate returns "
+                              "a copy: pass inplace=False")
+    if changes:
+        target = _port_rebuilt(model, **changes)
+        if changes.get("mlp_hadamard"):
+            _absorb_online(target)
+        return target
+    if why:
+        return _untied(model)
+    return model if inplace else copy_model(model)
+
+
+def rotate(model, seed: int | None = 0, *, matrix=None, online: bool = False,
+           inplace: bool = False, verbose: int = 1):
     """A copy of ``model`` computing the same float function on a rotated residual stream.
 
     ``model``: a `build_llama` model (what `load_gguf` returns) or a KerasHub pre-norm
     Llama-family CausalLM (``LlamaCausalLM``, ``Qwen2CausalLM``, ``MistralCausalLM``), with
     float weights. ``seed`` draws the Hadamard's random signs (None: plain Hadamard);
     ``matrix``, a ``(d, d)`` orthogonal array, replaces that Hadamard (``np.eye(d)`` only
-    folds the norm scales, e.g. a learned SpinQuant rotation goes here). A tied
-    model comes back untied (see the module docstring), so ``inplace=True`` (change ``model``
-    itself) needs an untied one. ``verbose`` shows a progress bar over the norms.
+    folds the norm scales, e.g. a learned SpinQuant rotation goes here). ``online``: also
+    rotate each MLP's hidden state before its down projection (`build_llama` models). A tied
+    model gains a ``final_mix`` layer (KerasHub: comes back untied) and ``online`` adds
+    layers (see the module docstring), so ``inplace=True`` (change ``model`` itself) needs
+    neither. ``verbose`` shows a progress bar over the norms.
 
     Example:
-        >>> rotated = rotate(load_gguf(path))
+        >>> rotated = rotate(load_gguf(path), online=True)   # still tied
         >>> q4 = quantize(rotated, GPTQConfig.litert_int4(act_order=True),
         ...               calibration=windows)
     """
@@ -294,13 +350,8 @@ def rotate(model, seed: int | None = 0, *, matrix=None, inplace: bool = False,
     stream = residual_stream(model)  # checked before any work
     q = (rotation_matrix(stream.width, seed) if matrix is None
          else check_rotation(matrix, stream.width))
-    tied = stream.head is None
-    if tied and inplace:
-        raise TfcompressError(
-            f"model {model.name!r} ties its head to its embedding, so rotate returns an "
-            "untied copy (the final norm's scale cannot fold into a shared table): pass "
-            "inplace=False")
-    target = _untied(model) if tied else model if inplace else copy_model(model)
+    target = _rotation_target(model, stream.head is None and stream.mix is None, online,
+                              inplace)
     stream = residual_stream(target)
     bar = keras.utils.Progbar(len(stream.groups), unit_name="norm") if verbose else None
     rotate_stream(stream, q, bar and (lambda: bar.add(1)))

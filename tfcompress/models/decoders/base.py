@@ -55,15 +55,19 @@ class Decoder:
     maps ``{i}.q/k/v/out`` and ``{i}.gate/up/down`` (``.w``: one ``(d_in, d_out)`` matrix or
     two low-rank factors; ``.b``: bias if any), optional ``{i}.q_norm``/``{i}.k_norm`` (per
     head RMSNorm before RoPE), ``{i}.post_attn_norm``/``{i}.post_mlp_norm``, then
-    ``final_norm`` and ``head`` (absent: tied to ``embed``). Norm scales are stored as
-    multiplied (Gemma's ``1 + scale`` is folded in when read).
+    ``final_norm``, optional ``final_mix`` (``R``, ``d x d``: ``x -> x + x R`` after it, a
+    rotated model's final norm scale, `tfcompress.quantize.rotate`) and ``head`` (absent:
+    tied to ``embed``). Norm scales are stored as multiplied (Gemma's ``1 + scale`` is folded
+    in when read).
 
     ``norm``: ``"rms"`` or ``"layer"``; ``activation``: ``"silu"``, ``"gelu"`` or
     ``"gelu_tanh"``, gated (``act(gate) * up``) when ``gated``; ``embed_scale`` multiplies
     the embedding (Gemma's ``sqrt(d)``); ``query_scale`` the scores (default
     ``head_dim ** -0.5``); ``attn_softcap``/``final_softcap``: ``tanh(x / c) * c`` on scores
     and logits; ``rope``: one `Rope` or None (no positions, SmolLM3's NoPE layers) per layer;
-    ``window``: sliding-window length or None per layer.
+    ``window``: sliding-window length or None per layer; ``mlp_hadamard``: the MLP's hidden
+    state is multiplied by ``hadamard(width) / sqrt(width)`` before ``down`` (QuaRot's
+    online rotation, `tfcompress.core.hadamard.kron_matmul`).
 
     ``embed``, ``layer``, ``final_norm``, ``head``: callables replacing the shared maths of
     that part (a user decoder's own layers; ``modules`` lists the Keras layers they use so
@@ -91,6 +95,7 @@ class Decoder:
     final_softcap: float | None = None
     rope: tuple[Rope | None, ...] = ()
     window: tuple[int | None, ...] = ()
+    mlp_hadamard: bool = False
     weights: dict = field(default_factory=dict, repr=False)
     # linear maps whose Keras layer held quantized codes (`tfcompress.quantize`), and of
     # those on a signed integer grid: (codes int8 (d_in, d_out), scale, group rows)

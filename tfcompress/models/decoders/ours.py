@@ -37,6 +37,8 @@ def llama_decoder(model) -> Decoder:
         for part in ("gate", "up", "down"):
             put_linear(w, f"{i}.{part}", model.get_layer(f"{b}_mlp_{part}"))
     put_norm(w, "final_norm", model.get_layer("final_norm"))
+    if cfg.final_mix:
+        put_linear(w, "final_mix", model.get_layer("final_mix"))
     if not cfg.tie_embeddings:
         put_linear(w, "head", model.get_layer("lm_head"))
     # the same float64 -> float32 frequencies as `RotaryAttention`
@@ -44,7 +46,7 @@ def llama_decoder(model) -> Decoder:
     rope = Rope.of(inv_freq.astype(np.float32))
     return Decoder("llama", cfg.vocab_size, cfg.d_model, cfg.n_layers, cfg.n_heads,
                    cfg.n_kv_heads, cfg.head_dim, cfg.rms_eps, rope=(rope,) * cfg.n_layers,
-                   weights=w)
+                   mlp_hadamard=cfg.mlp_hadamard, weights=w)
 
 
 def gpt_block(w: Weights, i: int, ln1, attention, ln2, mlp_in, mlp_out) -> None:
