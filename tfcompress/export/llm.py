@@ -321,7 +321,7 @@ def export_llm(
     decoded and re-quantized by LiteRT; low-rank layers stay two matrices).
     ``mode``: ``float32``, ``float16``, ``dynamic_int8`` (int8 per-channel weights) or ``int4``
     (LiteRT's blockwise int4, `tfcompress.export.llm_int4`: codes on LiteRT's own grid,
-    ``QuantizeConfig.litert_int4()``, are kept exactly, any other rounded onto it; ``int4``
+    ``GPTQConfig.litert_int4()``, are kept exactly, any other rounded onto it; ``int4``
     in the result and ``llm.json`` lists ``copied`` and ``rerounded``). A tied head's table
     is stored once (`tfcompress.export.llm_tied`).
     ``cache_buckets``: shorter cache lengths with their own decode/prefill signatures over the

@@ -5,7 +5,7 @@ their weights in the converted window graph).
 
 LiteRT's int4 (``ai_edge_quantizer``'s ``dynamic_wi4b32_afp32``) is symmetric, in blocks of
 `INT4_BLOCK` input rows, with float16 scales rounded to bfloat16's significand. A layer that
-`tfcompress.quantize` put on exactly that grid (``QuantizeConfig.litert_int4()``, scheme
+`tfcompress.quantize` put on exactly that grid (``GPTQConfig.litert_int4()``, scheme
 ``"litert"``) decodes to floats that are code x scale; such a layer is quantized by
 ai_edge_quantizer's own ``dequantized_weight_recovery`` algorithm (made for QAT checkpoints),
 which reads the scale and codes back from those floats, so the file holds the same weights
