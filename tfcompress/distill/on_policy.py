@@ -48,7 +48,7 @@ def sample_continuations(logits_fn: Callable, tokens, prompt_length: int, seed,
         return t + 1, ids * (1 - column) + new * column
 
     _, ids = tf.while_loop(lambda t, _: t < seq, draw,
-                           [tf.constant(prompt_length, tf.int32), ids])
+                           [tf.cast(prompt_length, tf.int32), ids])
     return tf.stop_gradient(ids)
 
 
