@@ -48,3 +48,14 @@ def test_distill_stage_runs_on_policy_with_matched_blocks(tmp_path):
     assert note == ("Beside the logits: 50% of batches continued by the student from 8 prompt "
                     "tokens (on-policy); hidden states matched (cosine, weight 1): "
                     "block0_add2 -> block1_add2.")
+
+
+def test_note_of_the_default_prompt():
+    from types import SimpleNamespace
+
+    from tfcompress.recipes.stages import options_text
+
+    distiller = SimpleNamespace(on_policy=0.25, prompt_length=None, feature_pairs=[])
+    assert options_text(distiller) == ("Beside the logits: 25% of batches continued by the "
+                                       "student from the first half of each window "
+                                       "(on-policy).")

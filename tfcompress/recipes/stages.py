@@ -75,9 +75,10 @@ def options_text(distiller) -> str:
     """What a distill stage added to the logits loss (`DistillOptions`), for its note."""
     parts = []
     if distiller.on_policy:
+        prompt = distiller.prompt_length
         parts.append(f"{distiller.on_policy:.0%} of batches continued by the student from "
-                     f"{distiller.prompt_length or 'half the window of'} prompt tokens "
-                     "(on-policy)")
+                     + (f"{prompt} prompt tokens" if prompt else "the first half of each window")
+                     + " (on-policy)")
     if distiller.feature_pairs:
         pairs = ", ".join(f"{s} -> {t}" for s, t in distiller.feature_pairs)
         parts.append(f"hidden states matched ({distiller.feature_loss}, weight "
