@@ -5,7 +5,8 @@ A recipe is a dict (from YAML, JSON or Python) with ``model``, ``data``, ``stage
 problem. This module imports neither TensorFlow nor Keras (the command line validates fast);
 a prune / quantize / factorize stage's keys are the fields of its method's config class
 (`tfcompress.core.registry`: ``method: wanda`` takes `WandaConfig`'s), checked by building
-it, so a recipe accepts exactly what the verbs accept.
+it, so a recipe accepts exactly what the verbs accept; a distill stage takes, beside its own
+keys, the fields of `tfcompress.distill.DistillOptions` (on-policy sequences, feature matching).
 
 Example:
     >>> recipe = validate({"model": {"preset": "test-tiny", "train_steps": 5},
