@@ -1,6 +1,8 @@
 """Knowledge distillation for Keras language models, driven from ``fit``.
 
 - `Distiller`: teacher + student as one Keras model (hard/soft/feature losses in the history).
+- `DistillOptions`: on-policy sequences (GKD, `tfcompress.distill.on_policy`) and hidden-state
+  matching of a depth-pruned student's blocks to the ones it kept (`.features`).
 - Divergences and the rest of the math: `tfcompress.distill.losses` (pure functions).
 - `ParameterSchedule` (T, labels weight) and `BestStudentCheckpoint` callbacks.
 - `KDGuard`: a labels-only probe beside distillation; falls back to labels when it wins.
@@ -21,11 +23,13 @@ from tfcompress.distill.distiller import Distiller
 from tfcompress.distill.guard import KDGuard
 from tfcompress.distill.init import block_importance, most_important, take_blocks
 from tfcompress.distill.losses import DIVERGENCES, kd_loss
+from tfcompress.distill.options import DistillOptions
 from tfcompress.distill.soft_targets import SoftTargetLoss, with_teacher_logits
 
 __all__ = [
     "DIVERGENCES",
     "BestStudentCheckpoint",
+    "DistillOptions",
     "Distiller",
     "KDGuard",
     "ParameterSchedule",

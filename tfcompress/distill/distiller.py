@@ -13,6 +13,7 @@ import re
 import warnings
 
 import keras
+import numpy as np
 import tensorflow as tf
 
 from tfcompress.core.distribute import (
@@ -25,21 +26,21 @@ from tfcompress.core.distribute import (
 from tfcompress.core.layers import require_keras3
 from tfcompress.core.signature import model_inputs, output_width
 from tfcompress.core.validation import check_fit_data
+from tfcompress.distill.features import feature_extractor, feature_pairs
 from tfcompress.distill.losses import (
     DEFAULT_DIVERGENCE,
     DEFAULT_LABELS_WEIGHT,
     DEFAULT_TEMPERATURE,
+    FEATURE_LOSS_FUNCTIONS,
     check_alpha,
     check_divergence,
     check_temperature,
     densify_top_k,
-    feature_mse,
     kd_loss,
-    uniform_layer_map,
 )
+from tfcompress.distill.on_policy import continuation_targets, replaced, sample_continuations
+from tfcompress.distill.options import DistillOptions
 from tfcompress.errors import TfcompressError
-
-BLOCK_OUTPUTS = r"^block\d+_add2$"
 
 
 def vocab_size_of(model, arg: str) -> int:
@@ -49,23 +50,6 @@ def vocab_size_of(model, arg: str) -> int:
     except (AttributeError, TypeError, IndexError, ValueError) as err:
         raise TfcompressError(f"{arg} must be a built Keras model with a logits output "
                               f"(batch, seq, vocab); got {type(model).__name__}: {err}") from err
-
-
-def hidden_layer_names(model, pattern: str = BLOCK_OUTPUTS) -> list[str]:
-    """Names of the top-level layers whose name matches ``pattern`` (default: GPT blocks)."""
-    return [layer.name for layer in model.layers if re.search(pattern, layer.name)]
-
-
-def feature_extractor(model, names: list[str], arg: str):
-    """A model sharing ``model``'s layers that returns ``[logits, *hidden states]``."""
-    if not hasattr(model, "inputs") or not model.inputs:
-        raise TfcompressError(f"{arg} must be a functional Keras model to match hidden layers")
-    missing = [n for n in names if n not in {la.name for la in model.layers}]
-    if missing:
-        raise TfcompressError(f"{arg} has no layers named {missing}; "
-                              f"its layers: {[la.name for la in model.layers][:20]}")
-    outputs = [model.outputs[0]] + [model.get_layer(n).output for n in names]
-    return keras.Model(model.inputs, outputs, name=f"{model.name}_features")
 
 
 def out_of_vocab_error(err, student, teacher) -> TfcompressError | None:
@@ -104,10 +88,20 @@ class Distiller(WorkerSafeFit, keras.Model):
     positions from every term. The history shows ``loss``, ``hard_loss``, ``soft_loss``
     (``feature_loss``) and the compiled student metrics.
 
-    ``features=True`` (or a list of ``(student_layer, teacher_layer)`` name pairs) also matches
-    hidden states: GPT block outputs mapped uniformly when depths differ, through learned
-    linear projections when widths differ. Projections and teacher live in the Distiller, not
-    in ``distiller.student``, which stays a plain model.
+    ``features=True`` also matches hidden states (`DistillOptions`): GPT block outputs, each
+    block of a depth-pruned student (`take_blocks`, a recipe's ``depth`` student) to the
+    teacher block it was copied from, any other student's spread evenly (or a list of teacher
+    block indices, or of ``(student_layer, teacher_layer)`` name pairs), by MSE or cosine
+    (``feature_loss``), through learned linear projections when widths differ. Projections
+    and teacher live in the Distiller, not in ``distiller.student``, which stays a plain model.
+
+    ``on_policy=p`` (GKD, Agarwal et al. 2024) replaces a training batch, with probability
+    ``p``, by the student's own continuations of its first ``prompt_length`` tokens (default:
+    half the window), sampled at temperature 1 with a seed from ``sample_seed`` and the step
+    (`tfcompress.distill.on_policy`): the loss on those tokens is the divergence alone (no
+    labels term; ``hard_loss`` then logs the student's cross-entropy on its own samples).
+    Each replaced batch costs one student forward per generated token. ``on_policy=0`` (the
+    default) leaves the training step exactly as it was.
 
     The teacher is frozen inside the Distiller: ``trainable_variables`` holds only the
     student's (and projections') variables, so the optimizer keeps slots for those alone and
@@ -158,7 +152,8 @@ class Distiller(WorkerSafeFit, keras.Model):
                  temperature: float = DEFAULT_TEMPERATURE, divergence: str = DEFAULT_DIVERGENCE,
                  beta: float = 0.5, features: bool | list | None = None,
                  feature_weight: float = 1.0, name: str = "distiller", alpha: float | None = None,
-                 **kwargs):
+                 on_policy: float = 0.0, prompt_length: int | None = None,
+                 feature_loss: str = "mse", sample_seed: int = 0, **kwargs):
         require_keras3(student, "student",
                        legacy_hint="tfcompress.distill.SoftTargetLoss with student.fit")
         if teacher is not None:
@@ -173,12 +168,17 @@ class Distiller(WorkerSafeFit, keras.Model):
                 f"teacher and student vocabularies must match: teacher has "
                 f"{vocab_size_of(teacher, 'teacher')} logits, student {self.vocab_size}"
             )
-        pairs = self._feature_pairs(teacher, student, features)
+        options = DistillOptions(on_policy, prompt_length, features, feature_weight,
+                                 feature_loss)
+        self._check_on_policy(teacher, options)
+        pairs = feature_pairs(teacher, student, features)
         super().__init__(name=name, **kwargs)
         self.teacher, self.student = teacher, student
         self.divergence, self.beta = divergence, beta
-        self.feature_weight = float(feature_weight)
+        self.feature_weight, self.feature_loss = float(feature_weight), feature_loss
         self.feature_pairs = pairs
+        self.on_policy, self.prompt_length = float(on_policy), prompt_length
+        self.sample_seed = int(sample_seed)
         self.labels_weight = keras.Variable(labels_weight, trainable=False, dtype="float32",
                                             name="labels_weight")
         self.temperature = keras.Variable(temperature, trainable=False, dtype="float32",
@@ -201,26 +201,27 @@ class Distiller(WorkerSafeFit, keras.Model):
         return self.labels_weight
 
     @staticmethod
-    def _feature_pairs(teacher, student, features) -> list[tuple[str, str]]:
-        if not features:
-            return []
+    def _check_on_policy(teacher, options: DistillOptions) -> None:
+        if not options.on_policy:
+            return
         if teacher is None:
-            raise TfcompressError("features need an online teacher: teacher=None (a cached "
-                                  "teacher) only carries logits")
-        if features is True:
-            s_names, t_names = hidden_layer_names(student), hidden_layer_names(teacher)
-            if not s_names or not t_names:
-                raise TfcompressError(
-                    "features=True matches GPT block outputs (layers named blockN_add2), found "
-                    f"{len(s_names)} in the student and {len(t_names)} in the teacher; pass "
-                    "features=[(student_layer, teacher_layer), ...] instead"
-                )
-            return [(s_names[i], t_names[j])
-                    for i, j in enumerate(uniform_layer_map(len(s_names), len(t_names)))]
-        if not all(isinstance(p, tuple | list) and len(p) == 2 for p in features):
-            raise TfcompressError("features must be True or a list of (student_layer, "
-                                  f"teacher_layer) name pairs, got {features!r}")
-        return [(str(s), str(t)) for s, t in features]
+            raise TfcompressError("on_policy needs an online teacher to score the student's "
+                                  "samples: teacher=None (a cached teacher) only holds logits "
+                                  "of the corpus's own windows")
+
+    def _check_prompt(self, x) -> None:
+        """``prompt_length`` below the training windows' length (arrays, or a dataset whose
+        element shape fixes it)."""
+        if not self.on_policy or self.prompt_length is None:
+            return
+        spec = getattr(x, "element_spec", None)
+        first = spec[0] if isinstance(spec, tuple) else spec
+        shape = np.shape(x) if spec is None else getattr(first, "shape", None)
+        seq = shape[1] if shape is not None and len(shape) > 1 else None
+        if seq is not None and self.prompt_length >= seq:
+            raise TfcompressError(f"prompt_length must be below the training windows' {seq} "
+                                  f"tokens (it keeps that many, then samples the rest), got "
+                                  f"{self.prompt_length}")
 
     def _projection(self, s_name, t_name, index):
         d_s = int(self.student.get_layer(s_name).output.shape[-1])
@@ -240,6 +241,7 @@ class Distiller(WorkerSafeFit, keras.Model):
         the vocabulary or float inputs fail with a clear error before any tracing; a dataset
         (not read beforehand) whose batch holds an id out of range fails naming it."""
         check_fit_data(self.student, x, y)
+        self._check_prompt(x)
         try:
             return super().fit(x, y, *args, **kwargs)
         except tf.errors.InvalidArgumentError as err:
@@ -286,7 +288,44 @@ class Distiller(WorkerSafeFit, keras.Model):
             return logits, feats
         return self.student(model_inputs(self.student, x), training=training), []
 
-    def _loss_terms(self, data, training: bool):
+    def on_policy_batch(self, x, mask=None, step=0):
+        """``(ids, targets, mask)``: the student's continuations of ``x``'s first
+        ``prompt_length`` tokens as the train step at optimizer step ``step`` samples them
+        (seed ``[sample_seed, step]``), and the targets and mask its loss reads.
+
+        Example:
+            >>> ids, targets, mask = distiller.on_policy_batch(x, step=0)
+        """
+        seed = tf.stack([tf.constant(self.sample_seed, tf.int32), tf.cast(step, tf.int32)])
+        prompt = self.prompt_length or tf.shape(x)[1] // 2
+        student = self.student
+
+        def logits(ids):
+            return student(model_inputs(student, ids), training=False)
+
+        ids = sample_continuations(logits, x, prompt, seed)
+        targets, scored = continuation_targets(ids, prompt, mask)
+        return ids, targets, scored
+
+    def _on_policy_data(self, data):
+        """The batch a train step trains on and its labels weight: with probability
+        ``on_policy`` the student's continuations (weight 0), else ``data`` itself."""
+        if not self.on_policy:
+            return data, self.labels_weight.value
+        x, y, mask = keras.utils.unpack_x_y_sample_weight(data)
+        if isinstance(x, tuple | list | dict):
+            raise TfcompressError("on_policy needs batches of token ids (x, y[, mask]), got "
+                                  f"inputs of type {type(x).__name__}")
+        step = self.optimizer.iterations
+        if self.on_policy >= 1.0:
+            return self.on_policy_batch(x, mask, step), tf.constant(0.0)
+        given = (tf.cast(x, tf.int32), tf.cast(y, tf.int32),
+                 tf.ones_like(x, tf.float32) if mask is None else tf.cast(mask, tf.float32))
+        use = replaced(self.on_policy, tf.stack([self.sample_seed, tf.cast(step, tf.int32)]))
+        batch = tf.cond(use, lambda: self.on_policy_batch(x, mask, step), lambda: given)
+        return batch, tf.where(use, 0.0, self.labels_weight.value)
+
+    def _loss_terms(self, data, training: bool, labels_weight=None):
         x, y, mask = keras.utils.unpack_x_y_sample_weight(data)
         x, teacher_logits, teacher_feats = self._teacher_outputs(x)
         logits, feats = self._student_outputs(x, training)
@@ -294,12 +333,15 @@ class Distiller(WorkerSafeFit, keras.Model):
         # batch's unmasked tokens (not a per-replica mean): the shares sum to what one device
         # computes on the whole batch, and so do the gradients the strategy sums.
         weight = global_weight(mask, y)
-        total, hard, soft = kd_loss(y, logits, teacher_logits, mask, self.labels_weight.value,
+        if labels_weight is None:
+            labels_weight = self.labels_weight.value
+        total, hard, soft = kd_loss(y, logits, teacher_logits, mask, labels_weight,
                                     self.temperature.value, self.divergence, self.beta, weight)
         terms = {"hard_loss": hard, "soft_loss": soft, "loss": total}
         if self.feature_pairs:
+            match = FEATURE_LOSS_FUNCTIONS[self.feature_loss]
             matched = [
-                feature_mse(p(f), t, mask, weight)
+                match(p(f), t, mask, weight)
                 for p, f, t in zip(self.projections, feats, teacher_feats, strict=True)
             ]
             terms["feature_loss"] = tf.add_n(matched) / len(matched)
@@ -314,8 +356,9 @@ class Distiller(WorkerSafeFit, keras.Model):
 
     def train_step(self, data):
         variables = self.student_variables
+        data, labels_weight = self._on_policy_data(data)
         with tf.GradientTape() as tape:
-            terms, batch = self._loss_terms(data, training=True)
+            terms, batch = self._loss_terms(data, training=True, labels_weight=labels_weight)
             loss = self.optimizer.scale_loss(terms["loss"])
         gradients = tape.gradient(loss, variables)
         self.optimizer.apply_gradients(zip(gradients, variables, strict=True))
@@ -361,6 +404,10 @@ class Distiller(WorkerSafeFit, keras.Model):
             "beta": self.beta,
             "features": [list(p) for p in self.feature_pairs] or None,
             "feature_weight": self.feature_weight,
+            "feature_loss": self.feature_loss,
+            "on_policy": self.on_policy,
+            "prompt_length": self.prompt_length,
+            "sample_seed": self.sample_seed,
         }
 
     @classmethod

@@ -10,9 +10,15 @@ Example:
 
 from __future__ import annotations
 
+import itertools
+import json
+import warnings
+from pathlib import Path
+
 import keras
 import numpy as np
 
+from tfcompress.core.files import atomic_path
 from tfcompress.core.layers import copy_model
 from tfcompress.core.losses import lm_loss
 from tfcompress.core.signature import model_inputs
@@ -63,6 +69,33 @@ def _labels_batch(batch):
     return x, y, mask
 
 
+STATE_FILE = "kdguard_state.npz"
+
+
+def save_state(path: Path, meta: dict, probe=None) -> None:
+    """The guard's ``meta`` (JSON) and, while it probes, the probe's weights and optimizer
+    variables, in one ``.npz`` written atomically."""
+    arrays = {"meta": np.frombuffer(json.dumps(meta).encode(), np.uint8)}
+    if probe is not None:
+        arrays |= {f"w{i}": w for i, w in enumerate(probe.get_weights())}
+        arrays |= {f"o{i}": np.asarray(v) for i, v in enumerate(probe.optimizer.variables)}
+    with atomic_path(path) as tmp:
+        np.savez(tmp, **arrays)
+
+
+def load_state(path: Path, probe) -> dict:
+    """``meta`` of `save_state`'s file; the probe's weights and optimizer variables restored
+    into ``probe`` (compiled, same architecture) when the file holds them."""
+    with np.load(path) as saved:
+        meta = json.loads(saved["meta"].tobytes().decode())
+        if meta["probing"]:
+            probe.set_weights([saved[f"w{i}"] for i in range(len(probe.weights))])
+            probe.optimizer.build(probe.trainable_variables)
+            for i, variable in enumerate(probe.optimizer.variables):
+                variable.assign(saved[f"o{i}"])
+    return meta
+
+
 class KDGuard(keras.callbacks.Callback):
     """Train a labels-only probe beside a `Distiller`; fall back to labels when it wins.
 
@@ -79,13 +112,25 @@ class KDGuard(keras.callbacks.Callback):
     the last as ``guard_kd_loss`` and ``guard_labels_loss``; ``fell_back`` is the step of the
     fall-back (None without one).
 
+    Resuming: `keras.callbacks.BackupAndRestore` saves the Distiller, not the guard. Give the
+    guard a ``backup_dir`` (BackupAndRestore's own folder is fine) and it saves its probe,
+    the probe's optimizer, its place in ``data`` and its checks at every epoch end, as
+    BackupAndRestore does at its default ``save_freq="epoch"``, and a resumed ``fit``
+    continues the same probe; the file goes when ``fit`` ends. **Without ``backup_dir`` a
+    resumed fit starts a new probe from the restored student** (a warning says so): its
+    checks then compare against a probe that has trained fewer steps.
+
     Example:
         >>> guard = KDGuard(valid_batches, train, every=100, checks=3)
         >>> distiller.fit(train, steps_per_epoch=1000, callbacks=[guard])
+        >>> backup = "runs/distil/backup"            # resumable: the guard beside the model
+        >>> callbacks = [keras.callbacks.BackupAndRestore(backup),
+        ...              KDGuard(valid_batches, train, backup_dir=backup)]
     """
 
     def __init__(self, holdout, data, every: int = 50, checks: int = 2, patience: int = 1,
-                 tolerance: float = 0.0, verbose: bool = True):
+                 tolerance: float = 0.0, verbose: bool = True,
+                 backup_dir: str | Path | None = None):
         super().__init__()
         self.every = _positive_int(every, "every")
         self.checks = _positive_int(checks, "checks")
@@ -99,8 +144,10 @@ class KDGuard(keras.callbacks.Callback):
         self.data, self.tolerance, self.verbose = data, float(tolerance), verbose
         self.history: list[tuple[int, float, float]] = []
         self.fell_back: int | None = None
+        self.backup_dir = None if backup_dir is None else Path(backup_dir)
         self._probe = self._batches = None
-        self._step = self._strikes = 0
+        self._step = self._strikes = self._taken = 0
+        self._resume_checked = False
 
     def on_train_begin(self, logs=None):
         if not hasattr(self.model, "labels_weight") or not hasattr(self.model, "student"):
@@ -109,9 +156,33 @@ class KDGuard(keras.callbacks.Callback):
         self._probe = copy_model(self.model.student)
         optimizer = keras.optimizers.deserialize(keras.optimizers.serialize(self.model.optimizer))
         self._probe.compile(optimizer=optimizer, loss=lm_loss())
-        self._batches = iter(self.data)
-        self._step = self._strikes = 0
+        self._step = self._strikes = self._taken = 0
         self.history, self.fell_back = [], None
+        self._resume_checked = self._restore()
+        # where the probe was in its stream: a resumed probe reads on from there
+        self._batches = itertools.islice(iter(self.data), self._taken, None)
+
+    def _state_path(self) -> Path | None:
+        return None if self.backup_dir is None else self.backup_dir / STATE_FILE
+
+    def _restore(self) -> bool:
+        path = self._state_path()
+        if path is None or not path.is_file():
+            return False
+        meta = load_state(path, self._probe)
+        self._step, self._strikes, self._taken = meta["step"], meta["strikes"], meta["taken"]
+        self.history = [tuple(check) for check in meta["history"]]
+        self.fell_back = meta["fell_back"]
+        if not meta["probing"]:
+            self._probe = None
+        return True
+
+    def on_epoch_begin(self, epoch, logs=None):
+        if epoch > 0 and self._step == 0 and not self._resume_checked:
+            warnings.warn(f"KDGuard: fit starts at epoch {epoch} (resumed?) with a new "
+                          "labels-only probe: give KDGuard(backup_dir=...) the folder of "
+                          "BackupAndRestore to continue the probe", stacklevel=2)
+        self._resume_checked = True  # said once
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.fell_back is not None:
@@ -121,6 +192,7 @@ class KDGuard(keras.callbacks.Callback):
         if self._probe is None:
             return
         self._step += 1
+        self._taken += 1
         x, y, mask = _labels_batch(next(self._batches, None) or self._restart())
         self._probe.train_on_batch(x, y, sample_weight=mask)
         if self._step % self.every == 0:
@@ -128,6 +200,7 @@ class KDGuard(keras.callbacks.Callback):
 
     def _restart(self):
         self._batches = iter(self.data)  # a finite dataset: one more pass, as fit's epochs do
+        self._taken = 1
         return next(self._batches)
 
     def _check(self):
@@ -156,6 +229,13 @@ class KDGuard(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and self.history:
             logs["guard_kd_loss"], logs["guard_labels_loss"] = self.history[-1][1:]
+        if self.backup_dir is not None:
+            meta = {"step": self._step, "strikes": self._strikes, "taken": self._taken,
+                    "history": self.history, "fell_back": self.fell_back,
+                    "probing": self._probe is not None}
+            save_state(self._state_path(), meta, self._probe)
 
     def on_train_end(self, logs=None):
         self._probe = self._batches = None
+        if self.backup_dir is not None:
+            self._state_path().unlink(missing_ok=True)

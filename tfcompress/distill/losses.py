@@ -130,6 +130,23 @@ def feature_mse(student_features, teacher_features, mask=None, total=None):
     return masked_mean(ops.mean(ops.square(diff), axis=-1), mask, total)
 
 
+def feature_cosine(student_features, teacher_features, mask=None, total=None):
+    """``1 - cosine similarity`` between hidden states per position, then a masked mean:
+    blind to scale, so a student whose states differ only in norm scores 0.
+
+    Example:
+        >>> float(feature_cosine([[[1.0, 0.0]]], [[[0.0, 2.0]]]))
+        1.0
+    """
+    s = ops.cast(student_features, "float32")
+    t = ops.cast(teacher_features, "float32")
+    norms = ops.maximum(ops.norm(s, axis=-1) * ops.norm(t, axis=-1), 1e-12)
+    return masked_mean(1.0 - ops.sum(s * t, axis=-1) / norms, mask, total)
+
+
+FEATURE_LOSS_FUNCTIONS = {"mse": feature_mse, "cosine": feature_cosine}
+
+
 def densify_top_k(values, indices, vocab_size: int, divergence: str | None = None):
     """Full logits from the top-k ``values`` at ``indices``; the rest get `MISSING_LOGIT`.
 
@@ -211,7 +228,8 @@ def check_divergence(name, beta) -> tuple[str, float]:
 
 
 __all__ = [
-    "DIVERGENCES", "SCHEDULES", "densify_top_k", "divergence", "feature_mse", "forward_kl",
+    "DIVERGENCES", "FEATURE_LOSS_FUNCTIONS", "SCHEDULES", "densify_top_k", "divergence",
+    "feature_cosine", "feature_mse", "forward_kl",
     "hard_cross_entropy", "jensen_shannon", "kd_loss", "masked_mean", "reverse_kl",
     "schedule_value", "soft_cross_entropy", "uniform_layer_map",
 ]

@@ -5,7 +5,8 @@ A recipe is a dict (from YAML, JSON or Python) with ``model``, ``data``, ``stage
 problem. This module imports neither TensorFlow nor Keras (the command line validates fast);
 a prune / quantize / factorize stage's keys are the fields of its method's config class
 (`tfcompress.core.registry`: ``method: wanda`` takes `WandaConfig`'s), checked by building
-it, so a recipe accepts exactly what the verbs accept.
+it, so a recipe accepts exactly what the verbs accept; a distill stage takes, beside its own
+keys, the fields of `tfcompress.distill.DistillOptions` (on-policy sequences, feature matching).
 
 Example:
     >>> recipe = validate({"model": {"preset": "test-tiny", "train_steps": 5},
@@ -253,8 +254,6 @@ def _check_method_stage(stage: str, settings: dict, own: dict, where: str,
     the verb accepts."""
     from dataclasses import fields
 
-    from tfcompress.core.roles import close_names
-
     _check_keys({k: v for k, v in settings.items() if k in own}, own, where, problems)
     try:
         cls = method_class(stage, settings)
@@ -262,16 +261,43 @@ def _check_method_stage(stage: str, settings: dict, own: dict, where: str,
         problems.append(f"{where}: {err}")
         return
     names = [f.name for f in fields(cls) if f.name != "roles"]
-    valid = sorted({*own, *names, "method"})
+    _unknown_keys(settings, sorted({*own, *names, "method"}), where,
+                  f"{cls.__name__} takes {', '.join(names)}; the stage "
+                  f"{', '.join(sorted(own))}", problems)
+    try:
+        cls.from_config({k: v for k, v in settings.items() if k in names})
+    except (TfcompressError, TypeError) as err:
+        problems.append(f"{where}: {err}")
+
+
+def _unknown_keys(settings: dict, valid: list[str], where: str, takes: str,
+                  problems: list[str]) -> None:
+    """Each key of ``settings`` not in ``valid``, with the closest valid one and ``takes``."""
+    from tfcompress.core.roles import close_names
+
     for key in settings:
         if key not in valid:
             close = close_names(str(key), valid, n=1)
             problems.append(f"{where}: unknown key {key!r}"
                             + (f" (did you mean {close[0]!r}?)" if close else "")
-                            + f"; {cls.__name__} takes {', '.join(names)}; the stage "
-                            f"{', '.join(sorted(own))}")
+                            + f"; {takes}")
+
+
+def _check_distill_options(settings: dict, own: dict, where: str, problems: list[str]) -> None:
+    """A distill stage's keys: its own (``own``) and `DistillOptions`' fields (on-policy
+    sequences, feature matching), each typo with the closest valid key; the options checked
+    by building them, as `Distiller` does."""
+    from dataclasses import fields
+
+    from tfcompress.distill.options import DistillOptions
+
+    _check_keys({k: v for k, v in settings.items() if k in own}, own, where, problems)
+    names = [f.name for f in fields(DistillOptions)]
+    _unknown_keys(settings, sorted({*own, *names}), where,
+                  f"the stage takes {', '.join(sorted(own))}; DistillOptions "
+                  f"{', '.join(names)}", problems)
     try:
-        cls.from_config({k: v for k, v in settings.items() if k in names})
+        DistillOptions.from_config({k: v for k, v in settings.items() if k in names})
     except (TfcompressError, TypeError) as err:
         problems.append(f"{where}: {err}")
 
@@ -326,6 +352,8 @@ def _normalise_stage(raw, index: int, problems: list[str]) -> dict | None:
     own = {**COMMON_STAGE_KEYS, **STAGE_KEYS[stage]}
     if stage in METHOD_PACKAGES:
         _check_method_stage(stage, settings, own, where, problems)
+    elif stage == "distill":
+        _check_distill_options(settings, own, where, problems)
     else:
         _check_keys(settings, own, where, problems)
     if stage == "distill":

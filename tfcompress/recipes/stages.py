@@ -71,6 +71,21 @@ def distill_guard(run, steps: int):
     return KDGuard(holdout, run.train_data(), every=max(steps // 4, 1), checks=2)
 
 
+def options_text(distiller) -> str:
+    """What a distill stage added to the logits loss (`DistillOptions`), for its note."""
+    parts = []
+    if distiller.on_policy:
+        prompt = distiller.prompt_length
+        parts.append(f"{distiller.on_policy:.0%} of batches continued by the student from "
+                     + (f"{prompt} prompt tokens" if prompt else "the first half of each window")
+                     + " (on-policy)")
+    if distiller.feature_pairs:
+        pairs = ", ".join(f"{s} -> {t}" for s, t in distiller.feature_pairs)
+        parts.append(f"hidden states matched ({distiller.feature_loss}, weight "
+                     f"{distiller.feature_weight:g}): {pairs}")
+    return "Beside the logits: " + "; ".join(parts) + "."
+
+
 def guard_text(guard) -> str:
     """What a distill stage's `KDGuard` saw, for its note."""
     checks = "; ".join(f"step {s}: KD {kd:.4f}, labels {lab:.4f}" for s, kd, lab in guard.history)
@@ -125,11 +140,16 @@ def distill_stage(run, st: dict) -> StageResult:
     calibration windows (``select: importance``) or from an earlier, pruned model of the run
     (``student.model``). A student that starts with zero weights (blocks of a pruned model)
     keeps them at zero while it is distilled, as the finetune stage does.
+
+    The keys of `DistillOptions` pass to `Distiller`: ``on_policy`` / ``prompt_length``
+    (GKD: a share of batches continued by the student itself), ``features: true`` /
+    ``feature_weight`` / ``feature_loss`` (a depth student's blocks matched to the teacher
+    blocks they were copied from).
     """
     import keras
 
     from tfcompress.core.distribute import strategy_copy, strategy_scope
-    from tfcompress.distill import Distiller, ParameterSchedule
+    from tfcompress.distill import Distiller, DistillOptions, ParameterSchedule
     from tfcompress.distill.losses import (
         DEFAULT_DIVERGENCE,
         DEFAULT_LABELS_WEIGHT,
@@ -152,7 +172,8 @@ def distill_stage(run, st: dict) -> StageResult:
             teacher = strategy_copy(teacher, run.strategy)
         distiller = Distiller(teacher, student, labels_weight=alpha,
                               temperature=st.get("temperature", DEFAULT_TEMPERATURE),
-                              divergence=st.get("divergence", DEFAULT_DIVERGENCE))
+                              divergence=st.get("divergence", DEFAULT_DIVERGENCE),
+                              **DistillOptions.from_stage(st).get_config())
         distiller.compile(optimizer=lm_optimizer(steps, st.get("learning_rate", 1e-3)))
         sparse = keep_zeros(student)
     callbacks = [UpdatePruning(target=student)] if sparse else []
@@ -175,6 +196,8 @@ def distill_stage(run, st: dict) -> StageResult:
              f"`{st['input']}` in {steps} steps{alpha_text(alpha, st.get('alpha_end'))}: "
              f"final soft loss "
              f"{history['soft_loss'][-1]:.3f}{', zeros kept' if sparse else ''}."]
+    if distiller.on_policy or distiller.feature_pairs:
+        notes.append(options_text(distiller))
     if guard is not None:
         notes.append(guard_text(guard))
     if scores is not None:
