@@ -44,12 +44,19 @@ from tfcompress.errors import TfcompressError, VerificationError
 from tfcompress.export.llm_budget import BudgetPlan, budget_plan, check_budget
 from tfcompress.export.llm_graph import Decoder, cached_forward, decoder_of
 from tfcompress.export.llm_int4 import llm_scopes, quantize_int4
+from tfcompress.export.llm_layout import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    bucket_signature_names,
+    cache_names,
+    prefill_signature_names,
+)
 from tfcompress.export.llm_tied import share_tied_table
 from tfcompress.export.modes import INT4_BLOCK, LLM_MODES, check_int4_blocks
 from tfcompress.export.ops import inspect_tflite
 from tfcompress.export.verification import Tolerances, agreement_stats, discard, verify
 
-MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE = "model.tflite", "tokenizer.json", "llm.json"
 # cache_buckets="auto": powers of two from this length up to below cache_length (shorter
 # caches cost little to attend over in full)
 MIN_AUTO_BUCKET = 256
@@ -83,33 +90,6 @@ class LLMExportResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def prefill_signature_names(prefill_lengths) -> dict[str, int]:
-    """LiteRT-Torch's names: ``prefill`` for one length, else ``prefill_{n}`` per length."""
-    lengths = sorted(prefill_lengths)
-    if len(lengths) == 1:
-        return {"prefill": lengths[0]}
-    return {f"prefill_{n}": n for n in lengths}
-
-
-def cache_names(n_layers: int) -> list[str]:
-    return [f"kv_cache_{kv}_{i}" for i in range(n_layers) for kv in "kv"]
-
-
-def bucket_signature_names(prefill_lengths, buckets) -> dict[str, dict]:
-    """Per bucket ``B``: ``{"decode": "decode_{B}", "prefill": {"cache{B}_prefill_{n}": n}}``
-    for the prefill lengths that fit ``B`` (no name starts with ``prefill``: LiteRT-LM would
-    take it for a full-length prefill runner).
-
-    Example:
-        >>> bucket_signature_names((32, 128), (64,))
-        {64: {'decode': 'decode_64', 'prefill': {'cache64_prefill_32': 32}}}
-    """
-    return {b: {"decode": f"decode_{b}",
-                "prefill": {f"cache{b}_prefill_{n}": n for n in sorted(prefill_lengths)
-                            if n <= b}}
-            for b in sorted(buckets)}
 
 
 def check_cache_buckets(cache_buckets, cache_length: int) -> tuple[int, ...]:
@@ -565,7 +545,7 @@ def verification_ids(runner, text, vocab_size: int, n: int) -> tuple[np.ndarray,
 
 def _perplexity(logits: np.ndarray, ids: np.ndarray) -> float:
     """Perplexity of ``ids[1:]`` under the logits after each of ``ids[:-1]``."""
-    from tfcompress.evaluate.quality import token_stats
+    from tfcompress.core.quality import token_stats
 
     nll, _, count = token_stats(logits[:-1], ids[1:])
     return float(np.exp(nll / count))

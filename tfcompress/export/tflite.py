@@ -17,7 +17,10 @@ from pathlib import Path
 import numpy as np
 
 from tfcompress._extras import require
+from tfcompress.core.files import file_sizes
+from tfcompress.core.latency import keras_forward
 from tfcompress.core.layers import is_keras3_model, is_keras_model, iter_layers, matrix_shape
+from tfcompress.core.quality import lm_quality
 from tfcompress.core.signature import (
     check_auxiliary_inputs,
     input_view,
@@ -25,9 +28,6 @@ from tfcompress.core.signature import (
 )
 from tfcompress.core.validation import check_output_path, check_seq_len
 from tfcompress.errors import TfcompressError, VerificationError
-from tfcompress.evaluate.latency import keras_forward
-from tfcompress.evaluate.quality import lm_quality
-from tfcompress.evaluate.size import file_sizes
 from tfcompress.export.converter import (
     convert,
     has_fake_quant,  # noqa: F401  (moved to export.converter; still importable from here)
