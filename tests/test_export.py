@@ -194,6 +194,27 @@ def test_bad_arguments_raise_before_any_work(lm, tmp_path, kwargs, match):
     assert not path.exists()
 
 
+def test_a_failed_write_leaves_the_old_file_and_no_partial_one(tmp_path, monkeypatch):
+    keras.utils.set_random_seed(0)
+    model = build_gpt("test-tiny", vocab_size=32, seq_len=8)
+    path = tmp_path / "m.tflite"
+    path.write_bytes(b"old")
+    real_write = Path.write_bytes
+
+    def disk_full(self, data):
+        real_write(self, data[: len(data) // 2])
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        export_tflite(model, path, seq_len=8, verify_output=False, verbose=0)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["m.tflite"]
+    assert path.read_bytes() == b"old"
+    export_tflite(model, path, seq_len=8, verify_output=False, verbose=0)
+    assert TFLiteRunner(path).seq_len == 8 and [p.name for p in tmp_path.iterdir()] == ["m.tflite"]
+
+
 def test_not_a_model_raises(tmp_path):
     with pytest.raises(TfcompressError, match="must be a Keras model"):
         export_tflite(object(), tmp_path / "x.tflite", seq_len=SEQ)

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from tfcompress._extras import require
-from tfcompress.core.files import file_sizes
+from tfcompress.core.files import file_sizes, write_atomic
 from tfcompress.core.latency import keras_forward
 from tfcompress.core.layers import is_keras3_model, is_keras_model, iter_layers, matrix_shape
 from tfcompress.core.quality import lm_quality
@@ -337,8 +337,7 @@ def _write(model, reference, path: Path, spec: InputSpec, mode: str, samples: li
     spec_mode = MODES[mode]
     with decoded_weights(reference, enabled=mode not in FLOAT_WEIGHT_MODES):
         flatbuffer, qat, int4 = convert(model, spec, mode, samples, int8_io)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(flatbuffer)
+    write_atomic(path, flatbuffer)  # a failed write leaves the old file or none, never half
     runner = TFLiteRunner(path)
     info = inspect_tflite(flatbuffer)
     result = ExportResult(
