@@ -1,11 +1,10 @@
 """tfcompress: make Keras language models smaller and faster, measured honestly.
 
-One verb per method, each also the name of its subpackage: ``tfcompress.prune``,
-``tfcompress.quantize``, ``tfcompress.evaluate`` are callable packages
-(``tfcompress.prune(model, ...)`` runs the verb, ``tfcompress.prune.WandaConfig`` is in the
-package); ``factorize`` (package ``lowrank``), ``export_tflite`` (package ``export``) and
-``Distiller`` (package ``distill``) complete the set. `run` runs a recipe (package
-``recipes``).
+One verb per method, each package callable as it: ``tfcompress.prune``,
+``tfcompress.quantize``, ``tfcompress.lowrank`` (``factorize``), ``tfcompress.distill`` and
+``tfcompress.evaluate`` (``tfcompress.prune(model, ...)`` runs the verb,
+``tfcompress.prune.WandaConfig`` is in the package); ``export_tflite`` and ``export_llm``
+(package ``export``) complete the set. `run` runs a recipe (package ``recipes``).
 
 Example:
     >>> import tfcompress

@@ -1,5 +1,7 @@
 """Knowledge distillation for Keras language models, driven from ``fit``.
 
+- `distill(teacher, student, data, steps)`: the verb (also ``tfcompress.distill(...)``), a
+  `Distiller` compiled and fit in one call.
 - `Distiller`: teacher + student as one Keras model (hard/soft/feature losses in the history).
 - Divergences and the rest of the math: `tfcompress.distill.losses` (pure functions).
 - `ParameterSchedule` (T, labels weight) and `BestStudentCheckpoint` callbacks.
@@ -15,6 +17,8 @@ Example:
     >>> d.compile(optimizer="adamw"); d.fit(train, steps_per_epoch=300)
 """
 
+from tfcompress.core.modules import make_callable
+from tfcompress.distill.api import distill
 from tfcompress.distill.cache import cache_teacher, load_teacher_cache
 from tfcompress.distill.callbacks import BestStudentCheckpoint, ParameterSchedule
 from tfcompress.distill.distiller import Distiller
@@ -22,6 +26,8 @@ from tfcompress.distill.guard import KDGuard
 from tfcompress.distill.init import block_importance, most_important, take_blocks
 from tfcompress.distill.losses import DIVERGENCES, kd_loss
 from tfcompress.distill.soft_targets import SoftTargetLoss, with_teacher_logits
+
+make_callable(__name__, distill)
 
 __all__ = [
     "DIVERGENCES",
@@ -32,6 +38,7 @@ __all__ = [
     "SoftTargetLoss",
     "block_importance",
     "cache_teacher",
+    "distill",
     "kd_loss",
     "load_teacher_cache",
     "most_important",

@@ -40,6 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from tfcompress.core.files import write_atomic
+from tfcompress.core.progress import print_msg
 from tfcompress.errors import TfcompressError, VerificationError
 from tfcompress.export.llm_budget import BudgetPlan, budget_plan, check_budget
 from tfcompress.export.llm_graph import Decoder, cached_forward, decoder_of
@@ -334,8 +335,8 @@ def export_llm(
     names = prefill_signature_names(lengths)
     plan = signature_plan(names, cache_length, buckets)
     if verbose:
-        print(f"export_llm: {dec.kind} model, {dec.n_layers} layers -> {mode}, signatures "
-              f"{list(plan)}, cache {cache_length}")
+        print_msg(f"export_llm: {dec.kind} model, {dec.n_layers} layers -> {mode}, signatures "
+                  f"{list(plan)}, cache {cache_length}")
     budget = None if budget_mb is None else budget_plan(dec, budget_mb, calibration, verbose)
     flatbuffer, int4 = _convert(dec, plan, mode, kv_cache_dtype, budget)
     path.mkdir(parents=True, exist_ok=True)
@@ -439,22 +440,23 @@ def _bundle_config(dec: Decoder, mode: str, cache_length: int, lengths, names: d
 def _print_result(result: LLMExportResult, tflite: Path, verified: bool) -> None:
     int4 = result.int4
     if int4 is not None:
-        print(f"export_llm: int4 codes kept exactly for {len(int4['copied'])} quantized "
-              f"layers, re-rounded for {len(int4['rerounded'])} {int4['rerounded'][:4]}; "
-              f"embedding {int4['embedding']}")
+        print_msg(f"export_llm: int4 codes kept exactly for {len(int4['copied'])} quantized "
+                  f"layers, re-rounded for {len(int4['rerounded'])} {int4['rerounded'][:4]}; "
+                  f"embedding {int4['embedding']}")
         if "budget" in int4:
             budget = int4["budget"]
-            print(f"export_llm: budget {budget['budget_mb']:g} MB: "
-                  f"{len(budget['int8'])} of {len(budget['layers'])} maps int8 "
-                  f"{budget['int8'][:6]}")
+            print_msg(f"export_llm: budget {budget['budget_mb']:g} MB: "
+                      f"{len(budget['int8'])} of {len(budget['layers'])} maps int8 "
+                      f"{budget['int8'][:6]}")
     if verified:
-        print(f"export_llm: {tflite} {result.bytes:,} bytes; on {result.verified_on}: "
-              f"next-token agreement with Keras {result.agreement:.1%}, max |error| "
-              f"{result.max_abs_error:.3g} ({result.relative_error:.3g} of the largest logit)"
-              + ("" if result.perplexity is None else f", perplexity {result.perplexity:.3f} "
-                 f"vs Keras {result.keras_perplexity:.3f}"))
+        print_msg(f"export_llm: {tflite} {result.bytes:,} bytes; on {result.verified_on}: "
+                  f"next-token agreement with Keras {result.agreement:.1%}, max |error| "
+                  f"{result.max_abs_error:.3g} ({result.relative_error:.3g} of the largest logit)"
+                  + ("" if result.perplexity is None else
+                     f", perplexity {result.perplexity:.3f} vs Keras "
+                     f"{result.keras_perplexity:.3f}"))
     else:
-        print(f"export_llm: {tflite} {result.bytes:,} bytes (not verified)")
+        print_msg(f"export_llm: {tflite} {result.bytes:,} bytes (not verified)")
 
 
 def keras_logits(model):
