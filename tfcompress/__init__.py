@@ -9,8 +9,9 @@ One verb per method, each package callable as it: ``tfcompress.prune``,
 Example:
     >>> import tfcompress
     >>> corpus = tfcompress.data.load_corpus("austen")
-    >>> model = tfcompress.models.build_gpt("student", vocab_size=corpus.vocab_size)
-    >>> report = tfcompress.evaluate(model, corpus.dataset("test", 128, 32), seq_len=128)
+    >>> model = tfcompress.models.build_gpt("test-tiny", vocab_size=corpus.vocab_size)
+    >>> test = corpus.dataset("test", 32, 32).take(2)       # two batches of 32 windows
+    >>> report = tfcompress.evaluate(model, test, seq_len=32, batch_sizes=())
 """
 
 from __future__ import annotations

@@ -4,7 +4,7 @@ and export's diagnosis both draw on (here in core so neither imports the other).
 Example:
     >>> fig = figure(4, 3)
     >>> fig.get_size_inches().tolist(), fig.dpi
-    ([4.0, 3.0], 100.0)
+    ([4.0, 3.0], 100)
 """
 
 from __future__ import annotations

@@ -30,8 +30,11 @@ def print_msg(message: str) -> None:
     (callers write only when their ``verbose`` says so).
 
     Example:
+        >>> keras.config.enable_interactive_logging()     # Keras's default
         >>> print_msg("export: 3 of 4 layers")
         export: 3 of 4 layers
+        >>> keras.config.disable_interactive_logging()    # now to the tfcompress logger
+        >>> print_msg("export: 4 of 4 layers")
     """
     import keras
 

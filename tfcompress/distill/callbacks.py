@@ -47,7 +47,7 @@ class ParameterSchedule(keras.callbacks.Callback):
     ``steps`` batches (default: the whole ``fit``); the value stays at ``end`` afterwards.
 
     Example:
-        >>> ParameterSchedule("labels_weight", "linear", start=0.0, end=1.0, steps=200)
+        >>> schedule = ParameterSchedule("labels_weight", "linear", start=0.0, end=1.0, steps=200)
     """
 
     def __init__(self, parameter: str, kind: str = "linear", start: float = 1.0,

@@ -109,8 +109,8 @@ def plot_points(points: Mapping[str, tuple[float, float]], *, xlabel: str = "",
     """Scatter of labelled ``{label: (x, y)}`` points, labels placed so they do not overlap.
 
     Example:
-        >>> plot_points({"int8": (8.0, 0.01), "int4": (4.25, 0.09)},
-        ...             xlabel="bits per weight", ylabel="relative error")
+        >>> fig = plot_points({"int8": (8.0, 0.01), "int4": (4.25, 0.09)},
+        ...                   xlabel="bits per weight", ylabel="relative error")
     """
     rows = [(label, float(x), float(y)) for label, (x, y) in points.items()]
     fig = figure(7, 4.5)
@@ -155,9 +155,9 @@ def plot_bars(values: Mapping[str, float] | Mapping[str, Mapping[str, float]], *
     bar labelled with its value (``fmt``). ``horizontal`` suits long labels such as layer paths.
 
     Example:
-        >>> plot_bars({"float16": 812.0, "int8": 421.5}, ylabel="kB", title="file size")
-        >>> plot_bars({"float32": {"1": 2.1, "2": 1.4}, "int8": {"1": 1.2, "2": 0.9}},
-        ...           ylabel="ms", title="latency per thread count")
+        >>> fig = plot_bars({"float16": 812.0, "int8": 421.5}, ylabel="kB", title="file size")
+        >>> fig = plot_bars({"float32": {"1": 2.1, "2": 1.4}, "int8": {"1": 1.2, "2": 0.9}},
+        ...                 ylabel="ms", title="latency per thread count")
     """
     if not values:
         raise TfcompressError("values is empty: give at least one {label: value}")

@@ -5,8 +5,8 @@ LayerNormalization, Dense) so every compression method sees ordinary layers.
 
 Example:
     >>> model = build_gpt(GPTConfig(vocab_size=256, seq_len=64, d_model=64, n_layers=2, n_heads=2))
-    >>> model.output_shape
-    (None, 64, 256)
+    >>> model.output_shape                  # any length up to seq_len
+    (None, None, 256)
 """
 
 from __future__ import annotations
