@@ -1,8 +1,9 @@
 """The namespace the docstring examples of `tfcompress/` run in (``make test``'s doctest run,
 ``pytest --doctest-modules tfcompress``): numpy, keras, every public name of the subpackages,
 and tiny stand-ins for what an example names (a GPT ``model`` / ``teacher``, a shallower
-``student``, token ``windows``, a byte ``tokenizer``), so examples run as written in seconds,
-in a temporary folder. Examples that cannot run here are listed in `NOT_RUNNABLE` with why."""
+``student``, token ``windows`` / ``ids`` and ``batches`` of them, a byte ``tokenizer``), so
+examples run as written in seconds, in a temporary folder. Examples that cannot run here are
+listed in `NOT_RUNNABLE` with why."""
 
 import functools
 import importlib
@@ -21,7 +22,6 @@ NOT_RUNNABLE: dict[str, str] = {
     "core.signature": "a sketch: gpt2_causal_lm is the caller's own object",
     "core.signature.input_view": "a sketch: gpt2_causal_lm is the caller's own object",
     "core.signature.signature": "a sketch: gpt2_causal_lm is the caller's own object",
-    "core.stats": "a sketch: batches is the caller's own object",
     "core.stats.InputStats.take_hessian": "a sketch: w is the caller's own object",
     "core.stats.invert_lower": "a sketch: h is the caller's own object",
     "distill": "a sketch: train is the caller's own object",
@@ -91,8 +91,6 @@ NOT_RUNNABLE: dict[str, str] = {
     "models.loaders.safetensors": "needs a real model: the SmolLM2 GGUF or a Hugging Face folder",
     "models.training": "a sketch: corpus is the caller's own object",
     "prune": "a sketch: calibration_ids is the caller's own object",
-    "prune.api": "a sketch: ids is the caller's own object",
-    "prune.api.prune": "a sketch: ids is the caller's own object",
     "prune.config.TaylorConfig": "a sketch: x is the caller's own object",
     "prune.oneshot.block_pruner": "a sketch: layers is the caller's own object",
     "prune.structured": "its parameter count (717) is of a larger model than the one here",
@@ -169,10 +167,10 @@ def _shared() -> dict:
     student = build_gpt("test-tiny", vocab_size=256, seq_len=128, d_model=16, n_layers=1,
                         n_heads=2, name="student")
     windows = np.random.default_rng(0).integers(0, 256, (8, 129)).astype("int32")
+    batches = [(windows[:4, :-1], windows[:4, 1:]), (windows[4:, :-1], windows[4:, 1:])]
     names.update(model=teacher, teacher=teacher, student=student, tokenizer=ByteTokenizer(),
-                 windows=windows[:, :-1], token_windows=windows[:, :-1],
-                 calibration=[(windows[:4, :-1], windows[:4, 1:]),
-                              (windows[4:, :-1], windows[4:, 1:])])
+                 windows=windows[:, :-1], token_windows=windows[:, :-1], ids=windows[:, :-1],
+                 calibration=batches, batches=batches)
     return names
 
 
