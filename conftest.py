@@ -33,7 +33,6 @@ NOT_RUNNABLE: dict[str, str] = {
     "distill.guard": "a sketch: holdout is the caller's own object",
     "distill.guard.KDGuard": "a sketch: valid_batches is the caller's own object",
     "distill.guard.holdout_loss": "a sketch: x is the caller's own object",
-    "distill.init": "a sketch: calibration_batches are the caller's (x, y, mask) batches",
     "distill.soft_targets": "a sketch: train is the caller's own object",
     "evaluate.plots": "a sketch: reports is the caller's own object",
     "evaluate.plots.plot_history": "a sketch: data is the caller's own object",

@@ -6,8 +6,10 @@ pruning). The student keeps the teacher's embeddings, final norm, head and the c
 then is distilled on logits.
 
 Example:
-    >>> scores = block_importance(teacher, calibration_batches)     # one score per block
-    >>> student = take_blocks(teacher, most_important(scores, n_keep=2))
+    >>> scores = block_importance(teacher, [windows])     # one score per block; batches of ids
+    >>> student = take_blocks(teacher, most_important(scores, n_keep=1))
+    >>> [la.name for la in student.layers if la.name.endswith("_add2")]
+    ['block0_add2']
 """
 
 from __future__ import annotations
