@@ -22,9 +22,12 @@ install: $(VENV)/.installed
 demo: llm
 	$(PY) -m tfcompress demo
 
-# every benchmark at --quick size is part of it (tests/test_benchmarks_quick.py, one worker)
+# every benchmark at --quick size is part of it (tests/test_benchmarks_quick.py, one worker);
+# then the docstring examples of tfcompress/ as doctests (namespace and the examples that
+# cannot run here, with why, in conftest.py)
 test: install
 	$(PY) -m pytest -q -n 2 --dist loadgroup --nbmake tests notebooks
+	$(PY) -m pytest -q -p no:xdist --doctest-modules tfcompress --ignore=tfcompress/__main__.py
 
 # just the benchmarks at --quick size (what make test runs of them), in one process
 bench-quick: install

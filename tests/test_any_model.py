@@ -322,7 +322,7 @@ def test_tfmot_path_on_a_tf_keras_transformer(ids, tmp_path):
     # (79.7 % next-token agreement < 85 % before)
     x = np.random.default_rng(0).integers(0, VOCAB, (64, SEQ)).astype("int32")
     result = tfc.export_tflite(q, tmp_path / "qat.tflite", "int8", SEQ,
-                               representative_data=x[:32], sample=x[:16], verbose=False)
+                               calibration=x[:32], sample=x[:16], verbose=False)
     assert result.qat and result.agreement >= 0.85
     clustered = tfmot_cluster(model, clusters=4)
     assert set(clustered.tfmot_skipped) == {"attn0", *norms}

@@ -218,7 +218,7 @@ def cases():
         ("export_keras_int8", lambda c: export_tflite(c.keras_int8, c.root / "m.tflite",
                                                       seq_len=POS), "Keras-native quantized"),
         ("export_smooth_strength", lambda c: export_tflite(
-            c.model, c.root / "m.tflite", "int8", seq_len=POS, representative_data=c.ids,
+            c.model, c.root / "m.tflite", "int8", seq_len=POS, calibration=c.ids,
             smooth=1.5), r"smooth .*\[0, 1\].*got 1.5"),
         ("export_smooth_float_mode", lambda c: export_tflite(
             c.model, c.root / "m.tflite", seq_len=POS, smooth=0.5), "smooth is only for"),

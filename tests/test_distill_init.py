@@ -74,3 +74,29 @@ def test_llama_blocks_are_scored_and_taken():
     assert sum(1 for la in student.layers if la.name.endswith("_attention")) == 2
     with pytest.raises(TfcompressError, match="no blocks named block0_add2"):
         block_importance(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]), [x])
+
+
+def toy_blocks_model(n: int, name: str = "toy") -> keras.Model:
+    """Blocks named as block_count reads them (``block{i}_add1``/``_add2``), of no known family."""
+    x = inp = keras.Input((SEQ, 4))
+    for i in range(n):
+        h = keras.layers.Dense(4, name=f"block{i}_dense")(x)
+        x = keras.layers.Add(name=f"block{i}_add1")([x, h])
+        x = keras.layers.Add(name=f"block{i}_add2")([x, h])
+    return keras.Model(inp, x, name=name)
+
+
+def test_take_blocks_reaches_a_family_registered_from_above_and_names_the_missing_one():
+    from tfcompress.core import shallow
+
+    model = toy_blocks_model(3)
+    with pytest.raises(TfcompressError, match=r"model 'toy' belongs to no family with a "
+                       r"shallower copy; registered: \['gpt', 'llama'\]"):
+        take_blocks(model, [0, 2])
+    shallow.register_shallow_copy(
+        "toy", lambda m: m.name == "toy", lambda m, keep, name: toy_blocks_model(len(keep), name))
+    try:
+        student = take_blocks(model, [0, 2], name="kept")
+        assert student.name == "kept" and student.get_layer("block1_add2") is not None
+    finally:
+        shallow._FAMILIES.pop("toy")

@@ -70,7 +70,7 @@ def exported(lm, calibration, heldout, tmp_path_factory):
         for mode in MODES:
             results[mode] = export_tflite(
                 lm, out / f"{mode}.tflite", mode, seq_len=SEQ, verbose=False, eval_data=heldout,
-                representative_data=calibration if MODES[mode].needs_representative else None)
+                calibration=calibration if MODES[mode].needs_representative else None)
     results["warnings"] = [str(w.message) for w in caught
                            if issubclass(w.category, XNNPACKFallbackWarning)]
     return results
@@ -129,7 +129,7 @@ def test_ops_recorded_and_fallbacks_warned(exported):
 
 def test_int8_io_token_model_and_float_model(lm, calibration, tmp_path):
     result = export_tflite(lm, tmp_path / "io.tflite", "int8", seq_len=SEQ, int8_io=True,
-                           representative_data=calibration, verbose=False)
+                           calibration=calibration, verbose=False)
     assert (result.input_dtype, result.output_dtype) == ("int32", "int8")
 
     rng = np.random.default_rng(0)
@@ -137,8 +137,10 @@ def test_int8_io_token_model_and_float_model(lm, calibration, tmp_path):
     hidden = keras.layers.Dense(16, activation="relu")(inputs)
     model = keras.Model(inputs, keras.layers.Dense(3)(hidden))
     data = rng.standard_normal((32, 4, 6)).astype("float32")
-    result = export_tflite(model, tmp_path / "f.tflite", "int8", int8_io=True,
-                           representative_data=data, sample=data[:8], verbose=False)
+    with pytest.warns(DeprecationWarning, match="representative_data= is deprecated.*use "
+                      "calibration="):
+        result = export_tflite(model, tmp_path / "f.tflite", "int8", int8_io=True,
+                               representative_data=data, sample=data[:8], verbose=False)
     assert (result.input_dtype, result.output_dtype) == ("int8", "int8")
     got = TFLiteRunner(result.path).predict(data[:8])  # the runner (de)quantizes the I/O
     want = model.predict(data[:8], verbose=0)
@@ -170,19 +172,22 @@ def test_next_token_greedy_and_top_k():
     ("kwargs", "match"),
     [
         ({"mode": "int9"}, "mode must be one of"),
-        ({"mode": "int8"}, "needs representative_data"),
-        ({"mode": "int16x8"}, "needs representative_data"),
-        ({"mode": "int8", "representative_data": np.zeros((4, 16), "int32")}, r"shape \(4, 16\)"),
-        ({"mode": "int8", "representative_data": np.zeros((4, SEQ), "float32")}, "dtype float32"),
-        ({"mode": "int8", "representative_data": np.zeros((0, SEQ), "int32")}, "is empty"),
-        ({"mode": "int8", "representative_data": np.full((2, SEQ), 999)}, r"\[999, 999\]"),
-        ({"mode": "int8", "representative_data": tf.data.Dataset.from_tensor_slices(
+        ({"mode": "int8"}, "needs calibration"),
+        ({"mode": "int16x8"}, "needs calibration"),
+        ({"mode": "int8", "calibration": np.zeros((4, 16), "int32")}, r"shape \(4, 16\)"),
+        ({"mode": "int8", "calibration": np.zeros((4, SEQ), "float32")}, "dtype float32"),
+        ({"mode": "int8", "calibration": np.zeros((0, SEQ), "int32")}, "is empty"),
+        ({"mode": "int8", "calibration": np.full((2, SEQ), 999)}, r"\[999, 999\]"),
+        ({"mode": "int8", "calibration": tf.data.Dataset.from_tensor_slices(
             np.zeros((4, 8), "int32"))}, "dataset elements has shape"),
-        ({"mode": "int8", "representative_data": tf.data.Dataset.from_tensor_slices(
+        ({"mode": "int8", "calibration": tf.data.Dataset.from_tensor_slices(
             np.zeros((0, SEQ), "int32"))}, "is empty"),
-        ({"mode": "float16", "representative_data": np.zeros((2, SEQ), "int32")},
+        ({"mode": "float16", "calibration": np.zeros((2, SEQ), "int32")},
          "only used by modes"),
         ({"mode": "float16", "int8_io": True}, "int8_io is only for mode 'int8'"),
+        ({"mode": "int8", "calibration": np.zeros((2, SEQ), "int32"),
+          "representative_data": np.zeros((2, SEQ), "int32")},
+         r"give calibration only \(representative_data is its deprecated name\), not both"),
         ({"mode": "float32", "batch_size": 0}, "batch_size must be"),
         ({"mode": "float32", "sample": np.zeros((2, 5), "int32")}, "sample must have shape"),
     ],
@@ -192,6 +197,27 @@ def test_bad_arguments_raise_before_any_work(lm, tmp_path, kwargs, match):
     with pytest.raises(TfcompressError, match=match):
         export_tflite(lm, path, seq_len=SEQ, verbose=False, **kwargs)
     assert not path.exists()
+
+
+def test_a_failed_write_leaves_the_old_file_and_no_partial_one(tmp_path, monkeypatch):
+    keras.utils.set_random_seed(0)
+    model = build_gpt("test-tiny", vocab_size=32, seq_len=8)
+    path = tmp_path / "m.tflite"
+    path.write_bytes(b"old")
+    real_write = Path.write_bytes
+
+    def disk_full(self, data):
+        real_write(self, data[: len(data) // 2])
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", disk_full)
+    with pytest.raises(OSError, match="No space left"):
+        export_tflite(model, path, seq_len=8, verify_output=False, verbose=0)
+    monkeypatch.undo()
+    assert [p.name for p in tmp_path.iterdir()] == ["m.tflite"]
+    assert path.read_bytes() == b"old"
+    export_tflite(model, path, seq_len=8, verify_output=False, verbose=0)
+    assert TFLiteRunner(path).seq_len == 8 and [p.name for p in tmp_path.iterdir()] == ["m.tflite"]
 
 
 def test_not_a_model_raises(tmp_path):
@@ -387,7 +413,7 @@ def test_int4_refuses_widths_off_its_block_before_converting(tmp_path):
 def test_ptq_rounded_weights_export_int8(lm, calibration, tmp_path):
     model = _round_to_int8_grid(copy_model(lm))
     result = export_tflite(model, tmp_path / "ptq.tflite", "int8", seq_len=SEQ,
-                           representative_data=calibration, verbose=False)
+                           calibration=calibration, verbose=False)
     assert result.agreement >= MODES["int8"].min_agreement and not result.qat
 
 

@@ -91,7 +91,7 @@ def test_failed_int8_verification_names_the_layer_that_breaks_it(tmp_path):
     data = np.random.default_rng(0).integers(0, 32, (16, 8)).astype("int32")
     with pytest.raises(VerificationError, match=r"first op that breaks it .*: BATCH_MATMUL in "
                        r"`naive\w*/naive_attention\w*/einsum` .* scale [0-9.]+e\+06"):
-        export_tflite(model, tmp_path / "m.tflite", "int8", 8, representative_data=data,
+        export_tflite(model, tmp_path / "m.tflite", "int8", 8, calibration=data,
                       sample=data[:4], verbose=False)
 
 

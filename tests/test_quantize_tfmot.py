@@ -40,7 +40,7 @@ def test_transformer_quantizes_its_dense_layers_and_exports_int8(transformer, id
     for a, b in zip(before, transformer.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)  # the user's model is untouched
     # an untrained model has near-flat logits, so int8 flips some argmaxes
-    result = export_tflite(q, tmp_path / "q.tflite", "int8", 16, representative_data=ids,
+    result = export_tflite(q, tmp_path / "q.tflite", "int8", 16, calibration=ids,
                            sample=ids, max_abs_error=1.0, min_agreement=0.6)
     assert result.qat and result.input_dtype == "int32"
     assert np.isfinite(result.max_abs_error)

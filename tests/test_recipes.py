@@ -128,9 +128,15 @@ GOOD = {"model": {"preset": "test-tiny", "train_steps": 2}, "data": {"corpus": "
      "stages[0].export.auxiliary_inputs: must be one of ('fixed', 'exposed') (padding masks "
      "fixed to ones or exposed as inputs), got 'ones'"),
     ({"stages": [{"distill": {"steps": 5}}]}, "student: give a student spec"),
-    ({"stages": [{"distill": {"steps": 5, "student": {"depth": 0.5}, "alpha_end": 1.5}}]},
-     "stages[0].distill.alpha_end: alpha must be a number in [0, 1] (weight of the hard "
-     "loss), got 1.5"),
+    ({"stages": [{"distill": {"steps": 5, "student": {"depth": 0.5},
+                              "labels_weight_end": 1.5}}]},
+     "stages[0].distill.labels_weight_end: labels_weight_end must be a number in [0, 1] "
+     "(weight of the hard loss), got 1.5"),
+    ({"stages": [{"distill": {"steps": 5, "student": {"depth": 0.5}, "labels_wieght": 0.5}}]},
+     "stages[0].distill: unknown key 'labels_wieght' (did you mean 'labels_weight'?) (valid: "),
+    ({"stages": [{"distill": {"steps": 5, "student": {"depth": 0.5}, "alpha": 0.5,
+                              "labels_weight": 0.5}}]},
+     "stages[0].distill: give labels_weight only (alpha is its deprecated name), not both"),
     ({"stages": [{"distill": {"steps": 5, "student": {"depth": 0.5}, "temperature": 0}}]},
      "stages[0].distill.temperature: temperature must be a number > 0, got 0"),
     ({"stages": [{"distill": {"steps": 5, "student": {"depth": 2.0}}}]},
@@ -165,7 +171,8 @@ GOOD = {"model": {"preset": "test-tiny", "train_steps": 2}, "data": {"corpus": "
                                      "cache_length": 32}}}]},
      "stages[0].export.llm.cache_length: 32 is below the longest prefill length 64"),
     ({"stages": [{"export": {"llm": {"modes": ["int4"], "cache": 32}}}]},
-     "stages[0].export.llm: unknown key 'cache' (valid: budget_mb, cache_buckets, "
+     "stages[0].export.llm: unknown key 'cache' (did you mean 'cache_length'?) (valid: "
+     "budget_mb, cache_buckets, "
      "cache_length, kv_cache_dtype, litertlm, modes, prefill_lengths)"),
     ({"stages": [{"export": {"llm": {"modes": ["int4"], "cache_buckets": [512, 512]}}}]},
      "stages[0].export.llm.cache_buckets must be 'auto', None or distinct cache lengths in "
@@ -191,6 +198,20 @@ def test_every_bad_recipe_gets_its_message(change, message):
     with pytest.raises(TfcompressError, match="recipe has") as err:
         validate({**GOOD, **change})
     assert message in str(err.value)
+
+
+def test_old_distill_keys_warn_and_read_as_the_labels_weight():
+    stage = {"distill": {"steps": 5, "student": {"depth": 0.5}, "alpha": 0.0, "alpha_end": 1}}
+    with pytest.warns(DeprecationWarning) as caught:
+        recipe = validate({**GOOD, "stages": [stage]})
+    assert [str(w.message) for w in caught] == [
+        f"recipe key stages[0].distill.{old} is deprecated and will be removed in the next "
+        f"release: use {new}" for old, new in (("alpha", "labels_weight"),
+                                                ("alpha_end", "labels_weight_end"))]
+    assert caught[0].filename == __file__  # the user's line, so Python's filters show it
+    got = recipe["stages"][0]
+    assert (got["labels_weight"], got["labels_weight_end"]) == (0.0, 1)
+    assert "alpha" not in got and stage["distill"]["alpha"] == 0.0  # the user's dict unchanged
 
 
 def test_all_problems_in_one_error_before_any_work(tmp_path):
@@ -352,8 +373,8 @@ def test_a_live_model_object_as_the_source(bundle, tmp_path):
     assert model.get_layer("hidden").kernel.dtype == "float32"  # the user's model untouched
 
 
-def test_distill_stage_anneals_alpha_to_alpha_end(bundle, tmp_path):
-    """alpha 0 -> alpha_end 1 over 2 steps: step 1 on logits only, step 2 on labels only."""
+def test_distill_stage_anneals_the_labels_weight(bundle, tmp_path):
+    """labels weight 0 -> 1 over 2 steps: step 1 on logits only, step 2 on labels only."""
     from tfcompress.models import build_gpt
 
     def student(stage):
@@ -367,9 +388,10 @@ def test_distill_stage_anneals_alpha_to_alpha_end(bundle, tmp_path):
         run = run_recipe(recipe)
         return run, [np.asarray(w) for w in run.model("s").weights]
 
-    annealed, weights = student({"alpha": 0.0, "alpha_end": 1.0})
+    annealed, weights = student({"labels_weight": 0.0, "labels_weight_end": 1.0})
     assert "(labels weight 0 -> 1)" in annealed.notes[0]
-    for fixed in ({"alpha": 0.0}, {"alpha": 1.0}):  # each agrees with one of the two steps only
+    # each agrees with one of the two steps only
+    for fixed in ({"labels_weight": 0.0}, {"labels_weight": 1.0}):
         other = student(fixed)[1]
         assert any(not np.allclose(a, b) for a, b in zip(weights, other, strict=True))
 
@@ -384,7 +406,7 @@ def test_prune_then_distil_keeps_the_important_blocks_and_their_zeros(bundle, tm
     teacher = build_gpt("test-tiny", n_layers=4, vocab_size=256, seq_len=SEQ, name="gpt")
     recipe = recipe_for(bundle, [
         {"prune": {"method": "magnitude", "sparsity": 0.5, "include": "block"}},
-        {"distill": {"input": "teacher", "name": "half", "steps": 2, "alpha": 0.0,
+        {"distill": {"input": "teacher", "name": "half", "steps": 2, "labels_weight": 0.0,
                      "student": {"model": "teacher-pruned", "depth": 0.5,
                                  "select": "importance"}}}], output=str(tmp_path / "run"))
     recipe["model"] = {"object": teacher, "name": "teacher"}

@@ -133,7 +133,7 @@ def test_export_refuses_bad_smoothing_before_converting(tmp_path):
     model = build_gpt("test-tiny", vocab_size=64)
     ids = np.zeros((4, 32), "int32")
     with pytest.raises(TfcompressError, match=r"smooth .*\[0, 1\].*got 2"):
-        export_tflite(model, tmp_path / "m.tflite", "int8", seq_len=32, representative_data=ids,
+        export_tflite(model, tmp_path / "m.tflite", "int8", seq_len=32, calibration=ids,
                       smooth=2)
     with pytest.raises(TfcompressError, match="smooth is only for .*'int8'.*not 'float32'"):
         export_tflite(model, tmp_path / "m.tflite", "float32", seq_len=32, smooth=0.5)
@@ -153,7 +153,7 @@ def test_smoothed_int8_export_verifies_against_the_original(tmp_path):
     ids = np.random.default_rng(0).integers(0, 64, (8, 16)).astype("int32")
     before = [w.numpy().copy() for w in model.weights]
     result = export_tflite(model, tmp_path / "m.tflite", "int8", seq_len=16,
-                           representative_data=ids, smooth=0.5, verbose=False)
+                           calibration=ids, smooth=0.5, verbose=False)
     assert result.agreement >= 0.85  # verified against `model` by export_tflite itself
     for a, w in zip(before, model.weights, strict=True):
         np.testing.assert_array_equal(a, w.numpy())

@@ -1,17 +1,17 @@
 """tfcompress: make Keras language models smaller and faster, measured honestly.
 
-One verb per method, each also the name of its subpackage: ``tfcompress.prune``,
-``tfcompress.quantize``, ``tfcompress.evaluate`` are callable packages
-(``tfcompress.prune(model, ...)`` runs the verb, ``tfcompress.prune.WandaConfig`` is in the
-package); ``factorize`` (package ``lowrank``), ``export_tflite`` (package ``export``) and
-``Distiller`` (package ``distill``) complete the set. `run` runs a recipe (package
-``recipes``).
+One verb per method, each package callable as it: ``tfcompress.prune``,
+``tfcompress.quantize``, ``tfcompress.lowrank`` (``factorize``), ``tfcompress.distill`` and
+``tfcompress.evaluate`` (``tfcompress.prune(model, ...)`` runs the verb,
+``tfcompress.prune.WandaConfig`` is in the package); ``export_tflite`` and ``export_llm``
+(package ``export``) complete the set. `run` runs a recipe (package ``recipes``).
 
 Example:
     >>> import tfcompress
     >>> corpus = tfcompress.data.load_corpus("austen")
-    >>> model = tfcompress.models.build_gpt("student", vocab_size=corpus.vocab_size)
-    >>> report = tfcompress.evaluate(model, corpus.dataset("test", 128, 32), seq_len=128)
+    >>> model = tfcompress.models.build_gpt("test-tiny", vocab_size=corpus.vocab_size)
+    >>> test = corpus.dataset("test", 32, 32).take(2)       # two batches of 32 windows
+    >>> report = tfcompress.evaluate(model, test, seq_len=32, batch_sizes=())
 """
 
 from __future__ import annotations

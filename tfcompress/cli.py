@@ -20,6 +20,10 @@ import sys
 from pathlib import Path
 
 from tfcompress.errors import TfcompressError, VerificationError
+
+# The library writes its progress with core.progress.print_msg; a command's own results (JSON,
+# generated text, the report's path) and errors are this program's output, so they are
+# printed: to stdout and stderr, whatever Keras's interactive logging is set to.
 from tfcompress.recipes.schema import STAGE_NAMES, TOLERANCES
 
 # tfcompress.export.MODES, spelled out so that --help does not import TensorFlow
@@ -304,7 +308,7 @@ def _export(args) -> int:
         model, out, mode=args.mode, seq_len=seq_len, eval_data=batches,
         auxiliary_inputs=args.auxiliary_inputs,
         **{k: getattr(args, k) for k in TOLERANCES if getattr(args, k) is not None},
-        representative_data=calibration if MODES[args.mode].needs_representative else None)
+        calibration=calibration if MODES[args.mode].needs_representative else None)
     from tfcompress.recipes.sources import write_tokenizer
 
     written = write_tokenizer(tokenizer, out.parent, out.stem)

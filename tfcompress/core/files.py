@@ -1,5 +1,5 @@
 """Files written whole or not at all: a crash or an error mid-write leaves the old file (or none),
-never a truncated one.
+never a truncated one; and a file's size as stored and gzipped (`file_sizes`).
 
     >>> from tfcompress.core.files import atomic_path, write_atomic
     >>> write_atomic(path, "text")                  # doctest: +SKIP
@@ -9,6 +9,7 @@ never a truncated one.
 
 from __future__ import annotations
 
+import gzip
 import os
 import tempfile
 from collections.abc import Iterator
@@ -40,3 +41,9 @@ def write_atomic(path: str | Path, data: bytes | str) -> Path:
     with atomic_path(path) as tmp:
         tmp.write_bytes(data.encode("utf-8") if isinstance(data, str) else data)
     return Path(path)
+
+
+def file_sizes(path: str | Path) -> dict:
+    """Bytes of a file as stored and after gzip (level 9), read from disk."""
+    data = Path(path).read_bytes()
+    return {"bytes": len(data), "gzip_bytes": len(gzip.compress(data, compresslevel=9, mtime=0))}

@@ -35,7 +35,7 @@ def paley_hadamard(q: int) -> np.ndarray:
 
     Example:
         >>> h = paley_hadamard(3)
-        >>> (h @ h.T == 4 * np.eye(4)).all()
+        >>> bool((h @ h.T == 4 * np.eye(4)).all())
         True
     """
     if not _is_prime(q) or q % 4 != 3:

@@ -3,6 +3,9 @@
 Example:
     >>> for path, layer in select_layers(model, types=("Dense", "EinsumDense")):
     ...     print(path, kernel_of(layer).shape)
+    block0_attn/query (16, 2, 8)
+    ...
+    lm_head (16, 256)
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """Subpackages that are also their verb: ``tfcompress.prune`` is the package and
 ``tfcompress.prune(model, ...)`` calls ``tfcompress.prune.prune``, so one name serves both
-and neither shadows the other.
+and neither shadows the other. Every method package is (``distill``, ``prune``, ``quantize``,
+``lowrank`` as ``factorize``) and ``evaluate``: README.md says why all rather than none.
 
 Example:
     >>> import tfcompress
-    >>> tfcompress.prune(model, sparsity=0.5)       # the verb
-    >>> tfcompress.prune.WandaConfig(sparsity=0.5)  # the package
+    >>> pruned = tfcompress.prune(model, sparsity=0.5)              # the verb
+    >>> config = tfcompress.prune.WandaConfig(sparsity=0.5)         # the package
 """
 
 from __future__ import annotations

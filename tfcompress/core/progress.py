@@ -1,4 +1,5 @@
-"""Progress of long work: Keras's bar on a terminal, plain lines in a log.
+"""Progress of long work: Keras's bar on a terminal, plain lines in a log, and `print_msg`,
+the one way the library prints (as Keras's ``fit`` does).
 
 Keras's ``Progbar`` writes ANSI colour codes and carriage returns even when the output goes
 to a file or CI log; there `progress_bar` prints a plain line instead, at most every
@@ -14,11 +15,34 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 import sys
 import time
 from collections.abc import Iterator
 
 LOG_EVERY_S = 5.0
+logger = logging.getLogger("tfcompress")
+
+
+def print_msg(message: str) -> None:
+    """Write a progress or result line as Keras's own ``io_utils.print_msg`` does: to stdout, or
+    at INFO to the ``tfcompress`` logger after ``keras.config.disable_interactive_logging()``
+    (callers write only when their ``verbose`` says so).
+
+    Example:
+        >>> keras.config.enable_interactive_logging()     # Keras's default
+        >>> print_msg("export: 3 of 4 layers")
+        export: 3 of 4 layers
+        >>> keras.config.disable_interactive_logging()    # now to the tfcompress logger
+        >>> print_msg("export: 4 of 4 layers")
+    """
+    import keras
+
+    if not keras.config.is_interactive_logging_enabled():
+        logger.info(message)
+        return
+    sys.stdout.write(f"{message}\n")
+    sys.stdout.flush()
 
 
 class LogProgress:
@@ -36,8 +60,8 @@ class LogProgress:
             return
         self.shown = now
         left = now / max(self.current, 1) * (self.target - self.current)
-        print(f"{self.unit} {self.current}/{self.target} ({now:.1f} s"
-              f"{'' if done else f', ~{left:.0f} s left'})", flush=True)
+        print_msg(f"{self.unit} {self.current}/{self.target} ({now:.1f} s"
+                  f"{'' if done else f', ~{left:.0f} s left'})")
 
     def add(self, n: int, values=None) -> None:
         self.update(self.current + n)

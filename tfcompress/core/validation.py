@@ -10,7 +10,7 @@ reads them, and the library's own errors are re-raised with the file's name.
 Example:
     >>> check_token_ids(np.array([[1, 2, 99]]), "calibration", vocab=64)
     Traceback (most recent call last):
-    TfcompressError: calibration holds token id 99, but the model's vocabulary is 64 ...
+    tfcompress.errors.TfcompressError: calibration holds token id 99, but the model's ...
 """
 
 from __future__ import annotations

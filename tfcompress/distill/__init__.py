@@ -1,5 +1,7 @@
 """Knowledge distillation for Keras language models, driven from ``fit``.
 
+- `distill(teacher, student, data, steps)`: the verb (also ``tfcompress.distill(...)``), a
+  `Distiller` compiled and fit in one call.
 - `Distiller`: teacher + student as one Keras model (hard/soft/feature losses in the history).
 - `DistillOptions`: on-policy sequences (GKD, `tfcompress.distill.on_policy`) and hidden-state
   matching of a depth-pruned student's blocks to the ones it kept (`.features`).
@@ -17,6 +19,8 @@ Example:
     >>> d.compile(optimizer="adamw"); d.fit(train, steps_per_epoch=300)
 """
 
+from tfcompress.core.modules import make_callable
+from tfcompress.distill.api import distill
 from tfcompress.distill.cache import cache_teacher, load_teacher_cache
 from tfcompress.distill.callbacks import BestStudentCheckpoint, ParameterSchedule
 from tfcompress.distill.distiller import Distiller
@@ -25,6 +29,8 @@ from tfcompress.distill.init import block_importance, most_important, take_block
 from tfcompress.distill.losses import DIVERGENCES, kd_loss
 from tfcompress.distill.options import DistillOptions
 from tfcompress.distill.soft_targets import SoftTargetLoss, with_teacher_logits
+
+make_callable(__name__, distill)
 
 __all__ = [
     "DIVERGENCES",
@@ -36,6 +42,7 @@ __all__ = [
     "SoftTargetLoss",
     "block_importance",
     "cache_teacher",
+    "distill",
     "kd_loss",
     "load_teacher_cache",
     "most_important",

@@ -14,6 +14,8 @@ from pathlib import Path
 import keras
 import numpy as np
 
+from tfcompress.core.latency import keras_forward
+from tfcompress.core.quality import lm_quality
 from tfcompress.distill.losses import SCHEDULES, check_alpha, check_temperature, schedule_value
 from tfcompress.errors import TfcompressError
 
@@ -45,7 +47,7 @@ class ParameterSchedule(keras.callbacks.Callback):
     ``steps`` batches (default: the whole ``fit``); the value stays at ``end`` afterwards.
 
     Example:
-        >>> ParameterSchedule("labels_weight", "linear", start=0.0, end=1.0, steps=200)
+        >>> schedule = ParameterSchedule("labels_weight", "linear", start=0.0, end=1.0, steps=200)
     """
 
     def __init__(self, parameter: str, kind: str = "linear", start: float = 1.0,
@@ -98,8 +100,6 @@ class ParameterSchedule(keras.callbacks.Callback):
 
 def student_perplexity(student, data) -> float:
     """Held-out perplexity of a Keras 3 or tf.keras student over ``(x, y, mask)`` batches."""
-    from tfcompress.evaluate import keras_forward, lm_quality
-
     return lm_quality(keras_forward(student), data)["perplexity"]
 
 
@@ -129,8 +129,6 @@ class BestStudentCheckpoint(keras.callbacks.Callback):
         self._forward = None
 
     def on_train_begin(self, logs=None):
-        from tfcompress.evaluate import keras_forward
-
         self._forward = keras_forward(self.student)  # traced once per fit, not per check
 
     @property
@@ -138,8 +136,6 @@ class BestStudentCheckpoint(keras.callbacks.Callback):
         return getattr(self.model, "student", self.model)
 
     def _check(self):
-        from tfcompress.evaluate import lm_quality
-
         perplexity = lm_quality(self._forward, self.data)["perplexity"]
         self.history.append(perplexity)
         if perplexity < self.best_perplexity:

@@ -21,6 +21,7 @@ import numpy as np
 from tfcompress.core.files import atomic_path
 from tfcompress.core.layers import copy_model
 from tfcompress.core.losses import lm_loss
+from tfcompress.core.progress import print_msg
 from tfcompress.core.signature import model_inputs
 from tfcompress.distill.losses import hard_cross_entropy
 from tfcompress.errors import TfcompressError
@@ -224,7 +225,7 @@ class KDGuard(keras.callbacks.Callback):
 
     def _say(self, line: str):
         if self.verbose:
-            print(line, flush=True)
+            print_msg(line)
 
     def on_epoch_end(self, epoch, logs=None):
         if logs is not None and self.history:

@@ -6,8 +6,10 @@ pruning). The student keeps the teacher's embeddings, final norm, head and the c
 then is distilled on logits.
 
 Example:
-    >>> scores = block_importance(teacher, calibration_batches)     # one score per block
-    >>> student = take_blocks(teacher, most_important(scores, n_keep=2))
+    >>> scores = block_importance(teacher, [windows])     # one score per block; batches of ids
+    >>> student = take_blocks(teacher, most_important(scores, n_keep=1))
+    >>> [la.name for la in student.layers if la.name.endswith("_add2")]
+    ['block0_add2']
 """
 
 from __future__ import annotations
@@ -17,7 +19,8 @@ from collections.abc import Sequence
 import keras
 import numpy as np
 
-from tfcompress.core.layers import copy_kept_blocks, require_keras3
+from tfcompress.core.layers import require_keras3
+from tfcompress.core.shallow import shallow_copy
 from tfcompress.errors import TfcompressError
 
 
@@ -87,24 +90,17 @@ def most_important(scores: Sequence[float], n_keep: int) -> list[int]:
 
 
 def take_blocks(model, keep: Sequence[int], name: str = "student"):
-    """A shallower copy of a `build_gpt` or `build_llama` model holding blocks ``keep``.
+    """A shallower copy of a `build_gpt` or `build_llama` model (or of a family registered with
+    `tfcompress.core.shallow.register_shallow_copy`) holding blocks ``keep``.
 
     Embeddings, final norm and head are copied too; ``model`` is not changed.
     """
-    from tfcompress.models import build_gpt
-    from tfcompress.models.gpt import gpt_config_of
-    from tfcompress.models.llama import take_layers
-
     require_keras3(model, "model")
     n = block_count(model)
     keep = [int(i) for i in keep]
     if not keep or len(set(keep)) != len(keep) or any(not 0 <= i < n for i in keep):
         raise TfcompressError(f"keep must list distinct block indices in [0, {n}), got {keep}")
-    if any(la.name == "block0_attention" for la in model.layers):
-        return take_layers(model, keep, name=name)
-    student = build_gpt(gpt_config_of(model), n_layers=len(keep), name=name)
-    copy_kept_blocks(model, student, keep)
-    return student
+    return shallow_copy(model, keep, name=name)
 
 
 __all__ = ["block_count", "block_importance", "cosine_importance", "most_important",

@@ -1,14 +1,14 @@
 """Measurement: size (raw and gzip), latency, perplexity/accuracy, comparison tables, plots."""
 
-from tfcompress.core.modules import make_callable
-from tfcompress.evaluate.latency import (
+from tfcompress.core.latency import (
     interleaved_latency,
     keras_forward,
     keras_latency,
     time_callable,
 )
+from tfcompress.core.modules import make_callable
+from tfcompress.core.quality import lm_quality, token_stats
 from tfcompress.evaluate.plots import plot_bars, plot_history, plot_points, plot_quality_vs_size
-from tfcompress.evaluate.quality import lm_quality, token_stats
 from tfcompress.evaluate.report import Report, compare, evaluate, ratios, write_report
 from tfcompress.evaluate.size import file_sizes, keras_file_sizes, param_counts
 

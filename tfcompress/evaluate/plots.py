@@ -13,34 +13,12 @@ Example:
 
 from __future__ import annotations
 
-import functools
-import io
 import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
+from tfcompress.core.figures import DPI, figure
 from tfcompress.errors import TfcompressError
-
-DPI = 100  # a 7-inch figure is a 700-pixel PNG: readable, and a few tens of kB
-
-
-@functools.cache
-def _figure_class():
-    from matplotlib.figure import Figure
-
-    class NotebookFigure(Figure):
-        def _repr_png_(self) -> bytes:
-            buffer = io.BytesIO()
-            self.savefig(buffer, format="png", dpi=DPI, bbox_inches="tight")
-            return buffer.getvalue()
-
-    return NotebookFigure
-
-
-def figure(width: float, height: float):
-    """A matplotlib ``Figure`` (no pyplot, no backend) that IPython shows inline as a PNG when
-    it is a cell's value, whether or not the notebook enabled matplotlib's inline backend."""
-    return _figure_class()(figsize=(width, height), dpi=DPI)
 
 
 def _axes(fig, title: str, xlabel: str = "", ylabel: str = ""):
@@ -131,8 +109,8 @@ def plot_points(points: Mapping[str, tuple[float, float]], *, xlabel: str = "",
     """Scatter of labelled ``{label: (x, y)}`` points, labels placed so they do not overlap.
 
     Example:
-        >>> plot_points({"int8": (8.0, 0.01), "int4": (4.25, 0.09)},
-        ...             xlabel="bits per weight", ylabel="relative error")
+        >>> fig = plot_points({"int8": (8.0, 0.01), "int4": (4.25, 0.09)},
+        ...                   xlabel="bits per weight", ylabel="relative error")
     """
     rows = [(label, float(x), float(y)) for label, (x, y) in points.items()]
     fig = figure(7, 4.5)
@@ -177,9 +155,9 @@ def plot_bars(values: Mapping[str, float] | Mapping[str, Mapping[str, float]], *
     bar labelled with its value (``fmt``). ``horizontal`` suits long labels such as layer paths.
 
     Example:
-        >>> plot_bars({"float16": 812.0, "int8": 421.5}, ylabel="kB", title="file size")
-        >>> plot_bars({"float32": {"1": 2.1, "2": 1.4}, "int8": {"1": 1.2, "2": 0.9}},
-        ...           ylabel="ms", title="latency per thread count")
+        >>> fig = plot_bars({"float16": 812.0, "int8": 421.5}, ylabel="kB", title="file size")
+        >>> fig = plot_bars({"float32": {"1": 2.1, "2": 1.4}, "int8": {"1": 1.2, "2": 0.9}},
+        ...                 ylabel="ms", title="latency per thread count")
     """
     if not values:
         raise TfcompressError("values is empty: give at least one {label: value}")

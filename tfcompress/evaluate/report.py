@@ -13,7 +13,9 @@ import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from tfcompress.core.latency import keras_forward, keras_latency
 from tfcompress.core.layers import is_keras_model
+from tfcompress.core.quality import classifier_accuracy, lm_quality
 from tfcompress.core.signature import model_seq_len, output_width
 from tfcompress.core.validation import (
     check_input_file,
@@ -23,9 +25,7 @@ from tfcompress.core.validation import (
     model_vocab,
 )
 from tfcompress.errors import TfcompressError
-from tfcompress.evaluate.latency import keras_forward, keras_latency
 from tfcompress.evaluate.plots import plot_quality_vs_size
-from tfcompress.evaluate.quality import classifier_accuracy, lm_quality
 from tfcompress.evaluate.size import bits_per_weight, file_sizes, keras_file_sizes, param_counts
 
 TASKS = ("lm", "classifier")

@@ -7,11 +7,12 @@ Example:
 
 from __future__ import annotations
 
-import gzip
 import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from tfcompress.core.files import file_sizes
 
 
 def param_counts(model) -> dict:
@@ -42,12 +43,6 @@ def param_counts(model) -> dict:
         total += value.size
         nonzero += int(np.count_nonzero(value))
     return {"params": int(total), "nonzero": int(nonzero)}
-
-
-def file_sizes(path: str | Path) -> dict:
-    """Bytes of a file as stored and after gzip (level 9), read from disk."""
-    data = Path(path).read_bytes()
-    return {"bytes": len(data), "gzip_bytes": len(gzip.compress(data, compresslevel=9, mtime=0))}
 
 
 def keras_file_sizes(model, path: str | Path | None = None) -> dict:

@@ -122,7 +122,7 @@ def convert(model, spec: InputSpec, mode: str = "float32", samples: list | None 
         qat = has_fake_quant(tmp)
         if samples is None and mode == "int8" and not qat:
             raise TfcompressError(
-                f"mode {mode!r} needs representative_data (calibration inputs: "
+                f"mode {mode!r} needs calibration (samples of the model input: "
                 f"{spec.describe()}); only a quantization-aware (fake-quant) model can skip it"
             )
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)

@@ -94,7 +94,7 @@ class Diagnosis:
     def plot(self, path: str | Path | None = None, title: str = "quantization error by tensor"):
         """Relative error of each tensor in graph order (log scale) as a matplotlib ``Figure``;
         saved as a PNG when ``path``."""
-        from tfcompress.evaluate.plots import DPI, figure
+        from tfcompress.core.figures import DPI, figure
 
         fig = figure(9, 3.5)
         ax = fig.add_subplot()

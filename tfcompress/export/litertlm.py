@@ -16,7 +16,7 @@ from pathlib import Path
 
 from tfcompress.core.files import atomic_path
 from tfcompress.errors import TfcompressError
-from tfcompress.export.llm import CONFIG_FILE
+from tfcompress.export.llm_layout import CONFIG_FILE
 
 
 def llm_metadata(config: dict) -> bytes:

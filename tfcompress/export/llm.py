@@ -40,16 +40,24 @@ from pathlib import Path
 import numpy as np
 
 from tfcompress.core.files import write_atomic
+from tfcompress.core.progress import print_msg
 from tfcompress.errors import TfcompressError, VerificationError
 from tfcompress.export.llm_budget import BudgetPlan, budget_plan, check_budget
 from tfcompress.export.llm_graph import Decoder, cached_forward, decoder_of
 from tfcompress.export.llm_int4 import llm_scopes, quantize_int4
+from tfcompress.export.llm_layout import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    TOKENIZER_FILE,
+    bucket_signature_names,
+    cache_names,
+    prefill_signature_names,
+)
 from tfcompress.export.llm_tied import share_tied_table
 from tfcompress.export.modes import INT4_BLOCK, LLM_MODES, check_int4_blocks
 from tfcompress.export.ops import inspect_tflite
 from tfcompress.export.verification import Tolerances, agreement_stats, discard, verify
 
-MODEL_FILE, TOKENIZER_FILE, CONFIG_FILE = "model.tflite", "tokenizer.json", "llm.json"
 # cache_buckets="auto": powers of two from this length up to below cache_length (shorter
 # caches cost little to attend over in full)
 MIN_AUTO_BUCKET = 256
@@ -83,33 +91,6 @@ class LLMExportResult:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def prefill_signature_names(prefill_lengths) -> dict[str, int]:
-    """LiteRT-Torch's names: ``prefill`` for one length, else ``prefill_{n}`` per length."""
-    lengths = sorted(prefill_lengths)
-    if len(lengths) == 1:
-        return {"prefill": lengths[0]}
-    return {f"prefill_{n}": n for n in lengths}
-
-
-def cache_names(n_layers: int) -> list[str]:
-    return [f"kv_cache_{kv}_{i}" for i in range(n_layers) for kv in "kv"]
-
-
-def bucket_signature_names(prefill_lengths, buckets) -> dict[str, dict]:
-    """Per bucket ``B``: ``{"decode": "decode_{B}", "prefill": {"cache{B}_prefill_{n}": n}}``
-    for the prefill lengths that fit ``B`` (no name starts with ``prefill``: LiteRT-LM would
-    take it for a full-length prefill runner).
-
-    Example:
-        >>> bucket_signature_names((32, 128), (64,))
-        {64: {'decode': 'decode_64', 'prefill': {'cache64_prefill_32': 32}}}
-    """
-    return {b: {"decode": f"decode_{b}",
-                "prefill": {f"cache{b}_prefill_{n}": n for n in sorted(prefill_lengths)
-                            if n <= b}}
-            for b in sorted(buckets)}
 
 
 def check_cache_buckets(cache_buckets, cache_length: int) -> tuple[int, ...]:
@@ -354,8 +335,8 @@ def export_llm(
     names = prefill_signature_names(lengths)
     plan = signature_plan(names, cache_length, buckets)
     if verbose:
-        print(f"export_llm: {dec.kind} model, {dec.n_layers} layers -> {mode}, signatures "
-              f"{list(plan)}, cache {cache_length}")
+        print_msg(f"export_llm: {dec.kind} model, {dec.n_layers} layers -> {mode}, signatures "
+                  f"{list(plan)}, cache {cache_length}")
     budget = None if budget_mb is None else budget_plan(dec, budget_mb, calibration, verbose)
     flatbuffer, int4 = _convert(dec, plan, mode, kv_cache_dtype, budget)
     path.mkdir(parents=True, exist_ok=True)
@@ -459,22 +440,23 @@ def _bundle_config(dec: Decoder, mode: str, cache_length: int, lengths, names: d
 def _print_result(result: LLMExportResult, tflite: Path, verified: bool) -> None:
     int4 = result.int4
     if int4 is not None:
-        print(f"export_llm: int4 codes kept exactly for {len(int4['copied'])} quantized "
-              f"layers, re-rounded for {len(int4['rerounded'])} {int4['rerounded'][:4]}; "
-              f"embedding {int4['embedding']}")
+        print_msg(f"export_llm: int4 codes kept exactly for {len(int4['copied'])} quantized "
+                  f"layers, re-rounded for {len(int4['rerounded'])} {int4['rerounded'][:4]}; "
+                  f"embedding {int4['embedding']}")
         if "budget" in int4:
             budget = int4["budget"]
-            print(f"export_llm: budget {budget['budget_mb']:g} MB: "
-                  f"{len(budget['int8'])} of {len(budget['layers'])} maps int8 "
-                  f"{budget['int8'][:6]}")
+            print_msg(f"export_llm: budget {budget['budget_mb']:g} MB: "
+                      f"{len(budget['int8'])} of {len(budget['layers'])} maps int8 "
+                      f"{budget['int8'][:6]}")
     if verified:
-        print(f"export_llm: {tflite} {result.bytes:,} bytes; on {result.verified_on}: "
-              f"next-token agreement with Keras {result.agreement:.1%}, max |error| "
-              f"{result.max_abs_error:.3g} ({result.relative_error:.3g} of the largest logit)"
-              + ("" if result.perplexity is None else f", perplexity {result.perplexity:.3f} "
-                 f"vs Keras {result.keras_perplexity:.3f}"))
+        print_msg(f"export_llm: {tflite} {result.bytes:,} bytes; on {result.verified_on}: "
+                  f"next-token agreement with Keras {result.agreement:.1%}, max |error| "
+                  f"{result.max_abs_error:.3g} ({result.relative_error:.3g} of the largest logit)"
+                  + ("" if result.perplexity is None else
+                     f", perplexity {result.perplexity:.3f} vs Keras "
+                     f"{result.keras_perplexity:.3f}"))
     else:
-        print(f"export_llm: {tflite} {result.bytes:,} bytes (not verified)")
+        print_msg(f"export_llm: {tflite} {result.bytes:,} bytes (not verified)")
 
 
 def keras_logits(model):
@@ -565,7 +547,7 @@ def verification_ids(runner, text, vocab_size: int, n: int) -> tuple[np.ndarray,
 
 def _perplexity(logits: np.ndarray, ids: np.ndarray) -> float:
     """Perplexity of ``ids[1:]`` under the logits after each of ``ids[:-1]``."""
-    from tfcompress.evaluate.quality import token_stats
+    from tfcompress.core.quality import token_stats
 
     nll, _, count = token_stats(logits[:-1], ids[1:])
     return float(np.exp(nll / count))

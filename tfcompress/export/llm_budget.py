@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from tfcompress.core.progress import print_msg
 from tfcompress.errors import TfcompressError
 from tfcompress.export.modes import INT4_BLOCK
 
@@ -221,7 +222,7 @@ def budget_plan(dec, budget_mb: float, calibration: np.ndarray,
         xtx, n = stats[name]
         sens[name] = layer_sensitivity(xtx, n, dec.weights[f"{name}.w"][0])
     if verbose:
-        print(f"export_llm: int4/int8 sensitivity of {len(sens)} maps measured on "
-              f"{int(np.size(calibration))} calibration tokens")
+        print_msg(f"export_llm: int4/int8 sensitivity of {len(sens)} maps measured on "
+                  f"{int(np.size(calibration))} calibration tokens")
     extra = {name: int8_bytes(*maps[name]) - int4_bytes(*maps[name]) for name in sens}
     return BudgetPlan(budget, sens, extra, weights, float_weights)

@@ -18,7 +18,7 @@ import numpy as np
 
 from tfcompress.errors import TfcompressError
 from tfcompress.export.generate import next_token
-from tfcompress.export.llm import CONFIG_FILE, cache_names
+from tfcompress.export.llm_layout import CONFIG_FILE, cache_names
 
 
 class LLMRunner:

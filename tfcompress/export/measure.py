@@ -13,9 +13,9 @@ import subprocess
 import sys
 from pathlib import Path
 
+from tfcompress.core.files import file_sizes
+from tfcompress.core.latency import interleaved_latency
 from tfcompress.errors import TfcompressError
-from tfcompress.evaluate.latency import interleaved_latency
-from tfcompress.evaluate.size import file_sizes
 from tfcompress.export.ops import inspect_tflite
 from tfcompress.export.runner import TFLiteRunner
 

@@ -53,7 +53,7 @@ def _check_row_shape(shape: tuple, spec: InputSpec, what: str) -> None:
     )
     if not ok:
         raise TfcompressError(
-            f"representative_data {what} has shape {shape}; the model needs {spec.describe()}"
+            f"calibration {what} has shape {shape}; the model needs {spec.describe()}"
         )
 
 
@@ -61,12 +61,12 @@ def _check_dtype(dtype, spec: InputSpec, what: str) -> None:
     dtype = np.dtype(dtype)
     if spec.is_integer and not np.issubdtype(dtype, np.integer):
         raise TfcompressError(
-            f"representative_data {what} has dtype {dtype}; the model needs {spec.describe()}"
+            f"calibration {what} has dtype {dtype}; the model needs {spec.describe()}"
         )
     if not spec.is_integer and not (np.issubdtype(dtype, np.floating)
                                      or np.issubdtype(dtype, np.integer)):
         raise TfcompressError(
-            f"representative_data {what} has dtype {dtype}; the model needs {spec.describe()}"
+            f"calibration {what} has dtype {dtype}; the model needs {spec.describe()}"
         )
 
 
@@ -94,7 +94,7 @@ def representative_samples(data, spec: InputSpec, max_samples: int = 100) -> lis
         element = element[0] if isinstance(element, tuple) else element
         if not isinstance(element, tf.TensorSpec):
             raise TfcompressError(
-                f"representative_data must yield tensors or (inputs, ...) tuples, got {element}"
+                f"calibration must yield tensors or (inputs, ...) tuples, got {element}"
             )
         _check_row_shape(tuple(element.shape), spec, "dataset elements")
         _check_dtype(element.dtype.as_numpy_dtype, spec, "dataset elements")
@@ -108,20 +108,20 @@ def representative_samples(data, spec: InputSpec, max_samples: int = 100) -> lis
             array = np.asarray(data)
         except ValueError as err:
             raise TfcompressError(
-                f"representative_data must be an array of samples: {err}"
+                f"calibration must be an array of samples: {err}"
             ) from None
         if array.size == 0:
-            raise TfcompressError("representative_data is empty: give at least one sample")
+            raise TfcompressError("calibration is empty: give at least one sample")
         rows = _rows(array, spec, "array")
     if not rows:
-        raise TfcompressError("representative_data is empty: give at least one sample")
+        raise TfcompressError("calibration is empty: give at least one sample")
     rows = rows[:max_samples]
     if spec.is_integer and spec.vocab_size:
         low = min(int(r.min()) for r in rows)
         high = max(int(r.max()) for r in rows)
         if low < 0 or high >= spec.vocab_size:
             raise TfcompressError(
-                f"representative_data holds token ids in [{low}, {high}]; the model needs "
+                f"calibration holds token ids in [{low}, {high}]; the model needs "
                 f"{spec.describe()}"
             )
     return [np.asarray(r, dtype=spec.dtype) for r in rows]

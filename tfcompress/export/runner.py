@@ -12,10 +12,10 @@ from pathlib import Path
 
 import numpy as np
 
+from tfcompress.core.latency import time_callable
 from tfcompress.core.signature import MAIN_INPUTS
 from tfcompress.core.validation import check_input_file, reading
 from tfcompress.errors import TfcompressError
-from tfcompress.evaluate.latency import time_callable
 
 _QUANTIZED = (np.int8, np.uint8, np.int16)
 

@@ -2,7 +2,7 @@
 
 Example:
     >>> result = export_tflite(model, "runs/model.tflite", mode="int8", seq_len=128,
-    ...                        representative_data=corpus_windows, eval_data=test_batches)
+    ...                        calibration=corpus_windows, eval_data=test_batches)
     >>> result.agreement, result.perplexity, result.not_delegated
 """
 
@@ -17,7 +17,12 @@ from pathlib import Path
 import numpy as np
 
 from tfcompress._extras import require
+from tfcompress.core.deprecation import renamed_argument
+from tfcompress.core.files import file_sizes, write_atomic
+from tfcompress.core.latency import keras_forward
 from tfcompress.core.layers import is_keras3_model, is_keras_model, iter_layers, matrix_shape
+from tfcompress.core.progress import print_msg
+from tfcompress.core.quality import lm_quality
 from tfcompress.core.signature import (
     check_auxiliary_inputs,
     input_view,
@@ -25,9 +30,6 @@ from tfcompress.core.signature import (
 )
 from tfcompress.core.validation import check_output_path, check_seq_len
 from tfcompress.errors import TfcompressError, VerificationError
-from tfcompress.evaluate.latency import keras_forward
-from tfcompress.evaluate.quality import lm_quality
-from tfcompress.evaluate.size import file_sizes
 from tfcompress.export.converter import (
     convert,
     has_fake_quant,  # noqa: F401  (moved to export.converter; still importable from here)
@@ -181,7 +183,7 @@ def export_tflite(
     mode: str = "float32",
     seq_len: int | None = None,
     *,
-    representative_data=None,
+    calibration=None,
     int8_io: bool = False,
     batch_size: int | None = 1,
     sample: np.ndarray | None = None,
@@ -194,6 +196,7 @@ def export_tflite(
     auxiliary_inputs: str = "fixed",
     smooth: float | None = None,
     verbose: int = 1,
+    representative_data=None,
 ) -> ExportResult:
     """Convert ``model`` to ``.tflite`` at ``path`` in ``mode`` (see `MODES`) and verify it.
 
@@ -202,46 +205,47 @@ def export_tflite(
     KerasHub CausalLM's ``padding_mask`` are fixed to ones inside the graph
     (``auxiliary_inputs="fixed"``) or become further inputs of the model's dtype, shape
     ``(batch, seq_len)`` (``"exposed"``; the runner and verification feed them ones).
-    ``representative_data`` (int8, int16x8): samples of the model input, as an array or a
-    ``tf.data`` dataset (of inputs or ``(inputs, targets, ...)``); at most ``max_samples``
-    are used. ``int8_io`` (int8 only) makes float inputs and the outputs int8 tensors; token-id
-    inputs stay int32. ``batch_size`` fixes the exported batch (None: dynamic).
-    Verification runs the interpreter on ``sample`` (default: 4 representative or random
-    inputs) and on ``eval_data`` batches ``(inputs, targets[, mask])`` if given, and raises
-    `VerificationError` with the figures beyond the mode's tolerances (or ``max_abs_error``,
-    ``min_agreement``, ``max_ppl_ratio``; any one figure fails, `verify`) and keeps no file.
-    ``smooth`` (the fixed-range modes int8, int8_mixed, int16x8): a SmoothQuant migration
-    strength in [0, 1] (0.5 usually); a copy of the model with per-channel scales folded
-    into its normalizations and the matmuls they feed (`tfcompress.quantize.smooth`,
-    calibrated on the representative samples) is exported, and verified against ``model``
-    itself. Operators that XNNPACK does not take are reported
-    in ``not_delegated`` (printed with ``verbose``; matmuls among them warn,
-    `XNNPACKFallbackWarning`). A `tfcompress.quantize`d model goes
-    into the weight-quantizing modes (all but float32 / float16) with its decoded weights, so
-    the file holds that mode's own int8 / int4 weights; ``int4`` is `export_llm`'s int4
-    (`tfcompress.export.llm_int4`): codes on LiteRT's grid are kept exactly, others rounded
-    onto it, the token embedding int8 per row (``int4`` in the result says which). A file
-    larger than the model's own weight bytes warns (`ExportSizeWarning`).
+    ``calibration`` (int8, int16x8; ``representative_data`` is its deprecated name): samples of
+    the model input, as an array or a ``tf.data`` dataset (of inputs or ``(inputs, targets,
+    ...)``); at most ``max_samples`` are used. ``int8_io`` (int8 only) makes float inputs and
+    the outputs int8 tensors; token-id inputs stay int32. ``batch_size`` fixes the exported
+    batch (None: dynamic). Verification runs the interpreter on ``sample`` (default: 4
+    calibration or random inputs) and on ``eval_data`` batches ``(inputs, targets[, mask])`` if
+    given, and raises `VerificationError` with the figures beyond the mode's tolerances (or
+    ``max_abs_error``, ``min_agreement``, ``max_ppl_ratio``; any one figure fails, `verify`) and
+    keeps no file. ``smooth`` (the fixed-range modes int8, int8_mixed, int16x8): a SmoothQuant
+    migration strength in [0, 1] (0.5 usually); a copy with per-channel scales folded into its
+    norms and the matmuls they feed (`tfcompress.quantize.smooth`, calibrated on
+    ``calibration``) is exported, and verified against ``model`` itself. Operators that XNNPACK
+    does not take are in ``not_delegated`` (printed with ``verbose``; matmuls among them warn,
+    `XNNPACKFallbackWarning`). A quantized model goes into the weight-quantizing modes (all but
+    float32 / float16) with its decoded weights, so the file holds that mode's own int8 / int4
+    weights; ``int4`` is `export_llm`'s int4 (`tfcompress.export.llm_int4`): codes on LiteRT's
+    grid are kept exactly, others rounded onto it, the token embedding int8 per row (``int4`` in
+    the result says which). A file larger than the model's own weight bytes warns
+    (`ExportSizeWarning`).
 
     Example:
         >>> export_tflite(model, "m.tflite", mode="float16", seq_len=128).agreement
         1.0
     """
+    calibration = renamed_argument("representative_data", representative_data, "calibration",
+                                   calibration, DeprecationWarning)
     spec_mode = _check_export(model, path, mode, seq_len, auxiliary_inputs)
     reference = model
     if is_keras3_model(model):  # subclassed or dict-input models: export a graph view
         model = input_view(model, auxiliary_inputs=auxiliary_inputs)
     spec = input_spec(model, seq_len, batch_size)
-    _check_data_options(spec, mode, int8_io, representative_data, smooth)
-    samples = None if representative_data is None else representative_samples(
-        representative_data, spec, max_samples)
+    _check_data_options(spec, mode, int8_io, calibration, smooth)
+    samples = None if calibration is None else representative_samples(
+        calibration, spec, max_samples)
     sample = None if sample is None else _checked_sample(sample, spec)
 
     start = time.perf_counter()
     if smooth is not None:
         model = _smoothed(reference, samples, smooth, auxiliary_inputs, verbose)
     if verbose:
-        print(f"export: converting to {mode} ({spec_mode.description})")
+        print_msg(f"export: converting to {mode} ({spec_mode.description})")
     path = Path(path)
     result, runner = _write(model, reference, path, spec, mode, samples, int8_io)
     if verify_output:
@@ -250,8 +254,8 @@ def export_tflite(
     _warn_costs(result, reference, verbose)
     result.seconds = time.perf_counter() - start
     if verbose:
-        print(f"export: {path} {result.bytes:,} bytes (gzip {result.gzip_bytes:,}), "
-              f"agreement {result.agreement}, max |error| {result.max_abs_error}")
+        print_msg(f"export: {path} {result.bytes:,} bytes (gzip {result.gzip_bytes:,}), "
+                  f"agreement {result.agreement}, max |error| {result.max_abs_error}")
     return result
 
 
@@ -285,21 +289,21 @@ def _check_export(model, path, mode: str, seq_len: int | None, auxiliary_inputs:
     return spec_mode
 
 
-def _check_data_options(spec: InputSpec, mode: str, int8_io: bool, representative_data,
+def _check_data_options(spec: InputSpec, mode: str, int8_io: bool, calibration,
                         smooth: float | None) -> None:
     """`export_tflite`'s checks of the options that depend on the traced input ``spec``."""
     spec_mode = MODES[mode]
     if int8_io and mode != "int8":
         raise TfcompressError(f"int8_io is only for mode 'int8', got mode {mode!r}")
-    if int8_io and representative_data is None:
-        raise TfcompressError("int8_io needs representative_data to set the I/O ranges")
-    if representative_data is not None and not spec_mode.needs_representative:
+    if int8_io and calibration is None:
+        raise TfcompressError("int8_io needs calibration to set the I/O ranges")
+    if calibration is not None and not spec_mode.needs_representative:
         raise TfcompressError(
-            f"representative_data is only used by modes "
+            f"calibration is only used by modes "
             f"{sorted(k for k, m in MODES.items() if m.needs_representative)}, not {mode!r}"
         )
-    if representative_data is None and spec_mode.needs_representative and mode != "int8":
-        raise TfcompressError(f"mode {mode!r} needs representative_data (calibration inputs: "
+    if calibration is None and spec_mode.needs_representative and mode != "int8":
+        raise TfcompressError(f"mode {mode!r} needs calibration (samples of the model input: "
                               f"{spec.describe()})")
     _check_litert(spec_mode)
     if smooth is not None:
@@ -308,8 +312,8 @@ def _check_data_options(spec: InputSpec, mode: str, int8_io: bool, representativ
             raise TfcompressError(
                 f"smooth is only for the modes with fixed activation ranges "
                 f"{sorted(k for k, m in MODES.items() if m.static_activations)}, not {mode!r}")
-        if representative_data is None:
-            raise TfcompressError("smooth needs representative_data (the activation maxima "
+        if calibration is None:
+            raise TfcompressError("smooth needs calibration (the activation maxima "
                                   "come from it)")
 
 
@@ -325,7 +329,7 @@ def _checked_sample(sample, spec: InputSpec) -> np.ndarray:
 def _smoothed(reference, samples: list, smooth: float, auxiliary_inputs: str, verbose: bool):
     """The graph to convert: a copy of ``reference`` with SmoothQuant scales folded in."""
     if verbose:
-        print(f"export: smoothing activations (strength {smooth}) on a copy")
+        print_msg(f"export: smoothing activations (strength {smooth}) on a copy")
     smoothed = smooth_model(reference, np.concatenate(samples), smooth, verbose=int(verbose))
     return input_view(smoothed, auxiliary_inputs=auxiliary_inputs) if is_keras3_model(
         smoothed) else smoothed
@@ -337,8 +341,7 @@ def _write(model, reference, path: Path, spec: InputSpec, mode: str, samples: li
     spec_mode = MODES[mode]
     with decoded_weights(reference, enabled=mode not in FLOAT_WEIGHT_MODES):
         flatbuffer, qat, int4 = convert(model, spec, mode, samples, int8_io)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_bytes(flatbuffer)
+    write_atomic(path, flatbuffer)  # a failed write leaves the old file or none, never half
     runner = TFLiteRunner(path)
     info = inspect_tflite(flatbuffer)
     result = ExportResult(
@@ -360,7 +363,7 @@ def _verify_or_remove(result: ExportResult, reference, model, runner: TFLiteRunn
     where a fixed-range export breaks."""
     path, spec_mode = Path(result.path), MODES[result.mode]
     if verbose:
-        print(f"export: verifying {path.name} against Keras")
+        print_msg(f"export: verifying {path.name} against Keras")
     if sample is None:
         sample = (np.concatenate(samples[:4]) if samples
                   else runner.sample_input(4 * (spec.shape[0] or 1)))
@@ -393,5 +396,5 @@ def _warn_costs(result: ExportResult, reference, verbose: bool) -> None:
                       f"slowly): {describe_ops(slow)}; another mode may keep them in XNNPACK",
                       XNNPACKFallbackWarning, stacklevel=3)
     elif result.not_delegated and verbose:
-        print(f"export: operators outside XNNPACK (reference CPU kernels): "
-              f"{describe_ops(result.not_delegated)}")
+        print_msg(f"export: operators outside XNNPACK (reference CPU kernels): "
+                  f"{describe_ops(result.not_delegated)}")

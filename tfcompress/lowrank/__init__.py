@@ -1,10 +1,12 @@
-"""Low-rank factorization: (activation-aware) SVD, CP and Tucker of Keras layer kernels.
+"""Low-rank factorization: (activation-aware) SVD, CP and Tucker of Keras layer kernels. The
+package is callable as its verb: ``tfcompress.lowrank(...)`` is `factorize`.
 
 Example:
     >>> from tfcompress.lowrank import SVDLLMConfig, factorize
     >>> small = factorize(model, SVDLLMConfig(target_ratio=0.6), calibration=token_windows)
 """
 
+from tfcompress.core.modules import make_callable
 from tfcompress.lowrank.config import (
     DEFAULT_METHOD,
     ASVDConfig,
@@ -15,6 +17,8 @@ from tfcompress.lowrank.config import (
 )
 from tfcompress.lowrank.factorize import LayerPlan, factorization_table, factorize
 from tfcompress.lowrank.layers import CPEinsumDense, LowRankDense
+
+make_callable(__name__, factorize)
 
 __all__ = [
     "DEFAULT_METHOD",

@@ -31,7 +31,7 @@ from tfcompress.core.layers import (
     select_layers,
     set_kernel_matrix,
 )
-from tfcompress.core.progress import progress_bar
+from tfcompress.core.progress import print_msg, progress_bar
 from tfcompress.core.registry import (
     MethodConfig,
     handler_for,
@@ -138,7 +138,7 @@ def _factorize(model, config, calibration=None, *, inplace: bool = False, verbos
                             exclude=config.exclude)
     plans = plan_factorization(work, targets, config, calibration, verbose)
     if verbose:
-        print(factorization_table(plans))
+        print_msg(factorization_table(plans))
     result = _apply(work, targets, plans)
     result.factorization = plans
     return result

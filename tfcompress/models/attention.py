@@ -11,8 +11,8 @@ positions sit exactly at the floor, so the softmax input always lies in ``[floor
 Example:
     >>> s = keras.ops.convert_to_tensor([[1.0, 2.0, 3.0]])
     >>> m = keras.ops.convert_to_tensor([[True, True, False]])
-    >>> keras.ops.round(bounded_masked_softmax(s, m) * 1000)   # softmax([1, 2]) = .269, .731
-    [[269., 731., 0.]]
+    >>> keras.ops.round(bounded_masked_softmax(s, m) * 1000).numpy()  # softmax([1, 2]): .269, .731
+    array([[269., 731.,   0.]], dtype=float32)
 """
 
 from __future__ import annotations

@@ -5,16 +5,19 @@ LayerNormalization, Dense) so every compression method sees ordinary layers.
 
 Example:
     >>> model = build_gpt(GPTConfig(vocab_size=256, seq_len=64, d_model=64, n_layers=2, n_heads=2))
-    >>> model.output_shape
-    (None, 64, 256)
+    >>> model.output_shape                  # any length up to seq_len
+    (None, None, 256)
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, replace
 
 import keras
 
+from tfcompress.core.layers import copy_kept_blocks
+from tfcompress.core.shallow import register_shallow_copy
 from tfcompress.errors import TfcompressError
 from tfcompress.models.layers import PositionEmbedding, TiedEmbedding
 
@@ -122,6 +125,17 @@ def gpt_config_of(model: keras.Model) -> GPTConfig:
             layer_norm_epsilon=model.get_layer("final_norm").epsilon)
     except ValueError as err:
         raise TfcompressError(f"model {model.name!r} was not made by build_gpt: {err}") from err
+
+
+def take_gpt_blocks(model: keras.Model, keep: Sequence[int], name: str = "student"):
+    """A shallower `build_gpt` model holding blocks ``keep`` of ``model`` (weights copied)."""
+    student = build_gpt(gpt_config_of(model), n_layers=len(keep), name=name)
+    copy_kept_blocks(model, student, keep)
+    return student
+
+
+register_shallow_copy("gpt", lambda m: "block0_attn" in {la.name for la in m.layers},
+                      take_gpt_blocks)
 
 
 def gpt_param_count(cfg: GPTConfig) -> int:

@@ -11,7 +11,7 @@ class PositionEmbedding(keras.layers.Layer):
     """Adds a learned embedding of each position to a ``(batch, seq, d)`` input.
 
     Example:
-        >>> PositionEmbedding(max_length=8)(keras.ops.zeros((2, 4, 3))).shape
+        >>> tuple(PositionEmbedding(max_length=8)(keras.ops.zeros((2, 4, 3))).shape)
         (2, 4, 3)
     """
 
@@ -59,8 +59,8 @@ class HadamardRotation(keras.layers.Layer):
     rotation before a Llama MLP's down projection (`build_llama`'s ``mlp_hadamard``).
 
     Example:
-        >>> HadamardRotation()(keras.ops.ones((1, 2, 4)))[0, 0]    # [1, 1, 1, 1] @ H / 2
-        [2., 0., 0., 0.]
+        >>> HadamardRotation()(keras.ops.ones((1, 2, 4)))[0, 0].numpy()    # [1, 1, 1, 1] @ H / 2
+        array([2., 0., 0., 0.], dtype=float32)
     """
 
     def build(self, input_shape):

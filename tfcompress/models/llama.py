@@ -24,6 +24,7 @@ from keras import ops
 
 from tfcompress.core.layers import copy_kept_blocks
 from tfcompress.core.progress import progress_bar
+from tfcompress.core.shallow import register_shallow_copy
 from tfcompress.errors import TfcompressError
 from tfcompress.models.attention import bounded_masked_softmax
 from tfcompress.models.layers import HadamardRotation, TiedEmbedding
@@ -307,7 +308,7 @@ def causal_lm_perplexity(predict: Callable[[np.ndarray], np.ndarray], ids: np.nd
     Example:
         >>> causal_lm_perplexity(keras_forward(model), tokenizer.encode(text)[:2049], 256)
     """
-    from tfcompress.evaluate.quality import lm_quality
+    from tfcompress.core.quality import lm_quality
 
     batches = lm_windows(ids, window)
     if verbose:
@@ -329,7 +330,7 @@ def generate(predict: Callable[[np.ndarray], np.ndarray], prompt: Sequence[int],
     The new ids only, as before."""
     import warnings
 
-    from tfcompress.export.generate import generate as generate_ids
+    from tfcompress.core.generation import generate as generate_ids
 
     warnings.warn("tfcompress.models.generate is deprecated and will be removed in the next "
                   "release: use tfcompress.generate(predict, prompt_ids, ...), which returns "
@@ -373,3 +374,7 @@ def take_layers(model: keras.Model, keep: Sequence[int], name: str = "llama_stud
     student = build_llama(LlamaConfig(**{**cfg.get_config(), "n_layers": len(keep)}), name=name)
     copy_kept_blocks(model, student, keep)
     return student
+
+
+register_shallow_copy("llama", lambda m: "block0_attention" in {la.name for la in m.layers},
+                      take_layers)

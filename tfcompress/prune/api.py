@@ -16,6 +16,7 @@ from tfcompress.core.calibration import calibration_batches
 from tfcompress.core.deprecation import renamed_argument
 from tfcompress.core.layers import copy_model, matrix_shape, select_layers
 from tfcompress.core.losses import lm_loss
+from tfcompress.core.progress import print_msg
 from tfcompress.core.registry import (
     MethodConfig,
     handler_for,
@@ -115,5 +116,5 @@ def _prune(model, config, calibration=None, *, inplace: bool = False, verbose: i
         state = PruningState(layers, config, masks)
     attach_state(target, state)
     if verbose:
-        print(summary_table(sparsity_summary(target)))
+        print_msg(summary_table(sparsity_summary(target)))
     return target

@@ -11,7 +11,7 @@ attention norm, gate/up after the MLP norm) share one ``s``.
 
 Example:
     >>> smoothed = smooth(model, calibration=windows, strength=0.5)   # a copy; model unchanged
-    >>> export_tflite(model, "m.tflite", "int8", representative_data=windows, smooth=0.5)
+    >>> export_tflite(model, "m.tflite", "int8", 128, calibration=windows, smooth=0.5)
 """
 
 from __future__ import annotations

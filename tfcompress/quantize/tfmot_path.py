@@ -6,7 +6,7 @@ TF-MOT k-means weight clustering. int8 TFLite files come from
 
 Example:
     >>> qat_model = tfmot_quantize(tf_keras_model)      # then compile + fit as usual
-    >>> export_tflite(qat_model, "model.tflite", "int8", 64, representative_data=windows)
+    >>> export_tflite(qat_model, "model.tflite", "int8", 64, calibration=windows)
     >>> clustered = tfmot_cluster(tf_keras_model, clusters=16)
 """
 

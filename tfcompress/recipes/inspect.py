@@ -2,6 +2,12 @@
 
 Example:
     >>> print(inspect_model(model))
+    model 'gpt': 21,312 parameters, 19 top-level layers, 14 with a kernel
+    <BLANKLINE>
+    | layer | type | shape | params | sparsity | bits | methods that touch it |
+    |---|---|---|---|---|---|---|
+    | token_embedding | Embedding | 256x16 | 4,096 | 0.0% | 32 | prune, quantize |
+    ...
 """
 
 from __future__ import annotations

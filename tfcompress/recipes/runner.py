@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from tfcompress.core.files import atomic_path, write_atomic
+from tfcompress.core.progress import print_msg
 from tfcompress.errors import TfcompressError
 from tfcompress.recipes.bundles import BUNDLE_KIND
 from tfcompress.recipes.schema import MAKES_MODEL, validate
@@ -103,8 +104,8 @@ class Run:
         from tfcompress.evaluate import evaluate
 
         if self.verbose:
-            print(f"measuring {name} on {self.data['eval_windows']} windows of "
-                  f"{self.data['seq_len']} tokens", flush=True)
+            print_msg(f"measuring {name} on {self.data['eval_windows']} windows of "
+                      f"{self.data['seq_len']} tokens")
         report = evaluate(model if model is not None else self.model(name), self.eval_data(),
                           name=name, seq_len=self.data["seq_len"], batch_sizes=(1,),
                           repeats=self.latency_repeats)
@@ -259,8 +260,8 @@ def train_preset(run: Run, spec: dict):
     keras.utils.set_random_seed(run.seed)
     model = build_gpt(spec["preset"], vocab_size=run.corpus.vocab_size, seq_len=d["seq_len"],
                       name=run.source)
-    print(f"training {spec['preset']!r} ({model.count_params():,} parameters) for "
-          f"{spec['train_steps']} steps")
+    _say(run, f"training {spec['preset']!r} ({model.count_params():,} parameters) for "
+         f"{spec['train_steps']} steps")
     train_lm(model, run.train_data(), spec["train_steps"],
              learning_rate=spec.get("learning_rate", 1e-3))
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -440,7 +441,7 @@ def _rerun_reason(old: dict | None, digest: str, fresh: bool, earlier: bool,
 
 def _say(run: Run, text: str) -> None:
     if run.verbose:
-        print(text, flush=True)
+        print_msg(text)
 
 
 def toy_source(recipe: dict) -> dict:

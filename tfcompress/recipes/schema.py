@@ -19,8 +19,10 @@ Example:
 from __future__ import annotations
 
 import copy
+import warnings
 from pathlib import Path
 
+from tfcompress.core.deprecation import caller_stacklevel
 from tfcompress.errors import TfcompressError
 
 MODEL_SOURCES = ("keras", "kerashub", "gguf", "safetensors", "preset")
@@ -44,8 +46,9 @@ DATA_KEYS = {"corpus": str, "text": str, "tfds": str, "tokenizer": str, "vocab_s
 SAMPLE_KEYS = {"prompt": str, "tokens": int}
 COMMON_STAGE_KEYS = {"input": str, "name": str}
 STAGE_KEYS = {
-    "distill": {"student": dict, "steps": int, "alpha": float, "alpha_end": float,
-                "temperature": float, "divergence": str, "learning_rate": float, "guard": bool},
+    "distill": {"student": dict, "steps": int, "labels_weight": float,
+                "labels_weight_end": float, "temperature": float, "divergence": str,
+                "learning_rate": float, "guard": bool},
     "finetune": {"steps": int, "learning_rate": float},
     "evaluate": {"models": list},
     "export": {"mode": str, "modes": list, "prompt": str, "auxiliary_inputs": str,
@@ -55,6 +58,9 @@ STAGE_KEYS = {
     "quantize": {"layers": str},
     "factorize": {"finetune_steps": int, "layers": str},
 }
+# old stage keys -> their names now (they warn for one release): the distill stage's labels
+# weight was ``alpha``, a name SmoothQuant's strength and ASVD's exponent also had
+RENAMED_KEYS = {"distill": {"alpha": "labels_weight", "alpha_end": "labels_weight_end"}}
 # which layers a prune / quantize / factorize stage takes without ``include``: ``blocks``, the
 # attention and MLP kernels of each repeated block found from the graph
 # (`tfcompress.core.roles.block_kernel_paths`: embeddings and the head stay), or ``all`` of the
@@ -89,9 +95,14 @@ def _type_ok(value, kind) -> bool:
 
 
 def _check_keys(section: dict, allowed: dict, where: str, problems: list[str]) -> None:
+    from tfcompress.core.roles import close_names
+
     for key, value in section.items():
         if key not in allowed:
-            problems.append(f"{where}: unknown key {key!r} (valid: {', '.join(sorted(allowed))})")
+            close = close_names(str(key), sorted(allowed), n=1)
+            problems.append(f"{where}: unknown key {key!r}"
+                            + (f" (did you mean {close[0]!r}?)" if close else "")
+                            + f" (valid: {', '.join(sorted(allowed))})")
         elif not _type_ok(value, allowed[key]):
             problems.append(f"{where}.{key}: expected {allowed[key].__name__}, got "
                             f"{type(value).__name__} {value!r}")
@@ -349,6 +360,7 @@ def _normalise_stage(raw, index: int, problems: list[str]) -> dict | None:
         problems.append(f"{where}.{stage}: expected a mapping of settings, got {settings!r}")
         return None
     where = f"{where}.{stage}"
+    settings = _renamed_keys(stage, settings, where, problems)
     own = {**COMMON_STAGE_KEYS, **STAGE_KEYS[stage]}
     if stage in METHOD_PACKAGES:
         _check_method_stage(stage, settings, own, where, problems)
@@ -376,6 +388,23 @@ def _normalise_stage(raw, index: int, problems: list[str]) -> dict | None:
     return {"stage": stage, **settings}
 
 
+def _renamed_keys(stage: str, settings: dict, where: str, problems: list[str]) -> dict:
+    """``settings`` with each deprecated key under its new name (a `DeprecationWarning` each;
+    both names given is a problem); the user's mapping is not changed."""
+    renamed = RENAMED_KEYS.get(stage, {})
+    out = dict(settings)
+    for old, new in renamed.items():
+        if old not in settings:
+            continue
+        if new in settings:
+            problems.append(f"{where}: give {new} only ({old} is its deprecated name), not both")
+            continue
+        warnings.warn(f"recipe key {where}.{old} is deprecated and will be removed in the next "
+                      f"release: use {new}", DeprecationWarning, stacklevel=caller_stacklevel())
+        out = {(new if k == old else k): v for k, v in out.items()}
+    return out
+
+
 def _check_distill(settings: dict, where: str, problems: list[str]) -> None:
     """A distill stage's student, steps and loss weights."""
     student = settings.get("student")
@@ -388,7 +417,8 @@ def _check_distill(settings: dict, where: str, problems: list[str]) -> None:
         problems.append(f"{where}.steps: give the number of distillation steps")
     from tfcompress.distill.losses import check_alpha, check_temperature
 
-    checks = {"alpha": check_alpha, "alpha_end": check_alpha,
+    checks = {"labels_weight": lambda v: check_alpha(v, "labels_weight"),
+              "labels_weight_end": lambda v: check_alpha(v, "labels_weight_end"),
               "temperature": check_temperature}
     for key, check in checks.items():
         if key in settings and _type_ok(settings[key], float):  # else reported above

@@ -2,6 +2,8 @@
 
 Example:
     >>> StageResult(notes=["Bundled `base` as `base.int4/`"], files={"base.int4/": "runs/x"})
+    StageResult(model=None, notes=['Bundled `base` as `base.int4/`'],
+                files={'base.int4/': 'runs/x'}, reports=[], samples={})
 """
 
 from __future__ import annotations

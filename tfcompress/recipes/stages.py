@@ -54,9 +54,9 @@ def finetune(model, dataset, steps: int, learning_rate: float = 3e-4, verbose=2,
     return strategy_copy(strip_pruning(model), None)
 
 
-def alpha_text(alpha: float, alpha_end: float | None) -> str:
+def labels_weight_text(weight: float, weight_end: float | None) -> str:
     """How a distill stage weighed the labels loss, for its note."""
-    return f" (labels weight {alpha:g}{'' if alpha_end is None else f' -> {alpha_end:g}'})"
+    return f" (labels weight {weight:g}{'' if weight_end is None else f' -> {weight_end:g}'})"
 
 
 def distill_guard(run, steps: int):
@@ -129,9 +129,10 @@ def check_layer_choices(stages: list[dict], source: str, model) -> None:
 def distill_stage(run, st: dict) -> StageResult:
     """A student (`make_student`) trained from the input model with `Distiller`.
 
-    ``alpha`` weighs the labels loss; with ``alpha_end`` it goes linearly from ``alpha`` to
-    ``alpha_end`` over the steps (`ParameterSchedule`): ``alpha: 0, alpha_end: 1`` learns the
-    teacher's distributions first and the labels last. ``alpha``, ``temperature`` and
+    ``labels_weight`` weighs the labels loss; with ``labels_weight_end`` it goes linearly from
+    one to the other over the steps (`ParameterSchedule`): ``labels_weight: 0,
+    labels_weight_end: 1`` learns the teacher's distributions first and the labels last
+    (``alpha`` / ``alpha_end``: the deprecated names). ``labels_weight``, ``temperature`` and
     ``divergence`` default to `Distiller`'s own defaults. ``guard: true`` adds a `KDGuard`
     (a labels-only probe scored on the valid split, checked at 1/4 and 1/2 of the steps) that
     falls back to labels when they beat distillation; the note says what it saw.
@@ -165,20 +166,21 @@ def distill_stage(run, st: dict) -> StageResult:
     keras.utils.set_random_seed(run.seed)
     spec, scores = choose_blocks(source, st["student"], run.calibration())
     steps = st["steps"]
-    alpha = st.get("alpha", DEFAULT_LABELS_WEIGHT)
+    weight = st.get("labels_weight", DEFAULT_LABELS_WEIGHT)
     with strategy_scope(run.strategy):  # student, teacher copy and optimizer in its scope
         student = make_student(source, spec, run.data["seq_len"], name=st["name"])
         if run.strategy is not None:
             teacher = strategy_copy(teacher, run.strategy)
-        distiller = Distiller(teacher, student, labels_weight=alpha,
+        distiller = Distiller(teacher, student, labels_weight=weight,
                               temperature=st.get("temperature", DEFAULT_TEMPERATURE),
                               divergence=st.get("divergence", DEFAULT_DIVERGENCE),
                               **DistillOptions.from_stage(st).get_config())
         distiller.compile(optimizer=lm_optimizer(steps, st.get("learning_rate", 1e-3)))
         sparse = keep_zeros(student)
     callbacks = [UpdatePruning(target=student)] if sparse else []
-    if "alpha_end" in st:
-        callbacks.append(ParameterSchedule("labels_weight", "linear", alpha, st["alpha_end"]))
+    if "labels_weight_end" in st:
+        callbacks.append(ParameterSchedule("labels_weight", "linear", weight,
+                                           st["labels_weight_end"]))
     guard = distill_guard(run, steps) if st.get("guard") else None
     callbacks += [guard] if guard else []
     history = distiller.fit(run.train_data(), steps_per_epoch=steps, epochs=1, verbose=2,
@@ -192,8 +194,9 @@ def distill_stage(run, st: dict) -> StageResult:
         origin = f"blocks {spec['layers']} of {origin}"
     elif "depth" in spec:
         origin = f"evenly spaced blocks ({spec['depth']:.0%}) of {origin}"
+    weights = labels_weight_text(weight, st.get("labels_weight_end"))
     notes = [f"Distilled `{st['name']}` ({student.count_params():,} params, from {origin}) from "
-             f"`{st['input']}` in {steps} steps{alpha_text(alpha, st.get('alpha_end'))}: "
+             f"`{st['input']}` in {steps} steps{weights}: "
              f"final soft loss "
              f"{history['soft_loss'][-1]:.3f}{', zeros kept' if sparse else ''}."]
     if distiller.on_policy or distiller.feature_pairs:
@@ -302,7 +305,7 @@ def export_stage(run, st: dict) -> StageResult:
         rep = run.calibration() if MODES[mode].needs_representative else None
         try:
             result = export_tflite(model, path, mode=mode, seq_len=run.data["seq_len"],
-                                   eval_data=run.eval_data(), representative_data=rep,
+                                   eval_data=run.eval_data(), calibration=rep,
                                    auxiliary_inputs=st.get("auxiliary_inputs", "fixed"),
                                    **tolerances)
             break
