@@ -187,13 +187,7 @@ def distill_stage(run, st: dict) -> StageResult:
                             shuffle=False,
                             callbacks=callbacks).history
     student = strategy_copy(strip_pruning(student), None)
-    origin = f"`{source_name}`"
-    if "preset" in spec:
-        origin = f"a new {spec['preset']!r} model"
-    elif "layers" in spec:
-        origin = f"blocks {spec['layers']} of {origin}"
-    elif "depth" in spec:
-        origin = f"evenly spaced blocks ({spec['depth']:.0%}) of {origin}"
+    origin = student_origin(spec, source_name)
     weights = labels_weight_text(weight, st.get("labels_weight_end"))
     notes = [f"Distilled `{st['name']}` ({student.count_params():,} params, from {origin}) from "
              f"`{st['input']}` in {steps} steps{weights}: "
@@ -207,6 +201,18 @@ def distill_stage(run, st: dict) -> StageResult:
         notes.append(f"Block importance of `{source_name}` (1 - cosine of each block's input "
                      f"and output): {[round(v, 4) for v in scores]}; kept {spec['layers']}.")
     return StageResult(student, notes)
+
+
+def student_origin(spec: dict, source_name: str) -> str:
+    """Where a distilled student's weights came from, for the stage note."""
+    origin = f"`{source_name}`"
+    if "preset" in spec:
+        return f"a new {spec['preset']!r} model"
+    if "layers" in spec:
+        return f"blocks {spec['layers']} of {origin}"
+    if "depth" in spec:
+        return f"evenly spaced blocks ({spec['depth']:.0%}) of {origin}"
+    return origin
 
 
 @stage("prune")
