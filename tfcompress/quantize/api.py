@@ -21,7 +21,6 @@ from tfcompress.core.layers import (
     kernel_matrix,
     matrix_shape,
     select_layers,
-    set_kernel_matrix,
 )
 from tfcompress.core.registry import (
     MethodConfig,
@@ -41,7 +40,7 @@ from tfcompress.quantize.config import (
     QuantizeConfig,
     RTNConfig,
 )
-from tfcompress.quantize.gptq import gptq
+from tfcompress.quantize.gptq import GPTQCompressor
 from tfcompress.quantize.storage import attach, mark_quantized
 
 __all__ = ["METHODS", "QuantizeConfig", "quantize"]
@@ -80,11 +79,11 @@ def _selected(model, settings: QuantizeConfig) -> list[tuple[str, object]]:
     return layers
 
 
-def _copy(model, settings: QuantizeConfig, layers, inplace: bool):
-    """The model to quantize (a copy unless ``inplace``), its chosen layers by path."""
-    if not settings.method.startswith("keras_"):
-        for path, layer in layers:  # group sizes are checked before any work
-            settings.quantizer(path).group_rows(matrix_shape(layer)[0])
+def _copy(model, settings: QuantizeConfig, layers, inplace: bool, grid: bool = True):
+    """The model to quantize (a copy unless ``inplace``), its chosen layers by path. ``grid``:
+    our quantizer's group sizes are checked first (Keras's modes check their own)."""
+    for path, layer in layers if grid else []:  # group sizes are checked before any work
+        settings.quantizer(path).group_rows(matrix_shape(layer)[0])
     target = drop_training_state(model if inplace else copy_model(model))
     paths = [p for p, _ in layers]
     return target, dict(select_layers(target, types=settings.types, include=paths))
@@ -115,7 +114,7 @@ def _gptq(model, config: GPTQConfig, calibration=None, *, inplace: bool = False,
     batches = calibration_batches(calibration, model)  # checked before any work
     target, by_path = _copy(model, settings, layers, inplace)
     able = [(p, la) for p, la in by_path.items() if gptq_able(la)]
-    results = calibrate(target, able, batches, gptq_compress(settings), blocks=settings.blocks,
+    results = calibrate(target, able, batches, GPTQCompressor(settings), blocks=settings.blocks,
                         sequential=settings.sequential, max_rows=settings.max_rows,
                         folder=settings.resume_dir, key=run_key(settings), verbose=verbose)
     return _store(target, settings, by_path, results)  # embeddings round to nearest
@@ -123,43 +122,32 @@ def _gptq(model, config: GPTQConfig, calibration=None, *, inplace: bool = False,
 
 @register_handler(KerasInt8Config)
 @register_handler(KerasInt4Config)
-@register_handler(KerasGPTQConfig)
 def _keras_mode(model, config, calibration=None, *, inplace: bool = False, verbose: int = 1):
+    from tfcompress.quantize.keras_modes import keras_quantize
+
+    settings = config.settings()
+    layers = _selected(model, settings)
+    target, _ = _copy(model, settings, layers, inplace, grid=False)
+    return keras_quantize(target, settings, [p for p, _ in layers], None)
+
+
+@register_handler(KerasGPTQConfig)
+def _keras_gptq(model, config: KerasGPTQConfig, calibration=None, *, inplace: bool = False,
+                verbose: int = 1):
     from tfcompress.quantize.keras_modes import attention_paths, keras_quantize
 
     settings = config.settings()
     layers = _selected(model, settings)
-    batches = None
-    if isinstance(config, KerasGPTQConfig):
-        nested = sorted(attention_paths(model) & {p for p, _ in layers})
-        if nested:
-            raise TfcompressError(
-                f"KerasGPTQConfig cannot quantize layers inside MultiHeadAttention "
-                f"({', '.join(nested[:4])}): Keras 3.15 saves them in files it cannot reload; "
-                "exclude them (e.g. types=('Dense',)) or use GPTQConfig"
-            )
-        batches = calibration_batches(calibration, model)  # checked before any work
-    target, _ = _copy(model, settings, layers, inplace)
+    nested = sorted(attention_paths(model) & {p for p, _ in layers})
+    if nested:
+        raise TfcompressError(
+            f"KerasGPTQConfig cannot quantize layers inside MultiHeadAttention "
+            f"({', '.join(nested[:4])}): Keras 3.15 saves them in files it cannot reload; "
+            "exclude them (e.g. types=('Dense',)) or use GPTQConfig"
+        )
+    batches = calibration_batches(calibration, model)  # checked before any work
+    target, _ = _copy(model, settings, layers, inplace, grid=False)
     return keras_quantize(target, settings, [p for p, _ in layers], batches)
-
-
-def gptq_compress(config: QuantizeConfig):
-    """The calibration engine's ``compress`` for GPTQ: each layer of a block quantized from
-    its input Hessian, its kernel set to the dequantized codes; returns ``{path: QTensor}``.
-
-    Example:
-        >>> calibrate(model, layers, ids, gptq_compress(QuantizeConfig(method="gptq", bits=4)))
-    """
-    def compress(group, stats):
-        out = {}
-        for path, layer in group:
-            qt = gptq(kernel_matrix(layer), stats[path].take_hessian(), config.quantizer(path),
-                      config.damping, config.act_order, layer=path)
-            set_kernel_matrix(layer, qt.dequantize())  # later blocks see this error
-            out[path] = qt
-        return out
-
-    return compress
 
 
 def gptq_able(layer) -> bool:

@@ -14,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 
 from tfcompress.core.calibration import calibrate, calibration_batches
+from tfcompress.core.compressor import Compressor
 from tfcompress.core.layers import kernel_matrix, select_layers
 from tfcompress.core.registry import MethodConfig
 from tfcompress.core.validation import check_model
@@ -21,6 +22,23 @@ from tfcompress.errors import TfcompressError
 from tfcompress.quantize.api import gptq_able
 from tfcompress.quantize.config import GPTQConfig, RTNConfig
 from tfcompress.quantize.gptq import output_error
+
+
+class RoundingErrors(Compressor):
+    """Each layer's mean squared output change under each of ``quantizers`` (``{bits:
+    Quantizer}``, round-to-nearest), relative to its mean squared output, from its input
+    Hessian, as a `Compressor` (the weights are left as they are)."""
+
+    needs = ("xtx",)
+
+    def __init__(self, quantizers: dict):
+        self.quantizers = quantizers
+
+    def compress_layer(self, path: str, layer, stats) -> dict[int, float]:
+        w = kernel_matrix(layer)
+        ref = output_error(stats, w, np.zeros_like(w)) or 1.0
+        return {b: output_error(stats, w, q.roundtrip(w)) / ref
+                for b, q in self.quantizers.items()}
 
 
 def sensitivity(model, calibration, config: RTNConfig | GPTQConfig | None = None,
@@ -39,18 +57,9 @@ def sensitivity(model, calibration, config: RTNConfig | GPTQConfig | None = None
                            exclude=config.exclude)
     quantizers = {b: replace(config, bits=b, layer_bits={}).quantizer() for b in bits}
 
-    def errors(group, stats):
-        out = {}
-        for path, layer in group:
-            w = kernel_matrix(layer)
-            ref = output_error(stats[path], w, np.zeros_like(w)) or 1.0
-            out[path] = {b: output_error(stats[path], w, q.roundtrip(w)) / ref
-                         for b, q in quantizers.items()}
-        return out
-
     dense = [(p, la) for p, la in layers if gptq_able(la)]
-    out = calibrate(model, dense, calibration, errors, blocks=config.blocks, sequential=False,
-                    max_rows=config.max_rows, verbose=0) if dense else {}
+    out = calibrate(model, dense, calibration, RoundingErrors(quantizers), blocks=config.blocks,
+                    sequential=False, max_rows=config.max_rows, verbose=0) if dense else {}
     for path, layer in layers:
         if path not in out:  # an embedding: its "input" is one row of w: output error = row error
             w = kernel_matrix(layer)
