@@ -120,14 +120,14 @@ def factorize(model, config: MethodConfig | FactorizeConfig | None = None, calib
 def _svd(model, config: SVDConfig, calibration=None, *, inplace: bool = False,
          verbose: int = 1):
     """Plain truncated SVD."""
-    return _factorize(model, config.settings(), Spectra("svd"), calibration, inplace, verbose)
+    return _factorize(model, config, Spectra("svd"), calibration, inplace, verbose)
 
 
 @register_handler(ASVDConfig)
 def _asvd(model, config: ASVDConfig, calibration=None, *, inplace: bool = False,
           verbose: int = 1):
     """SVD of the kernel scaled by activation magnitude."""
-    return _factorize(model, config.settings(), Spectra("asvd", alpha=config.exponent),
+    return _factorize(model, config, Spectra("asvd", alpha=config.exponent),
                       calibration, inplace, verbose)
 
 
@@ -135,7 +135,7 @@ def _asvd(model, config: ASVDConfig, calibration=None, *, inplace: bool = False,
 def _svd_llm(model, config: SVDLLMConfig, calibration=None, *, inplace: bool = False,
              verbose: int = 1):
     """SVD of the kernel whitened by the input covariance."""
-    return _factorize(model, config.settings(), Spectra("svd-llm", damping=config.damping),
+    return _factorize(model, config, Spectra("svd-llm", damping=config.damping),
                       calibration, inplace, verbose)
 
 
@@ -143,15 +143,15 @@ def _svd_llm(model, config: SVDLLMConfig, calibration=None, *, inplace: bool = F
 def _cp(model, config: CPConfig, calibration=None, *, inplace: bool = False,
         verbose: int = 1):
     """CP of 3-way kernels; matrices by plain SVD."""
-    return _factorize(model, config.settings(), Spectra("svd"), calibration, inplace, verbose,
+    return _factorize(model, config, Spectra("svd"), calibration, inplace, verbose,
                       cp=True)
 
 
-def _factorize(model, config: FactorizeConfig, spectra: Spectra, calibration, inplace: bool,
+def _factorize(model, config: MethodConfig, spectra: Spectra, calibration, inplace: bool,
                verbose: int, cp: bool = False):
     """Plan each layer's rank and form (``spectra``: the matrices' calibration step; ``cp``:
     3-way kernels by CP), then apply the plans."""
-    chosen = select_layers(model, types=config.types, include=config.include,
+    chosen = select_layers(model, types=config.layer_types, include=config.include,
                            exclude=config.exclude)
     _check_fixed_rank(chosen, config, cp)
     if calibration is None and (spectra.aware or config.allocation == "sensitivity") and any(
@@ -162,7 +162,7 @@ def _factorize(model, config: FactorizeConfig, spectra: Spectra, calibration, in
     if calibration is not None:
         calibration = check_calibration(model, calibration, "calibration")
     work = model if inplace else copy_model(model)
-    targets = select_layers(work, types=config.types, include=config.include,
+    targets = select_layers(work, types=config.layer_types, include=config.include,
                             exclude=config.exclude)
     plans = plan_factorization(work, targets, config, spectra, calibration, verbose, cp)
     if verbose:
@@ -172,7 +172,7 @@ def _factorize(model, config: FactorizeConfig, spectra: Spectra, calibration, in
     return result
 
 
-def _check_fixed_rank(targets, config: FactorizeConfig, cp: bool) -> None:
+def _check_fixed_rank(targets, config: MethodConfig, cp: bool) -> None:
     if config.rank is None:
         return
     for path, layer in targets:
@@ -181,7 +181,7 @@ def _check_fixed_rank(targets, config: FactorizeConfig, cp: bool) -> None:
             check_rank(config.rank, d_in, d_out, arg=f"rank (layer {path!r})")
 
 
-def _route(layer, config: FactorizeConfig, cp: bool = False) -> tuple[str, str]:
+def _route(layer, config: MethodConfig, cp: bool = False) -> tuple[str, str]:
     """(how the layer is decomposed, why it is kept when that is 'keep'); ``cp``: 3-way
     kernels by CP."""
     kind = type(layer).__name__
@@ -209,7 +209,7 @@ def _plain_einsum(layer) -> bool:
     return "." not in x_sub and x_sub[-n:] == k_sub[:n] and out == x_sub[:-n] + k_sub[n:]
 
 
-def plan_factorization(model, targets, config: FactorizeConfig, spectra: Spectra,
+def plan_factorization(model, targets, config: MethodConfig, spectra: Spectra,
                        calibration=None, verbose: int = 1, cp: bool = False) -> list[LayerPlan]:
     """Decide and compute the factors of every layer in ``targets`` (nothing is replaced);
     ``spectra`` gives the matrices' transformed SVDs, ``cp`` factors 3-way kernels by CP."""
@@ -245,7 +245,7 @@ def _kept(path, layer, method, note) -> LayerPlan:
                      n, n, note=note)
 
 
-def _choose_rank(config: FactorizeConfig, d_in: int, d_out: int, s: np.ndarray) -> int:
+def _choose_rank(config: MethodConfig, d_in: int, d_out: int, s: np.ndarray) -> int:
     if config.rank is not None:
         return config.rank
     if config.energy is not None:
@@ -267,7 +267,7 @@ def _plan_matrix(path, layer, config, method, transform, svd, rank=None) -> Laye
                      factors={"u": u, "v": v})
 
 
-def _plan_other(path, layer, route, config: FactorizeConfig) -> LayerPlan:
+def _plan_other(path, layer, route, config: MethodConfig) -> LayerPlan:
     """Embeddings (plain SVD), conv kernels (SVD, Tucker-2, CP) and CP of 3-way kernels."""
     if route in ("embedding", "conv-svd"):  # (vocab | taps x c_in, d_out) views, plain SVD
         return _plan_matrix(path, layer, config, "svd", None,

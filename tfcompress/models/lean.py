@@ -42,7 +42,7 @@ from tfcompress.core.compressor import Compressor
 from tfcompress.core.files import atomic_path, write_atomic
 from tfcompress.core.layers import select_layers
 from tfcompress.core.progress import progress_bar
-from tfcompress.core.registry import resolve_config
+from tfcompress.core.registry import MethodConfig, resolve_config
 from tfcompress.core.validation import check_token_ids, reading
 from tfcompress.errors import TfcompressError
 from tfcompress.models.llama import LlamaConfig, assign_weights, build_llama_block, hf_llama_names
@@ -69,11 +69,11 @@ EXTRA_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.js
 @dataclass
 class _Method:
     """A one-shot method as lean runs it: its `Compressor`, which layers of a block it takes
-    (``select(block)``) and its resolved settings (``max_rows``, ``sequential``)."""
+    (``select(block)``) and its config (``max_rows``, ``sequential``)."""
 
     compressor: Compressor
     select: Callable
-    settings: object
+    config: MethodConfig
 
 
 def _method(config) -> _Method:
@@ -84,22 +84,20 @@ def _method(config) -> _Method:
     elif isinstance(config, PruneConfig):
         config = resolve_config("prune", config, {}, "magnitude", legacy=PruneConfig)
     if isinstance(config, GPTQConfig):
-        settings = config.settings()
-
         def select(block):
-            chosen = select_layers(block, types=settings.types, include=settings.include,
-                                   exclude=settings.exclude, require=False)
+            chosen = select_layers(block, types=config.layer_types, include=config.include,
+                                   exclude=config.exclude, require=False)
             return [(p, la) for p, la in chosen if gptq_able(la)]
 
-        return _Method(GPTQCompressor(settings), select, settings)
+        return _Method(GPTQCompressor(config), select, config)
     pruners = {SparseGPTConfig: SparseGPTPruner, WandaConfig: WandaPruner}
-    settings = config.settings() if type(config) in pruners else None
-    if settings is not None and settings.scope == "layer" and settings.pattern not in STRUCTURED:
+    if (type(config) in pruners and getattr(config, "scope", "layer") == "layer"
+            and config.pattern not in STRUCTURED):  # SparseGPT has no scope: per layer
         def select(block):
-            return select_layers(block, settings.layer_types, settings.include,
-                                 settings.exclude, require=False)
+            return select_layers(block, config.layer_types, config.include, config.exclude,
+                                 require=False)
 
-        return _Method(pruners[type(config)](settings), select, settings)
+        return _Method(pruners[type(config)](config), select, config)
     raise TfcompressError(
         "config must be GPTQConfig or a one-shot unstructured SparseGPTConfig / WandaConfig "
         "(scope='layer', no schedule), got "
@@ -178,7 +176,7 @@ def _check(checkpoint, out, config, calibration, out_dtype) -> tuple[_Source, np
                   "mlp_up": cfg.d_model, "mlp_down": cfg.d_ff}
         for i in range(cfg.n_layers):
             for kind, width in widths.items():
-                method.settings.quantizer(f"block{i}_{kind}").group_rows(width)
+                method.config.quantizer(f"block{i}_{kind}").group_rows(width)
     return source, ids, method
 
 
@@ -205,11 +203,11 @@ def _forward(block, hidden: list[np.ndarray]) -> list[np.ndarray]:
 def _compress_block(block, hidden: list, method: _Method) -> list[np.ndarray]:
     """Compress ``block`` in place from ``hidden``; returns the next block's inputs (from
     the compressed block, or the float one with ``sequential=False``)."""
-    dense = None if getattr(method.settings, "sequential", True) else _forward(block, hidden)
+    dense = None if getattr(method.config, "sequential", True) else _forward(block, hidden)
     layers = method.select(block)
     if layers:
         calibrate(block, layers, hidden, method.compressor, sequential=False,
-                  max_rows=method.settings.max_rows, verbose=0)
+                  max_rows=method.config.max_rows, verbose=0)
     return dense if dense is not None else _forward(block, hidden)
 
 

@@ -80,32 +80,32 @@ def prune(model, config: MethodConfig | PruneConfig | None = None, calibration=N
                                         inplace=inplace, verbose=verbose, loss=loss)
 
 
-def _checked(model, settings: PruneConfig) -> list[tuple[str, object]]:
-    """The layers ``settings`` select, their input sizes checked against an N:M pattern."""
-    layers = select_layers(model, settings.layer_types, settings.include, settings.exclude)
-    if settings.nm is not None:
-        bad = [p for p, la in layers if matrix_shape(la)[0] % settings.nm[1]]
+def _checked(model, config) -> list[tuple[str, object]]:
+    """The layers ``config`` select, their input sizes checked against an N:M pattern."""
+    layers = select_layers(model, config.layer_types, config.include, config.exclude)
+    if config.nm is not None:
+        bad = [p for p, la in layers if matrix_shape(la)[0] % config.nm[1]]
         if bad:
             raise TfcompressError(
-                f"pattern {settings.pattern!r} needs each layer's input size divisible by "
-                f"{settings.nm[1]}; not so for {bad}: exclude them"
+                f"pattern {config.pattern!r} needs each layer's input size divisible by "
+                f"{config.nm[1]}; not so for {bad}: exclude them"
             )
     return layers
 
 
-def _target(model, settings: PruneConfig, inplace: bool) -> tuple[object, list]:
+def _target(model, config, inplace: bool) -> tuple[object, list]:
     """The model to prune (a copy unless ``inplace``) and its selected layers."""
-    layers = _checked(model, settings)
+    layers = _checked(model, config)
     if inplace:
         return model, layers
     target = copy_model(model)
-    return target, select_layers(target, settings.layer_types, settings.include,
-                                 settings.exclude)
+    return target, select_layers(target, config.layer_types, config.include,
+                                 config.exclude)
 
 
-def _attached(target, layers, settings: PruneConfig, masks: dict | None, verbose: int):
+def _attached(target, layers, config, masks: dict | None, verbose: int):
     """``target`` with its pruning state (masks, schedule) attached; the summary printed."""
-    attach_state(target, PruningState(layers, settings, masks))
+    attach_state(target, PruningState(layers, config, masks))
     if verbose:
         print(summary_table(sparsity_summary(target)))
     return target
@@ -115,36 +115,34 @@ def _attached(target, layers, settings: PruneConfig, masks: dict | None, verbose
 def _magnitude(model, config: MagnitudeConfig, calibration=None, *, inplace: bool = False,
                verbose: int = 1, loss=None):
     """|w|, at once or on a schedule (masks all ones until ``UpdatePruning`` sets them)."""
-    settings = config.settings()
-    if settings.pattern in STRUCTURED:
-        return prune_structured(model, settings)
-    target, layers = _target(model, settings, inplace)
+    if config.pattern in STRUCTURED:
+        return prune_structured(model, config)
+    target, layers = _target(model, config, inplace)
     masks = None
-    if settings.schedule is None:
+    if config.schedule is None:
         masks = masks_from_scores(layers, {p: magnitude_scores(kernel_matrix(la))
-                                           for p, la in layers}, settings)
-    return _attached(target, layers, settings, masks, verbose)
+                                           for p, la in layers}, config)
+    return _attached(target, layers, config, masks, verbose)
 
 
 @register_handler(TaylorConfig)
 def _taylor(model, config: TaylorConfig, calibration=None, *, inplace: bool = False,
             verbose: int = 1, loss=None):
     """|w·dL/dw| summed over ``(inputs, targets[, weights])`` batches."""
-    settings = config.settings()
     if calibration is not None:  # read once, checked before any work
         calibration = (calibration if isinstance(calibration, tuple | np.ndarray)
                        else list(calibration))
         check_calibration(model, [calibration] if isinstance(calibration, tuple)
                           else calibration, "calibration")
-    _checked(model, settings)
+    _checked(model, config)
     if calibration is None:
         raise TfcompressError(
             "calibration is required for method='taylor': give (inputs, targets) batches"
         )
-    target, layers = _target(model, settings, inplace)
+    target, layers = _target(model, config, inplace)
     grads = taylor_gradients(target, layers, calibration, loss or lm_loss(), verbose)
     scores = {p: taylor_scores(kernel_matrix(la), grads[p]) for p, la in layers}
-    return _attached(target, layers, settings, masks_from_scores(layers, scores, settings),
+    return _attached(target, layers, config, masks_from_scores(layers, scores, config),
                      verbose)
 
 
@@ -153,28 +151,26 @@ def _wanda(model, config: WandaConfig, calibration=None, *, inplace: bool = Fals
            verbose: int = 1, loss=None):
     """|W|·||X|| block by block (``scope="global"``: the dense model's scores, one
     threshold), or whole neurons / heads ranked by it."""
-    settings = config.settings()
     batches = calibration_batches(calibration, model)  # read once, checked before any work
-    if settings.pattern in STRUCTURED:
-        return prune_structured(model, settings, batches)
-    target, layers = _target(model, settings, inplace)
-    if settings.scope == "layer":
-        masks = calibrate_layers(target, layers, settings, batches, WandaPruner(settings),
+    if config.pattern in STRUCTURED:
+        return prune_structured(model, config, batches)
+    target, layers = _target(model, config, inplace)
+    if config.scope == "layer":
+        masks = calibrate_layers(target, layers, config, batches, WandaPruner(config),
                                  verbose=verbose)
     else:  # nothing changes until every layer is scored
-        scores = calibrate_layers(target, layers, settings, batches, WandaScorer(),
+        scores = calibrate_layers(target, layers, config, batches, WandaScorer(),
                                   sequential=False, verbose=verbose)
-        masks = masks_from_scores(layers, scores, settings)
-    return _attached(target, layers, settings, masks, verbose)
+        masks = masks_from_scores(layers, scores, config)
+    return _attached(target, layers, config, masks, verbose)
 
 
 @register_handler(SparseGPTConfig)
 def _sparsegpt(model, config: SparseGPTConfig, calibration=None, *, inplace: bool = False,
                verbose: int = 1, loss=None):
     """SparseGPT's Hessian reconstruction, block by block."""
-    settings = config.settings()
     batches = calibration_batches(calibration, model)  # read once, checked before any work
-    target, layers = _target(model, settings, inplace)
-    masks = calibrate_layers(target, layers, settings, batches, SparseGPTPruner(settings),
+    target, layers = _target(model, config, inplace)
+    masks = calibrate_layers(target, layers, config, batches, SparseGPTPruner(config),
                              verbose=verbose)
-    return _attached(target, layers, settings, masks, verbose)
+    return _attached(target, layers, config, masks, verbose)

@@ -21,7 +21,7 @@ from tfcompress.core.layers import (
 )
 from tfcompress.core.progress import progress_bar
 from tfcompress.errors import TfcompressError
-from tfcompress.prune.config import PruneConfig
+from tfcompress.prune.config import SparseGPTConfig, WandaConfig
 from tfcompress.prune.masks import global_masks, pattern_mask
 from tfcompress.prune.scores import wanda_scores
 from tfcompress.prune.sparsegpt import sparsegpt_prune
@@ -29,20 +29,20 @@ from tfcompress.prune.sparsegpt import sparsegpt_prune
 
 class SparseGPTPruner(Compressor):
     """SparseGPT as a `Compressor`: each layer pruned from its input Hessian with SparseGPT's
-    reconstruction (``settings``' sparsity, N:M pattern, ``block_size``, ``damping``); the
+    reconstruction (``config``'s sparsity, N:M pattern, ``block_size``, ``damping``); the
     result is its mask.
 
     Example:
-        >>> masks = calibrate(model, layers, ids, SparseGPTPruner(SparseGPTConfig().settings()))
+        >>> masks = calibrate(model, layers, ids, SparseGPTPruner(SparseGPTConfig()))
     """
 
     needs = ("xtx",)
 
-    def __init__(self, settings: PruneConfig):
-        self.settings = settings
+    def __init__(self, config: SparseGPTConfig):
+        self.config = config
 
     def compress_layer(self, path: str, layer, stats) -> np.ndarray:
-        s = self.settings
+        s = self.config
         w, mask = sparsegpt_prune(kernel_matrix(layer), stats.take_hessian(), s.sparsity, s.nm,
                                   s.block_size, s.damping, layer=path)
         set_kernel_matrix(layer, w)
@@ -61,31 +61,31 @@ class WandaScorer(Compressor):
 
 class WandaPruner(WandaScorer):
     """Wanda as a `Compressor`: each layer's weights with the lowest scores per output zeroed
-    (``settings``' sparsity and N:M pattern); the result is its mask.
+    (``config``'s sparsity and N:M pattern); the result is its mask.
 
     Example:
-        >>> masks = calibrate(model, layers, ids, WandaPruner(WandaConfig().settings()))
+        >>> masks = calibrate(model, layers, ids, WandaPruner(WandaConfig()))
     """
 
-    def __init__(self, settings: PruneConfig):
-        self.settings = settings
+    def __init__(self, config: WandaConfig):
+        self.config = config
 
     def compress_layer(self, path: str, layer, stats) -> np.ndarray:
         w = kernel_matrix(layer)
-        mask = pattern_mask(wanda_scores(w, stats), self.settings.sparsity, self.settings.nm,
+        mask = pattern_mask(wanda_scores(w, stats), self.config.sparsity, self.config.nm,
                             per_output=True)
         set_kernel_matrix(layer, w * mask)
         return mask
 
 
-def calibrate_layers(model, layers: list[tuple[str, object]], settings: PruneConfig, data,
-                     compressor: Compressor, sequential: bool = True,
-                     verbose: int = 1) -> dict[str, np.ndarray]:
-    """``compressor`` run block by block over ``layers`` with ``settings``' ``blocks``,
+def calibrate_layers(model, layers: list[tuple[str, object]],
+                     config: WandaConfig | SparseGPTConfig, data, compressor: Compressor,
+                     sequential: bool = True, verbose: int = 1) -> dict[str, np.ndarray]:
+    """``compressor`` run block by block over ``layers`` with ``config``'s ``blocks``,
     ``max_rows`` and ``resume_dir``; returns its ``{path: result}``."""
-    return calibrate(model, layers, data, compressor, blocks=settings.blocks,
-                     sequential=sequential, max_rows=settings.max_rows,
-                     folder=settings.resume_dir, key=run_key(settings), verbose=verbose)
+    return calibrate(model, layers, data, compressor, blocks=config.blocks,
+                     sequential=sequential, max_rows=config.max_rows,
+                     folder=config.resume_dir, key=run_key(config), verbose=verbose)
 
 
 def taylor_gradients(model, layers: list[tuple[str, object]], data, loss,
@@ -117,14 +117,14 @@ def taylor_gradients(model, layers: list[tuple[str, object]], data, loss,
 
 
 def masks_from_scores(layers: list[tuple[str, object]], scores: dict[str, np.ndarray],
-                      settings: PruneConfig, per_output: bool = False) -> dict[str, np.ndarray]:
-    """Masks of ``scores`` (one threshold for ``scope="global"``, else per layer in
-    ``settings``' pattern, ``per_output``: per output column), applied to ``layers``' kernels
+                      config, per_output: bool = False) -> dict[str, np.ndarray]:
+    """Masks of ``scores`` (one threshold for ``config.scope == "global"``, else per layer in
+    ``config``'s pattern, ``per_output``: per output column), applied to ``layers``' kernels
     in place."""
-    if settings.scope == "global":
-        masks = global_masks(scores, settings.sparsity)
+    if config.scope == "global":
+        masks = global_masks(scores, config.sparsity)
     else:
-        masks = {p: pattern_mask(s, settings.sparsity, settings.nm, per_output=per_output)
+        masks = {p: pattern_mask(s, config.sparsity, config.nm, per_output=per_output)
                  for p, s in scores.items()}
     for path, layer in layers:
         set_kernel_matrix(layer, kernel_matrix(layer) * masks[path])

@@ -21,7 +21,7 @@ from tfcompress.core.calibration import calibrate
 from tfcompress.core.compressor import Compressor
 from tfcompress.core.layers import kernel_matrix, layer_paths
 from tfcompress.errors import TfcompressError
-from tfcompress.prune.config import PruneConfig
+from tfcompress.prune.config import MagnitudeConfig, WandaConfig
 from tfcompress.prune.masks import units_to_keep
 
 
@@ -83,7 +83,7 @@ class InputNorms(Compressor):
         return stats.norms()
 
 
-def prune_structured(model, config: PruneConfig, data=None):
+def prune_structured(model, config: MagnitudeConfig | WandaConfig, data=None):
     """A new, narrower model; ``model`` is not changed. Units are ranked by Wanda's scores
     from ``data`` (calibration batches) when given, else by magnitude. See the module
     docstring."""

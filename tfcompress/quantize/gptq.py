@@ -102,23 +102,23 @@ def output_error(x, w: np.ndarray, w_hat: np.ndarray) -> float:
 
 
 class GPTQCompressor(Compressor):
-    """GPTQ as a `Compressor`: each layer quantized from its input Hessian by ``settings``'
-    quantizer for its path, ``damping`` and ``act_order``; its kernel set to the dequantized
-    codes (later blocks see this error); the result is the `QTensor`.
+    """GPTQ as a `Compressor`: each layer quantized from its input Hessian by ``config``'s
+    quantizer for its path (a `GPTQConfig`), ``damping`` and ``act_order``; its kernel set to
+    the dequantized codes (later blocks see this error); the result is the `QTensor`.
 
     Example:
-        >>> codes = calibrate(model, layers, ids, GPTQCompressor(GPTQConfig(bits=4).settings()))
+        >>> codes = calibrate(model, layers, ids, GPTQCompressor(GPTQConfig(bits=4)))
     """
 
     needs = ("xtx",)
 
-    def __init__(self, settings):
-        self.settings = settings
+    def __init__(self, config):
+        self.config = config
 
     def compress_layer(self, path: str, layer, stats) -> QTensor:
-        s = self.settings
-        qt = gptq(kernel_matrix(layer), stats.take_hessian(), s.quantizer(path), s.damping,
-                  s.act_order, layer=path)
+        c = self.config
+        qt = gptq(kernel_matrix(layer), stats.take_hessian(), c.quantizer(path), c.damping,
+                  c.act_order, layer=path)
         set_kernel_matrix(layer, qt.dequantize())
         return qt
 

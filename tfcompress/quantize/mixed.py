@@ -51,15 +51,17 @@ def sensitivity(model, calibration, config: RTNConfig | GPTQConfig | None = None
     check_model(model, "sensitivity")
     calibration = calibration_batches(calibration, model)  # checked before any work
     config = config or RTNConfig()
-    if isinstance(config, MethodConfig):  # else the old QuantizeConfig
-        config = config.for_model(model).settings()
-    layers = select_layers(model, types=config.types, include=config.include,
+    if not isinstance(config, MethodConfig):  # the old QuantizeConfig
+        config = config.method_config()
+    config = config.for_model(model)
+    layers = select_layers(model, types=config.layer_types, include=config.include,
                            exclude=config.exclude)
     quantizers = {b: replace(config, bits=b, layer_bits={}).quantizer() for b in bits}
 
     dense = [(p, la) for p, la in layers if gptq_able(la)]
-    out = calibrate(model, dense, calibration, RoundingErrors(quantizers), blocks=config.blocks,
-                    sequential=False, max_rows=config.max_rows, verbose=0) if dense else {}
+    walk = config if isinstance(config, GPTQConfig) else GPTQConfig()  # RTN has no walk
+    out = calibrate(model, dense, calibration, RoundingErrors(quantizers), blocks=walk.blocks,
+                    sequential=False, max_rows=walk.max_rows, verbose=0) if dense else {}
     for path, layer in layers:
         if path not in out:  # an embedding: its "input" is one row of w: output error = row error
             w = kernel_matrix(layer)
