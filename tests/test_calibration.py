@@ -259,3 +259,34 @@ def test_a_finished_run_resumes_from_npz_and_json_without_recompressing(gpt, tmp
     again = quantize(gpt, config, calibration=IDS, verbose=0)  # the codes come back (QTensor)
     for a, b in zip(first.get_weights(), again.get_weights(), strict=True):
         np.testing.assert_array_equal(a, b)
+
+
+def test_a_chain_feeds_several_compressors_from_one_pass(gpt):
+    """SparseGPT then GPTQ on q/k/v (one shared Hessian, taken six times) in one pass give
+    what two passes give: the same masks, codes and weights."""
+    from tfcompress.core.compressor import Chain
+    from tfcompress.prune import SparseGPTConfig
+    from tfcompress.prune.oneshot import SparseGPTPruner
+    from tfcompress.quantize import GPTQConfig
+    from tfcompress.quantize.gptq import GPTQCompressor
+
+    sparse, grid = SparseGPTPruner(SparseGPTConfig(block_size=16)), GPTQCompressor(
+        GPTQConfig(bits=4, granularity="group", group_size=16))
+    include = r"block0_attn/(query|key|value)"
+    one, two = copy_model(gpt), copy_model(gpt)
+    chain = Chain([sparse, grid])
+    chained = calibrate(one, select_layers(one, include=include), IDS, chain, verbose=0)
+    layers = select_layers(two, include=include)
+    masks = calibrate(two, layers, IDS, sparse, verbose=0)
+    codes = calibrate(two, layers, IDS, grid, verbose=0)
+    assert sorted(chained) == sorted(masks) == ["block0_attn/key", "block0_attn/query",
+                                                "block0_attn/value"]
+    for path, (mask, qt) in chained.items():
+        np.testing.assert_array_equal(mask, masks[path])
+        np.testing.assert_array_equal(qt.codes, codes[path].codes)
+        assert (mask == 0).mean() == pytest.approx(0.5, abs=0.05)  # SparseGPT's default
+        saved_mask, saved_qt = chain.load(chain.save((mask, qt)))  # the resume store's form
+        np.testing.assert_array_equal(saved_mask, mask)
+        np.testing.assert_array_equal(saved_qt.dequantize(), qt.dequantize())
+    for a, b in zip(one.get_weights(), two.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -52,3 +52,40 @@ class Compressor:
     def load(self, arrays: dict[str, np.ndarray]) -> Any:
         """The result `save` turned into ``arrays``."""
         return arrays["value"]
+
+
+class Chain(Compressor):
+    """Several compressors fed from one pass: each layer is compressed by each of
+    ``compressors`` in turn (the later ones see the earlier ones' weights, e.g. SparseGPT then
+    GPTQ), from one set of statistics holding what any of them needs; the result of a layer
+    is the tuple of theirs.
+
+    Example:
+        >>> masks_and_codes = calibrate(model, layers, ids,
+        ...                             Chain([SparseGPTPruner(sparse), GPTQCompressor(gptq)]))
+    """
+
+    def __init__(self, compressors: Sequence[Compressor]):
+        self.compressors = list(compressors)
+        self.needs = tuple(dict.fromkeys(n for c in self.compressors for n in c.needs))
+
+    def compress_block(self, layers: Sequence[tuple[str, object]],
+                       stats: dict[str, InputStats]) -> dict[str, Any]:
+        # a Hessian is taken once per layer reading it by each compressor that needs one
+        takers = sum("xtx" in c.needs for c in self.compressors)
+        for shared in {id(s): s for s in stats.values()}.values():
+            shared.readers *= max(takers, 1)
+        return super().compress_block(layers, stats)
+
+    def compress_layer(self, path: str, layer, stats: InputStats) -> tuple:
+        return tuple(c.compress_layer(path, layer, stats) for c in self.compressors)
+
+    def save(self, result: tuple) -> dict[str, np.ndarray]:
+        return {f"c{i}_{name}": value for i, (c, r) in enumerate(zip(self.compressors, result,
+                                                                     strict=True))
+                for name, value in c.save(r).items()}
+
+    def load(self, arrays: dict[str, np.ndarray]) -> tuple:
+        return tuple(c.load({name.split("_", 1)[1]: value for name, value in arrays.items()
+                             if name.split("_", 1)[0] == f"c{i}"})
+                     for i, c in enumerate(self.compressors))
