@@ -15,7 +15,14 @@ from tfcompress.core import (
     hessian,
     inverse_hessian_factor,
 )
-from tfcompress.core.layers import kernel_matrix, select_layers
+from tfcompress.core.compressor import Compressor
+from tfcompress.core.layers import (
+    copy_model,
+    kernel_matrix,
+    matrix_shape,
+    select_layers,
+    set_kernel_matrix,
+)
 from tfcompress.errors import TfcompressError
 from tfcompress.models import build_gpt
 from tfcompress.models.llama import LlamaConfig, build_llama
@@ -23,6 +30,18 @@ from tfcompress.prune import prune
 from tfcompress.prune.training import STATE_ATTR
 
 IDS = np.random.default_rng(0).integers(0, 64, (12, 16)).astype("int32")
+
+
+class _Seen(Compressor):
+    """Keeps the statistics it is given; compresses nothing."""
+
+    needs = ("xtx", "abs")
+
+    def __init__(self):
+        self.stats = {}
+
+    def compress_layer(self, path, layer, stats):
+        self.stats[path] = stats
 
 
 @pytest.fixture(scope="module")
@@ -59,18 +78,17 @@ def test_blocks_found_in_each_model_family(gpt, tiny_gpt2):
 ])
 def test_bad_block_patterns_raise_before_work(gpt, blocks, match):
     layers = select_layers(gpt, ("Dense",), include="mlp")
-    called = []
+    seen = _Seen()
     with pytest.raises(TfcompressError, match=match):
-        calibrate(gpt, layers, IDS, lambda group, stats: called.append(1), blocks=blocks,
-                  verbose=0)
-    assert not called
+        calibrate(gpt, layers, IDS, seen, blocks=blocks, verbose=0)
+    assert not seen.stats
 
 
 def test_streamed_statistics_equal_the_batch_formula(gpt):
     layers = select_layers(gpt, ("Dense", "EinsumDense"), include="block")
-    seen = {}
-    calibrate(gpt, layers, IDS, lambda group, stats: seen.update(stats) or {
-        p: None for p, _ in group}, needs=("xtx", "abs"), verbose=0)
+    recorder = _Seen()
+    assert calibrate(gpt, layers, IDS, recorder, verbose=0) == {p: None for p, _ in layers}
+    seen = recorder.stats
     rows = capture_inputs(gpt, [la for _, la in layers], IDS)
     for path, x in rows.items():
         x = x.astype(np.float64)
@@ -193,3 +211,82 @@ def test_a_graph_that_is_no_chain_of_blocks_is_calibrated_in_one_pass():
     with pytest.raises(TfcompressError, match="not part of any block"):
         prune(model, method="sparsegpt", include="ffn|head", calibration=IDS, verbose=0,
               blocks=["ffn_in", "head"])
+
+
+class _Zero(Compressor):
+    """Zeroes each kernel; keeps the ``max |x_j|`` of its inputs."""
+
+    needs = ("max",)
+
+    def compress_layer(self, path, layer, stats):
+        set_kernel_matrix(layer, np.zeros(matrix_shape(layer), "float32"))
+        return stats.max_abs().copy()
+
+
+@pytest.mark.parametrize("sequential", [True, False])
+def test_a_block_sees_the_compressed_blocks_before_it_when_sequential(gpt, sequential):
+    model = copy_model(gpt)
+    layers = select_layers(model, ("Dense",), include=r"block\d_mlp_out")
+    maxima = calibrate(model, layers, IDS, _Zero(), sequential=sequential, verbose=0)
+    assert all((kernel_matrix(la) == 0).all() for _, la in layers)
+    reference = copy_model(gpt)  # block 1 reads block 0 as compressed (zero) or dense
+    if sequential:
+        layer = reference.get_layer("block0_mlp_out")
+        set_kernel_matrix(layer, np.zeros(matrix_shape(layer), "float32"))
+    rows = capture_inputs(reference, [reference.get_layer("block1_mlp_out")], IDS)
+    np.testing.assert_allclose(maxima["block1_mlp_out"],
+                               np.abs(rows["block1_mlp_out"]).max(axis=0), rtol=1e-6)
+    dense = capture_inputs(gpt, [gpt.get_layer("block1_mlp_out")], IDS)["block1_mlp_out"]
+    assert np.allclose(maxima["block1_mlp_out"], np.abs(dense).max(axis=0)) != sequential
+
+
+def test_a_finished_run_resumes_from_npz_and_json_without_recompressing(gpt, tmp_path,
+                                                                        monkeypatch):
+    from tfcompress.quantize import GPTQConfig, quantize
+    from tfcompress.quantize.gptq import GPTQCompressor
+
+    config = GPTQConfig(bits=4, granularity="group", group_size=16, include="block",
+                        resume_dir=str(tmp_path))
+    first = quantize(gpt, config, calibration=IDS, verbose=0)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "block_0000.json", "block_0000.npz", "block_0000_results.npz", "block_0001.json",
+        "block_0001.npz", "block_0001_results.npz", "inputs.npz", "manifest.json"]
+
+    def refuse(self, path, layer, stats):
+        raise AssertionError(f"{path} was compressed again")
+
+    monkeypatch.setattr(GPTQCompressor, "compress_layer", refuse)
+    again = quantize(gpt, config, calibration=IDS, verbose=0)  # the codes come back (QTensor)
+    for a, b in zip(first.get_weights(), again.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_a_chain_feeds_several_compressors_from_one_pass(gpt):
+    """SparseGPT then GPTQ on q/k/v (one shared Hessian, taken six times) in one pass give
+    what two passes give: the same masks, codes and weights."""
+    from tfcompress.core.compressor import Chain
+    from tfcompress.prune import SparseGPTConfig
+    from tfcompress.prune.oneshot import SparseGPTPruner
+    from tfcompress.quantize import GPTQConfig
+    from tfcompress.quantize.gptq import GPTQCompressor
+
+    sparse, grid = SparseGPTPruner(SparseGPTConfig(block_size=16)), GPTQCompressor(
+        GPTQConfig(bits=4, granularity="group", group_size=16))
+    include = r"block0_attn/(query|key|value)"
+    one, two = copy_model(gpt), copy_model(gpt)
+    chain = Chain([sparse, grid])
+    chained = calibrate(one, select_layers(one, include=include), IDS, chain, verbose=0)
+    layers = select_layers(two, include=include)
+    masks = calibrate(two, layers, IDS, sparse, verbose=0)
+    codes = calibrate(two, layers, IDS, grid, verbose=0)
+    assert sorted(chained) == sorted(masks) == ["block0_attn/key", "block0_attn/query",
+                                                "block0_attn/value"]
+    for path, (mask, qt) in chained.items():
+        np.testing.assert_array_equal(mask, masks[path])
+        np.testing.assert_array_equal(qt.codes, codes[path].codes)
+        assert (mask == 0).mean() == pytest.approx(0.5, abs=0.05)  # SparseGPT's default
+        saved_mask, saved_qt = chain.load(chain.save((mask, qt)))  # the resume store's form
+        np.testing.assert_array_equal(saved_mask, mask)
+        np.testing.assert_array_equal(saved_qt.dequantize(), qt.dequantize())
+    for a, b in zip(one.get_weights(), two.get_weights(), strict=True):
+        np.testing.assert_array_equal(a, b)

@@ -13,7 +13,7 @@ from tfcompress.core import registry
 from tfcompress.core.registry import MethodConfig, method_names, register_handler
 from tfcompress.core.roles import block_kernel_paths
 from tfcompress.errors import TfcompressError
-from tfcompress.lowrank import ASVDConfig, FactorizeConfig, SVDLLMConfig, factorize
+from tfcompress.lowrank import ASVDConfig, FactorizeConfig, factorize
 from tfcompress.models import build_gpt
 from tfcompress.prune import PruneConfig, SparseGPTConfig, WandaConfig, prune, sparsity_summary
 from tfcompress.quantize import GPTQConfig, QuantizeConfig, RTNConfig, quantize
@@ -167,7 +167,12 @@ def test_recipe_stage_keys_are_the_config_fields():
         validate(_recipe({"factorize": {"method": "svd_llm", "rank": 4}}))
     with pytest.raises(TfcompressError, match="did you mean 'exponent'"):
         validate(_recipe({"factorize": {"method": "asvd", "rank": 4, "exponnt": 0.5}}))
-    assert SVDLLMConfig(rank=2).settings().method == "svd-llm"
+    # an old all-methods config is read as its method's config, old names renamed, the
+    # settings that method has not dropped
+    assert (FactorizeConfig(method="asvd", rank=4, alpha=0.25, damping=0.5).method_config()
+            == ASVDConfig(rank=4, exponent=0.25))
+    assert PruneConfig(method="sparsegpt", block_size=64).method_config() == SparseGPTConfig(
+        block_size=64)
 
 
 def test_qat_and_sensitivity_take_the_grid_configs(model, ids):

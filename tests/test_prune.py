@@ -180,7 +180,7 @@ def test_config_round_trip_and_errors():
                       include=["a", "b"], scope="global")
     again = PruneConfig.from_config(cfg.get_config())
     assert again == cfg
-    assert again.build_schedule()(50)[1].numpy() == pytest.approx(0.6)
+    assert again.method_config().build_schedule()(50)[1].numpy() == pytest.approx(0.6)
     with pytest.raises(TfcompressError, match="method must be one of"):
         PruneConfig(method="random")
     with pytest.raises(TfcompressError, match="a schedule prunes by magnitude"):

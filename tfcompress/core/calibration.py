@@ -3,17 +3,16 @@ streamed, each block compressed before the next one sees its outputs.
 
 `calibrate` finds the model's repeated blocks (`find_blocks`), runs the model up to the first
 block once, then for each block: runs it while the selected layers' inputs are reduced into
-`InputStats` (layers reading the same tensor, such as q/k/v, share one), lets the method
-``compress`` the block's layers, and runs it again with the compressed weights to make the
-next block's inputs (``sequential=False`` keeps the dense outputs instead). Selected layers
-outside every block are calibrated last, in one pass of the whole model. Peak memory is one
-block's activations plus its statistics. With ``folder`` each finished block (weights,
-results) and the next block's inputs are saved, and a rerun resumes after the last one.
+`InputStats` (layers reading the same tensor, such as q/k/v, share one), lets the method's
+`Compressor` compress the block's layers, and runs it again with the compressed weights to
+make the next block's inputs (``sequential=False`` keeps the dense outputs instead). Selected
+layers outside every block are calibrated last, in one pass of the whole model. Peak memory
+is one block's activations plus its statistics. With ``folder`` each finished block is saved
+(`ResumeStore`: weights, results, the next block's inputs) and a rerun resumes after it.
+`capture_inputs` records whole inputs through the same hook (`input_hooks`).
 
 Example:
-    >>> def compress(layers, stats):                  # one block's [(path, layer)], {path: stats}
-    ...     return {p: prune_layer(la, stats[p]) for p, la in layers}
-    >>> masks = calibrate(model, layers, calibration_ids, compress, needs=("xtx",))
+    >>> masks = calibrate(model, layers, calibration_ids, SparseGPTPruner(config))
     >>> inputs = capture_inputs(model, [layer], calibration_ids)   # {path: (n, d_in) array}
 """
 
@@ -23,9 +22,8 @@ import functools
 import hashlib
 import json
 import os
-import pickle
-from collections.abc import Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -37,9 +35,10 @@ from tfcompress.core.blocks import (
     graph_of,
     unchanged_graph,
 )
-from tfcompress.core.files import atomic_path
+from tfcompress.core.compressor import Compressor
 from tfcompress.core.layers import kernel_of, layer_paths, matrix_shape
 from tfcompress.core.progress import progress_bar
+from tfcompress.core.resume import ResumeStore
 from tfcompress.core.signature import model_inputs
 from tfcompress.core.stats import InputStats
 from tfcompress.core.validation import check_calibration
@@ -81,6 +80,32 @@ def calibration_batches(data, model=None, arg: str = "calibration",
     return batches
 
 
+@contextmanager
+def input_hooks(layers: Sequence, paths: dict[int, str],
+                on_input: Callable[[str, object], None]) -> Iterator[None]:
+    """While open, each of ``layers`` first calls ``on_input(path, x)`` with its first input
+    (``paths``: layer id -> path), then runs as usual; the one hook `capture_inputs` and the
+    calibration engine share. ``on_input`` may raise to cut the forward pass short.
+
+    Example:
+        >>> with input_hooks([layer], {id(layer): "mlp_in"}, lambda p, x: print(p, x.shape)):
+        ...     model(ids)
+    """
+    for layer in layers:
+        path, original = paths[id(layer)], layer.call
+
+        def hooked(*args, _path=path, _call=original, **kwargs):
+            on_input(_path, args[0] if args else next(iter(kwargs.values())))
+            return _call(*args, **kwargs)
+
+        layer.call = hooked
+    try:
+        yield
+    finally:
+        for layer in layers:
+            del layer.call
+
+
 def capture_inputs(model, layers: Sequence, data, max_rows: int | None = None) -> dict:
     """Record the first input of each of ``layers`` while ``model`` runs eagerly on ``data``.
 
@@ -91,23 +116,16 @@ def capture_inputs(model, layers: Sequence, data, max_rows: int | None = None) -
     """
     batches = calibration_batches(data, model)
     paths = layer_paths(model)
-    store: dict[str, list[np.ndarray]] = {paths[id(la)]: [] for la in layers}
-    for layer in layers:
-        path, original = paths[id(layer)], layer.call
-        width = matrix_shape(layer)[0] if kernel_of(layer) is not None else -1
+    widths = {paths[id(la)]: matrix_shape(la)[0] if kernel_of(la) is not None else -1
+              for la in layers}
+    store: dict[str, list[np.ndarray]] = {p: [] for p in widths}
 
-        def recording(*args, _path=path, _call=original, _width=width, **kwargs):
-            store[_path].append(np.asarray(args[0]).reshape(-1, _width))
-            return _call(*args, **kwargs)
+    def record(path, x):
+        store[path].append(np.asarray(x).reshape(-1, widths[path]))
 
-        layer.call = recording
-    try:
+    with input_hooks(layers, paths, record):
         for batch in batches:
-            model(model_inputs(model, batch if isinstance(batch, dict) else np.asarray(batch)),
-                  training=False)
-    finally:
-        for layer in layers:
-            del layer.call
+            _call(model, batch)
     out = {p: np.concatenate(v) for p, v in store.items() if v}
     missing = [p for p in store if p not in out]
     if missing:
@@ -120,12 +138,11 @@ class _Stop(Exception):
 
 
 class _Recorder:
-    """Streams the first input of chosen layers into `InputStats` while they are patched."""
+    """Streams the first input of chosen layers into `InputStats` (``record``, the hook)."""
 
     def __init__(self, layers, paths: dict[int, str], needs, max_rows):
-        self.layers, self.paths = list(layers), paths
         self.stats = {paths[id(la)]: InputStats(matrix_shape(la)[0], needs, max_rows)
-                      for la in self.layers}
+                      for la in layers}
         self.order: list[str] = []
         self.follows: dict[str, str] = {}  # path -> path of the layer whose statistic it shares
         self._seen: list = []
@@ -136,7 +153,7 @@ class _Recorder:
             self._first = False
         self._seen = []
 
-    def _record(self, path: str, x) -> None:
+    def record(self, path: str, x) -> None:
         if path in self.follows:
             return
         if self._first:
@@ -150,22 +167,6 @@ class _Recorder:
                 return
             self._seen.append((x, path))
         self.stats[path].update(np.asarray(x))
-
-    def __enter__(self):
-        for layer in self.layers:
-            path, original = self.paths[id(layer)], layer.call
-
-            def hooked(*args, _path=path, _call=original, **kwargs):
-                self._record(_path, args[0] if args else next(iter(kwargs.values())))
-                return _call(*args, **kwargs)
-
-            layer.call = hooked
-        return self
-
-    def __exit__(self, *exc):
-        for layer in self.layers:
-            del layer.call
-        self._seen = []
 
 
 def _model_input(model, batch):
@@ -196,79 +197,20 @@ def _host_inputs(model, host, batches) -> list:
         return [_model_input(model, b) for b in batches]
     seen = []
 
-    def hooked(inputs, *args, **kwargs):
+    def stop(path, inputs):
         seen.append(inputs)
         raise _Stop
 
-    host.call = hooked
-    try:
+    with input_hooks([host], {id(host): host.name}, stop):
         for batch in batches:
             try:
                 _call(model, batch)
             except _Stop:
                 pass
-    finally:
-        del host.call
     if len(seen) != len(batches):
         raise TfcompressError(f"the blocks' model {host.name!r} is not called by "
                               f"{model.name!r} once per batch")
     return seen
-
-
-class _Folder:
-    """Resume state under ``path``: ``manifest.json`` (run key, finished blocks), one
-    ``block_NNNN.npz`` (weights) + ``.pkl`` (method results) per finished block, and
-    ``inputs.npz`` (the next block's inputs). Each file is written whole, then renamed."""
-
-    def __init__(self, path, key: str):
-        self.path, self.key = Path(path), key
-        self.path.mkdir(parents=True, exist_ok=True)
-        manifest = self.path / "manifest.json"
-        self.done = 0
-        if manifest.exists():
-            saved = json.loads(manifest.read_text())
-            if saved.get("key") != key:
-                raise TfcompressError(
-                    f"folder {str(self.path)!r} holds a different calibration run (other "
-                    "model, layers, settings or data): give an empty folder")
-            self.done = int(saved["done"])
-
-    def _write(self, name: str, write) -> None:
-        with atomic_path(self.path / name) as tmp, open(tmp, "wb") as f:
-            write(f)
-
-    def save(self, index: int, layers, results: dict, inputs: list | None) -> None:
-        weights = {f"w{i}": np.asarray(v.numpy()) for i, v in enumerate(_variables(layers))}
-        self._write(f"block_{index:04d}.npz", lambda f: np.savez(f, **weights))
-        self._write(f"block_{index:04d}.pkl", lambda f: pickle.dump(results, f))
-        if inputs is not None:
-            arrays = {f"t{j}_{i}": np.asarray(x) for j, per in enumerate(inputs)
-                      for i, x in enumerate(per)}
-            self._write("inputs.npz", lambda f: np.savez(f, n=len(inputs), **arrays))
-        self.done = index + 1
-        text = json.dumps({"key": self.key, "done": self.done}).encode()
-        self._write("manifest.json", lambda f: f.write(text))
-
-    def load(self, index: int, layers) -> dict:
-        with np.load(self.path / f"block_{index:04d}.npz") as saved:
-            for i, v in enumerate(_variables(layers)):
-                v.assign(saved[f"w{i}"])
-        with open(self.path / f"block_{index:04d}.pkl", "rb") as f:
-            return pickle.load(f)
-
-    def inputs(self, n_batches: int) -> list:
-        with np.load(self.path / "inputs.npz") as saved:
-            return [[saved[f"t{j}_{i}"] for i in range(n_batches)] for j in range(int(saved["n"]))]
-
-
-def _variables(layers) -> list:
-    seen, out = set(), []
-    for layer in layers:
-        for v in layer.weights:
-            if id(v) not in seen:
-                seen.add(id(v))
-                out.append(v)
-    return out
 
 
 def run_key(config) -> str:
@@ -287,25 +229,42 @@ def _run_key(key: str, plan: BlockPlan, paths, batches) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def calibrate(model, layers: Sequence[tuple[str, object]], data,
-              compress: Callable[[list, dict], dict], *, needs: Sequence[str] = ("xtx",),
+def calibrate(model, layers: Sequence[tuple[str, object]], data, compressor: Compressor, *,
               blocks=None, sequential: bool = True, max_rows: int | None = None,
               folder: str | os.PathLike | None = None, key: str = "",
               verbose: int = 1) -> dict:
-    """Calibrate and compress ``layers`` of ``model`` block by block; returns the merged
-    ``{path: result}`` of every ``compress(block_layers, {path: InputStats})`` call.
+    """Calibrate and compress ``layers`` of ``model`` block by block with ``compressor``;
+    returns the ``{path: result}`` of its `Compressor.compress_layer` calls.
 
-    ``compress`` gets one block's selected ``(path, layer)`` pairs in call order and their
-    statistics (``needs``: see `InputStats`; ``max_rows`` rows at most per layer) and changes
-    the weights in place. ``blocks``: None (found), a regex or layer names (`find_blocks`).
-    ``folder``: save progress there and resume a run with the same ``key`` (the method's
-    settings), model, layers and data. ``verbose`` shows a progress bar with an ETA.
-    ``model``'s graph is left as it was (the per-block models are dropped afterwards).
+    Each block's selected layers get the statistics ``compressor.needs`` of their inputs
+    (``max_rows`` rows at most per layer), in call order; the compressor changes their
+    weights in place. ``blocks``: None (found), a regex or layer names (`find_blocks`).
+    ``sequential``: the next block's inputs come from this block's compressed weights (False:
+    from its dense ones). ``folder``: save progress there (`ResumeStore`) and resume a run
+    with the same ``key`` (the method's settings), model, layers and data. ``verbose`` shows
+    a progress bar with an ETA. ``model``'s graph is left as it was.
+
+    Example:
+        >>> masks = calibrate(model, layers, token_ids, SparseGPTPruner(config))
     """
     with unchanged_graph(model):
-        return _calibrate(model, layers, data, compress, needs=needs, blocks=blocks,
-                          sequential=sequential, max_rows=max_rows, folder=folder, key=key,
-                          verbose=verbose)
+        batches = calibration_batches(data, model)
+        plan = find_blocks(model, blocks, [la for _, la in layers])
+        graph, by_block, rest = _split_by_block(plan, layers, blocks)
+        store = (ResumeStore(folder, _run_key(key, plan, [p for p, _ in layers], batches))
+                 if folder else None)
+        runner = _BlockRunner(model, layers, batches, compressor, sequential=sequential,
+                              max_rows=max_rows, store=store,
+                              bar=progress_bar(len(by_block) + bool(rest), verbose=verbose,
+                                               unit_name="block"))
+        if graph is not None:
+            runner.run_blocks(plan, graph, by_block)
+        if rest:
+            runner.run_rest(len(by_block), rest)
+    missing = [p for p, _ in layers if p not in runner.results]
+    if missing:
+        raise TfcompressError(f"layers {missing} were never called on the calibration data")
+    return runner.results
 
 
 def _split_by_block(plan: BlockPlan, layers, blocks) -> tuple[BlockGraph | None, list, list]:
@@ -328,75 +287,88 @@ def _split_by_block(plan: BlockPlan, layers, blocks) -> tuple[BlockGraph | None,
     return graph, by_block, [la for _, la in layers if id(la) not in inside]
 
 
-def _calibrate(model, layers, data, compress, *, needs, blocks, sequential, max_rows, folder,
-               key, verbose) -> dict:
-    import keras
+class _BlockRunner:
+    """One calibration run: each unit (a block, or the layers outside every block) is run
+    with its layers' inputs recorded, compressed, run again on the compressed weights when
+    ``sequential``, and saved to ``store``; ``results`` gathers the compressor's results."""
 
-    batches = calibration_batches(data, model)
-    paths = [p for p, _ in layers]
-    path_of = {id(la): p for p, la in layers}
-    plan = find_blocks(model, blocks, [la for _, la in layers])
-    graph, by_block, rest = _split_by_block(plan, layers, blocks)
-    store = _Folder(folder, _run_key(key, plan, paths, batches)) if folder else None
-    done = store.done if store else 0
-    bar = progress_bar(len(by_block) + bool(rest), verbose=verbose, unit_name="block")
-    results: dict = {}
+    def __init__(self, model, layers, batches, compressor: Compressor, *, sequential: bool,
+                 max_rows: int | None, store: ResumeStore | None, bar):
+        self.model, self.batches, self.compressor = model, batches, compressor
+        self.path_of = {id(la): p for p, la in layers}
+        self.sequential, self.max_rows, self.store, self.bar = sequential, max_rows, store, bar
+        self.done = store.done if store else 0
+        self.results: dict = {}
 
-    def step(targets, run) -> list | None:
+    def step(self, targets, run: Callable) -> list | None:
         """Calibrate one unit: ``run(recorder)`` runs it and returns its outputs per batch."""
-        with _Recorder(targets, path_of, needs, max_rows) as rec:
+        rec = _Recorder(targets, self.path_of, self.compressor.needs, self.max_rows)
+        with input_hooks(targets, self.path_of, rec.record):
             outputs = run(rec)
         if targets:
-            by_path = {path_of[id(la)]: la for la in targets}
-            results.update(compress([(p, by_path[p]) for p in rec.order],
-                                    {p: rec.stats[p] for p in rec.order}))
-            if sequential and outputs is not None:
+            by_path = {self.path_of[id(la)]: la for la in targets}
+            self.results.update(self.compressor.compress_block(
+                [(p, by_path[p]) for p in rec.order], {p: rec.stats[p] for p in rec.order}))
+            if self.sequential and outputs is not None:
                 outputs = None  # dropped first: one block's activations at a time
                 outputs = run(None)
         return outputs
 
-    def finish(index, group, targets, inputs) -> None:
-        if store is not None:
-            kept = {path_of[id(la)]: results[path_of[id(la)]] for la in targets
-                    if path_of[id(la)] in results}
-            store.save(index, group, kept, inputs)
-        bar.add(1)
+    def finish(self, index: int, group, targets, inputs) -> None:
+        """Unit ``index`` is done: saved (its layers' results, the next inputs) if resumable."""
+        if self.store is not None:
+            paths = [self.path_of[id(la)] for la in targets]
+            self.store.save(index, group, {p: self.results[p] for p in paths
+                                           if p in self.results}, inputs, self.compressor)
+        self.bar.add(1)
 
-    if graph is not None and done < len(by_block):
+    def restored(self, index: int, group) -> bool:
+        """Whether unit ``index`` was finished by an earlier run (then its weights and results
+        are loaded back)."""
+        if index >= self.done:
+            return False
+        self.results.update(self.store.load(index, group, self.compressor))
+        self.bar.add(1)
+        return True
+
+    def first_inputs(self, plan: BlockPlan, graph: BlockGraph) -> dict:
+        """``{tensor id: per-batch values}``: the first unfinished block's inputs and the
+        side inputs every block reads (such as a padding mask)."""
+        import keras
+
         side = [id(t) for t in graph.side]
-        live = dict(zip([id(t) for t in graph.inputs[done]], store.inputs(len(batches)),
-                        strict=True)) if done else {}
+        live = dict(zip([id(t) for t in graph.inputs[self.done]],
+                        self.store.inputs(len(self.batches)), strict=True)) if self.done else {}
         if any(i not in live for i in side):
-            host_in = _host_inputs(model, plan.host, batches)
+            host_in = _host_inputs(self.model, plan.host, self.batches)
             outs = [keras.tree.flatten(graph.prefix(x, training=False)) for x in host_in]
             live |= {i: [o[j] for o in outs] for j, i in enumerate(side) if i not in live}
-    for b, group in enumerate(plan.groups if graph else []):
-        if b < done:
-            results.update(store.load(b, group))
-            bar.add(1)
-            continue
-        outs = graph.outputs[b]
-        nxt = graph.inputs[b + 1] if b + 1 < len(by_block) else []
-        ins = [live[id(t)] for t in graph.inputs[b]]
-        produced = step(by_block[b], functools.partial(_run_block, graph.models[b], ins))
-        live |= {id(t): produced[j] for j, t in enumerate(outs)}
-        keep = set(side) | {id(t) for t in nxt}
-        live = {i: v for i, v in live.items() if i in keep}  # one block's activations
-        finish(b, group, by_block[b], [live[id(t)] for t in nxt] if nxt else None)
-    if rest:
-        index = len(by_block)
-        if index < done:
-            results.update(store.load(index, rest))
-            bar.add(1)
-        else:
-            def run_model(rec):
-                for batch in batches:
-                    rec.new_batch()
-                    _call(model, batch)
+        return live
 
-            step(rest, run_model)
-            finish(index, rest, rest, None)
-    missing = [p for p in paths if p not in results]
-    if missing:
-        raise TfcompressError(f"layers {missing} were never called on the calibration data")
-    return results
+    def run_blocks(self, plan: BlockPlan, graph: BlockGraph, by_block: list) -> None:
+        live = self.first_inputs(plan, graph) if self.done < len(by_block) else {}
+        keep_always = {id(t) for t in graph.side}
+        for b, group in enumerate(plan.groups):
+            if self.restored(b, group):
+                continue
+            nxt = graph.inputs[b + 1] if b + 1 < len(by_block) else []
+            ins = [live[id(t)] for t in graph.inputs[b]]
+            produced = self.step(by_block[b], functools.partial(_run_block, graph.models[b],
+                                                                ins))
+            live |= {id(t): produced[j] for j, t in enumerate(graph.outputs[b])}
+            keep = keep_always | {id(t) for t in nxt}
+            live = {i: v for i, v in live.items() if i in keep}  # one block's activations
+            self.finish(b, group, by_block[b], [live[id(t)] for t in nxt] if nxt else None)
+
+    def run_rest(self, index: int, rest: list) -> None:
+        """The selected layers outside every block, in one pass of the whole model."""
+        if self.restored(index, rest):
+            return
+
+        def run_model(rec):
+            for batch in self.batches:
+                rec.new_batch()
+                _call(self.model, batch)
+
+        self.step(rest, run_model)
+        self.finish(index, rest, rest, None)

@@ -188,10 +188,26 @@ def resolve_config(verb: str, config, overrides: dict, default: str,
     if config is None:
         return cls.from_config(overrides)
     if cls is not type(config):  # the settings the new class has (the rest were ignored)
-        names = {f.name for f in fields(cls)}
-        settings = {cls.renamed.get(k, k): v for k, v in settings.items()}
-        config = cls.from_config({k: v for k, v in settings.items() if k in names})
+        config = _from_settings(cls, settings)
     return config.with_overrides(**overrides) if overrides else config
+
+
+def from_legacy(verb: str, settings: dict) -> MethodConfig:
+    """The config of ``settings["method"]`` (a ``get_config()`` dict of an old all-methods
+    config class) with the settings that method has, under their new names; the others are
+    ignored, as the old class ignored them for that method.
+
+    Example:
+        >>> from_legacy("factorize", {"method": "asvd", "rank": 4, "alpha": 0.25, "damping": 1})
+        ASVDConfig(..., rank=4, ..., exponent=0.25)
+    """
+    return _from_settings(config_class(verb, settings.get("method")), settings)
+
+
+def _from_settings(cls: type, settings: dict) -> MethodConfig:
+    names = {f.name for f in fields(cls)}
+    settings = {cls.renamed.get(k, k): v for k, v in settings.items()}
+    return cls.from_config({k: v for k, v in settings.items() if k in names})
 
 
 def _new_names(cls: type, settings: dict, verb: str) -> dict:

@@ -1,7 +1,7 @@
 """Configs of `factorize`, one per method (`SVDConfig`, `ASVDConfig`, `SVDLLMConfig`,
 `CPConfig`): which layers to factorize and at what rank. Each is registered with its handler
-in `tfcompress.lowrank.factorize`; `FactorizeConfig` is the resolved settings the handler
-reads (and the old all-methods form, deprecated as a `factorize` argument).
+in `tfcompress.lowrank.factorize`, each with its own fields and checks. `FactorizeConfig` is
+the old all-methods form (deprecated), read as its method's config.
 
 Example:
     >>> config = SVDLLMConfig(target_ratio=0.6, include="mlp|attn")
@@ -11,9 +11,9 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import asdict, dataclass, replace
 
-from tfcompress.core.registry import MethodConfig
+from tfcompress.core.registry import MethodConfig, from_legacy
 from tfcompress.errors import TfcompressError
 from tfcompress.lowrank.svd import MATRIX_METHODS, check_fraction
 
@@ -21,91 +21,9 @@ DEFAULT_METHOD = "svd-llm"  # what the verb runs without a config
 METHODS = (*MATRIX_METHODS, "cp")
 CONV_METHODS = ("tucker", "cp", "svd")
 ALLOCATIONS = ("uniform", "sensitivity")
-BUDGETS = {"rank", "energy", "target_ratio"}
+BUDGETS_ORDER = ("rank", "energy", "target_ratio")
+BUDGETS = set(BUDGETS_ORDER)
 SUPPORTED_TYPES = ("Dense", "EinsumDense", "Embedding", "Conv1D", "Conv2D")
-
-
-@dataclass(frozen=True)
-class FactorizeConfig:
-    """The resolved settings of every factorize method, which the handler reads (as an
-    argument of `factorize` the old form, deprecated: give the method's config, e.g.
-    `SVDLLMConfig`; its ``alpha`` is `ASVDConfig`'s ``exponent``).
-
-    Give exactly one of ``rank`` (fixed), ``energy`` (fraction of singular-value energy kept
-    per layer, in (0, 1]) or ``target_ratio`` (factor weights / dense weights over all chosen
-    layers, in (0, 1)). ``allocation="sensitivity"`` spreads a ``target_ratio`` budget over
-    layers by measured sensitivity instead of the same ratio everywhere.
-    ``blocks`` names the repeated blocks the calibration walks (None: found; a regex or
-    layer names, see `tfcompress.core.find_blocks`).
-
-    ``method`` applies to Dense/EinsumDense kernels: ``"svd"`` (plain), ``"asvd"`` (scaled by
-    activation magnitude), ``"svd-llm"`` (whitened by the input covariance) or ``"cp"`` (CP
-    of 3-way EinsumDense kernels such as attention projections; matrices fall back to
-    ``"svd"``). ``conv_method`` applies to Conv1D/Conv2D kernels. Embeddings use plain SVD.
-
-    Example:
-        >>> SVDLLMConfig(target_ratio=0.6, include="mlp|attn").settings()
-    """
-
-    method: str = "svd-llm"
-    rank: int | None = None
-    energy: float | None = None
-    target_ratio: float | None = None
-    allocation: str = "uniform"
-    types: tuple[str, ...] = ("Dense", "EinsumDense")
-    include: str | tuple[str, ...] | None = None
-    exclude: str | tuple[str, ...] | None = None
-    conv_method: str = "tucker"
-    damping: float = 1e-3
-    alpha: float = 0.5
-    max_rows: int = 8192
-    blocks: str | tuple[str, ...] | None = None
-
-    def __post_init__(self):
-        chosen = [k for k in ("rank", "energy", "target_ratio") if getattr(self, k) is not None]
-        if len(chosen) != 1:
-            raise TfcompressError(
-                "give exactly one of rank, energy or target_ratio, got "
-                f"{', '.join(chosen) if chosen else 'none'}")
-        _one_of(self.method, METHODS, "method")
-        _one_of(self.conv_method, CONV_METHODS, "conv_method")
-        _one_of(self.allocation, ALLOCATIONS, "allocation")
-        for t in self.types:
-            _one_of(t, SUPPORTED_TYPES, "types entry")
-        if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(
-                self.rank, int) or self.rank < 1):
-            raise TfcompressError(f"rank must be a positive integer, got {self.rank!r}")
-        if self.energy is not None:
-            check_fraction(self.energy, "energy", closed=True)
-            if self.method == "cp" or (
-                    self.conv_method != "svd" and any(t.startswith("Conv") for t in self.types)):
-                raise TfcompressError("energy applies to SVD methods only; use rank or "
-                                      "target_ratio with method='cp' or conv_method='tucker'/'cp'")
-        if self.target_ratio is not None:
-            check_fraction(self.target_ratio, "target_ratio", closed=False)
-        if self.allocation == "sensitivity" and self.target_ratio is None:
-            raise TfcompressError("allocation='sensitivity' needs target_ratio (the budget)")
-        if self.damping <= 0 or self.alpha <= 0 or self.max_rows < 1:
-            raise TfcompressError(
-                f"damping, alpha (ASVD's exponent) and max_rows must be positive, got "
-                f"{self.damping}, "
-                f"{self.alpha}, {self.max_rows}")
-        for key in ("types", "include", "exclude", "blocks"):
-            value = getattr(self, key)
-            if isinstance(value, list):
-                object.__setattr__(self, key, tuple(value))
-
-    @property
-    def aware(self) -> bool:
-        """Whether the method needs calibration inputs."""
-        return self.method in ("asvd", "svd-llm") or self.allocation == "sensitivity"
-
-    def get_config(self) -> dict:
-        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
-
-    @classmethod
-    def from_config(cls, config: dict) -> FactorizeConfig:
-        return cls(**config)
 
 
 def _one_of(value, options, arg: str) -> None:
@@ -113,12 +31,20 @@ def _one_of(value, options, arg: str) -> None:
         raise TfcompressError(f"{arg} must be one of {list(options)}, got {value!r}")
 
 
+def _positive(value, arg: str) -> None:
+    if value <= 0:
+        raise TfcompressError(f"{arg} must be positive, got {value}")
+
+
 @dataclass(frozen=True, kw_only=True)
 class _FactorizeMethodConfig(MethodConfig):
-    """Fields every factorize method has (see `FactorizeConfig`): exactly one budget of
-    ``rank`` / ``energy`` / ``target_ratio``, ``allocation``, ``conv_method`` for Conv1D/2D
-    kernels, and the calibration walk (``max_rows``, ``blocks``) of the activation-aware
-    methods and sensitivity allocation."""
+    """Fields every factorize method has: exactly one budget of ``rank`` (fixed), ``energy``
+    (fraction of singular-value energy kept per layer, in (0, 1]) or ``target_ratio`` (factor
+    weights / dense weights over all chosen layers, in (0, 1)); ``allocation="sensitivity"``
+    spreads a ``target_ratio`` budget over layers by measured sensitivity instead of the same
+    ratio everywhere; ``conv_method`` for Conv1D/2D kernels (embeddings use plain SVD); the
+    calibration walk (``max_rows``, ``blocks``: None finds them, or a regex / layer names,
+    see `tfcompress.core.find_blocks`) of the activation-aware methods and sensitivity."""
 
     verb = "factorize"
     types: tuple[str, ...] | None = ("Dense", "EinsumDense")
@@ -132,16 +58,33 @@ class _FactorizeMethodConfig(MethodConfig):
 
     def __post_init__(self):
         super().__post_init__()
-        self.settings()  # every check of the method's values, before any work
+        chosen = [k for k in BUDGETS_ORDER if getattr(self, k) is not None]
+        if len(chosen) != 1:
+            raise TfcompressError(
+                "give exactly one of rank, energy or target_ratio, got "
+                f"{', '.join(chosen) if chosen else 'none'}")
+        _one_of(self.conv_method, CONV_METHODS, "conv_method")
+        _one_of(self.allocation, ALLOCATIONS, "allocation")
+        for t in self.layer_types:
+            _one_of(t, SUPPORTED_TYPES, "types entry")
+        if self.rank is not None and (isinstance(self.rank, bool) or not isinstance(
+                self.rank, int) or self.rank < 1):
+            raise TfcompressError(f"rank must be a positive integer, got {self.rank!r}")
+        if self.energy is not None:
+            check_fraction(self.energy, "energy", closed=True)
+            if self.conv_method != "svd" and any(t.startswith("Conv") for t in self.layer_types):
+                raise TfcompressError("energy applies to SVD methods only; use rank or "
+                                      "target_ratio with method='cp' or conv_method='tucker'/'cp'")
+        if self.target_ratio is not None:
+            check_fraction(self.target_ratio, "target_ratio", closed=False)
+        if self.allocation == "sensitivity" and self.target_ratio is None:
+            raise TfcompressError("allocation='sensitivity' needs target_ratio (the budget)")
+        _positive(self.max_rows, "max_rows")
 
-    def settings(self) -> FactorizeConfig:
-        """The resolved settings the handler reads."""
-        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "roles"}
-        if own["types"] is None:
-            own["types"] = FactorizeConfig.types
-        if "exponent" in own:
-            own["alpha"] = own.pop("exponent")
-        return FactorizeConfig(method=self.method, **own)
+    @property
+    def layer_types(self) -> tuple[str, ...]:
+        """The layer types this config selects."""
+        return self.types or _FactorizeMethodConfig.types
 
     def with_overrides(self, **overrides) -> _FactorizeMethodConfig:
         """A copy with ``overrides``; a budget among them replaces this config's budget."""
@@ -175,6 +118,10 @@ class ASVDConfig(_FactorizeMethodConfig):
     renamed = {"alpha": "exponent"}
     exponent: float = 0.5
 
+    def __post_init__(self):
+        super().__post_init__()
+        _positive(self.exponent, "exponent (ASVD's alpha)")
+
 
 @dataclass(frozen=True, kw_only=True)
 class SVDLLMConfig(_FactorizeMethodConfig):
@@ -188,6 +135,10 @@ class SVDLLMConfig(_FactorizeMethodConfig):
     method = "svd-llm"
     damping: float = 1e-3
 
+    def __post_init__(self):
+        super().__post_init__()
+        _positive(self.damping, "damping")
+
 
 @dataclass(frozen=True, kw_only=True)
 class CPConfig(_FactorizeMethodConfig):
@@ -199,3 +150,53 @@ class CPConfig(_FactorizeMethodConfig):
     """
 
     method = "cp"
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.energy is not None:
+            raise TfcompressError("energy applies to SVD methods only; use rank or "
+                                  "target_ratio with method='cp' or conv_method='tucker'/'cp'")
+
+
+@dataclass(frozen=True)
+class FactorizeConfig:
+    """The old all-methods form of a factorize config (deprecated: give the method's own
+    config, e.g. `SVDLLMConfig`; its ``alpha`` is `ASVDConfig`'s ``exponent``).
+    `method_config` is the method's config it stands for, which checks the values; settings
+    that method does not have are ignored, as they always were.
+
+    Example:
+        >>> FactorizeConfig(method="asvd", rank=4, alpha=0.25).method_config()
+        ASVDConfig(..., rank=4, ..., exponent=0.25)
+    """
+
+    method: str = "svd-llm"
+    rank: int | None = None
+    energy: float | None = None
+    target_ratio: float | None = None
+    allocation: str = "uniform"
+    types: tuple[str, ...] = ("Dense", "EinsumDense")
+    include: str | tuple[str, ...] | None = None
+    exclude: str | tuple[str, ...] | None = None
+    conv_method: str = "tucker"
+    damping: float = 1e-3
+    alpha: float = 0.5
+    max_rows: int = 8192
+    blocks: str | tuple[str, ...] | None = None
+
+    def __post_init__(self):
+        for key in ("types", "include", "exclude", "blocks"):
+            if isinstance(getattr(self, key), list):
+                object.__setattr__(self, key, tuple(getattr(self, key)))
+        self.method_config()  # every check, before any work
+
+    def method_config(self) -> MethodConfig:
+        """The config of ``method`` with the settings it has."""
+        return from_legacy("factorize", self.get_config())
+
+    def get_config(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_config(cls, config: dict) -> FactorizeConfig:
+        return cls(**config)

@@ -58,12 +58,12 @@ from tfcompress.lowrank.layers import (
     svd_embedding,
     tucker_conv,
 )
+from tfcompress.lowrank.spectra import Spectra
 from tfcompress.lowrank.svd import (
     allocate_ranks,
     break_even_rank,
     check_rank,
     factor_matrix,
-    input_transform,
     lowrank_param_count,
     rank_for_energy,
     rank_for_ratio,
@@ -117,26 +117,54 @@ def factorize(model, config: MethodConfig | FactorizeConfig | None = None, calib
 
 
 @register_handler(SVDConfig)
+def _svd(model, config: SVDConfig, calibration=None, *, inplace: bool = False,
+         verbose: int = 1):
+    """Plain truncated SVD."""
+    return _factorize(model, config, Spectra("svd"), calibration, inplace, verbose)
+
+
 @register_handler(ASVDConfig)
+def _asvd(model, config: ASVDConfig, calibration=None, *, inplace: bool = False,
+          verbose: int = 1):
+    """SVD of the kernel scaled by activation magnitude."""
+    return _factorize(model, config, Spectra("asvd", alpha=config.exponent),
+                      calibration, inplace, verbose)
+
+
 @register_handler(SVDLLMConfig)
+def _svd_llm(model, config: SVDLLMConfig, calibration=None, *, inplace: bool = False,
+             verbose: int = 1):
+    """SVD of the kernel whitened by the input covariance."""
+    return _factorize(model, config, Spectra("svd-llm", damping=config.damping),
+                      calibration, inplace, verbose)
+
+
 @register_handler(CPConfig)
-def _factorize(model, config, calibration=None, *, inplace: bool = False, verbose: int = 1):
-    """Every built-in method: plan each layer's rank and form, then apply the plans."""
-    config = config.settings()
-    chosen = select_layers(model, types=config.types, include=config.include,
+def _cp(model, config: CPConfig, calibration=None, *, inplace: bool = False,
+        verbose: int = 1):
+    """CP of 3-way kernels; matrices by plain SVD."""
+    return _factorize(model, config, Spectra("svd"), calibration, inplace, verbose,
+                      cp=True)
+
+
+def _factorize(model, config: MethodConfig, spectra: Spectra, calibration, inplace: bool,
+               verbose: int, cp: bool = False):
+    """Plan each layer's rank and form (``spectra``: the matrices' calibration step; ``cp``:
+    3-way kernels by CP), then apply the plans."""
+    chosen = select_layers(model, types=config.layer_types, include=config.include,
                            exclude=config.exclude)
-    _check_fixed_rank(chosen, config)
-    if calibration is None and config.aware and any(
-            _route(layer, config)[0] == "svd" for _, layer in chosen):
+    _check_fixed_rank(chosen, config, cp)
+    if calibration is None and (spectra.aware or config.allocation == "sensitivity") and any(
+            _route(layer, config, cp)[0] == "svd" for _, layer in chosen):
         raise TfcompressError(
             f"method={config.method!r}, allocation={config.allocation!r} need calibration "
             "inputs: pass calibration=<token ids or batches>")
     if calibration is not None:
         calibration = check_calibration(model, calibration, "calibration")
     work = model if inplace else copy_model(model)
-    targets = select_layers(work, types=config.types, include=config.include,
+    targets = select_layers(work, types=config.layer_types, include=config.include,
                             exclude=config.exclude)
-    plans = plan_factorization(work, targets, config, calibration, verbose)
+    plans = plan_factorization(work, targets, config, spectra, calibration, verbose, cp)
     if verbose:
         print_msg(factorization_table(plans))
     result = _apply(work, targets, plans)
@@ -144,17 +172,18 @@ def _factorize(model, config, calibration=None, *, inplace: bool = False, verbos
     return result
 
 
-def _check_fixed_rank(targets, config: FactorizeConfig) -> None:
+def _check_fixed_rank(targets, config: MethodConfig, cp: bool) -> None:
     if config.rank is None:
         return
     for path, layer in targets:
-        if _route(layer, config)[0] in ("svd", "embedding", "conv-svd"):
+        if _route(layer, config, cp)[0] in ("svd", "embedding", "conv-svd"):
             d_in, d_out = matrix_shape(layer)
             check_rank(config.rank, d_in, d_out, arg=f"rank (layer {path!r})")
 
 
-def _route(layer, config: FactorizeConfig) -> tuple[str, str]:
-    """(how the layer is decomposed, why it is kept when that is 'keep')."""
+def _route(layer, config: MethodConfig, cp: bool = False) -> tuple[str, str]:
+    """(how the layer is decomposed, why it is kept when that is 'keep'); ``cp``: 3-way
+    kernels by CP."""
     kind = type(layer).__name__
     kernel_shape = tuple(kernel_of(layer).shape)
     if kind == "Embedding":
@@ -166,7 +195,7 @@ def _route(layer, config: FactorizeConfig) -> tuple[str, str]:
             config.conv_method], ""
     if kind == "EinsumDense" and not _plain_einsum(layer):
         return "keep", f"einsum {layer.equation!r} is not input-axes x kernel"
-    if config.method == "cp" and len(kernel_shape) >= 3:
+    if cp and len(kernel_shape) >= 3:
         return "cp", ""
     return "svd", ""
 
@@ -180,36 +209,27 @@ def _plain_einsum(layer) -> bool:
     return "." not in x_sub and x_sub[-n:] == k_sub[:n] and out == x_sub[:-n] + k_sub[n:]
 
 
-def plan_factorization(model, targets, config: FactorizeConfig, calibration=None,
-                       verbose: int = 1) -> list[LayerPlan]:
-    """Decide and compute the factors of every layer in ``targets`` (nothing is replaced)."""
-    routes = {path: _route(layer, config) for path, layer in targets}
+def plan_factorization(model, targets, config: MethodConfig, spectra: Spectra,
+                       calibration=None, verbose: int = 1, cp: bool = False) -> list[LayerPlan]:
+    """Decide and compute the factors of every layer in ``targets`` (nothing is replaced);
+    ``spectra`` gives the matrices' transformed SVDs, ``cp`` factors 3-way kernels by CP."""
+    routes = {path: _route(layer, config, cp) for path, layer in targets}
     svd_layers = [(p, la) for p, la in targets if routes[p][0] == "svd"]
-    method = config.method if config.method != "cp" else "svd"
-
-    def spectrum(group, stats):
-        out = {}
-        for path, layer in group:
-            transform = input_transform(method, stats.get(path), config.damping, config.alpha)
-            out[path] = (transform, transformed_spectrum(kernel_matrix(layer), transform))
-        return out
-
-    if method in ("asvd", "svd-llm") and svd_layers:
-        spectra = calibrate(model, svd_layers, calibration, spectrum,
-                            needs=("abs",) if method == "asvd" else ("xtx",),
-                            blocks=config.blocks, sequential=False, max_rows=config.max_rows,
-                            verbose=int(verbose))
+    if spectra.aware and svd_layers:
+        svds = calibrate(model, svd_layers, calibration, spectra, blocks=config.blocks,
+                         sequential=False, max_rows=config.max_rows, verbose=int(verbose))
     else:
-        spectra = spectrum(svd_layers, {})
+        svds = {p: spectra.compress_layer(p, la, None) for p, la in svd_layers}
     bar = progress_bar(len(targets), verbose=1 if verbose else 0, unit_name="layer")
     ranks = {}
     if config.allocation == "sensitivity" and svd_layers:
-        ranks = _sensitivity_ranks(model, svd_layers, spectra, config, calibration, verbose)
+        ranks = _sensitivity_ranks(model, svd_layers, svds, config, calibration, verbose)
     plans = []
     for path, layer in targets:
         route, why = routes[path]
         if route == "svd":
-            plan = _plan_matrix(path, layer, config, method, *spectra[path], ranks.get(path))
+            plan = _plan_matrix(path, layer, config, spectra.method, *svds[path],
+                                ranks.get(path))
         elif route == "keep":
             plan = _kept(path, layer, "-", why)
         else:
@@ -225,7 +245,7 @@ def _kept(path, layer, method, note) -> LayerPlan:
                      n, n, note=note)
 
 
-def _choose_rank(config: FactorizeConfig, d_in: int, d_out: int, s: np.ndarray) -> int:
+def _choose_rank(config: MethodConfig, d_in: int, d_out: int, s: np.ndarray) -> int:
     if config.rank is not None:
         return config.rank
     if config.energy is not None:
@@ -247,7 +267,7 @@ def _plan_matrix(path, layer, config, method, transform, svd, rank=None) -> Laye
                      factors={"u": u, "v": v})
 
 
-def _plan_other(path, layer, route, config: FactorizeConfig) -> LayerPlan:
+def _plan_other(path, layer, route, config: MethodConfig) -> LayerPlan:
     """Embeddings (plain SVD), conv kernels (SVD, Tucker-2, CP) and CP of 3-way kernels."""
     if route in ("embedding", "conv-svd"):  # (vocab | taps x c_in, d_out) views, plain SVD
         return _plan_matrix(path, layer, config, "svd", None,

@@ -38,10 +38,11 @@ import numpy as np
 
 from tfcompress._extras import require
 from tfcompress.core.calibration import calibrate, calibration_batches
+from tfcompress.core.compressor import Compressor
 from tfcompress.core.files import atomic_path, write_atomic
 from tfcompress.core.layers import select_layers
 from tfcompress.core.progress import progress_bar
-from tfcompress.core.registry import MethodConfig
+from tfcompress.core.registry import MethodConfig, resolve_config
 from tfcompress.core.validation import check_token_ids, reading
 from tfcompress.errors import TfcompressError
 from tfcompress.models.llama import LlamaConfig, assign_weights, build_llama_block, hf_llama_names
@@ -54,34 +55,49 @@ from tfcompress.models.loaders.gguf import (
 from tfcompress.models.loaders.kerashub import gguf_hf_config
 from tfcompress.models.loaders.readers import _reader, read_config
 from tfcompress.models.loaders.safetensors import LLAMA_TYPES, TensorIndex, llama_config_from_hf
-from tfcompress.prune.config import PruneConfig
-from tfcompress.prune.oneshot import block_pruner, calibration_needs
-from tfcompress.quantize.api import QuantizeConfig, gptq_able, gptq_compress
+from tfcompress.prune.config import STRUCTURED, PruneConfig, SparseGPTConfig, WandaConfig
+from tfcompress.prune.oneshot import SparseGPTPruner, WandaPruner
+from tfcompress.quantize.api import gptq_able
+from tfcompress.quantize.config import GPTQConfig, QuantizeConfig
+from tfcompress.quantize.gptq import GPTQCompressor
 
 OUT_DTYPES = ("float32", "float16")
 EXTRA_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                "generation_config.json")
 
 
-def _method(config) -> tuple[Callable, tuple[str, ...], Callable]:
-    """``(compress, needs, select)`` of a one-shot config; other methods raise."""
-    if isinstance(config, MethodConfig) and hasattr(config, "settings"):
-        config = config.settings()  # GPTQConfig, SparseGPTConfig, WandaConfig
-    if isinstance(config, QuantizeConfig) and config.method == "gptq":
+@dataclass
+class _Method:
+    """A one-shot method as lean runs it: its `Compressor`, which layers of a block it takes
+    (``select(block)``) and its config (``max_rows``, ``sequential``)."""
+
+    compressor: Compressor
+    select: Callable
+    config: MethodConfig
+
+
+def _method(config) -> _Method:
+    """The `_Method` of a one-shot config (an old `QuantizeConfig` / `PruneConfig` is read as
+    its method's config, with the verbs' DeprecationWarning); other methods raise."""
+    if isinstance(config, QuantizeConfig):
+        config = resolve_config("quantize", config, {}, "gptq", legacy=QuantizeConfig)
+    elif isinstance(config, PruneConfig):
+        config = resolve_config("prune", config, {}, "magnitude", legacy=PruneConfig)
+    if isinstance(config, GPTQConfig):
         def select(block):
-            chosen = select_layers(block, types=config.types, include=config.include,
+            chosen = select_layers(block, types=config.layer_types, include=config.include,
                                    exclude=config.exclude, require=False)
             return [(p, la) for p, la in chosen if gptq_able(la)]
 
-        return gptq_compress(config), ("xtx",), select
-    if (isinstance(config, PruneConfig) and config.method in ("wanda", "sparsegpt")
-            and config.schedule is None and config.scope == "layer"
-            and config.pattern not in ("neurons", "heads")):
+        return _Method(GPTQCompressor(config), select, config)
+    pruners = {SparseGPTConfig: SparseGPTPruner, WandaConfig: WandaPruner}
+    if (type(config) in pruners and getattr(config, "scope", "layer") == "layer"
+            and config.pattern not in STRUCTURED):  # SparseGPT has no scope: per layer
         def select(block):
             return select_layers(block, config.layer_types, config.include, config.exclude,
                                  require=False)
 
-        return block_pruner(config), calibration_needs(config), select
+        return _Method(pruners[type(config)](config), select, config)
     raise TfcompressError(
         "config must be GPTQConfig or a one-shot unstructured SparseGPTConfig / WandaConfig "
         "(scope='layer', no schedule), got "
@@ -133,7 +149,7 @@ def _gguf_source(path: Path) -> _Source:
 
 
 def _check(checkpoint, out, config, calibration, out_dtype) -> tuple[_Source, np.ndarray,
-                                                                      tuple]:
+                                                                      _Method]:
     """Every argument checked before any work; returns the checkpoint as a `_Source`, the
     calibration ids and the method."""
     method = _method(config)
@@ -154,13 +170,13 @@ def _check(checkpoint, out, config, calibration, out_dtype) -> tuple[_Source, np
         raise TfcompressError(f"{str(checkpoint)!r} has no tensor {missing[0]!r} "
                               f"({len(missing)} missing)")
     ids = check_token_ids(calibration, "calibration", cfg.vocab_size)
-    if isinstance(config, QuantizeConfig):  # group sizes, before any work
+    if isinstance(method.compressor, GPTQCompressor):  # group sizes, before any work
         widths = {"attn_q": cfg.d_model, "attn_k": cfg.d_model, "attn_v": cfg.d_model,
                   "attn_out": cfg.n_heads * cfg.head_dim, "mlp_gate": cfg.d_model,
                   "mlp_up": cfg.d_model, "mlp_down": cfg.d_ff}
         for i in range(cfg.n_layers):
             for kind, width in widths.items():
-                config.quantizer(f"block{i}_{kind}").group_rows(width)
+                method.config.quantizer(f"block{i}_{kind}").group_rows(width)
     return source, ids, method
 
 
@@ -184,15 +200,14 @@ def _forward(block, hidden: list[np.ndarray]) -> list[np.ndarray]:
     return [np.asarray(block(h, training=False)) for h in hidden]
 
 
-def _compress_block(block, hidden: list, method: tuple, config) -> list[np.ndarray]:
+def _compress_block(block, hidden: list, method: _Method) -> list[np.ndarray]:
     """Compress ``block`` in place from ``hidden``; returns the next block's inputs (from
     the compressed block, or the float one with ``sequential=False``)."""
-    compress, needs, select = method
-    dense = None if getattr(config, "sequential", True) else _forward(block, hidden)
-    layers = select(block)
+    dense = None if getattr(method.config, "sequential", True) else _forward(block, hidden)
+    layers = method.select(block)
     if layers:
-        calibrate(block, layers, hidden, compress, needs=needs, sequential=False,
-                  max_rows=config.max_rows, verbose=0)
+        calibrate(block, layers, hidden, method.compressor, sequential=False,
+                  max_rows=method.config.max_rows, verbose=0)
     return dense if dense is not None else _forward(block, hidden)
 
 
@@ -231,7 +246,7 @@ def lean_compress(checkpoint: str | Path, out: str | Path, config, calibration, 
             block = build_llama_block(cfg, i)
             assign_weights(block, tensors, own, source=f"{Path(checkpoint).name!r}")
             source.release()
-            hidden = _compress_block(block, hidden, method, config)
+            hidden = _compress_block(block, hidden, method)
             _write_shard(out / shard, _block_tensors(block, own, out_dtype))
             del block
         else:  # past a partial run: copied as stored

@@ -14,7 +14,7 @@ import numpy as np
 
 from tfcompress.core.calibration import calibration_batches
 from tfcompress.core.deprecation import renamed_argument
-from tfcompress.core.layers import copy_model, matrix_shape, select_layers
+from tfcompress.core.layers import copy_model, kernel_matrix, matrix_shape, select_layers
 from tfcompress.core.losses import lm_loss
 from tfcompress.core.progress import print_msg
 from tfcompress.core.registry import (
@@ -34,7 +34,15 @@ from tfcompress.prune.config import (
     TaylorConfig,
     WandaConfig,
 )
-from tfcompress.prune.oneshot import prune_oneshot
+from tfcompress.prune.oneshot import (
+    SparseGPTPruner,
+    WandaPruner,
+    WandaScorer,
+    calibrate_layers,
+    masks_from_scores,
+    taylor_gradients,
+)
+from tfcompress.prune.scores import magnitude_scores, taylor_scores
 from tfcompress.prune.structured import prune_structured
 from tfcompress.prune.training import (
     PruningState,
@@ -73,25 +81,8 @@ def prune(model, config: MethodConfig | PruneConfig | None = None, calibration=N
                                         inplace=inplace, verbose=verbose, loss=loss)
 
 
-@register_handler(MagnitudeConfig)
-@register_handler(TaylorConfig)
-@register_handler(WandaConfig)
-@register_handler(SparseGPTConfig)
-def _prune(model, config, calibration=None, *, inplace: bool = False, verbose: int = 1,
-           loss=None):
-    """Every built-in criterion: scores or SparseGPT, at once or on a schedule, unstructured,
-    N:M or structured (`PruneConfig` holds the resolved settings)."""
-    config = config.settings()
-    if config.schedule is None and config.method in ("wanda", "sparsegpt"):
-        # read once (a generator cannot be read twice), checked before any work
-        calibration = calibration_batches(calibration, model)
-    if config.schedule is None and config.method == "taylor" and calibration is not None:
-        calibration = (calibration if isinstance(calibration, tuple | np.ndarray)
-                       else list(calibration))
-        check_calibration(model, [calibration] if isinstance(calibration, tuple)
-                          else calibration, "calibration")
-    if config.pattern in STRUCTURED:
-        return prune_structured(model, config, calibration)
+def _checked(model, config) -> list[tuple[str, object]]:
+    """The layers ``config`` select, their input sizes checked against an N:M pattern."""
     layers = select_layers(model, config.layer_types, config.include, config.exclude)
     if config.nm is not None:
         bad = [p for p, la in layers if matrix_shape(la)[0] % config.nm[1]]
@@ -100,21 +91,87 @@ def _prune(model, config, calibration=None, *, inplace: bool = False, verbose: i
                 f"pattern {config.pattern!r} needs each layer's input size divisible by "
                 f"{config.nm[1]}; not so for {bad}: exclude them"
             )
-    if config.schedule is None and config.method == "taylor" and calibration is None:
-        raise TfcompressError(
-            "calibration is required for method='taylor': give (inputs, targets) batches"
-        )
-    target = model if inplace else copy_model(model)
-    if target is not model:
-        layers = select_layers(target, config.layer_types, config.include, config.exclude)
-    if config.schedule is not None:
-        state = PruningState(layers, config)
-    else:
-        if loss is None and config.method == "taylor":
-            loss = lm_loss()
-        masks = prune_oneshot(target, layers, config, calibration, loss, verbose)
-        state = PruningState(layers, config, masks)
-    attach_state(target, state)
+    return layers
+
+
+def _target(model, config, inplace: bool) -> tuple[object, list]:
+    """The model to prune (a copy unless ``inplace``) and its selected layers."""
+    layers = _checked(model, config)
+    if inplace:
+        return model, layers
+    target = copy_model(model)
+    return target, select_layers(target, config.layer_types, config.include,
+                                 config.exclude)
+
+
+def _attached(target, layers, config, masks: dict | None, verbose: int):
+    """``target`` with its pruning state (masks, schedule) attached; the summary printed."""
+    attach_state(target, PruningState(layers, config, masks))
     if verbose:
         print_msg(summary_table(sparsity_summary(target)))
     return target
+
+
+@register_handler(MagnitudeConfig)
+def _magnitude(model, config: MagnitudeConfig, calibration=None, *, inplace: bool = False,
+               verbose: int = 1, loss=None):
+    """|w|, at once or on a schedule (masks all ones until ``UpdatePruning`` sets them)."""
+    if config.pattern in STRUCTURED:
+        return prune_structured(model, config)
+    target, layers = _target(model, config, inplace)
+    masks = None
+    if config.schedule is None:
+        masks = masks_from_scores(layers, {p: magnitude_scores(kernel_matrix(la))
+                                           for p, la in layers}, config)
+    return _attached(target, layers, config, masks, verbose)
+
+
+@register_handler(TaylorConfig)
+def _taylor(model, config: TaylorConfig, calibration=None, *, inplace: bool = False,
+            verbose: int = 1, loss=None):
+    """|w·dL/dw| summed over ``(inputs, targets[, weights])`` batches."""
+    if calibration is not None:  # read once, checked before any work
+        calibration = (calibration if isinstance(calibration, tuple | np.ndarray)
+                       else list(calibration))
+        check_calibration(model, [calibration] if isinstance(calibration, tuple)
+                          else calibration, "calibration")
+    _checked(model, config)
+    if calibration is None:
+        raise TfcompressError(
+            "calibration is required for method='taylor': give (inputs, targets) batches"
+        )
+    target, layers = _target(model, config, inplace)
+    grads = taylor_gradients(target, layers, calibration, loss or lm_loss(), verbose)
+    scores = {p: taylor_scores(kernel_matrix(la), grads[p]) for p, la in layers}
+    return _attached(target, layers, config, masks_from_scores(layers, scores, config),
+                     verbose)
+
+
+@register_handler(WandaConfig)
+def _wanda(model, config: WandaConfig, calibration=None, *, inplace: bool = False,
+           verbose: int = 1, loss=None):
+    """|W|·||X|| block by block (``scope="global"``: the dense model's scores, one
+    threshold), or whole neurons / heads ranked by it."""
+    batches = calibration_batches(calibration, model)  # read once, checked before any work
+    if config.pattern in STRUCTURED:
+        return prune_structured(model, config, batches)
+    target, layers = _target(model, config, inplace)
+    if config.scope == "layer":
+        masks = calibrate_layers(target, layers, config, batches, WandaPruner(config),
+                                 verbose=verbose)
+    else:  # nothing changes until every layer is scored
+        scores = calibrate_layers(target, layers, config, batches, WandaScorer(),
+                                  sequential=False, verbose=verbose)
+        masks = masks_from_scores(layers, scores, config)
+    return _attached(target, layers, config, masks, verbose)
+
+
+@register_handler(SparseGPTConfig)
+def _sparsegpt(model, config: SparseGPTConfig, calibration=None, *, inplace: bool = False,
+               verbose: int = 1, loss=None):
+    """SparseGPT's Hessian reconstruction, block by block."""
+    batches = calibration_batches(calibration, model)  # read once, checked before any work
+    target, layers = _target(model, config, inplace)
+    masks = calibrate_layers(target, layers, config, batches, SparseGPTPruner(config),
+                             verbose=verbose)
+    return _attached(target, layers, config, masks, verbose)

@@ -1,8 +1,9 @@
 """One-shot pruning of a Keras 3 model's kernels from scores or SparseGPT, no training.
 
-Activation-aware criteria (Wanda, SparseGPT) go block by block through the calibration
-engine (`tfcompress.core.calibrate`): each block's layers are pruned from input statistics
-of the model as pruned so far, so later blocks see already-pruned inputs.
+Activation-aware criteria go block by block through the calibration engine
+(`tfcompress.core.calibrate`) as `Compressor` classes (`SparseGPTPruner`, `WandaPruner`,
+`WandaScorer`): each block's layers are pruned from input statistics of the model as pruned
+so far, so later blocks see already-pruned inputs.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import numpy as np
 
 from tfcompress.core.calibration import calibrate, calibration_batches, run_key
+from tfcompress.core.compressor import Compressor
 from tfcompress.core.layers import (
     kernel_axes,
     kernel_matrix,
@@ -19,55 +21,71 @@ from tfcompress.core.layers import (
 )
 from tfcompress.core.progress import progress_bar
 from tfcompress.errors import TfcompressError
-from tfcompress.prune.config import PruneConfig
+from tfcompress.prune.config import SparseGPTConfig, WandaConfig
 from tfcompress.prune.masks import global_masks, pattern_mask
-from tfcompress.prune.scores import magnitude_scores, taylor_scores, wanda_scores
+from tfcompress.prune.scores import wanda_scores
 from tfcompress.prune.sparsegpt import sparsegpt_prune
 
 
-def _prune_layer(path: str, layer, stats, config: PruneConfig) -> np.ndarray:
-    w = kernel_matrix(layer)
-    if config.method == "sparsegpt":
-        new_w, mask = sparsegpt_prune(w, stats.take_hessian(), config.sparsity, config.nm,
-                                      config.block_size, config.damping, layer=path)
-    else:
-        mask = pattern_mask(wanda_scores(w, stats), config.sparsity, config.nm, per_output=True)
-        new_w = w * mask
-    set_kernel_matrix(layer, new_w)
-    return mask
-
-
-def calibration_needs(config: PruneConfig) -> tuple[str, ...]:
-    """The `InputStats` a one-shot method needs: ``X^T X`` for SparseGPT, ``sum x^2`` else."""
-    return ("xtx",) if config.method == "sparsegpt" else ("sq",)
-
-
-def block_pruner(config: PruneConfig):
-    """The calibration engine's ``compress`` for Wanda / SparseGPT: each layer of a block
-    pruned in place from its input statistics; returns ``{path: mask}``.
+class SparseGPTPruner(Compressor):
+    """SparseGPT as a `Compressor`: each layer pruned from its input Hessian with SparseGPT's
+    reconstruction (``config``'s sparsity, N:M pattern, ``block_size``, ``damping``); the
+    result is its mask.
 
     Example:
-        >>> config = PruneConfig(method="sparsegpt", sparsity=0.5)
-        >>> calibrate(model, layers, ids, block_pruner(config), needs=calibration_needs(config))
+        >>> masks = calibrate(model, layers, ids, SparseGPTPruner(SparseGPTConfig()))
     """
-    def compress(group, stats):
-        return {p: _prune_layer(p, la, stats[p], config) for p, la in group}
 
-    return compress
+    needs = ("xtx",)
+
+    def __init__(self, config: SparseGPTConfig):
+        self.config = config
+
+    def compress_layer(self, path: str, layer, stats) -> np.ndarray:
+        s = self.config
+        w, mask = sparsegpt_prune(kernel_matrix(layer), stats.take_hessian(), s.sparsity, s.nm,
+                                  s.block_size, s.damping, layer=path)
+        set_kernel_matrix(layer, w)
+        return mask
 
 
-def _calibrate(model, layers, config: PruneConfig, data, compress, sequential: bool,
-               verbose: int):
-    return calibrate(model, layers, data, compress, needs=calibration_needs(config),
-                     blocks=config.blocks, sequential=sequential, max_rows=config.max_rows,
+class WandaScorer(Compressor):
+    """Wanda's scores ``|W| * ||X_j||`` of each layer as a `Compressor`; the weights are left
+    as they are (for one global threshold once every layer is scored)."""
+
+    needs = ("sq",)
+
+    def compress_layer(self, path: str, layer, stats) -> np.ndarray:
+        return wanda_scores(kernel_matrix(layer), stats)
+
+
+class WandaPruner(WandaScorer):
+    """Wanda as a `Compressor`: each layer's weights with the lowest scores per output zeroed
+    (``config``'s sparsity and N:M pattern); the result is its mask.
+
+    Example:
+        >>> masks = calibrate(model, layers, ids, WandaPruner(WandaConfig()))
+    """
+
+    def __init__(self, config: WandaConfig):
+        self.config = config
+
+    def compress_layer(self, path: str, layer, stats) -> np.ndarray:
+        w = kernel_matrix(layer)
+        mask = pattern_mask(wanda_scores(w, stats), self.config.sparsity, self.config.nm,
+                            per_output=True)
+        set_kernel_matrix(layer, w * mask)
+        return mask
+
+
+def calibrate_layers(model, layers: list[tuple[str, object]],
+                     config: WandaConfig | SparseGPTConfig, data, compressor: Compressor,
+                     sequential: bool = True, verbose: int = 1) -> dict[str, np.ndarray]:
+    """``compressor`` run block by block over ``layers`` with ``config``'s ``blocks``,
+    ``max_rows`` and ``resume_dir``; returns its ``{path: result}``."""
+    return calibrate(model, layers, data, compressor, blocks=config.blocks,
+                     sequential=sequential, max_rows=config.max_rows,
                      folder=config.resume_dir, key=run_key(config), verbose=verbose)
-
-
-def prune_blockwise(model, layers: list[tuple[str, object]], config: PruneConfig,
-                    data, verbose: int = 1) -> dict[str, np.ndarray]:
-    """Wanda / SparseGPT block by block, in place; returns ``{path: mask}``."""
-    return _calibrate(model, layers, config, data, block_pruner(config), sequential=True,
-                      verbose=verbose)
 
 
 def taylor_gradients(model, layers: list[tuple[str, object]], data, loss,
@@ -98,33 +116,15 @@ def taylor_gradients(model, layers: list[tuple[str, object]], data, loss,
     return grads
 
 
-def score_layers(model, layers: list[tuple[str, object]], config: PruneConfig, data=None,
-                 loss=None, verbose: int = 1) -> dict[str, np.ndarray]:
-    """Importance of every weight of ``layers`` at once (magnitude, taylor or wanda)."""
-    if config.method == "magnitude":
-        return {p: magnitude_scores(kernel_matrix(la)) for p, la in layers}
-    if config.method == "taylor":
-        grads = taylor_gradients(model, layers, data, loss, verbose)
-        return {p: taylor_scores(kernel_matrix(la), grads[p]) for p, la in layers}
-    if config.method == "wanda":  # scores of the dense model: nothing changes until all exist
-        return _calibrate(model, layers, config, data, lambda group, stats: {
-            p: wanda_scores(kernel_matrix(la), stats[p]) for p, la in group}, sequential=False,
-            verbose=verbose)
-    raise TfcompressError(f"method {config.method!r} has no stand-alone scores")
-
-
-def prune_oneshot(model, layers: list[tuple[str, object]], config: PruneConfig, data=None,
-                  loss=None, verbose: int = 1) -> dict[str, np.ndarray]:
-    """Prune ``layers`` of ``model`` in place by ``config``; returns ``{path: mask}``.
-    ``verbose=0`` hides the calibration progress bar."""
-    if config.method in ("wanda", "sparsegpt") and config.scope == "layer":
-        return prune_blockwise(model, layers, config, data, verbose)
-    scores = score_layers(model, layers, config, data, loss, verbose)
+def masks_from_scores(layers: list[tuple[str, object]], scores: dict[str, np.ndarray],
+                      config, per_output: bool = False) -> dict[str, np.ndarray]:
+    """Masks of ``scores`` (one threshold for ``config.scope == "global"``, else per layer in
+    ``config``'s pattern, ``per_output``: per output column), applied to ``layers``' kernels
+    in place."""
     if config.scope == "global":
         masks = global_masks(scores, config.sparsity)
     else:
-        masks = {p: pattern_mask(s, config.sparsity, config.nm,
-                                 per_output=config.method == "wanda")
+        masks = {p: pattern_mask(s, config.sparsity, config.nm, per_output=per_output)
                  for p, s in scores.items()}
     for path, layer in layers:
         set_kernel_matrix(layer, kernel_matrix(layer) * masks[path])

@@ -18,9 +18,10 @@ import keras
 import numpy as np
 
 from tfcompress.core.calibration import calibrate
+from tfcompress.core.compressor import Compressor
 from tfcompress.core.layers import kernel_matrix, layer_paths
 from tfcompress.errors import TfcompressError
-from tfcompress.prune.config import PruneConfig
+from tfcompress.prune.config import MagnitudeConfig, WandaConfig
 from tfcompress.prune.masks import units_to_keep
 
 
@@ -43,20 +44,22 @@ def attention_layers(model) -> list:
     return [la for la in model.layers if type(la).__name__ == "MultiHeadAttention"]
 
 
-def neuron_importance(producer, consumer, method: str, norms: np.ndarray | None) -> np.ndarray:
-    """Per hidden unit: ``||W_in[:, j]|| * ||W_out[j, :]||`` (magnitude) or
-    ``sum_k |W_out[j, k]| * ||X_j||`` with ``norms`` the consumer's input norms (wanda)."""
+def neuron_importance(producer, consumer, norms: np.ndarray | None = None) -> np.ndarray:
+    """Per hidden unit: ``||W_in[:, j]|| * ||W_out[j, :]||`` (magnitude, without ``norms``)
+    or ``sum_k |W_out[j, k]| * ||X_j||`` with ``norms`` the consumer's input norms (wanda)."""
     w_out = kernel_matrix(consumer)
-    if method == "wanda":
+    if norms is not None:
         return np.abs(w_out).sum(axis=1) * norms
     return np.linalg.norm(kernel_matrix(producer), axis=0) * np.linalg.norm(w_out, axis=1)
 
 
-def head_importance(attention, method: str, norms: np.ndarray | None) -> np.ndarray:
-    """Per head, from the output projection's rows of that head (grouped ``heads*head_dim``)."""
+def head_importance(attention, norms: np.ndarray | None = None) -> np.ndarray:
+    """Per head, from the output projection's rows of that head (grouped ``heads*head_dim``):
+    their squared norms (magnitude, without ``norms``) or ``|W_out|`` weighted by ``norms``,
+    its input norms (wanda)."""
     w_out = kernel_matrix(attention._output_dense)
     heads = attention.num_heads
-    if method == "wanda":
+    if norms is not None:
         rows = np.abs(w_out).sum(axis=1) * norms
     else:
         rows = np.linalg.norm(w_out, axis=1) ** 2
@@ -71,8 +74,19 @@ def _slice_like(old: np.ndarray, new_shape: tuple, keep: np.ndarray) -> np.ndarr
     return old
 
 
-def prune_structured(model, config: PruneConfig, data=None):
-    """A new, narrower model; ``model`` is not changed. See the module docstring."""
+class InputNorms(Compressor):
+    """``||X_j||`` of each layer's inputs as a `Compressor` (the weights are left as they are)."""
+
+    needs = ("sq",)
+
+    def compress_layer(self, path: str, layer, stats) -> np.ndarray:
+        return stats.norms()
+
+
+def prune_structured(model, config: MagnitudeConfig | WandaConfig, data=None):
+    """A new, narrower model; ``model`` is not changed. Units are ranked by Wanda's scores
+    from ``data`` (calibration batches) when given, else by magnitude. See the module
+    docstring."""
     if type(model).__name__ not in ("Functional", "Sequential"):
         raise TfcompressError(
             f"structured pruning rebuilds functional models; {model.name!r} is a "
@@ -91,20 +105,19 @@ def prune_structured(model, config: PruneConfig, data=None):
             f"(include={config.include!r}, exclude={config.exclude!r})"
         )
     inputs = {}
-    if config.method == "wanda":
+    if data is not None:
         path_of = layer_paths(model)
         probes = [(path_of[id(probe)], probe) for probe, _ in units.values()]
-        norms = calibrate(model, probes, data,
-                          lambda group, stats: {p: stats[p].norms() for p, _ in group},
-                          needs=("sq",), sequential=False, max_rows=config.max_rows, verbose=0)
+        norms = calibrate(model, probes, data, InputNorms(), sequential=False,
+                          max_rows=config.max_rows, verbose=0)
         inputs = {owner: norms[path_of[id(probe)]] for owner, (probe, _) in units.items()}
     keep, consumers = {}, {}
     for owner, (_, consumer) in units.items():
         if config.pattern == "neurons":
-            imp = neuron_importance(owner, consumer, config.method, inputs.get(owner))
+            imp = neuron_importance(owner, consumer, inputs.get(owner))
             consumers[consumer.name] = owner.name
         else:
-            imp = head_importance(owner, config.method, inputs.get(owner))
+            imp = head_importance(owner, inputs.get(owner))
         keep[owner.name] = units_to_keep(imp, config.sparsity)
 
     def narrower(layer):

@@ -13,13 +13,12 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import replace
-
 import numpy as np
 
 from tfcompress.core.layers import require_tf_keras
+from tfcompress.core.registry import resolve_config
 from tfcompress.errors import TfcompressError
-from tfcompress.prune.config import MagnitudeConfig, PruneConfig
+from tfcompress.prune.config import DEFAULT_METHOD, MagnitudeConfig, PruneConfig
 
 
 def prune_tf_keras(model, config: MagnitudeConfig | PruneConfig | None = None, **overrides):
@@ -31,15 +30,14 @@ def prune_tf_keras(model, config: MagnitudeConfig | PruneConfig | None = None, *
     prune to the reason. Train with `tf_keras_callbacks`, finish with `strip_tf_keras`.
     """
     require_tf_keras(model, native_hint="tfcompress.prune.prune")
-    if isinstance(config, MagnitudeConfig):
-        config = config.settings()
-    config = replace(config or PruneConfig(), **overrides)
-    if config.method != "magnitude" or config.scope != "layer" or config.pattern in (
+    config = resolve_config("prune", config, overrides, DEFAULT_METHOD, legacy=PruneConfig)
+    scope = getattr(config, "scope", "layer")  # SparseGPT has none
+    if not isinstance(config, MagnitudeConfig) or scope != "layer" or config.pattern in (
         "neurons", "heads"
     ):
         raise TfcompressError(
             "TF-MOT prunes each layer by magnitude (unstructured or N:M): got "
-            f"method={config.method!r}, scope={config.scope!r}, pattern={config.pattern!r}; "
+            f"method={config.method!r}, scope={scope!r}, pattern={config.pattern!r}; "
             "for other criteria convert to Keras 3 and use tfcompress.prune.prune"
         )
     if config.nm is not None:

@@ -30,9 +30,10 @@ from tfcompress.core.layers import (
     require_keras3,
     select_layers,
 )
+from tfcompress.core.registry import MethodConfig, from_legacy
 from tfcompress.core.saving import layers_at, mark_state, register_restorer, unmark_state
 from tfcompress.errors import TfcompressError
-from tfcompress.prune.config import PruneConfig
+from tfcompress.prune.config import MagnitudeConfig
 from tfcompress.prune.masks import global_masks, pattern_mask
 from tfcompress.prune.scores import magnitude_scores
 
@@ -40,7 +41,8 @@ STATE_ATTR = "_tfcompress_pruning"
 MASKS_ATTR = "tfc_prune_masks"  # the attribute Keras saves the masks under
 
 
-def magnitude_masks(matrices: dict[str, np.ndarray], sparsity: float, config: PruneConfig) -> dict:
+def magnitude_masks(matrices: dict[str, np.ndarray], sparsity: float,
+                    config: MagnitudeConfig) -> dict:
     """Masks of ``(d_in, d_out)`` matrices by magnitude, per layer or global as configured."""
     scores = {p: magnitude_scores(w) for p, w in matrices.items()}
     if config.scope == "global":
@@ -68,7 +70,7 @@ class MaskVariables(keras.layers.Layer):
 class PruningState:
     """The masks of a model's pruned kernels (non-trainable ``keras.Variable``s) and schedule."""
 
-    def __init__(self, layers: list[tuple[str, object]], config: PruneConfig,
+    def __init__(self, layers: list[tuple[str, object]], config: MethodConfig,
                  masks: dict[str, np.ndarray] | None = None):
         self.layers = dict(layers)
         self.config = config
@@ -137,7 +139,7 @@ def restore_state(model, payload: dict) -> None:
     """Re-attach masks (all ones until Keras loads the saved ones) to a reloaded model."""
     layers = layers_at(model, payload["paths"])
     attach_state(model, PruningState(list(layers.items()),
-                                     PruneConfig.from_config(payload["config"])))
+                                     from_legacy("prune", payload["config"])))
 
 
 register_restorer("prune", restore_state)
@@ -251,7 +253,7 @@ def keep_zeros(model, types=COMPRESSIBLE_TYPES) -> bool:
     sparse = {p: v for p, v in kernels.items() if not v[1].all()}
     if not sparse:
         return False
-    attach_state(model, PruningState([(p, la) for p, (la, _) in sparse.items()], PruneConfig(),
+    attach_state(model, PruningState([(p, la) for p, (la, _) in sparse.items()], MagnitudeConfig(),
                                      {p: (w != 0).astype(w.dtype) for p, (_, w) in sparse.items()}))
     return True
 

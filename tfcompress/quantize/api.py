@@ -21,7 +21,6 @@ from tfcompress.core.layers import (
     kernel_matrix,
     matrix_shape,
     select_layers,
-    set_kernel_matrix,
 )
 from tfcompress.core.registry import (
     MethodConfig,
@@ -41,7 +40,7 @@ from tfcompress.quantize.config import (
     QuantizeConfig,
     RTNConfig,
 )
-from tfcompress.quantize.gptq import gptq
+from tfcompress.quantize.gptq import GPTQCompressor
 from tfcompress.quantize.storage import attach, mark_quantized
 
 __all__ = ["METHODS", "QuantizeConfig", "quantize"]
@@ -70,31 +69,31 @@ def quantize(model, config: MethodConfig | QuantizeConfig | None = None, calibra
                                            inplace=inplace, verbose=verbose)
 
 
-def _selected(model, settings: QuantizeConfig) -> list[tuple[str, object]]:
-    """The layers ``settings`` select, its ``layer_bits`` checked against them."""
-    layers = select_layers(model, types=settings.types, include=settings.include,
-                           exclude=settings.exclude)
-    unknown = set(settings.layer_bits) - {p for p, _ in layers}
+def _selected(model, config, layer_bits: dict | None = None) -> list[tuple[str, object]]:
+    """The layers ``config`` selects, ``layer_bits`` (a grid's) checked against them."""
+    layers = select_layers(model, types=config.layer_types, include=config.include,
+                           exclude=config.exclude)
+    unknown = set(layer_bits or {}) - {p for p, _ in layers}
     if unknown:
         raise TfcompressError(f"layer_bits names layers that are not selected: {sorted(unknown)}")
     return layers
 
 
-def _copy(model, settings: QuantizeConfig, layers, inplace: bool):
-    """The model to quantize (a copy unless ``inplace``), its chosen layers by path."""
-    if not settings.method.startswith("keras_"):
-        for path, layer in layers:  # group sizes are checked before any work
-            settings.quantizer(path).group_rows(matrix_shape(layer)[0])
+def _copy(model, config, layers, inplace: bool, grid: bool = True):
+    """The model to quantize (a copy unless ``inplace``), its chosen layers by path. ``grid``:
+    our quantizer's group sizes are checked first (Keras's modes check their own)."""
+    for path, layer in layers if grid else []:  # group sizes are checked before any work
+        config.quantizer(path).group_rows(matrix_shape(layer)[0])
     target = drop_training_state(model if inplace else copy_model(model))
     paths = [p for p, _ in layers]
-    return target, dict(select_layers(target, types=settings.types, include=paths))
+    return target, dict(select_layers(target, types=config.layer_types, include=paths))
 
 
-def _store(target, settings: QuantizeConfig, by_path: dict, results: dict):
+def _store(target, config: RTNConfig | GPTQConfig, by_path: dict, results: dict):
     """Round the layers without results to nearest; store every layer's codes."""
     for path, layer in by_path.items():
         if path not in results:
-            results[path] = settings.quantizer(path).quantize(kernel_matrix(layer))
+            results[path] = config.quantizer(path).quantize(kernel_matrix(layer))
     layout = {path: attach(layer, results[path]) for path, layer in by_path.items()}
     return mark_quantized(target, layout)
 
@@ -102,64 +101,50 @@ def _store(target, settings: QuantizeConfig, by_path: dict, results: dict):
 @register_handler(RTNConfig)
 def _rtn(model, config: RTNConfig, calibration=None, *, inplace: bool = False,
          verbose: int = 1):
-    settings = config.settings()
-    target, by_path = _copy(model, settings, _selected(model, settings), inplace)
-    return _store(target, settings, by_path, {})
+    target, by_path = _copy(model, config, _selected(model, config, config.layer_bits),
+                            inplace)
+    return _store(target, config, by_path, {})
 
 
 @register_handler(GPTQConfig)
 def _gptq(model, config: GPTQConfig, calibration=None, *, inplace: bool = False,
           verbose: int = 1):
-    settings = config.settings()
-    layers = _selected(model, settings)
+    layers = _selected(model, config, config.layer_bits)
     batches = calibration_batches(calibration, model)  # checked before any work
-    target, by_path = _copy(model, settings, layers, inplace)
+    target, by_path = _copy(model, config, layers, inplace)
     able = [(p, la) for p, la in by_path.items() if gptq_able(la)]
-    results = calibrate(target, able, batches, gptq_compress(settings), blocks=settings.blocks,
-                        sequential=settings.sequential, max_rows=settings.max_rows,
-                        folder=settings.resume_dir, key=run_key(settings), verbose=verbose)
-    return _store(target, settings, by_path, results)  # embeddings round to nearest
+    results = calibrate(target, able, batches, GPTQCompressor(config), blocks=config.blocks,
+                        sequential=config.sequential, max_rows=config.max_rows,
+                        folder=config.resume_dir, key=run_key(config), verbose=verbose)
+    return _store(target, config, by_path, results)  # embeddings round to nearest
 
 
 @register_handler(KerasInt8Config)
 @register_handler(KerasInt4Config)
-@register_handler(KerasGPTQConfig)
 def _keras_mode(model, config, calibration=None, *, inplace: bool = False, verbose: int = 1):
+    from tfcompress.quantize.keras_modes import keras_quantize
+
+    layers = _selected(model, config)
+    target, _ = _copy(model, config, layers, inplace, grid=False)
+    return keras_quantize(target, config, [p for p, _ in layers], None)
+
+
+@register_handler(KerasGPTQConfig)
+def _keras_gptq(model, config: KerasGPTQConfig, calibration=None, *, inplace: bool = False,
+                verbose: int = 1):
     from tfcompress.quantize.keras_modes import attention_paths, keras_quantize
 
-    settings = config.settings()
-    layers = _selected(model, settings)
-    batches = None
-    if isinstance(config, KerasGPTQConfig):
-        nested = sorted(attention_paths(model) & {p for p, _ in layers})
-        if nested:
-            raise TfcompressError(
-                f"KerasGPTQConfig cannot quantize layers inside MultiHeadAttention "
-                f"({', '.join(nested[:4])}): Keras 3.15 saves them in files it cannot reload; "
-                "exclude them (e.g. types=('Dense',)) or use GPTQConfig"
-            )
-        batches = calibration_batches(calibration, model)  # checked before any work
-    target, _ = _copy(model, settings, layers, inplace)
-    return keras_quantize(target, settings, [p for p, _ in layers], batches)
-
-
-def gptq_compress(config: QuantizeConfig):
-    """The calibration engine's ``compress`` for GPTQ: each layer of a block quantized from
-    its input Hessian, its kernel set to the dequantized codes; returns ``{path: QTensor}``.
-
-    Example:
-        >>> calibrate(model, layers, ids, gptq_compress(QuantizeConfig(method="gptq", bits=4)))
-    """
-    def compress(group, stats):
-        out = {}
-        for path, layer in group:
-            qt = gptq(kernel_matrix(layer), stats[path].take_hessian(), config.quantizer(path),
-                      config.damping, config.act_order, layer=path)
-            set_kernel_matrix(layer, qt.dequantize())  # later blocks see this error
-            out[path] = qt
-        return out
-
-    return compress
+    layers = _selected(model, config)
+    nested = sorted(attention_paths(model) & {p for p, _ in layers})
+    if nested:
+        raise TfcompressError(
+            f"KerasGPTQConfig cannot quantize layers inside MultiHeadAttention "
+            f"({', '.join(nested[:4])}): Keras 3.15 saves them in files it cannot reload; "
+            "exclude them (e.g. types=('Dense',)) or use GPTQConfig"
+        )
+    batches = calibration_batches(calibration, model)  # checked before any work
+    target, _ = _copy(model, config, layers, inplace, grid=False)
+    return keras_quantize(target, config, [p for p, _ in layers], batches)
 
 
 def gptq_able(layer) -> bool:

@@ -1,7 +1,7 @@
 """Configs of `quantize`: one per method (`RTNConfig`, `GPTQConfig`, Keras's own modes as
 `KerasInt8Config` / `KerasInt4Config` / `KerasGPTQConfig`), each registered with its handler in
-`tfcompress.quantize.api`; `QuantizeConfig` is the resolved settings the handlers read (and
-the old all-methods form, deprecated as a `quantize` argument).
+`tfcompress.quantize.api`, each with its own fields and checks. `QuantizeConfig` is the old
+all-methods form (deprecated), read as its method's config.
 
 Example:
     >>> config = GPTQConfig(bits=4, granularity="group", group_size=128, act_order=True)
@@ -11,9 +11,9 @@ Example:
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 
-from tfcompress.core.registry import MethodConfig
+from tfcompress.core.registry import MethodConfig, from_legacy
 from tfcompress.errors import TfcompressError
 from tfcompress.quantize.quantizers import Quantizer, validate
 
@@ -22,101 +22,23 @@ METHODS = ("rtn", "gptq", "keras_int8", "keras_int4", "keras_gptq")
 TYPES = ("Dense", "EinsumDense", "Embedding")
 
 
-@dataclass(frozen=True)
-class QuantizeConfig:
-    """The resolved settings of every quantize method, which the handlers read; serializable
-    with ``get_config``/``from_config``. As an argument of `quantize` it is the old form
-    (deprecated: give the method's own config, e.g. `GPTQConfig`).
-
-    ``layer_bits`` maps layer paths to bit widths that replace ``bits`` (mixed precision,
-    e.g. from `allocate_bits`). ``include``/``exclude`` select layers as in
-    `tfcompress.core.select_layers` (regex or list of paths/names). GPTQ options:
-    ``damping`` (fraction of the mean Hessian diagonal), ``act_order``, ``sequential``
-    (each block's inputs come from the model quantized so far, so later blocks compensate
-    earlier errors; False: all from the float model), ``max_rows`` (calibration rows per
-    layer), ``blocks`` (the repeated blocks: None finds them, or a regex / layer names, see
-    `tfcompress.core.find_blocks`) and ``resume_dir`` (a folder to save progress in and
-    resume from). ``ragged``
-    lets a ``group_size`` that does not divide a layer's input axis end it with a shorter
-    group (otherwise that raises).
-    """
-
-    method: str = "rtn"
-    scheme: str = "affine"
-    bits: int = 8
-    granularity: str = "channel"
-    group_size: int | None = None
-    types: tuple[str, ...] = TYPES
-    include: str | tuple[str, ...] | None = None
-    exclude: str | tuple[str, ...] | None = None
-    layer_bits: dict = field(default_factory=dict)
-    damping: float = 0.01
-    act_order: bool = False
-    sequential: bool = True
-    max_rows: int | None = 8192
-    ragged: bool = False
-    blocks: str | tuple[str, ...] | None = None
-    resume_dir: str | None = None
-
-    def __post_init__(self):
-        if self.method not in METHODS:
-            raise TfcompressError(f"method must be one of {METHODS}, got {self.method!r}")
-        bad = [t for t in self.types if t not in TYPES]
-        if bad:
-            raise TfcompressError(f"types {bad} cannot be quantized: choose from {TYPES}")
-        if self.method.startswith("keras_"):
-            return
-        for bits in {self.bits, *self.layer_bits.values()}:
-            validate(self.scheme, bits, self.granularity, self.group_size)
-        if not 0 <= self.damping <= 1:
-            raise TfcompressError(f"damping must be in [0, 1], got {self.damping}")
-
-    @classmethod
-    def litert_int4(cls, method: str = "gptq", **fields) -> QuantizeConfig:
-        """LiteRT's int4 grid for ``method`` (deprecated form of
-        ``GPTQConfig.litert_int4(...)`` / ``RTNConfig.litert_int4(...)``)."""
-        return cls(method=method, **{"scheme": "litert", "bits": 4, "granularity": "group",
-                                     "group_size": 32, **fields})
-
-    def quantizer(self, path: str = "") -> Quantizer:
-        """The quantizer for the layer at ``path`` (its ``layer_bits`` entry, else ``bits``)."""
-        return Quantizer(self.scheme, int(self.layer_bits.get(path, self.bits)),
-                         self.granularity, self.group_size, ragged=self.ragged)
-
-    def get_config(self) -> dict:
-        config = asdict(self)
-        config["types"] = list(self.types)
-        if isinstance(self.blocks, tuple):
-            config["blocks"] = list(self.blocks)
-        return config
-
-    @classmethod
-    def from_config(cls, config: dict) -> QuantizeConfig:
-        config = dict(config)
-        config["types"] = tuple(config.get("types", TYPES))
-        for key in ("include", "exclude", "blocks"):
-            if isinstance(config.get(key), list):
-                config[key] = tuple(config[key])
-        if config.get("resume_dir") is not None:
-            config["resume_dir"] = str(config["resume_dir"])
-        return cls(**config)
-
-
 @dataclass(frozen=True, kw_only=True)
 class _QuantizeMethodConfig(MethodConfig):
-    """Fields every quantize method has; its settings are checked by `QuantizeConfig`."""
+    """Fields every quantize method has: ``types`` (None: every type in `TYPES`)."""
 
     verb = "quantize"
     types: tuple[str, ...] | None = TYPES
 
     def __post_init__(self):
         super().__post_init__()
-        self.settings()  # every check of the method's values, before any work
+        bad = [t for t in self.layer_types if t not in TYPES]
+        if bad:
+            raise TfcompressError(f"types {bad} cannot be quantized: choose from {TYPES}")
 
-    def settings(self) -> QuantizeConfig:
-        """The resolved settings the handlers read."""
-        own = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "roles"}
-        return QuantizeConfig(method=self.method, **{**own, "types": self.types or TYPES})
+    @property
+    def layer_types(self) -> tuple[str, ...]:
+        """The layer types this config selects."""
+        return self.types or TYPES
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -133,6 +55,11 @@ class _GridConfig(_QuantizeMethodConfig):
     layer_bits: dict = field(default_factory=dict)
     ragged: bool = False
 
+    def __post_init__(self):
+        super().__post_init__()
+        for bits in {self.bits, *self.layer_bits.values()}:
+            validate(self.scheme, bits, self.granularity, self.group_size)
+
     @classmethod
     def litert_int4(cls, **fields):
         """LiteRT's int4 grid: ``scheme="litert"``, 4 bits, groups of 32 input rows (the
@@ -145,6 +72,11 @@ class _GridConfig(_QuantizeMethodConfig):
         """
         return cls(**{"scheme": "litert", "bits": 4, "granularity": "group",
                       "group_size": 32, **fields})
+
+    def quantizer(self, path: str = "") -> Quantizer:
+        """The quantizer for the layer at ``path`` (its ``layer_bits`` entry, else ``bits``)."""
+        return Quantizer(self.scheme, int(self.layer_bits.get(path, self.bits)),
+                         self.granularity, self.group_size, ragged=self.ragged)
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -179,6 +111,13 @@ class GPTQConfig(_GridConfig):
     max_rows: int | None = 8192
     blocks: str | tuple[str, ...] | None = None
     resume_dir: str | None = None
+
+    def __post_init__(self):
+        super().__post_init__()
+        if not 0 <= self.damping <= 1:
+            raise TfcompressError(f"damping must be in [0, 1], got {self.damping}")
+        if self.resume_dir is not None:
+            object.__setattr__(self, "resume_dir", str(self.resume_dir))
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -220,3 +159,54 @@ class KerasGPTQConfig(_QuantizeMethodConfig):
     group_size: int | None = None
     damping: float = 0.01
     act_order: bool = False
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """The old all-methods form of a quantize config (deprecated: give the method's own
+    config, e.g. `GPTQConfig`). `method_config` is the method's config it stands for, which
+    checks the values; settings that method does not have are ignored, as they always were.
+    """
+
+    method: str = "rtn"
+    scheme: str = "affine"
+    bits: int = 8
+    granularity: str = "channel"
+    group_size: int | None = None
+    types: tuple[str, ...] = TYPES
+    include: str | tuple[str, ...] | None = None
+    exclude: str | tuple[str, ...] | None = None
+    layer_bits: dict = field(default_factory=dict)
+    damping: float = 0.01
+    act_order: bool = False
+    sequential: bool = True
+    max_rows: int | None = 8192
+    ragged: bool = False
+    blocks: str | tuple[str, ...] | None = None
+    resume_dir: str | None = None
+
+    def __post_init__(self):
+        self.method_config()  # every check, before any work
+
+    @classmethod
+    def litert_int4(cls, method: str = "gptq", **fields) -> QuantizeConfig:
+        """LiteRT's int4 grid for ``method`` (deprecated form of
+        ``GPTQConfig.litert_int4(...)`` / ``RTNConfig.litert_int4(...)``)."""
+        return cls(method=method, **{"scheme": "litert", "bits": 4, "granularity": "group",
+                                     "group_size": 32, **fields})
+
+    def method_config(self) -> MethodConfig:
+        """The config of ``method`` with the settings it has."""
+        return from_legacy("quantize", self.get_config())
+
+    def quantizer(self, path: str = "") -> Quantizer:
+        """The quantizer for the layer at ``path`` (see `GPTQConfig.quantizer`)."""
+        return self.method_config().quantizer(path)
+
+    def get_config(self) -> dict:
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
+
+    @classmethod
+    def from_config(cls, config: dict) -> QuantizeConfig:
+        config = {k: tuple(v) if isinstance(v, list) else v for k, v in config.items()}
+        return cls(**config)

@@ -13,8 +13,12 @@ Example:
 
 from __future__ import annotations
 
+from dataclasses import fields
+
 import numpy as np
 
+from tfcompress.core.compressor import Compressor
+from tfcompress.core.layers import kernel_matrix, set_kernel_matrix
 from tfcompress.core.stats import as_stats, inverse_hessian_factor
 from tfcompress.errors import TfcompressError
 from tfcompress.quantize.quantizers import QTensor, Quantizer
@@ -95,3 +99,34 @@ def output_error(x, w: np.ndarray, w_hat: np.ndarray) -> float:
     stats = as_stats(x, needs=("xtx",))
     d = np.asarray(w, np.float64) - np.asarray(w_hat, np.float64)
     return float(np.sum(d * (stats.xtx @ d))) / (max(stats.n, 1) * d.shape[1])
+
+
+class GPTQCompressor(Compressor):
+    """GPTQ as a `Compressor`: each layer quantized from its input Hessian by ``config``'s
+    quantizer for its path (a `GPTQConfig`), ``damping`` and ``act_order``; its kernel set to
+    the dequantized codes (later blocks see this error); the result is the `QTensor`.
+
+    Example:
+        >>> codes = calibrate(model, layers, ids, GPTQCompressor(GPTQConfig(bits=4)))
+    """
+
+    needs = ("xtx",)
+
+    def __init__(self, config):
+        self.config = config
+
+    def compress_layer(self, path: str, layer, stats) -> QTensor:
+        c = self.config
+        qt = gptq(kernel_matrix(layer), stats.take_hessian(), c.quantizer(path), c.damping,
+                  c.act_order, layer=path)
+        set_kernel_matrix(layer, qt.dequantize())
+        return qt
+
+    def save(self, result: QTensor) -> dict[str, np.ndarray]:
+        return {f.name: np.asarray(getattr(result, f.name)) for f in fields(result)
+                if getattr(result, f.name) is not None}
+
+    def load(self, arrays: dict[str, np.ndarray]) -> QTensor:
+        return QTensor(codes=arrays["codes"], scale=arrays["scale"],
+                       offset=arrays.get("offset"), levels=arrays["levels"],
+                       bits=int(arrays["bits"]), group_rows=int(arrays["group_rows"]))

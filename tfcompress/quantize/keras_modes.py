@@ -81,8 +81,8 @@ def keras_quantize(model, config, paths: list[str], batches: list | None):
             "exclude them, or use method='rtn' / 'gptq', which take any Dense, EinsumDense "
             "or Embedding")
     if mode in ("int8", "int4") and inside:
-        _store_like_keras(model, inside, 8 if mode == "int8" else 4,
-                          config.group_size if config.granularity == "group" else None)
+        block = None if mode == "int8" or config.granularity != "group" else config.group_size
+        _store_like_keras(model, inside, 8 if mode == "int8" else 4, block)
     return model
 
 

@@ -14,6 +14,7 @@ from dataclasses import replace
 import numpy as np
 
 from tfcompress.core.calibration import calibrate, calibration_batches
+from tfcompress.core.compressor import Compressor
 from tfcompress.core.layers import kernel_matrix, select_layers
 from tfcompress.core.registry import MethodConfig
 from tfcompress.core.validation import check_model
@@ -21,6 +22,23 @@ from tfcompress.errors import TfcompressError
 from tfcompress.quantize.api import gptq_able
 from tfcompress.quantize.config import GPTQConfig, RTNConfig
 from tfcompress.quantize.gptq import output_error
+
+
+class RoundingErrors(Compressor):
+    """Each layer's mean squared output change under each of ``quantizers`` (``{bits:
+    Quantizer}``, round-to-nearest), relative to its mean squared output, from its input
+    Hessian, as a `Compressor` (the weights are left as they are)."""
+
+    needs = ("xtx",)
+
+    def __init__(self, quantizers: dict):
+        self.quantizers = quantizers
+
+    def compress_layer(self, path: str, layer, stats) -> dict[int, float]:
+        w = kernel_matrix(layer)
+        ref = output_error(stats, w, np.zeros_like(w)) or 1.0
+        return {b: output_error(stats, w, q.roundtrip(w)) / ref
+                for b, q in self.quantizers.items()}
 
 
 def sensitivity(model, calibration, config: RTNConfig | GPTQConfig | None = None,
@@ -33,24 +51,17 @@ def sensitivity(model, calibration, config: RTNConfig | GPTQConfig | None = None
     check_model(model, "sensitivity")
     calibration = calibration_batches(calibration, model)  # checked before any work
     config = config or RTNConfig()
-    if isinstance(config, MethodConfig):  # else the old QuantizeConfig
-        config = config.for_model(model).settings()
-    layers = select_layers(model, types=config.types, include=config.include,
+    if not isinstance(config, MethodConfig):  # the old QuantizeConfig
+        config = config.method_config()
+    config = config.for_model(model)
+    layers = select_layers(model, types=config.layer_types, include=config.include,
                            exclude=config.exclude)
     quantizers = {b: replace(config, bits=b, layer_bits={}).quantizer() for b in bits}
 
-    def errors(group, stats):
-        out = {}
-        for path, layer in group:
-            w = kernel_matrix(layer)
-            ref = output_error(stats[path], w, np.zeros_like(w)) or 1.0
-            out[path] = {b: output_error(stats[path], w, q.roundtrip(w)) / ref
-                         for b, q in quantizers.items()}
-        return out
-
     dense = [(p, la) for p, la in layers if gptq_able(la)]
-    out = calibrate(model, dense, calibration, errors, blocks=config.blocks, sequential=False,
-                    max_rows=config.max_rows, verbose=0) if dense else {}
+    walk = config if isinstance(config, GPTQConfig) else GPTQConfig()  # RTN has no walk
+    out = calibrate(model, dense, calibration, RoundingErrors(quantizers), blocks=walk.blocks,
+                    sequential=False, max_rows=walk.max_rows, verbose=0) if dense else {}
     for path, layer in layers:
         if path not in out:  # an embedding: its "input" is one row of w: output error = row error
             w = kernel_matrix(layer)

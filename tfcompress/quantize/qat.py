@@ -26,7 +26,6 @@ from tfcompress.core.layers import (
     select_layers,
     to_matrix,
 )
-from tfcompress.core.registry import MethodConfig
 from tfcompress.core.saving import layers_at, mark_state, register_restorer, unmark_state
 from tfcompress.core.validation import check_model
 from tfcompress.errors import TfcompressError
@@ -91,16 +90,15 @@ def qat(model, config: RTNConfig | GPTQConfig | QuantizeConfig | None = None, *,
     (channel or group) and ``group_size``; the scheme is affine min-max.
     """
     check_model(model, "qat", legacy_hint="tfcompress.quantize.tfmot_quantize")
-    if isinstance(config, MethodConfig):  # RTNConfig / GPTQConfig: their grid; else the old form
-        config = config.for_model(model).settings()
-    config = QuantizeConfig.from_config({**(config or QuantizeConfig()).get_config(),
-                                         **overrides})
+    if isinstance(config, QuantizeConfig):  # the old form
+        config = config.method_config()
+    config = (config or RTNConfig()).for_model(model).with_overrides(**overrides)
     if config.scheme != "affine" or config.granularity == "tensor":
         raise TfcompressError(
             "qat supports scheme='affine' with granularity 'channel' or 'group', got "
             f"scheme={config.scheme!r}, granularity={config.granularity!r}"
         )
-    layers = select_layers(model, types=config.types, include=config.include,
+    layers = select_layers(model, types=config.layer_types, include=config.include,
                            exclude=config.exclude)
     for path, layer in layers:
         config.quantizer(path).group_rows(matrix_shape(layer)[0])

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from tfcompress.core.compressor import Compressor
 from tfcompress.core.layers import (
     copy_model,
     iter_layers,
@@ -216,6 +217,16 @@ def smoothing_groups(model) -> list[SmoothGroup]:
     return [g for g in unique if all(matrix_shape(la)[0] == g.width for la in g.layers)]
 
 
+class ActivationMax(Compressor):
+    """``max |x_j|`` of each layer's inputs as a `Compressor` (the weights are left as they
+    are): SmoothQuant's activation scales."""
+
+    needs = ("max",)
+
+    def compress_layer(self, path: str, layer, stats) -> np.ndarray:
+        return stats.max_abs().copy()
+
+
 def apply_smoothing(groups: Sequence[SmoothGroup], act_max: dict[int, np.ndarray],
                     strength: float) -> dict[str, np.ndarray]:
     """Fold the scales of each group (``act_max``: ``{id(norm): max |x_j|}``) into its
@@ -268,9 +279,8 @@ def smooth(model, calibration, strength: float | None = None, *, inplace: bool =
     groups = smoothing_groups(target)
     paths = layer_paths(target)
     layers = [(paths[id(la)], la) for g in groups for la in g.layers]
-    maxima = calibrate(target, layers, batches,
-                       lambda block, stats: {p: stats[p].max_abs().copy() for p, _ in block},
-                       needs=("max",), sequential=False, verbose=verbose)
+    maxima = calibrate(target, layers, batches, ActivationMax(), sequential=False,
+                       verbose=verbose)
     act_max = {id(g.norm): np.max([maxima[paths[id(la)]] for la in g.layers], axis=0)
                for g in groups}
     apply_smoothing(groups, act_max, strength)

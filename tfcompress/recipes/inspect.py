@@ -20,14 +20,14 @@ def layer_rows(model) -> list[dict]:
     methods whose default selection takes it (prune, quantize, factorize)."""
     from tfcompress.core import iter_layers, kernel_of, select_layers
     from tfcompress.core.saving import compression_state
-    from tfcompress.lowrank import FactorizeConfig
-    from tfcompress.prune import PruneConfig
-    from tfcompress.quantize import QuantizeConfig
+    from tfcompress.lowrank import SVDLLMConfig
+    from tfcompress.prune import MagnitudeConfig
+    from tfcompress.quantize import RTNConfig
 
     touched = {
-        "prune": PruneConfig().layer_types,
-        "quantize": QuantizeConfig().types,
-        "factorize": FactorizeConfig(rank=1).types,
+        "prune": MagnitudeConfig().layer_types,
+        "quantize": RTNConfig().layer_types,
+        "factorize": SVDLLMConfig(rank=1).layer_types,
     }
     chosen = {m: {p for p, _ in select_layers(model, types=t, require=False)}
               for m, t in touched.items()}
