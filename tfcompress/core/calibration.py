@@ -229,7 +229,8 @@ def _run_key(key: str, plan: BlockPlan, paths, batches) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
-def calibrate(model, layers: Sequence[tuple[str, object]], data, compressor: Compressor, *,
+def calibrate(model, layers: Sequence[tuple[str, object]], calibration,
+              compressor: Compressor, *,
               blocks=None, sequential: bool = True, max_rows: int | None = None,
               folder: str | os.PathLike | None = None, key: str = "",
               verbose: int = 1) -> dict:
@@ -241,14 +242,14 @@ def calibrate(model, layers: Sequence[tuple[str, object]], data, compressor: Com
     weights in place. ``blocks``: None (found), a regex or layer names (`find_blocks`).
     ``sequential``: the next block's inputs come from this block's compressed weights (False:
     from its dense ones). ``folder``: save progress there (`ResumeStore`) and resume a run
-    with the same ``key`` (the method's settings), model, layers and data. ``verbose`` shows
+    with the same ``key`` (the method's settings), model, layers and ``calibration``. ``verbose`` shows
     a progress bar with an ETA. ``model``'s graph is left as it was.
 
     Example:
         >>> masks = calibrate(model, layers, token_ids, SparseGPTPruner(config))
     """
     with unchanged_graph(model):
-        batches = calibration_batches(data, model)
+        batches = calibration_batches(calibration, model)
         plan = find_blocks(model, blocks, [la for _, la in layers])
         graph, by_block, rest = _split_by_block(plan, layers, blocks)
         store = (ResumeStore(folder, _run_key(key, plan, [p for p, _ in layers], batches))
