@@ -242,8 +242,8 @@ def calibrate(model, layers: Sequence[tuple[str, object]], calibration,
     weights in place. ``blocks``: None (found), a regex or layer names (`find_blocks`).
     ``sequential``: the next block's inputs come from this block's compressed weights (False:
     from its dense ones). ``folder``: save progress there (`ResumeStore`) and resume a run
-    with the same ``key`` (the method's settings), model, layers and ``calibration``. ``verbose`` shows
-    a progress bar with an ETA. ``model``'s graph is left as it was.
+    with the same ``key`` (the method's settings), model, layers and ``calibration``.
+    ``verbose`` shows a progress bar with an ETA. ``model``'s graph is left as it was.
 
     Example:
         >>> masks = calibrate(model, layers, token_ids, SparseGPTPruner(config))
