@@ -267,3 +267,31 @@ def test_mix_residual_by_hand():
     q = np.array([[0.0, 1.0], [-1.0, 0.0]])
     np.testing.assert_allclose(mix_residual(np.array([2.0, 4.0]), np.zeros((2, 2)), q)[1],
                                [[1 / 3, 0.0], [0.0, -1 / 3]], atol=1e-12)
+
+
+def test_rotate_reaches_a_model_family_through_its_registration(monkeypatch):
+    # the quantize layer knows no model family: without a registered one our port is refused,
+    # and a family registered under another name (here delegating to the port's) is used
+    import importlib
+
+    from tfcompress.models import llama_rotation as port
+
+    rotation = importlib.import_module("tfcompress.quantize.rotate")  # the verb shadows it
+
+    tied = _port(True)
+    monkeypatch.setattr(rotation, "_FAMILIES", {})
+    with pytest.raises(TfcompressError, match=r"rotate supports keras_hub .*is none of them"):
+        rotate(tied, verbose=0)
+    plans = []
+
+    def plan(model, tied_head, online):
+        plans.append((model.name, tied_head, online))
+        return port.port_plan(model, tied_head, online)
+
+    rotation.register_rotation_family(
+        rotation.RotationFamily("mine", port.port_stream, plan, port.port_rebuilt))
+    assert rotation.architectures()[0] == "mine"
+    rotated = rotate(tied, online=True, verbose=0)
+    assert plans == [(tied.name, True, True)]
+    ids = np.random.default_rng(2).integers(0, VOCAB, (2, 9)).astype("int32")
+    np.testing.assert_allclose(_logits(rotated, ids), _logits(tied, ids), atol=2e-4, rtol=2e-4)

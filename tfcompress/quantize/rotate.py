@@ -33,6 +33,7 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -51,12 +52,10 @@ from tfcompress.quantize.smooth import (
     SmoothGroup,
     fold_scales,
     hub_decoder_groups,
-    smoothing_groups,
     sub_layer,
 )
 
-ARCHITECTURES = ("llama (tfcompress.models.build_llama, load_gguf)",
-                 "keras_hub LlamaCausalLM / Qwen2CausalLM / MistralCausalLM")
+HUB_ARCHITECTURE = "keras_hub LlamaCausalLM / Qwen2CausalLM / MistralCausalLM"
 # KerasHub decoders whose residual stream is only read by pre-norms (their readers listed in
 # smooth.HUB_DECODERS) and written by these two matmuls
 HUB_WRITERS = {kind: ("_self_attention_layer._output_dense", "_feedforward_output_dense")
@@ -106,18 +105,46 @@ class ResidualStream:
         return int(self.embedding.shape[-1])
 
 
-def _port_stream(model) -> ResidualStream:
-    from tfcompress.models.llama import llama_config_of
+@dataclass(frozen=True)
+class RotationFamily:
+    """How `rotate` reaches a model family other than KerasHub's decoders (registered by the
+    family's own module: `tfcompress.models.llama_rotation` for `build_llama`).
 
-    cfg = llama_config_of(model)
-    final = model.get_layer("final_norm")
-    groups = [g for g in smoothing_groups(model) if g.norm is not final]
-    writers = [model.get_layer(f"block{i}_{part}") for i in range(cfg.n_layers)
-               for part in ("attn_out", "mlp_down")]
-    head = model.get_layer("lm_head").kernel if not cfg.tie_embeddings else None
-    mix = model.get_layer("final_mix").kernel if cfg.final_mix else None
-    return ResidualStream(model.get_layer("token_embedding").embeddings, groups, writers,
-                          final.scale, head, mix)
+    ``stream(model)``: its `ResidualStream` (any exception: not this family);
+    ``plan(model, tied, online)``: the config ``changes`` a rotated copy needs and why, in
+    words (``{}, []``: rotate it as it is); ``rebuild(model, changes)``: that copy, weights
+    copied, any online rotation absorbed.
+    """
+
+    name: str
+    stream: Callable
+    plan: Callable
+    rebuild: Callable
+
+
+_FAMILIES: dict[str, RotationFamily] = {}
+
+
+def register_rotation_family(family: RotationFamily) -> None:
+    """Let `rotate` reach ``family``'s models (registering a name again replaces it)."""
+    _FAMILIES[family.name] = family
+
+
+def architectures() -> list[str]:
+    """What `rotate` reaches: every registered family and KerasHub's pre-norm decoders."""
+    return [*_FAMILIES, HUB_ARCHITECTURE]
+
+
+def _family_stream(model) -> tuple[RotationFamily, ResidualStream]:
+    errors = []
+    for family in _FAMILIES.values():
+        try:
+            return family, family.stream(model)
+        except (TfcompressError, ValueError, AttributeError, KeyError) as err:
+            errors.append(str(err))
+    raise TfcompressError(
+        f"rotate supports {', '.join(architectures())}; model {model.name!r} "
+        f"({type(model).__name__}) is none of them ({'; '.join(errors)})")
 
 
 def _hub_stream(model) -> ResidualStream:
@@ -144,12 +171,7 @@ def residual_stream(model) -> ResidualStream:
         stream = _hub_stream(model)
         n_blocks = len(model.backbone.transformer_layers)
     else:
-        try:
-            stream = _port_stream(model)
-        except (TfcompressError, ValueError, AttributeError) as err:
-            raise TfcompressError(
-                f"rotate supports {', '.join(ARCHITECTURES)}; model {model.name!r} "
-                f"({type(model).__name__}) is none of them ({err})") from err
+        _, stream = _family_stream(model)
         n_blocks = len(stream.writers) // 2
     d = stream.width
     matmuls = [la for g in stream.groups for la in g.layers] + stream.writers
@@ -181,32 +203,6 @@ def _untied(model):
     clone.backbone.token_embedding.reverse_embeddings.assign(
         np.asarray(backbone.token_embedding.embeddings.numpy()).T)
     return clone
-
-
-def _port_rebuilt(model, **changes):
-    """A copy of the `build_llama` ``model`` with its config ``changes`` (``final_mix``,
-    ``mlp_hadamard``: layers that are identities when built), every weight copied."""
-    from tfcompress.models.llama import LlamaConfig, build_llama, llama_config_of
-
-    config = {**llama_config_of(model).get_config(), **changes}
-    clone = build_llama(LlamaConfig(**config), name=model.name)
-    for layer in model.layers:
-        for source, target in zip(layer.weights, clone.get_layer(layer.name).weights,
-                                  strict=True):
-            target.assign(source)
-    return clone
-
-
-def _absorb_online(model) -> None:
-    """``W_down -> H^T W_down`` in every block, ``H`` the online rotation before it."""
-    from tfcompress.core.hadamard import hadamard_factors, kron_matrix
-    from tfcompress.models.llama import llama_config_of
-
-    cfg = llama_config_of(model)
-    h = kron_matrix(hadamard_factors(cfg.d_ff))
-    for i in range(cfg.n_layers):
-        down = model.get_layer(f"block{i}_mlp_down")
-        set_kernel_matrix(down, h.T @ kernel_matrix(down))
 
 
 def rotate_stream(stream: ResidualStream, q: np.ndarray, progress=None) -> None:
@@ -282,10 +278,8 @@ def check_rotation(matrix, d: int) -> np.ndarray:
 
 def _rotation_target(model, tied: bool, online: bool, inplace: bool):
     """The model to rotate: ``model`` itself (``inplace``), a copy, or a copy with the layers
-    rotation needs (`_port_rebuilt`, `_untied`); refused before any work when
-    ``inplace`` cannot hold."""
-    from tfcompress.core.hadamard import hadamard_factors
-
+    rotation needs (its family's `RotationFamily.rebuild`, `_untied`); refused before any
+    work when ``inplace`` cannot hold."""
     changes, why = {}, []
     if _is_hub(model):
         if online:
@@ -295,27 +289,13 @@ def _rotation_target(model, tied: bool, online: bool, inplace: bool):
                 f"{type(model).__name__}: pass online=False")
         why += ["ties its head to its embedding (a KerasHub copy comes back untied)"] * tied
     else:
-        from tfcompress.models.llama import llama_config_of
-
-        cfg = llama_config_of(model)
-        if tied and not cfg.final_mix:
-            changes["final_mix"] = True
-            why.append("ties its head to its embedding (the copy adds final_mix)")
-        if online and not cfg.mlp_hadamard:
-            if hadamard_factors(cfg.d_ff) is None:
-                raise TfcompressError(f"online=True needs a Hadamard matrix of order d_ff = "
-                                      f"{cfg.d_ff} (2^k times 1 or q + 1, q a prime = 3 "
-                                      f"mod 4), model {model.name!r} has none")
-            changes["mlp_hadamard"] = True
-            why.append("gets an online Hadamard before each down projection")
+        family, _ = _family_stream(model)
+        changes, why = family.plan(model, tied, online)
     if why and inplace:
         raise TfcompressError(f"model {model.name!r} {' and '.join(why)}, so rotate returns "
                               "a copy: pass inplace=False")
     if changes:
-        target = _port_rebuilt(model, **changes)
-        if changes.get("mlp_hadamard"):
-            _absorb_online(target)
-        return target
+        return family.rebuild(model, changes)
     if why:
         return _untied(model)
     return model if inplace else copy_model(model)
