@@ -17,10 +17,11 @@ kernel for an activation-times-activation BATCH_MATMUL (also with the delegate's
 features). So the attention core (scores, mask, softmax, context) and each norm's
 ``rsqrt(variance + epsilon)`` are traced under the `FLOAT_ISLAND` name scope: export mode
 ``int8_islands`` keeps them float (DEQUANTIZE in, QUANTIZE out) and everything after the
-embedding's GATHER runs in one XNNPACK partition. On the trained demo teacher (1 thread, a
-machine whose other processes took 86 % of the CPU) int8 ran at 1.5x the float file's
-latency, ``int8`` of this graph at 1.2-1.3x, ``int8_islands`` of it at 0.79-0.82x
-(agreement 95.6 % on 128 held-out windows; `benchmarks.export` measures it).
+embedding's GATHER runs in one XNNPACK partition. On the trained demo teacher (1 thread, 2
+loaded AVX2 cores without VNNI, where XNNPACK's int8 matmuls are barely faster than its float
+ones: dynamic_int8 and int8_mixed ran at 0.95-1.0x float32) int8 ran at 1.5-1.7x the float
+file's latency, ``int8`` of this graph at 1.3-1.45x, ``int8_islands`` of it at 0.81-0.98x,
+at 95.6 % agreement (`benchmarks.export`, rows ``int8_integer`` and ``int8_islands_integer``).
 
 Example:
     >>> fast = integer_gpt(teacher)                 # the teacher's own variables
