@@ -15,7 +15,9 @@ The ``int8_smooth`` row is full int8 of the model smoothed first (SmoothQuant, m
 strength `SMOOTH`, scales from the calibration windows; `tfcompress.quantize.smooth`),
 compared with the original model, so its effect is measured beside plain ``int8``.
 The ``int8_integer`` row is full int8 of `tfcompress.models.gpt_integer.integer_gpt`: the
-same variables in a graph whose norms, causal mask and GELU have int8 XNNPACK kernels.
+same variables in a graph whose norms, causal mask and GELU have int8 XNNPACK kernels; the
+``int8_islands_integer`` row the same graph in mode ``int8_islands``: its float islands (the
+attention core and each norm's reciprocal square root) run on XNNPACK's float kernels.
 
 Usage: ``python -m benchmarks.export [--quick | --int8-only | --smollm2 [--smooth A]]``
 (``--int8-only``: the teacher's float32 and int8 rows only; the teacher is
@@ -54,8 +56,12 @@ SMOOTH = 0.5
 # "<mode>_integer" the model's integer_gpt graph (a build_gpt model's, demo rows only)
 SMOOTHED = ("int8_smooth",)
 INTEGER = "_integer"
-FORMATS = (*MODES, *SMOOTHED, "int8" + INTEGER)
-INT8_ONLY = ("float32", "int8", "int8_smooth", "int8_mixed", "int8" + INTEGER)
+ISLANDS = "int8_islands"  # full int8 but for a model's float islands: integer_gpt rows only
+FORMATS = (*(m for m in MODES if m != ISLANDS), *SMOOTHED, "int8" + INTEGER, ISLANDS + INTEGER)
+INT8_ONLY = ("float32", "int8", "int8_smooth", "int8_mixed", "int8" + INTEGER,
+             ISLANDS + INTEGER)
+# the rows whose op inventory (float ops, ops outside XNNPACK) is tabulated
+INVENTORIED = (*FULL_INTEGER, ISLANDS)
 
 
 def parse_format(fmt: str, strength: float = SMOOTH) -> tuple[str, float | None]:
@@ -123,7 +129,7 @@ def bench_model(name, model, ctx, out: Path, formats=FORMATS) -> list[dict]:
         if fmt.endswith(INTEGER):
             exported = integer_gpt(exported, s.seq_len)
         result = export_tflite(exported, path, mode, seq_len=s.seq_len, representative_data=rep,
-                               verify_output=False, verbose=False)
+                               verbose=False)
         runner = TFLiteRunner(path, num_threads=1)
         stats = held_out_stats(model, runner, batches)
         try:
@@ -202,7 +208,7 @@ def inventory(rows: list[dict]) -> str:
     out = ["| model | format | float ops | outside XNNPACK | outside the NPU set |",
            "|---|---|---|---|---|"]
     for r in rows:
-        if r["format"].removesuffix(INTEGER).removesuffix("_smooth") in FULL_INTEGER:
+        if r["format"].removesuffix(INTEGER).removesuffix("_smooth") in INVENTORIED:
             out.append(f"| {r['model']} | {r['format']} | {describe_ops(r['float_ops'])} | "
                        f"{describe_ops(r['not_delegated'])} | {describe_ops(r['outside_npu'])} |")
     diagnoses = [f"\n{r['model']} {r['format']}: the 5 tensors whose op adds the most error\n\n"
@@ -228,7 +234,8 @@ def smollm2_full_integer(out: Path, record, calibration_windows: int = 16,
     """SmolLM2-135M exported full-integer (int8, int16x8; ``formats`` may add ``int8_mixed``
     and ``<mode>_smooth``, smoothed at ``strength``): perplexity ratio to its Keras model
     on the first 2,048 tokens of Austen test text (windows of 256), calibrated on training text.
-    A mode that cannot run gets ``None`` and the error in ``smollm2_<mode>_note``; ``record``
+    A mode that cannot run (or fails the export's own verification) gets ``None`` and the
+    error in ``smollm2_<mode>_note``; ``record``
     is called with the figures after each mode, so a long run keeps what it finished."""
     import importlib.util
 
@@ -257,8 +264,7 @@ def smollm2_full_integer(out: Path, record, calibration_windows: int = 16,
         record(result)
         try:
             export_tflite(model, path, mode, seq_len=256, representative_data=windows,
-                          verify_output=False, max_samples=calibration_windows,
-                          smooth=smoothing)
+                          max_samples=calibration_windows, smooth=smoothing)
             ppl = causal_lm_perplexity(TFLiteRunner(path).predict, ids, 256,
                                        verbose=True)["perplexity"]
             result[f"smollm2_{fmt}_ppl"] = ppl
@@ -302,8 +308,9 @@ def main(argv: list[str] | None = None) -> None:
                         help="with --smollm2: comma-separated modes, each optionally followed "
                              "by _smooth (e.g. int8,int8_smooth,int8_mixed)")
     parser.add_argument("--int8-only", action="store_true",
-                        help="only the teacher's float32, int8, int8_smooth, int8_mixed and "
-                             "int8_integer rows (without the slow int16x8 and the student); "
+                        help="only the teacher's float32, int8, int8_smooth, int8_mixed, "
+                             "int8_integer and int8_islands_integer rows (without the slow "
+                             "int16x8 and the student); "
                              "written to results/export_int8.json")
     args = parse_args(parser, argv)
     if args.smollm2:
@@ -332,7 +339,9 @@ def main(argv: list[str] | None = None) -> None:
              f"magnitude-zeroed, no fine-tuning. int8_smooth: int8 after SmoothQuant smoothing "
              f"(strength {SMOOTH}), compared with the unsmoothed model. int8_integer: int8 of "
              "integer_gpt (the same weights; norms without SQUARED_DIFFERENCE, the causal mask "
-             "without SELECT_V2, GELU as x * sigmoid(1.702 x)), compared with the model.")
+             "without SELECT_V2, GELU as x * sigmoid(1.702 x)), compared with the model; "
+             "int8_islands_integer: the same graph with its float islands (attention core, "
+             "each norm's reciprocal square root) left float.")
     data = {**summary(rows, "teacher"), "rows": rows,
             "settings": {"eval_windows": s.eval_windows, "seq_len": s.seq_len,
                          "calibration_windows": s.calibration_windows, "smooth": SMOOTH}}

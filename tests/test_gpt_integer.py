@@ -7,11 +7,18 @@ import pytest
 
 import tfcompress  # noqa: F401  (sets the Keras backend)
 from tfcompress.errors import TfcompressError
+from tfcompress.export.modes import in_scopes
 from tfcompress.export.ops import inspect_tflite
 from tfcompress.export.representative import representative_samples
 from tfcompress.export.tflite import convert, input_spec
 from tfcompress.models import build_gpt, build_llama
-from tfcompress.models.gpt_integer import causal_softmax, integer_gpt, layer_norm, sigmoid_gelu
+from tfcompress.models.gpt_integer import (
+    FLOAT_ISLAND,
+    causal_softmax,
+    integer_gpt,
+    layer_norm,
+    sigmoid_gelu,
+)
 from tfcompress.models.llama import LlamaConfig
 
 
@@ -77,6 +84,34 @@ def test_integer_gpt_full_int8_keeps_norms_mask_and_gelu_on_xnnpack(tiny):
     assert friendly["not_delegated"] == {"ADD": 5, "BATCH_MATMUL": 4, "GATHER": 1, "LESS": 1,
                                          "RSQRT": 5, "SELECT": 1, "SOFTMAX": 2}
     assert set(friendly["float_ops"]) <= {"QUANTIZE", "DEQUANTIZE"}
+
+
+def test_in_scopes_reads_numbered_and_fused_tensor_names():
+    scopes = (FLOAT_ISLAND,)
+    assert in_scopes("m/integer_gpt/float_island/Rsqrt", scopes)
+    assert in_scopes("m/integer_gpt/float_island_12/MatMul", scopes)  # a repeated scope
+    assert in_scopes("m/transpose;;m/float_island_3/einsum/transpose", scopes)  # fused
+    assert not in_scopes("m/float_islands/MatMul", scopes)
+    assert not in_scopes("m/my_float_island/MatMul", scopes)
+    assert not in_scopes("m/float_island_x/MatMul", scopes)
+    assert not in_scopes("m/float_island", scopes)  # the tensor, not an op inside the scope
+
+
+def test_int8_islands_leave_only_attention_and_norm_roots_float(tiny):
+    fast = integer_gpt(tiny)
+    spec = input_spec(fast, None)
+    samples = representative_samples(
+        np.random.default_rng(3).integers(0, 40, (4, 16)).astype("int32"), spec)
+    info = inspect_tflite(convert(fast, spec, "int8_islands", samples)[0])
+    # outside XNNPACK only the embedding's GATHER with its negative-index check and the
+    # position embedding's int32 ADD (as in the float file): one partition for the rest
+    assert info["not_delegated"] == {"ADD": 1, "GATHER": 1, "LESS": 1, "SELECT": 1}
+    assert info["xnnpack_partitions"] == 1
+    floats = info["float_ops"]
+    # per block: the two attention matmuls and the softmax; per norm (2 a block + the
+    # final one): its RSQRT and epsilon ADD
+    assert (floats["BATCH_MATMUL"], floats["SOFTMAX"], floats["RSQRT"]) == (4, 2, 5)
+    assert not {"FULLY_CONNECTED", "MEAN", "LOGISTIC", "GATHER"} & set(floats)
 
 
 def test_integer_gpt_refuses_other_models():

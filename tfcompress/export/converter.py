@@ -20,7 +20,7 @@ from tfcompress.core.progress import quiet
 from tfcompress.core.signature import model_seq_len
 from tfcompress.errors import TfcompressError
 from tfcompress.export.llm_int4 import quantize_keras_int4
-from tfcompress.export.modes import MODES, ExportMode
+from tfcompress.export.modes import MODES, ExportMode, in_scopes
 from tfcompress.export.representative import MAIN_NAME, InputSpec
 from tfcompress.export.runner import TFLiteRunner
 from tfcompress.models.attention import bounded_attention_masks
@@ -111,6 +111,7 @@ def convert(model, spec: InputSpec, mode: str = "float32", samples: list | None 
     with fixed activation ranges).
     """
     import tensorflow as tf
+    from ai_edge_litert.interpreter import Interpreter
 
     spec_mode: ExportMode = MODES[mode]
     if bounded_masks is None:
@@ -130,12 +131,17 @@ def convert(model, spec: InputSpec, mode: str = "float32", samples: list | None 
         representative = None if samples is None else (lambda: (
             spec.named(s) if spec.auxiliary else [s] for s in samples))
         spec_mode.configure(converter, representative, int8_io)
-        if spec_mode.float_ops:
+        if spec_mode.float_ops or spec_mode.float_scopes:
             options = tf.lite.experimental.QuantizationDebugOptions(
                 denylisted_ops=list(spec_mode.float_ops))
-            flatbuffer = tf.lite.experimental.QuantizationDebugger(
-                converter=converter, debug_dataset=representative, debug_options=options,
-            ).get_nondebug_quantized_model()
+            debugger = tf.lite.experimental.QuantizationDebugger(
+                converter=converter, debug_dataset=representative, debug_options=options)
+            if spec_mode.float_scopes:  # named as in the calibrated file the quantizer reads
+                options.denylisted_nodes = [
+                    d["name"] for d in Interpreter(
+                        model_content=debugger.calibrated_model).get_tensor_details()
+                    if in_scopes(d["name"], spec_mode.float_scopes)]
+            flatbuffer = debugger.get_nondebug_quantized_model()
         else:
             flatbuffer = converter.convert()
     int4 = None

@@ -12,10 +12,12 @@ Example:
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from tfcompress.errors import TfcompressError
+from tfcompress.models.gpt_integer import FLOAT_ISLAND
 
 # the modes `export_llm` writes a KV-cache bundle in (weights only: activations stay float)
 LLM_MODES = ("float32", "float16", "dynamic_int8", "int4")
@@ -48,7 +50,8 @@ class ExportMode:
     ``configure(converter, representative, int8_io)`` sets up a ``tf.lite.TFLiteConverter``;
     ``representative`` is a generator function (or None). A mode with ``float_ops`` keeps
     those operators float (selective quantization through
-    ``tf.lite.experimental.QuantizationDebugger``). A mode with ``static_activations`` gives
+    ``tf.lite.experimental.QuantizationDebugger``), and one with ``float_scopes`` the operators
+    traced under those name scopes (`in_scopes`). A mode with ``static_activations`` gives
     activations fixed ranges, so the model is traced with bounded attention masks
     (`tfcompress.models.attention`). A mode with ``litert_recipe`` converts to
     float32 first and then applies that ``ai_edge_quantizer`` recipe.
@@ -68,6 +71,7 @@ class ExportMode:
     needs_representative: bool = False
     litert_recipe: str | None = None
     float_ops: tuple[str, ...] = ()
+    float_scopes: tuple[str, ...] = ()
     static_activations: bool = False
 
 
@@ -103,6 +107,19 @@ def _int8_mixed(converter, representative, int8_io: bool) -> None:
 # with itself) reads the residual stream's full range there.
 TRANSFORMER_FLOAT_OPS = ("ADD", "SUB", "MUL", "MEAN", "SQUARED_DIFFERENCE", "RSQRT", "SOFTMAX",
                          "SELECT", "SELECT_V2", "BATCH_MATMUL")
+
+
+def in_scopes(tensor_name: str, scopes: tuple[str, ...]) -> bool:
+    """Whether a TFLite tensor was traced under one of ``scopes`` (TensorFlow numbers a
+    repeated scope ``name_1``, ``name_2``; a fused op's name joins its ops' with ``;``).
+
+    Example:
+        >>> in_scopes("gpt/float_island_3/MatMul;gpt/transpose", ("float_island",))
+        True
+        >>> in_scopes("gpt/float_islands/MatMul", ("float_island",))
+        False
+    """
+    return any(re.search(rf"(^|/){re.escape(scope)}(_\d+)?/", tensor_name) for scope in scopes)
 
 
 def _int8(converter, representative, int8_io: bool) -> None:
@@ -148,6 +165,14 @@ MODES: dict[str, ExportMode] = {
             "adds, norms, attention's activation matmuls, masking and softmax stay float",
             _int8_mixed, 0.25, 0.85, 1.10, needs_representative=True,
             float_ops=TRANSFORMER_FLOAT_OPS, static_activations=True,
+        ),
+        ExportMode(
+            "int8_islands",
+            f"full-integer int8 but for the operators traced under a {FLOAT_ISLAND!r} name "
+            "scope, left float (XNNPACK's float kernels where it has no int8 one, e.g. "
+            "integer_gpt's attention)",
+            _int8_mixed, 0.25, 0.85, 1.10, needs_representative=True,
+            float_scopes=(FLOAT_ISLAND,), static_activations=True,
         ),
         ExportMode(
             "int16x8",
