@@ -91,7 +91,8 @@ def _prune(model, config, calibration=None, *, inplace: bool = False, verbose: i
                           else calibration, "calibration")
     if config.pattern in STRUCTURED:
         return prune_structured(model, config, calibration)
-    layers = select_layers(model, config.layer_types, config.include, config.exclude)
+    layers = select_layers(model, config.layer_types, config.include, config.exclude,
+                           method="prune")
     if config.nm is not None:
         bad = [p for p, la in layers if matrix_shape(la)[0] % config.nm[1]]
         if bad:
@@ -105,7 +106,8 @@ def _prune(model, config, calibration=None, *, inplace: bool = False, verbose: i
         )
     target = model if inplace else copy_model(model)
     if target is not model:
-        layers = select_layers(target, config.layer_types, config.include, config.exclude)
+        layers = select_layers(target, config.layer_types, config.include, config.exclude,
+                               method="prune")
     if config.schedule is not None:
         state = PruningState(layers, config)
     else:

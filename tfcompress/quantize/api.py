@@ -42,7 +42,7 @@ from tfcompress.quantize.config import (
     RTNConfig,
 )
 from tfcompress.quantize.gptq import gptq
-from tfcompress.quantize.storage import attach, mark_quantized
+from tfcompress.quantize.storage import store_codes
 
 __all__ = ["METHODS", "QuantizeConfig", "quantize"]
 
@@ -73,7 +73,7 @@ def quantize(model, config: MethodConfig | QuantizeConfig | None = None, calibra
 def _selected(model, settings: QuantizeConfig) -> list[tuple[str, object]]:
     """The layers ``settings`` select, its ``layer_bits`` checked against them."""
     layers = select_layers(model, types=settings.types, include=settings.include,
-                           exclude=settings.exclude)
+                           exclude=settings.exclude, method="quantize")
     unknown = set(settings.layer_bits) - {p for p, _ in layers}
     if unknown:
         raise TfcompressError(f"layer_bits names layers that are not selected: {sorted(unknown)}")
@@ -87,7 +87,8 @@ def _copy(model, settings: QuantizeConfig, layers, inplace: bool):
             settings.quantizer(path).group_rows(matrix_shape(layer)[0])
     target = drop_training_state(model if inplace else copy_model(model))
     paths = [p for p, _ in layers]
-    return target, dict(select_layers(target, types=settings.types, include=paths))
+    return target, dict(select_layers(target, types=settings.types, include=paths,
+                                      method="quantize"))
 
 
 def _store(target, settings: QuantizeConfig, by_path: dict, results: dict):
@@ -95,8 +96,7 @@ def _store(target, settings: QuantizeConfig, by_path: dict, results: dict):
     for path, layer in by_path.items():
         if path not in results:
             results[path] = settings.quantizer(path).quantize(kernel_matrix(layer))
-    layout = {path: attach(layer, results[path]) for path, layer in by_path.items()}
-    return mark_quantized(target, layout)
+    return store_codes(target, {path: results[path] for path in by_path})
 
 
 @register_handler(RTNConfig)
