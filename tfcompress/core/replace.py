@@ -157,6 +157,8 @@ def _set_sublayer(parent, name: str, index: int | None, old, new) -> None:
     tracker = parent._tracker
     locked = tracker.locked
     tracker.unlock()  # built layers lock their state; a swapped sublayer must be re-tracked
+    order = parent._layers
+    position = next((i for i, la in enumerate(order) if la is old), None)
     try:
         tracker.untrack(old)
         if index is None:
@@ -164,6 +166,10 @@ def _set_sublayer(parent, name: str, index: int | None, old, new) -> None:
         else:
             getattr(parent, name)[index] = new
             tracker.track(new)
+        if position is not None and order and order[-1] is new:
+            # tracking appends: put it where the old one was, so the parent's layers keep
+            # the order a model rebuilt from its config has (copies match layer by layer)
+            order.insert(position, order.pop())
     finally:
         if locked:
             tracker.lock()
