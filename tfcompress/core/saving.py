@@ -5,13 +5,15 @@ Compressed layers are registered Keras classes that carry their settings in thei
 them at top level saves and loads as any Keras model. Two things need more, and this module
 is their one path: layers swapped in *inside* other layers or subclassed / KerasHub models
 (whose ``from_config`` builds the plain layers again), and pruning masks kept beside the
-weights during ``fit``. A method records those with ``mark_state(model, kind, payload)``: the
-model's class becomes a same-named subclass registered as ``tfcompress>CompressedModel``,
-whose saved config is the plain model's plus ``{kind: payload}``. Loading rebuilds the plain
-model, then calls the restorer registered for each kind, and Keras loads the saved variables
-into the result. Without ``import tfcompress`` Keras cannot find the class; the saved config
-then starts with the fix (``"requires": "import tfcompress ..."``). Files written before
-issue #27 (kinds ``quantize``, ``qat``, ``factorize``) load through the same restorers.
+weights during ``fit`` (model state: outside ``model.weights`` and ``count_params``, one
+schedule ranking every pruned layer together; `tfcompress.prune.training`). A method
+records those with ``mark_state(model, kind, payload)``: the model's class becomes a
+same-named subclass registered as ``tfcompress>CompressedModel``, whose saved config is the
+plain model's plus ``{kind: payload}``. Loading rebuilds the plain model, then calls the
+restorer registered for each kind, and Keras loads the saved variables into the result.
+Without ``import tfcompress`` Keras cannot find the class; the saved config then starts
+with the fix (``"requires": "import tfcompress ..."``). Files written before issue #27
+(kinds ``quantize``, ``qat``, ``factorize``) load through the same restorers.
 
 Example:
     >>> register_restorer("prune", restore_masks)       # once, where the method is defined
