@@ -29,7 +29,6 @@ from tfcompress.core.layers import (
     transfer_state,
 )
 from tfcompress.core.registry import MethodConfig, register_handler
-from tfcompress.core.replace import replace_layers
 from tfcompress.core.stats import InputStats, hessian, inverse_hessian_factor
 
 __all__ = [
@@ -38,7 +37,6 @@ __all__ = [
     "MethodConfig",
     "register_handler",
     "register_layer",
-    "replace_layers",
     "calibrate",
     "calibration_batches",
     "find_blocks",

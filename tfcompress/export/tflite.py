@@ -17,7 +17,13 @@ from pathlib import Path
 import numpy as np
 
 from tfcompress._extras import require
-from tfcompress.core.layers import is_keras3_model, is_keras_model, iter_layers, matrix_shape
+from tfcompress.core.layers import (
+    is_keras3_model,
+    is_keras_model,
+    iter_layers,
+    layer_type,
+    matrix_shape,
+)
 from tfcompress.core.signature import (
     check_auxiliary_inputs,
     input_view,
@@ -167,7 +173,7 @@ def _matmul_input_sizes(model) -> dict[str, list[int]]:
     """Each dense layer's path → the input size of its matmul (two for a low-rank pair)."""
     sizes = {}
     for path, layer in iter_layers(model):
-        kind = type(layer).__name__
+        kind = layer_type(layer)  # a QuantizedDense is a Dense
         if kind in ("Dense", "EinsumDense"):
             sizes[path] = [matrix_shape(layer)[0]]
         elif kind == "LowRankDense":
