@@ -109,7 +109,8 @@ def test_inspect_lists_what_each_method_touches(saved, capsys):
     model.save(saved / "q.keras")
     assert main(["inspect", str(saved / "q.keras")]) == 0
     out = capsys.readouterr().out
-    assert "| block0_mlp_in | Dense | 32x128 | 4,096 | – | 4 | prune, quantize, factorize |" in out
+    assert ("| block0_mlp_in | QuantizedDense | 32x128 | 4,096 | – | 4 | prune, quantize, "
+            "factorize |") in out
     assert "| token_embedding | Embedding | 256x32 | 8,192 | 0.0% | 32 | prune, quantize |" in out
 
 

@@ -162,7 +162,7 @@ def test_subclassed_model_in_place():
     small = factorize(model, rank=3, method="svd", inplace=True, verbose=False)
     assert small is model
     # nested swaps are recorded by path, so a .keras file of a registered class reloads them
-    assert sorted(compression_state(model)["factorize"]) == sorted(
+    assert sorted(compression_state(model)["layers"]) == sorted(
         la.name for la in [*model.blocks, model.head])
     assert [type(b).__name__ for b in model.blocks] == ["LowRankDense"] * 2
     assert type(model.head).__name__ == "LowRankDense"

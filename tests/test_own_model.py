@@ -262,7 +262,7 @@ def test_a_quantized_model_exports_its_mode_natively_and_the_report_means_one_th
 
 @pytest.mark.slow
 def test_a_gptq_models_codes_go_into_the_int4_window_file_unchanged(tmp_path):
-    from tfcompress.core.layers import iter_layers, kernel_matrix
+    from tfcompress.core.layers import iter_layers, kernel_matrix, layer_type
     from tfcompress.export import export_tflite
     from tfcompress.export.llm_int4 import int4_weights
     from tfcompress.quantize import QuantizeConfig, quantize
@@ -272,7 +272,7 @@ def test_a_gptq_models_codes_go_into_the_int4_window_file_unchanged(tmp_path):
     gptq = quantize(build_lm(VOCAB), QuantizeConfig.litert_int4("gptq"), calibration=ids,
                     verbose=0)  # LiteRT's int4 grid, as export_llm copies it
     result = export_tflite(gptq, tmp_path / "gptq.tflite", "int4", seq_len=16, verbose=False)
-    kinds = {path: type(layer).__name__ for path, layer in iter_layers(gptq)}
+    kinds = {path: layer_type(layer) for path, layer in iter_layers(gptq)}  # QuantizedDense: Dense
     matmuls = {path: kernel_matrix(layer) for path, layer in iter_layers(gptq)
                if kinds[path] in ("Dense", "EinsumDense")}
     assert sorted(result.int4["copied"]) == sorted(matmuls)  # 4 attention + 2 MLP x 2, head

@@ -11,6 +11,7 @@ import keras
 import numpy as np
 import pytest
 
+from tfcompress.core.layers import iter_layers
 from tfcompress.core.saving import compression_state
 from tfcompress.prune import PruneConfig, UpdatePruning, prune, sparsity_summary
 from tfcompress.quantize import qat
@@ -70,6 +71,12 @@ class Crash(keras.callbacks.Callback):
 def case(request):
     make = CASES[request.param]
     return make, state(fit(compile_(make(base_model())), EPOCHS))
+
+
+def _kinds(model) -> list:
+    """The compression each layer holds (None for plain ones), pruning masks as "prune"."""
+    masks = ["prune"] if "prune" in compression_state(model) else []
+    return [getattr(la, "compression", None) for _, la in iter_layers(model)] + masks
 
 
 def assert_same(got, want):
@@ -146,7 +153,8 @@ def test_any_model_reloads_with_its_state(kind, method, tmp_path):
     compressed = make(model)
     compressed.save(tmp_path / "m.keras")
     again = keras.models.load_model(tmp_path / "m.keras")
-    assert list(compression_state(again)) == [method]
+    assert list(compression_state(again)) == list(compression_state(compressed))
+    assert _kinds(again) == _kinds(compressed) and method in _kinds(compressed)
     np.testing.assert_array_equal(np.asarray(again(ids)), np.asarray(compressed(ids)))
     if method == "prune":
         assert_same(again.tfc_prune_masks.weights, compressed.tfc_prune_masks.weights)

@@ -1,6 +1,7 @@
 """Shared model plumbing for every method and any Keras 3 model: finding layers and blocks,
 copying models, model signatures, calibrating block by block with streamed input statistics,
-the shared Hessian math; `tfcompress.core.saving` for changed layers; `MethodConfig` and
+the shared Hessian math; `register_layer` for layer classes of your own;
+`tfcompress.core.replace` / `tfcompress.core.saving` for compressed layers; `MethodConfig` and
 `register_handler`: one config class per method, each registered with its handler."""
 
 from tfcompress.core.blocks import BlockPlan, find_blocks
@@ -19,6 +20,7 @@ from tfcompress.core.layers import (
     kernel_of,
     layer_paths,
     matrix_shape,
+    register_layer,
     require_keras3,
     require_tf_keras,
     select_layers,
@@ -34,6 +36,7 @@ __all__ = [
     "InputStats",
     "MethodConfig",
     "register_handler",
+    "register_layer",
     "calibrate",
     "calibration_batches",
     "find_blocks",

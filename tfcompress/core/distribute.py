@@ -74,8 +74,9 @@ class WorkerSafeFit:
     batch's tuple in one ``strategy.reduce`` call, which that strategy refuses, and averages
     the step's scalar logs along an axis they lack. Nothing changes on one worker.
 
-    The `Distiller` and every model that carries tfcompress state (pruned, QAT, quantized:
-    `tfcompress.core.saving.mark_state`) train through it.
+    The `Distiller` and every model with a model-level tfcompress record (pruning masks,
+    compressed layers inside other layers: `tfcompress.core.saving.mark_state`) train
+    through it; `worker_safe_fit` lends it to any other model.
     """
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):

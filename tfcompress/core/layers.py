@@ -1,5 +1,11 @@
 """Find the layers of any Keras 3 model (nested ones included), copy models.
 
+Which layer classes the methods touch is a registry keyed by class (`register_layer`): each
+entry names the attribute holding the weight, the built-in type whose maths the class shares
+(``like``: its kernel is laid out as that type's) and the methods allowed on it. Keras's
+Dense, EinsumDense, Embedding and Conv1D-3D are registered; a class of your own joins with
+one call. Lookup is by exact class, so a subclass (``TiedEmbedding``) is its own type.
+
 Example:
     >>> for path, layer in select_layers(model, types=("Dense", "EinsumDense")):
     ...     print(path, kernel_of(layer).shape)
@@ -11,13 +17,103 @@ Example:
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 from tfcompress.errors import TfcompressError
 
 COMPRESSIBLE_TYPES = ("Dense", "EinsumDense", "Embedding", "Conv1D", "Conv2D", "Conv3D")
+METHODS = ("prune", "quantize", "qat", "factorize")
+
+
+@dataclass(frozen=True)
+class LayerSpec:
+    """How the methods see a registered layer class: ``weight`` is the attribute holding its
+    main weight, ``like`` the built-in type whose kernel layout it shares, ``methods`` the
+    methods that may touch it."""
+
+    weight: str
+    like: str
+    methods: tuple[str, ...] = METHODS
+
+
+_LAYERS: dict[type, LayerSpec] = {}
+_KERAS_REGISTERED = False  # Keras's own classes join on first lookup (keras loads lazily here)
+_ON_REGISTER: list[Callable[[type], object]] = []
+
+
+def register_layer(cls: type, weight: str = "kernel", like: str = "Dense",
+                   methods: Sequence[str] = METHODS) -> type:
+    """Let tfcompress's methods touch layers of class ``cls`` (exactly that class).
+
+    ``weight`` names the attribute holding the weight (a variable, or a property over one);
+    ``like`` is the built-in type its weight is laid out as (``"Dense"``: ``(d_in, d_out)``),
+    so ``types=("Dense",)`` selects it too; ``methods`` the methods allowed (of `METHODS`).
+    Returns ``cls`` (usable as a decorator through ``functools.partial``).
+
+    Example:
+        >>> register_layer(MyDense, weight="w", methods=("prune", "quantize"))
+    """
+    if not isinstance(cls, type):
+        raise TfcompressError(f"register_layer takes a layer class, got {cls!r}")
+    if like not in COMPRESSIBLE_TYPES:
+        raise TfcompressError(f"like must be one of {list(COMPRESSIBLE_TYPES)}, got {like!r}")
+    bad = [m for m in methods if m not in METHODS]
+    if bad:
+        raise TfcompressError(f"methods must be among {list(METHODS)}, got {bad}")
+    _LAYERS[cls] = LayerSpec(weight, like, tuple(methods))
+    for hook in _ON_REGISTER:
+        hook(cls)
+    return cls
+
+
+def on_register(hook: Callable[[type], object]) -> None:
+    """Call ``hook(cls)`` for every registered layer class, now and as classes join (a method
+    makes its compressed class of each, so files naming them load)."""
+    if not _KERAS_REGISTERED:
+        _register_keras_layers()
+    _ON_REGISTER.append(hook)
+    for cls in list(_LAYERS):
+        hook(cls)
+
+
+def weight_attribute(cls: type) -> str:
+    """The attribute of registered class ``cls`` that holds the weight variable: ``_kernel``
+    behind Keras's ``kernel`` property, else the registered ``weight`` itself."""
+    weight = class_spec(cls).weight
+    return f"_{weight}" if isinstance(getattr(cls, weight, None), property) else weight
+
+
+def layer_spec(layer) -> LayerSpec | None:
+    """The registry's entry for ``layer``'s exact class (None when not registered)."""
+    return class_spec(type(layer))
+
+
+def class_spec(cls: type) -> LayerSpec | None:
+    """The registry's entry for layer class ``cls`` (None when not registered); a compressed
+    class (`tfcompress.core.replace.compressed_class`) has its float class's."""
+    if not _KERAS_REGISTERED:
+        _register_keras_layers()
+    plain = getattr(cls, "float_class", None)
+    return _LAYERS.get(cls) if plain is None else class_spec(plain)
+
+
+def layer_type(layer) -> str:
+    """The type name selection matches: ``like`` of a registered class, else the class name."""
+    spec = layer_spec(layer)
+    return spec.like if spec is not None else type(layer).__name__
+
+
+def _register_keras_layers() -> None:
+    global _KERAS_REGISTERED
+    import keras
+
+    for name in COMPRESSIBLE_TYPES:
+        _LAYERS.setdefault(getattr(keras.layers, name), LayerSpec(
+            "embeddings" if name == "Embedding" else "kernel", name))
+    _KERAS_REGISTERED = True
 
 
 def is_keras3_model(obj) -> bool:
@@ -92,8 +188,10 @@ def layer_paths(model) -> dict[int, str]:
 
 
 def kernel_of(layer):
-    """The main weight matrix of a layer (kernel, or embeddings), or None."""
-    for attr in ("kernel", "embeddings"):
+    """The main weight of a layer (its registered ``weight``, else kernel or embeddings), or
+    None."""
+    spec = layer_spec(layer)
+    for attr in (spec.weight,) if spec is not None else ("kernel", "embeddings"):
         if hasattr(layer, attr) and not getattr(layer, "_layers", None):
             try:
                 return getattr(layer, attr)
@@ -108,8 +206,10 @@ def select_layers(
     include: str | Iterable[str] | None = None,
     exclude: str | Iterable[str] | None = None,
     require: bool = True,
+    method: str | None = None,
 ) -> list[tuple[str, object]]:
-    """Layers with a kernel chosen by class name (``types``) and by path.
+    """Layers with a kernel chosen by type (``types``: `layer_type` names), by path and by
+    ``method`` (a registered class is chosen only by the methods it allows).
 
     ``include`` / ``exclude`` are a regex (searched in the path) or a list of exact paths or
     names. With ``require`` an empty selection raises, naming what was available.
@@ -128,7 +228,10 @@ def select_layers(
     chosen = []
     candidates = [(p, la) for p, la in iter_layers(model) if kernel_of(la) is not None]
     for path, layer in candidates:
-        if types is not None and type(layer).__name__ not in types:
+        if types is not None and layer_type(layer) not in types:
+            continue
+        spec = layer_spec(layer)
+        if method is not None and spec is not None and method not in spec.methods:
             continue
         if inc is not None and not inc(path, layer):
             continue
@@ -164,11 +267,7 @@ def copy_model(model):
 
     try:
         if type(model) in (Functional, keras.Sequential):
-            compiled, model.compiled = model.compiled, False  # clone_model would compile it
-            try:
-                clone = keras.models.clone_model(model)
-            finally:
-                model.compiled = compiled
+            clone = clone_graph(model)
         else:  # a live object's own config: safe to rebuild (Lambda layers included)
             config = keras.saving.serialize_keras_object(model)
             config.pop("compile_config", None)  # the copy starts without optimizer state
@@ -188,6 +287,18 @@ def copy_model(model):
             "inplace=True to modify it in place"
         ) from err
     return clone
+
+
+def clone_graph(model, clone_function=None):
+    """``keras.models.clone_model`` of a functional/Sequential ``model``, uncompiled (Keras
+    would compile the clone as ``model``, deserializing its loss: a lambda would fail)."""
+    import keras
+
+    compiled, model.compiled = model.compiled, False
+    try:
+        return keras.models.clone_model(model, clone_function=clone_function)
+    finally:
+        model.compiled = compiled
 
 
 def drop_training_state(model):
@@ -225,7 +336,7 @@ def kernel_axes(layer) -> tuple[tuple[int, ...], int]:
     """
     kernel = kernel_of(layer)
     ndim = len(kernel.shape)
-    if type(layer).__name__.startswith("Conv"):
+    if layer_type(layer).startswith("Conv"):
         return tuple(range(ndim)), ndim - 1
     equation = getattr(layer, "equation", None)
     if not equation:

@@ -1,11 +1,19 @@
-"""Saving models that carry compression state (quantized codes, pruning masks, QAT layers).
+"""The model-level record of compression state, for what a model's own config cannot say.
 
-A method marks its model with ``mark_state(model, kind, payload)``: the model's class becomes
-a same-named subclass registered as ``tfcompress>CompressedModel``, whose saved config is the
+Compressed layers are registered Keras classes that carry their settings in their configs
+(see `tfcompress.core.replace` for the decision): a functional or Sequential model holding
+them at top level saves and loads as any Keras model. Two things need more, and this module
+is their one path: layers swapped in *inside* other layers or subclassed / KerasHub models
+(whose ``from_config`` builds the plain layers again), and pruning masks kept beside the
+weights during ``fit`` (model state: outside ``model.weights`` and ``count_params``, one
+schedule ranking every pruned layer together; `tfcompress.prune.training`). A method
+records those with ``mark_state(model, kind, payload)``: the model's class becomes a
+same-named subclass registered as ``tfcompress>CompressedModel``, whose saved config is the
 plain model's plus ``{kind: payload}``. Loading rebuilds the plain model, then calls the
-restorer each method registered for its kind (re-attaching layers and variables), and Keras
-loads the saved variables into them. Without ``import tfcompress`` Keras cannot find the
-class; the saved config then starts with the fix (``"requires": "import tfcompress ..."``).
+restorer registered for each kind, and Keras loads the saved variables into the result.
+Without ``import tfcompress`` Keras cannot find the class; the saved config then starts
+with the fix (``"requires": "import tfcompress ..."``). Files written before issue #27
+(kinds ``quantize``, ``qat``, ``factorize``) load through the same restorers.
 
 Example:
     >>> register_restorer("prune", restore_masks)       # once, where the method is defined
@@ -38,7 +46,8 @@ _CLASSES: dict[type, type] = {}
 
 
 def register_restorer(kind: str, restore: Callable) -> None:
-    """``restore(model, payload)`` re-attaches ``kind``'s state to a freshly built model."""
+    """``restore(model, payload)`` re-attaches ``kind``'s state to a freshly built model and
+    returns the model (a new one where it rebuilt a graph) or None (``model``, changed)."""
     _RESTORERS[kind] = restore
 
 
@@ -100,12 +109,14 @@ def restore(config: dict):
     model = keras.saving.deserialize_keras_object(config["model"])
     if not model.built and config["model"].get("build_config"):
         model.build_from_config(config["model"]["build_config"])
-    object.__setattr__(model, "_tfc_saved_paths", config.get("layers", []))
+    unknown = sorted(set(config["state"]) - set(_RESTORERS))
+    if unknown:
+        raise TfcompressError(f"saved model holds {unknown} state, which this tfcompress "
+                              f"cannot restore (it knows {sorted(_RESTORERS)})")
     for kind, payload in config["state"].items():
-        if kind not in _RESTORERS:
-            raise TfcompressError(f"saved model holds {kind!r} state, which this tfcompress "
-                                  f"cannot restore (it knows {sorted(_RESTORERS)})")
-        _RESTORERS[kind](model, payload)
+        # a restorer that rebuilds a graph returns a new model: the saved paths go with it
+        object.__setattr__(model, "_tfc_saved_paths", config.get("layers", []))
+        model = _RESTORERS[kind](model, payload) or model
     return model
 
 

@@ -48,7 +48,8 @@ def check_model(model, verb: str, arg: str = "model", legacy_hint: str = "") -> 
     """A Keras 3 model with float weights that ``verb`` may compress (not already quantized
     or in QAT); says what was applied and what can follow."""
     require_keras3(model, arg, legacy_hint)
-    kinds = [k for k in ("quantize", "qat") if k in compression_state(model)]
+    held = {getattr(la, "compression", None) for _, la in iter_layers(model)}
+    kinds = [k for k in ("quantize", "qat") if k in held]
     keras_q = [p for p, la in iter_layers(model) if getattr(la, "quantization_mode", None)]
     if keras_q:
         kinds.append("keras")

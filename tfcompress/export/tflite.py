@@ -20,7 +20,13 @@ from tfcompress._extras import require
 from tfcompress.core.deprecation import renamed_argument
 from tfcompress.core.files import file_sizes, write_atomic
 from tfcompress.core.latency import keras_forward
-from tfcompress.core.layers import is_keras3_model, is_keras_model, iter_layers, matrix_shape
+from tfcompress.core.layers import (
+    is_keras3_model,
+    is_keras_model,
+    iter_layers,
+    layer_type,
+    matrix_shape,
+)
 from tfcompress.core.progress import print_msg
 from tfcompress.core.quality import lm_quality
 from tfcompress.core.signature import (
@@ -169,7 +175,7 @@ def _matmul_input_sizes(model) -> dict[str, list[int]]:
     """Each dense layer's path → the input size of its matmul (two for a low-rank pair)."""
     sizes = {}
     for path, layer in iter_layers(model):
-        kind = type(layer).__name__
+        kind = layer_type(layer)  # a QuantizedDense is a Dense
         if kind in ("Dense", "EinsumDense"):
             sizes[path] = [matrix_shape(layer)[0]]
         elif kind == "LowRankDense":

@@ -4,7 +4,7 @@ Works on functional, Sequential and subclassed models and on layers nested in ot
 (MultiHeadAttention projections, KerasHub transformer blocks): top-level layers of a
 functional/Sequential model are swapped by cloning the graph, nested ones by replacing the
 attribute on their parent layer (recorded on the model, so its ``.keras`` file reloads them:
-see `tfcompress.core.saving`).
+see `tfcompress.core.replace`).
 
 The config's class picks the method (`SVDConfig`, `ASVDConfig`, `SVDLLMConfig`, `CPConfig`,
 each registered with the handler here).
@@ -27,6 +27,7 @@ from tfcompress.core.layers import (
     input_axes,
     kernel_matrix,
     kernel_of,
+    layer_type,
     matrix_shape,
     select_layers,
     set_kernel_matrix,
@@ -38,7 +39,7 @@ from tfcompress.core.registry import (
     register_handler,
     resolve_config,
 )
-from tfcompress.core.saving import compression_state, layers_at, mark_state, register_restorer
+from tfcompress.core.replace import replace_layers
 from tfcompress.core.validation import check_calibration, check_model
 from tfcompress.errors import TfcompressError
 from tfcompress.lowrank import tensor as tens
@@ -152,7 +153,7 @@ def _factorize(model, config: MethodConfig, spectra: Spectra, calibration, inpla
     """Plan each layer's rank and form (``spectra``: the matrices' calibration step; ``cp``:
     3-way kernels by CP), then apply the plans."""
     chosen = select_layers(model, types=config.layer_types, include=config.include,
-                           exclude=config.exclude)
+                           exclude=config.exclude, method="factorize")
     _check_fixed_rank(chosen, config, cp)
     if calibration is None and (spectra.aware or config.allocation == "sensitivity") and any(
             _route(layer, config, cp)[0] == "svd" for _, layer in chosen):
@@ -163,7 +164,7 @@ def _factorize(model, config: MethodConfig, spectra: Spectra, calibration, inpla
         calibration = check_calibration(model, calibration, "calibration")
     work = model if inplace else copy_model(model)
     targets = select_layers(work, types=config.layer_types, include=config.include,
-                            exclude=config.exclude)
+                            exclude=config.exclude, method="factorize")
     plans = plan_factorization(work, targets, config, spectra, calibration, verbose, cp)
     if verbose:
         print_msg(factorization_table(plans))
@@ -184,7 +185,7 @@ def _check_fixed_rank(targets, config: MethodConfig, cp: bool) -> None:
 def _route(layer, config: MethodConfig, cp: bool = False) -> tuple[str, str]:
     """(how the layer is decomposed, why it is kept when that is 'keep'); ``cp``: 3-way
     kernels by CP."""
-    kind = type(layer).__name__
+    kind = layer_type(layer)
     kernel_shape = tuple(kernel_of(layer).shape)
     if kind == "Embedding":
         return "embedding", ""
@@ -395,77 +396,7 @@ def _has_input(layer) -> bool:
         return False
 
 
-def _find_parent(model, layer):
-    """``(parent, attribute, index)`` holding ``layer``; index is set for list members."""
-    for parent in [model, *model._flatten_layers(include_self=False, recursive=True)]:
-        for name, value in vars(parent).items():
-            if value is layer:
-                return parent, name, None
-            if isinstance(value, list | tuple) and name != "_layers":
-                for i, item in enumerate(value):
-                    if item is layer:
-                        return parent, name, i
-    return None, None, None
-
-
-def _set_sublayer(parent, name: str, index: int | None, old, new) -> None:
-    """Replace ``old`` by ``new`` as ``parent.<name>[index]``, keeping Keras's tracking right."""
-    tracker = parent._tracker
-    locked = tracker.locked
-    tracker.unlock()  # built layers lock their state; a swapped sublayer must be re-tracked
-    try:
-        tracker.untrack(old)
-        if index is None:
-            setattr(parent, name, new)
-        else:
-            getattr(parent, name)[index] = new
-            tracker.track(new)
-    finally:
-        if locked:
-            tracker.lock()
-
-
-def _is_graph_model(model) -> bool:
-    from keras.src.models.functional import Functional
-
-    return isinstance(model, Functional | keras.Sequential)
-
-
 def _apply(model, targets, plans):
     by_path = {p.path: p for p in plans if p.factorized}
-    graph_swaps, nested = {}, {}
-    top_level = {id(la) for la in model.layers} if _is_graph_model(model) else set()
-    for path, layer in targets:
-        if path not in by_path:
-            continue
-        new = _new_layer(layer, by_path[path])
-        if id(layer) in top_level:
-            graph_swaps[id(layer)] = new
-            continue
-        _swap(model, layer, new)
-        nested[path] = {"layer": keras.saving.serialize_keras_object(new)}
-    if graph_swaps:
-        model = keras.models.clone_model(
-            model, clone_function=lambda la: graph_swaps.get(id(la), la))
-    # nested stand-ins are not in their parents' configs: the model records them so that
-    # its .keras file swaps them in again on load
-    if nested:
-        mark_state(model, "factorize",
-                   {**compression_state(model).get("factorize", {}), **nested})
-    return model
-
-
-def _swap(model, layer, new) -> None:
-    parent, name, index = _find_parent(model, layer)
-    if parent is None:
-        raise TfcompressError(f"cannot find the layer holding {layer.name!r} to replace it")
-    _set_sublayer(parent, name, index, layer, new)
-
-
-def _reapply(model, layout: dict) -> None:
-    """Swap the recorded stand-ins into a rebuilt float model (their values load after)."""
-    for layer, entry in zip(layers_at(model, layout).values(), layout.values(), strict=True):
-        _swap(model, layer, keras.saving.deserialize_keras_object(entry["layer"]))
-
-
-register_restorer("factorize", _reapply)
+    return replace_layers(model, {path: _new_layer(layer, by_path[path])
+                                  for path, layer in targets if path in by_path})

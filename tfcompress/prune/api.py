@@ -83,7 +83,8 @@ def prune(model, config: MethodConfig | PruneConfig | None = None, calibration=N
 
 def _checked(model, config) -> list[tuple[str, object]]:
     """The layers ``config`` select, their input sizes checked against an N:M pattern."""
-    layers = select_layers(model, config.layer_types, config.include, config.exclude)
+    layers = select_layers(model, config.layer_types, config.include, config.exclude,
+                           method="prune")
     if config.nm is not None:
         bad = [p for p, la in layers if matrix_shape(la)[0] % config.nm[1]]
         if bad:
@@ -101,7 +102,7 @@ def _target(model, config, inplace: bool) -> tuple[object, list]:
         return model, layers
     target = copy_model(model)
     return target, select_layers(target, config.layer_types, config.include,
-                                 config.exclude)
+                                 config.exclude, method="prune")
 
 
 def _attached(target, layers, config, masks: dict | None, verbose: int):

@@ -249,7 +249,7 @@ def keep_zeros(model, types=COMPRESSIBLE_TYPES) -> bool:
     if getattr(model, STATE_ATTR, None) is not None:
         return True
     kernels = {p: (la, np.asarray(kernel_of(la).numpy()))
-               for p, la in select_layers(model, types=types, require=False)}
+               for p, la in select_layers(model, types=types, require=False, method="prune")}
     sparse = {p: v for p, v in kernels.items() if not v[1].all()}
     if not sparse:
         return False

@@ -41,7 +41,7 @@ from tfcompress.quantize.config import (
     RTNConfig,
 )
 from tfcompress.quantize.gptq import GPTQCompressor
-from tfcompress.quantize.storage import attach, mark_quantized
+from tfcompress.quantize.storage import store_codes
 
 __all__ = ["METHODS", "QuantizeConfig", "quantize"]
 
@@ -72,7 +72,7 @@ def quantize(model, config: MethodConfig | QuantizeConfig | None = None, calibra
 def _selected(model, config, layer_bits: dict | None = None) -> list[tuple[str, object]]:
     """The layers ``config`` selects, ``layer_bits`` (a grid's) checked against them."""
     layers = select_layers(model, types=config.layer_types, include=config.include,
-                           exclude=config.exclude)
+                           exclude=config.exclude, method="quantize")
     unknown = set(layer_bits or {}) - {p for p, _ in layers}
     if unknown:
         raise TfcompressError(f"layer_bits names layers that are not selected: {sorted(unknown)}")
@@ -86,7 +86,8 @@ def _copy(model, config, layers, inplace: bool, grid: bool = True):
         config.quantizer(path).group_rows(matrix_shape(layer)[0])
     target = drop_training_state(model if inplace else copy_model(model))
     paths = [p for p, _ in layers]
-    return target, dict(select_layers(target, types=config.layer_types, include=paths))
+    return target, dict(select_layers(target, types=config.layer_types, include=paths,
+                                      method="quantize"))
 
 
 def _store(target, config: RTNConfig | GPTQConfig, by_path: dict, results: dict):
@@ -94,8 +95,7 @@ def _store(target, config: RTNConfig | GPTQConfig, by_path: dict, results: dict)
     for path, layer in by_path.items():
         if path not in results:
             results[path] = config.quantizer(path).quantize(kernel_matrix(layer))
-    layout = {path: attach(layer, results[path]) for path, layer in by_path.items()}
-    return mark_quantized(target, layout)
+    return store_codes(target, {path: results[path] for path in by_path})
 
 
 @register_handler(RTNConfig)

@@ -23,7 +23,7 @@ from tfcompress.core.blocks import cut_graph, find_blocks, graph_of
 from tfcompress.core.layers import iter_layers, kernel_matrix, layer_paths
 from tfcompress.errors import TfcompressError
 from tfcompress.quantize.quantizers import Quantizer
-from tfcompress.quantize.storage import attach, mark_quantized
+from tfcompress.quantize.storage import store_codes
 
 
 def keras_quantize(model, config, paths: list[str], batches: list | None):
@@ -82,7 +82,7 @@ def keras_quantize(model, config, paths: list[str], batches: list | None):
             "or Embedding")
     if mode in ("int8", "int4") and inside:
         block = None if mode == "int8" or config.granularity != "group" else config.group_size
-        _store_like_keras(model, inside, 8 if mode == "int8" else 4, block)
+        model = _store_like_keras(model, inside, 8 if mode == "int8" else 4, block)
     return model
 
 
@@ -96,14 +96,14 @@ def attention_paths(model) -> set[str]:
             for sub in layer._flatten_layers(include_self=False)}
 
 
-def _store_like_keras(model, paths: set[str], bits: int, block: int | None) -> None:
+def _store_like_keras(model, paths: set[str], bits: int, block: int | None):
     """Keras's int8/int4 weight formula (abs-max symmetric; per channel or per block of
     ``block`` input rows) into tfcompress code storage, for ``paths``."""
     quantizer = Quantizer("symmetric", bits, "group" if block else "channel", block,
                           ragged=True)
     layers = dict(iter_layers(model))
-    mark_quantized(model, {p: attach(layers[p], quantizer.quantize(kernel_matrix(layers[p])))
-                           for p in sorted(paths)})
+    return store_codes(model, {p: quantizer.quantize(kernel_matrix(layers[p]))
+                               for p in sorted(paths)})
 
 
 class _NoTokenizer:

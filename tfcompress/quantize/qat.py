@@ -4,7 +4,10 @@ through the rounding, for Dense, EinsumDense (so MultiHeadAttention) and Embeddi
 
 The QAT model is an ordinary Keras model: compile and ``fit`` it with any loss, or wrap it
 in a distiller as the student (distillation-aware QAT). `strip_qat` then puts the weights on
-the grid and `quantize` with the same settings stores them as codes, exactly.
+the grid and `quantize` with the same settings stores them as codes, exactly. Its layers are
+registered classes ``QAT<Class>`` (`QATDense`...: the float class plus ``qat``, its bits and
+group size, in the config; variables and saved file those of the float class), put in the
+model by `tfcompress.core.replace`, so its ``.keras`` file reloads as a QAT model.
 
 Example:
     >>> config = RTNConfig(bits=4, granularity="group", group_size=32)
@@ -20,17 +23,25 @@ from keras import ops
 from tfcompress.core.layers import (
     copy_model,
     from_matrix,
+    iter_layers,
     kernel_axes,
     matrix_shape,
     require_keras3,
     select_layers,
     to_matrix,
+    weight_attribute,
+)
+from tfcompress.core.replace import (
+    compressed_class,
+    legacy_class,
+    rebuilt_as,
+    register_mixin,
+    replace_layers,
 )
 from tfcompress.core.saving import layers_at, mark_state, register_restorer, unmark_state
 from tfcompress.core.validation import check_model
 from tfcompress.errors import TfcompressError
 from tfcompress.quantize.config import GPTQConfig, QuantizeConfig, RTNConfig
-from tfcompress.quantize.storage import _float_attr, same_name_subclass
 
 
 def fake_quantize(w, bits: int, group_rows: int | None = None):
@@ -57,29 +68,44 @@ def fake_quantize(w, bits: int, group_rows: int | None = None):
     return w + ops.stop_gradient(q - w)
 
 
-class _FakeQuant:
-    """Mixin placed before a Keras layer class: its weight is fake-quantized when read."""
+class FakeQuant:
+    """its weight fake-quantized when read (``qat``: ``{"bits", "group"}`` in its config)."""
 
-    def _qat_weight(self):
-        # the layer's own class reads the kernel; this subclass's `kernel` is the fake one
-        raw = getattr(self, self.qat_attr)
-        w = fake_quantize(to_matrix(raw, self.qat_axes, ops), self.qat_bits, self.qat_group)
+    prefix = "QAT"
+    compression = "qat"
+    config_key = "qat"
+
+    def __init__(self, *args, qat: dict, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.qat_spec = {"bits": int(qat["bits"]), "group": qat.get("group")}
+
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        self.qat_attr = weight_attribute(self.float_class)
+        self.qat_axes = None  # the weight reads as the float one while its axes are found
+        self.qat_axes = kernel_axes(self)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "qat": self.qat_spec}
+
+    def weight_value(self):
+        """The fake-quantized weight (the layer's ``kernel`` / ``embeddings``)."""
+        raw = self.__dict__[self.qat_attr]  # the float variable (not the property)
+        if self.qat_axes is None:
+            return raw
+        w = fake_quantize(to_matrix(raw, self.qat_axes, ops), self.qat_spec["bits"],
+                          self.qat_spec["group"])
         return from_matrix(w, self.qat_axes, raw.shape, ops)
-
-    @property
-    def kernel(self):
-        return self._qat_weight()
-
-    @property
-    def embeddings(self):
-        return self._qat_weight()
 
     # Keras saves what these return: the latent float weights, so training can go on
     def _get_kernel_with_merged_lora(self):
-        return getattr(self, self.qat_attr), None, None
+        return self.__dict__[self.qat_attr], None, None
 
     def _get_embeddings_with_merged_lora(self):
-        return getattr(self, self.qat_attr), None, None
+        return self.__dict__[self.qat_attr], None, None
+
+
+register_mixin(FakeQuant)
 
 
 def qat(model, config: RTNConfig | GPTQConfig | QuantizeConfig | None = None, *,
@@ -99,7 +125,7 @@ def qat(model, config: RTNConfig | GPTQConfig | QuantizeConfig | None = None, *,
             f"scheme={config.scheme!r}, granularity={config.granularity!r}"
         )
     layers = select_layers(model, types=config.layer_types, include=config.include,
-                           exclude=config.exclude)
+                           exclude=config.exclude, method="qat")
     for path, layer in layers:
         config.quantizer(path).group_rows(matrix_shape(layer)[0])
     target = model if inplace else copy_model(model)
@@ -108,41 +134,52 @@ def qat(model, config: RTNConfig | GPTQConfig | QuantizeConfig | None = None, *,
         quantizer = config.quantizer(path)
         plan[path] = {"bits": quantizer.bits,
                       "group": quantizer.group_size if config.granularity == "group" else None}
-    restore_qat(target, plan)
-    return target
+    return restore_qat(target, plan)
 
 
-def restore_qat(model, plan: dict) -> None:
-    """Make the layers at ``plan``'s paths (``{path: {"bits", "group"}}``) fake-quantize, in
-    place, and record the plan so ``.keras`` files reload as QAT models (training goes on)."""
-    layers = layers_at(model, plan)
-    plan = dict(zip(layers, plan.values(), strict=True))
-    for path, layer in layers.items():
-        spec = plan[path]
-        layer.qat_attr = _float_attr(layer)
-        layer.qat_axes = kernel_axes(layer)
-        layer.qat_bits = spec["bits"]
-        layer.qat_group = spec["group"]
-        # same class name and config: the latent float weights save as the layer's own
-        layer.__class__ = same_name_subclass(_FakeQuant, type(layer))
+def restore_qat(model, plan: dict, legacy: bool = False):
+    """``model`` with the layers at ``plan``'s paths (``{path: {"bits", "group"}}``) made
+    ``QAT<Class>`` layers (their variables copied: training goes on); a functional/Sequential
+    model comes back rebuilt (`tfcompress.core.replace`; ``legacy``: loading a file written
+    before issue #27, see `tfcompress.core.replace.legacy_class`)."""
+    found = layers_at(model, plan)
+    plan = dict(zip(found, plan.values(), strict=True))
+    new = {}
+    for path, layer in found.items():
+        cls = compressed_class(FakeQuant, type(layer))
+        new[path] = rebuilt_as(layer, legacy_class(cls) if legacy else cls,
+                               {**layer.get_config(), "qat": plan[path]})
+        _copy_variables(layer, new[path])
+    if not legacy:
+        return replace_layers(model, new)
+    model = replace_layers(model, new, record=False)
     mark_state(model, "qat", plan)
+    return model
 
 
-register_restorer("qat", restore_qat)
+register_restorer("qat", lambda model, plan: restore_qat(model, plan, legacy=True))
+
+
+def _copy_variables(source, target) -> None:
+    store: dict = {}
+    source.save_own_variables(store)  # a QAT layer saves its latent float weights
+    target.load_own_variables(store)
 
 
 def strip_qat(model):
-    """Write the fake-quantized weights into the float variables and drop fake quantization,
-    in place; returns ``model`` (its weights now lie exactly on the quantization grid)."""
+    """Write the fake-quantized weights into the float variables and drop fake quantization;
+    returns the model (``model`` changed in place, or for a functional/Sequential model a
+    rebuilt one sharing its other layers). Its weights now lie exactly on the grid."""
     require_keras3(model)
-    stripped = 0
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if isinstance(layer, _FakeQuant):
-            on_grid = ops.convert_to_numpy(layer._qat_weight())
-            getattr(layer, layer.qat_attr).assign(on_grid)
-            layer.__class__ = type(layer).__mro__[2]
-            stripped += 1
-    if not stripped:
+    plain = {}
+    for path, layer in iter_layers(model):
+        if isinstance(layer, FakeQuant):
+            on_grid = ops.convert_to_numpy(layer.weight_value())
+            layer.__dict__[layer.qat_attr].assign(on_grid)
+            config = {k: v for k, v in layer.get_config().items() if k != "qat"}
+            plain[path] = rebuilt_as(layer, layer.float_class, config)
+            _copy_variables(layer, plain[path])
+    if not plain:
         raise TfcompressError(f"model {model.name!r} has no QAT layers: make it with qat()")
-    unmark_state(model, "qat")
-    return model
+    unmark_state(model, "qat")  # a model loaded from a file written before issue #27
+    return replace_layers(model, plain, record=False)

@@ -1,49 +1,67 @@
 """Keras storage for quantized weights: layers keep codes (uint8, or two 4-bit codes per
 byte), scales, offsets and codebooks instead of a float kernel, and decode them in ``call``.
 
-A quantized Dense/EinsumDense/Embedding (nested ones too, e.g. inside MultiHeadAttention)
-keeps its class's behaviour: only its ``kernel``/``embeddings`` becomes a decoded tensor.
-The model records which layers hold codes (``layout``) with `tfcompress.core.saving`, whose
-loader rebuilds the float model, re-attaches the code storage, then lets Keras load the saved
-codes: ``keras.models.load_model`` round-trips (after ``import tfcompress``).
+The layers are registered Keras classes, ``Quantized<Class>`` for every class of
+`tfcompress.core.layers.register_layer` (`QuantizedDense`, `QuantizedEinsumDense`,
+`QuantizedEmbedding`, yours too): the float class's behaviour and config plus
+``quantization_layout`` (shapes, bits, group rows). Their ``build`` makes the float class's
+variables, then replaces its weight by ``codes``, ``scale``, ``offset`` (affine schemes) and
+``levels``, saved in that fixed order with the other variables (bias) after. `store_codes`
+puts them in a model (`tfcompress.core.replace`), so ``keras.saving.load_model`` round-trips
+after ``import tfcompress``.
 
 Example:
-    >>> attach(layer, qtensor)             # layer now stores codes
-    >>> model = mark_quantized(model)      # so .keras files save and reload the codes
+    >>> model = store_codes(model, {"block0_mlp_out": qtensor})   # that layer stores codes
+    >>> model.save("int4.keras")
 """
 
 from __future__ import annotations
 
 import numpy as np
 from keras import ops
-from keras.src.saving import object_registration
 
-from tfcompress.core.layers import iter_layers, kernel_axes, kernel_of
-from tfcompress.core.saving import compression_state, layers_at, mark_state, register_restorer
+from tfcompress.core.layers import (
+    iter_layers,
+    kernel_axes,
+    kernel_of,
+    layer_spec,
+    weight_attribute,
+)
+from tfcompress.core.replace import (
+    compressed_class,
+    legacy_class,
+    rebuilt_as,
+    register_mixin,
+    replace_layers,
+)
+from tfcompress.core.saving import layers_at, mark_state, register_restorer
 from tfcompress.errors import TfcompressError
 from tfcompress.quantize.packing import pack_int4, unpack_int4, unpack_int4_np
 from tfcompress.quantize.quantizers import QTensor
 
-WEIGHT_ATTRS = {"Embedding": "_embeddings"}  # else "_kernel"
 
+class CodeStorage:
+    """its weight decoded from stored codes (``quantization_layout`` in its config)."""
 
-def _float_attr(layer) -> str:
-    for cls in type(layer).__mro__:
-        if cls.__name__ in WEIGHT_ATTRS:
-            return WEIGHT_ATTRS[cls.__name__]
-    return "_kernel"
+    prefix = "Quantized"
+    compression = "quantize"
+    config_key = "quantization_layout"
 
+    def __init__(self, *args, quantization_layout: dict, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.tfc_meta = dict(quantization_layout)
 
-class _CodeStorage:
-    """Mixin placed before a Keras layer class: the weight is decoded from stored codes."""
+    def build(self, input_shape=None):
+        super().build(input_shape)
+        self._tfc_build(self.tfc_meta)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "quantization_layout": self.tfc_meta}
 
     def _tfc_build(self, meta: dict) -> None:
         self._tracker.unlock()
-        if hasattr(self, meta["attr"]):
-            # Layer.__delattr__ would run gc.collect() (over a second per layer)
-            self._untrack_variable(getattr(self, meta["attr"]))
-            object.__delattr__(self, meta["attr"])
-        self.tfc_meta = meta
+        # the float weight goes: Layer.__delattr__ would run gc.collect() (seconds per layer)
+        self._untrack_variable(self.__dict__.pop(meta["attr"]))
         d_in, d_out = meta["matrix_shape"]
         rows = (d_in + 1) // 2 if meta["packed"] else d_in
         self.tfc_codes = self.add_weight(name="codes", shape=(rows, d_out), dtype="uint8",
@@ -81,17 +99,10 @@ class _CodeStorage:
             w = ops.transpose(w, [int(i) for i in np.argsort(order)])
         return ops.cast(w, self.compute_dtype)
 
-    def _tfc_weight(self):
+    def weight_value(self):
+        """The decoded weight (the layer's ``kernel`` / ``embeddings``)."""
         cached = self.__dict__.get("_tfc_cached")
         return self._tfc_decode() if cached is None else cached
-
-    @property
-    def kernel(self):
-        return self._tfc_weight()
-
-    @property
-    def embeddings(self):
-        return self._tfc_weight()
 
     def save_own_variables(self, store):
         for i, v in enumerate(self._tfc_vars()):
@@ -109,24 +120,13 @@ class _CodeStorage:
         self.__dict__.pop("_tfc_cached", None)  # decoded from the old codes
 
 
+register_mixin(CodeStorage)
+
+
 def _per_row(params, group: int, d_in: int):
     """Per-group ``params`` (n_groups, d_out) repeated to one row per input row; the last
     group may be shorter."""
     return ops.repeat(params, group, axis=0)[:d_in] if group < d_in else params
-
-
-_MIXED_CLASSES: dict[tuple[type, type], type] = {}
-
-
-def same_name_subclass(mixin: type, cls: type) -> type:
-    """``cls`` with ``mixin`` in front, under ``cls``'s name, module and registered Keras
-    name: the layer's saved config is unchanged, so the file reloads with Keras's own class."""
-    if (mixin, cls) not in _MIXED_CLASSES:
-        sub = type(cls.__name__, (mixin, cls), {"__module__": cls.__module__})
-        object_registration.GLOBAL_CUSTOM_NAMES[sub] = object_registration.get_registered_name(
-            cls)
-        _MIXED_CLASSES[mixin, cls] = sub
-    return _MIXED_CLASSES[mixin, cls]
 
 
 def layer_meta(layer, qt_or_meta) -> dict:
@@ -136,7 +136,7 @@ def layer_meta(layer, qt_or_meta) -> dict:
     qt: QTensor = qt_or_meta
     weight = kernel_of(layer)
     return {
-        "attr": _float_attr(layer),
+        "attr": weight_attribute(type(layer)),
         "weight_shape": list(weight.shape),
         "axes": list(kernel_axes(layer)[0]),
         "matrix_shape": list(qt.codes.shape),
@@ -149,47 +149,58 @@ def layer_meta(layer, qt_or_meta) -> dict:
     }
 
 
-def attach(layer, qt: QTensor | dict) -> dict:
-    """Turn ``layer`` (built Dense/EinsumDense/Embedding) into code storage, in place.
-
-    With a `QTensor` the codes are written; with a layout dict only empty variables are made
-    (for loading). Returns the layout entry.
-    """
-    if isinstance(layer, _CodeStorage):
+def quantized_layer(layer, qt: QTensor | dict, legacy: bool = False):
+    """A built ``Quantized<Class>`` copy of ``layer`` (a float layer of a registered class)
+    holding ``qt``'s codes; with a layout dict its codes are empty (for loading; ``legacy``:
+    a file written before issue #27, see `tfcompress.core.replace.legacy_class`)."""
+    if isinstance(layer, CodeStorage):
         raise TfcompressError(f"layer {layer.name!r} is already quantized")
+    if layer_spec(layer) is None:
+        raise TfcompressError(
+            f"layer {layer.name!r} is a {type(layer).__name__}, which quantize does not know: "
+            "join it with tfcompress.core.layers.register_layer(cls, weight=...)")
     meta = layer_meta(layer, qt)
-    layer.__class__ = same_name_subclass(_CodeStorage, type(layer))
-    layer._tfc_build(meta)
+    cls = compressed_class(CodeStorage, type(layer))
+    new = rebuilt_as(layer, legacy_class(cls) if legacy else cls,
+                     {**layer.get_config(), "quantization_layout": meta})
+    weight = getattr(layer, meta["attr"])
+    others = {v.name: v for v in layer.weights if v is not weight}
+    for v in new.weights:
+        if v.name in others:
+            v.assign(others[v.name])
     if isinstance(qt, QTensor):
         codes = pack_int4(qt.codes) if meta["packed"] else qt.codes
-        layer.tfc_codes.assign(codes.astype(np.uint8))
-        layer.tfc_scale.assign(qt.scale)
-        layer.tfc_levels.assign(qt.levels)
+        new.tfc_codes.assign(codes.astype(np.uint8))
+        new.tfc_scale.assign(qt.scale)
+        new.tfc_levels.assign(qt.levels)
         if qt.offset is not None:
-            layer.tfc_offset.assign(qt.offset)
-    return meta
+            new.tfc_offset.assign(qt.offset)
+    return new
 
 
-# -- model level: save and reload ------------------------------------------------------------
+def store_codes(model, codes: dict):
+    """``model`` with the layer at each path of ``codes`` (``{path: QTensor}``) storing its
+    codes; a functional/Sequential model comes back rebuilt (`tfcompress.core.replace`)."""
+    layers = dict(iter_layers(model))
+    return replace_layers(model, {p: quantized_layer(layers[p], qt) for p, qt in codes.items()})
 
 
-def apply_layout(model, layout: dict):
-    """Attach empty code storage at every path of ``layout`` and mark ``model`` (in place)."""
-    layers = layers_at(model, layout)
-    layout = dict(zip(layers, layout.values(), strict=True))
-    for path, meta in layout.items():
-        if not isinstance(layers[path], _CodeStorage):
-            attach(layers[path], meta)
-    return mark_quantized(model, layout)
+def quantized_layout(model) -> dict:
+    """``{path: layout}`` of ``model``'s quantized layers (shapes, bits, group rows)."""
+    return {p: la.tfc_meta for p, la in iter_layers(model) if isinstance(la, CodeStorage)}
 
 
-def mark_quantized(model, layout: dict):
-    """Record ``layout`` on ``model`` (in place) so ``model.save`` keeps the codes."""
-    mark_state(model, "quantize", {**compression_state(model).get("quantize", {}), **layout})
+def _restore_layout(model, layout: dict):
+    """Loader of files written before issue #27 (a ``quantize`` layout on the model)."""
+    found = layers_at(model, layout)
+    layout = dict(zip(found, layout.values(), strict=True))
+    model = replace_layers(model, {p: quantized_layer(found[p], meta, legacy=True)
+                                   for p, meta in layout.items()}, record=False)
+    mark_state(model, "quantize", layout)
     return model
 
 
-register_restorer("quantize", apply_layout)
+register_restorer("quantize", _restore_layout)
 
 
 def cache_decoded(model, enabled: bool = True):
@@ -203,7 +214,7 @@ def cache_decoded(model, enabled: bool = True):
         >>> generate(keras_forward(cache_decoded(int4_model)), prompt, 30)
     """
     for _, layer in iter_layers(model):
-        if isinstance(layer, _CodeStorage):
+        if isinstance(layer, CodeStorage):
             if enabled:
                 # a plain attribute, not a tracked variable: never saved with the model
                 layer.__dict__["_tfc_cached"] = ops.convert_to_tensor(layer._tfc_decode())
@@ -213,7 +224,7 @@ def cache_decoded(model, enabled: bool = True):
 
 
 def is_quantized(layer) -> bool:
-    return isinstance(layer, _CodeStorage)
+    return isinstance(layer, CodeStorage)
 
 
 def signed_codes(layer) -> tuple[np.ndarray, np.ndarray, int] | None:
@@ -225,7 +236,7 @@ def signed_codes(layer) -> tuple[np.ndarray, np.ndarray, int] | None:
     Example:
         >>> codes, scale, group = signed_codes(model.get_layer("block0_attn_q"))
     """
-    if not isinstance(layer, _CodeStorage):
+    if not isinstance(layer, CodeStorage):
         return None
     meta = layer.tfc_meta
     levels = np.asarray(layer.tfc_levels.numpy())

@@ -19,10 +19,10 @@ def layer_rows(model) -> list[dict]:
     """One row per layer with a kernel: path, type, shape, parameters, zeros, bits, and the
     methods whose default selection takes it (prune, quantize, factorize)."""
     from tfcompress.core import iter_layers, kernel_of, select_layers
-    from tfcompress.core.saving import compression_state
     from tfcompress.lowrank import SVDLLMConfig
     from tfcompress.prune import MagnitudeConfig
     from tfcompress.quantize import RTNConfig
+    from tfcompress.quantize.storage import quantized_layout
 
     touched = {
         "prune": MagnitudeConfig().layer_types,
@@ -31,7 +31,7 @@ def layer_rows(model) -> list[dict]:
     }
     chosen = {m: {p for p, _ in select_layers(model, types=t, require=False)}
               for m, t in touched.items()}
-    layout = compression_state(model).get("quantize", {})
+    layout = quantized_layout(model)
     rows = []
     for path, layer in iter_layers(model):
         kernel = kernel_of(layer)
