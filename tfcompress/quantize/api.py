@@ -49,7 +49,8 @@ __all__ = ["METHODS", "QuantizeConfig", "quantize"]
 def quantize(model, config: MethodConfig | QuantizeConfig | None = None, calibration=None, *,
              inplace: bool = False, verbose: int = 1, **overrides):
     """Weight-quantize a Keras 3 model by ``config``'s method; returns a copy unless
-    ``inplace``.
+    ``inplace`` (no copy of the weights: the layers are replaced where they are; use the
+    model returned, since a functional or Sequential model's graph is rebuilt around them).
 
     ``config``: a quantize method's config (`RTNConfig` when None). The result is not compiled
     (the float model's optimizer state does not apply to codes): compile it again to train or

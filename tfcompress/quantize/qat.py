@@ -110,7 +110,8 @@ register_mixin(FakeQuant)
 
 def qat(model, config: RTNConfig | GPTQConfig | QuantizeConfig | None = None, *,
         inplace: bool = False, **overrides):
-    """A copy of ``model`` (unless ``inplace``) whose selected weights train fake-quantized.
+    """A copy of ``model`` (unless ``inplace``: no copy of the weights; use the model returned,
+    a functional or Sequential graph being rebuilt) whose selected weights train fake-quantized.
 
     Uses the grid of ``config`` (an `RTNConfig`): ``bits`` / ``layer_bits``, ``granularity``
     (channel or group) and ``group_size``; the scheme is affine min-max.
