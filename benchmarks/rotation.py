@@ -182,24 +182,25 @@ def _bundle(mode: str, budget: bool = False):
 
 def _export(r: Rotation, mode: str, source: str, budget_mb: float | None = None) -> None:
     """The ``source`` model's ``mode`` bundle (int4: from its GPTQ act-order copy, within
-    ``budget_mb`` if given), its perplexity through `LLMRunner`."""
+    ``budget_mb`` if given, the int8 maps rounded from ``source``'s float weights), its
+    perplexity through `LLMRunner`."""
     from benchmarks.generate import exported_perplexity
     from tfcompress.export import export_llm
 
+    name, model = source, r.b.float_model if source == "float" else getattr(r, source)()
+    float_model = model  # what the budget's int8 maps are rounded from
     if mode == "int4":
         name = "gptq_act" if source == "float" else f"gptq_act_{source}"
         if name not in r.models:
             _int4("gptq_act")(r)
         model = r.models[name]
-    else:
-        name = source
-        model = r.b.float_model if source == "float" else getattr(r, source)()
     row = f"bundle_{mode}_budget_{source}" if budget_mb else f"bundle_{mode}_{source}"
     folder = Path(r.args.out) / row
     start = time.perf_counter()
     kwargs = {"prefill_lengths": (8,), "cache_length": 64} if r.args.quick else {}
     if budget_mb:
-        kwargs |= {"budget_mb": budget_mb, "calibration": np.concatenate(r.b.calibration)}
+        kwargs |= {"budget_mb": budget_mb, "calibration": np.concatenate(r.b.calibration),
+                   "float_model": float_model}
     # export_llm's defaults otherwise: its verification on text included
     result = export_llm(model, folder, mode=mode, tokenizer=r.b.gguf, **kwargs)
     seconds = time.perf_counter() - start

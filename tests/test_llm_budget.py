@@ -67,6 +67,15 @@ def tied():
     return tiny_int4_llama(None, vocab=96)
 
 
+@pytest.fixture(scope="module")
+def gptq():
+    """``tied`` quantized by GPTQ onto LiteRT's int4 grid."""
+    from tests.test_export_llm import tiny_int4_llama
+    from tfcompress.quantize import QuantizeConfig
+
+    return tiny_int4_llama(QuantizeConfig.litert_int4("gptq", types=("Dense",)), vocab=96)
+
+
 def test_input_stats_are_the_keras_layers_inputs(tied):
     from tfcompress.core import capture_inputs
     from tfcompress.export.llm_graph import decoder_of
@@ -114,6 +123,83 @@ def test_budget_keeps_the_most_sensitive_maps_int8_within_the_file_size(tied, tm
     assert errors[1] < errors[0]
 
 
+def int8_weights(flatbuffer: bytes, names) -> dict[str, np.ndarray]:
+    """The int8 per-channel matmul weights of ``names`` in an `export_llm` file, dequantized,
+    as ``(d_in, d_out)``."""
+    from ai_edge_litert.tools import flatbuffer_utils as fbu
+
+    from tfcompress.export.llm_int4 import _layer_ops, llm_scopes
+    from tfcompress.export.llm_tied import _dequantized
+
+    model = fbu.read_model_from_bytearray(flatbuffer)
+    return {name: _dequantized(model, subgraph.tensors[op.inputs[1]]).T
+            for name, subgraph, op in _layer_ops(model, llm_scopes(names))}
+
+
+def test_budget_rounds_int8_maps_from_the_float_model_and_keeps_gptq_codes(tied, gptq,
+                                                                             tmp_path):
+    """A GPTQ model's maps bought int8 are rounded from ``float_model``'s weights (not from
+    GPTQ's int4 values), their errors measured against those; the int4 maps keep GPTQ's codes."""
+    from tfcompress.export.llm import export_llm, keras_logits
+    from tfcompress.export.llm_graph import decoder_of
+    from tfcompress.export.llm_int4 import int4_weights
+    from tfcompress.export.llm_runner import LLMRunner
+
+    kwargs = dict(prefill_lengths=(8,), cache_length=32, mode="int4", verify_output=False,
+                  verbose=False)
+    plain = export_llm(gptq, tmp_path / "plain", **kwargs)
+    budget = (plain.bytes + 6000) / 1e6
+    mixed = export_llm(gptq, tmp_path / "mixed", budget_mb=budget, calibration=CALIB,
+                       float_model=tied, **kwargs)
+    report = mixed.int4["budget"]
+    int8 = report["int8"]
+    assert plain.bytes < mixed.bytes <= budget * 1e6 and 0 < len(int8) < 14
+    assert report["int8_from_float"] == int8
+    assert mixed.int4["copied"] == [n for n in plain.int4["copied"] if n not in int8]
+    assert mixed.int4["rerounded"] == []
+    dec, ref = decoder_of(gptq), decoder_of(tied)
+    q8 = Quantizer("litert", 8, "channel")
+    stats = input_stats(dec, CALIB)
+    for name in report["layers"]:  # errors against the float weights
+        w, f = dec.weights[f"{name}.w"][0], ref.weights[f"{name}.w"][0]
+        xtx, n = stats[name]
+        assert report["int4_error"][name] == pytest.approx(weight_error(xtx, n, f, w))
+        assert report["int8_error"][name] == pytest.approx(weight_error(xtx, n, f,
+                                                                        q8.roundtrip(f)))
+    flatbuffer = (tmp_path / "mixed" / "model.tflite").read_bytes()
+    in_file = int4_weights(flatbuffer)
+    assert set(in_file) == set(report["layers"]) - set(int8)
+    for name, w in in_file.items():  # GPTQ's codes, bit for bit
+        np.testing.assert_array_equal(w, dec.weights[f"{name}.w"][0])
+    for name, w in int8_weights(flatbuffer, int8).items():
+        f, g = ref.weights[f"{name}.w"][0], dec.weights[f"{name}.w"][0]
+        np.testing.assert_allclose(w, q8.roundtrip(f), rtol=0, atol=1e-6)
+        assert np.abs(w - q8.roundtrip(g)).max() > 1e-3  # not GPTQ's int4 values again
+    ids = np.asarray([1, 5, 9, 3, 7, 2, 8, 11, 4, 6, 10])
+    want = keras_logits(tied)(ids[None])[0]
+    errors = [np.abs(LLMRunner(tmp_path / name).logits(ids) - want).mean()
+              for name in ("plain", "mixed")]
+    assert errors[1] < errors[0]
+
+
+def test_float_model_must_be_the_float_form_of_the_quantized_model(tied, gptq, tmp_path):
+    from tfcompress.export.llm import export_llm
+    from tfcompress.models import LlamaConfig, build_llama
+
+    kwargs = dict(prefill_lengths=(8,), cache_length=32, mode="int4", budget_mb=1)
+    wider = build_llama(LlamaConfig(vocab_size=96, d_model=64, n_layers=2, n_heads=4,
+                                    n_kv_heads=2, d_ff=64, tie_embeddings=True))
+    with pytest.raises(TfcompressError, match=r"float_model must be the float model that model "
+                                              r"was quantized from, got one with quantized maps "
+                                              r"\['0.q', "):
+        export_llm(gptq, tmp_path / "b", float_model=gptq, **kwargs)
+    with pytest.raises(TfcompressError, match=r"float_model must have model's linear maps: "
+                                              r"'0.q' is \[\(64, 64\)\] there, "
+                                              r"\[\(32, 32\)\] in model"):
+        export_llm(gptq, tmp_path / "b", float_model=wider, **kwargs)
+    assert not (tmp_path / "b").exists()
+
+
 @pytest.mark.parametrize("kwargs, match", [
     (dict(budget_mb=0), "budget_mb must be a positive number of megabytes .*got 0"),
     (dict(budget_mb=-5.0), "budget_mb must be a positive number .*got -5.0"),
@@ -125,6 +211,8 @@ def test_budget_keeps_the_most_sensitive_maps_int8_within_the_file_size(tied, tm
     (dict(budget_mb=1, calibration=[[1, 96]]), r"calibration must be token ids \(windows, n\) "
                                                r"in \[0, 96\)"),
     (dict(calibration=CALIB), "calibration is what budget_mb's sensitivity is measured on"),
+    (dict(float_model="tied"), "float_model is what budget_mb's int8 maps are rounded from: "
+                               "give budget_mb too"),
 ])
 def test_bad_budget_is_refused_before_any_work(tied, tmp_path, monkeypatch, kwargs, match):
     import tfcompress.export.llm as llm

@@ -42,7 +42,7 @@ import numpy as np
 from tfcompress.core.files import write_atomic
 from tfcompress.core.progress import print_msg
 from tfcompress.errors import TfcompressError, VerificationError
-from tfcompress.export.llm_budget import BudgetPlan, budget_plan, check_budget
+from tfcompress.export.llm_budget import BudgetPlan, budget_plan, check_budget, float_weights
 from tfcompress.export.llm_graph import Decoder, cached_forward, decoder_of
 from tfcompress.export.llm_int4 import llm_scopes, quantize_int4
 from tfcompress.export.llm_layout import (
@@ -257,7 +257,8 @@ def _convert(dec: Decoder, plan: dict[str, tuple[int, int, bool]], mode: str,
         while True:
             int8 = budget.choose(len(flatbuffer), over)["int8"]
             out, report = quantize_int4(flatbuffer, linear, list(dec.quantized), tied,
-                                        dec.codes, int8=tuple(int8) + keep8)
+                                        dec.codes, int8=tuple(int8) + keep8,
+                                        floats=budget.floats)
             if len(out) <= budget.budget_bytes:
                 return out, {**report, "budget": budget.report}
             if not int8:
@@ -292,6 +293,7 @@ def export_llm(
     verify_text=None,
     budget_mb: float | None = None,
     calibration=None,
+    float_model=None,
     verbose: int = 1,
 ) -> LLMExportResult:
     """Write the bundle folder ``path``: ``model.tflite``, ``tokenizer.json``, ``llm.json``.
@@ -302,9 +304,8 @@ def export_llm(
     decoded and re-quantized by LiteRT; low-rank layers stay two matrices).
     ``mode``: ``float32``, ``float16``, ``dynamic_int8`` (int8 per-channel weights) or ``int4``
     (LiteRT's blockwise int4, `tfcompress.export.llm_int4`: codes on LiteRT's own grid,
-    ``GPTQConfig.litert_int4()``, are kept exactly, any other rounded onto it; ``int4``
-    in the result and ``llm.json`` lists ``copied`` and ``rerounded``). A tied head's table
-    is stored once (`tfcompress.export.llm_tied`).
+    ``GPTQConfig.litert_int4()``, are kept exactly, any other rounded onto it, as ``int4``'s
+    ``copied``/``rerounded`` say). A tied head's table is stored once (`export.llm_tied`).
     ``cache_buckets``: shorter cache lengths with their own decode/prefill signatures over the
     cache's first positions, so a step costs what the tokens need, not the capacity;
     ``"auto"`` (powers of two from 256) or None (default: each bucket adds conversion time
@@ -313,12 +314,12 @@ def export_llm(
     tokenizer and BOS/EOS ids); ``special_tokens`` (e.g. ``{"bos": 1, "eos": 2}``) overrides
     the ids. ``verify_output`` compares the bundle's logits with Keras's on `VERIFY_TOKENS`
     tokens of ``verify_text`` (text or ids; default: the bundled Austen test text, or random
-    ids without a tokenizer) and raises `VerificationError` when any figure misses the mode's
-    tolerances (`tfcompress.export.verification.verify`, as `export_tflite`: any one figure
-    fails), keeping no ``model.tflite``.
-    ``budget_mb`` (int4 only): the file's size in MB; the linear maps whose int4 rounding adds
-    the most output error per byte on ``calibration`` (ids ``(windows, n)``; default: Austen
-    train text) stay int8 until it is spent (`tfcompress.export.llm_budget`).
+    ids without a tokenizer); any figure beyond the mode's tolerances (`export.verification`,
+    as `export_tflite`) raises `VerificationError`, keeping no ``model.tflite``.
+    ``budget_mb`` (int4 only): the file's MB; the maps whose int4 rounding adds most output
+    error per byte on ``calibration`` (ids ``(windows, n)``; default: Austen train text) stay
+    int8 until it is spent (`tfcompress.export.llm_budget`), rounded from ``float_model``'s
+    weights if given (the float model a quantized ``model`` came from; int4 keeps its codes).
 
     Example:
         >>> export_llm(model, "bundle/", prefill_lengths=(8,), cache_length=64,
@@ -327,9 +328,9 @@ def export_llm(
     """
     from tfcompress.export.modes import MODES
 
-    lengths, buckets, dec, tokenizer_json, special, calibration = _check_arguments(
+    lengths, buckets, dec, tokenizer_json, special, calibration, floats = _check_arguments(
         model, path, prefill_lengths, cache_length, cache_buckets, kv_cache_dtype, mode,
-        tokenizer, special_tokens, verify_text, budget_mb, calibration)
+        tokenizer, special_tokens, verify_text, budget_mb, calibration, float_model)
     path = Path(path)
     start = time.perf_counter()
     names = prefill_signature_names(lengths)
@@ -337,16 +338,12 @@ def export_llm(
     if verbose:
         print_msg(f"export_llm: {dec.kind} model, {dec.n_layers} layers -> {mode}, signatures "
                   f"{list(plan)}, cache {cache_length}")
-    budget = None if budget_mb is None else budget_plan(dec, budget_mb, calibration, verbose)
+    budget = (None if budget_mb is None
+              else budget_plan(dec, budget_mb, calibration, verbose, floats))
     flatbuffer, int4 = _convert(dec, plan, mode, kv_cache_dtype, budget)
-    path.mkdir(parents=True, exist_ok=True)
-    tflite = path / MODEL_FILE
-    write_atomic(tflite, flatbuffer)
-    if tokenizer_json is not None:
-        write_atomic(path / TOKENIZER_FILE, tokenizer_json)
     config = _bundle_config(dec, mode, cache_length, lengths, names, buckets, kv_cache_dtype,
                             special, tokenizer_json is not None, int4)
-    write_atomic(path / CONFIG_FILE, json.dumps(config, indent=2))
+    tflite = _write_bundle(path, flatbuffer, tokenizer_json, config)
     info = inspect_tflite(flatbuffer)  # of the first signature's graph
     signatures = {name: {"tokens": n, "cache_length": c} for name, (n, c, _) in plan.items()}
     result = LLMExportResult(str(path), str(tflite), mode, len(flatbuffer), signatures,
@@ -357,6 +354,17 @@ def export_llm(
     if verbose:
         _print_result(result, tflite, verify_output)
     return result
+
+
+def _write_bundle(path: Path, flatbuffer: bytes, tokenizer_json, config: dict) -> Path:
+    """The bundle's files, each written whole or not at all; returns the model file's path."""
+    path.mkdir(parents=True, exist_ok=True)
+    tflite = path / MODEL_FILE
+    write_atomic(tflite, flatbuffer)
+    if tokenizer_json is not None:
+        write_atomic(path / TOKENIZER_FILE, tokenizer_json)
+    write_atomic(path / CONFIG_FILE, json.dumps(config, indent=2))
+    return tflite
 
 
 def _verify_or_remove(model, path: Path, dec: Decoder, spec, result: LLMExportResult,
@@ -371,9 +379,9 @@ def _verify_or_remove(model, path: Path, dec: Decoder, spec, result: LLMExportRe
 
 def _check_arguments(model, path, prefill_lengths, cache_length, cache_buckets,
                      kv_cache_dtype, mode, tokenizer, special_tokens, verify_text, budget_mb,
-                     calibration) -> tuple:
+                     calibration, float_model) -> tuple:
     """`export_llm`'s checks, all before any work: ``(prefill lengths, buckets, decoder,
-    tokenizer JSON, special token ids, calibration ids)``."""
+    tokenizer JSON, special token ids, calibration ids, float weights of quantized maps)``."""
     from tfcompress.export.modes import MODES
     from tfcompress.export.tflite import _check_litert
 
@@ -410,7 +418,11 @@ def _check_arguments(model, path, prefill_lengths, cache_length, cache_buckets,
     elif calibration is not None:
         raise TfcompressError("calibration is what budget_mb's sensitivity is measured on: "
                               "give budget_mb too, or no calibration")
-    return lengths, buckets, dec, tokenizer_json, special, calibration
+    elif float_model is not None:
+        raise TfcompressError("float_model is what budget_mb's int8 maps are rounded from: "
+                              "give budget_mb too, or no float_model")
+    floats = None if float_model is None else float_weights(dec, decoder_of(float_model))
+    return lengths, buckets, dec, tokenizer_json, special, calibration, floats
 
 
 def _bundle_config(dec: Decoder, mode: str, cache_length: int, lengths, names: dict,

@@ -14,8 +14,14 @@ the most error saved per extra byte (`tfcompress.quantize.mixed.allocate_bits`'s
 while the estimated file (`int4_bytes`, `int8_bytes`, plus what the graph itself takes)
 stays within the budget.
 
+A quantized model's maps (GPTQ on LiteRT's grid) are measured against the float weights they
+came from (`export_llm`'s ``float_model``, read by `float_weights`): the int4 error is that of
+the codes the file keeps, and a map bought int8 is rounded from the float weights, not from
+its int4 values (which int8 would only round again).
+
 Example:
-    >>> plan = budget_plan(dec, budget_mb=105.5, calibration=ids)
+    >>> plan = budget_plan(dec, budget_mb=105.5, calibration=ids,
+    ...                    floats=float_weights(dec, decoder_of(float_model)))
     >>> plan.choose(float_file_bytes)["int8"]      # the maps kept at int8
     ['29.down', '0.v', ...]
 """
@@ -70,14 +76,31 @@ def weight_error(xtx: np.ndarray, n: int, w: np.ndarray, w_hat: np.ndarray) -> f
     return float(np.sum(d * (np.asarray(xtx, np.float64) @ d))) / max(int(n), 1)
 
 
-def layer_sensitivity(xtx: np.ndarray, n: int, w: np.ndarray) -> dict[int, float]:
-    """``{4: error, 8: error}``: `weight_error` of ``w`` (``(d_in, d_out)``) rounded onto
-    LiteRT's int4 blocks and onto its int8 per-channel grid (`Quantizer` ``"litert"``)."""
+def layer_sensitivity(xtx: np.ndarray, n: int, w: np.ndarray, reference: np.ndarray | None = None,
+                      kept: bool = False) -> dict[int, float]:
+    """``{4: error, 8: error}``: `weight_error` against ``reference`` (the map's float weights
+    before quantization; default ``w``) of the int4 weights the file holds (``w``, the map's
+    exported ``(d_in, d_out)`` weights, as they are where ``kept``: codes on LiteRT's int4 grid
+    the file keeps exactly; else rounded onto LiteRT's int4 blocks) and of ``reference``
+    rounded onto LiteRT's int8 per-channel grid (`Quantizer` ``"litert"``).
+
+    Example:
+        >>> layer_sensitivity(xtx, n, gptq_w, reference=float_w, kept=True)[4]  # GPTQ's error
+    """
     from tfcompress.quantize.quantizers import Quantizer
 
-    grids = {4: Quantizer("litert", 4, "group", group_size=INT4_BLOCK),
-             8: Quantizer("litert", 8, "channel")}
-    return {bits: weight_error(xtx, n, w, q.roundtrip(w)) for bits, q in grids.items()}
+    reference = w if reference is None else reference
+    int4 = w if kept else Quantizer("litert", 4, "group", group_size=INT4_BLOCK).roundtrip(w)
+    int8 = Quantizer("litert", 8, "channel").roundtrip(reference)
+    return {4: weight_error(xtx, n, reference, int4), 8: weight_error(xtx, n, reference, int8)}
+
+
+def kept_exactly(dec, name: str) -> bool:
+    """Whether the int4 file keeps the map ``name``'s weights as they are: signed codes in
+    int4's range in blocks of `INT4_BLOCK` (`tfcompress.export.llm_int4`)."""
+    grid = dec.codes.get(name)
+    return grid is not None and grid[2] == INT4_BLOCK and -8 <= grid[0].min() \
+        and grid[0].max() <= 7
 
 
 def choose_int8(sens: dict[str, dict[int, float]], extra: dict[str, int],
@@ -146,6 +169,8 @@ class BudgetPlan:
     extra: dict[str, int]
     weight_bytes: int  # every weight stored as mode="int4" stores it, all maps int4
     float_weight_bytes: int  # the same weights in float32
+    # the quantized maps' float weights (`float_weights`): an int8 map is rounded from them
+    floats: dict[str, np.ndarray] = field(default_factory=dict, repr=False)
     report: dict = field(default_factory=dict)
 
     def choose(self, float_file_bytes: int, over: int = 0) -> dict:
@@ -164,6 +189,8 @@ class BudgetPlan:
             "estimated_mb": (base + sum(self.extra[n] for n in int8)) / MB,
             "all_int4_estimated_mb": base / MB, "sensitivity": MEASURE,
             "int8": int8,
+            # int8 maps rounded from float_model's weights (the others from the exported ones)
+            "int8_from_float": [name for name in int8 if name in self.floats],
             "layers": {name: 8 if name in int8 else 4 for name in self.sens},
             "int4_error": {name: s[4] for name, s in self.sens.items()},
             "int8_error": {name: s[8] for name, s in self.sens.items()},
@@ -208,21 +235,42 @@ def check_budget(dec, budget_mb) -> int:
     return int(budget_mb * MB)
 
 
-def budget_plan(dec, budget_mb: float, calibration: np.ndarray,
-                verbose: bool = False) -> BudgetPlan:
+def float_weights(dec, float_dec) -> dict[str, np.ndarray]:
+    """The float weights (``(d_in, d_out)``) in ``float_dec`` (`export_llm`'s ``float_model``)
+    of each of ``dec``'s quantized maps, checked to be float and of the same shape."""
+    if float_dec.quantized:
+        raise TfcompressError(f"float_model must be the float model that model was quantized "
+                              f"from, got one with quantized maps {list(float_dec.quantized)[:4]}")
+    out = {}
+    for name in dec.quantized:
+        mats = [np.shape(m) for m in dec.weights.get(f"{name}.w", [])]
+        theirs = [np.shape(m) for m in float_dec.weights.get(f"{name}.w", [])]
+        if len(mats) != 1 or theirs != mats:
+            raise TfcompressError(f"float_model must have model's linear maps: {name!r} is "
+                                  f"{theirs or 'missing'} there, {mats} in model")
+        out[name] = np.asarray(float_dec.weights[f"{name}.w"][0], np.float32)
+    return out
+
+
+def budget_plan(dec, budget_mb: float, calibration: np.ndarray, verbose: bool = False,
+                floats: dict[str, np.ndarray] | None = None) -> BudgetPlan:
     """Measure each map's sensitivity on ``calibration`` (token ids ``(windows, n)``) for
-    `export_llm`'s ``budget_mb`` (checked by `check_budget` first)."""
+    `export_llm`'s ``budget_mb`` (checked by `check_budget` first); ``floats``: quantized
+    maps' float weights (`float_weights`), which their errors are measured against and an int8
+    map is rounded from."""
     budget = check_budget(dec, budget_mb)
-    weights, float_weights, maps = _stored_bytes(dec)
+    floats = floats or {}
+    weights, float_bytes, maps = _stored_bytes(dec)
     stats = input_stats(dec, calibration)
     sens = {}
     for name in maps:
         if name not in stats:
             continue  # a user layer's own callable: its inputs are not seen, it stays int4
         xtx, n = stats[name]
-        sens[name] = layer_sensitivity(xtx, n, dec.weights[f"{name}.w"][0])
+        sens[name] = layer_sensitivity(xtx, n, dec.weights[f"{name}.w"][0], floats.get(name),
+                                       kept_exactly(dec, name))
     if verbose:
         print_msg(f"export_llm: int4/int8 sensitivity of {len(sens)} maps measured on "
                   f"{int(np.size(calibration))} calibration tokens")
     extra = {name: int8_bytes(*maps[name]) - int4_bytes(*maps[name]) for name in sens}
-    return BudgetPlan(budget, sens, extra, weights, float_weights)
+    return BudgetPlan(budget, sens, extra, weights, float_bytes, floats)

@@ -249,7 +249,8 @@ def _write_codes(flatbuffer: bytes, grids: dict, scopes: dict[str, str]) -> byte
 
 def quantize_int4(flatbuffer: bytes, scopes: dict[str, str], quantized: list[str],
                   tied_head: bool, codes: dict | None = None, int8: tuple[str, ...] = (),
-                  head: str | None = HEAD_SCOPE) -> tuple[bytes, dict]:
+                  head: str | None = HEAD_SCOPE,
+                  floats: dict[str, np.ndarray] | None = None) -> tuple[bytes, dict]:
     """Quantize a float ``flatbuffer`` (of `export_llm` or `export_tflite`) to blockwise int4
     (block 32), an int8 per-channel output head and an int8 per-row embedding table.
 
@@ -265,7 +266,9 @@ def quantize_int4(flatbuffer: bytes, scopes: dict[str, str], quantized: list[str
     another grid, rounded again by LiteRT), ``embedding`` (how the token table is stored).
     The maps in ``int8`` (`tfcompress.export.llm_budget`'s choice) are int8 per channel
     instead, like the head (the ops whose scope matches the regex ``head``; None: no head
-    of its own, int4 like the rest).
+    of its own, int4 like the rest); those of ``floats`` (``{map: (d_in, d_out)}``, the
+    float weights a quantized map came from) are rounded to int8 from these, not from their
+    int4 values.
     """
     from ai_edge_litert.tools import flatbuffer_utils as fbu
     from ai_edge_quantizer import quantizer
@@ -273,6 +276,8 @@ def quantize_int4(flatbuffer: bytes, scopes: dict[str, str], quantized: list[str
     codes = codes or {}
     model = fbu.read_model_from_bytearray(flatbuffer)
     lookups = gather_to_embedding_lookup(model)
+    floats = {name: w for name, w in (floats or {}).items() if name in int8}
+    _replace_weights(model, {name: scopes[name] for name in floats}, floats)
     weights = _weights_by_layer(model, scopes)
     # every FULLY_CONNECTED of the layer (one per signature that uses it: prefill drops the
     # last block's unused matmuls) must come back exactly
@@ -282,7 +287,7 @@ def quantize_int4(flatbuffer: bytes, scopes: dict[str, str], quantized: list[str
                  and all(litert_recovers(w) for w in weights[name])]
     written = {name: codes[name] for name in quantized if name not in recovered
                and name in codes and _writable(codes[name], weights.get(name, []))}
-    if lookups:
+    if lookups or floats:
         flatbuffer = fbu.convert_object_to_bytearray(model)
     del model, weights
     qt = quantizer.Quantizer(bytes(flatbuffer))
@@ -298,6 +303,20 @@ def quantize_int4(flatbuffer: bytes, scopes: dict[str, str], quantized: list[str
     copied = [name for name in quantized if name in recovered or name in written]
     return out, {"copied": copied, "rerounded": [n for n in quantized if n not in copied],
                  "embedding": embedding}
+
+
+def _replace_weights(model, scopes: dict[str, str], floats: dict[str, np.ndarray]) -> None:
+    """Write ``floats[name]`` (``(d_in, d_out)``) into every float FULLY_CONNECTED weight of
+    the layer ``name`` of ``scopes`` (in place, a flatbuffer ``ModelT``)."""
+    from ai_edge_litert import schema_py_generated as schema
+
+    for name, subgraph, op in _layer_ops(model, scopes):
+        tensor = subgraph.tensors[op.inputs[1]]
+        w = np.ascontiguousarray(np.asarray(floats[name], np.float32).T)
+        if tensor.type != schema.TensorType.FLOAT32 or tuple(tensor.shape) != w.shape:
+            raise ValueError(f"{name}: its FULLY_CONNECTED weight is not a float32 "
+                             f"{w.shape} matrix")  # the graph was not traced from this map
+        model.buffers[tensor.buffer].data = w.view(np.uint8).reshape(-1)
 
 
 def _recipe(recovered: dict[str, str], written: dict[str, str], int8: list[str],
