@@ -76,7 +76,7 @@ def _save_atomic(dataset, target: Path) -> None:
 
 
 def cache_teacher(teacher, dataset, path: str | Path, top_k: int = 32,
-                  verbose: bool = True, shard: tuple[int, int] | None = None) -> Path:
+                  verbose: int = 1, shard: tuple[int, int] | None = None) -> Path:
     """Run ``teacher`` over a finite dataset of ``(x, y, mask)`` batches and save top-k logits.
 
     Each saved element is one window: ``(x, y, mask, top_values, top_indices)`` with

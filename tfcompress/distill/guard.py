@@ -130,7 +130,7 @@ class KDGuard(keras.callbacks.Callback):
     """
 
     def __init__(self, holdout, data, every: int = 50, checks: int = 2, patience: int = 1,
-                 tolerance: float = 0.0, verbose: bool = True,
+                 tolerance: float = 0.0, verbose: int = 1,
                  backup_dir: str | Path | None = None):
         super().__init__()
         self.every = _positive_int(every, "every")

@@ -252,7 +252,7 @@ def float_weights(dec, float_dec) -> dict[str, np.ndarray]:
     return out
 
 
-def budget_plan(dec, budget_mb: float, calibration: np.ndarray, verbose: bool = False,
+def budget_plan(dec, budget_mb: float, calibration: np.ndarray, verbose: int = 0,
                 floats: dict[str, np.ndarray] | None = None) -> BudgetPlan:
     """Measure each map's sensitivity on ``calibration`` (token ids ``(windows, n)``) for
     `export_llm`'s ``budget_mb`` (checked by `check_budget` first); ``floats``: quantized

@@ -332,7 +332,7 @@ def _checked_sample(sample, spec: InputSpec) -> np.ndarray:
     return sample
 
 
-def _smoothed(reference, samples: list, smooth: float, auxiliary_inputs: str, verbose: bool):
+def _smoothed(reference, samples: list, smooth: float, auxiliary_inputs: str, verbose: int):
     """The graph to convert: a copy of ``reference`` with SmoothQuant scales folded in."""
     if verbose:
         print_msg(f"export: smoothing activations (strength {smooth}) on a copy")
@@ -363,7 +363,7 @@ def _write(model, reference, path: Path, spec: InputSpec, mode: str, samples: li
 
 def _verify_or_remove(result: ExportResult, reference, model, runner: TFLiteRunner,
                       spec: InputSpec, sample: np.ndarray | None, samples: list | None,
-                      eval_data, tolerances: tuple, verbose: bool) -> None:
+                      eval_data, tolerances: tuple, verbose: int) -> None:
     """Verify the written file against ``reference``; one that fails the tolerances
     (``max_abs_error``, ``min_agreement``, ``max_ppl_ratio``) is deleted, and the error says
     where a fixed-range export breaks."""
@@ -384,7 +384,7 @@ def _verify_or_remove(result: ExportResult, reference, model, runner: TFLiteRunn
         raise discard(path, err, where) from None
 
 
-def _warn_costs(result: ExportResult, reference, verbose: bool) -> None:
+def _warn_costs(result: ExportResult, reference, verbose: int) -> None:
     """Warn when the file is larger than the model's own weights, or matmuls run outside
     XNNPACK (other operators outside it are printed with ``verbose``)."""
     path, mode = Path(result.path), result.mode

@@ -299,7 +299,7 @@ def lm_windows(ids: np.ndarray, window: int) -> list[tuple[np.ndarray, np.ndarra
 
 
 def causal_lm_perplexity(predict: Callable[[np.ndarray], np.ndarray], ids: np.ndarray,
-                         window: int = 512, verbose: bool = False) -> dict:
+                         window: int = 512, verbose: int = 0) -> dict:
     """Perplexity of ``predict`` (ids -> logits) on a token stream, in independent windows.
 
     ``len(ids) - 1`` tokens are scored, each seeing at most ``window`` tokens of context
