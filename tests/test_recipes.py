@@ -133,7 +133,8 @@ GOOD = {"model": {"preset": "test-tiny", "train_steps": 2}, "data": {"corpus": "
      "stages[0].distill.labels_weight_end: labels_weight_end must be a number in [0, 1] "
      "(weight of the hard loss), got 1.5"),
     ({"stages": [{"distill": {"steps": 5, "student": {"depth": 0.5}, "labels_wieght": 0.5}}]},
-     "stages[0].distill: unknown key 'labels_wieght' (did you mean 'labels_weight'?) (valid: "),
+     "stages[0].distill: unknown key 'labels_wieght' (did you mean 'labels_weight'?); the "
+     "stage takes "),
     ({"stages": [{"distill": {"steps": 5, "student": {"depth": 0.5}, "alpha": 0.5,
                               "labels_weight": 0.5}}]},
      "stages[0].distill: give labels_weight only (alpha is its deprecated name), not both"),
