@@ -145,6 +145,21 @@ NOT_RUNNABLE: dict[str, str] = {
                       "settings",
     "quantize.smooth": "converts a model to int8 .tflite (tens of seconds; tests/test_smooth.py"
                        " does)",
+    "core.calibration.calibrate": "a sketch: layers is the caller's own object",
+    "core.calibration.input_hooks": "a sketch: layer is the caller's own object",
+    "core.compressor": "a sketch: layers is the caller's own object",
+    "core.compressor.Chain": "a sketch: layers is the caller's own object",
+    "core.layers.register_layer": "a sketch: MyDense is the caller's own object",
+    "core.replace": "a sketch: new_up is the caller's own object",
+    "core.resume": "a sketch: key is the caller's own object",
+    "distill.distiller.Distiller.on_policy_batch": "a sketch: distiller is the caller's own object",
+    "distill.on_policy": "a sketch: x is the caller's own object",
+    "export.llm_budget.layer_sensitivity": "a sketch: xtx is the caller's own object",
+    "lowrank.spectra": "a sketch: layers is the caller's own object",
+    "prune.oneshot.SparseGPTPruner": "a sketch: layers is the caller's own object",
+    "prune.oneshot.WandaPruner": "a sketch: layers is the caller's own object",
+    "quantize.gptq.GPTQCompressor": "a sketch: layers is the caller's own object",
+    "distill.options": "shows the error a misspelt key gets, not its traceback",
 }
 
 

@@ -5,9 +5,9 @@ of its blocks to the teacher block it was copied from, found by equal weights wh
 Distiller is made; any other student spreads its blocks evenly over the teacher's.
 
 Example:
-    >>> student = take_blocks(teacher, [1, 3])
+    >>> student = take_blocks(teacher, [1])    # the doctest teacher has 2 blocks
     >>> feature_pairs(teacher, student, True)
-    [('block0_add2', 'block1_add2'), ('block1_add2', 'block3_add2')]
+    [('block0_add2', 'block1_add2')]
 """
 
 from __future__ import annotations
@@ -57,8 +57,8 @@ def copied_blocks(teacher, student) -> list[int] | None:
     pruning), or None when a student block equals no teacher block.
 
     Example:
-        >>> copied_blocks(teacher, take_blocks(teacher, [0, 2]))
-        [0, 2]
+        >>> copied_blocks(teacher, take_blocks(teacher, [1]))
+        [1]
     """
     ours, theirs = block_weights(student), block_weights(teacher)
     found = []

@@ -36,7 +36,9 @@ class DistillOptions:
     similarity), weighted by ``feature_weight``.
 
     Example:
-        >>> DistillOptions(features=[1, 3], feature_weight=0.1)
+        >>> options = DistillOptions(features=[1, 3], feature_weight=0.1)
+        >>> options.feature_weight
+        0.1
     """
 
     on_policy: float = 0.0
