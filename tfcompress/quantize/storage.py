@@ -228,7 +228,14 @@ def signed_codes(layer) -> tuple[np.ndarray, np.ndarray, int] | None:
     affine, codebooks). Lets an exporter write the codes as they are.
 
     Example:
-        >>> codes, scale, group = signed_codes(model.get_layer("block0_attn_q"))
+        >>> int8 = quantize(model, RTNConfig(bits=8, scheme="symmetric"), verbose=0)
+        >>> codes, scale, group = signed_codes(int8.get_layer("block0_mlp_in"))
+        >>> codes.dtype, codes.shape, scale.shape, group      # one scale a channel
+        (dtype('int8'), (16, 128), (1, 128), 16)
+        >>> np.array_equal(codes * scale, int8.get_layer("block0_mlp_in").kernel)
+        True
+        >>> signed_codes(model.get_layer("block0_mlp_in")) is None    # a float layer
+        True
     """
     if not isinstance(layer, CodeStorage):
         return None
