@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import keras
 
+from tfcompress.core.distribute import keep_worker_safe
 from tfcompress.core.layers import class_spec, clone_graph, iter_layers, on_register
 from tfcompress.core.saving import (
     compression_state,
@@ -173,7 +174,7 @@ def replace_layers(model, new: dict, record: bool = True):
         swap_sublayer(model, layers[path], layer)
     if nested:
         _record(model, nested, record)
-    return model
+    return keep_worker_safe(model)  # decided by its layers: a graph model has no record
 
 
 def _record(model, nested: dict, record: bool) -> None:
