@@ -44,8 +44,6 @@ NOT_RUNNABLE: dict[str, str] = {
     "export.llm": "its cache of 1,024 positions needs a model with that many",
     "export.llm.verification_ids": "a sketch: runner is the caller's own object",
     "export.llm_budget": "a sketch: dec is the caller's own object",
-    "export.llm_budget.weight_error": "its expected value is wrong (gives 2.0); "
-                                      "export/llm_budget.py is being edited on another branch",
     "export.llm_graph": "a sketch: weights is the caller's own object",
     "export.llm_graph.CacheStep": "a sketch: step is the caller's own object",
     "export.llm_int4": "a sketch: float_flatbuffer is the caller's own object",
@@ -76,9 +74,6 @@ NOT_RUNNABLE: dict[str, str] = {
     "models.decoders.smollm3": "a sketch: read_decoder is the caller's own object",
     "models.gpt_integer": "converts a trained teacher to full int8 (tens of seconds; an "
                           "untrained one fails verification)",
-    "models.gpt_integer.causal_softmax": "prints a tensor where the example shows a list; "
-                                         "models/gpt_integer.py is being edited on another "
-                                         "branch",
     "models.lean": "a sketch: ids is the caller's own object",
     "models.llama.build_llama_block": "a sketch: cfg is the caller's own object",
     "models.llama.causal_lm_perplexity": "a sketch: text is the caller's own object",
@@ -117,8 +112,6 @@ NOT_RUNNABLE: dict[str, str] = {
     "quantize.rotate.rotate": "a sketch: load_gguf is the caller's own object",
     "quantize.storage": "a sketch: layer is the caller's own object",
     "quantize.storage.cache_decoded": "a sketch: int4_model is the caller's own object",
-    "quantize.storage.signed_codes": "names a Llama layer (block0_attn_q); quantize/storage.py "
-                                     "is being edited on another branch",
     "quantize.tfmot_path": "a sketch: tf_keras_model is the caller's own object",
     "recipes": "runs the user's recipe and files named in it",
     "recipes.bundles": "a sketch: run is the caller's own object",
@@ -136,10 +129,6 @@ NOT_RUNNABLE: dict[str, str] = {
                                    "tests/test_export.py does)",
     "export.llm.export_llm": "converts a model to an on-device bundle (tens of seconds; "
                              "tests/test_export_llm.py does)",
-    "distill.losses.masked_mean": "shows no output where it prints a tensor; distill/losses.py "
-                                  "is being edited on another branch",
-    "lowrank.config.FactorizeConfig": "shows no output where it prints the config; lowrank/ is "
-                                      "being edited on another branch",
     "lowrank.factorize": "a sketch: compile(...) and fit(...) stand for the caller's settings",
     "prune.training": "a sketch: compile(...) and fit(data, ...) stand for the caller's "
                       "settings",

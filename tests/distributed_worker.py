@@ -14,6 +14,7 @@ import sys
 import numpy as np
 
 VOCAB, SEQ, ROWS, BATCH, STEPS = 32, 8, 16, 8, 20
+TOP_LEVEL = r"^(block0_mlp_in|block0_mlp_out|lm_head)$"  # no layer inside another
 
 
 def arrays(uneven: bool = True):
@@ -77,14 +78,16 @@ def prune_fit(strategy) -> dict:
     return {"masks": masks, "weights": model.get_weights()}
 
 
-def qat_fit(strategy) -> dict:
-    """Latent weights after 2 QAT steps, and the stripped (on-grid) ones."""
+def qat_fit(strategy, include: str | None = None) -> dict:
+    """Latent weights after 2 QAT steps, and the stripped (on-grid) ones; ``include``: only
+    those top-level layers (the model then has no model-level record)."""
     import keras
 
     from tfcompress.quantize import QuantizeConfig, qat, strip_qat
 
     with strategy.scope():
-        model = qat(tiny("qat", 4), QuantizeConfig(bits=4, granularity="group", group_size=8))
+        model = qat(tiny("qat", 4), QuantizeConfig(bits=4, granularity="group", group_size=8,
+                                                   include=include))
         model.compile(optimizer=keras.optimizers.SGD(0.5),
                       loss=keras.losses.SparseCategoricalCrossentropy(from_logits=True))
     x, y, _ = arrays()
@@ -126,6 +129,7 @@ def main(mode: str, out: str) -> None:
         strategy = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
         result = {"replicas": strategy.num_replicas_in_sync, "loss": distill(strategy)["loss"],
                   "prune": listed(prune_fit(strategy)), "qat": listed(qat_fit(strategy)),
+                  "qat_top": listed(qat_fit(strategy, TOP_LEVEL)),
                   "finetune": listed(finetune_fit(strategy))}
     with open(out, "w") as f:
         json.dump(result, f)

@@ -103,3 +103,55 @@ def test_bad_block_indices(teacher):
     with pytest.raises(TfcompressError, match=r"one teacher block in \[0, 3\) for each of the "
                                               r"student's 1 blocks, got \[5\]"):
         Distiller(teacher, take_blocks(teacher, [0]), features=[5])
+
+
+@pytest.fixture(scope="module")
+def hub_teacher():
+    """A tiny random KerasHub GPT-2 of 2 blocks, token ids -> logits as a recipe wraps it."""
+    keras_hub = pytest.importorskip("keras_hub")
+    from tfcompress.recipes.sources import ids_to_logits
+
+    keras.utils.set_random_seed(5)
+    backbone = keras_hub.models.GPT2Backbone(
+        vocabulary_size=VOCAB, num_layers=2, num_heads=2, hidden_dim=16, intermediate_dim=32,
+        max_sequence_length=SEQ)
+    return ids_to_logits(keras_hub.models.GPT2CausalLM(backbone=backbone, preprocessor=None))
+
+
+@pytest.mark.parametrize("kept", [0, 1])
+def test_kerashub_depth_student_matches_its_transformer_layers(hub_teacher, batch, kept):
+    from tfcompress.recipes.students import make_student
+
+    student = make_student(hub_teacher, {"layers": [kept]}, seq_len=SEQ)
+    assert copied_blocks(hub_teacher, student) == [kept]
+    distiller = Distiller(hub_teacher, student, features=True)
+    assert distiller.feature_pairs == [("transformer_layer_0", f"transformer_layer_{kept}")]
+    x = batch[0]
+    for model, extractor in ((hub_teacher, distiller._teacher_features),
+                             (student, distiller._student_features)):
+        logits, state = extractor(x)  # the model's own logits, and one block's output
+        np.testing.assert_allclose(logits, model(x), atol=1e-5)
+        assert tuple(state.shape) == (4, SEQ, 16)
+    # the loss against the two blocks' outputs read off each backbone's own graph: 0 where
+    # block 0 is kept (it sees what the teacher's sees), else block 1 reads the embeddings
+    s, t = (block_output(m, n, x) for m, n in ((student, "transformer_layer_0"),
+                                               (hub_teacher, f"transformer_layer_{kept}")))
+    per_token = np.mean((s - t) ** 2, axis=-1)
+    expected = float(np.sum(per_token * batch[2]) / np.sum(batch[2]))
+    assert (expected == 0.0) == (kept == 0)
+    assert feature_loss(distiller, batch) == pytest.approx(expected, rel=1e-4, abs=1e-9)
+
+
+def block_output(model, name: str, x) -> np.ndarray:
+    backbone = model.layers[-1].backbone
+    probe = keras.Model(backbone.input, backbone.get_layer(name).output)
+    return np.asarray(probe({"token_ids": x, "padding_mask": np.ones_like(x)}))
+
+
+def test_a_kerashub_model_not_wrapped_as_token_ids_to_logits_is_refused(hub_teacher):
+    lm = hub_teacher.layers[-1]
+    ids = keras.Input((None,), dtype="int32")
+    scaled = keras.Model(ids, lm({"token_ids": ids, "padding_mask": keras.ops.ones_like(ids)})
+                         * 2.0)
+    with pytest.raises(TfcompressError, match=r"holds a KerasHub CausalLM but not as token ids"):
+        Distiller(hub_teacher, scaled, features=True)

@@ -141,6 +141,40 @@ def test_sharded_cache_refuses_bad_shards_and_missing_workers(teacher, tmp_path)
         load_teacher_cache(tmp_path / "c", batch_size=2)
 
 
+def test_worker_safety_is_decided_by_the_layers_not_a_record(tmp_path):
+    """Compressed top-level layers of a graph model leave no model-level record, yet the model
+    fits through WorkerSafeFit, and is saved as its plain class."""
+    import keras
+
+    from tests import saving_models as sm
+    from tfcompress.core.distribute import WorkerSafeFit, needs_worker_safe_fit, strategy_copy
+    from tfcompress.core.validation import compression_state
+    from tfcompress.quantize import RTNConfig, qat, quantize, strip_qat
+
+    ids = keras.Input((None,), dtype="int32")
+    functional = keras.Model(ids, keras.layers.Dense(8)(keras.layers.Embedding(8, 4)(ids)))
+    keys = ("module", "class_name", "registered_name")
+    for plain in (sm.sequential(), functional):
+        assert not needs_worker_safe_fit(plain) and not isinstance(plain, WorkerSafeFit)
+        saved_plain = keras.saving.serialize_keras_object(plain)
+        for made in (qat(plain, RTNConfig(bits=4)), quantize(plain, RTNConfig(bits=8),
+                                                             verbose=0)):
+            assert compression_state(made) == {}  # no record: every layer is top-level
+            assert needs_worker_safe_fit(made) and isinstance(made, WorkerSafeFit)
+            assert type(made).__name__ == type(plain).__name__
+            saved = keras.saving.serialize_keras_object(made)
+            assert [saved[k] for k in keys] == [saved_plain[k] for k in keys]
+            assert isinstance(strategy_copy(made, tf.distribute.get_strategy()), WorkerSafeFit)
+        stripped = strip_qat(qat(plain, RTNConfig(bits=4)))
+        assert not needs_worker_safe_fit(stripped) and type(stripped) is type(plain)
+    made.compile(optimizer="sgd", loss=keras.losses.SparseCategoricalCrossentropy(True))
+    x = np.zeros((2, 3), "int32")
+    assert np.isfinite(made.fit(x, x, epochs=1, verbose=0).history["loss"][0])
+    made.save(tmp_path / "q.keras")  # loads as the plain class, its layers quantized
+    loaded = keras.saving.load_model(tmp_path / "q.keras")
+    assert type(loaded) is type(functional) and needs_worker_safe_fit(loaded)
+
+
 # a worker is a TensorFlow start and a few tiny fits (about a minute on 2 busy cores); the
 # limit leaves room for a machine loaded ten times over
 WORKER_TIMEOUT = 900
@@ -208,6 +242,7 @@ def test_two_workers_distil_prune_and_qat_as_one_worker(tmp_path):
     workers = two_workers(tmp_path)
     one = tf.distribute.get_strategy()
     single, pruned, quantized = toy.distill(one)["loss"], toy.prune_fit(one), toy.qat_fit(one)
+    top = toy.qat_fit(one, toy.TOP_LEVEL)
     start = toy.tiny("dense", 5).get_weights()
     for worker in workers:
         assert worker["replicas"] == 2
@@ -216,6 +251,7 @@ def test_two_workers_distil_prune_and_qat_as_one_worker(tmp_path):
         close(worker["prune"]["masks"], pruned["masks"], atol=0)
         close(worker["prune"]["weights"], pruned["weights"])
         close(worker["qat"]["stripped"], quantized["stripped"])
+        close(worker["qat_top"]["stripped"], top["stripped"])  # no record: WorkerSafeFit too
     # a plain model fine-tuned (worker_safe_fit): it trains, in step on both workers. Not
     # compared with one worker: the recipe's AdamW (clipnorm 1) is clipped per replica by
     # Keras before the sum, and Adam magnifies float-order noise where gradients are near 0

@@ -128,7 +128,7 @@ def test_mixed_bits_per_layer(model, ids):
     assert all(s[2] > s[8] for s in sens.values())
     q = quantize(model, verbose=0, bits=4, layer_bits={"lm_head": 8})
     layers = dict(iter_layers(q))
-    assert layers["lm_head"].tfc_meta["bits"] == 8 and layers["block0_mlp_in"].tfc_meta[
+    assert layers["lm_head"].tfc_settings["bits"] == 8 and layers["block0_mlp_in"].tfc_settings[
         "bits"] == 4
 
 

@@ -59,3 +59,26 @@ def test_note_of_the_default_prompt():
     assert options_text(distiller) == ("Beside the logits: 25% of batches continued by the "
                                        "student from the first half of each window "
                                        "(on-policy).")
+
+
+def test_features_without_blocks_fail_at_validation(tmp_path):
+    """A model of the user's without transformer blocks: features by blocks are refused before
+    any work, for a live model and a saved one; name pairs, and a preset student's own blocks
+    distilled further, pass."""
+    ids = keras.Input((None,), dtype="int32")
+    hidden = keras.layers.Dense(8, name="hidden")(keras.layers.Embedding(32, 8)(ids))
+    plain = keras.Model(ids, keras.layers.Dense(32, name="head")(hidden), name="plain")
+    plain.save(tmp_path / "plain.keras")
+    first = {"distill": {"name": "s", "steps": 2, "student": {"preset": "test-tiny"},
+                         "features": True}}
+    refused = "stages[0].distill.features: matching blocks needs transformer blocks"
+    for source in ({"object": plain}, {"keras": "plain.keras"}):
+        with pytest.raises(TfcompressError, match="recipe has 1 problem") as err:
+            validate({**recipe({}), "model": source, "stages": [first]}, base_dir=tmp_path)
+        assert refused in str(err.value) and f"model.{next(iter(source))} has none" in str(
+            err.value)
+    pairs = {"distill": {**first["distill"], "features": [["block0_add2", "hidden"]]}}
+    again = {"distill": {"input": "s", "steps": 2, "student": {"layers": [0]},
+                         "features": [1]}}
+    assert len(validate({**recipe({}), "model": {"object": plain}, "stages": [pairs, again]})[
+        "stages"]) == 2

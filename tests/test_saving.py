@@ -15,6 +15,7 @@ import pytest
 import tfcompress  # noqa: F401  (sets the backend)
 from tests import saving_models as sm
 from tfcompress.core.layers import iter_layers, kernel_of, register_layer, select_layers
+from tfcompress.core.replace import CompressedLayer, compressed_class
 from tfcompress.distill import Distiller
 from tfcompress.errors import TfcompressError
 from tfcompress.lowrank import CPConfig, SVDConfig, factorize
@@ -118,6 +119,24 @@ def test_compressed_layers_are_registered_classes_with_their_settings_in_the_con
     t = qat(sm.sequential(), RTNConfig(bits=4)).get_layer("head")
     assert type(t).__name__ == "QATDense" and t.get_config()["qat"] == {"bits": 4,
                                                                          "group": None}
+
+
+def test_quantized_and_qat_layers_share_one_compressed_layer_base():
+    up = quantize(sm.sequential(), RTNConfig(bits=8), verbose=0).get_layer("up")
+    t = qat(sm.sequential(), RTNConfig(bits=4, granularity="group", group_size=8)).get_layer(
+        "up")
+    for layer, key in ((up, "quantization_layout"), (t, "qat")):
+        assert isinstance(layer, CompressedLayer) and layer.config_key == key
+        assert layer.float_config() == {k: v for k, v in layer.get_config().items()
+                                        if k != key}
+        assert layer.float_config()["units"] == 32
+    assert t.tfc_settings == {"bits": 4, "group": 8} and up.tfc_settings["bits"] == 8
+    cls = type(t)
+    with pytest.raises(TfcompressError, match="QATDense needs its settings 'qat' in its "
+                                              r"config, got \['units'\]"):
+        cls(units=3)
+    with pytest.raises(TfcompressError, match="mixin must be a CompressedLayer subclass"):
+        compressed_class(object, keras.layers.Dense)
 
 
 def test_strip_qat_gives_back_plain_layers_on_the_grid():

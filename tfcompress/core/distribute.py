@@ -74,9 +74,9 @@ class WorkerSafeFit:
     batch's tuple in one ``strategy.reduce`` call, which that strategy refuses, and averages
     the step's scalar logs along an axis they lack. Nothing changes on one worker.
 
-    The `Distiller` and every model with a model-level tfcompress record (pruning masks,
-    compressed layers inside other layers: `tfcompress.core.saving.mark_state`) train
-    through it; `worker_safe_fit` lends it to any other model.
+    The `Distiller` and every model tfcompress compressed (`needs_worker_safe_fit`: compressed
+    layers anywhere, pruning masks) train through it; `worker_safe_fit` lends it to any other
+    model.
     """
 
     def _maybe_symbolic_build(self, iterator=None, data_batch=None):
@@ -94,6 +94,60 @@ class WorkerSafeFit:
 
     def test_step(self, data):
         return as_keras_logs(super().test_step(data))
+
+
+_SAFE: dict[type, type] = {}  # a model class -> itself with WorkerSafeFit, saved as it
+
+
+def needs_worker_safe_fit(model) -> bool:
+    """Whether tfcompress gives ``model`` `WorkerSafeFit` for good: it holds compressed layers
+    (classes the layer registry made, `tfcompress.core.replace.compressed_class`: quantized
+    codes, QAT, low rank) or model-level state (pruning masks).
+
+    Example:
+        >>> needs_worker_safe_fit(model), needs_worker_safe_fit(qat(model))
+        (False, True)
+    """
+    from tfcompress.core.layers import iter_layers
+    from tfcompress.core.validation import compression_state
+
+    return bool(compression_state(model)) or any(
+        getattr(type(layer), "float_class", None) is not None for _, layer in iter_layers(model))
+
+
+def keep_worker_safe(model):
+    """``model`` with `WorkerSafeFit` in its class exactly while `needs_worker_safe_fit`
+    (in place; returned). The class is a same-named subclass that Keras saves as the plain one,
+    so the ``.keras`` file is that of the plain class; a model loaded from it fits across
+    workers inside `worker_safe_fit`."""
+    plain = plain_model_class(type(model))
+    if isinstance(model, WorkerSafeFit) and plain is type(model):
+        return model  # its class has WorkerSafeFit of its own (the Distiller, a marked model)
+    model.__class__ = worker_safe_class(plain) if needs_worker_safe_fit(model) else plain
+    return model
+
+
+def worker_safe_class(cls: type) -> type:
+    """``cls`` with `WorkerSafeFit` in front, named, saved and loaded as ``cls``."""
+    if cls not in _SAFE:
+        from keras.src import api_export
+        from keras.src.saving import object_registration
+
+        sub = type(cls.__name__, (WorkerSafeFit, cls), {"__module__": cls.__module__,
+                                                        "__qualname__": cls.__qualname__})
+        # Keras writes a class by its public API name, else by its registered name
+        public = api_export.get_name_from_symbol(cls)
+        if public is not None:
+            api_export.REGISTERED_OBJS_TO_NAMES[sub] = public
+        object_registration.GLOBAL_CUSTOM_NAMES[sub] = object_registration.get_registered_name(
+            cls)
+        _SAFE[cls] = sub
+    return _SAFE[cls]
+
+
+def plain_model_class(cls: type) -> type:
+    """The class `worker_safe_class` made ``cls`` from (``cls`` itself if it made none)."""
+    return next((plain for plain, safe in _SAFE.items() if safe is cls), cls)
 
 
 @contextlib.contextmanager
@@ -152,9 +206,10 @@ def strategy_copy(model, strategy):
     from tfcompress.core.layers import copy_model
 
     if strategy is None:
-        return copy_model(model) if getattr(model, "_distribute_strategy", None) else model
+        return keep_worker_safe(copy_model(model)) if getattr(
+            model, "_distribute_strategy", None) else model
     with strategy.scope():
-        return copy_model(model)
+        return keep_worker_safe(copy_model(model))
 
 
 def strategy_scope(strategy):

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import keras
 
+from tfcompress.core.distribute import keep_worker_safe
 from tfcompress.core.layers import class_spec, clone_graph, iter_layers, on_register
 from tfcompress.core.saving import (
     compression_state,
@@ -41,11 +42,61 @@ RECORD = "layers"  # the model-level record's kind
 _CLASSES: dict[tuple[type, type], type] = {}
 
 
-def compressed_class(mixin: type, cls: type) -> type:
-    """``mixin.prefix + cls.__name__`` (``QuantizedDense``): ``mixin`` before the registered
-    layer class ``cls``, its weight attribute a property answering ``mixin.weight_value``;
-    registered with Keras under ``tfcompress>`` so its files load after ``import tfcompress``.
+class CompressedLayer:
+    """Base of the mixins `compressed_class` puts before a registered layer class: the new
+    class is named ``prefix`` + the float class's name, holds ``compression`` (the kind
+    `tfcompress.core.validation.check_model` reports), and its config's entry ``config_key``
+    carries its settings, kept as ``self.tfc_settings`` (what ``read_settings`` makes of them).
+    A mixin adds ``weight_value`` (what the weight attribute answers) and its variables.
+
+    Example:
+        >>> class Clipped(CompressedLayer):
+        ...     'its weight clipped (clip: {"limit"} in its config).'
+        ...     prefix, compression, config_key = "Clipped", "clip", "clip"
+        ...     def weight_value(self):
+        ...         limit = self.tfc_settings["limit"]
+        ...         return keras.ops.clip(self.__dict__["_kernel"], -limit, limit)
+        >>> layer = compressed_class(Clipped, keras.layers.Dense)(2, clip={"limit": 1.0})
+        >>> type(layer).__name__, layer.get_config()["clip"], "clip" in layer.float_config()
+        ('ClippedDense', {'limit': 1.0}, False)
+        >>> layer.build((None, 3)); float(keras.ops.max(keras.ops.abs(layer.kernel))) <= 1.0
+        True
     """
+
+    prefix: str
+    compression: str
+    config_key: str
+    float_class: type  # set on each class compressed_class makes
+
+    def __init__(self, *args, **kwargs):
+        if self.config_key not in kwargs:
+            raise TfcompressError(f"{type(self).__name__} needs its settings "
+                                  f"{self.config_key!r} in its config, got {sorted(kwargs)}")
+        settings = kwargs.pop(self.config_key)
+        super().__init__(*args, **kwargs)
+        self.tfc_settings = self.read_settings(settings)
+
+    @staticmethod
+    def read_settings(settings: dict) -> dict:
+        """The settings kept (JSON-serializable): a copy of those in the config."""
+        return dict(settings)
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), self.config_key: self.tfc_settings}
+
+    def float_config(self) -> dict:
+        """This layer's config without its settings: its float class's."""
+        return {k: v for k, v in self.get_config().items() if k != self.config_key}
+
+
+def compressed_class(mixin: type, cls: type) -> type:
+    """``mixin.prefix + cls.__name__`` (``QuantizedDense``): ``mixin`` (a `CompressedLayer`)
+    before the registered layer class ``cls``, its weight attribute a property answering
+    ``mixin.weight_value``; registered with Keras under ``tfcompress>`` so its files load
+    after ``import tfcompress``.
+    """
+    if not issubclass(mixin, CompressedLayer):
+        raise TfcompressError(f"mixin must be a CompressedLayer subclass, got {mixin!r}")
     if (mixin, cls) not in _CLASSES:
         weight = class_spec(cls).weight
         # the setter: a layer's own build may assign the weight (``self.w = add_weight()``);
@@ -123,7 +174,7 @@ def replace_layers(model, new: dict, record: bool = True):
         swap_sublayer(model, layers[path], layer)
     if nested:
         _record(model, nested, record)
-    return model
+    return keep_worker_safe(model)  # decided by its layers: a graph model has no record
 
 
 def _record(model, nested: dict, record: bool) -> None:

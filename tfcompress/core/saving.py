@@ -28,7 +28,7 @@ from collections.abc import Callable
 import keras
 from keras.src.saving import object_registration
 
-from tfcompress.core.distribute import WorkerSafeFit
+from tfcompress.core.distribute import WorkerSafeFit, keep_worker_safe, plain_model_class
 from tfcompress.core.layers import iter_layers
 from tfcompress.core.validation import (
     check_input_file,
@@ -65,6 +65,7 @@ def unmark_state(model, kind: str) -> None:
     object.__setattr__(model, "tfc_state", state)
     if not state:
         model.__class__ = plain_class(type(model))
+        keep_worker_safe(model)  # compressed layers may stay
 
 
 def layers_at(model, paths) -> dict:
@@ -88,6 +89,7 @@ def layers_at(model, paths) -> dict:
 
 
 def plain_class(cls: type) -> type:
+    cls = plain_model_class(cls)
     return next((plain for plain, marked in _CLASSES.items() if marked is cls), cls)
 
 

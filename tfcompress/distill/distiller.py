@@ -190,7 +190,10 @@ class Distiller(WorkerSafeFit, keras.Model):
         if pairs:
             self._teacher_features = feature_extractor(teacher, [t for _, t in pairs], "teacher")
             self._student_features = feature_extractor(student, [s for s, _ in pairs], "student")
-            self.projections = [self._projection(s, t, i) for i, (s, t) in enumerate(pairs)]
+            self.projections = [
+                self._projection(int(s.shape[-1]), int(t.shape[-1]), i) for i, (s, t) in
+                enumerate(zip(self._student_features.outputs[1:],
+                              self._teacher_features.outputs[1:], strict=True))]
         # Teacher and student arrive built and projections are built above: the Distiller is
         # complete now, so BackupAndRestore can restore it before the first batch is traced.
         self.built = True
@@ -223,9 +226,9 @@ class Distiller(WorkerSafeFit, keras.Model):
                                   f"tokens (it keeps that many, then samples the rest), got "
                                   f"{self.prompt_length}")
 
-    def _projection(self, s_name, t_name, index):
-        d_s = int(self.student.get_layer(s_name).output.shape[-1])
-        d_t = int(self.teacher.get_layer(t_name).output.shape[-1])
+    @staticmethod
+    def _projection(d_s: int, d_t: int, index: int):
+        """Student hidden states (width ``d_s``) onto the teacher's (``d_t``)."""
         if d_s == d_t:
             layer = keras.layers.Identity(name=f"projection{index}")
         else:

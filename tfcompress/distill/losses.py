@@ -102,7 +102,8 @@ def masked_mean(values, mask=None, total=None):
     returns its share and the shares sum to the mean over the global batch.
 
     Example:
-        >>> masked_mean([1.0, 3.0], [1.0, 0.0], total=4.0)   # 1 / 4
+        >>> float(masked_mean([1.0, 3.0], [1.0, 0.0], total=4.0))   # 1 / 4
+        0.25
     """
     values = ops.cast(values, "float32")
     if mask is None and total is None:

@@ -69,7 +69,7 @@ def weight_error(xtx: np.ndarray, n: int, w: np.ndarray, w_hat: np.ndarray) -> f
     the mean of ``||x w - x w_hat||^2`` over the ``n`` rows whose ``X^T X`` is ``xtx``.
 
     Example:
-        >>> weight_error(np.eye(2) * 2, 2, np.eye(2), np.zeros((2, 2)))   # rows e1, e2
+        >>> weight_error(np.eye(2), 2, np.eye(2), np.zeros((2, 2)))   # rows e1, e2: x D = x
         1.0
     """
     d = np.asarray(w, np.float64) - np.asarray(w_hat, np.float64)

@@ -75,8 +75,8 @@ def causal_softmax(scores, floor: float = MASK_FLOOR):
 
     Example:
         >>> s = keras.ops.convert_to_tensor([[0.0, 5.0], [1.0, 2.0]])
-        >>> keras.ops.round(causal_softmax(s) * 1000)     # row 0 sees only itself
-        [[1000., 0.], [269., 731.]]
+        >>> keras.ops.convert_to_numpy(keras.ops.round(causal_softmax(s) * 1000)).tolist()
+        [[1000.0, 0.0], [269.0, 731.0]]
     """
     length = scores.shape[-1]
     keep = ops.convert_to_tensor(np.tril(np.ones((length, length), "float32")))

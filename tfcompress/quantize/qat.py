@@ -32,6 +32,7 @@ from tfcompress.core.layers import (
     weight_attribute,
 )
 from tfcompress.core.replace import (
+    CompressedLayer,
     compressed_class,
     legacy_class,
     rebuilt_as,
@@ -68,16 +69,16 @@ def fake_quantize(w, bits: int, group_rows: int | None = None):
     return w + ops.stop_gradient(q - w)
 
 
-class FakeQuant:
+class FakeQuant(CompressedLayer):
     """its weight fake-quantized when read (``qat``: ``{"bits", "group"}`` in its config)."""
 
     prefix = "QAT"
     compression = "qat"
     config_key = "qat"
 
-    def __init__(self, *args, qat: dict, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.qat_spec = {"bits": int(qat["bits"]), "group": qat.get("group")}
+    @staticmethod
+    def read_settings(settings: dict) -> dict:
+        return {"bits": int(settings["bits"]), "group": settings.get("group")}
 
     def build(self, input_shape=None):
         super().build(input_shape)
@@ -85,16 +86,13 @@ class FakeQuant:
         self.qat_axes = None  # the weight reads as the float one while its axes are found
         self.qat_axes = kernel_axes(self)
 
-    def get_config(self) -> dict:
-        return {**super().get_config(), "qat": self.qat_spec}
-
     def weight_value(self):
         """The fake-quantized weight (the layer's ``kernel`` / ``embeddings``)."""
         raw = self.__dict__[self.qat_attr]  # the float variable (not the property)
         if self.qat_axes is None:
             return raw
-        w = fake_quantize(to_matrix(raw, self.qat_axes, ops), self.qat_spec["bits"],
-                          self.qat_spec["group"])
+        w = fake_quantize(to_matrix(raw, self.qat_axes, ops), self.tfc_settings["bits"],
+                          self.tfc_settings["group"])
         return from_matrix(w, self.qat_axes, raw.shape, ops)
 
     # Keras saves what these return: the latent float weights, so training can go on
@@ -177,8 +175,7 @@ def strip_qat(model):
         if isinstance(layer, FakeQuant):
             on_grid = ops.convert_to_numpy(layer.weight_value())
             layer.__dict__[layer.qat_attr].assign(on_grid)
-            config = {k: v for k, v in layer.get_config().items() if k != "qat"}
-            plain[path] = rebuilt_as(layer, layer.float_class, config)
+            plain[path] = rebuilt_as(layer, layer.float_class, layer.float_config())
             _copy_variables(layer, plain[path])
     if not plain:
         raise TfcompressError(f"model {model.name!r} has no QAT layers: make it with qat()")

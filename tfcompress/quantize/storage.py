@@ -28,6 +28,7 @@ from tfcompress.core.layers import (
     weight_attribute,
 )
 from tfcompress.core.replace import (
+    CompressedLayer,
     compressed_class,
     legacy_class,
     rebuilt_as,
@@ -40,23 +41,16 @@ from tfcompress.quantize.packing import pack_int4, unpack_int4, unpack_int4_np
 from tfcompress.quantize.quantizers import QTensor
 
 
-class CodeStorage:
+class CodeStorage(CompressedLayer):
     """its weight decoded from stored codes (``quantization_layout`` in its config)."""
 
     prefix = "Quantized"
     compression = "quantize"
     config_key = "quantization_layout"
 
-    def __init__(self, *args, quantization_layout: dict, **kwargs):
-        super().__init__(*args, **kwargs)
-        self.tfc_meta = dict(quantization_layout)
-
     def build(self, input_shape=None):
         super().build(input_shape)
-        self._tfc_build(self.tfc_meta)
-
-    def get_config(self) -> dict:
-        return {**super().get_config(), "quantization_layout": self.tfc_meta}
+        self._tfc_build(self.tfc_settings)
 
     def _tfc_build(self, meta: dict) -> None:
         self._tracker.unlock()
@@ -81,7 +75,7 @@ class CodeStorage:
         return [self.tfc_codes, self.tfc_scale, self.tfc_levels, *extra]
 
     def _tfc_decode(self):
-        meta = self.tfc_meta
+        meta = self.tfc_settings
         d_in, d_out = meta["matrix_shape"]
         codes = (unpack_int4(self.tfc_codes, d_in) if meta["packed"]
                  else ops.cast(self.tfc_codes, "int32"))
@@ -187,7 +181,7 @@ def store_codes(model, codes: dict):
 
 def quantized_layout(model) -> dict:
     """``{path: layout}`` of ``model``'s quantized layers (shapes, bits, group rows)."""
-    return {p: la.tfc_meta for p, la in iter_layers(model) if isinstance(la, CodeStorage)}
+    return {p: la.tfc_settings for p, la in iter_layers(model) if isinstance(la, CodeStorage)}
 
 
 def _restore_layout(model, layout: dict):
@@ -234,11 +228,18 @@ def signed_codes(layer) -> tuple[np.ndarray, np.ndarray, int] | None:
     affine, codebooks). Lets an exporter write the codes as they are.
 
     Example:
-        >>> codes, scale, group = signed_codes(model.get_layer("block0_attn_q"))
+        >>> int8 = quantize(model, RTNConfig(bits=8, scheme="symmetric"), verbose=0)
+        >>> codes, scale, group = signed_codes(int8.get_layer("block0_mlp_in"))
+        >>> codes.dtype, codes.shape, scale.shape, group      # one scale a channel
+        (dtype('int8'), (16, 128), (1, 128), 16)
+        >>> np.array_equal(codes * scale, int8.get_layer("block0_mlp_in").kernel)
+        True
+        >>> signed_codes(model.get_layer("block0_mlp_in")) is None    # a float layer
+        True
     """
     if not isinstance(layer, CodeStorage):
         return None
-    meta = layer.tfc_meta
+    meta = layer.tfc_settings
     levels = np.asarray(layer.tfc_levels.numpy())
     bits = meta["bits"]
     signed = np.arange(2**bits) - 2 ** (bits - 1)

@@ -524,6 +524,54 @@ def _check_kerashub_students(stages: list[dict], source: str, problems: list[str
                             "model takes select: even")
 
 
+def _check_features(stages: list[dict], model: dict, base: Path, problems: list[str]) -> None:
+    """``features: true`` (or block indices) matches transformer blocks, which a saved or live
+    model of the user's may lack: refused here rather than when the stage runs. Models made
+    from a preset student have them (`build_gpt`); every other one holds the source's."""
+    if _source_blocks(model, base):
+        return
+    of_preset: set[str] = set()  # models made from a preset student
+    for i, st in enumerate(stages):
+        made_of_preset = st["input"] in of_preset
+        if st["stage"] == "distill":
+            student = st["student"] if isinstance(st.get("student"), dict) else {}
+            made_of_preset = "preset" in student or student.get("model",
+                                                                st["input"]) in of_preset
+            features = st.get("features")
+            by_blocks = features is True or isinstance(features, list | tuple) and all(
+                isinstance(j, int) for j in features)
+            if features and by_blocks and not (st["input"] in of_preset and made_of_preset):
+                kind = "object" if "object" in model else "keras"
+                problems.append(
+                    f"stages[{i}].distill.features: matching blocks needs transformer blocks "
+                    "(layers named block<i>_add2, or a KerasHub CausalLM's "
+                    f"transformer_layer_<i>) in teacher and student, and model.{kind} has "
+                    "none; give features as [[student_layer, teacher_layer], ...] instead")
+        if made_of_preset and "name" in st:
+            of_preset.add(st["name"])
+
+
+def _source_blocks(model: dict, base: Path) -> bool:
+    """Whether the source model has blocks features can match (True where a file cannot tell:
+    its own check reports it)."""
+    if "object" in model:
+        from tfcompress.distill.features import hidden_layer_names
+
+        live = model["object"]
+        return hasattr(live, "backbone") or bool(hidden_layer_names(live))
+    if "keras" not in model:
+        return True  # presets, GGUF and safetensors ports, KerasHub: blocks
+    import re
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(resolve(base, str(model["keras"]))) as archive:
+            config = archive.read("config.json")
+    except (OSError, KeyError, zipfile.BadZipFile, TypeError):
+        return True
+    return b"keras_hub" in config or re.search(rb'"block\d+_add2"', config) is not None
+
+
 def _check_order(stages: list[dict], source: str, problems: list[str]) -> None:
     """Each stage's input exists earlier; nothing trains or re-compresses quantized codes."""
     quantized: dict[str, bool] = {source: False}
@@ -613,6 +661,7 @@ def validate(recipe: dict, base_dir: str | Path = ".") -> dict:
         _check_order(stages, source, problems)
         if "kerashub" in model:
             _check_kerashub_students(stages, source, problems)
+        _check_features(stages, model, base, problems)
     if problems:
         raise TfcompressError(f"recipe has {len(problems)} problem"
                               f"{'s' if len(problems) > 1 else ''}:\n- " + "\n- ".join(problems))
