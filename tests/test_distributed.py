@@ -175,6 +175,39 @@ def test_worker_safety_is_decided_by_the_layers_not_a_record(tmp_path):
     assert type(loaded) is type(functional) and needs_worker_safe_fit(loaded)
 
 
+def test_factorized_layers_count_as_compressed_through_the_registry():
+    """A graph model whose top-level Dense layers became LowRankDense / CPEinsumDense (no
+    record) fits through WorkerSafeFit; so does one with a class of the caller's own joined
+    with register_compressed; a plain Dense or a non-class is not compressed."""
+    import keras
+
+    from tfcompress.core.distribute import WorkerSafeFit, needs_worker_safe_fit
+    from tfcompress.core.layers import is_compressed, register_compressed
+    from tfcompress.core.validation import compression_state
+    from tfcompress.lowrank import CPConfig, SVDConfig, factorize
+
+    keras.utils.set_random_seed(0)
+    x = keras.Input((3, 4))
+    hidden = keras.layers.EinsumDense("abc,cde->abde", (3, 2, 4), name="proj")(x)
+    plain = keras.Model(x, keras.layers.Dense(4, name="out")(
+        keras.layers.Reshape((3, 8))(hidden)))
+    assert not needs_worker_safe_fit(plain)
+    svd = factorize(plain, SVDConfig(rank=1, types=("Dense",)), verbose=0)
+    cp = factorize(plain, CPConfig(rank=1, types=("EinsumDense",)), verbose=0)
+    for made, kind in ((svd, "LowRankDense"), (cp, "CPEinsumDense")):
+        assert kind in [type(la).__name__ for la in made.layers] and not compression_state(made)
+        assert needs_worker_safe_fit(made) and isinstance(made, WorkerSafeFit)
+
+    @register_compressed
+    class Halved(keras.layers.Dense):
+        pass
+
+    assert is_compressed(Halved(2)) and not is_compressed(keras.layers.Dense(2))
+    assert needs_worker_safe_fit(keras.Sequential([keras.Input((4,)), Halved(2)]))
+    with pytest.raises(TfcompressError, match=r"register_compressed takes a layer class, got 3"):
+        register_compressed(3)
+
+
 # a worker is a TensorFlow start and a few tiny fits (about a minute on 2 busy cores); the
 # limit leaves room for a machine loaded ten times over
 WORKER_TIMEOUT = 900

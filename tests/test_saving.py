@@ -121,6 +121,44 @@ def test_compressed_layers_are_registered_classes_with_their_settings_in_the_con
                                                                          "group": None}
 
 
+class _NamedOtherwise(keras.layers.Layer):
+    """A user's layer whose weight ``w`` is made under another name (``weight``)."""
+
+    def build(self, input_shape):
+        self.w = self.add_weight(name="weight", shape=(input_shape[-1], 4))
+
+    def call(self, x):
+        return keras.ops.matmul(x, self.w)
+
+
+def test_a_quantized_layer_builds_no_float_weight(monkeypatch):
+    """Loading builds only the stored variables (the float kernel would be float32 memory
+    and an initializer run per layer); a weight the float build names otherwise than the
+    registry is made and dropped."""
+    up = quantize(sm.sequential(), RTNConfig(bits=4, granularity="group", group_size=8),
+                  verbose=0).get_layer("up")
+    made = []
+    add_weight = keras.layers.Layer.add_weight
+
+    def recording(self, *args, **kwargs):
+        made.append(kwargs.get("name"))
+        return add_weight(self, *args, **kwargs)
+
+    monkeypatch.setattr(keras.layers.Layer, "add_weight", recording)
+    again = keras.layers.deserialize(keras.layers.serialize(up))  # built from its config
+    assert made == ["bias", "codes", "scale", "offset", "levels"]
+    assert [v.name for v in again.weights] == made and "kernel" not in again.__dict__
+    monkeypatch.undo()
+    register_layer(_NamedOtherwise, weight="w", methods=("quantize",))
+    model = keras.Sequential([keras.Input((8,)), _NamedOtherwise(name="odd")])
+    q = quantize(model, RTNConfig(bits=8), verbose=0)
+    assert [v.name for v in q.get_layer("odd").weights] == ["codes", "scale", "offset",
+                                                            "levels"]
+    x = np.random.default_rng(0).normal(size=(2, 8)).astype("float32")
+    w = np.asarray(model.get_layer("odd").w)
+    np.testing.assert_allclose(np.asarray(q(x)), x @ w, atol=8 * np.abs(w).max() / 127)
+
+
 def test_quantized_and_qat_layers_share_one_compressed_layer_base():
     up = quantize(sm.sequential(), RTNConfig(bits=8), verbose=0).get_layer("up")
     t = qat(sm.sequential(), RTNConfig(bits=4, granularity="group", group_size=8)).get_layer(

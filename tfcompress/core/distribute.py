@@ -101,18 +101,19 @@ _SAFE: dict[type, type] = {}  # a model class -> itself with WorkerSafeFit, save
 
 def needs_worker_safe_fit(model) -> bool:
     """Whether tfcompress gives ``model`` `WorkerSafeFit` for good: it holds compressed layers
-    (classes the layer registry made, `tfcompress.core.replace.compressed_class`: quantized
-    codes, QAT, low rank) or model-level state (pruning masks).
+    (classes `tfcompress.core.layers.register_compressed` recorded: quantized codes and QAT,
+    made by `tfcompress.core.replace.compressed_class`, low-rank factors) or model-level
+    state (pruning masks).
 
     Example:
         >>> needs_worker_safe_fit(model), needs_worker_safe_fit(qat(model))
         (False, True)
     """
-    from tfcompress.core.layers import iter_layers
+    from tfcompress.core.layers import is_compressed, iter_layers
     from tfcompress.core.validation import compression_state
 
     return bool(compression_state(model)) or any(
-        getattr(type(layer), "float_class", None) is not None for _, layer in iter_layers(model))
+        is_compressed(layer) for _, layer in iter_layers(model))
 
 
 def keep_worker_safe(model):

@@ -4,7 +4,9 @@ Which layer classes the methods touch is a registry keyed by class (`register_la
 entry names the attribute holding the weight, the built-in type whose maths the class shares
 (``like``: its kernel is laid out as that type's) and the methods allowed on it. Keras's
 Dense, EinsumDense, Embedding and Conv1D-3D are registered; a class of your own joins with
-one call. Lookup is by exact class, so a subclass (``TiedEmbedding``) is its own type.
+one call. Lookup is by exact class, so a subclass (``TiedEmbedding``) is its own type. The
+classes a method puts in place of float layers (quantized, QAT, low rank) are recorded apart
+(`register_compressed`), so a model holding one is known as compressed (`is_compressed`).
 
 Example:
     >>> for path, layer in select_layers(model, types=("Dense", "EinsumDense")):
@@ -42,6 +44,7 @@ class LayerSpec:
 _LAYERS: dict[type, LayerSpec] = {}
 _KERAS_REGISTERED = False  # Keras's own classes join on first lookup (keras loads lazily here)
 _ON_REGISTER: list[Callable[[type], object]] = []
+_COMPRESSED: set[type] = set()  # classes a method puts in place of float layers
 
 
 def register_layer(cls: type, weight: str = "kernel", like: str = "Dense",
@@ -77,6 +80,33 @@ def on_register(hook: Callable[[type], object]) -> None:
     _ON_REGISTER.append(hook)
     for cls in list(_LAYERS):
         hook(cls)
+
+
+def register_compressed(cls: type) -> type:
+    """Record ``cls`` as a layer class a method puts in place of a float layer (quantized
+    codes, QAT, low-rank factors); its subclasses count too. Returns ``cls`` (a decorator).
+
+    Example:
+        >>> @register_compressed
+        ... class HalfDense(keras.layers.Dense):
+        ...     "a Dense layer stored at half width (a stand-in)"
+        >>> is_compressed(HalfDense(2)), is_compressed(keras.layers.Dense(2))
+        (True, False)
+    """
+    if not isinstance(cls, type):
+        raise TfcompressError(f"register_compressed takes a layer class, got {cls!r}")
+    _COMPRESSED.add(cls)
+    return cls
+
+
+def is_compressed(layer) -> bool:
+    """Whether ``layer`` is of a class `register_compressed` recorded (or a subclass).
+
+    Example:
+        >>> is_compressed(LowRankDense(rank=2, output_dims=(4,)))
+        True
+    """
+    return isinstance(layer, tuple(_COMPRESSED))
 
 
 def weight_attribute(cls: type) -> str:

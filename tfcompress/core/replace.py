@@ -26,7 +26,13 @@ from __future__ import annotations
 import keras
 
 from tfcompress.core.distribute import keep_worker_safe
-from tfcompress.core.layers import class_spec, clone_graph, iter_layers, on_register
+from tfcompress.core.layers import (
+    class_spec,
+    clone_graph,
+    iter_layers,
+    on_register,
+    register_compressed,
+)
 from tfcompress.core.saving import (
     compression_state,
     layers_at,
@@ -93,7 +99,7 @@ def compressed_class(mixin: type, cls: type) -> type:
     """``mixin.prefix + cls.__name__`` (``QuantizedDense``): ``mixin`` (a `CompressedLayer`)
     before the registered layer class ``cls``, its weight attribute a property answering
     ``mixin.weight_value``; registered with Keras under ``tfcompress>`` so its files load
-    after ``import tfcompress``.
+    after ``import tfcompress``, and as a compressed class (`register_compressed`).
     """
     if not issubclass(mixin, CompressedLayer):
         raise TfcompressError(f"mixin must be a CompressedLayer subclass, got {mixin!r}")
@@ -105,7 +111,8 @@ def compressed_class(mixin: type, cls: type) -> type:
             weight: property(mixin.weight_value, _set_raw(weight)), "float_class": cls,
             "__module__": mixin.__module__,
             "__doc__": f"{cls.__name__} with {mixin.__doc__}"})
-        _CLASSES[mixin, cls] = keras.saving.register_keras_serializable("tfcompress")(sub)
+        _CLASSES[mixin, cls] = register_compressed(
+            keras.saving.register_keras_serializable("tfcompress")(sub))
     return _CLASSES[mixin, cls]
 
 

@@ -17,6 +17,8 @@ import keras
 import numpy as np
 from keras import ops
 
+from tfcompress.core.layers import register_compressed
+
 
 class _FactoredBase(keras.layers.Layer):
     """Shared config, bias and activation of the factorized stand-ins."""
@@ -65,6 +67,7 @@ class _FactoredBase(keras.layers.Layer):
                 if self.activation is not None else None}
 
 
+@register_compressed
 @keras.saving.register_keras_serializable(package="tfcompress")
 class LowRankDense(_FactoredBase):
     """A Dense/EinsumDense layer whose kernel is the product of ``u`` and ``v``.
@@ -93,6 +96,7 @@ class LowRankDense(_FactoredBase):
             self.bias.assign(np.reshape(bias, self.bias.shape))
 
 
+@register_compressed
 @keras.saving.register_keras_serializable(package="tfcompress")
 class CPEinsumDense(_FactoredBase):
     """A Dense/EinsumDense layer whose kernel is a rank-``rank`` CP tensor.

@@ -4,9 +4,10 @@ byte), scales, offsets and codebooks instead of a float kernel, and decode them 
 The layers are registered Keras classes, ``Quantized<Class>`` for every class of
 `tfcompress.core.layers.register_layer` (`QuantizedDense`, `QuantizedEinsumDense`,
 `QuantizedEmbedding`, yours too): the float class's behaviour and config plus
-``quantization_layout`` (shapes, bits, group rows). Their ``build`` makes the float class's
-variables, then replaces its weight by ``codes``, ``scale``, ``offset`` (affine schemes) and
-``levels``, saved in that fixed order with the other variables (bias) after. `store_codes`
+``quantization_layout`` (shapes, bits, group rows). Their ``build`` runs the float class's,
+whose weight is then only a shape (never allocated, so loading holds no float kernels), and
+adds ``codes``, ``scale``, ``offset`` (affine schemes) and ``levels``, saved in that fixed
+order with the other variables (bias) after. `store_codes`
 puts them in a model (`tfcompress.core.replace`), so ``keras.saving.load_model`` round-trips
 after ``import tfcompress``.
 
@@ -18,9 +19,10 @@ Example:
 from __future__ import annotations
 
 import numpy as np
-from keras import ops
+from keras import KerasTensor, ops
 
 from tfcompress.core.layers import (
+    class_spec,
     iter_layers,
     kernel_axes,
     kernel_of,
@@ -49,13 +51,29 @@ class CodeStorage(CompressedLayer):
     config_key = "quantization_layout"
 
     def build(self, input_shape=None):
-        super().build(input_shape)
+        self.__dict__["_tfc_float_build"] = True  # (not tracked by Keras)
+        try:
+            super().build(input_shape)
+        finally:
+            del self.__dict__["_tfc_float_build"]
         self._tfc_build(self.tfc_settings)
+
+    def add_weight(self, *args, **kwargs):
+        """A shape-only stand-in (no memory, no initializer run) for the float weight the
+        float class's ``build`` asks for by the registered name; other weights as usual."""
+        if (self.__dict__.get("_tfc_float_build")
+                and kwargs.get("name") == class_spec(type(self)).weight):
+            shape = kwargs.get("shape", args[0] if args else None)
+            return KerasTensor(tuple(shape), dtype=kwargs.get("dtype") or self.variable_dtype)
+        return super().add_weight(*args, **kwargs)
 
     def _tfc_build(self, meta: dict) -> None:
         self._tracker.unlock()
-        # the float weight goes: Layer.__delattr__ would run gc.collect() (seconds per layer)
-        self._untrack_variable(self.__dict__.pop(meta["attr"]))
+        # the float weight goes: Layer.__delattr__ would run gc.collect() (seconds per layer);
+        # a variable only where the float build named it otherwise than the registry does
+        stand_in = self.__dict__.pop(meta["attr"])
+        if not isinstance(stand_in, KerasTensor):
+            self._untrack_variable(stand_in)
         d_in, d_out = meta["matrix_shape"]
         rows = (d_in + 1) // 2 if meta["packed"] else d_in
         self.tfc_codes = self.add_weight(name="codes", shape=(rows, d_out), dtype="uint8",

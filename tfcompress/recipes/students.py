@@ -89,9 +89,11 @@ def make_student(teacher, spec: dict, seq_len: int, name: str = "student"):
         from tfcompress.core import copy_model
 
         return copy_model(teacher)
-    hub = [la for la in teacher.layers if hasattr(la, "backbone")]
-    if hub:
-        return _shallow_kerashub(hub[0], spec, name)
+    from tfcompress.distill.features import hub_causal_lm
+
+    hub = hub_causal_lm(teacher)
+    if hub is not None:
+        return _shallow_kerashub(hub, spec, name)
     blocks = sorted({int(m.group(1)) for la in teacher.layers if (m := BLOCK.match(la.name))})
     if not blocks:
         raise TfcompressError(
