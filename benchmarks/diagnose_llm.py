@@ -167,7 +167,7 @@ def load(args) -> tuple:
     # token is no beginning of a document, yet the sink still sits there
     start = args.eval_tokens
     data["samples"] = np.stack([test[start + i * args.window:start + (i + 1) * args.window]
-                                for i in range(args.samples)]).astype("int32")
+                                for i in range(max(args.samples, 1))]).astype("int32")
     if args.sink_prefix:  # the float model on BOS + window, exactly (prefixed_llama)
         data["prefix"] = [int(_field(_reader(path), "tokenizer.ggml.bos_token_id"))]
         data["prefix_cache"] = prefix_cache(model, data["prefix"])
@@ -192,7 +192,8 @@ def report_table(figures: dict) -> str:
         lines.append(f"| {mode} | {m['ppl']:.3f} | {m['ppl_ratio']:.3f} "
                      f"| {m['eval_agreement']:.3f} | {diagnosed} "
                      f"| {m.get('first_broken') or '–'} |")
-    lines += ["", "Largest residual-stream activation per block (diagnosed windows):", "",
+    lines += ["", "Largest residual-stream activation per block (the diagnosed windows, at least "
+              "one):", "",
               sink_table(figures["residual"])]
     for mode, m in figures["modes"].items():
         if "worst_md" in m:

@@ -42,7 +42,7 @@ def prefix_cache(model: keras.Model, prefix_ids: Sequence[int]) -> list[tuple[np
     ids = np.asarray(prefix_ids, "int32").reshape(1, -1)
     if ids.size == 0 or ids.min() < 0 or ids.max() >= cfg.vocab_size:
         raise TfcompressError(f"prefix_ids must be 1 or more token ids in [0, {cfg.vocab_size}), "
-                              f"got {list(np.asarray(prefix_ids).reshape(-1))}")
+                              f"got {np.asarray(prefix_ids).reshape(-1).tolist()}")
     names = [f"block{i}_attn_{kv}" for i in range(cfg.n_layers) for kv in "kv"]
     probe = keras.Model(model.input, [model.get_layer(n).output for n in names])
     outputs = probe(ids)
