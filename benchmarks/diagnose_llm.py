@@ -12,9 +12,11 @@ ratio to the Keras model on the first test tokens.
 With ``--sink-prefix`` every window follows the GGUF's BOS token, whose keys and values
 (the attention sink) are computed once in float and kept as a constant prefix
 (`tfcompress.models.llama_prefix`): the exported graph and its calibration see positions
-1.. only, and the float reference is the Keras model on BOS + window. Mode ``int8_islands``
-then keeps the attention core and the norms float. ``--samples 0`` skips the tensor-by-tensor
-diagnosis (perplexity and next-token agreement on the scored windows only).
+1.. only, and the float reference is the Keras model on BOS + window. Modes ``int8_islands``
+and ``int16x8_islands`` then keep the attention core and the norms float. ``--rotate``
+rotates the residual stream first (`tfcompress.quantize.rotate`, same float function).
+``--samples 0`` skips the tensor-by-tensor diagnosis (perplexity and next-token agreement on
+the scored windows only).
 
 Writes ``results/diagnose_llm.json`` (``diagnose_llm_sink.json`` with ``--sink-prefix``) and
 ``.md`` and a plot of the error each op adds, in graph order, per mode
@@ -42,13 +44,15 @@ from tfcompress.data import bundled_corpus
 from tfcompress.evaluate.latency import keras_forward
 from tfcompress.export import TFLiteRunner, export_tflite
 from tfcompress.export.diagnose import diagnose, reference_tflite
+from tfcompress.export.modes import MODES as EXPORT_MODES
 from tfcompress.models import causal_lm_perplexity
 from tfcompress.models.llama_prefix import prefix_cache, prefixed_llama
 from tfcompress.models.loaders import gguf_tokenizer, load_gguf
 from tfcompress.models.loaders.gguf import _field, _reader
+from tfcompress.quantize import rotate
 
 MODES = ("int8", "int16x8")
-CHOICES = (*MODES, "int8_islands")
+CHOICES = (*MODES, "int8_islands", "int16x8_islands")
 WINDOW = 64
 CALIBRATION = 16
 SAMPLES = 3  # every op output of SmolLM2 kept per window: 4 were killed for memory (shared 24 GB)
@@ -120,7 +124,8 @@ def exported_model(model, mode: str, data: dict):
     """What mode ``mode`` exports: ``model``, or with a sink prefix the positions after it."""
     if "prefix_cache" not in data:
         return model
-    return prefixed_llama(model, data["prefix_cache"], float_islands=mode == "int8_islands")
+    return prefixed_llama(model, data["prefix_cache"],
+                          float_islands=bool(EXPORT_MODES[mode].float_scopes))
 
 
 def diagnose_mode(model, mode: str, data: dict, out: Path, args, reference: bytes) -> dict:
@@ -155,6 +160,8 @@ def load(args) -> tuple:
     text)."""
     path = gguf_path(args)
     tokenizer, model = gguf_tokenizer(path), load_gguf(path)
+    if args.rotate:  # the same float function on a rotated residual stream
+        model = rotate(model, seed=0, verbose=0)
     reference = model
     text = bundled_corpus("austen")
     train = tokenizer.encode(text["train"][:400_000])
@@ -210,6 +217,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sink-prefix", action="store_true",
                         help="keep BOS's keys and values (the attention sink) as a float "
                              "constant prefix out of the exported graph")
+    parser.add_argument("--rotate", action="store_true",
+                        help="rotate the residual stream first (tfcompress.quantize.rotate, "
+                             "seed 0), as every mode's model and the float reference")
     parser.add_argument("--window", type=int, default=WINDOW, help="tokens per exported window")
     parser.add_argument("--calib", type=int, default=CALIBRATION, help="calibration windows")
     parser.add_argument("--samples", type=int, default=SAMPLES,
@@ -227,7 +237,7 @@ def main(argv: list[str] | None = None) -> None:
         args.model_name = "tiny random Llama" if args.quick else Path(gguf_path(args)).stem
         model, float_model, data = load(args)
         figures = {"model": args.model_name, "window": args.window,
-                   "sink_prefix": data.get("prefix"),
+                   "sink_prefix": data.get("prefix"), "rotated": args.rotate,
                    "calibration": f"{args.calib} windows of Austen training text",
                    "samples": f"{args.samples} windows of Austen test text",
                    "eval": f"the first {args.eval_tokens - 1} test tokens",

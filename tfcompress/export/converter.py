@@ -20,7 +20,7 @@ from tfcompress.core.progress import quiet
 from tfcompress.core.signature import model_seq_len
 from tfcompress.errors import TfcompressError
 from tfcompress.export.llm_int4 import quantize_keras_int4
-from tfcompress.export.modes import MODES, ExportMode, in_scopes
+from tfcompress.export.modes import MODES, ExportMode, in_scopes, scope_pattern
 from tfcompress.export.representative import MAIN_NAME, InputSpec
 from tfcompress.export.runner import TFLiteRunner
 from tfcompress.models.attention import bounded_attention_masks
@@ -85,12 +85,15 @@ def has_fake_quant(directory: str | Path) -> bool:
 
 
 def _litert_quantize(flatbuffer: bytes, recipe_name: str, spec: InputSpec,
-                     samples: list | None) -> bytes:
-    """Apply an ``ai_edge_quantizer`` recipe to a float flatbuffer, calibrating if needed."""
+                     samples: list | None, float_scopes: tuple[str, ...] = ()) -> bytes:
+    """Apply an ``ai_edge_quantizer`` recipe to a float flatbuffer, calibrating if needed;
+    the operators traced under ``float_scopes`` stay float."""
     from ai_edge_quantizer import quantizer, recipe
 
     qt = quantizer.Quantizer(flatbuffer)
     qt.load_quantization_recipe(getattr(recipe, recipe_name)())
+    for scope in float_scopes:  # the recipe's last matching entry wins
+        qt.update_quantization_recipe(scope_pattern(scope), "*", algorithm_key="no_quantize")
     calibration = None
     if qt.need_calibration:
         key = next(iter(TFLiteRunner(flatbuffer).interpreter.get_signature_list()))
@@ -131,7 +134,7 @@ def convert(model, spec: InputSpec, mode: str = "float32", samples: list | None 
         representative = None if samples is None else (lambda: (
             spec.named(s) if spec.auxiliary else [s] for s in samples))
         spec_mode.configure(converter, representative, int8_io)
-        if spec_mode.float_ops or spec_mode.float_scopes:
+        if (spec_mode.float_ops or spec_mode.float_scopes) and not spec_mode.litert_recipe:
             options = tf.lite.experimental.QuantizationDebugOptions(
                 denylisted_ops=list(spec_mode.float_ops))
             debugger = tf.lite.experimental.QuantizationDebugger(
@@ -148,5 +151,6 @@ def convert(model, spec: InputSpec, mode: str = "float32", samples: list | None 
     if mode == "int4":
         flatbuffer, int4 = quantize_keras_int4(flatbuffer, model)
     elif spec_mode.litert_recipe:
-        flatbuffer = _litert_quantize(flatbuffer, spec_mode.litert_recipe, spec, samples)
+        flatbuffer = _litert_quantize(flatbuffer, spec_mode.litert_recipe, spec, samples,
+                                      spec_mode.float_scopes)
     return flatbuffer, qat, int4
