@@ -10,12 +10,16 @@ sees the sink, and its activation ranges are calibrated on the user's text witho
 logits equal the full model's on ``prefix + ids`` (float rounding aside).
 
 With ``float_islands=True`` the attention core and every RMSNorm are traced under the
-`FLOAT_ISLAND` name scope: export mode ``int8_islands`` keeps them float.
+`FLOAT_ISLAND` name scope: export modes ``int8_islands`` and ``int16x8_islands`` keep them
+float.
 
 Example:
-    >>> cache = prefix_cache(model, [bos_id])                 # per block (keys, values)
-    >>> tail = prefixed_llama(model, cache)
-    >>> np.allclose(tail(ids), model(np.concatenate([[[bos_id]], ids], 1))[:, 1:], atol=1e-5)
+    >>> llama = build_llama(LlamaConfig(vocab_size=64, d_model=32, n_layers=2, n_heads=4,
+    ...                                 n_kv_heads=2, d_ff=48))
+    >>> cache = prefix_cache(llama, [1])         # BOS (id 1): (keys, values) per block
+    >>> tail = prefixed_llama(llama, cache)      # positions 1.. only
+    >>> full = llama(np.array([[1, 5, 9, 2]], "int32"))
+    >>> bool(np.allclose(tail(np.array([[5, 9, 2]], "int32")), full[:, 1:], atol=1e-5))
     True
 """
 
