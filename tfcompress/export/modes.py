@@ -51,10 +51,11 @@ class ExportMode:
     ``representative`` is a generator function (or None). A mode with ``float_ops`` keeps
     those operators float (selective quantization through
     ``tf.lite.experimental.QuantizationDebugger``), and one with ``float_scopes`` the operators
-    traced under those name scopes (`in_scopes`). A mode with ``static_activations`` gives
-    activations fixed ranges, so the model is traced with bounded attention masks
-    (`tfcompress.models.attention`). A mode with ``litert_recipe`` converts to
-    float32 first and then applies that ``ai_edge_quantizer`` recipe.
+    traced under those name scopes (`in_scopes`; in a LiteRT recipe, as ``no_quantize``). A
+    mode with ``static_activations`` gives activations fixed ranges, so the model is traced
+    with bounded attention masks (`tfcompress.models.attention`). A mode with
+    ``litert_recipe`` converts to float32 first and then applies that ``ai_edge_quantizer``
+    recipe.
     Verification (`tfcompress.export.verification.verify`, for window files and LLM bundles
     alike) fails when the largest logit error exceeds ``max_rel_error`` times the largest
     |Keras logit|, when next-token agreement is below ``min_agreement``, or when the
@@ -109,6 +110,11 @@ TRANSFORMER_FLOAT_OPS = ("ADD", "SUB", "MUL", "MEAN", "SQUARED_DIFFERENCE", "RSQ
                          "SELECT", "SELECT_V2", "BATCH_MATMUL")
 
 
+def scope_pattern(scope: str) -> str:
+    """The regular expression of a tensor traced under name scope ``scope`` (`in_scopes`)."""
+    return rf"(^|/){re.escape(scope)}(_\d+)?/"
+
+
 def in_scopes(tensor_name: str, scopes: tuple[str, ...]) -> bool:
     """Whether a TFLite tensor was traced under one of ``scopes`` (TensorFlow numbers a
     repeated scope ``name_1``, ``name_2``; a fused op's name joins its ops' with ``;``).
@@ -119,7 +125,7 @@ def in_scopes(tensor_name: str, scopes: tuple[str, ...]) -> bool:
         >>> in_scopes("gpt/float_islands/MatMul", ("float_island",))
         False
     """
-    return any(re.search(rf"(^|/){re.escape(scope)}(_\d+)?/", tensor_name) for scope in scopes)
+    return any(re.search(scope_pattern(scope), tensor_name) for scope in scopes)
 
 
 def _int8(converter, representative, int8_io: bool) -> None:
@@ -179,6 +185,14 @@ MODES: dict[str, ExportMode] = {
             "int16 activations, int8 weights (LiteRT quantizer, calibrated)",
             _float32, 0.4, 0.85, 1.10, needs_representative=True,
             litert_recipe="static_wi8_ai16", static_activations=True,
+        ),
+        ExportMode(
+            "int16x8_islands",
+            f"int16x8 but for the operators traced under a {FLOAT_ISLAND!r} name scope, left "
+            "float (e.g. prefixed_llama's attention and norms)",
+            _float32, 0.4, 0.85, 1.10, needs_representative=True,
+            litert_recipe="static_wi8_ai16", float_scopes=(FLOAT_ISLAND,),
+            static_activations=True,
         ),
         ExportMode(
             "int4",

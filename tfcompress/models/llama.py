@@ -133,29 +133,42 @@ class RotaryAttention(keras.layers.Layer):
         rotated = ops.concatenate([-x[..., half:], x[..., :half]], axis=-1)
         return x * cos + rotated * sin
 
-    def call(self, inputs):
-        q, k, v = inputs
-        batch, length = ops.shape(q)[0], ops.shape(q)[1]
-        q = ops.reshape(q, (batch, length, self.n_heads, self.head_dim))
-        k = ops.reshape(k, (batch, length, self.n_kv_heads, self.head_dim))
-        v = ops.reshape(v, (batch, length, self.n_kv_heads, self.head_dim))
+    def rotate(self, x, start: int = 0):
+        """RoPE of ``x (batch, seq, heads, head_dim)`` at positions ``start, start + 1, ...``."""
         inv_freq = self.rope_base ** (
             -ops.arange(0, self.head_dim, 2, dtype="float32") / self.head_dim
         )
-        angles = ops.expand_dims(ops.arange(length, dtype="float32"), 1) * inv_freq[None, :]
+        positions = ops.arange(ops.shape(x)[1], dtype="float32") + float(start)
+        angles = ops.expand_dims(positions, 1) * inv_freq[None, :]
         angles = ops.concatenate([angles, angles], axis=-1)[None, :, None, :]
-        cos, sin = ops.cast(ops.cos(angles), q.dtype), ops.cast(ops.sin(angles), q.dtype)
-        q, k = self._rope(q, cos, sin), self._rope(k, cos, sin)
+        return self._rope(x, ops.cast(ops.cos(angles), x.dtype), ops.cast(ops.sin(angles), x.dtype))
+
+    def heads(self, inputs) -> tuple:
+        """Projected ``[q, k, v]`` split into heads: ``(batch, seq, heads, head_dim)`` each."""
+        return tuple(ops.reshape(t, (ops.shape(t)[0], ops.shape(t)[1], heads, self.head_dim))
+                     for t, heads in zip(inputs, (self.n_heads, self.n_kv_heads,
+                                                  self.n_kv_heads), strict=True))
+
+    def attend(self, q, k, v, prefix: int = 0):
+        """Causal attention of rotated ``q (b, t, heads, hd)`` over rotated ``k`` and ``v``
+        ``(b, prefix + t, kv_heads, hd)``, whose first ``prefix`` positions every query sees."""
+        batch, length = ops.shape(q)[0], ops.shape(q)[1]
         group = self.n_heads // self.n_kv_heads
         if group > 1:
             k, v = ops.repeat(k, group, axis=2), ops.repeat(v, group, axis=2)
         q, k, v = (ops.transpose(t, (0, 2, 1, 3)) for t in (q, k, v))
         scores = ops.matmul(q, ops.transpose(k, (0, 1, 3, 2))) / np.sqrt(self.head_dim)
         causal = ops.tril(ops.ones((length, length), dtype="bool"))
+        if prefix:
+            causal = ops.concatenate([ops.ones((length, prefix), dtype="bool"), causal], axis=1)
         weights = ops.cast(bounded_masked_softmax(ops.cast(scores, "float32"), causal[None, None]),
                            v.dtype)
         out = ops.transpose(ops.matmul(weights, v), (0, 2, 1, 3))
         return ops.reshape(out, (batch, length, self.n_heads * self.head_dim))
+
+    def call(self, inputs):
+        q, k, v = self.heads(inputs)
+        return self.attend(self.rotate(q), self.rotate(k), v)
 
     def compute_output_shape(self, input_shapes):
         return (*input_shapes[0][:-1], self.n_heads * self.head_dim)
