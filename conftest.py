@@ -43,6 +43,7 @@ NOT_RUNNABLE: dict[str, str] = {
     "export.litertlm": "reads a bundle or .tflite file exported beforehand",
     "export.llm": "its cache of 1,024 positions needs a model with that many",
     "export.llm.verification_ids": "a sketch: runner is the caller's own object",
+    "export.llm.reference_logits": "a sketch: gptq_model is the caller's own object",
     "export.llm_budget": "a sketch: dec is the caller's own object",
     "export.llm_budget.weight_error": "its expected value is wrong (gives 2.0); "
                                       "export/llm_budget.py is being edited on another branch",
@@ -122,6 +123,7 @@ NOT_RUNNABLE: dict[str, str] = {
     "quantize.tfmot_path": "a sketch: tf_keras_model is the caller's own object",
     "recipes": "runs the user's recipe and files named in it",
     "recipes.bundles": "a sketch: run is the caller's own object",
+    "recipes.bundles.quantized_from": "a sketch: run is the caller's own object",
     "recipes.inputs": "a sketch: recipe is the caller's own object",
     "recipes.runner": "runs the user's recipe and files named in it",
     "recipes.runner.run_recipe": "runs the user's recipe and files named in it",
