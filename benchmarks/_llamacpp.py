@@ -132,16 +132,18 @@ def medians(runs: list[dict]) -> dict:
             "runs": [{k: r[k] for k in TIMED} for r in runs]}
 
 
-def peer_ratios(res: dict, float_ppl: float) -> dict:
+def peer_ratios(res: dict, float_ppl: float, rows: dict[str, str] | None = None) -> dict:
     """Ours against the llama.cpp file of matching precision (`PEERS`), for each pair that
     both runtimes measured: file size, each one's perplexity over ``float_ppl`` (the float
     Keras model on the same tokens), and decode / prefill tokens/s per thread count.
 
     ``res`` holds ``file_mb``, ``ppl`` and ``timing`` (``{runtime: {threads: medians}}``),
-    each keyed by our mode or ``"llama.cpp <type>"``.
+    each keyed by our mode or ``"llama.cpp <type>"``; ``rows`` names our row standing for a
+    `PEERS` mode (default: the mode's own row).
     """
     out: dict = {"decode_vs_llamacpp": {}, "prefill_vs_llamacpp": {}}
-    for mode, (kind, prefix) in PEERS.items():
+    for peer_mode, (kind, prefix) in PEERS.items():
+        mode = (rows or {}).get(peer_mode, peer_mode)
         peer = f"llama.cpp {kind}"
         key = kind.lower()
         if mode in res["file_mb"] and peer in res["file_mb"]:

@@ -89,9 +89,14 @@ def generate_table(data: dict) -> str:
     made = data.get("llamacpp") or {}
     ratios = [f"llama-cpp-python {made['version']}: F16 made from {made['source']} (its type "
               f"{made['source_type']}), the others from that F16"] if made.get("source") else []
+    rows = data.get("peer_rows") or {}
+    if rows:
+        ratios.append("keys from our rows " + ", ".join(f"{v} ({k})" for k, v in rows.items()))
     ratios += [f"`{k}` {data[k]:.3f}" for k in (
         "int8_mb_vs_q8_0", "int8_ppl_ratio", "q8_0_ppl_ratio", "int4_mb_vs_q4_k_m",
         "int4_ppl_ratio", "q4_k_m_ppl_ratio") if data.get(k) is not None]
+    if data.get("rotation_max_rel_logit_diff") is not None:
+        ratios.append(f"`rotation_max_rel_logit_diff` {data['rotation_max_rel_logit_diff']:.1e}")
     for key in ("decode_vs_llamacpp", "prefill_vs_llamacpp"):
         for pair, by in (data.get(key) or {}).items():
             ratios.append(f"`{key}` {pair}: " + ", ".join(

@@ -1,6 +1,9 @@
 """SmolLM2-135M on the phone path: prefill/decode ``.tflite`` bundles (float16, dynamic_int8,
-int4 from GPTQ on LiteRT's int4 grid, or on affine groups of 128 with ``--int4-grid g128``)
-beside llama.cpp's files of the same GGUF, the old window-recompute path and LiteRT-LM's engine.
+int4 from GPTQ on LiteRT's int4 grid, or on affine groups of 128 with ``--int4-grid g128``;
+and of the rotated model, `ROTATED`: QuaRot with the online Hadamard before each down
+projection as `benchmarks.rotation`'s ``online`` source, then dynamic_int8, GPTQ act-order
+int4, and that int4 with int8 maps bought under ``budget_mb``) beside llama.cpp's files of the
+same GGUF, the old window-recompute path and LiteRT-LM's engine.
 
 llama.cpp (``llama-cpp-python``, in the ``bench`` extra; built from source) makes its files in
 the run with its own quantizer (F16 from the shipped GGUF, then Q8_0, Q4_K_M and Q4_0 from that
@@ -13,12 +16,14 @@ Every bundle and llama.cpp file (but F16) is timed in a fresh process on 1 and 2
 interleaved, `REPEATS` times (medians): time to first token for a 128-token prompt, prefill
 tokens/s (128 / TTFT), decode tokens/s over 128 greedy tokens, and the peak RSS the runtime
 adds on top of the process's imports. Ours is matched with llama.cpp's file of the same
-precision (int8 with Q8_0, int4 with Q4_K_M) in the ``*_vs_*`` ratios, and ``<name>_size.png``
-plots perplexity ratio against file size. The machine may be shared: each timing records the
+precision (int8 with Q8_0, int4 with Q4_K_M) in the ``*_vs_*`` ratios, through the row of
+that precision `best_rows` picks (``peer_rows`` says which), and ``<name>_size.png`` plots
+perplexity ratio against file size. The machine may be shared: each timing records the
 load average it ran under, and the results the load over the whole run.
 
     python -m benchmarks.generate                  # writes results/generate.json
     python -m benchmarks.generate --modes dynamic_int8 --skip-window --repeats 1
+    python -m benchmarks.generate --modes rotated_int4_budget --budget-mb 100
     python -m benchmarks.generate --quick          # a tiny random Llama, float16, no llama.cpp
 """
 
@@ -46,6 +51,7 @@ from benchmarks._common import (
 )
 from benchmarks._llamacpp import (
     FROM_F16,
+    PEERS,
     LlamaCppRunner,
     make_files,
     medians,
@@ -65,14 +71,25 @@ THREADS = 2  # perplexity through the bundles, the window path and LiteRT-LM's e
 THREAD_COUNTS, REPEATS = ("1", "2"), 3  # every runtime is timed on each, interleaved
 GREEDY = 64
 # how every note this script writes starts (the last two are rewritten at each write)
-NOTES = ("int4:", "greedy ", "LiteRT-LM:", "not measured:")
+NOTES = ("int4:", "rotated", "greedy ", "LiteRT-LM:", "not measured:")
 QUICK_GREEDY = 8  # --quick: the Keras model generates eagerly, one full forward per token
-MODES = ("dynamic_int8", "float16", "int4")
+# the rotated model's bundles (rotated_int4_budget: within --budget-mb, by default the size of
+# llama.cpp's Q4_K_M made in the run, int8 maps rounded from the rotated float weights)
+ROTATED = ("rotated_dynamic_int8", "rotated_int4", "rotated_int4_budget")
+MODES = ("dynamic_int8", "float16", "int4", *ROTATED)
+# our rows of each precision that `best_rows` chooses from, keyed as `_llamacpp.PEERS`
+PRECISION = {"dynamic_int8": ("dynamic_int8", "rotated_dynamic_int8"),
+             "int4": ("int4", "rotated_int4", "rotated_int4_budget")}
 # the Keras model each export is judged against (`keras_ppl` keys): the one whose weights it
 # carries. dynamic_int8 of a float model stores int8 per-channel weights, so its Keras model is
 # the float model with those weights (symmetric RTN int8 per channel on every Dense), leaving
-# what the runtime adds (activations quantized on the fly, the int8 embedding table)
-REFERENCE = {"float16": "float", "dynamic_int8": "rtn_int8_channel", "int4": "gptq_litert_int4"}
+# what the runtime adds (activations quantized on the fly, the int8 embedding table); the
+# budget bundle's is GPTQ's codes where int4 stayed and the float weights where int8 was
+# bought (`export_llm.reference_logits`)
+REFERENCE = {"float16": "float", "dynamic_int8": "rtn_int8_channel", "int4": "gptq_litert_int4",
+             "rotated_dynamic_int8": "rotated_rtn_int8_channel",
+             "rotated_int4": "rotated_gptq_act_litert_int4",
+             "rotated_int4_budget": "rotated_budget_carried"}
 # --int4-grid: GPTQ's grid for the int4 bundle. "litert" is LiteRT's own blockwise int4
 # (`QuantizeConfig.litert_int4`: export_llm keeps its codes exactly); "g128" is affine groups
 # of 128 (export_llm re-rounds it onto LiteRT's grid)
@@ -163,17 +180,27 @@ def keras_generation_s(model, prompt: np.ndarray, tokens: int = 30) -> float:
     return time.perf_counter() - start
 
 
-def gptq_model(float_model, tokenizer, calib: int, grid: str = "litert"):
-    from benchmarks.llm import BLOCK_DENSE
+def calibration_windows(tokenizer, calib: int) -> np.ndarray:
+    """``calib`` windows of 256 token ids drawn (seed 0) from austen/train.txt: GPTQ's and the
+    budget's calibration."""
     from tfcompress.data import bundled_corpus
-    from tfcompress.quantize import QuantizeConfig, quantize
 
     ids = tokenizer.encode(bundled_corpus("austen")["train"][:400_000])
     starts = np.random.default_rng(0).integers(0, ids.size - 256, calib)
-    windows = np.stack([ids[s:s + 256] for s in starts])
+    return np.stack([ids[s:s + 256] for s in starts])
+
+
+def gptq_model(float_model, tokenizer, calib: int, grid: str = "litert",
+               act_order: bool = False):
+    """GPTQ (one calibration pass over the float model, ``sequential=False``) of the blocks'
+    matmuls onto ``grid``; ``act_order``: columns by decreasing Hessian diagonal."""
+    from benchmarks.llm import BLOCK_DENSE
+    from tfcompress.quantize import QuantizeConfig, quantize
+
+    windows = calibration_windows(tokenizer, calib)
     if grid == "litert":
         config = QuantizeConfig.litert_int4("gptq", types=("Dense",), include=BLOCK_DENSE,
-                                            sequential=False)
+                                            sequential=False, act_order=act_order)
     else:
         config = QuantizeConfig(method="gptq", bits=4, types=("Dense",), include=BLOCK_DENSE,
                                 granularity="group", group_size=128, ragged=True,
@@ -276,6 +303,85 @@ def llamacpp_files(gguf: Path, folder: Path, ids: np.ndarray, window: int, res: 
     return {f"llama.cpp {k}": files[k] for k in FROM_F16}
 
 
+# the export_llm mode of each row
+EXPORT_MODE = {m: "int4" if "int4" in m else "dynamic_int8" if "int8" in m else m for m in MODES}
+
+
+def reference_name(mode: str, args) -> str:
+    """The `keras_ppl` key of the Keras model the ``mode`` bundle is judged against."""
+    return INT4_GRIDS[args.int4_grid] if mode == "int4" else REFERENCE[mode]
+
+
+def bundle_source(mode: str, models: dict, args, tokenizer, ids: np.ndarray, window: int,
+                  res: dict) -> tuple:
+    """``(the Keras model the mode's bundle is exported from, export_llm's extra arguments)``;
+    makes (once, into ``models``) the rotated model, the GPTQ copies and the reference
+    perplexities (into ``res``) on the way."""
+    if mode.startswith("rotated") and "rotated" not in models:
+        from benchmarks.rotation import max_rel_logit_diff, rotated_model
+        from tfcompress.evaluate import keras_forward
+
+        start = time.perf_counter()
+        models["rotated"] = rotated_model(models["float"], online=True)
+        res["seconds"]["rotate"] = time.perf_counter() - start
+        first = np.asarray(ids[:window], np.int32)[None]
+        res["rotation_max_rel_logit_diff"] = max_rel_logit_diff(
+            keras_forward(models["float"])(first), keras_forward(models["rotated"])(first))
+        print(f"== rotated (online Hadamard): max rel logit diff "
+              f"{res['rotation_max_rel_logit_diff']:.1e}", flush=True)
+    rotated = mode.startswith("rotated")
+    base = models["rotated" if rotated else "float"]
+    ref = reference_name(mode, args)
+    if EXPORT_MODE[mode] == "dynamic_int8" and ref not in res["keras_ppl"]:
+        res["keras_ppl"][ref] = keras_perplexity(rtn_int8_model(base), ids, window)
+    if EXPORT_MODE[mode] != "int4":
+        return base, {}
+    key = "rotated_gptq" if rotated else "gptq"
+    if key not in models:
+        start = time.perf_counter()
+        models[key] = (gptq_model(base, tokenizer, args.calib, act_order=True) if rotated
+                       else gptq_model(base, tokenizer, args.calib, args.int4_grid))
+        res["seconds"][key] = time.perf_counter() - start
+        res["keras_ppl"][reference_name("rotated_int4" if rotated else "int4", args)] = \
+            keras_perplexity(models[key], ids, window)
+    if mode != "rotated_int4_budget":
+        return models[key], {}
+    res["budget_mb"] = args.budget_mb or res["file_mb"]["llama.cpp Q4_K_M"]
+    return models[key], {"budget_mb": res["budget_mb"], "float_model": base,
+                         "calibration": calibration_windows(tokenizer, args.calib)}
+
+
+def carried_perplexity(model, result, float_model, ids: np.ndarray, window: int) -> float:
+    """Perplexity of the model a budget bundle carries (`export_llm.reference_logits`):
+    ``model``'s GPTQ codes where int4 stayed, ``float_model``'s weights where int8 was
+    bought."""
+    from tfcompress.export.llm import reference_logits
+    from tfcompress.export.llm_graph import decoder_of
+    from tfcompress.models import causal_lm_perplexity
+
+    floats = decoder_of(float_model).weights
+    forward = reference_logits(model, {name: floats[f"{name}.w"][0]
+                                       for name in result.int4["budget"]["int8_from_float"]})
+    return causal_lm_perplexity(lambda x: forward(x[0])[None], ids, window)["perplexity"]
+
+
+def _int4_note(res: dict, mode: str, result, args) -> None:
+    """The int4 bundle's per-layer report (``<mode>_layers``) and its note."""
+    res["int4_layers" if mode == "int4" else f"{mode}_layers"] = result.int4
+    grid = args.int4_grid if mode == "int4" else "litert (act-order)"
+    model = "rotated (online Hadamard) model" if mode in ROTATED else "model"
+    budget = result.int4.get("budget")
+    bought = (f"; within budget_mb={budget['budget_mb']:.3f}: {len(budget['int8'])} maps int8, "
+              "rounded from the rotated float weights" if budget else "")
+    res["notes"] = [n for n in res["notes"] if not n.startswith(f"{mode}:")]
+    res["notes"].append(
+        f"{mode}: GPTQ of the {model} on the {grid} grid; {len(result.int4['copied'])} "
+        f"quantized matmuls keep their codes exactly, {len(result.int4['rerounded'])} "
+        f"re-rounded onto LiteRT's blockwise int4{bought}; embedding "
+        f"{result.int4['embedding']}; the head int8 per channel; activations quantized on the "
+        "fly by the runtime")
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = bench_parser("generate", __doc__)
     parser.add_argument("--modes", nargs="+", choices=MODES,
@@ -286,6 +392,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-window", action="store_true")
     parser.add_argument("--int4-grid", choices=sorted(INT4_GRIDS), default="litert",
                         help="GPTQ's grid for the int4 bundle (default: LiteRT's own)")
+    parser.add_argument("--budget-mb", type=float, help="rotated_int4_budget's file size "
+                        "(default: llama.cpp's Q4_K_M made in the run)")
     parser.add_argument("--repeats", type=int, default=REPEATS,
                         help=f"interleaved timing rounds, medians reported (default {REPEATS})")
     parser.add_argument("--merge", help="results file (benchmarks/results/) of an earlier run on "
@@ -297,6 +405,9 @@ def main(argv: list[str] | None = None) -> None:
     args.skip_window = args.skip_window or args.quick
     if args.repeats < 1:
         raise TfcompressError(f"--repeats must be 1 or more timing rounds, got {args.repeats}")
+    if "rotated_int4_budget" in args.modes and args.quick and not args.budget_mb:
+        raise TfcompressError("--modes rotated_int4_budget under --quick needs --budget-mb (no "
+                              "llama.cpp Q4_K_M is made to take its size from)")
     if args.measure:
         print(json.dumps(measure(*args.measure)))
         return
@@ -337,40 +448,30 @@ def main(argv: list[str] | None = None) -> None:
     res["keras_greedy"] = keras_greedy[:greedy]
     if "float" not in res["keras_ppl"]:
         res["keras_ppl"]["float"] = keras_perplexity(model, eval_ids, window)
-    quantized = None
     targets = {}
+    if not args.quick:  # first: the budget row's default size is their Q4_K_M's
+        targets |= llamacpp_files(gguf, scratch_dir("generate-llamacpp-"), eval_ids, window,
+                                  res)
+    models = {"float": model}
     for mode in args.modes:
-        source = model
-        if mode == "int4":
-            start = time.perf_counter()
-            quantized = gptq_model(model, tokenizer, args.calib, args.int4_grid)
-            res["seconds"]["gptq"] = time.perf_counter() - start
-            reference = INT4_GRIDS[args.int4_grid]
-            res["keras_ppl"][reference] = keras_perplexity(quantized, eval_ids, window)
-            source = quantized
-        if mode == "dynamic_int8" and REFERENCE[mode] not in res["keras_ppl"]:
-            res["keras_ppl"][REFERENCE[mode]] = keras_perplexity(rtn_int8_model(model), eval_ids,
-                                                                 window)
+        source, kwargs = bundle_source(mode, models, args, tokenizer, eval_ids, window, res)
         start = time.perf_counter()
         bundle = targets[mode] = out / mode
         # export_llm's own check (on text) as users get it; perplexity is measured below too
         result = export_llm(source, bundle, prefill_lengths=PREFILL, cache_length=CACHE,
-                            mode=mode, tokenizer=gguf)
+                            mode=EXPORT_MODE[mode], tokenizer=gguf, **kwargs)
         res["seconds"][f"export_{mode}"] = time.perf_counter() - start
         if result.int4 is not None:
-            res["int4_layers"] = result.int4
-            res["notes"] = [n for n in res["notes"] if not n.startswith("int4:")]
-            res["notes"].append(
-                f"int4: GPTQ on {args.int4_grid} grid; {len(result.int4['copied'])} quantized "
-                f"matmuls keep their codes exactly, {len(result.int4['rerounded'])} re-rounded "
-                f"onto LiteRT's blockwise int4; embedding {result.int4['embedding']}; the head "
-                "int8 per channel; activations quantized on the fly by the runtime")
+            _int4_note(res, mode, result, args)
+        if mode == "rotated_int4_budget":
+            res["keras_ppl"][REFERENCE[mode]] = carried_perplexity(
+                source, result, models["rotated"], eval_ids, window)
         gc.collect()
         res["file_mb"][mode] = result.bytes / 1e6
         start = time.perf_counter()
         res["ppl"][mode] = exported_perplexity(bundle, eval_ids, window)
         res["seconds"][f"ppl_{mode}"] = time.perf_counter() - start
-        ref = res["keras_ppl"][reference if mode == "int4" else REFERENCE[mode]]
+        ref = res["keras_ppl"][reference_name(mode, args)]
         res["ppl_ratio_vs_keras"][mode] = res["ppl"][mode] / ref
         print(f"== {mode}: {res['file_mb'][mode]:.1f} MB, ppl {res['ppl'][mode]:.3f} (Keras "
               f"{ref:.3f})", flush=True)
@@ -380,10 +481,8 @@ def main(argv: list[str] | None = None) -> None:
             if not args.skip_window:
                 res["window"] = window_path(model, out)
         _write(res, args)
+    quantized = models.get("gptq")
 
-    if not args.quick:
-        targets |= llamacpp_files(gguf, scratch_dir("generate-llamacpp-"), eval_ids, window,
-                                  res)
     start = time.perf_counter()
     for name, by_threads in interleaved_timings(targets, prompt_file, greedy,
                                                 args.repeats).items():
@@ -420,6 +519,26 @@ def main(argv: list[str] | None = None) -> None:
             "gptq_cache_decoded": keras_generation_s(cache_decoded(quantized), prompt)}
     res["seconds"]["total"] = time.perf_counter() - started
     _write(res, args)
+
+
+def best_rows(res: dict) -> dict[str, str]:
+    """For each precision of `PRECISION`, our measured row the done-when keys use: the lowest
+    perplexity among those no larger than llama.cpp's file of that precision (among all
+    measured rows where none is, or where llama.cpp made no such file).
+
+    >>> best_rows({"file_mb": {"int4": 90.0, "rotated_int4": 91.0, "rotated_int4_budget": 106.0,
+    ...                        "llama.cpp Q4_K_M": 105.5},
+    ...            "ppl": {"int4": 60.0, "rotated_int4": 52.0, "rotated_int4_budget": 47.0}})
+    {'int4': 'rotated_int4'}
+    """
+    rows = {}
+    for key, names in PRECISION.items():
+        measured = [n for n in names if n in res["ppl"] and n in res["file_mb"]]
+        peer = res["file_mb"].get(f"llama.cpp {PEERS[key][0]}")
+        fits = [n for n in measured if peer is None or res["file_mb"][n] <= peer]
+        if measured:
+            rows[key] = min(fits or measured, key=res["ppl"].get)
+    return rows
 
 
 def quality_size_points(res: dict) -> dict[str, list[tuple[str, float, float]]]:
@@ -467,7 +586,8 @@ def plot_quality_size(res: dict, path: Path) -> None:
 def _write(res: dict, args) -> None:
     res["ppl_ratio_vs_float"] = {name: ppl / res["keras_ppl"]["float"]
                                  for name, ppl in res["ppl"].items()}
-    res.update(peer_ratios(res, res["keras_ppl"]["float"]))
+    res["peer_rows"] = best_rows(res)
+    res.update(peer_ratios(res, res["keras_ppl"]["float"], res["peer_rows"]))
     window = res.get("window", {}).get("decode_tps")
     ours = res["timing"].get("dynamic_int8", {}).get(str(THREADS), {}).get("decode_tps")
     res["int8_decode_vs_window"] = None if None in (ours, window) else ours / window
@@ -480,7 +600,7 @@ def _write(res: dict, args) -> None:
     res.setdefault("greedy_match_keras", None)
     loads = [x for by in res["timing"].values() for m in by.values() for x in m["load_avg"]]
     res["timing_load_avg"] = [min(loads), max(loads)] if loads else None
-    notes = [n for n in res["notes"] if not n.startswith(NOTES[2:])]
+    notes = [n for n in res["notes"] if not n.startswith(NOTES[-2:])]
     if "error" in res.get("litertlm", {}):
         notes.append(f"LiteRT-LM: {res['litertlm']['error']}")
     missing = [m for m in MODES if m not in size]

@@ -64,6 +64,15 @@ def residual_outliers(model, ids: np.ndarray) -> dict:
             "peak_to_rms_max_block": max(ratios)}
 
 
+def rotated_model(model, online: bool = False):
+    """``model`` rotated as every rotated row here (and `benchmarks.generate`'s) is: QuaRot's
+    randomised Hadamard of seed 0 on the residual stream, norm scales folded first;
+    ``online``: also a Hadamard before each MLP down projection."""
+    from tfcompress.quantize import rotate
+
+    return rotate(model, seed=0, online=online)
+
+
 class Rotation:
     """The float and rotated models, the rows measured so far, and writing them."""
 
@@ -86,10 +95,8 @@ class Rotation:
     def rotated(self, online: bool = False):
         name = "online" if online else "rotated"
         if name not in self.models:
-            from tfcompress.quantize import rotate
-
             start = time.perf_counter()
-            self.models[name] = rotate(self.b.float_model, seed=0, online=online)
+            self.models[name] = rotated_model(self.b.float_model, online)
             self.data["seconds"][f"rotate_{name}"] = round(time.perf_counter() - start, 1)
         return self.models[name]
 

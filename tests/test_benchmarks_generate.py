@@ -59,6 +59,30 @@ def test_peer_ratios_pair_int8_with_q8_0_and_int4_with_q4_k_m():
         "int4_ppl_ratio": 1.25, "decode_vs_llamacpp": {}, "prefill_vs_llamacpp": {}}
 
 
+def test_keys_use_our_best_row_of_each_precision_within_the_peers_size():
+    """The lowest perplexity among the rows no larger than llama.cpp's file of that precision
+    (the over-budget row is passed over), all rows where none fits; the keys follow it."""
+    res = {"file_mb": {"int4": 90.0, "rotated_int4": 91.0, "rotated_int4_budget": 106.0,
+                       "dynamic_int8": 143.0, "rotated_dynamic_int8": 143.5,
+                       "llama.cpp Q4_K_M": 105.5, "llama.cpp Q8_0": 140.0},
+           "ppl": {"int4": 60.0, "rotated_int4": 52.0, "rotated_int4_budget": 47.0,
+                   "dynamic_int8": 46.0, "rotated_dynamic_int8": 45.5, "llama.cpp Q8_0": 45.0,
+                   "llama.cpp Q4_K_M": 47.5},
+           "timing": {"rotated_int4": {"1": {"decode_tps": 60.0, "prefill_tps": 600.0}},
+                      "int4": {"1": {"decode_tps": 99.0, "prefill_tps": 999.0}},
+                      "llama.cpp Q4_K_M": {"1": {"decode_tps": 50.0, "prefill_tps": 300.0}}}}
+    rows = generate.best_rows(res)
+    assert rows == {"int4": "rotated_int4", "dynamic_int8": "rotated_dynamic_int8"}
+    r = _llamacpp.peer_ratios(res, 40.0, rows)
+    assert r["int4_mb_vs_q4_k_m"] == pytest.approx(91.0 / 105.5)
+    assert r["int4_ppl_ratio"] == pytest.approx(1.3) and r["int8_ppl_ratio"] == pytest.approx(
+        45.5 / 40)
+    assert r["decode_vs_llamacpp"] == {"int4_vs_q4_k_m": {"1": 1.2}}
+    res["file_mb"]["rotated_int4_budget"] = 105.0  # within Q4_K_M's bytes now: the best
+    assert generate.best_rows(res)["int4"] == "rotated_int4_budget"
+    assert generate.best_rows({"file_mb": {"int4": 90.0}, "ppl": {}}) == {}  # not scored
+
+
 def test_plot_points_and_table_of_both_runtimes(tmp_path):
     res = {"file_mb": {"int4": 90.0, "dynamic_int8": 170.0, "llama.cpp Q4_0": 92.0,
                        "llama.cpp F16": 270.0},
@@ -94,6 +118,9 @@ def test_without_llama_cpp_a_full_run_stops_before_any_work(tmp_path, monkeypatc
     assert not (tmp_path / "out").exists()
     with pytest.raises(TfcompressError, match="--repeats must be 1 or more timing rounds, got 0"):
         generate.main(["--repeats", "0", "--out", str(tmp_path / "out")])
+    with pytest.raises(TfcompressError, match="rotated_int4_budget under --quick needs "
+                                              "--budget-mb"):
+        generate.main(["--quick", "--modes", "rotated_int4_budget"])
 
 
 def test_source_type_of_a_gguf(tmp_path):

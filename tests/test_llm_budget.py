@@ -140,17 +140,19 @@ def test_budget_rounds_int8_maps_from_the_float_model_and_keeps_gptq_codes(tied,
                                                                              tmp_path):
     """A GPTQ model's maps bought int8 are rounded from ``float_model``'s weights (not from
     GPTQ's int4 values), their errors measured against those; the int4 maps keep GPTQ's codes."""
-    from tfcompress.export.llm import export_llm, keras_logits
+    from tfcompress.export.llm import export_llm, keras_logits, reference_logits
     from tfcompress.export.llm_graph import decoder_of
     from tfcompress.export.llm_int4 import int4_weights
     from tfcompress.export.llm_runner import LLMRunner
+    from tfcompress.export.verification import agreement_stats
 
     kwargs = dict(prefill_lengths=(8,), cache_length=32, mode="int4", verify_output=False,
                   verbose=False)
     plain = export_llm(gptq, tmp_path / "plain", **kwargs)
     budget = (plain.bytes + 6000) / 1e6
+    # verified (default tolerances) against the weights the file carries: `reference_logits`
     mixed = export_llm(gptq, tmp_path / "mixed", budget_mb=budget, calibration=CALIB,
-                       float_model=tied, **kwargs)
+                       float_model=tied, **{**kwargs, "verify_output": True})
     report = mixed.int4["budget"]
     int8 = report["int8"]
     assert plain.bytes < mixed.bytes <= budget * 1e6 and 0 < len(int8) < 14
@@ -180,6 +182,28 @@ def test_budget_rounds_int8_maps_from_the_float_model_and_keeps_gptq_codes(tied,
     errors = [np.abs(LLMRunner(tmp_path / name).logits(ids) - want).mean()
               for name in ("plain", "mixed")]
     assert errors[1] < errors[0]
+    got = LLMRunner(tmp_path / "mixed").logits(ids)
+    carried = reference_logits(gptq, {n: ref.weights[f"{n}.w"][0] for n in int8})(ids)
+    error = {name: agreement_stats(logits, got)["relative_error"]
+             for name, logits in (("gptq", keras_logits(gptq)(ids[None])[0]),
+                                  ("carried", carried))}
+    assert error["carried"] < error["gptq"] / 2  # what the old check (vs GPTQ) charged
+
+
+def test_a_budget_bundle_is_verified_against_the_weights_it_carries(tied, gptq):
+    """int8 maps bought from ``float_model`` are judged against those float weights, the int4
+    maps against GPTQ's codes: with every map swapped the reference is the float model, with
+    none it is the Keras GPTQ model (the bundle checked against it: the test above)."""
+    from tfcompress.export.llm import keras_logits, reference_logits
+    from tfcompress.export.llm_graph import decoder_of
+
+    ids = np.asarray([1, 5, 9, 3, 7, 2, 8, 11, 4, 6, 10, 40, 77, 12])
+    floats = {n: decoder_of(tied).weights[f"{n}.w"][0] for n in decoder_of(gptq).quantized}
+    np.testing.assert_allclose(reference_logits(gptq, floats)(ids),
+                               keras_logits(tied)(ids[None])[0], rtol=1e-4, atol=1e-4)
+    own = {"0.q": decoder_of(gptq).weights["0.q.w"][0]}  # swapping in its own codes: GPTQ's
+    np.testing.assert_allclose(reference_logits(gptq, own)(ids),
+                               keras_logits(gptq)(ids[None])[0], rtol=1e-4, atol=1e-4)
 
 
 def test_float_model_must_be_the_float_form_of_the_quantized_model(tied, gptq, tmp_path):

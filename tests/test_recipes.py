@@ -322,6 +322,32 @@ def test_llm_export_stage_writes_verified_bundles_with_litertlm(bundle, tmp_path
     assert "verified on the given 16 token ids" in run.notes[-1]
 
 
+def test_a_budget_after_gptq_rounds_its_int8_maps_from_the_model_before_quantize(bundle,
+                                                                               tmp_path):
+    """quantize (GPTQ on LiteRT's int4 grid) then an int4 bundle with budget_mb: the maps
+    bought int8 are rounded from the float model the quantize stage started from."""
+    import json
+
+    from tfcompress.models import LlamaConfig, build_llama
+
+    keras.utils.set_random_seed(0)
+    model = build_llama(LlamaConfig(vocab_size=256, d_model=32, n_layers=1, n_heads=4,
+                                    n_kv_heads=2, d_ff=64, tie_embeddings=True), name="lm")
+    recipe = recipe_for(bundle, [
+        {"quantize": {"name": "lm-int4", "method": "gptq", "scheme": "litert", "bits": 4,
+                      "granularity": "group", "group_size": 32, "types": ["Dense"],
+                      "sequential": False}},
+        {"export": {"llm": {"modes": ["int4"], "prefill_lengths": [4], "cache_length": SEQ,
+                            "budget_mb": 1.0, "litertlm": False}}}],
+        output=str(tmp_path / "run"))
+    recipe["model"] = {"object": model, "name": "lm"}
+    recipe["data"]["tokenizer"] = "byte"
+    run_recipe(recipe, verbose=0)
+    config = json.loads((tmp_path / "run" / "exports" / "lm-int4.int4" / "llm.json").read_text())
+    budget = config["int4"]["budget"]
+    assert budget["int8"] and budget["int8_from_float"] == budget["int8"]
+
+
 def test_half_depth_students_copy_the_kept_blocks(tiny_gpt2):
     from tfcompress.models import build_gpt
     from tfcompress.recipes.sources import ids_to_logits

@@ -319,7 +319,8 @@ def export_llm(
     ``budget_mb`` (int4 only): the file's MB; the maps whose int4 rounding adds most output
     error per byte on ``calibration`` (ids ``(windows, n)``; default: Austen train text) stay
     int8 until it is spent (`tfcompress.export.llm_budget`), rounded from ``float_model``'s
-    weights if given (the float model a quantized ``model`` came from; int4 keeps its codes).
+    weights if given (the float model a quantized ``model`` came from; int4 keeps its codes;
+    the bundle is then verified against the weights it carries, `reference_logits`).
 
     Example:
         >>> export_llm(model, "bundle/", prefill_lengths=(8,), cache_length=64,
@@ -349,7 +350,10 @@ def export_llm(
     result = LLMExportResult(str(path), str(tflite), mode, len(flatbuffer), signatures,
                              info["ops"], info["tensor_dtypes"], info["not_delegated"], int4=int4)
     if verify_output:
-        _verify_or_remove(model, path, dec, MODES[mode], result, verify_text)
+        bought = (budget.report["int8_from_float"] if budget else ())
+        swapped = {name: budget.floats[name] for name in bought}
+        _verify_or_remove(reference_logits(model, swapped), path, dec, MODES[mode], result,
+                          verify_text)
     result.seconds = time.perf_counter() - start
     if verbose:
         _print_result(result, tflite, verify_output)
@@ -367,12 +371,12 @@ def _write_bundle(path: Path, flatbuffer: bytes, tokenizer_json, config: dict) -
     return tflite
 
 
-def _verify_or_remove(model, path: Path, dec: Decoder, spec, result: LLMExportResult,
+def _verify_or_remove(reference, path: Path, dec: Decoder, spec, result: LLMExportResult,
                       verify_text) -> None:
     """`_verify`, removing the bundle's model file when it fails (as `export_tflite`: a failed
     file must not sit there looking shippable)."""
     try:
-        _verify(model, path, dec, spec, result, verify_text)
+        _verify(reference, path, dec, spec, result, verify_text)
     except VerificationError as err:
         raise discard(result.tflite, err) from None
 
@@ -486,6 +490,36 @@ def keras_logits(model):
     return lambda ids: fn(tf.convert_to_tensor(np.asarray(ids, np.int32))).numpy()
 
 
+def reference_logits(model, swapped: dict[str, np.ndarray] | None = None):
+    """``ids (n,) -> logits (n, vocab)`` of the model a bundle of ``model`` is verified
+    against: the Keras model's, or, with ``swapped`` (``{map: float (d_in, d_out) weights}``,
+    the maps a budget bought int8 from `export_llm`'s ``float_model``), the model whose
+    weights the file carries: ``model``'s decoder (`cached_forward`, the maths the bundle is
+    traced from) with those maps' float weights in place of their int4 codes. Judged against
+    the quantized Keras model, such a bundle would be charged for int4 error it removed.
+
+    Example:
+        >>> reference_logits(gptq_model, {"0.v": float_w})(np.array([5, 9, 2])).shape
+        (3, 96)
+    """
+    if not swapped:
+        keras = keras_logits(model)
+        return lambda ids: keras(np.asarray(ids)[None])[0]
+    import tensorflow as tf
+
+    dec = decoder_of(model)
+    dec.weights.update({f"{name}.w": [w] for name, w in swapped.items()})
+
+    def forward(ids):
+        n = len(ids)
+        caches = [tf.zeros((1, dec.n_kv_heads, n, dec.head_dim))] * dec.n_layers
+        logits, _, _ = cached_forward(dec, dec.weights, np.asarray(ids, np.int32)[None],
+                                      np.arange(n, dtype=np.int32), caches, caches)
+        return np.asarray(logits)[0]
+
+    return forward
+
+
 def _check_verify_text(text, tokenizer_json: str | None, vocab_size: int) -> None:
     """``verify_text``: a string needs the bundle's tokenizer; ids must be 2+ valid ids."""
     if text is None:
@@ -565,9 +599,9 @@ def _perplexity(logits: np.ndarray, ids: np.ndarray) -> float:
     return float(np.exp(nll / count))
 
 
-def _verify(model, path: Path, dec: Decoder, mode, result: LLMExportResult, text) -> None:
-    """The bundle's logits after each token of text vs the Keras model's: logit error,
-    next-token agreement and perplexity against the mode's tolerances; through the
+def _verify(reference, path: Path, dec: Decoder, mode, result: LLMExportResult, text) -> None:
+    """The bundle's logits after each token of text vs ``reference``'s (`reference_logits`):
+    logit error, next-token agreement and perplexity against the mode's tolerances; through the
     full-length signatures (what LiteRT-LM runs) and, in a bundle with buckets, through
     them too (what `LLMRunner` runs; its figures are the result's)."""
     from tfcompress.export.llm_runner import LLMRunner
@@ -580,7 +614,7 @@ def _verify(model, path: Path, dec: Decoder, mode, result: LLMExportResult, text
         runners.append(LLMRunner(path))
     ids, result.verified_on = verification_ids(runners[0], text, dec.vocab_size,
                                                min(VERIFY_TOKENS, runners[0].cache_length))
-    expected = keras_logits(model)(ids[None])[0]
+    expected = reference(ids)
     for runner, signatures in zip(runners, ("full-length", "bucketed"), strict=False):
         got = runner.logits(ids)
         stats = agreement_stats(expected, got)

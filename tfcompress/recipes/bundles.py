@@ -5,7 +5,8 @@ Keras model on the recipe's held-out text), `write_litertlm` packs it for LiteRT
 bundle is measured as a phone would run it (`LLMRunner`): perplexity on the held-out windows
 the other models are measured on, prefill and decode tokens/s, and a greedy sample.
 ``budget_mb`` gives the ``int4`` bundle int8 layers within that size, chosen on the run's
-calibration windows (`tfcompress.export.llm_budget`).
+calibration windows (`tfcompress.export.llm_budget`); a model made by a quantize stage has
+them rounded from the model that stage started from (`quantized_from`).
 
 Example:
     >>> STAGES["export"](run, {"stage": "export", "input": "smollm2",
@@ -34,6 +35,20 @@ def bundle_tokenizer(run):
     if "gguf" in model and run.data["tokenizer"] == "model":
         return model["gguf"]
     return run.tokenizer if hasattr(run.tokenizer, "to_json") else None
+
+
+def quantized_from(run, name: str):
+    """The model the quantize stage that made ``name`` started from (`export_llm`'s
+    ``float_model``: a budget's int8 maps are rounded from its float weights, not from the
+    int4 codes), or None when no quantize stage made ``name``.
+
+    Example:
+        >>> quantized_from(run, "smollm2-int4") is run.model("smollm2")
+        True
+    """
+    made = next((st for st in run.recipe["stages"]
+                 if st["stage"] == "quantize" and st.get("name") == name), None)
+    return None if made is None else run.model(made["input"])
 
 
 def bundle_report(run, folder: Path, name: str, params: int | None, prompt_ids) -> object:
@@ -84,7 +99,8 @@ def llm_bundles(run, st: dict):
     for mode in spec["modes"]:
         folder = run.out / "exports" / f"{name}.{mode}"
         # budget_mb: int8 for the int4 layers that need it most, measured on the calibration
-        budget = ({"budget_mb": spec["budget_mb"], "calibration": run.calibration()}
+        budget = ({"budget_mb": spec["budget_mb"], "calibration": run.calibration(),
+                   "float_model": quantized_from(run, name)}
                   if mode == "int4" and spec.get("budget_mb") is not None else {})
         exported = export_llm(model, folder, prefill_lengths=spec["prefill_lengths"],
                               cache_length=spec["cache_length"], mode=mode,
