@@ -15,9 +15,9 @@ Calibration and training text come from austen/train.txt (other novels).
         --peer .venv-peer/bin/python --name llm_peer     # ours and the peer, results/llm_peer.json
 
 ``--peer PYTHON`` runs `benchmarks._peer_llmcompressor` (llm-compressor's GPTQ W4A16 and
-SparseGPT 50 %) in that interpreter and ours beside it (`OURS_OF`: SparseGPT 50 %, GPTQ int4
-g64 act-order, the float model; the peer's g128 refuses SmolLM2's 576-column kernels),
-interleaved method by method, each in a fresh process (ours compresses the loaded model in
+SparseGPT 50 %) in that interpreter and ours beside it (`OURS_OF`: SparseGPT 50 %, GPTQ
+symmetric int4 g64 act-order, the float model; the peer's g128 refuses SmolLM2's 576-column
+kernels), interleaved method by method, each in a fresh process (ours compresses the loaded model in
 place, as a user's run would) on the same calibration and evaluation token ids (written to
 ``.npy``), with the load while each ran. The peer's rows are ``peer_*``, their ratios taken
 to the float model evaluated by the same peer code; ours over the peer's are
@@ -64,7 +64,7 @@ QUICK_EVAL_WINDOWS = 4  # scored one window per call, so --quick keeps them few
 TARGETS = {"magnitude_50": "clearly worse than wanda", "wanda_50": "<= 1.6x",
            "sparsegpt_50": "<= 1.45x, <= 450 s", "wanda_24": "-", "int8": "<= 1.01x",
            "int4_g128_rtn": "-", "int4_g128_gptq": "<= 1.10x, < RTN",
-           "int4_g128_gptq_act": "<= 1.08x, <= 300 s", "int4_g64_gptq_act": "-",
+           "int4_g128_gptq_act": "<= 1.08x, <= 300 s", "int4_g64_sym_gptq_act": "-",
            "int3_g128_gptq": "-",
            "sparsegpt_24": "<= 2.5x", "svdllm_mlp_80": "<= 1.3x", "lowrank_mlp_60": "-",
            "distilled_student": "< scratch", "scratch_student": "-",
@@ -76,14 +76,14 @@ BLOCK_DENSE = r"block\d+_(attn|mlp)_"
 PEER_METHODS = {"float": "peer_float", "gptq_w4a16_g128": "peer_gptq_int4_g128",
                 "gptq_w4a16_g64": "peer_gptq_int4_g64", "gptq_w4a16_g192": "peer_gptq_int4_g192",
                 "sparsegpt_50": "peer_sparsegpt_50"}
-# the peer's method -> ours timed beside it: GPTQ on the peer's grid (its g128 refuses the
-# 576-column kernels, g64 divides every one), act-order as the peer's ("static")
+# the peer's method -> ours timed beside it: GPTQ on the peer's grid (symmetric int4; its g128
+# refuses the 576-column kernels, g64 divides every one), act-order as the peer's ("static")
 OURS_OF = {"float": "float", "sparsegpt_50": "sparsegpt_50",
-           "gptq_w4a16_g64": "int4_g64_gptq_act"}
+           "gptq_w4a16_g64": "int4_g64_sym_gptq_act"}
 OURS_PYTHON = sys.executable  # the interpreter of our fresh processes (a --peer run's)
 # the --peer comparison: (ours, the peer's row, the key suffix)
 VERSUS = (("sparsegpt_50", "peer_sparsegpt_50", "sparsegpt"),
-          ("int4_g64_gptq_act", "peer_gptq_int4_g64", "gptq"))
+          ("int4_g64_sym_gptq_act", "peer_gptq_int4_g64", "gptq"))
 
 
 def eval_sizes(quick: bool) -> tuple[int, int]:
@@ -229,7 +229,7 @@ class Bench:
         def over(a, b):
             return round(a / b, 3) if a and b else None
 
-        out: dict = {"peak_rss_vs_peer": {}}
+        out: dict = {"peak_rss_vs_peer": {}, "versus_peer": {k: [o, p] for o, p, k in VERSUS}}
         for ours, peer, key in VERSUS:
             rss = [self.rows.get(n, {}).get("peak_rss_gb") for n in (ours, peer)]
             out[f"seconds_{key}_vs_peer"] = over(self.seconds.get(ours), self.seconds.get(peer))
@@ -268,8 +268,8 @@ def _prune(method: str, pattern: str = "unstructured") -> Callable[[Bench], tupl
     return run
 
 
-def _quantize(bits: int, method: str, group: int | None,
-              act_order: bool = False) -> Callable[[Bench], tuple]:
+def _quantize(bits: int, method: str, group: int | None, act_order: bool = False,
+              scheme: str = "affine") -> Callable[[Bench], tuple]:
     """Block ``Dense`` kernels through `quantize` (GPTQ non-sequential); embedding kept float."""
 
     def run(b: Bench):
@@ -277,7 +277,8 @@ def _quantize(bits: int, method: str, group: int | None,
 
         config = QuantizeConfig(method=method, bits=bits, types=("Dense",), include=BLOCK_DENSE,
                                 granularity="group" if group else "channel", group_size=group,
-                                ragged=bool(group), act_order=act_order, max_rows=None)
+                                scheme=scheme, ragged=bool(group), act_order=act_order,
+                                max_rows=None)
         model = quantize(b.float_model, config, inplace=b.args.inplace,
                          calibration=b.calibration if method == "gptq" else None)
         # what a .keras file stores (codes, scales, float embedding), without writing 0.2 GB
@@ -286,7 +287,7 @@ def _quantize(bits: int, method: str, group: int | None,
         grid = f"groups of {group}{ragged}" if group else "per channel"
         order = ", act-order" if act_order else ""
         calib = f"; block-wise calibration {b.calib_note}" if method == "gptq" else ""
-        return model, stored, (f"{method.upper()} {bits}-bit affine, {grid}{order}; "
+        return model, stored, (f"{method.upper()} {bits}-bit {scheme}, {grid}{order}; "
                                f"embedding float32{calib}")
     return run
 
@@ -367,7 +368,8 @@ METHODS: dict[str, Callable] = {
     "int4_g128_rtn": _quantize(4, "rtn", GROUP),
     "int4_g128_gptq": _quantize(4, "gptq", GROUP),
     "int4_g128_gptq_act": _quantize(4, "gptq", GROUP, act_order=True),
-    "int4_g64_gptq_act": _quantize(4, "gptq", 64, act_order=True),  # the peer's grid
+    # the peer's grid: symmetric int4 in groups of 64, act-order
+    "int4_g64_sym_gptq_act": _quantize(4, "gptq", 64, act_order=True, scheme="symmetric"),
     "int3_g128_gptq": _quantize(3, "gptq", GROUP),
     "wanda_24": _prune("wanda", "2:4"),
     "lowrank_mlp_60": _lowrank(0.6),

@@ -52,7 +52,7 @@ def test_peer_and_ours_interleaved_ratios_and_failures(tmp_path, monkeypatch):
 
     assert (tmp_path / "calls").read_text().split("\n")[:-1] == [
         "ours float", "peer float", "ours sparsegpt_50", "peer sparsegpt_50",
-        "ours int4_g64_gptq_act", "peer gptq_w4a16_g64"]
+        "ours int4_g64_sym_gptq_act", "peer gptq_w4a16_g64"]
     assert written["sparsegpt_50"] == pytest.approx(80.0 / 50.0)  # to our float
     assert written["peer_sparsegpt_50"] == pytest.approx(60.0 / 40.0)  # to the peer's float
     assert written["peer_float_ppl"] == 40.0 and "peer_float" not in written
@@ -62,12 +62,12 @@ def test_peer_and_ours_interleaved_ratios_and_failures(tmp_path, monkeypatch):
     assert written["ppl_vs_peer_sparsegpt"] == 1.067  # 1.6 / 1.5
     assert written["seconds_gptq_vs_peer"] is None and written["ppl_vs_peer_gptq"] is None
     assert written["failures"] == {
-        "int4_g64_gptq_act": "tfcompress int4_g64_gptq_act: ValueError: columns not "
+        "int4_g64_sym_gptq_act": "tfcompress int4_g64_sym_gptq_act: ValueError: columns not "
                              "divisible by group_size",
         "peer_gptq_int4_g64": "llm-compressor gptq_w4a16_g64: ValueError: columns not "
                               "divisible by group_size"}
     assert set(written["load_by_method"]) == {"float", "peer_float", "sparsegpt_50",
-                                              "peer_sparsegpt_50", "int4_g64_gptq_act",
+                                              "peer_sparsegpt_50", "int4_g64_sym_gptq_act",
                                               "peer_gptq_int4_g64"}
     assert b.seconds["sparsegpt_50_load_gguf"] == 2.0 and "load_gguf" not in b.seconds
     row = b.rows["peer_sparsegpt_50"]
