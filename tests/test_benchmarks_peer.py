@@ -3,6 +3,7 @@ their rows, each tool's ratios to its own float model, ours over the peer's, and
 method recorded with its error, using a fake interpreter for both tools (a shell script
 writing fixed results), so no torch and no model is needed."""
 
+import json
 import stat
 from types import SimpleNamespace
 
@@ -87,3 +88,28 @@ def test_inplace_takes_exactly_one_method(capsys):
         with pytest.raises(SystemExit):
             llm.main(["--inplace", "--methods", *methods])
         assert "--inplace compresses the float model itself" in capsys.readouterr().err
+
+
+def test_worker_compresses_in_place_and_writes_only_its_file(tmp_path, monkeypatch):
+    import tensorflow as tf
+
+    from tests.llm_checkpoints import write_tiny_gguf
+
+    gguf = write_tiny_gguf(tmp_path / "tiny.gguf", "a tiny text " * 50, layers=1,
+                           vocab_size=260)
+    rng = np.random.default_rng(0)
+    np.save(tmp_path / "calib.npy", rng.integers(0, 260, (2, 16)))
+    np.save(tmp_path / "eval.npy", rng.integers(0, 260, 33))
+    monkeypatch.setattr(llm, "write_results", lambda *a: pytest.fail("a results file written"))
+    out = tmp_path / "out.json"
+    try:
+        llm.main(["--quick", "--methods", "sparsegpt_50", "--inplace", "--gguf", str(gguf),
+                  "--ids", str(tmp_path), "--worker", str(out)])
+    finally:
+        tf.config.run_functions_eagerly(False)  # --quick runs eagerly; later tests must not
+    got = json.loads(out.read_text())
+    row, phases = got["rows"]["sparsegpt_50"], got["rss_phases"]
+    assert list(got["rows"]) == ["sparsegpt_50"]  # no float pass before it in this process
+    assert row["note"].startswith("50.0% of Dense weights zero; block-wise calibration")
+    assert row["peak_rss_gb"] >= phases["sparsegpt_50_before_gb"] >= phases["start_gb"] > 0
+    assert np.isfinite(row["ppl"]) and got["seconds"]["sparsegpt_50"] > 0
