@@ -160,7 +160,7 @@ def big_model_table(data: dict) -> str:
 # README region -> (results file, table from its data)
 TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "llm": ("llm", llm_table),
-    "llm_peer": ("llm_peer2", lambda data: llm_table(data, peer=True)),
+    "llm_peer": ("llm_peer", peer_table),
     "generate": ("generate", generate_table),
     "int4_budget": ("int4_budget", int4_budget_table),
     "big_model": ("big_model", big_model_table),
