@@ -15,9 +15,9 @@ without context from the one before. ``result.json`` holds ``ppl``, ``seconds`` 
 0.2 s, the float model included, as the benchmark's own figure) and the versions.
 The peer environment (a CPU torch; see ``benchmarks/peer-requirements.txt``):
 
-    python3.11 -m venv /work/peer-venv
-    /work/peer-venv/bin/pip install torch==2.13.0     # a CPU build first (see the file)
-    /work/peer-venv/bin/pip install -r benchmarks/peer-requirements.txt
+    python3.11 -m venv .venv-peer
+    .venv-peer/bin/pip install torch==2.13.0     # a CPU build first (see the file)
+    .venv-peer/bin/pip install -r benchmarks/peer-requirements.txt
 """
 
 from __future__ import annotations

@@ -63,6 +63,30 @@ def llm_table(data: dict, peer: bool = False) -> str:
     return "\n".join(lines) + f"\n\nPerplexity: {data['eval']}; calibration {data['calibration']}."
 
 
+def peer_table(data: dict) -> str:
+    """Ours beside llm-compressor, method by method (one run, fresh processes): perplexity
+    ratio to each tool's own float model, seconds and peak RSS, ours over the peer's, and the
+    other processes' CPU share while each ran; then the peer's rows."""
+    lines = ["| method | ppl / float: ours, peer | seconds: ours, peer | peak RSS GB: ours, "
+             "peer | ours / peer: ppl ratio, seconds, peak RSS | others' CPU: ours, peer |",
+             "|---|---|---|---|---|---|"]
+    rows, loads = data["rows"], data.get("load_by_method", {})
+    for key, (ours, peer) in data.get("versus_peer", {}).items():
+        a, b = rows.get(ours, {}), rows.get(peer, {})
+        ratio = [r["ppl"] / rows[f]["ppl"] if "ppl" in r and f in rows else None
+                 for r, f in ((a, "float"), (b, "peer_float"))]
+        share = [loads.get(n, {}).get("others_cpu_share") for n in (ours, peer)]
+        lines.append(
+            f"| {ours} / {peer} | {_f(ratio[0], 3)}, {_f(ratio[1], 3)} | "
+            f"{_f(data['seconds'].get(ours), 0)}, {_f(data['seconds'].get(peer), 0)} | "
+            f"{_f(a.get('peak_rss_gb'), 2)}, {_f(b.get('peak_rss_gb'), 2)} | "
+            f"{_f(data.get(f'ppl_vs_peer_{key}'), 3)}, "
+            f"{_f(data.get(f'seconds_{key}_vs_peer'), 3)}, "
+            f"{_f(data.get(f'peak_rss_vs_peer_{key}'), 2)} | "
+            + ", ".join("-" if x is None else f"{x:.0%}" for x in share) + " |")
+    return "\n".join(lines) + "\n\n" + llm_table(data, peer=True)
+
+
 def generate_table(data: dict) -> str:
     """Our bundles and llama.cpp's files of the same GGUF: size, perplexity ratio to the float
     model on the same tokens, median tokens/s per thread count; then the ratios of ours to the
@@ -141,7 +165,7 @@ def big_model_table(data: dict) -> str:
 # README region -> (results file, table from its data)
 TABLES: dict[str, tuple[str, Callable[[dict], str]]] = {
     "llm": ("llm", llm_table),
-    "llm_peer": ("llm_peer2", lambda data: llm_table(data, peer=True)),
+    "llm_peer": ("llm_peer", peer_table),
     "generate": ("generate", generate_table),
     "int4_budget": ("int4_budget", int4_budget_table),
     "big_model": ("big_model", big_model_table),

@@ -11,16 +11,23 @@ Calibration and training text come from austen/train.txt (other novels).
     python -m benchmarks.llm --calib 8 --calib-len 512   # the published results/llm.json
     python -m benchmarks.llm --methods magnitude_50 --calib 8 --name llm_try
     python -m benchmarks.llm --quick               # seconds; writes results/quick/llm.json
-    python -m benchmarks.llm --methods --peer .venv-peer/bin/python --name llm_peer  # the peer
+    python -m benchmarks.llm --methods --calib 8 --calib-len 512 \
+        --peer .venv-peer/bin/python --name llm_peer     # ours and the peer, results/llm_peer.json
 
 ``--peer PYTHON`` runs `benchmarks._peer_llmcompressor` (llm-compressor's GPTQ W4A16 and
-SparseGPT 50 %) in that interpreter, one process per method, on the same calibration and
-evaluation token ids (written to ``.npy``); its rows are ``peer_*``, their ratios taken to the
-float model evaluated by the same peer code.
+SparseGPT 50 %) in that interpreter and ours beside it (`OURS_OF`: SparseGPT 50 %, GPTQ
+symmetric int4 g64 act-order, the float model; the peer's g128 refuses SmolLM2's 576-column
+kernels), interleaved method by method, each in a fresh process (ours compresses the loaded model in
+place, as a user's run would) on the same calibration and evaluation token ids (written to
+``.npy``), with the load while each ran. The peer's rows are ``peer_*``, their ratios taken
+to the float model evaluated by the same peer code; ours over the peer's are
+``seconds_*_vs_peer``, ``peak_rss_vs_peer_*`` (the process's peak while the method runs, its
+loaded model included) and ``ppl_vs_peer_*`` (ratio to own float over the peer's).
 """
 
 from __future__ import annotations
 
+import argparse
 import gc
 import importlib.util
 import json
@@ -41,6 +48,7 @@ from benchmarks._common import (
     scratch_dir,
     write_results,
 )
+from benchmarks._provenance import ROOT, LoadMonitor
 from benchmarks._rss import PeakRSS, current_gb
 from tfcompress.data import bundled_corpus
 from tfcompress.evaluate import keras_forward
@@ -56,10 +64,11 @@ QUICK_EVAL_WINDOWS = 4  # scored one window per call, so --quick keeps them few
 TARGETS = {"magnitude_50": "clearly worse than wanda", "wanda_50": "<= 1.6x",
            "sparsegpt_50": "<= 1.45x, <= 450 s", "wanda_24": "-", "int8": "<= 1.01x",
            "int4_g128_rtn": "-", "int4_g128_gptq": "<= 1.10x, < RTN",
-           "int4_g128_gptq_act": "<= 1.08x, <= 300 s", "int3_g128_gptq": "-",
+           "int4_g128_gptq_act": "<= 1.08x, <= 300 s", "int4_g64_sym_gptq_act": "-",
+           "int3_g128_gptq": "-",
            "sparsegpt_24": "<= 2.5x", "svdllm_mlp_80": "<= 1.3x", "lowrank_mlp_60": "-",
            "distilled_student": "< scratch", "scratch_student": "-",
-           "peer_gptq_int4_g128": "peer", "peer_sparsegpt_50": "peer"}
+           "peer_gptq_int4_g64": "peer", "peer_sparsegpt_50": "peer"}
 ENGINE_METHODS = ("int4_g128_gptq_act", "sparsegpt_50", "wanda_50", "sparsegpt_24",
                   "svdllm_mlp_80")
 BLOCK_DENSE = r"block\d+_(attn|mlp)_"
@@ -67,6 +76,14 @@ BLOCK_DENSE = r"block\d+_(attn|mlp)_"
 PEER_METHODS = {"float": "peer_float", "gptq_w4a16_g128": "peer_gptq_int4_g128",
                 "gptq_w4a16_g64": "peer_gptq_int4_g64", "gptq_w4a16_g192": "peer_gptq_int4_g192",
                 "sparsegpt_50": "peer_sparsegpt_50"}
+# the peer's method -> ours timed beside it: GPTQ on the peer's grid (symmetric int4; its g128
+# refuses the 576-column kernels, g64 divides every one), act-order as the peer's ("static")
+OURS_OF = {"float": "float", "sparsegpt_50": "sparsegpt_50",
+           "gptq_w4a16_g64": "int4_g64_sym_gptq_act"}
+OURS_PYTHON = sys.executable  # the interpreter of our fresh processes (a --peer run's)
+# the --peer comparison: (ours, the peer's row, the key suffix)
+VERSUS = (("sparsegpt_50", "peer_sparsegpt_50", "sparsegpt"),
+          ("int4_g64_sym_gptq_act", "peer_gptq_int4_g64", "gptq"))
 
 
 def eval_sizes(quick: bool) -> tuple[int, int]:
@@ -103,6 +120,7 @@ class Bench:
         self.failures: dict[str, str] = {}
         self.best: dict = {}
         self.rss = {"start_gb": round(current_gb(), 2)}  # resident GB at each phase
+        self.loads: dict[str, dict] = {}  # the load while each fresh process ran (--peer)
         for other in args.merge_from:  # results of runs made in parallel on this commit
             done = merge_source(other, args)
             self.rows |= done["rows"]
@@ -122,8 +140,19 @@ class Bench:
             self.seconds["load_gguf"] = round(time.perf_counter() - start, 1)
             self.rss |= {"float_loaded_gb": round(current_gb(), 2),
                          "load_peak_gb": round(current_gb("VmHWM"), 2)}
-        text = bundled_corpus("austen")
         self.eval_tokens, self.window = eval_sizes(args.quick)
+        if args.ids:  # a worker of a --peer run: its parent's token ids
+            calib = np.load(Path(args.ids) / "calib.npy")
+            self.eval_ids = np.load(Path(args.ids) / "eval.npy")
+        else:
+            calib = self._tokenize(args)
+        self.calibration = [calib[i:i + 4] for i in range(0, len(calib), 4)]
+        self.calib_note = f"{args.calib} x {args.calib_len} tokens"
+
+    def _tokenize(self, args) -> np.ndarray:
+        """Evaluation ids (``eval_ids``), the training text's ids (``train_ids``) and the
+        calibration sequences drawn from them (returned)."""
+        text = bundled_corpus("austen")
         self.eval_ids = self.tokenizer.encode(text["test"][:20_000])[:self.eval_tokens]
         start = time.perf_counter()
         self.train_ids = self.tokenizer.encode(
@@ -131,9 +160,7 @@ class Bench:
         self.seconds["tokenize_train"] = round(time.perf_counter() - start, 1)
         rng = np.random.default_rng(0)
         starts = rng.integers(0, self.train_ids.size - args.calib_len, args.calib)
-        calib = np.stack([self.train_ids[s:s + args.calib_len] for s in starts])
-        self.calibration = [calib[i:i + 4] for i in range(0, len(calib), 4)]
-        self.calib_note = f"{args.calib} x {args.calib_len} tokens"
+        return np.stack([self.train_ids[s:s + args.calib_len] for s in starts])
 
     def perplexity(self, model) -> float:
         return causal_lm_perplexity(keras_forward(model), self.eval_ids,
@@ -165,7 +192,10 @@ class Bench:
                       f"austen/test.txt, {tokens - 1} scored, windows of {window}",
                       "rows": self.rows, "seconds": self.seconds, "failures": self.failures,
                       "calibration": f"{self.args.calib} x {self.args.calib_len} tokens",
-                      "rss_phases": self.rss}
+                      "rss_phases": self.rss, "load_by_method": self.loads}
+        if self.args.worker:  # a --peer run's fresh process: its parent reads the rows
+            Path(self.args.worker).write_text(json.dumps(data, indent=2))
+            return
         peer_ppl = self.rows.get("peer_float", {}).get("ppl")
         for name, row in self.rows.items():
             base = peer_ppl if name.startswith("peer_") else float_ppl  # each to its own float
@@ -187,8 +217,25 @@ class Bench:
         peaks = [self.rows[n]["peak_rss_gb"] for n in ENGINE_METHODS
                  if "peak_rss_gb" in self.rows.get(n, {})]
         data["peak_rss_gb"] = max(peaks) if peaks else None
+        data |= self.versus_peer(data)
         self.table = "\n".join(lines)
         write_results(self.args.name, self.table, data, self.args)
+
+
+    def versus_peer(self, data: dict) -> dict:
+        """Ours over the peer's (`VERSUS`): seconds, peak RSS and perplexity ratio to each
+        tool's own float model (``ppl_vs_peer_*`` <= 1: ours loses no more); None where
+        either did not run."""
+        def over(a, b):
+            return round(a / b, 3) if a and b else None
+
+        out: dict = {"peak_rss_vs_peer": {}, "versus_peer": {k: [o, p] for o, p, k in VERSUS}}
+        for ours, peer, key in VERSUS:
+            rss = [self.rows.get(n, {}).get("peak_rss_gb") for n in (ours, peer)]
+            out[f"seconds_{key}_vs_peer"] = over(self.seconds.get(ours), self.seconds.get(peer))
+            out[f"peak_rss_vs_peer_{key}"] = out["peak_rss_vs_peer"][key] = over(*rss)
+            out[f"ppl_vs_peer_{key}"] = over(data.get(ours), data.get(peer))
+        return out
 
 
 def _zeros(model) -> str:
@@ -221,8 +268,8 @@ def _prune(method: str, pattern: str = "unstructured") -> Callable[[Bench], tupl
     return run
 
 
-def _quantize(bits: int, method: str, group: int | None,
-              act_order: bool = False) -> Callable[[Bench], tuple]:
+def _quantize(bits: int, method: str, group: int | None, act_order: bool = False,
+              scheme: str = "affine") -> Callable[[Bench], tuple]:
     """Block ``Dense`` kernels through `quantize` (GPTQ non-sequential); embedding kept float."""
 
     def run(b: Bench):
@@ -230,15 +277,17 @@ def _quantize(bits: int, method: str, group: int | None,
 
         config = QuantizeConfig(method=method, bits=bits, types=("Dense",), include=BLOCK_DENSE,
                                 granularity="group" if group else "channel", group_size=group,
-                                ragged=bool(group), act_order=act_order, max_rows=None)
+                                scheme=scheme, ragged=bool(group), act_order=act_order,
+                                max_rows=None)
         model = quantize(b.float_model, config, inplace=b.args.inplace,
                          calibration=b.calibration if method == "gptq" else None)
         # what a .keras file stores (codes, scales, float embedding), without writing 0.2 GB
         stored = sum(int(np.prod(v.shape)) * np.dtype(v.dtype).itemsize for v in model.weights)
-        grid = f"groups of {group} (576-row kernels end with 64)" if group else "per channel"
+        ragged = " (576-row kernels end with 64)" if group and 576 % group else ""
+        grid = f"groups of {group}{ragged}" if group else "per channel"
         order = ", act-order" if act_order else ""
         calib = f"; block-wise calibration {b.calib_note}" if method == "gptq" else ""
-        return model, stored, (f"{method.upper()} {bits}-bit affine, {grid}{order}; "
+        return model, stored, (f"{method.upper()} {bits}-bit {scheme}, {grid}{order}; "
                                f"embedding float32{calib}")
     return run
 
@@ -319,6 +368,8 @@ METHODS: dict[str, Callable] = {
     "int4_g128_rtn": _quantize(4, "rtn", GROUP),
     "int4_g128_gptq": _quantize(4, "gptq", GROUP),
     "int4_g128_gptq_act": _quantize(4, "gptq", GROUP, act_order=True),
+    # the peer's grid: symmetric int4 in groups of 64, act-order
+    "int4_g64_sym_gptq_act": _quantize(4, "gptq", 64, act_order=True, scheme="symmetric"),
     "int3_g128_gptq": _quantize(3, "gptq", GROUP),
     "wanda_24": _prune("wanda", "2:4"),
     "lowrank_mlp_60": _lowrank(0.6),
@@ -327,49 +378,105 @@ METHODS: dict[str, Callable] = {
 }
 
 
+def run_method(b: Bench, name: str):
+    """Run one of `METHODS` on the float model (a copy unless ``--inplace``), timed with the
+    process's peak RSS meanwhile, and record it; returns the compressed model."""
+    start = time.perf_counter()
+    b.rss[f"{name}_before_gb"] = round(current_gb(), 2)  # what the method starts on
+    with PeakRSS() as peak:
+        model, stored, note = METHODS[name](b)
+    b.record(name, model, time.perf_counter() - start, stored, note, peak.gb)
+    return model
+
+
+def run_worker(b: Bench) -> None:
+    """``--worker OUT``: the one method of ``--methods`` (``float``: the loaded model) on
+    ``--ids``, in the fresh process a ``--peer`` run started; rows and RSS phases to OUT."""
+    name = b.args.methods[0]
+    if name == "float":
+        b.record("float", b.float_model, b.seconds["load_gguf"], note="GGUF Q4_1 dequantized")
+    else:
+        run_method(b, name)
+
+
 def _peer_error(log: str) -> str:
     """The exception line of a failed peer process (its last line naming an Error)."""
     lines = [la for la in log.splitlines() if "Error" in la or "Exception" in la]
     return (lines[-1] if lines else log.strip()[-300:])[:500]
 
 
-def run_peer(b: Bench) -> None:
-    """llm-compressor in ``--peer`` (its own interpreter), one process per method, on the
-    calibration and evaluation ids of this run; a method that fails records its error."""
-    folder = scratch_dir("llm-peer-")
-    calib, evals = folder / "calib.npy", folder / "eval.npy"
-    np.save(calib, np.concatenate(b.calibration))
-    np.save(evals, np.asarray(b.eval_ids))
-    root = Path(__file__).resolve().parents[1]
-    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
-    for method in b.args.peer_methods:
-        name, out = PEER_METHODS[method], folder / f"{method}.json"
-        cmd = [b.args.peer, "-m", "benchmarks._peer_llmcompressor", "--gguf", str(b.gguf),
-               "--calib", str(calib), "--eval", str(evals), "--window", str(b.window),
-               "--method", method, "--out", str(out)]
-        print("== peer:", " ".join(cmd), flush=True)
-        done = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True)
-        (folder / f"{method}.log").write_text(done.stdout + done.stderr)
-        if done.returncode or not out.exists():
-            b.failures[name] = f"llm-compressor {method}: {_peer_error(done.stdout + done.stderr)}"
-            print(f"== {name} FAILED: {b.failures[name]}", flush=True)
-            b.write()
-            continue
-        got = json.loads(out.read_text())
-        b.rows[name] = {"ppl": got["ppl"], "note": (
-            f"llm-compressor {got['versions']['llmcompressor']}, torch "
-            f"{got['versions']['torch']} ({got['torch_threads']} threads): "
-            + ("float, transformers' GGUF load" if method == "float" else
-               f"{method}, {got['calibration']}, {got['zero_share']:.1%} of Linear weights "
-               "zero" + (", fake-quantized weights" if "gptq" in method else "")))}
-        if "seconds" in got:
-            b.rows[name]["peak_rss_gb"] = got["peak_rss_gb"]
-            b.seconds[name] = got["seconds"]
-        b.seconds[f"{name}_eval"] = got["eval_seconds"]
-        b.failures.pop(name, None)
-        print(f"== {name}: ppl {got['ppl']:.2f} ({got.get('seconds', 0):.0f} s, peak RSS "
-              f"{got.get('peak_rss_gb', '-')} GB)", flush=True)
+def _fresh(b: Bench, name: str, label: str, cmd: list[str], env: dict,
+           out: Path) -> dict | None:
+    """Run ``cmd`` (one method of one tool, ``label``) as a fresh process and read its ``out``
+    JSON; the load while it ran goes to ``b.loads[name]``, a failure to ``b.failures``."""
+    print("==", name + ":", " ".join(cmd), flush=True)
+    load = LoadMonitor()
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
+    b.loads[name] = load.snapshot()
+    out.with_suffix(".log").write_text(done.stdout + done.stderr)
+    if done.returncode or not out.exists():
+        b.failures[name] = f"{label}: {_peer_error(done.stdout + done.stderr)}"
+        print(f"== {name} FAILED: {b.failures[name]}", flush=True)
         b.write()
+        return None
+    return json.loads(out.read_text())
+
+
+def _run_ours(b: Bench, name: str, folder: Path) -> None:
+    """Our method ``name`` (or the float model) in a fresh process (`run_worker`), as a
+    user's run would hold it: the loaded model compressed in place."""
+    out = folder / f"ours-{name}.json"
+    cmd = [OURS_PYTHON, "-m", "benchmarks.llm", "--methods", name, "--gguf", str(b.gguf),
+           "--ids", str(folder), "--worker", str(out), "--calib", str(b.args.calib),
+           "--calib-len", str(b.args.calib_len), *(["--inplace"] if name in METHODS else []),
+           *(["--quick"] if b.args.quick else [])]
+    got = _fresh(b, name, f"tfcompress {name}", cmd, dict(os.environ), out)
+    if got:
+        b.rows |= got["rows"]
+        b.seconds[f"{name}_load_gguf"] = got["seconds"].pop("load_gguf")
+        b.seconds |= got["seconds"]
+        b.rss[name] = got["rss_phases"]
+        b.failures.pop(name, None)
+        b.write()
+
+
+def _run_peer(b: Bench, method: str, folder: Path) -> None:
+    """llm-compressor's ``method`` in ``--peer`` (its own interpreter, a fresh process)."""
+    name, out = PEER_METHODS[method], folder / f"peer-{method}.json"
+    cmd = [b.args.peer, "-m", "benchmarks._peer_llmcompressor", "--gguf", str(b.gguf),
+           "--calib", str(folder / "calib.npy"), "--eval", str(folder / "eval.npy"),
+           "--window", str(b.window), "--method", method, "--out", str(out)]
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    got = _fresh(b, name, f"llm-compressor {method}", cmd, env, out)
+    if got is None:
+        return
+    b.rows[name] = {"ppl": got["ppl"], "note": (
+        f"llm-compressor {got['versions']['llmcompressor']}, torch "
+        f"{got['versions']['torch']} ({got['torch_threads']} threads): "
+        + ("float, transformers' GGUF load" if method == "float" else
+           f"{method}, {got['calibration']}, {got['zero_share']:.1%} of Linear weights "
+           "zero" + (", fake-quantized weights" if "gptq" in method else "")))}
+    if "seconds" in got:
+        b.rows[name]["peak_rss_gb"] = got["peak_rss_gb"]
+        b.seconds[name] = got["seconds"]
+    b.seconds[f"{name}_eval"] = got["eval_seconds"]
+    b.failures.pop(name, None)
+    print(f"== {name}: ppl {got['ppl']:.2f} ({got.get('seconds', 0):.0f} s, peak RSS "
+          f"{got.get('peak_rss_gb', '-')} GB)", flush=True)
+    b.write()
+
+
+def run_peer(b: Bench) -> None:
+    """llm-compressor (``--peer``) and ours, one fresh process per method and tool, interleaved
+    (ours, then the peer's, method by method: `OURS_OF`) on this run's calibration and
+    evaluation ids, each with its seconds, peak RSS and the load while it ran."""
+    folder = scratch_dir("llm-peer-")
+    np.save(folder / "calib.npy", np.concatenate(b.calibration))
+    np.save(folder / "eval.npy", np.asarray(b.eval_ids))
+    for method in b.args.peer_methods:
+        if method in OURS_OF:
+            _run_ours(b, OURS_OF[method], folder)
+        _run_peer(b, method, folder)
 
 
 def run_export(b: Bench):
@@ -426,10 +533,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--peer", default=None, metavar="PYTHON",
                         help="an interpreter with llmcompressor, transformers, gguf and a CPU "
                              "torch (benchmarks/peer-requirements.txt): run the peer's methods")
-    parser.add_argument("--peer-methods", nargs="*", default=list(PEER_METHODS),
+    parser.add_argument("--peer-methods", nargs="*", default=list(OURS_OF),
                         choices=list(PEER_METHODS), help="the peer's methods (float first: the "
                         "peer's ratios are to it)")
+    parser.add_argument("--ids", default=None, help=argparse.SUPPRESS)  # --worker's ids
+    parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)  # see run_worker
     args = parse_args(parser, argv)
+    if args.peer and args.methods:
+        parser.error("--peer runs ours and the peer's methods in fresh processes "
+                     f"(--peer-methods): give --methods with no names, got {args.methods}")
     if args.inplace and (len(args.methods) != 1 or args.methods[0] not in METHODS):
         parser.error(f"--inplace compresses the float model itself, so it takes exactly one "
                      f"of {sorted(METHODS)} in --methods, got {args.methods}")
@@ -439,6 +551,9 @@ def main(argv: list[str] | None = None) -> None:
         args.batch, args.seq_len = 2, QUICK.seq_len
         args.out = str(scratch_dir("llm-quick-"))
     b = Bench(args)
+    if args.worker:
+        run_worker(b)
+        return
     if args.methods:
         run_float(b)
     b.write()
@@ -447,11 +562,7 @@ def main(argv: list[str] | None = None) -> None:
             if name in ("students", "export"):
                 (run_students if name == "students" else run_export)(b)
                 continue
-            start = time.perf_counter()
-            b.rss[f"{name}_before_gb"] = round(current_gb(), 2)  # what the method starts on
-            with PeakRSS() as peak:
-                model, stored, note = METHODS[name](b)
-            b.record(name, model, time.perf_counter() - start, stored, note, peak.gb)
+            model = run_method(b, name)
             if name != "magnitude_50" and (not b.best or b.rows[name]["ppl"] < min(
                     b.rows[n]["ppl"] for n in b.best)):
                 b.best = {name: model}  # the exported candidate: best compressed so far

@@ -4,7 +4,7 @@ import keras
 import numpy as np
 import pytest
 
-from tfcompress.core.layers import kernel_matrix, select_layers
+from tfcompress.core.layers import kernel_matrix, kernel_of, select_layers
 from tfcompress.errors import TfcompressError
 from tfcompress.models import build_gpt
 from tfcompress.prune import (
@@ -16,6 +16,7 @@ from tfcompress.prune import (
     strip_pruning,
     summary_table,
 )
+from tfcompress.prune.training import pruning_state
 
 
 @pytest.fixture(scope="module")
@@ -50,6 +51,12 @@ def test_one_shot_exact_per_layer_sparsity_and_user_model_unchanged(gpt, ids, me
     assert summary["layers"] and all(r["sparsity"] == 0.5 for r in summary["layers"].values())
     assert "**total**" in summary_table(summary)
     assert pruned(ids).shape == (4, 16, 64)
+    # the attached masks (the pruners hand back bool ones) are float 0/1 at the zeros
+    layers = dict(select_layers(pruned))
+    for path, mask in pruning_state(pruned).masks.items():
+        kernel = kernel_of(layers[path]).numpy()
+        assert mask.dtype == "float32"
+        assert np.array_equal(mask.numpy(), (kernel != 0).astype("float32"))
 
 
 def test_global_scope_exact_total(gpt):

@@ -119,15 +119,22 @@ def test_readme_tables_match_the_results():
 
 def test_readme_renders_figures_and_marks_stale(repo):
     readme = (ROOT / "README.md").read_text()
-    path = repo / "benchmarks" / "results" / "llm_peer2.json"
+    path = repo / "benchmarks" / "results" / "llm_peer.json"
     data = json.loads(path.read_text())
     data["rows"]["peer_sparsegpt_50"]["ppl"] = data["rows"]["peer_float"]["ppl"] * 2
     path.write_text(json.dumps(data))
+    manifest = repo / "benchmarks" / "published.toml"
+    text = manifest.read_text()
+    if "stale = " not in text.split("[llm_peer]")[1].split("\n[")[0]:  # marked stale here
+        line = '--name llm_peer"\n'
+        manifest.write_text(text.replace(line, line + 'stale = "a test"\n', 1))
     rendered = _readme.render(readme, repo)
     assert rendered != readme and "| peer_sparsegpt_50 | " in rendered
     region = rendered[rendered.index("<!-- results:llm_peer -->"):]
-    assert region.split("\n")[1].startswith("**Stale** (llm-compressor ran")
-    assert "| 2.000 |" in region.split("<!-- /results:llm_peer -->")[0]
+    region = region.split("<!-- /results:llm_peer -->")[0]
+    assert region.split("\n")[1].startswith("**Stale** (")
+    assert "| 2.000 |" in region  # the peer's row, to its own float model
+    assert "| sparsegpt_50 / peer_sparsegpt_50 | " in region and ", 2.000 | " in region
     with pytest.raises(ValueError, match="no results for region 'nope'"):
         _readme.render("<!-- results:nope -->\n<!-- /results:nope -->", repo)
 

@@ -46,7 +46,7 @@ class SparseGPTPruner(Compressor):
         w, mask = sparsegpt_prune(kernel_matrix(layer), stats.take_hessian(), s.sparsity, s.nm,
                                   s.block_size, s.damping, layer=path)
         set_kernel_matrix(layer, w)
-        return mask
+        return mask.astype(bool)  # every layer's mask is held until attached: 1 byte a weight
 
 
 class WandaScorer(Compressor):
@@ -75,7 +75,7 @@ class WandaPruner(WandaScorer):
         mask = pattern_mask(wanda_scores(w, stats), self.config.sparsity, self.config.nm,
                             per_output=True)
         set_kernel_matrix(layer, w * mask)
-        return mask
+        return mask.astype(bool)  # held until attached, as SparseGPT's
 
 
 def calibrate_layers(model, layers: list[tuple[str, object]],

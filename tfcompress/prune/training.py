@@ -80,6 +80,7 @@ class PruningState:
         self.masks = self.holder.masks
         for path, value in (masks or {}).items():
             layer = self.layers[path]
+            value = np.asarray(value, self.masks[path].dtype)  # bool from the pruners
             self.masks[path].assign(from_matrix(np.reshape(value, matrix_shape(layer)),
                                                 kernel_axes(layer), self.masks[path].shape))
         self._apply_fn = None
