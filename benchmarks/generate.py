@@ -73,12 +73,13 @@ GREEDY = 64
 # how every note this script writes starts (the last two are rewritten at each write)
 NOTES = ("int4:", "rotated", "greedy ", "LiteRT-LM:", "not measured:")
 QUICK_GREEDY = 8  # --quick: the Keras model generates eagerly, one full forward per token
-# the rotated model's bundles (rotated_int4_budget: within --budget-mb, by default the size of
-# llama.cpp's Q4_K_M made in the run, int8 maps rounded from the rotated float weights)
-ROTATED = ("rotated_dynamic_int8", "rotated_int4", "rotated_int4_budget")
+# the rotated model's bundles (rotated_gptq_int8: GPTQ act-order int8 per channel, exported
+# dynamic_int8; rotated_int4_budget: within --budget-mb, by default the size of llama.cpp's
+# Q4_K_M made in the run, int8 maps rounded from the rotated float weights)
+ROTATED = ("rotated_dynamic_int8", "rotated_gptq_int8", "rotated_int4", "rotated_int4_budget")
 MODES = ("dynamic_int8", "float16", "int4", *ROTATED)
 # our rows of each precision that `best_rows` chooses from, keyed as `_llamacpp.PEERS`
-PRECISION = {"dynamic_int8": ("dynamic_int8", "rotated_dynamic_int8"),
+PRECISION = {"dynamic_int8": ("dynamic_int8", "rotated_dynamic_int8", "rotated_gptq_int8"),
              "int4": ("int4", "rotated_int4", "rotated_int4_budget")}
 # the Keras model each export is judged against (`keras_ppl` keys): the one whose weights it
 # carries. dynamic_int8 of a float model stores int8 per-channel weights, so its Keras model is
@@ -88,6 +89,7 @@ PRECISION = {"dynamic_int8": ("dynamic_int8", "rotated_dynamic_int8"),
 # bought (`export_llm.reference_logits`)
 REFERENCE = {"float16": "float", "dynamic_int8": "rtn_int8_channel", "int4": "gptq_litert_int4",
              "rotated_dynamic_int8": "rotated_rtn_int8_channel",
+             "rotated_gptq_int8": "rotated_gptq_act_litert_int8_channel",
              "rotated_int4": "rotated_gptq_act_litert_int4",
              "rotated_int4_budget": "rotated_budget_carried"}
 # --int4-grid: GPTQ's grid for the int4 bundle. "litert" is LiteRT's own blockwise int4
@@ -193,12 +195,16 @@ def calibration_windows(tokenizer, calib: int) -> np.ndarray:
 def gptq_model(float_model, tokenizer, calib: int, grid: str = "litert",
                act_order: bool = False):
     """GPTQ (one calibration pass over the float model, ``sequential=False``) of the blocks'
-    matmuls onto ``grid``; ``act_order``: columns by decreasing Hessian diagonal."""
+    matmuls onto ``grid`` (``"litert_int8"``: int8 per output channel, what a dynamic_int8
+    export stores); ``act_order``: columns by decreasing Hessian diagonal."""
     from benchmarks.llm import BLOCK_DENSE
-    from tfcompress.quantize import QuantizeConfig, quantize
+    from tfcompress.quantize import GPTQConfig, QuantizeConfig, quantize
 
     windows = calibration_windows(tokenizer, calib)
-    if grid == "litert":
+    if grid == "litert_int8":
+        config = GPTQConfig(scheme="litert", bits=8, granularity="channel", types=("Dense",),
+                            include=BLOCK_DENSE, sequential=False, act_order=act_order)
+    elif grid == "litert":
         config = QuantizeConfig.litert_int4("gptq", types=("Dense",), include=BLOCK_DENSE,
                                             sequential=False, act_order=act_order)
     else:
@@ -332,6 +338,13 @@ def bundle_source(mode: str, models: dict, args, tokenizer, ids: np.ndarray, win
     rotated = mode.startswith("rotated")
     base = models["rotated" if rotated else "float"]
     ref = reference_name(mode, args)
+    if mode == "rotated_gptq_int8":
+        if mode not in models:
+            start = time.perf_counter()
+            models[mode] = gptq_model(base, tokenizer, args.calib, "litert_int8", act_order=True)
+            res["seconds"][mode] = time.perf_counter() - start
+            res["keras_ppl"][ref] = keras_perplexity(models[mode], ids, window)
+        return models[mode], {}
     if EXPORT_MODE[mode] == "dynamic_int8" and ref not in res["keras_ppl"]:
         res["keras_ppl"][ref] = keras_perplexity(rtn_int8_model(base), ids, window)
     if EXPORT_MODE[mode] != "int4":
