@@ -69,7 +69,7 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.calib, args.calib_len = QUICK.calibration_windows, QUICK.seq_len
         args.out = scratch_dir("int4-budget-quick-")
-    args.merge_from, args.peer, args.inplace = [], None, False  # what Bench reads
+    args.merge_from, args.peer, args.inplace, args.ids = [], None, False, None  # what Bench reads
     b = Bench(args)
     rows: dict[str, dict] = {}
     data: dict = {"failures": {}, "eval": f"first {b.eval_tokens} tokens of austen/test.txt, "

@@ -248,8 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     if args.quick:
         args.calib, args.calib_len = QUICK.calibration_windows, QUICK.seq_len
         args.out = scratch_dir("rotation-quick-")
-    # what benchmarks.llm's Bench reads: no merging, no peer, the float model loaded
-    args.merge_from, args.peer, args.inplace = [], None, False
+    # what benchmarks.llm's Bench reads: no merging, no peer (nor its ids), the float model loaded
+    args.merge_from, args.peer, args.inplace, args.ids = [], None, False, None
     r = Rotation(args)
     for name in args.methods:
         try:
