@@ -219,13 +219,38 @@ def merge_source(path: str | Path, args) -> dict:
     return data
 
 
-def write_results(name: str, table: str, data: dict, args) -> Path:
+def resume_source(name: str, args) -> dict:
+    """The results so far of this command's earlier run on this commit, cut short before its
+    end (saved with ``complete=False``), for this run to go on from; ``{}`` when there is
+    none. That run (and any it resumed) goes into this run's ``meta["merged"]`` with its load.
+
+    Example:
+        >>> done = resume_source("distill", args)  # {} on a fresh start
+    """
+    path = results_dir(args.quick) / f"{name}.json"
+    if not path.is_file() or not args.provenance["commit"] or args.provenance["dirty"]:
+        return {}
+    data = json.loads(path.read_text())
+    meta = data.pop("meta", {})
+    same = all(meta.get(k) == v for k, v in (("command", args.command),
+                                             ("commit", args.provenance["commit"]),
+                                             ("script_sha256", args.provenance["script_sha256"])))
+    if not same or meta.get("complete", True):
+        return {}
+    args.merged += [*meta.get("merged", []), {"file": path.name, "command": meta["command"],
+                                              "commit": meta["commit"], "load": meta.get("load"),
+                                              "resumed": True}]
+    return data
+
+
+def write_results(name: str, table: str, data: dict, args, complete: bool = True) -> Path:
     """Print ``table`` and save it with ``data`` as ``<name>.json`` and ``<name>.md``
-    (under ``results/quick/`` for a ``--quick`` run)."""
+    (under ``results/quick/`` for a ``--quick`` run); ``complete=False``: a partial save,
+    which the same command on the same commit resumes (`resume_source`)."""
     out = results_dir(args.quick)
     out.mkdir(parents=True, exist_ok=True)
     meta = {"command": args.command, **args.provenance, **environment(),
-            "load": args.load.snapshot(), "merged": args.merged}
+            "load": args.load.snapshot(), "merged": args.merged, "complete": complete}
     write_atomic(out / f"{name}.json", json.dumps({**data, "meta": meta}, indent=2))
     made = f"commit {(meta['commit'] or 'not recorded')[:10]}; {describe_load(meta['load'])}"
     write_atomic(out / f"{name}.md", f"# {name}\n\n`{args.command}` ({made})\n\n{table}\n")

@@ -3,9 +3,10 @@
 Every file in ``benchmarks/results/`` belongs to one manifest entry (``<name>.json``,
 ``<name>.md`` and the entry's ``files``), and ``<name>.json``'s ``meta`` must show it was made
 by exactly the entry's command, on a commit with no uncommitted changes, by the version of its
-script in the tree (``script_sha256``), merging only files made by manifest commands, and that
-no command names a path outside the repository. An entry with ``stale = "reason"`` is
-exempt, and reported. Standard library only.
+script in the tree (``script_sha256``), merging only files made by manifest commands, to its
+end (a run cut short, ``complete`` false, is finished by running its command again), and that
+no command names a path outside the repository. An entry with ``stale = "reason"`` is exempt,
+and reported. Standard library only.
 
     python -m benchmarks._published           # check; exit 1 on a problem (CI: a test)
     python -m benchmarks._published run [NAME ...]   # make bench [B=NAME]: run the commands
@@ -98,6 +99,9 @@ def check_result(entry: Entry, meta: dict, commands: set[str], root: Path = ROOT
     if meta.get("script_sha256") != script_sha256(entry.script, root):
         problems.append(f"{where}: made by another version of benchmarks/{entry.script}.py "
                         "than the one in the tree: re-run its command")
+    if meta.get("complete") is False:
+        problems.append(f"{where}: a run cut short: run {entry.command!r} again on this "
+                        "commit to finish it")
     for merged in meta.get("merged", []):
         if merged.get("command") not in commands or merged.get("commit") != meta.get("commit"):
             problems.append(f"{where}: merges {merged.get('file')} made by "

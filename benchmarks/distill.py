@@ -49,6 +49,7 @@ from benchmarks._common import (
     demo_context,
     parse_args,
     results_dir,
+    resume_source,
     scratch_dir,
     write_results,
 )
@@ -391,18 +392,23 @@ REGIMES = {"init": setup_init, "little": setup_little, "long": setup_long,
 
 def run_regimes(ctx, args, kinds, results: dict, save) -> None:
     """Each regime over ``args.seeds``: the perplexity of every kind of student, saved after
-    every seed, into ``results["regimes"][name]``."""
+    every student, into ``results["regimes"][name]``; the students ``results`` already holds
+    (a resumed run's) are not trained again."""
     for name in args.regimes:
-        state, rows = {}, {}
-        results.setdefault("regimes", {})[name] = rows
+        rows = results.setdefault("regimes", {}).setdefault(name, {})
+        if "settings" in rows:
+            continue  # finished by the run this one resumes
+        state = {}
         for seed in range(args.seeds):
             setup = REGIMES[name](ctx, seed, args, state)
             if "teacher_ppl" not in rows:
                 rows["teacher_ppl"] = perplexity(ctx.teacher, setup.test)
             row = rows.setdefault("seeds", {}).setdefault(str(seed), {})
             for kind in kinds:
-                start = time.perf_counter()
                 key = kind if isinstance(kind, str) else kind.name
+                if key in row:
+                    continue  # measured by the run this one resumes
+                start = time.perf_counter()
                 row[key] = perplexity(train_student(setup, kind), setup.test)
                 print(f"{name} seed {seed} {key}: ppl {row[key]:.3f} "
                       f"({time.perf_counter() - start:.0f} s)", flush=True)
@@ -530,11 +536,12 @@ def curve_table(curve: dict, chars: int = SMOLLM2_CHARS) -> str:
     return "\n".join(lines) + note + "\n\n"
 
 
-def smollm2_curve(args, record, record_blocks) -> None:
+def smollm2_curve(args, record, record_blocks, done: dict) -> None:
     """Minitron-style on SmolLM2-135M: half its blocks kept by measured importance, then
     labels-only and `Distiller` at its defaults from the full model for each of
     ``args.smollm2_steps``; ``record_blocks({"keep", "importance"})`` once chosen,
-    ``record(steps, kind, ppl)`` after every student."""
+    ``record(steps, kind, ppl)`` after every student but those ``done`` (``{steps: {kind:
+    ppl}}``, a resumed run's) holds."""
     import argparse
 
     from benchmarks.llm import EVAL_TOKENS, WINDOW, gguf_path
@@ -567,6 +574,8 @@ def smollm2_curve(args, record, record_blocks) -> None:
         len(x), seed=0).repeat().batch(SMOLLM2_BATCH, drop_remainder=True)
     for steps in args.smollm2_steps:
         for kind in ("labels", "kd"):
+            if kind in done.get(str(steps), {}):
+                continue
             began = time.perf_counter()
             student = take_blocks(model, keep)
             trainer = student if kind == "labels" else Distiller(model, student)
@@ -660,15 +669,15 @@ def main(argv: list[str] | None = None) -> None:
         args.repeats, args.seeds, args.batch = QUICK.latency_rounds, 1, QUICK.batch_size
         args.fraction = 0.0
     name = "distill_sweep" if args.sweep else "distill"
-    results = {"defaults": {"labels_weight": DEFAULT_LABELS_WEIGHT,
-                            "temperature": DEFAULT_TEMPERATURE,
-                            "divergence": DEFAULT_DIVERGENCE}}
+    results = resume_source(name, args) or {
+        "defaults": {"labels_weight": DEFAULT_LABELS_WEIGHT, "temperature": DEFAULT_TEMPERATURE,
+                     "divergence": DEFAULT_DIVERGENCE}}
     tables = {"baseline": ""}
     requested, regimes = list(args.regimes), [r for r in args.regimes if r in REGIMES]
     settings = REDUCED if args.reduced and not args.quick else None
     ctx = demo_context(args, settings) if regimes or "baseline" in requested else None
 
-    def save():
+    def save(complete=False):
         out = results_dir(args.quick)
         out.mkdir(parents=True, exist_ok=True)
         if args.sweep:
@@ -683,7 +692,7 @@ def main(argv: list[str] | None = None) -> None:
                       "![regimes](distill_regimes.png)\n\n"
                       + curve_table(results.get("smollm2_curve") or {}, args.smollm2_chars))
         results.update(summary)
-        write_results(name, table + tables["baseline"], results, args)
+        write_results(name, table + tables["baseline"], results, args, complete)
 
     if "baseline" in requested:
         tables["baseline"], data = baseline(ctx, args)
@@ -694,7 +703,7 @@ def main(argv: list[str] | None = None) -> None:
         kinds = ["labels", "keras_kd", *SWEEP] if args.sweep else KINDS
         run_regimes(ctx, args, kinds, results, save)
     if "smollm2" in requested and not args.sweep:
-        results["smollm2_curve"] = {}
+        results.setdefault("smollm2_curve", {})
 
         def record(steps, kind, value):
             results["smollm2_curve"].setdefault(str(steps), {})[kind] = value
@@ -702,9 +711,10 @@ def main(argv: list[str] | None = None) -> None:
                 results["smollm2_half_depth_1000"] = value
             save()
 
-        smollm2_curve(args, record, lambda blocks: results.update(smollm2_blocks=blocks))
+        smollm2_curve(args, record, lambda blocks: results.update(smollm2_blocks=blocks),
+                      results["smollm2_curve"])
     results["alpha1_matches_fit"] = alpha1_matches_fit()
-    save()
+    save(complete=True)
 
 
 def alpha1_matches_fit() -> bool:

@@ -164,3 +164,40 @@ def test_merge_only_results_of_this_commit(tmp_path, monkeypatch):
     assert merge_source(tmp_path / "new.json", args) == {"rows": {"a": 1}}
     assert args.merged == [{"file": "new.json", "command": "python -m benchmarks.llm --name new",
                             "commit": COMMIT}]
+
+
+def test_resume_only_a_cut_short_run_of_this_command_commit_and_script(tmp_path, monkeypatch):
+    from benchmarks import _common
+
+    monkeypatch.setattr(_common, "RESULTS", tmp_path)
+    command, sha = "python -m benchmarks.distill", "c" * 64
+    first = {"file": "distill.json", "command": command, "commit": COMMIT, "load": {"cores": 2},
+             "resumed": True}
+
+    def args(dirty=()):
+        return SimpleNamespace(quick=False, merged=[], command=command, provenance={
+            "commit": COMMIT, "dirty": list(dirty), "script_sha256": sha})
+
+    def save(**meta):
+        meta = {"command": command, "commit": COMMIT, "script_sha256": sha, "complete": False,
+                "load": {"cores": 2}, "merged": [first]} | meta
+        (tmp_path / "distill.json").write_text(json.dumps({"rows": {"a": 1}, "meta": meta}))
+
+    assert _common.resume_source("distill", args()) == {}  # nothing saved yet
+    for changed in ({"complete": True}, {"commit": "b" * 40}, {"script_sha256": "d" * 64},
+                    {"command": command + " --seeds 1"}):
+        save(**changed)
+        assert _common.resume_source("distill", args()) == {}, changed
+    save()
+    assert _common.resume_source("distill", args(dirty=["tfcompress/x.py"])) == {}
+    resumed = args()
+    assert _common.resume_source("distill", resumed) == {"rows": {"a": 1}}
+    assert resumed.merged == [first, {**first, "load": {"cores": 2}}]
+
+
+def test_a_run_cut_short_needs_its_command_again(repo):
+    write_toy(repo, complete=False)
+    assert problems(repo) == ["benchmarks/results/toy.json: a run cut short: run "
+                              "'python -m benchmarks.toy --n 2' again on this commit to finish it"]
+    write_toy(repo, complete=True)
+    assert problems(repo) == []
