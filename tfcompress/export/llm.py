@@ -308,8 +308,7 @@ def export_llm(
     ``mode``: ``float32``, ``float16``, ``dynamic_int8`` (int8 per-channel weights) or ``int4``
     (LiteRT's blockwise int4, `tfcompress.export.llm_int4`: codes on LiteRT's own grid,
     ``GPTQConfig.litert_int4()``, are kept exactly, any other rounded onto it, as ``int4``'s
-    ``copied``/``rerounded`` say). A tied head's table is stored once (`export.llm_tied`),
-    and each weight's quantization scales once for all signatures (`export.shared_quant`).
+    ``copied``/``rerounded`` say). Tied tables and scales once (`llm_tied`, `shared_quant`).
     ``cache_buckets``: shorter cache lengths with their own decode/prefill signatures over the
     cache's first positions, so a step costs what the tokens need, not the capacity;
     ``"auto"`` (powers of two from 256) or None (default: each bucket adds conversion time
