@@ -54,6 +54,7 @@ NOT_RUNNABLE: dict[str, str] = {
     "export.llm_runner": "reads a bundle or .tflite file exported beforehand",
     "export.llm_runner.measure_speed": "reads a bundle or .tflite file exported beforehand",
     "export.llm_tied": "a sketch: converter is the caller's own object",
+    "export.shared_quant": "a sketch: converter is the caller's own object",
     "export.measure": "reads a bundle or .tflite file exported beforehand",
     "export.ops": "reads a bundle or .tflite file exported beforehand",
     "export.runner": "reads a bundle or .tflite file exported beforehand",

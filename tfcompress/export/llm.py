@@ -56,6 +56,7 @@ from tfcompress.export.llm_layout import (
 from tfcompress.export.llm_tied import share_tied_table
 from tfcompress.export.modes import INT4_BLOCK, LLM_MODES, check_int4_blocks
 from tfcompress.export.ops import inspect_tflite
+from tfcompress.export.shared_quant import share_quantization
 from tfcompress.export.verification import Tolerances, agreement_stats, discard, verify
 
 # cache_buckets="auto": powers of two from this length up to below cache_length (shorter
@@ -250,8 +251,9 @@ def _convert(dec: Decoder, plan: dict[str, tuple[int, int, bool]], mode: str,
         spec_mode.configure(converter, None, False)
         flatbuffer = converter.convert()
     if mode == "int4" and budget is None:
-        return quantize_int4(flatbuffer, linear, list(dec.quantized), tied, dec.codes,
-                             int8=keep8)
+        out, report = quantize_int4(flatbuffer, linear, list(dec.quantized), tied, dec.codes,
+                                    int8=keep8)
+        return share_quantization(out)[0], report
     if mode == "int4":
         over = 0  # the file's bytes are estimated: an overshoot shrinks the next try's spare
         while True:
@@ -259,6 +261,7 @@ def _convert(dec: Decoder, plan: dict[str, tuple[int, int, bool]], mode: str,
             out, report = quantize_int4(flatbuffer, linear, list(dec.quantized), tied,
                                         dec.codes, int8=tuple(int8) + keep8,
                                         floats=budget.floats)
+            out = share_quantization(out)[0]
             if len(out) <= budget.budget_bytes:
                 return out, {**report, "budget": budget.report}
             if not int8:
@@ -267,7 +270,7 @@ def _convert(dec: Decoder, plan: dict[str, tuple[int, int, bool]], mode: str,
             over += len(out) - budget.budget_bytes
     if tied and mode == "dynamic_int8":  # the converter stores the tied table twice
         flatbuffer, _ = share_tied_table(flatbuffer)
-    return flatbuffer, None
+    return share_quantization(flatbuffer)[0], None
 
 
 def _check_int4_blocks(dec: Decoder) -> None:
@@ -305,7 +308,7 @@ def export_llm(
     ``mode``: ``float32``, ``float16``, ``dynamic_int8`` (int8 per-channel weights) or ``int4``
     (LiteRT's blockwise int4, `tfcompress.export.llm_int4`: codes on LiteRT's own grid,
     ``GPTQConfig.litert_int4()``, are kept exactly, any other rounded onto it, as ``int4``'s
-    ``copied``/``rerounded`` say). A tied head's table is stored once (`export.llm_tied`).
+    ``copied``/``rerounded`` say). Tied tables and scales once (`llm_tied`, `shared_quant`).
     ``cache_buckets``: shorter cache lengths with their own decode/prefill signatures over the
     cache's first positions, so a step costs what the tokens need, not the capacity;
     ``"auto"`` (powers of two from 256) or None (default: each bucket adds conversion time
