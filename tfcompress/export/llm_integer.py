@@ -75,17 +75,12 @@ def sink_prefix(dec: Decoder, bos: int) -> SinkPrefix:
     return SinkPrefix((int(bos),), keys, values, logits[0].astype("float32"))
 
 
-def _sample(tokens, start: int, keys: list, values: list, names: list[str]) -> dict:
-    """One signature's named inputs: ``tokens`` at ``start ..`` over the caches with only
-    their slots before ``start`` filled (a causal cache holds nothing of later tokens)."""
-    inputs = {"tokens": np.asarray(tokens, np.int32)[None],
-              "input_pos": np.arange(start, start + len(tokens), dtype=np.int32)}
-    caches = [c for pair in zip(keys, values, strict=True) for c in pair]
-    for name, cache in zip(names, caches, strict=True):
-        cut = np.zeros_like(cache)
-        cut[:, :, :start] = cache[:, :, :start]
-        inputs[name] = cut
-    return inputs
+def _sample(tokens, start: int, caches: dict) -> dict:
+    """One signature's named inputs: ``tokens`` at ``start ..`` over the window's float
+    ``caches`` (shared, not copied: the slots past each step hold later tokens, which the
+    causal mask hides, as a reused cache holds old ones)."""
+    return {"tokens": np.asarray(tokens, np.int32)[None],
+            "input_pos": np.arange(start, start + len(tokens), dtype=np.int32), **caches}
 
 
 def calibration_samples(dec: Decoder, plan: dict[str, tuple[int, int, bool]], windows,
@@ -93,9 +88,8 @@ def calibration_samples(dec: Decoder, plan: dict[str, tuple[int, int, bool]], wi
     """Representative ``(signature, named inputs)`` for every signature of ``plan``
     (`signature_plan`, one cache length) from token ``windows`` ``(w, n)``, each read as
     ``prefix + window``: per window the prefills of each length tiling it from the prefix on
-    and `DECODE_STEPS` decode steps spread over it, every cache filled
-    with the float keys and values of the tokens before the step. No step covers the
-    prefix's positions: its rows never set a range.
+    and `DECODE_STEPS` decode steps spread over it, over the float keys and values of the
+    window's tokens. No step covers the prefix's positions: its rows never set a range.
 
     Example:
         >>> [name for name, _ in calibration_samples(dec, {"prefill": (8, 64, False),
@@ -110,19 +104,20 @@ def calibration_samples(dec: Decoder, plan: dict[str, tuple[int, int, bool]], wi
     for window in np.asarray(windows).reshape(len(windows), -1):
         seq = np.concatenate([prefix.ids, window])[:cache_length]
         keys, values, _ = _float_caches(dec, seq, cache_length)
+        caches = dict(zip(names, (c for pair in zip(keys, values, strict=True) for c in pair),
+                          strict=True))
         last = len(seq) - 1  # the last token's position
         for name, (n, _, logits) in plan.items():
             if logits:  # decode: tokens spread over the window, the cache filled up to each
                 starts = np.unique(np.linspace(p, last, DECODE_STEPS).round().astype(int))
-                samples += [(name, _sample(seq[s:s + 1], s, keys, values, names))
-                            for s in starts]
+                samples += [(name, _sample(seq[s:s + 1], s, caches)) for s in starts]
                 continue
             # chunks tiling the window (the last one ending at its end): every position's
             # rotary phases reach the ranges (a range is the widest any sample reached)
             for s in sorted({*range(p, len(seq) - n + 1, n), max(p, len(seq) - n)}):
                 tokens = np.zeros(n, np.int32)  # padded as LLMRunner pads a short chunk
                 tokens[:len(seq[s:s + n])] = seq[s:s + n]
-                samples.append((name, _sample(tokens, s, keys, values, names)))
+                samples.append((name, _sample(tokens, s, caches)))
     return samples
 
 
