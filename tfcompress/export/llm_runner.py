@@ -30,7 +30,9 @@ class LLMRunner:
     the smallest cache-length bucket of the bundle that holds its tokens (``bucket``: the
     cache length in use; ``buckets=False`` runs every call on the full-length signatures,
     as LiteRT-LM does). ``interpreter`` is the ``CompiledModel``
-    (``get_signature_list()`` names the signatures and their tensors).
+    (``get_signature_list()`` names the signatures and their tensors). A full-integer bundle
+    (``sink_prefix`` in its ``llm.json``) holds BOS's keys and values as float constants at
+    position 0: it must be fed BOS there (`encode` does), anything else is refused.
     """
 
     def __init__(self, bundle: str | Path, num_threads: int | None = None,
