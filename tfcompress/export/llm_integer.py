@@ -13,7 +13,8 @@ BOS row is discarded, and its activation ranges are calibrated on positions 1.. 
 (`calibration_samples`: prefill windows after BOS and decode steps at half and full cache
 fill, from float caches), so the sink sets no scale. The bundle expects BOS at position 0
 (``llm.json``'s ``sink_prefix``; `LLMRunner` refuses another first token; LiteRT-LM's engine
-feeds the start token the ``.litertlm`` metadata names there).
+does not put the ``.litertlm``'s start token first, so a prompt for it must begin with BOS's
+text, else its first token is taken for BOS).
 
 Example:
     >>> prefix = sink_prefix(decoder_of(model), bos=1)
