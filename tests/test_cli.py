@@ -93,7 +93,8 @@ def test_export_llm_then_generate_streams_the_bundles_text(saved, tmp_path, caps
 @pytest.mark.parametrize("argv, message", [
     (["generate", "{m}", "hello"], "bundle must be a folder written by export_llm"),
     (["export", "{m}", "--llm", "--mode", "int8"],
-     "--mode: a bundle (--llm) takes float32, float16, dynamic_int8, int4, got 'int8'"),
+     "--mode: a bundle (--llm) takes float32, float16, dynamic_int8, int4, int16x8, "
+     "int8_static, got 'int8'"),
 ])
 def test_llm_commands_refuse_bad_input_with_one_message(saved, capsys, argv, message):
     assert main([a.format(m=saved / "m.keras") for a in argv]) == 2

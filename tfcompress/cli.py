@@ -29,8 +29,9 @@ from tfcompress.recipes.schema import STAGE_NAMES, TOLERANCES
 # tfcompress.export.MODES, spelled out so that --help does not import TensorFlow
 # (tests/test_cli.py checks the two agree)
 EXPORT_MODES = ("dynamic_int8", "float16", "float32", "int16x8", "int16x8_islands", "int4", "int8",
-                "int8_islands", "int8_mixed")
-LLM_MODES = ("float32", "float16", "dynamic_int8", "int4")  # tfcompress.export.modes.LLM_MODES
+                "int8_islands", "int8_mixed", "int8_static")
+LLM_MODES = ("float32", "float16", "dynamic_int8", "int4", "int16x8",
+             "int8_static")  # tfcompress.export.modes.LLM_MODES
 AUXILIARY_INPUTS = ("fixed", "exposed")  # tfcompress.core.signature.AUXILIARY_INPUTS
 MODEL_HELP = ("a .keras file, a .tflite file (evaluate only), a .gguf file, a Hugging Face "
               "safetensors folder or a KerasHub preset folder")

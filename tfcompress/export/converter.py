@@ -110,28 +110,37 @@ def widest_ranges(results) -> dict:
     return merged
 
 
-def _litert_quantize(flatbuffer: bytes, recipe_name: str, spec: InputSpec,
-                     samples: list | None, float_scopes: tuple[str, ...] = ()) -> bytes:
-    """Apply an ``ai_edge_quantizer`` recipe to a float flatbuffer, calibrating if needed;
-    the operators traced under ``float_scopes`` stay float."""
+def litert_quantize(flatbuffer: bytes, recipe_name: str, samples=None,
+                    float_scopes: tuple[str, ...] = (), float_io: bool = False,
+                    widen=None) -> bytes:
+    """Apply an ``ai_edge_quantizer`` recipe to a float flatbuffer, calibrating if needed on
+    ``samples``, a sequence of ``(signature key, named inputs)``; the operators traced under
+    ``float_scopes`` stay float. ``float_io`` keeps every signature's inputs and outputs
+    float (quantized inside): a bundle's KV cache is one buffer for all its signatures,
+    whose int16 scales would each be their own. ``widen`` maps the calibrated ranges
+    (`widest_ranges`) to those quantized with."""
     from ai_edge_quantizer import quantizer, recipe
 
     qt = quantizer.Quantizer(flatbuffer)
     qt.load_quantization_recipe(getattr(recipe, recipe_name)())
+    for io in ("INPUT", "OUTPUT") if float_io else ():
+        qt.update_quantization_recipe(".*", io, algorithm_key="no_quantize")
     for scope in float_scopes:  # the recipe's last matching entry wins
         qt.update_quantization_recipe(scope_pattern(scope), "*", algorithm_key="no_quantize")
     calibration = None
     if qt.need_calibration:
-        key = next(iter(TFLiteRunner(flatbuffer).interpreter.get_signature_list()))
         bar = progress_bar(len(samples), unit_name="calibration sample")
 
         def each(sample):
+            key, inputs = sample
             with quiet():
-                result = qt.calibrate({key: [spec.named(sample)]})
+                result = qt.calibrate({key: [inputs]})
             bar.add(1)
             return result
         # one sample at a time: each range the widest any sample reached (widest_ranges)
         calibration = widest_ranges(each(s) for s in samples)
+        if widen is not None:
+            calibration = widen(calibration)
     with quiet():
         return bytes(qt.quantize(calibration).quantized_model)
 
@@ -185,6 +194,8 @@ def convert(model, spec: InputSpec, mode: str = "float32", samples: list | None 
     if mode == "int4":
         flatbuffer, int4 = quantize_keras_int4(flatbuffer, model)
     elif spec_mode.litert_recipe:
-        flatbuffer = _litert_quantize(flatbuffer, spec_mode.litert_recipe, spec, samples,
-                                      spec_mode.float_scopes)
+        key = next(iter(TFLiteRunner(flatbuffer).interpreter.get_signature_list()))
+        flatbuffer = litert_quantize(flatbuffer, spec_mode.litert_recipe,
+                                     [(key, spec.named(s)) for s in samples or ()],
+                                     spec_mode.float_scopes)
     return flatbuffer, qat, int4

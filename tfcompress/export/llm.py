@@ -45,6 +45,14 @@ from tfcompress.errors import TfcompressError, VerificationError
 from tfcompress.export.llm_budget import BudgetPlan, budget_plan, check_budget, float_weights
 from tfcompress.export.llm_graph import Decoder, cached_forward, decoder_of
 from tfcompress.export.llm_int4 import llm_scopes, quantize_int4
+from tfcompress.export.llm_integer import (
+    INTEGER_LLM_MODES,
+    SinkPrefix,
+    calibration_samples,
+    share_ranges,
+    sink_prefix,
+    twin_tensors,
+)
 from tfcompress.export.llm_layout import (
     CONFIG_FILE,
     MODEL_FILE,
@@ -190,9 +198,11 @@ False), 'decode_16': (1, 16, True)}
 
 
 def _save_cached_lm(dec: Decoder, plan: dict[str, tuple[int, int, bool]],
-                    directory: str, kv_cache_dtype: str = "float32") -> None:
+                    directory: str, kv_cache_dtype: str = "float32",
+                    prefix: SinkPrefix | None = None) -> None:
     """Write a SavedModel whose signatures (`signature_plan`) are the cached forward passes
-    over ``dec``'s weights (held as variables, so every signature shares them).
+    over ``dec``'s weights (held as variables, so every signature shares them), with
+    ``prefix``'s float constants at its positions.
     ``dec.weights`` is emptied as the variables are made and nothing stays alive after the
     return, so conversion does not hold a second copy."""
     import tensorflow as tf
@@ -218,7 +228,7 @@ def _save_cached_lm(dec: Decoder, plan: dict[str, tuple[int, int, bool]],
 
         def fn(tokens, input_pos, *caches):
             out, ks, vs = cached_forward(dec, weights, tokens, input_pos, list(caches[0::2]),
-                                         list(caches[1::2]), logits)
+                                         list(caches[1::2]), logits, prefix)
             result = dict(zip(names, (c for pair in zip(ks, vs, strict=True) for c in pair),
                               strict=True))
             if logits:
@@ -232,12 +242,14 @@ def _save_cached_lm(dec: Decoder, plan: dict[str, tuple[int, int, bool]],
 
 
 def _convert(dec: Decoder, plan: dict[str, tuple[int, int, bool]], mode: str,
-             kv_cache_dtype: str = "float32",
-             budget: BudgetPlan | None = None) -> tuple[bytes, dict | None]:
+             kv_cache_dtype: str = "float32", budget: BudgetPlan | None = None,
+             integer: tuple | None = None) -> tuple[bytes, dict | None]:
     """The flatbuffer, and for ``int4`` the report of `quantize_int4` (with ``budget``'s
-    choice of int8 maps under ``"budget"``)."""
+    choice of int8 maps under ``"budget"``); an integer mode's ``integer`` is its
+    ``(SinkPrefix, calibration samples)``."""
     import tensorflow as tf
 
+    from tfcompress.export.converter import litert_quantize
     from tfcompress.export.modes import MODES
 
     spec_mode = MODES[mode]
@@ -246,10 +258,14 @@ def _convert(dec: Decoder, plan: dict[str, tuple[int, int, bool]], mode: str,
     # a rotated model's d x d final_mix precedes every logit: int8 per channel, as the head
     keep8 = ("final_mix",) if "final_mix.w" in dec.weights else ()
     with tempfile.TemporaryDirectory() as tmp:
-        _save_cached_lm(dec, plan, tmp, kv_cache_dtype)
+        _save_cached_lm(dec, plan, tmp, kv_cache_dtype, integer and integer[0])
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp, signature_keys=list(plan))
         spec_mode.configure(converter, None, False)
         flatbuffer = converter.convert()
+    if integer is not None:
+        twins = twin_tensors(flatbuffer)
+        return litert_quantize(flatbuffer, spec_mode.litert_recipe, integer[1], float_io=True,
+                               widen=lambda ranges: share_ranges(ranges, twins)), None
     if mode == "int4" and budget is None:
         out, report = quantize_int4(flatbuffer, linear, list(dec.quantized), tied, dec.codes,
                                     int8=keep8)
@@ -308,7 +324,10 @@ def export_llm(
     ``mode``: ``float32``, ``float16``, ``dynamic_int8`` (int8 per-channel weights) or ``int4``
     (LiteRT's blockwise int4, `tfcompress.export.llm_int4`: codes on LiteRT's own grid,
     ``GPTQConfig.litert_int4()``, are kept exactly, any other rounded onto it, as ``int4``'s
-    ``copied``/``rerounded`` say). Tied tables and scales once (`llm_tied`, `shared_quant`).
+    ``copied``/``rerounded`` say), or full integer ``int16x8`` / ``int8_static`` (int16 /
+    int8 activations, int8 weights, `export.llm_integer`: BOS's keys, values and logits
+    float constants at position 0, so a bundle starts with BOS; one float32 cache length).
+    Tied tables and scales once (`llm_tied`, `shared_quant`).
     ``cache_buckets``: shorter cache lengths with their own decode/prefill signatures over the
     cache's first positions, so a step costs what the tokens need, not the capacity;
     ``"auto"`` (powers of two from 256) or None (default: each bucket adds conversion time
@@ -319,8 +338,10 @@ def export_llm(
     tokens of ``verify_text`` (text or ids; default: the bundled Austen test text, or random
     ids without a tokenizer); any figure beyond the mode's tolerances (`export.verification`,
     as `export_tflite`) raises `VerificationError`, keeping no ``model.tflite``.
+    ``calibration`` (ids ``(windows, n)``; default: 4 x 128 tokens of Austen train text):
+    an integer mode's ranges come from it (windows as long as the contexts you will run).
     ``budget_mb`` (int4 only): the file's MB; the maps whose int4 rounding adds most output
-    error per byte on ``calibration`` (ids ``(windows, n)``; default: Austen train text) stay
+    error per byte on ``calibration`` stay
     int8 until it is spent (`tfcompress.export.llm_budget`), rounded from ``float_model``'s
     weights if given (the float model a quantized ``model`` came from; int4 keeps its codes;
     the bundle is then verified against the weights it carries, `reference_logits`).
@@ -335,32 +356,49 @@ def export_llm(
     lengths, buckets, dec, tokenizer_json, special, calibration, floats = _check_arguments(
         model, path, prefill_lengths, cache_length, cache_buckets, kv_cache_dtype, mode,
         tokenizer, special_tokens, verify_text, budget_mb, calibration, float_model)
-    path = Path(path)
-    start = time.perf_counter()
-    names = prefill_signature_names(lengths)
-    plan = signature_plan(names, cache_length, buckets)
+    path, start = Path(path), time.perf_counter()
+    plan = signature_plan(names := prefill_signature_names(lengths), cache_length, buckets)
     if verbose:
         print_msg(f"export_llm: {dec.kind} model, {dec.n_layers} layers -> {mode}, signatures "
                   f"{list(plan)}, cache {cache_length}")
     budget = (None if budget_mb is None
               else budget_plan(dec, budget_mb, calibration, verbose, floats))
-    flatbuffer, int4 = _convert(dec, plan, mode, kv_cache_dtype, budget)
+    integer = (_integer_inputs(dec, plan, special["bos"], calibration, verbose)
+               if mode in INTEGER_LLM_MODES else None)
+    flatbuffer, int4 = _convert(dec, plan, mode, kv_cache_dtype, budget, integer)
     config = _bundle_config(dec, mode, cache_length, lengths, names, buckets, kv_cache_dtype,
-                            special, tokenizer_json is not None, int4)
+                            special, tokenizer_json is not None, int4,
+                            integer[0].ids if integer else ())
     tflite = _write_bundle(path, flatbuffer, tokenizer_json, config)
-    info = inspect_tflite(flatbuffer)  # of the first signature's graph
-    signatures = {name: {"tokens": n, "cache_length": c} for name, (n, c, _) in plan.items()}
-    result = LLMExportResult(str(path), str(tflite), mode, len(flatbuffer), signatures,
-                             info["ops"], info["tensor_dtypes"], info["not_delegated"], int4=int4)
+    result = _result(path, tflite, mode, flatbuffer, plan, int4)
     if verify_output:
-        bought = (budget.report["int8_from_float"] if budget else ())
-        swapped = {name: budget.floats[name] for name in bought}
-        _verify_or_remove(reference_logits(model, swapped), path, dec, MODES[mode], result,
-                          verify_text)
+        _verify_or_remove(model, budget, path, dec, MODES[mode], result, verify_text)
     result.seconds = time.perf_counter() - start
     if verbose:
         _print_result(result, tflite, verify_output)
     return result
+
+
+def _result(path: Path, tflite: Path, mode: str, flatbuffer: bytes, plan: dict,
+            int4: dict | None) -> LLMExportResult:
+    """The result of a written bundle, before verification."""
+    info = inspect_tflite(flatbuffer)  # of the first signature's graph
+    signatures = {name: {"tokens": n, "cache_length": c} for name, (n, c, _) in plan.items()}
+    return LLMExportResult(str(path), str(tflite), mode, len(flatbuffer), signatures,
+                           info["ops"], info["tensor_dtypes"], info["not_delegated"], int4=int4)
+
+
+def _integer_inputs(dec: Decoder, plan: dict, bos: int, calibration: np.ndarray,
+                    verbose: int) -> tuple[SinkPrefix, list]:
+    """An integer mode's BOS constants and calibration samples (from ``dec.weights``, which
+    `_convert` empties)."""
+    prefix = sink_prefix(dec, bos)
+    samples = calibration_samples(dec, plan, calibration, prefix)
+    if verbose:
+        print_msg(f"export_llm: BOS (id {bos}) kept float at position 0; {len(samples)} "
+                  f"calibration samples from {len(calibration)} windows of "
+                  f"{calibration.shape[-1]} tokens")
+    return prefix, samples
 
 
 def _write_bundle(path: Path, flatbuffer: bytes, tokenizer_json, config: dict) -> Path:
@@ -374,10 +412,13 @@ def _write_bundle(path: Path, flatbuffer: bytes, tokenizer_json, config: dict) -
     return tflite
 
 
-def _verify_or_remove(reference, path: Path, dec: Decoder, spec, result: LLMExportResult,
-                      verify_text) -> None:
-    """`_verify`, removing the bundle's model file when it fails (as `export_tflite`: a failed
-    file must not sit there looking shippable)."""
+def _verify_or_remove(model, budget: BudgetPlan | None, path: Path, dec: Decoder, spec,
+                      result: LLMExportResult, verify_text) -> None:
+    """`_verify` against ``model`` (with a ``budget``'s int8 maps from float weights),
+    removing the bundle's model file when it fails (as `export_tflite`: a failed file must
+    not sit there looking shippable)."""
+    bought = (budget.report["int8_from_float"] if budget else ())
+    reference = reference_logits(model, {name: budget.floats[name] for name in bought})
     try:
         _verify(reference, path, dec, spec, result, verify_text)
     except VerificationError as err:
@@ -420,11 +461,14 @@ def _check_arguments(model, path, prefill_lengths, cache_length, cache_buckets,
     if bad:
         raise TfcompressError(f"special_tokens must be ids in [0, {dec.vocab_size}), got {bad}")
     _check_verify_text(verify_text, tokenizer_json, dec.vocab_size)
-    if budget_mb is not None:
-        calibration = _budget_calibration(calibration, tokenizer_json, dec.vocab_size)
+    if mode in INTEGER_LLM_MODES:
+        _check_integer(mode, special, lengths, cache_length, cache_buckets, kv_cache_dtype)
+    if budget_mb is not None or mode in INTEGER_LLM_MODES:
+        calibration = _calibration_ids(calibration, tokenizer_json, dec.vocab_size)
     elif calibration is not None:
-        raise TfcompressError("calibration is what budget_mb's sensitivity is measured on: "
-                              "give budget_mb too, or no calibration")
+        raise TfcompressError(f"calibration is what budget_mb's sensitivity is measured on "
+                              f"and an integer mode's ranges ({', '.join(INTEGER_LLM_MODES)}): "
+                              f"give budget_mb or such a mode too, or no calibration")
     elif float_model is not None:
         raise TfcompressError("float_model is what budget_mb's int8 maps are rounded from: "
                               "give budget_mb too, or no float_model")
@@ -432,10 +476,29 @@ def _check_arguments(model, path, prefill_lengths, cache_length, cache_buckets,
     return lengths, buckets, dec, tokenizer_json, special, calibration, floats
 
 
+def _check_integer(mode: str, special: dict, lengths, cache_length: int, cache_buckets,
+                   kv_cache_dtype: str) -> None:
+    """What an integer mode needs: a BOS (its float sink prefix), positions after it for
+    every prefill, one float32 cache length."""
+    if "bos" not in special:
+        raise TfcompressError(f"mode={mode!r} keeps BOS's keys and values float at position 0: "
+                              f"give special_tokens={{'bos': id}} or a .gguf tokenizer that "
+                              f"adds one, got special tokens {special}")
+    if lengths[-1] >= cache_length:
+        raise TfcompressError(f"mode={mode!r} prefills after BOS: prefill_lengths must be "
+                              f"below cache_length ({cache_length}), got {list(lengths)}")
+    if cache_buckets or kv_cache_dtype != "float32":
+        raise TfcompressError(f"mode={mode!r} calibrates one float32 cache: give "
+                              f"cache_buckets=None and kv_cache_dtype='float32', got "
+                              f"{cache_buckets!r} and {kv_cache_dtype!r}")
+
+
 def _bundle_config(dec: Decoder, mode: str, cache_length: int, lengths, names: dict,
                    buckets: dict, kv_cache_dtype: str, special: dict, has_tokenizer: bool,
-                   int4: dict | None) -> dict:
-    """The bundle's ``llm.json``: what `LLMRunner` and `write_litertlm` read."""
+                   int4: dict | None, prefix_ids: tuple = ()) -> dict:
+    """The bundle's ``llm.json``: what `LLMRunner` and `write_litertlm` read; an integer
+    bundle's ``prefix_ids`` as ``sink_prefix``, the ids an engine must feed at positions
+    0.. (`LLMRunner` refuses others)."""
     config = {
         "format": "tfcompress-llm/1", "model_file": MODEL_FILE,
         "tokenizer_file": TOKENIZER_FILE if has_tokenizer else None,
@@ -453,6 +516,8 @@ def _bundle_config(dec: Decoder, mode: str, cache_length: int, lengths, names: d
     }
     if int4 is not None:
         config["int4"] = int4
+    if prefix_ids:
+        config["sink_prefix"] = [int(t) for t in prefix_ids]
     return config
 
 
@@ -541,7 +606,7 @@ def _check_verify_text(text, tokenizer_json: str | None, vocab_size: int) -> Non
                               f"[0, {vocab_size}), got {_short(text)}")
 
 
-def _budget_calibration(ids, tokenizer_json: str | None, vocab_size: int) -> np.ndarray:
+def _calibration_ids(ids, tokenizer_json: str | None, vocab_size: int) -> np.ndarray:
     """``calibration`` as ``(windows, n)`` token ids (checked), or its default: 4 windows of
     128 tokens of the bundled Austen train split (random ids without a tokenizer)."""
     if ids is None:
@@ -615,8 +680,11 @@ def _verify(reference, path: Path, dec: Decoder, mode, result: LLMExportResult, 
         mode = max(mode, MODES["float16"], key=lambda m: m.max_rel_error)
     if runners[0].config["signatures"].get("buckets"):
         runners.append(LLMRunner(path))
-    ids, result.verified_on = verification_ids(runners[0], text, dec.vocab_size,
-                                               min(VERIFY_TOKENS, runners[0].cache_length))
+    n = min(VERIFY_TOKENS, runners[0].cache_length)
+    ids, result.verified_on = verification_ids(runners[0], text, dec.vocab_size, n)
+    prefix = runners[0].config.get("sink_prefix", [])
+    if prefix and ids[:len(prefix)].tolist() != prefix:  # the ids an integer bundle starts at
+        ids = np.concatenate([prefix, ids])[:n]
     expected = reference(ids)
     for runner, signatures in zip(runners, ("full-length", "bucketed"), strict=False):
         got = runner.logits(ids)

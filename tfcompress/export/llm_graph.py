@@ -18,6 +18,7 @@ from __future__ import annotations
 import numpy as np
 
 from tfcompress.core.hadamard import hadamard_factors, kron_matmul
+from tfcompress.models.attention import MASK_FLOOR
 from tfcompress.models.decoders import Decoder, Rope, read_decoder
 
 __all__ = ["HADAMARD_SCOPE", "HEAD_SCOPE", "CacheStep", "Decoder", "cached_forward", "decoder_of",
@@ -58,7 +59,8 @@ def _apply(tf, weights: dict, name: str, x):
 def _rms(tf, x, scale, eps: float):
     # the constant scale multiplies first: a constant MUL right before a matmul is folded into
     # its weights by the converter, which would move them off a quantized grid
-    return x * scale * tf.math.rsqrt(tf.reduce_mean(tf.square(x), -1, keepdims=True) + eps)
+    # x * x, not SQUARE: LiteRT's integer recipes leave SQUARE float
+    return x * scale * tf.math.rsqrt(tf.reduce_mean(x * x, -1, keepdims=True) + eps)
 
 
 def _norm(tf, dec: Decoder, weights: dict, name: str, x):
@@ -80,6 +82,22 @@ def _activation(tf, name: str, x):
     return tf.nn.gelu(x, approximate=name == "gelu_tanh")
 
 
+def _rope_lookup(tf, rope: Rope, input_pos, cache_len: int):
+    """``(cos, sign * sin)`` of shape (n, 1, rotary_dim) at ``input_pos`` gathered from
+    constant tables of ``cache_len`` positions, ``sign`` -1 on the first half (what an
+    integer graph uses: no COS, SIN or NEG, which would stay float; `CacheStep.rotate`).
+    Phi3's two frequency sets are computed as in `_rope_tables`, their sin signed."""
+    dim = 2 * len(rope.inv_freq)
+    sign = np.where(np.arange(dim) < dim // 2, -1.0, 1.0)
+    if rope.long_inv_freq is not None:
+        cos, sin = _rope_tables(tf, rope, input_pos)
+        return cos, sin * sign.astype(np.float32)
+    angles = np.arange(cache_len, dtype=np.float64)[:, None] * np.asarray(rope.inv_freq)[None]
+    angles = np.concatenate([angles, angles], -1)
+    return tuple(tf.gather(np.asarray(t * rope.amplitude, np.float32), input_pos)[:, None, :]
+                 for t in (np.cos(angles), sign * np.sin(angles)))
+
+
 def _rope_tables(tf, rope: Rope, input_pos):
     """``(cos, sin)`` of shape (n, 1, rotary_dim) at ``input_pos``."""
     inv_freq = np.asarray(rope.inv_freq, np.float32)
@@ -96,14 +114,32 @@ def _rope_tables(tf, rope: Rope, input_pos):
     return cos, sin
 
 
-def _mask_bias(tf, input_pos, cache_len: int, window: int | None):
+def _mask_bias(tf, input_pos, cache_len: int, window: int | None, integer: bool = False):
     """0 where a query at ``input_pos`` sees a cache slot (causal, within ``window``), else
-    -1e30. A window at least the cache length never masks anything, so it adds no ops."""
+    -1e30 (``integer``: True where it sees it, for `_floor_masked_softmax`). A window at
+    least the cache length never masks anything, so it adds no ops."""
     slots = tf.range(cache_len)[None, :]
     visible = slots <= input_pos[:, None]
     if window is not None and window < cache_len:
         visible = visible & (input_pos[:, None] - slots < window)
-    return tf.where(visible, 0.0, -1e30)
+    return visible if integer else tf.where(visible, 0.0, -1e30)
+
+
+def _floor_masked_softmax(tf, scores, visible):
+    """Softmax over the ``visible`` scores of an integer graph: masked ones set to the row's
+    smallest score less `MASK_FLOOR`'s 16 (each at most exp(-16) of the largest kept), so
+    every tensor keeps a range calibration can fix (not -1e30), through REDUCE_MIN, which
+    LiteRT's quantizer takes (REDUCE_MAX it leaves float). The masked weights are left in:
+    below an int16 step of the probabilities.
+
+    Example:
+        >>> import tensorflow as tf
+        >>> _floor_masked_softmax(tf, tf.constant([[1.0, 2.0, 9.0]]),
+        ...                       tf.constant([[True, True, False]])).numpy().round(3)
+        array([[0.269, 0.731, 0.   ]], dtype=float32)
+    """
+    low = tf.reduce_min(scores, -1, keepdims=True) + MASK_FLOOR
+    return tf.nn.softmax(tf.where(visible, scores, low), -1)
 
 
 class CacheStep:
@@ -117,9 +153,11 @@ class CacheStep:
         >>> out = step.attend(q)                      # (n, heads * head_dim)
     """
 
-    def __init__(self, dec: Decoder, k_cache, v_cache, start, mask_bias, rope_tables):
+    def __init__(self, dec: Decoder, k_cache, v_cache, start, mask_bias, rope_tables,
+                 prefix=None):
         self.dec, self.k_cache, self.v_cache = dec, k_cache, v_cache
         self._start, self.mask_bias, self._rope = start, mask_bias, rope_tables
+        self._prefix = prefix  # (keys, values) (1, kv_heads, p, head_dim) kept at slots 0..p-1
 
     def rotate(self, x):
         """RoPE on ``x`` (n, heads, head_dim): the first rotary_dim features, halves rotated;
@@ -132,7 +170,9 @@ class CacheStep:
         dim = cos.shape[-1]
         rot = x if dim == self.dec.head_dim else x[..., :dim]
         half = dim // 2
-        rotated = tf.concat([-rot[..., half:], rot[..., :half]], -1)
+        # an integer graph's sin table carries the first half's minus sign (`_rope_lookup`)
+        high = rot[..., half:] if self._prefix is not None else -rot[..., half:]
+        rotated = tf.concat([high, rot[..., :half]], -1)
         rot = rot * cos + rotated * sin
         return rot if dim == self.dec.head_dim else tf.concat([rot, x[..., dim:]], -1)
 
@@ -146,6 +186,12 @@ class CacheStep:
             self.k_cache, tf.cast(tf.transpose(k, (1, 0, 2))[None], dtype), self._start)
         self.v_cache = xla.dynamic_update_slice(
             self.v_cache, tf.cast(tf.transpose(v, (1, 0, 2))[None], dtype), self._start)
+        if self._prefix is not None:
+            # the sink prefix's float keys/values replace whatever an integer graph made of
+            # the token at positions 0..p-1 (see `tfcompress.export.llm_integer`)
+            origin = tf.zeros(4, tf.int32)
+            self.k_cache = xla.dynamic_update_slice(self.k_cache, self._prefix[0], origin)
+            self.v_cache = xla.dynamic_update_slice(self.v_cache, self._prefix[1], origin)
 
     def attend(self, q, scale: float | None = None, softcap: float | None = None):
         """``q`` (n, heads, head_dim) against the cache -> (n, heads * head_dim); ``scale``
@@ -163,8 +209,12 @@ class CacheStep:
         scale = 1.0 / np.sqrt(hd) if scale is None else scale
         k_cache, v_cache = (tf.cast(c, q.dtype) for c in (self.k_cache, self.v_cache))
         scores = _softcap(tf, tf.matmul(q, k_cache, transpose_b=True) * scale, softcap)
-        scores = tf.reshape(scores, (kv, group, n, -1)) + self.mask_bias
-        probs = tf.reshape(tf.nn.softmax(scores, -1), (1, kv, group * n, -1))
+        scores = tf.reshape(scores, (kv, group, n, -1))
+        if self._prefix is None:
+            probs = tf.nn.softmax(scores + self.mask_bias, -1)
+        else:
+            probs = _floor_masked_softmax(tf, scores, self.mask_bias)  # a bool mask
+        probs = tf.reshape(probs, (1, kv, group * n, -1))
         out = tf.reshape(tf.matmul(probs, v_cache), (kv, group, n, hd))
         return tf.reshape(tf.transpose(out, (2, 0, 1, 3)), (n, dec.n_heads * hd))
 
@@ -201,7 +251,7 @@ def _layer(tf, dec: Decoder, weights: dict, i: int, x, step: CacheStep):
 
 
 def cached_forward(dec: Decoder, weights: dict, tokens, input_pos, k_caches: list,
-                   v_caches: list, logits: bool = True):
+                   v_caches: list, logits: bool = True, prefix=None):
     """Run ``tokens`` (1, n) at consecutive positions ``input_pos`` (n,) through the model.
 
     ``k_caches``/``v_caches`` hold one ``(1, kv_heads, cache_length, head_dim)`` tensor per
@@ -210,7 +260,8 @@ def cached_forward(dec: Decoder, weights: dict, tokens, input_pos, k_caches: lis
     position (within the layer's sliding window). Returns ``(logits (1, n, vocab) or None,
     new k caches, new v caches)``. ``weights`` maps `Decoder` names to tensors; the
     decoder's own callables (``embed``, ``layer``, ``final_norm``, ``head``) replace the
-    shared maths of their part.
+    shared maths of their part. ``prefix`` (a `tfcompress.export.llm_integer.SinkPrefix`)
+    holds the cache's first slots and the logits at those positions at its float constants.
     """
     import tensorflow as tf
 
@@ -226,13 +277,16 @@ def cached_forward(dec: Decoder, weights: dict, tokens, input_pos, k_caches: lis
     # one mask per window length and one cos/sin table per RoPE, shared by the layers; a
     # window the cache cannot exceed is no window
     windows = [w if w is not None and w < cache_len else None for w in dec.window]
-    masks = {w: _mask_bias(tf, input_pos, cache_len, w) for w in dict.fromkeys(windows)}
-    tables = {r: _rope_tables(tf, r, input_pos) for r in dict.fromkeys(dec.rope) if r}
+    masks = {w: _mask_bias(tf, input_pos, cache_len, w, prefix is not None)
+             for w in dict.fromkeys(windows)}
+    tables = {r: _rope_lookup(tf, r, input_pos, cache_len) if prefix is not None
+              else _rope_tables(tf, r, input_pos) for r in dict.fromkeys(dec.rope) if r}
     start = tf.stack([0, 0, input_pos[0], 0])
     new_k, new_v = [], []
     for i in range(dec.n_layers):
         step = CacheStep(dec, k_caches[i], v_caches[i], start, masks[windows[i]],
-                         tables.get(dec.rope[i]))
+                         tables.get(dec.rope[i]),
+                         None if prefix is None else (prefix.keys[i], prefix.values[i]))
         x = dec.layer(i, x, step) if dec.layer is not None else _layer(
             tf, dec, weights, i, x, step)
         new_k.append(step.k_cache)
@@ -250,4 +304,7 @@ def cached_forward(dec: Decoder, weights: dict, tokens, input_pos, k_caches: lis
             out = _apply(tf, weights, "head", x)
         else:
             out = tf.matmul(x, weights["embed"], transpose_b=True)
-    return _softcap(tf, out, dec.final_softcap)[None], new_k, new_v
+    out = _softcap(tf, out, dec.final_softcap)
+    if prefix is not None:
+        out = tf.where(input_pos[:, None] < len(prefix.ids), prefix.logits[None], out)
+    return out[None], new_k, new_v

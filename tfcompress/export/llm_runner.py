@@ -30,7 +30,9 @@ class LLMRunner:
     the smallest cache-length bucket of the bundle that holds its tokens (``bucket``: the
     cache length in use; ``buckets=False`` runs every call on the full-length signatures,
     as LiteRT-LM does). ``interpreter`` is the ``CompiledModel``
-    (``get_signature_list()`` names the signatures and their tensors).
+    (``get_signature_list()`` names the signatures and their tensors). A full-integer bundle
+    (``sink_prefix`` in its ``llm.json``) holds BOS's keys and values as float constants at
+    position 0: it must be fed BOS there (`encode` does), anything else is refused.
     """
 
     def __init__(self, bundle: str | Path, num_threads: int | None = None,
@@ -59,6 +61,8 @@ class LLMRunner:
         self.cache_length = int(self.config["cache_length"])
         self.vocab_size = int(self.config["vocab_size"])
         self.stop_ids = set(self.config.get("stop_ids", []))
+        # an integer bundle's float sink prefix: the ids it must be fed at positions 0..
+        self.sink_prefix = [int(t) for t in self.config.get("sink_prefix", [])]
         self.prefill_names = {n: name for name, n in self.config["signatures"]["prefill"].items()}
         # per cache length: (its decode signature, {prefill length: its prefill signature})
         self._plans = {self.cache_length: ("decode", self.prefill_names)}
@@ -113,6 +117,15 @@ class LLMRunner:
             buffer.write(grown)
         self.bucket = bucket
 
+    def _check_prefix(self, ids: np.ndarray) -> None:
+        """Refuse ids at positions ``0 ..`` other than the bundle's sink prefix."""
+        head = ids[:max(len(self.sink_prefix) - self.position, 0)].tolist()
+        if head != self.sink_prefix[self.position:self.position + len(head)]:
+            raise TfcompressError(
+                f"this bundle keeps the float keys and values of {self.sink_prefix} at "
+                f"positions 0..{len(self.sink_prefix) - 1} (mode {self.config['mode']!r}): "
+                f"start with those ids (encode() does), got {head} at position {self.position}")
+
     def _run(self, name: str, bucket: int, tokens: np.ndarray) -> None:
         if bucket > self.bucket:
             self._grow(bucket)
@@ -146,6 +159,7 @@ class LLMRunner:
         """Write ``ids`` into the cache (no logits), in chunks of the exported lengths."""
         ids = np.asarray(ids, np.int32).reshape(-1)
         self._check_room(len(ids))
+        self._check_prefix(ids)
         while len(ids):
             room = self.cache_length - self.position
             fits = [n for n in sorted(self.prefill_names) if n <= room]
@@ -169,6 +183,7 @@ class LLMRunner:
     def decode(self, token: int) -> np.ndarray:
         """Feed one token; returns the next-token logits ``(vocab,)``."""
         self._check_room(1)
+        self._check_prefix(np.asarray([token]))
         name, bucket = self._smallest(self.position + 1)
         if name not in self._logits:
             self._logits[name] = self.interpreter.create_output_buffer_by_name(name, "logits")
