@@ -52,7 +52,8 @@ from benchmarks._provenance import ROOT, LoadMonitor
 from benchmarks._rss import PeakRSS, current_gb
 from tfcompress.data import bundled_corpus
 from tfcompress.evaluate import keras_forward
-from tfcompress.models import causal_lm_perplexity, generate
+from tfcompress.export import generate
+from tfcompress.models import causal_lm_perplexity
 from tfcompress.models.llama import take_layers
 from tfcompress.models.loaders import gguf_tokenizer, load_gguf
 from tfcompress.models.training import lm_loss, lm_optimizer
@@ -247,7 +248,7 @@ def run_float(b: Bench):
     b.record("float", b.float_model, b.seconds["load_gguf"], note="GGUF Q4_1 dequantized")
     prompt = b.tokenizer.encode("It is a truth universally acknowledged that")
     start = time.perf_counter()
-    out = generate(lambda x: b.float_model(x).numpy(), prompt, 24)[len(prompt):]
+    out = generate(lambda x: b.float_model(x).numpy(), prompt, 24)[len(prompt):].tolist()
     b.rows["float"]["sample"] = b.tokenizer.decode(out)
     b.seconds["float_generate_24"] = round(time.perf_counter() - start, 1)
     print("sample:", b.rows["float"]["sample"], flush=True)
@@ -257,10 +258,12 @@ def _prune(method: str, pattern: str = "unstructured") -> Callable[[Bench], tupl
     """Through `prune`: Wanda / SparseGPT walk the model block by block (calibration engine)."""
 
     def run(b: Bench):
-        from tfcompress.prune import PruneConfig, prune
+        from tfcompress.core.registry import config_class
+        from tfcompress.prune import prune
 
-        config = PruneConfig(method=method, sparsity=0.5, pattern=pattern, types=("Dense",),
-                             include=BLOCK_DENSE, max_rows=None)
+        rows = {} if method == "magnitude" else {"max_rows": None}  # all calibration rows
+        config = config_class("prune", method)(sparsity=0.5, pattern=pattern, types=("Dense",),
+                                               include=BLOCK_DENSE, **rows)
         model = prune(b.float_model, config, calibration=b.calibration,
                       inplace=b.args.inplace)
         calib = "" if method == "magnitude" else f"; block-wise calibration {b.calib_note}"
@@ -273,12 +276,13 @@ def _quantize(bits: int, method: str, group: int | None, act_order: bool = False
     """Block ``Dense`` kernels through `quantize` (GPTQ non-sequential); embedding kept float."""
 
     def run(b: Bench):
-        from tfcompress.quantize import QuantizeConfig, quantize
+        from tfcompress.core.registry import config_class
+        from tfcompress.quantize import quantize
 
-        config = QuantizeConfig(method=method, bits=bits, types=("Dense",), include=BLOCK_DENSE,
-                                granularity="group" if group else "channel", group_size=group,
-                                scheme=scheme, ragged=bool(group), act_order=act_order,
-                                max_rows=None)
+        gptq = {"act_order": act_order, "max_rows": None} if method == "gptq" else {}
+        config = config_class("quantize", method)(
+            bits=bits, types=("Dense",), include=BLOCK_DENSE, ragged=bool(group), scheme=scheme,
+            granularity="group" if group else "channel", group_size=group, **gptq)
         model = quantize(b.float_model, config, inplace=b.args.inplace,
                          calibration=b.calibration if method == "gptq" else None)
         # what a .keras file stores (codes, scales, float embedding), without writing 0.2 GB
@@ -294,12 +298,12 @@ def _quantize(bits: int, method: str, group: int | None, act_order: bool = False
 
 def _lowrank(ratio: float) -> Callable[[Bench], tuple]:
     def run(b: Bench):
-        from tfcompress.lowrank import factorize
+        from tfcompress.lowrank import SVDLLMConfig, factorize
 
-        model = factorize(b.float_model, method="svd-llm", target_ratio=ratio, types=("Dense",),
-                          inplace=b.args.inplace,
-                          include=r"block\d+_mlp_", calibration=b.calibration, verbose=False,
-                          max_rows=b.args.calib * b.args.calib_len)
+        config = SVDLLMConfig(target_ratio=ratio, types=("Dense",), include=r"block\d+_mlp_",
+                              max_rows=b.args.calib * b.args.calib_len)
+        model = factorize(b.float_model, config, inplace=b.args.inplace,
+                          calibration=b.calibration, verbose=False)
         return model, None, (f"svd-llm, MLP kept at {ratio:.0%}: "
                              f"{model.count_params() / 1e6:.1f} M params; {b.calib_note}")
     return run
@@ -494,7 +498,7 @@ def run_export(b: Bench):
     ppl = causal_lm_perplexity(runner.predict, b.eval_ids, b.window)["perplexity"]
     prompt = b.tokenizer.encode("It is a truth universally acknowledged that")
     sample = b.tokenizer.decode(
-        generate(runner.predict, prompt, 16, seq_len=b.window)[len(prompt):])
+        generate(runner.predict, prompt, 16, seq_len=b.window)[len(prompt):].tolist())
     b.seconds["export_tflite"] = round(time.perf_counter() - start, 1)
     b.rows[name] |= {"tflite_mb": result.bytes / 1e6, "tflite_ppl": ppl, "tflite_sample": sample,
                      "tflite_agreement": result.agreement}

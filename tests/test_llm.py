@@ -202,3 +202,25 @@ def test_take_layers_copies_chosen_blocks_and_reads_config_back():
         take_layers(model, [0, 4])
     with pytest.raises(TfcompressError, match="not made by build_llama"):
         llama_config_of(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
+
+
+def test_eager_attention_runs_a_batch_one_sequence_at_a_time_with_the_same_values():
+    import tensorflow as tf
+
+    from tfcompress.models.llama import RotaryAttention
+
+    att = RotaryAttention(n_heads=4, n_kv_heads=2, head_dim=8)
+    rng = np.random.default_rng(0)
+    q, k, v = (rng.normal(size=(3, 10, h, 8)).astype("float32") for h in (4, 2, 2))
+    calls = []
+    one = att._attend
+    att._attend = lambda *a: calls.append(a[0].shape[0]) or one(*a)
+    eager = att.attend(q, k, v).numpy()
+    assert calls == [1, 1, 1]  # eagerly: a sequence at a time
+    traced = tf.function(lambda *t: att.attend(*t))(q, k, v).numpy()
+    assert calls[3:] == [3]  # traced into a graph: the batch at once
+    np.testing.assert_array_equal(eager, one(q, k, v, 0).numpy())  # the batch, eagerly
+    np.testing.assert_allclose(eager, traced, atol=1e-6)  # a graph rounds its own way
+    heads = [np.repeat(t[1], 2, axis=1).transpose(1, 0, 2) if t is not q else t[1].transpose(
+        1, 0, 2) for t in (q, k, v)]  # each KV head serves two query heads
+    np.testing.assert_allclose(eager[1], np_attend(*heads), atol=1e-5)

@@ -51,12 +51,12 @@ def test_one_shot_exact_per_layer_sparsity_and_user_model_unchanged(gpt, ids, me
     assert summary["layers"] and all(r["sparsity"] == 0.5 for r in summary["layers"].values())
     assert "**total**" in summary_table(summary)
     assert pruned(ids).shape == (4, 16, 64)
-    # the attached masks (the pruners hand back bool ones) are float 0/1 at the zeros
+    # the attached masks are bool (1 byte a weight), false at the zeros
     layers = dict(select_layers(pruned))
     for path, mask in pruning_state(pruned).masks.items():
         kernel = kernel_of(layers[path]).numpy()
-        assert mask.dtype == "float32"
-        assert np.array_equal(mask.numpy(), (kernel != 0).astype("float32"))
+        assert mask.dtype == "bool"
+        assert np.array_equal(mask.numpy(), kernel != 0)
 
 
 def test_global_scope_exact_total(gpt):
@@ -222,6 +222,33 @@ def test_keep_zeros_holds_a_reloaded_models_zeros_through_fit(gpt, ids, tmp_path
     for path, w in before.items():
         assert (after[path][w == 0] == 0).all(), path
         assert not np.allclose(after[path][w != 0], w[w != 0]), path
+
+
+class _FloatMasks(keras.layers.Layer):
+    """The mask holder of files saved before masks were bool: float32 0/1."""
+
+    def __init__(self, masks):
+        super().__init__()
+        self.masks = [self.add_weight(shape=m.shape, initializer="ones", trainable=False,
+                                      name=m.name) for m in masks]
+        for var, mask in zip(self.masks, masks, strict=True):
+            var.assign(mask.numpy().astype("float32"))
+
+
+def test_float_masks_saved_before_load_as_bool(gpt, ids, tmp_path):
+    from tfcompress.prune.training import MASKS_ATTR
+
+    pruned = prune(gpt, sparsity=0.5, verbose=0)
+    masks = list(pruning_state(pruned).masks.values())
+    want = [m.numpy() for m in masks]
+    old = _FloatMasks(masks)
+    object.__setattr__(pruned, MASKS_ATTR, old)  # written as an earlier version wrote them
+    pruned.save(tmp_path / "old.keras")
+    loaded = keras.models.load_model(tmp_path / "old.keras")
+    got = list(pruning_state(loaded).masks.values())
+    assert [m.dtype for m in got] == ["bool"] * len(want)
+    assert all(np.array_equal(m.numpy(), w) for m, w in zip(got, want, strict=True))
+    assert not all(w.all() for w in want)  # masks with zeros, not the all-ones default
 
 
 @pytest.mark.parametrize("method", ["wanda", "sparsegpt", "taylor"])

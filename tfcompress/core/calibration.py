@@ -7,8 +7,10 @@ block once, then for each block: runs it while the selected layers' inputs are r
 `Compressor` compress the block's layers, and runs it again with the compressed weights to
 make the next block's inputs (``sequential=False`` keeps the dense outputs instead). Selected
 layers outside every block are calibrated last, in one pass of the whole model. Peak memory
-is one block's activations plus its statistics. With ``folder`` each finished block is saved
-(`ResumeStore`: weights, results, the next block's inputs) and a rerun resumes after it.
+is one block's activations plus its statistics (large arrays are kept off the C heap, freed
+heap memory handed back to the system after each block: `tfcompress.core.memory`). With
+``folder`` each finished block is saved (`ResumeStore`: weights, results, the next block's
+inputs) and a rerun resumes after it.
 `capture_inputs` records whole inputs through the same hook (`input_hooks`).
 
 Example:
@@ -37,6 +39,7 @@ from tfcompress.core.blocks import (
 )
 from tfcompress.core.compressor import Compressor
 from tfcompress.core.layers import kernel_of, layer_paths, matrix_shape
+from tfcompress.core.memory import large_arrays_off_heap, release_freed_memory
 from tfcompress.core.progress import progress_bar
 from tfcompress.core.resume import ResumeStore
 from tfcompress.core.signature import model_inputs
@@ -248,6 +251,7 @@ def calibrate(model, layers: Sequence[tuple[str, object]], calibration,
     Example:
         >>> masks = calibrate(model, layers, token_ids, SparseGPTPruner(config))
     """
+    large_arrays_off_heap()  # each block's activations leave the process when freed
     with unchanged_graph(model):
         batches = calibration_batches(calibration, model)
         plan = find_blocks(model, blocks, [la for _, la in layers])
@@ -316,7 +320,10 @@ class _BlockRunner:
         return outputs
 
     def finish(self, index: int, group, targets, inputs) -> None:
-        """Unit ``index`` is done: saved (its layers' results, the next inputs) if resumable."""
+        """Unit ``index`` is done: saved (its layers' results, the next inputs) if resumable;
+        the memory its activations and temporaries freed goes back to the system (glibc
+        would keep it: the resident size would climb block after block)."""
+        release_freed_memory()
         if self.store is not None:
             paths = [self.path_of[id(la)] for la in targets]
             self.store.save(index, group, {p: self.results[p] for p in paths

@@ -58,7 +58,8 @@ class InputStats:
         activations, which keeps a 1536-wide ``X^T X`` affordable; float64 stays float64),
         running sums in float64."""
         x = np.asarray(x)
-        x = x.astype(np.float64 if x.dtype == np.float64 else np.float32).reshape(-1, self.d_in)
+        x = x.astype(np.float64 if x.dtype == np.float64 else np.float32,
+                     copy=False).reshape(-1, self.d_in)  # no copy of float32 activations
         if self.max_rows is not None:
             x = x[: max(self.max_rows - self.n, 0)]
         if not len(x):

@@ -114,6 +114,13 @@ class RMSNorm(keras.layers.Layer):
 
 
 @keras.saving.register_keras_serializable(package="tfcompress")
+def _eager() -> bool:
+    """Whether ops run now on values (not traced into a graph: exports keep one graph)."""
+    import tensorflow as tf
+
+    return tf.executing_eagerly()
+
+
 class RotaryAttention(keras.layers.Layer):
     """Causal grouped-query attention with rotary positions; takes projected ``[q, k, v]``.
 
@@ -151,7 +158,19 @@ class RotaryAttention(keras.layers.Layer):
 
     def attend(self, q, k, v, prefix: int = 0):
         """Causal attention of rotated ``q (b, t, heads, hd)`` over rotated ``k`` and ``v``
-        ``(b, prefix + t, kv_heads, hd)``, whose first ``prefix`` positions every query sees."""
+        ``(b, prefix + t, kv_heads, hd)``, whose first ``prefix`` positions every query sees.
+
+        Run eagerly on a batch, one sequence at a time: the ``(heads, t, t)`` scores and the
+        softmax's temporaries of one sequence are alive at once, not the batch's (0.15 GB
+        less at 4 x 512 tokens and 9 heads while calibrating), with the same values."""
+        batch = ops.shape(q)[0]
+        if isinstance(batch, int) and batch > 1 and _eager() and all(
+                ops.shape(t)[0] == batch for t in (k, v)):
+            return ops.concatenate([self._attend(q[i:i + 1], k[i:i + 1], v[i:i + 1], prefix)
+                                    for i in range(batch)], axis=0)
+        return self._attend(q, k, v, prefix)
+
+    def _attend(self, q, k, v, prefix: int):
         batch, length = ops.shape(q)[0], ops.shape(q)[1]
         group = self.n_heads // self.n_kv_heads
         if group > 1:

@@ -16,6 +16,7 @@ from tfcompress.core.calibration import calibration_batches
 from tfcompress.core.deprecation import renamed_argument
 from tfcompress.core.layers import copy_model, kernel_matrix, matrix_shape, select_layers
 from tfcompress.core.losses import lm_loss
+from tfcompress.core.memory import release_freed_memory
 from tfcompress.core.progress import print_msg
 from tfcompress.core.registry import (
     MethodConfig,
@@ -108,6 +109,7 @@ def _target(model, config, inplace: bool) -> tuple[object, list]:
 def _attached(target, layers, config, masks: dict | None, verbose: int):
     """``target`` with its pruning state (masks, schedule) attached; the summary printed."""
     attach_state(target, PruningState(layers, config, masks))
+    release_freed_memory()  # the masks' temporaries, before the caller's next step
     if verbose:
         print_msg(summary_table(sparsity_summary(target)))
     return target

@@ -51,17 +51,19 @@ def magnitude_masks(matrices: dict[str, np.ndarray], sparsity: float,
 
 
 class MaskVariables(keras.layers.Layer):
-    """Holds one non-trainable mask per pruned kernel, in a fixed order.
+    """Holds one non-trainable bool mask per pruned kernel, in a fixed order.
 
     Set on the model as an untracked attribute: the model's weights stay those of the plain
     model (so copies and ``get_weights`` are unchanged), while Keras's saving, which walks
     attributes, writes and reads the masks with ``save_weights`` (so `BackupAndRestore`) and
-    ``.keras`` files.
+    ``.keras`` files. Bool: 1 byte a weight, not a float32 kernel's 4 (0.42 -> 0.11 GB on
+    SmolLM2-135M); float 0/1 masks of files saved before load as their bool values.
     """
 
-    def __init__(self, shapes: dict[str, tuple], dtype: str = "float32", **kwargs):
-        super().__init__(dtype=dtype, **kwargs)
+    def __init__(self, shapes: dict[str, tuple], **kwargs):
+        super().__init__(**kwargs)
         self.masks = {path: self.add_weight(shape=shape, initializer="ones", trainable=False,
+                                            dtype="bool",
                                             name=f"{path.replace('/', '__')}_prune_mask")
                       for path, shape in shapes.items()}
         self.built = True
@@ -75,12 +77,11 @@ class PruningState:
         self.layers = dict(layers)
         self.config = config
         self.schedule = config.build_schedule()
-        self.holder = MaskVariables({p: tuple(kernel_of(la).shape) for p, la in layers},
-                                    dtype=kernel_of(layers[0][1]).dtype)
+        self.holder = MaskVariables({p: tuple(kernel_of(la).shape) for p, la in layers})
         self.masks = self.holder.masks
         for path, value in (masks or {}).items():
             layer = self.layers[path]
-            value = np.asarray(value, self.masks[path].dtype)  # bool from the pruners
+            value = np.asarray(value, bool)  # bool from the pruners, float 0/1 from others
             self.masks[path].assign(from_matrix(np.reshape(value, matrix_shape(layer)),
                                                 kernel_axes(layer), self.masks[path].shape))
         self._apply_fn = None
@@ -89,7 +90,8 @@ class PruningState:
         """Re-rank the current weights by magnitude and set masks for ``sparsity``."""
         matrices = {p: kernel_matrix(la) for p, la in self.layers.items()}
         for path, mask in magnitude_masks(matrices, sparsity, self.config).items():
-            self.masks[path].assign(from_matrix(mask, kernel_axes(self.layers[path]),
+            self.masks[path].assign(from_matrix(np.asarray(mask, bool),
+                                                kernel_axes(self.layers[path]),
                                                 self.masks[path].shape))
 
     def step(self, step: int) -> bool:
@@ -111,7 +113,7 @@ class PruningState:
             @tf.function(autograph=False)
             def apply_all():
                 for kernel, mask in pairs:
-                    kernel.assign(kernel.value * mask.value)
+                    kernel.assign(kernel.value * tf.cast(mask.value, kernel.dtype))
 
             self._apply_fn = apply_all
         self._apply_fn()

@@ -22,6 +22,7 @@ from tfcompress.core.layers import (
     matrix_shape,
     select_layers,
 )
+from tfcompress.core.memory import release_freed_memory
 from tfcompress.core.registry import (
     MethodConfig,
     handler_for,
@@ -96,7 +97,9 @@ def _store(target, config: RTNConfig | GPTQConfig, by_path: dict, results: dict)
     for path, layer in by_path.items():
         if path not in results:
             results[path] = config.quantizer(path).quantize(kernel_matrix(layer))
-    return store_codes(target, {path: results[path] for path in by_path})
+    stored = store_codes(target, {path: results[path] for path in by_path})
+    release_freed_memory()  # the codes' unpacked copies and the rebuilt graph's temporaries
+    return stored
 
 
 @register_handler(RTNConfig)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from tfcompress.core.memory import release_freed_memory
 from tfcompress.errors import TfcompressError
 from tfcompress.models.llama import LlamaConfig, assign_weights, build_llama, hf_llama_names
 from tfcompress.models.loaders.kerashub import load_gguf_causal_lm
@@ -83,6 +84,7 @@ def load_gguf(path: str | Path, name: str | None = None, into: str = "port"):
     names = {to_gguf[k]: v for k, v in hf_llama_names(cfg).items()}
     assign_weights(model, gguf_tensors(reader, cfg), names,
                    source=f"GGUF file {Path(path).name!r}")
+    release_freed_memory()  # the dequantized tensors, copied into the model's variables
     return model
 
 
