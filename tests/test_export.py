@@ -128,7 +128,7 @@ def test_ops_recorded_and_fallbacks_warned(exported):
     # an embedding lookup in the reference kernels is no news; full-integer attention
     # matmuls there are (int8_mixed keeps them float, in XNNPACK)
     warned = {w.split(".tflite")[0]: w for w in exported["warnings"]}
-    assert set(warned) <= {"int8", "int16x8"} and "int8" in warned
+    assert set(warned) <= {"int8", "int16x8", "int8_static"} and "int8" in warned
     assert all("BATCH_MATMUL" in w and "GATHER" not in w for w in warned.values())
 
 

@@ -163,7 +163,7 @@ GOOD = {"model": {"preset": "test-tiny", "train_steps": 2}, "data": {"corpus": "
      "'multi_worker', 'tpu'] (tf.distribute for the training stages), got 'gpu'"),
     ({"stages": [{"export": {"llm": {"modes": ["int2", "int4"]}}}]},
      "stages[0].export.llm.modes: unknown mode 'int2' (valid: float32, float16, dynamic_int8, "
-     "int4)"),
+     "int4, int16x8, int8_static)"),
     ({"stages": [{"export": {"llm": {"modes": []}}}]},
      "stages[0].export.llm.modes: give the bundles to write, e.g. [int4, dynamic_int8]"),
     ({"stages": [{"export": {"llm": {"modes": ["int4"], "prefill_lengths": [8, 0]}}}]},

@@ -113,7 +113,6 @@ class RMSNorm(keras.layers.Layer):
         return {**super().get_config(), "epsilon": self.epsilon}
 
 
-@keras.saving.register_keras_serializable(package="tfcompress")
 def _eager() -> bool:
     """Whether ops run now on values (not traced into a graph: exports keep one graph)."""
     import tensorflow as tf
@@ -121,6 +120,7 @@ def _eager() -> bool:
     return tf.executing_eagerly()
 
 
+@keras.saving.register_keras_serializable(package="tfcompress")
 class RotaryAttention(keras.layers.Layer):
     """Causal grouped-query attention with rotary positions; takes projected ``[q, k, v]``.
 
