@@ -11,8 +11,7 @@ not glibc.
 Example:
     >>> large_arrays_off_heap()      # glibc: the threshold is fixed
     True
-    >>> release_freed_memory() in (True, False)
-    True
+    >>> release_freed_memory()       # after a calibrated block  # doctest: +SKIP
 """
 
 from __future__ import annotations
