@@ -4,8 +4,8 @@ only: the llm-compressor peer's interpreter imports it too).
 Example:
     >>> with PeakRSS() as peak:
     ...     data = b"x" * 10**8
-    >>> peak.gb > 0.1
-    True
+    >>> peak.gb > 0.1, peak.gb >= peak.start_gb
+    (True, True)
 """
 
 from __future__ import annotations
@@ -16,10 +16,11 @@ from pathlib import Path
 
 class PeakRSS:
     """Highest VmRSS of this process while the block runs (everything the process already
-    holds counts too)."""
+    holds counts too); ``start_gb``: the reading it began from, so ``gb >= start_gb``."""
 
     def __enter__(self):
-        self.gb, self._stop = self._now(), threading.Event()
+        self.start_gb = self._now()
+        self.gb, self._stop = self.start_gb, threading.Event()
         self._thread = threading.Thread(target=self._watch, daemon=True)
         self._thread.start()
         return self

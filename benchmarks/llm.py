@@ -386,8 +386,8 @@ def run_method(b: Bench, name: str):
     """Run one of `METHODS` on the float model (a copy unless ``--inplace``), timed with the
     process's peak RSS meanwhile, and record it; returns the compressed model."""
     start = time.perf_counter()
-    b.rss[f"{name}_before_gb"] = round(current_gb(), 2)  # what the method starts on
     with PeakRSS() as peak:
+        b.rss[f"{name}_before_gb"] = round(peak.start_gb, 2)  # what the method starts on
         model, stored, note = METHODS[name](b)
     b.record(name, model, time.perf_counter() - start, stored, note, peak.gb)
     return model

@@ -111,8 +111,8 @@ def test_worker_compresses_in_place_and_writes_only_its_file(tmp_path, monkeypat
     row, phases = got["rows"]["sparsegpt_50"], got["rss_phases"]
     assert list(got["rows"]) == ["sparsegpt_50"]  # no float pass before it in this process
     assert row["note"].startswith("50.0% of Dense weights zero; block-wise calibration")
-    # two readings an instant apart, each rounded to 0.01 GB: since core.memory hands freed
-    # pages back at once, the peak's first reading can round one step below "before"
-    assert row["peak_rss_gb"] >= phases["sparsegpt_50_before_gb"] - 0.01
-    assert phases["sparsegpt_50_before_gb"] >= phases["start_gb"] > 0
+    # the peak starts from the very reading "before" is; "before" may sit below the process's
+    # start, as core.memory hands freed pages back at once
+    assert row["peak_rss_gb"] >= phases["sparsegpt_50_before_gb"] > 0
+    assert phases["start_gb"] > 0
     assert np.isfinite(row["ppl"]) and got["seconds"]["sparsegpt_50"] > 0
