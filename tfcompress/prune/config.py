@@ -186,8 +186,10 @@ class WandaConfig(_PruneMethodConfig):
 @dataclass(frozen=True, kw_only=True)
 class SparseGPTConfig(_PruneMethodConfig):
     """SparseGPT's Hessian reconstruction from calibration inputs: ``block_size`` columns at a
-    time, ``damping`` a fraction of the mean Hessian diagonal; ``max_rows``, ``blocks``,
-    ``resume_dir`` as in `WandaConfig`.
+    time, ``damping`` a fraction of the mean Hessian diagonal; ``layerwise``: inside each
+    block too, a layer's inputs come from the layers pruned before it (q/k/v, then the
+    attention output, gate/up, down; False: all from the block's dense run, as
+    llm-compressor does); ``max_rows``, ``blocks``, ``resume_dir`` as in `WandaConfig`.
 
     Example:
         >>> pruned = prune(model, SparseGPTConfig(sparsity=0.5), calibration=token_windows)
@@ -197,6 +199,7 @@ class SparseGPTConfig(_PruneMethodConfig):
     activation_aware = True
     block_size: int = 128
     damping: float = 0.01
+    layerwise: bool = True
     max_rows: int | None = 8192
     blocks: str | tuple[str, ...] | None = None
     resume_dir: str | None = None
