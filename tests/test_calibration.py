@@ -273,7 +273,7 @@ def test_layerwise_layers_see_the_layers_compressed_before_them_in_their_block(l
                                np.abs(rows["block1_mlp_gate"]).max(axis=0), rtol=1e-5)
 
 
-def test_layerwise_needs_sequential_and_sparsegpt_uses_it_by_default(gpt):
+def test_layerwise_needs_sequential_and_sparsegpt_takes_it(gpt):
     layers = select_layers(gpt, ("Dense",), include="block0")  # refused before any work
     with pytest.raises(TfcompressError, match="layerwise=True .* needs sequential=True"):
         calibrate(gpt, layers, IDS, _Zero(), sequential=False, layerwise=True, verbose=0)
@@ -282,7 +282,7 @@ def test_layerwise_needs_sequential_and_sparsegpt_uses_it_by_default(gpt):
     pruned = {lw: prune(gpt, SparseGPTConfig(include="block0_attn", block_size=16,
                                              layerwise=lw), calibration=IDS, verbose=0)
               for lw in (True, False)}
-    assert SparseGPTConfig().layerwise
+    assert not SparseGPTConfig().layerwise  # llm-compressor's way unless asked
     # query/key/value read the block's input either way; the output projection reads what
     # the pruned ones give only when layerwise
     kernels = {lw: {p: kernel_matrix(la) for p, la in select_layers(m, include="block0_attn")}

@@ -205,6 +205,14 @@ def _probe_block(sub, inputs: list[list]) -> None:
             pass
 
 
+def _first_row(inputs: list[list]) -> list[list]:
+    """The first batch of each block input, cut to its first row where it has the batch
+    axis the first input has (a run that only learns the call order needs no more)."""
+    rows = getattr(inputs[0][0], "shape", (None,))[0]
+    return [[x[0][:1]] if len(getattr(x[0], "shape", ())) and x[0].shape[0] == rows else [x[0]]
+            for x in inputs]
+
+
 def input_groups(order: Sequence[str], follows: dict[str, str]) -> list[list[str]]:
     """Layers grouped by the input they read, in call order: each group's first path is the
     one whose input is recorded (``follows``: path -> that path), the others share it.
@@ -354,12 +362,13 @@ class _BlockRunner:
                 outputs = run(None)
         return outputs
 
-    def step_layerwise(self, targets, sub, inputs: list[list]) -> list:
-        """Calibrate block model ``sub`` group by group (`input_groups`, learnt from its first
-        batch), each group from a run stopped at it; returns the compressed block's outputs."""
+    def step_layerwise(self, targets, sub, inputs: list[list], outputs: bool) -> list | None:
+        """Calibrate block model ``sub`` group by group (`input_groups`, learnt from one
+        sequence), each group from a run stopped at it; returns the compressed block's
+        outputs (None unless ``outputs``: the last block's are not needed)."""
         order = _Recorder(targets, self.path_of, (), None)  # call order and shared inputs
         with input_hooks(targets, self.path_of, order.record):
-            _run_block(sub, [x[:1] for x in inputs], order)
+            _run_block(sub, _first_row(inputs), order)
         by_path = {self.path_of[id(la)]: la for la in targets}
         for paths in input_groups(order.order, order.follows):
             stats = InputStats(matrix_shape(by_path[paths[0]])[0], self.compressor.needs,
@@ -375,7 +384,8 @@ class _BlockRunner:
             self.results.update(self.compressor.compress_block(
                 [(p, by_path[p]) for p in paths], dict.fromkeys(paths, stats)))
             del stats
-        return _run_block(sub, inputs, None)
+            release_freed_memory()  # each partial run's temporaries, before the next one
+        return _run_block(sub, inputs, None) if outputs else None
 
     def finish(self, index: int, group, targets, inputs) -> None:
         """Unit ``index`` is done: saved (its layers' results, the next inputs) if resumable;
@@ -420,11 +430,12 @@ class _BlockRunner:
             nxt = graph.inputs[b + 1] if b + 1 < len(by_block) else []
             ins = [live[id(t)] for t in graph.inputs[b]]
             if self.layerwise and by_block[b]:
-                produced = self.step_layerwise(by_block[b], graph.models[b], ins)
+                produced = self.step_layerwise(by_block[b], graph.models[b], ins, bool(nxt))
             else:
                 produced = self.step(by_block[b], functools.partial(_run_block,
                                                                     graph.models[b], ins))
-            live |= {id(t): produced[j] for j, t in enumerate(graph.outputs[b])}
+            if produced is not None:
+                live |= {id(t): produced[j] for j, t in enumerate(graph.outputs[b])}
             keep = keep_always | {id(t) for t in nxt}
             live = {i: v for i, v in live.items() if i in keep}  # one block's activations
             self.finish(b, group, by_block[b], [live[id(t)] for t in nxt] if nxt else None)
