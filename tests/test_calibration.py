@@ -15,6 +15,7 @@ from tfcompress.core import (
     hessian,
     inverse_hessian_factor,
 )
+from tfcompress.core.calibration import input_groups
 from tfcompress.core.compressor import Compressor
 from tfcompress.core.layers import (
     copy_model,
@@ -238,6 +239,57 @@ def test_a_block_sees_the_compressed_blocks_before_it_when_sequential(gpt, seque
                                np.abs(rows["block1_mlp_out"]).max(axis=0), rtol=1e-6)
     dense = capture_inputs(gpt, [gpt.get_layer("block1_mlp_out")], IDS)["block1_mlp_out"]
     assert np.allclose(maxima["block1_mlp_out"], np.abs(dense).max(axis=0)) != sequential
+
+
+def test_input_groups_keep_call_order_with_readers_of_one_input_together():
+    assert input_groups(["q", "k", "v", "o", "gate", "up", "down"],
+                        {"k": "q", "v": "q", "up": "gate"}) == [
+        ["q", "k", "v"], ["o"], ["gate", "up"], ["down"]]
+    assert input_groups(["a"], {}) == [["a"]]
+
+
+@pytest.mark.parametrize("layerwise", [True, False])
+def test_layerwise_layers_see_the_layers_compressed_before_them_in_their_block(layerwise):
+    keras.utils.set_random_seed(0)
+    llama = build_llama(LlamaConfig(vocab_size=64, d_model=16, n_layers=2, n_heads=2,
+                                    n_kv_heads=1, d_ff=24))
+    model = copy_model(llama)
+    maxima = calibrate(model, select_layers(model, ("Dense",), include=r"block\d_(attn|mlp)_"),
+                       IDS, _Zero(), layerwise=layerwise, verbose=0)
+    # layerwise: out reads the attention of zeroed q/k/v, down the product of zeroed gate/up
+    for path in ("block0_attn_out", "block1_attn_out", "block0_mlp_down", "block1_mlp_down"):
+        assert (maxima[path] == 0).all() == layerwise, path
+    # block 1 reads block 0 compressed (zero: its input unchanged), and its MLP a zero
+    # attention when layerwise, the dense one when not
+    reference = copy_model(llama)
+    zeroed = [f"block0_{n}" for n in ("attn_q", "attn_k", "attn_v", "attn_out", "mlp_gate",
+                                        "mlp_up", "mlp_down")]
+    zeroed += [f"block1_attn_{n}" for n in ("q", "k", "v", "out")] if layerwise else []
+    for name in zeroed:
+        layer = reference.get_layer(name)
+        set_kernel_matrix(layer, np.zeros(matrix_shape(layer), "float32"))
+    rows = capture_inputs(reference, [reference.get_layer("block1_mlp_gate")], IDS)
+    np.testing.assert_allclose(maxima["block1_mlp_gate"],
+                               np.abs(rows["block1_mlp_gate"]).max(axis=0), rtol=1e-5)
+
+
+def test_layerwise_needs_sequential_and_sparsegpt_takes_it(gpt):
+    layers = select_layers(gpt, ("Dense",), include="block0")  # refused before any work
+    with pytest.raises(TfcompressError, match="layerwise=True .* needs sequential=True"):
+        calibrate(gpt, layers, IDS, _Zero(), sequential=False, layerwise=True, verbose=0)
+    from tfcompress.prune import SparseGPTConfig
+
+    pruned = {lw: prune(gpt, SparseGPTConfig(include="block0_attn", block_size=16,
+                                             layerwise=lw), calibration=IDS, verbose=0)
+              for lw in (True, False)}
+    assert not SparseGPTConfig().layerwise  # llm-compressor's way unless asked
+    # query/key/value read the block's input either way; the output projection reads what
+    # the pruned ones give only when layerwise
+    kernels = {lw: {p: kernel_matrix(la) for p, la in select_layers(m, include="block0_attn")}
+               for lw, m in pruned.items()}
+    same = {p: np.array_equal(kernels[True][p], kernels[False][p])
+            for p in ("block0_attn/query", "block0_attn/attention_output")}
+    assert same == {"block0_attn/query": True, "block0_attn/attention_output": False}
 
 
 def test_a_finished_run_resumes_from_npz_and_json_without_recompressing(gpt, tmp_path,

@@ -34,7 +34,9 @@ def _kernels(model) -> dict:
 
 @pytest.mark.parametrize("config, verb", [
     (GPTQConfig(bits=4, act_order=True), quantize),
-    (SparseGPTConfig(sparsity=0.5), prune)], ids=["gptq", "sparsegpt"])
+    (SparseGPTConfig(sparsity=0.5), prune),
+    (SparseGPTConfig(sparsity=0.5, layerwise=True), prune)],
+    ids=["gptq", "sparsegpt", "sparsegpt_layerwise"])
 def test_lean_gives_the_in_memory_weights_and_loads(folder, tmp_path, config, verb):
     seen = []
     summary = lean_compress(folder, tmp_path / "out", config, IDS, verbose=0,

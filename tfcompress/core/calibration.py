@@ -5,7 +5,10 @@ streamed, each block compressed before the next one sees its outputs.
 block once, then for each block: runs it while the selected layers' inputs are reduced into
 `InputStats` (layers reading the same tensor, such as q/k/v, share one), lets the method's
 `Compressor` compress the block's layers, and runs it again with the compressed weights to
-make the next block's inputs (``sequential=False`` keeps the dense outputs instead). Selected
+make the next block's inputs (``sequential=False`` keeps the dense outputs instead).
+``layerwise=True`` goes one group of layers at a time inside a block too (`input_groups`:
+q/k/v, the attention output, gate/up, down), each group's inputs recorded from a run of the
+block stopped at it, after the groups before it were compressed. Selected
 layers outside every block are calibrated last, in one pass of the whole model. Peak memory
 is one block's activations plus its statistics (large arrays are kept off the C heap, freed
 heap memory handed back to the system after each block: `tfcompress.core.memory`). With
@@ -193,6 +196,37 @@ def _run_block(sub, inputs: list[list], rec) -> list[list]:
     return [list(v) for v in zip(*values, strict=True)]
 
 
+def _probe_block(sub, inputs: list[list]) -> None:
+    """Run block model ``sub`` on each batch until a hook raises `_Stop`."""
+    for i in range(len(inputs[0])):
+        try:
+            sub([x[i] for x in inputs], training=False)
+        except _Stop:
+            pass
+
+
+def _first_row(inputs: list[list]) -> list[list]:
+    """The first batch of each block input, cut to its first row where it has the batch
+    axis the first input has (a run that only learns the call order needs no more)."""
+    rows = getattr(inputs[0][0], "shape", (None,))[0]
+    return [[x[0][:1]] if len(getattr(x[0], "shape", ())) and x[0].shape[0] == rows else [x[0]]
+            for x in inputs]
+
+
+def input_groups(order: Sequence[str], follows: dict[str, str]) -> list[list[str]]:
+    """Layers grouped by the input they read, in call order: each group's first path is the
+    one whose input is recorded (``follows``: path -> that path), the others share it.
+
+    Example:
+        >>> input_groups(["q", "k", "v", "o"], {"k": "q", "v": "q"})
+        [['q', 'k', 'v'], ['o']]
+    """
+    groups: dict[str, list[str]] = {}
+    for path in order:
+        groups.setdefault(follows.get(path, path), []).append(path)
+    return list(groups.values())
+
+
 def _host_inputs(model, host, batches) -> list:
     """What ``host`` receives for each batch when ``model`` runs (the batch itself when the
     host is the model's own graph); the rest of the forward pass is skipped."""
@@ -234,9 +268,9 @@ def _run_key(key: str, plan: BlockPlan, paths, batches) -> str:
 
 def calibrate(model, layers: Sequence[tuple[str, object]], calibration,
               compressor: Compressor, *,
-              blocks=None, sequential: bool = True, max_rows: int | None = None,
-              folder: str | os.PathLike | None = None, key: str = "",
-              verbose: int = 1) -> dict:
+              blocks=None, sequential: bool = True, layerwise: bool = False,
+              max_rows: int | None = None, folder: str | os.PathLike | None = None,
+              key: str = "", verbose: int = 1) -> dict:
     """Calibrate and compress ``layers`` of ``model`` block by block with ``compressor``;
     returns the ``{path: result}`` of its `Compressor.compress_layer` calls.
 
@@ -244,13 +278,21 @@ def calibrate(model, layers: Sequence[tuple[str, object]], calibration,
     (``max_rows`` rows at most per layer), in call order; the compressor changes their
     weights in place. ``blocks``: None (found), a regex or layer names (`find_blocks`).
     ``sequential``: the next block's inputs come from this block's compressed weights (False:
-    from its dense ones). ``folder``: save progress there (`ResumeStore`) and resume a run
-    with the same ``key`` (the method's settings), model, layers and ``calibration``.
+    from its dense ones). ``layerwise`` (with ``sequential``): inside a block too, each group
+    of layers reading one input (q/k/v, the attention output, gate/up, down) is calibrated
+    on what the layers compressed before it give, from one partial run of the block per
+    group (False: every layer of a block from the block's dense run; layers outside every
+    block are always calibrated together). ``folder``: save progress there (`ResumeStore`)
+    and resume a run with the same ``key`` (the method's settings), model, layers and
+    ``calibration``.
     ``verbose`` shows a progress bar with an ETA. ``model``'s graph is left as it was.
 
     Example:
         >>> masks = calibrate(model, layers, token_ids, SparseGPTPruner(config))
     """
+    if layerwise and not sequential:
+        raise TfcompressError("layerwise=True calibrates each layer on the layers compressed "
+                              "before it, so it needs sequential=True")
     large_arrays_off_heap()  # each block's activations leave the process when freed
     with unchanged_graph(model):
         batches = calibration_batches(calibration, model)
@@ -259,7 +301,7 @@ def calibrate(model, layers: Sequence[tuple[str, object]], calibration,
         store = (ResumeStore(folder, _run_key(key, plan, [p for p, _ in layers], batches))
                  if folder else None)
         runner = _BlockRunner(model, layers, batches, compressor, sequential=sequential,
-                              max_rows=max_rows, store=store,
+                              layerwise=layerwise, max_rows=max_rows, store=store,
                               bar=progress_bar(len(by_block) + bool(rest), verbose=verbose,
                                                unit_name="block"))
         if graph is not None:
@@ -298,10 +340,11 @@ class _BlockRunner:
     ``sequential``, and saved to ``store``; ``results`` gathers the compressor's results."""
 
     def __init__(self, model, layers, batches, compressor: Compressor, *, sequential: bool,
-                 max_rows: int | None, store: ResumeStore | None, bar):
+                 layerwise: bool, max_rows: int | None, store: ResumeStore | None, bar):
         self.model, self.batches, self.compressor = model, batches, compressor
         self.path_of = {id(la): p for p, la in layers}
         self.sequential, self.max_rows, self.store, self.bar = sequential, max_rows, store, bar
+        self.layerwise = layerwise
         self.done = store.done if store else 0
         self.results: dict = {}
 
@@ -318,6 +361,31 @@ class _BlockRunner:
                 outputs = None  # dropped first: one block's activations at a time
                 outputs = run(None)
         return outputs
+
+    def step_layerwise(self, targets, sub, inputs: list[list], outputs: bool) -> list | None:
+        """Calibrate block model ``sub`` group by group (`input_groups`, learnt from one
+        sequence), each group from a run stopped at it; returns the compressed block's
+        outputs (None unless ``outputs``: the last block's are not needed)."""
+        order = _Recorder(targets, self.path_of, (), None)  # call order and shared inputs
+        with input_hooks(targets, self.path_of, order.record):
+            _run_block(sub, _first_row(inputs), order)
+        by_path = {self.path_of[id(la)]: la for la in targets}
+        for paths in input_groups(order.order, order.follows):
+            stats = InputStats(matrix_shape(by_path[paths[0]])[0], self.compressor.needs,
+                               self.max_rows)
+            stats.readers = len(paths)
+
+            def record(path, x, _stats=stats):
+                _stats.update(np.asarray(x))
+                raise _Stop  # the rest of the block waits for this group's new weights
+
+            with input_hooks([by_path[paths[0]]], self.path_of, record):
+                _probe_block(sub, inputs)
+            self.results.update(self.compressor.compress_block(
+                [(p, by_path[p]) for p in paths], dict.fromkeys(paths, stats)))
+            del stats
+            release_freed_memory()  # each partial run's temporaries, before the next one
+        return _run_block(sub, inputs, None) if outputs else None
 
     def finish(self, index: int, group, targets, inputs) -> None:
         """Unit ``index`` is done: saved (its layers' results, the next inputs) if resumable;
@@ -361,9 +429,13 @@ class _BlockRunner:
                 continue
             nxt = graph.inputs[b + 1] if b + 1 < len(by_block) else []
             ins = [live[id(t)] for t in graph.inputs[b]]
-            produced = self.step(by_block[b], functools.partial(_run_block, graph.models[b],
-                                                                ins))
-            live |= {id(t): produced[j] for j, t in enumerate(graph.outputs[b])}
+            if self.layerwise and by_block[b]:
+                produced = self.step_layerwise(by_block[b], graph.models[b], ins, bool(nxt))
+            else:
+                produced = self.step(by_block[b], functools.partial(_run_block,
+                                                                    graph.models[b], ins))
+            if produced is not None:
+                live |= {id(t): produced[j] for j, t in enumerate(graph.outputs[b])}
             keep = keep_always | {id(t) for t in nxt}
             live = {i: v for i, v in live.items() if i in keep}  # one block's activations
             self.finish(b, group, by_block[b], [live[id(t)] for t in nxt] if nxt else None)

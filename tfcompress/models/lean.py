@@ -205,9 +205,10 @@ def _compress_block(block, hidden: list, method: _Method) -> list[np.ndarray]:
     the compressed block, or the float one with ``sequential=False``)."""
     dense = None if getattr(method.config, "sequential", True) else _forward(block, hidden)
     layers = method.select(block)
+    layerwise = getattr(method.config, "layerwise", False)  # SparseGPT's, as prune's
     if layers:
-        calibrate(block, layers, hidden, method.compressor, sequential=False,
-                  max_rows=method.config.max_rows, verbose=0)
+        calibrate(block, layers, hidden, method.compressor, sequential=layerwise,
+                  layerwise=layerwise, max_rows=method.config.max_rows, verbose=0)
     return dense if dense is not None else _forward(block, hidden)
 
 

@@ -186,7 +186,11 @@ class WandaConfig(_PruneMethodConfig):
 @dataclass(frozen=True, kw_only=True)
 class SparseGPTConfig(_PruneMethodConfig):
     """SparseGPT's Hessian reconstruction from calibration inputs: ``block_size`` columns at a
-    time, ``damping`` a fraction of the mean Hessian diagonal; ``max_rows``, ``blocks``,
+    time, ``damping`` a fraction of the mean Hessian diagonal; ``layerwise=True``: inside
+    each block too, a layer's inputs come from the layers pruned before it (q/k/v, then the
+    attention output, gate/up, down: SmolLM2-135M 50 % 1.729 -> 1.695x the float perplexity,
+    for about a quarter more calibration time and 0.15-0.25 GB more peak memory; False: all
+    from the block's dense run, as llm-compressor does); ``max_rows``, ``blocks``,
     ``resume_dir`` as in `WandaConfig`.
 
     Example:
@@ -197,6 +201,7 @@ class SparseGPTConfig(_PruneMethodConfig):
     activation_aware = True
     block_size: int = 128
     damping: float = 0.01
+    layerwise: bool = False
     max_rows: int | None = 8192
     blocks: str | tuple[str, ...] | None = None
     resume_dir: str | None = None

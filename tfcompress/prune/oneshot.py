@@ -82,9 +82,11 @@ def calibrate_layers(model, layers: list[tuple[str, object]],
                      config: WandaConfig | SparseGPTConfig, data, compressor: Compressor,
                      sequential: bool = True, verbose: int = 1) -> dict[str, np.ndarray]:
     """``compressor`` run block by block over ``layers`` with ``config``'s ``blocks``,
-    ``max_rows`` and ``resume_dir``; returns its ``{path: result}``."""
+    ``max_rows``, ``resume_dir`` and ``layerwise`` (SparseGPT's); returns its
+    ``{path: result}``."""
     return calibrate(model, layers, data, compressor, blocks=config.blocks,
-                     sequential=sequential, max_rows=config.max_rows,
+                     sequential=sequential, layerwise=getattr(config, "layerwise", False),
+                     max_rows=config.max_rows,
                      folder=config.resume_dir, key=run_key(config), verbose=verbose)
 
 
