@@ -121,6 +121,9 @@ def generate_table(data: dict) -> str:
         "int4_ppl_ratio", "q4_k_m_ppl_ratio") if data.get(k) is not None]
     if data.get("rotation_max_rel_logit_diff") is not None:
         ratios.append(f"`rotation_max_rel_logit_diff` {data['rotation_max_rel_logit_diff']:.1e}")
+    if data.get("decode_4096_vs_256") is not None:
+        ratios.append(f"`decode_4096_vs_256` {data['decode_4096_vs_256']:.2f} (2 threads), "
+                      f"{data['decode_4096_vs_256_1t']:.2f} (1 thread)")
     for key in ("decode_vs_llamacpp", "prefill_vs_llamacpp"):
         for pair, by in (data.get(key) or {}).items():
             ratios.append(f"`{key}` {pair}: " + ", ".join(

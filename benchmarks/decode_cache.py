@@ -90,6 +90,53 @@ def measure(bundles: list[str], out: Path, prompt: np.ndarray, new: int,
     }
 
 
+def role(spec: tuple) -> str:
+    """The key infix of a long bundle ``(cache_length, cache_buckets, kv_cache_dtype)`` by
+    what it tests: ``""`` (bucketed, float32: the issue's key), ``"unbucketed_"``, ``"f16_"``.
+
+    >>> role((4096, "auto", "float32")), role((4096, None, "float32"))
+    ('', 'unbucketed_')
+    >>> role((128, (32, 64), "float16"))
+    'f16_'
+    """
+    _, buckets, kv_dtype = spec
+    return "unbucketed_" if not buckets else "f16_" if kv_dtype == "float16" else ""
+
+
+def length_ratios(timed: dict, bundles: dict) -> dict:
+    """``decode_4096_<role>vs_256`` (2 threads; ``_1t``: 1 thread) and ``prefill_...``: each
+    later bundle's median tokens/s over the first one's, from `measure`'s ``timed``.
+
+    >>> length_ratios({"decode_tps": {"s_1t": 50.0, "s_2t": 40.0, "l_1t": 45.0, "l_2t": 40.0},
+    ...                "prefill_tps": {"s_1t": 200.0, "s_2t": 300.0, "l_1t": 100.0,
+    ...                                "l_2t": 150.0}},
+    ...               {"s": (256, None, "float32"), "l": (4096, "auto", "float32")})
+    {'decode_4096_vs_256_1t': 0.9, 'prefill_4096_vs_256_1t': 0.5, 'decode_4096_vs_256': 1.0, \
+'prefill_4096_vs_256': 0.5}
+    """
+    short, *longs = bundles
+    out = {}
+    for t in THREADS:
+        suffix = "" if t == THREADS[-1] else f"_{t}t"
+        for name in longs:
+            for kind in ("decode", "prefill"):
+                tps = timed[f"{kind}_tps"]
+                out[f"{kind}_4096_{role(bundles[name])}vs_256{suffix}"] = (
+                    tps[f"{name}_{t}t"] / tps[f"{short}_{t}t"])
+    return out
+
+
+def timed_lengths(bundles: dict, out: Path, prompt: np.ndarray, new: int,
+                  repeats: int) -> dict:
+    """`measure` of the exported ``bundles`` in ``out`` (the first is the peer) with their
+    `length_ratios`: what ``decode_cache`` and ``generate`` report."""
+    before = os.getloadavg()[0]
+    timed = measure(list(bundles), out, prompt, new, repeats)
+    return {**timed, **length_ratios(timed, bundles), "prompt_tokens": int(prompt.size),
+            "decode_steps": new, "repeats": repeats, "threads": list(THREADS),
+            "load_avg": [before, os.getloadavg()[0]]}  # 1-minute, before and after timing
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = bench_parser("decode_cache", __doc__)
     parser.add_argument("--gguf", help="a Llama GGUF instead of the installed SmolLM2")
@@ -115,25 +162,13 @@ def main(argv: list[str] | None = None) -> None:
     model = load_gguf(gguf)
     text = bundled_corpus("austen")["test"]
     prompt = np.asarray(gguf_tokenizer(gguf).encode(text[30_000:40_000])[:size["prompt"]])
-    rows = export_bundles(model, gguf, size["bundles"], size["prompt"], size["mode"],
-                          out)
-    del model
+    rows = export_bundles(model, gguf, size["bundles"], size["prompt"], size["mode"], out)
+    del model  # the runners' memory, not the model's, while timing
     gc.collect()
-    names = list(size["bundles"])
-    res = {"rows": rows, **measure(names, out, prompt, size["new"], size["repeats"]),
-           "mode": size["mode"], "prompt_tokens": int(prompt.size), "decode_steps": size["new"],
-           "repeats": size["repeats"], "threads": list(THREADS), "cpu_count": os.cpu_count()}
-    # keys by role: the long bundle without buckets, with them, with a float16 cache
-    full = list(QUICK["bundles"] if args.quick else BUNDLES)
-    short = names[0]
-    for t in THREADS:
-        suffix = "" if t == THREADS[-1] else f"_{t}t"
-        for name in names[1:]:
-            role = ("", "unbucketed_", "", "f16_")[full.index(name)]
-            res[f"decode_4096_{role}vs_256{suffix}"] = (res["decode_tps"][f"{name}_{t}t"]
-                                                        / res["decode_tps"][f"{short}_{t}t"])
-            res[f"prefill_4096_{role}vs_256{suffix}"] = (res["prefill_tps"][f"{name}_{t}t"]
-                                                         / res["prefill_tps"][f"{short}_{t}t"])
+    res = {"rows": rows, **timed_lengths(size["bundles"], out, prompt, size["new"],
+                                         size["repeats"]),
+           "mode": size["mode"], "cpu_count": os.cpu_count()}
+    short = next(iter(size["bundles"]))
     lines = ["| bundle | cache | KV | signatures | file MB | export s | ppl (Keras) | decode tok/s "
              "1t / 2t | prefill tok/s 1t / 2t |", "|---|---|---|---|---|---|---|---|---|"]
     for name, row in rows.items():

@@ -18,8 +18,12 @@ tokens/s (128 / TTFT), decode tokens/s over 128 greedy tokens, and the peak RSS 
 adds on top of the process's imports. Ours is matched with llama.cpp's file of the same
 precision (int8 with Q8_0, int4 with Q4_K_M) in the ``*_vs_*`` ratios, through the row of
 that precision `best_rows` picks (``peer_rows`` says which), and ``<name>_size.png`` plots
-perplexity ratio against file size. The machine may be shared: each timing records the
-load average it ran under, and the results the load over the whole run.
+perplexity ratio against file size. Our bundles carry a 256-position cache bucket
+(`BUCKETS`), which these lengths run on (``decode_cache_read``: the cache length the
+runner's last step read). ``decode_4096_vs_256``: `benchmarks.decode_cache`'s measure of a
+4,096-token bundle with the library's buckets against a 256-token one, 128 tokens in
+(`cache_lengths`). The machine may be shared: each timing records the load average it ran
+under, and the results the load over the whole run.
 
     python -m benchmarks.generate                  # writes results/generate.json
     python -m benchmarks.generate --modes dynamic_int8 --skip-window --repeats 1
@@ -67,6 +71,13 @@ from tfcompress.errors import TfcompressError
 ROOT = Path(__file__).resolve().parents[1]
 
 PROMPT, NEW, CACHE, PREFILL = 128, 128, 512, (32, 128)
+# export_llm's cache_buckets: a 128-token prompt and 128 new tokens (positions < 256), and
+# each perplexity window of 256, run on the 256-position signatures, so a decode step reads
+# the cache the tokens fill, not CACHE's 512 positions (as llama.cpp reads only filled ones)
+BUCKETS = (256,)
+# decode_4096_vs_256 (`benchmarks.decode_cache`'s bundles): a 4,096-token cache with the
+# library's buckets ("auto") against a 256-token one, 128 tokens in
+LENGTHS = ("cache_256", "cache_4096_buckets")
 THREADS = 2  # perplexity through the bundles, the window path and LiteRT-LM's engine
 THREAD_COUNTS, REPEATS = ("1", "2"), 3  # every runtime is timed on each, interleaved
 GREEDY = 64
@@ -128,7 +139,9 @@ def measure(bundle: str, prompt_file: str, greedy: str | int = GREEDY,
         decode_s = time.perf_counter() - start
         stats = {"ttft_s": ttft, "prefill_tps": len(prompt) / ttft,
                  "decode_tps": (NEW - 1) / decode_s, "greedy": ids[:int(greedy)],
-                 "load_avg": os.getloadavg()[0]}
+                 "load_avg": os.getloadavg()[0],
+                 # the cache length the last step ran on (our bundles: its bucket)
+                 "cache_read": getattr(runner, "bucket", None)}
     peak = _vm_hwm_mb()
     return {**stats, "baseline_mb": baseline, "peak_mb": peak, "runtime_mb": peak - baseline}
 
@@ -472,7 +485,8 @@ def main(argv: list[str] | None = None) -> None:
         bundle = targets[mode] = out / mode
         # export_llm's own check (on text) as users get it; perplexity is measured below too
         result = export_llm(source, bundle, prefill_lengths=PREFILL, cache_length=CACHE,
-                            mode=EXPORT_MODE[mode], tokenizer=gguf, **kwargs)
+                            cache_buckets=BUCKETS, mode=EXPORT_MODE[mode], tokenizer=gguf,
+                            **kwargs)
         res["seconds"][f"export_{mode}"] = time.perf_counter() - start
         if result.int4 is not None:
             _int4_note(res, mode, result, args)
@@ -502,7 +516,10 @@ def main(argv: list[str] | None = None) -> None:
         res["timing"][name] = {t: medians(runs) for t, runs in by_threads.items()}
         first = by_threads[str(THREADS)][0]  # its ids and memory (they do not vary)
         res[f"greedy_{name}"], res["runtime_rss_mb"][name] = first["greedy"], first["runtime_mb"]
+        if first.get("cache_read") is not None:
+            res.setdefault("decode_cache_read", {})[name] = first["cache_read"]
     res["seconds"]["timing"] = time.perf_counter() - start
+    cache_lengths(model, gguf, prompt, out, args, res)
 
     res["notes"] = [n for n in res["notes"] if not n.startswith("greedy ")]  # a merged run's
     for name in res["timing"]:
@@ -532,6 +549,29 @@ def main(argv: list[str] | None = None) -> None:
             "gptq_cache_decoded": keras_generation_s(cache_decoded(quantized), prompt)}
     res["seconds"]["total"] = time.perf_counter() - started
     _write(res, args)
+
+
+def cache_lengths(model, gguf: Path, prompt: np.ndarray, out: Path, args, res: dict) -> None:
+    """``decode_4096_vs_256`` (and its 1-thread, prefill and per-bundle figures under
+    ``cache_lengths``) into ``res``, measured as `benchmarks.decode_cache` does (its bundles
+    `LENGTHS`, dynamic_int8; --quick: a tiny float32 pair under the same names)."""
+    from benchmarks import decode_cache
+
+    start = time.perf_counter()
+    if args.quick:  # caches of 32 and 128 (its bucket 32): 2 + 4 signatures of a toy
+        q = decode_cache.QUICK
+        bundles = dict(zip(LENGTHS, ((32, None, "float32"), (128, (32,), "float32")),
+                           strict=True))
+        size, mode, new, repeats = q["prompt"], q["mode"], q["new"], q["repeats"]
+    else:
+        bundles = {name: decode_cache.BUNDLES[name] for name in LENGTHS}
+        size, mode, new, repeats = PROMPT, "dynamic_int8", decode_cache.NEW, args.repeats
+    rows = decode_cache.export_bundles(model, gguf, bundles, size, mode, out / "cache_lengths")
+    timed = decode_cache.timed_lengths(bundles, out / "cache_lengths", prompt[:size], new,
+                                       repeats)
+    res["cache_lengths"] = {"rows": rows, "mode": mode, **timed}
+    res.update({k: v for k, v in timed.items() if k.startswith(("decode_4096", "prefill_4096"))})
+    res["seconds"]["cache_lengths"] = time.perf_counter() - start
 
 
 def best_rows(res: dict) -> dict[str, str]:

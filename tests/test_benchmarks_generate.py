@@ -155,3 +155,28 @@ def test_llama_cpp_scores_the_same_ids_as_the_keras_model(tmp_path):
     runner.close()
     assert generate.exported_perplexity(f16, ids, 16) == pytest.approx(
         keras_perplexity(model, ids, 16), rel=1e-2)
+
+
+def test_decode_4096_vs_256_is_the_long_bundles_speed_over_the_short_ones():
+    """decode_cache's ratios, which generate reports too: each long bundle's median tokens/s
+    over the 256 one's, keyed by what it tests, 2 threads bare and 1 thread ``_1t``."""
+    from benchmarks.decode_cache import BUNDLES, length_ratios
+
+    tps = {"decode_tps": {"short_1t": 50.0, "short_2t": 40.0, "long_1t": 45.0, "long_2t": 30.0,
+                          "flat_1t": 12.5, "flat_2t": 10.0, "half_1t": 40.0, "half_2t": 36.0},
+           "prefill_tps": {"short_1t": 200.0, "short_2t": 400.0, "long_1t": 100.0,
+                           "long_2t": 400.0, "flat_1t": 50.0, "flat_2t": 80.0,
+                           "half_1t": 150.0, "half_2t": 300.0}}
+    bundles = {"short": (256, None, "float32"), "long": (4096, "auto", "float32"),
+               "flat": (4096, None, "float32"), "half": (4096, (256,), "float16")}
+    r = length_ratios(tps, bundles)
+    assert r == pytest.approx({
+        "decode_4096_vs_256": 0.75, "decode_4096_vs_256_1t": 0.9,
+        "prefill_4096_vs_256": 1.0, "prefill_4096_vs_256_1t": 0.5,
+        "decode_4096_unbucketed_vs_256": 0.25, "decode_4096_unbucketed_vs_256_1t": 0.25,
+        "prefill_4096_unbucketed_vs_256": 0.2, "prefill_4096_unbucketed_vs_256_1t": 0.25,
+        "decode_4096_f16_vs_256": 0.9, "decode_4096_f16_vs_256_1t": 0.8,
+        "prefill_4096_f16_vs_256": 0.75, "prefill_4096_f16_vs_256_1t": 0.75})
+    # generate's pair is the issue's: 256 positions, and 4,096 with the library's buckets
+    short, long = (BUNDLES[name] for name in generate.LENGTHS)
+    assert short == (256, None, "float32") and long == (4096, "auto", "float32")

@@ -78,3 +78,26 @@ def test_nothing_to_share_returns_the_same_bytes():
     converter.optimizations = [tf.lite.Optimize.DEFAULT]
     flatbuffer = converter.convert()
     assert share_quantization(flatbuffer) == (flatbuffer, 0)
+
+
+@pytest.mark.parametrize("mode", ["dynamic_int8", "int4"])
+def test_export_llm_leaves_no_table_to_share(tmp_path, mode):
+    """export_llm shares the tables in its own rewrite (share_tied_table's, quantize_int4's),
+    so another pass finds none; the tied table and the head's scales are stored once."""
+    from ai_edge_litert.tools import flatbuffer_utils as fbu
+
+    from tests.test_export_llm import tiny_int4_llama
+    from tfcompress.export.llm import export_llm
+
+    export_llm(tiny_int4_llama(None, vocab=96), tmp_path, prefill_lengths=(8,),
+               cache_length=32, cache_buckets=(16,), mode=mode, verify_output=False,
+               verbose=False)
+    flatbuffer = (tmp_path / "model.tflite").read_bytes()
+    model = fbu.read_model_from_bytearray(flatbuffer)
+    assert len(model.subgraphs) == 4  # prefill, decode and the bucket's pair
+    unshared = len(fbu.convert_object_to_bytearray(model))  # every tensor its own table
+    # nothing left to share (a re-pack may align a few bytes apart) ...
+    assert abs(len(share_quantization(flatbuffer)[0]) - len(flatbuffer)) <= 16
+    # ... and at least the head's per-row table (96 float32 scales, int64 zero points) is
+    # stored once, not once per signature
+    assert unshared - len(flatbuffer) >= 3 * 96 * (4 + 8)

@@ -267,17 +267,15 @@ def _convert(dec: Decoder, plan: dict[str, tuple[int, int, bool]], mode: str,
         return litert_quantize(flatbuffer, spec_mode.litert_recipe, integer[1], float_io=True,
                                widen=lambda ranges: share_ranges(ranges, twins)), None
     if mode == "int4" and budget is None:
-        out, report = quantize_int4(flatbuffer, linear, list(dec.quantized), tied, dec.codes,
-                                    int8=keep8)
-        return share_quantization(out)[0], report
+        return quantize_int4(flatbuffer, linear, list(dec.quantized), tied, dec.codes,
+                             int8=keep8, share=True)
     if mode == "int4":
         over = 0  # the file's bytes are estimated: an overshoot shrinks the next try's spare
         while True:
             int8 = budget.choose(len(flatbuffer), over)["int8"]
             out, report = quantize_int4(flatbuffer, linear, list(dec.quantized), tied,
                                         dec.codes, int8=tuple(int8) + keep8,
-                                        floats=budget.floats)
-            out = share_quantization(out)[0]
+                                        floats=budget.floats, share=True)
             if len(out) <= budget.budget_bytes:
                 return out, {**report, "budget": budget.report}
             if not int8:
@@ -285,7 +283,7 @@ def _convert(dec: Decoder, plan: dict[str, tuple[int, int, bool]], mode: str,
                                       f"all-int4 bundle ({len(out) / 1e6:.6f} MB)")
             over += len(out) - budget.budget_bytes
     if tied and mode == "dynamic_int8":  # the converter stores the tied table twice
-        flatbuffer, _ = share_tied_table(flatbuffer)
+        return share_tied_table(flatbuffer, share=True)[0], None
     return share_quantization(flatbuffer)[0], None
 
 

@@ -39,6 +39,7 @@ from tfcompress.core.layers import iter_layers, kernel_matrix
 from tfcompress.core.progress import quiet
 from tfcompress.export.llm_graph import HADAMARD_SCOPE, HEAD_SCOPE, linear_scope
 from tfcompress.export.modes import INT4_BLOCK
+from tfcompress.export.shared_quant import share_tables
 from tfcompress.quantize.storage import is_quantized, signed_codes
 
 
@@ -227,12 +228,10 @@ def _writable(grid, weights: list[np.ndarray]) -> bool:
     return all(x.shape == w.shape and np.array_equal(x, w) for x in weights)
 
 
-def _write_codes(flatbuffer: bytes, grids: dict, scopes: dict[str, str]) -> bytes:
-    """Overwrite the blockwise int4 weights (packed two's-complement nibbles, low first) and
-    float16 block scales of the layers in ``grids`` with their own codes and scales."""
-    from ai_edge_litert.tools import flatbuffer_utils as fbu
-
-    model = fbu.read_model_from_bytearray(flatbuffer)
+def _write_codes(model, grids: dict, scopes: dict[str, str]) -> None:
+    """Overwrite, in place on a ``ModelT``, the blockwise int4 weights (packed two's-complement
+    nibbles, low first) and float16 block scales of the layers in ``grids`` with their own
+    codes and scales."""
     done: set[int] = set()
     for name, subgraph, op in _layer_ops(model, {n: scopes[n] for n in grids}):
         tensor = subgraph.tensors[op.inputs[1]]
@@ -244,13 +243,13 @@ def _write_codes(flatbuffer: bytes, grids: dict, scopes: dict[str, str]) -> byte
         scales = subgraph.tensors[tensor.quantization.details.scales]
         model.buffers[scales.buffer].data = np.ascontiguousarray(
             scale.T.astype(np.float16)).view(np.uint8).reshape(-1)
-    return bytes(fbu.convert_object_to_bytearray(model))
 
 
 def quantize_int4(flatbuffer: bytes, scopes: dict[str, str], quantized: list[str],
                   tied_head: bool, codes: dict | None = None, int8: tuple[str, ...] = (),
                   head: str | None = HEAD_SCOPE,
-                  floats: dict[str, np.ndarray] | None = None) -> tuple[bytes, dict]:
+                  floats: dict[str, np.ndarray] | None = None,
+                  share: bool = False) -> tuple[bytes, dict]:
     """Quantize a float ``flatbuffer`` (of `export_llm` or `export_tflite`) to blockwise int4
     (block 32), an int8 per-channel output head and an int8 per-row embedding table.
 
@@ -268,7 +267,8 @@ def quantize_int4(flatbuffer: bytes, scopes: dict[str, str], quantized: list[str
     instead, like the head (the ops whose scope matches the regex ``head``; None: no head
     of its own, int4 like the rest); those of ``floats`` (``{map: (d_in, d_out)}``, the
     float weights a quantized map came from) are rounded to int8 from these, not from their
-    int4 values.
+    int4 values. ``share``: each weight's quantization table once for all signatures
+    (`shared_quant.share_tables`), in the rewrite that writes the codes.
     """
     from ai_edge_litert.tools import flatbuffer_utils as fbu
     from ai_edge_quantizer import quantizer
@@ -296,8 +296,11 @@ def quantize_int4(flatbuffer: bytes, scopes: dict[str, str], quantized: list[str
                                         [scopes[n] for n in int8], head))
     with quiet():
         out = bytes(qt.quantize().quantized_model)
-    if written:
-        out = _write_codes(out, written, scopes)
+    if written or share:  # one parse and one pack of the quantized file for both
+        model = fbu.read_model_from_bytearray(out)
+        _write_codes(model, written, scopes)
+        if written or (share_tables(model) if share else 0):
+            out = bytes(fbu.convert_object_to_bytearray(model))
     embedding = ("float32 (GATHER)" if not lookups else
                  f"int8 per row (EMBEDDING_LOOKUP){', shared with the tied head' * tied_head}")
     copied = [name for name in quantized if name in recovered or name in written]

@@ -21,6 +21,7 @@ import copy
 
 from tfcompress.export.llm_graph import HEAD_SCOPE
 from tfcompress.export.llm_int4 import _op_name, _opcode_index
+from tfcompress.export.shared_quant import share_tables
 
 
 def _head_table(model):
@@ -72,18 +73,28 @@ def _builtin(model, op) -> int:
     return get_builtin_code_from_operator_code(model.operatorCodes[op.opcodeIndex])
 
 
-def share_tied_table(flatbuffer: bytes) -> tuple[bytes, int]:
+def share_tied_table(flatbuffer: bytes, share: bool = False) -> tuple[bytes, int]:
     """Rewrite a dynamic-range flatbuffer so each GATHER(int8 table) -> DEQUANTIZE pair whose
     table has the tied head's shape becomes one EMBEDDING_LOOKUP on the head's int8 per-row
-    table, and the table's own copy is dropped. Returns ``(flatbuffer, GATHERs rewritten)``;
-    the bytes come back unchanged when there is no int8 head or no such GATHER."""
-    from ai_edge_litert import schema_py_generated as schema
+    table, and the table's own copy is dropped. ``share``: in the same rewrite, each weight's
+    quantization table once for all signatures (`shared_quant.share_tables`). Returns
+    ``(flatbuffer, GATHERs rewritten)``; the bytes come back unchanged when nothing changed."""
     from ai_edge_litert.tools import flatbuffer_utils as fbu
 
     model = fbu.read_model_from_bytearray(flatbuffer)
+    count = _tie(model)
+    if not count + (share_tables(model) if share else 0):
+        return flatbuffer, 0
+    return bytes(fbu.convert_object_to_bytearray(model)), count
+
+
+def _tie(model) -> int:
+    """`share_tied_table`'s rewrite, in place on a ``ModelT``: the GATHERs rewritten."""
+    from ai_edge_litert import schema_py_generated as schema
+
     head = _head_table(model)
     if head is None:
-        return flatbuffer, 0
+        return 0
     table, table_buffer = head
     values = _dequantized(model, table)  # once: each signature has its own GATHER
     lookup, count = None, 0
@@ -113,9 +124,7 @@ def share_tied_table(flatbuffer: bytes) -> tuple[bytes, int]:
             op.outputs = after[0].outputs  # the float rows the DEQUANTIZE gave
             subgraph.operators.remove(after[0])
             count += 1
-    if not dropped:
-        return flatbuffer, 0
     in_use = {t.buffer for subgraph in model.subgraphs for t in subgraph.tensors}
     for index in dropped - in_use:
         model.buffers[index].data = None
-    return bytes(fbu.convert_object_to_bytearray(model)), count
+    return count

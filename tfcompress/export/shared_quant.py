@@ -45,13 +45,11 @@ def _packed_once(params):
     return once
 
 
-def share_quantization(flatbuffer: bytes) -> tuple[bytes, int]:
-    """``(flatbuffer, tensors sharing)``: each constant tensor whose weight buffer and
-    quantization equal an earlier tensor's reads that tensor's table. The bytes come back
-    unchanged when no table repeats."""
-    from ai_edge_litert.tools import flatbuffer_utils as fbu
-
-    model = fbu.read_model_from_bytearray(flatbuffer)
+def share_tables(model) -> int:
+    """In place on a flatbuffer ``ModelT`` (`flatbuffer_utils.read_model_from_bytearray`):
+    each constant tensor whose weight buffer and quantization equal an earlier tensor's reads
+    that tensor's table; returns how many do. For a rewrite that already holds the model
+    (`quantize_int4`, `share_tied_table`), so the file is parsed and packed once."""
     first: dict[int, object] = {}
     count = 0
     for subgraph in model.subgraphs:
@@ -66,6 +64,16 @@ def share_quantization(flatbuffer: bytes) -> tuple[bytes, int]:
             elif _same(seen, params):
                 tensor.quantization = seen
                 count += 1
+    return count
+
+
+def share_quantization(flatbuffer: bytes) -> tuple[bytes, int]:
+    """``(flatbuffer, tensors sharing)``: `share_tables` on the file's bytes. The bytes come
+    back unchanged when no table repeats."""
+    from ai_edge_litert.tools import flatbuffer_utils as fbu
+
+    model = fbu.read_model_from_bytearray(flatbuffer)
+    count = share_tables(model)
     if not count:
         return flatbuffer, 0
     return bytes(fbu.convert_object_to_bytearray(model)), count
