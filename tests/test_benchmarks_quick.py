@@ -84,13 +84,16 @@ def test_distill_sweep_table_picks_settings_never_worse_than_labels():
 
     assert KDConfig(0.0, 1.0, 2.0, "jsd").name == "w0-1_T2_jsd"
     a, b = SWEEP[0].name, SWEEP[1].name
-    regimes = {"init": {"seeds": {"0": {"labels": 10.0, a: 9.0, b: 10.5}}},
+    regimes = {"init": {"seeds": {"0": {"labels": 10.0, a: 9.0, b: 10.5, "keras_kd": 8.0}}},
                "long": {"seeds": {"0": {"labels": 10.0, a: 9.5, b: 9.0}}}}
     data, table = sweep_table({"regimes": regimes})
     assert data["sweep_worst_vs_labels"][a] == pytest.approx(-0.05)
     assert data["sweep_worst_vs_labels"][b] == pytest.approx(0.05)
+    assert data["sweep_worst_vs_keras"][a] == pytest.approx(0.125)  # 9 / 8 - 1 in init
     assert data["sweep_never_worse"] == [a]
-    assert f"| {a} | -10.0% | -5.0% | -5.0% |" in table
+    assert "| labels only (ppl) | 10.000 | 10.000 | | |" in table
+    assert f"| {a} | -10.00% | -5.00% | -5.00% | +12.50% |" in table
+    assert "| keras_kd | -20.00% | - | -20.00% | - |" in table
 
 
 def test_distill_smollm2_curve_table():

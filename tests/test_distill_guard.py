@@ -126,6 +126,16 @@ def test_guard_outside_a_distiller_raises(data):
         student.fit(data[0], steps_per_epoch=1, verbose=0, callbacks=[KDGuard(data[1], data[0])])
 
 
+def test_the_sweep_measures_the_defaults():
+    from benchmarks.distill import SWEEP, KDConfig
+
+    # KDConfig() is built from the DEFAULT_* constants: the table they are chosen from
+    # (python -m benchmarks.distill --sweep) always has a row for them
+    assert KDConfig() in SWEEP
+    weight, temperature = DEFAULT_LABELS_WEIGHT, DEFAULT_TEMPERATURE
+    assert KDConfig().name == f"w{weight:g}_T{temperature:g}_{DEFAULT_DIVERGENCE}"
+
+
 def test_labels_weight_defaults_and_deprecated_alpha():
     teacher, student = tiny("teacher", 1), tiny("student", 0)
     d = Distiller(teacher, student)
