@@ -283,6 +283,8 @@ def test_layerwise_needs_sequential_and_sparsegpt_takes_it(gpt):
                                              layerwise=lw), calibration=IDS, verbose=0)
               for lw in (True, False)}
     assert not SparseGPTConfig().layerwise  # llm-compressor's way unless asked
+    with pytest.raises(TfcompressError, match="layerwise must be True or False, got 'yes'"):
+        SparseGPTConfig(layerwise="yes")
     # query/key/value read the block's input either way; the output projection reads what
     # the pruned ones give only when layerwise
     kernels = {lw: {p: kernel_matrix(la) for p, la in select_layers(m, include="block0_attn")}

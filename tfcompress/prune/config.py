@@ -212,6 +212,8 @@ class SparseGPTConfig(_PruneMethodConfig):
             raise TfcompressError(f"block_size must be a positive integer, got {self.block_size}")
         if self.damping <= 0:
             raise TfcompressError(f"damping must be > 0, got {self.damping}")
+        if not isinstance(self.layerwise, bool):
+            raise TfcompressError(f"layerwise must be True or False, got {self.layerwise!r}")
 
 
 @dataclass(frozen=True)
