@@ -23,7 +23,8 @@ perplexity ratio against file size. Our bundles carry a 256-position cache bucke
 runner's last step read). ``decode_4096_vs_256``: `benchmarks.decode_cache`'s measure of a
 4,096-token bundle with the library's buckets against a 256-token one, 128 tokens in
 (`cache_lengths`). The machine may be shared: each timing records the load average it ran
-under, and the results the load over the whole run.
+under, and the results the load over the whole run. Each bundle is made and scored in a
+process of its own (`export_row`), so the run's memory is one export's, not their sum.
 
     python -m benchmarks.generate                  # writes results/generate.json
     python -m benchmarks.generate --modes dynamic_int8 --skip-window --repeats 1
@@ -34,7 +35,6 @@ under, and the results the load over the whole run.
 from __future__ import annotations
 
 import argparse
-import gc
 import io
 import json
 import os
@@ -408,6 +408,111 @@ def _int4_note(res: dict, mode: str, result, args) -> None:
         "fly by the runtime")
 
 
+def texts(tokenizer, quick: bool) -> tuple[np.ndarray, int, np.ndarray]:
+    """``(evaluation ids, window, prompt ids)`` from austen/test.txt (`eval_sizes`, `PROMPT`)."""
+    from tfcompress.data import bundled_corpus
+
+    text = bundled_corpus("austen")["test"]
+    eval_tokens, window = eval_sizes(quick)
+    return (tokenizer.encode(text[:20_000])[:eval_tokens], window,
+            tokenizer.encode(text[30_000:40_000])[:PROMPT])
+
+
+def empty_results() -> dict:
+    return {"file_mb": {}, "ppl": {}, "keras_ppl": {}, "ppl_ratio_vs_keras": {},
+            "ppl_ratio_vs_float": {}, "runtime_rss_mb": {}, "timing": {}, "notes": [],
+            "seconds": {}}
+
+
+def export_row(mode: str, args) -> None:
+    """Run in a fresh process, so that no export's models and traced graphs outlive it (four
+    exports in one process reached 17.8 GB): the ``mode`` bundle under ``--out``, its source
+    model and their perplexities, saved as ``<out>/rows/<mode>.json`` for `merge_row`."""
+    from tfcompress.evaluate import keras_forward
+    from tfcompress.export import export_llm
+    from tfcompress.models import generate
+    from tfcompress.models.loaders import gguf_tokenizer, load_gguf
+    from tfcompress.quantize import cache_decoded
+
+    out, gguf = Path(args.out), gguf_path(args)
+    tokenizer = gguf_tokenizer(gguf)
+    models, res = {"float": load_gguf(gguf)}, empty_results()
+    ids, window, prompt = texts(tokenizer, args.quick)
+    source, kwargs = bundle_source(mode, models, args, tokenizer, ids, window, res)
+    start = time.perf_counter()
+    # export_llm's own check (on text) as users get it; perplexity is measured below too
+    result = export_llm(source, out / mode, prefill_lengths=PREFILL, cache_length=CACHE,
+                        cache_buckets=BUCKETS, mode=EXPORT_MODE[mode], tokenizer=gguf,
+                        **kwargs)
+    res["seconds"][f"export_{mode}"] = time.perf_counter() - start
+    if result.int4 is not None:
+        _int4_note(res, mode, result, args)
+    if mode == "rotated_int4_budget":
+        res["keras_ppl"][REFERENCE[mode]] = carried_perplexity(
+            source, result, models["rotated"], ids, window)
+    res["file_mb"][mode] = result.bytes / 1e6
+    start = time.perf_counter()
+    res["ppl"][mode] = exported_perplexity(out / mode, ids, window)
+    res["seconds"][f"ppl_{mode}"] = time.perf_counter() - start
+    print(f"== {mode}: {res['file_mb'][mode]:.1f} MB, ppl {res['ppl'][mode]:.3f}", flush=True)
+    if mode == "dynamic_int8":
+        res["litertlm"] = litertlm_engine(out / mode, tokenizer.decode(prompt.tolist()))
+        print(f"== LiteRT-LM engine: {res['litertlm']}", flush=True)
+        if not args.skip_window:
+            res["window"] = window_path(models["float"], out)
+    if mode == "int4":  # the int4 bundle's greedy ids are compared with its own Keras model's
+        greedy = QUICK_GREEDY if args.quick else GREEDY
+        res["keras_greedy_int4"] = generate(keras_forward(cache_decoded(source)), prompt,
+                                            greedy)[:greedy]
+        cache_decoded(source, enabled=False)  # timed below decoding its codes
+        res["keras_generate_30_s"] = {
+            "float": keras_generation_s(models["float"], prompt),
+            "gptq_decoding_codes": keras_generation_s(source, prompt),
+            "gptq_cache_decoded": keras_generation_s(cache_decoded(source), prompt)}
+    write_atomic(out / "rows" / f"{mode}.json", json.dumps(res))
+
+
+def merge_row(res: dict, row: dict) -> None:
+    """``row`` (`export_row`'s results of one mode) into ``res``: its figures added to the
+    tables ``res`` has, its notes replacing the ones they rewrite, every other key set.
+
+    >>> res = {"ppl": {"int4": 50.0}, "notes": ["int4: old"], "budget_mb": 1.0}
+    >>> merge_row(res, {"ppl": {"int8": 45.0}, "notes": ["int4: new"], "budget_mb": 2.0})
+    >>> res
+    {'ppl': {'int4': 50.0, 'int8': 45.0}, 'notes': ['int4: new'], 'budget_mb': 2.0}
+    """
+    for key, value in row.items():
+        if key == "notes":
+            heads = tuple(n.split(":")[0] + ":" for n in value)
+            res["notes"] = [n for n in res["notes"] if not n.startswith(heads)] + value
+        elif isinstance(value, dict) and isinstance(res.get(key), dict):
+            res[key].update(value)
+        else:
+            res[key] = value
+
+
+def exported_rows(args, res: dict) -> None:
+    """Every mode of ``--modes`` exported and scored by `export_row` in a process of its own,
+    merged into ``res``."""
+    budget = args.budget_mb or res["file_mb"].get("llama.cpp Q4_K_M")
+    common = ["--out", args.out, "--calib", str(args.calib), "--int4-grid", args.int4_grid,
+              *(["--gguf", args.gguf] if args.gguf else []),
+              *(["--budget-mb", str(budget)] if budget else []),
+              *(["--quick"] if args.quick else []),
+              *(["--skip-window"] if args.skip_window else [])]
+    for mode in args.modes:
+        done = subprocess.run([sys.executable, "-m", "benchmarks.generate", *common,
+                               "--export-row", mode], cwd=ROOT, check=False)
+        if done.returncode:
+            raise RuntimeError(f"exporting {mode} failed (exit {done.returncode}); its output "
+                               "is above")
+        merge_row(res, json.loads((Path(args.out) / "rows" / f"{mode}.json").read_text()))
+        ref = res["keras_ppl"][reference_name(mode, args)]
+        res["ppl_ratio_vs_keras"][mode] = res["ppl"][mode] / ref
+        print(f"== {mode}: ppl {res['ppl'][mode]:.3f}, its Keras model's {ref:.3f}", flush=True)
+        _write(res, args)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = bench_parser("generate", __doc__)
     parser.add_argument("--modes", nargs="+", choices=MODES,
@@ -426,6 +531,7 @@ def main(argv: list[str] | None = None) -> None:
                         "this commit (other modes) to extend")
     parser.add_argument("--name", default="generate", help="results file name")
     parser.add_argument("--measure", nargs=4, help=argparse.SUPPRESS)
+    parser.add_argument("--export-row", choices=MODES, help=argparse.SUPPRESS)
     args = parse_args(parser, argv)
     args.modes = args.modes or (["float16"] if args.quick else list(MODES))
     args.skip_window = args.skip_window or args.quick
@@ -437,18 +543,18 @@ def main(argv: list[str] | None = None) -> None:
     if args.measure:
         print(json.dumps(measure(*args.measure)))
         return
+    if args.export_row:
+        export_row(args.export_row, args)
+        return
     if not args.quick:  # the tiny random GGUF has no llama.cpp form worth timing
         require_llama_cpp()  # before any work
     if args.quick:
         args.out = str(scratch_dir("generate-quick-"))
         args.repeats = 1
 
-    from tfcompress.data import bundled_corpus
     from tfcompress.evaluate import keras_forward
-    from tfcompress.export import export_llm
     from tfcompress.models import generate
     from tfcompress.models.loaders import gguf_tokenizer, load_gguf
-    from tfcompress.quantize import cache_decoded
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -456,16 +562,10 @@ def main(argv: list[str] | None = None) -> None:
     gguf = gguf_path(args)
     tokenizer = gguf_tokenizer(gguf)
     model = load_gguf(gguf)
-    text = bundled_corpus("austen")["test"]
-    eval_tokens, window = eval_sizes(args.quick)
-    eval_ids = tokenizer.encode(text[:20_000])[:eval_tokens]
-    prompt = tokenizer.encode(text[30_000:40_000])[:PROMPT]
-    prompt_text = tokenizer.decode(prompt.tolist())
+    eval_ids, window, prompt = texts(tokenizer, args.quick)
     prompt_file = out / "prompt.npy"
     np.save(prompt_file, prompt)
-    res: dict = {"file_mb": {}, "ppl": {}, "keras_ppl": {}, "ppl_ratio_vs_keras": {},
-                 "ppl_ratio_vs_float": {}, "runtime_rss_mb": {}, "timing": {}, "notes": [],
-                 "seconds": {}}
+    res = empty_results()
     if args.merge:
         res = merge_source(args.merge, args)
         res["notes"] = [n for n in res["notes"] if n.startswith(NOTES)]  # only what code wrote
@@ -478,37 +578,8 @@ def main(argv: list[str] | None = None) -> None:
     if not args.quick:  # first: the budget row's default size is their Q4_K_M's
         targets |= llamacpp_files(gguf, scratch_dir("generate-llamacpp-"), eval_ids, window,
                                   res)
-    models = {"float": model}
-    for mode in args.modes:
-        source, kwargs = bundle_source(mode, models, args, tokenizer, eval_ids, window, res)
-        start = time.perf_counter()
-        bundle = targets[mode] = out / mode
-        # export_llm's own check (on text) as users get it; perplexity is measured below too
-        result = export_llm(source, bundle, prefill_lengths=PREFILL, cache_length=CACHE,
-                            cache_buckets=BUCKETS, mode=EXPORT_MODE[mode], tokenizer=gguf,
-                            **kwargs)
-        res["seconds"][f"export_{mode}"] = time.perf_counter() - start
-        if result.int4 is not None:
-            _int4_note(res, mode, result, args)
-        if mode == "rotated_int4_budget":
-            res["keras_ppl"][REFERENCE[mode]] = carried_perplexity(
-                source, result, models["rotated"], eval_ids, window)
-        gc.collect()
-        res["file_mb"][mode] = result.bytes / 1e6
-        start = time.perf_counter()
-        res["ppl"][mode] = exported_perplexity(bundle, eval_ids, window)
-        res["seconds"][f"ppl_{mode}"] = time.perf_counter() - start
-        ref = res["keras_ppl"][reference_name(mode, args)]
-        res["ppl_ratio_vs_keras"][mode] = res["ppl"][mode] / ref
-        print(f"== {mode}: {res['file_mb'][mode]:.1f} MB, ppl {res['ppl'][mode]:.3f} (Keras "
-              f"{ref:.3f})", flush=True)
-        if mode == "dynamic_int8":
-            res["litertlm"] = litertlm_engine(bundle, prompt_text)
-            print(f"== LiteRT-LM engine: {res['litertlm']}", flush=True)
-            if not args.skip_window:
-                res["window"] = window_path(model, out)
-        _write(res, args)
-    quantized = models.get("gptq")
+    exported_rows(args, res)
+    targets |= {mode: out / mode for mode in args.modes}
 
     start = time.perf_counter()
     for name, by_threads in interleaved_timings(targets, prompt_file, greedy,
@@ -524,29 +595,17 @@ def main(argv: list[str] | None = None) -> None:
     res["notes"] = [n for n in res["notes"] if not n.startswith("greedy ")]  # a merged run's
     for name in res["timing"]:
         ours = res.get(f"greedy_{name}")
-        if name == "int4" or ours is None:  # int4 is compared with its own GPTQ model below
+        theirs = res.get("keras_greedy_int4") if name == "int4" else keras_greedy
+        if ours is None or theirs is None:
             continue
-        same = next((i for i, (a, b) in enumerate(zip(ours, keras_greedy, strict=False))
+        same = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False))
                      if a != b), greedy)
         res[f"greedy_same_prefix_{name}"] = same
-        res["notes"].append(f"greedy {name} vs Keras float32 (prompt of {PROMPT}): "
-                            f"first {same} of {greedy} tokens identical")
-    if quantized is not None and "greedy_int4" in res:  # the int4 bundle vs its own Keras model
-        ours = res["greedy_int4"]
-        theirs = generate(keras_forward(cache_decoded(quantized)), prompt, greedy)[:greedy]
-        cache_decoded(quantized, enabled=False)  # timed below decoding its codes
-        same = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b),
-                    greedy)
-        res["greedy_same_prefix_int4"] = same
-        res["notes"].append(f"greedy int4 export vs its Keras GPTQ model (prompt of {PROMPT}): "
-                            f"first {same} of {greedy} tokens identical")
+        res["notes"].append(f"greedy {name} vs "
+                            f"{'its Keras GPTQ model' if name == 'int4' else 'Keras float32'} "
+                            f"(prompt of {PROMPT}): first {same} of {greedy} tokens identical")
     float16 = res.get("greedy_float16")
     res["greedy_match_keras"] = None if float16 is None else float16 == keras_greedy[:greedy]
-    if quantized is not None:
-        res["keras_generate_30_s"] = {
-            "float": keras_generation_s(model, prompt),
-            "gptq_decoding_codes": keras_generation_s(quantized, prompt),
-            "gptq_cache_decoded": keras_generation_s(cache_decoded(quantized), prompt)}
     res["seconds"]["total"] = time.perf_counter() - started
     _write(res, args)
 

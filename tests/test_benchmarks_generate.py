@@ -83,6 +83,21 @@ def test_keys_use_our_best_row_of_each_precision_within_the_peers_size():
     assert generate.best_rows({"file_mb": {"int4": 90.0}, "ppl": {}}) == {}  # not scored
 
 
+def test_a_row_from_its_own_process_extends_the_run_and_rewrites_its_notes():
+    """`export_row`'s results of one mode, merged: tables extended (the other modes' figures
+    kept), the mode's note replaced (not appended twice), other notes and keys kept or set."""
+    res = {"ppl": {"int4": 50.0}, "keras_ppl": {"float": 40.0},
+           "notes": ["int4: old", "rotated_int4: kept"], "rotation_max_rel_logit_diff": 1.0}
+    generate.merge_row(res, {"ppl": {"rotated_int4_budget": 44.0},
+                             "keras_ppl": {"rotated_budget_carried": 43.0},
+                             "notes": ["int4: new"], "rotation_max_rel_logit_diff": 3e-6,
+                             "budget_mb": 105.5})
+    assert res == {"ppl": {"int4": 50.0, "rotated_int4_budget": 44.0},
+                   "keras_ppl": {"float": 40.0, "rotated_budget_carried": 43.0},
+                   "notes": ["rotated_int4: kept", "int4: new"],
+                   "rotation_max_rel_logit_diff": 3e-6, "budget_mb": 105.5}
+
+
 def test_plot_points_and_table_of_both_runtimes(tmp_path):
     res = {"file_mb": {"int4": 90.0, "dynamic_int8": 170.0, "llama.cpp Q4_0": 92.0,
                        "llama.cpp F16": 270.0},
