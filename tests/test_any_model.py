@@ -141,6 +141,25 @@ def test_prune_then_reload(models, ids, kind, tmp_path):
     _reloads_exactly(pruned, x, tmp_path)
 
 
+@pytest.mark.parametrize("kind", ("gpt2", "llama", "gemma"))
+def test_layerwise_sparsegpt_on_kerashub_blocks(models, ids, kind):
+    """``SparseGPTConfig(layerwise=True)`` on a KerasHub block: q/k/v read the block's input
+    in both ways, so they prune alike; every later layer reads what the layers pruned before
+    it produce, so it prunes differently from the dense-run calibration."""
+    model = models[kind]
+    kernels = {}
+    for layerwise in (False, True):
+        config = tfc.prune.SparseGPTConfig(sparsity=0.5, layerwise=layerwise)
+        pruned = tfc.prune(model, config, calibration=[ids], verbose=0)
+        kernels[layerwise] = {path: np.asarray(layer.kernel)
+                              for path, layer in select_layers(pruned, types=DENSE)}
+    assert len(kernels[True]) >= 6
+    for path, kernel in kernels[True].items():
+        assert np.mean(kernel == 0) == pytest.approx(0.5, abs=0.02), path
+        same = np.array_equal(kernel, kernels[False][path])
+        assert same == path.endswith(("query", "key", "value")), path
+
+
 @pytest.mark.parametrize("kind", ("subclassed", "gpt2"))
 def test_structured_pruning_refuses_non_graph_models_naming_the_alternative(models, kind):
     with pytest.raises(TfcompressError, match=f"is a {type(models[kind]).__name__}: use an "
