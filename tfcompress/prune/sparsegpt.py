@@ -40,8 +40,8 @@ def sparsegpt_prune(
     the layer in errors.
     """
     check_sparsity(sparsity)
-    w = np.array(weights, dtype=np.float64).T  # (d_out, d_in): the paper's orientation
-    d_out, d_in = w.shape
+    w = np.array(weights, dtype=np.float64)  # (d_in, d_out): a row per input, contiguous
+    d_in, d_out = w.shape
     if np.shape(h) != (d_in, d_in):
         raise TfcompressError(f"h must be ({d_in}, {d_in}) for this layer, got {np.shape(h)}")
     if block_size < 1:
@@ -60,30 +60,33 @@ def sparsegpt_prune(
     held = [h]
     del h
     hinv, dead = inverse_hessian_factor(held.pop(), damping, layer)
-    w[:, dead] = 0.0
+    w[dead] = 0.0
     keep = np.ones_like(w)
     for i1 in range(0, d_in, block_size):
         i2 = min(i1 + block_size, d_in)
-        w1, hinv1 = w[:, i1:i2].copy(), hinv[i1:i2, i1:i2]
-        err1 = np.zeros_like(w1)
-        diag = np.diag(hinv1)
-        keep1 = np.ones_like(w1)
+        w1, err1, keep1 = w[i1:i2].copy(), np.zeros_like(w[i1:i2]), np.ones_like(w[i1:i2])
+        # column i of the block's factor, contiguous: what row i owes the rows above it
+        owed = np.ascontiguousarray(hinv[i1:i2, i1:i2].T)
+        diag = np.diag(owed)[:, None]
         if nm is None:
-            saliency = (w1 / diag) ** 2
+            saliency = ((w1 / diag) ** 2).ravel()
             n_prune = int(round(sparsity * saliency.size))
-            keep1.ravel()[np.argsort(saliency.ravel(), kind="stable")[:n_prune]] = 0.0
+            if n_prune:
+                keep1.ravel()[np.argpartition(saliency, n_prune - 1)[:n_prune]] = 0.0
+        done = 0  # the errors of rows before it are already subtracted from w1
         for i in range(i2 - i1):
-            if nm is not None and i % nm[1] == 0:
-                group = (w1[:, i : i + nm[1]] / diag[i : i + nm[1]]) ** 2
-                lowest = np.argsort(group, axis=1, kind="stable")[:, : nm[1] - nm[0]]
-                np.put_along_axis(keep1[:, i : i + nm[1]], lowest, 0.0, axis=1)
-            col = w1[:, i]
-            q = col * keep1[:, i]
-            err = (col - q) / diag[i]
-            w1[:, i:] -= np.outer(err, hinv1[i, i:])
-            w1[:, i] = q
-            err1[:, i] = err
-        w[:, i1:i2] = w1
-        keep[:, i1:i2] = keep1
-        w[:, i2:] -= err1 @ hinv[i1:i2, i2:]
-    return (w * keep).T.astype(np.float32), keep.T.astype(np.float32)
+            if nm is not None and i % nm[1] == 0:  # N:M chooses on the corrected rows
+                w1[i:] -= owed[i:, done:i] @ err1[done:i]
+                done = i
+                group = (w1[i : i + nm[1]] / diag[i : i + nm[1]]) ** 2
+                lowest = np.argsort(group, axis=0, kind="stable")[: nm[1] - nm[0]]
+                np.put_along_axis(keep1[i : i + nm[1]], lowest, 0.0, axis=0)
+            # the row as the paper's eager update would have left it, one product instead
+            # of a (block, d_out) update per row
+            current = w1[i] - owed[i, done:i] @ err1[done:i]
+            w1[i] = current * keep1[i]
+            err1[i] = (current - w1[i]) / diag[i]
+        w[i1:i2] = w1
+        keep[i1:i2] = keep1
+        w[i2:] -= hinv[i1:i2, i2:].T @ err1
+    return (w * keep).astype(np.float32), keep.astype(np.float32)
