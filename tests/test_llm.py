@@ -204,6 +204,24 @@ def test_take_layers_copies_chosen_blocks_and_reads_config_back():
         llama_config_of(keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)]))
 
 
+def test_eager_attention_of_long_sequences_runs_a_graph_with_the_eager_values():
+    from tfcompress.models.llama import GRAPH_FROM, RotaryAttention, _graph_attention
+
+    att = RotaryAttention(n_heads=6, n_kv_heads=2, head_dim=8)
+    rng = np.random.default_rng(1)
+    q, k, v = (rng.normal(size=(2, GRAPH_FROM + 3, h, 8)).astype("float32") for h in (6, 2, 2))
+    graph = _graph_attention(6, 2, 8)
+    traces = graph.experimental_get_tracing_count()
+    out = att.attend(q, k, v).numpy()
+    assert graph.experimental_get_tracing_count() == traces + 1  # one trace, both sequences
+    for i in range(2):  # the ops one by one, eagerly: the same values, rounded its own way
+        np.testing.assert_allclose(out[i:i + 1], att._attend(q[i:i + 1], k[i:i + 1],
+                                                             v[i:i + 1], 0).numpy(), atol=1e-6)
+    short = att.attend(q[:, :GRAPH_FROM - 1], k[:, :GRAPH_FROM - 1], v[:, :GRAPH_FROM - 1])
+    assert graph.experimental_get_tracing_count() == traces + 1  # shorter: eager
+    np.testing.assert_allclose(short.numpy()[0], out[0, :GRAPH_FROM - 1], atol=1e-6)  # causal
+
+
 def test_eager_attention_runs_a_batch_one_sequence_at_a_time_with_the_same_values():
     import tensorflow as tf
 
