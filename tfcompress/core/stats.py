@@ -15,6 +15,9 @@ Example:
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from dataclasses import dataclass
+
 import numpy as np
 
 from tfcompress.errors import TfcompressError
@@ -189,6 +192,58 @@ def inverse_hessian_factor(h: np.ndarray, damping: float = 0.01, layer: str = ""
         f"the input Hessian of layer {layer or '?'} is not positive definite even with "
         f"damping {extra / max(mean_diag, 1e-300):.3g} x mean diagonal: give more or more "
         "varied calibration data, or exclude the layer")
+
+
+@dataclass
+class BlockRows:
+    """Rows of one block of a matrix that GPTQ or SparseGPT settles row by row: ``w`` their
+    values, ``err`` each settled row's error over its inverse-Hessian diagonal, ``owed[i, j]``
+    the share of row ``j``'s error that row ``i`` takes (the block of the factor, transposed
+    so that a row's shares are contiguous). Errors reach a row when it is asked for (`row`:
+    one matrix-vector product), not after every row as in the papers' rank-1 updates of the
+    whole block: the same values, without a ``(block, d_out)`` update per row."""
+
+    w: np.ndarray
+    owed: np.ndarray
+    err: np.ndarray
+    done: int = 0  # the errors of the rows before it are in ``w`` already
+
+    def row(self, i: int) -> np.ndarray:
+        """Row ``i`` with the errors of every row before it applied."""
+        return self.w[i] - self.owed[i, self.done:i] @ self.err[self.done:i]
+
+    def settle_up_to(self, i: int) -> None:
+        """Apply the pending errors to rows ``i`` on (a choice that reads several rows at
+        once: a group's scale, an N:M pattern)."""
+        self.w[i:] -= self.owed[i:, self.done:i] @ self.err[self.done:i]
+        self.done = i
+
+
+def error_feedback_blocks(w: np.ndarray, hinv: np.ndarray,
+                          block_size: int) -> Iterator[tuple[int, BlockRows]]:
+    """``(first row, BlockRows)`` for each block of ``block_size`` rows of ``w`` (d_in,
+    d_out; changed in place), ``hinv`` the upper inverse-Hessian factor in ``w``'s row
+    order. Once the caller has settled a block (each row's ``err``, its final values in
+    ``rows.w``), the block is written back and its errors pushed onto every later row at once
+    (the papers' lazy batch update).
+
+    Example (rounding two rows; the second takes half the first's error, 0.6 - 0.5 * 0.4):
+        >>> w, hinv = np.array([[0.4], [0.6]]), np.array([[1.0, 0.5], [0.0, 1.0]])
+        >>> for start, rows in error_feedback_blocks(w, hinv, 2):
+        ...     for i in range(len(rows.w)):
+        ...         x = rows.row(i)
+        ...         rows.w[i] = np.round(x)
+        ...         rows.err[i] = (x - rows.w[i]) / rows.owed[i, i]
+        >>> w.ravel().tolist()
+        [0.0, 0.0]
+    """
+    for i1 in range(0, len(w), block_size):
+        i2 = min(i1 + block_size, len(w))
+        rows = BlockRows(w[i1:i2].copy(), np.ascontiguousarray(hinv[i1:i2, i1:i2].T),
+                         np.zeros_like(w[i1:i2]))
+        yield i1, rows
+        w[i1:i2] = rows.w
+        w[i2:] -= hinv[i1:i2, i2:].T @ rows.err
 
 
 def invert_lower(low: np.ndarray, leaf: int = 256) -> np.ndarray:

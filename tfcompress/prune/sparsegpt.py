@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from tfcompress.core.stats import inverse_hessian_factor
+from tfcompress.core.stats import error_feedback_blocks, inverse_hessian_factor
 from tfcompress.errors import TfcompressError
 from tfcompress.prune.masks import check_sparsity
 
@@ -62,31 +62,22 @@ def sparsegpt_prune(
     hinv, dead = inverse_hessian_factor(held.pop(), damping, layer)
     w[dead] = 0.0
     keep = np.ones(w.shape, bool)  # a byte a weight: 17 MB at 8192 x 2048, not 134
-    for i1 in range(0, d_in, block_size):
-        i2 = min(i1 + block_size, d_in)
-        w1, err1, keep1 = w[i1:i2].copy(), np.zeros_like(w[i1:i2]), keep[i1:i2]
-        # column i of the block's factor, contiguous: what row i owes the rows above it
-        owed = np.ascontiguousarray(hinv[i1:i2, i1:i2].T)
-        diag = np.diag(owed)[:, None]
+    for i1, rows in error_feedback_blocks(w, hinv, block_size):
+        keep1 = keep[i1 : i1 + len(rows.w)]
+        diag = np.diag(rows.owed)[:, None]
         if nm is None:
-            saliency = ((w1 / diag) ** 2).ravel()
+            saliency = ((rows.w / diag) ** 2).ravel()
             n_prune = int(round(sparsity * saliency.size))
             if n_prune:
                 keep1.ravel()[np.argpartition(saliency, n_prune - 1)[:n_prune]] = False
-        done = 0  # the errors of rows before it are already subtracted from w1
-        for i in range(i2 - i1):
+        for i in range(len(rows.w)):
             if nm is not None and i % nm[1] == 0:  # N:M chooses on the corrected rows
-                w1[i:] -= owed[i:, done:i] @ err1[done:i]
-                done = i
-                group = (w1[i : i + nm[1]] / diag[i : i + nm[1]]) ** 2
+                rows.settle_up_to(i)
+                group = (rows.w[i : i + nm[1]] / diag[i : i + nm[1]]) ** 2
                 lowest = np.argsort(group, axis=0, kind="stable")[: nm[1] - nm[0]]
                 np.put_along_axis(keep1[i : i + nm[1]], lowest, False, axis=0)
-            # the row as the paper's eager update would have left it, one product instead
-            # of a (block, d_out) update per row
-            current = w1[i] - owed[i, done:i] @ err1[done:i]
-            w1[i] = np.where(keep1[i], current, 0.0)
-            err1[i] = (current - w1[i]) / diag[i]
-        w[i1:i2] = w1
-        w[i2:] -= hinv[i1:i2, i2:].T @ err1
+            current = rows.row(i)
+            rows.w[i] = np.where(keep1[i], current, 0.0)
+            rows.err[i] = (current - rows.w[i]) / diag[i]
     # pruned weights were zeroed row by row: no masked float64 copy at the end
     return w.astype(np.float32), keep.astype(np.float32)

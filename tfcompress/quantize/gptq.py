@@ -4,8 +4,8 @@ inverse Hessian of the layer's inputs, so the layer's *outputs* change as little
 
 Follows the paper's reference algorithm (lazy block updates, Cholesky of the inverse
 Hessian, damping relative to the mean diagonal, optional act-order with static groups);
-inside a block each row takes the earlier rows' errors when it is reached, one matrix-vector
-product, where the paper updates every row left after each row (same codes, 2-3x faster).
+inside a block each row takes the earlier rows' errors when it is reached
+(`tfcompress.core.stats.error_feedback_blocks`: the same codes, 2-3x faster).
 
 Example:
     >>> h = hessian(x)                  # tfcompress.core.hessian; x: (n, d_in) inputs
@@ -21,7 +21,7 @@ import numpy as np
 
 from tfcompress.core.compressor import Compressor
 from tfcompress.core.layers import kernel_matrix, set_kernel_matrix
-from tfcompress.core.stats import as_stats, inverse_hessian_factor
+from tfcompress.core.stats import as_stats, error_feedback_blocks, inverse_hessian_factor
 from tfcompress.errors import TfcompressError
 from tfcompress.quantize.quantizers import QTensor, Quantizer
 
@@ -65,27 +65,17 @@ def gptq(
     # block size a multiple of the group so a group never starts half-updated
     block = max(block_size // g, 1) * g if g < d_in else block_size
     codes = np.zeros(w.shape, np.int32)
-    for i1 in range(0, d_in, block):
-        i2 = min(i1 + block, d_in)
-        w1, err1 = w[i1:i2].copy(), np.zeros_like(w[i1:i2])
-        # column i of the block's factor, contiguous: what row i owes the rows above it
-        owed = np.ascontiguousarray(hinv[i1:i2, i1:i2].T)
-        done = 0  # the errors of rows before it are already subtracted from w1
-        for i in range(i2 - i1):
+    for i1, rows in error_feedback_blocks(w, hinv, block):
+        for i in range(len(rows.w)):
             row = perm[i1 + i]
             if not static and row % g == 0:  # a group is fitted on its corrected rows
-                w1[i:] -= owed[i:, done:i] @ err1[done:i]
-                done = i
-                params.append(quantizer.fit(w1[i : i + g]))
+                rows.settle_up_to(i)
+                params.append(quantizer.fit(rows.w[i : i + g]))
             p = params[row // g]
-            # the row as the paper's eager update would have left it: its weights minus
-            # what each earlier row's error pushed onto it, one product instead of a
-            # (block, d_out) update per row
-            current = w1[i] - owed[i, done:i] @ err1[done:i]
+            current = rows.row(i)
             code = quantizer.encode(current[None], *p)
             codes[i1 + i] = code[0]
-            err1[i] = (current - _decode_row(code[0], p)) / owed[i, i]
-        w[i2:] -= hinv[i1:i2, i2:].T @ err1
+            rows.err[i] = (current - _decode_row(code[0], p)) / rows.owed[i, i]
     out = np.empty_like(codes)
     out[perm] = codes
     return quantizer.pack_params(out, params, g)
