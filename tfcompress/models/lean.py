@@ -25,6 +25,7 @@ Example:
 
 from __future__ import annotations
 
+import gc
 import json
 import mmap
 import shutil
@@ -250,6 +251,10 @@ def lean_compress(checkpoint: str | Path, out: str | Path, config, calibration, 
             hidden = _compress_block(block, hidden, method)
             _write_shard(out / shard, _block_tensors(block, own, out_dtype))
             del block
+            # a Keras model sits in reference cycles: freed now, not at Python's next full
+            # collection (rare here: few Python objects are made), which let 24 blocks of a
+            # 1.7 B-shaped model pile up to 4 GB
+            gc.collect()
         else:  # past a partial run: copied as stored
             _write_shard(out / shard, {k: tensors(k) for k in own})
             source.release()
