@@ -113,6 +113,7 @@ def test_lean_frees_each_block_before_the_next(folder, tmp_path):
     def on_block(index, seconds):
         alive.append(sum(isinstance(o, keras.Model) for o in gc.get_objects()))
 
+    gc.collect()  # what earlier tests left behind
     before = sum(isinstance(o, keras.Model) for o in gc.get_objects())
     lean_compress(folder, tmp_path / "out", WandaConfig(sparsity=0.5), IDS, on_block=on_block,
                   verbose=0)
