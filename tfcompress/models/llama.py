@@ -204,12 +204,11 @@ class RotaryAttention(keras.layers.Layer):
         through one traced graph of the same ops, shared by every layer of this layout: the
         same values to float rounding in less than half the time (eager runs the masked
         softmax's dozen elementwise ops one by one)."""
-        run = self._attend
-        length = ops.shape(q)[1]
-        if not prefix and isinstance(length, int) and length >= GRAPH_FROM and _eager():
+        run, eager = self._attend, _eager()
+        batch, length = ops.shape(q)[0], ops.shape(q)[1]
+        if eager and not prefix and isinstance(length, int) and length >= GRAPH_FROM:
             run = _graph_attention(self.n_heads, self.n_kv_heads, self.head_dim)
-        batch = ops.shape(q)[0]
-        if isinstance(batch, int) and batch > 1 and _eager() and all(
+        if isinstance(batch, int) and batch > 1 and eager and all(
                 ops.shape(t)[0] == batch for t in (k, v)):
             return ops.concatenate([run(q[i:i + 1], k[i:i + 1], v[i:i + 1], prefix)
                                     for i in range(batch)], axis=0)
