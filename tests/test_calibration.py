@@ -24,6 +24,7 @@ from tfcompress.core.layers import (
     select_layers,
     set_kernel_matrix,
 )
+from tfcompress.core.stats import permute_symmetric
 from tfcompress.errors import TfcompressError
 from tfcompress.models import build_gpt
 from tfcompress.models.llama import LlamaConfig, build_llama
@@ -157,23 +158,21 @@ def test_damped_inverse_cholesky_retries_then_names_the_layer():
 
 
 def test_lean_hessian_helpers_give_the_plain_numpy_values():
-    """`take_hessian` (in place of X^T X), `invert_lower` (by halves) and a 600-wide
-    `inverse_hessian_factor` (several levels of halves) against the textbook formulas."""
-    from tfcompress.core.stats import invert_lower
-
+    """`take_hessian` (in place of X^T X), `permute_symmetric` (in place of ``np.ix_``) and a
+    600-wide `inverse_hessian_factor` (LAPACK in one array) against the textbook formulas."""
     x = np.random.default_rng(2).normal(size=(900, 600)).astype("float32")
     stats, h = InputStats(600, ("xtx",)), hessian(x)
     stats.update(x[:500])
     stats.update(x[500:])
-    stats.readers = 2  # two layers read these inputs (q and k): computed once, shared
-    taken = stats.take_hessian()
-    np.testing.assert_allclose(taken, h, rtol=1e-5, atol=1e-5)
-    assert stats.xtx is None and stats.take_hessian() is taken
+    stats.readers = 2  # two layers read these inputs (q and k): computed once
+    first, last = stats.take_hessian(), stats.take_hessian()
+    np.testing.assert_allclose(last, h, rtol=1e-5, atol=1e-5)
+    assert stats.xtx is None and not np.shares_memory(first, last)  # each caller owns its own
+    np.testing.assert_array_equal(first, last)
     with pytest.raises(TfcompressError, match="every layer reading it took it already"):
         stats.take_hessian()  # the last reader's call let go of it
-    low = np.linalg.cholesky(h + np.eye(600))
-    np.testing.assert_allclose(invert_lower(low.copy(), leaf=64), np.linalg.inv(low),
-                               atol=1e-12)
+    perm = np.random.default_rng(3).permutation(600)
+    np.testing.assert_array_equal(permute_symmetric(h.copy(), perm), h[np.ix_(perm, perm)])
     before = h.copy()
     u, _ = inverse_hessian_factor(h, damping=0.01)
     np.testing.assert_array_equal(h, before)  # the caller's Hessian is left as it was
@@ -182,8 +181,25 @@ def test_lean_hessian_helpers_give_the_plain_numpy_values():
     assert np.allclose(u, np.triu(u))
     in_place, _ = inverse_hessian_factor(before, damping=0.01, overwrite=True)
     np.testing.assert_array_equal(in_place, u)
-    with pytest.raises(TfcompressError, match="overwrite=True needs a C-ordered float64 h"):
-        inverse_hessian_factor(h.astype("float32"), overwrite=True)
+    single = h.astype("float32")  # not float64: copied, left as it was
+    np.testing.assert_allclose(inverse_hessian_factor(single, 0.01, overwrite=True)[0], u,
+                               rtol=1e-3, atol=1e-4)
+    np.testing.assert_array_equal(single, h.astype("float32"))
+
+
+def test_a_failed_factorization_is_retried_on_the_hessian_it_was_given():
+    """LAPACK writes over the triangle it factors before it finds H indefinite: the retry
+    with 10x the damping must start again from H's own values."""
+    rng = np.random.default_rng(4)
+    q = np.linalg.qr(rng.normal(size=(40, 40)))[0]
+    h = (q * np.r_[-0.05, np.ones(39)]) @ q.T  # dense, one negative eigenvalue
+    mean = np.mean(np.diag(h))
+    first_pd = next(lam for lam in 0.01 * mean * 10.0 ** np.arange(7)
+                    if np.linalg.eigvalsh(h + lam * np.eye(40)).min() > 0)
+    assert first_pd > 0.01 * mean  # the first try fails
+    u, _ = inverse_hessian_factor(h.copy(), damping=0.01, overwrite=True)
+    np.testing.assert_allclose(u.T @ u, np.linalg.inv(h + first_pd * np.eye(40)),
+                               rtol=1e-8, atol=1e-10)
 
 
 def test_calibration_batches_split_arrays_and_read_generators_once(gpt):

@@ -19,6 +19,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
+from scipy.linalg import lapack
 
 from tfcompress.errors import TfcompressError
 
@@ -80,9 +81,10 @@ class InputStats:
 
     def take_hessian(self) -> np.ndarray:
         """`hessian` of these statistics, made in place of ``X^T X`` (one ``(d_in, d_in)``
-        float64 array less: 512 MB at d_in 8192), the same array for each of the ``readers``
-        layers sharing them; the last one's call lets go of it, so the caller holds the
-        only reference and frees it when done. The last use of ``xtx``: None afterwards.
+        float64 array less: 512 MB at d_in 8192): a copy for each of the ``readers`` layers
+        sharing them but the last, whose call lets go of the array itself, so every caller
+        owns what it gets (GPTQ and SparseGPT factor in it) and frees it when done. The last
+        use of ``xtx``: None afterwards.
 
         Example:
             >>> qt = gptq(w, stats.take_hessian(), quantizer)
@@ -95,9 +97,10 @@ class InputStats:
             h *= 2.0  # the same values as hessian()'s 2 X^T X / n
             h /= self.n
             self._hessian = h
-        h, self.readers = self._hessian, self.readers - 1
-        if self.readers <= 0:
-            self._hessian = None
+        self.readers -= 1
+        if self.readers > 0:
+            return self._hessian.copy()
+        h, self._hessian = self._hessian, None
         return h
 
     def norms(self) -> np.ndarray:
@@ -163,35 +166,69 @@ def inverse_hessian_factor(h: np.ndarray, damping: float = 0.01, layer: str = ""
     ``lambda = damping * mean(diag H)``; inputs that are always zero (``H_jj == 0``) get
     ``H_jj = 1`` so the factor exists (callers zero their weights). When ``H`` is not
     positive definite, ``lambda`` grows tenfold up to ``retries`` times, then a
-    `TfcompressError` names ``layer``. One Cholesky of the reversed matrix and one
-    triangular inverse: ``U = P chol(P H P)^-1 P`` with ``P`` the order reversal. At most
-    two more ``d_in x d_in`` arrays are alive at once; ``overwrite=True`` (a float64
-    C-ordered ``h`` the caller no longer needs) works in ``h`` itself: one.
+    `TfcompressError` names ``layer``. ``U = P chol(P H P)^-1 P`` with ``P`` the order
+    reversal, by LAPACK's Cholesky and triangular inverse in one ``d_in x d_in`` array (512
+    MB at d_in 8192): a copy of ``h``, or ``h`` itself with ``overwrite=True`` when it is a
+    C-ordered float64 array (its values are then lost; other arrays are copied). ``U`` is
+    returned in Fortran order (the transpose of that array).
+
+    Example:
+        >>> h = np.array([[2.0, 1.0], [1.0, 2.0]])
+        >>> u, dead = inverse_hessian_factor(h, damping=0.0)
+        >>> bool(np.allclose(u.T @ u, np.linalg.inv(h))), dead.tolist()
+        (True, [False, False])
     """
     diag = np.diag(h).astype(np.float64)
     dead = diag == 0
     diag[dead] = 1.0
     mean_diag = float(np.mean(diag))
     extra = damping * mean_diag
-    if overwrite and not (h.dtype == np.float64 and h.flags.c_contiguous):
-        raise TfcompressError("overwrite=True needs a C-ordered float64 h")
-    # P H P, damped in place below
-    rev = _flip(h) if overwrite else np.array(np.asarray(h)[::-1, ::-1], dtype=np.float64)
+    owned = overwrite and h.dtype == np.float64 and h.flags.c_contiguous
+    rev = _flip(h if owned else np.array(h, dtype=np.float64))  # P H P, damped below
     del h  # with overwrite, the one reference once the caller passed it inline
     for attempt in range(retries + 1):
         if attempt:
             extra = max(extra * 10, 1e-6 * mean_diag, 1e-12)
+            _mirror_lower(rev)  # the failed factorization wrote over the upper triangle
         rev.flat[::len(rev) + 1] = diag[::-1] + extra
-        try:
-            low = np.linalg.cholesky(rev)
-        except np.linalg.LinAlgError:
-            continue
-        del rev
-        return _flip(invert_lower(low)), dead
+        # rev.T is Fortran-ordered: LAPACK factors it where it lies (its lower triangle is
+        # rev's upper one), no copy
+        low, info = lapack.dpotrf(rev.T, lower=1, clean=0, overwrite_a=1)
+        if info == 0:
+            lapack.dtrtri(low, lower=1, overwrite_c=1)
+            for j in range(1, len(rev)):  # the triangle LAPACK left holds H's values
+                rev[j, :j] = 0.0
+            return _flip(rev).T, dead
     raise TfcompressError(
         f"the input Hessian of layer {layer or '?'} is not positive definite even with "
         f"damping {extra / max(mean_diag, 1e-300):.3g} x mean diagonal: give more or more "
         "varied calibration data, or exclude the layer")
+
+
+def permute_symmetric(h: np.ndarray, perm: np.ndarray) -> np.ndarray:
+    """``h[perm][:, perm]`` of a square C-ordered ``h``, written over it: rows moved along
+    the permutation's cycles, columns a slab of rows at a time (``h[np.ix_(perm, perm)]``
+    would hold a second ``d_in x d_in`` array: 512 MB at d_in 8192).
+
+    Example:
+        >>> h = np.arange(9.0).reshape(3, 3)
+        >>> permute_symmetric(h, np.array([2, 0, 1])).tolist()
+        [[8.0, 6.0, 7.0], [2.0, 0.0, 1.0], [5.0, 3.0, 4.0]]
+    """
+    for r0 in range(0, len(h), 256):
+        h[r0:r0 + 256] = h[r0:r0 + 256][:, perm]
+    placed = np.zeros(len(h), bool)
+    for start in range(len(h)):
+        if placed[start]:
+            continue
+        first, i = h[start].copy(), start
+        while perm[i] != start:  # row i takes row perm[i], not yet overwritten
+            h[i] = h[perm[i]]
+            placed[i] = True
+            i = perm[i]
+        h[i] = first
+        placed[i] = True
+    return h
 
 
 @dataclass
@@ -246,28 +283,10 @@ def error_feedback_blocks(w: np.ndarray, hinv: np.ndarray,
         w[i2:] -= hinv[i1:i2, i2:].T @ rows.err
 
 
-def invert_lower(low: np.ndarray, leaf: int = 256) -> np.ndarray:
-    """The inverse of a lower-triangular matrix, written over it: by halves, ``[[A, 0],
-    [B, C]]^-1 = [[A^-1, 0], [-C^-1 B A^-1, C^-1]]``, so at most a quarter of the matrix
-    more is allocated (``np.linalg.inv`` holds three more: a copy, the identity, the
-    result) and half the flops of an LU solve are spent.
-
-    Example:
-        >>> low = np.linalg.cholesky(h)
-        >>> np.allclose(invert_lower(low.copy()), np.linalg.inv(low))
-        True
-    """
-    n = len(low)
-    if n <= leaf:
-        low[...] = np.linalg.inv(low)
-        return low
-    k = n // 2
-    invert_lower(low[:k, :k], leaf)
-    invert_lower(low[k:, k:], leaf)
-    below = low[k:, :k] @ low[:k, :k]
-    np.matmul(low[k:, k:], below, out=low[k:, :k])
-    np.negative(low[k:, :k], out=low[k:, :k])
-    return low
+def _mirror_lower(x: np.ndarray) -> None:
+    """Copy the strict lower triangle of a square matrix onto its upper one, in place."""
+    for j in range(len(x) - 1):
+        x[j, j + 1:] = x[j + 1:, j]
 
 
 def _flip(x: np.ndarray) -> np.ndarray:

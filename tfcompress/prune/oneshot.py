@@ -44,7 +44,7 @@ class SparseGPTPruner(Compressor):
     def compress_layer(self, path: str, layer, stats) -> np.ndarray:
         s = self.config
         w, mask = sparsegpt_prune(kernel_matrix(layer), stats.take_hessian(), s.sparsity, s.nm,
-                                  s.block_size, s.damping, layer=path)
+                                  s.block_size, s.damping, layer=path, overwrite_h=True)
         set_kernel_matrix(layer, w)
         return mask.astype(bool)  # every layer's mask is held until attached: 1 byte a weight
 

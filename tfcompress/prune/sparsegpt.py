@@ -30,6 +30,7 @@ def sparsegpt_prune(
     block_size: int = 128,
     damping: float = 0.01,
     layer: str = "",
+    overwrite_h: bool = False,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Prune a ``(d_in, d_out)`` matrix with Hessian ``h`` (d_in, d_in) of its inputs.
 
@@ -37,7 +38,8 @@ def sparsegpt_prune(
     chosen by the OBS saliency ``w^2 / [H^-1]_jj^2`` on the already-updated weights. With
     ``nm=(n, m)`` every ``m`` consecutive inputs keep ``n`` weights per output
     (``sparsity`` is then ignored). Returns ``(new_weights, keep_mask)``; ``layer`` names
-    the layer in errors.
+    the layer in errors; ``overwrite_h=True`` lets ``h`` be worked in (its values are lost):
+    no copy of it.
     """
     check_sparsity(sparsity)
     w = np.array(weights, dtype=np.float64)  # (d_in, d_out): a row per input, contiguous
@@ -55,11 +57,11 @@ def sparsegpt_prune(
                 f"nm={nm} needs 0 < N < M, d_in ({d_in}) and block_size ({block_size}) "
                 "divisible by M"
             )
-    # h handed over (no reference left here): after InputStats.take_hessian() the factor's
-    # copy is then the only d_in x d_in array left besides the factor (512 MB at d_in 8192)
+    # h handed over (no reference left here): the factor is made in it (overwrite_h) or in
+    # its copy, the one d_in x d_in array held (512 MB at d_in 8192)
     held = [h]
     del h
-    hinv, dead = inverse_hessian_factor(held.pop(), damping, layer)
+    hinv, dead = inverse_hessian_factor(held.pop(), damping, layer, overwrite=overwrite_h)
     w[dead] = 0.0
     keep = np.ones(w.shape, bool)  # a byte a weight: 17 MB at 8192 x 2048, not 134
     for i1, rows in error_feedback_blocks(w, hinv, block_size):

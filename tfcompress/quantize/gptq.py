@@ -21,7 +21,12 @@ import numpy as np
 
 from tfcompress.core.compressor import Compressor
 from tfcompress.core.layers import kernel_matrix, set_kernel_matrix
-from tfcompress.core.stats import as_stats, error_feedback_blocks, inverse_hessian_factor
+from tfcompress.core.stats import (
+    as_stats,
+    error_feedback_blocks,
+    inverse_hessian_factor,
+    permute_symmetric,
+)
 from tfcompress.errors import TfcompressError
 from tfcompress.quantize.quantizers import QTensor, Quantizer
 
@@ -34,6 +39,7 @@ def gptq(
     act_order: bool = False,
     block_size: int = 128,
     layer: str = "",
+    overwrite_h: bool = False,
 ) -> QTensor:
     """GPTQ-quantize ``w`` (d_in, d_out) given the input Hessian ``h`` (d_in, d_in).
 
@@ -41,7 +47,8 @@ def gptq(
     ``act_order`` quantizes the inputs with the largest Hessian diagonal first. Without
     act-order, group parameters are fitted when their group is reached (on the already
     error-corrected weights); with act-order they are fitted once up front ("static groups"),
-    so groups stay contiguous in the stored layout. ``layer`` names the layer in errors.
+    so groups stay contiguous in the stored layout. ``layer`` names the layer in errors;
+    ``overwrite_h=True`` lets ``h`` be worked in (its values are lost): no copy of it.
     """
     if not 0 <= damping <= 1:
         raise TfcompressError(f"damping must be in [0, 1], got {damping}")
@@ -56,12 +63,14 @@ def gptq(
     params = [quantizer.fit(w[i : i + g]) for i in range(0, d_in, g)] if static else []
     perm = np.argsort(-np.diag(h), kind="stable") if act_order else np.arange(d_in)
     w = w[perm]
-    # one copy of h, permuted, handed over (popped: no reference left here) for the factor
-    # to be computed in and freed after its Cholesky; h is let go of first (the last
-    # reference after InputStats.take_hessian()). Each is 512 MB at d_in 8192.
-    permuted = [h[np.ix_(perm, perm)]]
+    # the factor is computed in the one d_in x d_in array held (512 MB at d_in 8192): h
+    # itself when the caller lets it go (overwrite_h), else a copy; handed over without a
+    # reference left here, so it is freed as the factor replaces it
+    held = [h if overwrite_h and h.flags.c_contiguous else np.array(h)]
     del h
-    hinv, _ = inverse_hessian_factor(permuted.pop(), damping, layer, overwrite=True)
+    if act_order:
+        permute_symmetric(held[0], perm)
+    hinv, _ = inverse_hessian_factor(held.pop(), damping, layer, overwrite=True)
     # block size a multiple of the group so a group never starts half-updated
     block = max(block_size // g, 1) * g if g < d_in else block_size
     codes = np.zeros(w.shape, np.int32)
@@ -116,7 +125,7 @@ class GPTQCompressor(Compressor):
     def compress_layer(self, path: str, layer, stats) -> QTensor:
         c = self.config
         qt = gptq(kernel_matrix(layer), stats.take_hessian(), c.quantizer(path), c.damping,
-                  c.act_order, layer=path)
+                  c.act_order, layer=path, overwrite_h=True)
         set_kernel_matrix(layer, qt.dequantize())
         return qt
 
