@@ -8,13 +8,17 @@ each from an empty cache), every window after BOS, as the bundle expects; the re
 float Keras model on BOS + the same window. Also recorded: next-token agreement with that
 reference and the largest logit error over the scored tokens, the file's bytes, the export's
 seconds, and whether these figures pass the mode's verification tolerances (the bundle is
-exported unverified and judged on all 2,048 tokens, not export_llm's 128). This is the
+exported unverified and judged on all 2,048 tokens, not export_llm's 128). ``--weights gptq``
+rows (``smollm2_gptq_<mode>_*``) export the model whose blocks' matmuls GPTQ (act-order, the
+same calibration windows) put on the int8 per-output-channel grid the converter stores, so its
+rounding of them keeps GPTQ's choices; ``smollm2_gptq_keras_ppl_ratio`` is that Keras model's
+own perplexity ratio (the weights' share of a bundle's). This is the
 evaluation of issue #29's done-when for the integer bundles (``smollm2_<mode>_ppl_ratio``),
 kept apart from ``benchmarks.export`` (22 minutes loaded already) in
 ``export_llm_integer.json``.
 
-Usage: ``python -m benchmarks.export_llm_integer [--modes int16x8 int8_static] [--calib 8]
-[--calib-len 256] [--quick]``
+Usage: ``python -m benchmarks.export_llm_integer [--modes int16x8 int8_static]
+[--weights float gptq] [--calib 8] [--calib-len 256] [--quick]``
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ from tfcompress.models.loaders import gguf_tokenizer, load_gguf
 from tfcompress.models.loaders.gguf import _field, _reader
 
 PREFILL = 64  # the bundle's prefill length (calibrated windows tile it)
+# the bundle's int8 weights: the converter's rounding of the float model's, or of GPTQ's
+WEIGHTS = ("float", "gptq")
 
 
 def compare(reference, bundle, ids: np.ndarray, window: int, bos: int) -> dict:
@@ -82,19 +88,46 @@ def load(args) -> dict:
             "eval_ids": tokenizer.encode(text["test"][:20_000])[:eval_tokens]}
 
 
-def run_mode(mode: str, data: dict, out: Path) -> dict:
-    """Export ``mode`` (unverified: its figures are judged below with the mode's tolerances,
-    on all the scored tokens) and score it: its figures, keyed ``smollm2_<mode>_*``."""
-    key = f"smollm2_{mode}"
+def gptq_int8(data: dict) -> dict:
+    """The float model with its blocks' matmuls GPTQ-quantized (act-order) onto LiteRT's int8
+    per-output-channel grid from the calibration windows, its seconds, and its Keras
+    perplexity ratio on the scored ids."""
+    from benchmarks.llm import BLOCK_DENSE
+    from tfcompress.quantize import GPTQConfig, quantize
+
+    windows, start = data["calibration"], time.perf_counter()
+    config = GPTQConfig(scheme="litert", bits=8, granularity="channel", types=("Dense",),
+                        include=BLOCK_DENSE, act_order=True)
+    model = quantize(data["model"], config, verbose=0,
+                     calibration=[windows[i:i + 4] for i in range(0, len(windows), 4)])
+    seconds = round(time.perf_counter() - start, 1)
+    reference, own = keras_logits(data["model"]), keras_logits(model)
+    figures = compare(lambda ids: reference(ids[None])[0], lambda ids: own(ids[None])[0],
+                      data["eval_ids"], data["window"], data["bos"])
+    return {"model": model, "smollm2_gptq_s": seconds,
+            "smollm2_gptq_keras_ppl_ratio": figures["perplexity"] / figures["keras_perplexity"]}
+
+
+def row_key(mode: str, weights: str) -> str:
+    """The figures' prefix of a bundle: ``smollm2_<mode>``, ``smollm2_gptq_<mode>``."""
+    return f"smollm2_{mode}" if weights == "float" else f"smollm2_{weights}_{mode}"
+
+
+def run_mode(mode: str, data: dict, out: Path, weights: str = "float") -> dict:
+    """Export ``mode`` from the float model or from ``data["gptq"]["model"]`` (unverified:
+    its figures are judged below with the mode's tolerances, on all the scored tokens) and
+    score it against the float model: its figures, keyed `row_key`."""
+    key = row_key(mode, weights)
+    source = data["model"] if weights == "float" else data[weights]["model"]
     start = time.perf_counter()
-    result = export_llm(data["model"], out / mode,
+    result = export_llm(source, out / key,
                         prefill_lengths=(min(PREFILL, data["window"] // 2),),
                         cache_length=data["window"] + 8, mode=mode, tokenizer=data["gguf"],
                         special_tokens={"bos": data["bos"]}, calibration=data["calibration"],
                         verify_output=False)
     seconds = round(time.perf_counter() - start, 1)
     reference = keras_logits(data["model"])
-    figures = compare(lambda ids: reference(ids[None])[0], LLMRunner(out / mode).logits,
+    figures = compare(lambda ids: reference(ids[None])[0], LLMRunner(out / key).logits,
                       data["eval_ids"], data["window"], data["bos"])
     try:
         verify(figures, Tolerances.of(MODES[mode]), subject=f"{mode} bundle")
@@ -107,21 +140,26 @@ def run_mode(mode: str, data: dict, out: Path) -> dict:
         f"{key}_verification": check}
 
 
-def table(figures: dict, modes: list[str]) -> str:
+def table(figures: dict, keys: list[tuple[str, str]]) -> str:
     lines = [f"{figures['model']} bundles, {figures['calibration']}; perplexity on "
              f"{figures['eval']} after BOS.", "",
-             "| mode | perplexity | ratio to Keras | agreement | max error / max logit | MB | "
-             "export s | the mode's tolerances |",
-             "|---|---|---|---|---|---|---|---|"]
-    for mode in modes:
-        k = f"smollm2_{mode}"
+             "| mode | int8 weights | perplexity | ratio to Keras | agreement | "
+             "max error / max logit | MB | export s | the mode's tolerances |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for mode, weights in keys:
+        k = row_key(mode, weights)
         if f"{k}_perplexity" not in figures:
-            lines.append(f"| {mode} | – | – | – | | | | {figures.get(f'{k}_error', '')} |")
+            lines.append(f"| {mode} | {weights} | – | – | – | | | | "
+                         f"{figures.get(f'{k}_error', '')} |")
             continue
-        lines.append(f"| {mode} | {figures[f'{k}_perplexity']:.3f} | "
+        lines.append(f"| {mode} | {weights} | {figures[f'{k}_perplexity']:.3f} | "
                      f"{figures[f'{k}_ppl_ratio']:.4f} | {figures[f'{k}_agreement']:.3f} | "
                      f"{figures[f'{k}_relative_error']:.3f} | {figures[f'{k}_mb']:.1f} | "
                      f"{figures[f'{k}_export_s']} | {figures[f'{k}_verification']} |")
+    if "smollm2_gptq_keras_ppl_ratio" in figures:
+        lines += ["", f"GPTQ int8 (act-order, LiteRT's per-channel grid) of the blocks' "
+                      f"matmuls: {figures['smollm2_gptq_s']} s; that Keras model's perplexity "
+                      f"is {figures['smollm2_gptq_keras_ppl_ratio']:.4f}x the float one's."]
     return "\n".join(lines)
 
 
@@ -131,6 +169,9 @@ def main(argv: list[str] | None = None) -> None:
                         "SmolLM2-135M; under --quick a tiny random one)")
     parser.add_argument("--modes", nargs="+", default=list(INTEGER_LLM_MODES),
                         choices=INTEGER_LLM_MODES)
+    parser.add_argument("--weights", nargs="+", default=list(WEIGHTS), choices=WEIGHTS,
+                        help="int8 weights rounded by the converter from the float model's "
+                             "or from GPTQ's (act-order, on the converter's grid)")
     parser.add_argument("--calib", type=int, default=8, help="calibration windows")
     parser.add_argument("--calib-len", type=int, default=256, help="tokens per window")
     args = parse_args(parser, argv)
@@ -144,12 +185,16 @@ def main(argv: list[str] | None = None) -> None:
                                   f"tokens", "window": data["window"], "bos": data["bos"],
                    "eval": f"the first {len(data['eval_ids']) - 1} test tokens in windows of "
                            f"{data['window']}"}
-        for mode in args.modes:
+        keys = [(mode, weights) for weights in args.weights for mode in args.modes]
+        for mode, weights in keys:
             try:
-                figures |= run_mode(mode, data, Path(tmp))
+                if weights != "float" and weights not in data:
+                    data[weights] = gptq_int8(data)
+                    figures |= {k: v for k, v in data[weights].items() if k != "model"}
+                figures |= run_mode(mode, data, Path(tmp), weights)
             except Exception as err:  # noqa: BLE001 - recorded, the next mode still runs
-                figures[f"smollm2_{mode}_error"] = f"{type(err).__name__}: {err}"[:400]
-            write_results("export_llm_integer", table(figures, args.modes), figures, args)
+                figures[f"{row_key(mode, weights)}_error"] = f"{type(err).__name__}: {err}"[:400]
+            write_results("export_llm_integer", table(figures, keys), figures, args)
 
 
 if __name__ == "__main__":

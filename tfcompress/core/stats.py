@@ -163,14 +163,12 @@ def inverse_hessian_factor(h: np.ndarray, damping: float = 0.01, layer: str = ""
                            ) -> tuple[np.ndarray, np.ndarray]:
     """Upper Cholesky factor ``U`` of ``(H + lambda I)^-1 = U^T U`` and the dead inputs.
 
-    ``lambda = damping * mean(diag H)``; inputs that are always zero (``H_jj == 0``) get
-    ``H_jj = 1`` so the factor exists (callers zero their weights). When ``H`` is not
-    positive definite, ``lambda`` grows tenfold up to ``retries`` times, then a
-    `TfcompressError` names ``layer``. ``U = P chol(P H P)^-1 P`` with ``P`` the order
-    reversal, by LAPACK's Cholesky and triangular inverse in one ``d_in x d_in`` array (512
-    MB at d_in 8192): a copy of ``h``, or ``h`` itself with ``overwrite=True`` when it is a
-    C-ordered float64 array (its values are then lost; other arrays are copied). ``U`` is
-    returned in Fortran order (the transpose of that array).
+    Inputs that are always zero (``H_jj == 0``) get ``H_jj = 1`` so the factor exists
+    (callers zero their weights); ``lambda`` as in `damped_cholesky`. ``U = P chol(P H P)^-1
+    P`` with ``P`` the order reversal, by LAPACK's Cholesky and triangular inverse in one
+    ``d_in x d_in`` array (512 MB at d_in 8192): a copy of ``h``, or ``h`` itself with
+    ``overwrite=True`` when it is a C-ordered float64 array (its values are then lost; other
+    arrays are copied). ``U`` is returned in Fortran order.
 
     Example:
         >>> h = np.array([[2.0, 1.0], [1.0, 2.0]])
@@ -178,27 +176,42 @@ def inverse_hessian_factor(h: np.ndarray, damping: float = 0.01, layer: str = ""
         >>> bool(np.allclose(u.T @ u, np.linalg.inv(h))), dead.tolist()
         (True, [False, False])
     """
-    diag = np.diag(h).astype(np.float64)
-    dead = diag == 0
-    diag[dead] = 1.0
+    dead = np.diag(h) == 0
+    diag = np.where(dead, 1.0, np.diag(h))  # a copy: h may be worked in below
+    owned = overwrite and h.dtype == np.float64 and h.flags.c_contiguous
+    rev = _flip(h if owned else np.array(h, dtype=np.float64))  # P H P
+    del h  # with overwrite, the one reference once the caller passed it inline
+    rev.flat[::len(rev) + 1] = diag[::-1]
+    lapack.dtrtri(damped_cholesky(rev, damping, layer, retries), lower=1, overwrite_c=1)
+    return _flip(rev).T, dead
+
+
+def damped_cholesky(a: np.ndarray, damping: float, layer: str = "",
+                    retries: int = 6) -> np.ndarray:
+    """Lower Cholesky factor of ``A + lambda I``, ``lambda = damping * mean(diag A)`` raised
+    tenfold up to ``retries`` times while ``A`` is not positive definite (then a
+    `TfcompressError` names ``layer``). Written over ``a``, a C-ordered float64 array the
+    caller gives up: the factor is its transpose, Fortran-ordered, where LAPACK works
+    without a copy.
+
+    Example:
+        >>> low = damped_cholesky(np.array([[4.0, 2.0], [2.0, 5.0]]), damping=0.0)
+        >>> low.tolist()
+        [[2.0, 0.0], [1.0, 2.0]]
+    """
+    diag = np.diag(a).copy()
     mean_diag = float(np.mean(diag))
     extra = damping * mean_diag
-    owned = overwrite and h.dtype == np.float64 and h.flags.c_contiguous
-    rev = _flip(h if owned else np.array(h, dtype=np.float64))  # P H P, damped below
-    del h  # with overwrite, the one reference once the caller passed it inline
     for attempt in range(retries + 1):
         if attempt:
             extra = max(extra * 10, 1e-6 * mean_diag, 1e-12)
-            _mirror_lower(rev)  # the failed factorization wrote over the upper triangle
-        rev.flat[::len(rev) + 1] = diag[::-1] + extra
-        # rev.T is Fortran-ordered: LAPACK factors it where it lies (its lower triangle is
-        # rev's upper one), no copy
-        low, info = lapack.dpotrf(rev.T, lower=1, clean=0, overwrite_a=1)
+            _mirror_lower(a)  # the failed factorization wrote over the upper triangle
+        a.flat[::len(a) + 1] = diag + extra
+        low, info = lapack.dpotrf(a.T, lower=1, clean=0, overwrite_a=1)
         if info == 0:
-            lapack.dtrtri(low, lower=1, overwrite_c=1)
-            for j in range(1, len(rev)):  # the triangle LAPACK left holds H's values
-                rev[j, :j] = 0.0
-            return _flip(rev).T, dead
+            for j in range(1, len(a)):  # the triangle LAPACK left holds A's values
+                a[j, :j] = 0.0
+            return low
     raise TfcompressError(
         f"the input Hessian of layer {layer or '?'} is not positive definite even with "
         f"damping {extra / max(mean_diag, 1e-300):.3g} x mean diagonal: give more or more "

@@ -37,5 +37,5 @@ class Spectra(Compressor):
 
     def compress_layer(self, path: str, layer,
                        stats: InputStats | None) -> tuple[InputTransform, tuple]:
-        transform = input_transform(self.method, stats, self.damping, self.alpha)
+        transform = input_transform(self.method, stats, self.damping, self.alpha, path)
         return transform, transformed_spectrum(kernel_matrix(layer), transform)

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from tfcompress.core.stats import InputStats, as_stats
+from tfcompress.core.stats import InputStats, as_stats, damped_cholesky
 from tfcompress.errors import TfcompressError
 
 MATRIX_METHODS = ("svd", "asvd", "svd-llm")
@@ -46,22 +46,16 @@ def check_rank(rank: int, d_in: int, d_out: int, arg: str = "rank") -> int:
     return int(rank)
 
 
-def whitening_factor(inputs, damping: float = 1e-3) -> np.ndarray:
+def whitening_factor(inputs, damping: float = 1e-3, layer: str = "") -> np.ndarray:
     """Lower Cholesky factor ``L`` of ``X^T X / n + damping * mean(diag) * I``; ``inputs``
     is ``(rows, d_in)`` or their `InputStats`.
 
     The damping keeps the covariance positive definite when some input channels are
-    (nearly) constant; it is raised tenfold until the factorization succeeds.
+    (nearly) constant; it is raised tenfold until the factorization succeeds
+    (`tfcompress.core.stats.damped_cholesky`; ``layer`` names the layer if it never does).
     """
-    cov = as_stats(inputs, needs=("xtx",)).covariance()
-    scale = float(np.mean(np.diag(cov))) or 1.0
-    eye = np.eye(len(cov))
-    for attempt in range(8):
-        try:
-            return np.linalg.cholesky(cov + damping * 10**attempt * scale * eye)
-        except np.linalg.LinAlgError:
-            continue
-    raise TfcompressError("the calibration input covariance could not be factorized")
+    cov = np.array(as_stats(inputs, needs=("xtx",)).covariance(), dtype=np.float64)
+    return damped_cholesky(cov, damping, layer, retries=7)
 
 
 def activation_scales(inputs, alpha: float = 0.5, eps: float = 1e-6) -> np.ndarray:
@@ -72,9 +66,9 @@ def activation_scales(inputs, alpha: float = 0.5, eps: float = 1e-6) -> np.ndarr
 
 
 def input_transform(method: str, inputs=None, damping: float = 1e-3,
-                    alpha: float = 0.5) -> InputTransform:
+                    alpha: float = 0.5, layer: str = "") -> InputTransform:
     """The input-side transform of ``method`` (one of `MATRIX_METHODS`) from calibration rows
-    (or their `InputStats`)."""
+    (or their `InputStats`); ``layer`` names the layer in errors."""
     if method not in MATRIX_METHODS:
         raise TfcompressError(f"method must be one of {MATRIX_METHODS}, got {method!r}")
     if method == "svd":
@@ -85,7 +79,7 @@ def input_transform(method: str, inputs=None, damping: float = 1e-3,
     if method == "asvd":
         s = activation_scales(inputs, alpha)
         return InputTransform(np.diag(s), np.diag(1.0 / s))
-    lower = whitening_factor(inputs, damping)
+    lower = whitening_factor(inputs, damping, layer)
     return InputTransform(lower.T, np.linalg.inv(lower.T))
 
 
