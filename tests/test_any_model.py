@@ -2,7 +2,8 @@
 
 Kinds: our functional GPT, a subclassed LM with nested custom blocks, KerasHub
 ``GPT2CausalLM`` / ``LlamaCausalLM`` / ``GemmaCausalLM`` (dict inputs token_ids +
-padding_mask, small random configs) and a Sequential Conv classifier. Each compressed model
+padding_mask, small random configs) and a Sequential Conv classifier; the other KerasHub
+families `export_llm` reads go through calibration once each. Each compressed model
 must reload from ``.keras`` with exactly the same outputs and without optimizer state.
 """
 
@@ -158,6 +159,35 @@ def test_layerwise_sparsegpt_on_kerashub_blocks(models, ids, kind):
         assert np.mean(kernel == 0) == pytest.approx(0.5, abs=0.02), path
         same = np.array_equal(kernel, kernels[False][path])
         assert same == path.endswith(("query", "key", "value")), path
+
+
+@pytest.mark.parametrize("family", ("smollm3", "qwen2", "qwen3", "gemma3", "mistral", "phi3"))
+def test_layerwise_sparsegpt_and_gptq_on_the_other_kerashub_families(family):
+    """The families above (`tests.llm_zoo_models`: sliding windows, q/k norms, biases, Phi3's
+    RoPE, NoPE layers) through the calibration engine: layerwise SparseGPT finds each block's
+    query/key/value reading its input (alike either way) and every later layer reading what
+    was pruned before it; GPTQ changes each block's outputs less than rounding to nearest."""
+    from tests.llm_zoo_models import zoo_model
+
+    model = zoo_model(family, VOCAB * 4, d=32, layers=1, window=4)
+    ids = np.random.default_rng(0).integers(0, VOCAB * 4, (4, 16)).astype("int32")
+    kernels = {}
+    for layerwise in (False, True):
+        config = tfc.prune.SparseGPTConfig(sparsity=0.5, layerwise=layerwise)
+        pruned = tfc.prune(model, config, calibration=[ids], verbose=0)
+        kernels[layerwise] = {path: np.asarray(layer.kernel)
+                              for path, layer in select_layers(pruned, types=DENSE)}
+    assert len(kernels[True]) >= 6
+    for path, kernel in kernels[True].items():
+        assert np.mean(kernel == 0) == pytest.approx(0.5, abs=0.05), path
+        same = np.array_equal(kernel, kernels[False][path])
+        assert same == path.endswith(("query", "key", "value", "q_proj", "k_proj", "v_proj")), path
+    x, error = model_inputs(model, ids), {}
+    for method in ("rtn", "gptq"):
+        q = tfc.quantize(model, method=method, bits=3, granularity="channel", types=DENSE,
+                         calibration=[ids], verbose=0)
+        error[method] = float(np.mean((np.asarray(q(x)) - np.asarray(model(x))) ** 2))
+    assert error["gptq"] < error["rtn"], error
 
 
 @pytest.mark.parametrize("kind", ("subclassed", "gpt2"))
