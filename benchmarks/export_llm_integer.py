@@ -12,13 +12,16 @@ exported unverified and judged on all 2,048 tokens, not export_llm's 128). ``--w
 rows (``smollm2_gptq_<mode>_*``) export the model whose blocks' matmuls GPTQ (act-order, the
 same calibration windows) put on the int8 per-output-channel grid the converter stores, so its
 rounding of them keeps GPTQ's choices; ``smollm2_gptq_keras_ppl_ratio`` is that Keras model's
-own perplexity ratio (the weights' share of a bundle's). This is the
+own perplexity ratio (the weights' share of a bundle's). ``--weights rotated`` rows export the
+model rotated as `benchmarks.generate`'s rotated rows are (QuaRot's Hadamard of seed 0 on the
+residual stream, norm scales folded, an online one before each MLP down projection: the same
+float function, narrower activation ranges for the integer scales). This is the
 evaluation of issue #29's done-when for the integer bundles (``smollm2_<mode>_ppl_ratio``),
 kept apart from ``benchmarks.export`` (22 minutes loaded already) in
 ``export_llm_integer.json``.
 
 Usage: ``python -m benchmarks.export_llm_integer [--modes int16x8 int8_static]
-[--weights float gptq] [--calib 8] [--calib-len 256] [--quick]``
+[--weights float gptq rotated] [--calib 8] [--calib-len 256] [--quick]``
 """
 
 from __future__ import annotations
@@ -43,8 +46,8 @@ from tfcompress.models.loaders import gguf_tokenizer, load_gguf
 from tfcompress.models.loaders.gguf import _field, _reader
 
 PREFILL = 64  # the bundle's prefill length (calibrated windows tile it)
-# the bundle's int8 weights: the converter's rounding of the float model's, or of GPTQ's
-WEIGHTS = ("float", "gptq")
+# the bundle's source: the float model, GPTQ's int8 weights of it, or it rotated (`MAKERS`)
+WEIGHTS = ("float", "gptq", "rotated")
 
 
 def compare(reference, bundle, ids: np.ndarray, window: int, bos: int) -> dict:
@@ -108,13 +111,26 @@ def gptq_int8(data: dict) -> dict:
             "smollm2_gptq_keras_ppl_ratio": figures["perplexity"] / figures["keras_perplexity"]}
 
 
+def rotated(data: dict) -> dict:
+    """The float model rotated as `benchmarks.rotation.rotated_model` (online) does, and its
+    seconds."""
+    from benchmarks.rotation import rotated_model
+
+    start = time.perf_counter()
+    model = rotated_model(data["model"], online=True)
+    return {"model": model, "smollm2_rotated_s": round(time.perf_counter() - start, 1)}
+
+
+MAKERS = {"gptq": gptq_int8, "rotated": rotated}
+
+
 def row_key(mode: str, weights: str) -> str:
     """The figures' prefix of a bundle: ``smollm2_<mode>``, ``smollm2_gptq_<mode>``."""
     return f"smollm2_{mode}" if weights == "float" else f"smollm2_{weights}_{mode}"
 
 
 def run_mode(mode: str, data: dict, out: Path, weights: str = "float") -> dict:
-    """Export ``mode`` from the float model or from ``data["gptq"]["model"]`` (unverified:
+    """Export ``mode`` from the float model or from ``data[weights]["model"]`` (unverified:
     its figures are judged below with the mode's tolerances, on all the scored tokens) and
     score it against the float model: its figures, keyed `row_key`."""
     key = row_key(mode, weights)
@@ -143,7 +159,7 @@ def run_mode(mode: str, data: dict, out: Path, weights: str = "float") -> dict:
 def table(figures: dict, keys: list[tuple[str, str]]) -> str:
     lines = [f"{figures['model']} bundles, {figures['calibration']}; perplexity on "
              f"{figures['eval']} after BOS.", "",
-             "| mode | int8 weights | perplexity | ratio to Keras | agreement | "
+             "| mode | exported from | perplexity | ratio to Keras | agreement | "
              "max error / max logit | MB | export s | the mode's tolerances |",
              "|---|---|---|---|---|---|---|---|---|"]
     for mode, weights in keys:
@@ -160,6 +176,9 @@ def table(figures: dict, keys: list[tuple[str, str]]) -> str:
         lines += ["", f"GPTQ int8 (act-order, LiteRT's per-channel grid) of the blocks' "
                       f"matmuls: {figures['smollm2_gptq_s']} s; that Keras model's perplexity "
                       f"is {figures['smollm2_gptq_keras_ppl_ratio']:.4f}x the float one's."]
+    if "smollm2_rotated_s" in figures:
+        lines += ["", f"Rotation (QuaRot, online Hadamard before each down projection): "
+                      f"{figures['smollm2_rotated_s']} s; the same float function."]
     return "\n".join(lines)
 
 
@@ -170,8 +189,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", nargs="+", default=list(INTEGER_LLM_MODES),
                         choices=INTEGER_LLM_MODES)
     parser.add_argument("--weights", nargs="+", default=list(WEIGHTS), choices=WEIGHTS,
-                        help="int8 weights rounded by the converter from the float model's "
-                             "or from GPTQ's (act-order, on the converter's grid)")
+                        help="the bundle's source: the float model, GPTQ's int8 weights of "
+                             "it (act-order, on the converter's grid), or it rotated")
     parser.add_argument("--calib", type=int, default=8, help="calibration windows")
     parser.add_argument("--calib-len", type=int, default=256, help="tokens per window")
     args = parse_args(parser, argv)
@@ -189,7 +208,7 @@ def main(argv: list[str] | None = None) -> None:
         for mode, weights in keys:
             try:
                 if weights != "float" and weights not in data:
-                    data[weights] = gptq_int8(data)
+                    data[weights] = MAKERS[weights](data)
                     figures |= {k: v for k, v in data[weights].items() if k != "model"}
                 figures |= run_mode(mode, data, Path(tmp), weights)
             except Exception as err:  # noqa: BLE001 - recorded, the next mode still runs
