@@ -54,7 +54,8 @@ def whitening_factor(inputs, damping: float = 1e-3, layer: str = "") -> np.ndarr
     (nearly) constant; it is raised tenfold until the factorization succeeds
     (`tfcompress.core.stats.damped_cholesky`; ``layer`` names the layer if it never does).
     """
-    cov = np.array(as_stats(inputs, needs=("xtx",)).covariance(), dtype=np.float64)
+    # covariance() is a new float64 array: the factor is made in it, no second copy
+    cov = np.ascontiguousarray(as_stats(inputs, needs=("xtx",)).covariance(), np.float64)
     return damped_cholesky(cov, damping, layer, retries=7)
 
 
