@@ -23,7 +23,6 @@ NOT_RUNNABLE: dict[str, str] = {
     "core.signature.input_view": "a sketch: gpt2_causal_lm is the caller's own object",
     "core.signature.signature": "a sketch: gpt2_causal_lm is the caller's own object",
     "core.stats.InputStats.take_hessian": "a sketch: w is the caller's own object",
-    "core.stats.invert_lower": "a sketch: h is the caller's own object",
     "distill": "a sketch: train is the caller's own object",
     "distill.cache": "a sketch: corpus is the caller's own object",
     "distill.cache.cache_teacher": "a sketch: batches is the caller's own object",

@@ -8,20 +8,23 @@ each from an empty cache), every window after BOS, as the bundle expects; the re
 float Keras model on BOS + the same window. Also recorded: next-token agreement with that
 reference and the largest logit error over the scored tokens, the file's bytes, the export's
 seconds, and whether these figures pass the mode's verification tolerances (the bundle is
-exported unverified and judged on all 2,048 tokens, not export_llm's 128). ``--weights gptq``
-rows (``smollm2_gptq_<mode>_*``) export the model whose blocks' matmuls GPTQ (act-order, the
-same calibration windows) put on the int8 per-output-channel grid the converter stores, so its
-rounding of them keeps GPTQ's choices; ``smollm2_gptq_keras_ppl_ratio`` is that Keras model's
-own perplexity ratio (the weights' share of a bundle's). ``--weights rotated`` rows export the
-model rotated as `benchmarks.generate`'s rotated rows are (QuaRot's Hadamard of seed 0 on the
-residual stream, norm scales folded, an online one before each MLP down projection: the same
-float function, narrower activation ranges for the integer scales). This is the
-evaluation of issue #29's done-when for the integer bundles (``smollm2_<mode>_ppl_ratio``),
-kept apart from ``benchmarks.export`` (22 minutes loaded already) in
-``export_llm_integer.json``.
+exported unverified and judged on all 2,048 tokens, not export_llm's 128).
+
+``--weights``, the bundle's source: ``default`` rows (``smollm2_<mode>_*``) export the float
+model with `export_llm`'s defaults, as a user would: it rotates the residual stream first
+(`export.llm_rotation`: QuaRot's Hadamard of seed 0, norm scales folded, an online one before
+each MLP down projection; the same float function, narrower activation ranges for the
+integer scales); ``unrotated`` rows (``smollm2_unrotated_<mode>_*``) the same with
+``rotate=False``; ``gptq`` rows (``smollm2_gptq_<mode>_*``) the model whose blocks' matmuls
+GPTQ (act-order, the same calibration windows) put on the int8 per-output-channel grid the
+converter stores, so its rounding of them keeps GPTQ's choices (a quantized model is not
+rotated); ``smollm2_gptq_keras_ppl_ratio`` is that Keras model's own perplexity ratio (the
+weights' share of a bundle's). This is the evaluation of issue #29's done-when for the
+integer bundles (``smollm2_<mode>_ppl_ratio``), kept apart from ``benchmarks.export`` (22
+minutes loaded already) in ``export_llm_integer.json``.
 
 Usage: ``python -m benchmarks.export_llm_integer [--modes int16x8 int8_static]
-[--weights float gptq rotated] [--calib 8] [--calib-len 256] [--quick]``
+[--weights default unrotated gptq] [--calib 8] [--calib-len 256] [--quick]``
 """
 
 from __future__ import annotations
@@ -46,8 +49,9 @@ from tfcompress.models.loaders import gguf_tokenizer, load_gguf
 from tfcompress.models.loaders.gguf import _field, _reader
 
 PREFILL = 64  # the bundle's prefill length (calibrated windows tile it)
-# the bundle's source: the float model, GPTQ's int8 weights of it, or it rotated (`MAKERS`)
-WEIGHTS = ("float", "gptq", "rotated")
+# the bundle's source: the float model through export_llm's defaults (rotated) or with
+# rotate=False, or GPTQ's int8 weights of it (`MAKERS`)
+WEIGHTS = ("default", "unrotated", "gptq")
 
 
 def compare(reference, bundle, ids: np.ndarray, window: int, bos: int) -> dict:
@@ -111,36 +115,28 @@ def gptq_int8(data: dict) -> dict:
             "smollm2_gptq_keras_ppl_ratio": figures["perplexity"] / figures["keras_perplexity"]}
 
 
-def rotated(data: dict) -> dict:
-    """The float model rotated as `benchmarks.rotation.rotated_model` (online) does, and its
-    seconds."""
-    from benchmarks.rotation import rotated_model
-
-    start = time.perf_counter()
-    model = rotated_model(data["model"], online=True)
-    return {"model": model, "smollm2_rotated_s": round(time.perf_counter() - start, 1)}
-
-
-MAKERS = {"gptq": gptq_int8, "rotated": rotated}
+MAKERS = {"gptq": gptq_int8}
 
 
 def row_key(mode: str, weights: str) -> str:
     """The figures' prefix of a bundle: ``smollm2_<mode>``, ``smollm2_gptq_<mode>``."""
-    return f"smollm2_{mode}" if weights == "float" else f"smollm2_{weights}_{mode}"
+    return f"smollm2_{mode}" if weights == "default" else f"smollm2_{weights}_{mode}"
 
 
-def run_mode(mode: str, data: dict, out: Path, weights: str = "float") -> dict:
-    """Export ``mode`` from the float model or from ``data[weights]["model"]`` (unverified:
-    its figures are judged below with the mode's tolerances, on all the scored tokens) and
+def run_mode(mode: str, data: dict, out: Path, weights: str = "default") -> dict:
+    """Export ``mode`` from the float model (``rotate=False`` for ``unrotated``) or from
+    ``data[weights]["model"]`` (unverified: its figures are judged below with the mode's
+    tolerances, on all the scored tokens; rotation included in the export's seconds) and
     score it against the float model: its figures, keyed `row_key`."""
     key = row_key(mode, weights)
-    source = data["model"] if weights == "float" else data[weights]["model"]
+    source = data[weights]["model"] if weights in MAKERS else data["model"]
     start = time.perf_counter()
     result = export_llm(source, out / key,
                         prefill_lengths=(min(PREFILL, data["window"] // 2),),
                         cache_length=data["window"] + 8, mode=mode, tokenizer=data["gguf"],
                         special_tokens={"bos": data["bos"]}, calibration=data["calibration"],
-                        verify_output=False)
+                        verify_output=False, **({"rotate": False} if weights == "unrotated"
+                                                else {}))
     seconds = round(time.perf_counter() - start, 1)
     reference = keras_logits(data["model"])
     figures = compare(lambda ids: reference(ids[None])[0], LLMRunner(out / key).logits,
@@ -153,12 +149,14 @@ def run_mode(mode: str, data: dict, out: Path, weights: str = "float") -> dict:
     return {f"{key}_{name}": value for name, value in figures.items()} | {
         f"{key}_ppl_ratio": figures["perplexity"] / figures["keras_perplexity"],
         f"{key}_export_s": seconds, f"{key}_mb": result.bytes / 1e6,
-        f"{key}_verification": check}
+        f"{key}_rotation": result.rotation, f"{key}_verification": check}
 
 
 def table(figures: dict, keys: list[tuple[str, str]]) -> str:
     lines = [f"{figures['model']} bundles, {figures['calibration']}; perplexity on "
-             f"{figures['eval']} after BOS.", "",
+             f"{figures['eval']} after BOS; `default`: export_llm's defaults, which rotate "
+             f"the residual stream first (QuaRot's Hadamard, online before each down "
+             f"projection: the same float function).", "",
              "| mode | exported from | perplexity | ratio to Keras | agreement | "
              "max error / max logit | MB | export s | the mode's tolerances |",
              "|---|---|---|---|---|---|---|---|---|"]
@@ -176,9 +174,6 @@ def table(figures: dict, keys: list[tuple[str, str]]) -> str:
         lines += ["", f"GPTQ int8 (act-order, LiteRT's per-channel grid) of the blocks' "
                       f"matmuls: {figures['smollm2_gptq_s']} s; that Keras model's perplexity "
                       f"is {figures['smollm2_gptq_keras_ppl_ratio']:.4f}x the float one's."]
-    if "smollm2_rotated_s" in figures:
-        lines += ["", f"Rotation (QuaRot, online Hadamard before each down projection): "
-                      f"{figures['smollm2_rotated_s']} s; the same float function."]
     return "\n".join(lines)
 
 
@@ -189,8 +184,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--modes", nargs="+", default=list(INTEGER_LLM_MODES),
                         choices=INTEGER_LLM_MODES)
     parser.add_argument("--weights", nargs="+", default=list(WEIGHTS), choices=WEIGHTS,
-                        help="the bundle's source: the float model, GPTQ's int8 weights of "
-                             "it (act-order, on the converter's grid), or it rotated")
+                        help="the bundle's source: the float model with export_llm's defaults "
+                             "(rotated first) or rotate=False, or GPTQ's int8 weights of it "
+                             "(act-order, on the converter's grid)")
     parser.add_argument("--calib", type=int, default=8, help="calibration windows")
     parser.add_argument("--calib-len", type=int, default=256, help="tokens per window")
     args = parse_args(parser, argv)
@@ -207,7 +203,7 @@ def main(argv: list[str] | None = None) -> None:
         keys = [(mode, weights) for weights in args.weights for mode in args.modes]
         for mode, weights in keys:
             try:
-                if weights != "float" and weights not in data:
+                if weights in MAKERS and weights not in data:
                     data[weights] = MAKERS[weights](data)
                     figures |= {k: v for k, v in data[weights].items() if k != "model"}
                 figures |= run_mode(mode, data, Path(tmp), weights)

@@ -49,11 +49,12 @@ def calibration():
 @pytest.fixture(scope="module", params=sorted(ACTIVATIONS))
 def bundle(request, llama, calibration, tmp_path_factory):
     """Every decode position of the calibration windows calibrated (DECODE_STEPS), so on that
-    text no range clips and the logits may differ by rounding only."""
+    text no range clips and the logits may differ by rounding only; not rotated, so the
+    weights stay on their grid (rotation: tests/test_export_llm_rotation.py)."""
     path = tmp_path_factory.mktemp(request.param)
     with mock.patch("tfcompress.export.llm_integer.DECODE_STEPS", WINDOW + 1):
         result = export_llm(llama, path, prefill_lengths=(8,), cache_length=24,
-                            mode=request.param, special_tokens={"bos": BOS},
+                            mode=request.param, special_tokens={"bos": BOS}, rotate=False,
                             calibration=calibration, verify_output=request.param == "int16x8",
                             verbose=0)
     return request.param, path, result

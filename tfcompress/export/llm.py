@@ -61,6 +61,7 @@ from tfcompress.export.llm_layout import (
     cache_names,
     prefill_signature_names,
 )
+from tfcompress.export.llm_rotation import choose_rotation, rotated_for_export
 from tfcompress.export.llm_tied import share_tied_table
 from tfcompress.export.modes import INT4_BLOCK, LLM_MODES, check_int4_blocks
 from tfcompress.export.ops import inspect_tflite
@@ -89,6 +90,8 @@ class LLMExportResult:
     not_delegated: dict = field(default_factory=dict)
     # mode="int4": which quantized layers kept their codes exactly, which LiteRT re-rounded
     int4: dict | None = None
+    # `rotate`'s seed and online flag when the residual stream was rotated first
+    rotation: dict | None = None
     max_abs_error: float | None = None
     relative_error: float | None = None
     agreement: float | None = None
@@ -304,6 +307,7 @@ def export_llm(
     cache_buckets=None,
     kv_cache_dtype: str = "float32",
     mode: str = "dynamic_int8",
+    rotate: bool | None = None,
     tokenizer=None,
     special_tokens: dict | None = None,
     verify_output: bool = True,
@@ -325,6 +329,10 @@ def export_llm(
     ``copied``/``rerounded`` say), or full integer ``int16x8`` / ``int8_static`` (int16 /
     int8 activations, int8 weights, `export.llm_integer`: BOS's keys, values and logits
     float constants at position 0, so a bundle starts with BOS; one float32 cache length).
+    ``rotate`` (`export.llm_rotation`): None rotates the residual stream of a Llama-family
+    model before an integer mode's ranges are calibrated (the same float function, outlier
+    channels spread; skipped, saying why, where it cannot or would untie a tied head), True
+    in any mode or refuses, False never; the bundle is verified against ``model`` as given.
     Tied tables and scales once (`llm_tied`, `shared_quant`).
     ``cache_buckets``: shorter cache lengths with their own decode/prefill signatures over the
     cache's first positions, so a step costs what the tokens need, not the capacity;
@@ -354,7 +362,13 @@ def export_llm(
     lengths, buckets, dec, tokenizer_json, special, calibration, floats = _check_arguments(
         model, path, prefill_lengths, cache_length, cache_buckets, kv_cache_dtype, mode,
         tokenizer, special_tokens, verify_text, budget_mb, calibration, float_model)
+    rotation, why = choose_rotation(model, mode, rotate, float_model)
     path, start = Path(path), time.perf_counter()
+    if verbose and (rotation is not None or mode in INTEGER_LLM_MODES):
+        print_msg(f"export_llm: residual stream {'rotated' if rotation else 'not rotated'} "
+                  f"({why})")
+    if rotation is not None:
+        dec = decoder_of(rotated_for_export(model, rotation, verbose))
     plan = signature_plan(names := prefill_signature_names(lengths), cache_length, buckets)
     if verbose:
         print_msg(f"export_llm: {dec.kind} model, {dec.n_layers} layers -> {mode}, signatures "
@@ -366,9 +380,10 @@ def export_llm(
     flatbuffer, int4 = _convert(dec, plan, mode, kv_cache_dtype, budget, integer)
     config = _bundle_config(dec, mode, cache_length, lengths, names, buckets, kv_cache_dtype,
                             special, tokenizer_json is not None, int4,
-                            integer[0].ids if integer else ())
+                            integer[0].ids if integer else (), rotation)
     tflite = _write_bundle(path, flatbuffer, tokenizer_json, config)
     result = _result(path, tflite, mode, flatbuffer, plan, int4)
+    result.rotation = rotation
     if verify_output:
         _verify_or_remove(model, budget, path, dec, MODES[mode], result, verify_text)
     result.seconds = time.perf_counter() - start
@@ -493,10 +508,11 @@ def _check_integer(mode: str, special: dict, lengths, cache_length: int, cache_b
 
 def _bundle_config(dec: Decoder, mode: str, cache_length: int, lengths, names: dict,
                    buckets: dict, kv_cache_dtype: str, special: dict, has_tokenizer: bool,
-                   int4: dict | None, prefix_ids: tuple = ()) -> dict:
+                   int4: dict | None, prefix_ids: tuple = (), rotation: dict | None = None
+                   ) -> dict:
     """The bundle's ``llm.json``: what `LLMRunner` and `write_litertlm` read; an integer
     bundle's ``prefix_ids`` as ``sink_prefix``, the ids an engine must feed at positions
-    0.. (`LLMRunner` refuses others)."""
+    0.. (`LLMRunner` refuses others); ``rotation`` as it was applied (the weights carry it)."""
     config = {
         "format": "tfcompress-llm/1", "model_file": MODEL_FILE,
         "tokenizer_file": TOKENIZER_FILE if has_tokenizer else None,
@@ -516,6 +532,8 @@ def _bundle_config(dec: Decoder, mode: str, cache_length: int, lengths, names: d
         config["int4"] = int4
     if prefix_ids:
         config["sink_prefix"] = [int(t) for t in prefix_ids]
+    if rotation is not None:
+        config["rotation"] = rotation
     return config
 
 

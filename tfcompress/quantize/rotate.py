@@ -276,28 +276,53 @@ def check_rotation(matrix, d: int) -> np.ndarray:
     return m
 
 
+def _plan(model, tied: bool, online: bool) -> tuple[RotationFamily | None, dict, list[str]]:
+    """``(family, config changes, why in words)`` of a rotated copy of ``model`` (``family``
+    None for a KerasHub model, whose one change is `_untied`), or `TfcompressError` when
+    ``online`` cannot hold."""
+    if not _is_hub(model):
+        family, _ = _family_stream(model)
+        return (family, *family.plan(model, tied, online))
+    if online:
+        raise TfcompressError(
+            f"online=True needs a build_llama model (a place for the Hadamard before each "
+            f"down projection); model {model.name!r} is a KerasHub "
+            f"{type(model).__name__}: pass online=False")
+    why = ["ties its head to its embedding (a KerasHub copy comes back untied)"] * tied
+    return None, {"untie": True} if tied else {}, why
+
+
+def rotation_changes(model, online: bool = False) -> dict[str, str]:
+    """What `rotate(model, online=online)` adds to its copy, each change with why in words
+    (``{}``: the same layers; ``"untie"``: a tied KerasHub model's copy gets its own head),
+    or the `TfcompressError` it would raise; ``model`` is not changed.
+
+    Example:
+        >>> tiny = build_llama(LlamaConfig(vocab_size=64, d_model=16, n_layers=1, n_heads=2,
+        ...                                n_kv_heads=1, d_ff=32))   # its head tied
+        >>> sorted(rotation_changes(tiny, online=True))
+        ['final_mix', 'mlp_hadamard']
+    """
+    from tfcompress.core.validation import check_model
+
+    check_model(model, "rotate")
+    stream = residual_stream(model)
+    _, changes, why = _plan(model, stream.head is None and stream.mix is None, online)
+    return dict(zip(changes, why, strict=True))
+
+
 def _rotation_target(model, tied: bool, online: bool, inplace: bool):
     """The model to rotate: ``model`` itself (``inplace``), a copy, or a copy with the layers
     rotation needs (its family's `RotationFamily.rebuild`, `_untied`); refused before any
     work when ``inplace`` cannot hold."""
-    changes, why = {}, []
-    if _is_hub(model):
-        if online:
-            raise TfcompressError(
-                f"online=True needs a build_llama model (a place for the Hadamard before each "
-                f"down projection); model {model.name!r} is a KerasHub "
-                f"{type(model).__name__}: pass online=False")
-        why += ["ties its head to its embedding (a KerasHub copy comes back untied)"] * tied
-    else:
-        family, _ = _family_stream(model)
-        changes, why = family.plan(model, tied, online)
+    family, changes, why = _plan(model, tied, online)
     if why and inplace:
         raise TfcompressError(f"model {model.name!r} {' and '.join(why)}, so rotate returns "
                               "a copy: pass inplace=False")
+    if family is None and changes:
+        return _untied(model)
     if changes:
         return family.rebuild(model, changes)
-    if why:
-        return _untied(model)
     return model if inplace else copy_model(model)
 
 
