@@ -12,6 +12,7 @@ from tfcompress.errors import TfcompressError
 from tfcompress.export.llm import export_llm
 from tfcompress.export.llm_rotation import ROTATION_SEED, choose_rotation
 from tfcompress.export.llm_runner import LLMRunner
+from tfcompress.export.ops import inspect_tflite
 from tfcompress.models import build_gpt
 from tfcompress.models.llama import LlamaConfig, build_llama
 from tfcompress.quantize import RTNConfig, quantize
@@ -88,7 +89,7 @@ def test_default_rotation_spreads_an_outlier_channel_of_a_full_int8_bundle(tmp_p
     before = [w.numpy().copy() for w in model.weights]
     ids = np.concatenate([[BOS], np.random.default_rng(5).integers(0, CFG.vocab_size, 40)])
     expected = np.asarray(model(ids[None].astype("int32")))[0]
-    errors = {}
+    errors, floats = {}, {}
     for rotate in (None, False):
         path = tmp_path / str(rotate)
         result = export_llm(model, path, prefill_lengths=(8,), cache_length=48,
@@ -97,8 +98,11 @@ def test_default_rotation_spreads_an_outlier_channel_of_a_full_int8_bundle(tmp_p
                             verify_output=False, verbose=0)
         assert result.rotation == (None if rotate is False else {"seed": 0, "online": True})
         assert LLMRunner(path).config.get("rotation") == result.rotation
+        floats[rotate] = inspect_tflite(path / "model.tflite")["float_ops"]
         got = LLMRunner(path).logits(ids)
         errors[rotate] = np.abs(got - expected).max() / np.abs(expected).max()
     assert errors[None] < errors[False] / 2, errors
+    # the online Hadamard's matmuls compute on integers too: float only at the cache border
+    assert floats[None] == floats[False] and set(floats[None]) == {"QUANTIZE", "DEQUANTIZE"}
     for w, b in zip(model.weights, before, strict=True):  # the user's model is not changed
         np.testing.assert_array_equal(w.numpy(), b)

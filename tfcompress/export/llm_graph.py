@@ -26,7 +26,8 @@ __all__ = ["HADAMARD_SCOPE", "HEAD_SCOPE", "CacheStep", "Decoder", "cached_forwa
 
 # name scope of the output head in the traced graph (a quantization recipe picks it by name)
 HEAD_SCOPE = "lm_head"
-# name scope of the online Hadamard's small matmuls, which stay float in every mode
+# name scope of the online Hadamard's small matmuls: float in the int4 mode (no int4 block
+# fits them), integer in the full-integer ones
 HADAMARD_SCOPE = "tfc_online_hadamard"
 
 
