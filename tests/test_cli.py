@@ -95,6 +95,9 @@ def test_export_llm_then_generate_streams_the_bundles_text(saved, tmp_path, caps
     (["export", "{m}", "--llm", "--mode", "int8"],
      "--mode: a bundle (--llm) takes float32, float16, dynamic_int8, int4, int16x8, "
      "int8_static, got 'int8'"),
+    (["export", "{m}", "--llm", "--mode", "float32", "--tokenizer", "byte", "--cache-length",
+      "32", "--prefill-lengths", "8", "--rotate"],
+     "rotate=True: rotate supports llama"),
 ])
 def test_llm_commands_refuse_bad_input_with_one_message(saved, capsys, argv, message):
     assert main([a.format(m=saved / "m.keras") for a in argv]) == 2

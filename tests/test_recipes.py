@@ -174,7 +174,7 @@ GOOD = {"model": {"preset": "test-tiny", "train_steps": 2}, "data": {"corpus": "
     ({"stages": [{"export": {"llm": {"modes": ["int4"], "cache": 32}}}]},
      "stages[0].export.llm: unknown key 'cache' (did you mean 'cache_length'?) (valid: "
      "budget_mb, cache_buckets, "
-     "cache_length, kv_cache_dtype, litertlm, modes, prefill_lengths)"),
+     "cache_length, kv_cache_dtype, litertlm, modes, prefill_lengths, rotate)"),
     ({"stages": [{"export": {"llm": {"modes": ["int4"], "cache_buckets": [512, 512]}}}]},
      "stages[0].export.llm.cache_buckets must be 'auto', None or distinct cache lengths in "
      "[1, 1024) (below cache_length), got [512, 512]"),
@@ -188,6 +188,11 @@ GOOD = {"model": {"preset": "test-tiny", "train_steps": 2}, "data": {"corpus": "
     ({"stages": [{"export": {"llm": {"modes": ["dynamic_int8"], "budget_mb": 100}}}]},
      "stages[0].export.llm.budget_mb: keeps int4 layers at int8 within a size: it needs int4 "
      "in modes, got ['dynamic_int8']"),
+    ({"stages": [{"export": {"llm": {"modes": ["int16x8"], "rotate": "yes"}}}]},
+     "stages[0].export.llm.rotate: expected bool, got str 'yes'"),
+    ({"stages": [{"export": {"llm": {"modes": ["int4"], "budget_mb": 100, "rotate": True}}}]},
+     "stages[0].export.llm.rotate: true would rotate the model but not the float weights "
+     "budget_mb's int8 maps are rounded from: drop one of them"),
     ({"stages": [{"export": {"llm": ["int4"]}}]},
      "stages[0].export.llm: expected dict, got list ['int4']"),
     ({"model": {"gguf": "Nowhere-135M.gguf"}, "data": {"corpus": "austen"}},

@@ -142,6 +142,9 @@ def _export_parser(sub) -> None:
                      help="KV-cache positions (default 1024)")
     llm.add_argument("--no-litertlm", action="store_true",
                      help="skip packing model.litertlm (LiteRT-LM's file)")
+    llm.add_argument("--rotate", action=argparse.BooleanOptionalAction, default=None,
+                     help="rotate the residual stream first (QuaRot; default: for the "
+                          "full-integer modes when the model allows)")
 
 
 def _custom_arguments(parser: argparse.ArgumentParser) -> None:
@@ -340,8 +343,8 @@ def _export_llm(args) -> int:
     elif not hasattr(tokenizer, "to_json"):
         tokenizer = None
     result = export_llm(model, out, prefill_lengths=args.prefill_lengths,
-                        cache_length=args.cache_length, mode=args.mode, tokenizer=tokenizer,
-                        verify_text=batches[0][0][0])
+                        cache_length=args.cache_length, mode=args.mode, rotate=args.rotate,
+                        tokenizer=tokenizer, verify_text=batches[0][0][0])
     report = result.to_dict()
     if not args.no_litertlm and tokenizer is not None:
         from tfcompress.export.litertlm import write_litertlm

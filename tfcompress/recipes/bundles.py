@@ -106,7 +106,8 @@ def llm_bundles(run, st: dict):
                               cache_length=spec["cache_length"], mode=mode,
                               cache_buckets=spec.get("cache_buckets"),
                               kv_cache_dtype=spec.get("kv_cache_dtype", "float32"),
-                              tokenizer=tokenizer, verify_text=held_out, verbose=run.verbose,
+                              rotate=spec.get("rotate"), tokenizer=tokenizer,
+                              verify_text=held_out, verbose=run.verbose,
                               **budget)
         label = f"{name} ({mode} bundle)"
         result.files[f"{name}.{mode}/"] = str(folder)

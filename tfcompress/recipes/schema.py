@@ -69,7 +69,8 @@ LAYER_ROLES = ("blocks", "all")
 DEFAULT_LAYERS = {"prune": "blocks", "factorize": "blocks", "quantize": "all"}
 # export: {llm: {...}}: KV-cache bundles (`export_llm`), one per mode, each with its .litertlm
 LLM_KEYS = {"modes": list, "prefill_lengths": list, "cache_length": int, "litertlm": bool,
-            "budget_mb": float, "cache_buckets": object, "kv_cache_dtype": str}
+            "budget_mb": float, "cache_buckets": object, "kv_cache_dtype": str,
+            "rotate": bool}
 DEFAULT_LLM = {"prefill_lengths": [32, 128, 512], "cache_length": 1024, "litertlm": True}
 STUDENT_KEYS = {"preset": str, "layers": list, "depth": float, "select": str, "model": str,
                 "d_model": int, "n_layers": int, "n_heads": int, "d_ff": int}
@@ -506,6 +507,9 @@ def _check_llm(llm: dict, where: str, problems: list[str]) -> dict:
     elif budget is not None and isinstance(modes, list) and "int4" not in modes:
         problems.append(f"{where}.budget_mb: keeps int4 layers at int8 within a size: it needs "
                         f"int4 in modes, got {modes}")
+    if llm.get("rotate") is True and budget is not None:
+        problems.append(f"{where}.rotate: true would rotate the model but not the float weights "
+                        f"budget_mb's int8 maps are rounded from: drop one of them")
     if llm["litertlm"] is True:
         import importlib.util
 
