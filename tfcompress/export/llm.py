@@ -63,7 +63,7 @@ from tfcompress.export.llm_layout import (
 )
 from tfcompress.export.llm_rotation import choose_rotation, rotated_for_export
 from tfcompress.export.llm_tied import share_tied_table
-from tfcompress.export.modes import INT4_BLOCK, LLM_MODES, check_int4_blocks
+from tfcompress.export.modes import INT4_BLOCK, LLM_MODES, MODES, check_int4_blocks
 from tfcompress.export.ops import inspect_tflite
 from tfcompress.export.shared_quant import share_quantization
 from tfcompress.export.verification import Tolerances, agreement_stats, discard, verify
@@ -253,7 +253,6 @@ def _convert(dec: Decoder, plan: dict[str, tuple[int, int, bool]], mode: str,
     import tensorflow as tf
 
     from tfcompress.export.converter import litert_quantize
-    from tfcompress.export.modes import MODES
 
     spec_mode = MODES[mode]
     linear = llm_scopes(name[:-2] for name in dec.weights if name.endswith(".w"))
@@ -329,10 +328,8 @@ def export_llm(
     ``copied``/``rerounded`` say), or full integer ``int16x8`` / ``int8_static`` (int16 /
     int8 activations, int8 weights, `export.llm_integer`: BOS's keys, values and logits
     float constants at position 0, so a bundle starts with BOS; one float32 cache length).
-    ``rotate`` (`export.llm_rotation`): None rotates the residual stream of a Llama-family
-    model before an integer mode's ranges are calibrated (the same float function, outlier
-    channels spread; skipped, saying why, where it cannot or would untie a tied head), True
-    in any mode or refuses, False never; the bundle is verified against ``model`` as given.
+    ``rotate``: None rotates a Llama-family model first for the integer modes, True in any
+    mode, False never (`export.llm_rotation`); the bundle is verified against ``model``.
     Tied tables and scales once (`llm_tied`, `shared_quant`).
     ``cache_buckets``: shorter cache lengths with their own decode/prefill signatures over the
     cache's first positions, so a step costs what the tokens need, not the capacity;
@@ -357,33 +354,23 @@ def export_llm(
         ...            mode="float32").signatures
         {'prefill': {...}, 'decode': {...}}
     """
-    from tfcompress.export.modes import MODES
-
     lengths, buckets, dec, tokenizer_json, special, calibration, floats = _check_arguments(
         model, path, prefill_lengths, cache_length, cache_buckets, kv_cache_dtype, mode,
         tokenizer, special_tokens, verify_text, budget_mb, calibration, float_model)
-    rotation, why = choose_rotation(model, mode, rotate, float_model)
+    dec, rotation = _export_decoder(model, dec, mode, rotate, float_model, verbose)
     path, start = Path(path), time.perf_counter()
-    if verbose and (rotation is not None or mode in INTEGER_LLM_MODES):
-        print_msg(f"export_llm: residual stream {'rotated' if rotation else 'not rotated'} "
-                  f"({why})")
-    if rotation is not None:
-        dec = decoder_of(rotated_for_export(model, rotation, verbose))
     plan = signature_plan(names := prefill_signature_names(lengths), cache_length, buckets)
     if verbose:
         print_msg(f"export_llm: {dec.kind} model, {dec.n_layers} layers -> {mode}, signatures "
                   f"{list(plan)}, cache {cache_length}")
-    budget = (None if budget_mb is None
-              else budget_plan(dec, budget_mb, calibration, verbose, floats))
-    integer = (_integer_inputs(dec, plan, special["bos"], calibration, verbose)
-               if mode in INTEGER_LLM_MODES else None)
+    budget, integer = _calibrated(dec, plan, mode, special.get("bos"), calibration, budget_mb,
+                                  floats, verbose)
     flatbuffer, int4 = _convert(dec, plan, mode, kv_cache_dtype, budget, integer)
     config = _bundle_config(dec, mode, cache_length, lengths, names, buckets, kv_cache_dtype,
                             special, tokenizer_json is not None, int4,
                             integer[0].ids if integer else (), rotation)
     tflite = _write_bundle(path, flatbuffer, tokenizer_json, config)
-    result = _result(path, tflite, mode, flatbuffer, plan, int4)
-    result.rotation = rotation
+    result = _result(path, tflite, mode, flatbuffer, plan, int4, rotation)
     if verify_output:
         _verify_or_remove(model, budget, path, dec, MODES[mode], result, verify_text)
     result.seconds = time.perf_counter() - start
@@ -392,13 +379,37 @@ def export_llm(
     return result
 
 
+def _export_decoder(model, dec: Decoder, mode: str, rotate: bool | None, float_model,
+                    verbose: int) -> tuple[Decoder, dict | None]:
+    """``dec``, or the decoder of ``model`` rotated first (`choose_rotation`), and the
+    rotation's arguments."""
+    rotation, why = choose_rotation(model, mode, rotate, float_model)
+    if verbose and (rotation is not None or mode in INTEGER_LLM_MODES):
+        print_msg(f"export_llm: residual stream {'rotated' if rotation else 'not rotated'} "
+                  f"({why})")
+    if rotation is None:
+        return dec, None
+    return decoder_of(rotated_for_export(model, rotation, verbose)), rotation
+
+
+def _calibrated(dec: Decoder, plan: dict, mode: str, bos: int | None, calibration, budget_mb,
+                floats, verbose: int) -> tuple[BudgetPlan | None, tuple | None]:
+    """What the calibration text sets: ``budget_mb``'s int8 maps, an integer mode's inputs."""
+    budget = (None if budget_mb is None
+              else budget_plan(dec, budget_mb, calibration, verbose, floats))
+    integer = (_integer_inputs(dec, plan, bos, calibration, verbose)
+               if mode in INTEGER_LLM_MODES else None)
+    return budget, integer
+
+
 def _result(path: Path, tflite: Path, mode: str, flatbuffer: bytes, plan: dict,
-            int4: dict | None) -> LLMExportResult:
+            int4: dict | None, rotation: dict | None) -> LLMExportResult:
     """The result of a written bundle, before verification."""
     info = inspect_tflite(flatbuffer)  # of the first signature's graph
     signatures = {name: {"tokens": n, "cache_length": c} for name, (n, c, _) in plan.items()}
     return LLMExportResult(str(path), str(tflite), mode, len(flatbuffer), signatures,
-                           info["ops"], info["tensor_dtypes"], info["not_delegated"], int4=int4)
+                           info["ops"], info["tensor_dtypes"], info["not_delegated"], int4=int4,
+                           rotation=rotation)
 
 
 def _integer_inputs(dec: Decoder, plan: dict, bos: int, calibration: np.ndarray,
@@ -443,7 +454,6 @@ def _check_arguments(model, path, prefill_lengths, cache_length, cache_buckets,
                      calibration, float_model) -> tuple:
     """`export_llm`'s checks, all before any work: ``(prefill lengths, buckets, decoder,
     tokenizer JSON, special token ids, calibration ids, float weights of quantized maps)``."""
-    from tfcompress.export.modes import MODES
     from tfcompress.export.tflite import _check_litert
 
     if mode not in LLM_MODES:
@@ -689,7 +699,6 @@ def _verify(reference, path: Path, dec: Decoder, mode, result: LLMExportResult, 
     full-length signatures (what LiteRT-LM runs) and, in a bundle with buckets, through
     them too (what `LLMRunner` runs; its figures are the result's)."""
     from tfcompress.export.llm_runner import LLMRunner
-    from tfcompress.export.modes import MODES
 
     runners = [LLMRunner(path, buckets=False)]
     if runners[0].config.get("kv_cache_dtype") == "float16":  # keys/values rounded to 16 bits
