@@ -190,9 +190,10 @@ GOOD = {"model": {"preset": "test-tiny", "train_steps": 2}, "data": {"corpus": "
      "in modes, got ['dynamic_int8']"),
     ({"stages": [{"export": {"llm": {"modes": ["int16x8"], "rotate": "yes"}}}]},
      "stages[0].export.llm.rotate: expected bool, got str 'yes'"),
-    ({"stages": [{"export": {"llm": {"modes": ["int4"], "budget_mb": 100, "rotate": True}}}]},
-     "stages[0].export.llm.rotate: true would rotate the model but not the float weights "
-     "budget_mb's int8 maps are rounded from: drop one of them"),
+    ({"stages": [{"quantize": {"bits": 8}},
+                 {"export": {"llm": {"modes": ["int16x8"], "rotate": True}}}]},
+     "stages[1].export.llm.rotate: true rotates float weights; 'base-quantized' holds quantized "
+     "codes: rotate: false, or export before quantize"),
     ({"stages": [{"export": {"llm": ["int4"]}}]},
      "stages[0].export.llm: expected dict, got list ['int4']"),
     ({"model": {"gguf": "Nowhere-135M.gguf"}, "data": {"corpus": "austen"}},

@@ -61,12 +61,13 @@ from tfcompress.export.llm_layout import (
     cache_names,
     prefill_signature_names,
 )
-from tfcompress.export.llm_rotation import choose_rotation, rotated_for_export
+from tfcompress.export.llm_rotation import choose_rotation
 from tfcompress.export.llm_tied import share_tied_table
 from tfcompress.export.modes import INT4_BLOCK, LLM_MODES, MODES, check_int4_blocks
 from tfcompress.export.ops import inspect_tflite
 from tfcompress.export.shared_quant import share_quantization
 from tfcompress.export.verification import Tolerances, agreement_stats, discard, verify
+from tfcompress.quantize.rotate import rotate as rotate_model
 
 # cache_buckets="auto": powers of two from this length up to below cache_length (shorter
 # caches cost little to attend over in full)
@@ -389,7 +390,8 @@ def _export_decoder(model, dec: Decoder, mode: str, rotate: bool | None, float_m
                   f"({why})")
     if rotation is None:
         return dec, None
-    return decoder_of(rotated_for_export(model, rotation, verbose)), rotation
+    rotated = rotate_model(model, rotation["seed"], online=rotation["online"], verbose=verbose)
+    return decoder_of(rotated), rotation
 
 
 def _calibrated(dec: Decoder, plan: dict, mode: str, bos: int | None, calibration, budget_mb,

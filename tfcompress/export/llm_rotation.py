@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from tfcompress.errors import TfcompressError
 from tfcompress.export.llm_integer import INTEGER_LLM_MODES
-from tfcompress.quantize.rotate import rotate as rotate_model
 from tfcompress.quantize.rotate import rotation_changes
 
 # the Hadamard's random signs: the seed the rotation benchmarks measured
@@ -64,7 +63,3 @@ def _changes(model) -> tuple[dict, bool]:
     except TfcompressError:
         return rotation_changes(model, online=False), False
 
-
-def rotated_for_export(model, rotation: dict, verbose: int):
-    """A rotated copy of ``model`` (`choose_rotation`'s ``rotation``)."""
-    return rotate_model(model, rotation["seed"], online=rotation["online"], verbose=verbose)

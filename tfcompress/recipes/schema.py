@@ -507,9 +507,6 @@ def _check_llm(llm: dict, where: str, problems: list[str]) -> dict:
     elif budget is not None and isinstance(modes, list) and "int4" not in modes:
         problems.append(f"{where}.budget_mb: keeps int4 layers at int8 within a size: it needs "
                         f"int4 in modes, got {modes}")
-    if llm.get("rotate") is True and budget is not None:
-        problems.append(f"{where}.rotate: true would rotate the model but not the float weights "
-                        f"budget_mb's int8 maps are rounded from: drop one of them")
     if llm["litertlm"] is True:
         import importlib.util
 
@@ -595,6 +592,10 @@ def _check_order(stages: list[dict], source: str, problems: list[str]) -> None:
             problems.append(f"{where}: incompatible order: {st['stage']} after quantize "
                             f"({given!r} holds quantized codes); move {st['stage']} before "
                             "quantize")
+        llm = st.get("llm") if st["stage"] == "export" else None
+        if isinstance(llm, dict) and llm.get("rotate") is True and quantized[given]:
+            problems.append(f"{where}.llm.rotate: true rotates float weights; {given!r} holds "
+                            "quantized codes: rotate: false, or export before quantize")
         if st["stage"] not in MAKES_MODEL:
             if "name" in st:
                 problems.append(f"{where}.name: {st['stage']} makes no model to name")
