@@ -139,6 +139,28 @@ def test_readme_renders_figures_and_marks_stale(repo):
         _readme.render("<!-- results:nope -->\n<!-- /results:nope -->", repo)
 
 
+
+def test_distill_tables_are_the_seeds_means_relative_to_labels_only():
+    regimes = {"little": {"teacher_ppl": 6.0, "settings": {"steps": 400}, "seeds": {
+        "0": {"labels": 10.0, "kd": 9.0, "keras_kd": 9.0, "w0_T1_forward_kl": 8.0},
+        "1": {"labels": 12.0, "kd": 12.0, "keras_kd": 10.0, "w0_T1_forward_kl": 12.6}}},
+        "kerashub": {"teacher_ppl": 12.0, "seeds": {"0": {"labels": 12.5, "kd": 12.5,
+                                                          "keras_kd": 15.0,
+                                                          "w0_T1_forward_kl": 13.75}}}}
+    table = _readme.distill_table({
+        "regimes": regimes, "gap_closed_little_data": 0.2, "smollm2_curve": {"1000": {"kd": 79.0}},
+        "defaults": {"labels_weight": 0.7, "temperature": 1.0, "divergence": "forward_kl"}})
+    # kd / labels - 1: -10 % and 0 %, mean -5 %, sample spread 7.07 %; vs Keras 0 % and +20 %
+    assert ("| little | 400 | 2 | 6.000 | 11.000 | 10.500 | 9.500 | -5.0% ± 7.1% | "
+            "+10.0% ± 14.1% |") in table
+    assert "| kerashub | - | 1 | 12.000 | 12.500 | 12.500 | 15.000 | +0.0% | -16.7% |" in table
+    assert "labels weight 0.7, T 1, forward_kl" in table and "| 1000 | - | 79.0 |" in table
+    sweep = _readme.distill_sweep_table({"regimes": regimes})
+    # w0: little (-20 % + 5 %) / 2 = -7.5 %, kerashub +10 %: worst +10 %, so not safe
+    assert "| w0_T1_forward_kl | -7.50% | +10.00% | +10.00% |" in sweep
+    assert sweep.split("\n")[-3].startswith("| keras_kd |")  # Keras's row last
+    assert "labels-only in every regime: `kd`." in sweep  # kd: -5 % and 0 %
+
 def test_others_cpu_share():
     # 2 cores for 10 s = 20 CPU-seconds; 14 busy of which 4 ours: others took 10 = half
     assert others_cpu_share(busy_s=14.0, own_s=4.0, wall_s=10.0, cores=2) == 0.5
