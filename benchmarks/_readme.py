@@ -166,24 +166,10 @@ def big_model_table(data: dict) -> str:
                                f"target: peak RSS <= {data['target_peak_rss_gb_gptq']} GB.")
 
 
-def _relative(rows: dict, kind: str, reference: str) -> tuple[float, float | None] | None:
-    """Mean and sample spread over seeds of ``ppl(kind) / ppl(reference) - 1``, or None.
-
-    Example:
-        >>> _relative({"seeds": {"0": {"kd": 9.0, "labels": 10.0}}}, "kd", "labels")
-        (-0.1, None)
-    """
-    values = [r[kind] / r[reference] - 1 for r in rows.get("seeds", {}).values()
-              if kind in r and reference in r]
-    if not values:
-        return None
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else None
-
-
-def _pct(found: tuple[float, float | None] | None, digits: int = 1) -> str:
-    if found is None:
+def _pct(mean: float | None, spread: float | None = None, digits: int = 1) -> str:
+    if mean is None:
         return "-"
-    return f"{found[0]:+.{digits}%}" + ("" if found[1] is None else f" ± {found[1]:.{digits}%}")
+    return f"{mean:+.{digits}%}" + ("" if spread is None else f" ± {spread:.{digits}%}")
 
 
 def _mean_ppl(rows: dict, kind: str) -> str:
@@ -192,54 +178,52 @@ def _mean_ppl(rows: dict, kind: str) -> str:
 
 
 def distill_table(data: dict) -> str:
-    """The library's distillation defaults against labels-only and Keras's Distiller, per
-    regime (mean ± spread over seeds), the issue's other keys and the SmolLM2 curve."""
+    """The library's distillation defaults against labels-only and Keras's Distiller per
+    regime (the script's keys: mean ± spread over seeds), its other keys, the SmolLM2 curve."""
     lines = ["| regime | steps | seeds | teacher ppl | labels-only ppl | ours ppl | Keras ppl | "
              "ours vs labels | ours vs Keras |", "|---|---|---|---|---|---|---|---|---|"]
+    spread = data.get("spread", {})
     for name, rows in data.get("regimes", {}).items():
+        versus = [_pct(data.get(k, {}).get(name), spread.get(k, {}).get(name))
+                  for k in ("default_kd_vs_labels", "default_vs_keras")]
         lines.append(f"| {name} | {rows.get('settings', {}).get('steps', '-')} | "
                      f"{len(rows.get('seeds', {}))} | {rows['teacher_ppl']:.3f} | "
                      + " | ".join(_mean_ppl(rows, k) for k in ("labels", "kd", "keras_kd"))
-                     + f" | {_pct(_relative(rows, 'kd', 'labels'))} | "
-                     f"{_pct(_relative(rows, 'kd', 'keras_kd'))} |")
+                     + f" | {' | '.join(versus)} |")
     d = data["defaults"]
-    text = [f"ours: `Distiller(teacher, student)` at its defaults (labels weight "
+    text = (f"ours: `Distiller(teacher, student)` at its defaults (labels weight "
             f"{d['labels_weight']:g}, T {d['temperature']:g}, {d['divergence']}); Keras: "
             "`keras.distillation.Distiller` at its defaults (student loss weight 0.5, T 3); "
             f"`gap_closed_little_data` {_f(data.get('gap_closed_little_data'), 3)}, "
-            f"`smollm2_half_depth_1000` {_f(data.get('smollm2_half_depth_1000'), 1)}."]
+            f"`smollm2_half_depth_1000` {_f(data.get('smollm2_half_depth_1000'), 1)}.")
     curve = {b: v for b, v in (data.get("smollm2_curve") or {}).items() if b.isdigit()}
     if curve:
-        text += ["| SmolLM2 half depth, steps | labels-only ppl | ours ppl |", "|---|---|---|"]
-        text += [f"| {b} | {_f(v.get('labels'))} | {_f(v.get('kd'))} |" for b, v in curve.items()]
-    return "\n".join(lines) + "\n\n" + "\n".join(text[:1]) + (
-        "\n\n" + "\n".join(text[1:]) if curve else "")
+        text += "\n\n" + "\n".join(
+            ["| SmolLM2 half depth, steps | labels-only ppl | ours ppl |", "|---|---|---|",
+             *(f"| {b} | {_f(v.get('labels'))} | {_f(v.get('kd'))} |" for b, v in curve.items())])
+    return "\n".join(lines) + "\n\n" + text
 
 
 def distill_sweep_table(data: dict) -> str:
     """Each swept setting's perplexity relative to labels-only per regime (mean over seeds),
-    its worst regime, and the settings never worse than labels-only."""
+    its worst regime and the settings never worse than labels-only (the script's keys)."""
     regimes = data.get("regimes", {})
-    settings = sorted(dict.fromkeys(k for rows in regimes.values()
-                                    for r in rows.get("seeds", {}).values() for k in r
-                                    if k != "labels"), key=lambda k: k == "keras_kd")
+    worst = data.get("sweep_worst_vs_labels", {})
     lines = ["| setting | " + " | ".join(regimes) + " | worst |",
              "|---|" + "---|" * (len(regimes) + 1),
              "| labels only (ppl) | " + " | ".join(_mean_ppl(rows, "labels")
                                                   for rows in regimes.values()) + " | |"]
-    safe = []
-    for key in settings:
-        found = [_relative(rows, key, "labels") for rows in regimes.values()]
-        means = [f[0] for f in found if f is not None]
-        worst = max(means) if means else None
-        lines.append(f"| {key} | " + " | ".join(_pct(f and (f[0], None), 2) for f in found)
-                     + f" | {_pct(None if worst is None else (worst, None), 2)} |")
-        if worst is not None and worst <= 0 and len(means) == len(regimes) and key != "keras_kd":
-            safe.append(key)
+    for key in worst:
+        cells = []
+        for rows in regimes.values():
+            ratios = [r[key] / r["labels"] - 1 for r in rows.get("seeds", {}).values()
+                      if key in r and "labels" in r]
+            cells.append(_pct(statistics.fmean(ratios) if ratios else None, digits=2))
+        lines.append(f"| {key} | {' | '.join(cells)} | {_pct(worst[key], digits=2)} |")
+    safe = ", ".join(f"`{k}`" for k in data.get("sweep_never_worse", [])) or "none"
     return "\n".join(lines) + ("\n\n`wA_TB_div`: labels weight A (`0-1`: annealed from 0 to 1), "
                                "temperature B, divergence; `keras_kd`: Keras's Distiller at its "
-                               "defaults. Never worse than labels-only in every regime: "
-                               + (", ".join(f"`{k}`" for k in safe) or "none") + ".")
+                               f"defaults. Never worse than labels-only in any regime: {safe}.")
 
 
 # README region -> (results file, table from its data)

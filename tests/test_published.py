@@ -140,26 +140,29 @@ def test_readme_renders_figures_and_marks_stale(repo):
 
 
 
-def test_distill_tables_are_the_seeds_means_relative_to_labels_only():
+def test_distill_tables_show_the_scripts_keys_beside_the_seeds_means():
     regimes = {"little": {"teacher_ppl": 6.0, "settings": {"steps": 400}, "seeds": {
         "0": {"labels": 10.0, "kd": 9.0, "keras_kd": 9.0, "w0_T1_forward_kl": 8.0},
         "1": {"labels": 12.0, "kd": 12.0, "keras_kd": 10.0, "w0_T1_forward_kl": 12.6}}},
-        "kerashub": {"teacher_ppl": 12.0, "seeds": {"0": {"labels": 12.5, "kd": 12.5,
-                                                          "keras_kd": 15.0,
-                                                          "w0_T1_forward_kl": 13.75}}}}
+        "kerashub": {"teacher_ppl": 12.0, "seeds": {"0": {"labels": 12.5, "kd": 12.5}}}}
     table = _readme.distill_table({
-        "regimes": regimes, "gap_closed_little_data": 0.2, "smollm2_curve": {"1000": {"kd": 79.0}},
+        "regimes": regimes, "default_kd_vs_labels": {"little": -0.05, "kerashub": 0.0},
+        "default_vs_keras": {"little": 0.1, "kerashub": None},
+        "spread": {"default_kd_vs_labels": {"little": 0.0707, "kerashub": None}},
+        "gap_closed_little_data": 0.2, "smollm2_curve": {"1000": {"kd": 79.0}},
         "defaults": {"labels_weight": 0.7, "temperature": 1.0, "divergence": "forward_kl"}})
-    # kd / labels - 1: -10 % and 0 %, mean -5 %, sample spread 7.07 %; vs Keras 0 % and +20 %
     assert ("| little | 400 | 2 | 6.000 | 11.000 | 10.500 | 9.500 | -5.0% ± 7.1% | "
-            "+10.0% ± 14.1% |") in table
-    assert "| kerashub | - | 1 | 12.000 | 12.500 | 12.500 | 15.000 | +0.0% | -16.7% |" in table
+            "+10.0% |") in table  # ppl: the seeds' means; the rest: the script's keys
+    assert "| kerashub | - | 1 | 12.000 | 12.500 | 12.500 | - | +0.0% | - |" in table
     assert "labels weight 0.7, T 1, forward_kl" in table and "| 1000 | - | 79.0 |" in table
-    sweep = _readme.distill_sweep_table({"regimes": regimes})
-    # w0: little (-20 % + 5 %) / 2 = -7.5 %, kerashub +10 %: worst +10 %, so not safe
-    assert "| w0_T1_forward_kl | -7.50% | +10.00% | +10.00% |" in sweep
-    assert sweep.split("\n")[-3].startswith("| keras_kd |")  # Keras's row last
-    assert "labels-only in every regime: `kd`." in sweep  # kd: -5 % and 0 %
+    sweep = _readme.distill_sweep_table({
+        "regimes": regimes, "sweep_never_worse": [],
+        "sweep_worst_vs_labels": {"w0_T1_forward_kl": 0.1, "keras_kd": -0.133}})
+    # w0 in little: (8 / 10 - 1 + 12.6 / 12 - 1) / 2 = -7.5 %; not trained on kerashub
+    assert "| w0_T1_forward_kl | -7.50% | - | +10.00% |" in sweep
+    assert "| keras_kd | -13.33% | - | -13.30% |" in sweep  # (-10 % - 16.67 %) / 2
+    assert "labels-only in any regime: none." in sweep
+
 
 def test_others_cpu_share():
     # 2 cores for 10 s = 20 CPU-seconds; 14 busy of which 4 ours: others took 10 = half
