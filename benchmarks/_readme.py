@@ -223,7 +223,8 @@ def distill_sweep_table(data: dict) -> str:
     safe = ", ".join(f"`{k}`" for k in data.get("sweep_never_worse", [])) or "none"
     return "\n".join(lines) + ("\n\n`wA_TB_div`: labels weight A (`0-1`: annealed from 0 to 1), "
                                "temperature B, divergence; `keras_kd`: Keras's Distiller at its "
-                               f"defaults. Never worse than labels-only in any regime: {safe}.")
+                               "defaults. Never worse than labels-only in the regimes measured: "
+                               f"{safe}.")
 
 
 # README region -> (results file, table from its data)

@@ -161,7 +161,7 @@ def test_distill_tables_show_the_scripts_keys_beside_the_seeds_means():
     # w0 in little: (8 / 10 - 1 + 12.6 / 12 - 1) / 2 = -7.5 %; not trained on kerashub
     assert "| w0_T1_forward_kl | -7.50% | - | +10.00% |" in sweep
     assert "| keras_kd | -13.33% | - | -13.30% |" in sweep  # (-10 % - 16.67 %) / 2
-    assert "labels-only in any regime: none." in sweep
+    assert "labels-only in the regimes measured: none." in sweep
 
 
 def test_others_cpu_share():
