@@ -198,6 +198,11 @@ def distill_table(data: dict) -> str:
             f"`smollm2_half_depth_1000` {_f(data.get('smollm2_half_depth_1000'), 1)}.")
     curve = {b: v for b, v in (data.get("smollm2_curve") or {}).items() if b.isdigit()}
     if curve:
+        blocks = data.get("smollm2_blocks") or {}
+        if blocks:  # the text's length decides how many passes the longer runs make
+            text += (f"\n\nSmolLM2-135M cut to its {len(blocks['keep'])} most important blocks, "
+                     f"trained on the first {blocks['train_chars']:,} characters of the Austen "
+                     "training text:")
         text += "\n\n" + "\n".join(
             ["| SmolLM2 half depth, steps | labels-only ppl | ours ppl |", "|---|---|---|",
              *(f"| {b} | {_f(v.get('labels'))} | {_f(v.get('kd'))} |" for b, v in curve.items())])

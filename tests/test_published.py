@@ -150,11 +150,13 @@ def test_distill_tables_show_the_scripts_keys_beside_the_seeds_means():
         "default_vs_keras": {"little": 0.1, "kerashub": None},
         "spread": {"default_kd_vs_labels": {"little": 0.0707, "kerashub": None}},
         "gap_closed_little_data": 0.2, "smollm2_curve": {"1000": {"kd": 79.0}},
+        "smollm2_blocks": {"keep": [0, 3, 5], "train_chars": 2200000},
         "defaults": {"labels_weight": 0.7, "temperature": 1.0, "divergence": "forward_kl"}})
     assert ("| little | 400 | 2 | 6.000 | 11.000 | 10.500 | 9.500 | -5.0% ± 7.1% | "
             "+10.0% |") in table  # ppl: the seeds' means; the rest: the script's keys
     assert "| kerashub | - | 1 | 12.000 | 12.500 | 12.500 | - | +0.0% | - |" in table
     assert "labels weight 0.7, T 1, forward_kl" in table and "| 1000 | - | 79.0 |" in table
+    assert "cut to its 3 most important blocks, trained on the first 2,200,000 " in table
     sweep = _readme.distill_sweep_table({
         "regimes": regimes, "sweep_never_worse": [],
         "sweep_worst_vs_labels": {"w0_T1_forward_kl": 0.1, "keras_kd": -0.133}})
