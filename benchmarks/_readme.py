@@ -211,20 +211,22 @@ def distill_table(data: dict) -> str:
 
 def distill_sweep_table(data: dict) -> str:
     """Each swept setting's perplexity relative to labels-only per regime (mean over seeds),
-    its worst regime and the settings never worse than labels-only (the script's keys)."""
+    its worst regime against labels-only and against Keras's Distiller and the settings never
+    worse than labels-only (the script's keys)."""
     regimes = data.get("regimes", {})
-    worst = data.get("sweep_worst_vs_labels", {})
-    lines = ["| setting | " + " | ".join(regimes) + " | worst |",
-             "|---|" + "---|" * (len(regimes) + 1),
+    worst, worst_keras = data.get("sweep_worst_vs_labels", {}), data.get("sweep_worst_vs_keras", {})
+    lines = ["| setting | " + " | ".join(regimes) + " | worst | worst vs Keras |",
+             "|---|" + "---|" * (len(regimes) + 2),
              "| labels only (ppl) | " + " | ".join(_mean_ppl(rows, "labels")
-                                                  for rows in regimes.values()) + " | |"]
+                                                  for rows in regimes.values()) + " | | |"]
     for key in worst:
         cells = []
         for rows in regimes.values():
             ratios = [r[key] / r["labels"] - 1 for r in rows.get("seeds", {}).values()
                       if key in r and "labels" in r]
             cells.append(_pct(statistics.fmean(ratios) if ratios else None, digits=2))
-        lines.append(f"| {key} | {' | '.join(cells)} | {_pct(worst[key], digits=2)} |")
+        lines.append(f"| {key} | {' | '.join(cells)} | {_pct(worst[key], digits=2)} | "
+                     f"{_pct(worst_keras.get(key), digits=2)} |")
     safe = ", ".join(f"`{k}`" for k in data.get("sweep_never_worse", [])) or "none"
     return "\n".join(lines) + ("\n\n`wA_TB_div`: labels weight A (`0-1`: annealed from 0 to 1), "
                                "temperature B, divergence; `keras_kd`: Keras's Distiller at its "

@@ -159,10 +159,11 @@ def test_distill_tables_show_the_scripts_keys_beside_the_seeds_means():
     assert "cut to its 3 most important blocks, trained on the first 2,200,000 " in table
     sweep = _readme.distill_sweep_table({
         "regimes": regimes, "sweep_never_worse": [],
-        "sweep_worst_vs_labels": {"w0_T1_forward_kl": 0.1, "keras_kd": -0.133}})
+        "sweep_worst_vs_labels": {"w0_T1_forward_kl": 0.1, "keras_kd": -0.133},
+        "sweep_worst_vs_keras": {"w0_T1_forward_kl": 0.26}})
     # w0 in little: (8 / 10 - 1 + 12.6 / 12 - 1) / 2 = -7.5 %; not trained on kerashub
-    assert "| w0_T1_forward_kl | -7.50% | - | +10.00% |" in sweep
-    assert "| keras_kd | -13.33% | - | -13.30% |" in sweep  # (-10 % - 16.67 %) / 2
+    assert "| w0_T1_forward_kl | -7.50% | - | +10.00% | +26.00% |" in sweep
+    assert "| keras_kd | -13.33% | - | -13.30% | - |" in sweep  # (-10 % - 16.67 %) / 2
     assert "labels-only in the regimes measured: none." in sweep
 
 
