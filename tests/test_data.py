@@ -87,9 +87,14 @@ def test_bad_sources_raise_clear_errors(tmp_path):
         split_text("abc" * 100, valid_fraction=0.7)
 
 
-def test_tfds_source_under_mock_data():
+def test_tfds_source_under_mock_data(tmp_path, monkeypatch):
+    import tempfile
+
     import tensorflow_datasets as tfds
 
+    # TFDS makes an empty mkdtemp folder (and keeps it) for every builder of a dataset not
+    # prepared in data_dir, as under mock_data: it goes to this test's folder, not /tmp
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
     with tfds.testing.mock_data(num_examples=3):
         splits = tfds_text("tiny_shakespeare")
         corpus = load_corpus("tfds:tiny_shakespeare")
