@@ -91,6 +91,8 @@ def test_distill_sweep_table_picks_settings_never_worse_than_labels():
     assert data["sweep_worst_vs_labels"][b] == pytest.approx(0.05)
     assert data["sweep_worst_vs_keras"][a] == pytest.approx(0.125)  # 9 / 8 - 1 in init
     assert data["sweep_never_worse"] == [a]
+    assert data["sweep_vs_labels"][a] == {"init": pytest.approx(-0.1), "long": pytest.approx(-0.05)}
+    assert data["sweep_vs_labels"]["keras_kd"] == {"init": pytest.approx(-0.2), "long": None}
     assert "| labels only (ppl) | 10.000 | 10.000 | | |" in table
     assert f"| {a} | -10.00% | -5.00% | -5.00% | +12.50% |" in table
     assert "| keras_kd | -20.00% | - | -20.00% | - |" in table
