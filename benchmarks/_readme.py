@@ -191,8 +191,10 @@ def distill_table(data: dict) -> str:
                      + " | ".join(_mean_ppl(rows, k) for k in ("labels", "kd", "keras_kd"))
                      + f" | {' | '.join(versus)} |")
     d = data["defaults"]
+    weight = d["labels_weight"]  # a number, or [start, end]: linear over the fit
+    weight = " -> ".join(f"{w:g}" for w in weight) if isinstance(weight, list) else f"{weight:g}"
     text = (f"ours: `Distiller(teacher, student)` at its defaults (labels weight "
-            f"{d['labels_weight']:g}, T {d['temperature']:g}, {d['divergence']}); Keras: "
+            f"{weight}, T {d['temperature']:g}, {d['divergence']}); Keras: "
             "`keras.distillation.Distiller` at its defaults (student loss weight 0.5, T 3); "
             f"`gap_closed_little_data` {_f(data.get('gap_closed_little_data'), 3)}, "
             f"`smollm2_half_depth_1000` {_f(data.get('smollm2_half_depth_1000'), 1)}.")

@@ -57,7 +57,6 @@ from benchmarks._common import (
 from tfcompress.data.windows import lm_dataset, make_windows
 from tfcompress.distill import (
     Distiller,
-    ParameterSchedule,
     block_importance,
     cache_teacher,
     load_teacher_cache,
@@ -68,6 +67,8 @@ from tfcompress.distill.losses import (
     DEFAULT_DIVERGENCE,
     DEFAULT_LABELS_WEIGHT,
     DEFAULT_TEMPERATURE,
+    check_labels_weight,
+    labels_weight_text,
 )
 from tfcompress.evaluate import interleaved_latency, keras_forward, lm_quality
 from tfcompress.models import build_gpt, preset
@@ -251,10 +252,15 @@ class KDConfig:
     """One distillation setting: labels weight (fixed, or linear from ``start`` to ``end``),
     temperature and divergence; its `name` keys the sweep's results."""
 
-    start: float = DEFAULT_LABELS_WEIGHT
-    end: float | None = None
+    start: float = check_labels_weight(DEFAULT_LABELS_WEIGHT)[0]
+    end: float | None = check_labels_weight(DEFAULT_LABELS_WEIGHT)[1]
     temperature: float = DEFAULT_TEMPERATURE
     divergence: str = DEFAULT_DIVERGENCE
+
+    @property
+    def labels_weight(self) -> float | tuple[float, float]:
+        """`Distiller`'s ``labels_weight``: a number, or (start, end) linear over the fit."""
+        return self.start if self.end is None else (self.start, self.end)
 
     @property
     def name(self) -> str:
@@ -278,7 +284,6 @@ def train_student(setup: Setup, kind: str | KDConfig) -> keras.Model:
     from keras.distillation import LogitsDistillation
 
     student = setup.student()
-    callbacks = []
     if kind == "labels":
         trainer = student
         trainer.compile(optimizer=setup.optimizer(), loss=lm_loss())
@@ -289,16 +294,14 @@ def train_student(setup: Setup, kind: str | KDConfig) -> keras.Model:
         trainer = KerasDistiller(setup.teacher, student,
                                  LogitsDistillation(loss=keras.losses.KLDivergence()))
         trainer.compile(optimizer=setup.optimizer(), loss=lm_loss())
-    else:
-        config = KDConfig() if kind == "kd" else kind
-        trainer = Distiller(setup.teacher, student, labels_weight=config.start,
-                            temperature=config.temperature, divergence=config.divergence)
+    elif kind == "kd":  # what a user gets: no setting passed
+        trainer = Distiller(setup.teacher, student)
         trainer.compile(optimizer=setup.optimizer())
-        if config.end is not None:
-            callbacks.append(ParameterSchedule("labels_weight", "linear", config.start,
-                                               config.end))
-    trainer.fit(setup.data(), steps_per_epoch=setup.steps, epochs=1, verbose=0,
-                callbacks=callbacks)
+    else:
+        trainer = Distiller(setup.teacher, student, labels_weight=kind.labels_weight,
+                            temperature=kind.temperature, divergence=kind.divergence)
+        trainer.compile(optimizer=setup.optimizer())
+    trainer.fit(setup.data(), steps_per_epoch=setup.steps, epochs=1, verbose=0)
     return student
 
 
@@ -720,7 +723,7 @@ def main(argv: list[str] | None = None) -> None:
             summary, table = summarise(results)
             plot(results, out / "distill_regimes.png")
             table += ("\n\nours: `Distiller(teacher, student)` (labels weight "
-                      f"{DEFAULT_LABELS_WEIGHT:g}, T {DEFAULT_TEMPERATURE:g}, "
+                      f"{labels_weight_text(DEFAULT_LABELS_WEIGHT)}, T {DEFAULT_TEMPERATURE:g}, "
                       f"{DEFAULT_DIVERGENCE}); Keras: `keras.distillation.Distiller` at its "
                       "defaults (student loss weight 0.5, `LogitsDistillation` T 3).\n\n"
                       "![regimes](distill_regimes.png)\n\n"

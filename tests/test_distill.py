@@ -129,6 +129,9 @@ def test_projections_map_widths_and_stay_out_of_the_student(teacher, arrays):
 
 @pytest.mark.parametrize(("kwargs", "message"), [
     ({"labels_weight": 1.2}, r"labels_weight must be a number in \[0, 1\]"),
+    ({"labels_weight": (0.3,)}, r"labels_weight must be a number in \[0, 1\] or a pair "
+                                r"\(start, end\) of them, got \(0.3,\)"),
+    ({"labels_weight": (0.3, 1.5)}, r"labels_weight's end must be a number in \[0, 1\]"),
     ({"temperature": 0}, "temperature must be a number > 0"),
     ({"divergence": "kl"}, "divergence must be one of"),
     ({"features": [("nope", "block0_add2")]}, r"student has no layers named \['nope'\]"),
@@ -163,6 +166,45 @@ def test_schedules_set_values_and_round_trip(teacher, arrays):
         ParameterSchedule("beta")
     with pytest.raises(TfcompressError, match="temperature must be a number > 0"):
         ParameterSchedule("temperature", start=0.0)
+
+
+def weights_seen(distiller, data, **fit_kwargs) -> list[float]:
+    """The labels weight at the end of every training batch of ``distiller.fit``."""
+    seen = []
+    probe = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda b, logs: seen.append(float(distiller.labels_weight.numpy())))
+    fit_kwargs["callbacks"] = [*fit_kwargs.get("callbacks", []), probe]
+    distiller.fit(data, verbose=0, **fit_kwargs)
+    return seen
+
+
+def test_a_labels_weight_pair_is_annealed_over_each_fit(teacher, arrays):
+    distiller = compiled(Distiller(teacher, tiny("student", d_model=16, n_layers=1),
+                                   labels_weight=(0.3, 1.0)))
+    # linear over the fit's 2 x 2 steps: 0.3 + 0.7 * step / 3
+    seen = weights_seen(distiller, dataset(arrays, repeat=True), steps_per_epoch=2, epochs=2)
+    assert seen == pytest.approx([0.3, 0.3 + 0.7 / 3, 0.3 + 1.4 / 3, 1.0])
+    # the next fit anneals again; a dataset of known size sets the steps (3 batches of 12)
+    assert weights_seen(distiller, dataset(arrays)) == pytest.approx([0.3, 0.65, 1.0])
+    config = distiller.get_config()
+    assert config["labels_weight"] == [0.3, 1.0]
+    assert Distiller.from_config(config).labels_weight_schedule == (0.3, 1.0)
+    # a schedule the user passes wins over the Distiller's own
+    own = ParameterSchedule("labels_weight", "constant", start=0.6, end=0.6)
+    assert weights_seen(distiller, dataset(arrays), callbacks=[own]) == pytest.approx([0.6] * 3)
+    fixed = Distiller(teacher, tiny("student", d_model=16, n_layers=1), labels_weight=0.4)
+    assert fixed.labels_weight_schedule is None
+    assert fixed.get_config()["labels_weight"] == pytest.approx(0.4)
+
+
+def test_a_fit_of_unknown_length_anneals_by_epochs(teacher, arrays):
+    distiller = compiled(Distiller(teacher, tiny("student", d_model=16, n_layers=1),
+                                   labels_weight=(0.0, 1.0)))
+    unknown = dataset(arrays).filter(lambda x, y, m: True)  # cardinality unknown to Keras
+    with pytest.warns(UserWarning, match="number of steps is unknown .* labels_weight follows "
+                                         "its schedule by epochs"):
+        seen = weights_seen(distiller, unknown, epochs=2)
+    assert seen == pytest.approx([0.0] * 3 + [1.0] * 3)
 
 
 def test_cache_with_full_vocab_reproduces_online_loss(teacher, arrays, tmp_path):

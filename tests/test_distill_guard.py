@@ -14,6 +14,8 @@ from tfcompress.distill.losses import (
     DEFAULT_DIVERGENCE,
     DEFAULT_LABELS_WEIGHT,
     DEFAULT_TEMPERATURE,
+    check_labels_weight,
+    labels_weight_text,
 )
 from tfcompress.errors import TfcompressError
 from tfcompress.models import build_gpt
@@ -64,7 +66,8 @@ def guarded_fit(teacher, data, labels_weight=0.2):
 
 
 def test_useless_teacher_falls_back_to_labels(data, capsys):
-    distiller, guard, history = guarded_fit(tiny("random", 9), data)
+    # the Distiller's own schedule (0 -> 0.5) cannot undo the fall-back either
+    distiller, guard, history = guarded_fit(tiny("random", 9), data, labels_weight=(0.0, 0.5))
     assert guard.fell_back == STEPS // 2
     assert float(distiller.labels_weight.numpy()) == 1.0
     step, kd, labels = guard.history[0]
@@ -132,14 +135,18 @@ def test_the_sweep_measures_the_defaults():
     # KDConfig() is built from the DEFAULT_* constants: the table they are chosen from
     # (python -m benchmarks.distill --sweep) always has a row for them
     assert KDConfig() in SWEEP
-    weight, temperature = DEFAULT_LABELS_WEIGHT, DEFAULT_TEMPERATURE
-    assert KDConfig().name == f"w{weight:g}_T{temperature:g}_{DEFAULT_DIVERGENCE}"
+    start, end = check_labels_weight(DEFAULT_LABELS_WEIGHT)
+    weight = f"{start:g}" if end is None else f"{start:g}-{end:g}"
+    assert KDConfig().name == f"w{weight}_T{DEFAULT_TEMPERATURE:g}_{DEFAULT_DIVERGENCE}"
+    assert KDConfig().labels_weight == DEFAULT_LABELS_WEIGHT
 
 
 def test_labels_weight_defaults_and_deprecated_alpha():
     teacher, student = tiny("teacher", 1), tiny("student", 0)
     d = Distiller(teacher, student)
-    assert float(d.labels_weight.numpy()) == pytest.approx(DEFAULT_LABELS_WEIGHT)
+    start, end = check_labels_weight(DEFAULT_LABELS_WEIGHT)
+    assert float(d.labels_weight.numpy()) == pytest.approx(start)
+    assert d.labels_weight_schedule == (None if end is None else (start, end))
     assert (float(d.temperature.numpy()), d.divergence) == (DEFAULT_TEMPERATURE,
                                                             DEFAULT_DIVERGENCE)
     with pytest.warns(DeprecationWarning, match="pass labels_weight=..."):
@@ -166,6 +173,6 @@ def test_recipe_distill_stage_uses_the_defaults_and_the_guard(tmp_path):
         "stages": [{"distill": {"name": "s", "steps": 4, "learning_rate": 0.01, "guard": True,
                                 "student": {"layers": [0]}}}],
         "output": str(tmp_path / "run")}, verbose=False)
-    assert f"(labels weight {DEFAULT_LABELS_WEIGHT:g})" in run.notes[0]
+    assert f"(labels weight {labels_weight_text(DEFAULT_LABELS_WEIGHT)})" in run.notes[0]
     guard = next(n for n in run.notes if n.startswith("Guard"))
     assert "step 1: KD" in guard and guard.endswith(("kept KD.", "at step 1.", "at step 2."))

@@ -157,6 +157,9 @@ def test_distill_tables_show_the_scripts_keys_beside_the_seeds_means():
     assert "| kerashub | - | 1 | 12.000 | 12.500 | 12.500 | - | +0.0% | - |" in table
     assert "labels weight 0.7, T 1, forward_kl" in table and "| 1000 | - | 79.0 |" in table
     assert "cut to its 3 most important blocks, trained on the first 2,200,000 " in table
+    annealed = _readme.distill_table({"regimes": {}, "defaults": {
+        "labels_weight": [0.3, 1.0], "temperature": 1.0, "divergence": "forward_kl"}})
+    assert "at its defaults (labels weight 0.3 -> 1, T 1, forward_kl)" in annealed
     sweep = _readme.distill_sweep_table({
         "regimes": regimes, "sweep_never_worse": [],
         "sweep_worst_vs_labels": {"w0_T1_forward_kl": 0.1, "keras_kd": -0.133},

@@ -406,6 +406,17 @@ def test_a_live_model_object_as_the_source(bundle, tmp_path):
     assert model.get_layer("hidden").kernel.dtype == "float32"  # the user's model untouched
 
 
+def test_a_distill_stage_weight_is_constant_alone_and_linear_with_an_end():
+    from tfcompress.distill.losses import DEFAULT_LABELS_WEIGHT, check_labels_weight
+    from tfcompress.recipes.stages import stage_labels_weight
+
+    assert stage_labels_weight({}) == DEFAULT_LABELS_WEIGHT
+    assert stage_labels_weight({"labels_weight": 0.5}) == 0.5
+    start = check_labels_weight(DEFAULT_LABELS_WEIGHT)[0]  # the default's start, to an end
+    assert stage_labels_weight({"labels_weight_end": 0.9}) == (start, 0.9)
+    assert stage_labels_weight({"labels_weight": 0.2, "labels_weight_end": 1.0}) == (0.2, 1.0)
+
+
 def test_distill_stage_anneals_the_labels_weight(bundle, tmp_path):
     """labels weight 0 -> 1 over 2 steps: step 1 on logits only, step 2 on labels only."""
     from tfcompress.models import build_gpt

@@ -15,7 +15,7 @@
 
 Example:
     >>> from tfcompress.distill import Distiller
-    >>> d = Distiller(teacher, student)     # labels_weight 0.7, T 1, forward KL: the defaults
+    >>> d = Distiller(teacher, student)     # labels weight 0.3 -> 1, T 1, forward KL: the defaults
     >>> d.compile(optimizer="adamw"); d.fit(train, steps_per_epoch=300)
 """
 

@@ -29,7 +29,7 @@ def distill(
     data,
     steps: int,
     *,
-    labels_weight: float = DEFAULT_LABELS_WEIGHT,
+    labels_weight: float | tuple[float, float] = DEFAULT_LABELS_WEIGHT,
     temperature: float = DEFAULT_TEMPERATURE,
     divergence: str = DEFAULT_DIVERGENCE,
     learning_rate: float = 1e-3,
@@ -39,7 +39,8 @@ def distill(
 ) -> keras.Model:
     """``student`` trained for ``steps`` batches of ``data`` (a ``tf.data`` dataset or a list of
     ``(x, y[, mask])`` batches, repeated for as many steps as asked) to match ``teacher`` with
-    `Distiller`'s losses and defaults, AdamW at ``learning_rate``. Returns the trained
+    `Distiller`'s losses and defaults (``labels_weight``: a number, or ``(start, end)``
+    linear over the steps), AdamW at ``learning_rate``. Returns the trained
     student: a copy, unless ``inplace`` (then ``student`` itself). ``verbose``: 0 silent, 1 a
     progress bar.
     """

@@ -9,6 +9,7 @@ Example:
 from __future__ import annotations
 
 import math
+import warnings
 from pathlib import Path
 
 import keras
@@ -45,6 +46,9 @@ class ParameterSchedule(keras.callbacks.Callback):
 
     ``kind`` is ``"constant"``, ``"linear"`` or ``"cosine"`` from ``start`` to ``end`` over
     ``steps`` batches (default: the whole ``fit``); the value stays at ``end`` afterwards.
+    A ``fit`` whose length Keras cannot know (a dataset of unknown size, no
+    ``steps_per_epoch``) follows the schedule by epochs instead, with a warning: one epoch
+    keeps ``start`` throughout.
 
     Example:
         >>> schedule = ParameterSchedule("labels_weight", "linear", start=0.0, end=1.0, steps=200)
@@ -75,6 +79,12 @@ class ParameterSchedule(keras.callbacks.Callback):
     def on_train_begin(self, logs=None):
         self._variable = schedule_target(self.model, self.parameter)
         self._per_epoch = self.params.get("steps")
+        self._by_epoch = self.steps is None and not self._per_epoch
+        if self._by_epoch:
+            # counting batches against an unknown total would reach ``end`` after a few
+            warnings.warn(f"ParameterSchedule: this fit's number of steps is unknown (a dataset "
+                          f"of unknown size without steps_per_epoch), so {self.parameter} "
+                          "follows its schedule by epochs", stacklevel=2)
         if self.steps is None:
             self._total = (self._per_epoch or 1) * (self.params.get("epochs") or 1)
         self._step = 0
@@ -82,12 +92,12 @@ class ParameterSchedule(keras.callbacks.Callback):
     def on_epoch_begin(self, epoch, logs=None):
         # From the epoch number, not from batches seen: a fit that BackupAndRestore resumes
         # at a later epoch continues the schedule where the interrupted one stopped.
-        if self._per_epoch:
-            self._step = epoch * self._per_epoch
+        if self._per_epoch or self._by_epoch:
+            self._step = epoch * (self._per_epoch or 1)
 
     def on_train_batch_begin(self, batch, logs=None):
         self._variable.assign(self.value(self._step))
-        self._step += 1
+        self._step += 0 if self._by_epoch else 1
 
     def get_config(self) -> dict:
         return {"parameter": self.parameter, "kind": self.kind, "start": self.start,

@@ -1,7 +1,7 @@
 """`Distiller`: train a student from a frozen teacher with plain ``compile``/``fit``.
 
 Example:
-    >>> distiller = Distiller(teacher, student)     # labels_weight 0.7, T 1, forward KL
+    >>> distiller = Distiller(teacher, student)   # labels weight 0.3 -> 1, T 1, forward KL
     >>> distiller.compile(optimizer="adamw", weighted_metrics=["accuracy"])
     >>> distiller.fit(corpus.dataset("train", 128, 32, repeat=True), steps_per_epoch=300)
     >>> distiller.student.save("student.keras")      # a plain model, no trace of the teacher
@@ -26,14 +26,15 @@ from tfcompress.core.distribute import (
 from tfcompress.core.layers import require_keras3
 from tfcompress.core.signature import model_inputs, output_width
 from tfcompress.core.validation import check_fit_data
+from tfcompress.distill.callbacks import NAMES, ParameterSchedule
 from tfcompress.distill.features import feature_extractor, feature_pairs
 from tfcompress.distill.losses import (
     DEFAULT_DIVERGENCE,
     DEFAULT_LABELS_WEIGHT,
     DEFAULT_TEMPERATURE,
     FEATURE_LOSS_FUNCTIONS,
-    check_alpha,
     check_divergence,
+    check_labels_weight,
     check_temperature,
     densify_top_k,
     kd_loss,
@@ -66,7 +67,7 @@ def out_of_vocab_error(err, student, teacher) -> TfcompressError | None:
         f"teacher {model_vocab(teacher)}): tokenize with the tokenizer both were built for")
 
 
-def renamed_alpha(alpha: float | None, labels_weight: float) -> float:
+def renamed_alpha(alpha: float | None, labels_weight):
     """``labels_weight``, or the deprecated ``alpha`` when one was passed (with a warning)."""
     if alpha is None:
         return labels_weight
@@ -115,33 +116,19 @@ class Distiller(WorkerSafeFit, keras.Model):
     ``teacher=None`` distils from a cached teacher (`load_teacher_cache`), whose batches carry
     the teacher's top-k logits instead.
 
-    Defaults (``labels_weight`` 0.7, ``temperature`` 1, forward KL; the recipes' distill stage
-    takes the same, ``tfcompress.distill.losses.DEFAULT_*``): at the distill benchmark's full
-    size, of the settings measured, the one never worse than labels-only training at seed 0 in
-    any regime measured and level with Keras's Distiller where that wins (little data). Lower
-    weights gain more with little data but lose, in proportion, on text the teacher never saw
-    (kerashub), where labels-only comes within 5 % of the teacher; 0.9 gains there at seeds 0
-    and 1 (seed 2: +8.7 %) but loses to Keras with little data. Over seeds 0-2 in kerashub
-    0.7 loses to labels-only by 1.0 % on average (-1.25 / +2.66 / +1.71 %) while beating
-    Keras's Distiller by 20 %: no fixed setting measured is never worse than labels-only
-    everywhere, so `KDGuard` is the check to use on text the teacher never saw. Perplexity
-    relative to labels-only, seed 0 (README, "Distillation defaults"; kerashub with its
-    students warmed up over 30 % of the steps):
+    ``labels_weight`` is a number (constant) or a pair ``(start, end)``: the weight goes
+    linearly from one to the other over each ``fit`` (its steps: ``steps_per_epoch`` times
+    ``epochs``, or the dataset's size), by a `ParameterSchedule` that ``fit`` puts first
+    among the callbacks, unless one of them already schedules the labels weight.
 
-    | setting | init | little | kerashub | long | worst | vs Keras, little |
-    |---|---|---|---|---|---|---|
-    | labels only (ppl) | 7.047 | 11.709 | 12.798 | 6.588 | | |
-    | w0.7_T1_forward_kl | -0.21% | -7.46% | -1.25% | -3.08% | -0.21% | +0.03% |
-    | w0.9_T1_forward_kl | -0.12% | -2.56% | -2.16% | - | -0.12% | +5.33% |
-    | w0.5_T1_forward_kl | -0.09% | -10.95% | +3.81% | - | +3.81% | -3.74% |
-    | w0.3_T1_forward_kl | - | -13.41% | +10.10% | - | +10.10% | -6.40% |
-    | w0_T1_forward_kl | - | -14.09% | - | - | - | -7.13% |
-    | w0-1_T1_forward_kl | - | -9.85% | - | - | - | -2.56% |
-    | keras_kd | +1.86% | -7.49% | +35.33% | +0.52% | +35.33% | |
-
-    ``wA_TB_div``: labels weight A (``0-1``: linear from 0 to 1), temperature B, divergence;
-    ``keras_kd``: ``keras.distillation.Distiller`` at its defaults (weight 0.5, T 3).
-    `KDGuard` falls back to labels when the teacher does not help.
+    Defaults (``labels_weight`` 0.3 -> 1, ``temperature`` 1, forward KL; the recipes' distill
+    stage takes the same, ``tfcompress.distill.losses.DEFAULT_*``): the student learns the
+    teacher's distributions first and the labels last. Chosen from the distill benchmark's
+    sweep (``python -m benchmarks.distill --sweep``; the table is in the README,
+    "Distillation defaults"): a fixed weight trades little data, where low weights win,
+    against text the teacher never saw, where high weights win; the annealed weights lead
+    both. `KDGuard` checks on held-out text and falls back to labels when the teacher does
+    not help.
 
     Under ``tf.distribute`` (made inside ``strategy.scope()``) every loss term is a mean over
     the global batch's unmasked tokens, as on one device, and ``fit`` also runs across
@@ -153,7 +140,8 @@ class Distiller(WorkerSafeFit, keras.Model):
         >>> history = d.fit(train, steps_per_epoch=100).history   # loss, hard_loss, soft_loss...
     """
 
-    def __init__(self, teacher, student, labels_weight: float = DEFAULT_LABELS_WEIGHT,
+    def __init__(self, teacher, student,
+                 labels_weight: float | tuple[float, float] = DEFAULT_LABELS_WEIGHT,
                  temperature: float = DEFAULT_TEMPERATURE, divergence: str = DEFAULT_DIVERGENCE,
                  beta: float = 0.5, features: bool | list | None = None,
                  feature_weight: float = 1.0, name: str = "distiller", alpha: float | None = None,
@@ -163,8 +151,7 @@ class Distiller(WorkerSafeFit, keras.Model):
                        legacy_hint="tfcompress.distill.SoftTargetLoss with student.fit")
         if teacher is not None:
             require_keras3(teacher, "teacher")
-        labels_weight = renamed_alpha(alpha, labels_weight)
-        labels_weight = check_alpha(labels_weight, "labels_weight")
+        start, end = check_labels_weight(renamed_alpha(alpha, labels_weight))
         temperature = check_temperature(temperature)
         divergence, beta = check_divergence(divergence, beta)
         self.vocab_size = vocab_size_of(student, "student")
@@ -184,7 +171,9 @@ class Distiller(WorkerSafeFit, keras.Model):
         self.feature_pairs = pairs
         self.on_policy, self.prompt_length = float(on_policy), prompt_length
         self.sample_seed = int(sample_seed)
-        self.labels_weight = keras.Variable(labels_weight, trainable=False, dtype="float32",
+        # (start, end) of the labels weight's own linear schedule; None: a constant weight
+        self.labels_weight_schedule = None if end is None else (start, end)
+        self.labels_weight = keras.Variable(start, trainable=False, dtype="float32",
                                             name="labels_weight")
         self.temperature = keras.Variable(temperature, trainable=False, dtype="float32",
                                           name="temperature")
@@ -250,10 +239,25 @@ class Distiller(WorkerSafeFit, keras.Model):
         (not read beforehand) whose batch holds an id out of range fails naming it."""
         check_fit_data(self.student, x, y)
         self._check_prompt(x)
+        if len(args) > 3:  # Keras's positional order: batch_size, epochs, verbose, callbacks
+            args = (*args[:3], self._scheduled(args[3]), *args[4:])
+        else:
+            kwargs["callbacks"] = self._scheduled(kwargs.get("callbacks"))
         try:
             return super().fit(x, y, *args, **kwargs)
         except tf.errors.InvalidArgumentError as err:
             raise out_of_vocab_error(err, self.student, self.teacher) or err from None
+
+    def _scheduled(self, callbacks) -> list:
+        """``callbacks`` with the labels weight's own schedule first (so that a `KDGuard`
+        after it has the last word), unless one of them already schedules that weight."""
+        callbacks = list(callbacks or [])
+        if self.labels_weight_schedule is None or any(
+                isinstance(c, ParameterSchedule) and c.parameter in NAMES["labels_weight"]
+                for c in callbacks):
+            return callbacks
+        return [ParameterSchedule("labels_weight", "linear", *self.labels_weight_schedule),
+                *callbacks]
 
     @property
     def student_variables(self) -> list:
@@ -406,7 +410,8 @@ class Distiller(WorkerSafeFit, keras.Model):
             "name": self.name,
             "teacher": serialize(self.teacher) if self.teacher is not None else None,
             "student": serialize(self.student),
-            "labels_weight": float(self.labels_weight.numpy()),
+            "labels_weight": (list(self.labels_weight_schedule) if self.labels_weight_schedule
+                              else float(self.labels_weight.numpy())),
             "temperature": float(self.temperature.numpy()),
             "divergence": self.divergence,
             "beta": self.beta,

@@ -20,9 +20,9 @@ from keras import ops
 from tfcompress.errors import TfcompressError
 
 # The defaults of `Distiller` and of the recipes' distill stage (one source), chosen at the
-# distill benchmark's full size; the table they were chosen from, and the regime where no
-# fixed setting is never worse than labels-only, are in `Distiller`'s docstring (README).
-DEFAULT_LABELS_WEIGHT = 0.7
+# distill benchmark's full size (`python -m benchmarks.distill --sweep`, README "Distillation
+# defaults"). The labels weight is a pair: linear from the first to the second over a fit.
+DEFAULT_LABELS_WEIGHT = (0.3, 1.0)
 DEFAULT_TEMPERATURE = 1.0
 DEFAULT_DIVERGENCE = "forward_kl"
 
@@ -212,6 +212,33 @@ def check_alpha(alpha, name: str = "alpha") -> float:
         raise TfcompressError(f"{name} must be a number in [0, 1] (weight of the hard loss), "
                               f"got {alpha!r}")
     return float(alpha)
+
+
+def check_labels_weight(value, name: str = "labels_weight") -> tuple[float, float | None]:
+    """``(start, end)`` of a labels weight given as a number in [0, 1] (constant: ``end`` is
+    None) or as a pair of them (linear from ``start`` to ``end`` over a ``fit``).
+
+    Example:
+        >>> check_labels_weight((0.3, 1)), check_labels_weight(0.7)
+        ((0.3, 1.0), (0.7, None))
+    """
+    if isinstance(value, tuple | list):
+        if len(value) != 2:
+            raise TfcompressError(f"{name} must be a number in [0, 1] or a pair (start, end) "
+                                  f"of them, got {value!r}")
+        return check_alpha(value[0], f"{name}'s start"), check_alpha(value[1], f"{name}'s end")
+    return check_alpha(value, name), None
+
+
+def labels_weight_text(value) -> str:
+    """A labels weight as people read it: ``0.7`` or ``0.3 -> 1`` (linear over the fit).
+
+    Example:
+        >>> labels_weight_text((0.3, 1.0))
+        '0.3 -> 1'
+    """
+    start, end = check_labels_weight(value)
+    return f"{start:g}" if end is None else f"{start:g} -> {end:g}"
 
 
 def check_temperature(temperature) -> float:

@@ -54,9 +54,16 @@ def finetune(model, dataset, steps: int, learning_rate: float = 3e-4, verbose=2,
     return strategy_copy(strip_pruning(model), None)
 
 
-def labels_weight_text(weight: float, weight_end: float | None) -> str:
-    """How a distill stage weighed the labels loss, for its note."""
-    return f" (labels weight {weight:g}{'' if weight_end is None else f' -> {weight_end:g}'})"
+def stage_labels_weight(st: dict):
+    """A distill stage's labels weight for `Distiller`: ``labels_weight`` alone is constant,
+    with ``labels_weight_end`` linear from one to the other; without ``labels_weight`` the
+    default's start (or the whole default schedule)."""
+    from tfcompress.distill.losses import DEFAULT_LABELS_WEIGHT, check_labels_weight
+
+    if "labels_weight" not in st and "labels_weight_end" not in st:
+        return DEFAULT_LABELS_WEIGHT
+    start = st.get("labels_weight", check_labels_weight(DEFAULT_LABELS_WEIGHT)[0])
+    return start if "labels_weight_end" not in st else (start, st["labels_weight_end"])
 
 
 def distill_guard(run, steps: int):
@@ -129,13 +136,14 @@ def check_layer_choices(stages: list[dict], source: str, model) -> None:
 def distill_stage(run, st: dict) -> StageResult:
     """A student (`make_student`) trained from the input model with `Distiller`.
 
-    ``labels_weight`` weighs the labels loss; with ``labels_weight_end`` it goes linearly from
-    one to the other over the steps (`ParameterSchedule`): ``labels_weight: 0,
-    labels_weight_end: 1`` learns the teacher's distributions first and the labels last
-    (``alpha`` / ``alpha_end``: the deprecated names). ``labels_weight``, ``temperature`` and
-    ``divergence`` default to `Distiller`'s own defaults. ``guard: true`` adds a `KDGuard`
-    (a labels-only probe scored on the valid split, checked at 1/4 and 1/2 of the steps) that
-    falls back to labels when they beat distillation; the note says what it saw.
+    ``labels_weight`` weighs the labels loss (a constant on its own); with
+    ``labels_weight_end`` it goes linearly from one to the other over the steps:
+    ``labels_weight: 0, labels_weight_end: 1`` learns the teacher's distributions first and
+    the labels last (``alpha`` / ``alpha_end``: the deprecated names). Without either, the
+    weight, ``temperature`` and ``divergence`` are `Distiller`'s own defaults. ``guard:
+    true`` adds a `KDGuard` (a labels-only probe scored on the valid split, checked at 1/4
+    and 1/2 of the steps) that falls back to labels when they beat distillation; the note
+    says what it saw.
 
     The student may start from the teacher's blocks chosen by measured importance on the
     calibration windows (``select: importance``) or from an earlier, pruned model of the run
@@ -150,11 +158,11 @@ def distill_stage(run, st: dict) -> StageResult:
     import keras
 
     from tfcompress.core.distribute import strategy_copy, strategy_scope
-    from tfcompress.distill import Distiller, DistillOptions, ParameterSchedule
+    from tfcompress.distill import Distiller, DistillOptions
     from tfcompress.distill.losses import (
         DEFAULT_DIVERGENCE,
-        DEFAULT_LABELS_WEIGHT,
         DEFAULT_TEMPERATURE,
+        labels_weight_text,
     )
     from tfcompress.models.training import lm_optimizer
     from tfcompress.prune import UpdatePruning, keep_zeros, strip_pruning
@@ -166,7 +174,7 @@ def distill_stage(run, st: dict) -> StageResult:
     keras.utils.set_random_seed(run.seed)
     spec, scores = choose_blocks(source, st["student"], run.calibration())
     steps = st["steps"]
-    weight = st.get("labels_weight", DEFAULT_LABELS_WEIGHT)
+    weight = stage_labels_weight(st)
     with strategy_scope(run.strategy):  # student, teacher copy and optimizer in its scope
         student = make_student(source, spec, run.data["seq_len"], name=st["name"])
         if run.strategy is not None:
@@ -178,9 +186,6 @@ def distill_stage(run, st: dict) -> StageResult:
         distiller.compile(optimizer=lm_optimizer(steps, st.get("learning_rate", 1e-3)))
         sparse = keep_zeros(student)
     callbacks = [UpdatePruning(target=student)] if sparse else []
-    if "labels_weight_end" in st:
-        callbacks.append(ParameterSchedule("labels_weight", "linear", weight,
-                                           st["labels_weight_end"]))
     guard = distill_guard(run, steps) if st.get("guard") else None
     callbacks += [guard] if guard else []
     history = distiller.fit(run.train_data(), steps_per_epoch=steps, epochs=1, verbose=2,
@@ -188,7 +193,7 @@ def distill_stage(run, st: dict) -> StageResult:
                             callbacks=callbacks).history
     student = strategy_copy(strip_pruning(student), None)
     origin = student_origin(spec, source_name)
-    weights = labels_weight_text(weight, st.get("labels_weight_end"))
+    weights = f" (labels weight {labels_weight_text(weight)})"
     notes = [f"Distilled `{st['name']}` ({student.count_params():,} params, from {origin}) from "
              f"`{st['input']}` in {steps} steps{weights}: "
              f"final soft loss "
