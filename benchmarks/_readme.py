@@ -216,17 +216,14 @@ def distill_sweep_table(data: dict) -> str:
     its worst regime against labels-only and against Keras's Distiller and the settings never
     worse than labels-only (the script's keys)."""
     regimes = data.get("regimes", {})
+    versus = data.get("sweep_vs_labels", {})
     worst, worst_keras = data.get("sweep_worst_vs_labels", {}), data.get("sweep_worst_vs_keras", {})
     lines = ["| setting | " + " | ".join(regimes) + " | worst | worst vs Keras |",
              "|---|" + "---|" * (len(regimes) + 2),
              "| labels only (ppl) | " + " | ".join(_mean_ppl(rows, "labels")
                                                   for rows in regimes.values()) + " | | |"]
     for key in worst:
-        cells = []
-        for rows in regimes.values():
-            ratios = [r[key] / r["labels"] - 1 for r in rows.get("seeds", {}).values()
-                      if key in r and "labels" in r]
-            cells.append(_pct(statistics.fmean(ratios) if ratios else None, digits=2))
+        cells = [_pct(versus.get(key, {}).get(name), digits=2) for name in regimes]
         lines.append(f"| {key} | {' | '.join(cells)} | {_pct(worst[key], digits=2)} | "
                      f"{_pct(worst_keras.get(key), digits=2)} |")
     safe = ", ".join(f"`{k}`" for k in data.get("sweep_never_worse", [])) or "none"

@@ -163,10 +163,12 @@ def test_distill_tables_show_the_scripts_keys_beside_the_seeds_means():
     sweep = _readme.distill_sweep_table({
         "regimes": regimes, "sweep_never_worse": [],
         "sweep_worst_vs_labels": {"w0_T1_forward_kl": 0.1, "keras_kd": -0.133},
-        "sweep_worst_vs_keras": {"w0_T1_forward_kl": 0.26}})
-    # w0 in little: (8 / 10 - 1 + 12.6 / 12 - 1) / 2 = -7.5 %; not trained on kerashub
+        "sweep_worst_vs_keras": {"w0_T1_forward_kl": 0.26},
+        "sweep_vs_labels": {"w0_T1_forward_kl": {"little": -0.075, "kerashub": None},
+                            "keras_kd": {"little": -0.1333}}})
+    # each regime's cell is the script's key, shown as a percentage; None or absent: "-"
     assert "| w0_T1_forward_kl | -7.50% | - | +10.00% | +26.00% |" in sweep
-    assert "| keras_kd | -13.33% | - | -13.30% | - |" in sweep  # (-10 % - 16.67 %) / 2
+    assert "| keras_kd | -13.33% | - | -13.30% | - |" in sweep
     assert "labels-only in the regimes measured: none." in sweep
 
 
