@@ -319,6 +319,26 @@ def test_distiller_takes_any_teacher_and_student(models, ids):
     assert np.isfinite(history.history["loss"][0])
 
 
+@pytest.mark.parametrize("family", ("qwen3", "gemma", "mistral", "phi3"))
+def test_distiller_default_schedule_on_kerashub_families(family, ids):
+    """The default labels weight anneals over the fit whatever the KerasHub family."""
+    from tests.llm_zoo_models import zoo_model
+    from tfcompress.distill.losses import DEFAULT_LABELS_WEIGHT
+
+    pytest.importorskip("keras_hub")
+    teacher, student = zoo_model(family, VOCAB), zoo_model(family, VOCAB, layers=1)
+    before = [w.copy() for w in student.get_weights()]
+    distiller = tfc.Distiller(teacher, student)
+    distiller.compile("adam", run_eagerly=True)
+    seen = []
+    probe = keras.callbacks.LambdaCallback(
+        on_train_batch_end=lambda b, logs: seen.append(float(distiller.labels_weight.numpy())))
+    distiller.fit(ids, ids, batch_size=2, epochs=1, verbose=0, callbacks=[probe])
+    assert seen == pytest.approx(list(DEFAULT_LABELS_WEIGHT))  # 2 steps: start, then end
+    assert any(not np.array_equal(a, b) for a, b in zip(before, student.get_weights(),
+                                                         strict=True))
+
+
 def test_signature_of_each_kind(models):
     assert signature(models["gpt2"]).auxiliary == ("padding_mask",)
     assert signature(models["subclassed"]).dtype == "int32"

@@ -197,6 +197,25 @@ def test_a_labels_weight_pair_is_annealed_over_each_fit(teacher, arrays):
     assert fixed.get_config()["labels_weight"] == pytest.approx(0.4)
 
 
+def test_an_interrupted_fit_resumes_the_schedule_where_it_stopped(teacher, arrays, tmp_path):
+    def fresh():
+        return compiled(Distiller(teacher, tiny("student", d_model=16, n_layers=1),
+                                  labels_weight=(0.0, 1.0)))
+
+    class Crash(keras.callbacks.Callback):
+        def on_epoch_begin(self, epoch, logs=None):
+            if epoch == 1:
+                raise RuntimeError("simulated crash")
+
+    backup = keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        fresh().fit(dataset(arrays), epochs=2, verbose=0, callbacks=[backup, Crash()])
+    # restarted at epoch 1 of 2 x 3 steps: the weight goes on from step 3 of 0, 0.2 ... 1
+    seen = weights_seen(fresh(), dataset(arrays), epochs=2,
+                        callbacks=[keras.callbacks.BackupAndRestore(str(tmp_path / "backup"))])
+    assert seen == pytest.approx([0.6, 0.8, 1.0])
+
+
 def test_a_fit_of_unknown_length_anneals_by_epochs(teacher, arrays):
     distiller = compiled(Distiller(teacher, tiny("student", d_model=16, n_layers=1),
                                    labels_weight=(0.0, 1.0)))

@@ -42,6 +42,9 @@ def test_distill_trains_a_copy_of_the_student_towards_the_teacher():
 @pytest.mark.parametrize(("kwargs", "match"), [
     ({"steps": 0}, "steps must be a positive integer, got 0"),
     ({"steps": 2, "data": []}, r"data is empty: give at least one \(x, y\[, mask\]\) batch"),
+    ({"steps": 2, "labels_weight": (0.3,)}, r"labels_weight must be a number in \[0, 1\] or "
+                                             r"a pair \(start, end\) of them, got \(0.3,\)"),
+    ({"steps": 2, "temperature": 0}, "temperature must be a number > 0, got 0"),
 ])
 def test_distill_checks_its_arguments_first(kwargs, match):
     model = build_gpt("test-tiny", vocab_size=VOCAB, seq_len=SEQ, n_layers=1)

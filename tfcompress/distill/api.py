@@ -19,6 +19,8 @@ from tfcompress.distill.losses import (
     DEFAULT_DIVERGENCE,
     DEFAULT_LABELS_WEIGHT,
     DEFAULT_TEMPERATURE,
+    check_labels_weight,
+    check_temperature,
 )
 from tfcompress.errors import TfcompressError
 
@@ -47,6 +49,9 @@ def distill(
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise TfcompressError(f"steps must be a positive integer, got {steps!r}")
     require_keras3(student, "student")
+    # the Distiller checks these too, but only after the student is copied
+    check_labels_weight(labels_weight)
+    check_temperature(temperature)
     data = _repeated(data)
     student = student if inplace else copy_model(student)
     distiller = Distiller(teacher, student, labels_weight=labels_weight,

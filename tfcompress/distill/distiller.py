@@ -67,7 +67,8 @@ def out_of_vocab_error(err, student, teacher) -> TfcompressError | None:
         f"teacher {model_vocab(teacher)}): tokenize with the tokenizer both were built for")
 
 
-def renamed_alpha(alpha: float | None, labels_weight):
+def renamed_alpha(alpha: float | None, labels_weight: float | tuple[float, float]
+                  ) -> float | tuple[float, float]:
     """``labels_weight``, or the deprecated ``alpha`` when one was passed (with a warning)."""
     if alpha is None:
         return labels_weight
