@@ -45,9 +45,22 @@ def test_distill_trains_a_copy_of_the_student_towards_the_teacher():
     ({"steps": 2, "labels_weight": (0.3,)}, r"labels_weight must be a number in \[0, 1\] or "
                                              r"a pair \(start, end\) of them, got \(0.3,\)"),
     ({"steps": 2, "temperature": 0}, "temperature must be a number > 0, got 0"),
+    ({"steps": 2, "divergence": "kl"}, r"divergence must be one of \[.*'forward_kl'.*\], "
+                                       "got 'kl'"),
+    ({"steps": 2, "teacher": build_gpt("test-tiny", vocab_size=VOCAB + 1, seq_len=SEQ,
+                                       n_layers=1)},
+     f"teacher and student vocabularies must match: teacher has {VOCAB + 1} logits, "
+     f"student {VOCAB}"),
 ])
-def test_distill_checks_its_arguments_first(kwargs, match):
+def test_distill_checks_its_arguments_first(kwargs, match, monkeypatch):
+    import tfcompress.distill.api as api
+
+    def no_copy(model):
+        raise AssertionError("the student was copied before the arguments were checked")
+
+    monkeypatch.setattr(api, "copy_model", no_copy)
     model = build_gpt("test-tiny", vocab_size=VOCAB, seq_len=SEQ, n_layers=1)
     ids = np.zeros((2, SEQ), "int32")
     with pytest.raises(TfcompressError, match=match):
-        tfcompress.distill(model, model, **{"data": [(ids, ids)], **kwargs})
+        tfcompress.distill(**{"teacher": model, "student": model, "data": [(ids, ids)],
+                              **kwargs})

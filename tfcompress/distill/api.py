@@ -13,14 +13,12 @@ from collections.abc import Sequence
 
 import keras
 
-from tfcompress.core.layers import copy_model, require_keras3
-from tfcompress.distill.distiller import Distiller
+from tfcompress.core.layers import copy_model
+from tfcompress.distill.distiller import Distiller, check_settings
 from tfcompress.distill.losses import (
     DEFAULT_DIVERGENCE,
     DEFAULT_LABELS_WEIGHT,
     DEFAULT_TEMPERATURE,
-    check_labels_weight,
-    check_temperature,
 )
 from tfcompress.errors import TfcompressError
 
@@ -48,10 +46,7 @@ def distill(
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise TfcompressError(f"steps must be a positive integer, got {steps!r}")
-    require_keras3(student, "student")
-    # the Distiller checks these too, but only after the student is copied
-    check_labels_weight(labels_weight)
-    check_temperature(temperature)
+    check_settings(teacher, student, labels_weight, temperature, divergence)  # before the copy
     data = _repeated(data)
     student = student if inplace else copy_model(student)
     distiller = Distiller(teacher, student, labels_weight=labels_weight,

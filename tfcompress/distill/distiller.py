@@ -67,6 +67,31 @@ def out_of_vocab_error(err, student, teacher) -> TfcompressError | None:
         f"teacher {model_vocab(teacher)}): tokenize with the tokenizer both were built for")
 
 
+def check_settings(teacher, student, labels_weight, temperature, divergence: str,
+                   beta: float = 0.5) -> tuple[tuple[float, float | None], float, str, float, int]:
+    """``((start, end), temperature, divergence, beta, vocab_size)`` of a distillation, every
+    argument checked (Keras 3 models, matching vocabularies; ``teacher`` None: a cached
+    teacher) before any work: `Distiller` and `distill` share it.
+
+    Example:
+        >>> check_settings(teacher, student, (0.3, 1), 1, "forward_kl")[:4]
+        ((0.3, 1.0), 1.0, 'forward_kl', 0.5)
+    """
+    require_keras3(student, "student",
+                   legacy_hint="tfcompress.distill.SoftTargetLoss with student.fit")
+    if teacher is not None:
+        require_keras3(teacher, "teacher")
+    weight = check_labels_weight(labels_weight)
+    temperature = check_temperature(temperature)
+    divergence, beta = check_divergence(divergence, beta)
+    vocab = vocab_size_of(student, "student")
+    if teacher is not None and vocab_size_of(teacher, "teacher") != vocab:
+        raise TfcompressError(
+            f"teacher and student vocabularies must match: teacher has "
+            f"{vocab_size_of(teacher, 'teacher')} logits, student {vocab}")
+    return weight, temperature, divergence, beta, vocab
+
+
 def renamed_alpha(alpha: float | None, labels_weight: float | tuple[float, float]
                   ) -> float | tuple[float, float]:
     """``labels_weight``, or the deprecated ``alpha`` when one was passed (with a warning)."""
@@ -149,19 +174,8 @@ class Distiller(WorkerSafeFit, keras.Model):
                  feature_weight: float = 1.0, name: str = "distiller", alpha: float | None = None,
                  on_policy: float = 0.0, prompt_length: int | None = None,
                  feature_loss: str = "mse", sample_seed: int = 0, **kwargs):
-        require_keras3(student, "student",
-                       legacy_hint="tfcompress.distill.SoftTargetLoss with student.fit")
-        if teacher is not None:
-            require_keras3(teacher, "teacher")
-        start, end = check_labels_weight(renamed_alpha(alpha, labels_weight))
-        temperature = check_temperature(temperature)
-        divergence, beta = check_divergence(divergence, beta)
-        self.vocab_size = vocab_size_of(student, "student")
-        if teacher is not None and vocab_size_of(teacher, "teacher") != self.vocab_size:
-            raise TfcompressError(
-                f"teacher and student vocabularies must match: teacher has "
-                f"{vocab_size_of(teacher, 'teacher')} logits, student {self.vocab_size}"
-            )
+        (start, end), temperature, divergence, beta, self.vocab_size = check_settings(
+            teacher, student, renamed_alpha(alpha, labels_weight), temperature, divergence, beta)
         options = DistillOptions(on_policy, prompt_length, features, feature_weight,
                                  feature_loss)
         self._check_on_policy(teacher, options)
