@@ -45,6 +45,7 @@ def test_distill_trains_a_copy_of_the_student_towards_the_teacher():
     ({"steps": 2, "labels_weight": (0.3,)}, r"labels_weight must be a number in \[0, 1\] or "
                                              r"a pair \(start, end\) of them, got \(0.3,\)"),
     ({"steps": 2, "temperature": 0}, "temperature must be a number > 0, got 0"),
+    ({"steps": 2, "learning_rate": -1}, "learning_rate must be a number > 0, got -1"),
     ({"steps": 2, "divergence": "kl"}, r"divergence must be one of \[.*'forward_kl'.*\], "
                                        "got 'kl'"),
     ({"steps": 2, "teacher": build_gpt("test-tiny", vocab_size=VOCAB + 1, seq_len=SEQ,

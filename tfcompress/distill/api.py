@@ -46,12 +46,15 @@ def distill(
     """
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
         raise TfcompressError(f"steps must be a positive integer, got {steps!r}")
+    if (isinstance(learning_rate, bool) or not isinstance(learning_rate, int | float)
+            or not learning_rate > 0):
+        raise TfcompressError(f"learning_rate must be a number > 0, got {learning_rate!r}")
     check_settings(teacher, student, labels_weight, temperature, divergence)  # before the copy
     data = _repeated(data)
     student = student if inplace else copy_model(student)
     distiller = Distiller(teacher, student, labels_weight=labels_weight,
                           temperature=temperature, divergence=divergence)
-    distiller.compile(optimizer=keras.optimizers.AdamW(learning_rate))
+    distiller.compile(optimizer=keras.optimizers.AdamW(float(learning_rate)))
     distiller.fit(data, steps_per_epoch=steps, epochs=1, verbose=verbose,
                   callbacks=list(callbacks))
     return student
